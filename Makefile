@@ -1,0 +1,53 @@
+# Every target works on a fresh clone with Python >= 3.11 and make: .venv is created on demand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROTOS := $(wildcard proto/blindmatch/v1/*.proto)
+
+.PHONY: install demo test bench bench-full lint format proto proto-check clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "blindmatch needs Python >= 3.11 (set PYTHON=...)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/blindmatch demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider
+	$(BIN)/python bench/compare.py
+
+bench-full: install
+	$(BIN)/python bench/compare.py --full
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Generated code is committed; grpc_tools runs in-process so the protoc version is the pinned one.
+proto: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+
+proto-check: install
+	@rm -rf build/proto-check && mkdir -p build/proto-check
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/proto-check --grpc_python_out=build/proto-check --mypy_out=build/proto-check --mypy_grpc_out=build/proto-check $(PROTOS)
+	@diff -r -x __init__.py -x __pycache__ build/proto-check/blindmatch/v1 blindmatch/v1 \
+		&& echo "proto-check: generated code matches proto/" \
+		|| (echo "proto-check: blindmatch/v1 is out of date; run 'make proto' and commit" >&2; exit 1)
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -1,0 +1,201 @@
+"""The ``blindmatch`` command: the CLI contract in one place, dispatching lazily to node/coordinator.
+
+Operators script these names; keep them. Exit status: 0 success, 1 operational failure (a round
+failed, a server unreachable), 2 usage or input errors. No traceback reaches an operator: every
+handler prints ``error: what was wrong; what to do``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from blindmatch.canon import KINDS
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, func: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        handler: Handler = getattr(importlib.import_module(module), func)
+        return handler(args)
+
+    return run
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind(s) {', '.join(bad) or '(none)'}; choose from {','.join(KINDS)}"
+        )
+    return kinds
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError("a round needs at least two nodes: --nodes A,B[,C...]")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="blindmatch",
+        description="Find the threat indicators national CERTs share, without showing each other their data.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log protocol events to stderr")
+    top = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # pki
+    pki = top.add_parser("pki", help="the federation CA and certificates").add_subparsers(
+        dest="pki_command", required=True, metavar="SUBCOMMAND"
+    )
+    s = pki.add_parser("init", help="create a federation CA in PKI_DIR")
+    s.add_argument("pki_dir", metavar="PKI_DIR")
+    s.set_defaults(handler=_lazy("blindmatch.pki", "cmd_pki_init"))
+    s = pki.add_parser("issue", help="issue a certificate binding a role and a name")
+    s.add_argument("pki_dir", metavar="PKI_DIR")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--role", required=True, choices=["node", "coordinator", "operator"])
+    s.add_argument(
+        "--host", action="append", metavar="H", help="DNS name or IP the holder serves on"
+    )
+    s.set_defaults(handler=_lazy("blindmatch.pki", "cmd_pki_issue"))
+
+    # node
+    node = top.add_parser("node", help="a national node: store, imports, server, matches")
+    ns = node.add_subparsers(dest="node_command", required=True, metavar="SUBCOMMAND")
+    s = ns.add_parser("init", help="create a node directory: certificate, node.toml, empty store")
+    s.add_argument("node_dir", metavar="NODE_DIR")
+    s.add_argument("--name", required=True)
+    s.add_argument("--listen", required=True, metavar="HOST:PORT")
+    s.add_argument("--pki", required=True, metavar="PKI_DIR")
+    s.add_argument(
+        "--coordinator-name", default="coordinator", help="name in the coordinator's certificate"
+    )
+    s.set_defaults(handler=_lazy("node.cli", "cmd_init"))
+    s = ns.add_parser("import", help="import sightings from text/CSV, STIX 2.1 or MISP files")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--format", default="auto", choices=["auto", "text", "csv", "stix", "misp"])
+    s.add_argument(
+        "--tlp", help="TLP for records that carry none (default: node.toml import.default_tlp)"
+    )
+    s.add_argument(
+        "--source", help="source name recorded with each sighting (default: the file name)"
+    )
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_import"))
+    s = ns.add_parser("stats", help="what the store holds")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_stats"))
+    s = ns.add_parser("serve", help="serve round RPCs to the coordinator")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--insecure", action="store_true", help="plaintext, loopback only (experiments)")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_serve"))
+    s = ns.add_parser("matches", help="indicators partners have also seen")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--round", metavar="ID")
+    s.add_argument("--format", default="table", choices=["table", "json", "csv", "stix"])
+    s.set_defaults(handler=_lazy("node.cli", "cmd_matches"))
+    s = ns.add_parser("audit", help="every import and every round this node joined")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_audit"))
+
+    # coordinator
+    coord = top.add_parser("coordinator", help="the coordinator: registry of nodes, round driver")
+    cs = coord.add_subparsers(dest="coordinator_command", required=True, metavar="SUBCOMMAND")
+    s = cs.add_parser("init", help="create a coordinator directory: certificate, coordinator.toml")
+    s.add_argument("coord_dir", metavar="COORD_DIR")
+    s.add_argument("--listen", required=True, metavar="HOST:PORT")
+    s.add_argument("--pki", required=True, metavar="PKI_DIR")
+    s.add_argument("--node", action="append", required=True, metavar="NAME=HOST:PORT")
+    s.add_argument("--name", default="coordinator")
+    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_init"))
+    s = cs.add_parser("serve", help="serve operators and drive rounds")
+    s.add_argument("--config", required=True, metavar="COORD_TOML")
+    s.add_argument("--insecure", action="store_true", help="plaintext, loopback only (experiments)")
+    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_serve"))
+
+    # operator
+    op = top.add_parser("operator", help="an operator identity for launching rounds")
+    os_ = op.add_subparsers(dest="operator_command", required=True, metavar="SUBCOMMAND")
+    s = os_.add_parser("init", help="create an operator directory: certificate, operator.toml")
+    s.add_argument("op_dir", metavar="OP_DIR")
+    s.add_argument("--name", required=True)
+    s.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    s.add_argument("--pki", required=True, metavar="PKI_DIR")
+    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_operator_init"))
+
+    # round
+    rnd = top.add_parser("round", help="launch and watch match rounds")
+    rs = rnd.add_subparsers(dest="round_command", required=True, metavar="SUBCOMMAND")
+    s = rs.add_parser("start", help="start a match round")
+    s.add_argument("--config", required=True, metavar="OP_TOML")
+    s.add_argument("--nodes", required=True, type=_names, metavar="A,B[,C...]")
+    s.add_argument("--mode", default="pairwise", choices=["pairwise", "threshold", "count"])
+    s.add_argument("--threshold", type=int, metavar="T")
+    s.add_argument("--kinds", type=_kinds, metavar="K,...")
+    s.add_argument("--wait", action="store_true", help="follow the round until it ends")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--insecure", action="store_true")
+    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_round_start"))
+    s = rs.add_parser("status", help="one round, or the recent ones")
+    s.add_argument("--config", required=True, metavar="OP_TOML")
+    s.add_argument("id", nargs="?", metavar="ID")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--insecure", action="store_true")
+    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_round_status"))
+
+    # canonicalize
+    s = top.add_parser("canonicalize", help="print the canonical form of indicators")
+    s.add_argument("kind", metavar="KIND", choices=[*KINDS, "auto"])
+    s.add_argument("values", nargs="+", metavar="VALUE")
+    s.set_defaults(handler=cmd_canonicalize)
+
+    # demo
+    s = top.add_parser("demo", help="a local federation on loopback with built-in sample data")
+    s.add_argument("--nations", type=int, default=3, metavar="N")
+    s.add_argument("--size", type=int, default=3000, metavar="N", help="indicators per nation")
+    s.add_argument("--keep", metavar="DIR", help="build the federation in DIR and keep it")
+    s.set_defaults(handler=_lazy("node.demo", "cmd_demo"))
+    return p
+
+
+def cmd_canonicalize(args: argparse.Namespace) -> int:
+    from blindmatch.canon import InvalidIndicator, canonicalize
+
+    status = 0
+    for value in args.values:
+        try:
+            print(canonicalize(args.kind, value).value)
+        except InvalidIndicator as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

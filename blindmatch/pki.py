@@ -1,0 +1,418 @@
+"""The federation PKI: one CA, and certificates that bind a role and a name.
+
+A certificate's identity is the URI SAN ``blindmatch://<role>/<name>``; the subject CN only repeats
+the name for humans. Every leaf carries both serverAuth and clientAuth, because a node serves round
+RPCs and also dials the coordinator with the same certificate.
+
+Keys are ECDSA P-256: grpc's BoringSSL offers no Ed25519 signature algorithm in its TLS handshake
+(``NO_COMMON_SIGNATURE_ALGORITHMS``), so Ed25519 certificates cannot be used for mTLS there.
+
+The functions that build certificates are pure (PEM bytes in, PEM bytes out); the file layer below
+them is what ``blindmatch pki init`` and ``blindmatch pki issue`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROLES: Final = ("node", "coordinator", "operator")
+# Roles that accept connections; their certificates need DNS/IP SANs for hostname checks.
+SERVER_ROLES: Final = frozenset({"node", "coordinator"})
+DEFAULT_SERVER_HOSTS: Final = ("localhost", "127.0.0.1")
+URI_SCHEME: Final = "blindmatch://"
+CA_VALIDITY: Final = datetime.timedelta(days=3652)
+LEAF_VALIDITY: Final = datetime.timedelta(days=731)
+# Backdating absorbs small clock differences between the issuing machine and its peers.
+CLOCK_SKEW: Final = datetime.timedelta(minutes=5)
+
+CA_CERT_FILE: Final = "ca.pem"
+CA_KEY_FILE: Final = "ca.key"
+ISSUED_DIR: Final = "issued"
+
+_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_DNS_LABEL_RE: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class PkiError(Exception):
+    """A certificate, key or PKI directory is missing, malformed or inconsistent."""
+
+
+class PkiFileExists(PkiError, FileExistsError):
+    """A file the PKI would write already exists; nothing is ever overwritten."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a certificate says its holder is."""
+
+    role: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.role}/{self.name}"
+
+
+@dataclass(frozen=True)
+class CaMaterial:
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CertMaterial:
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CaPaths:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class IssuedPaths:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid participant name, else raise ValueError."""
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid name {name!r}: use 1 to 63 characters from a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_role(role: str) -> str:
+    """Return ``role`` if it is one of ROLES, else raise ValueError."""
+    if role not in ROLES:
+        raise ValueError(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def identity_uri(identity: Identity) -> str:
+    return f"{URI_SCHEME}{identity.role}/{identity.name}"
+
+
+def new_ca(
+    name: str = "blindmatch federation CA",
+    *,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> CaMaterial:
+    """Make a self-signed federation CA that may sign leaves but no further CAs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start, end = _validity(not_before, not_after, CA_VALIDITY)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CaMaterial(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
+
+
+def issue(
+    ca: CaMaterial,
+    name: str,
+    role: str,
+    hosts: Iterable[str] = (),
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> CertMaterial:
+    """Issue a leaf certificate for ``role``/``name`` signed by ``ca``.
+
+    ``hosts`` become DNS or IP SANs. When none are given, node and coordinator certificates get
+    ``localhost`` and ``127.0.0.1`` so they work on loopback; a deployment should pass its real
+    host names, since any holder of a certificate valid for a host name can serve as that host.
+    """
+    identity = Identity(validate_role(role), validate_name(name))
+    host_list = list(hosts) or (list(DEFAULT_SERVER_HOSTS) if role in SERVER_ROLES else [])
+    ca_cert, ca_key = _load_ca(ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start, end = _validity(not_before, not_after, LEAF_VALIDITY)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri(identity))]
+    sans += [_host_san(host) for host in host_list]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return CertMaterial(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
+
+
+def identity_of(cert_pem: bytes) -> Identity:
+    """Read the blindmatch identity from a certificate's URI SAN; raise PkiError if it has none."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise PkiError(f"not a PEM X.509 certificate: {exc}") from exc
+    subject = cert.subject.rfc4514_string() or "(empty subject)"
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        uris: list[str] = []
+    else:
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    ours = [u for u in uris if u.startswith(URI_SCHEME)]
+    if len(ours) != 1:
+        found = "none" if not ours else ", ".join(ours)
+        raise PkiError(
+            f"certificate {subject} must carry exactly one {URI_SCHEME}<role>/<name> URI SAN "
+            f"(found {found}); issue it with `blindmatch pki issue`"
+        )
+    role, sep, name = ours[0].removeprefix(URI_SCHEME).partition("/")
+    try:
+        if not sep:
+            raise ValueError("expected <role>/<name>")
+        return Identity(validate_role(role), validate_name(name))
+    except ValueError as exc:
+        raise PkiError(
+            f"certificate {subject} has a malformed identity {ours[0]!r}: {exc}"
+        ) from exc
+
+
+# --- file layer -------------------------------------------------------------------------------
+
+
+def init_pki_dir(path: Path | str) -> CaPaths:
+    """Create a federation CA in ``path`` (``ca.pem``, and ``ca.key`` readable by the owner only)."""
+    pki_dir = Path(path)
+    paths = CaPaths(cert=pki_dir / CA_CERT_FILE, key=pki_dir / CA_KEY_FILE)
+    _refuse_existing([paths.cert, paths.key])
+    pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca = new_ca()
+    _write_new(paths.key, ca.key_pem, secret=True)
+    _write_new(paths.cert, ca.cert_pem, secret=False)
+    return paths
+
+
+def issue_to_dir(
+    pki_dir: Path | str,
+    name: str,
+    role: str,
+    hosts: Iterable[str] = (),
+    out_dir: Path | str | None = None,
+) -> IssuedPaths:
+    """Issue a certificate with the CA in ``pki_dir`` and write ``<name>.pem`` and ``<name>.key``.
+
+    Files go to ``pki_dir/issued/`` by default. With ``out_dir`` (a node's own directory, say) the
+    CA certificate is copied there too as ``ca.pem``, so that directory holds everything the
+    holder needs; an identical ``ca.pem`` already there is kept, a different one is an error.
+    """
+    validate_name(name)
+    validate_role(role)
+    if name == Path(CA_CERT_FILE).stem:
+        raise ValueError(f"the name {name!r} is reserved for the CA's own files; choose another")
+    ca_paths = CaPaths(cert=Path(pki_dir) / CA_CERT_FILE, key=Path(pki_dir) / CA_KEY_FILE)
+    ca = _read_ca(Path(pki_dir), ca_paths)
+    target = Path(out_dir) if out_dir is not None else Path(pki_dir) / ISSUED_DIR
+    paths = IssuedPaths(
+        ca=ca_paths.cert if out_dir is None else target / CA_CERT_FILE,
+        cert=target / f"{name}.pem",
+        key=target / f"{name}.key",
+    )
+    _refuse_existing([paths.cert, paths.key])
+    copy_ca = out_dir is not None and not _same_content(paths.ca, ca.cert_pem)
+    if copy_ca:
+        _refuse_existing([paths.ca])
+    material = issue(ca, name, role, hosts)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if copy_ca:
+        _write_new(paths.ca, ca.cert_pem, secret=False)
+    _write_new(paths.key, material.key_pem, secret=True)
+    _write_new(paths.cert, material.cert_pem, secret=False)
+    return paths
+
+
+def cmd_pki_init(args: argparse.Namespace) -> int:
+    """``blindmatch pki init PKI_DIR``."""
+    try:
+        paths = init_pki_dir(args.pki_dir)
+    except (PkiError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote CA certificate {paths.cert}")
+    print(f"wrote CA key {paths.key} (mode 0600; keep it offline, it can mint any identity)")
+    return 0
+
+
+def cmd_pki_issue(args: argparse.Namespace) -> int:
+    """``blindmatch pki issue PKI_DIR NAME --role R [--host H ...]``."""
+    try:
+        paths = issue_to_dir(args.pki_dir, args.name, args.role, args.host or ())
+    except (PkiError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"issued {args.role}/{args.name}")
+    print(f"wrote certificate {paths.cert}")
+    print(f"wrote key {paths.key} (mode 0600)")
+    print(f"CA certificate: {paths.ca}")
+    return 0
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _validity(
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime | None,
+    default_length: datetime.timedelta,
+) -> tuple[datetime.datetime, datetime.datetime]:
+    start = not_before or datetime.datetime.now(datetime.UTC) - CLOCK_SKEW
+    end = not_after or start + default_length
+    if end <= start:
+        raise ValueError(f"not_after ({end}) must be later than not_before ({start})")
+    return start, end
+
+
+def _host_san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    dns = host.lower().removesuffix(".")
+    if len(dns) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in dns.split(".")):
+        raise ValueError(f"invalid host {host!r}: give a DNS name or an IP address")
+    return x509.DNSName(dns)
+
+
+def _load_ca(ca: CaMaterial) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(ca.cert_pem)
+        key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"cannot load the CA certificate or key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError("the CA key is not an ECDSA key; recreate the CA with `blindmatch pki init`")
+    if key.public_key() != cert.public_key():
+        raise PkiError("the CA key does not belong to the CA certificate")
+    return cert, key
+
+
+def _read_ca(pki_dir: Path, paths: CaPaths) -> CaMaterial:
+    if not pki_dir.is_dir():
+        raise PkiError(
+            f"PKI directory {pki_dir} does not exist; run `blindmatch pki init {pki_dir}` first"
+        )
+    for p in (paths.cert, paths.key):
+        if not p.is_file():
+            raise PkiError(
+                f"{p} is missing: {pki_dir} is not an initialised PKI directory; "
+                f"run `blindmatch pki init {pki_dir}` first"
+            )
+    try:
+        ca = CaMaterial(cert_pem=paths.cert.read_bytes(), key_pem=paths.key.read_bytes())
+    except OSError as exc:
+        raise PkiError(f"cannot read the CA in {pki_dir}: {exc}") from exc
+    _load_ca(ca)
+    return ca
+
+
+def _same_content(path: Path, content: bytes) -> bool:
+    try:
+        return path.read_bytes() == content
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_existing(paths: Iterable[Path]) -> None:
+    for p in paths:
+        if p.exists() or p.is_symlink():
+            raise PkiFileExists(f"{p} exists; refusing to overwrite it (move it away first)")
+
+
+def _write_new(path: Path, content: bytes, *, secret: bool) -> None:
+    # O_EXCL: never clobber, never follow a planted symlink; a key is 0600 from its first byte.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600 if secret else 0o644)
+    except FileExistsError as exc:
+        raise PkiFileExists(
+            f"{path} exists; refusing to overwrite it (move it away first)"
+        ) from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

@@ -1,0 +1,459 @@
+"""Round state machines, without I/O: feed a message, get what to send next.
+
+A round among participants P0..P(N-1) (the coordinator's order), semi-honest, coordinator-matched.
+
+Node rules (``NodeRound``)
+  1. ``prepare``: the node checks the participant list, mode and kinds against its policy and its
+     own-set cap, shuffles its eligible indicators with a CSPRNG (the shuffled order *is* the
+     position map) and draws a fresh key. Phase PREPARED. It answers with its set size.
+  2. ``own_batches``: the shuffled indicators in chunks, to be hashed and blinded with the key (by
+     the caller, possibly in worker processes) and streamed out in that order.
+  3. ``begin_routing(sizes)``: the coordinator announces every set's size; the node refuses (before
+     blinding anything) a partner set larger than its cap or a total beyond its round cap.
+     Phase ROUTING.
+  4. ``accept_chunk(owner, seq, count)``: a chunk of a partner's set to re-blind. Chunks of one set
+     arrive with seq 0, 1, 2, ...; a duplicate, a gap, more elements than announced, or a chunk of
+     its own set is refused. The caller blinds the accepted chunk and sends it back in order.
+  5. ``resolve(delivery)``: positions -> its own sighting ids; the key is destroyed. Phase DONE.
+  ``abort`` at any point destroys the key. Phase ABORTED. Nothing is accepted after DONE/ABORTED.
+
+Coordinator rules (``CoordinatorRound``)
+  1. PREPARING: ``on_prepared(node, size)`` from every participant; sizes are checked against the
+     coordinator's caps. Then ROUTING, and ``sizes`` is announced to every node.
+  2. ROUTING: the set of P_i travels P_i -> P_(i+1) -> ... -> P_(i-1) (cyclic order), each hop
+     applying one key and keeping order; so no node ever holds two sets blinded under the same
+     subset of keys and cannot compare partners' sets. ``on_chunk(sender, owner, seq, elements)``
+     checks that the sender is the one expected at that hop and that seqs arrive in order, then
+     returns the ``Forward`` to the next hop, or keeps the chunk as final tags after the last hop.
+     Chunks move on one at a time, so all nodes work at once.
+  3. When every set is final: ``deliveries()`` computes what each node may learn (``match``), and
+     the tags are dropped. Phase DELIVERING; ``on_delivered`` from every node -> DONE.
+  ``fail(reason)`` at any point -> FAILED; the caller sends an abort to every node.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from blindmatch.canon import KINDS
+from blindmatch.group import ELEMENT_BYTES, RoundKey
+from blindmatch.match import (
+    MAX_PARTICIPANTS,
+    MODES,
+    CountResult,
+    Delivery,
+    PairwiseResult,
+    ThresholdResult,
+    deliveries,
+)
+
+DEFAULT_CHUNK = 4096  # elements per chunk: 128 KiB of payload, far below gRPC's 4 MB limit
+
+
+class ProtocolError(Exception):
+    """A message the protocol refuses; ``code`` maps to a gRPC status in one place per service."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class BadMessage(ProtocolError):
+    code = "INVALID_ARGUMENT"
+
+
+class WrongPhase(ProtocolError):
+    code = "FAILED_PRECONDITION"
+
+
+class PolicyRefusal(ProtocolError):
+    code = "PERMISSION_DENIED"
+
+
+class CapExceeded(ProtocolError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class UnknownRound(ProtocolError):
+    code = "NOT_FOUND"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSpec:
+    round_id: str
+    participants: tuple[str, ...]
+    mode: str = "pairwise"
+    threshold: int | None = None
+    kinds: tuple[str, ...] = KINDS
+    chunk_size: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        n = len(self.participants)
+        if not 2 <= n <= MAX_PARTICIPANTS:
+            raise BadMessage(f"a round needs 2 to {MAX_PARTICIPANTS} participants, got {n}")
+        if len(set(self.participants)) != n:
+            raise BadMessage("a participant is named twice")
+        if self.mode not in MODES:
+            raise BadMessage(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.mode == "threshold":
+            if self.threshold is None or not 2 <= self.threshold <= n:
+                raise BadMessage(f"threshold must be between 2 and {n}, got {self.threshold}")
+        elif self.threshold is not None:
+            raise BadMessage(f"a threshold only applies to threshold mode, not {self.mode}")
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown or not self.kinds:
+            raise BadMessage(f"unknown or no kinds: {', '.join(unknown) or '(none)'}")
+        if not 1 <= self.chunk_size <= 65536:
+            raise BadMessage(f"chunk size {self.chunk_size} out of range 1..65536")
+
+    def index(self, name: str) -> int:
+        try:
+            return self.participants.index(name)
+        except ValueError:
+            raise BadMessage(f"{name!r} is not a participant of round {self.round_id}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A node's sharing policy (the part the core enforces)."""
+
+    partners: frozenset[str] | None = None  # None: any partner ("*")
+    kinds: frozenset[str] = frozenset(KINDS)
+    max_partner_set: int = 2_000_000  # largest partner set it re-blinds in one round
+    max_own_set: int = 5_000_000  # largest own set it contributes
+    max_round_elements: int = 20_000_000  # everything it blinds in one round
+
+    def check(self, spec: RoundSpec, me: str) -> None:
+        if me not in spec.participants:
+            raise BadMessage(f"this node ({me}) is not a participant of round {spec.round_id}")
+        if self.partners is not None:
+            outside = [p for p in spec.participants if p != me and p not in self.partners]
+            if outside:
+                raise PolicyRefusal(
+                    f"policy of {me} does not allow matching with {', '.join(outside)}"
+                )
+
+
+class NodePhase(enum.Enum):
+    PREPARED = "prepared"
+    ROUTING = "routing"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    sighting_id: int
+    partners: tuple[str, ...]  # empty when the mode hides them
+    count: int | None  # nations holding it, self included, when the mode reveals it
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOutcome:
+    matches: tuple[Match, ...] = ()
+    partner_counts: Mapping[str, int] = field(default_factory=dict)  # count mode only
+
+
+class NodeRound:
+    """One node's side of one round. Holds the key and the position map until resolve/abort."""
+
+    def __init__(
+        self,
+        spec: RoundSpec,
+        me: str,
+        policy: Policy,
+        candidates: Sequence[tuple[int, str, str]],
+    ) -> None:
+        policy.check(spec, me)
+        kinds = set(spec.kinds) & policy.kinds
+        own = [c for c in candidates if c[1] in kinds]
+        if len(own) > policy.max_own_set:
+            raise CapExceeded(
+                f"own set of {len(own)} indicators exceeds this node's cap of "
+                f"{policy.max_own_set} (policy max_own_set)"
+            )
+        _shuffle(own)
+        self.spec = spec
+        self.me = me
+        self.policy = policy
+        self.phase = NodePhase.PREPARED
+        self._own = own  # position -> (sighting id, kind, value)
+        self.key: RoundKey | None = RoundKey.generate()
+        self.sizes: dict[str, int] = {}
+        self.blinded_for: dict[str, int] = {}
+        self._next_seq: dict[str, int] = {}
+        self.reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self._own)
+
+    def live_key(self) -> RoundKey:
+        if self.key is None or self.phase in (NodePhase.DONE, NodePhase.ABORTED):
+            raise WrongPhase(f"round {self.spec.round_id} is {self.phase.value}")
+        return self.key
+
+    def own_batches(self) -> Iterator[list[tuple[str, str]]]:
+        """(kind, value) in position order, one chunk at a time, for hashing and blinding."""
+        self._require(NodePhase.PREPARED, NodePhase.ROUTING)
+        step = self.spec.chunk_size
+        for start in range(0, len(self._own), step):
+            yield [(k, v) for _, k, v in self._own[start : start + step]]
+
+    def begin_routing(self, sizes: Mapping[str, int]) -> None:
+        self._require(NodePhase.PREPARED)
+        if set(sizes) != set(self.spec.participants):
+            raise BadMessage("announced sizes must name every participant exactly once")
+        if sizes[self.me] != self.size:
+            raise BadMessage(
+                f"announced size {sizes[self.me]} for {self.me} but it has {self.size}"
+            )
+        total = 0
+        for partner, n in sizes.items():
+            if n < 0:
+                raise BadMessage(f"negative size announced for {partner}")
+            if partner == self.me:
+                continue
+            if n > self.policy.max_partner_set:
+                raise CapExceeded(
+                    f"{partner}'s set of {n} elements exceeds this node's cap of "
+                    f"{self.policy.max_partner_set} per partner (policy max_partner_set)"
+                )
+            total += n
+        if total + self.size > self.policy.max_round_elements:
+            raise CapExceeded(
+                f"round would blind {total + self.size} elements; this node's cap is "
+                f"{self.policy.max_round_elements} (policy max_round_elements)"
+            )
+        self.sizes = dict(sizes)
+        self._next_seq = {p: 0 for p in sizes if p != self.me}
+        self.blinded_for = {p: 0 for p in sizes if p != self.me}
+        self.phase = NodePhase.ROUTING
+
+    def accept_chunk(self, owner: str, seq: int, count: int) -> None:
+        """Validate a chunk of ``owner``'s set before it is blinded."""
+        self._require(NodePhase.ROUTING)
+        if owner == self.me:
+            raise BadMessage("a node never re-blinds its own set")
+        expected = self._next_seq.get(owner)
+        if expected is None:
+            raise BadMessage(f"{owner!r} is not a participant of round {self.spec.round_id}")
+        if seq != expected:
+            what = "duplicate" if seq < expected else "out-of-order"
+            raise BadMessage(f"{what} chunk {seq} of {owner}'s set; expected chunk {expected}")
+        if count == 0:
+            raise BadMessage(f"empty chunk {seq} of {owner}'s set")
+        if self.blinded_for[owner] + count > self.sizes[owner]:
+            raise BadMessage(
+                f"{owner}'s set was announced with {self.sizes[owner]} elements; chunk {seq} "
+                f"brings it to {self.blinded_for[owner] + count}"
+            )
+        self._next_seq[owner] = seq + 1
+        self.blinded_for[owner] += count
+
+    def resolve(self, delivery: Delivery) -> NodeOutcome:
+        """Map a delivery by position to this node's sightings; destroys the key."""
+        self._require(NodePhase.ROUTING)
+        n = len(self._own)
+        names = self.spec.participants
+        matches: list[Match] = []
+        counts: dict[str, int] = {}
+        mode = self.spec.mode
+        if isinstance(delivery, PairwiseResult) and mode == "pairwise":
+            for pos, partners in zip(delivery.positions, delivery.partners, strict=True):
+                self._check_position(pos, n)
+                who = tuple(
+                    names[j] for j in partners if 0 <= j < len(names) and names[j] != self.me
+                )
+                if len(who) != len(partners) or not who:
+                    raise BadMessage(f"position {pos}: invalid partner list")
+                matches.append(Match(self._own[pos][0], who, len(who) + 1))
+        elif isinstance(delivery, ThresholdResult) and mode == "threshold":
+            assert self.spec.threshold is not None
+            for pos, count in zip(delivery.positions, delivery.counts, strict=True):
+                self._check_position(pos, n)
+                if not self.spec.threshold <= count <= len(names):
+                    raise BadMessage(f"position {pos}: count {count} outside the threshold range")
+                matches.append(Match(self._own[pos][0], (), count))
+        elif isinstance(delivery, CountResult) and mode == "count":
+            for j, c in delivery.shared.items():
+                if not 0 <= j < len(names) or names[j] == self.me or not 0 <= c <= n:
+                    raise BadMessage("invalid partner count")
+                counts[names[j]] = c
+        else:
+            raise BadMessage(f"delivery does not fit the round's mode ({mode})")
+        if len({m.sighting_id for m in matches}) != len(matches):
+            raise BadMessage("a position is delivered twice")
+        self._finish(NodePhase.DONE, None)
+        return NodeOutcome(tuple(matches), counts)
+
+    def abort(self, reason: str) -> None:
+        if self.phase not in (NodePhase.DONE, NodePhase.ABORTED):
+            self._finish(NodePhase.ABORTED, reason)
+
+    def _finish(self, phase: NodePhase, reason: str | None) -> None:
+        if self.key is not None:
+            self.key.destroy()
+        self.key = None
+        self._own = []
+        self.phase = phase
+        self.reason = reason
+
+    @staticmethod
+    def _check_position(pos: int, n: int) -> None:
+        if not 0 <= pos < n:
+            raise BadMessage(f"position {pos} outside this node's set of {n}")
+
+    def _require(self, *phases: NodePhase) -> None:
+        if self.phase not in phases:
+            raise WrongPhase(
+                f"round {self.spec.round_id} is {self.phase.value}; this message needs "
+                + " or ".join(p.value for p in phases)
+            )
+
+
+def _shuffle(items: list[tuple[int, str, str]]) -> None:
+    """Fisher-Yates with the OS CSPRNG: positions must not reveal import order."""
+    for i in range(len(items) - 1, 0, -1):
+        j = secrets.randbelow(i + 1)
+        items[i], items[j] = items[j], items[i]
+
+
+class CoordinatorPhase(enum.Enum):
+    PREPARING = "preparing"
+    ROUTING = "routing"
+    DELIVERING = "delivering"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    to: str
+    owner: str
+    seq: int
+    elements: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    max_set: int = 5_000_000  # largest set the coordinator accepts from one node
+    max_total: int = 20_000_000  # all sets of one round together
+
+
+class CoordinatorRound:
+    def __init__(self, spec: RoundSpec, caps: Caps | None = None) -> None:
+        self.spec = spec
+        self.caps = caps or Caps()
+        self.phase = CoordinatorPhase.PREPARING
+        self.sizes: dict[str, int] = {}
+        self.reason: str | None = None
+        n = len(spec.participants)
+        # per owner and hop: next seq expected and elements seen (hop 0 = the owner's own set)
+        self._next_seq = [[0] * n for _ in range(n)]
+        self._seen = [[0] * n for _ in range(n)]
+        self._final = [bytearray() for _ in range(n)]
+        self._delivered: set[str] = set()
+
+    def on_prepared(self, node: str, size: int) -> bool:
+        """Record a node's set size; True once every participant has prepared."""
+        self._require(CoordinatorPhase.PREPARING)
+        self.spec.index(node)
+        if node in self.sizes:
+            raise BadMessage(f"{node} prepared twice")
+        if not 0 <= size <= self.caps.max_set:
+            raise CapExceeded(
+                f"{node} announced a set of {size} elements; the coordinator's cap is "
+                f"{self.caps.max_set} per node (max_set)"
+            )
+        self.sizes[node] = size
+        if sum(self.sizes.values()) > self.caps.max_total:
+            raise CapExceeded(
+                f"the round's sets total {sum(self.sizes.values())} elements; the coordinator's "
+                f"cap is {self.caps.max_total} (max_total)"
+            )
+        if len(self.sizes) == len(self.spec.participants):
+            self.phase = CoordinatorPhase.ROUTING
+            return True
+        return False
+
+    def hop_node(self, owner_index: int, hop: int) -> str:
+        """Who holds owner's set at ``hop`` (0 = the owner itself, N-1 = the last re-blinder)."""
+        parts = self.spec.participants
+        return parts[(owner_index + hop) % len(parts)]
+
+    def on_chunk(self, sender: str, owner: str, seq: int, elements: bytes) -> Forward | None:
+        """A chunk of ``owner``'s set coming out of ``sender``; where it goes next, if anywhere."""
+        self._require(CoordinatorPhase.ROUTING)
+        n = len(self.spec.participants)
+        o = self.spec.index(owner)
+        s = self.spec.index(sender)
+        hop = (s - o) % n
+        if len(elements) % ELEMENT_BYTES or not elements:
+            raise BadMessage(f"chunk {seq} of {owner}'s set from {sender} is not whole elements")
+        if seq != self._next_seq[o][hop]:
+            raise BadMessage(
+                f"chunk {seq} of {owner}'s set from {sender}: expected chunk {self._next_seq[o][hop]}"
+            )
+        count = len(elements) // ELEMENT_BYTES
+        if self._seen[o][hop] + count > self.sizes[owner]:
+            raise BadMessage(
+                f"{sender} sent more of {owner}'s set than the {self.sizes[owner]} announced"
+            )
+        self._next_seq[o][hop] += 1
+        self._seen[o][hop] += count
+        if hop == n - 1:
+            self._final[o] += elements
+            return None
+        return Forward(self.hop_node(o, hop + 1), owner, seq, elements)
+
+    def routed(self) -> bool:
+        n = len(self.spec.participants)
+        return (
+            all(
+                len(self._final[i]) == self.sizes[name] * ELEMENT_BYTES
+                for i, name in enumerate(self.spec.participants)
+            )
+            and n > 0
+        )
+
+    def progress(self) -> tuple[int, int]:
+        """(element-hops done, element-hops needed) for progress reports."""
+        n = len(self.spec.participants)
+        done = sum(sum(self._seen[o][1:]) for o in range(n))
+        return done, sum(self.sizes.values()) * (n - 1)
+
+    def deliveries(self) -> dict[str, Delivery]:
+        """What each node learns; drops the tags (they never outlive the match)."""
+        self._require(CoordinatorPhase.ROUTING)
+        if not self.routed():
+            raise WrongPhase("not every set has been fully blinded yet")
+        result = deliveries(
+            [bytes(t) for t in self._final], self.spec.mode, threshold=self.spec.threshold
+        )
+        self._final = []
+        self.phase = CoordinatorPhase.DELIVERING
+        return dict(zip(self.spec.participants, result, strict=True))
+
+    def on_delivered(self, node: str) -> bool:
+        self._require(CoordinatorPhase.DELIVERING)
+        self.spec.index(node)
+        self._delivered.add(node)
+        if len(self._delivered) == len(self.spec.participants):
+            self.phase = CoordinatorPhase.DONE
+            return True
+        return False
+
+    def fail(self, reason: str) -> None:
+        if self.phase not in (CoordinatorPhase.DONE, CoordinatorPhase.FAILED):
+            self.phase = CoordinatorPhase.FAILED
+            self.reason = reason
+            self._final = []
+
+    def _require(self, *phases: CoordinatorPhase) -> None:
+        if self.phase not in phases:
+            raise WrongPhase(
+                f"round {self.spec.round_id} is {self.phase.value}; expected "
+                + " or ".join(p.value for p in phases)
+            )

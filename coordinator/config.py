@@ -1,0 +1,354 @@
+"""The coordinator's and the operator's TOML configuration files.
+
+Paths in a file are relative to that file's directory; ``load_*`` returns them absolute, so a
+loaded config works from any working directory. Unknown keys are errors (a typo must not silently
+fall back to a default), and every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from blindmatch.net import split_host_port
+from blindmatch.pki import validate_name
+from blindmatch.protocol import Caps
+
+COORDINATOR_FILE: Final = "coordinator.toml"
+OPERATOR_FILE: Final = "operator.toml"
+ANY_OPERATOR: Final = "*"
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str
+    tls: TlsPaths
+    nodes: Mapping[str, str]  # node name -> "host:port", the registry
+    name: str = "coordinator"
+    state: Path = Path("coordinator.sqlite")
+    call_timeout: float = 60.0  # seconds: deadline of each unary call to a node
+    round_timeout: float = 3600.0  # seconds: a round not finished by then fails
+    chunk_size: int = 4096  # elements per chunk
+    operators: tuple[str, ...] = (ANY_OPERATOR,)
+    caps: Caps = field(default_factory=Caps)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    name: str
+    coordinator: str  # "host:port"
+    tls: TlsPaths
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_config(path: Path | str) -> CoordinatorConfig:
+    """Read a coordinator.toml."""
+    r = _Reader(Path(path))
+    tls = r.tls()
+    caps_table = r.table("caps", required=False)
+    caps = Caps(
+        max_set=r.integer("caps.max_set", caps_table, Caps.max_set, low=0),
+        max_total=r.integer("caps.max_total", caps_table, Caps.max_total, low=0),
+    )
+    r.no_unknown(caps_table, "caps", {"max_set", "max_total"})
+    nodes_table = r.table("nodes", required=True)
+    nodes: dict[str, str] = {}
+    for node, address in nodes_table.items():
+        r.check(_valid_name(node), f"nodes.{node}", "is not a valid node name (a-z, 0-9, _ and -)")
+        nodes[node] = r.address(f"nodes.{node}", address)
+    operators = r.value("operators", r.data, [ANY_OPERATOR], list)
+    for op in operators:
+        r.check(
+            isinstance(op, str) and (op == ANY_OPERATOR or _valid_name(op)),
+            "operators",
+            f'entry {op!r} is neither "*" nor a valid operator name',
+        )
+    config = CoordinatorConfig(
+        name=r.name("name", r.data, "coordinator"),
+        listen=r.address("listen", r.value("listen", r.data, None, str)),
+        state=r.path("state", r.data, "coordinator.sqlite"),
+        call_timeout=r.seconds("call_timeout", CoordinatorConfig.call_timeout),
+        round_timeout=r.seconds("round_timeout", CoordinatorConfig.round_timeout),
+        chunk_size=r.integer("chunk_size", r.data, CoordinatorConfig.chunk_size, low=1, high=65536),
+        operators=tuple(operators),
+        tls=tls,
+        caps=caps,
+        nodes=nodes,
+    )
+    r.no_unknown(
+        r.data,
+        "",
+        {
+            "name",
+            "listen",
+            "state",
+            "call_timeout",
+            "round_timeout",
+            "chunk_size",
+            "operators",
+            "tls",
+            "caps",
+            "nodes",
+        },
+    )
+    return config
+
+
+def load_operator_config(path: Path | str) -> OperatorConfig:
+    """Read an operator.toml."""
+    r = _Reader(Path(path))
+    config = OperatorConfig(
+        name=r.name("name", r.data, None),
+        coordinator=r.address("coordinator", r.value("coordinator", r.data, None, str)),
+        tls=r.tls(),
+    )
+    r.no_unknown(r.data, "", {"name", "coordinator", "tls"})
+    return config
+
+
+class _Reader:
+    """Typed access to one parsed file, raising ConfigError naming the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = Path(os.path.abspath(path)).parent
+        try:
+            with path.open("rb") as f:
+                self.data: dict[str, Any] = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a file") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key} {problem}")
+
+    def check(self, ok: bool, key: str, problem: str) -> None:
+        if not ok:
+            raise self.fail(key, problem)
+
+    def value(self, key: str, table: Mapping[str, Any], default: Any, kind: type) -> Any:
+        name = key.rpartition(".")[2]
+        if name not in table:
+            if default is None:
+                raise self.fail(key, "is missing")
+            return default
+        got = table[name]
+        # bool is an int in Python, never a valid count or duration here
+        if not isinstance(got, kind) or (isinstance(got, bool) and kind is not bool):
+            raise self.fail(key, f"must be a {_TOML_TYPE[kind]}, not {got!r}")
+        return got
+
+    def table(self, key: str, *, required: bool) -> dict[str, Any]:
+        if key not in self.data and not required:
+            return {}
+        table = self.value(key, self.data, None, dict)
+        assert isinstance(table, dict)
+        return table
+
+    def integer(
+        self, key: str, table: Mapping[str, Any], default: int, *, low: int, high: int | None = None
+    ) -> int:
+        got = self.value(key, table, default, int)
+        assert isinstance(got, int)
+        if got < low or (high is not None and got > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise self.fail(key, f"must be {bound}, not {got}")
+        return got
+
+    def seconds(self, key: str, default: float) -> float:
+        got = self.value(key, self.data, default, int | float)  # type: ignore[arg-type]
+        if not (math.isfinite(got) and got > 0):
+            raise self.fail(key, f"must be a positive number of seconds, not {got}")
+        return float(got)
+
+    def name(self, key: str, table: Mapping[str, Any], default: str | None) -> str:
+        got = self.value(key, table, default, str)
+        assert isinstance(got, str)
+        self.check(
+            _valid_name(got),
+            key,
+            f"{got!r} is not a valid name: use a-z, 0-9, '_' and '-', up to 63 characters",
+        )
+        return got
+
+    def address(self, key: str, got: Any) -> str:
+        if not isinstance(got, str):
+            raise self.fail(key, f'must be a string "host:port", not {got!r}')
+        try:
+            split_host_port(got)
+        except ValueError as exc:
+            raise self.fail(key, f"is not host:port: {exc}") from None
+        return got
+
+    def path(self, key: str, table: Mapping[str, Any], default: str | None) -> Path:
+        got = self.value(key, table, default, str)
+        assert isinstance(got, str)
+        self.check(bool(got), key, "must not be empty")
+        return self.base / got
+
+    def tls(self) -> TlsPaths:
+        table = self.table("tls", required=True)
+        paths = TlsPaths(
+            ca=self.path("tls.ca", table, None),
+            cert=self.path("tls.cert", table, None),
+            key=self.path("tls.key", table, None),
+        )
+        self.no_unknown(table, "tls", {"ca", "cert", "key"})
+        return paths
+
+    def no_unknown(self, table: Mapping[str, Any], prefix: str, known: set[str]) -> None:
+        extra = sorted(set(table) - known)
+        if extra:
+            where = f"[{prefix}] " if prefix else ""
+            raise ConfigError(
+                f"{self.path}: unknown key {where}{', '.join(extra)}; "
+                f"known keys: {', '.join(sorted(known))}"
+            )
+
+
+_TOML_TYPE: Final[dict[Any, str]] = {
+    str: "string",
+    int: "integer",
+    dict: "table",
+    list: "list",
+    int | float: "number",
+}
+
+
+def _valid_name(name: object) -> bool:
+    if not isinstance(name, str):
+        return False
+    try:
+        validate_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def write_config(path: Path | str, config: CoordinatorConfig) -> None:
+    """Write a complete, commented coordinator.toml; refuses to overwrite an existing file."""
+    target = Path(path)
+    base = Path(os.path.abspath(target)).parent
+    lines = [
+        "# blindmatch coordinator configuration",
+        _line("name", _s(config.name), "must match the name in this coordinator's certificate"),
+        _line("listen", _s(config.listen), "host:port this coordinator listens on"),
+        _line(
+            "state",
+            _s(_rel(config.state, base)),
+            "round state (SQLite); never holds a tag or an indicator",
+        ),
+        _line(
+            "call_timeout", _num(config.call_timeout), "seconds: deadline of each unary call to a node"
+        ),
+        _line(
+            "round_timeout",
+            _num(config.round_timeout),
+            "seconds: a round that has not finished by then fails",
+        ),
+        _line("chunk_size", str(config.chunk_size), "elements per chunk"),
+        _line(
+            "operators",
+            "[" + ", ".join(_s(o) for o in config.operators) + "]",
+            'operator names allowed to start rounds ("*" = any operator certificate)',
+        ),
+        "",
+        _line("[tls]", None, "paths are relative to this file's directory"),
+        *_tls_lines(config.tls, base),
+        "",
+        "[caps]",
+        _line("max_set", str(config.caps.max_set), "largest set accepted from one node"),
+        _line("max_total", str(config.caps.max_total), "all sets of one round together"),
+        "",
+        _line("[nodes]", None, 'the registry: node name = "host:port"'),
+        *(f"{n} = {_s(a)}" for n, a in config.nodes.items()),
+    ]
+    _write_new(target, "\n".join(lines) + "\n")
+
+
+def write_operator_config(path: Path | str, config: OperatorConfig) -> None:
+    """Write a complete, commented operator.toml; refuses to overwrite an existing file."""
+    target = Path(path)
+    base = Path(os.path.abspath(target)).parent
+    lines = [
+        "# blindmatch operator configuration",
+        _line("name", _s(config.name), "must match the name in this operator's certificate"),
+        _line(
+            "coordinator",
+            _s(config.coordinator),
+            "host:port where `blindmatch coordinator serve` listens",
+        ),
+        "",
+        _line("[tls]", None, "paths are relative to this file's directory"),
+        *_tls_lines(config.tls, base),
+    ]
+    _write_new(target, "\n".join(lines) + "\n")
+
+
+def _line(key: str, value: str | None, comment: str) -> str:
+    assignment = key if value is None else f"{key} = {value}"
+    return f"{assignment:<33} # {comment}"
+
+
+def _tls_lines(tls: TlsPaths, base: Path) -> list[str]:
+    return [
+        f"ca = {_s(_rel(tls.ca, base))}",
+        f"cert = {_s(_rel(tls.cert, base))}",
+        f"key = {_s(_rel(tls.key, base))}",
+    ]
+
+
+def _s(text: str) -> str:
+    # A JSON string is a valid TOML basic string (same escapes, \uXXXX for control characters).
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _num(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
+
+
+def _rel(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when it lies below it, so the directory can be moved."""
+    if not path.is_absolute():
+        return path.as_posix()  # already relative to the file's directory
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _write_new(path: Path, text: str) -> None:
+    try:
+        with path.open("x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; refusing to overwrite it (move it away first)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,313 @@
+"""Handlers of ``blindmatch node ...``: the only node code that reads flags, files and the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from blindmatch import net, pki
+from node.config import ConfigError, NodeConfig, load_config, render_config
+from node.store import MatchRow, PartnerCount, Store, StoreError
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+@contextmanager
+def _store(args: argparse.Namespace) -> Iterator[tuple[NodeConfig, Store]]:
+    config = load_config(args.config)
+    if not config.store.exists():
+        raise StoreError(f"{config.store}: no store here (run `blindmatch node init` first)")
+    with Store.open(config.store) as store:
+        yield config, store
+
+
+def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the errors an operator can fix into one clear line and exit status 2."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ConfigError, StoreError, pki.PkiError, net.NetError, ValueError, OSError) as exc:
+            return _error(str(exc))
+
+    return guarded
+
+
+@_guard
+def cmd_init(args: argparse.Namespace) -> int:
+    node_dir = Path(args.node_dir)
+    config_path = node_dir / "node.toml"
+    if config_path.exists():
+        return _error(f"{config_path} exists; refusing to overwrite it")
+    host, _ = net.split_host_port(args.listen)
+    pki.validate_name(args.name)
+    hosts = list(dict.fromkeys([host, *pki.DEFAULT_SERVER_HOSTS]))
+    node_dir.mkdir(parents=True, exist_ok=True)
+    issued = pki.issue_to_dir(args.pki, args.name, "node", hosts=hosts, out_dir=node_dir)
+    config_path.write_text(
+        render_config(
+            name=args.name,
+            listen=args.listen,
+            ca=issued.ca.name,
+            cert=issued.cert.name,
+            key=issued.key.name,
+            coordinator=args.coordinator_name,
+        )
+    )
+    config = load_config(config_path)
+    Store.open(config.store).close()
+    print(
+        f"node {args.name}: wrote {config_path}, {issued.cert}, {issued.key}, store {config.store}"
+    )
+    print(f"next: blindmatch node import --config {config_path} FILE...")
+    return 0
+
+
+@_guard
+def cmd_import(args: argparse.Namespace) -> int:
+    from node.importing import import_paths
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        return _error(f"no such file or directory: {', '.join(missing)}")
+    with _store(args) as (config, store):
+        show = _progress_printer()
+        report = import_paths(
+            store,
+            args.paths,
+            fmt=args.format,
+            tlp=args.tlp or config.default_tlp,
+            source=args.source,
+            progress=show,
+        )
+        show(None)
+    print(report.format())
+    return 0 if not report.failed else 1
+
+
+def _progress_printer() -> Callable[[int | None], None]:
+    """Progress on stderr for long imports: one updating line on a terminal, nothing otherwise."""
+    tty = sys.stderr.isatty()
+    start = time.monotonic()
+    shown = False
+
+    def show(n: int | None) -> None:
+        nonlocal shown
+        if not tty:
+            return
+        if n is None:
+            if shown:
+                print(file=sys.stderr)
+            return
+        if time.monotonic() - start > 0.5:
+            rate = n / max(time.monotonic() - start, 1e-9)
+            print(f"\rread {n:,} entries ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+            shown = True
+
+    return show
+
+
+@_guard
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _store(args) as (config, store):
+        stats = store.stats()
+    if args.json:
+        print(json.dumps({"node": config.name, **asdict(stats)}, indent=2))
+        return 0
+    print(f"node {config.name}: {stats.sightings:,} indicators in {config.store}")
+    for title, table in (
+        ("kind", stats.per_kind),
+        ("TLP", stats.per_tlp),
+        ("source", stats.sources),
+    ):
+        if table:
+            print(f"  by {title}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(table.items())))
+    print(f"  imports: {stats.imports}, last {stats.last_import or 'never'}")
+    print(f"  rounds: {stats.rounds_joined} completed of {stats.rounds_recorded} recorded")
+    return 0
+
+
+@_guard
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node.service import serve
+
+    config = load_config(args.config)
+    if not config.store.exists():
+        return _error(f"{config.store}: no store here (run `blindmatch node init` first)")
+    serve(config, insecure=args.insecure)
+    return 0
+
+
+@_guard
+def cmd_matches(args: argparse.Namespace) -> int:
+    with _store(args) as (config, store):
+        rows = store.matches(args.round)
+        counts = store.partner_counts(args.round)
+    if args.round and not rows and not counts:
+        print(f"no results for round {args.round}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps([*map(_match_json, rows), *map(_count_json, counts)], indent=2))
+    elif args.format == "csv":
+        out = csv.writer(sys.stdout)
+        out.writerow(["round", "kind", "value", "partners", "count"])
+        for r in rows:
+            out.writerow([r.round_id, r.kind, r.value, ";".join(r.partners), r.count or ""])
+        for c in counts:
+            out.writerow([c.round_id, "", "", c.partner, c.count])
+    elif args.format == "stix":
+        print(json.dumps(stix_bundle(config.name, rows), indent=2))
+    else:
+        _match_table(rows, counts)
+    return 0
+
+
+def _match_json(r: MatchRow) -> dict[str, Any]:
+    return {
+        "round": r.round_id,
+        "kind": r.kind,
+        "value": r.value,
+        "partners": r.partners,
+        "count": r.count,
+        "finished": r.finished,
+    }
+
+
+def _count_json(c: PartnerCount) -> dict[str, Any]:
+    return {"round": c.round_id, "partner": c.partner, "count": c.count, "finished": c.finished}
+
+
+def _match_table(rows: list[MatchRow], counts: list[PartnerCount]) -> None:
+    if not rows and not counts:
+        print("no matches yet")
+        return
+    if rows:
+        width = min(max(len(r.value) for r in rows), 70)
+        print(f"{'round':<14} {'kind':<7} {'value':<{width}} partners / nations")
+        for r in rows:
+            who = ", ".join(r.partners) if r.partners else f"{r.count} nations"
+            print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}} {who}")
+    for c in counts:
+        print(f"round {c.round_id[:12]}: {c.count:,} indicators shared with {c.partner}")
+
+
+_STIX_NS = uuid.UUID("6f0b8c52-2f5e-4d0e-9b4c-1f1d3a0e5b7a")  # blindmatch's namespace for STIX ids
+_STIX_PATH = {
+    "ipv4": "ipv4-addr:value",
+    "ipv6": "ipv6-addr:value",
+    "domain": "domain-name:value",
+    "url": "url:value",
+    "email": "email-addr:value",
+    "md5": "file:hashes.MD5",
+    "sha1": "file:hashes.'SHA-1'",
+    "sha256": "file:hashes.'SHA-256'",
+    "sha512": "file:hashes.'SHA-512'",
+}
+
+
+def _stix_id(kind: str, *parts: str) -> str:
+    return f"{kind}--{uuid.uuid5(_STIX_NS, '|'.join(parts))}"
+
+
+def stix_pattern(kind: str, value: str) -> str:
+    path = _STIX_PATH.get(kind)
+    if kind == "cidr":
+        path = "ipv6-addr:value" if ":" in value else "ipv4-addr:value"
+    if path is None:
+        raise ValueError(f"no STIX pattern for kind {kind!r}")
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"[{path} = '{escaped}']"
+
+
+def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:
+    """Matched indicators as STIX 2.1: indicator, identity per partner, sighting per match."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    objects: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        when = r.finished.replace("Z", ".000Z") if r.finished else now
+        ind_id = _stix_id("indicator", r.kind, r.value)
+        objects.setdefault(
+            ind_id,
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": ind_id,
+                "created": when,
+                "modified": when,
+                "name": f"{r.kind} {r.value}",
+                "pattern": stix_pattern(r.kind, r.value),
+                "pattern_type": "stix",
+                "valid_from": when,
+            },
+        )
+        refs = []
+        for partner in r.partners:
+            ident = _stix_id("identity", "partner", partner)
+            refs.append(ident)
+            objects.setdefault(
+                ident,
+                {
+                    "type": "identity",
+                    "spec_version": "2.1",
+                    "id": ident,
+                    "created": when,
+                    "modified": when,
+                    "name": partner,
+                    "identity_class": "organization",
+                },
+            )
+        sighting: dict[str, Any] = {
+            "type": "sighting",
+            "spec_version": "2.1",
+            "id": _stix_id("sighting", node, r.round_id, r.kind, r.value),
+            "created": when,
+            "modified": when,
+            "sighting_of_ref": ind_id,
+            "description": f"blindmatch round {r.round_id}: also sighted by "
+            + (", ".join(r.partners) if r.partners else f"{r.count} nations in all"),
+        }
+        if refs:
+            sighting["where_sighted_refs"] = refs
+        if r.count is not None and not r.partners:
+            sighting["count"] = r.count
+        objects[sighting["id"]] = sighting
+    return {
+        "type": "bundle",
+        "id": _stix_id("bundle", node, now),
+        "objects": list(objects.values()),
+    }
+
+
+@_guard
+def cmd_audit(args: argparse.Namespace) -> int:
+    with _store(args) as (config, store):
+        entries = store.audit()
+    if args.json:
+        print(json.dumps([{"type": type(e).__name__, **asdict(e)} for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("nothing recorded yet")
+    for e in entries:
+        d = asdict(e)
+        if "round_id" in d:
+            blinded = ", ".join(f"{p} {n:,}" for p, n in d["blinded_for"].items()) or "none"
+            print(
+                f"{d['started']} round {d['round_id'][:12]} {d['mode']} with "
+                f"{', '.join(p for p in d['participants'] if p != config.name)}: {d['outcome']}"
+                + (f" ({d['reason']})" if d["reason"] else "")
+                + f"; own set {d['own_size']:,}; blinded for {blinded}"
+            )
+        else:
+            print(f"{d['time']} import {d['path']} ({d['fmt']}, source {d['source']})")
+    return 0

@@ -1,0 +1,180 @@
+"""Plain lists (one value per line) and CSV files with a header row.
+
+Both are read as UTF-8 with `surrogateescape`, so an undecodable byte only spoils its own line:
+that line becomes an `Invalid` event naming the byte and the rest of the file still imports.
+A leading byte-order mark and CRLF line ends are accepted.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from blindmatch.canon import KINDS
+from node.importers._common import (
+    Event,
+    ImportFileError,
+    Invalid,
+    Record,
+    check_value,
+    parse_timestamp,
+    shorten,
+    tlp_from_name,
+)
+
+CSV_COLUMNS = ("kind", "value", "first_seen", "last_seen", "tlp", "tags")
+_TAG_SEPARATORS = re.compile(r"[;|]")
+# surrogateescape maps each undecodable byte 0xNN to the lone surrogate U+DCNN.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    try:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+            yield handle
+    except OSError as exc:
+        raise ImportFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def _undecodable(text: str) -> str | None:
+    """Why `text` (decoded with surrogateescape) is not valid UTF-8, or None if it is."""
+    found = _UNDECODABLE.search(text)
+    if found is None:
+        return None
+    byte = ord(found.group()) - 0xDC00
+    return f"not valid UTF-8 (byte 0x{byte:02x} at column {found.start() + 1})"
+
+
+def _is_comment_or_blank(text: str) -> bool:
+    stripped = text.strip()
+    return not stripped or stripped.startswith("#")
+
+
+def _header_key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def looks_like_csv(path: Path) -> bool:
+    """Whether the first line that is not blank or a comment is a header naming kind and value."""
+    with _open_text(path) as handle:
+        for line in handle:
+            if _is_comment_or_blank(line):
+                continue
+            try:
+                header = next(csv.reader([line]), [])
+            except csv.Error:
+                return False
+            keys = {_header_key(name) for name in header}
+            return {"kind", "value"} <= keys
+    return False
+
+
+def parse_text(path: Path) -> Iterator[Event]:
+    """One value per line, kind detected; blank lines and lines starting with # are ignored."""
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if _is_comment_or_blank(line):
+                continue
+            where = f"line {number}"
+            value = line.strip()
+            problem = _undecodable(value) or check_value(value)
+            if problem is not None:
+                yield Invalid(where, problem)
+            else:
+                yield Record("auto", value, where)
+
+
+def parse_csv(path: Path) -> Iterator[Event]:
+    """A CSV file whose header names a `value` column and optionally the other CSV_COLUMNS.
+
+    A missing or empty `kind` means "detect it". Tags are separated by `;` or `|`. Other columns
+    are ignored.
+    """
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        columns: dict[str, int] | None = None
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield Invalid(f"line {reader.line_num}", f"unreadable CSV row: {exc}")
+                continue
+            if not row or all(_is_comment_or_blank(field) for field in row):
+                continue
+            if row[0].lstrip().startswith("#"):
+                continue
+            if columns is None:
+                columns = _read_header(path, row)
+                continue
+            yield _csv_record(row, columns, f"line {reader.line_num}")
+        if columns is None:
+            raise ImportFileError(path, "CSV file has no header row (expected kind,value,...)")
+
+
+def _read_header(path: Path, row: list[str]) -> dict[str, int]:
+    columns: dict[str, int] = {}
+    for index, name in enumerate(row):
+        key = _header_key(name)
+        if key in CSV_COLUMNS and key not in columns:
+            columns[key] = index
+    if "value" not in columns:
+        found = ", ".join(shorten(name, 30) for name in row[:10])
+        raise ImportFileError(
+            path,
+            f"CSV header has no 'value' column (found {found}); "
+            f"the header names the columns {', '.join(CSV_COLUMNS)} (kind and value at least)",
+        )
+    return columns
+
+
+def _csv_record(row: list[str], columns: dict[str, int], where: str) -> Event:
+    def field(name: str) -> str:
+        index = columns.get(name)
+        return row[index].strip() if index is not None and index < len(row) else ""
+
+    for text in row:
+        problem = _undecodable(text)
+        if problem is not None:
+            return Invalid(where, problem)
+
+    value = field("value")
+    problem = check_value(value)
+    if problem is not None:
+        return Invalid(where, problem)
+
+    kind = field("kind").lower() or "auto"
+    if kind != "auto" and kind not in KINDS:
+        return Invalid(
+            where, f"unknown kind {shorten(kind, 30)}; expected one of {', '.join(KINDS)}"
+        )
+
+    seen: dict[str, str | None] = {}
+    for name in ("first_seen", "last_seen"):
+        text = field(name)
+        try:
+            seen[name] = parse_timestamp(text) if text else None
+        except ValueError as exc:
+            return Invalid(where, f"{name}: {exc}")
+    first_seen, last_seen = seen["first_seen"], seen["last_seen"]
+    if first_seen is not None and last_seen is not None and last_seen < first_seen:
+        return Invalid(where, f"last_seen {last_seen} is before first_seen {first_seen}")
+
+    tlp_text = field("tlp")
+    tlp = tlp_from_name(tlp_text) if tlp_text else None
+    if tlp_text and tlp is None:
+        return Invalid(
+            where,
+            f"unknown TLP {shorten(tlp_text, 30)}; expected clear, green, amber, amber+strict or red",
+        )
+
+    tags = tuple(
+        dict.fromkeys(t.strip() for t in _TAG_SEPARATORS.split(field("tags")) if t.strip())
+    )
+    return Record(kind, value, where, first_seen, last_seen, tlp, tags)

@@ -1,0 +1,215 @@
+"""Import files into the node's store: parse, canonicalise, store, audit, report.
+
+Rules:
+- One file (or MISP feed directory) is one transaction: its valid records are stored together or
+  not at all. A file that cannot be read, or a crash midway, leaves nothing of that file behind,
+  so running the import again never counts the same sightings twice. Records stream from the
+  parser through canonicalisation into the store, so memory does not grow with the file.
+- Invalid records (malformed lines, objects or values canon refuses) do not stop the file: they
+  are reported with the file and the line number or object id, and the rest is stored.
+- TLP: a record's own marking wins; `tlp` is what records without one get (default amber, the
+  same as the node configuration's `import.default_tlp`).
+- `source` (default: the file's name) is recorded with every sighting and in the import audit,
+  one audit entry per file, including files that could not be read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from blindmatch.canon import InvalidIndicator, canonicalize
+from node.importers import Event, ImportFileError, Invalid, Skipped, read_path
+from node.store import Sighting, Store, normalize_tlp
+
+DEFAULT_TLP = "amber"
+PROGRESS_EVERY = 10_000
+MAX_INVALID_KEPT = 1000  # the report counts every invalid record but keeps only the first ones
+SHOWN_INVALID = 20
+
+
+class InvalidEntry(NamedTuple):
+    path: str
+    where: str  # "line 12", "indicator--<uuid>", "attribute <uuid>"
+    message: str
+
+
+class FailedFile(NamedTuple):
+    path: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileImport:
+    path: str
+    fmt: str
+    source: str
+    new: int
+    known: int
+    import_id: int
+
+
+@dataclass
+class ImportReport:
+    imported: Counter[str] = field(default_factory=Counter)  # new indicators per kind
+    known: int = 0  # sightings merged into indicators the store already held
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> how many
+    invalid: list[InvalidEntry] = field(default_factory=list)  # the first MAX_INVALID_KEPT
+    invalid_count: int = 0
+    failed: list[FailedFile] = field(default_factory=list)  # nothing was imported from these
+    files: list[FileImport] = field(default_factory=list)
+    total: int = 0  # records, skipped and invalid entries read
+
+    @property
+    def new(self) -> int:
+        return sum(self.imported.values())
+
+    @property
+    def ok(self) -> bool:
+        """Whether every file was read and every record was usable."""
+        return not self.failed and self.invalid_count == 0
+
+    def format(self) -> str:
+        """The human summary the CLI prints."""
+        lines = [
+            f"Read {_plural(self.total, 'entry', 'entries')} from {_plural(len(self.files), 'file')}."
+        ]
+        per_kind = ", ".join(f"{kind} {n:,}" for kind, n in sorted(self.imported.items()))
+        lines.append(
+            f"Imported {_plural(self.new, 'new indicator')}" + (f": {per_kind}" if per_kind else "")
+        )
+        lines.append(f"Already known: {self.known:,}")
+        if self.skipped:
+            lines.append(f"Skipped {sum(self.skipped.values()):,}:")
+            for reason, n in sorted(self.skipped.items(), key=lambda item: (-item[1], item[0])):
+                lines.append(f"  {reason}: {n:,}")
+        if self.invalid_count:
+            lines.append(f"Invalid {_plural(self.invalid_count, 'record')} (not imported):")
+            for entry in self.invalid[:SHOWN_INVALID]:
+                lines.append(f"  {entry.path} {entry.where}: {entry.message}")
+            if self.invalid_count > SHOWN_INVALID:
+                lines.append(f"  ... and {self.invalid_count - SHOWN_INVALID:,} more")
+        if self.failed:
+            lines.append(f"Could not import {_plural(len(self.failed), 'file')} (nothing stored):")
+            for failed in self.failed:
+                lines.append(f"  {failed.problem}")
+        return "\n".join(lines)
+
+    def _add_invalid(self, path: str, where: str, message: str) -> None:
+        self.invalid_count += 1
+        if len(self.invalid) < MAX_INVALID_KEPT:
+            self.invalid.append(InvalidEntry(path, where, message))
+
+
+def import_paths(
+    store: Store,
+    paths: Iterable[Path | str],
+    *,
+    fmt: str = "auto",
+    tlp: str | None = None,
+    source: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import every path (file or MISP feed directory), each in its own transaction.
+
+    `progress` is called with the running number of entries read, every PROGRESS_EVERY entries
+    and once at the end. Raises ValueError for an unknown `fmt` or `tlp` before reading anything.
+    """
+    default_tlp = normalize_tlp(tlp) if tlp is not None else DEFAULT_TLP
+    report = ImportReport()
+    for item in paths:
+        path = Path(item)
+        name = source or path.resolve().name or str(path)
+        _import_one(store, path, fmt, default_tlp, name, report, progress)
+    if progress is not None:
+        progress(report.total)
+    return report
+
+
+def _import_one(
+    store: Store,
+    path: Path,
+    fmt: str,
+    default_tlp: str,
+    source: str,
+    report: ImportReport,
+    progress: Callable[[int], None] | None,
+) -> None:
+    imported: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    entries_before, invalid_before = report.total, report.invalid_count
+    detected = fmt
+    try:
+        detected, events = read_path(path, fmt)
+        before = store.stats().per_kind
+        sightings = _sightings(str(path), events, report, skipped, progress)
+        result = store.add_sightings(sightings, source=source, default_tlp=default_tlp)
+        after = store.stats().per_kind
+    except ImportFileError as exc:
+        report.total = entries_before  # rolled back: its entries count as not read
+        del report.invalid[invalid_before:]
+        report.invalid_count = invalid_before
+        report.failed.append(FailedFile(str(path), str(exc)))
+        store.record_import(source, str(path), detected, {"error": str(exc)})
+        return
+    # The store reports one total; the per-kind split comes from its counts before and after.
+    for kind in after:
+        if after[kind] > before.get(kind, 0):
+            imported[kind] = after[kind] - before.get(kind, 0)
+    report.imported.update(imported)
+    report.known += result.known
+    report.skipped.update(skipped)
+    summary = {
+        "imported": dict(imported),
+        "new": result.new,
+        "known": result.known,
+        "skipped": dict(skipped),
+        "invalid": report.invalid_count - invalid_before,
+        "entries": report.total - entries_before,
+        "default_tlp": default_tlp,
+    }
+    import_id = store.record_import(source, str(path), detected, summary)
+    report.files.append(
+        FileImport(str(path), detected, source, result.new, result.known, import_id)
+    )
+
+
+def _sightings(
+    path: str,
+    events: Iterator[Event],
+    report: ImportReport,
+    skipped: Counter[str],
+    progress: Callable[[int], None] | None,
+) -> Iterator[Sighting]:
+    """The canonical sightings among `events`; skipped and invalid entries go to the report."""
+    for event in events:
+        report.total += 1
+        if progress is not None and report.total % PROGRESS_EVERY == 0:
+            progress(report.total)
+        if isinstance(event, Skipped):
+            skipped[event.reason] += 1
+        elif isinstance(event, Invalid):
+            report._add_invalid(path, event.where, event.message)
+        else:
+            try:
+                indicator = canonicalize(event.kind_hint, event.raw)
+            except InvalidIndicator as exc:
+                report._add_invalid(path, event.where, str(exc))
+                continue
+            yield Sighting(
+                kind=indicator.kind,
+                value=indicator.value,
+                raw=event.raw,
+                first_seen=event.first_seen,
+                last_seen=event.last_seen,
+                count=event.count,
+                tlp=event.tlp,
+                tags=event.tags,
+            )
+
+
+def _plural(n: int, noun: str, nouns: str | None = None) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {nouns or noun + 's'}"

@@ -1,0 +1,2 @@
+# Shared fixtures live in their own modules; import them here so every test can use them.
+from tests.pkifixtures import *  # noqa: F403

@@ -1,0 +1,675 @@
+"""The node's SQLite store, on real files under tmp_path."""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.store import (
+    SCHEMA_VERSION,
+    TLP_LEVELS,
+    AddResult,
+    ImportAudit,
+    RoundAudit,
+    Sighting,
+    Store,
+    StoreError,
+    normalize_tlp,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "node.sqlite") as s:
+        yield s
+
+
+def domains(n: int, prefix: str = "d") -> list[Sighting]:
+    return [Sighting("domain", f"{prefix}{i}.example", f"{prefix}{i}.EXAMPLE") for i in range(n)]
+
+
+def record_round(store: Store, round_id: str, *, mode: str = "pairwise", started: str) -> None:
+    store.record_round(
+        round_id,
+        started=started,
+        coordinator="coord.eu",
+        participants=["fr", "de", "it"],
+        mode=mode,
+        threshold=2 if mode == "threshold" else None,
+        kinds=["domain", "ipv4"],
+        own_size=10,
+        blinded_for={},
+        outcome="started",
+        reason=None,
+        finished=None,
+    )
+
+
+# --- TLP ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("clear", "clear"),
+        ("TLP:CLEAR", "clear"),
+        ("white", "clear"),
+        ("TLP:WHITE", "clear"),
+        ("Green", "green"),
+        ("TLP:AMBER", "amber"),
+        ("tlp:amber+strict", "amber+strict"),
+        ("AMBER+STRICT", "amber+strict"),
+        (" red ", "red"),
+    ],
+)
+def test_normalize_tlp_accepts_tlp_1_and_2_spellings(text: str, expected: str) -> None:
+    assert normalize_tlp(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "amber-strict", "TLP:PURPLE", "tlp", "secret"])
+def test_normalize_tlp_rejects_unknown_levels_naming_the_valid_ones(text: str) -> None:
+    with pytest.raises(ValueError, match=r"unknown TLP level .*clear, green, amber"):
+        normalize_tlp(text)
+
+
+def test_tlp_levels_order_from_least_to_most_restrictive() -> None:
+    assert TLP_LEVELS == ("clear", "green", "amber", "amber+strict", "red")
+
+
+# --- opening and migrations -----------------------------------------------------------------------
+
+
+def test_open_creates_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+    assert {
+        "sightings",
+        "imports",
+        "rounds",
+        "round_blinded",
+        "matches",
+        "partner_counts",
+    } <= tables
+
+
+def test_foreign_keys_are_enforced(store: Store) -> None:
+    record_round(store, "r1", started="2026-01-01T00:00:00Z")
+    with pytest.raises(ValueError, match="does not hold"):
+        store.record_matches("r1", "pairwise", [(12345, ["de"], None)])
+
+
+def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path) as s:
+        s.add_sightings(domains(3), source="feed", default_tlp="green")
+    for _ in range(2):
+        with Store.open(path) as s:
+            assert s.stats().sightings == 3
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match=r"schema version \d+, newer .* upgrade blindmatch"):
+        Store.open(path)
+
+
+def test_open_requires_the_parent_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist; create it first"):
+        Store.open(tmp_path / "missing" / "node.sqlite")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_open_refuses_a_file_that_is_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are not the pages you are looking for" * 100)
+    with pytest.raises(StoreError, match="is it a blindmatch store"):
+        Store.open(path)
+
+
+def test_a_closed_store_says_so(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "node.sqlite")
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(StoreError, match="is closed"):
+        s.stats()
+
+
+# --- sightings ------------------------------------------------------------------------------------
+
+
+def test_reimport_merges_counts_dates_sources_tags_and_keeps_the_stricter_tlp(
+    store: Store,
+) -> None:
+    first = Sighting(
+        "ipv4",
+        "198.51.100.7",
+        raw="198.51.100[.]7",
+        first_seen="2026-03-01T00:00:00Z",
+        last_seen="2026-03-05T00:00:00Z",
+        count=2,
+        tlp="TLP:AMBER",
+        tags=("c2", "apt"),
+    )
+    second = Sighting(
+        "ipv4",
+        "198.51.100.7",
+        raw="198.51.100.007",
+        first_seen="2026-02-01T00:00:00Z",
+        last_seen="2026-03-02T00:00:00Z",
+        count=3,
+        tlp="green",
+        tags=("c2", "botnet"),
+    )
+    third = Sighting(
+        "ipv4",
+        "198.51.100.7",
+        raw="198.51.100.7",
+        first_seen="2026-04-01T00:00:00+02:00",
+        last_seen="2026-04-10T12:00:00+02:00",
+        tlp="red",
+    )
+    store.add_sightings([first], source="misp", default_tlp="clear")
+    store.add_sightings([second], source="stix", default_tlp="clear")
+    row = store.lookup("ipv4", "198.51.100.7")
+    assert row is not None
+    assert row.count == 5
+    assert row.first_seen == "2026-02-01T00:00:00Z"
+    assert row.last_seen == "2026-03-05T00:00:00Z"
+    assert row.sources == ["misp", "stix"]
+    assert row.tags == ["apt", "botnet", "c2"]
+    assert row.tlp == "amber"  # green arrived later but amber is stricter
+    assert (row.raw_first, row.raw_last) == ("198.51.100[.]7", "198.51.100.007")
+
+    store.add_sightings([third], source="misp", default_tlp="clear")
+    row = store.lookup("ipv4", "198.51.100.7")
+    assert row is not None
+    assert row.tlp == "red"
+    assert row.count == 6
+    assert row.last_seen == "2026-04-10T10:00:00Z"  # converted to UTC before comparing
+    assert row.sources == ["misp", "stix"]
+    assert row.raw_last == "198.51.100.7"
+    assert store.stats().sightings == 1
+
+
+def test_default_tlp_and_missing_dates(store: Store) -> None:
+    store.add_sightings(
+        [
+            Sighting("domain", "a.example", "a.example"),
+            Sighting("domain", "b.example", "b.example", last_seen="2026-05-05T05:05:05Z"),
+        ],
+        source="feed",
+        default_tlp="TLP:GREEN",
+    )
+    a = store.lookup("domain", "a.example")
+    b = store.lookup("domain", "b.example")
+    assert a is not None and b is not None
+    assert a.tlp == "green"
+    assert a.first_seen == a.last_seen  # the import time stands in
+    assert a.first_seen.endswith("Z") and len(a.first_seen) == 20
+    assert (b.first_seen, b.last_seen) == ("2026-05-05T05:05:05Z", "2026-05-05T05:05:05Z")
+    assert store.lookup("domain", "c.example") is None
+
+
+def test_new_and_known_counts(store: Store) -> None:
+    assert store.add_sightings(domains(5), source="feed", default_tlp="green") == AddResult(5, 0)
+    batch = [*domains(7), Sighting("domain", "d6.example", "again")]
+    # d0..d4 are known, d5 and d6 are new, and the second d6 merges into the one just stored.
+    assert store.add_sightings(batch, source="feed", default_tlp="green") == AddResult(2, 6)
+    assert store.lookup("domain", "d6.example") is not None
+    row = store.lookup("domain", "d6.example")
+    assert row is not None and row.count == 2
+    assert store.stats().sightings == 7
+
+
+def test_the_same_value_under_two_kinds_is_two_indicators(store: Store) -> None:
+    result = store.add_sightings(
+        [Sighting("md5", "0" * 32, "0" * 32), Sighting("ntlm", "0" * 32, "0" * 32)],
+        source="feed",
+        default_tlp="green",
+    )
+    assert result == AddResult(2, 0)
+
+
+def test_a_batch_that_raises_midway_stores_nothing(store: Store) -> None:
+    store.add_sightings(domains(3, "kept"), source="feed", default_tlp="green")
+
+    def failing() -> Iterator[Sighting]:
+        yield from domains(5_000)
+        raise RuntimeError("parser died")
+
+    with pytest.raises(RuntimeError, match="parser died"):
+        store.add_sightings(failing(), source="feed", default_tlp="green")
+    stats = store.stats()
+    assert stats.sightings == 3
+    assert store.lookup("domain", "d0.example") is None
+    # the store still works after the rollback
+    assert store.add_sightings(domains(2), source="feed", default_tlp="green") == AddResult(2, 0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Sighting("domain", "x.example", "x", tlp="orange"), r"sighting #2 .*unknown TLP level"),
+        (Sighting("domain", "x.example", "x", count=0), r"sighting #2 has count 0"),
+        (Sighting("domain", "", "x"), r"sighting #2 has an empty kind or value"),
+        (Sighting("domain", "x.example", "x", first_seen="yesterday"), "not an ISO 8601 time"),
+    ],
+)
+def test_an_invalid_sighting_rejects_the_whole_batch(
+    store: Store, bad: Sighting, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.add_sightings([*domains(2), bad, *domains(3, "e")], source="f", default_tlp="green")
+    assert store.stats().sightings == 0
+
+
+def test_add_sightings_rejects_an_unknown_default_tlp_and_an_empty_source(store: Store) -> None:
+    with pytest.raises(ValueError, match="unknown TLP level 'amber-ish'"):
+        store.add_sightings(domains(1), source="feed", default_tlp="amber-ish")
+    with pytest.raises(ValueError, match="source must name"):
+        store.add_sightings(domains(1), source=" ", default_tlp="green")
+
+
+def test_concurrent_batches_from_threads_all_land(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            store.add_sightings(domains(2_000, f"t{n}-"), source=f"s{n}", default_tlp="green")
+            store.stats()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.stats().sightings == 8_000
+
+
+def test_a_second_connection_sees_committed_batches(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path) as writer, Store.open(path) as reader:
+        writer.add_sightings(domains(10), source="feed", default_tlp="green")
+        assert reader.stats().sightings == 10
+
+
+_KILLED_WRITER = """
+import sys
+from node.store import Sighting, Store
+
+store = Store.open(sys.argv[1])
+store.add_sightings(
+    (Sighting("domain", f"committed{i}.example", "x") for i in range(1000)),
+    source="before", default_tlp="green",
+)
+padding = "a" * 150
+
+def batch():
+    for i in range(300_000):
+        if i == 120_000:
+            print("writing", flush=True)
+        yield Sighting("domain", f"{i:08d}{padding}.example", f"{i:08d}{padding}.EXAMPLE")
+
+store.add_sightings(batch(), source="killed", default_tlp="green")
+print("committed", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_import_leaves_the_batch_all_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    wal = tmp_path / "node.sqlite-wal"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "writing\n"
+        # The batch's pages no longer fit the page cache, so uncommitted frames are on disk:
+        # the kill hits a half-written transaction, not one held only in memory.
+        wal_size = wal.stat().st_size
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert wal_size > 8 * 1024 * 1024
+
+    with Store.open(path) as s:
+        stats = s.stats()
+        assert stats.sources.get("before") == 1000
+        # All or nothing, and the kill came 180k rows before the batch could commit: nothing.
+        assert stats.sightings == 1000
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+# --- eligible -------------------------------------------------------------------------------------
+
+
+def test_eligible_filters_by_kind_and_tlp(store: Store) -> None:
+    store.add_sightings(
+        [
+            Sighting("domain", "clear.example", "x", tlp="clear"),
+            Sighting("domain", "green.example", "x", tlp="green"),
+            Sighting("domain", "amber.example", "x", tlp="amber"),
+            Sighting("ipv4", "192.0.2.1", "x", tlp="green"),
+            Sighting("url", "http://green.example/", "x", tlp="green"),
+            Sighting("domain", "red.example", "x", tlp="red"),
+        ],
+        source="feed",
+        default_tlp="green",
+    )
+    got = store.eligible(["domain", "ipv4"], ["TLP:CLEAR", "green"])
+    assert [(kind, value) for _, kind, value in got] == [
+        ("domain", "clear.example"),
+        ("domain", "green.example"),
+        ("ipv4", "192.0.2.1"),
+    ]
+    ids = [sid for sid, _, _ in got]
+    assert ids == sorted(ids)
+    green = store.lookup("domain", "green.example")
+    assert green is not None and (green.sighting_id, "domain", "green.example") in got
+
+    assert store.eligible([], ["green"]) == []
+    assert store.eligible(["domain"], []) == []
+    with pytest.raises(ValueError, match="unknown TLP level"):
+        store.eligible(["domain"], ["puce"])
+
+
+def test_a_tlp_raised_by_reimport_removes_the_indicator_from_eligible(store: Store) -> None:
+    store.add_sightings(domains(3), source="a", default_tlp="green")
+    store.add_sightings(domains(1), source="b", default_tlp="red")
+    got = {value for _, _, value in store.eligible(["domain"], ["clear", "green"])}
+    assert got == {"d1.example", "d2.example"}
+
+
+def test_iter_eligible_yields_the_same_rows_in_chunks(store: Store) -> None:
+    store.add_sightings(domains(1_050), source="feed", default_tlp="green")
+    store.add_sightings(domains(10, "red"), source="feed", default_tlp="red")
+    chunks = list(store.iter_eligible(["domain"], ["green"], chunk=100))
+    assert [len(c) for c in chunks] == [100] * 10 + [50]
+    assert [row for chunk in chunks for row in chunk] == store.eligible(["domain"], ["green"])
+
+
+# --- imports and rounds audit ---------------------------------------------------------------------
+
+
+def test_record_import_round_trips_the_summary(store: Store) -> None:
+    summary = {"per_kind": {"domain": 3}, "known": 1, "skipped": {"private ip": 2}, "invalid": 0}
+    import_id = store.record_import("misp", "/data/event.json", "misp", summary)
+    [entry] = store.audit()
+    assert isinstance(entry, ImportAudit)
+    assert (entry.import_id, entry.source, entry.path, entry.fmt) == (
+        import_id,
+        "misp",
+        "/data/event.json",
+        "misp",
+    )
+    assert entry.summary == summary
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        store.record_import("misp", "x", "misp", {"bad": object()})
+
+
+def test_round_audit_from_start_to_outcome(store: Store) -> None:
+    record_round(store, "r1", started="2026-06-01T10:00:00Z")
+    store.add_blinded("r1", "de", 100)
+    store.add_blinded("r1", "de", 50)
+    store.add_blinded("r1", "it", 7)
+    store.record_round(
+        "r1",
+        started="2026-06-01T10:00:09Z",
+        coordinator="coord.eu",
+        participants=["fr", "de", "it"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain", "ipv4"],
+        own_size=10,
+        blinded_for={"it": 8},
+        outcome="done",
+        reason=None,
+        finished="2026-06-01T10:05:00Z",
+    )
+    [entry] = store.rounds()
+    assert entry == RoundAudit(
+        round_id="r1",
+        started="2026-06-01T10:00:00Z",  # the first start time is kept
+        coordinator="coord.eu",
+        participants=["fr", "de", "it"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain", "ipv4"],
+        own_size=10,
+        blinded_for={"de": 150, "it": 8},
+        outcome="done",
+        reason=None,
+        finished="2026-06-01T10:05:00Z",
+    )
+    with pytest.raises(ValueError, match="not in the audit log"):
+        store.add_blinded("r-unknown", "de", 1)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        store.add_blinded("r1", "de", -1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "threshold", "outcome", "message"),
+    [
+        ("all", None, "started", "unknown round mode 'all'"),
+        ("pairwise", None, "ok", "unknown round outcome 'ok'"),
+        ("threshold", None, "started", "exactly when the mode is 'threshold'"),
+        ("count", 3, "started", "exactly when the mode is 'threshold'"),
+        ("threshold", 0, "started", "threshold must be >= 1"),
+    ],
+)
+def test_round_audit_validates_mode_outcome_and_threshold(
+    store: Store, mode: str, threshold: int | None, outcome: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.record_round(
+            "r",
+            started="2026-06-01T10:00:00Z",
+            coordinator="c",
+            participants=["fr", "de"],
+            mode=mode,
+            threshold=threshold,
+            kinds=["domain"],
+            own_size=1,
+            blinded_for={},
+            outcome=outcome,
+            reason=None,
+            finished=None,
+        )
+    assert store.rounds() == []
+
+
+def test_a_refused_round_keeps_its_reason(store: Store) -> None:
+    store.record_round(
+        "r9",
+        started="2026-06-02T00:00:00Z",
+        coordinator="coord.eu",
+        participants=["fr", "xx"],
+        mode="count",
+        threshold=None,
+        kinds=["domain"],
+        own_size=0,
+        blinded_for={},
+        outcome="refused",
+        reason="policy: xx is not an allowed partner",
+        finished="2026-06-02T00:00:01Z",
+    )
+    [entry] = store.audit()
+    assert isinstance(entry, RoundAudit)
+    assert (entry.outcome, entry.reason) == ("refused", "policy: xx is not an allowed partner")
+
+
+def test_audit_merges_imports_and_rounds_newest_first(store: Store) -> None:
+    record_round(store, "old", started="2000-01-01T00:00:00Z")
+    store.record_import("feed", "f.json", "stix", {"invalid": 0})  # stamped now
+    record_round(store, "future", started="2999-01-01T00:00:00Z")
+    entries = store.audit()
+    assert [type(e).__name__ for e in entries] == ["RoundAudit", "ImportAudit", "RoundAudit"]
+    assert [e.round_id for e in entries if isinstance(e, RoundAudit)] == ["future", "old"]
+    assert len(store.audit(limit=2)) == 2
+    assert isinstance(store.audit(limit=1)[0], RoundAudit)
+
+
+def test_the_store_has_no_place_for_key_material(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        columns = [
+            (table, col[1])
+            for table in tables
+            for col in conn.execute(f"PRAGMA table_info({table})")
+        ]
+    finally:
+        conn.close()
+    assert len(columns) > 20  # the check below looked at the real schema
+    forbidden = ("key", "secret", "scalar", "private")
+    assert [c for c in columns if any(word in c[1].lower() for word in forbidden)] == []
+    for method in (Store.record_round, Store.add_blinded, Store.record_matches):
+        params = inspect.signature(method).parameters
+        assert not [p for p in params if any(word in p.lower() for word in forbidden)]
+
+
+# --- matches --------------------------------------------------------------------------------------
+
+
+def test_matches_round_trip_latest_round_first(store: Store) -> None:
+    store.add_sightings(
+        [
+            Sighting("domain", "b.example", "b"),
+            Sighting("domain", "a.example", "a"),
+            Sighting("ipv4", "192.0.2.9", "192.0.2.9"),
+        ],
+        source="feed",
+        default_tlp="green",
+    )
+    ids = {value: sid for sid, _, value in store.eligible(["domain", "ipv4"], ["green"])}
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    record_round(store, "r2", mode="threshold", started="2026-06-02T00:00:00Z")
+
+    stored = store.record_matches(
+        "r1",
+        "pairwise",
+        [(ids["b.example"], ["it", "de"], None), (ids["a.example"], ["de"], None)],
+    )
+    assert stored == 2
+    store.record_matches("r2", "threshold", [(ids["192.0.2.9"], [], 3)])
+
+    got = [(m.round_id, m.kind, m.value, m.partners, m.count) for m in store.matches()]
+    assert got == [
+        ("r2", "ipv4", "192.0.2.9", [], 3),
+        ("r1", "domain", "a.example", ["de"], None),
+        ("r1", "domain", "b.example", ["de", "it"], None),
+    ]
+    assert [m.value for m in store.matches("r1")] == ["a.example", "b.example"]
+    assert store.matches("nope") == []
+
+
+def test_record_matches_is_one_transaction_and_checks_the_round(store: Store) -> None:
+    store.add_sightings(domains(2), source="feed", default_tlp="green")
+    ids = [sid for sid, _, _ in store.eligible(["domain"], ["green"])]
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    with pytest.raises(ValueError, match="does not hold"):
+        store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (99999, ["de"], None)])
+    with pytest.raises(ValueError, match="names no partner"):
+        store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (ids[1], [], None)])
+    assert store.matches() == []
+    with pytest.raises(ValueError, match="recorded in mode 'pairwise', not 'threshold'"):
+        store.record_matches("r1", "threshold", [(ids[0], [], 2)])
+    with pytest.raises(ValueError, match="not in the audit log"):
+        store.record_matches("r-unknown", "pairwise", [(ids[0], ["de"], None)])
+    with pytest.raises(ValueError, match="record_partner_counts"):
+        store.record_matches("r1", "count", [])
+
+
+def test_partner_counts_round_trip(store: Store) -> None:
+    record_round(store, "c1", mode="count", started="2026-06-01T00:00:00Z")
+    record_round(store, "c2", mode="count", started="2026-06-03T00:00:00Z")
+    store.record_partner_counts("c1", {"it": 4, "de": 0})
+    store.record_partner_counts("c2", {"de": 12})
+    got = [(p.round_id, p.partner, p.count) for p in store.partner_counts()]
+    assert got == [("c2", "de", 12), ("c1", "de", 0), ("c1", "it", 4)]
+    assert [p.partner for p in store.partner_counts("c1")] == ["de", "it"]
+    record_round(store, "p1", started="2026-06-04T00:00:00Z")
+    with pytest.raises(ValueError, match="belong to a 'count' round"):
+        store.record_partner_counts("p1", {"de": 1})
+
+
+# --- stats ----------------------------------------------------------------------------------------
+
+
+def test_stats(store: Store) -> None:
+    empty = store.stats()
+    assert (empty.sightings, empty.imports, empty.last_import) == (0, 0, None)
+
+    store.add_sightings(domains(3), source="misp", default_tlp="green")
+    store.add_sightings(
+        [Sighting("ipv4", "192.0.2.1", "x", tlp="red"), *domains(1)],
+        source="stix",
+        default_tlp="amber",
+    )
+    store.record_import("misp", "a.json", "misp", {})
+    store.record_import("stix", "b.json", "stix", {})
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    record_round(store, "r2", started="2026-06-02T00:00:00Z")
+    store.record_round(
+        "r2",
+        started="2026-06-02T00:00:00Z",
+        coordinator="coord.eu",
+        participants=["fr", "de"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain"],
+        own_size=4,
+        blinded_for={"de": 4},
+        outcome="done",
+        reason=None,
+        finished="2026-06-02T00:01:00Z",
+    )
+
+    stats = store.stats()
+    assert stats.sightings == 4
+    assert stats.per_kind == {"domain": 3, "ipv4": 1}
+    assert stats.per_tlp == {"green": 2, "amber": 1, "red": 1}  # d0 went amber on re-import
+    assert stats.sources == {"misp": 3, "stix": 2}
+    assert stats.imports == 2
+    assert stats.last_import is not None and stats.last_import.endswith("Z")
+    assert (stats.rounds_recorded, stats.rounds_joined) == (2, 1)
