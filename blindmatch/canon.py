@@ -315,6 +315,8 @@ def _ipv6_indicator(address: ipaddress.IPv6Address) -> Indicator:
 def _ipv6(text: str) -> Indicator:
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
+    if "/" in text:
+        raise _Rejected("has a '/prefix'; use kind cidr")
     if ":" not in text:
         if text.count(".") == 3:
             return Indicator("ipv4", str(_strict_ipv4(text)))

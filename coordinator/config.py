@@ -23,6 +23,7 @@ from blindmatch.protocol import Caps
 COORDINATOR_FILE: Final = "coordinator.toml"
 OPERATOR_FILE: Final = "operator.toml"
 ANY_OPERATOR: Final = "*"
+_DEFAULT_CAPS: Final = Caps()
 
 
 class ConfigError(Exception):
@@ -66,8 +67,8 @@ def load_config(path: Path | str) -> CoordinatorConfig:
     tls = r.tls()
     caps_table = r.table("caps", required=False)
     caps = Caps(
-        max_set=r.integer("caps.max_set", caps_table, Caps.max_set, low=0),
-        max_total=r.integer("caps.max_total", caps_table, Caps.max_total, low=0),
+        max_set=r.integer("caps.max_set", caps_table, _DEFAULT_CAPS.max_set, low=0),
+        max_total=r.integer("caps.max_total", caps_table, _DEFAULT_CAPS.max_total, low=0),
     )
     r.no_unknown(caps_table, "caps", {"max_set", "max_total"})
     nodes_table = r.table("nodes", required=True)
@@ -85,7 +86,7 @@ def load_config(path: Path | str) -> CoordinatorConfig:
     config = CoordinatorConfig(
         name=r.name("name", r.data, "coordinator"),
         listen=r.address("listen", r.value("listen", r.data, None, str)),
-        state=r.path("state", r.data, "coordinator.sqlite"),
+        state=r.file_path("state", r.data, "coordinator.sqlite"),
         call_timeout=r.seconds("call_timeout", CoordinatorConfig.call_timeout),
         round_timeout=r.seconds("round_timeout", CoordinatorConfig.round_timeout),
         chunk_size=r.integer("chunk_size", r.data, CoordinatorConfig.chunk_size, low=1, high=65536),
@@ -204,7 +205,7 @@ class _Reader:
             raise self.fail(key, f"is not host:port: {exc}") from None
         return got
 
-    def path(self, key: str, table: Mapping[str, Any], default: str | None) -> Path:
+    def file_path(self, key: str, table: Mapping[str, Any], default: str | None) -> Path:
         got = self.value(key, table, default, str)
         assert isinstance(got, str)
         self.check(bool(got), key, "must not be empty")
@@ -213,9 +214,9 @@ class _Reader:
     def tls(self) -> TlsPaths:
         table = self.table("tls", required=True)
         paths = TlsPaths(
-            ca=self.path("tls.ca", table, None),
-            cert=self.path("tls.cert", table, None),
-            key=self.path("tls.key", table, None),
+            ca=self.file_path("tls.ca", table, None),
+            cert=self.file_path("tls.cert", table, None),
+            key=self.file_path("tls.key", table, None),
         )
         self.no_unknown(table, "tls", {"ca", "cert", "key"})
         return paths
@@ -266,7 +267,9 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
             "round state (SQLite); never holds a tag or an indicator",
         ),
         _line(
-            "call_timeout", _num(config.call_timeout), "seconds: deadline of each unary call to a node"
+            "call_timeout",
+            _num(config.call_timeout),
+            "seconds: deadline of each unary call to a node",
         ),
         _line(
             "round_timeout",

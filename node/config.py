@@ -10,6 +10,7 @@ from typing import Any
 
 from blindmatch.canon import KINDS
 from blindmatch.protocol import Policy
+from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
 
 DEFAULT_TLPS = tuple(t for t in TLP_LEVELS if t != "red")
@@ -80,7 +81,9 @@ def load_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{path}: policy.kinds: unknown kind(s) {bad}; known: {', '.join(KINDS)}")
     try:
         tlps = tuple(normalize_tlp(t) for t in get(pol, "tlp", list, "policy.", list(DEFAULT_TLPS)))
-        default_tlp = normalize_tlp(get(table("import"), "default_tlp", str, "import.", "amber"))
+        default_tlp = normalize_tlp(
+            get(table("import"), "default_tlp", str, "import.", DEFAULT_TLP)
+        )
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     defaults = Policy()
@@ -148,5 +151,5 @@ max_own_set = {p.max_own_set}           # largest own set it contributes to one 
 max_round_elements = {p.max_round_elements}   # everything it blinds in one round, all partners together
 
 [import]
-default_tlp = "amber"           # TLP given to imported records that carry no marking (override: --tlp)
+default_tlp = "{DEFAULT_TLP}"           # TLP given to imported records that carry no marking (override: --tlp)
 """

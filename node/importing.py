@@ -55,7 +55,7 @@ class FileImport:
 @dataclass
 class ImportReport:
     imported: Counter[str] = field(default_factory=Counter)  # new indicators per kind
-    known: int = 0  # sightings merged into indicators the store already held
+    known: int = 0  # sightings merged into an indicator already stored (or repeated in the file)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> how many
     invalid: list[InvalidEntry] = field(default_factory=list)  # the first MAX_INVALID_KEPT
     invalid_count: int = 0
@@ -81,7 +81,8 @@ class ImportReport:
         lines.append(
             f"Imported {_plural(self.new, 'new indicator')}" + (f": {per_kind}" if per_kind else "")
         )
-        lines.append(f"Already known: {self.known:,}")
+        # The store counts a value repeated within the import as known from its second time.
+        lines.append(f"Already known or repeated: {self.known:,}")
         if self.skipped:
             lines.append(f"Skipped {sum(self.skipped.values()):,}:")
             for reason, n in sorted(self.skipped.items(), key=lambda item: (-item[1], item[0])):
@@ -98,7 +99,7 @@ class ImportReport:
                 lines.append(f"  {failed.problem}")
         return "\n".join(lines)
 
-    def _add_invalid(self, path: str, where: str, message: str) -> None:
+    def note_invalid(self, path: str, where: str, message: str) -> None:
         self.invalid_count += 1
         if len(self.invalid) < MAX_INVALID_KEPT:
             self.invalid.append(InvalidEntry(path, where, message))
@@ -122,7 +123,7 @@ def import_paths(
     report = ImportReport()
     for item in paths:
         path = Path(item)
-        name = source or path.resolve().name or str(path)
+        name = source or _text(path.resolve().name) or _text(str(path))
         _import_one(store, path, fmt, default_tlp, name, report, progress)
     if progress is not None:
         progress(report.total)
@@ -138,27 +139,24 @@ def _import_one(
     report: ImportReport,
     progress: Callable[[int], None] | None,
 ) -> None:
-    imported: Counter[str] = Counter()
+    shown = _text(str(path))
     skipped: Counter[str] = Counter()
     entries_before, invalid_before = report.total, report.invalid_count
     detected = fmt
     try:
         detected, events = read_path(path, fmt)
-        before = store.stats().per_kind
-        sightings = _sightings(str(path), events, report, skipped, progress)
+        sightings = _sightings(shown, events, report, skipped, progress)
         result = store.add_sightings(sightings, source=source, default_tlp=default_tlp)
-        after = store.stats().per_kind
     except ImportFileError as exc:
-        report.total = entries_before  # rolled back: its entries count as not read
+        # The transaction rolled back: the file's entries count as not read.
+        report.total = entries_before
         del report.invalid[invalid_before:]
         report.invalid_count = invalid_before
-        report.failed.append(FailedFile(str(path), str(exc)))
-        store.record_import(source, str(path), detected, {"error": str(exc)})
+        problem = _text(str(exc))
+        report.failed.append(FailedFile(shown, problem))
+        store.record_import(source, shown, detected, {"error": problem})
         return
-    # The store reports one total; the per-kind split comes from its counts before and after.
-    for kind in after:
-        if after[kind] > before.get(kind, 0):
-            imported[kind] = after[kind] - before.get(kind, 0)
+    imported = Counter(result.new_per_kind)
     report.imported.update(imported)
     report.known += result.known
     report.skipped.update(skipped)
@@ -171,10 +169,8 @@ def _import_one(
         "entries": report.total - entries_before,
         "default_tlp": default_tlp,
     }
-    import_id = store.record_import(source, str(path), detected, summary)
-    report.files.append(
-        FileImport(str(path), detected, source, result.new, result.known, import_id)
-    )
+    import_id = store.record_import(source, shown, detected, summary)
+    report.files.append(FileImport(shown, detected, source, result.new, result.known, import_id))
 
 
 def _sightings(
@@ -192,12 +188,12 @@ def _sightings(
         if isinstance(event, Skipped):
             skipped[event.reason] += 1
         elif isinstance(event, Invalid):
-            report._add_invalid(path, event.where, event.message)
+            report.note_invalid(path, event.where, event.message)
         else:
             try:
                 indicator = canonicalize(event.kind_hint, event.raw)
             except InvalidIndicator as exc:
-                report._add_invalid(path, event.where, str(exc))
+                report.note_invalid(path, event.where, str(exc))
                 continue
             yield Sighting(
                 kind=indicator.kind,
@@ -209,6 +205,11 @@ def _sightings(
                 tlp=event.tlp,
                 tags=event.tags,
             )
+
+
+def _text(name: str) -> str:
+    """`name` with any undecodable file-name bytes replaced, so SQLite can store it."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _plural(n: int, noun: str, nouns: str | None = None) -> str:

@@ -26,11 +26,13 @@ import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
+
+from blindmatch.match import MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +45,8 @@ class Sighting:
     first_seen: str | None = None  # ISO 8601 UTC, "2026-11-26T23:00:00Z"
     last_seen: str | None = None
     count: int = 1  # sightings this record stands for (STIX sighting objects raise it)
-    tlp: str | None = (
-        None  # clear | green | amber | amber+strict | red; None = the import's default
-    )
+    # clear | green | amber | amber+strict | red; None = the import's default
+    tlp: str | None = None
     tags: tuple[str, ...] = ()
 
 
@@ -78,7 +79,6 @@ def _tlp_rank(text: str) -> int:
 
 # --- result and audit types -----------------------------------------------------------------------
 
-MODES: Final = ("pairwise", "threshold", "count")
 OUTCOMES: Final = ("started", "done", "failed", "refused", "aborted")
 
 
@@ -92,6 +92,7 @@ class AddResult:
 
     new: int
     known: int
+    new_per_kind: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,10 +464,12 @@ class Store:
                 )
 
         with self._transaction() as conn:
-            before = _count_sightings(conn)
+            before = _count_per_kind(conn)
             conn.executemany(_UPSERT_SIGHTING, rows())
-            new = _count_sightings(conn) - before
-        return AddResult(new=new, known=seen - new)
+            after = _count_per_kind(conn)
+        per_kind = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+        new = sum(per_kind.values())
+        return AddResult(new=new, known=seen - new, new_per_kind=per_kind)
 
     def lookup(self, kind: str, value: str) -> StoredSighting | None:
         """The stored indicator (kind, canonical value), or None if the store does not hold it."""
@@ -500,12 +503,11 @@ class Store:
 
         One consistent snapshot, ordered by sighting_id.
         """
-        query = _eligible_query(kinds, tlps, chunked=False)
+        query = _EligibleQuery.build(kinds, tlps)
         if query is None:
             return []
-        sql, params = query
         with self._reading() as conn:
-            return conn.execute(sql, params).fetchall()
+            return query.fetch(conn, after=0, limit=-1)
 
     def iter_eligible(
         self, kinds: Collection[str], tlps: Collection[str], *, chunk: int = _ELIGIBLE_CHUNK
@@ -514,16 +516,13 @@ class Store:
 
         Chunks are not one snapshot: an import running meanwhile may add rows to later chunks.
         """
-        query = _eligible_query(kinds, tlps, chunked=True)
+        query = _EligibleQuery.build(kinds, tlps)
         if query is None:
             return
-        sql, params = query
         after = 0
         while True:
             with self._reading() as conn:
-                batch: list[tuple[int, str, str]] = conn.execute(
-                    sql, (*params, after, chunk)
-                ).fetchall()
+                batch = query.fetch(conn, after=after, limit=chunk)
             if not batch:
                 return
             yield batch
@@ -842,10 +841,20 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 for statement in MIGRATIONS[target - 1]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {target}")
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(
+                    f"cannot upgrade store {path} to schema version {target}: {exc};"
+                    f" it is left unchanged at version {current}"
+                ) from exc
             raise
-        conn.execute("COMMIT")
+
+
+def _count_per_kind(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT kind, count(*) FROM sightings GROUP BY kind").fetchall())
 
 
 def _count_sightings(conn: sqlite3.Connection) -> int:
@@ -853,24 +862,38 @@ def _count_sightings(conn: sqlite3.Connection) -> int:
     return count
 
 
-def _eligible_query(
-    kinds: Collection[str], tlps: Collection[str], *, chunked: bool
-) -> tuple[str, tuple[object, ...]] | None:
-    """SQL and parameters selecting eligible indicators, or None if nothing can match."""
-    ranks = sorted({_tlp_rank(t) for t in tlps})
-    kind_list = sorted(set(kinds))
-    if not ranks or not kind_list:
-        return None
-    sql = (
-        "SELECT id, kind, value FROM sightings"
-        f" WHERE kind IN ({', '.join('?' * len(kind_list))})"
-        f" AND tlp IN ({', '.join('?' * len(ranks))})"
-    )
-    if chunked:
-        sql += " AND id > ? ORDER BY id LIMIT ?"
-    else:
-        sql += " ORDER BY id"
-    return sql, (*kind_list, *ranks)
+@dataclass(frozen=True, slots=True)
+class _EligibleQuery:
+    sql: str
+    params: tuple[object, ...]
+    # SQLite hands back a new str per row; mapping each row's kind to one shared object saves
+    # ~50 MB per million rows in a round's selection.
+    shared_kinds: dict[str, str]
+
+    @classmethod
+    def build(cls, kinds: Collection[str], tlps: Collection[str]) -> _EligibleQuery | None:
+        """The query for these kinds and TLP levels, or None if nothing can match."""
+        ranks = sorted({_tlp_rank(t) for t in tlps})
+        kind_list = sorted(set(kinds))
+        if not ranks or not kind_list:
+            return None
+        sql = (
+            "SELECT id, kind, value FROM sightings"
+            f" WHERE kind IN ({', '.join('?' * len(kind_list))})"
+            f" AND tlp IN ({', '.join('?' * len(ranks))})"
+            " AND id > ? ORDER BY id LIMIT ?"
+        )
+        return cls(sql, (*kind_list, *ranks), {k: k for k in kind_list})
+
+    def fetch(
+        self, conn: sqlite3.Connection, *, after: int, limit: int
+    ) -> list[tuple[int, str, str]]:
+        """Rows with sighting_id > ``after``, at most ``limit`` of them (-1: all)."""
+        shared = self.shared_kinds
+        return [
+            (sid, shared[kind], value)
+            for sid, kind, value in conn.execute(self.sql, (*self.params, after, limit))
+        ]
 
 
 def _require_round(conn: sqlite3.Connection, round_id: str) -> str:

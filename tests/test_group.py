@@ -18,12 +18,15 @@ from blindmatch.group import (
     RoundKey,
     _elligator2,
     blind,
+    blind_packed,
     expand_message_xmd,
+    hash_and_blind_packed,
     hash_indicators,
     hash_to_curve_u,
     hash_to_field,
     hash_to_group,
     indicator_message,
+    split_elements,
     validate_element,
 )
 
@@ -219,7 +222,7 @@ def test_hash_to_curve_matches_rfc9380_j41(msg: bytes) -> None:
 
 
 def test_the_dst_names_protocol_and_canonicalisation_versions() -> None:
-    assert DST == f"blindmatch-v1-{CANON_VERSION}-with-curve25519_XMD:SHA-512_ELL2_RO_".encode()
+    assert f"blindmatch-v1-{CANON_VERSION}-with-curve25519_XMD:SHA-512_ELL2_RO_".encode() == DST
     assert hash_to_curve_u(b"abc") != hash_to_curve_u(b"abc", RFC_DST)
 
 
@@ -319,6 +322,21 @@ def test_blinding_agrees_with_the_reference_ladder() -> None:
     blinded = key.blind(elements)
     assert blinded == [enc(x25519_reference(scalar, dec(e))) for e in elements]
     assert blind(scalar, elements) == blinded  # the worker-process entry point
+
+
+def test_packed_forms_are_the_wire_form_of_the_list_forms() -> None:
+    key = RoundKey.generate()
+    items = [("domain", f"host{i}.example") for i in range(4)]
+    elements = hash_indicators(items)
+    packed = b"".join(elements)
+    assert split_elements(packed) == elements
+    assert split_elements(b"") == []
+    assert blind_packed(key.export(), packed) == b"".join(key.blind(elements))
+    assert hash_and_blind_packed(key.export(), items) == b"".join(key.blind(elements))
+    with pytest.raises(InvalidElement, match="chunk of 65 bytes is not a whole number"):
+        split_elements(packed[:65])
+    with pytest.raises(InvalidElement, match="element 1: low-order point"):
+        blind_packed(key.export(), packed[:32] + bytes(32))
 
 
 def test_blinding_keeps_order_and_length() -> None:

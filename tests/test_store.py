@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from node import store as store_module
 from node.store import (
     SCHEMA_VERSION,
     TLP_LEVELS,
@@ -126,6 +127,50 @@ def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_a_new_migration_upgrades_an_existing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path) as s:
+        s.add_sightings(domains(2), source="feed", default_tlp="green")
+    upgraded = (*store_module.MIGRATIONS, ("ALTER TABLE sightings ADD COLUMN note TEXT",))
+    monkeypatch.setattr(store_module, "MIGRATIONS", upgraded)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(upgraded))
+    with Store.open(path) as s:
+        assert s.stats().sightings == 2
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert "note" in [c[1] for c in conn.execute("PRAGMA table_info(sightings)")]
+    finally:
+        conn.close()
+
+
+def test_a_failing_migration_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    broken = (
+        *store_module.MIGRATIONS,
+        ("CREATE TABLE half_done (x)", "ALTER TABLE no_such_table ADD COLUMN y"),
+    )
+    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
+    with pytest.raises(
+        StoreError, match=r"schema version 2: no such table: no_such_table;.* version 1"
+    ):
+        Store.open(path)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    finally:
+        conn.close()
+    assert "half_done" not in names
+
+
 def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "node.sqlite"
     with Store.open(path):
@@ -235,10 +280,14 @@ def test_default_tlp_and_missing_dates(store: Store) -> None:
 
 
 def test_new_and_known_counts(store: Store) -> None:
-    assert store.add_sightings(domains(5), source="feed", default_tlp="green") == AddResult(5, 0)
+    assert store.add_sightings(domains(5), source="feed", default_tlp="green") == AddResult(
+        5, 0, {"domain": 5}
+    )
     batch = [*domains(7), Sighting("domain", "d6.example", "again")]
     # d0..d4 are known, d5 and d6 are new, and the second d6 merges into the one just stored.
-    assert store.add_sightings(batch, source="feed", default_tlp="green") == AddResult(2, 6)
+    assert store.add_sightings(batch, source="feed", default_tlp="green") == AddResult(
+        2, 6, {"domain": 2}
+    )
     assert store.lookup("domain", "d6.example") is not None
     row = store.lookup("domain", "d6.example")
     assert row is not None and row.count == 2
@@ -251,7 +300,7 @@ def test_the_same_value_under_two_kinds_is_two_indicators(store: Store) -> None:
         source="feed",
         default_tlp="green",
     )
-    assert result == AddResult(2, 0)
+    assert result == AddResult(2, 0, {"md5": 1, "ntlm": 1})
 
 
 def test_a_batch_that_raises_midway_stores_nothing(store: Store) -> None:
@@ -267,7 +316,9 @@ def test_a_batch_that_raises_midway_stores_nothing(store: Store) -> None:
     assert stats.sightings == 3
     assert store.lookup("domain", "d0.example") is None
     # the store still works after the rollback
-    assert store.add_sightings(domains(2), source="feed", default_tlp="green") == AddResult(2, 0)
+    assert store.add_sightings(domains(2), source="feed", default_tlp="green") == AddResult(
+        2, 0, {"domain": 2}
+    )
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,11 @@ class ImportFileError(Exception):
         self.problem = problem
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """`text` cut to `limit` characters, for skip reasons (which are counted, so must stay few)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def shorten(text: str, limit: int = 80) -> str:
     """`text` quoted and cut to `limit` characters, for error messages."""
     if len(text) <= limit:
@@ -111,27 +116,29 @@ def parse_timestamp(value: object) -> str:
     Raises ValueError naming the value.
     """
     if isinstance(value, bool):
-        raise ValueError(f"timestamp {value!r} is a boolean")
+        raise ValueError(f"{value!r} is a boolean, not a time")
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit() and len(text) <= 12:
+        if text.isascii() and text.isdigit() and len(text) <= 12:
             return _from_unix(int(text), value)
         try:
-            return iso_utc(datetime.fromisoformat(text))
+            moment = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(
-                f"timestamp {shorten(value, 40)} is neither ISO 8601 nor unix seconds"
-            ) from None
+            raise ValueError(f"{shorten(value, 40)} is neither ISO 8601 nor unix seconds") from None
+        try:
+            return iso_utc(moment)
+        except OverflowError:  # year 1 or 9999 pushed out of range by its UTC offset
+            raise ValueError(f"{shorten(value, 40)} is out of range for a time") from None
     if isinstance(value, int | float):
         return _from_unix(value, value)
-    raise ValueError(f"timestamp is {type_name(value)}, expected a string or a number")
+    raise ValueError(f"is {type_name(value)}, expected a time (a string or a number)")
 
 
 def _from_unix(seconds: float, original: object) -> str:
     try:
         return iso_utc(datetime.fromtimestamp(seconds, UTC))
     except (OverflowError, OSError, ValueError):
-        raise ValueError(f"timestamp {original!r} is out of range") from None
+        raise ValueError(f"{original!r} is out of range for a time") from None
 
 
 def widen(
@@ -192,8 +199,11 @@ def decode_json(path: Path | str, data: bytes) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
-        if exc.pos >= len(text.rstrip()):
-            problem = f"truncated JSON: the document ends early ({where}): {exc.msg}"
+        if exc.msg.startswith("Unterminated string"):
+            # The scanner reports the opening quote of a string that never closes.
+            problem = f"truncated JSON: the file ends inside the string that starts at {where}"
+        elif exc.pos >= len(text.rstrip()):
+            problem = f"truncated JSON: the file ends early ({where}): {exc.msg}"
         else:
             problem = f"not valid JSON at {where}: {exc.msg}"
         raise ImportFileError(path, problem) from None

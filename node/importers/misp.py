@@ -31,6 +31,7 @@ from node.importers._common import (
     Record,
     Skipped,
     check_value,
+    clip,
     decode_json,
     load_json,
     ordered_window,
@@ -177,7 +178,7 @@ def _attribute_records(
         yield Invalid(where, f"attribute 'type' is {type_name(kind)}, expected a string")
         return
     if kind not in MISP_TYPES:
-        yield Skipped(where, f"MISP type {kind[:40]}")
+        yield Skipped(where, f"MISP type {clip(kind)}")
         return
     value = attribute.get("value")
     if not isinstance(value, str):

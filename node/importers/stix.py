@@ -26,6 +26,7 @@ from node.importers._common import (
     Record,
     Skipped,
     check_value,
+    clip,
     ordered_window,
     parse_timestamp,
     shorten,
@@ -50,6 +51,8 @@ TLP_MARKING_IDS = {
     "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003": "amber+strict",
     "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1": "red",
 }
+# The STIX 2.1 limit for a sighting's count; it also keeps sums far from SQLite's 64-bit limit.
+MAX_COUNT = 999_999_999
 _TLP2_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
 
 
@@ -144,10 +147,9 @@ def _add_sighting(
         yield Skipped(where, "STIX sighting of an indicator not in the file")
         return
     count = sighting.get("count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        yield Invalid(
-            where, f"sighting count {shorten(repr(count), 30)} is not a whole number >= 0"
-        )
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+        shown = shorten(count, 30) if isinstance(count, str) else clip(str(count), 30)
+        yield Invalid(where, f"sighting count {shown} is not a whole number from 0 to {MAX_COUNT}")
         return
     try:
         first = _optional_time(sighting, "first_seen") or _optional_time(sighting, "created")
@@ -175,7 +177,7 @@ def _indicator_events(
 ) -> Iterator[Event]:
     pattern_type = indicator.get("pattern_type", "stix")
     if pattern_type != "stix":
-        yield Skipped(where, f"STIX pattern_type {shorten(str(pattern_type), 30)}")
+        yield Skipped(where, f"STIX pattern_type {clip(str(pattern_type))}")
         return
     if indicator.get("revoked") is True:
         yield Skipped(where, "STIX revoked indicator")

@@ -145,8 +145,9 @@ def tokenize(pattern: str) -> list[Token]:
             tokens.append(Token(char, char, i))
             i += 1
         elif char == "'":
-            text, i = _read_quoted(pattern, i)
+            text, after = _read_quoted(pattern, i)
             tokens.append(Token("string", text, i))
+            i = after
         elif char in "tbh" and pattern.startswith("'", i + 1):
             # t'2020-01-01T00:00:00Z', b'base64', h'hex': typed literals, never indicator values.
             text, after = _read_quoted(pattern, i + 1)

@@ -1,0 +1,498 @@
+"""CLI handlers of the coordinator and of operators; ``blindmatch.cli`` wires argparse to them.
+
+Each handler takes the parsed ``argparse.Namespace`` and returns the exit status: 0 success,
+1 operational failure (a round failed, the coordinator unreachable or refusing, a file that
+already exists), 2 usage or input errors (bad flags, an unreadable or invalid config). No
+traceback reaches an operator: every error is one line saying what was wrong and what to do.
+
+``--insecure`` means plaintext, loopback only; the other side must run with ``--insecure`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+import grpc
+
+from blindmatch.canon import KINDS
+from blindmatch.net import (
+    InsecureBindRefused,
+    NetError,
+    TlsConfigError,
+    load_tls,
+    open_channel,
+    split_host_port,
+)
+from blindmatch.pki import IssuedPaths, PkiError, issue_to_dir, validate_name
+from blindmatch.protocol import BadMessage, RoundSpec
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from coordinator.config import (
+    COORDINATOR_FILE,
+    OPERATOR_FILE,
+    ConfigError,
+    CoordinatorConfig,
+    OperatorConfig,
+    TlsPaths,
+    load_config,
+    load_operator_config,
+    write_config,
+    write_operator_config,
+)
+from coordinator.state import StateError
+
+CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
+FINAL: Final = ("done", "failed")
+T = TypeVar("T")
+
+
+class _Exit(Exception):
+    """Leave the handler with ``status`` after printing ``message`` as an error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _handler(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except _Exit as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.status
+
+    return wrapped
+
+
+# --- coordinator ------------------------------------------------------------------------------
+
+
+@_handler
+def cmd_init(args: argparse.Namespace) -> int:
+    """``blindmatch coordinator init COORD_DIR --listen HOST:PORT --pki PKI_DIR --node NAME=HOST:PORT...``
+
+    Reads ``args.coord_dir``, ``args.listen``, ``args.pki``, ``args.node`` (list of
+    "NAME=HOST:PORT") and ``args.name`` (default "coordinator"). Writes COORD_DIR/coordinator.toml
+    and the coordinator's certificate, key and CA certificate into COORD_DIR.
+    """
+    name = _valid(validate_name, args.name, "--name")
+    listen = _address(args.listen, "--listen")
+    nodes: dict[str, str] = {}
+    for entry in args.node or ():
+        node, sep, address = entry.partition("=")
+        if not sep:
+            raise _Exit(2, f"--node {entry!r}: expected NAME=HOST:PORT, e.g. alpha=10.0.0.5:7001")
+        node = _valid(validate_name, node.strip(), f"--node {entry!r}")
+        if node in nodes:
+            raise _Exit(2, f"--node: {node} is given twice")
+        nodes[node] = _address(address.strip(), f"--node {entry!r}")
+    coord_dir = Path(args.coord_dir)
+    config_path = coord_dir / COORDINATOR_FILE
+    if config_path.exists():
+        raise _Exit(1, f"{config_path} exists; refusing to overwrite it (move it away first)")
+    host, _ = split_host_port(listen)
+    hosts = _unique([host, "localhost", "127.0.0.1"])
+    issued = _issue(args.pki, name, "coordinator", hosts, coord_dir)
+    config = CoordinatorConfig(
+        name=name,
+        listen=listen,
+        tls=TlsPaths(ca=issued.ca, cert=issued.cert, key=issued.key),
+        nodes=nodes,
+        state=Path("coordinator.sqlite"),
+    )
+    try:
+        write_config(config_path, config)
+    except ConfigError as exc:
+        raise _Exit(1, str(exc)) from None
+    print(f"wrote {config_path}")
+    print(f"issued coordinator/{name}: {issued.cert} (valid for {', '.join(hosts)}), {issued.key}")
+    print(f"registry: {', '.join(f'{n}={a}' for n, a in nodes.items()) or '(empty)'}")
+    print(f'each node\'s node.toml must say coordinator = "{name}"')
+    print(f"start it with: blindmatch coordinator serve --config {config_path}")
+    return 0
+
+
+@_handler
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``blindmatch coordinator serve --config COORD_TOML [--insecure]``
+
+    Reads ``args.config`` and ``args.insecure``. Runs until SIGINT or SIGTERM.
+    """
+    from coordinator.service import serve  # the server side is not needed by operator commands
+
+    config = _load(load_config, args.config)
+    try:
+        serve(config, insecure=args.insecure)
+    except (ConfigError, TlsConfigError, InsecureBindRefused) as exc:
+        raise _Exit(2, str(exc)) from None
+    except (NetError, StateError) as exc:  # address in use, state file unusable
+        raise _Exit(1, str(exc)) from None
+    return 0
+
+
+# --- operator ---------------------------------------------------------------------------------
+
+
+@_handler
+def cmd_operator_init(args: argparse.Namespace) -> int:
+    """``blindmatch operator init OP_DIR --name NAME --coordinator HOST:PORT --pki PKI_DIR``
+
+    Reads ``args.op_dir``, ``args.name``, ``args.coordinator`` and ``args.pki``. Writes
+    OP_DIR/operator.toml and the operator's certificate, key and CA certificate into OP_DIR.
+    """
+    name = _valid(validate_name, args.name, "--name")
+    coordinator = _address(args.coordinator, "--coordinator")
+    op_dir = Path(args.op_dir)
+    config_path = op_dir / OPERATOR_FILE
+    if config_path.exists():
+        raise _Exit(1, f"{config_path} exists; refusing to overwrite it (move it away first)")
+    issued = _issue(args.pki, name, "operator", [], op_dir)
+    config = OperatorConfig(
+        name=name,
+        coordinator=coordinator,
+        tls=TlsPaths(ca=issued.ca, cert=issued.cert, key=issued.key),
+    )
+    try:
+        write_operator_config(config_path, config)
+    except ConfigError as exc:
+        raise _Exit(1, str(exc)) from None
+    print(f"wrote {config_path}")
+    print(f"issued operator/{name}: {issued.cert}, {issued.key}")
+    print(f"start a round with: blindmatch round start --config {config_path} --nodes A,B --wait")
+    return 0
+
+
+@_handler
+def cmd_round_start(args: argparse.Namespace) -> int:
+    """``blindmatch round start --config OP_TOML --nodes A,B[,C...] [--mode M] [--threshold T]
+    [--kinds K,...] [--wait] [--json] [--insecure]``
+
+    Reads ``args.config``, ``args.nodes`` (list of names), ``args.mode`` ("pairwise",
+    "threshold" or "count"), ``args.threshold`` (int or None), ``args.kinds`` (list or None:
+    every kind), ``args.wait``, ``args.json`` and ``args.insecure``.
+
+    Without ``--wait``: prints the round id (``--json``: the round as one JSON object) and exits 0.
+    With ``--wait``: follows the round, progress on stderr, then a summary on stdout (``--json``:
+    exactly one JSON object); exits 0 when the round is done and 1 when it failed.
+    """
+    nodes = list(args.nodes)
+    kinds = list(args.kinds or ())
+    try:
+        RoundSpec("local-check", tuple(nodes), args.mode, args.threshold, tuple(kinds) or KINDS)
+    except BadMessage as exc:
+        hint = ""
+        if args.threshold is not None and args.mode != "threshold":
+            hint = " (add --mode threshold, or drop --threshold)"
+        elif args.mode == "threshold" and args.threshold is None:
+            hint = " (threshold mode needs --threshold T)"
+        raise _Exit(2, f"{exc}{hint}") from None
+    config = _load(load_operator_config, args.config)
+    request = coordinator_pb2.StartRoundRequest(
+        nodes=nodes, mode=args.mode, threshold=args.threshold or 0, kinds=kinds
+    )
+    with _coordinator(config, args.insecure) as stub:
+        info = _call(config, lambda: stub.StartRound(request, timeout=CALL_TIMEOUT))
+        if not args.wait:
+            print(json.dumps(info_dict(info)) if args.json else info.id)
+            return 0
+        print(f"round {info.id} started", file=sys.stderr)
+        final = _follow(config, stub, info, progress=_Progress())
+    print(json.dumps(info_dict(final)) if args.json else summary(final))
+    return 0 if final.state == "done" else 1
+
+
+@_handler
+def cmd_round_status(args: argparse.Namespace) -> int:
+    """``blindmatch round status --config OP_TOML [ID] [--json] [--insecure]``
+
+    Reads ``args.config``, ``args.id`` (a round id, a unique prefix of one, or None: the recent
+    rounds), ``args.json`` and ``args.insecure``. Exits 0 (also for a failed round: the status
+    was shown), 1 when the coordinator cannot be reached or knows no such round.
+    """
+    config = _load(load_operator_config, args.config)
+    with _coordinator(config, args.insecure) as stub:
+        if args.id:
+            info = _find(config, stub, args.id)
+            print(json.dumps(info_dict(info)) if args.json else summary(info))
+            return 0
+        rounds = _call(
+            config,
+            lambda: stub.ListRounds(coordinator_pb2.ListRoundsRequest(), timeout=CALL_TIMEOUT),
+        ).rounds
+    if args.json:
+        print(json.dumps([info_dict(r) for r in rounds]))
+    elif not rounds:
+        print("no rounds yet; start one with `blindmatch round start`")
+    else:
+        print(table(rounds))
+    return 0
+
+
+# --- talking to the coordinator ---------------------------------------------------------------
+
+
+@contextmanager
+def _coordinator(
+    config: OperatorConfig, insecure: bool
+) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
+    try:
+        tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
+        channel = open_channel(config.coordinator, tls, insecure=insecure)
+    except NetError as exc:
+        raise _Exit(2, str(exc)) from None
+    try:
+        yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+    finally:
+        channel.close()
+
+
+def _call(config: OperatorConfig, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except grpc.RpcError as err:
+        raise _Exit(1, _rpc_message(config, err)) from None
+
+
+def _rpc_message(config: OperatorConfig, err: grpc.RpcError) -> str:
+    code = err.code()
+    details = err.details() or "(no details)"
+    where = f"coordinator at {config.coordinator}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"{where} unreachable (UNAVAILABLE): {details} — is `blindmatch coordinator serve` "
+            "running there, with the same --insecure setting as this command?"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{where} did not answer within {CALL_TIMEOUT:g} s; is it overloaded or stuck?"
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return (
+            f"{where} refused this operator ({code.name}): {details} — check that "
+            f"{config.tls.cert} is an operator certificate the coordinator's `operators` allows"
+        )
+    return f"{where} refused ({code.name}): {details}"
+
+
+def _find(
+    config: OperatorConfig, stub: coordinator_pb2_grpc.CoordinatorServiceStub, round_id: str
+) -> coordinator_pb2.RoundInfo:
+    """The round with this id, or the only recent round whose id starts with it."""
+    try:
+        return cast(
+            coordinator_pb2.RoundInfo,
+            stub.GetRound(coordinator_pb2.GetRoundRequest(id=round_id), timeout=CALL_TIMEOUT),
+        )
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise _Exit(1, _rpc_message(config, err)) from None
+    rounds: Sequence[coordinator_pb2.RoundInfo] = _call(
+        config,
+        lambda: stub.ListRounds(
+            coordinator_pb2.ListRoundsRequest(limit=1000), timeout=CALL_TIMEOUT
+        ),
+    ).rounds
+    matching = [r for r in rounds if r.id.startswith(round_id)]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise _Exit(2, f"{round_id!r} is the start of {len(matching)} round ids; give more of it")
+    raise _Exit(
+        1,
+        f"no round {round_id!r} on the coordinator at {config.coordinator}; "
+        "`blindmatch round status` lists the recent ones",
+    )
+
+
+def _follow(
+    config: OperatorConfig,
+    stub: coordinator_pb2_grpc.CoordinatorServiceStub,
+    info: coordinator_pb2.RoundInfo,
+    progress: _Progress,
+) -> coordinator_pb2.RoundInfo:
+    last = info
+    try:
+        for last in stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id)):
+            progress.show(last)
+    except grpc.RpcError as err:
+        progress.end()
+        raise _Exit(
+            1,
+            f"lost track of round {info.id}: {_rpc_message(config, err)} "
+            f"(check it later with `blindmatch round status {info.id}`)",
+        ) from None
+    except KeyboardInterrupt:
+        progress.end()
+        raise _Exit(
+            130,
+            f"stopped following round {info.id}; it goes on. "
+            f"Check it with `blindmatch round status {info.id}`",
+        ) from None
+    progress.end()
+    if last.state not in FINAL:
+        raise _Exit(
+            1,
+            f"the coordinator stopped reporting round {info.id} while it was {last.state} "
+            f"(check it later with `blindmatch round status {info.id}`)",
+        )
+    return last
+
+
+class _Progress:
+    """Progress on stderr: one updating line on a terminal, a line per phase or 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._shown = ""
+        self._key: tuple[str, int] | None = None
+
+    def show(self, info: coordinator_pb2.RoundInfo) -> None:
+        pct = _percent(info)
+        line = f"{info.state}"
+        if info.state == "routing":
+            line += f" {pct}%"
+        if info.sizes:
+            line += " — sets: " + ", ".join(f"{n} {info.sizes[n]}" for n in info.participants)
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(len(self._shown)))
+            sys.stderr.flush()
+            self._shown = line
+            return
+        key = (info.state, pct // 10)
+        if key != self._key:
+            self._key = key
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self._shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._shown = ""
+
+
+def _percent(info: coordinator_pb2.RoundInfo) -> int:
+    if info.state in ("delivering", "done"):
+        return 100
+    return int(100 * info.hops_done / info.hops_total) if info.hops_total else 0
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def info_dict(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
+    """A round as plain JSON types; absent values (no threshold, still running) are null."""
+    return {
+        "id": info.id,
+        "state": info.state,
+        "mode": info.mode,
+        "threshold": info.threshold or None,
+        "participants": list(info.participants),
+        "kinds": list(info.kinds),
+        "sizes": {n: info.sizes[n] for n in info.participants if n in info.sizes},
+        "match_counts": {
+            n: info.match_counts[n] for n in info.participants if n in info.match_counts
+        },
+        "error": info.error or None,
+        "created": info.created,
+        "finished": info.finished or None,
+        "hops_done": info.hops_done,
+        "hops_total": info.hops_total,
+        "operator": info.operator,
+    }
+
+
+def summary(info: coordinator_pb2.RoundInfo) -> str:
+    mode = info.mode + (f" {info.threshold}" if info.mode == "threshold" else "")
+    kinds = "all kinds" if set(info.kinds) == set(KINDS) else ",".join(info.kinds)
+    head = f"round {info.id} {info.state}"
+    if info.finished:
+        head += f" after {info.finished - info.created:.1f} s"
+    elif info.state == "routing":
+        head += f" ({_percent(info)}% of the element-hops done)"
+    lines = [
+        head,
+        f"  mode {mode}, {kinds}; started {_when(info.created)} by {info.operator or '-'}",
+    ]
+    if info.error:
+        lines.append(f"  error: {info.error}")
+    label = "shared with partners" if info.mode == "count" else "matches"
+    width = max(len(n) for n in [*info.participants, "node"])
+    lines.append(f"  {'node':<{width}}  {'set size':>10}  {label}")
+    for n in info.participants:
+        size = str(info.sizes[n]) if n in info.sizes else "-"
+        count = str(info.match_counts[n]) if n in info.match_counts else "-"
+        lines.append(f"  {n:<{width}}  {size:>10}  {count}")
+    return "\n".join(lines)
+
+
+def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
+    rows = [("ID", "STATE", "MODE", "NODES", "STARTED", "NOTE")]
+    for r in rounds:
+        if r.state == "failed":
+            note = _clip(r.error, 60)
+        elif r.state == "done":
+            note = f"{sum(r.match_counts.values())} matches in {r.finished - r.created:.1f} s"
+        else:
+            note = f"{_percent(r)}%"
+        rows.append((r.id, r.state, r.mode, ",".join(r.participants), _when(r.created), note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _load(loader: Callable[[str], T], path: str) -> T:
+    try:
+        return loader(path)
+    except ConfigError as exc:
+        raise _Exit(2, str(exc)) from None
+
+
+def _valid(check: Callable[[str], str], value: str, flag: str) -> str:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise _Exit(2, f"{flag}: {exc}") from None
+
+
+def _address(value: str, flag: str) -> str:
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise _Exit(2, f"{flag}: {exc}") from None
+    return value
+
+
+def _unique(hosts: Sequence[str]) -> list[str]:
+    # an unspecified address (listen on every interface) is not a name anyone dials
+    return list(
+        dict.fromkeys(h.strip("[]") for h in hosts if h.strip("[]") not in ("0.0.0.0", "::"))
+    )
+
+
+def _issue(pki_dir: str, name: str, role: str, hosts: Sequence[str], out_dir: Path) -> IssuedPaths:
+    try:
+        return issue_to_dir(pki_dir, name, role, hosts=hosts, out_dir=out_dir)
+    except (PkiError, ValueError) as exc:
+        raise _Exit(1, str(exc)) from None
+    except OSError as exc:
+        raise _Exit(1, f"cannot write into {out_dir}: {exc.strerror}") from None

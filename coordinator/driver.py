@@ -1,0 +1,500 @@
+"""Drives rounds over gRPC: one thread per round, one reader thread per node stream.
+
+A round, as the coordinator runs it (the rules themselves are ``CoordinatorRound``'s):
+  1. Prepare every participant in parallel, each call with ``call_timeout``. Any error from any
+     node fails the round, naming the node and its status.
+  2. Open one ``Reblind`` stream per node (first message ``RoutingStart``, then chunks fed from
+     that node's queue) and one ``OwnSet`` stream per node. Every chunk that comes back, from
+     either stream, goes through ``CoordinatorRound.on_chunk`` under the round's lock, and the
+     ``Forward`` it returns is queued for the next hop at once: a chunk moves on as soon as it
+     is ready, so every node works at the same time and no phase waits for a whole set.
+  3. Once every set is fully blinded, the Reblind queues close, the streams end, and every node
+     gets its ``Deliver`` in parallel. Done.
+  Anything else (an error, a stream ending early, the round deadline ``round_timeout``, the
+  coordinator stopping) fails the round: every stream is cancelled, every node gets ``Abort``
+  (best effort, in parallel, short deadline), and the record says why.
+
+The queues are unbounded on purpose: bounding them would let the reader of node A block on
+node B's full queue while B waits on A, a cycle around the ring. Their total is bounded by the
+round's sets (``Caps.max_total``), which the coordinator holds anyway as final tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import grpc
+
+from blindmatch.canon import KINDS
+from blindmatch.group import ELEMENT_BYTES
+from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.net import TlsConfig, open_channel
+from blindmatch.protocol import (
+    DEFAULT_CHUNK,
+    BadMessage,
+    Caps,
+    CoordinatorRound,
+    ProtocolError,
+    RoundSpec,
+)
+from blindmatch.v1 import node_pb2, node_pb2_grpc
+from coordinator.state import RoundBoard, RoundRecord
+
+log = logging.getLogger(__name__)
+
+STOP_REASON: Final = "coordinator stopped during the round"
+PUBLISH_INTERVAL: Final = 0.25  # seconds between progress updates of one round
+ABORT_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort Abort
+
+
+class RoundFailure(Exception):
+    """The round cannot go on; the message is the reason recorded and sent to every node."""
+
+
+class NodeLinks:
+    """One channel per registered node, opened once and reused by every round."""
+
+    def __init__(self, nodes: Mapping[str, str], tls: TlsConfig | None, *, insecure: bool) -> None:
+        self.addresses = dict(nodes)
+        self._channels = {
+            name: open_channel(address, tls, insecure=insecure)
+            for name, address in self.addresses.items()
+        }
+        self._stubs = {
+            name: node_pb2_grpc.NodeServiceStub(channel) for name, channel in self._channels.items()
+        }
+
+    def stub(self, node: str) -> node_pb2_grpc.NodeServiceStub:
+        return self._stubs[node]
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    call_timeout: float = 60.0
+    round_timeout: float = 3600.0
+    chunk_size: int = DEFAULT_CHUNK
+    caps: Caps = field(default_factory=Caps)
+
+
+class Coordinator:
+    """Starts rounds and keeps track of the ones in flight."""
+
+    def __init__(self, board: RoundBoard, links: NodeLinks, settings: RoundSettings) -> None:
+        self.board = board
+        self.links = links
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._running: dict[str, tuple[RoundDriver, threading.Thread]] = {}
+        self._stopping = False
+
+    def start_round(
+        self,
+        nodes: Sequence[str],
+        *,
+        mode: str = "pairwise",
+        threshold: int | None = None,
+        kinds: Sequence[str] = (),
+        operator: str,
+    ) -> RoundRecord:
+        """Validate and launch a round in the background; return its first record."""
+        unknown = [n for n in nodes if n not in self.links.addresses]
+        if unknown:
+            known = ", ".join(sorted(self.links.addresses)) or "(none)"
+            raise BadMessage(
+                f"unknown node(s) {', '.join(unknown)}; this coordinator's registry knows: {known}"
+            )
+        spec = RoundSpec(
+            round_id=uuid.uuid4().hex,
+            participants=tuple(nodes),
+            mode=mode or "pairwise",
+            threshold=threshold,
+            kinds=tuple(kinds) or KINDS,
+            chunk_size=self.settings.chunk_size,
+        )
+        record = RoundRecord(
+            id=spec.round_id,
+            participants=spec.participants,
+            mode=spec.mode,
+            threshold=spec.threshold,
+            kinds=spec.kinds,
+            operator=operator,
+            created=time.time(),
+        )
+        with self._lock:
+            if self._stopping:
+                raise RoundFailure("the coordinator is stopping; start the round after it restarts")
+            self.board.publish(record)
+            driver = RoundDriver(spec, record, self.links, self.board, self.settings)
+            thread = threading.Thread(
+                target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
+            )
+            self._running[spec.round_id] = (driver, thread)
+        thread.start()
+        return record
+
+    def _run(self, driver: RoundDriver) -> None:
+        try:
+            driver.run()
+        finally:
+            with self._lock:
+                self._running.pop(driver.spec.round_id, None)
+
+    def stop(self, reason: str = STOP_REASON, wait: float = ABORT_TIMEOUT + 5) -> None:
+        """Fail every round in flight (their nodes get Abort) and wait for their threads."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running.values())
+        for driver, _ in running:
+            driver.cancel(reason)
+        end = time.monotonic() + wait
+        for _, thread in running:
+            thread.join(max(0.0, end - time.monotonic()))
+
+
+class RoundDriver:
+    def __init__(
+        self,
+        spec: RoundSpec,
+        record: RoundRecord,
+        links: NodeLinks,
+        board: RoundBoard,
+        settings: RoundSettings,
+    ) -> None:
+        self.spec = spec
+        self.round = CoordinatorRound(spec, settings.caps)
+        self.record = record
+        self.links = links
+        self.board = board
+        self.settings = settings
+        self._deadline = time.monotonic() + settings.round_timeout
+        # One lock for the round: the state machine, the queues, the record and the failure.
+        self._cond = threading.Condition()
+        self._failure: str | None = None
+        self._queues: dict[str, queue.SimpleQueue[node_pb2.ReblindRequest | None]] = {}
+        self._queues_closed = False
+        self._calls: list[Any] = []  # streaming calls, cancelled on failure
+        self._open_streams = 0
+        self._own_seen = dict.fromkeys(spec.participants, 0)
+        self._last_publish = 0.0
+
+    # --- the round, step by step -------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._prepare()
+            self._route()
+            self._deliver()
+        except RoundFailure as exc:
+            self._finish_failed(str(exc))
+        except Exception as exc:
+            log.exception("round %s: unexpected error", self.spec.round_id)
+            self._finish_failed(f"internal error in the coordinator: {exc!r}")
+
+    def cancel(self, reason: str) -> None:
+        """Fail the round from outside (the coordinator is stopping)."""
+        self._fail(reason)
+
+    def _prepare(self) -> None:
+        request = node_pb2.PrepareRequest(
+            spec=node_pb2.RoundSpec(
+                round_id=self.spec.round_id,
+                participants=self.spec.participants,
+                mode=self.spec.mode,
+                threshold=self.spec.threshold or 0,
+                kinds=self.spec.kinds,
+                chunk_size=self.spec.chunk_size,
+            ),
+            # a node drops the round (and its key) if the coordinator goes silent this long
+            timeout_seconds=self.settings.round_timeout,
+        )
+        replies = self._unary_all("Prepare", lambda stub: stub.Prepare, lambda _: request)
+        with self._cond:
+            try:
+                for node in self.spec.participants:
+                    self.round.on_prepared(node, replies[node].size)
+            except ProtocolError as exc:
+                raise RoundFailure(str(exc)) from None
+            self._publish(
+                state="routing",
+                sizes=dict(self.round.sizes),
+                hops_total=self.round.progress()[1],
+                force=True,
+            )
+
+    def _route(self) -> None:
+        sizes = dict(self.round.sizes)
+        for node in self.spec.participants:
+            q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
+            q.put(
+                node_pb2.ReblindRequest(
+                    start=node_pb2.RoutingStart(round_id=self.spec.round_id, sizes=sizes)
+                )
+            )
+            self._queues[node] = q
+        # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
+        for node in self.spec.participants:
+            call = self.links.stub(node).Reblind(_drain(self._queues[node]), timeout=self._left())
+            self._follow(node, call, own=False)
+        for node in self.spec.participants:
+            ref = node_pb2.RoundRef(round_id=self.spec.round_id)
+            self._follow(node, self.links.stub(node).OwnSet(ref, timeout=self._left()), own=True)
+        with self._cond:
+            if self.round.routed():  # every set empty: nothing will ever arrive
+                self._close_queues()
+        self._wait_for(lambda: self._open_streams == 0, "routing to finish")
+        if not self.round.routed():
+            raise RoundFailure("every stream ended before every set was fully blinded")
+
+    def _deliver(self) -> None:
+        with self._cond:
+            results = self.round.deliveries()
+            self._publish(state="delivering", hops_done=self.record.hops_total, force=True)
+        names = self.spec.participants
+        requests = {
+            node: deliver_request(self.spec.round_id, delivery, names)
+            for node, delivery in results.items()
+        }
+        counts = {node: match_count(delivery) for node, delivery in results.items()}
+        del results
+        self._unary_all("Deliver", lambda stub: stub.Deliver, requests.__getitem__)
+        with self._cond:
+            for node in names:
+                self.round.on_delivered(node)
+            self._publish(state="done", match_counts=counts, finished=time.time(), force=True)
+
+    def _finish_failed(self, reason: str) -> None:
+        self._fail(reason)
+        with self._cond:
+            reason = self._failure or reason
+            self.round.fail(reason)
+        request = node_pb2.AbortRequest(round_id=self.spec.round_id, reason=reason)
+        pending = [
+            self.links.stub(node).Abort.future(request, timeout=ABORT_TIMEOUT)
+            for node in self.spec.participants
+        ]
+        for future in pending:
+            # best effort: a node that misses it drops the round at its own timeout
+            with contextlib.suppress(grpc.RpcError):
+                future.result()
+        with self._cond:
+            self._publish(state="failed", error=reason, finished=time.time(), force=True)
+
+    # --- calls and streams -------------------------------------------------------------------
+
+    def _unary_all(
+        self,
+        what: str,
+        method: Callable[[node_pb2_grpc.NodeServiceStub], Any],
+        request_for: Callable[[str], Any],
+    ) -> dict[str, Any]:
+        """Call ``what`` on every participant in parallel; every reply, or a RoundFailure that
+        names every node that failed."""
+        timeout = min(self.settings.call_timeout, self._left())
+        futures = {
+            node: method(self.links.stub(node)).future(request_for(node), timeout=timeout)
+            for node in self.spec.participants
+        }
+        for future in futures.values():
+            future.add_done_callback(lambda _: self._notify())
+        try:
+            self._wait_for(lambda: all(f.done() for f in futures.values()), f"{what} replies")
+        except RoundFailure:
+            for future in futures.values():
+                future.cancel()
+            raise
+        replies: dict[str, Any] = {}
+        problems = []
+        for node, future in futures.items():
+            try:
+                replies[node] = future.result()
+            except grpc.RpcError as err:
+                problems.append(self._rpc_problem(node, what, err, timeout))
+        if problems:
+            raise RoundFailure("; ".join(problems))
+        return replies
+
+    def _follow(self, node: str, call: Any, *, own: bool) -> None:
+        with self._cond:
+            self._calls.append(call)
+            self._open_streams += 1
+            if self._failure is not None:
+                call.cancel()
+        what = "OwnSet" if own else "Reblind"
+        threading.Thread(
+            target=self._read,
+            args=(node, call, own),
+            name=f"{what}-{node}-{self.spec.round_id[:8]}",
+            daemon=True,
+        ).start()
+
+    def _read(self, node: str, call: Any, own: bool) -> None:
+        what = "OwnSet" if own else "Reblind"
+        try:
+            for chunk in call:
+                self._on_chunk(node, chunk, own)
+            self._stream_ended(node, own)
+        except grpc.RpcError as err:
+            self._fail(self._rpc_problem(node, what, err, self.settings.round_timeout))
+        except RoundFailure as exc:
+            self._fail(str(exc))
+        except Exception as exc:
+            log.exception("round %s: reading %s of %s", self.spec.round_id, what, node)
+            self._fail(f"internal error in the coordinator reading {what} of {node}: {exc!r}")
+        finally:
+            with self._cond:
+                self._open_streams -= 1
+                self._cond.notify_all()
+
+    def _on_chunk(self, sender: str, chunk: node_pb2.Chunk, own: bool) -> None:
+        owner = chunk.owner
+        if own and owner != sender:
+            raise RoundFailure(f"node {sender} sent a chunk of {owner!r}'s set as its own set")
+        if not own and owner == sender:
+            raise RoundFailure(f"node {sender} sent its own set back from Reblind")
+        elements = chunk.elements
+        with self._cond:
+            if self._failure is not None:
+                return
+            try:
+                forward = self.round.on_chunk(sender, owner, chunk.seq, elements)
+            except ProtocolError as exc:
+                raise RoundFailure(f"node {sender}: {exc}") from None
+            if own:
+                self._own_seen[sender] += len(elements) // ELEMENT_BYTES
+            if forward is not None:
+                self._queues[forward.to].put(
+                    node_pb2.ReblindRequest(
+                        chunk=node_pb2.Chunk(
+                            owner=forward.owner, seq=forward.seq, elements=forward.elements
+                        )
+                    )
+                )
+            elif self.round.routed():
+                self._close_queues()
+            self._publish(hops_done=self.round.progress()[0])
+
+    def _stream_ended(self, node: str, own: bool) -> None:
+        with self._cond:
+            if self._failure is not None:
+                return
+            if own and self._own_seen[node] != self.round.sizes[node]:
+                raise RoundFailure(
+                    f"node {node} ended its own set after {self._own_seen[node]} of the "
+                    f"{self.round.sizes[node]} elements it announced"
+                )
+            if not own and not self._queues_closed:
+                raise RoundFailure(f"node {node} closed its Reblind stream before routing finished")
+
+    def _rpc_problem(self, node: str, what: str, err: grpc.RpcError, timeout: float) -> str:
+        code = err.code()
+        details = err.details() or "(no details)"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return f"node {node} unreachable at {self.links.addresses[node]}: {details}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"timeout after {timeout:g} s waiting for {what} of node {node}"
+        if code == grpc.StatusCode.CANCELLED:
+            return f"{what} of node {node} was cancelled: {details}"
+        verb = "refused" if what == "Prepare" else f"refused {what}"
+        return f"{node} {verb}: {code.name}: {details}"
+
+    # --- shared state ------------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        """Record the first failure, cancel every stream and wake the round's thread."""
+        with self._cond:
+            if self._failure is not None:
+                return
+            self._failure = reason
+            calls = list(self._calls)
+            self._close_queues()
+            self._cond.notify_all()
+        for call in calls:
+            call.cancel()
+
+    def _close_queues(self) -> None:
+        if not self._queues_closed:
+            self._queues_closed = True
+            for q in self._queues.values():
+                q.put(None)
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wait_for(self, done: Callable[[], bool], what: str) -> None:
+        with self._cond:
+            finished = self._cond.wait_for(
+                lambda: self._failure is not None or done(), timeout=self._left()
+            )
+            if self._failure is not None:
+                raise RoundFailure(self._failure)
+            if not finished:
+                hops, total = self.round.progress()
+                raise RoundFailure(
+                    f"timeout after {self.settings.round_timeout:g} s waiting for {what} "
+                    f"({hops} of {total} element-hops done; round_timeout)"
+                )
+
+    def _left(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _publish(self, *, force: bool = False, **changes: Any) -> None:
+        """Update the record; publish it now if ``force``, else at most every PUBLISH_INTERVAL."""
+        self.record = replace(self.record, **changes)
+        now = time.monotonic()
+        if force or now - self._last_publish >= PUBLISH_INTERVAL:
+            self._last_publish = now
+            self.board.publish(self.record)
+
+
+def _drain(
+    q: queue.SimpleQueue[node_pb2.ReblindRequest | None],
+) -> Iterator[node_pb2.ReblindRequest]:
+    while (item := q.get()) is not None:
+        yield item
+
+
+def deliver_request(
+    round_id: str, delivery: Delivery, participants: Sequence[str]
+) -> node_pb2.DeliverRequest:
+    """The wire form of what one node learns."""
+    if isinstance(delivery, PairwiseResult):
+        return node_pb2.DeliverRequest(
+            round_id=round_id,
+            pairwise=node_pb2.PairwiseDelivery(
+                positions=delivery.positions,
+                partners=[node_pb2.PartnerList(partners=p) for p in delivery.partners],
+            ),
+        )
+    if isinstance(delivery, ThresholdResult):
+        return node_pb2.DeliverRequest(
+            round_id=round_id,
+            threshold=node_pb2.ThresholdDelivery(
+                positions=delivery.positions, counts=delivery.counts
+            ),
+        )
+    return node_pb2.DeliverRequest(
+        round_id=round_id,
+        count=node_pb2.CountDelivery(
+            shared={participants[j]: c for j, c in delivery.shared.items()}
+        ),
+    )
+
+
+def match_count(delivery: Delivery) -> int:
+    """Matches delivered to one node; in count mode, the total over its partners."""
+    if isinstance(delivery, CountResult):
+        return sum(delivery.shared.values())
+    return len(delivery.positions)

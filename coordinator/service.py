@@ -1,0 +1,236 @@
+"""The coordinator's gRPC service, and the server that runs it.
+
+The servicer is thin: it converts messages, calls ``Coordinator`` or ``RoundBoard``, and maps
+domain errors to status codes in one place (``_status_of``). Who may call it is decided before any
+handler runs, by ``net.AccessPolicy``: the whole service is open to operators, all of them or the
+names listed in the config's ``operators``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Final
+
+import grpc
+
+from blindmatch.net import (
+    AccessPolicy,
+    ServerHandle,
+    TlsConfig,
+    load_tls,
+    peer_identity,
+    split_host_port,
+    start_server,
+)
+from blindmatch.pki import Identity, PkiError, identity_of
+from blindmatch.protocol import ProtocolError
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
+from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
+from coordinator.state import RoundBoard, RoundRecord, SqliteRoundStore
+
+SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorService/"
+DEFAULT_LIST_LIMIT: Final = 50
+MAX_LIST_LIMIT: Final = 1000
+INSECURE_OPERATOR: Final = "(insecure)"  # plaintext callers have no certificate, hence no name
+
+
+def round_info(record: RoundRecord) -> coordinator_pb2.RoundInfo:
+    return coordinator_pb2.RoundInfo(
+        id=record.id,
+        state=record.state,
+        mode=record.mode,
+        threshold=record.threshold or 0,
+        participants=record.participants,
+        kinds=record.kinds,
+        sizes=record.sizes,
+        match_counts=record.match_counts,
+        error=record.error or "",
+        created=record.created,
+        finished=record.finished or 0.0,
+        hops_done=record.hops_done,
+        hops_total=record.hops_total,
+        operator=record.operator,
+    )
+
+
+def _status_of(exc: Exception) -> grpc.StatusCode:
+    if isinstance(exc, ProtocolError):
+        return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INVALID_ARGUMENT)
+    if isinstance(exc, RoundFailure):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+@contextmanager
+def _statuses(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except (ProtocolError, RoundFailure) as exc:
+        context.abort(_status_of(exc), str(exc))
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.board = coordinator.board
+
+    def StartRound(
+        self, request: coordinator_pb2.StartRoundRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.RoundInfo:
+        identity = _caller(context)
+        with _statuses(context):
+            record = self.coordinator.start_round(
+                list(request.nodes),
+                mode=request.mode or "pairwise",
+                threshold=request.threshold or None,
+                kinds=list(request.kinds),
+                operator=identity.name if identity else INSECURE_OPERATOR,
+            )
+        return round_info(record)
+
+    def GetRound(
+        self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.RoundInfo:
+        with _statuses(context):
+            return round_info(self.board.get(request.id))
+
+    def ListRounds(
+        self, request: coordinator_pb2.ListRoundsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListRoundsReply:
+        limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+        return coordinator_pb2.ListRoundsReply(
+            rounds=[round_info(r) for r in self.board.recent(limit)]
+        )
+
+    def WatchRound(
+        self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
+    ) -> Iterator[coordinator_pb2.RoundInfo]:
+        # wake the watch as soon as the client goes away, instead of at its next poll
+        context.add_callback(self.board.wake)
+        with _statuses(context):
+            for record in self.board.watch(request.id, context.is_active):
+                yield round_info(record)
+
+
+def _caller(context: grpc.ServicerContext) -> Identity | None:
+    try:
+        return peer_identity(context)
+    except PkiError:  # the access policy has already refused such a caller
+        return None
+
+
+def access_policy(operators: tuple[str, ...]) -> AccessPolicy:
+    """The whole service for operators: any of them with "*", else the names listed."""
+    if ANY_OPERATOR in operators:
+        allowed: list[tuple[str, str | None]] = [("operator", None)]
+    else:
+        allowed = [("operator", name) for name in operators]
+    return AccessPolicy({SERVICE_PREFIX: allowed})
+
+
+@dataclass
+class RunningCoordinator:
+    """A started coordinator: its server, its rounds and its state file."""
+
+    handle: ServerHandle
+    coordinator: Coordinator
+    store: SqliteRoundStore
+    failed_on_start: list[str]  # ids of rounds a previous run left unfinished
+
+    @property
+    def port(self) -> int:
+        return self.handle.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Refuse new calls, fail and abort rounds in flight, end watches, close the state."""
+        self.handle.health.enter_graceful_shutdown()
+        self.coordinator.stop()
+        self.coordinator.board.close()
+        self.handle.server.stop(grace).wait()
+        self.coordinator.links.close()
+        self.store.close()
+
+
+def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
+    """Open the state, connect to the registry's nodes and start serving ``config.listen``.
+
+    Raises ConfigError (the certificate does not match the config), net.NetError (TLS files,
+    plaintext off loopback, address in use) or state.StateError.
+    """
+    tls = None if insecure else _coordinator_tls(config)
+    store = SqliteRoundStore(config.state)
+    links: NodeLinks | None = None
+    try:
+        links = NodeLinks(config.nodes, tls, insecure=insecure)
+        settings = RoundSettings(
+            call_timeout=config.call_timeout,
+            round_timeout=config.round_timeout,
+            chunk_size=config.chunk_size,
+            caps=config.caps,
+        )
+        coordinator = Coordinator(RoundBoard(store), links, settings)
+        servicer = CoordinatorServicer(coordinator)
+        handle = start_server(
+            config.listen,
+            [lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)],
+            tls,
+            insecure=insecure,
+            access=access_policy(config.operators),
+        )
+    except BaseException:
+        if links is not None:
+            links.close()
+        store.close()
+        raise
+    return RunningCoordinator(handle, coordinator, store, store.failed_on_open)
+
+
+def _coordinator_tls(config: CoordinatorConfig) -> TlsConfig:
+    tls = load_tls(config.tls.ca, config.tls.cert, config.tls.key)
+    identity = identity_of(tls.cert)
+    expected = Identity("coordinator", config.name)
+    if identity != expected:
+        raise ConfigError(
+            f"certificate {config.tls.cert} is for {identity}, but this coordinator is "
+            f"{expected} (name = {config.name!r} in its config); issue a coordinator "
+            f"certificate with `blindmatch pki issue PKI_DIR {config.name} --role coordinator`"
+        )
+    return tls
+
+
+def serve(config: CoordinatorConfig, *, insecure: bool) -> None:
+    """Run the coordinator until SIGINT or SIGTERM, then stop cleanly."""
+    running = start(config, insecure=insecure)
+    if running.failed_on_start:
+        print(
+            f"marked {len(running.failed_on_start)} unfinished round(s) failed: coordinator "
+            "restarted during the round",
+            file=sys.stderr,
+        )
+    host, _ = split_host_port(config.listen)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"coordinator listening on {shown}:{running.port}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("coordinator stopping", file=sys.stderr, flush=True)
+        running.stop()

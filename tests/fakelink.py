@@ -1,0 +1,139 @@
+"""An in-memory link that drives NodeRounds and a CoordinatorRound through a whole round.
+
+No I/O and no threads (h11 style): every message the real services would send over gRPC is a
+method call here. Each node has a FIFO inbox, as a gRPC stream does, and a random scheduler picks
+which pending message moves next, so chunks of different sets interleave as they do when every
+node works at once. The link also records which keys each chunk carries on arrival, so tests can
+check the routing from the data itself rather than from the coordinator's arithmetic.
+
+Any ProtocolError fails the coordinator and aborts every node, as the real coordinator does, and
+is raised again for the test to inspect.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from blindmatch.group import ELEMENT_BYTES, RoundKey, hash_and_blind_packed, split_elements
+from blindmatch.protocol import (
+    Caps,
+    CoordinatorRound,
+    Forward,
+    NodeOutcome,
+    NodeRound,
+    Policy,
+    ProtocolError,
+    RoundSpec,
+)
+
+Candidate = tuple[int, str, str]  # (sighting id, kind, canonical value)
+Party = tuple[Policy, Sequence[Candidate]]
+
+
+class FakeLink:
+    def __init__(
+        self,
+        spec: RoundSpec,
+        parties: Mapping[str, Party],
+        *,
+        caps: Caps | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.parties = parties
+        self.coordinator = CoordinatorRound(spec, caps)
+        self.rng = rng or random.Random(0)
+        self.nodes: dict[str, NodeRound] = {}
+        self.keys: dict[str, RoundKey] = {}  # every key drawn, kept to check it gets destroyed
+        self.outbox: dict[str, deque[tuple[int, bytes]]] = {}  # own chunks not yet sent
+        self.inbox: dict[str, deque[Forward]] = {name: deque() for name in spec.participants}
+        # (owner, seq) -> names whose keys the chunk carries, in the order they were applied
+        self.applied: dict[tuple[str, int], list[str]] = {}
+        # node -> (owner, keys the chunk carried when it arrived) for every chunk it re-blinded
+        self.received: dict[str, list[tuple[str, frozenset[str]]]] = {
+            name: [] for name in spec.participants
+        }
+
+    # --- the steps of a round; each one is what one RPC does -------------------------------------
+
+    def prepare(self) -> None:
+        """Prepare every node, then announce the sizes (RoutingStart)."""
+        for name in self.spec.participants:
+            policy, candidates = self.parties[name]
+            node = NodeRound(self.spec, name, policy, candidates)
+            self.nodes[name] = node
+            key = self.keys[name] = node.live_key()
+            chunks = [hash_and_blind_packed(key.export(), b) for b in node.own_batches()]
+            self.outbox[name] = deque(enumerate(chunks))
+            self.coordinator.on_prepared(name, node.size)
+        for node in self.nodes.values():
+            node.begin_routing(self.coordinator.sizes)
+
+    def send_own(self, name: str) -> None:
+        """The next chunk of ``name``'s own blinded set reaches the coordinator (OwnSet)."""
+        seq, elements = self.outbox[name].popleft()
+        self.applied[(name, seq)] = [name]
+        self.to_coordinator(name, name, seq, elements)
+
+    def reblind(self, name: str) -> None:
+        """``name`` takes the next chunk from its inbox, blinds it and sends it back (Reblind)."""
+        fwd = self.inbox[name].popleft()
+        node = self.nodes[name]
+        node.accept_chunk(fwd.owner, fwd.seq, len(fwd.elements) // ELEMENT_BYTES)
+        carried = self.applied.setdefault((fwd.owner, fwd.seq), [])
+        self.received[name].append((fwd.owner, frozenset(carried)))
+        blinded = b"".join(node.live_key().blind(split_elements(fwd.elements)))
+        carried.append(name)
+        self.to_coordinator(name, fwd.owner, fwd.seq, blinded)
+
+    def to_coordinator(self, sender: str, owner: str, seq: int, elements: bytes) -> None:
+        fwd = self.coordinator.on_chunk(sender, owner, seq, elements)
+        if fwd is not None:
+            self.inbox[fwd.to].append(fwd)
+
+    def route(self) -> None:
+        """Move messages in random order until nothing is pending."""
+        while True:
+            pending = [(True, n) for n, box in self.outbox.items() if box]
+            pending += [(False, n) for n, box in self.inbox.items() if box]
+            if not pending:
+                return
+            own, name = self.rng.choice(pending)
+            if own:
+                self.send_own(name)
+            else:
+                self.reblind(name)
+
+    def deliver(self) -> dict[str, NodeOutcome]:
+        outcomes: dict[str, NodeOutcome] = {}
+        for name, delivery in self.coordinator.deliveries().items():
+            outcomes[name] = self.nodes[name].resolve(delivery)
+            self.coordinator.on_delivered(name)
+        return outcomes
+
+    def abort(self, reason: str) -> None:
+        self.coordinator.fail(reason)
+        for node in self.nodes.values():
+            node.abort(reason)
+
+    def run(self) -> dict[str, NodeOutcome]:
+        try:
+            self.prepare()
+            self.route()
+            return self.deliver()
+        except ProtocolError as exc:
+            self.abort(str(exc))
+            raise
+
+
+def run_round(
+    spec: RoundSpec,
+    nodes: Mapping[str, Party],
+    *,
+    caps: Caps | None = None,
+    rng: random.Random | None = None,
+) -> dict[str, NodeOutcome]:
+    """One whole round over the fake link: every node's outcome, by name."""
+    return FakeLink(spec, nodes, caps=caps, rng=rng).run()
