@@ -255,6 +255,13 @@ class NodeRound:
     def resolve(self, delivery: Delivery) -> NodeOutcome:
         """Map a delivery by position to this node's sightings; destroys the key."""
         self._require(NodePhase.ROUTING)
+        try:
+            return self._resolve(delivery)
+        except BadMessage as exc:
+            self._finish(NodePhase.ABORTED, str(exc))
+            raise
+
+    def _resolve(self, delivery: Delivery) -> NodeOutcome:
         n = len(self._own)
         names = self.spec.participants
         matches: list[Match] = []
@@ -354,6 +361,7 @@ class CoordinatorRound:
         self._next_seq = [[0] * n for _ in range(n)]
         self._seen = [[0] * n for _ in range(n)]
         self._final = [bytearray() for _ in range(n)]
+        self._chunk_counts: list[list[int]] = [[] for _ in range(n)]  # per owner, by seq
         self._delivered: set[str] = set()
 
     def on_prepared(self, node: str, size: int) -> bool:
@@ -397,10 +405,22 @@ class CoordinatorRound:
                 f"chunk {seq} of {owner}'s set from {sender}: expected chunk {self._next_seq[o][hop]}"
             )
         count = len(elements) // ELEMENT_BYTES
+        if hop > 0:
+            if seq >= self._next_seq[o][hop - 1]:
+                raise BadMessage(
+                    f"chunk {seq} of {owner}'s set from {sender}: it was not sent to {sender}"
+                )
+            if count != self._chunk_counts[o][seq]:
+                raise BadMessage(
+                    f"chunk {seq} of {owner}'s set from {sender} has {count} elements; "
+                    f"it was sent {self._chunk_counts[o][seq]}"
+                )
         if self._seen[o][hop] + count > self.sizes[owner]:
             raise BadMessage(
                 f"{sender} sent more of {owner}'s set than the {self.sizes[owner]} announced"
             )
+        if hop == 0:
+            self._chunk_counts[o].append(count)
         self._next_seq[o][hop] += 1
         self._seen[o][hop] += count
         if hop == n - 1:

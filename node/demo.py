@@ -47,10 +47,7 @@ SHOWN_MATCHES: Final = 6
 VALUE_WIDTH: Final = 52
 COORDINATOR: Final = "coordinator"
 # The line a successful check prints; tests look for it.
-VERIFIED: Final = (
-    "OK: every nation's matches equal the plain intersection of the canonical sample data "
-    "(TLP:RED excluded)"
-)
+VERIFIED: Final = "exactly the plain intersection of the canonical sample data, TLP:RED excluded"
 OPERATOR: Final = "demo-operator"
 
 
@@ -204,25 +201,29 @@ class Demo:
 
     def show_spellings(self, data: samples.Samples) -> None:
         """A few indicators every nation holds, each nation's spelling, and the canonical form."""
-        by_nation = {
-            nation: {s.key: s.raw for s in reversed(data.sightings[nation])}
-            for nation in self.nations
-        }
+        by_nation: dict[str, dict[tuple[str, str], list[str]]] = {}
+        for nation in self.nations:
+            spellings = by_nation[nation] = {}
+            for s in data.sightings[nation]:
+                spelled = spellings.setdefault(s.key, [])
+                if s.raw not in spelled:
+                    spelled.append(s.raw)  # some indicators are in two of a nation's files
         shared = set.intersection(*(set(raws) for raws in by_nation.values()))
         keys = [k for k in samples.SHOWCASES if k in shared]
         for kind in ("url", "email", "ipv6", "cidr"):
+            # The most varied spellings make the point best.
             candidates = sorted(
-                k
+                (-len({by_nation[n][k][0] for n in self.nations}), k)
                 for k in shared
-                if k[0] == kind and len({by_nation[n][k] for n in self.nations}) > 1
+                if k[0] == kind
             )
-            keys += candidates[:1]
+            keys += [k for _, k in candidates[:1]]
         print("   The same indicator, as each nation wrote it (canonicalisation makes them match):")
         width = max(len(n) for n in self.nations)
         for kind, value in keys:
             print(f"   {kind} {value}")
             for nation in self.nations:
-                print(f"     {nation:<{width}}  {by_nation[nation][(kind, value)]}")
+                print(f"     {nation:<{width}}  {'   '.join(by_nation[nation][(kind, value)])}")
 
     def import_all(self, files: dict[str, list[Path]]) -> None:
         header = ("nation", "entries", "indicators", "known", "skipped", "invalid", "TLP:RED")
@@ -338,14 +339,24 @@ class Demo:
         command = [sys.executable, "-m", "blindmatch.cli", "round", "start"]
         command += ["--config", str(self.op_config), "--nodes", nodes, "--wait", "--json"]
         sys.stdout.flush()
-        # Progress goes to stderr, which the child shares with the demo; the result is JSON.
-        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=ROUND_TIMEOUT)
+        # The child reports progress on stderr, a line per phase, and the result as JSON on stdout.
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as child:
+            assert child.stdout is not None and child.stderr is not None
+            try:
+                for line in child.stderr:
+                    print(f"   {line.rstrip()}", flush=True)
+                output = child.stdout.read()
+                status = child.wait(timeout=ROUND_TIMEOUT)
+            except BaseException:
+                child.kill()
+                raise
         try:
-            info: dict[str, Any] = json.loads(result.stdout)
+            info: dict[str, Any] = json.loads(output)
         except json.JSONDecodeError:
             raise DemoError(
-                f"`blindmatch round start` failed (exit {result.returncode}); "
-                f"server logs are in {self.logs}"
+                f"`blindmatch round start` failed (exit {status}); server logs are in {self.logs}"
             ) from None
         if info.get("state") != "done":
             raise DemoError(
@@ -369,24 +380,26 @@ class Demo:
         return {(r.kind, r.value): set(r.partners) for r in rows}
 
     def show_matches(self, nation: str, matches: dict[tuple[str, str], set[str]]) -> None:
-        partners = [n for n in self.nations if n != nation]
         print(f"   {nation}: {len(matches):,} of its indicators are also held by partners")
+        partners = [n for n in self.nations if n != nation]
         kinds = [k for k in KINDS if any(key[0] == k for key in matches)]
-        width = max(len(p) for p in [*partners, "partner"])
-        cells = [f"{k:>{max(len(k), 5)}}" for k in kinds]
-        print(f"     {'partner':<{width}}  " + " ".join(cells) + f"  {'total':>6}")
+        table = [["partner", *kinds, "total"]]
         for partner in partners:
             mine = [key for key, who in matches.items() if partner in who]
-            counts = [sum(1 for key in mine if key[0] == k) for k in kinds]
-            row = " ".join(f"{c:>{max(len(k), 5)}}" for c, k in zip(counts, kinds, strict=True))
-            print(f"     {partner:<{width}}  {row}  {len(mine):>6}")
+            table.append(
+                [
+                    partner,
+                    *(str(sum(1 for key in mine if key[0] == k)) for k in kinds),
+                    str(len(mine)),
+                ]
+            )
+        _print_table(table, numeric=True)
+        examples = [["kind", "indicator (canonical)", "also held by", f"as {nation} wrote it"]]
         for (kind, value), who in _varied(matches, SHOWN_MATCHES):
             raw = self.spelled.get(nation, {}).get((kind, value), value)
-            wrote = f"  (wrote {_clip(raw, 30)})" if raw != value else ""
-            print(
-                f"     {kind:<6} {_clip(value, VALUE_WIDTH):<{VALUE_WIDTH}} "
-                f"{', '.join(sorted(who))}{wrote}"
-            )
+            examples.append([kind, value, ", ".join(sorted(who)), "" if raw == value else raw])
+        if len(examples) > 1:
+            _print_table(examples, numeric=False)
 
     def verify(
         self,
@@ -411,7 +424,7 @@ class Demo:
             for problem in problems:
                 print(f"   {problem}")
             return False
-        print(f"{VERIFIED} ({total:,} matches in all)")
+        print(f"OK: {total:,} matches delivered, {VERIFIED}")
         return True
 
     def write_readme(self, node_address: dict[str, str], coord_address: str) -> None:
@@ -445,6 +458,17 @@ def _heading(title: str) -> None:
 
 def _indent(text: str, by: int = 3) -> str:
     return "\n".join(" " * by + line for line in text.splitlines())
+
+
+def _print_table(rows: list[list[str]], *, numeric: bool) -> None:
+    """Aligned columns, indented; with `numeric`, every column but the first is right-aligned."""
+    widths = [min(VALUE_WIDTH, max(len(row[i]) for row in rows)) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            _clip(cell, w).rjust(w) if numeric and i else _clip(cell, w).ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print(("     " + "  ".join(cells)).rstrip())
 
 
 def _clip(text: str, width: int) -> str:

@@ -5,16 +5,17 @@ module invents it from a seeded ``random.Random`` (no network, no files read) an
 four formats CERTs exchange: a plain list, CSV, a STIX 2.1 bundle and a MISP event.
 
 Design of one federation of nations, each holding exactly ``size`` distinct indicators:
-- shared by every nation: about 4% of ``size``, at least one of each kind. The first ones are
-  showcases: ``195.127.0.11`` (also written ``3279880203``, ``0xc3.0x7f.0x0.0xb``, ...) and
-  ``straße.example`` (also ``xn--strae-oqa.example``, ``STRASSE``-free upper case, a trailing dot).
+- shared by every nation: about 4% of ``size``, at least one of each kind. The first two are
+  showcases: ``195.127.0.11`` (also written ``3279880203``, ``0xc3.0x7f.0x0.0xb``,
+  ``::ffff:195.127.0.11``, ...) and ``straße.example`` (also ``xn--strae-oqa.example``,
+  ``XN--STRAE-OQA.EXAMPLE``, ``Straße.Example.``, ...).
 - shared by each pair of nations: about 6% of ``size`` per nation, split over its partners.
 - TLP:RED overlaps: a few indicators every nation holds as RED (they never match), and a few every
   nation holds where exactly one of them marks it RED (only the others match on it).
 - the rest private to one nation, a few of them RED.
 Every nation spells a shared indicator its own way (legacy IPv4 forms, IDN U-labels and A-labels,
-upper case, trailing dots, URL ports and fragments, bracketed IPv6, CIDR with host bits set), so
-matching only works because the importer canonicalises. Some indicators appear twice in one
+upper case, trailing dots, URL ports, fragments and escapes, bracketed IPv6, CIDR with host bits
+set or as IPv4-mapped IPv6), so matching only works because the importer canonicalises. Some indicators appear twice in one
 nation's files, as real feeds overlap, always with the same TLP.
 
 ``expected_matches`` gives what a pairwise round must deliver: plain set intersection of the
@@ -351,11 +352,10 @@ class _Maker:
 
     def sighting(self, base: _Base, tlp: str, choice: int) -> SampleSighting:
         rng = self.rng
+        spelling = base.spellings[choice % len(base.spellings)]
         fmt = _weighted(rng, _FORMAT_WEIGHTS)
-        if fmt == "text" and tlp != TEXT_TLP:
+        if fmt == "text" and (tlp != TEXT_TLP or not spelling.auto):
             fmt = _weighted(rng, {f: w for f, w in _FORMAT_WEIGHTS.items() if f != "text"})
-        usable = [s for s in base.spellings if s.auto or fmt != "text"]
-        spelling = usable[choice % len(usable)]
         # A plain list says nothing about kinds; a CSV row may leave its kind column empty too.
         detect = fmt == "text" or (fmt == "csv" and spelling.auto and rng.random() < 0.1)
         first = _EPOCH + rng.randrange(300 * _DAY)
@@ -403,6 +403,7 @@ class _Maker:
             return [
                 Spelling("cidr", str(network4), True),
                 Spelling("cidr", f"{host4}/{prefix}", True),
+                Spelling("cidr", f"::ffff:{host4}/{prefix + 96}", True),
             ]
         prefix = rng.choice((32, 48, 56, 64))
         address6 = ipaddress.IPv6Address((0x20010DB8 << 96) | rng.getrandbits(96))
