@@ -63,13 +63,14 @@ url (Google Safe Browsing canonicalisation, so URLs match what GSB-style feeds p
 2. Encode as UTF-8 and percent-unescape repeatedly until nothing changes. From here on the URL is
    bytes; it is parsed only now, so ``%2F`` acts as ``/`` and ``%3F`` as ``?``, as in GSB.
 3. Scheme: ``[A-Za-z][A-Za-z0-9+.-]*://`` at the start, lowercased; without one, ``http://`` is
-   assumed. A scheme without ``//`` (``mailto:``, ``javascript:``) is rejected; a colon followed by a
-   digit is a port, not a scheme (``example.com:8080/``).
+   assumed. A scheme without ``//`` (``mailto:``, ``javascript:``, ``http:/x``: a dotless
+   ``[A-Za-z][A-Za-z0-9+-]*:`` at the start not followed by a digit) is rejected; so
+   ``example.com:8080/`` and ``example.com:/`` are a host and a port.
 4. The query is everything after the first ``?``, kept as is (case included; an empty ``?`` is kept).
    The authority runs from the scheme to the first ``/``; the path is the rest.
 5. Host: userinfo (up to the last ``@``) and the port are dropped; a port must be decimal digits.
    A bracketed host must be an IPv6 address and is written like kind ipv6 (a mapped one without
-   brackets, as IPv4). Otherwise: runs of dots become one dot, leading and trailing dots go,
+   brackets, as IPv4); ``[`` and ``]`` anywhere else in the host are rejected. Otherwise: runs of dots become one dot, leading and trailing dots go,
    ASCII letters are lowercased; a host whose last label is a number (decimal or 0x hex) must be an
    IPv4 address in one of the ipv4 forms and is written in dotted decimal (GSB keeps such a host
    when it does not parse; canon-v1 rejects it, as browsers do). An empty host is rejected.
@@ -467,7 +468,8 @@ def _email(text: str) -> Indicator:
 
 _TAB_CR_LF = str.maketrans("", "", "\t\r\n")
 _SCHEME_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://")
-_SCHEME_WITHOUT_SLASHES_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*):(?![0-9])")
+# Dots are left out: "example.com:" starts a host and port, never a scheme.
+_SCHEME_WITHOUT_SLASHES_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+-]*):(?![0-9])")
 _DOT_RUN_RE = re.compile(rb"\.{2,}")
 _PORT_RE = re.compile(rb"[0-9]*")
 _NUMBER_BYTES_RE = re.compile(rb"[0-9]+|0x[0-9a-f]*")
@@ -537,6 +539,8 @@ def _url_host(authority: bytes) -> str:
     host, _, port = hostport.partition(b":")
     if not _PORT_RE.fullmatch(port):
         raise _Rejected(f"port {_show(port)!r} is not a number")
+    if b"[" in host or b"]" in host:
+        raise _Rejected("'[' or ']' in a host that is not a bracketed IPv6 address")
     host = _DOT_RUN_RE.sub(b".", host).strip(b".").lower()
     if not host:
         raise _Rejected("empty host")

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blindmatch import net, pki
 from blindmatch.canon import KINDS
 from node import samples
+from node.cli import cmd_init as cmd_node_init
 from node.config import load_config
 from node.importing import import_paths
 from node.store import Store
@@ -76,24 +79,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     keep = Path(args.keep) if args.keep else None
     if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
         return _usage(f"--keep {keep}: exists and is not an empty directory; choose a new one")
-    root = keep or Path(tempfile.mkdtemp(prefix="blindmatch-demo-"))
+    try:
+        root = keep or Path(tempfile.mkdtemp(prefix="blindmatch-demo-"))
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create a directory for the demo: {exc}", file=sys.stderr)
+        return 1
     demo = Demo(root, samples.nation_names(nations_count), size, bool(getattr(args, "verbose", 0)))
     previous = signal.signal(signal.SIGTERM, _terminate)
+    status = 1
     try:
-        return demo.run()
+        status = demo.run()
     except DemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: {exc}; everything is kept in {root}", file=sys.stderr)
     except (OSError, ValueError, pki.PkiError, net.NetError) as exc:
-        print(f"error: {exc}; the demo stopped (files are in {root})", file=sys.stderr)
-        return 1
+        print(f"error: {exc}; the demo stopped, everything is kept in {root}", file=sys.stderr)
+    except KeyboardInterrupt:
+        status = 130
+        raise
     finally:
-        demo.stop_all()
-        signal.signal(signal.SIGTERM, previous)
-        if keep is None:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"\nThe federation is kept in {keep}; see {keep / 'README.txt'}")
+        # Cleanup must finish: another Ctrl-C now would leave servers running.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            demo.stop_all()
+            if keep is None and status in (0, 130):
+                shutil.rmtree(root, ignore_errors=True)
+            elif keep is not None and status == 0:
+                print(f"\nThe federation is kept in {keep}; see {keep / 'README.txt'}")
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, previous)
+    return status
 
 
 def _usage(message: str) -> int:
@@ -128,7 +145,7 @@ class Demo:
             f"{self.size:,} indicators each, in {self.root}"
         )
         ports = _free_ports(len(self.nations) + 1)
-        node_address = {n: f"127.0.0.1:{p}" for n, p in zip(self.nations, ports, strict=False)}
+        node_address = {n: f"127.0.0.1:{p}" for n, p in zip(self.nations, ports[:-1], strict=True)}
         coord_address = f"127.0.0.1:{ports[-1]}"
 
         _heading("1. Federation: CA, nodes, coordinator, operator")
@@ -164,19 +181,16 @@ class Demo:
         )
 
         _heading("8. Check")
-        ok = self.verify(got, data.expected_matches())
-        if self.root.exists():
-            self.write_readme(node_address, coord_address)
+        self.verify(got, data.expected_matches())
+        self.write_readme()
         print(f"\ndone in {time.monotonic() - started:.1f} s")
-        return 0 if ok else 1
+        return 0
 
     # --- setup ------------------------------------------------------------------------------
 
     def setup(self, node_address: dict[str, str], coord_address: str) -> None:
         pki.init_pki_dir(self.pki_dir)
         print(f"   CA              {self.pki_dir / pki.CA_CERT_FILE}")
-        from node.cli import cmd_init  # the handler `blindmatch node init` runs
-
         for nation in self.nations:
             node_args = argparse.Namespace(
                 node_dir=str(self.node_dirs[nation]),
@@ -185,7 +199,7 @@ class Demo:
                 pki=str(self.pki_dir),
                 coordinator_name=COORDINATOR,
             )
-            _quietly(f"node init {nation}", cmd_init, node_args)
+            _quietly(f"node init {nation}", cmd_node_init, node_args)
             print(f"   node {nation:<10} {node_address[nation]:<16} {self.node_dirs[nation]}")
         nodes = [f"--node={n}={a}" for n, a in node_address.items()]
         self.blindmatch(
@@ -234,7 +248,12 @@ class Demo:
                 report = import_paths(store, files[nation], tlp=config.default_tlp)
                 red = store.stats().per_tlp.get("red", 0)
             if not report.ok:
-                raise DemoError(f"importing {nation}'s sample files failed:\n{report.format()}")
+                problems = [f.problem for f in report.failed]
+                problems += [f"{e.path} {e.where}: {e.message}" for e in report.invalid]
+                raise DemoError(
+                    f"{nation}'s sample files did not import cleanly ({len(report.failed)} "
+                    f"failed, {report.invalid_count} invalid records); first: {problems[0]}"
+                )
             row = (
                 report.total,
                 report.new,
@@ -272,15 +291,20 @@ class Demo:
         command += ["-v"] if self.verbose else []
         command += [role, "serve", "--config", str(config)]
         with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            # A session of its own: the server and its blinding workers form one process group,
+            # so stop_all can clean up workers a server leaves behind when stopped mid-start.
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.servers.append(Server(name, address, process, log))
 
     def wait_healthy(self) -> None:
         """Wait until every server answers a gRPC health check over mTLS."""
-        op_dir = self.op_config.parent
-        tls = net.load_tls(
-            op_dir / pki.CA_CERT_FILE, op_dir / f"{OPERATOR}.pem", op_dir / f"{OPERATOR}.key"
-        )
+        # The operator's TLS material: any federation certificate may ask for health.
+        with self.op_config.open("rb") as f:
+            paths = tomllib.load(f)["tls"]
+        base = self.op_config.parent
+        tls = net.load_tls(base / paths["ca"], base / paths["cert"], base / paths["key"])
         deadline = time.monotonic() + HEALTH_TIMEOUT
         for server in self.servers:
             channel = net.open_channel(server.address, tls, insecure=False)
@@ -302,7 +326,7 @@ class Demo:
             if code is not None:
                 raise DemoError(
                     f"{server.name} exited with status {code} before it was ready; "
-                    f"its log {server.log} ends: {_tail(server.log)}"
+                    f"it said: {_tail(server.log)} (log: {server.log})"
                 )
             try:
                 reply = stub.Check(request, timeout=1.0)
@@ -313,12 +337,12 @@ class Demo:
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"{server.name} did not become healthy on {server.address} within "
-                    f"{HEALTH_TIMEOUT:.0f} s; its log {server.log} ends: {_tail(server.log)}"
+                    f"{HEALTH_TIMEOUT:.0f} s; it said: {_tail(server.log)} (log: {server.log})"
                 )
             time.sleep(0.1)
 
     def stop_all(self) -> None:
-        """SIGTERM every server, then SIGKILL whichever is still running after STOP_TIMEOUT."""
+        """Stop every server: SIGTERM, SIGKILL after STOP_TIMEOUT, then whatever it left behind."""
         for server in self.servers:
             if server.process.poll() is None:
                 server.process.send_signal(signal.SIGTERM)
@@ -329,6 +353,9 @@ class Demo:
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
+            # A server killed before it set up its signal handling leaves its workers running.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.process.pid, signal.SIGKILL)
         self.servers.clear()
 
     # --- the round --------------------------------------------------------------------------
@@ -405,7 +432,8 @@ class Demo:
         self,
         got: dict[str, dict[tuple[str, str], set[str]]],
         expected: samples.Matches,
-    ) -> bool:
+    ) -> None:
+        """Print the check's outcome; raise DemoError when the round got anything wrong."""
         problems = []
         for nation in self.nations:
             want, have = expected[nation], got[nation]
@@ -415,19 +443,20 @@ class Demo:
             if missing or extra or wrong:
                 problems.append(
                     f"{nation}: {len(missing)} missing, {len(extra)} unexpected, "
-                    f"{len(wrong)} with the wrong partners"
-                    + (f" (e.g. {[*missing, *extra, *wrong][0]})")
+                    f"{len(wrong)} with the wrong partners, e.g. {[*missing, *extra, *wrong][0]}"
                 )
-        total = sum(len(m) for m in expected.values())
         if problems:
-            print("FAILED: the round's matches differ from plain intersection of the sample data:")
+            print("FAILED: the round's matches differ from the plain intersection:")
             for problem in problems:
                 print(f"   {problem}")
-            return False
+            raise DemoError(
+                "the round's matches differ from the plain intersection of the sample data "
+                "(details above)"
+            )
+        total = sum(len(m) for m in expected.values())
         print(f"OK: {total:,} matches delivered, {VERIFIED}")
-        return True
 
-    def write_readme(self, node_address: dict[str, str], coord_address: str) -> None:
+    def write_readme(self) -> None:
         lines = [
             "A blindmatch federation built by `blindmatch demo`.",
             "",
@@ -480,13 +509,17 @@ def _last_line(text: str) -> str:
     return lines[-1].removeprefix("error: ") if lines else "(no output)"
 
 
-def _tail(log: Path, lines: int = 5) -> str:
+def _tail(log: Path, lines: int = 3) -> str:
+    """What a server said last: its own error line if it printed one, else its last lines."""
     try:
         text = log.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "(no log)"
-    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "(empty)"
+    said = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in said if line.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    return " | ".join(said[-lines:]) if said else "(nothing)"
 
 
 def _free_ports(count: int) -> list[int]:

@@ -479,6 +479,10 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:
     """Run until SIGINT/SIGTERM."""
+    # Handlers first: a SIGTERM during the worker warm-up must still stop the pool cleanly.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = start(config, insecure=insecure)
     mode = "PLAINTEXT (--insecure)" if insecure else "mTLS"
     print(
@@ -486,9 +490,6 @@ def serve(config: NodeConfig, *, insecure: bool) -> None:
         f"{node.blinder.workers} blinding worker(s), store {config.store}",
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print(f"node {config.name} stopping", flush=True)
     node.stop()

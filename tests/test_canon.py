@@ -465,6 +465,8 @@ OUR_URLS = [
     ("ftp://files.example.com/pub/", "ftp://files.example.com/pub/"),
     ("hxxp://evil.example/", "hxxp://evil.example/"),  # any scheme; no refanging
     ("example.com:8080/path", "http://example.com/path"),  # a colon then a digit is a port
+    ("example.com:/path", "http://example.com/path"),  # a scheme has no dots
+    ("example.com:", "http://example.com/"),
     ("http://x4z9arb.cn/4712/", "http://x4z9arb.cn/4712/"),
     ("http://evil.com/%00x", "http://evil.com/%00x"),
     ("http://evil.com/\x00x", "http://evil.com/%00x"),
@@ -499,6 +501,9 @@ def test_url_canonicalisation(value: str, expected: str) -> None:
         ("http://[::1]x/", "'x' after ']' is not a port"),
         ("http://[fe80::1%25eth0]/", "bracketed host is not an IPv6 address: zone id"),
         ("http://[example.com]/", "bracketed host is not an IPv6 address"),
+        ("http://.[::1]/", "'[' or ']' in a host that is not a bracketed IPv6 address"),
+        ("http://a]b.com/", "'[' or ']' in a host that is not a bracketed IPv6 address"),
+        ("localhost:/x", "scheme 'localhost' without '//'"),
         ("http://example.com/" + "a" * 8174, "longer than 8192 characters"),
         ("http://example.com/" + "\x00" * 3000, "longer than 8192 characters once canonical"),
     ],
