@@ -20,8 +20,8 @@ ipv4
   fills the remaining bytes: a.b.c (c < 2^16), a.b (b < 2^24), a (a < 2^32).
 - Output: dotted decimal. ``3279880203`` -> ``195.127.0.11``, ``0x7f.1`` -> ``127.0.0.1``,
   ``012.034.01.055`` -> ``10.28.1.45``.
-- Rejected: empty parts (including a trailing dot), more than four parts, out-of-range parts, digits
-  that do not fit the base (``08``).
+- Rejected: empty parts (so a trailing dot too), more than four parts, out-of-range parts, digits
+  that do not fit the base (``08``), anything but ASCII digits, ``x`` and dots.
 
 ipv6
 - One pair of surrounding brackets is accepted (``[2001:db8::1]``), as written in URLs and logs.
@@ -29,8 +29,8 @@ ipv6
   groups compressed, the first on a tie); an embedded IPv4 tail is written in hex.
 - An IPv4-mapped address (``::ffff:192.0.2.7``) becomes kind ipv4 (``192.0.2.7``), and so does a
   strict dotted-decimal IPv4 given as ipv6, which is read as its mapped form.
-- Rejected: zone ids (``fe80::1%eth0``; a zone only means something on one host), anything the
-  stdlib ``ipaddress`` parser refuses.
+- Rejected: zone ids (``fe80::1%eth0``; a zone only means something on one host), a ``/prefix``
+  (that is kind cidr), anything the stdlib ``ipaddress`` parser refuses.
 
 cidr
 - ``address/prefix``; the address is strict: dotted decimal IPv4 without leading zeros, or IPv6
@@ -70,10 +70,11 @@ url (Google Safe Browsing canonicalisation, so URLs match what GSB-style feeds p
    The authority runs from the scheme to the first ``/``; the path is the rest.
 5. Host: userinfo (up to the last ``@``) and the port are dropped; a port must be decimal digits.
    A bracketed host must be an IPv6 address and is written like kind ipv6 (a mapped one without
-   brackets, as IPv4); ``[`` and ``]`` anywhere else in the host are rejected. Otherwise: runs of dots become one dot, leading and trailing dots go,
-   ASCII letters are lowercased; a host whose last label is a number (decimal or 0x hex) must be an
-   IPv4 address in one of the ipv4 forms and is written in dotted decimal (GSB keeps such a host
-   when it does not parse; canon-v1 rejects it, as browsers do). An empty host is rejected.
+   brackets, as IPv4); ``[`` and ``]`` anywhere else in the host are rejected. Otherwise: runs of
+   dots become one dot, leading and trailing dots go, ASCII letters are lowercased; a host whose
+   last label is a number (decimal or 0x hex) must be an IPv4 address in one of the ipv4 forms and
+   is written in dotted decimal (GSB keeps such a host when it does not parse; canon-v1 rejects it,
+   as browsers do). An empty host is rejected.
    The host is not IDNA-encoded (GSB does not): ``http://straße.de/`` -> ``http://stra%C3%9Fe.de/``,
    which differs from ``http://xn--strae-oqa.de/``.
 6. Path: empty becomes ``/``; runs of ``/`` collapse; ``.`` segments go and ``..`` removes the
@@ -140,6 +141,12 @@ KINDS: tuple[str, ...] = (
 _HASH_DIGITS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _HASH_KIND_BY_DIGITS = {digits: kind for kind, digits in _HASH_DIGITS.items()}
 
+_MAX_URL_CHARS = 8192
+_MAX_EMAIL_CHARS = 320
+_MAX_DOMAIN_OCTETS = 253
+_MAX_LABEL_OCTETS = 63
+_MESSAGE_VALUE_CHARS = 80
+
 # Caps on the trimmed input, checked before any parsing so a huge value costs nothing. Domains and
 # e-mail addresses get room beyond their final limits because UTS #46 may delete characters.
 _MAX_INPUT_CHARS = {
@@ -148,15 +155,10 @@ _MAX_INPUT_CHARS = {
     "cidr": 100,
     "domain": 1024,
     "email": 1024,
-    "url": 8192,
-    "auto": 8192,
+    "url": _MAX_URL_CHARS,
+    "auto": _MAX_URL_CHARS,
     **dict.fromkeys(_HASH_DIGITS, 1024),
 }
-_MAX_URL_CHARS = 8192
-_MAX_EMAIL_CHARS = 320
-_MAX_DOMAIN_OCTETS = 253
-_MAX_LABEL_OCTETS = 63
-_MESSAGE_VALUE_CHARS = 80
 
 
 class InvalidIndicator(ValueError):

@@ -179,6 +179,7 @@ class NodeRound:
         self.policy = policy
         self.phase = NodePhase.PREPARED
         self._own = own  # position -> (sighting id, kind, value)
+        self.size = len(own)  # kept after the position map is dropped, for the audit log
         self.key: RoundKey | None = RoundKey.generate()
         self.sizes: dict[str, int] = {}
         self.blinded_for: dict[str, int] = {}
@@ -186,7 +187,8 @@ class NodeRound:
         self.reason: str | None = None
 
     @property
-    def size(self) -> int:
+    def positions_held(self) -> int:
+        """Entries of the position map still held (0 once the round is over)."""
         return len(self._own)
 
     def live_key(self) -> RoundKey:

@@ -581,7 +581,7 @@ def test_success_destroys_the_key_and_the_position_map() -> None:
     key = node.live_key()
     out = node.resolve(PairwiseResult((2,), ((1, 2),)))
     assert out.matches[0].partners == ("be", "cz") and out.matches[0].count == 3
-    assert node.key is None and key.destroyed and node.size == 0
+    assert node.key is None and key.destroyed and node.positions_held == 0 and node.size == 3
 
 
 # --- round specs ---------------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""End-to-end rounds: real nodes and a real coordinator over gRPC with mTLS on 127.0.0.1.
+
+Each result is compared with plain set intersection of the canonical values the nodes imported,
+TLP:RED excluded, in every mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from blindmatch.group import hash_to_group
+from blindmatch.protocol import Policy
+from tests.federation import (
+    Federation,
+    NodeData,
+    expected_pairwise,
+    load,
+    make_datasets,
+    node_matches,
+)
+from tests.pkifixtures import FederationPki
+
+NAMES = ("alpha", "bravo", "charlie", "delta", "echo")
+
+
+@pytest.fixture(scope="module")
+def fed(
+    tmp_path_factory: pytest.TempPathFactory, pki: FederationPki
+) -> Iterator[tuple[Federation, dict[str, NodeData]]]:
+    root = tmp_path_factory.mktemp("federation")
+    policies = {"echo": Policy(partners=frozenset({"alpha", "bravo"}))}
+    federation = Federation(root, pki, NAMES, policies=policies)
+    data = make_datasets(NAMES, 400)
+    for name in NAMES:
+        with federation.store(name) as store:
+            load(store, data[name])
+    yield federation, data
+    federation.close()
+
+
+@pytest.mark.parametrize("participants", [NAMES[:2], NAMES[:3], NAMES[:4]])
+def test_pairwise_round_equals_plain_intersection(
+    fed: tuple[Federation, dict[str, NodeData]], participants: tuple[str, ...]
+) -> None:
+    federation, data = fed
+    info = federation.run_round(participants)
+    assert info.state == "done", info.error
+    expected = expected_pairwise(data, participants)
+    for name in participants:
+        with federation.store(name) as store:
+            got = node_matches(store, info.id)
+        assert got == expected[name]
+        assert all(key[0] != "red" for key in got)
+        assert info.sizes[name] == len(data[name].eligible())
+        assert info.match_counts[name] == len(expected[name])
+    assert any(expected[n] for n in participants)  # the data does overlap
+
+
+def test_tlp_red_never_matches(fed: tuple[Federation, dict[str, NodeData]]) -> None:
+    federation, data = fed
+    info = federation.run_round(NAMES[:4])
+    assert info.state == "done", info.error
+    red_everywhere = {
+        key for key, tlp in data["alpha"].tlp.items() if tlp == "red"
+    } & set(data["bravo"].tlp)
+    assert red_everywhere  # the data has RED sightings others also hold
+    with federation.store("alpha") as store:
+        got = node_matches(store, info.id)
+    assert not red_everywhere & set(got)
+
+
+@pytest.mark.parametrize("threshold", [2, 3])
+def test_threshold_round_gives_counts_without_names(
+    fed: tuple[Federation, dict[str, NodeData]], threshold: int
+) -> None:
+    federation, data = fed
+    participants = NAMES[:4]
+    info = federation.run_round(participants, mode="threshold", threshold=threshold)
+    assert info.state == "done", info.error
+    sets = {n: data[n].eligible() for n in participants}
+    for name in participants:
+        holders = {key: sum(key in sets[p] for p in participants) for key in sets[name]}
+        expected = {key: c for key, c in holders.items() if c >= threshold}
+        with federation.store(name) as store:
+            rows = store.matches(info.id)
+        assert {(r.kind, r.value): r.count for r in rows} == expected
+        assert all(r.partners == [] for r in rows)
+
+
+def test_count_round_gives_only_per_partner_counts(
+    fed: tuple[Federation, dict[str, NodeData]],
+) -> None:
+    federation, data = fed
+    participants = NAMES[:3]
+    info = federation.run_round(participants, mode="count")
+    assert info.state == "done", info.error
+    sets = {n: data[n].eligible() for n in participants}
+    for name in participants:
+        with federation.store(name) as store:
+            assert store.matches(info.id) == []
+            counts = {c.partner: c.count for c in store.partner_counts(info.id)}
+        assert counts == {p: len(sets[name] & sets[p]) for p in participants if p != name}
+
+
+def test_kinds_restrict_the_round(fed: tuple[Federation, dict[str, NodeData]]) -> None:
+    federation, data = fed
+    participants = NAMES[:2]
+    info = federation.run_round(participants, kinds=["domain", "sha256"])
+    assert info.state == "done", info.error
+    expected = expected_pairwise(data, participants, kinds=["domain", "sha256"])
+    for name in participants:
+        with federation.store(name) as store:
+            got = node_matches(store, info.id)
+        assert got == expected[name]
+        assert {k for k, _ in got} <= {"domain", "sha256"}
+        assert info.sizes[name] == len(data[name].eligible(["domain", "sha256"]))
+
+
+def test_policy_outside_the_allow_list_refuses_the_round(
+    fed: tuple[Federation, dict[str, NodeData]],
+) -> None:
+    federation, _ = fed
+    info = federation.run_round(["alpha", "charlie", "echo"])
+    assert info.state == "failed"
+    assert "echo" in info.error and "charlie" in info.error
+    assert "PERMISSION_DENIED" in info.error
+    for name in ("alpha", "charlie", "echo"):
+        with federation.store(name) as store:
+            assert store.matches(info.id) == []
+            assert not federation.nodes[name].servicer.active_rounds()
+    # echo matches with the partners its policy names
+    ok = federation.run_round(["alpha", "bravo", "echo"])
+    assert ok.state == "done", ok.error
+
+
+def test_every_round_is_in_each_nodes_audit(fed: tuple[Federation, dict[str, NodeData]]) -> None:
+    federation, data = fed
+    info = federation.run_round(NAMES[:3])
+    assert info.state == "done"
+    with federation.store("bravo") as store:
+        entry = next(r for r in store.rounds() if r.round_id == info.id)
+    assert entry.outcome == "done"
+    assert entry.participants == list(NAMES[:3])
+    assert entry.own_size == len(data["bravo"].eligible())
+    # bravo re-blinded every partner's whole set
+    assert entry.blinded_for == {
+        "alpha": len(data["alpha"].eligible()),
+        "charlie": len(data["charlie"].eligible()),
+    }
+
+
+def test_unknown_node_is_invalid_argument(fed: tuple[Federation, dict[str, NodeData]]) -> None:
+    federation, _ = fed
+    from blindmatch.v1 import coordinator_pb2
+
+    with pytest.raises(grpc.RpcError) as err:
+        federation.stub.StartRound(
+            coordinator_pb2.StartRoundRequest(nodes=["alpha", "zulu"]), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "zulu" in (err.value.details() or "")
+
+
+def _forbidden_strings(data: dict[str, NodeData]) -> list[bytes]:
+    """Every raw value, canonical value, their md5/sha1/sha256 and unkeyed group element."""
+    needles: list[bytes] = []
+    for d in data.values():
+        for (kind, value), raw in d.raw.items():
+            for text in {value, raw}:
+                b = text.encode()
+                needles.append(b)
+                for h in (hashlib.md5, hashlib.sha1, hashlib.sha256):
+                    digest = h(b).digest()
+                    needles += [digest, digest.hex().encode(), digest.hex().upper().encode()]
+            needles.append(hash_to_group(kind, value))
+    return needles
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "threshold", "count"])
+def test_wire_carries_no_value_and_no_unkeyed_hash(
+    tmp_path: Path, pki: FederationPki, mode: str
+) -> None:
+    """Plaintext on loopback through recording relays: every byte between all parties is searched."""
+    names = NAMES[:3]
+    federation = Federation(tmp_path, pki, names, insecure=True, relays=True)
+    try:
+        data = make_datasets(names, 150, seed=11, red_share=0.0)
+        for name in names:
+            with federation.store(name) as store:
+                load(store, data[name])
+        info = federation.run_round(names, mode=mode, threshold=2 if mode == "threshold" else 0)
+        assert info.state == "done", info.error
+        wire = b"".join(r.recorded for r in federation.relays.values())
+    finally:
+        federation.close()
+    # the relays did see the round: every set travelled through them
+    sizes = sum(len(d.eligible()) for d in data.values())
+    assert len(wire) > sizes * 32 * len(names)
+    leaks = Counter(n for n in _forbidden_strings(data) if len(n) >= 8 and n in wire)
+    assert not leaks, f"{len(leaks)} forbidden strings on the wire, e.g. {next(iter(leaks))!r}"
