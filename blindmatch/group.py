@@ -17,10 +17,15 @@ applied in any order yields the same tag.
 Field arithmetic runs on GMP through gmpy2: Python's own ``pow`` on 255-bit numbers is about 8x
 slower and would make hashing dearer than blinding. Neither is constant time; hashing only ever
 touches a node's own indicators on its own machine, so the timing is not observable by partners.
+The two exponentiations (one square root per Elligator 2 map) are about 75% of a hash; the rest is
+kept to a few dozen GMP operations per item, with the divisions of a batch sharing inversions
+(``_ratios``). When a node hashes and blinds its own set, the blinding clears the cofactor
+(``_cofactor_scalar``) and hashing skips it: same bytes, one doubling chain fewer.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
@@ -34,15 +39,21 @@ PROTOCOL_VERSION = "blindmatch-v1"
 SUITE = "curve25519_XMD:SHA-512_ELL2_RO_"
 DST = f"{PROTOCOL_VERSION}-{CANON_VERSION}-with-{SUITE}".encode()
 ELEMENT_BYTES = 32
+ORDER = 2**252 + 27742317777372353535851937790883648493  # of the prime-order subgroup
 
 _P = gmpy2.mpz(2**255 - 19)
 _P_INT = 2**255 - 19
 _A = gmpy2.mpz(486662)
-_Z = gmpy2.mpz(2)
+_MINUS_A = _P - _A
+_A24 = gmpy2.mpz(121666)  # (A + 2) / 4, the constant of x-only doubling
+_ONE = gmpy2.mpz(1)
 _SQRT_M1 = gmpy2.powmod(2, (_P - 1) // 4, _P)  # a square root of -1 mod p
 _EXP_SQRT = (_P + 3) // 8
-_SQRT_EXP_OF_Z = gmpy2.powmod(_Z, _EXP_SQRT, _P)  # Z^((p+3)/8)
+_SQRT_EXP_OF_Z = gmpy2.powmod(2, _EXP_SQRT, _P)  # Z^((p+3)/8) with Z = 2
 _L = 48  # bytes per field element: ceil((ceil(log2 p) + k) / 8) with k = 128
+_FIELD_MASK = gmpy2.mpz(2 ** (8 * _L) - 1)
+_mpz_from_bytes = gmpy2.mpz.from_bytes
+_sha512 = hashlib.sha512
 
 
 class InvalidElement(ValueError):
@@ -50,7 +61,7 @@ class InvalidElement(ValueError):
 
 
 def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
-    """RFC 9380 section 5.3.1 with SHA-512."""
+    """RFC 9380 section 5.3.1 with SHA-512, any length (the reference for ``_field_elements``)."""
     if len(dst) > 255:
         raise ValueError("DST longer than 255 bytes")
     ell = -(-length // 64)
@@ -68,85 +79,138 @@ def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
     return b"".join(out)[:length]
 
 
+@functools.lru_cache(maxsize=8)
+def _xmd_constants(dst: bytes) -> tuple[hashlib._Hash, bytes, bytes, bytes]:
+    """What expand_message_xmd(msg, dst, 96) hashes around every message.
+
+    Z_pad is exactly one SHA-512 block, so its compression is done once here and the state copied
+    for each message. The state is never updated, only copied.
+    """
+    if len(dst) > 255:
+        raise ValueError("DST longer than 255 bytes")
+    dst_prime = dst + bytes([len(dst)])
+    tail0 = (2 * _L).to_bytes(2, "big") + b"\x00" + dst_prime
+    return _sha512(bytes(128)), tail0, b"\x01" + dst_prime, b"\x02" + dst_prime
+
+
+def _field_elements(msgs: Iterable[bytes], dst: bytes) -> list[gmpy2.mpz]:
+    """u0, u1, u0, u1, ... of RFC 9380 ``hash_to_field(msg, 2)`` for every message, in order.
+
+    Left unreduced (48-byte integers): every use multiplies and reduces mod p anyway.
+    """
+    z_pad, tail0, tail1, tail2 = _xmd_constants(dst)
+    sha512, from_bytes = _sha512, _mpz_from_bytes
+    out: list[gmpy2.mpz] = []
+    append = out.append
+    for msg in msgs:
+        h = z_pad.copy()
+        h.update(msg + tail0)
+        b0 = h.digest()
+        b1 = sha512(b0 + tail1).digest()
+        b2 = sha512((int.from_bytes(b0) ^ int.from_bytes(b1)).to_bytes(64) + tail2).digest()
+        both = from_bytes(b1 + b2[: 2 * _L - 64])
+        append(both >> 8 * _L)
+        append(both & _FIELD_MASK)
+    return out
+
+
 def hash_to_field(msg: bytes, dst: bytes = DST) -> tuple[int, int]:
     """Two field elements, as RFC 9380 ``hash_to_field(msg, 2)`` for this suite."""
-    uniform = expand_message_xmd(msg, dst, 2 * _L)
-    return (
-        int.from_bytes(uniform[:_L], "big") % _P_INT,
-        int.from_bytes(uniform[_L:], "big") % _P_INT,
-    )
+    u0, u1 = _field_elements([msg], dst)
+    return int(u0 % _P), int(u1 % _P)
 
 
-def _sqrt_candidate(a: gmpy2.mpz, r: gmpy2.mpz) -> gmpy2.mpz | None:
-    """Given r = a^((p+3)/8), a square root of a, or None when a is not a square."""
+def _ratios(numerator: gmpy2.mpz, denominators: list[gmpy2.mpz]) -> list[gmpy2.mpz]:
+    """``numerator / d mod p`` for every (non-zero) d, by Montgomery's trick.
+
+    One inversion for the whole batch and three multiplications per element: an inversion costs
+    about as much as eight multiplications with their reductions.
+    """
+    prefix: list[gmpy2.mpz] = []
+    append = prefix.append
+    acc = _ONE
+    for d in denominators:
+        append(acc)
+        acc = acc * d % _P
+    inv = numerator * gmpy2.invert(acc, _P) % _P
+    out = prefix  # overwritten in place, back to front: prefix[i] is read before out[i] is set
+    for i in range(len(denominators) - 1, -1, -1):
+        out[i] = inv * prefix[i] % _P
+        inv = inv * denominators[i] % _P
+    return out
+
+
+def _map(u: gmpy2.mpz, x1: gmpy2.mpz) -> tuple[gmpy2.mpz, gmpy2.mpz]:
+    """RFC 9380 section 6.7.1 (J = A, K = 1, Z = 2) given x1 = -A / (1 + Z u^2): one exponentiation.
+
+    Branches instead of constant-time selects: hashing only ever touches a node's own indicators.
+    """
+    gx1 = x1 * (x1 * (x1 + _A) + 1) % _P
+    r = gmpy2.powmod(gx1, _EXP_SQRT, _P)  # a square root of gx1, up to sqrt(-1), if one exists
     r2 = r * r % _P
-    if r2 == a:
-        return r
-    if r2 == (-a) % _P:
-        return r * _SQRT_M1 % _P
-    return None
+    if r2 == gx1:
+        return x1, (r if r & 1 else _P - r)  # sgn0(y) must be 1 for x1
+    if r2 + gx1 == _P:
+        y = r * _SQRT_M1 % _P
+        return x1, (y if y & 1 else _P - y)
+    # gx1 is not a square (it is never 0: x1 != 0 and x^2 + A x + 1 has no root mod p). Then
+    # x2 = -x1 - A, gx2 = Z u^2 gx1 and Z gx1 is a square, so sqrt(gx2) = u sqrt(Z gx1) with
+    # (Z gx1)^((p+3)/8) = Z^((p+3)/8) r: no second exponentiation.
+    s = r * _SQRT_EXP_OF_Z % _P
+    if s * s % _P != 2 * gx1 % _P:
+        s = s * _SQRT_M1 % _P
+    y = u * s % _P
+    return (_MINUS_A - x1) % _P, (_P - y if y & 1 else y)  # sgn0(y) must be 0 for x2
 
 
 def _elligator2(u: gmpy2.mpz) -> tuple[gmpy2.mpz, gmpy2.mpz]:
-    """RFC 9380 section 6.7.1 for curve25519 (J = A, K = 1, Z = 2), one exponentiation."""
-    u2 = u * u % _P
-    den = (1 + _Z * u2) % _P
-    x1 = (-_A * gmpy2.invert(den, _P)) % _P if den else (-_A) % _P
-    gx1 = (x1 * (x1 * (x1 + _A) + 1)) % _P
-    r = gmpy2.powmod(gx1, _EXP_SQRT, _P)
-    y = _sqrt_candidate(gx1, r)
-    if y is not None:
-        if y % 2 == 0:  # sgn0(y) must be 1 for x1
-            y = _P - y
-        return x1, y
-    # gx2 = Z * u^2 * gx1 and Z * gx1 is a square, so sqrt(gx2) = u * sqrt(Z * gx1), and
-    # (Z * gx1)^((p+3)/8) = Z^((p+3)/8) * r: no second exponentiation.
-    x2 = (-x1 - _A) % _P
-    zg = _Z * gx1 % _P
-    s = _sqrt_candidate(zg, _SQRT_EXP_OF_Z * r % _P)
-    if s is None:  # impossible for a field element u; kept as a guard on the algebra
-        raise ArithmeticError("elligator2: no square root for gx2")
-    y = u * s % _P
-    if y % 2 == 1:  # sgn0(y) must be 0 for x2
-        y = _P - y
-    return x2, y
+    """The affine point Elligator 2 maps the field element u to (one element, no batching)."""
+    return _map(u, _ratios(_MINUS_A, [(u * u * 2 + 1) % _P])[0])
 
 
-def _add(
-    p1: tuple[gmpy2.mpz, gmpy2.mpz], p2: tuple[gmpy2.mpz, gmpy2.mpz]
-) -> tuple[gmpy2.mpz, gmpy2.mpz] | None:
-    """Affine addition on v^2 = u^3 + A u^2 + u; None is the point at infinity."""
-    (x1, y1), (x2, y2) = p1, p2
-    if x1 == x2:
-        if (y1 + y2) % _P == 0:
-            return None
-        lam = (3 * x1 * x1 + 2 * _A * x1 + 1) * gmpy2.invert(2 * y1 % _P, _P) % _P
-    else:
-        lam = (y2 - y1) * gmpy2.invert((x2 - x1) % _P, _P) % _P
-    x3 = (lam * lam - _A - x1 - x2) % _P
-    y3 = (lam * (x1 - x3) - y1) % _P
-    return x3, y3
+def _curve_us(msgs: Iterable[bytes], dst: bytes, *, clear_cofactor: bool = True) -> list[gmpy2.mpz]:
+    """u-coordinates of RFC 9380 ``hash_to_curve(msg)`` for curve25519_XMD:SHA-512_ELL2_RO_.
 
-
-def _times8_u(x: gmpy2.mpz) -> gmpy2.mpz | None:
-    """u-coordinate of 8P from u(P) by three x-only doublings in projective form."""
-    X, Z = x, gmpy2.mpz(1)
-    for _ in range(3):
-        xx, zz = X * X % _P, Z * Z % _P
-        X, Z = (xx - zz) ** 2 % _P, 4 * X * Z * (xx + _A * X * Z + zz) % _P
-    if Z == 0:
-        return None
-    return X * gmpy2.invert(Z, _P) % _P
+    Per message: two Elligator 2 maps (one exponentiation each: the floor, about 80% of the
+    cost), their sum and three doublings (cofactor clearing) in projective x-only form; the
+    divisions of a whole batch share two inversions (``_ratios``). Without ``clear_cofactor``:
+    u(Q0 + Q1), for a caller that clears the cofactor itself (``hash_and_blind_packed``).
+    """
+    us = _field_elements(msgs, dst)
+    # 1 + 2 u^2 is never 0: -1/2 is not a square mod p.
+    xs = _ratios(_MINUS_A, [(u * u * 2 + 1) % _P for u in us])
+    doublings = 3 if clear_cofactor else 0
+    numerators: list[gmpy2.mpz] = []
+    denominators: list[gmpy2.mpz] = []
+    u_pairs, x_pairs = iter(us), iter(xs)
+    for u0, u1, x0, x1 in zip(u_pairs, u_pairs, x_pairs, x_pairs, strict=True):
+        x0, y0 = _map(u0, x0)
+        x1, y1 = _map(u1, x1)
+        dx = x1 - x0
+        if dx:
+            # u(Q0 + Q1) = lam^2 - A - x0 - x1 with lam = dy / dx, kept as the fraction x / z.
+            dy = y1 - y0
+            zz = dx * dx
+            x, z, more = (dy * dy - (_A + x0 + x1) * zz) % _P, zz % _P, doublings
+        elif (y0 + y1) % _P:  # Q0 == Q1 (probability about 2^-254): Q0 + Q1 = 2 Q0
+            x, z, more = x0, _ONE, doublings + 1
+        else:  # Q0 == -Q1, probability about 2^-254
+            raise ArithmeticError("hash_to_curve produced the identity")
+        for _ in range(more):
+            s, d = x + z, x - z
+            ss, dd = s * s, d * d
+            e = ss - dd
+            x, z = ss * dd % _P, e * (dd + _A24 * e) % _P
+        if not z:  # 8 (Q0 + Q1) is the identity: probability about 2^-250
+            raise ArithmeticError("hash_to_curve produced the identity")
+        numerators.append(x)
+        denominators.append(z)
+    return [x * inv % _P for x, inv in zip(numerators, _ratios(_ONE, denominators), strict=True)]
 
 
 def hash_to_curve_u(msg: bytes, dst: bytes = DST) -> int:
     """u-coordinate of RFC 9380 ``hash_to_curve(msg)`` for curve25519_XMD:SHA-512_ELL2_RO_."""
-    u0, u1 = hash_to_field(msg, dst)
-    q = _add(_elligator2(gmpy2.mpz(u0)), _elligator2(gmpy2.mpz(u1)))
-    u = None if q is None else _times8_u(q[0])
-    if u is None:  # probability about 2^-250; refusing beats a fixed tag shared by all inputs
-        raise ArithmeticError("hash_to_curve produced the identity")
-    return int(u)
+    return int(_curve_us([msg], dst)[0])
 
 
 def indicator_message(kind: str, value: str) -> bytes:
@@ -161,7 +225,8 @@ def hash_to_group(kind: str, value: str) -> bytes:
 
 def hash_indicators(items: Iterable[tuple[str, str]]) -> list[bytes]:
     """Batch form of :func:`hash_to_group` over (kind, canonical value) pairs."""
-    return [hash_to_curve_u(indicator_message(k, v)).to_bytes(32, "little") for k, v in items]
+    us = _curve_us((indicator_message(k, v) for k, v in items), DST)
+    return [u.to_bytes(ELEMENT_BYTES, "little") for u in us]
 
 
 def validate_element(element: bytes) -> None:
@@ -260,6 +325,32 @@ def blind_packed(key_bytes: bytes, packed: bytes) -> bytes:
     return b"".join(RoundKey.from_bytes(key_bytes).blind(split_elements(packed)))
 
 
+def _cofactor_scalar(key_bytes: bytes) -> bytes | None:
+    """A key that blinds a point before cofactor clearing as ``key_bytes`` blinds it after.
+
+    For the clamped key k, a clamped scalar s with s = 8k or s = -8k modulo 8 * ORDER: then
+    X25519(s, u(R)) = u(8kR) = X25519(k, u(8R)) for every curve point R, since 8 * ORDER R = O
+    and u(-P) = u(P). None when neither 8(k mod ORDER) nor 8(ORDER - k mod ORDER) survives
+    clamping unchanged (it must lie in [2^254, 2^255)): probability about 2^-126.
+    """
+    k = int.from_bytes(key_bytes, "little") & ~7 & (2**255 - 1) | 2**254  # RFC 7748 clamping
+    m = k % ORDER
+    for s in (8 * m, 8 * (ORDER - m)):
+        if 2**254 <= s < 2**255:
+            return s.to_bytes(ELEMENT_BYTES, "little")
+    return None
+
+
 def hash_and_blind_packed(key_bytes: bytes, items: Sequence[tuple[str, str]]) -> bytes:
-    """Worker entry point: hash (kind, canonical value) pairs and blind them, as a wire chunk."""
-    return b"".join(RoundKey.from_bytes(key_bytes).blind(hash_indicators(items)))
+    """Worker entry point: hash (kind, canonical value) pairs and blind them, as a wire chunk.
+
+    The same bytes as blinding ``hash_indicators(items)`` under ``key_bytes``, but the blinding
+    clears the cofactor (``_cofactor_scalar``), so hashing skips its three doublings.
+    """
+    scalar = _cofactor_scalar(key_bytes)
+    if scalar is None:
+        return b"".join(RoundKey.from_bytes(key_bytes).blind(hash_indicators(items)))
+    us = _curve_us((indicator_message(k, v) for k, v in items), DST, clear_cofactor=False)
+    return b"".join(
+        RoundKey.from_bytes(scalar).blind([u.to_bytes(ELEMENT_BYTES, "little") for u in us])
+    )

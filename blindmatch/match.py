@@ -9,9 +9,9 @@ the round's mode lets it learn about its own positions:
   that count and nothing else;
 - ``count``: for each partner, how many of its tags that partner also holds; no positions.
 
-Matching sorts all tags once by their first 64 bits (numpy, fixed-width arrays: about 50 bytes per
-tag at peak, no Python object per tag) and confirms equal prefixes on all 256 bits; on a prefix
-collision between different tags it falls back to an exact sort on all four words.
+Matching sorts all tags once by their first 64 bits (numpy, fixed-width arrays, no Python object
+per tag), then reads the full 256 bits of only the tags whose keys are equal and groups those
+exactly: tags that share a 64-bit prefix but differ later never match.
 """
 
 from __future__ import annotations
@@ -59,41 +59,57 @@ def _words(tags: bytes) -> npt.NDArray[np.uint64]:
 
 
 def presence(final_tags: Sequence[bytes]) -> list[Masks]:
-    """For every participant and position, the bit mask of participants holding that tag."""
+    """For every participant and position, the bit mask of participants holding that tag.
+
+    Memory beyond the tags themselves: about 24 bytes per tag at peak (the sort keys, the sort
+    order and the sorted keys), then the 8-byte masks returned.
+    """
     n = len(final_tags)
     if not 2 <= n <= MAX_PARTICIPANTS:
         raise ValueError(f"a round needs 2 to {MAX_PARTICIPANTS} participants, got {n}")
     sets = [_words(t) for t in final_tags]
     sizes = [len(s) for s in sets]
-    total = sum(sizes)
-    if total == 0:
-        return [np.zeros(0, dtype=np.uint64) for _ in sets]
-    words = np.concatenate(sets) if n > 1 else sets[0]
-    bits = np.repeat(
-        np.left_shift(np.uint64(1), np.arange(n, dtype=np.uint64)), np.asarray(sizes)
-    ).astype(np.uint64)
-
-    order = np.argsort(words[:, 0], kind="stable")
-    ws = words[order]
-    same = ws[1:, 0] == ws[:-1, 0]
-    if same.any():
-        full = np.all(ws[1:][same] == ws[:-1][same], axis=1)
-        if not full.all():  # a 64-bit prefix shared by different tags: sort on everything
-            order = np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
-            ws = words[order]
-            same = np.all(ws[1:] == ws[:-1], axis=1)
-    del ws
-    starts = np.flatnonzero(np.concatenate(([True], ~same)))
-    group_mask = np.bitwise_or.reduceat(bits[order], starts)
-    group_of = np.cumsum(np.concatenate(([True], ~same))) - 1
-    mask = np.empty(total, dtype=np.uint64)
-    mask[order] = group_mask[group_of]
-    out: list[Masks] = []
-    offset = 0
-    for size in sizes:
-        out.append(mask[offset : offset + size])
-        offset += size
-    return out
+    offsets = np.cumsum([0, *sizes])
+    total = int(offsets[-1])
+    keys = np.empty(total, dtype=np.uint64)
+    for words, start, size in zip(sets, offsets, sizes, strict=False):
+        keys[start : start + size] = words[:, 0]
+    # Within a run of equal keys the order is irrelevant, so the fast unstable sort will do.
+    order = np.argsort(keys)
+    keys = keys[order]
+    # Sorted positions p whose key equals that of p + 1: only these tags can be held twice.
+    dup = np.flatnonzero(keys[1:] == keys[:-1])
+    del keys
+    members = np.union1d(dup, dup + 1)  # sorted positions inside a run of equal keys
+    where = order[members]  # their index in the concatenation of all sets
+    del order
+    masks = [np.full(size, 1 << i, dtype=np.uint64) for i, size in enumerate(sizes)]
+    if not len(members):
+        return masks
+    owner = np.searchsorted(offsets, where, side="right") - 1
+    pos = where - offsets[owner]
+    rows = np.empty((len(members), 4), dtype=np.uint64)
+    for i in range(n):
+        mine = owner == i
+        rows[mine] = sets[i][pos[mine]]
+    # members[j] continues the run of members[j - 1] exactly when members[j] - 1 is in dup.
+    continues = np.zeros(len(members), dtype=bool)
+    continues[np.searchsorted(members, dup + 1)] = True
+    differ = np.any(rows[1:] != rows[:-1], axis=1)
+    if np.any(differ & continues[1:]):
+        # Equal 64-bit keys but different tags: group the members exactly, on all four words.
+        exact = np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))
+        owner, pos, rows = owner[exact], pos[exact], rows[exact]
+        continues[1:] = ~np.any(rows[1:] != rows[:-1], axis=1)
+    starts = np.flatnonzero(~continues)
+    group_mask = np.bitwise_or.reduceat(
+        np.left_shift(np.uint64(1), owner.astype(np.uint64)), starts
+    )
+    member_mask = np.repeat(group_mask, np.diff(np.append(starts, len(members))))
+    for i in range(n):
+        mine = owner == i
+        masks[i][pos[mine]] = member_mask[mine]
+    return masks
 
 
 def _bits_of(mask: int, n: int) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 
 Each handler takes the parsed ``argparse.Namespace`` and returns the exit status: 0 success,
 1 operational failure (a round failed, the coordinator unreachable or refusing, a file that
-already exists), 2 usage or input errors (bad flags, an unreadable or invalid config). No
+already exists), 2 usage or input errors (bad flags, an unreadable or invalid config, a round
+the coordinator finds invalid: unknown nodes, say). No
 traceback reaches an operator: every error is one line saying what was wrong and what to do.
 
 ``--insecure`` means plaintext, loopback only; the other side must run with ``--insecure`` too.
@@ -105,7 +106,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     config = CoordinatorConfig(
         name=name,
         listen=listen,
-        tls=TlsPaths(ca=issued.ca, cert=issued.cert, key=issued.key),
+        tls=_absolute(issued),
         nodes=nodes,
         state=Path("coordinator.sqlite"),
     )
@@ -159,7 +160,7 @@ def cmd_operator_init(args: argparse.Namespace) -> int:
     config = OperatorConfig(
         name=name,
         coordinator=coordinator,
-        tls=TlsPaths(ca=issued.ca, cert=issued.cert, key=issued.key),
+        tls=_absolute(issued),
     )
     try:
         write_operator_config(config_path, config)
@@ -259,7 +260,9 @@ def _call(config: OperatorConfig, call: Callable[[], T]) -> T:
     try:
         return call()
     except grpc.RpcError as err:
-        raise _Exit(1, _rpc_message(config, err)) from None
+        # the coordinator judged the request itself wrong: an input error, like a bad flag
+        status = 2 if err.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
+        raise _Exit(status, _rpc_message(config, err)) from None
 
 
 def _rpc_message(config: OperatorConfig, err: grpc.RpcError) -> str:
@@ -438,7 +441,8 @@ def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
         if r.state == "failed":
             note = _clip(r.error, 60)
         elif r.state == "done":
-            note = f"{sum(r.match_counts.values())} matches in {r.finished - r.created:.1f} s"
+            what = "shared" if r.mode == "count" else "matches"
+            note = f"{sum(r.match_counts.values())} {what} in {r.finished - r.created:.1f} s"
         else:
             note = f"{_percent(r)}%"
         rows.append((r.id, r.state, r.mode, ",".join(r.participants), _when(r.created), note))
@@ -487,6 +491,11 @@ def _unique(hosts: Sequence[str]) -> list[str]:
     return list(
         dict.fromkeys(h.strip("[]") for h in hosts if h.strip("[]") not in ("0.0.0.0", "::"))
     )
+
+
+def _absolute(issued: IssuedPaths) -> TlsPaths:
+    # absolute, so that the config writer stores them relative to the config's own directory
+    return TlsPaths(ca=issued.ca.absolute(), cert=issued.cert.absolute(), key=issued.key.absolute())
 
 
 def _issue(pki_dir: str, name: str, role: str, hosts: Sequence[str], out_dir: Path) -> IssuedPaths:

@@ -12,7 +12,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,66 +64,50 @@ class OperatorConfig:
 def load_config(path: Path | str) -> CoordinatorConfig:
     """Read a coordinator.toml."""
     r = _Reader(Path(path))
-    tls = r.tls()
-    caps_table = r.table("caps", required=False)
-    caps = Caps(
-        max_set=r.integer("caps.max_set", caps_table, _DEFAULT_CAPS.max_set, low=0),
-        max_total=r.integer("caps.max_total", caps_table, _DEFAULT_CAPS.max_total, low=0),
-    )
-    r.no_unknown(caps_table, "caps", {"max_set", "max_total"})
-    nodes_table = r.table("nodes", required=True)
-    nodes: dict[str, str] = {}
-    for node, address in nodes_table.items():
-        r.check(_valid_name(node), f"nodes.{node}", "is not a valid node name (a-z, 0-9, _ and -)")
-        nodes[node] = r.address(f"nodes.{node}", address)
+    # unknown keys first: a misspelt key is the cause of the "missing" error it would lead to
+    r.no_unknown(r.data, "", {f.name for f in fields(CoordinatorConfig)})
+    name = r.name("name", r.data, "coordinator")
+    listen = r.address("listen", r.value("listen", r.data, None, str))
     operators = r.value("operators", r.data, [ANY_OPERATOR], list)
+    r.check(bool(operators), "operators", 'names nobody; list operator names, or "*" for any')
     for op in operators:
         r.check(
             isinstance(op, str) and (op == ANY_OPERATOR or _valid_name(op)),
             "operators",
             f'entry {op!r} is neither "*" nor a valid operator name',
         )
-    config = CoordinatorConfig(
-        name=r.name("name", r.data, "coordinator"),
-        listen=r.address("listen", r.value("listen", r.data, None, str)),
+    caps_table = r.table("caps", required=False)
+    r.no_unknown(caps_table, "caps", {f.name for f in fields(Caps)})
+    nodes: dict[str, str] = {}
+    for node, address in r.table("nodes", required=True).items():
+        r.check(_valid_name(node), f"nodes.{node}", "is not a valid node name (a-z, 0-9, _ and -)")
+        nodes[node] = r.address(f"nodes.{node}", address)
+    return CoordinatorConfig(
+        name=name,
+        listen=listen,
         state=r.file_path("state", r.data, "coordinator.sqlite"),
         call_timeout=r.seconds("call_timeout", CoordinatorConfig.call_timeout),
         round_timeout=r.seconds("round_timeout", CoordinatorConfig.round_timeout),
         chunk_size=r.integer("chunk_size", r.data, CoordinatorConfig.chunk_size, low=1, high=65536),
         operators=tuple(operators),
-        tls=tls,
-        caps=caps,
+        tls=r.tls(),
+        caps=Caps(
+            max_set=r.integer("caps.max_set", caps_table, _DEFAULT_CAPS.max_set, low=0),
+            max_total=r.integer("caps.max_total", caps_table, _DEFAULT_CAPS.max_total, low=0),
+        ),
         nodes=nodes,
     )
-    r.no_unknown(
-        r.data,
-        "",
-        {
-            "name",
-            "listen",
-            "state",
-            "call_timeout",
-            "round_timeout",
-            "chunk_size",
-            "operators",
-            "tls",
-            "caps",
-            "nodes",
-        },
-    )
-    return config
 
 
 def load_operator_config(path: Path | str) -> OperatorConfig:
     """Read an operator.toml."""
     r = _Reader(Path(path))
-    config = OperatorConfig(
+    r.no_unknown(r.data, "", {f.name for f in fields(OperatorConfig)})
+    return OperatorConfig(
         name=r.name("name", r.data, None),
         coordinator=r.address("coordinator", r.value("coordinator", r.data, None, str)),
         tls=r.tls(),
     )
-    r.no_unknown(r.data, "", {"name", "coordinator", "tls"})
-    return config
 
 
 class _Reader:
@@ -160,7 +144,7 @@ class _Reader:
         got = table[name]
         # bool is an int in Python, never a valid count or duration here
         if not isinstance(got, kind) or (isinstance(got, bool) and kind is not bool):
-            raise self.fail(key, f"must be a {_TOML_TYPE[kind]}, not {got!r}")
+            raise self.fail(key, f"must be {_TOML_TYPE[kind]}, not {got!r}")
         return got
 
     def table(self, key: str, *, required: bool) -> dict[str, Any]:
@@ -213,13 +197,12 @@ class _Reader:
 
     def tls(self) -> TlsPaths:
         table = self.table("tls", required=True)
-        paths = TlsPaths(
+        self.no_unknown(table, "tls", {f.name for f in fields(TlsPaths)})
+        return TlsPaths(
             ca=self.file_path("tls.ca", table, None),
             cert=self.file_path("tls.cert", table, None),
             key=self.file_path("tls.key", table, None),
         )
-        self.no_unknown(table, "tls", {"ca", "cert", "key"})
-        return paths
 
     def no_unknown(self, table: Mapping[str, Any], prefix: str, known: set[str]) -> None:
         extra = sorted(set(table) - known)
@@ -232,11 +215,11 @@ class _Reader:
 
 
 _TOML_TYPE: Final[dict[Any, str]] = {
-    str: "string",
-    int: "integer",
-    dict: "table",
-    list: "list",
-    int | float: "number",
+    str: "a string",
+    int: "an integer",
+    dict: "a table",
+    list: "a list",
+    int | float: "a number",
 }
 
 
@@ -254,7 +237,11 @@ def _valid_name(name: object) -> bool:
 
 
 def write_config(path: Path | str, config: CoordinatorConfig) -> None:
-    """Write a complete, commented coordinator.toml; refuses to overwrite an existing file."""
+    """Write a complete, commented coordinator.toml; refuses to overwrite an existing file.
+
+    Absolute paths below the file's directory are written relative to it; relative paths are
+    written as they are, that is, taken as relative to the file's directory.
+    """
     target = Path(path)
     base = Path(os.path.abspath(target)).parent
     lines = [

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 STOP_REASON: Final = "coordinator stopped during the round"
 PUBLISH_INTERVAL: Final = 0.25  # seconds between progress updates of one round
 ABORT_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort Abort
+SECONDARY_GRACE: Final = 1.0  # seconds a "round not found" waits for the reason behind it
 
 
 class RoundFailure(Exception):
@@ -192,12 +193,17 @@ class RoundDriver:
     # --- the round, step by step -------------------------------------------------------------
 
     def run(self) -> None:
+        log.info(
+            "round %s: starting with %s", self.spec.round_id, ", ".join(self.spec.participants)
+        )
         try:
             self._prepare()
             self._route()
             self._deliver()
+            log.info("round %s: done, matches %s", self.spec.round_id, self.record.match_counts)
         except RoundFailure as exc:
             self._finish_failed(str(exc))
+            log.warning("round %s: failed: %s", self.spec.round_id, self.record.error)
         except Exception as exc:
             log.exception("round %s: unexpected error", self.spec.round_id)
             self._finish_failed(f"internal error in the coordinator: {exc!r}")
@@ -341,21 +347,36 @@ class RoundDriver:
 
     def _read(self, node: str, call: Any, own: bool) -> None:
         what = "OwnSet" if own else "Reblind"
+        problem: str | None = None
         try:
             for chunk in call:
                 self._on_chunk(node, chunk, own)
             self._stream_ended(node, own)
         except grpc.RpcError as err:
-            self._fail(self._rpc_problem(node, what, err, self.settings.round_timeout))
+            problem = self._rpc_problem(node, what, err, self.settings.round_timeout)
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                # The node has already dropped the round, most likely for a reason its other
+                # stream is about to report (a cap refused at RoutingStart ends its OwnSet too);
+                # give that reason a moment to arrive first, since it is the one worth showing.
+                # The stream counts as open until then, so the round cannot end meanwhile.
+                later = threading.Timer(SECONDARY_GRACE, self._stream_closed, args=(problem,))
+                later.daemon = True
+                later.start()
+                return
         except RoundFailure as exc:
-            self._fail(str(exc))
+            problem = str(exc)
         except Exception as exc:
             log.exception("round %s: reading %s of %s", self.spec.round_id, what, node)
-            self._fail(f"internal error in the coordinator reading {what} of {node}: {exc!r}")
-        finally:
-            with self._cond:
-                self._open_streams -= 1
-                self._cond.notify_all()
+            problem = f"internal error in the coordinator reading {what} of {node}: {exc!r}"
+        self._stream_closed(problem)
+
+    def _stream_closed(self, problem: str | None) -> None:
+        """A stream has ended, with ``problem`` unless it ended well."""
+        if problem is not None:
+            self._fail(problem)
+        with self._cond:
+            self._open_streams -= 1
+            self._cond.notify_all()
 
     def _on_chunk(self, sender: str, chunk: node_pb2.Chunk, own: bool) -> None:
         owner = chunk.owner

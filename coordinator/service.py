@@ -183,6 +183,8 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             tls,
             insecure=insecure,
             access=access_policy(config.operators),
+            # every WatchRound holds a worker thread while it follows its round
+            max_workers=32,
         )
     except BaseException:
         if links is not None:

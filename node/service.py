@@ -365,7 +365,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         reader.start()
         try:
             while True:
-                item = pending.get()
+                try:
+                    item = pending.get(timeout=0.2)
+                except queue.Empty:
+                    if done.is_set():  # the call ended (cancelled): nothing more will come
+                        return
+                    continue
                 if item is None:
                     return
                 if isinstance(item, Exception):

@@ -8,6 +8,7 @@ operator does: over gRPC with an operator certificate.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -233,17 +234,13 @@ class Federation:
 
     def close(self) -> None:
         if self.coordinator is not None:
-            try:
+            with contextlib.suppress(AttributeError):
                 self.channel.close()
-            except AttributeError:
-                pass
             self.coordinator.stop(grace=0.5)
             self.coordinator = None
         for node in self.nodes.values():
-            try:
+            with contextlib.suppress(Exception):
                 node.stop(grace=0.5)
-            except Exception:
-                pass
         self.nodes.clear()
         for relay in self.relays.values():
             relay.close()

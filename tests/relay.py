@@ -7,6 +7,7 @@ the way a failing network would.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from types import TracebackType
@@ -47,10 +48,8 @@ class Relay:
         with self._lock:
             sockets = list(self._sockets)
         for s in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def _accept(self) -> None:
@@ -89,10 +88,8 @@ class Relay:
             except OSError:
                 break
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def close(self) -> None:
         self._listener.close()

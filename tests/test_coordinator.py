@@ -266,9 +266,10 @@ _LISTEN = 'listen = "127.0.0.1:7000"\n'
         (_LISTEN + 'call_timeout = "soon"\n' + _TLS + "[nodes]\n", "call_timeout must be a number"),
         (_LISTEN + "round_timeout = 0\n" + _TLS + "[nodes]\n", "round_timeout must be a positive"),
         (_LISTEN + "chunk_size = 100000\n" + _TLS + "[nodes]\n", "chunk_size must be between 1"),
-        (_LISTEN + "chunk_size = true\n" + _TLS + "[nodes]\n", "chunk_size must be a integer"),
+        (_LISTEN + "chunk_size = true\n" + _TLS + "[nodes]\n", "chunk_size must be an integer"),
         (_LISTEN + 'name = "Bad Name"\n' + _TLS + "[nodes]\n", "name 'Bad Name' is not a valid"),
         (_LISTEN + 'operators = ["x y"]\n' + _TLS + "[nodes]\n", "operators entry 'x y'"),
+        (_LISTEN + "operators = []\n" + _TLS + "[nodes]\n", "operators names nobody"),
         (_LISTEN + "listen_on = 1\n" + _TLS + "[nodes]\n", "unknown key listen_on"),
         (_LISTEN + _TLS + "[caps]\nmax_sets = 1\n[nodes]\n", r"unknown key \[caps\] max_sets"),
         (_LISTEN + _TLS + "[caps]\nmax_set = -1\n[nodes]\n", "caps.max_set must be at least 0"),
@@ -304,6 +305,9 @@ def test_operator_config_round_trips(tmp_path: Path) -> None:
     write_operator_config(path, config)
     assert load_operator_config(path) == config
     path.write_text(path.read_text().replace("coordinator =", "coordinater ="))
+    with pytest.raises(ConfigError, match="unknown key coordinater; known keys: coordinator, "):
+        load_operator_config(path)
+    path.write_text(path.read_text().replace("coordinater =", "# coordinator ="))
     with pytest.raises(ConfigError, match="coordinator is missing"):
         load_operator_config(path)
 
@@ -465,10 +469,10 @@ def test_a_pairwise_round_runs_end_to_end(
     assert list(final.participants) == ["alpha", "beta", "gamma"]
 
     # what each node recorded is what it shares, with whom
-    alpha = {m.value: m.partners for m in nodes["alpha"].store.matches(final.id)}
-    assert alpha == {**dict.fromkeys(COMMON, ["beta", "gamma"]), **dict.fromkeys(AB, ["beta"])}
-    gamma = {m.value: m.partners for m in nodes["gamma"].store.matches(final.id)}
-    assert gamma == {**dict.fromkeys(COMMON, ["alpha", "beta"]), **dict.fromkeys(BG, ["beta"])}
+    alpha = {m.value: tuple(m.partners) for m in nodes["alpha"].store.matches(final.id)}
+    assert alpha == {**dict.fromkeys(COMMON, ("beta", "gamma")), **dict.fromkeys(AB, ("beta",))}
+    gamma = {m.value: tuple(m.partners) for m in nodes["gamma"].store.matches(final.id)}
+    assert gamma == {**dict.fromkeys(COMMON, ("alpha", "beta")), **dict.fromkeys(BG, ("beta",))}
     assert ops.GetRound(coordinator_pb2.GetRoundRequest(id=final.id), timeout=TIMEOUT) == final
 
 
@@ -528,7 +532,8 @@ def test_a_node_refusing_mid_round_fails_it_and_aborts_the_others(
     # delta accepts alpha as a partner but not a partner set of 35 elements
     final = run_round(ops, ["alpha", "delta"])[-1]
     assert final.state == "failed"
-    assert final.error.startswith("delta refused"), final.error
+    assert final.error.startswith("delta refused Reblind: RESOURCE_EXHAUSTED: alpha's set of 35")
+    assert "max_partner_set" in final.error
     assert dict(final.sizes) == {"alpha": SET_SIZE, "delta": 8}
     assert not final.match_counts
     assert nodes["alpha"].servicer.active_rounds() == []
@@ -681,11 +686,15 @@ def test_insecure_mode_serves_plaintext_on_loopback(pki: FederationPki, tmp_path
 
 
 def test_cli_init_writes_a_config_and_a_certificate(
-    pki: FederationPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: FederationPki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative COORD_DIR, as typed on a command line
     home = tmp_path / "coord"
     args = argparse.Namespace(
-        coord_dir=str(home),
+        coord_dir="coord",
         listen="10.1.2.3:7000",
         pki=str(pki.dir),
         node=["alpha=10.1.2.4:7001", "beta=[::1]:7002"],
@@ -697,6 +706,7 @@ def test_cli_init_writes_a_config_and_a_certificate(
     assert config.nodes == {"alpha": "10.1.2.4:7001", "beta": "[::1]:7002"}
     assert config.tls == TlsPaths(home / "ca.pem", home / "hub.pem", home / "hub.key")
     assert config.state == home / "coordinator.sqlite"
+    assert 'cert = "hub.pem"' in (home / "coordinator.toml").read_text()  # the dir can move
     tls = load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     assert identity_of(tls.cert) == Identity("coordinator", "hub")
     assert "coordinator serve --config" in capsys.readouterr().out
@@ -777,6 +787,11 @@ def test_cli_round_start_exits_1_when_the_round_fails(
     assert cli.cmd_round_start(round_args(config, ["alpha", "ghost"], json=False)) == 1
     out = capsys.readouterr().out
     assert "failed" in out and "node ghost unreachable" in out
+
+    # a round the coordinator refuses as invalid is an input error
+    assert cli.cmd_round_start(round_args(config, ["alpha", "nobody"])) == 2
+    err = capsys.readouterr().err
+    assert "refused (INVALID_ARGUMENT): unknown node(s) nobody" in err
 
 
 def test_cli_round_start_input_errors(

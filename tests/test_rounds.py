@@ -66,9 +66,9 @@ def test_tlp_red_never_matches(fed: tuple[Federation, dict[str, NodeData]]) -> N
     federation, data = fed
     info = federation.run_round(NAMES[:4])
     assert info.state == "done", info.error
-    red_everywhere = {
-        key for key, tlp in data["alpha"].tlp.items() if tlp == "red"
-    } & set(data["bravo"].tlp)
+    red_everywhere = {key for key, tlp in data["alpha"].tlp.items() if tlp == "red"} & set(
+        data["bravo"].tlp
+    )
     assert red_everywhere  # the data has RED sightings others also hold
     with federation.store("alpha") as store:
         got = node_matches(store, info.id)
