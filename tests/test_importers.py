@@ -792,3 +792,20 @@ def test_fuzz_import_into_store(store: Store, tmp_path: Path, document: object) 
             report.new + report.known + report.invalid_count + sum(report.skipped.values())
         )
         assert report.total >= 1
+
+
+def test_misp_uri_that_is_only_a_path_is_skipped_not_invalid(tmp_path: Path) -> None:
+    event = {
+        "Event": {
+            "Attribute": [
+                {"type": "uri", "value": "/gate.php", "uuid": "a1"},
+                {"type": "uri", "value": "http://c2.example/gate.php", "uuid": "a2"},
+            ]
+        }
+    }
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    _, events = read_path(path)
+    got = list(events)
+    assert [type(e).__name__ for e in got] == ["Skipped", "Record"]
+    assert "path only" in got[0].reason  # type: ignore[union-attr]

@@ -184,6 +184,10 @@ def _attribute_records(
     if not isinstance(value, str):
         yield Invalid(where, f"attribute 'value' is {type_name(value)}, expected a string")
         return
+    if kind == "uri" and value.lstrip().startswith("/"):
+        # MISP uri attributes are often a bare path ("/gate.php"): nothing a partner could match.
+        yield Skipped(where, "MISP uri without a host (path only)")
+        return
     try:
         values = _split_value(kind, value)
         own_tlp, own_tags = _tags(attribute)
