@@ -43,6 +43,15 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _duration(text: str) -> float:
+    from blindmatch.watch import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="blindmatch",
@@ -78,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--coordinator-name", default="coordinator", help="name in the coordinator's certificate"
     )
+    s.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="the coordinator's address, for early-warning checks (node.toml coordinator_address)",
+    )
     s.set_defaults(handler=_lazy("node.cli", "cmd_init"))
     s = ns.add_parser("import", help="import sightings from text/CSV, STIX 2.1 or MISP files")
     s.add_argument("--config", required=True, metavar="NODE_TOML")
@@ -107,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, metavar="NODE_TOML")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=_lazy("node.cli", "cmd_audit"))
+    # early warning (docs/WATCH.md)
+    s = ns.add_parser("check", help="check new sightings against partners' watchlists, now")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--kind", choices=[*KINDS, "auto"], default="auto")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("values", nargs="+", metavar="VALUE")
+    s.set_defaults(handler=_lazy("node.watch_cli", "cmd_check"))
+    s = ns.add_parser("alerts", help="early-warning alerts, newest first")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--follow", action="store_true", help="keep printing new alerts")
+    s.add_argument("--json", action="store_true", help="a JSON array (--follow: JSON Lines)")
+    s.set_defaults(handler=_lazy("node.watch_cli", "cmd_alerts"))
 
     # coordinator
     coord = top.add_parser("coordinator", help="the coordinator: registry of nodes, round driver")
@@ -139,8 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = rs.add_parser("start", help="start a match round")
     s.add_argument("--config", required=True, metavar="OP_TOML")
     s.add_argument("--nodes", required=True, type=_names, metavar="A,B[,C...]")
-    s.add_argument("--mode", default="pairwise", choices=["pairwise", "threshold", "count"])
+    s.add_argument(
+        "--mode", default="pairwise", choices=["pairwise", "threshold", "count", "watch"]
+    )
     s.add_argument("--threshold", type=int, metavar="T")
+    s.add_argument(
+        "--epoch",
+        type=_duration,
+        metavar="DURATION",
+        help="watch mode: how long partners' watchlists stay open, e.g. 24h (default), 90m",
+    )
     s.add_argument("--kinds", type=_kinds, metavar="K,...")
     s.add_argument("--wait", action="store_true", help="follow the round until it ends")
     s.add_argument("--json", action="store_true")

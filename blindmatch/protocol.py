@@ -191,6 +191,11 @@ class NodeRound:
         """Entries of the position map still held (0 once the round is over)."""
         return len(self._own)
 
+    def position_map(self) -> Sequence[tuple[int, str, str]]:
+        """Position -> (sighting id, kind, value); a watch epoch keeps it as its tag map."""
+        self._require(NodePhase.ROUTING)
+        return tuple(self._own)
+
     def live_key(self) -> RoundKey:
         if self.key is None or self.phase in (NodePhase.DONE, NodePhase.ABORTED):
             raise WrongPhase(f"round {self.spec.round_id} is {self.phase.value}")
@@ -275,7 +280,7 @@ class NodeRound:
                 who = tuple(
                     names[j] for j in partners if 0 <= j < len(names) and names[j] != self.me
                 )
-                if len(who) != len(partners) or not who:
+                if len(who) != len(partners) or not who or len(set(who)) != len(who):
                     raise BadMessage(f"position {pos}: invalid partner list")
                 matches.append(Match(self._own[pos][0], who, len(who) + 1))
         elif isinstance(delivery, ThresholdResult) and mode == "threshold":
@@ -445,6 +450,13 @@ class CoordinatorRound:
         n = len(self.spec.participants)
         done = sum(sum(self._seen[o][1:]) for o in range(n))
         return done, sum(self.sizes.values()) * (n - 1)
+
+    def final_tags(self) -> dict[str, bytes]:
+        """Every participant's final tags by position: a watch round keeps them as filters."""
+        self._require(CoordinatorPhase.ROUTING)
+        if not self.routed():
+            raise WrongPhase("not every set has been fully blinded yet")
+        return {name: bytes(self._final[i]) for i, name in enumerate(self.spec.participants)}
 
     def deliveries(self) -> dict[str, Delivery]:
         """What each node learns; drops the tags (they never outlive the match)."""

@@ -187,8 +187,13 @@ def cmd_round_start(args: argparse.Namespace) -> int:
     """
     nodes = list(args.nodes)
     kinds = list(args.kinds or ())
+    epoch = getattr(args, "epoch", None)
+    if epoch is not None and args.mode != "watch":
+        raise _Exit(2, "--epoch only applies to --mode watch")
+    # a watch round is a pairwise round that then opens an epoch (docs/WATCH.md)
+    mode = "pairwise" if args.mode == "watch" else args.mode
     try:
-        RoundSpec("local-check", tuple(nodes), args.mode, args.threshold, tuple(kinds) or KINDS)
+        RoundSpec("local-check", tuple(nodes), mode, args.threshold, tuple(kinds) or KINDS)
     except BadMessage as exc:
         hint = ""
         if args.threshold is not None and args.mode != "threshold":
@@ -198,7 +203,11 @@ def cmd_round_start(args: argparse.Namespace) -> int:
         raise _Exit(2, f"{exc}{hint}") from None
     config = _load(load_operator_config, args.config)
     request = coordinator_pb2.StartRoundRequest(
-        nodes=nodes, mode=args.mode, threshold=args.threshold or 0, kinds=kinds
+        nodes=nodes,
+        mode=args.mode,
+        threshold=args.threshold or 0,
+        kinds=kinds,
+        epoch_seconds=epoch or 0,
     )
     with _coordinator(config, args.insecure) as stub:
         info = _call(config, lambda: stub.StartRound(request, timeout=CALL_TIMEOUT))

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
@@ -47,6 +47,9 @@ from blindmatch.protocol import (
 )
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from coordinator.state import RoundBoard, RoundRecord
+
+if TYPE_CHECKING:
+    from coordinator.watch import WatchHub, WatchRound
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,10 @@ class NodeLinks:
     def stub(self, node: str) -> node_pb2_grpc.NodeServiceStub:
         return self._stubs[node]
 
+    def channels(self) -> dict[str, grpc.Channel]:
+        """The channels themselves, for other services on the nodes (early warning)."""
+        return dict(self._channels)
+
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
@@ -99,6 +106,7 @@ class Coordinator:
         self._lock = threading.Lock()
         self._running: dict[str, tuple[RoundDriver, threading.Thread]] = {}
         self._stopping = False
+        self.watch: WatchHub | None = None  # early warning (coordinator/watch.py)
 
     def start_round(
         self,
@@ -108,18 +116,27 @@ class Coordinator:
         threshold: int | None = None,
         kinds: Sequence[str] = (),
         operator: str,
+        epoch_seconds: float | None = None,
     ) -> RoundRecord:
-        """Validate and launch a round in the background; return its first record."""
+        """Validate and launch a round in the background; return its first record.
+
+        A ``watch`` round runs as a pairwise round and then opens an epoch (coordinator/watch.py).
+        """
         unknown = [n for n in nodes if n not in self.links.addresses]
         if unknown:
             known = ", ".join(sorted(self.links.addresses)) or "(none)"
             raise BadMessage(
                 f"unknown node(s) {', '.join(unknown)}; this coordinator's registry knows: {known}"
             )
+        watching = mode == "watch"
+        if watching and self.watch is None:
+            raise BadMessage("this coordinator has no early-warning support; watch is unavailable")
+        if epoch_seconds is not None and not watching:
+            raise BadMessage(f"an epoch only applies to watch mode, not {mode}")
         spec = RoundSpec(
             round_id=uuid.uuid4().hex,
             participants=tuple(nodes),
-            mode=mode or "pairwise",
+            mode="pairwise" if watching else mode or "pairwise",
             threshold=threshold,
             kinds=tuple(kinds) or KINDS,
             chunk_size=self.settings.chunk_size,
@@ -127,7 +144,7 @@ class Coordinator:
         record = RoundRecord(
             id=spec.round_id,
             participants=spec.participants,
-            mode=spec.mode,
+            mode="watch" if watching else spec.mode,
             threshold=spec.threshold,
             kinds=spec.kinds,
             operator=operator,
@@ -137,7 +154,11 @@ class Coordinator:
             if self._stopping:
                 raise RoundFailure("the coordinator is stopping; start the round after it restarts")
             self.board.publish(record)
-            driver = RoundDriver(spec, record, self.links, self.board, self.settings)
+            hook = None
+            if watching:
+                assert self.watch is not None
+                hook = self.watch.watch_round(spec, epoch_seconds)
+            driver = RoundDriver(spec, record, self.links, self.board, self.settings, hook)
             thread = threading.Thread(
                 target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
             )
@@ -172,8 +193,10 @@ class RoundDriver:
         links: NodeLinks,
         board: RoundBoard,
         settings: RoundSettings,
+        watch: WatchRound | None = None,
     ) -> None:
         self.spec = spec
+        self.watch = watch
         self.round = CoordinatorRound(spec, settings.caps)
         self.record = record
         self.links = links
@@ -265,8 +288,15 @@ class RoundDriver:
 
     def _deliver(self) -> None:
         with self._cond:
+            watch_tags = self.round.final_tags() if self.watch is not None else None
             results = self.round.deliveries()
             self._publish(state="delivering", hops_done=self.record.hops_total, force=True)
+        if self.watch is not None and watch_tags is not None:
+            try:
+                self.watch.before_deliver(watch_tags)
+            except Exception as exc:
+                raise RoundFailure(f"could not open the watch epoch: {exc}") from None
+            del watch_tags
         names = self.spec.participants
         requests = {
             node: deliver_request(self.spec.round_id, delivery, names)
@@ -275,6 +305,8 @@ class RoundDriver:
         counts = {node: match_count(delivery) for node, delivery in results.items()}
         del results
         self._unary_all("Deliver", lambda stub: stub.Deliver, requests.__getitem__)
+        if self.watch is not None:
+            self.watch.after_deliver()
         with self._cond:
             for node in names:
                 self.round.on_delivered(node)

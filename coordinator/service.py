@@ -30,10 +30,12 @@ from blindmatch.net import (
 )
 from blindmatch.pki import Identity, PkiError, identity_of
 from blindmatch.protocol import ProtocolError
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
 from coordinator.state import RoundBoard, RoundRecord, SqliteRoundStore
+from coordinator.watch import CheckServicer, WatchHub
+from coordinator.watch import access_rules as watch_access_rules
 
 SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorService/"
 DEFAULT_LIST_LIMIT: Final = 50
@@ -92,6 +94,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 threshold=request.threshold or None,
                 kinds=list(request.kinds),
                 operator=identity.name if identity else INSECURE_OPERATOR,
+                epoch_seconds=request.epoch_seconds or None,
             )
         return round_info(record)
 
@@ -127,12 +130,14 @@ def _caller(context: grpc.ServicerContext) -> Identity | None:
 
 
 def access_policy(operators: tuple[str, ...]) -> AccessPolicy:
-    """The whole service for operators: any of them with "*", else the names listed."""
+    """The whole service for operators: any of them with "*", else the names listed; checks
+    for nodes."""
     if ANY_OPERATOR in operators:
         allowed: list[tuple[str, str | None]] = [("operator", None)]
     else:
         allowed = [("operator", name) for name in operators]
-    return AccessPolicy({SERVICE_PREFIX: allowed})
+    # the early-warning Check is for nodes (coordinator/watch.py)
+    return AccessPolicy({SERVICE_PREFIX: allowed, **watch_access_rules()})
 
 
 @dataclass
@@ -143,6 +148,7 @@ class RunningCoordinator:
     coordinator: Coordinator
     store: SqliteRoundStore
     failed_on_start: list[str]  # ids of rounds a previous run left unfinished
+    watch: WatchHub | None = None
 
     @property
     def port(self) -> int:
@@ -154,6 +160,8 @@ class RunningCoordinator:
         self.coordinator.stop()
         self.coordinator.board.close()
         self.handle.server.stop(grace).wait()
+        if self.watch is not None:
+            self.watch.close()
         self.coordinator.links.close()
         self.store.close()
 
@@ -177,9 +185,23 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
         )
         coordinator = Coordinator(RoundBoard(store), links, settings)
         servicer = CoordinatorServicer(coordinator)
+        # early warning: filters live beside the state file, e.g. coordinator.sqlite.watch/
+        watch = coordinator.watch = WatchHub(
+            config.state.with_name(config.state.name + ".watch"),
+            links.channels(),
+            links.addresses,
+            config.call_timeout,
+        )
         handle = start_server(
             config.listen,
-            [lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)],
+            [
+                lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+                    servicer, s
+                ),
+                lambda s: watch_pb2_grpc.add_CoordinatorWatchServiceServicer_to_server(
+                    CheckServicer(watch), s
+                ),
+            ],
             tls,
             insecure=insecure,
             access=access_policy(config.operators),
@@ -191,7 +213,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             links.close()
         store.close()
         raise
-    return RunningCoordinator(handle, coordinator, store, store.failed_on_open)
+    return RunningCoordinator(handle, coordinator, store, store.failed_on_open, watch)
 
 
 def _coordinator_tls(config: CoordinatorConfig) -> TlsConfig:

@@ -52,6 +52,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config_path.exists():
         return _error(f"{config_path} exists; refusing to overwrite it")
     host, _ = net.split_host_port(args.listen)
+    if getattr(args, "coordinator", None):
+        net.split_host_port(args.coordinator)
     pki.validate_name(args.name)
     hosts = list(dict.fromkeys([host, *pki.DEFAULT_SERVER_HOSTS]))
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +66,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             cert=issued.cert.name,
             key=issued.key.name,
             coordinator=args.coordinator_name,
+            coordinator_address=getattr(args, "coordinator", None) or "",
         )
     )
     config = load_config(config_path)
@@ -294,7 +297,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with _store(args) as (config, store):
         entries = store.audit()
     if args.json:
-        print(json.dumps([{"type": type(e).__name__, **asdict(e)} for e in entries], indent=2))
+        with _store(args) as (_, store):
+            watch: list[Any] = [*store.epochs(), *store.checks()]
+        print(
+            json.dumps(
+                [{"type": type(e).__name__, **asdict(e)} for e in [*entries, *watch]], indent=2
+            )
+        )
         return 0
     if not entries:
         print("nothing recorded yet")
@@ -310,4 +319,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
             )
         else:
             print(f"{d['time']} import {d['path']} ({d['fmt']}, source {d['source']})")
+    _print_watch_audit(args)
     return 0
+
+
+def _print_watch_audit(args: argparse.Namespace) -> None:
+    """Early warning (docs/WATCH.md): epochs held and checks made or blinded for."""
+    with _store(args) as (config, store):
+        epochs, checks = store.epochs(), store.checks()
+    for ep in epochs:
+        end = f"key destroyed {ep.closed} ({ep.reason})" if ep.closed else "key held"
+        print(
+            f"{ep.started} epoch {ep.epoch_id[:12]} until {ep.ends} with "
+            f"{', '.join(p for p in ep.participants if p != config.name)}: {ep.tags:,} tags; {end}"
+        )
+    for c in checks:
+        who = "own check" if c.checker == config.name else f"check by {c.checker}"
+        print(
+            f"{c.time} {who} in epoch {c.epoch_id[:12]}: {c.elements:,} elements, {c.outcome}"
+            + (f", {c.hits} hits" if c.hits is not None else "")
+            + (f" ({c.reason})" if c.reason else "")
+        )

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from blindmatch.canon import KINDS
+from blindmatch.net import split_host_port
 from blindmatch.protocol import Policy
+from blindmatch.watch import DEFAULT_CHECK_BUDGET
 from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
 
@@ -35,6 +37,9 @@ class NodeConfig:
     policy: Policy
     tlps: tuple[str, ...]  # TLP levels allowed into rounds
     default_tlp: str  # for imported records that carry none
+    # Early warning (docs/WATCH.md): where checks go, and what this node blinds per partner.
+    coordinator_address: str = ""  # host:port of the coordinator; "" = this node cannot check
+    check_budget: int = DEFAULT_CHECK_BUDGET  # elements blinded per partner's checks per epoch
 
     @property
     def worker_count(self) -> int:
@@ -103,6 +108,15 @@ def load_config(path: str | Path) -> NodeConfig:
     timeout = get(data, "round_timeout", float, "", 600.0)
     if workers < 0 or timeout <= 0:
         raise ConfigError(f"{path}: workers must be >= 0 and round_timeout > 0")
+    coordinator_address = get(data, "coordinator_address", str, "", "")
+    if coordinator_address:
+        try:
+            split_host_port(coordinator_address)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: coordinator_address: {exc}") from None
+    check_budget = get(data, "check_budget", int, "", DEFAULT_CHECK_BUDGET)
+    if check_budget < 0:
+        raise ConfigError(f"{path}: check_budget must not be negative")
     return NodeConfig(
         path=path,
         name=get(data, "name", str, ""),
@@ -117,11 +131,20 @@ def load_config(path: str | Path) -> NodeConfig:
         policy=policy,
         tlps=tlps,
         default_tlp=default_tlp,
+        coordinator_address=coordinator_address,
+        check_budget=check_budget,
     )
 
 
 def render_config(
-    *, name: str, listen: str, ca: str, cert: str, key: str, coordinator: str = "coordinator"
+    *,
+    name: str,
+    listen: str,
+    ca: str,
+    cert: str,
+    key: str,
+    coordinator: str = "coordinator",
+    coordinator_address: str = "",
 ) -> str:
     """A complete, commented node.toml; paths are relative to the file's directory."""
     kinds = ", ".join(f'"{k}"' for k in KINDS)
@@ -136,6 +159,8 @@ store = "store.sqlite"          # the private SQLite store of sightings, matches
 coordinator = "{coordinator}"     # the only coordinator (certificate name) allowed to run rounds here
 workers = 0                     # blinding processes; 0 = one per CPU core
 round_timeout = 600             # seconds a round may stay silent before this node drops it and its key
+coordinator_address = "{coordinator_address}"       # host:port of the coordinator, for `blindmatch node check` ("" = no checks)
+check_budget = {DEFAULT_CHECK_BUDGET}             # elements this node blinds for each partner's checks per watch epoch
 
 [tls]                           # mTLS material from the federation CA (`blindmatch pki ...`)
 ca = "{ca}"

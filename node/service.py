@@ -35,9 +35,11 @@ from blindmatch.protocol import (
     UnknownRound,
     WrongPhase,
 )
-from blindmatch.v1 import node_pb2, node_pb2_grpc
+from blindmatch.v1 import node_pb2, node_pb2_grpc, watch_pb2_grpc
 from node.config import NodeConfig
 from node.store import Store, utc_now
+from node.watch import NodeWatch
+from node.watch import access_rules as watch_access_rules
 
 log = logging.getLogger("blindmatch.node")
 
@@ -145,6 +147,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.blinder = blinder
         self.round_timeout = round_timeout
         self._rounds: dict[str, _Live] = {}
+        self.watch: NodeWatch | None = None  # early warning: keeps a watch round's key (issue 6)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="round-reaper", daemon=True)
@@ -232,6 +235,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 context.abort(
                     grpc.StatusCode.ALREADY_EXISTS, f"round {spec.round_id} is already prepared"
                 )
+        if any(r.round_id == spec.round_id for r in self.store.rounds()):
+            # A replayed id must not overwrite the audit record of the round that used it.
+            context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"round {spec.round_id} is already in this node's audit log; round ids are used once",
+            )
         kinds = set(spec.kinds) & self.policy.kinds
         candidates = self.store.eligible(kinds, self.tlps)
         timeout = self.round_timeout
@@ -282,7 +291,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> Iterator[node_pb2.Chunk]:
         try:
             live = self._get(request.round_id)
-            key = live.state.live_key().export()
+            live.state.live_key()
             batches = live.state.own_batches()
         except ProtocolError as exc:
             _refuse(context, exc)
@@ -290,7 +299,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         seq = 0
         try:
             for batch in batches:
-                window.append(self.blinder.hash_and_blind(key, batch))
+                # Exported per batch: a stalled stream must not keep the key alive in this frame.
+                window.append(self.blinder.hash_and_blind(live.state.live_key().export(), batch))
                 while len(window) > self.blinder.workers * 2:
                     yield self._own_chunk(live, seq, window.popleft())
                     seq += 1
@@ -321,7 +331,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             live = self._get(first.start.round_id)
             with live.lock:
                 live.state.begin_routing(dict(first.start.sizes))
-            key = live.state.live_key().export()
         except ProtocolError as exc:
             if not isinstance(exc, UnknownRound | WrongPhase):
                 self._end(live, "refused", str(exc))
@@ -354,7 +363,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                         live.state.accept_chunk(
                             chunk.owner, chunk.seq, len(chunk.elements) // group.ELEMENT_BYTES
                         )
+                        key = live.state.live_key().export()
                     put((chunk.owner, chunk.seq, self.blinder.blind(key, chunk.elements)))
+                    del key  # this thread waits on the coordinator: it must not keep the key
                 put(None)
             except Exception as exc:  # handed to the responding side, which refuses the call
                 put(exc)
@@ -370,6 +381,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 except queue.Empty:
                     if done.is_set():  # the call ended (cancelled): nothing more will come
                         return
+                    if live.state.key is None:  # ended meanwhile (Abort, timeout): leave
+                        raise WrongPhase(
+                            f"round {live.state.spec.round_id} ended while its Reblind stream "
+                            "was open"
+                        ) from None
                     continue
                 if item is None:
                     return
@@ -393,10 +409,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.DeliverReply:
         try:
             live = self._get(request.round_id)
+        except UnknownRound as exc:
+            _refuse(context, exc)
+        try:
             delivery = delivery_from_proto(request, live.state.spec)
             with live.lock:
+                if self.watch is not None:  # a watch round's key outlives the round
+                    self.watch.capture(live.state)
                 outcome = live.state.resolve(delivery)
         except ProtocolError as exc:
+            if isinstance(exc, BadMessage):  # a broken delivery ends the round: nothing is kept
+                self._end(live, "failed", f"refused the delivery: {exc}")
             _refuse(context, exc)
         spec = live.state.spec
         try:
@@ -431,7 +454,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
 
 def access_policy(config: NodeConfig) -> net.AccessPolicy:
-    return net.AccessPolicy({"/blindmatch.v1.NodeService/": [("coordinator", config.coordinator)]})
+    return net.AccessPolicy(
+        {
+            "/blindmatch.v1.NodeService/": [("coordinator", config.coordinator)],
+            **watch_access_rules(config.name, config.coordinator),
+        }
+    )
 
 
 @dataclass
@@ -440,6 +468,7 @@ class RunningNode:
     servicer: NodeServicer
     store: Store
     blinder: Blinder
+    watch: NodeWatch | None = None
 
     @property
     def port(self) -> int:
@@ -448,6 +477,8 @@ class RunningNode:
     def stop(self, grace: float = 2.0) -> None:
         self.handle.health.enter_graceful_shutdown()
         self.handle.server.stop(grace).wait()
+        if self.watch is not None:  # a node restart ends its watch epoch
+            self.watch.close()
         self.servicer.shutdown()
         self.blinder.close()
         self.store.close()
@@ -468,9 +499,22 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             blinder=blinder,
             round_timeout=config.round_timeout,
         )
+        watch = servicer.watch = NodeWatch(
+            name=config.name,
+            store=store,
+            policy=config.policy,
+            blinder=blinder,
+            budget=config.check_budget,
+            active_rounds=servicer.active_rounds,
+            coordinator_address=config.coordinator_address,
+            tls=tls,
+        )
         handle = net.start_server(
             listen or config.listen,
-            [lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)],
+            [
+                lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
+                lambda s: watch_pb2_grpc.add_NodeWatchServiceServicer_to_server(watch, s),
+            ],
             tls,
             insecure=insecure,
             access=None if insecure else access_policy(config),
@@ -479,7 +523,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         blinder.close()
         store.close()
         raise
-    return RunningNode(handle, servicer, store, blinder)
+    return RunningNode(handle, servicer, store, blinder, watch)
 
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:
@@ -490,8 +534,10 @@ def serve(config: NodeConfig, *, insecure: bool) -> None:
         signal.signal(sig, lambda *_: stop.set())
     node = start(config, insecure=insecure)
     mode = "PLAINTEXT (--insecure)" if insecure else "mTLS"
+    # The bound port, not the configured one: with port 0 the kernel picks it.
+    address = f"{config.listen.rpartition(':')[0]}:{node.port}"
     print(
-        f"node {config.name} listening on {config.listen} ({mode}), "
+        f"node {config.name} listening on {address} ({mode}), "
         f"{node.blinder.workers} blinding worker(s), store {config.store}",
         flush=True,
     )

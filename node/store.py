@@ -175,6 +175,41 @@ class Stats:
     last_import: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class EpochAudit:
+    epoch_id: str
+    started: str
+    ends: str
+    coordinator: str
+    participants: list[str]
+    tags: int
+    closed: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAudit:
+    time: str
+    epoch_id: str
+    checker: str  # whose values were checked; this node's own name for its own checks
+    elements: int
+    hits: int | None
+    outcome: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    alert_id: int
+    time: str
+    epoch_id: str
+    kind: str
+    value: str
+    partner: str
+    direction: str  # 'check': a partner had what this node checked; 'sighted': a partner
+    # has now sighted this node's indicator
+
+
 # --- schema ---------------------------------------------------------------------------------------
 
 # Migration i (0-based) takes the schema from version i to i + 1. Append, never edit: a store
@@ -247,6 +282,44 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             count    INTEGER NOT NULL CHECK (count >= 0),
             PRIMARY KEY (round_id, partner)
         ) WITHOUT ROWID
+        """,
+    ),
+    # 1 -> 2: early warning (docs/WATCH.md): watch epochs, checks, alerts.
+    (
+        """
+        CREATE TABLE epochs (
+            epoch_id     TEXT PRIMARY KEY,  -- the watch round's id
+            started      TEXT NOT NULL,
+            ends         TEXT NOT NULL,
+            coordinator  TEXT NOT NULL,
+            participants TEXT NOT NULL,  -- JSON array
+            tags         INTEGER NOT NULL CHECK (tags >= 0),  -- own indicators in the tag map
+            closed       TEXT,           -- when the key was destroyed
+            reason       TEXT
+        )
+        """,
+        """
+        CREATE TABLE watch_checks (
+            id        INTEGER PRIMARY KEY,
+            time      TEXT NOT NULL,
+            epoch_id  TEXT NOT NULL,
+            checker   TEXT NOT NULL,  -- whose values: this node's own checks name this node
+            elements  INTEGER NOT NULL CHECK (elements >= 0),
+            hits      INTEGER,        -- own checks: values some partner had
+            outcome   TEXT NOT NULL CHECK (outcome IN ('done', 'refused', 'failed')),
+            reason    TEXT
+        )
+        """,
+        """
+        CREATE TABLE alerts (
+            id        INTEGER PRIMARY KEY,
+            time      TEXT NOT NULL,
+            epoch_id  TEXT NOT NULL,
+            kind      TEXT NOT NULL,
+            value     TEXT NOT NULL,
+            partner   TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('check', 'sighted'))
+        )
         """,
     ),
 )
@@ -795,6 +868,93 @@ class Store:
             rounds_joined=joined,
             last_import=last_import,
         )
+
+    # --- watch epochs, checks and alerts (docs/WATCH.md)
+
+    def record_epoch(
+        self,
+        epoch_id: str,
+        *,
+        ends: str,
+        coordinator: str,
+        participants: Iterable[str],
+        tags: int,
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO epochs"
+                " (epoch_id, started, ends, coordinator, participants, tags)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (epoch_id, utc_now(), ends, coordinator, json.dumps(list(participants)), tags),
+            )
+
+    def close_epoch(self, epoch_id: str, reason: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE epochs SET closed = ?, reason = ? WHERE epoch_id = ? AND closed IS NULL",
+                (utc_now(), reason, epoch_id),
+            )
+
+    def epochs(self) -> list[EpochAudit]:
+        """Every epoch this node kept a key for, newest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT epoch_id, started, ends, coordinator, participants, tags, closed, reason"
+                " FROM epochs ORDER BY started DESC, rowid DESC"
+            ).fetchall()
+        return [
+            EpochAudit(e, s, end, c, json.loads(p), t, closed, reason)
+            for e, s, end, c, p, t, closed, reason in rows
+        ]
+
+    def record_check(
+        self,
+        epoch_id: str,
+        checker: str,
+        elements: int,
+        *,
+        outcome: str,
+        reason: str | None = None,
+        hits: int | None = None,
+    ) -> None:
+        """Audit one check: this node's own (``checker`` is this node) or one it blinded for."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO watch_checks (time, epoch_id, checker, elements, hits, outcome, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (utc_now(), epoch_id, checker, elements, hits, outcome, reason),
+            )
+
+    def checks(self) -> list[CheckAudit]:
+        """Every check in the audit log, newest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT time, epoch_id, checker, elements, hits, outcome, reason"
+                " FROM watch_checks ORDER BY id DESC"
+            ).fetchall()
+        return [CheckAudit(*row) for row in rows]
+
+    def record_alerts(self, epoch_id: str, rows: Iterable[tuple[str, str, str, str]]) -> int:
+        """Store alerts, (kind, value, partner, direction), in one transaction; how many."""
+        now = utc_now()
+        with self._transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO alerts (time, epoch_id, kind, value, partner, direction)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(now, epoch_id, k, v, p, d) for k, v, p, d in rows],
+            )
+            return conn.total_changes - before
+
+    def alerts(self, after: int = 0, limit: int | None = None) -> list[AlertRow]:
+        """Alerts with an id above ``after``, newest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT id, time, epoch_id, kind, value, partner, direction FROM alerts"
+                " WHERE id > ? ORDER BY id DESC LIMIT ?",
+                (after, -1 if limit is None else limit),
+            ).fetchall()
+        return [AlertRow(*row) for row in rows]
 
 
 # --- helpers --------------------------------------------------------------------------------------

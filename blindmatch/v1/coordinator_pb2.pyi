@@ -26,9 +26,12 @@ class StartRoundRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
+    EPOCH_SECONDS_FIELD_NUMBER: _builtins.int
     mode: _builtins.str
-    """pairwise (default) | threshold | count"""
+    """pairwise (default) | threshold | count | watch"""
     threshold: _builtins.int
+    epoch_seconds: _builtins.float
+    """watch mode: how long the epoch lasts (0: the default, 24 h)"""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """participants, in the round's order"""
@@ -44,10 +47,11 @@ class StartRoundRequest(_message.Message):
         mode: _builtins.str = ...,
         threshold: _builtins.int = ...,
         kinds: _abc.Iterable[_builtins.str] | None = ...,
+        epoch_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "mode", b"mode", "nodes", b"nodes", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_seconds", b"epoch_seconds", "kinds", b"kinds", "mode", b"mode", "nodes", b"nodes", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,303 @@
+"""Who may call what, checked against the real NodeService and CoordinatorService over mTLS.
+
+test_net.py checks the transport (AccessPolicy on a probe service); these tests check that the
+services as started in production are wired to the right rules: a node serves round RPCs only to
+the coordinator its config names, the coordinator starts rounds only for its operators, and a
+certificate from another CA, or outside its validity, never completes a handshake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from blindmatch import net
+from blindmatch.cli import main
+from blindmatch.net import TlsConfig
+from blindmatch.pki import CertMaterial, issue, new_ca
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from coordinator.config import CoordinatorConfig, TlsPaths
+from coordinator.service import RunningCoordinator
+from coordinator.service import start as start_coordinator
+from node.service import start as start_node
+from node.store import Sighting
+from tests.federation import Federation
+from tests.pkifixtures import FederationPki, leaf_with_uris
+
+T = 10.0
+UTC = datetime.UTC
+NODES = ("alpha", "bravo")
+SHARED = [f"s{i}.example" for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Federation]:
+    federation = Federation(tmp_path_factory.mktemp("access"), pki, NODES)
+    try:
+        for name in NODES:
+            with federation.store(name) as store:
+                values = SHARED + [f"{name}{i}.example" for i in range(5)]
+                store.add_sightings(
+                    [Sighting("domain", v, v) for v in values], source="feed", default_tlp="amber"
+                )
+        yield federation
+    finally:
+        federation.close()
+
+
+@pytest.fixture(scope="module")
+def named_operators(
+    fed: Federation, pki: FederationPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningCoordinator]:
+    """A coordinator whose config lets only the operator ``ops`` start rounds."""
+    files = pki.files("coordinator", "coordinator")
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0",
+        tls=TlsPaths(files.ca, files.cert, files.key),
+        nodes={name: fed.node_address(name) for name in NODES},
+        state=tmp_path_factory.mktemp("named") / "coordinator.sqlite",
+        operators=("ops",),
+    )
+    running = start_coordinator(config, insecure=False)
+    yield running
+    running.stop()
+
+
+def channel_to(port: int, tls: TlsConfig) -> grpc.Channel:
+    return net.open_channel(f"127.0.0.1:{port}", tls, insecure=False)
+
+
+def rpc_error(call: Callable[[], object]) -> Any:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def tls_of(pki: FederationPki, material: CertMaterial) -> TlsConfig:
+    """A client that trusts the federation CA and presents ``material``."""
+    return TlsConfig(ca=pki.ca.cert_pem, cert=material.cert_pem, key=material.key_pem)
+
+
+# --- the node serves its coordinator and nobody else ----------------------------------------------
+
+ROUND = "access-check"
+SPEC = node_pb2.RoundSpec(
+    round_id=ROUND, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
+)
+NODE_CALLS: dict[str, Callable[[node_pb2_grpc.NodeServiceStub], object]] = {
+    "Prepare": lambda s: s.Prepare(node_pb2.PrepareRequest(spec=SPEC), timeout=T),
+    "OwnSet": lambda s: list(s.OwnSet(node_pb2.RoundRef(round_id=ROUND), timeout=T)),
+    "Reblind": lambda s: list(
+        s.Reblind(
+            iter([node_pb2.ReblindRequest(start=node_pb2.RoutingStart(round_id=ROUND))]),
+            timeout=T,
+        )
+    ),
+    "Deliver": lambda s: s.Deliver(
+        node_pb2.DeliverRequest(round_id=ROUND, count=node_pb2.CountDelivery()), timeout=T
+    ),
+    "Abort": lambda s: s.Abort(node_pb2.AbortRequest(round_id=ROUND), timeout=T),
+}
+
+
+def rounds_on(fed: Federation, name: str) -> list[str]:
+    with fed.store(name) as store:
+        return [r.round_id for r in store.rounds()]
+
+
+def test_the_node_serves_the_coordinator_its_config_names(
+    fed: Federation, pki: FederationPki
+) -> None:
+    assert fed.configs["alpha"].coordinator == "coordinator"
+    with channel_to(fed.nodes["alpha"].port, pki.tls("coordinator", "coordinator")) as channel:
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        round_id = "access-positive"
+        spec = node_pb2.RoundSpec(
+            round_id=round_id, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
+        )
+        assert stub.Prepare(node_pb2.PrepareRequest(spec=spec), timeout=T).size == 10
+        assert stub.Abort(node_pb2.AbortRequest(round_id=round_id), timeout=T).known
+    assert round_id in rounds_on(fed, "alpha")
+
+
+@pytest.mark.parametrize("method", list(NODE_CALLS))
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [("hub", "coordinator"), ("ops", "operator"), ("bravo", "node")],
+    ids=["another-coordinator", "operator", "node"],
+)
+def test_the_node_refuses_every_other_identity(
+    fed: Federation, pki: FederationPki, name: str, role: str, method: str
+) -> None:
+    before = rounds_on(fed, "alpha")
+    with channel_to(fed.nodes["alpha"].port, pki.tls(name, role)) as channel:
+        err = rpc_error(lambda: NODE_CALLS[method](node_pb2_grpc.NodeServiceStub(channel)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "requires coordinator/coordinator" in err.details()
+    assert f"the caller presented {role}/{name}" in err.details()
+    # refused before the handler ran: no round, no audit entry
+    assert fed.nodes["alpha"].servicer.active_rounds() == []
+    assert rounds_on(fed, "alpha") == before
+
+
+def test_the_node_refuses_a_federation_certificate_without_an_identity(
+    fed: Federation, pki: FederationPki
+) -> None:
+    odd = leaf_with_uris(pki.ca, [])
+    with channel_to(fed.nodes["alpha"].port, tls_of(pki, odd)) as channel:
+        err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "URI SAN" in err.details()
+    assert fed.nodes["alpha"].servicer.active_rounds() == []
+
+
+# --- the coordinator starts rounds for operators only --------------------------------------------
+
+START = coordinator_pb2.StartRoundRequest(nodes=list(NODES))
+
+
+def listed(fed: Federation) -> list[str]:
+    request = coordinator_pb2.ListRoundsRequest(limit=1000)
+    return [r.id for r in fed.stub.ListRounds(request, timeout=T).rounds]
+
+
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [("alpha", "node"), ("coordinator", "coordinator")],
+    ids=["node", "coordinator"],
+)
+def test_node_and_coordinator_certificates_cannot_start_a_round(
+    fed: Federation, pki: FederationPki, name: str, role: str
+) -> None:
+    assert fed.coordinator is not None
+    before = listed(fed)
+    with channel_to(fed.coordinator.port, pki.tls(name, role)) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        err = rpc_error(lambda: stub.StartRound(START, timeout=T))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"requires operator/*; the caller presented {role}/{name}" in err.details()
+    assert listed(fed) == before
+    assert all(node.servicer.active_rounds() == [] for node in fed.nodes.values())
+
+
+def test_an_operator_the_config_does_not_list_cannot_start_a_round(
+    fed: Federation, pki: FederationPki, named_operators: RunningCoordinator
+) -> None:
+    before = named_operators.store.recent(1000)
+    with channel_to(named_operators.port, pki.tls("intruder", "operator")) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        err = rpc_error(lambda: stub.StartRound(START, timeout=T))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "requires operator/ops; the caller presented operator/intruder" in err.details()
+    assert named_operators.store.recent(1000) == before
+
+
+def test_a_listed_operator_starts_a_round(
+    fed: Federation, pki: FederationPki, named_operators: RunningCoordinator
+) -> None:
+    with channel_to(named_operators.port, pki.tls("ops", "operator")) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        info = stub.StartRound(START, timeout=T)
+        *_, final = stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=30)
+    assert (final.state, final.operator) == ("done", "ops"), final.error
+    assert dict(final.match_counts) == {"alpha": len(SHARED), "bravo": len(SHARED)}
+
+
+# --- handshakes that must fail ----------------------------------------------------------------
+
+ROGUE_CA = new_ca("rogue federation CA")
+EXPIRED = (datetime.datetime(2020, 1, 1, tzinfo=UTC), datetime.datetime(2021, 1, 1, tzinfo=UTC))
+NOT_YET = (datetime.datetime(2090, 1, 1, tzinfo=UTC), datetime.datetime(2091, 1, 1, tzinfo=UTC))
+
+
+def refused_client(pki: FederationPki, how: str, name: str, role: str) -> CertMaterial:
+    """The right name and role, wrong in one way: another CA, expired, or not yet valid."""
+    if how == "another-ca":
+        return issue(ROGUE_CA, name, role)
+    not_before, not_after = EXPIRED if how == "expired" else NOT_YET
+    return issue(pki.ca, name, role, not_before=not_before, not_after=not_after)
+
+
+HOWS = ["another-ca", "expired", "not-yet-valid"]
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_the_node_refuses_the_handshake_of_a_bad_coordinator_certificate(
+    fed: Federation, pki: FederationPki, how: str
+) -> None:
+    before = rounds_on(fed, "alpha")
+    tls = tls_of(pki, refused_client(pki, how, "coordinator", "coordinator"))
+    with channel_to(fed.nodes["alpha"].port, tls) as channel:
+        err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert fed.nodes["alpha"].servicer.active_rounds() == []
+    assert rounds_on(fed, "alpha") == before
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_the_coordinator_refuses_the_handshake_of_a_bad_operator_certificate(
+    fed: Federation, pki: FederationPki, how: str
+) -> None:
+    assert fed.coordinator is not None
+    before = listed(fed)
+    tls = tls_of(pki, refused_client(pki, how, "ops", "operator"))
+    with channel_to(fed.coordinator.port, tls) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        err = rpc_error(lambda: stub.StartRound(START, timeout=T))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert listed(fed) == before
+
+
+# --- blindmatch pki: private keys 0600, nothing overwritten ---------------------------------------
+
+
+def test_pki_cli_writes_private_keys_0600_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """test_pki.py covers the functions; this runs the commands an operator types."""
+    pki_dir = tmp_path / "pki"
+    old = os.umask(0)  # the modes must not depend on the caller's umask
+    try:
+        assert main(["pki", "init", str(pki_dir)]) == 0
+        assert main(["pki", "issue", str(pki_dir), "fr", "--role", "node"]) == 0
+    finally:
+        os.umask(old)
+    key = pki_dir / "issued" / "fr.key"
+    assert stat.S_IMODE((pki_dir / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    capsys.readouterr()
+    saved = {p: p.read_bytes() for p in (pki_dir / "ca.key", pki_dir / "ca.pem", key)}
+    assert main(["pki", "issue", str(pki_dir), "fr", "--role", "node"]) == 1
+    assert main(["pki", "init", str(pki_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "fr.pem exists; refusing to overwrite it" in err
+    assert "ca.pem exists; refusing to overwrite it" in err
+    assert {p: p.read_bytes() for p in saved} == saved
+
+
+def test_a_config_naming_another_coordinator_locks_the_usual_one_out(
+    fed: Federation, pki: FederationPki, tmp_path: Path
+) -> None:
+    """The name in node.toml is what counts: rename it and the old coordinator is refused."""
+    config = replace(fed.configs["bravo"], coordinator="hub", store=tmp_path / "store.sqlite")
+    node = start_node(config, insecure=False)
+    try:
+        with channel_to(node.port, pki.tls("coordinator", "coordinator")) as channel:
+            err = rpc_error(lambda: NODE_CALLS["Abort"](node_pb2_grpc.NodeServiceStub(channel)))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "requires coordinator/hub" in err.details()
+        with channel_to(node.port, pki.tls("hub", "coordinator")) as channel:
+            reply = node_pb2_grpc.NodeServiceStub(channel).Abort(
+                node_pb2.AbortRequest(round_id=ROUND), timeout=T
+            )
+        assert reply.known is False
+    finally:
+        node.stop(grace=0.5)

@@ -1,0 +1,306 @@
+"""What a node receives, and what it keeps, checked on a real federation over mTLS.
+
+Recording wrappers (the real code runs underneath; nothing is replaced) capture what crosses the
+node's servicer and the round keys the nodes draw:
+- a node in ``count`` mode receives no positions, a node in ``threshold`` mode no partner names;
+- after any round, done or failed, no node holds key material: no live round, every round's key
+  destroyed and its position map dropped, no thread keeping the key's bytes, and the store files
+  (database, WAL, shared memory) contain none of them.
+(test_rounds.py records every byte on the wire in every mode and finds no value there.)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+import node.service
+from blindmatch import net
+from blindmatch.group import RoundKey, hash_to_group
+from blindmatch.protocol import NodePhase, NodeRound, Policy
+from blindmatch.v1 import node_pb2, node_pb2_grpc
+from node.service import NodeServicer
+from tests.federation import Federation, NodeData, load, make_datasets
+from tests.pkifixtures import FederationPki
+
+NAMES = ("alpha", "bravo", "charlie", "delta")
+SIZE = 600
+NODE_TIMEOUT = 3.0  # seconds a node keeps a round the coordinator has gone silent on
+T = 10.0
+
+
+@dataclass
+class Env:
+    fed: Federation
+    data: dict[str, NodeData]
+    deliveries: list[tuple[str, node_pb2.DeliverRequest]]  # (receiving node, request)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Env]:
+    deliveries: list[tuple[str, node_pb2.DeliverRequest]] = []
+    deliver = NodeServicer.Deliver
+
+    def recording_deliver(
+        self: NodeServicer, request: node_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> node_pb2.DeliverReply:
+        copy = node_pb2.DeliverRequest()
+        copy.CopyFrom(request)
+        deliveries.append((self.name, copy))
+        return deliver(self, request, context)
+
+    with pytest.MonkeyPatch.context() as mp:
+        # before the nodes start: the server binds the servicer's methods when it registers it
+        mp.setattr(NodeServicer, "Deliver", recording_deliver)
+        fed = Federation(
+            tmp_path_factory.mktemp("privacy"),
+            pki,
+            NAMES,
+            relays=True,
+            node_timeout=NODE_TIMEOUT,
+            policies={"delta": Policy(max_partner_set=SIZE // 2)},
+        )
+    try:
+        data = make_datasets(NAMES, SIZE, seed=5)
+        for name in NAMES:
+            with fed.store(name) as store:
+                load(store, data[name])
+        yield Env(fed, data, deliveries)
+    finally:
+        fed.close()
+
+
+def received(env: Env, round_id: str) -> dict[str, node_pb2.DeliverRequest]:
+    got = {name: r for name, r in env.deliveries if r.round_id == round_id}
+    assert len(got) == len([r for _, r in env.deliveries if r.round_id == round_id])
+    return got
+
+
+# --- what a node receives in each mode -------------------------------------------------------------
+
+
+def test_a_count_mode_node_receives_no_positions(env: Env) -> None:
+    participants = ["alpha", "bravo", "charlie"]
+    info = env.fed.run_round(participants, mode="count")
+    assert info.state == "done", info.error
+    got = received(env, info.id)
+    assert set(got) == set(participants)
+    for name, request in got.items():
+        assert request.WhichOneof("result") == "count"
+        # nothing but the round and the per-partner counts: no position, no partner list
+        assert [f.name for f, _ in request.ListFields()] == ["round_id", "count"]
+        assert set(request.count.shared) == set(participants) - {name}
+        eligible = {n: env.data[n].eligible() for n in participants}
+        assert dict(request.count.shared) == {
+            p: len(eligible[name] & eligible[p]) for p in participants if p != name
+        }
+
+
+def test_a_threshold_mode_node_receives_no_partner_names(env: Env) -> None:
+    participants = ["alpha", "bravo", "charlie"]
+    info = env.fed.run_round(participants, mode="threshold", threshold=2)
+    assert info.state == "done", info.error
+    got = received(env, info.id)
+    assert set(got) == set(participants)
+    for request in got.values():
+        assert request.WhichOneof("result") == "threshold"
+        assert [f.name for f, _ in request.ListFields()] == ["round_id", "threshold"]
+        assert len(request.threshold.positions) == len(request.threshold.counts) > 0
+        assert all(2 <= c <= 3 for c in request.threshold.counts)
+        wire = request.SerializeToString()
+        assert not [n for n in NAMES if n.encode() in wire]
+
+
+def test_a_pairwise_node_receives_partners_as_indices(env: Env) -> None:
+    participants = ["alpha", "bravo", "charlie"]
+    info = env.fed.run_round(participants)
+    assert info.state == "done", info.error
+    for name, request in received(env, info.id).items():
+        assert request.WhichOneof("result") == "pairwise"
+        me = participants.index(name)
+        lists = [list(p.partners) for p in request.pairwise.partners]
+        assert lists and all(p and me not in p and max(p) < 3 for p in lists)
+        assert not [n for n in NAMES if n.encode() in request.SerializeToString()]
+
+
+# --- no key material after a round ---------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """The round keys and NodeRounds the nodes create while a test runs."""
+
+    keys: list[tuple[RoundKey, bytes]] = field(default_factory=list)  # key, its raw scalar
+    rounds: list[NodeRound] = field(default_factory=list)
+
+    def secrets(self) -> set[bytes]:
+        raw = {b for _, b in self.keys}
+        return raw | {b.hex().encode() for b in raw}
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    generate = RoundKey.generate
+
+    def recording_generate(cls: type[RoundKey]) -> RoundKey:
+        key = generate()
+        rec.keys.append((key, key.export()))
+        return key
+
+    class RecordingRound(NodeRound):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            rec.rounds.append(self)
+
+    monkeypatch.setattr(RoundKey, "generate", classmethod(recording_generate))
+    monkeypatch.setattr(node.service, "NodeRound", RecordingRound)
+    return rec
+
+
+def frames_holding(secrets: set[bytes]) -> list[str]:
+    """Functions of other threads that hold one of ``secrets`` in a local variable."""
+    found = []
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        f: Any = frame
+        while f is not None:
+            found += [
+                f"{f.f_code.co_name}.{name}"
+                for name, value in f.f_locals.items()
+                if isinstance(value, bytes) and value in secrets
+            ]
+            f = f.f_back
+    return found
+
+
+def until(condition: Callable[[], bool], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def run_once_reachable(fed: Federation, nodes: list[str], timeout: float = 15) -> Any:
+    """Run a round, again while the coordinator still finds a node unreachable: after a broken
+    connection gRPC waits (backoff) before it dials again, as an operator retrying would see."""
+    end = time.monotonic() + timeout
+    while True:
+        info = fed.run_round(nodes)
+        if info.state == "done" or "unreachable" not in info.error or time.monotonic() > end:
+            return info
+        time.sleep(0.5)
+
+
+def assert_no_key_material(env: Env, rec: Recorder, expected_rounds: int) -> None:
+    assert len(rec.rounds) == expected_rounds and len(rec.keys) == expected_rounds
+    # a round ends everywhere within the node's timeout, whatever happened to the coordinator
+    until(lambda: all(not n.servicer.active_rounds() for n in env.fed.nodes.values()), 10)
+    for state in rec.rounds:
+        assert state.key is None
+        assert state.phase in (NodePhase.DONE, NodePhase.ABORTED)
+        assert state.positions_held == 0
+    assert all(key.destroyed for key, _ in rec.keys)
+    secrets = rec.secrets()
+    end = time.monotonic() + 5  # a thread serving a stream may take a moment to notice
+    while frames_holding(secrets) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert frames_holding(secrets) == []
+    for path in env.fed.stores.values():
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists():
+                content = file.read_bytes()
+                assert not [s for s in secrets if s in content], f"key material in {file}"
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "threshold", "count"])
+def test_no_key_material_after_a_round_that_succeeded(
+    env: Env, recorder: Recorder, mode: str
+) -> None:
+    info = env.fed.run_round(NAMES[:3], mode=mode, threshold=2 if mode == "threshold" else 0)
+    assert info.state == "done", info.error
+    assert_no_key_material(env, recorder, 3)
+
+
+def test_no_key_material_after_a_round_a_node_refused(env: Env, recorder: Recorder) -> None:
+    info = env.fed.run_round(["alpha", "bravo", "delta"])
+    assert info.state == "failed"
+    assert "delta refused Reblind: RESOURCE_EXHAUSTED" in info.error
+    assert_no_key_material(env, recorder, 3)
+
+
+def test_no_key_material_after_a_connection_cut_mid_stream(env: Env, recorder: Recorder) -> None:
+    relay = env.fed.relays["charlie"]
+    # past Prepare, well before the end of the round's traffic through charlie
+    relay.cut_after(40_000)
+    try:
+        info = env.fed.run_round(["alpha", "bravo", "charlie"], timeout=30)
+        assert info.state == "failed"
+        assert "charlie" in info.error
+        assert info.hops_done > 0  # it was cut mid-round, not before
+        # charlie, out of reach of the coordinator's Abort, drops the round at its own timeout
+        assert_no_key_material(env, recorder, 3)
+    finally:
+        relay.cut_after(1 << 62)
+    with env.fed.store("charlie") as store:
+        entry = next(r for r in store.rounds() if r.round_id == info.id)
+    assert entry.outcome in ("failed", "aborted")
+    ok = run_once_reachable(env.fed, ["alpha", "bravo", "charlie"])
+    assert ok.state == "done", ok.error
+
+
+def test_no_key_material_while_a_stalled_coordinator_holds_a_stream_open(
+    env: Env, recorder: Recorder, pki: FederationPki
+) -> None:
+    """A coordinator that stops talking mid-stream, without closing it: the node drops the round
+    at its timeout, and the thread serving the stream lets go of the key too."""
+    round_id = uuid.uuid4().hex
+    release = threading.Event()
+    channel = net.open_channel(
+        f"127.0.0.1:{env.fed.nodes['alpha'].port}",
+        pki.tls("coordinator", "coordinator"),
+        insecure=False,
+    )
+    try:
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        spec = node_pb2.RoundSpec(
+            round_id=round_id, participants=["alpha", "zulu"], kinds=["domain"], chunk_size=64
+        )
+        size = stub.Prepare(node_pb2.PrepareRequest(spec=spec), timeout=T).size
+        element = hash_to_group("domain", "zulu.example")  # a partner's element
+
+        def stalled() -> Iterator[node_pb2.ReblindRequest]:
+            sizes = {"alpha": size, "zulu": 5}
+            yield node_pb2.ReblindRequest(
+                start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes)
+            )
+            yield node_pb2.ReblindRequest(
+                chunk=node_pb2.Chunk(owner="zulu", seq=0, elements=element)
+            )
+            release.wait(30)  # then silence, with the stream still open
+
+        call = stub.Reblind(stalled(), timeout=30)
+        assert next(call).seq == 0
+        assert round_id in env.fed.nodes["alpha"].servicer.active_rounds()
+        assert_no_key_material(env, recorder, 1)
+        with pytest.raises(grpc.RpcError) as err:
+            next(call)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ended while its Reblind stream was open" in (err.value.details() or "")
+    finally:
+        release.set()
+        channel.close()
+    with env.fed.store("alpha") as store:
+        entry = next(r for r in store.rounds() if r.round_id == round_id)
+    assert entry.outcome == "failed" and "timed out" in (entry.reason or "")
+    assert entry.blinded_for == {"zulu": 1}

@@ -1,0 +1,389 @@
+"""Early warning end to end: watch rounds, checks, alerts, budgets, epochs, restarts.
+
+Real nodes and a real coordinator over gRPC with mTLS on 127.0.0.1 (tests/federation.py); the
+nodes dial the coordinator for checks. The module's tests share one federation and run in order:
+the epoch opened by the first test is used by the next ones, and the last ones end it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from blindmatch import net
+from blindmatch.cli import main
+from blindmatch.group import RoundKey
+from blindmatch.protocol import CapExceeded, Policy, PolicyRefusal
+from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
+from blindmatch.watch import (
+    EpochEnded,
+    NodeEpoch,
+    check_route,
+    expected_false_positives,
+    parse_duration,
+    reported_partners,
+)
+from coordinator.service import RunningCoordinator
+from node.config import NodeConfig, load_config, render_config
+from node.store import Sighting, Store
+from tests.federation import Federation
+from tests.pkifixtures import FederationPki
+
+NAMES = ("alpha", "bravo", "charlie", "delta", "echo")
+WATCHERS = NAMES[:4]
+BUDGET = 40
+
+# (kind, value) each node holds; "shared" overlaps are what checks should find.
+HOLDINGS = {
+    "alpha": [("domain", "alpha-only.example"), ("domain", "shared.example")],
+    "bravo": [("domain", "shared.example"), ("ipv4", "10.9.9.9"), ("email", "x@bravo.example")],
+    "charlie": [("ipv4", "10.9.9.9"), ("sha256", "ab" * 32)],
+    "delta": [("domain", "delta-only.example")],
+    "echo": [("domain", "shared.example")],
+}
+
+
+class WatchFederation(Federation):
+    """A federation whose nodes know where the coordinator listens, with a small check budget."""
+
+    @staticmethod
+    def _node_config(
+        root: Path, pki: FederationPki, name: str, policy: Policy, timeout: float
+    ) -> NodeConfig:
+        base = Federation._node_config(root, pki, name, policy, timeout)
+        return replace(base, check_budget=BUDGET)
+
+    def start_coordinator(self) -> RunningCoordinator:
+        running = super().start_coordinator()
+        for node in self.nodes.values():
+            assert node.watch is not None
+            node.watch.connect_coordinator(f"127.0.0.1:{running.port}")
+        return running
+
+    def restart_coordinator(self) -> RunningCoordinator:
+        assert self.coordinator is not None
+        self.channel.close()
+        self.coordinator.stop(grace=0.5)
+        self.coordinator = None
+        return self.start_coordinator()
+
+    def start_watch(self, nodes: tuple[str, ...], epoch: float) -> coordinator_pb2.RoundInfo:
+        info = self.stub.StartRound(
+            coordinator_pb2.StartRoundRequest(nodes=list(nodes), mode="watch", epoch_seconds=epoch),
+            timeout=10,
+        )
+        return self.wait(info.id, 60)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[WatchFederation]:
+    root = tmp_path_factory.mktemp("watch")
+    policies = {
+        "echo": Policy(partners=frozenset({"alpha", "bravo"})),
+        "charlie": Policy(kinds=frozenset(Policy().kinds - {"email"})),
+    }
+    federation = WatchFederation(root, pki, NAMES, policies=policies)
+    for name, held in HOLDINGS.items():
+        with federation.store(name) as store:
+            store.add_sightings(
+                (Sighting(k, v, v) for k, v in held), source="test-feed", default_tlp="amber"
+            )
+    yield federation
+    federation.close()
+
+
+def check(
+    fed: Federation, node: str, values: list[str], *, as_name: str | None = None, role: str = "node"
+) -> watch_pb2.NodeCheckReply:
+    """Call the node's Check RPC the way its CLI or a SIEM does."""
+    tls = fed.pki.tls(as_name or node, role)
+    with net.open_channel(f"127.0.0.1:{fed.nodes[node].port}", tls, insecure=False) as channel:
+        reply: watch_pb2.NodeCheckReply = watch_pb2_grpc.NodeWatchServiceStub(channel).Check(
+            watch_pb2.NodeCheckRequest(values=values), timeout=30
+        )
+    return reply
+
+
+def partners_of(reply: watch_pb2.NodeCheckReply) -> dict[str, set[str]]:
+    return {r.canonical or r.value: set(r.partners) for r in reply.results}
+
+
+def alerts(fed: Federation, node: str) -> set[tuple[str, str, str, str]]:
+    with fed.store(node) as store:
+        return {(a.kind, a.value, a.partner, a.direction) for a in store.alerts()}
+
+
+# --- the core, without servers ----------------------------------------------------------------
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("24h") == 86400
+    assert parse_duration("90m") == 5400
+    assert parse_duration("3600s") == parse_duration("3600") == 3600
+    assert parse_duration("2d") == 172800
+    for bad in ("", "0s", "-1h", "1w", "100d"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_route_and_reporting_follow_both_policies() -> None:
+    parts = ("a", "b", "c", "d")
+    assert check_route(parts, "c") == ("d", "a", "b")
+    shares = {"a": True, "b": False, "d": True}
+    assert reported_partners(parts, "c", None, shares) == ("d", "a")
+    assert reported_partners(parts, "c", frozenset({"a", "b"}), shares) == ("a",)
+    with pytest.raises(PolicyRefusal):
+        check_route(parts, "z")
+
+
+def test_node_epoch_budget_and_end() -> None:
+    epoch = NodeEpoch("e1", "a", ("a", "b", "c"), ends=1000.0, key=RoundKey.generate(), budget=10)
+    epoch.charge("b", 6, now=1.0)
+    epoch.charge("c", 10, now=1.0)  # budgets are per partner
+    with pytest.raises(CapExceeded, match="6 of the 10"):
+        epoch.charge("b", 5, now=1.0)
+    epoch.charge("b", 4, now=1.0)
+    with pytest.raises(PolicyRefusal):
+        epoch.charge("z", 1, now=1.0)
+    with pytest.raises(EpochEnded, match="ended at 1970-01-01T00:16:40Z"):
+        epoch.charge("c", 0, now=1000.0)
+    epoch.remember([b"t" * 32], [("domain", "x.example")])
+    assert epoch.lookup([b"t" * 32, b"u" * 32]) == [("domain", "x.example"), None]
+    epoch.close("test")
+    assert epoch.key is None and epoch.tags == {}
+
+
+def test_false_positive_budget() -> None:
+    # 64 nations checking their whole budget each, every element tested in 63 filters
+    assert expected_false_positives(64 * 10_000, 63, 1e-9) < 0.05
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_watch_round_opens_an_epoch(fed: WatchFederation) -> None:
+    info = fed.start_watch(WATCHERS, epoch=3600)
+    assert info.state == "done", info.error
+    assert info.mode == "watch"
+    # a watch round is a pairwise round: its matches are recorded as usual
+    with fed.store("alpha") as store:
+        assert {(m.kind, m.value, tuple(m.partners)) for m in store.matches(info.id)} == {
+            ("domain", "shared.example", ("bravo",))
+        }
+        (epoch_audit,) = store.epochs()
+    assert epoch_audit.epoch_id == info.id and epoch_audit.tags == 2
+    for name in WATCHERS:
+        watch = fed.nodes[name].watch
+        assert watch is not None and watch.epoch is not None
+        assert watch.epoch.epoch_id == info.id
+        assert len(watch.epoch.tags) == len(HOLDINGS[name])
+        # the round itself is over: its own key and position map are gone
+        assert not fed.nodes[name].servicer.active_rounds()
+    assert fed.coordinator is not None and fed.coordinator.watch is not None
+    hub_epoch = fed.coordinator.watch.epoch
+    assert hub_epoch is not None and set(hub_epoch.filters) == set(WATCHERS)
+    assert set(fed.coordinator.watch.filter_bytes()) == set(WATCHERS)
+    assert fed.nodes["echo"].watch is not None and fed.nodes["echo"].watch.epoch is None
+
+
+def test_check_hits_misses_and_alerts_both_sides(fed: WatchFederation) -> None:
+    reply = check(fed, "alpha", ["10.9.9.9", "HTTP://Fresh.Example/", "new.example", "no way"])
+    got = partners_of(reply)
+    assert got["10.9.9.9"] == {"bravo", "charlie"}
+    assert got["new.example"] == set()
+    assert got["http://fresh.example/"] == set()
+    bad = next(r for r in reply.results if r.value == "no way")
+    assert bad.error and not bad.partners
+    assert alerts(fed, "alpha") == {
+        ("ipv4", "10.9.9.9", "bravo", "check"),
+        ("ipv4", "10.9.9.9", "charlie", "check"),
+    }
+    assert ("ipv4", "10.9.9.9", "alpha", "sighted") in alerts(fed, "bravo")
+    assert ("ipv4", "10.9.9.9", "alpha", "sighted") in alerts(fed, "charlie")
+    assert alerts(fed, "delta") == set()
+    # every involved node audited the check: its own, and the ones it blinded for alpha
+    with fed.store("alpha") as store:
+        own = store.checks()[0]
+    assert (own.checker, own.elements, own.hits, own.outcome) == ("alpha", 3, 1, "done")
+    for partner in ("bravo", "charlie", "delta"):
+        with fed.store(partner) as store:
+            entry = store.checks()[0]
+        assert (entry.checker, entry.elements, entry.outcome) == ("alpha", 3, "done")
+
+
+def test_a_checked_value_is_watched_for_the_checker(fed: WatchFederation) -> None:
+    """alpha checked new.example first; when delta sights it, alpha is told."""
+    reply = check(fed, "delta", ["new.example"])
+    assert partners_of(reply)["new.example"] == {"alpha"}
+    assert ("domain", "new.example", "delta", "sighted") in alerts(fed, "alpha")
+    assert ("domain", "new.example", "alpha", "check") in alerts(fed, "delta")
+
+
+def test_check_access(fed: WatchFederation) -> None:
+    # operators (a SIEM integration) may check for a node; another node may not
+    reply = check(fed, "charlie", ["charlie-new.example"], as_name="siem", role="operator")
+    assert partners_of(reply)["charlie-new.example"] == set()
+    with pytest.raises(grpc.RpcError) as err:
+        check(fed, "charlie", ["x.example"], as_name="bravo")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # and a node may not ask a partner to blind for it directly
+    tls = fed.pki.tls("bravo", "node")
+    address = f"127.0.0.1:{fed.nodes['charlie'].port}"
+    with (
+        net.open_channel(address, tls, insecure=False) as ch,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        watch_pb2_grpc.NodeWatchServiceStub(ch).ReblindCheck(
+            watch_pb2.ReblindCheckRequest(epoch_id="x", checker="bravo", elements=b"1" * 32),
+            timeout=5,
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_policy_is_honoured(fed: WatchFederation) -> None:
+    # echo's policy does not allow charlie: a watch round with both fails, and no key is kept
+    info = fed.start_watch(("alpha", "charlie", "echo"), epoch=3600)
+    assert info.state == "failed" and "PERMISSION_DENIED" in info.error
+    assert fed.nodes["echo"].watch is not None and fed.nodes["echo"].watch.epoch is None
+    assert fed.coordinator is not None and fed.coordinator.watch is not None
+    epoch = fed.coordinator.watch.epoch
+    assert epoch is not None and epoch.participants == WATCHERS  # the open epoch is untouched
+    # charlie's policy leaves e-mail out: it checks no e-mail address
+    reply = check(fed, "charlie", ["x@bravo.example"])
+    assert "outside this node's policy" in reply.results[0].error
+    # a policy narrowed during the epoch is applied at each check, from both sides
+    bravo = fed.nodes["bravo"].watch
+    assert bravo is not None
+    bravo.policy = Policy(partners=frozenset({"alpha", "charlie"}))
+    try:
+        reply = check(fed, "delta", ["shared.example"])
+    finally:
+        bravo.policy = Policy()
+    assert partners_of(reply)["shared.example"] == {"alpha"}  # bravo holds it but refuses delta
+    assert ("domain", "shared.example", "delta", "sighted") not in alerts(fed, "bravo")
+    alpha = fed.nodes["alpha"].watch
+    assert alpha is not None
+    alpha.policy = Policy(partners=frozenset({"charlie", "delta"}))
+    try:
+        reply = check(fed, "alpha", ["shared.example"])
+    finally:
+        alpha.policy = Policy()
+    assert partners_of(reply)["shared.example"] == {"delta"}  # delta has checked it since
+
+
+def test_budget_refusal(fed: WatchFederation) -> None:
+    values = [f"budget{i}.example" for i in range(BUDGET + 1)]
+    with pytest.raises(grpc.RpcError) as err:
+        check(fed, "bravo", values)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "check_budget" in (err.value.details() or "")
+    with fed.store("charlie") as store:
+        refused = store.checks()[0]
+    assert (refused.checker, refused.outcome) == ("bravo", "refused")
+    assert "check_budget" in (refused.reason or "")
+    with fed.store("bravo") as store:
+        assert store.checks()[0].outcome == "failed"
+    # the refused check cost nothing: the whole budget is still there, and then it is spent
+    reply = check(fed, "bravo", values[:BUDGET])
+    assert len(reply.results) == BUDGET
+    with pytest.raises(grpc.RpcError) as err:
+        check(fed, "bravo", ["one-more.example"])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_cli_check_and_alerts_json(
+    fed: WatchFederation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fed.configs["charlie"]
+    path = config.path
+    path.write_text(
+        render_config(
+            name="charlie",
+            listen=f"127.0.0.1:{fed.nodes['charlie'].port}",
+            ca=str(config.ca),
+            cert=str(config.cert),
+            key=str(config.key),
+            coordinator_address=f"127.0.0.1:{fed.coordinator.port if fed.coordinator else 0}",
+        )
+    )
+    assert load_config(path).store == config.store
+    assert main(["node", "check", "--config", str(path), "--json", "shared.example"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["kind"] == "domain" and row["value"] == "shared.example"
+    assert row["partners"] == ["alpha", "bravo", "delta"]
+    assert main(["node", "alerts", "--config", str(path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"time", "kind", "value", "partner", "direction"} <= set(rows[0])
+    assert rows[0]["direction"] == "check" and rows[0]["value"] == "shared.example"
+    assert [r["time"] for r in rows] == sorted((r["time"] for r in rows), reverse=True)
+    assert {(r["value"], r["partner"], r["direction"]) for r in rows} >= {
+        ("10.9.9.9", "alpha", "sighted"),
+        ("shared.example", "alpha", "check"),
+    }
+    assert main(["node", "check", "--config", str(path), "nonsense value"]) == 2
+    assert "refused" in capsys.readouterr().out
+
+
+def test_filters_survive_a_coordinator_restart(fed: WatchFederation) -> None:
+    assert fed.coordinator is not None and fed.coordinator.watch is not None
+    before = fed.coordinator.watch.epoch
+    assert before is not None
+    running = fed.restart_coordinator()
+    assert running.watch is not None and running.watch.epoch is not None
+    assert running.watch.epoch.epoch_id == before.epoch_id
+    # delta's check finds alpha's watch-round indicator and charlie's earlier check
+    reply = check(fed, "delta", ["alpha-only.example", "charlie-new.example"])
+    got = partners_of(reply)
+    assert got == {"alpha-only.example": {"alpha"}, "charlie-new.example": {"charlie"}}
+
+
+def test_checks_are_refused_after_the_epoch(fed: WatchFederation) -> None:
+    info = fed.start_watch(WATCHERS, epoch=2)
+    assert info.state == "done", info.error
+    reply = check(fed, "delta", ["shared.example"])
+    assert partners_of(reply)["shared.example"] == {"alpha", "bravo"}
+    time.sleep(2.5)
+    with pytest.raises(grpc.RpcError) as err:
+        check(fed, "delta", ["shared.example"])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # the node's reaper has destroyed the key; the coordinator refuses on its side too
+    for name in WATCHERS:
+        watch = fed.nodes[name].watch
+        assert watch is not None and watch.epoch is None
+        with fed.store(name) as store:
+            latest = store.epochs()[0]
+        assert latest.epoch_id == info.id and latest.closed and "ended at" in (latest.reason or "")
+    assert fed.coordinator is not None and fed.coordinator.watch is not None
+    request = watch_pb2.CheckRequest(epoch_id=info.id, elements=b"\x09" * 32, any_partner=True)
+    tls = fed.pki.tls("delta", "node")
+    address = f"127.0.0.1:{fed.coordinator.port}"
+    with (
+        net.open_channel(address, tls, insecure=False) as ch,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        watch_pb2_grpc.CoordinatorWatchServiceStub(ch).Check(request, timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ended at" in (err.value.details() or "")
+    assert not list(fed.coordinator.watch.directory.glob("*.bloom"))
+
+
+def test_a_node_restart_ends_its_epoch(fed: WatchFederation) -> None:
+    info = fed.start_watch(WATCHERS, epoch=3600)
+    assert info.state == "done", info.error
+    fed.nodes["delta"].stop(grace=0.5)
+    node = fed.start_node("delta")
+    assert node.watch is not None and node.watch.epoch is None
+    assert fed.coordinator is not None
+    node.watch.connect_coordinator(f"127.0.0.1:{fed.coordinator.port}")
+    with pytest.raises(grpc.RpcError) as err:
+        check(fed, "delta", ["shared.example"])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no watch epoch" in (err.value.details() or "")
+    with Store.open(fed.stores["delta"]) as store:
+        assert store.epochs()[0].reason == "node stopped"
