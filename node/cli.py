@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from blindmatch import net, pki
-from node.config import ConfigError, NodeConfig, load_config, render_config
+from blindmatch.tomlconfig import ConfigError
+from node.config import NodeConfig, load_config, render_config
 from node.store import MatchRow, PartnerCount, Store, StoreError
 
 
@@ -311,14 +312,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
         d = asdict(e)
         if "round_id" in d:
             blinded = ", ".join(f"{p} {n:,}" for p, n in d["blinded_for"].items()) or "none"
+            mode = d["mode"] + (f" {d['threshold']}" if d["threshold"] else "")
             print(
-                f"{d['started']} round {d['round_id'][:12]} {d['mode']} with "
+                f"{d['started']} round {d['round_id'][:12]} {mode} with "
                 f"{', '.join(p for p in d['participants'] if p != config.name)}: {d['outcome']}"
                 + (f" ({d['reason']})" if d["reason"] else "")
                 + f"; own set {d['own_size']:,}; blinded for {blinded}"
             )
         else:
-            print(f"{d['time']} import {d['path']} ({d['fmt']}, source {d['source']})")
+            summary = d["summary"]
+            # a failed import stored nothing: say so, rather than list it like the others
+            done = (
+                f"failed: {summary['error']}"
+                if "error" in summary
+                else f"{summary.get('new', 0):,} new"
+            )
+            print(f"{d['time']} import {d['path']} ({d['fmt']}, source {d['source']}): {done}")
     _print_watch_audit(args)
     return 0
 

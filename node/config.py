@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from blindmatch.canon import KINDS
-from blindmatch.net import split_host_port
 from blindmatch.protocol import Policy
+from blindmatch.tomlconfig import TomlReader, is_valid_name
 from blindmatch.watch import DEFAULT_CHECK_BUDGET
 from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
 
 DEFAULT_TLPS = tuple(t for t in TLP_LEVELS if t != "red")
-
-
-class ConfigError(Exception):
-    """node.toml is missing, unreadable or wrong; the message names the file and the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,92 +41,73 @@ class NodeConfig:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such file (create one with `blindmatch node init`)"
-        ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read node config: {exc}") from None
-    base = path.parent
-
-    def get(table: dict[str, Any], key: str, typ: type, where: str, default: Any = ...) -> Any:
-        if key not in table:
-            if default is ...:
-                raise ConfigError(f"{path}: missing key {where}{key}")
-            return default
-        value = table[key]
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
-            raise ConfigError(f"{path}: {where}{key} must be a {typ.__name__}, not {value!r}")
-        return value
-
-    def table(key: str) -> dict[str, Any]:
-        value = data.get(key, {})
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: [{key}] must be a table")
-        return value
-
-    tls = table("tls")
-    pol = table("policy")
-    partners = get(pol, "partners", list, "policy.", ["*"])
-    kinds = get(pol, "kinds", list, "policy.", list(KINDS))
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise ConfigError(f"{path}: policy.kinds: unknown kind(s) {bad}; known: {', '.join(KINDS)}")
-    try:
-        tlps = tuple(normalize_tlp(t) for t in get(pol, "tlp", list, "policy.", list(DEFAULT_TLPS)))
-        default_tlp = normalize_tlp(
-            get(table("import"), "default_tlp", str, "import.", DEFAULT_TLP)
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    r = TomlReader(Path(path), made_by="blindmatch node init")
+    data = r.data
+    tls = r.tls()
+    pol = r.table("policy", required=False)
+    imp = r.table("import", required=False)
     defaults = Policy()
     caps = {
-        key: get(pol, key, int, "policy.", getattr(defaults, key))
+        key: r.integer(f"policy.{key}", pol, getattr(defaults, key), low=0)
         for key in ("max_partner_set", "max_own_set", "max_round_elements")
     }
-    for key, value in caps.items():
-        if value < 0:
-            raise ConfigError(f"{path}: policy.{key} must not be negative")
-    policy = Policy(
-        partners=None if "*" in partners else frozenset(str(p) for p in partners),
-        kinds=frozenset(kinds),
-        **caps,
-    )
-    workers = get(data, "workers", int, "", 0)
-    timeout = get(data, "round_timeout", float, "", 600.0)
-    if workers < 0 or timeout <= 0:
-        raise ConfigError(f"{path}: workers must be >= 0 and round_timeout > 0")
-    coordinator_address = get(data, "coordinator_address", str, "", "")
+    r.no_unknown(pol, "policy", {"partners", "tlp", "kinds", *caps})
+    r.no_unknown(imp, "import", {"default_tlp"})
+    partners = r.value("policy.partners", pol, ["*"], list)
+    for p in partners:
+        r.check(
+            p == "*" or is_valid_name(p),
+            "policy.partners",
+            f'entry {p!r} is neither "*" nor a valid node name',
+        )
+    kinds = r.value("policy.kinds", pol, list(KINDS), list)
+    bad = [k for k in kinds if k not in KINDS]
+    r.check(not bad, "policy.kinds", f"names unknown kind(s) {bad}; known: {', '.join(KINDS)}")
+    try:
+        tlps = tuple(normalize_tlp(t) for t in r.value("policy.tlp", pol, list(DEFAULT_TLPS), list))
+        default_tlp = normalize_tlp(r.value("import.default_tlp", imp, DEFAULT_TLP, str))
+    except (ValueError, AttributeError) as exc:
+        raise r.fail("policy.tlp / import.default_tlp", f"is wrong: {exc}") from None
+    coordinator_address = r.value("coordinator_address", data, "", str)
     if coordinator_address:
-        try:
-            split_host_port(coordinator_address)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: coordinator_address: {exc}") from None
-    check_budget = get(data, "check_budget", int, "", DEFAULT_CHECK_BUDGET)
-    if check_budget < 0:
-        raise ConfigError(f"{path}: check_budget must not be negative")
+        r.address("coordinator_address", coordinator_address)
+    r.no_unknown(
+        data,
+        "",
+        {
+            "name",
+            "listen",
+            "store",
+            "coordinator",
+            "workers",
+            "round_timeout",
+            "coordinator_address",
+            "check_budget",
+            "tls",
+            "policy",
+            "import",
+        },
+    )
     return NodeConfig(
-        path=path,
-        name=get(data, "name", str, ""),
-        listen=get(data, "listen", str, ""),
-        store=base / get(data, "store", str, "", "store.sqlite"),
-        coordinator=get(data, "coordinator", str, "", "coordinator"),
-        workers=workers,
-        round_timeout=timeout,
-        ca=base / get(tls, "ca", str, "tls."),
-        cert=base / get(tls, "cert", str, "tls."),
-        key=base / get(tls, "key", str, "tls."),
-        policy=policy,
+        path=r.path,
+        name=r.name("name", data, None),
+        listen=r.address("listen", r.value("listen", data, None, str)),
+        store=r.file_path("store", data, "store.sqlite"),
+        coordinator=r.name("coordinator", data, "coordinator"),
+        workers=r.integer("workers", data, 0, low=0),
+        round_timeout=r.seconds("round_timeout", 600.0),
+        ca=tls.ca,
+        cert=tls.cert,
+        key=tls.key,
+        policy=Policy(
+            partners=None if "*" in partners else frozenset(partners),
+            kinds=frozenset(kinds),
+            **caps,
+        ),
         tlps=tlps,
         default_tlp=default_tlp,
         coordinator_address=coordinator_address,
-        check_budget=check_budget,
+        check_budget=r.integer("check_budget", data, DEFAULT_CHECK_BUDGET, low=0),
     )
 
 
