@@ -37,7 +37,7 @@ from blindmatch.protocol import (
 )
 from blindmatch.v1 import node_pb2, node_pb2_grpc, watch_pb2_grpc
 from node.config import NodeConfig
-from node.store import Store, utc_now
+from node.store import RoundAudit, Store, utc_now
 from node.watch import NodeWatch
 from node.watch import access_rules as watch_access_rules
 
@@ -395,11 +395,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 elements = future.result()
                 live.deadline = time.monotonic() + live.timeout
                 yield node_pb2.Chunk(owner=owner, seq=seq, elements=elements)
-        except (ProtocolError, InvalidElement, grpc.RpcError) as exc:
+        except grpc.RpcError:
+            # The coordinator's side broke off (as when the call is cancelled, above): its
+            # Abort, or this node's timeout, ends the round with the reason.
+            return
+        except (ProtocolError, InvalidElement) as exc:
             if not isinstance(exc, UnknownRound):
                 self._end(live, "failed", f"refused a chunk: {exc}")
-            if isinstance(exc, grpc.RpcError):
-                return
             _refuse(context, exc)
         finally:
             done.set()
@@ -490,6 +492,8 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
     try:
+        # Read before serving: a round prepared from now on is this process's own.
+        unfinished = [r for r in store.rounds() if r.outcome == "started"]
         blinder.warm_up()
         servicer = NodeServicer(
             name=config.name,
@@ -519,11 +523,35 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             insecure=insecure,
             access=None if insecure else access_policy(config),
         )
+        # After the bind: a second node refused the port must not touch the first one's rounds.
+        _fail_unfinished(store, unfinished)
     except BaseException:
         blinder.close()
         store.close()
         raise
     return RunningNode(handle, servicer, store, blinder, watch)
+
+
+RESTART_REASON = "node restarted during the round"
+
+
+def _fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:
+    """Audit as failed the rounds a previous run of this node was in when it ended (killed,
+    crashed): their keys died with that process, and no delivery can reach this one."""
+    for r in rounds:
+        store.record_round(
+            r.round_id,
+            started=r.started,
+            coordinator=r.coordinator,
+            participants=r.participants,
+            mode=r.mode,
+            threshold=r.threshold,
+            kinds=r.kinds,
+            own_size=r.own_size,
+            outcome="failed",
+            reason=RESTART_REASON,
+            finished=utc_now(),
+        )
 
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:

@@ -1,0 +1,399 @@
+"""The node's CLI as an operator runs it: init, import, stats, audit, matches.
+
+The federation behind the audit and matches tests is built with the CLI itself (``node init``,
+``node import``), served by the production servers over mTLS on 127.0.0.1 port 0, and driven by a
+real coordinator through rounds in every mode, one of them refused by a node's policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blindmatch import net
+from blindmatch.cli import main
+from blindmatch.pki import Identity, identity_of
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from coordinator.config import CoordinatorConfig, TlsPaths
+from coordinator.service import start as start_coordinator
+from node.config import load_config
+from node.service import RunningNode
+from node.service import start as start_node
+from node.store import Store
+from tests.pkifixtures import FederationPki
+
+T = 30.0
+ALPHA, BRAVO, CHARLIE = "cli-alpha", "cli-bravo", "cli-charlie"
+SHARED = [f"all{i}.example" for i in range(5)]  # held by all three
+AB = ["ab0.example", "198.51.100.7"]  # alpha and bravo
+HOLDINGS = {
+    ALPHA: SHARED + AB + ["only-a.example"],
+    BRAVO: SHARED + AB + ["only-b.example", "only-b2.example"],
+    CHARLIE: [*SHARED, "only-c.example"],
+}
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    """``blindmatch ARGV`` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(argv))
+        except SystemExit as exc:  # argparse refusing the command line
+            status = int(exc.code or 0)
+    return status, out.getvalue(), err.getvalue()
+
+
+@dataclass
+class Rounds:
+    pairwise: coordinator_pb2.RoundInfo
+    refused: coordinator_pb2.RoundInfo  # charlie's policy does not allow bravo
+    threshold: coordinator_pb2.RoundInfo
+    count: coordinator_pb2.RoundInfo
+
+
+@dataclass
+class Env:
+    configs: dict[str, Path]
+    rounds: Rounds
+
+
+def node_dir(root: Path, pki: FederationPki, name: str) -> Path:
+    home = root / name
+    status, _, err = run(
+        "node", "init", str(home), "--name", name, "--listen", "127.0.0.1:0", "--pki", str(pki.dir)
+    )
+    assert status == 0, err
+    config = home / "node.toml"
+    text = config.read_text().replace("workers = 0", "workers = 1")
+    if name == CHARLIE:
+        text = text.replace('partners = ["*"]', f'partners = ["{ALPHA}"]')
+    config.write_text(text)
+    feed = root / f"{name}.txt"
+    feed.write_text("\n".join(HOLDINGS[name]) + "\n")
+    status, _, err = run("node", "import", "--config", str(config), str(feed))
+    assert status == 0, err
+    return config
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("node-cli")
+    configs = {name: node_dir(root, pki, name) for name in HOLDINGS}
+    nodes: dict[str, RunningNode] = {}
+    try:
+        for name, path in configs.items():
+            nodes[name] = start_node(load_config(path), insecure=False)
+        files = pki.files("coordinator", "coordinator")
+        coordinator = start_coordinator(
+            CoordinatorConfig(
+                listen="127.0.0.1:0",
+                tls=TlsPaths(files.ca, files.cert, files.key),
+                nodes={name: f"127.0.0.1:{node.port}" for name, node in nodes.items()},
+                state=root / "coordinator.sqlite",
+            ),
+            insecure=False,
+        )
+        try:
+            with net.open_channel(
+                f"127.0.0.1:{coordinator.port}", pki.tls("ops", "operator"), insecure=False
+            ) as channel:
+                stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+                def round_(nodes: list[str], **kw: Any) -> coordinator_pb2.RoundInfo:
+                    info = stub.StartRound(
+                        coordinator_pb2.StartRoundRequest(nodes=nodes, **kw), timeout=T
+                    )
+                    final: coordinator_pb2.RoundInfo
+                    *_, final = stub.WatchRound(
+                        coordinator_pb2.GetRoundRequest(id=info.id), timeout=T
+                    )
+                    return final
+
+                rounds = Rounds(
+                    pairwise=round_([ALPHA, BRAVO]),
+                    refused=round_([ALPHA, BRAVO, CHARLIE], mode="threshold", threshold=2),
+                    threshold=round_([ALPHA, CHARLIE], mode="threshold", threshold=2),
+                    count=round_([ALPHA, BRAVO], mode="count"),
+                )
+        finally:
+            coordinator.stop()
+    finally:
+        for node in nodes.values():
+            node.stop(grace=0.5)
+    assert rounds.pairwise.state == rounds.threshold.state == rounds.count.state == "done"
+    assert rounds.refused.state == "failed"
+    yield Env(configs, rounds)
+
+
+# --- node init --------------------------------------------------------------------------------
+
+
+def test_node_init_writes_a_complete_node_directory(tmp_path: Path, pki: FederationPki) -> None:
+    home = tmp_path / "fr"
+    old = os.umask(0)  # modes must not depend on the operator's umask
+    try:
+        status, out, _ = run(
+            "node", "init", str(home), "--name", "cli-fr", "--listen", "127.0.0.1:7001",
+            "--pki", str(pki.dir), "--coordinator-name", "hub",
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    assert status == 0
+    assert str(home / "node.toml") in out and "blindmatch node import" in out
+    config = load_config(home / "node.toml")
+    assert (config.name, config.listen, config.coordinator) == ("cli-fr", "127.0.0.1:7001", "hub")
+    assert identity_of(config.cert.read_bytes()) == Identity("node", "cli-fr")
+    assert config.ca.read_bytes() == pki.ca.cert_pem
+    assert stat.S_IMODE(config.key.stat().st_mode) == 0o600
+    with Store.open(config.store) as store:
+        assert store.stats().sightings == 0
+    net.load_tls(config.ca, config.cert, config.key)  # the files make a usable mTLS identity
+
+
+def test_node_init_refuses_to_overwrite_and_reports_bad_input(
+    tmp_path: Path, pki: FederationPki
+) -> None:
+    home = tmp_path / "de"
+    args = ["node", "init", str(home), "--name", "cli-de", "--listen", "127.0.0.1:7002"]
+    assert run(*args, "--pki", str(pki.dir))[0] == 0
+    config = (home / "node.toml").read_bytes()
+    status, _, err = run(*args, "--pki", str(pki.dir))
+    assert status == 2
+    assert "node.toml exists; refusing to overwrite it" in err
+    assert (home / "node.toml").read_bytes() == config
+    status, _, err = run(
+        *args[:2],
+        str(tmp_path / "y"),
+        "--name",
+        "cli-x",
+        "--listen",
+        "nowhere",
+        "--pki",
+        str(pki.dir),
+    )
+    assert status == 2 and "use host:port" in err
+    status, _, err = run(
+        "node", "init", str(tmp_path / "x"), "--name", "cli-x", "--listen", "127.0.0.1:1",
+        "--pki", str(tmp_path / "no-pki"),
+    )  # fmt: skip
+    assert status == 2 and "run `blindmatch pki init" in err
+    assert "Traceback" not in err
+
+
+# --- node import ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, pki: FederationPki) -> Path:
+    """A new node directory; its node.toml."""
+    home = tmp_path / "node"
+    args = ["node", "init", str(home), "--name", "cli-fresh", "--listen", "127.0.0.1:0"]
+    assert run(*args, "--pki", str(pki.dir))[0] == 0
+    return home / "node.toml"
+
+
+def test_node_import_prints_a_summary(fresh: Path, tmp_path: Path) -> None:
+    feed = tmp_path / "feed.txt"
+    feed.write_text("Evil.Example.\n10.0.0.1\nnot a valid thing!!\nhttp://x.example/a\n")
+    status, out, _ = run("node", "import", "--config", str(fresh), str(feed))
+    assert status == 0  # an invalid record is reported, not fatal
+    assert "Read 4 entries from 1 file." in out
+    assert "Imported 3 new indicators: domain 1, ipv4 1, url 1" in out
+    assert "Invalid 1 record (not imported):" in out
+    assert "feed.txt line 3:" in out
+    status, out, _ = run("node", "import", "--config", str(fresh), "--tlp", "green", str(feed))
+    assert status == 0
+    assert "Imported 0 new indicators" in out and "Already known or repeated: 3" in out
+
+
+def test_node_import_exit_codes(fresh: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "bundle.json"
+    truncated.write_text('{"type": "bundle", "objects": [{"type": "indicator", ')
+    status, out, _ = run(
+        "node", "import", "--config", str(fresh), "--format", "stix", str(truncated)
+    )
+    assert status == 1  # a file that could not be imported
+    assert "Could not import 1 file (nothing stored):" in out
+    assert "truncated JSON" in out
+    status, _, err = run("node", "import", "--config", str(fresh), str(tmp_path / "nope.txt"))
+    assert status == 2
+    assert "no such file or directory" in err
+    status, _, err = run("node", "import", "--config", str(tmp_path / "x.toml"), str(truncated))
+    assert status == 2
+    assert "does not exist (create one with `blindmatch node init`)" in err
+    status, _, err = run(
+        "node", "import", "--config", str(fresh), "--tlp", "purple", str(truncated)
+    )
+    assert status == 2 and "unknown TLP level 'purple'" in err
+    with Store.open(load_config(fresh).store) as store:
+        assert store.stats().sightings == 0  # nothing of the failed file, nothing half-stored
+
+
+# --- node stats -------------------------------------------------------------------------------
+
+
+def test_node_stats_table_and_json(env: Env) -> None:
+    config = str(env.configs[ALPHA])
+    status, out, _ = run("node", "stats", "--config", config)
+    assert status == 0
+    assert f"node {ALPHA}: 8 indicators" in out
+    assert "by kind: domain 7, ipv4 1" in out
+    assert "by TLP: amber 8" in out
+    assert "rounds: 3 completed of 4 recorded" in out
+    status, out, _ = run("node", "stats", "--config", config, "--json")
+    assert status == 0
+    stats = json.loads(out)
+    assert stats["node"] == ALPHA
+    assert (stats["sightings"], stats["per_kind"]) == (8, {"domain": 7, "ipv4": 1})
+    assert (stats["rounds_recorded"], stats["rounds_joined"], stats["imports"]) == (4, 3, 1)
+
+
+# --- node audit -------------------------------------------------------------------------------
+
+
+def audit_json(env: Env, name: str) -> list[dict[str, Any]]:
+    status, out, _ = run("node", "audit", "--config", str(env.configs[name]), "--json")
+    assert status == 0
+    entries: list[dict[str, Any]] = json.loads(out)
+    return entries
+
+
+def test_node_audit_json_lists_every_round_joined(env: Env) -> None:
+    entries = audit_json(env, ALPHA)
+    rounds = {e["round_id"]: e for e in entries if e["type"] == "RoundAudit"}
+    r = env.rounds
+    assert set(rounds) == {r.pairwise.id, r.refused.id, r.threshold.id, r.count.id}
+    sizes = {name: len(values) for name, values in HOLDINGS.items()}
+    expected = {
+        r.pairwise.id: ("pairwise", [ALPHA, BRAVO], "done", {BRAVO: sizes[BRAVO]}),
+        r.threshold.id: ("threshold", [ALPHA, CHARLIE], "done", {CHARLIE: sizes[CHARLIE]}),
+        r.count.id: ("count", [ALPHA, BRAVO], "done", {BRAVO: sizes[BRAVO]}),
+        r.refused.id: ("threshold", [ALPHA, BRAVO, CHARLIE], "aborted", {}),
+    }
+    for round_id, (mode, participants, outcome, blinded) in expected.items():
+        entry = rounds[round_id]
+        assert (entry["mode"], entry["participants"], entry["outcome"]) == (
+            mode,
+            participants,
+            outcome,
+        )
+        assert entry["blinded_for"] == blinded  # elements blinded for each partner
+        assert entry["own_size"] == sizes[ALPHA]
+        assert entry["coordinator"] == "coordinator"
+        assert entry["started"] <= entry["finished"]
+    assert rounds[r.threshold.id]["threshold"] == 2
+    assert "cli-charlie refused" in rounds[r.refused.id]["reason"]
+    imports = [e for e in entries if e["type"] == "ImportAudit"]
+    assert [i["summary"]["new"] for i in imports] == [sizes[ALPHA]]
+
+
+def test_node_audit_shows_the_refusal_on_the_refusing_node(env: Env) -> None:
+    entries = audit_json(env, CHARLIE)
+    refused = next(e for e in entries if e.get("round_id") == env.rounds.refused.id)
+    assert refused["outcome"] == "refused"
+    assert refused["reason"] == f"policy of {CHARLIE} does not allow matching with {BRAVO}"
+    assert (refused["own_size"], refused["blinded_for"]) == (0, {})
+
+
+def test_node_audit_table(env: Env) -> None:
+    status, out, _ = run("node", "audit", "--config", str(env.configs[ALPHA]))
+    assert status == 0
+    lines = out.splitlines()
+    r = env.rounds
+
+    def line(round_id: str) -> str:
+        (found,) = [x for x in lines if f"round {round_id[:12]} " in x]
+        return found
+
+    assert f"pairwise with {BRAVO}: done; own set 8; blinded for {BRAVO} 9" in line(r.pairwise.id)
+    assert f"threshold 2 with {CHARLIE}: done" in line(r.threshold.id)
+    assert f"count with {BRAVO}: done" in line(r.count.id)
+    refused = line(r.refused.id)
+    assert f"threshold 2 with {BRAVO}, {CHARLIE}: aborted (" in refused
+    assert "blinded for none" in refused
+    assert any(f"import {env.configs[ALPHA].parent.parent}" in x and "8 new" in x for x in lines)
+
+
+# --- node matches -----------------------------------------------------------------------------
+
+
+def matches(env: Env, fmt: str, *extra: str) -> str:
+    status, out, _ = run(
+        "node", "matches", "--config", str(env.configs[ALPHA]), "--format", fmt, *extra
+    )
+    assert status == 0
+    return out
+
+
+def test_node_matches_json_follows_the_contract(env: Env) -> None:
+    got = json.loads(matches(env, "json"))
+    assert isinstance(got, list)
+    r = env.rounds
+    pairwise = {(m["kind"], m["value"]): m for m in got if m["round"] == r.pairwise.id}
+    assert set(pairwise) == {("domain", v) for v in [*SHARED, "ab0.example"]} | {
+        ("ipv4", "198.51.100.7")
+    }
+    assert all(m["partners"] == [BRAVO] and m["count"] == 2 for m in pairwise.values())
+    threshold = [m for m in got if m["round"] == r.threshold.id]
+    assert {m["value"] for m in threshold} == set(SHARED)
+    assert all(m["partners"] == [] and m["count"] == 2 for m in threshold)  # no names
+    (count,) = [m for m in got if m["round"] == r.count.id]
+    assert {k: count[k] for k in ("round", "partner", "count")} == {
+        "round": r.count.id,
+        "partner": BRAVO,
+        "count": len(SHARED) + len(AB),
+    }
+    assert "kind" not in count and "value" not in count
+    assert not [m for m in got if m["round"] == r.refused.id]  # a failed round delivers nothing
+    only = json.loads(matches(env, "json", "--round", r.threshold.id))
+    assert only == threshold
+
+
+def test_node_matches_csv(env: Env) -> None:
+    rows = list(csv.reader(io.StringIO(matches(env, "csv"))))
+    assert rows[0] == ["round", "kind", "value", "partners", "count"]
+    assert [env.rounds.pairwise.id, "ipv4", "198.51.100.7", BRAVO, "2"] in rows
+    assert [env.rounds.threshold.id, "domain", "all0.example", "", "2"] in rows
+    assert [env.rounds.count.id, "", "", BRAVO, "7"] in rows
+
+
+def test_node_matches_table(env: Env) -> None:
+    out = matches(env, "table")
+    assert any("198.51.100.7" in line and BRAVO in line for line in out.splitlines())
+    assert any("all0.example" in line and "2 nations" in line for line in out.splitlines())
+    assert f"indicators shared with {BRAVO}" in out
+
+
+def test_node_matches_stix_is_a_bundle_of_sightings_with_partner_identities(env: Env) -> None:
+    bundle = json.loads(matches(env, "stix", "--round", env.rounds.pairwise.id))
+    assert bundle["type"] == "bundle" and bundle["id"].startswith("bundle--")
+    objects = {o["id"]: o for o in bundle["objects"]}
+    sightings = [o for o in objects.values() if o["type"] == "sighting"]
+    assert len(sightings) == len(SHARED) + len(AB)
+    for s in sightings:
+        assert s["spec_version"] == "2.1"
+        assert objects[s["sighting_of_ref"]]["type"] == "indicator"
+        (ref,) = s["where_sighted_refs"]
+        assert objects[ref]["type"] == "identity" and objects[ref]["name"] == BRAVO
+    patterns = {o["pattern"] for o in objects.values() if o["type"] == "indicator"}
+    assert "[ipv4-addr:value = '198.51.100.7']" in patterns
+    assert "[domain-name:value = 'ab0.example']" in patterns
+
+
+def test_node_matches_of_an_unknown_round(env: Env) -> None:
+    status, out, err = run(
+        "node", "matches", "--config", str(env.configs[ALPHA]), "--round", "f00", "--format", "json"
+    )
+    assert (status, json.loads(out)) == (0, [])
+    assert "no results for round f00" in err
