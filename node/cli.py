@@ -198,10 +198,10 @@ def _match_table(rows: list[MatchRow], counts: list[PartnerCount]) -> None:
         return
     if rows:
         width = min(max(len(r.value) for r in rows), 70)
-        print(f"{'round':<14} {'kind':<7} {'value':<{width}} partners / nations")
+        print(f"{'round':<14} {'kind':<7} {'value':<{width}}  partners / nations")
         for r in rows:
             who = ", ".join(r.partners) if r.partners else f"{r.count} nations"
-            print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}} {who}")
+            print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}}  {who}")
     for c in counts:
         print(f"round {c.round_id[:12]}: {c.count:,} indicators shared with {c.partner}")
 
