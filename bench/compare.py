@@ -2,7 +2,7 @@
 
     python bench/compare.py                      # 2 nations x 10k and 100k, 1 and 2 cores
     python bench/compare.py --sizes 50000 --nations 3 --cores 2
-    python bench/compare.py --full               # 3 nations x 1M (openmined-psi only up to --psi-max)
+    python bench/compare.py --full               # and 3 nations x 1M (openmined-psi only to --psi-max)
 
 blindmatch runs as a real federation: a federation CA, every node and the coordinator in its own
 process on loopback, gRPC with mTLS, set up and driven with the ``blindmatch`` commands an operator
@@ -65,6 +65,7 @@ HEALTH_TIMEOUT = 120.0
 ROUND_TIMEOUT = 3600.0
 MICRO_ITEMS = 2000
 MICRO_REPEAT = 15
+OPENSSL_TURNS = 5  # openssl speed runs of 1 s, between passes of the Python measurements
 POOL_CHUNKS = 24  # chunks of DEFAULT_CHUNK elements per pool measurement
 MATCH_SET = 1_000_000
 TIMELINE_STEP = 0.25  # seconds between CPU samples during a round
@@ -526,10 +527,10 @@ def median_costs(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str,
 
 
 def openssl_x25519() -> float | None:
-    """ops/s of ``openssl speed ecdhx25519`` (one core), or None without openssl."""
+    """ops/s of ``openssl speed -seconds 1 ecdhx25519`` (one core), or None without openssl."""
     try:
         out = subprocess.run(
-            ["openssl", "speed", "-seconds", "3", "ecdhx25519"],
+            ["openssl", "speed", "-seconds", "1", "ecdhx25519"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -574,16 +575,31 @@ def measure_core(cores: int) -> Core:
     key = group.RoundKey.generate()
     elements = group.hash_indicators(items)
     raw = key.export()
-    costs = median_costs(
-        {
-            "hash": lambda: group.hash_indicators(items),
-            "blind": lambda: key.blind(elements),
-            "hash_and_blind": lambda: group.hash_and_blind_packed(raw, items),
-        },
-        MICRO_REPEAT,
+    # openssl speed takes turns with the Python measurements: this machine's speed drifts by
+    # several percent over minutes, and the ratios must compare the same moments.
+    openssl: list[float] = []
+    passes: dict[str, list[float]] = {"hash": [], "blind": [], "hash_and_blind": []}
+    for _ in range(OPENSSL_TURNS):
+        rate = openssl_x25519()
+        if rate is not None:
+            openssl.append(rate)
+        costs = median_costs(
+            {
+                "hash": lambda: group.hash_indicators(items),
+                "blind": lambda: key.blind(elements),
+                "hash_and_blind": lambda: group.hash_and_blind_packed(raw, items),
+            },
+            MICRO_REPEAT // OPENSSL_TURNS,
+        )
+        for name, seconds in costs.items():
+            passes[name].append(seconds / len(items) * 1e6)
+    us = {name: statistics.median(values) for name, values in passes.items()}
+    core = Core(
+        statistics.median(openssl) if openssl else None,
+        us["hash"],
+        us["blind"],
+        us["hash_and_blind"],
     )
-    us = {name: seconds / len(items) * 1e6 for name, seconds in costs.items()}
-    core = Core(openssl_x25519(), us["hash"], us["blind"], us["hash_and_blind"])
     packed = b"".join(group.hash_indicators(nation_items(1, 4096)))
     chunks = [packed] * POOL_CHUNKS
     for w in sorted({1, cores}):
@@ -933,9 +949,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--chunk", type=int, default=None, help="coordinator chunk_size (default: its own)"
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="results and logs")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        help="the PNG (default: docs/benchmarks.png with --full, else OUT/benchmarks.png)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the federations' directories")
     args = p.parse_args(argv)
+    # docs/BENCHMARKS.md shows the full run; a quick run must not replace its plot.
+    args.plot = args.plot or (
+        ROOT / "docs" / "benchmarks.png" if args.full else args.out / "benchmarks.png"
+    )
     args.cores = args.cores or sorted({1, os.cpu_count() or 1})
     if not 2 <= args.nations <= len(NATION_NAMES):
         p.error(f"--nations: 2 to {len(NATION_NAMES)}")

@@ -331,7 +331,8 @@ def _cofactor_scalar(key_bytes: bytes) -> bytes | None:
     For the clamped key k, a clamped scalar s with s = 8k or s = -8k modulo 8 * ORDER: then
     X25519(s, u(R)) = u(8kR) = X25519(k, u(8R)) for every curve point R, since 8 * ORDER R = O
     and u(-P) = u(P). None when neither 8(k mod ORDER) nor 8(ORDER - k mod ORDER) survives
-    clamping unchanged (it must lie in [2^254, 2^255)): probability about 2^-126.
+    clamping unchanged (it must lie in [2^254, 2^255)): probability about 2^-126. Python integer
+    arithmetic on the key is not constant time; it runs once per chunk, in the node's own worker.
     """
     k = int.from_bytes(key_bytes, "little") & ~7 & (2**255 - 1) | 2**254  # RFC 7748 clamping
     m = k % ORDER
