@@ -52,13 +52,13 @@ class CountResult:
 Delivery = PairwiseResult | ThresholdResult | CountResult
 
 
-def _words(tags: bytes) -> npt.NDArray[np.uint64]:
+def _words(tags: bytes | bytearray) -> npt.NDArray[np.uint64]:
     if len(tags) % ELEMENT_BYTES:
         raise ValueError(f"tag buffer of {len(tags)} bytes is not a whole number of tags")
     return np.frombuffer(tags, dtype="<u8").reshape(-1, 4)
 
 
-def presence(final_tags: Sequence[bytes]) -> list[Masks]:
+def presence(final_tags: Sequence[bytes | bytearray]) -> list[Masks]:
     """For every participant and position, the bit mask of participants holding that tag.
 
     Memory beyond the tags themselves: about 24 bytes per tag at peak (the sort keys, the sort
@@ -117,7 +117,7 @@ def _bits_of(mask: int, n: int) -> tuple[int, ...]:
 
 
 def deliveries(
-    final_tags: Sequence[bytes],
+    final_tags: Sequence[bytes | bytearray],
     mode: str,
     *,
     threshold: int | None = None,

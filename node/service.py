@@ -569,6 +569,7 @@ def serve(config: NodeConfig, *, insecure: bool) -> None:
         f"{node.blinder.workers} blinding worker(s), store {config.store}",
         flush=True,
     )
-    stop.wait()
+    while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+        pass
     print(f"node {config.name} stopping", flush=True)
     node.stop()

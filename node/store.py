@@ -1038,7 +1038,8 @@ class _EligibleQuery:
         if not ranks or not kind_list:
             return None
         sql = (
-            "SELECT id, kind, value FROM sightings"
+            # NOT INDEXED: walking the (kind, value) index then sorting by id is ~4x slower.
+            "SELECT id, kind, value FROM sightings NOT INDEXED"
             f" WHERE kind IN ({', '.join('?' * len(kind_list))})"
             f" AND tlp IN ({', '.join('?' * len(ranks))})"
             " AND id > ? ORDER BY id LIMIT ?"

@@ -430,3 +430,21 @@ def test_low_order_values_really_are_low_order() -> None:
     for u in LOW_ORDER_U[1:]:
         assert ladder(8, u)[1] == 0, hex(u)  # [8]P is the identity
     assert [on_curve(u) for u in LOW_ORDER_U] == [True, True, True, True, False]
+
+
+def test_hash_and_blind_without_an_equivalent_scalar() -> None:
+    """Keys whose reduced scalar has no cofactor-clearing twin take the plain hash-then-blind path."""
+    from blindmatch.group import ORDER, _cofactor_scalar
+
+    k = 2**254 + 8 * -(-3 * (ORDER - 2**252) // 8)  # k mod ORDER lands in [2^252, ORDER)
+    raw = k.to_bytes(32, "little")
+    assert _cofactor_scalar(raw) is None
+    items = [("domain", f"h{i}.example") for i in range(20)]
+    assert hash_and_blind_packed(raw, items) == blind_packed(raw, b"".join(hash_indicators(items)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.lists(st.text(min_size=1, max_size=20), max_size=8))
+def test_hash_and_blind_equals_blind_of_hash(raw: bytes, values: list[str]) -> None:
+    items = [("domain", v) for v in values]
+    assert hash_and_blind_packed(raw, items) == blind_packed(raw, b"".join(hash_indicators(items)))
