@@ -812,3 +812,26 @@ def test_cli_round_start_input_errors(
     err = capsys.readouterr().err
     assert "unreachable (UNAVAILABLE)" in err and "blindmatch coordinator serve" in err
     assert "Traceback" not in err
+
+
+def test_cli_round_start_watch_mode_through_the_parser(
+    pki: FederationPki,
+    coord: RunningCoordinator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from blindmatch.cli import main
+
+    config = operator_toml(pki, tmp_path / "op", "watch-ops", f"127.0.0.1:{coord.port}")
+    capsys.readouterr()
+    argv = ["round", "start", "--config", config, "--nodes", "alpha,beta"]
+    assert main([*argv, "--mode", "watch", "--epoch", "2s", "--wait", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["state"], result["mode"]) == ("done", "watch")
+    assert result["sizes"] == {"alpha": SET_SIZE, "beta": SET_SIZE}
+    with pytest.raises(SystemExit) as bad:  # argparse refuses an unreadable duration
+        main([*argv, "--mode", "watch", "--epoch", "soon"])
+    assert bad.value.code == 2
+    assert "soon" in capsys.readouterr().err
+    assert main([*argv, "--epoch", "1h"]) == 2  # an epoch without watch mode
+    assert "--epoch only applies to --mode watch" in capsys.readouterr().err
