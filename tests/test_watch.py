@@ -387,3 +387,68 @@ def test_a_node_restart_ends_its_epoch(fed: WatchFederation) -> None:
     assert "no watch epoch" in (err.value.details() or "")
     with Store.open(fed.stores["delta"]) as store:
         assert store.epochs()[0].reason == "node stopped"
+
+
+def test_alerts_follow_streams_new_alerts_as_json_lines(tmp_path: Path, pki: FederationPki) -> None:
+    """`node alerts --follow --json` prints what is stored, then each new alert as it arrives."""
+    import subprocess
+    import sys
+
+    node_dir = tmp_path / "kilo"
+    assert (
+        main(
+            [
+                "node",
+                "init",
+                str(node_dir),
+                "--name",
+                "kilo",
+                "--listen",
+                "127.0.0.1:7999",
+                "--pki",
+                str(pki.dir),
+            ]
+        )
+        == 0
+    )
+    config = load_config(node_dir / "node.toml")
+    with Store.open(config.store) as store:
+        store.record_epoch(
+            "e1",
+            ends="2099-01-01T00:00:00Z",
+            coordinator="coordinator",
+            participants=["kilo", "lima"],
+            tags=1,
+        )
+        store.record_alerts("e1", [("domain", "old.example", "lima", "sighted")])
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "blindmatch.cli",
+            "node",
+            "alerts",
+            "--config",
+            str(node_dir / "node.toml"),
+            "--follow",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        assert (first["value"], first["direction"]) == ("old.example", "sighted")
+        with Store.open(config.store) as store:
+            store.record_alerts("e1", [("url", "http://new.example/", "lima", "check")])
+        second = json.loads(follower.stdout.readline())
+        assert (second["value"], second["partner"], second["direction"]) == (
+            "http://new.example/",
+            "lima",
+            "check",
+        )
+        assert {"time", "kind", "value", "partner", "direction"} <= set(second)
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
