@@ -26,7 +26,7 @@ def _error(message: str) -> int:
 
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[tuple[NodeConfig, Store]]:
+def open_store(args: argparse.Namespace) -> Iterator[tuple[NodeConfig, Store]]:
     config = load_config(args.config)
     if not config.store.exists():
         raise StoreError(f"{config.store}: no store here (run `blindmatch node init` first)")
@@ -34,7 +34,9 @@ def _store(args: argparse.Namespace) -> Iterator[tuple[NodeConfig, Store]]:
         yield config, store
 
 
-def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def operator_errors(
+    run: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
     """Turn the errors an operator can fix into one clear line and exit status 2."""
 
     def guarded(args: argparse.Namespace) -> int:
@@ -46,7 +48,7 @@ def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     return guarded
 
 
-@_guard
+@operator_errors
 def cmd_init(args: argparse.Namespace) -> int:
     node_dir = Path(args.node_dir)
     config_path = node_dir / "node.toml"
@@ -79,14 +81,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@operator_errors
 def cmd_import(args: argparse.Namespace) -> int:
     from node.importing import import_paths
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         return _error(f"no such file or directory: {', '.join(missing)}")
-    with _store(args) as (config, store):
+    with open_store(args) as (config, store):
         show = _progress_printer()
         report = import_paths(
             store,
@@ -123,9 +125,9 @@ def _progress_printer() -> Callable[[int | None], None]:
     return show
 
 
-@_guard
+@operator_errors
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _store(args) as (config, store):
+    with open_store(args) as (config, store):
         stats = store.stats()
     if args.json:
         print(json.dumps({"node": config.name, **asdict(stats)}, indent=2))
@@ -143,7 +145,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@operator_errors
 def cmd_serve(args: argparse.Namespace) -> int:
     from node.service import serve
 
@@ -154,9 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@operator_errors
 def cmd_matches(args: argparse.Namespace) -> int:
-    with _store(args) as (config, store):
+    with open_store(args) as (config, store):
         rows = store.matches(args.round)
         counts = store.partner_counts(args.round)
     if args.round and not rows and not counts:
@@ -293,18 +295,14 @@ def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:
     }
 
 
-@_guard
+@operator_errors
 def cmd_audit(args: argparse.Namespace) -> int:
-    with _store(args) as (config, store):
+    with open_store(args) as (config, store):
         entries = store.audit()
+        epochs, checks = store.epochs(), store.checks()
     if args.json:
-        with _store(args) as (_, store):
-            watch: list[Any] = [*store.epochs(), *store.checks()]
-        print(
-            json.dumps(
-                [{"type": type(e).__name__, **asdict(e)} for e in [*entries, *watch]], indent=2
-            )
-        )
+        every: list[Any] = [*entries, *epochs, *checks]
+        print(json.dumps([{"type": type(e).__name__, **asdict(e)} for e in every], indent=2))
         return 0
     if not entries:
         print("nothing recorded yet")
@@ -328,14 +326,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 else f"{summary.get('new', 0):,} new"
             )
             print(f"{d['time']} import {d['path']} ({d['fmt']}, source {d['source']}): {done}")
-    _print_watch_audit(args)
-    return 0
-
-
-def _print_watch_audit(args: argparse.Namespace) -> None:
-    """Early warning (docs/WATCH.md): epochs held and checks made or blinded for."""
-    with _store(args) as (config, store):
-        epochs, checks = store.epochs(), store.checks()
+    # early warning (docs/WATCH.md): epochs held and checks made or blinded for
     for ep in epochs:
         end = f"key destroyed {ep.closed} ({ep.reason})" if ep.closed else "key held"
         print(
@@ -349,3 +340,4 @@ def _print_watch_audit(args: argparse.Namespace) -> None:
             + (f", {c.hits} hits" if c.hits is not None else "")
             + (f" ({c.reason})" if c.reason else "")
         )
+    return 0

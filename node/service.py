@@ -539,19 +539,7 @@ def _fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:
     """Audit as failed the rounds a previous run of this node was in when it ended (killed,
     crashed): their keys died with that process, and no delivery can reach this one."""
     for r in rounds:
-        store.record_round(
-            r.round_id,
-            started=r.started,
-            coordinator=r.coordinator,
-            participants=r.participants,
-            mode=r.mode,
-            threshold=r.threshold,
-            kinds=r.kinds,
-            own_size=r.own_size,
-            outcome="failed",
-            reason=RESTART_REASON,
-            finished=utc_now(),
-        )
+        store.end_round(r.round_id, outcome="failed", reason=RESTART_REASON)
 
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:

@@ -699,6 +699,17 @@ class Store:
                     (round_id, partner, elements),
                 )
 
+    def end_round(self, round_id: str, *, outcome: str, reason: str | None) -> None:
+        """Set the outcome of a recorded round (finished now), keeping everything else."""
+        if outcome not in OUTCOMES or outcome == "started":
+            raise ValueError(f"unknown final round outcome {outcome!r}")
+        with self._transaction() as conn:
+            _require_round(conn, round_id)
+            conn.execute(
+                "UPDATE rounds SET outcome = ?, reason = ?, finished = ? WHERE round_id = ?",
+                (outcome, reason, utc_now(), round_id),
+            )
+
     def add_blinded(self, round_id: str, partner: str, n: int) -> None:
         """Add ``n`` to the elements this node blinded for ``partner`` in ``round_id``."""
         _check_elements(round_id, partner, n)

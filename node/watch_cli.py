@@ -13,7 +13,7 @@ import grpc
 from blindmatch import net
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import utc_text
-from node.cli import _guard, _store
+from node.cli import open_store, operator_errors
 from node.config import load_config
 from node.store import AlertRow
 
@@ -29,7 +29,7 @@ def _dial_address(listen: str) -> str:
     return f"{host}:{port}"
 
 
-@_guard
+@operator_errors
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     tls = net.load_tls(config.ca, config.cert, config.key)
@@ -101,9 +101,9 @@ def _alert_line(a: AlertRow) -> str:
     return f"{a.time}  {a.kind:<7} {a.value}  {what}"
 
 
-@_guard
+@operator_errors
 def cmd_alerts(args: argparse.Namespace) -> int:
-    with _store(args) as (_, store):
+    with open_store(args) as (_, store):
         alerts = store.alerts()
         if args.json and not args.follow:
             print(json.dumps([_alert_json(a) for a in alerts], indent=2))

@@ -726,3 +726,26 @@ def test_stats(store: Store) -> None:
     assert stats.imports == 2
     assert stats.last_import is not None and stats.last_import.endswith("Z")
     assert (stats.rounds_recorded, stats.rounds_joined) == (2, 1)
+
+
+def test_end_round_sets_the_outcome_and_keeps_the_record(store: Store) -> None:
+    store.record_round(
+        "r-end",
+        started="2026-01-01T00:00:00Z",
+        coordinator="coordinator",
+        participants=["a", "b"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain"],
+        own_size=7,
+        blinded_for={"b": 5},
+        outcome="started",
+    )
+    store.end_round("r-end", outcome="failed", reason="node restarted")
+    (entry,) = [r for r in store.rounds() if r.round_id == "r-end"]
+    assert (entry.outcome, entry.reason, entry.own_size) == ("failed", "node restarted", 7)
+    assert entry.blinded_for == {"b": 5} and entry.finished is not None
+    with pytest.raises(ValueError, match="not in the audit log"):
+        store.end_round("never", outcome="failed", reason=None)
+    with pytest.raises(ValueError, match="final round outcome"):
+        store.end_round("r-end", outcome="started", reason=None)
