@@ -1,35 +1,66 @@
-"""The node's SQLite store, on real files under tmp_path."""
+"""The node store's suite: every ``NodeStore`` implementation passes it, on real files under tmp_path.
+
+The ``store`` fixture runs the contract over each entry of ``IMPLEMENTATIONS``. SQLite is the
+one implementation; it runs the suite both as a new file and as a file written before early
+warning existed (schema 1) and upgraded on open, since an upgraded store must behave like a new
+one. The last section is what only the SQLite file promises: its schema and migrations, its
+file modes, several handles on one file, a kill -9 mid-import.
+"""
 
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from node import store as store_module
 from node.store import (
     SCHEMA_VERSION,
     TLP_LEVELS,
     AddResult,
+    CheckAudit,
     ImportAudit,
+    NodeStore,
     RoundAudit,
     Sighting,
     Store,
     StoreError,
     normalize_tlp,
 )
+from node.store import schema as schema_module
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(tmp_path / "node.sqlite") as s:
+def _upgraded_from_schema_1(path: Path) -> NodeStore:
+    """A store file as blindmatch left it before early warning (schema 1), opened by this one."""
+    conn = sqlite3.connect(path)
+    try:
+        for statement in schema_module.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    finally:
+        conn.close()
+    return Store.open(path)
+
+
+# Every way to get a store that must pass the contract, given a path to a file not yet there.
+IMPLEMENTATIONS: dict[str, Callable[[Path], NodeStore]] = {
+    "sqlite": Store.open,
+    "sqlite-upgraded-from-schema-1": _upgraded_from_schema_1,
+}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeStore]:
+    with IMPLEMENTATIONS[request.param](tmp_path / "node.sqlite") as s:
         yield s
 
 
@@ -37,7 +68,7 @@ def domains(n: int, prefix: str = "d") -> list[Sighting]:
     return [Sighting("domain", f"{prefix}{i}.example", f"{prefix}{i}.EXAMPLE") for i in range(n)]
 
 
-def record_round(store: Store, round_id: str, *, mode: str = "pairwise", started: str) -> None:
+def record_round(store: NodeStore, round_id: str, *, mode: str = "pairwise", started: str) -> None:
     store.record_round(
         round_id,
         started=started,
@@ -85,131 +116,27 @@ def test_tlp_levels_order_from_least_to_most_restrictive() -> None:
     assert TLP_LEVELS == ("clear", "green", "amber", "amber+strict", "red")
 
 
-# --- opening and migrations -----------------------------------------------------------------------
+# --- every store: lifecycle and integrity ---------------------------------------------------------
 
 
-def test_open_creates_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
-    path = tmp_path / "node.sqlite"
-    with Store.open(path):
-        pass
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    finally:
-        conn.close()
-    assert {
-        "sightings",
-        "imports",
-        "rounds",
-        "round_blinded",
-        "matches",
-        "partner_counts",
-    } <= tables
+def test_a_closed_store_says_so(store: NodeStore) -> None:
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="is closed"):
+        store.stats()
 
 
-def test_foreign_keys_are_enforced(store: Store) -> None:
+def test_foreign_keys_are_enforced(store: NodeStore) -> None:
     record_round(store, "r1", started="2026-01-01T00:00:00Z")
     with pytest.raises(ValueError, match="does not hold"):
         store.record_matches("r1", "pairwise", [(12345, ["de"], None)])
 
 
-def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
-    path = tmp_path / "node.sqlite"
-    with Store.open(path) as s:
-        s.add_sightings(domains(3), source="feed", default_tlp="green")
-    for _ in range(2):
-        with Store.open(path) as s:
-            assert s.stats().sightings == 3
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    conn.close()
-
-
-def test_a_new_migration_upgrades_an_existing_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "node.sqlite"
-    with Store.open(path) as s:
-        s.add_sightings(domains(2), source="feed", default_tlp="green")
-    upgraded = (*store_module.MIGRATIONS, ("ALTER TABLE sightings ADD COLUMN note TEXT",))
-    monkeypatch.setattr(store_module, "MIGRATIONS", upgraded)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(upgraded))
-    with Store.open(path) as s:
-        assert s.stats().sightings == 2
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-        assert "note" in [c[1] for c in conn.execute("PRAGMA table_info(sightings)")]
-    finally:
-        conn.close()
-
-
-def test_a_failing_migration_leaves_the_previous_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "node.sqlite"
-    with Store.open(path):
-        pass
-    broken = (
-        *store_module.MIGRATIONS,
-        ("CREATE TABLE half_done (x)", "ALTER TABLE no_such_table ADD COLUMN y"),
-    )
-    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
-    with pytest.raises(
-        StoreError,
-        match=rf"schema version {SCHEMA_VERSION + 1}: no such table: no_such_table;"
-        rf".* version {SCHEMA_VERSION}",
-    ):
-        Store.open(path)
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
-    finally:
-        conn.close()
-    assert "half_done" not in names
-
-
-def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
-    path = tmp_path / "node.sqlite"
-    with Store.open(path):
-        pass
-    conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
-    with pytest.raises(StoreError, match=r"schema version \d+, newer .* upgrade blindmatch"):
-        Store.open(path)
-
-
-def test_open_requires_the_parent_directory(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="does not exist; create it first"):
-        Store.open(tmp_path / "missing" / "node.sqlite")
-    assert not (tmp_path / "missing").exists()
-
-
-def test_open_refuses_a_file_that_is_not_a_store(tmp_path: Path) -> None:
-    path = tmp_path / "notes.txt"
-    path.write_bytes(b"these are not the pages you are looking for" * 100)
-    with pytest.raises(StoreError, match="is it a blindmatch store"):
-        Store.open(path)
-
-
-def test_a_closed_store_says_so(tmp_path: Path) -> None:
-    s = Store.open(tmp_path / "node.sqlite")
-    s.close()
-    s.close()  # idempotent
-    with pytest.raises(StoreError, match="is closed"):
-        s.stats()
-
-
-# --- sightings ------------------------------------------------------------------------------------
+# --- every store: sightings -----------------------------------------------------------------------
 
 
 def test_reimport_merges_counts_dates_sources_tags_and_keeps_the_stricter_tlp(
-    store: Store,
+    store: NodeStore,
 ) -> None:
     first = Sighting(
         "ipv4",
@@ -262,7 +189,7 @@ def test_reimport_merges_counts_dates_sources_tags_and_keeps_the_stricter_tlp(
     assert store.stats().sightings == 1
 
 
-def test_default_tlp_and_missing_dates(store: Store) -> None:
+def test_default_tlp_and_missing_dates(store: NodeStore) -> None:
     store.add_sightings(
         [
             Sighting("domain", "a.example", "a.example"),
@@ -281,7 +208,7 @@ def test_default_tlp_and_missing_dates(store: Store) -> None:
     assert store.lookup("domain", "c.example") is None
 
 
-def test_new_and_known_counts(store: Store) -> None:
+def test_new_and_known_counts(store: NodeStore) -> None:
     assert store.add_sightings(domains(5), source="feed", default_tlp="green") == AddResult(
         5, 0, {"domain": 5}
     )
@@ -296,7 +223,7 @@ def test_new_and_known_counts(store: Store) -> None:
     assert store.stats().sightings == 7
 
 
-def test_the_same_value_under_two_kinds_is_two_indicators(store: Store) -> None:
+def test_the_same_value_under_two_kinds_is_two_indicators(store: NodeStore) -> None:
     result = store.add_sightings(
         [Sighting("md5", "0" * 32, "0" * 32), Sighting("ntlm", "0" * 32, "0" * 32)],
         source="feed",
@@ -305,7 +232,7 @@ def test_the_same_value_under_two_kinds_is_two_indicators(store: Store) -> None:
     assert result == AddResult(2, 0, {"md5": 1, "ntlm": 1})
 
 
-def test_a_batch_that_raises_midway_stores_nothing(store: Store) -> None:
+def test_a_batch_that_raises_midway_stores_nothing(store: NodeStore) -> None:
     store.add_sightings(domains(3, "kept"), source="feed", default_tlp="green")
 
     def failing() -> Iterator[Sighting]:
@@ -333,21 +260,21 @@ def test_a_batch_that_raises_midway_stores_nothing(store: Store) -> None:
     ],
 )
 def test_an_invalid_sighting_rejects_the_whole_batch(
-    store: Store, bad: Sighting, message: str
+    store: NodeStore, bad: Sighting, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         store.add_sightings([*domains(2), bad, *domains(3, "e")], source="f", default_tlp="green")
     assert store.stats().sightings == 0
 
 
-def test_add_sightings_rejects_an_unknown_default_tlp_and_an_empty_source(store: Store) -> None:
+def test_add_sightings_rejects_an_unknown_default_tlp_and_an_empty_source(store: NodeStore) -> None:
     with pytest.raises(ValueError, match="unknown TLP level 'amber-ish'"):
         store.add_sightings(domains(1), source="feed", default_tlp="amber-ish")
     with pytest.raises(ValueError, match="source must name"):
         store.add_sightings(domains(1), source=" ", default_tlp="green")
 
 
-def test_concurrent_batches_from_threads_all_land(store: Store) -> None:
+def test_concurrent_batches_from_threads_all_land(store: NodeStore) -> None:
     errors: list[BaseException] = []
 
     def work(n: int) -> None:
@@ -364,6 +291,500 @@ def test_concurrent_batches_from_threads_all_land(store: Store) -> None:
         t.join()
     assert errors == []
     assert store.stats().sightings == 8_000
+
+
+# --- every store: eligible ------------------------------------------------------------------------
+
+
+def test_eligible_filters_by_kind_and_tlp(store: NodeStore) -> None:
+    store.add_sightings(
+        [
+            Sighting("domain", "clear.example", "x", tlp="clear"),
+            Sighting("domain", "green.example", "x", tlp="green"),
+            Sighting("domain", "amber.example", "x", tlp="amber"),
+            Sighting("ipv4", "192.0.2.1", "x", tlp="green"),
+            Sighting("url", "http://green.example/", "x", tlp="green"),
+            Sighting("domain", "red.example", "x", tlp="red"),
+        ],
+        source="feed",
+        default_tlp="green",
+    )
+    got = store.eligible(["domain", "ipv4"], ["TLP:CLEAR", "green"])
+    assert [(kind, value) for _, kind, value in got] == [
+        ("domain", "clear.example"),
+        ("domain", "green.example"),
+        ("ipv4", "192.0.2.1"),
+    ]
+    ids = [sid for sid, _, _ in got]
+    assert ids == sorted(ids)
+    green = store.lookup("domain", "green.example")
+    assert green is not None and (green.sighting_id, "domain", "green.example") in got
+
+    assert store.eligible([], ["green"]) == []
+    assert store.eligible(["domain"], []) == []
+    with pytest.raises(ValueError, match="unknown TLP level"):
+        store.eligible(["domain"], ["puce"])
+
+
+def test_a_tlp_raised_by_reimport_removes_the_indicator_from_eligible(store: NodeStore) -> None:
+    store.add_sightings(domains(3), source="a", default_tlp="green")
+    store.add_sightings(domains(1), source="b", default_tlp="red")
+    got = {value for _, _, value in store.eligible(["domain"], ["clear", "green"])}
+    assert got == {"d1.example", "d2.example"}
+
+
+def test_iter_eligible_yields_the_same_rows_in_chunks(store: NodeStore) -> None:
+    store.add_sightings(domains(1_050), source="feed", default_tlp="green")
+    store.add_sightings(domains(10, "red"), source="feed", default_tlp="red")
+    chunks = list(store.iter_eligible(["domain"], ["green"], chunk=100))
+    assert [len(c) for c in chunks] == [100] * 10 + [50]
+    assert [row for chunk in chunks for row in chunk] == store.eligible(["domain"], ["green"])
+
+
+# --- every store: imports and rounds audit --------------------------------------------------------
+
+
+def test_record_import_round_trips_the_summary(store: NodeStore) -> None:
+    summary = {"per_kind": {"domain": 3}, "known": 1, "skipped": {"private ip": 2}, "invalid": 0}
+    import_id = store.record_import("misp", "/data/event.json", "misp", summary)
+    [entry] = store.audit()
+    assert isinstance(entry, ImportAudit)
+    assert (entry.import_id, entry.source, entry.path, entry.fmt) == (
+        import_id,
+        "misp",
+        "/data/event.json",
+        "misp",
+    )
+    assert entry.summary == summary
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        store.record_import("misp", "x", "misp", {"bad": object()})
+
+
+def test_round_audit_from_start_to_outcome(store: NodeStore) -> None:
+    record_round(store, "r1", started="2026-06-01T10:00:00Z")
+    store.add_blinded("r1", "de", 100)
+    store.add_blinded("r1", "de", 50)
+    store.add_blinded("r1", "it", 7)
+    store.record_round(
+        "r1",
+        started="2026-06-01T10:00:09Z",
+        coordinator="coord.eu",
+        participants=["fr", "de", "it"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain", "ipv4"],
+        own_size=10,
+        blinded_for={"it": 8},
+        outcome="done",
+        reason=None,
+        finished="2026-06-01T10:05:00Z",
+    )
+    [entry] = store.rounds()
+    assert entry == RoundAudit(
+        round_id="r1",
+        started="2026-06-01T10:00:00Z",  # the first start time is kept
+        coordinator="coord.eu",
+        participants=["fr", "de", "it"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain", "ipv4"],
+        own_size=10,
+        blinded_for={"de": 150, "it": 8},
+        outcome="done",
+        reason=None,
+        finished="2026-06-01T10:05:00Z",
+    )
+    with pytest.raises(ValueError, match="not in the audit log"):
+        store.add_blinded("r-unknown", "de", 1)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        store.add_blinded("r1", "de", -1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "threshold", "outcome", "message"),
+    [
+        ("all", None, "started", "unknown round mode 'all'"),
+        ("pairwise", None, "ok", "unknown round outcome 'ok'"),
+        ("threshold", None, "started", "exactly when the mode is 'threshold'"),
+        ("count", 3, "started", "exactly when the mode is 'threshold'"),
+        ("threshold", 0, "started", "threshold must be >= 1"),
+    ],
+)
+def test_round_audit_validates_mode_outcome_and_threshold(
+    store: NodeStore, mode: str, threshold: int | None, outcome: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.record_round(
+            "r",
+            started="2026-06-01T10:00:00Z",
+            coordinator="c",
+            participants=["fr", "de"],
+            mode=mode,
+            threshold=threshold,
+            kinds=["domain"],
+            own_size=1,
+            blinded_for={},
+            outcome=outcome,
+            reason=None,
+            finished=None,
+        )
+    assert store.rounds() == []
+
+
+def test_a_refused_round_keeps_its_reason(store: NodeStore) -> None:
+    store.record_round(
+        "r9",
+        started="2026-06-02T00:00:00Z",
+        coordinator="coord.eu",
+        participants=["fr", "xx"],
+        mode="count",
+        threshold=None,
+        kinds=["domain"],
+        own_size=0,
+        blinded_for={},
+        outcome="refused",
+        reason="policy: xx is not an allowed partner",
+        finished="2026-06-02T00:00:01Z",
+    )
+    [entry] = store.audit()
+    assert isinstance(entry, RoundAudit)
+    assert (entry.outcome, entry.reason) == ("refused", "policy: xx is not an allowed partner")
+
+
+def test_audit_merges_imports_and_rounds_newest_first(store: NodeStore) -> None:
+    record_round(store, "old", started="2000-01-01T00:00:00Z")
+    store.record_import("feed", "f.json", "stix", {"invalid": 0})  # stamped now
+    record_round(store, "future", started="2999-01-01T00:00:00Z")
+    entries = store.audit()
+    assert [type(e).__name__ for e in entries] == ["RoundAudit", "ImportAudit", "RoundAudit"]
+    assert [e.round_id for e in entries if isinstance(e, RoundAudit)] == ["future", "old"]
+    assert len(store.audit(limit=2)) == 2
+    assert isinstance(store.audit(limit=1)[0], RoundAudit)
+
+
+def test_end_round_sets_the_outcome_and_keeps_the_record(store: NodeStore) -> None:
+    store.record_round(
+        "r-end",
+        started="2026-01-01T00:00:00Z",
+        coordinator="coordinator",
+        participants=["a", "b"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain"],
+        own_size=7,
+        blinded_for={"b": 5},
+        outcome="started",
+    )
+    store.end_round("r-end", outcome="failed", reason="node restarted")
+    (entry,) = [r for r in store.rounds() if r.round_id == "r-end"]
+    assert (entry.outcome, entry.reason, entry.own_size) == ("failed", "node restarted", 7)
+    assert entry.blinded_for == {"b": 5} and entry.finished is not None
+    with pytest.raises(ValueError, match="not in the audit log"):
+        store.end_round("never", outcome="failed", reason=None)
+    with pytest.raises(ValueError, match="final round outcome"):
+        store.end_round("r-end", outcome="started", reason=None)
+
+
+def test_has_round_knows_every_recorded_round_whatever_its_outcome(store: NodeStore) -> None:
+    assert not store.has_round("r1")
+    store.record_import("feed", "f.json", "stix", {})
+    assert not store.has_round("r1")
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    assert store.has_round("r1")
+    store.end_round("r1", outcome="failed", reason="node restarted")
+    assert store.has_round("r1")
+    store.record_round(
+        "r2",
+        started="2026-06-02T00:00:00Z",
+        coordinator="coord.eu",
+        participants=["fr", "xx"],
+        mode="count",
+        threshold=None,
+        kinds=["domain"],
+        own_size=0,
+        outcome="refused",
+        reason="policy: xx is not an allowed partner",
+    )
+    assert store.has_round("r2")
+    assert not store.has_round("r3")
+    assert not store.has_round("R1")  # round ids are compared exactly
+
+
+# --- every store: matches -------------------------------------------------------------------------
+
+
+def test_matches_round_trip_latest_round_first(store: NodeStore) -> None:
+    store.add_sightings(
+        [
+            Sighting("domain", "b.example", "b"),
+            Sighting("domain", "a.example", "a"),
+            Sighting("ipv4", "192.0.2.9", "192.0.2.9"),
+        ],
+        source="feed",
+        default_tlp="green",
+    )
+    ids = {value: sid for sid, _, value in store.eligible(["domain", "ipv4"], ["green"])}
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    record_round(store, "r2", mode="threshold", started="2026-06-02T00:00:00Z")
+
+    stored = store.record_matches(
+        "r1",
+        "pairwise",
+        [(ids["b.example"], ["it", "de"], None), (ids["a.example"], ["de"], None)],
+    )
+    assert stored == 2
+    store.record_matches("r2", "threshold", [(ids["192.0.2.9"], [], 3)])
+
+    got = [(m.round_id, m.kind, m.value, m.partners, m.count) for m in store.matches()]
+    assert got == [
+        ("r2", "ipv4", "192.0.2.9", [], 3),
+        ("r1", "domain", "a.example", ["de"], None),
+        ("r1", "domain", "b.example", ["de", "it"], None),
+    ]
+    assert [m.value for m in store.matches("r1")] == ["a.example", "b.example"]
+    assert store.matches("nope") == []
+
+
+def test_record_matches_is_one_transaction_and_checks_the_round(store: NodeStore) -> None:
+    store.add_sightings(domains(2), source="feed", default_tlp="green")
+    ids = [sid for sid, _, _ in store.eligible(["domain"], ["green"])]
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    with pytest.raises(ValueError, match="does not hold"):
+        store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (99999, ["de"], None)])
+    with pytest.raises(ValueError, match="names no partner"):
+        store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (ids[1], [], None)])
+    assert store.matches() == []
+    with pytest.raises(ValueError, match="recorded in mode 'pairwise', not 'threshold'"):
+        store.record_matches("r1", "threshold", [(ids[0], [], 2)])
+    with pytest.raises(ValueError, match="not in the audit log"):
+        store.record_matches("r-unknown", "pairwise", [(ids[0], ["de"], None)])
+    with pytest.raises(ValueError, match="record_partner_counts"):
+        store.record_matches("r1", "count", [])
+
+
+def test_partner_counts_round_trip(store: NodeStore) -> None:
+    record_round(store, "c1", mode="count", started="2026-06-01T00:00:00Z")
+    record_round(store, "c2", mode="count", started="2026-06-03T00:00:00Z")
+    store.record_partner_counts("c1", {"it": 4, "de": 0})
+    store.record_partner_counts("c2", {"de": 12})
+    got = [(p.round_id, p.partner, p.count) for p in store.partner_counts()]
+    assert got == [("c2", "de", 12), ("c1", "de", 0), ("c1", "it", 4)]
+    assert [p.partner for p in store.partner_counts("c1")] == ["de", "it"]
+    record_round(store, "p1", started="2026-06-04T00:00:00Z")
+    with pytest.raises(ValueError, match="belong to a 'count' round"):
+        store.record_partner_counts("p1", {"de": 1})
+
+
+# --- every store: stats ---------------------------------------------------------------------------
+
+
+def test_stats(store: NodeStore) -> None:
+    empty = store.stats()
+    assert (empty.sightings, empty.imports, empty.last_import) == (0, 0, None)
+
+    store.add_sightings(domains(3), source="misp", default_tlp="green")
+    store.add_sightings(
+        [Sighting("ipv4", "192.0.2.1", "x", tlp="red"), *domains(1)],
+        source="stix",
+        default_tlp="amber",
+    )
+    store.record_import("misp", "a.json", "misp", {})
+    store.record_import("stix", "b.json", "stix", {})
+    record_round(store, "r1", started="2026-06-01T00:00:00Z")
+    record_round(store, "r2", started="2026-06-02T00:00:00Z")
+    store.record_round(
+        "r2",
+        started="2026-06-02T00:00:00Z",
+        coordinator="coord.eu",
+        participants=["fr", "de"],
+        mode="pairwise",
+        threshold=None,
+        kinds=["domain"],
+        own_size=4,
+        blinded_for={"de": 4},
+        outcome="done",
+        reason=None,
+        finished="2026-06-02T00:01:00Z",
+    )
+
+    stats = store.stats()
+    assert stats.sightings == 4
+    assert stats.per_kind == {"domain": 3, "ipv4": 1}
+    assert stats.per_tlp == {"green": 2, "amber": 1, "red": 1}  # d0 went amber on re-import
+    assert stats.sources == {"misp": 3, "stix": 2}
+    assert stats.imports == 2
+    assert stats.last_import is not None and stats.last_import.endswith("Z")
+    assert (stats.rounds_recorded, stats.rounds_joined) == (2, 1)
+
+
+# --- every store: early warning -------------------------------------------------------------------
+
+
+def test_epochs_keep_their_first_close(store: NodeStore) -> None:
+    store.record_epoch(
+        "e1", ends="2026-07-01T00:00:00Z", coordinator="coord.eu", participants=["fr", "de"], tags=5
+    )
+    store.record_epoch(
+        "e2", ends="2026-08-01T00:00:00Z", coordinator="coord.eu", participants=["fr"], tags=0
+    )
+    store.close_epoch("e1", "expired")
+    store.close_epoch("e1", "aborted")  # the key was destroyed once: the first reason stays
+    by_id = {e.epoch_id: e for e in store.epochs()}
+    assert set(by_id) == {"e1", "e2"}
+    assert (by_id["e1"].participants, by_id["e1"].tags) == (["fr", "de"], 5)
+    assert by_id["e1"].reason == "expired" and by_id["e1"].closed is not None
+    assert (by_id["e2"].closed, by_id["e2"].reason) == (None, None)
+
+
+def test_checks_and_alerts_read_back_newest_first(store: NodeStore) -> None:
+    store.record_check("e1", "fr", 10, outcome="done", hits=2)
+    store.record_check("e1", "de", 3, outcome="refused", reason="budget")
+    assert store.checks()[0] == CheckAudit(
+        store.checks()[0].time, "e1", "de", 3, None, "refused", "budget"
+    )
+    assert [c.checker for c in store.checks()] == ["de", "fr"]
+
+    stored = store.record_alerts(
+        "e1",
+        [("domain", "a.example", "de", "check"), ("ipv4", "192.0.2.1", "it", "sighted")],
+    )
+    assert stored == 2
+    alerts = store.alerts()
+    assert [(a.kind, a.value, a.partner, a.direction) for a in alerts] == [
+        ("ipv4", "192.0.2.1", "it", "sighted"),
+        ("domain", "a.example", "de", "check"),
+    ]
+    assert store.alerts(after=alerts[1].alert_id) == alerts[:1]
+    assert store.alerts(limit=1) == alerts[:1]
+
+
+# --- the SQLite file store: schema, migrations, files, processes ----------------------------------
+
+
+def test_open_creates_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+    assert {
+        "sightings",
+        "imports",
+        "rounds",
+        "round_blinded",
+        "matches",
+        "partner_counts",
+    } <= tables
+
+
+def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path) as s:
+        s.add_sightings(domains(3), source="feed", default_tlp="green")
+    for _ in range(2):
+        with Store.open(path) as s:
+            assert s.stats().sightings == 3
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_a_new_migration_upgrades_an_existing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path) as s:
+        s.add_sightings(domains(2), source="feed", default_tlp="green")
+    upgraded = (*schema_module.MIGRATIONS, ("ALTER TABLE sightings ADD COLUMN note TEXT",))
+    monkeypatch.setattr(schema_module, "MIGRATIONS", upgraded)
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", len(upgraded))
+    with Store.open(path) as s:
+        assert s.stats().sightings == 2
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert "note" in [c[1] for c in conn.execute("PRAGMA table_info(sightings)")]
+    finally:
+        conn.close()
+
+
+def test_a_failing_migration_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    broken = (
+        *schema_module.MIGRATIONS,
+        ("CREATE TABLE half_done (x)", "ALTER TABLE no_such_table ADD COLUMN y"),
+    )
+    monkeypatch.setattr(schema_module, "MIGRATIONS", broken)
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", len(broken))
+    with pytest.raises(
+        StoreError,
+        match=rf"schema version {SCHEMA_VERSION + 1}: no such table: no_such_table;"
+        rf".* version {SCHEMA_VERSION}",
+    ):
+        Store.open(path)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    finally:
+        conn.close()
+    assert "half_done" not in names
+
+
+def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match=r"schema version \d+, newer .* upgrade blindmatch"):
+        Store.open(path)
+
+
+def test_open_requires_the_parent_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist; create it first"):
+        Store.open(tmp_path / "missing" / "node.sqlite")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_open_refuses_a_file_that_is_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are not the pages you are looking for" * 100)
+    with pytest.raises(StoreError, match="is it a blindmatch store"):
+        Store.open(path)
+
+
+def test_the_store_has_no_place_for_key_material(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        columns = [
+            (table, col[1])
+            for table in tables
+            for col in conn.execute(f"PRAGMA table_info({table})")
+        ]
+    finally:
+        conn.close()
+    assert len(columns) > 20  # the check below looked at the real schema
+    forbidden = ("key", "secret", "scalar", "private")
+    assert [c for c in columns if any(word in c[1].lower() for word in forbidden)] == []
+    for cls in (NodeStore, Store):
+        for method in (cls.record_round, cls.add_blinded, cls.record_matches):
+            params = inspect.signature(method).parameters
+            assert not [p for p in params if any(word in p.lower() for word in forbidden)]
 
 
 def test_a_second_connection_sees_committed_batches(tmp_path: Path) -> None:
@@ -430,322 +851,62 @@ def test_kill_9_mid_import_leaves_the_batch_all_or_nothing(tmp_path: Path) -> No
         conn.close()
 
 
-# --- eligible -------------------------------------------------------------------------------------
-
-
-def test_eligible_filters_by_kind_and_tlp(store: Store) -> None:
-    store.add_sightings(
-        [
-            Sighting("domain", "clear.example", "x", tlp="clear"),
-            Sighting("domain", "green.example", "x", tlp="green"),
-            Sighting("domain", "amber.example", "x", tlp="amber"),
-            Sighting("ipv4", "192.0.2.1", "x", tlp="green"),
-            Sighting("url", "http://green.example/", "x", tlp="green"),
-            Sighting("domain", "red.example", "x", tlp="red"),
-        ],
-        source="feed",
-        default_tlp="green",
-    )
-    got = store.eligible(["domain", "ipv4"], ["TLP:CLEAR", "green"])
-    assert [(kind, value) for _, kind, value in got] == [
-        ("domain", "clear.example"),
-        ("domain", "green.example"),
-        ("ipv4", "192.0.2.1"),
-    ]
-    ids = [sid for sid, _, _ in got]
-    assert ids == sorted(ids)
-    green = store.lookup("domain", "green.example")
-    assert green is not None and (green.sighting_id, "domain", "green.example") in got
-
-    assert store.eligible([], ["green"]) == []
-    assert store.eligible(["domain"], []) == []
-    with pytest.raises(ValueError, match="unknown TLP level"):
-        store.eligible(["domain"], ["puce"])
-
-
-def test_a_tlp_raised_by_reimport_removes_the_indicator_from_eligible(store: Store) -> None:
-    store.add_sightings(domains(3), source="a", default_tlp="green")
-    store.add_sightings(domains(1), source="b", default_tlp="red")
-    got = {value for _, _, value in store.eligible(["domain"], ["clear", "green"])}
-    assert got == {"d1.example", "d2.example"}
-
-
-def test_iter_eligible_yields_the_same_rows_in_chunks(store: Store) -> None:
-    store.add_sightings(domains(1_050), source="feed", default_tlp="green")
-    store.add_sightings(domains(10, "red"), source="feed", default_tlp="red")
-    chunks = list(store.iter_eligible(["domain"], ["green"], chunk=100))
-    assert [len(c) for c in chunks] == [100] * 10 + [50]
-    assert [row for chunk in chunks for row in chunk] == store.eligible(["domain"], ["green"])
-
-
-# --- imports and rounds audit ---------------------------------------------------------------------
-
-
-def test_record_import_round_trips_the_summary(store: Store) -> None:
-    summary = {"per_kind": {"domain": 3}, "known": 1, "skipped": {"private ip": 2}, "invalid": 0}
-    import_id = store.record_import("misp", "/data/event.json", "misp", summary)
-    [entry] = store.audit()
-    assert isinstance(entry, ImportAudit)
-    assert (entry.import_id, entry.source, entry.path, entry.fmt) == (
-        import_id,
-        "misp",
-        "/data/event.json",
-        "misp",
-    )
-    assert entry.summary == summary
-    with pytest.raises(ValueError, match="JSON-serialisable"):
-        store.record_import("misp", "x", "misp", {"bad": object()})
-
-
-def test_round_audit_from_start_to_outcome(store: Store) -> None:
-    record_round(store, "r1", started="2026-06-01T10:00:00Z")
-    store.add_blinded("r1", "de", 100)
-    store.add_blinded("r1", "de", 50)
-    store.add_blinded("r1", "it", 7)
-    store.record_round(
-        "r1",
-        started="2026-06-01T10:00:09Z",
-        coordinator="coord.eu",
-        participants=["fr", "de", "it"],
-        mode="pairwise",
-        threshold=None,
-        kinds=["domain", "ipv4"],
-        own_size=10,
-        blinded_for={"it": 8},
-        outcome="done",
-        reason=None,
-        finished="2026-06-01T10:05:00Z",
-    )
-    [entry] = store.rounds()
-    assert entry == RoundAudit(
-        round_id="r1",
-        started="2026-06-01T10:00:00Z",  # the first start time is kept
-        coordinator="coord.eu",
-        participants=["fr", "de", "it"],
-        mode="pairwise",
-        threshold=None,
-        kinds=["domain", "ipv4"],
-        own_size=10,
-        blinded_for={"de": 150, "it": 8},
-        outcome="done",
-        reason=None,
-        finished="2026-06-01T10:05:00Z",
-    )
-    with pytest.raises(ValueError, match="not in the audit log"):
-        store.add_blinded("r-unknown", "de", 1)
-    with pytest.raises(ValueError, match="cannot be negative"):
-        store.add_blinded("r1", "de", -1)
-
-
-@pytest.mark.parametrize(
-    ("mode", "threshold", "outcome", "message"),
-    [
-        ("all", None, "started", "unknown round mode 'all'"),
-        ("pairwise", None, "ok", "unknown round outcome 'ok'"),
-        ("threshold", None, "started", "exactly when the mode is 'threshold'"),
-        ("count", 3, "started", "exactly when the mode is 'threshold'"),
-        ("threshold", 0, "started", "threshold must be >= 1"),
-    ],
-)
-def test_round_audit_validates_mode_outcome_and_threshold(
-    store: Store, mode: str, threshold: int | None, outcome: str, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        store.record_round(
-            "r",
-            started="2026-06-01T10:00:00Z",
-            coordinator="c",
-            participants=["fr", "de"],
-            mode=mode,
-            threshold=threshold,
-            kinds=["domain"],
-            own_size=1,
-            blinded_for={},
-            outcome=outcome,
-            reason=None,
-            finished=None,
-        )
-    assert store.rounds() == []
-
-
-def test_a_refused_round_keeps_its_reason(store: Store) -> None:
-    store.record_round(
-        "r9",
-        started="2026-06-02T00:00:00Z",
-        coordinator="coord.eu",
-        participants=["fr", "xx"],
-        mode="count",
-        threshold=None,
-        kinds=["domain"],
-        own_size=0,
-        blinded_for={},
-        outcome="refused",
-        reason="policy: xx is not an allowed partner",
-        finished="2026-06-02T00:00:01Z",
-    )
-    [entry] = store.audit()
-    assert isinstance(entry, RoundAudit)
-    assert (entry.outcome, entry.reason) == ("refused", "policy: xx is not an allowed partner")
-
-
-def test_audit_merges_imports_and_rounds_newest_first(store: Store) -> None:
-    record_round(store, "old", started="2000-01-01T00:00:00Z")
-    store.record_import("feed", "f.json", "stix", {"invalid": 0})  # stamped now
-    record_round(store, "future", started="2999-01-01T00:00:00Z")
-    entries = store.audit()
-    assert [type(e).__name__ for e in entries] == ["RoundAudit", "ImportAudit", "RoundAudit"]
-    assert [e.round_id for e in entries if isinstance(e, RoundAudit)] == ["future", "old"]
-    assert len(store.audit(limit=2)) == 2
-    assert isinstance(store.audit(limit=1)[0], RoundAudit)
-
-
-def test_the_store_has_no_place_for_key_material(tmp_path: Path) -> None:
+def test_has_round_is_one_index_lookup(tmp_path: Path) -> None:
     path = tmp_path / "node.sqlite"
-    with Store.open(path):
-        pass
+    with Store.open(path) as s:
+        record_round(s, "r1", started="2026-06-01T00:00:00Z")
+        statements: list[str] = []
+        s._conn.set_trace_callback(statements.append)
+        assert s.has_round("r1")
+        s._conn.set_trace_callback(None)
+    [query] = [sql for sql in statements if "rounds" in sql]
     conn = sqlite3.connect(path)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        columns = [
-            (table, col[1])
-            for table in tables
-            for col in conn.execute(f"PRAGMA table_info({table})")
-        ]
+        plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
     finally:
         conn.close()
-    assert len(columns) > 20  # the check below looked at the real schema
-    forbidden = ("key", "secret", "scalar", "private")
-    assert [c for c in columns if any(word in c[1].lower() for word in forbidden)] == []
-    for method in (Store.record_round, Store.add_blinded, Store.record_matches):
-        params = inspect.signature(method).parameters
-        assert not [p for p in params if any(word in p.lower() for word in forbidden)]
+    # SEARCH ... USING (COVERING) INDEX: the primary key's index, not a scan of the log.
+    assert plan.startswith("SEARCH rounds USING") and "INDEX" in plan, plan
 
 
-# --- matches --------------------------------------------------------------------------------------
+def _modes(path: Path) -> dict[str, int]:
+    return {
+        file.name: stat.S_IMODE(file.stat().st_mode)
+        for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm")))
+    }
 
 
-def test_matches_round_trip_latest_round_first(store: Store) -> None:
-    store.add_sightings(
-        [
-            Sighting("domain", "b.example", "b"),
-            Sighting("domain", "a.example", "a"),
-            Sighting("ipv4", "192.0.2.9", "192.0.2.9"),
-        ],
-        source="feed",
-        default_tlp="green",
-    )
-    ids = {value: sid for sid, _, value in store.eligible(["domain", "ipv4"], ["green"])}
-    record_round(store, "r1", started="2026-06-01T00:00:00Z")
-    record_round(store, "r2", mode="threshold", started="2026-06-02T00:00:00Z")
-
-    stored = store.record_matches(
-        "r1",
-        "pairwise",
-        [(ids["b.example"], ["it", "de"], None), (ids["a.example"], ["de"], None)],
-    )
-    assert stored == 2
-    store.record_matches("r2", "threshold", [(ids["192.0.2.9"], [], 3)])
-
-    got = [(m.round_id, m.kind, m.value, m.partners, m.count) for m in store.matches()]
-    assert got == [
-        ("r2", "ipv4", "192.0.2.9", [], 3),
-        ("r1", "domain", "a.example", ["de"], None),
-        ("r1", "domain", "b.example", ["de", "it"], None),
-    ]
-    assert [m.value for m in store.matches("r1")] == ["a.example", "b.example"]
-    assert store.matches("nope") == []
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_the_store_and_its_wal_files_are_private_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    path = tmp_path / "node.sqlite"
+    old = os.umask(umask)
+    try:
+        with Store.open(path) as s:
+            s.add_sightings(domains(3), source="feed", default_tlp="red")
+            modes = _modes(path)  # the -wal and -shm files exist while the store is open
+    finally:
+        os.umask(old)
+    assert modes == {"node.sqlite": 0o600, "node.sqlite-wal": 0o600, "node.sqlite-shm": 0o600}
 
 
-def test_record_matches_is_one_transaction_and_checks_the_round(store: Store) -> None:
-    store.add_sightings(domains(2), source="feed", default_tlp="green")
-    ids = [sid for sid, _, _ in store.eligible(["domain"], ["green"])]
-    record_round(store, "r1", started="2026-06-01T00:00:00Z")
-    with pytest.raises(ValueError, match="does not hold"):
-        store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (99999, ["de"], None)])
-    with pytest.raises(ValueError, match="names no partner"):
-        store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (ids[1], [], None)])
-    assert store.matches() == []
-    with pytest.raises(ValueError, match="recorded in mode 'pairwise', not 'threshold'"):
-        store.record_matches("r1", "threshold", [(ids[0], [], 2)])
-    with pytest.raises(ValueError, match="not in the audit log"):
-        store.record_matches("r-unknown", "pairwise", [(ids[0], ["de"], None)])
-    with pytest.raises(ValueError, match="record_partner_counts"):
-        store.record_matches("r1", "count", [])
-
-
-def test_partner_counts_round_trip(store: Store) -> None:
-    record_round(store, "c1", mode="count", started="2026-06-01T00:00:00Z")
-    record_round(store, "c2", mode="count", started="2026-06-03T00:00:00Z")
-    store.record_partner_counts("c1", {"it": 4, "de": 0})
-    store.record_partner_counts("c2", {"de": 12})
-    got = [(p.round_id, p.partner, p.count) for p in store.partner_counts()]
-    assert got == [("c2", "de", 12), ("c1", "de", 0), ("c1", "it", 4)]
-    assert [p.partner for p in store.partner_counts("c1")] == ["de", "it"]
-    record_round(store, "p1", started="2026-06-04T00:00:00Z")
-    with pytest.raises(ValueError, match="belong to a 'count' round"):
-        store.record_partner_counts("p1", {"de": 1})
-
-
-# --- stats ----------------------------------------------------------------------------------------
-
-
-def test_stats(store: Store) -> None:
-    empty = store.stats()
-    assert (empty.sightings, empty.imports, empty.last_import) == (0, 0, None)
-
-    store.add_sightings(domains(3), source="misp", default_tlp="green")
-    store.add_sightings(
-        [Sighting("ipv4", "192.0.2.1", "x", tlp="red"), *domains(1)],
-        source="stix",
-        default_tlp="amber",
-    )
-    store.record_import("misp", "a.json", "misp", {})
-    store.record_import("stix", "b.json", "stix", {})
-    record_round(store, "r1", started="2026-06-01T00:00:00Z")
-    record_round(store, "r2", started="2026-06-02T00:00:00Z")
-    store.record_round(
-        "r2",
-        started="2026-06-02T00:00:00Z",
-        coordinator="coord.eu",
-        participants=["fr", "de"],
-        mode="pairwise",
-        threshold=None,
-        kinds=["domain"],
-        own_size=4,
-        blinded_for={"de": 4},
-        outcome="done",
-        reason=None,
-        finished="2026-06-02T00:01:00Z",
-    )
-
-    stats = store.stats()
-    assert stats.sightings == 4
-    assert stats.per_kind == {"domain": 3, "ipv4": 1}
-    assert stats.per_tlp == {"green": 2, "amber": 1, "red": 1}  # d0 went amber on re-import
-    assert stats.sources == {"misp": 3, "stix": 2}
-    assert stats.imports == 2
-    assert stats.last_import is not None and stats.last_import.endswith("Z")
-    assert (stats.rounds_recorded, stats.rounds_joined) == (2, 1)
-
-
-def test_end_round_sets_the_outcome_and_keeps_the_record(store: Store) -> None:
-    store.record_round(
-        "r-end",
-        started="2026-01-01T00:00:00Z",
-        coordinator="coordinator",
-        participants=["a", "b"],
-        mode="pairwise",
-        threshold=None,
-        kinds=["domain"],
-        own_size=7,
-        blinded_for={"b": 5},
-        outcome="started",
-    )
-    store.end_round("r-end", outcome="failed", reason="node restarted")
-    (entry,) = [r for r in store.rounds() if r.round_id == "r-end"]
-    assert (entry.outcome, entry.reason, entry.own_size) == ("failed", "node restarted", 7)
-    assert entry.blinded_for == {"b": 5} and entry.finished is not None
-    with pytest.raises(ValueError, match="not in the audit log"):
-        store.end_round("never", outcome="failed", reason=None)
-    with pytest.raises(ValueError, match="final round outcome"):
-        store.end_round("r-end", outcome="started", reason=None)
+def test_opening_a_store_readable_by_others_makes_it_private(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    with Store.open(path) as s:
+        s.add_sightings(domains(3), source="feed", default_tlp="red")
+    # As an older blindmatch left it: world-readable, and another process holding it open.
+    other = sqlite3.connect(path)
+    try:
+        other.execute(
+            "INSERT INTO imports (imported_at, source, path, format, summary)"
+            " VALUES ('2026-01-01T00:00:00Z', 'x', 'x', 'x', '{}')"
+        )
+        other.commit()
+        for file in _modes(path):
+            os.chmod(tmp_path / file, 0o644)
+        with Store.open(path) as s:
+            assert s.stats().sightings == 3
+            assert set(_modes(path).values()) == {0o600}
+    finally:
+        other.close()

@@ -1,0 +1,46 @@
+"""The node's private store: sightings, the import and round audit, round results, early warning.
+
+``NodeStore`` (base.py) is the interface; ``Store`` (sqlite.py) keeps it in one SQLite file,
+built from one module per job:
+
+    schema.py     tables, versioned migrations, connection settings, times
+    db.py         the connection: private file modes, the lock, transactions
+    tlp.py        TLP levels and their order
+    sightings.py  sightings, eligibility for a round, summary counts
+    audit.py      the import and round audit log
+    matches.py    round results: matches and partner counts
+    watch.py      early warning: epochs, checks, alerts
+"""
+
+from node.store.audit import OUTCOMES, AuditEntry, ImportAudit, RoundAudit
+from node.store.base import NodeStore
+from node.store.matches import MatchRow, PartnerCount
+from node.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, utc_now
+from node.store.sightings import AddResult, Sighting, Stats, StoredSighting
+from node.store.sqlite import Store
+from node.store.tlp import TLP_LEVELS, normalize_tlp
+from node.store.watch import AlertRow, CheckAudit, EpochAudit
+
+__all__ = [
+    "MIGRATIONS",
+    "OUTCOMES",
+    "SCHEMA_VERSION",
+    "TLP_LEVELS",
+    "AddResult",
+    "AlertRow",
+    "AuditEntry",
+    "CheckAudit",
+    "EpochAudit",
+    "ImportAudit",
+    "MatchRow",
+    "NodeStore",
+    "PartnerCount",
+    "RoundAudit",
+    "Sighting",
+    "Stats",
+    "Store",
+    "StoreError",
+    "StoredSighting",
+    "normalize_tlp",
+    "utc_now",
+]

@@ -1,0 +1,195 @@
+"""What a node store does, whatever holds it: the one interface the node, its CLI and the tests use.
+
+Every method's contract is written here once; tests/test_store.py is the suite every
+implementation passes. ``node.store.sqlite.Store`` (one SQLite file) is the implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from node.store.audit import AuditEntry, RoundAudit
+from node.store.matches import MatchRow, PartnerCount
+from node.store.sightings import ELIGIBLE_CHUNK, AddResult, Sighting, Stats, StoredSighting
+from node.store.watch import AlertRow, CheckAudit, EpochAudit
+
+
+class NodeStore(ABC):
+    """A node's private store. Safe to share between threads; use as a context manager."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store; closing twice is harmless, using it afterwards raises StoreError."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- sightings (node/store/sightings.py)
+
+    @abstractmethod
+    def add_sightings(
+        self, sightings: Iterable[Sighting], *, source: str, default_tlp: str
+    ) -> AddResult:
+        """Store a batch in one transaction; if anything raises midway, nothing of it is stored.
+
+        ``new`` counts indicators the store did not hold before; ``known`` counts the batch's
+        sightings that merged into an indicator already stored (including one stored earlier in
+        this same batch).
+        """
+
+    @abstractmethod
+    def lookup(self, kind: str, value: str) -> StoredSighting | None:
+        """The stored indicator (kind, canonical value), or None if the store does not hold it."""
+
+    @abstractmethod
+    def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[tuple[int, str, str]]:
+        """(sighting_id, kind, value) of every indicator of one of ``kinds`` at one of ``tlps``.
+
+        One consistent snapshot, ordered by sighting_id.
+        """
+
+    @abstractmethod
+    def iter_eligible(
+        self, kinds: Collection[str], tlps: Collection[str], *, chunk: int = ELIGIBLE_CHUNK
+    ) -> Iterator[list[tuple[int, str, str]]]:
+        """Like ``eligible`` but in chunks of at most ``chunk`` rows, in the same order.
+
+        Chunks are not one snapshot: an import running meanwhile may add rows to later chunks.
+        """
+
+    @abstractmethod
+    def stats(self) -> Stats:
+        """Counts of sightings (per kind, TLP and source), imports and rounds."""
+
+    # --- the audit log (node/store/audit.py)
+
+    @abstractmethod
+    def record_import(self, source: str, path: str, fmt: str, summary: Mapping[str, Any]) -> int:
+        """Record one import (summary: counts per kind, known, skipped reasons, invalid count)."""
+
+    @abstractmethod
+    def record_round(
+        self,
+        round_id: str,
+        *,
+        started: str | datetime,
+        coordinator: str,
+        participants: Iterable[str],
+        mode: str,
+        threshold: int | None,
+        kinds: Iterable[str],
+        own_size: int,
+        blinded_for: Mapping[str, int] | None = None,
+        outcome: str,
+        reason: str | None = None,
+        finished: str | datetime | None = None,
+    ) -> None:
+        """Create or update the audit record of a round.
+
+        Write it with outcome 'started' when the round begins, then again with its outcome. An
+        update keeps the first ``started`` time. ``blinded_for`` sets the counts of the partners
+        it names and leaves the others (e.g. added by ``add_blinded``) as they are.
+        """
+
+    @abstractmethod
+    def end_round(self, round_id: str, *, outcome: str, reason: str | None) -> None:
+        """Set the outcome of a recorded round (finished now), keeping everything else."""
+
+    @abstractmethod
+    def add_blinded(self, round_id: str, partner: str, n: int) -> None:
+        """Add ``n`` to the elements this node blinded for ``partner`` in ``round_id``."""
+
+    @abstractmethod
+    def has_round(self, round_id: str) -> bool:
+        """Whether ``round_id`` was ever recorded, whatever its outcome; without reading the log."""
+
+    @abstractmethod
+    def rounds(self) -> list[RoundAudit]:
+        """Every recorded round, latest first."""
+
+    @abstractmethod
+    def audit(self, limit: int | None = None) -> list[AuditEntry]:
+        """Imports and rounds, newest first (rounds by their start time)."""
+
+    # --- round results (node/store/matches.py)
+
+    @abstractmethod
+    def record_matches(
+        self, round_id: str, mode: str, rows: Iterable[tuple[int, list[str], int | None]]
+    ) -> int:
+        """Store a round's matches, (sighting_id, partners, count), in one transaction.
+
+        Pairwise rows name their partners; threshold rows carry the count and name no one.
+        Returns the number of rows stored.
+        """
+
+    @abstractmethod
+    def record_partner_counts(self, round_id: str, counts: Mapping[str, int]) -> None:
+        """Store a count-mode round's result: partner -> indicators shared with that partner."""
+
+    @abstractmethod
+    def matches(self, round_id: str | None = None) -> list[MatchRow]:
+        """Matches of one round, or of all rounds latest first; by kind and value within a round."""
+
+    @abstractmethod
+    def partner_counts(self, round_id: str | None = None) -> list[PartnerCount]:
+        """Count-mode results of one round, or of all rounds latest first."""
+
+    # --- early warning (node/store/watch.py)
+
+    @abstractmethod
+    def record_epoch(
+        self,
+        epoch_id: str,
+        *,
+        ends: str,
+        coordinator: str,
+        participants: Iterable[str],
+        tags: int,
+    ) -> None:
+        """Record that this node keeps a key for a watch epoch (started now)."""
+
+    @abstractmethod
+    def close_epoch(self, epoch_id: str, reason: str) -> None:
+        """Record that the epoch's key was destroyed (now, and why); a closed epoch stays closed."""
+
+    @abstractmethod
+    def epochs(self) -> list[EpochAudit]:
+        """Every epoch this node kept a key for, newest first."""
+
+    @abstractmethod
+    def record_check(
+        self,
+        epoch_id: str,
+        checker: str,
+        elements: int,
+        *,
+        outcome: str,
+        reason: str | None = None,
+        hits: int | None = None,
+    ) -> None:
+        """Audit one check: this node's own (``checker`` is this node) or one it blinded for."""
+
+    @abstractmethod
+    def checks(self) -> list[CheckAudit]:
+        """Every check in the audit log, newest first."""
+
+    @abstractmethod
+    def record_alerts(self, epoch_id: str, rows: Iterable[tuple[str, str, str, str]]) -> int:
+        """Store alerts, (kind, value, partner, direction), in one transaction; how many."""
+
+    @abstractmethod
+    def alerts(self, after: int = 0, limit: int | None = None) -> list[AlertRow]:
+        """Alerts with an id above ``after``, newest first."""

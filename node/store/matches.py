@@ -1,0 +1,126 @@
+"""Round results: the matches of pairwise and threshold rounds, the counts of count rounds.
+
+A result belongs to a round recorded in the audit log, in the mode it was recorded with; a match
+points at a sighting the store holds (the foreign keys enforce both).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from node.store.audit import require_round
+from node.store.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRow:
+    round_id: str
+    kind: str
+    value: str
+    partners: list[str]  # empty in threshold mode: it names no one
+    count: int | None  # nations holding the indicator, in threshold mode
+    finished: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerCount:
+    round_id: str
+    partner: str
+    count: int
+    finished: str | None
+
+
+class MatchTable(Database):
+    """Storing and reading round results."""
+
+    def record_matches(
+        self, round_id: str, mode: str, rows: Iterable[tuple[int, list[str], int | None]]
+    ) -> int:
+        if mode not in ("pairwise", "threshold"):
+            raise ValueError(
+                f"record_matches takes mode 'pairwise' or 'threshold', not {mode!r}"
+                " (count mode results go to record_partner_counts)"
+            )
+
+        def params() -> Iterator[tuple[str, int, str, int | None]]:
+            for sighting_id, partners, count in rows:
+                if mode == "pairwise" and not partners:
+                    raise ValueError(
+                        f"round {round_id}: pairwise match for sighting {sighting_id} names no partner"
+                    )
+                if mode == "threshold" and count is None:
+                    raise ValueError(
+                        f"round {round_id}: threshold match for sighting {sighting_id} has no count"
+                    )
+                yield (round_id, sighting_id, json.dumps(sorted(partners)), count)
+
+        with self._transaction() as conn:
+            recorded_mode = require_round(conn, round_id)
+            if recorded_mode != mode:
+                raise ValueError(
+                    f"round {round_id} was recorded in mode {recorded_mode!r}, not {mode!r}"
+                )
+            before = conn.total_changes
+            try:
+                conn.executemany(
+                    "INSERT INTO matches (round_id, sighting_id, partners, count)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (round_id, sighting_id)"
+                    " DO UPDATE SET partners = excluded.partners, count = excluded.count",
+                    params(),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(
+                    f"round {round_id}: a match names a sighting this store does not hold ({exc})"
+                ) from None
+            return conn.total_changes - before
+
+    def record_partner_counts(self, round_id: str, counts: Mapping[str, int]) -> None:
+        with self._transaction() as conn:
+            recorded_mode = require_round(conn, round_id)
+            if recorded_mode != "count":
+                raise ValueError(
+                    f"round {round_id} was recorded in mode {recorded_mode!r};"
+                    " partner counts belong to a 'count' round"
+                )
+            for partner, count in counts.items():
+                if count < 0:
+                    raise ValueError(f"round {round_id}: count for {partner} is negative: {count}")
+            conn.executemany(
+                "INSERT INTO partner_counts (round_id, partner, count) VALUES (?, ?, ?)"
+                " ON CONFLICT (round_id, partner) DO UPDATE SET count = excluded.count",
+                [(round_id, partner, count) for partner, count in counts.items()],
+            )
+
+    def matches(self, round_id: str | None = None) -> list[MatchRow]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                """
+                SELECT m.round_id, s.kind, s.value, m.partners, m.count, r.finished
+                FROM matches m
+                JOIN rounds r ON r.round_id = m.round_id
+                JOIN sightings s ON s.id = m.sighting_id
+                WHERE ?1 IS NULL OR m.round_id = ?1
+                ORDER BY r.started DESC, r.rowid DESC, s.kind, s.value
+                """,
+                (round_id,),
+            ).fetchall()
+        return [
+            MatchRow(round_id=r, kind=k, value=v, partners=json.loads(p), count=c, finished=f)
+            for r, k, v, p, c, f in rows
+        ]
+
+    def partner_counts(self, round_id: str | None = None) -> list[PartnerCount]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                """
+                SELECT p.round_id, p.partner, p.count, r.finished
+                FROM partner_counts p JOIN rounds r ON r.round_id = p.round_id
+                WHERE ?1 IS NULL OR p.round_id = ?1
+                ORDER BY r.started DESC, r.rowid DESC, p.partner
+                """,
+                (round_id,),
+            ).fetchall()
+        return [PartnerCount(round_id=r, partner=p, count=c, finished=f) for r, p, c, f in rows]
