@@ -1,8 +1,9 @@
 """The ``blindmatch`` command: the CLI contract in one place, dispatching lazily to node/coordinator.
 
-Operators script these names; keep them. Exit status: 0 success, 1 operational failure (a round
-failed, a server unreachable), 2 usage or input errors. No traceback reaches an operator: every
-handler prints ``error: what was wrong; what to do``.
+Operators script these names; keep them. Exit statuses are those of ``blindmatch.clierrors``:
+0 success, 1 the operation failed (a round failed, a server unreachable), 2 usage or bad input,
+130 interrupted. No traceback reaches an operator: every handler goes through
+``clierrors.command``, which prints ``error: what was wrong; what to do``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from blindmatch.canon import KINDS
+from blindmatch.clierrors import BAD_INPUT, INTERRUPTED, OK, command
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = pki.add_parser("init", help="create a federation CA in PKI_DIR")
     s.add_argument("pki_dir", metavar="PKI_DIR")
-    s.set_defaults(handler=_lazy("blindmatch.pki", "cmd_pki_init"))
+    s.set_defaults(handler=cmd_pki_init)
     s = pki.add_parser("issue", help="issue a certificate binding a role and a name")
     s.add_argument("pki_dir", metavar="PKI_DIR")
     s.add_argument("name", metavar="NAME")
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--host", action="append", metavar="H", help="DNS name or IP the holder serves on"
     )
-    s.set_defaults(handler=_lazy("blindmatch.pki", "cmd_pki_issue"))
+    s.set_defaults(handler=cmd_pki_issue)
 
     # node
     node = top.add_parser("node", help="a national node: store, imports, server, matches")
@@ -202,16 +204,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command()
+def cmd_pki_init(args: argparse.Namespace) -> int:
+    """``blindmatch pki init PKI_DIR``."""
+    from pathlib import Path
+
+    from blindmatch.initdir import private_dir
+    from blindmatch.pki import init_pki_dir
+
+    with private_dir(Path(args.pki_dir)):
+        paths = init_pki_dir(args.pki_dir)
+    print(f"wrote CA certificate {paths.cert}")
+    print(f"wrote CA key {paths.key} (mode 0600; keep it offline, it can mint any identity)")
+    return OK
+
+
+@command()
+def cmd_pki_issue(args: argparse.Namespace) -> int:
+    """``blindmatch pki issue PKI_DIR NAME --role R [--host H ...]``."""
+    from blindmatch.pki import issue_to_dir
+
+    paths = issue_to_dir(args.pki_dir, args.name, args.role, args.host or ())
+    print(f"issued {args.role}/{args.name}")
+    print(f"wrote certificate {paths.cert}")
+    print(f"wrote key {paths.key} (mode 0600)")
+    print(f"CA certificate: {paths.ca}")
+    return OK
+
+
 def cmd_canonicalize(args: argparse.Namespace) -> int:
     from blindmatch.canon import InvalidIndicator, canonicalize
 
-    status = 0
-    for value in args.values:
+    status = OK
+    for value in args.values:  # every value gets its line; one bad value does not stop the rest
         try:
             print(canonicalize(args.kind, value).value)
         except InvalidIndicator as exc:
             print(f"error: {exc}", file=sys.stderr)
-            status = 2
+            status = BAD_INPUT
     return status
 
 
@@ -225,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         return 0
     return code

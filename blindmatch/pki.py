@@ -13,12 +13,10 @@ them is what ``blindmatch pki init`` and ``blindmatch pki issue`` call.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,32 +292,6 @@ def issue_to_dir(
     _write_new(paths.key, material.key_pem, secret=True)
     _write_new(paths.cert, material.cert_pem, secret=False)
     return paths
-
-
-def cmd_pki_init(args: argparse.Namespace) -> int:
-    """``blindmatch pki init PKI_DIR``."""
-    try:
-        paths = init_pki_dir(args.pki_dir)
-    except (PkiError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote CA certificate {paths.cert}")
-    print(f"wrote CA key {paths.key} (mode 0600; keep it offline, it can mint any identity)")
-    return 0
-
-
-def cmd_pki_issue(args: argparse.Namespace) -> int:
-    """``blindmatch pki issue PKI_DIR NAME --role R [--host H ...]``."""
-    try:
-        paths = issue_to_dir(args.pki_dir, args.name, args.role, args.host or ())
-    except (PkiError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"issued {args.role}/{args.name}")
-    print(f"wrote certificate {paths.cert}")
-    print(f"wrote key {paths.key} (mode 0600)")
-    print(f"CA certificate: {paths.ca}")
-    return 0
 
 
 # --- helpers ----------------------------------------------------------------------------------

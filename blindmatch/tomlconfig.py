@@ -2,11 +2,13 @@
 
 Shared by node.toml, coordinator.toml and operator.toml: paths in a file are relative to that
 file's directory and come back absolute; unknown keys are errors (a typo must not silently fall
-back to a default).
+back to a default). The three files carry their mTLS material in the same ``[tls]`` table,
+read and written here.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -25,6 +27,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class TlsPaths:
+    """The ``[tls]`` table of every config: the federation CA, this holder's certificate and key."""
+
     ca: Path
     cert: Path
     key: Path
@@ -154,3 +158,32 @@ def is_valid_name(name: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def toml_string(text: str) -> str:
+    # A JSON string is a valid TOML basic string (same escapes, \uXXXX for control characters).
+    return json.dumps(text, ensure_ascii=False)
+
+
+def relative_path(path: Path, base: Path | None) -> str:
+    """``path`` relative to ``base`` when it lies below it, so the directory can be moved."""
+    if base is None or not path.is_absolute():
+        return path.as_posix()  # already relative to the file's directory, or kept as given
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def tls_lines(tls: TlsPaths, base: Path | None) -> list[str]:
+    """The ``[tls]`` table; paths below ``base`` (the file's directory) are written relative."""
+    return [
+        f"{'[tls]':<33} # mTLS material from the federation CA; paths relative to this file",
+        *(
+            f"{f.name} = {toml_string(relative_path(getattr(tls, f.name), base))}"
+            for f in fields(TlsPaths)
+        ),
+    ]

@@ -1,10 +1,9 @@
 """CLI handlers of the coordinator and of operators; ``blindmatch.cli`` wires argparse to them.
 
-Each handler takes the parsed ``argparse.Namespace`` and returns the exit status: 0 success,
-1 operational failure (a round failed, the coordinator unreachable or refusing, a file that
-already exists), 2 usage or input errors (bad flags, an unreadable or invalid config, a round
-the coordinator finds invalid: unknown nodes, say). No
-traceback reaches an operator: every error is one line saying what was wrong and what to do.
+Each handler takes the parsed ``argparse.Namespace`` and returns the exit status of
+``blindmatch.clierrors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
+coordinator finds invalid, naming unknown nodes say, is bad input). No traceback reaches an
+operator: every error is one line saying what was wrong and what to do.
 
 ``--insecure`` means plaintext, loopback only; the other side must run with ``--insecure`` too.
 """
@@ -12,7 +11,6 @@ traceback reaches an operator: every error is one line saying what was wrong and
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -24,24 +22,17 @@ from typing import Any, Final, TypeVar, cast
 import grpc
 
 from blindmatch.canon import KINDS
-from blindmatch.net import (
-    InsecureBindRefused,
-    NetError,
-    TlsConfigError,
-    load_tls,
-    open_channel,
-    split_host_port,
-)
-from blindmatch.pki import IssuedPaths, PkiError, issue_to_dir, validate_name
+from blindmatch.clierrors import BadInput, Failed, Interrupted, command, rpc_failure
+from blindmatch.initdir import absolute, private_dir, refuse_existing, server_hosts
+from blindmatch.net import load_tls, open_channel, split_host_port
+from blindmatch.pki import issue_to_dir, validate_name
 from blindmatch.protocol import BadMessage, RoundSpec
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import (
     COORDINATOR_FILE,
     OPERATOR_FILE,
-    ConfigError,
     CoordinatorConfig,
     OperatorConfig,
-    TlsPaths,
     load_config,
     load_operator_config,
     write_config,
@@ -54,30 +45,14 @@ FINAL: Final = ("done", "failed")
 T = TypeVar("T")
 
 
-class _Exit(Exception):
-    """Leave the handler with ``status`` after printing ``message`` as an error."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _handler(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    @functools.wraps(run)
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except _Exit as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return exc.status
-
-    return wrapped
+# A state file that is not a usable coordinator state is an input error like a bad config.
+coordinator_command = command(StateError)
 
 
 # --- coordinator ------------------------------------------------------------------------------
 
 
-@_handler
+@coordinator_command
 def cmd_init(args: argparse.Namespace) -> int:
     """``blindmatch coordinator init COORD_DIR --listen HOST:PORT --pki PKI_DIR --node NAME=HOST:PORT...``
 
@@ -91,29 +66,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     for entry in args.node or ():
         node, sep, address = entry.partition("=")
         if not sep:
-            raise _Exit(2, f"--node {entry!r}: expected NAME=HOST:PORT, e.g. alpha=10.0.0.5:7001")
+            raise BadInput(f"--node {entry!r}: expected NAME=HOST:PORT, e.g. alpha=10.0.0.5:7001")
         node = _valid(validate_name, node.strip(), f"--node {entry!r}")
         if node in nodes:
-            raise _Exit(2, f"--node: {node} is given twice")
+            raise BadInput(f"--node: {node} is given twice")
         nodes[node] = _address(address.strip(), f"--node {entry!r}")
     coord_dir = Path(args.coord_dir)
     config_path = coord_dir / COORDINATOR_FILE
-    if config_path.exists():
-        raise _Exit(1, f"{config_path} exists; refusing to overwrite it (move it away first)")
-    host, _ = split_host_port(listen)
-    hosts = _unique([host, "localhost", "127.0.0.1"])
-    issued = _issue(args.pki, name, "coordinator", hosts, coord_dir)
+    refuse_existing(config_path)
+    hosts = server_hosts(listen)
+    with private_dir(coord_dir):
+        issued = issue_to_dir(args.pki, name, "coordinator", hosts=hosts, out_dir=coord_dir)
     config = CoordinatorConfig(
         name=name,
         listen=listen,
-        tls=_absolute(issued),
+        tls=absolute(issued),
         nodes=nodes,
         state=Path("coordinator.sqlite"),
     )
-    try:
-        write_config(config_path, config)
-    except ConfigError as exc:
-        raise _Exit(1, str(exc)) from None
+    write_config(config_path, config)
     print(f"wrote {config_path}")
     print(f"issued coordinator/{name}: {issued.cert} (valid for {', '.join(hosts)}), {issued.key}")
     print(f"registry: {', '.join(f'{n}={a}' for n, a in nodes.items()) or '(empty)'}")
@@ -122,7 +93,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler
+@coordinator_command
 def cmd_serve(args: argparse.Namespace) -> int:
     """``blindmatch coordinator serve --config COORD_TOML [--insecure]``
 
@@ -130,20 +101,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     from coordinator.service import serve  # the server side is not needed by operator commands
 
-    config = _load(load_config, args.config)
-    try:
-        serve(config, insecure=args.insecure)
-    except (ConfigError, TlsConfigError, InsecureBindRefused) as exc:
-        raise _Exit(2, str(exc)) from None
-    except (NetError, StateError) as exc:  # address in use, state file unusable
-        raise _Exit(1, str(exc)) from None
+    serve(load_config(args.config), insecure=args.insecure)
     return 0
 
 
 # --- operator ---------------------------------------------------------------------------------
 
 
-@_handler
+@coordinator_command
 def cmd_operator_init(args: argparse.Namespace) -> int:
     """``blindmatch operator init OP_DIR --name NAME --coordinator HOST:PORT --pki PKI_DIR``
 
@@ -154,25 +119,19 @@ def cmd_operator_init(args: argparse.Namespace) -> int:
     coordinator = _address(args.coordinator, "--coordinator")
     op_dir = Path(args.op_dir)
     config_path = op_dir / OPERATOR_FILE
-    if config_path.exists():
-        raise _Exit(1, f"{config_path} exists; refusing to overwrite it (move it away first)")
-    issued = _issue(args.pki, name, "operator", [], op_dir)
-    config = OperatorConfig(
-        name=name,
-        coordinator=coordinator,
-        tls=_absolute(issued),
+    refuse_existing(config_path)
+    with private_dir(op_dir):
+        issued = issue_to_dir(args.pki, name, "operator", out_dir=op_dir)
+    write_operator_config(
+        config_path, OperatorConfig(name=name, coordinator=coordinator, tls=absolute(issued))
     )
-    try:
-        write_operator_config(config_path, config)
-    except ConfigError as exc:
-        raise _Exit(1, str(exc)) from None
     print(f"wrote {config_path}")
     print(f"issued operator/{name}: {issued.cert}, {issued.key}")
     print(f"start a round with: blindmatch round start --config {config_path} --nodes A,B --wait")
     return 0
 
 
-@_handler
+@coordinator_command
 def cmd_round_start(args: argparse.Namespace) -> int:
     """``blindmatch round start --config OP_TOML --nodes A,B[,C...] [--mode M] [--threshold T]
     [--kinds K,...] [--wait] [--json] [--insecure]``
@@ -189,7 +148,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
     kinds = list(args.kinds or ())
     epoch = getattr(args, "epoch", None)
     if epoch is not None and args.mode != "watch":
-        raise _Exit(2, "--epoch only applies to --mode watch")
+        raise BadInput("--epoch only applies to --mode watch")
     # a watch round is a pairwise round that then opens an epoch (docs/WATCH.md)
     mode = "pairwise" if args.mode == "watch" else args.mode
     try:
@@ -200,8 +159,8 @@ def cmd_round_start(args: argparse.Namespace) -> int:
             hint = " (add --mode threshold, or drop --threshold)"
         elif args.mode == "threshold" and args.threshold is None:
             hint = " (threshold mode needs --threshold T)"
-        raise _Exit(2, f"{exc}{hint}") from None
-    config = _load(load_operator_config, args.config)
+        raise BadInput(f"{exc}{hint}") from None
+    config = load_operator_config(args.config)
     request = coordinator_pb2.StartRoundRequest(
         nodes=nodes,
         mode=args.mode,
@@ -220,7 +179,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
     return 0 if final.state == "done" else 1
 
 
-@_handler
+@coordinator_command
 def cmd_round_status(args: argparse.Namespace) -> int:
     """``blindmatch round status --config OP_TOML [ID] [--json] [--insecure]``
 
@@ -228,7 +187,7 @@ def cmd_round_status(args: argparse.Namespace) -> int:
     rounds), ``args.json`` and ``args.insecure``. Exits 0 (also for a failed round: the status
     was shown), 1 when the coordinator cannot be reached or knows no such round.
     """
-    config = _load(load_operator_config, args.config)
+    config = load_operator_config(args.config)
     with _coordinator(config, args.insecure) as stub:
         if args.id:
             info = _find(config, stub, args.id)
@@ -254,11 +213,8 @@ def cmd_round_status(args: argparse.Namespace) -> int:
 def _coordinator(
     config: OperatorConfig, insecure: bool
 ) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
-    try:
-        tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
-        channel = open_channel(config.coordinator, tls, insecure=insecure)
-    except NetError as exc:
-        raise _Exit(2, str(exc)) from None
+    tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
+    channel = open_channel(config.coordinator, tls, insecure=insecure)
     try:
         yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
     finally:
@@ -269,9 +225,7 @@ def _call(config: OperatorConfig, call: Callable[[], T]) -> T:
     try:
         return call()
     except grpc.RpcError as err:
-        # the coordinator judged the request itself wrong: an input error, like a bad flag
-        status = 2 if err.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
-        raise _Exit(status, _rpc_message(config, err)) from None
+        raise rpc_failure(err, _rpc_message(config, err)) from None
 
 
 def _rpc_message(config: OperatorConfig, err: grpc.RpcError) -> str:
@@ -304,7 +258,7 @@ def _find(
         )
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.NOT_FOUND:
-            raise _Exit(1, _rpc_message(config, err)) from None
+            raise Failed(_rpc_message(config, err)) from None
     rounds: Sequence[coordinator_pb2.RoundInfo] = _call(
         config,
         lambda: stub.ListRounds(
@@ -315,9 +269,8 @@ def _find(
     if len(matching) == 1:
         return matching[0]
     if matching:
-        raise _Exit(2, f"{round_id!r} is the start of {len(matching)} round ids; give more of it")
-    raise _Exit(
-        1,
+        raise BadInput(f"{round_id!r} is the start of {len(matching)} round ids; give more of it")
+    raise Failed(
         f"no round {round_id!r} on the coordinator at {config.coordinator}; "
         "`blindmatch round status` lists the recent ones",
     )
@@ -335,22 +288,19 @@ def _follow(
             progress.show(last)
     except grpc.RpcError as err:
         progress.end()
-        raise _Exit(
-            1,
+        raise Failed(
             f"lost track of round {info.id}: {_rpc_message(config, err)} "
             f"(check it later with `blindmatch round status {info.id}`)",
         ) from None
     except KeyboardInterrupt:
         progress.end()
-        raise _Exit(
-            130,
+        raise Interrupted(
             f"stopped following round {info.id}; it goes on. "
             f"Check it with `blindmatch round status {info.id}`",
         ) from None
     progress.end()
     if last.state not in FINAL:
-        raise _Exit(
-            1,
+        raise Failed(
             f"the coordinator stopped reporting round {info.id} while it was {last.state} "
             f"(check it later with `blindmatch round status {info.id}`)",
         )
@@ -473,44 +423,16 @@ def _clip(text: str, n: int) -> str:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _load(loader: Callable[[str], T], path: str) -> T:
-    try:
-        return loader(path)
-    except ConfigError as exc:
-        raise _Exit(2, str(exc)) from None
-
-
 def _valid(check: Callable[[str], str], value: str, flag: str) -> str:
     try:
         return check(value)
     except ValueError as exc:
-        raise _Exit(2, f"{flag}: {exc}") from None
+        raise BadInput(f"{flag}: {exc}") from None
 
 
 def _address(value: str, flag: str) -> str:
     try:
         split_host_port(value)
     except ValueError as exc:
-        raise _Exit(2, f"{flag}: {exc}") from None
+        raise BadInput(f"{flag}: {exc}") from None
     return value
-
-
-def _unique(hosts: Sequence[str]) -> list[str]:
-    # an unspecified address (listen on every interface) is not a name anyone dials
-    return list(
-        dict.fromkeys(h.strip("[]") for h in hosts if h.strip("[]") not in ("0.0.0.0", "::"))
-    )
-
-
-def _absolute(issued: IssuedPaths) -> TlsPaths:
-    # absolute, so that the config writer stores them relative to the config's own directory
-    return TlsPaths(ca=issued.ca.absolute(), cert=issued.cert.absolute(), key=issued.key.absolute())
-
-
-def _issue(pki_dir: str, name: str, role: str, hosts: Sequence[str], out_dir: Path) -> IssuedPaths:
-    try:
-        return issue_to_dir(pki_dir, name, role, hosts=hosts, out_dir=out_dir)
-    except (PkiError, ValueError) as exc:
-        raise _Exit(1, str(exc)) from None
-    except OSError as exc:
-        raise _Exit(1, f"cannot write into {out_dir}: {exc.strerror}") from None

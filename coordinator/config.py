@@ -7,7 +7,6 @@ fall back to a default), and every error names the file and the key.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,7 +16,8 @@ from typing import Final
 from blindmatch.protocol import Caps
 from blindmatch.tomlconfig import ConfigError as ConfigError  # re-exported: part of this API
 from blindmatch.tomlconfig import TlsPaths as TlsPaths
-from blindmatch.tomlconfig import TomlReader, is_valid_name
+from blindmatch.tomlconfig import TomlReader, is_valid_name, relative_path, tls_lines
+from blindmatch.tomlconfig import toml_string as _s
 
 COORDINATOR_FILE: Final = "coordinator.toml"
 OPERATOR_FILE: Final = "operator.toml"
@@ -117,7 +117,7 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
         _line("listen", _s(config.listen), "host:port this coordinator listens on"),
         _line(
             "state",
-            _s(_rel(config.state, base)),
+            _s(relative_path(config.state, base)),
             "round state (SQLite); never holds a tag or an indicator",
         ),
         _line(
@@ -137,8 +137,7 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
             'operator names allowed to start rounds ("*" = any operator certificate)',
         ),
         "",
-        _line("[tls]", None, "paths are relative to this file's directory"),
-        *_tls_lines(config.tls, base),
+        *tls_lines(config.tls, base),
         "",
         "[caps]",
         _line("max_set", str(config.caps.max_set), "largest set accepted from one node"),
@@ -163,8 +162,7 @@ def write_operator_config(path: Path | str, config: OperatorConfig) -> None:
             "host:port where `blindmatch coordinator serve` listens",
         ),
         "",
-        _line("[tls]", None, "paths are relative to this file's directory"),
-        *_tls_lines(config.tls, base),
+        *tls_lines(config.tls, base),
     ]
     _write_new(target, "\n".join(lines) + "\n")
 
@@ -174,31 +172,8 @@ def _line(key: str, value: str | None, comment: str) -> str:
     return f"{assignment:<33} # {comment}"
 
 
-def _tls_lines(tls: TlsPaths, base: Path) -> list[str]:
-    return [
-        f"ca = {_s(_rel(tls.ca, base))}",
-        f"cert = {_s(_rel(tls.cert, base))}",
-        f"key = {_s(_rel(tls.key, base))}",
-    ]
-
-
-def _s(text: str) -> str:
-    # A JSON string is a valid TOML basic string (same escapes, \uXXXX for control characters).
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _num(seconds: float) -> str:
     return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
-
-
-def _rel(path: Path, base: Path) -> str:
-    """``path`` relative to ``base`` when it lies below it, so the directory can be moved."""
-    if not path.is_absolute():
-        return path.as_posix()  # already relative to the file's directory
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def _write_new(path: Path, text: str) -> None:

@@ -14,53 +14,41 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from blindmatch import net, pki
-from blindmatch.tomlconfig import ConfigError
+from blindmatch import pki
+from blindmatch.clierrors import BadInput, command
+from blindmatch.initdir import private_dir, refuse_existing, server_hosts
+from blindmatch.net import split_host_port
 from node.config import NodeConfig, load_config, render_config
 from node.store import MatchRow, PartnerCount, Store, StoreError
 
+# A store that is missing or not a store is an input error like a bad config.
+node_command = command(StoreError)
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+
+def existing_store(config: NodeConfig) -> None:
+    if not config.store.exists():
+        raise BadInput(f"{config.store}: no store here (run `blindmatch node init` first)")
 
 
 @contextmanager
 def open_store(args: argparse.Namespace) -> Iterator[tuple[NodeConfig, Store]]:
     config = load_config(args.config)
-    if not config.store.exists():
-        raise StoreError(f"{config.store}: no store here (run `blindmatch node init` first)")
+    existing_store(config)
     with Store.open(config.store) as store:
         yield config, store
 
 
-def operator_errors(
-    run: Callable[[argparse.Namespace], int],
-) -> Callable[[argparse.Namespace], int]:
-    """Turn the errors an operator can fix into one clear line and exit status 2."""
-
-    def guarded(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (ConfigError, StoreError, pki.PkiError, net.NetError, ValueError, OSError) as exc:
-            return _error(str(exc))
-
-    return guarded
-
-
-@operator_errors
+@node_command
 def cmd_init(args: argparse.Namespace) -> int:
     node_dir = Path(args.node_dir)
     config_path = node_dir / "node.toml"
-    if config_path.exists():
-        return _error(f"{config_path} exists; refusing to overwrite it")
-    host, _ = net.split_host_port(args.listen)
+    refuse_existing(config_path)
+    hosts = server_hosts(args.listen)
     if getattr(args, "coordinator", None):
-        net.split_host_port(args.coordinator)
+        split_host_port(args.coordinator)
     pki.validate_name(args.name)
-    hosts = list(dict.fromkeys([host, *pki.DEFAULT_SERVER_HOSTS]))
-    node_dir.mkdir(parents=True, exist_ok=True)
-    issued = pki.issue_to_dir(args.pki, args.name, "node", hosts=hosts, out_dir=node_dir)
+    with private_dir(node_dir):
+        issued = pki.issue_to_dir(args.pki, args.name, "node", hosts=hosts, out_dir=node_dir)
     config_path.write_text(
         render_config(
             name=args.name,
@@ -81,13 +69,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-@operator_errors
+@node_command
 def cmd_import(args: argparse.Namespace) -> int:
     from node.importing import import_paths
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
-        return _error(f"no such file or directory: {', '.join(missing)}")
+        raise BadInput(f"no such file or directory: {', '.join(missing)}")
     with open_store(args) as (config, store):
         show = _progress_printer()
         report = import_paths(
@@ -125,7 +113,7 @@ def _progress_printer() -> Callable[[int | None], None]:
     return show
 
 
-@operator_errors
+@node_command
 def cmd_stats(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
         stats = store.stats()
@@ -145,18 +133,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-@operator_errors
+@node_command
 def cmd_serve(args: argparse.Namespace) -> int:
     from node.service import serve
 
     config = load_config(args.config)
-    if not config.store.exists():
-        return _error(f"{config.store}: no store here (run `blindmatch node init` first)")
+    existing_store(config)
     serve(config, insecure=args.insecure)
     return 0
 
 
-@operator_errors
+@node_command
 def cmd_matches(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
         rows = store.matches(args.round)
@@ -295,7 +282,7 @@ def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:
     }
 
 
-@operator_errors
+@node_command
 def cmd_audit(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
         entries = store.audit()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from blindmatch.canon import KINDS
 from blindmatch.protocol import Policy
-from blindmatch.tomlconfig import TomlReader, is_valid_name
+from blindmatch.tomlconfig import TlsPaths, TomlReader, is_valid_name, tls_lines
 from blindmatch.watch import DEFAULT_CHECK_BUDGET
 from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
@@ -25,9 +25,7 @@ class NodeConfig:
     coordinator: str  # the coordinator certificate name allowed to call round RPCs
     workers: int  # blinding processes; 0 = one per core
     round_timeout: float  # seconds a round may stay silent before the node drops it
-    ca: Path
-    cert: Path
-    key: Path
+    tls: TlsPaths
     policy: Policy
     tlps: tuple[str, ...]  # TLP levels allowed into rounds
     default_tlp: str  # for imported records that carry none
@@ -43,7 +41,6 @@ class NodeConfig:
 def load_config(path: str | Path) -> NodeConfig:
     r = TomlReader(Path(path), made_by="blindmatch node init")
     data = r.data
-    tls = r.tls()
     pol = r.table("policy", required=False)
     imp = r.table("import", required=False)
     defaults = Policy()
@@ -96,9 +93,7 @@ def load_config(path: str | Path) -> NodeConfig:
         coordinator=r.name("coordinator", data, "coordinator"),
         workers=r.integer("workers", data, 0, low=0),
         round_timeout=r.seconds("round_timeout", 600.0),
-        ca=tls.ca,
-        cert=tls.cert,
-        key=tls.key,
+        tls=r.tls(),
         policy=Policy(
             partners=None if "*" in partners else frozenset(partners),
             kinds=frozenset(kinds),
@@ -121,7 +116,8 @@ def render_config(
     coordinator: str = "coordinator",
     coordinator_address: str = "",
 ) -> str:
-    """A complete, commented node.toml; paths are relative to the file's directory."""
+    """A complete, commented node.toml; relative paths are relative to the file's directory."""
+    tls = "\n".join(tls_lines(TlsPaths(Path(ca), Path(cert), Path(key)), None))
     kinds = ", ".join(f'"{k}"' for k in KINDS)
     tlps = ", ".join(f'"{t}"' for t in DEFAULT_TLPS)
     p = Policy()
@@ -137,10 +133,7 @@ round_timeout = 600             # seconds a round may stay silent before this no
 coordinator_address = "{coordinator_address}"       # host:port of the coordinator, for `blindmatch node check` ("" = no checks)
 check_budget = {DEFAULT_CHECK_BUDGET}             # elements this node blinds for each partner's checks per watch epoch
 
-[tls]                           # mTLS material from the federation CA (`blindmatch pki ...`)
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
+{tls}
 
 [policy]                        # what this node lets into rounds
 partners = ["*"]                # partner node names it matches with; "*" = every node of the federation

@@ -488,7 +488,7 @@ class RunningNode:
 
 def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> RunningNode:
     """Open the store, start the worker pool and the server; ``listen`` overrides the config."""
-    tls = None if insecure else net.load_tls(config.ca, config.cert, config.key)
+    tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
     try:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
 import grpc
 
 from blindmatch import net
+from blindmatch.clierrors import BAD_INPUT, OK, rpc_failure
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import utc_text
-from node.cli import open_store, operator_errors
+from node.cli import node_command, open_store
 from node.config import load_config
 from node.store import AlertRow
 
@@ -29,10 +29,10 @@ def _dial_address(listen: str) -> str:
     return f"{host}:{port}"
 
 
-@operator_errors
+@node_command
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    tls = net.load_tls(config.ca, config.cert, config.key)
+    tls = net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     address = _dial_address(config.listen)
     channel = net.open_channel(address, tls, insecure=False)
     try:
@@ -45,11 +45,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             hint = ""
             if code == grpc.StatusCode.UNAVAILABLE:
                 hint = f" — is `blindmatch node serve --config {args.config}` running?"
-            print(
-                f"error: node {config.name} at {address}: {code.name}: {err.details()}{hint}",
-                file=sys.stderr,
-            )
-            return 1
+            where = f"node {config.name} at {address}"
+            raise rpc_failure(err, f"{where}: {code.name}: {err.details()}{hint}") from None
     finally:
         channel.close()
     rows = [_result_json(r) for r in reply.results]
@@ -68,7 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 )
             else:
                 print(f"no hit   {r['kind']} {r['value']}")
-    return 2 if any(r["error"] for r in rows) else 0
+    return BAD_INPUT if any(r["error"] for r in rows) else OK  # values refused as invalid
 
 
 def _result_json(r: watch_pb2.ValueResult) -> dict[str, Any]:
@@ -101,7 +98,7 @@ def _alert_line(a: AlertRow) -> str:
     return f"{a.time}  {a.kind:<7} {a.value}  {what}"
 
 
-@operator_errors
+@node_command
 def cmd_alerts(args: argparse.Namespace) -> int:
     with open_store(args) as (_, store):
         alerts = store.alerts()

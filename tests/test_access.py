@@ -275,8 +275,8 @@ def test_pki_cli_writes_private_keys_0600_and_never_overwrites(
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     capsys.readouterr()
     saved = {p: p.read_bytes() for p in (pki_dir / "ca.key", pki_dir / "ca.pem", key)}
-    assert main(["pki", "issue", str(pki_dir), "fr", "--role", "node"]) == 1
-    assert main(["pki", "init", str(pki_dir)]) == 1
+    assert main(["pki", "issue", str(pki_dir), "fr", "--role", "node"]) == 2
+    assert main(["pki", "init", str(pki_dir)]) == 2
     err = capsys.readouterr().err
     assert "fr.pem exists; refusing to overwrite it" in err
     assert "ca.pem exists; refusing to overwrite it" in err

@@ -366,9 +366,7 @@ def nodes(
                 coordinator="coordinator",
                 workers=1,
                 round_timeout=60,
-                ca=files.ca,
-                cert=files.cert,
-                key=files.key,
+                tls=TlsPaths(files.ca, files.cert, files.key),
                 policy=POLICIES.get(name, Policy()),
                 tlps=DEFAULT_TLPS,
                 default_tlp="amber",
@@ -711,7 +709,7 @@ def test_cli_init_writes_a_config_and_a_certificate(
     assert identity_of(tls.cert) == Identity("coordinator", "hub")
     assert "coordinator serve --config" in capsys.readouterr().out
 
-    assert cli.cmd_init(args) == 1
+    assert cli.cmd_init(args) == 2  # an existing config is bad input, as in `node init`
     assert "refusing to overwrite" in capsys.readouterr().err
     bad = argparse.Namespace(**{**vars(args), "coord_dir": str(tmp_path / "x"), "node": ["alpha"]})
     assert cli.cmd_init(bad) == 2

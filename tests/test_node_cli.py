@@ -153,12 +153,13 @@ def test_node_init_writes_a_complete_node_directory(tmp_path: Path, pki: Federat
     assert str(home / "node.toml") in out and "blindmatch node import" in out
     config = load_config(home / "node.toml")
     assert (config.name, config.listen, config.coordinator) == ("cli-fr", "127.0.0.1:7001", "hub")
-    assert identity_of(config.cert.read_bytes()) == Identity("node", "cli-fr")
-    assert config.ca.read_bytes() == pki.ca.cert_pem
-    assert stat.S_IMODE(config.key.stat().st_mode) == 0o600
+    assert identity_of(config.tls.cert.read_bytes()) == Identity("node", "cli-fr")
+    assert config.tls.ca.read_bytes() == pki.ca.cert_pem
+    assert stat.S_IMODE(config.tls.key.stat().st_mode) == 0o600
     with Store.open(config.store) as store:
         assert store.stats().sightings == 0
-    net.load_tls(config.ca, config.cert, config.key)  # the files make a usable mTLS identity
+    # the files make a usable mTLS identity
+    net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
 
 
 def test_node_init_refuses_to_overwrite_and_reports_bad_input(

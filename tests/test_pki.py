@@ -13,13 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from blindmatch.cli import cmd_pki_init, cmd_pki_issue
 from blindmatch.pki import (
     CaMaterial,
     Identity,
     PkiError,
     PkiFileExists,
-    cmd_pki_init,
-    cmd_pki_issue,
     identity_of,
     init_pki_dir,
     issue,
@@ -304,8 +303,9 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_cli_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     init_pki_dir(tmp_path)
-    assert cmd_pki_init(argparse.Namespace(pki_dir=str(tmp_path))) == 1
+    # existing files and invalid names are bad input: exit 2, as in every other command
+    assert cmd_pki_init(argparse.Namespace(pki_dir=str(tmp_path))) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     args = argparse.Namespace(pki_dir=str(tmp_path), name="Bad", role="node", host=None)
-    assert cmd_pki_issue(args) == 1
+    assert cmd_pki_issue(args) == 2
     assert "invalid name 'Bad'" in capsys.readouterr().err

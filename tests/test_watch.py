@@ -306,9 +306,9 @@ def test_cli_check_and_alerts_json(
         render_config(
             name="charlie",
             listen=f"127.0.0.1:{fed.nodes['charlie'].port}",
-            ca=str(config.ca),
-            cert=str(config.cert),
-            key=str(config.key),
+            ca=str(config.tls.ca),
+            cert=str(config.tls.cert),
+            key=str(config.tls.key),
             coordinator_address=f"127.0.0.1:{fed.coordinator.port if fed.coordinator else 0}",
         )
     )
