@@ -13,6 +13,9 @@ Rules:
   checker) is routed through every partner's key in the round's cyclic order, tested against the
   filters both policies allow, confirmed by each partner with a hit (``Alert``), then added to
   the checker's filter.
+Every decision (which epoch, expiry, validation, routing, Bloom tests, fan-out) is the core's
+(``blindmatch.watch.CoordinatorWatch`` and ``CheckFlow``); this module keeps the filter files
+and the calls to nodes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,22 +36,22 @@ from pybloom_live import ScalableBloomFilter
 from blindmatch.group import ELEMENT_BYTES
 from blindmatch.net import peer_identity
 from blindmatch.pki import PkiError
-from blindmatch.protocol import BadMessage, PolicyRefusal, ProtocolError, RoundSpec
+from blindmatch.protocol import ProtocolError, RoundSpec
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import (
     DEFAULT_EPOCH_SECONDS,
     FILTER_ERROR_RATE,
-    EpochEnded,
-    check_route,
-    reported_partners,
-    split_tags,
+    CheckFlow,
+    Clock,
+    CoordinatorEpoch,
+    CoordinatorWatch,
+    filter_key,
     utc_text,
 )
 
 log = logging.getLogger(__name__)
 
 SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorWatchService/"
-MAX_CHECK_ELEMENTS: Final = 100_000  # per check: 3.2 MB of elements each way
 CLOSE_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort CloseEpoch
 
 
@@ -69,22 +71,6 @@ def _new_filter(capacity: int) -> Any:
     )
 
 
-def _key(tag: bytes) -> str:
-    # pybloom_live hashes str(key) for anything but str; hex is the exact, cheap spelling.
-    return tag.hex()
-
-
-@dataclass
-class Epoch:
-    epoch_id: str
-    participants: tuple[str, ...]
-    ends: float  # unix seconds
-    filters: dict[str, Any] = field(default_factory=dict)  # node -> ScalableBloomFilter
-
-    def ended(self, now: float) -> bool:
-        return now >= self.ends
-
-
 class WatchHub:
     """The current epoch, its filters on disk, and the calls to nodes it needs."""
 
@@ -94,6 +80,7 @@ class WatchHub:
         channels: Mapping[str, grpc.Channel],
         addresses: Mapping[str, str],
         call_timeout: float,
+        clock: Clock = time.time,
     ) -> None:
         self.directory = directory
         self.addresses = dict(addresses)
@@ -101,18 +88,35 @@ class WatchHub:
         self._stubs = {n: watch_pb2_grpc.NodeWatchServiceStub(c) for n, c in channels.items()}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="watch")
-        self.epoch: Epoch | None = self._load()
+        self.core = CoordinatorWatch(clock)
+        loaded = self._load()
+        if loaded is not None:
+            self.core.open(loaded)
+
+    @property
+    def epoch(self) -> CoordinatorEpoch | None:
+        return self.core.epoch
+
+    @property
+    def clock(self) -> Clock:
+        return self.core.clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:  # tests drive time instead of sleeping
+        self.core.clock = clock
 
     # --- persistence ------------------------------------------------------------------------
 
-    def _load(self) -> Epoch | None:
+    def _load(self) -> CoordinatorEpoch | None:
         meta = self.directory / "epoch.json"
         if not meta.exists():
             return None
         try:
             data = json.loads(meta.read_text())
-            epoch = Epoch(data["epoch_id"], tuple(data["participants"]), float(data["ends"]))
-            if epoch.ended(time.time()):
+            epoch = CoordinatorEpoch(
+                data["epoch_id"], tuple(data["participants"]), float(data["ends"])
+            )
+            if not self.core.restorable(epoch):
                 self._erase()
                 return None
             for node in epoch.participants:
@@ -125,7 +129,7 @@ class WatchHub:
         log.info("epoch %s reloaded, ends %s", epoch.epoch_id, utc_text(epoch.ends))
         return epoch
 
-    def _save_meta(self, epoch: Epoch) -> None:
+    def _save_meta(self, epoch: CoordinatorEpoch) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = {"epoch_id": epoch.epoch_id, "participants": epoch.participants, "ends": epoch.ends}
         self._atomic(self.directory / "epoch.json", json.dumps(data).encode())
@@ -165,25 +169,23 @@ class WatchHub:
     def watch_round(self, spec: RoundSpec, epoch_seconds: float | None) -> WatchRound:
         return WatchRound(self, spec, epoch_seconds or DEFAULT_EPOCH_SECONDS)
 
-    def _activate(self, epoch: Epoch, tags: Mapping[str, bytes]) -> None:
+    def _activate(self, epoch: CoordinatorEpoch, tags: Mapping[str, bytes]) -> None:
         for node, packed in tags.items():
             bloom = _new_filter(len(packed) // ELEMENT_BYTES)
             add = bloom.add
             for i in range(0, len(packed), ELEMENT_BYTES):
-                add(packed[i : i + ELEMENT_BYTES].hex())
+                add(filter_key(packed[i : i + ELEMENT_BYTES]))
             epoch.filters[node] = bloom
         with self._lock:
-            previous, self.epoch = self.epoch, None
             self._erase()
             for node, bloom in epoch.filters.items():
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._save_filter(node, bloom)
             self._save_meta(epoch)
-            self.epoch = epoch
+            closing = self.core.open(epoch)
         log.info("epoch %s open until %s", epoch.epoch_id, utc_text(epoch.ends))
-        if previous is not None:
-            others = [n for n in previous.participants if n not in epoch.participants]
-            self._close_on(previous.epoch_id, others, f"replaced by epoch {epoch.epoch_id}")
+        if closing is not None:
+            self._close_on(closing.epoch_id, closing.nodes, closing.reason)
 
     def _close_on(self, epoch_id: str, nodes: Sequence[str], reason: str) -> None:
         request = watch_pb2.CloseEpochRequest(epoch_id=epoch_id, reason=reason)
@@ -199,84 +201,54 @@ class WatchHub:
     # --- checks -----------------------------------------------------------------------------
 
     def check(self, checker: str, request: watch_pb2.CheckRequest) -> watch_pb2.CheckReply:
-        epoch = self.epoch
-        now = time.time()
-        if epoch is None or epoch.epoch_id != request.epoch_id:
-            have = f"the current epoch is {epoch.epoch_id}" if epoch else "no epoch is open"
-            raise EpochEnded(
-                f"the coordinator has no epoch {request.epoch_id!r} ({have}); start a watch round"
-            )
-        if epoch.ended(now):
-            with self._lock:
-                if self.epoch is epoch:
-                    self.epoch = None
-                    self._erase()
-            raise EpochEnded(f"epoch {epoch.epoch_id} ended at {utc_text(epoch.ends)}")
-        if checker not in epoch.participants:
-            raise PolicyRefusal(f"{checker} is not a participant of epoch {epoch.epoch_id}")
-        count = len(request.elements) // ELEMENT_BYTES
-        if len(request.elements) % ELEMENT_BYTES or not count:
-            raise BadMessage("a check carries one or more whole 32-byte elements")
-        if count > MAX_CHECK_ELEMENTS:
-            raise BadMessage(f"a check of {count} elements; at most {MAX_CHECK_ELEMENTS} per check")
-        elements = request.elements
-        shares: dict[str, bool] = {}
-        for partner in check_route(epoch.participants, checker):
-            reply = self._call(
-                partner,
+        allows = None if request.any_partner else frozenset(request.allowed)
+        with self._lock:
+            if self.core.expire() is not None:
+                self._erase()
+            flow = self.core.begin_check(checker, request.epoch_id, request.elements, allows)
+        hop = flow.next_hop
+        while hop is not None:
+            reblinded = self._call(
+                hop,
                 "blind the check",
-                lambda stub, e=elements: stub.ReblindCheck(
+                lambda stub, e=flow.elements: stub.ReblindCheck(
                     watch_pb2.ReblindCheckRequest(
-                        epoch_id=epoch.epoch_id, checker=checker, elements=e
+                        epoch_id=flow.epoch.epoch_id, checker=checker, elements=e
                     ),
                     timeout=self.call_timeout,
                 ),
             )
-            if len(reply.elements) != len(elements):
-                raise WatchFailure(
-                    grpc.StatusCode.INTERNAL, f"{partner} returned a check of the wrong length"
-                )
-            elements = reply.elements
-            shares[partner] = reply.share
-        tags = split_tags(elements)
-        keys = [_key(t) for t in tags]
-        allows = None if request.any_partner else frozenset(request.allowed)
-        candidates: dict[str, list[int]] = {}
+            hop = flow.on_reblinded(hop, reblinded.elements, reblinded.share)
         with self._lock:
-            for partner in reported_partners(epoch.participants, checker, allows, shares):
-                bloom = epoch.filters[partner]
-                hit = [i for i, k in enumerate(keys) if k in bloom]
-                if hit:
-                    candidates[partner] = hit
-        alerts: dict[str, Future[watch_pb2.AlertReply]] = {
+            candidates = flow.alerts()
+        self._fan_out(flow, candidates)
+        with self._lock:
+            result = flow.finish()
+            if self.core.epoch is flow.epoch:
+                self._save_filter(checker, flow.epoch.filters[checker])
+        reply = watch_pb2.CheckReply(tags=result.tags, epoch_ends=result.epoch_ends)
+        for partner, confirmed in result.hits.items():
+            reply.hits[partner].indices.extend(confirmed)
+        return reply
+
+    def _fan_out(self, flow: CheckFlow, candidates: Mapping[str, bytes]) -> None:
+        """Alert every partner with a hit, in parallel; each answers which tags it holds."""
+        futures: dict[str, Future[watch_pb2.AlertReply]] = {
             partner: self._pool.submit(
                 self._stubs[partner].Alert,
-                watch_pb2.AlertRequest(
-                    epoch_id=epoch.epoch_id,
-                    checker=checker,
-                    tags=b"".join(tags[i] for i in hit),
-                ),
+                watch_pb2.AlertRequest(epoch_id=flow.epoch.epoch_id, checker=flow.checker, tags=t),
                 timeout=self.call_timeout,
             )
-            for partner, hit in candidates.items()
+            for partner, t in candidates.items()
         }
-        reply = watch_pb2.CheckReply(tags=elements, epoch_ends=epoch.ends)
-        for partner, future in alerts.items():
+        for partner, future in futures.items():
             try:
                 known = list(future.result().known)
             except grpc.RpcError as err:
-                log.warning("epoch %s: Alert on %s failed: %s", epoch.epoch_id, partner, err)
+                log.warning("epoch %s: Alert on %s failed: %s", flow.epoch.epoch_id, partner, err)
+                flow.on_alert_failed(partner)
                 continue
-            confirmed = [i for i, ok in zip(candidates[partner], known, strict=False) if ok]
-            if confirmed:
-                reply.hits[partner].indices.extend(confirmed)
-        with self._lock:
-            bloom = epoch.filters[checker]
-            for k in keys:
-                bloom.add(k)
-            if self.epoch is epoch:
-                self._save_filter(checker, bloom)
-        return reply
+            flow.on_alert_reply(partner, known)
 
     def _call(self, node: str, what: str, call: Any) -> Any:
         try:
@@ -301,7 +273,7 @@ class WatchRound:
 
     def before_deliver(self, tags: Mapping[str, bytes]) -> None:
         """Hand every node its own final tags and the epoch's end, in parallel."""
-        self._ends = time.time() + self.epoch_seconds
+        self._ends = self.hub.core.epoch_end(self.epoch_seconds)
         self._tags = dict(tags)
         futures = {
             node: self.hub._pool.submit(
@@ -325,7 +297,7 @@ class WatchRound:
 
     def after_deliver(self) -> None:
         """Every node holds its key and tag map: the coordinator keeps filters, not tags."""
-        epoch = Epoch(self.spec.round_id, self.spec.participants, self._ends)
+        epoch = CoordinatorEpoch(self.spec.round_id, self.spec.participants, self._ends)
         tags, self._tags = self._tags, {}
         self.hub._activate(epoch, tags)
 

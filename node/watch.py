@@ -8,6 +8,10 @@ refused until the next watch round.
 How a watch round becomes an epoch: the coordinator calls ``BeginEpoch`` with the node's own
 final tags before it calls ``Deliver``; ``NodeServicer.Deliver`` calls ``capture`` with the round
 just before the round's key is destroyed, and the epoch keeps a copy of that key.
+
+Every decision (epoch expiry, validation, budgets, which values to check, what the coordinator's
+answer means) is the core's (``blindmatch.watch.NodeWatchCore`` and ``NodeCheck``, with the
+clock given here); this module keeps the lock, the store, the blinding workers and the calls.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
 from blindmatch import net
-from blindmatch.canon import InvalidIndicator, canonicalize
-from blindmatch.group import ELEMENT_BYTES, InvalidElement, RoundKey
-from blindmatch.protocol import BadMessage, NodeRound, Policy, ProtocolError, WrongPhase
+from blindmatch.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.protocol import NodeRound, Policy, ProtocolError, WrongPhase
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from blindmatch.watch import NodeEpoch, split_tags, utc_text
+from blindmatch.watch import (
+    Clock,
+    NodeCheck,
+    NodeEpoch,
+    NodeWatchCore,
+    end_reason,
+    shares_with,
+    utc_text,
+)
 from node.store import Store
 
 if TYPE_CHECKING:
@@ -60,13 +70,6 @@ def _refuse(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
-@dataclass(frozen=True)
-class _Pending:
-    ends: float
-    tags: bytes
-    coordinator: str
-
-
 def access_rules(node_name: str, coordinator: str) -> dict[str, list[tuple[str, str | None]]]:
     """Check for this node's own certificate and operators; the rest for its coordinator."""
     return {
@@ -87,6 +90,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         active_rounds: Callable[[], list[str]],
         coordinator_address: str,
         tls: net.TlsConfig | None,
+        clock: Clock = time.time,
     ) -> None:
         self.name = name
         self.store = store
@@ -98,8 +102,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self._channel: grpc.Channel | None = None
         self._coordinator_address = ""
         self._lock = threading.Lock()
-        self._epoch: NodeEpoch | None = None
-        self._pending: dict[str, _Pending] = {}
+        self.core = NodeWatchCore(name, budget, clock)
         self._stop = threading.Event()
         self.connect_coordinator(coordinator_address)
         self._reaper = threading.Thread(target=self._reap, name="epoch-reaper", daemon=True)
@@ -119,32 +122,23 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
 
     @property
     def epoch(self) -> NodeEpoch | None:
-        return self._epoch
+        return self.core.epoch
+
+    @property
+    def clock(self) -> Clock:
+        return self.core.clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:  # tests drive time instead of sleeping
+        self.core.clock = clock
 
     def capture(self, state: NodeRound) -> None:
         """Called by Deliver before the round's key is destroyed: keep it if this is a watch round."""
         with self._lock:
-            pending = self._pending.pop(state.spec.round_id, None)
-        if pending is None:
+            captured = self.core.capture(state)
+        if captured is None:
             return
-        positions = state.position_map()
-        tags = split_tags(pending.tags)
-        if len(tags) != len(positions):
-            raise BadMessage(
-                f"watch round {state.spec.round_id}: {len(tags)} final tags for an own set of "
-                f"{len(positions)}"
-            )
-        epoch = NodeEpoch(
-            epoch_id=state.spec.round_id,
-            me=self.name,
-            participants=state.spec.participants,
-            ends=pending.ends,
-            key=RoundKey.from_bytes(state.live_key().export()),
-            budget=self.budget,
-        )
-        epoch.remember(tags, ((kind, value) for _, kind, value in positions))
-        with self._lock:
-            old, self._epoch = self._epoch, epoch
+        epoch, pending, old = captured
         if old is not None:
             self._close(old, f"replaced by epoch {epoch.epoch_id}")
         self.store.record_epoch(
@@ -152,17 +146,14 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             ends=utc_text(epoch.ends),
             coordinator=pending.coordinator,
             participants=epoch.participants,
-            tags=len(tags),
+            tags=len(epoch.tags),
         )
         log.info("epoch %s: key kept until %s", epoch.epoch_id, utc_text(epoch.ends))
 
     def _close(self, epoch: NodeEpoch, reason: str) -> None:
         with self._lock:
-            already = epoch.key is None
-            epoch.close(reason)
-            if self._epoch is epoch:
-                self._epoch = None
-        if not already:
+            held = self.core.close(epoch, reason)
+        if held:
             log.info("epoch %s closed: %s", epoch.epoch_id, reason)
             try:
                 self.store.close_epoch(epoch.epoch_id, reason)
@@ -171,37 +162,29 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
 
     def _reap(self) -> None:
         while not self._stop.wait(0.2):
-            epoch = self._epoch
-            if epoch is not None and time.time() >= epoch.ends:
-                self._close(epoch, f"epoch ended at {utc_text(epoch.ends)}")
+            self.expire()
+
+    def expire(self) -> None:
+        """One pass of the reaper: end the epoch at its end time, forget failed rounds' epochs."""
+        with self._lock:
+            ended = self.core.expired()
+            pending = bool(self.core.pending)
+        if ended is not None:
+            self._close(ended, end_reason(ended))
+        if pending:
+            active = self._active_rounds()
             with self._lock:
-                pending = list(self._pending)
-            if pending:
-                active = set(self._active_rounds())
-                with self._lock:
-                    for rid in pending:
-                        if rid not in active:  # the round failed after BeginEpoch
-                            self._pending.pop(rid, None)
+                self.core.drop_pending(active)
 
     def close(self) -> None:
         self._stop.set()
-        epoch = self._epoch
+        epoch = self.core.epoch
         if epoch is not None:
             self._close(epoch, "node stopped")
         with self._lock:
             channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
-
-    def _current(self, epoch_id: str) -> NodeEpoch:
-        epoch = self._epoch
-        if epoch is None or epoch.epoch_id != epoch_id:
-            have = f"its epoch is {epoch.epoch_id}" if epoch else "it has no epoch"
-            raise WrongPhase(
-                f"node {self.name} holds no key for epoch {epoch_id} ({have}; a node restart "
-                "ends its epoch); start a new watch round"
-            )
-        return epoch
 
     # --- blinding ---------------------------------------------------------------------------
 
@@ -225,53 +208,45 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def BeginEpoch(
         self, request: watch_pb2.BeginEpochRequest, context: grpc.ServicerContext
     ) -> watch_pb2.BeginEpochReply:
+        active = request.round_id in self._active_rounds()
+        caller = net.peer_identity(context)
+        coordinator = caller.name if caller else "(insecure)"
         try:
-            if request.round_id not in self._active_rounds():
-                raise WrongPhase(f"no round {request.round_id!r} in progress on {self.name}")
-            if request.ends <= time.time():
-                raise BadMessage(f"epoch end {utc_text(request.ends)} is in the past")
-            if len(request.tags) % ELEMENT_BYTES:
-                raise BadMessage("final tags are not whole 32-byte elements")
+            with self._lock:
+                count = self.core.begin(
+                    request.round_id, active, request.ends, request.tags, coordinator
+                )
         except ProtocolError as exc:
             _refuse(context, exc)
-        caller = net.peer_identity(context)
-        with self._lock:
-            self._pending[request.round_id] = _Pending(
-                request.ends, request.tags, caller.name if caller else "(insecure)"
-            )
-        return watch_pb2.BeginEpochReply(tags=len(request.tags) // ELEMENT_BYTES)
+        return watch_pb2.BeginEpochReply(tags=count)
 
     def ReblindCheck(
         self, request: watch_pb2.ReblindCheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.ReblindCheckReply:
         count = len(request.elements) // ELEMENT_BYTES
         try:
-            if len(request.elements) % ELEMENT_BYTES or not count:
-                raise BadMessage("a check carries one or more whole 32-byte elements")
-            epoch = self._current(request.epoch_id)
             with self._lock:  # exported under the lock: the reaper may destroy the key
-                key = epoch.charge(request.checker, count, time.time()).export()
-            elements = self._blind(key, request.elements)
+                key = self.core.reblind(request.epoch_id, request.checker, request.elements)
+                key_bytes = key.export()
+            elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
             self._audit(request.epoch_id, request.checker, count, "refused", str(exc))
             _refuse(context, exc)
         self._audit(request.epoch_id, request.checker, count, "done", None)
-        share = self.policy.partners is None or request.checker in self.policy.partners
+        share = shares_with(self.policy, request.checker)
         return watch_pb2.ReblindCheckReply(elements=elements, share=share)
 
     def Alert(
         self, request: watch_pb2.AlertRequest, context: grpc.ServicerContext
     ) -> watch_pb2.AlertReply:
         try:
-            epoch = self._current(request.epoch_id)
-            tags = split_tags(request.tags)
             with self._lock:
-                found = epoch.lookup(tags)
+                found = self.core.alert(request.epoch_id, request.tags)
         except ProtocolError as exc:
             _refuse(context, exc)
         rows = [(k, v, request.checker, "sighted") for k, v in (f for f in found if f)]
         if rows:
-            self.store.record_alerts(epoch.epoch_id, rows)
+            self.store.record_alerts(request.epoch_id, rows)
             for kind, value, _, _ in rows:
                 log.warning("alert: %s has now sighted your %s %s", request.checker, kind, value)
         return watch_pb2.AlertReply(known=[f is not None for f in found])
@@ -279,8 +254,9 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def CloseEpoch(
         self, request: watch_pb2.CloseEpochRequest, context: grpc.ServicerContext
     ) -> watch_pb2.CloseEpochReply:
-        epoch = self._epoch
-        if epoch is None or epoch.epoch_id != request.epoch_id:
+        with self._lock:
+            epoch = self.core.to_close(request.epoch_id)
+        if epoch is None:
             return watch_pb2.CloseEpochReply(known=False)
         self._close(epoch, request.reason or "closed by the coordinator")
         return watch_pb2.CloseEpochReply(known=True)
@@ -290,76 +266,48 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def Check(
         self, request: watch_pb2.NodeCheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.NodeCheckReply:
-        kind = request.kind or "auto"
-        results: list[watch_pb2.ValueResult] = []
-        items: list[tuple[str, str]] = []
-        slots: list[int] = []  # result index of each item
-        for value in request.values:
-            result = watch_pb2.ValueResult(value=value)
-            try:
-                ind = canonicalize(kind, value)
-            except InvalidIndicator as exc:
-                result.error = str(exc)
-            else:
-                result.kind, result.canonical = ind.kind, ind.value
-                if ind.kind in self.policy.kinds:
-                    slots.append(len(results))
-                    items.append((ind.kind, ind.value))
-                else:
-                    result.error = f"kind {ind.kind} is outside this node's policy (policy.kinds)"
-            results.append(result)
-        if not items:
-            if not results:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no values to check")
+        try:
+            flow = self.core.start_check(request.values, request.kind, self.policy)
+        except ProtocolError as exc:
+            _refuse(context, exc)
+        results = [
+            watch_pb2.ValueResult(value=r.value, kind=r.kind, canonical=r.canonical, error=r.error)
+            for r in flow.results
+        ]
+        if not flow.items:
             return watch_pb2.NodeCheckReply(results=results)
         try:
-            epoch = self._open_epoch()
-            reply = self._check(epoch, items)
+            reply = self._check(flow)
+            with self._lock:  # the answer joins the tag map, which the reaper may destroy
+                flow.on_reply(reply.tags, {p: list(h.indices) for p, h in reply.hits.items()})
         except (ProtocolError, CheckFailed) as exc:
-            eid = self._epoch.epoch_id if self._epoch else ""
-            self._audit(eid, self.name, len(items), "failed", str(exc))
+            eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
+            self._audit(eid, self.name, len(flow.items), "failed", str(exc))
             _refuse(context, exc)
-        tags = split_tags(reply.tags)
-        if len(tags) != len(items):
-            context.abort(grpc.StatusCode.INTERNAL, "the coordinator answered the wrong number")
-        alerts: list[tuple[str, str, str, str]] = []
-        for partner, hits in reply.hits.items():
-            for i in hits.indices:
-                if i < len(items):
-                    results[slots[i]].partners.append(partner)
-                    alerts.append((*items[i], partner, "check"))
-        with self._lock:
-            epoch.remember(tags, items)
-        if alerts:
-            self.store.record_alerts(epoch.epoch_id, alerts)
-        hit_values = len({a[:2] for a in alerts})
-        self._audit(epoch.epoch_id, self.name, len(items), "done", None, hits=hit_values)
+        epoch = flow.epoch
+        assert epoch is not None
+        for result, checked in zip(results, flow.results, strict=True):
+            result.partners.extend(checked.partners)
+        if flow.alerts:
+            self.store.record_alerts(epoch.epoch_id, flow.alerts)
+        self._audit(epoch.epoch_id, self.name, len(flow.items), "done", None, hits=flow.hit_values)
         return watch_pb2.NodeCheckReply(
             epoch_id=epoch.epoch_id, epoch_ends=epoch.ends, results=results
         )
 
-    def _open_epoch(self) -> NodeEpoch:
-        epoch = self._epoch
-        if epoch is None:
-            raise WrongPhase(
-                f"node {self.name} has no watch epoch (none started, or it ended or the node "
-                "restarted); an operator starts one with `blindmatch round start --mode watch`"
-            )
-        with self._lock:
-            epoch.require_open(time.time())
-        return epoch
-
-    def _check(self, epoch: NodeEpoch, items: Sequence[tuple[str, str]]) -> watch_pb2.CheckReply:
+    def _check(self, flow: NodeCheck) -> watch_pb2.CheckReply:
         with self._lock:
             channel = self._channel
             address = self._coordinator_address
-            key = epoch.require_open(time.time()).export()
+            key = flow.open(self.core.epoch, self.core.clock()).export()
+        epoch = flow.epoch
+        assert epoch is not None
         if channel is None:
             raise WrongPhase(
                 f"node {self.name} has no coordinator_address in its node.toml; add "
                 'coordinator_address = "host:port" to check values'
             )
-        elements = self._hash_and_blind(key, items)
+        elements = self._hash_and_blind(key, flow.items)
         partners = self.policy.partners
         request = watch_pb2.CheckRequest(
             epoch_id=epoch.epoch_id,
