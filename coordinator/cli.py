@@ -34,6 +34,7 @@ from blindmatch.net import (
 )
 from blindmatch.pki import IssuedPaths, PkiError, issue_to_dir, validate_name
 from blindmatch.protocol import BadMessage, RoundSpec
+from blindmatch.states import COORDINATOR_FINAL, CoordinatorPhase
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import (
     COORDINATOR_FILE,
@@ -50,7 +51,6 @@ from coordinator.config import (
 from coordinator.state import StateError
 
 CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
-FINAL: Final = ("done", "failed")
 T = TypeVar("T")
 
 
@@ -217,7 +217,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
         print(f"round {info.id} started", file=sys.stderr)
         final = _follow(config, stub, info, progress=_Progress())
     print(json.dumps(info_dict(final)) if args.json else summary(final))
-    return 0 if final.state == "done" else 1
+    return 0 if final.state == CoordinatorPhase.DONE else 1
 
 
 @_handler
@@ -348,7 +348,7 @@ def _follow(
             f"Check it with `blindmatch round status {info.id}`",
         ) from None
     progress.end()
-    if last.state not in FINAL:
+    if last.state not in COORDINATOR_FINAL:
         raise _Exit(
             1,
             f"the coordinator stopped reporting round {info.id} while it was {last.state} "
@@ -368,7 +368,7 @@ class _Progress:
     def show(self, info: coordinator_pb2.RoundInfo) -> None:
         pct = _percent(info)
         line = f"{info.state}"
-        if info.state == "routing":
+        if info.state == CoordinatorPhase.ROUTING:
             line += f" {pct}%"
         if info.sizes:
             line += " — sets: " + ", ".join(f"{n} {info.sizes[n]}" for n in info.participants)
@@ -390,7 +390,7 @@ class _Progress:
 
 
 def _percent(info: coordinator_pb2.RoundInfo) -> int:
-    if info.state in ("delivering", "done"):
+    if info.state in (CoordinatorPhase.DELIVERING, CoordinatorPhase.DONE):
         return 100
     return int(100 * info.hops_done / info.hops_total) if info.hops_total else 0
 
@@ -426,7 +426,7 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
     head = f"round {info.id} {info.state}"
     if info.finished:
         head += f" after {info.finished - info.created:.1f} s"
-    elif info.state == "routing":
+    elif info.state == CoordinatorPhase.ROUTING:
         head += f" ({_percent(info)}% of the element-hops done)"
     lines = [
         head,
@@ -447,9 +447,9 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
 def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
     rows = [("ID", "STATE", "MODE", "NODES", "STARTED", "NOTE")]
     for r in rounds:
-        if r.state == "failed":
+        if r.state == CoordinatorPhase.FAILED:
             note = _clip(r.error, 60)
-        elif r.state == "done":
+        elif r.state == CoordinatorPhase.DONE:
             what = "shared" if r.mode == "count" else "matches"
             note = f"{sum(r.match_counts.values())} {what} in {r.finished - r.created:.1f} s"
         else:
