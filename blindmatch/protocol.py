@@ -22,9 +22,10 @@ Coordinator rules (``CoordinatorRound``)
      coordinator's caps. Then ROUTING, and ``sizes`` is announced to every node.
   2. ROUTING: the set of P_i travels P_i -> P_(i+1) -> ... -> P_(i-1) (cyclic order), each hop
      applying one key and keeping order; so no node ever holds two sets blinded under the same
-     subset of keys and cannot compare partners' sets. ``on_chunk(sender, owner, seq, elements)``
-     checks that the sender is the one expected at that hop and that seqs arrive in order, then
-     returns the ``Forward`` to the next hop, or keeps the chunk as final tags after the last hop.
+     subset of keys and cannot compare partners' sets. ``on_chunk(sender, owner, seq, elements,
+     stream)`` checks that the sender is the one expected at that hop and that seqs arrive in
+     order, then returns the ``Forward`` to the next hop, or keeps the chunk as final tags after
+     the last hop.
      Chunks move on one at a time, so all nodes work at once. Each node sends on two streams
      (``Stream``): its own set on OwnSet, partners' sets on Reblind; a chunk on the wrong one is
      refused. ``on_stream_end``: an OwnSet stream must end with the whole announced set, a Reblind
@@ -415,7 +416,7 @@ class CoordinatorRound:
     def on_chunk(
         self, sender: str, owner: str, seq: int, elements: bytes, stream: Stream
     ) -> Forward | None:
-        """A chunk of ``owner``'s set out of ``sender``'s ``stream``; where it goes next, if anywhere.
+        """A chunk of ``owner``'s set out of ``sender``'s ``stream``; where it goes next, if at all.
 
         A refusal names the sender first: it is the reason the whole round fails.
         """
@@ -465,7 +466,7 @@ class CoordinatorRound:
         return Forward(self.hop_node(o, hop + 1), owner, seq, elements)
 
     def on_stream_end(self, node: str, stream: Stream) -> None:
-        """``node`` ended ``stream`` well: its own set must be whole, every set final for Reblind."""
+        """``node`` ended ``stream``: refused if its own set is short or routing is not over."""
         self._require(CoordinatorEvent.STREAM_END)
         i = self.spec.index(node)
         if stream is Stream.OWN_SET:

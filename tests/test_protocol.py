@@ -612,7 +612,7 @@ def test_success_destroys_the_key_and_the_position_map() -> None:
     assert node.key is None and key.destroyed and node.positions_held == 0 and node.size == 3
 
 
-# --- which stream a chunk arrives on, and how a stream may end (checks the driver used to hold) -----
+# --- which stream a chunk arrives on, and how a stream may end (checks the driver used to hold) ----
 
 
 def two_parties(size: int = 4, chunk: int = 2) -> FakeLink:
