@@ -22,13 +22,19 @@ Coordinator rules (``CoordinatorRound``)
      coordinator's caps. Then ROUTING, and ``sizes`` is announced to every node.
   2. ROUTING: the set of P_i travels P_i -> P_(i+1) -> ... -> P_(i-1) (cyclic order), each hop
      applying one key and keeping order; so no node ever holds two sets blinded under the same
-     subset of keys and cannot compare partners' sets. ``on_chunk(sender, owner, seq, elements)``
-     checks that the sender is the one expected at that hop and that seqs arrive in order, then
-     returns the ``Forward`` to the next hop, or keeps the chunk as final tags after the last hop.
-     Chunks move on one at a time, so all nodes work at once.
+     subset of keys and cannot compare partners' sets. ``on_chunk(sender, owner, seq, elements,
+     stream)`` checks that the sender is the one expected at that hop and that seqs arrive in
+     order, then returns the ``Forward`` to the next hop, or keeps the chunk as final tags after
+     the last hop.
+     Chunks move on one at a time, so all nodes work at once. Each node sends on two streams
+     (``Stream``): its own set on OwnSet, partners' sets on Reblind; a chunk on the wrong one is
+     refused. ``on_stream_end``: an OwnSet stream must end with the whole announced set, a Reblind
+     stream only once every set is final.
   3. When every set is final: ``deliveries()`` computes what each node may learn (``match``), and
      the tags are dropped. Phase DELIVERING; ``on_delivered`` from every node -> DONE.
   ``fail(reason)`` at any point -> FAILED; the caller sends an abort to every node.
+
+The phases, the messages each one accepts and the moves between them are tables in ``states``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blindmatch.canon import KINDS
+from blindmatch.errors import (
+    BadMessage,
+    CapExceeded,
+    PolicyRefusal,
+    ProtocolError,
+    UnknownRound,
+    WrongPhase,
+)
 from blindmatch.group import ELEMENT_BYTES, RoundKey
 from blindmatch.match import (
     MAX_PARTICIPANTS,
@@ -51,34 +65,37 @@ from blindmatch.match import (
     ThresholdResult,
     deliveries,
 )
+from blindmatch.states import (
+    COORDINATOR,
+    NODE,
+    CoordinatorEvent,
+    CoordinatorPhase,
+    NodeEvent,
+    NodePhase,
+)
+
+__all__ = [  # the errors and phases are defined in ``errors`` and ``states``, used from here
+    "DEFAULT_CHUNK",
+    "BadMessage",
+    "CapExceeded",
+    "Caps",
+    "CoordinatorPhase",
+    "CoordinatorRound",
+    "Forward",
+    "Match",
+    "NodeOutcome",
+    "NodePhase",
+    "NodeRound",
+    "Policy",
+    "PolicyRefusal",
+    "ProtocolError",
+    "RoundSpec",
+    "Stream",
+    "UnknownRound",
+    "WrongPhase",
+]
 
 DEFAULT_CHUNK = 4096  # elements per chunk: 128 KiB of payload, far below gRPC's 4 MB limit
-
-
-class ProtocolError(Exception):
-    """A message the protocol refuses; ``code`` maps to a gRPC status in one place per service."""
-
-    code = "INVALID_ARGUMENT"
-
-
-class BadMessage(ProtocolError):
-    code = "INVALID_ARGUMENT"
-
-
-class WrongPhase(ProtocolError):
-    code = "FAILED_PRECONDITION"
-
-
-class PolicyRefusal(ProtocolError):
-    code = "PERMISSION_DENIED"
-
-
-class CapExceeded(ProtocolError):
-    code = "RESOURCE_EXHAUSTED"
-
-
-class UnknownRound(ProtocolError):
-    code = "NOT_FOUND"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +154,6 @@ class Policy:
                 )
 
 
-class NodePhase(enum.Enum):
-    PREPARED = "prepared"
-    ROUTING = "routing"
-    DONE = "done"
-    ABORTED = "aborted"
-
-
 @dataclass(frozen=True, slots=True)
 class Match:
     sighting_id: int
@@ -195,23 +205,23 @@ class NodeRound:
 
     def position_map(self) -> Sequence[tuple[int, str, str]]:
         """Position -> (sighting id, kind, value); a watch epoch keeps it as its tag map."""
-        self._require(NodePhase.ROUTING)
+        self._require(NodeEvent.POSITION_MAP)
         return tuple(self._own)
 
     def live_key(self) -> RoundKey:
-        if self.key is None or self.phase in (NodePhase.DONE, NodePhase.ABORTED):
+        if self.key is None or NODE.final(self.phase):
             raise WrongPhase(f"round {self.spec.round_id} is {self.phase.value}")
         return self.key
 
     def own_batches(self) -> Iterator[list[tuple[str, str]]]:
         """(kind, value) in position order, one chunk at a time, for hashing and blinding."""
-        self._require(NodePhase.PREPARED, NodePhase.ROUTING)
+        self._require(NodeEvent.OWN_SET)
         step = self.spec.chunk_size
         for start in range(0, len(self._own), step):
             yield [(k, v) for _, k, v in self._own[start : start + step]]
 
     def begin_routing(self, sizes: Mapping[str, int]) -> None:
-        self._require(NodePhase.PREPARED)
+        self._require(NodeEvent.ROUTING_START)
         if set(sizes) != set(self.spec.participants):
             raise BadMessage("announced sizes must name every participant exactly once")
         if sizes[self.me] != self.size:
@@ -238,11 +248,11 @@ class NodeRound:
         self.sizes = dict(sizes)
         self._next_seq = {p: 0 for p in sizes if p != self.me}
         self.blinded_for = {p: 0 for p in sizes if p != self.me}
-        self.phase = NodePhase.ROUTING
+        self.phase = NODE.move(self._subject, self.phase, NodePhase.ROUTING)
 
     def accept_chunk(self, owner: str, seq: int, count: int) -> None:
         """Validate a chunk of ``owner``'s set before it is blinded."""
-        self._require(NodePhase.ROUTING)
+        self._require(NodeEvent.CHUNK)
         if owner == self.me:
             raise BadMessage("a node never re-blinds its own set")
         expected = self._next_seq.get(owner)
@@ -263,7 +273,7 @@ class NodeRound:
 
     def resolve(self, delivery: Delivery) -> NodeOutcome:
         """Map a delivery by position to this node's sightings; destroys the key."""
-        self._require(NodePhase.ROUTING)
+        self._require(NodeEvent.DELIVERY)
         try:
             return self._resolve(delivery)
         except BadMessage as exc:
@@ -305,10 +315,11 @@ class NodeRound:
         return NodeOutcome(tuple(matches), counts)
 
     def abort(self, reason: str) -> None:
-        if self.phase not in (NodePhase.DONE, NodePhase.ABORTED):
+        if not NODE.final(self.phase):  # harmless after the end: the key is already gone
             self._finish(NodePhase.ABORTED, reason)
 
     def _finish(self, phase: NodePhase, reason: str | None) -> None:
+        phase = NODE.move(self._subject, self.phase, phase)
         if self.key is not None:
             self.key.destroy()
         self.key = None
@@ -321,12 +332,12 @@ class NodeRound:
         if not 0 <= pos < n:
             raise BadMessage(f"position {pos} outside this node's set of {n}")
 
-    def _require(self, *phases: NodePhase) -> None:
-        if self.phase not in phases:
-            raise WrongPhase(
-                f"round {self.spec.round_id} is {self.phase.value}; this message needs "
-                + " or ".join(p.value for p in phases)
-            )
+    @property
+    def _subject(self) -> str:
+        return f"round {self.spec.round_id}"
+
+    def _require(self, event: NodeEvent) -> None:
+        NODE.require(self._subject, self.phase, event)
 
 
 def _shuffle(items: list[tuple[int, str, str]]) -> None:
@@ -339,12 +350,11 @@ def _shuffle(items: list[tuple[int, str, str]]) -> None:
     items[:] = [items[i] for i in np.argsort(keys, kind="stable").tolist()]
 
 
-class CoordinatorPhase(enum.Enum):
-    PREPARING = "preparing"
-    ROUTING = "routing"
-    DELIVERING = "delivering"
-    DONE = "done"
-    FAILED = "failed"
+class Stream(enum.Enum):
+    """The two streams a node sends chunks on during routing."""
+
+    OWN_SET = "OwnSet"  # its own set, blinded with its key (hop 0)
+    REBLIND = "Reblind"  # partners' sets, each chunk re-blinded with its key
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +388,7 @@ class CoordinatorRound:
 
     def on_prepared(self, node: str, size: int) -> bool:
         """Record a node's set size; True once every participant has prepared."""
-        self._require(CoordinatorPhase.PREPARING)
+        self._require(CoordinatorEvent.PREPARED)
         self.spec.index(node)
         if node in self.sizes:
             raise BadMessage(f"{node} prepared twice")
@@ -394,7 +404,7 @@ class CoordinatorRound:
                 f"cap is {self.caps.max_total} (max_total)"
             )
         if len(self.sizes) == len(self.spec.participants):
-            self.phase = CoordinatorPhase.ROUTING
+            self._move(CoordinatorPhase.ROUTING)
             return True
         return False
 
@@ -403,9 +413,24 @@ class CoordinatorRound:
         parts = self.spec.participants
         return parts[(owner_index + hop) % len(parts)]
 
-    def on_chunk(self, sender: str, owner: str, seq: int, elements: bytes) -> Forward | None:
-        """A chunk of ``owner``'s set coming out of ``sender``; where it goes next, if anywhere."""
-        self._require(CoordinatorPhase.ROUTING)
+    def on_chunk(
+        self, sender: str, owner: str, seq: int, elements: bytes, stream: Stream
+    ) -> Forward | None:
+        """A chunk of ``owner``'s set out of ``sender``'s ``stream``; where it goes next, if at all.
+
+        A refusal names the sender first: it is the reason the whole round fails.
+        """
+        if stream is Stream.OWN_SET and owner != sender:
+            raise BadMessage(f"node {sender} sent a chunk of {owner!r}'s set as its own set")
+        if stream is Stream.REBLIND and owner == sender:
+            raise BadMessage(f"node {sender} sent its own set back from Reblind")
+        try:
+            return self._route(sender, owner, seq, elements)
+        except ProtocolError as exc:
+            raise type(exc)(f"node {sender}: {exc}") from None
+
+    def _route(self, sender: str, owner: str, seq: int, elements: bytes) -> Forward | None:
+        self._require(CoordinatorEvent.CHUNK)
         n = len(self.spec.participants)
         o = self.spec.index(owner)
         s = self.spec.index(sender)
@@ -440,6 +465,20 @@ class CoordinatorRound:
             return None
         return Forward(self.hop_node(o, hop + 1), owner, seq, elements)
 
+    def on_stream_end(self, node: str, stream: Stream) -> None:
+        """``node`` ended ``stream``: refused if its own set is short or routing is not over."""
+        self._require(CoordinatorEvent.STREAM_END)
+        i = self.spec.index(node)
+        if stream is Stream.OWN_SET:
+            seen, size = self._seen[i][0], self.sizes[node]
+            if seen != size:
+                raise BadMessage(
+                    f"node {node} ended its own set after {seen} of the {size} elements it "
+                    "announced"
+                )
+        elif not self.routed():
+            raise BadMessage(f"node {node} closed its Reblind stream before routing finished")
+
     def routed(self) -> bool:
         n = len(self.spec.participants)
         return (
@@ -458,39 +497,38 @@ class CoordinatorRound:
 
     def final_tags(self) -> dict[str, bytes]:
         """Every participant's final tags by position: a watch round keeps them as filters."""
-        self._require(CoordinatorPhase.ROUTING)
+        self._require(CoordinatorEvent.FINAL_TAGS)
         if not self.routed():
             raise WrongPhase("not every set has been fully blinded yet")
         return {name: bytes(self._final[i]) for i, name in enumerate(self.spec.participants)}
 
     def deliveries(self) -> dict[str, Delivery]:
         """What each node learns; drops the tags (they never outlive the match)."""
-        self._require(CoordinatorPhase.ROUTING)
+        self._require(CoordinatorEvent.DELIVERIES)
         if not self.routed():
             raise WrongPhase("not every set has been fully blinded yet")
         result = deliveries(self._final, self.spec.mode, threshold=self.spec.threshold)
         self._final = []
-        self.phase = CoordinatorPhase.DELIVERING
+        self._move(CoordinatorPhase.DELIVERING)
         return dict(zip(self.spec.participants, result, strict=True))
 
     def on_delivered(self, node: str) -> bool:
-        self._require(CoordinatorPhase.DELIVERING)
+        self._require(CoordinatorEvent.DELIVERED)
         self.spec.index(node)
         self._delivered.add(node)
         if len(self._delivered) == len(self.spec.participants):
-            self.phase = CoordinatorPhase.DONE
+            self._move(CoordinatorPhase.DONE)
             return True
         return False
 
     def fail(self, reason: str) -> None:
-        if self.phase not in (CoordinatorPhase.DONE, CoordinatorPhase.FAILED):
-            self.phase = CoordinatorPhase.FAILED
+        if not COORDINATOR.final(self.phase):  # a late failure changes nothing
+            self._move(CoordinatorPhase.FAILED)
             self.reason = reason
             self._final = []
 
-    def _require(self, *phases: CoordinatorPhase) -> None:
-        if self.phase not in phases:
-            raise WrongPhase(
-                f"round {self.spec.round_id} is {self.phase.value}; expected "
-                + " or ".join(p.value for p in phases)
-            )
+    def _require(self, event: CoordinatorEvent) -> None:
+        COORDINATOR.require(f"round {self.spec.round_id}", self.phase, event)
+
+    def _move(self, to: CoordinatorPhase) -> None:
+        self.phase = COORDINATOR.move(f"round {self.spec.round_id}", self.phase, to)

@@ -27,6 +27,7 @@ from blindmatch.initdir import absolute, private_dir, refuse_existing, server_ho
 from blindmatch.net import load_tls, open_channel, split_host_port
 from blindmatch.pki import issue_to_dir, validate_name
 from blindmatch.protocol import BadMessage, RoundSpec
+from blindmatch.states import COORDINATOR_FINAL, CoordinatorPhase
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import (
     COORDINATOR_FILE,
@@ -41,7 +42,6 @@ from coordinator.config import (
 from coordinator.state import StateError
 
 CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
-FINAL: Final = ("done", "failed")
 T = TypeVar("T")
 
 
@@ -176,7 +176,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
         print(f"round {info.id} started", file=sys.stderr)
         final = _follow(config, stub, info, progress=_Progress())
     print(json.dumps(info_dict(final)) if args.json else summary(final))
-    return 0 if final.state == "done" else 1
+    return 0 if final.state == CoordinatorPhase.DONE else 1
 
 
 @coordinator_command
@@ -299,7 +299,7 @@ def _follow(
             f"Check it with `blindmatch round status {info.id}`",
         ) from None
     progress.end()
-    if last.state not in FINAL:
+    if last.state not in COORDINATOR_FINAL:
         raise Failed(
             f"the coordinator stopped reporting round {info.id} while it was {last.state} "
             f"(check it later with `blindmatch round status {info.id}`)",
@@ -318,7 +318,7 @@ class _Progress:
     def show(self, info: coordinator_pb2.RoundInfo) -> None:
         pct = _percent(info)
         line = f"{info.state}"
-        if info.state == "routing":
+        if info.state == CoordinatorPhase.ROUTING:
             line += f" {pct}%"
         if info.sizes:
             line += " — sets: " + ", ".join(f"{n} {info.sizes[n]}" for n in info.participants)
@@ -340,7 +340,7 @@ class _Progress:
 
 
 def _percent(info: coordinator_pb2.RoundInfo) -> int:
-    if info.state in ("delivering", "done"):
+    if info.state in (CoordinatorPhase.DELIVERING, CoordinatorPhase.DONE):
         return 100
     return int(100 * info.hops_done / info.hops_total) if info.hops_total else 0
 
@@ -376,7 +376,7 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
     head = f"round {info.id} {info.state}"
     if info.finished:
         head += f" after {info.finished - info.created:.1f} s"
-    elif info.state == "routing":
+    elif info.state == CoordinatorPhase.ROUTING:
         head += f" ({_percent(info)}% of the element-hops done)"
     lines = [
         head,
@@ -397,9 +397,9 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
 def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
     rows = [("ID", "STATE", "MODE", "NODES", "STARTED", "NOTE")]
     for r in rounds:
-        if r.state == "failed":
+        if r.state == CoordinatorPhase.FAILED:
             note = _clip(r.error, 60)
-        elif r.state == "done":
+        elif r.state == CoordinatorPhase.DONE:
             what = "shared" if r.mode == "count" else "matches"
             note = f"{sum(r.match_counts.values())} {what} in {r.finished - r.created:.1f} s"
         else:

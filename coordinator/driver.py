@@ -34,16 +34,17 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 
 from blindmatch.canon import KINDS
-from blindmatch.group import ELEMENT_BYTES
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.net import TlsConfig, open_channel
 from blindmatch.protocol import (
     DEFAULT_CHUNK,
     BadMessage,
     Caps,
+    CoordinatorPhase,
     CoordinatorRound,
     ProtocolError,
     RoundSpec,
+    Stream,
 )
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from coordinator.state import RoundBoard, RoundRecord
@@ -210,7 +211,6 @@ class RoundDriver:
         self._queues_closed = False
         self._calls: list[Any] = []  # streaming calls, cancelled on failure
         self._open_streams = 0
-        self._own_seen = dict.fromkeys(spec.participants, 0)
         self._last_publish = 0.0
 
     # --- the round, step by step -------------------------------------------------------------
@@ -256,7 +256,7 @@ class RoundDriver:
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
             self._publish(
-                state="routing",
+                state=CoordinatorPhase.ROUTING,
                 sizes=dict(self.round.sizes),
                 hops_total=self.round.progress()[1],
                 force=True,
@@ -275,10 +275,12 @@ class RoundDriver:
         # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
         for node in self.spec.participants:
             call = self.links.stub(node).Reblind(_drain(self._queues[node]), timeout=self._left())
-            self._follow(node, call, own=False)
+            self._follow(node, call, Stream.REBLIND)
         for node in self.spec.participants:
             ref = node_pb2.RoundRef(round_id=self.spec.round_id)
-            self._follow(node, self.links.stub(node).OwnSet(ref, timeout=self._left()), own=True)
+            self._follow(
+                node, self.links.stub(node).OwnSet(ref, timeout=self._left()), Stream.OWN_SET
+            )
         with self._cond:
             if self.round.routed():  # every set empty: nothing will ever arrive
                 self._close_queues()
@@ -290,7 +292,9 @@ class RoundDriver:
         with self._cond:
             watch_tags = self.round.final_tags() if self.watch is not None else None
             results = self.round.deliveries()
-            self._publish(state="delivering", hops_done=self.record.hops_total, force=True)
+            self._publish(
+                state=CoordinatorPhase.DELIVERING, hops_done=self.record.hops_total, force=True
+            )
         if self.watch is not None and watch_tags is not None:
             try:
                 self.watch.before_deliver(watch_tags)
@@ -310,7 +314,9 @@ class RoundDriver:
         with self._cond:
             for node in names:
                 self.round.on_delivered(node)
-            self._publish(state="done", match_counts=counts, finished=time.time(), force=True)
+            self._publish(
+                state=CoordinatorPhase.DONE, match_counts=counts, finished=time.time(), force=True
+            )
 
     def _finish_failed(self, reason: str) -> None:
         self._fail(reason)
@@ -327,7 +333,9 @@ class RoundDriver:
             with contextlib.suppress(grpc.RpcError):
                 future.result()
         with self._cond:
-            self._publish(state="failed", error=reason, finished=time.time(), force=True)
+            self._publish(
+                state=CoordinatorPhase.FAILED, error=reason, finished=time.time(), force=True
+            )
 
     # --- calls and streams -------------------------------------------------------------------
 
@@ -363,27 +371,26 @@ class RoundDriver:
             raise RoundFailure("; ".join(problems))
         return replies
 
-    def _follow(self, node: str, call: Any, *, own: bool) -> None:
+    def _follow(self, node: str, call: Any, stream: Stream) -> None:
         with self._cond:
             self._calls.append(call)
             self._open_streams += 1
             if self._failure is not None:
                 call.cancel()
-        what = "OwnSet" if own else "Reblind"
         threading.Thread(
             target=self._read,
-            args=(node, call, own),
-            name=f"{what}-{node}-{self.spec.round_id[:8]}",
+            args=(node, call, stream),
+            name=f"{stream.value}-{node}-{self.spec.round_id[:8]}",
             daemon=True,
         ).start()
 
-    def _read(self, node: str, call: Any, own: bool) -> None:
-        what = "OwnSet" if own else "Reblind"
+    def _read(self, node: str, call: Any, stream: Stream) -> None:
+        what = stream.value
         problem: str | None = None
         try:
             for chunk in call:
-                self._on_chunk(node, chunk, own)
-            self._stream_ended(node, own)
+                self._on_chunk(node, chunk, stream)
+            self._stream_ended(node, stream)
         except grpc.RpcError as err:
             problem = self._rpc_problem(node, what, err, self.settings.round_timeout)
             if err.code() == grpc.StatusCode.NOT_FOUND:
@@ -410,22 +417,16 @@ class RoundDriver:
             self._open_streams -= 1
             self._cond.notify_all()
 
-    def _on_chunk(self, sender: str, chunk: node_pb2.Chunk, own: bool) -> None:
-        owner = chunk.owner
-        if own and owner != sender:
-            raise RoundFailure(f"node {sender} sent a chunk of {owner!r}'s set as its own set")
-        if not own and owner == sender:
-            raise RoundFailure(f"node {sender} sent its own set back from Reblind")
-        elements = chunk.elements
+    def _on_chunk(self, sender: str, chunk: node_pb2.Chunk, stream: Stream) -> None:
         with self._cond:
             if self._failure is not None:
                 return
             try:
-                forward = self.round.on_chunk(sender, owner, chunk.seq, elements)
+                forward = self.round.on_chunk(
+                    sender, chunk.owner, chunk.seq, chunk.elements, stream
+                )
             except ProtocolError as exc:
-                raise RoundFailure(f"node {sender}: {exc}") from None
-            if own:
-                self._own_seen[sender] += len(elements) // ELEMENT_BYTES
+                raise RoundFailure(str(exc)) from None
             if forward is not None:
                 self._queues[forward.to].put(
                     node_pb2.ReblindRequest(
@@ -438,17 +439,14 @@ class RoundDriver:
                 self._close_queues()
             self._publish(hops_done=self.round.progress()[0])
 
-    def _stream_ended(self, node: str, own: bool) -> None:
+    def _stream_ended(self, node: str, stream: Stream) -> None:
         with self._cond:
             if self._failure is not None:
                 return
-            if own and self._own_seen[node] != self.round.sizes[node]:
-                raise RoundFailure(
-                    f"node {node} ended its own set after {self._own_seen[node]} of the "
-                    f"{self.round.sizes[node]} elements it announced"
-                )
-            if not own and not self._queues_closed:
-                raise RoundFailure(f"node {node} closed its Reblind stream before routing finished")
+            try:
+                self.round.on_stream_end(node, stream)
+            except ProtocolError as exc:
+                raise RoundFailure(str(exc)) from None
 
     def _rpc_problem(self, node: str, what: str, err: grpc.RpcError, timeout: float) -> str:
         code = err.code()

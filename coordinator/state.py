@@ -1,13 +1,14 @@
 """Round state: what the coordinator remembers about each round, and who is watching it.
 
 Rules:
-- A record holds a round's participants, mode, phase, set sizes, match counts and failure reason.
+- A record holds a round's participants, mode, phase (``CoordinatorPhase``: the core's vocabulary,
+  stored as its string), set sizes, match counts and failure reason.
   Never a tag, an element or an indicator: no table has a column that could hold one.
 - Two stores behind one interface, tested by one suite: ``MemoryRoundStore`` and
   ``SqliteRoundStore`` (one file, WAL, schema versioned with ``PRAGMA user_version``).
 - A round in flight lives in the coordinator's memory; its nodes drop their keys when the
-  coordinator goes silent. So opening a SQLite store marks every round that is neither done nor
-  failed as failed, with the reason ``RESTART_REASON``.
+  coordinator goes silent. So opening a SQLite store marks every round still running
+  (``COORDINATOR_RUNNING``) as failed, with the reason ``RESTART_REASON``.
 - ``RoundBoard`` is the one place records are published: it saves them and wakes the watchers.
 """
 
@@ -24,9 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from blindmatch.protocol import UnknownRound
+from blindmatch.states import COORDINATOR, COORDINATOR_RUNNING, CoordinatorPhase
 
-RUNNING_STATES: Final = ("preparing", "routing", "delivering")
-FINAL_STATES: Final = ("done", "failed")
 RESTART_REASON: Final = "coordinator restarted during the round"
 
 
@@ -43,7 +43,7 @@ class RoundRecord:
     kinds: tuple[str, ...]
     operator: str  # who started it
     created: float  # unix seconds
-    state: str = "preparing"  # one of RUNNING_STATES or FINAL_STATES
+    state: CoordinatorPhase = CoordinatorPhase.PREPARING
     finished: float | None = None
     sizes: Mapping[str, int] = field(default_factory=dict)
     match_counts: Mapping[str, int] = field(default_factory=dict)
@@ -53,7 +53,7 @@ class RoundRecord:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_STATES
+        return COORDINATOR.final(self.state)
 
 
 class RoundStore(ABC):
@@ -99,7 +99,9 @@ class MemoryRoundStore(RoundStore):
         with self._lock:
             stale = [r for r in self._rounds.values() if not r.final]
             for r in stale:
-                self._rounds[r.id] = replace(r, state="failed", error=reason, finished=now)
+                self._rounds[r.id] = replace(
+                    r, state=CoordinatorPhase.FAILED, error=reason, finished=now
+                )
         return [r.id for r in stale]
 
 
@@ -209,20 +211,21 @@ class SqliteRoundStore(RoundStore):
         return [_record(row) for row in rows]
 
     def fail_unfinished(self, reason: str) -> list[str]:
-        placeholders = ", ".join("?" * len(RUNNING_STATES))
+        placeholders = ", ".join("?" * len(COORDINATOR_RUNNING))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 ids = [
                     row[0]
                     for row in self._db.execute(
-                        f"SELECT id FROM rounds WHERE state IN ({placeholders})", RUNNING_STATES
+                        f"SELECT id FROM rounds WHERE state IN ({placeholders})",
+                        COORDINATOR_RUNNING,
                     )
                 ]
                 self._db.execute(
-                    f"UPDATE rounds SET state = 'failed', error = ?, finished = ? "
+                    f"UPDATE rounds SET state = ?, error = ?, finished = ? "
                     f"WHERE state IN ({placeholders})",
-                    (reason, time.time(), *RUNNING_STATES),
+                    (CoordinatorPhase.FAILED, reason, time.time(), *COORDINATOR_RUNNING),
                 )
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -260,7 +263,7 @@ def _record(row: tuple[Any, ...]) -> RoundRecord:
         kinds=tuple(json.loads(kinds)),
         operator=operator,
         created=created,
-        state=state,
+        state=CoordinatorPhase(state),
         finished=finished,
         sizes=json.loads(sizes),
         match_counts=json.loads(match_counts),

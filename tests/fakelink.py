@@ -6,6 +6,9 @@ which pending message moves next, so chunks of different sets interleave as they
 node works at once. The link also records which keys each chunk carries on arrival, so tests can
 check the routing from the data itself rather than from the coordinator's arithmetic.
 
+Each node's two streams are modelled too: its own set goes out on OwnSet, which ends once the set
+is sent; partners' chunks come back on Reblind, which ends once routing is over.
+
 Any ProtocolError fails the coordinator and aborts every node, as the real coordinator does, and
 is raised again for the test to inspect.
 """
@@ -26,6 +29,7 @@ from blindmatch.protocol import (
     Policy,
     ProtocolError,
     RoundSpec,
+    Stream,
 )
 
 Candidate = tuple[int, str, str]  # (sighting id, kind, canonical value)
@@ -48,6 +52,7 @@ class FakeLink:
         self.nodes: dict[str, NodeRound] = {}
         self.keys: dict[str, RoundKey] = {}  # every key drawn, kept to check it gets destroyed
         self.outbox: dict[str, deque[tuple[int, bytes]]] = {}  # own chunks not yet sent
+        self.open_streams: set[tuple[str, Stream]] = set()
         self.inbox: dict[str, deque[Forward]] = {name: deque() for name in spec.participants}
         # (owner, seq) -> names whose keys the chunk carries, in the order they were applied
         self.applied: dict[tuple[str, int], list[str]] = {}
@@ -67,6 +72,7 @@ class FakeLink:
             key = self.keys[name] = node.live_key()
             chunks = [hash_and_blind_packed(key.export(), b) for b in node.own_batches()]
             self.outbox[name] = deque(enumerate(chunks))
+            self.open_streams |= {(name, Stream.OWN_SET), (name, Stream.REBLIND)}
             self.coordinator.on_prepared(name, node.size)
         for node in self.nodes.values():
             node.begin_routing(self.coordinator.sizes)
@@ -75,7 +81,7 @@ class FakeLink:
         """The next chunk of ``name``'s own blinded set reaches the coordinator (OwnSet)."""
         seq, elements = self.outbox[name].popleft()
         self.applied[(name, seq)] = [name]
-        self.to_coordinator(name, name, seq, elements)
+        self.to_coordinator(name, name, seq, elements, Stream.OWN_SET)
 
     def reblind(self, name: str) -> None:
         """``name`` takes the next chunk from its inbox, blinds it and sends it back (Reblind)."""
@@ -86,25 +92,39 @@ class FakeLink:
         self.received[name].append((fwd.owner, frozenset(carried)))
         blinded = b"".join(node.live_key().blind(split_elements(fwd.elements)))
         carried.append(name)
-        self.to_coordinator(name, fwd.owner, fwd.seq, blinded)
+        self.to_coordinator(name, fwd.owner, fwd.seq, blinded, Stream.REBLIND)
 
-    def to_coordinator(self, sender: str, owner: str, seq: int, elements: bytes) -> None:
-        fwd = self.coordinator.on_chunk(sender, owner, seq, elements)
+    def to_coordinator(
+        self, sender: str, owner: str, seq: int, elements: bytes, stream: Stream
+    ) -> None:
+        fwd = self.coordinator.on_chunk(sender, owner, seq, elements, stream)
         if fwd is not None:
             self.inbox[fwd.to].append(fwd)
 
+    def end_stream(self, name: str, stream: Stream) -> None:
+        """``name`` ends one of its streams (the gRPC call completes without an error)."""
+        self.open_streams.remove((name, stream))
+        self.coordinator.on_stream_end(name, stream)
+
     def route(self) -> None:
-        """Move messages in random order until nothing is pending."""
+        """Move messages in random order until nothing is pending, then end every stream."""
         while True:
             pending = [(True, n) for n, box in self.outbox.items() if box]
             pending += [(False, n) for n, box in self.inbox.items() if box]
+            sent = [n for n, box in self.outbox.items() if not box]
+            pending += [(True, n) for n in sent if (n, Stream.OWN_SET) in self.open_streams]
             if not pending:
-                return
+                break
             own, name = self.rng.choice(pending)
-            if own:
+            if own and self.outbox[name]:
                 self.send_own(name)
+            elif own:
+                self.end_stream(name, Stream.OWN_SET)
             else:
                 self.reblind(name)
+        for name in self.spec.participants:  # the coordinator closes them once every set is final
+            if (name, Stream.REBLIND) in self.open_streams:
+                self.end_stream(name, Stream.REBLIND)
 
     def deliver(self) -> dict[str, NodeOutcome]:
         outcomes: dict[str, NodeOutcome] = {}

@@ -7,8 +7,10 @@ node's key is destroyed at the end.
 
 from __future__ import annotations
 
+import enum
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +25,7 @@ from blindmatch.protocol import (
     CapExceeded,
     Caps,
     CoordinatorPhase,
+    CoordinatorRound,
     NodeOutcome,
     NodePhase,
     NodeRound,
@@ -30,7 +33,25 @@ from blindmatch.protocol import (
     PolicyRefusal,
     ProtocolError,
     RoundSpec,
+    Stream,
     WrongPhase,
+)
+from blindmatch.states import (
+    CHECK_OUTCOMES,
+    COORDINATOR,
+    COORDINATOR_FINAL,
+    COORDINATOR_RUNNING,
+    EPOCH,
+    NODE,
+    ROUND_ENDS,
+    ROUND_OUTCOMES,
+    CoordinatorEvent,
+    EpochEvent,
+    EpochPhase,
+    NodeEvent,
+    Outcome,
+    Table,
+    sql_in,
 )
 from tests.fakelink import Candidate, FakeLink, Party, run_round
 
@@ -60,6 +81,8 @@ RAW = (
 )
 CANON = [canonicalize(k, v) for k, v in RAW]
 UNIQUE = list(dict.fromkeys(CANON))
+
+OWN, REBLIND = Stream.OWN_SET, Stream.REBLIND
 
 Summary = tuple[list[tuple[int, tuple[str, ...], int | None]], dict[str, int]]
 
@@ -358,7 +381,7 @@ def test_wrong_phase_on_the_coordinator() -> None:
     link = FakeLink(spec_for(["at", "be"]), parties)
     coord = link.coordinator
     with pytest.raises(WrongPhase, match="round r1 is preparing; expected routing"):
-        coord.on_chunk("at", "at", 0, bytes(32))
+        coord.on_chunk("at", "at", 0, bytes(32), OWN)
     with pytest.raises(WrongPhase, match="is preparing"):
         coord.deliveries()
     link.prepare()
@@ -372,7 +395,7 @@ def test_wrong_phase_on_the_coordinator() -> None:
     link.deliver()
     assert coord.phase is CoordinatorPhase.DONE
     with pytest.raises(WrongPhase, match="is done"):
-        coord.on_chunk("at", "at", 0, bytes(32))
+        coord.on_chunk("at", "at", 0, bytes(32), OWN)
     coord.fail("too late")
     assert coord.phase is CoordinatorPhase.DONE
 
@@ -392,13 +415,13 @@ def test_coordinator_refuses_duplicate_and_out_of_order_chunks() -> None:
     seq0, chunk0 = link.outbox["at"].popleft()
     seq1, chunk1 = link.outbox["at"].popleft()
     with pytest.raises(BadMessage, match="chunk 1 of at's set from at: expected chunk 0"):
-        coord.on_chunk("at", "at", seq1, chunk1)
-    coord.on_chunk("at", "at", seq0, chunk0)
+        coord.on_chunk("at", "at", seq1, chunk1, OWN)
+    coord.on_chunk("at", "at", seq0, chunk0, OWN)
     refused(
         link,
         BadMessage,
         "chunk 0 of at's set from at: expected chunk 1",
-        lambda: coord.on_chunk("at", "at", seq0, chunk0),
+        lambda: coord.on_chunk("at", "at", seq0, chunk0, OWN),
     )
 
 
@@ -406,14 +429,14 @@ def test_coordinator_refuses_more_than_announced_and_partial_elements() -> None:
     link = started(size=3, chunk=2)
     coord = link.coordinator
     with pytest.raises(BadMessage, match="not whole elements"):
-        coord.on_chunk("at", "at", 0, bytes(33))
+        coord.on_chunk("at", "at", 0, bytes(33), OWN)
     with pytest.raises(BadMessage, match="not whole elements"):
-        coord.on_chunk("at", "at", 0, b"")
+        coord.on_chunk("at", "at", 0, b"", OWN)
     refused(
         link,
         BadMessage,
         "at sent more of at's set than the 3 announced",
-        lambda: coord.on_chunk("at", "at", 0, bytes(32 * 4)),
+        lambda: coord.on_chunk("at", "at", 0, bytes(32 * 4), OWN),
     )
 
 
@@ -425,7 +448,7 @@ def test_coordinator_refuses_a_stranger_at_a_hop() -> None:
         link,
         BadMessage,
         "'mallory' is not a participant of round r1",
-        lambda: link.coordinator.on_chunk("mallory", "at", 0, fwd.elements),
+        lambda: link.coordinator.on_chunk("mallory", "at", 0, fwd.elements, REBLIND),
     )
 
 
@@ -437,7 +460,12 @@ def test_coordinator_refuses_a_chunk_from_a_node_it_was_not_sent_to() -> None:
     link.send_own("at")
     fwd = link.inbox["be"][0]
     cz_blinded = b"".join(link.nodes["cz"].live_key().blind(split_elements(fwd.elements)))
-    refused(link, BadMessage, "cz", lambda: link.coordinator.on_chunk("cz", "at", 0, cz_blinded))
+    refused(
+        link,
+        BadMessage,
+        "cz",
+        lambda: link.coordinator.on_chunk("cz", "at", 0, cz_blinded, REBLIND),
+    )
 
 
 def test_coordinator_refuses_a_chunk_whose_size_changed_at_a_hop() -> None:
@@ -451,7 +479,7 @@ def test_coordinator_refuses_a_chunk_whose_size_changed_at_a_hop() -> None:
         link,
         BadMessage,
         "be",
-        lambda: coord.on_chunk("be", "at", 0, fwd0.elements[:32]),
+        lambda: coord.on_chunk("be", "at", 0, fwd0.elements[:32], REBLIND),
     )
 
 
@@ -582,6 +610,296 @@ def test_success_destroys_the_key_and_the_position_map() -> None:
     out = node.resolve(PairwiseResult((2,), ((1, 2),)))
     assert out.matches[0].partners == ("be", "cz") and out.matches[0].count == 3
     assert node.key is None and key.destroyed and node.positions_held == 0 and node.size == 3
+
+
+# --- which stream a chunk arrives on, and how a stream may end (checks the driver used to hold) ----
+
+
+def two_parties(size: int = 4, chunk: int = 2) -> FakeLink:
+    return started(names=("at", "be"), size=size, chunk=chunk)
+
+
+def test_an_own_set_stream_carries_only_the_senders_set() -> None:
+    link = two_parties()
+    _, be_chunk = link.outbox["be"].popleft()
+    refused(
+        link,
+        BadMessage,
+        "^node at sent a chunk of 'be''s set as its own set$",
+        lambda: link.to_coordinator("at", "be", 0, be_chunk, OWN),
+    )
+
+
+def test_a_reblind_stream_never_carries_the_senders_own_set() -> None:
+    link = two_parties()
+    _, at_chunk = link.outbox["at"].popleft()
+    refused(
+        link,
+        BadMessage,
+        "^node at sent its own set back from Reblind$",
+        lambda: link.to_coordinator("at", "at", 0, at_chunk, REBLIND),
+    )
+
+
+def test_an_own_set_stream_must_end_with_the_whole_announced_set() -> None:
+    link = two_parties(size=4, chunk=2)
+    link.send_own("at")
+    refused(
+        link,
+        BadMessage,
+        "^node at ended its own set after 2 of the 4 elements it announced$",
+        lambda: link.end_stream("at", OWN),
+    )
+
+
+def test_an_own_set_stream_may_end_before_routing_is_over() -> None:
+    link = two_parties(size=4, chunk=2)
+    link.send_own("at")
+    link.send_own("at")
+    link.end_stream("at", OWN)  # be has not re-blinded a thing yet
+    assert not link.coordinator.routed()
+    link.route()
+    assert set(link.deliver()) == {"at", "be"}
+    assert link.coordinator.phase is CoordinatorPhase.DONE
+
+
+def test_a_reblind_stream_must_not_end_before_every_set_is_final() -> None:
+    link = two_parties()
+    link.send_own("at")
+    link.reblind("be")
+    refused(
+        link,
+        BadMessage,
+        "^node be closed its Reblind stream before routing finished$",
+        lambda: link.end_stream("be", REBLIND),
+    )
+
+
+def test_streams_end_only_while_routing() -> None:
+    link = FakeLink(spec_for(["at", "be"]), {n: (Policy(), some(2, 0)) for n in ("at", "be")})
+    with pytest.raises(WrongPhase, match="round r1 is preparing; expected routing"):
+        link.coordinator.on_stream_end("at", OWN)
+    link.prepare()
+    with pytest.raises(BadMessage, match="'mallory' is not a participant"):
+        link.coordinator.on_stream_end("mallory", REBLIND)
+
+
+def test_chunk_refusals_name_the_sender_first() -> None:
+    # The reason a round fails names the node at fault first, as the coordinator records it.
+    link = two_parties()
+    _, chunk1 = link.outbox["at"][1]
+    refused(
+        link,
+        BadMessage,
+        "^node at: chunk 1 of at's set from at: expected chunk 0$",
+        lambda: link.to_coordinator("at", "at", 1, chunk1, OWN),
+    )
+
+
+# --- the transition tables (blindmatch/states.py) --------------------------------------------------
+
+# Written out here rather than read from the tables, so that a change to a table shows up as a
+# failing test: these are the protocol's rules, not the tables' contents.
+NODE_MOVES = {
+    (NodePhase.PREPARED, NodePhase.ROUTING),
+    (NodePhase.PREPARED, NodePhase.ABORTED),
+    (NodePhase.ROUTING, NodePhase.DONE),
+    (NodePhase.ROUTING, NodePhase.ABORTED),
+}
+COORDINATOR_MOVES = {
+    (CoordinatorPhase.PREPARING, CoordinatorPhase.ROUTING),
+    (CoordinatorPhase.ROUTING, CoordinatorPhase.DELIVERING),
+    (CoordinatorPhase.DELIVERING, CoordinatorPhase.DONE),
+    (CoordinatorPhase.PREPARING, CoordinatorPhase.FAILED),
+    (CoordinatorPhase.ROUTING, CoordinatorPhase.FAILED),
+    (CoordinatorPhase.DELIVERING, CoordinatorPhase.FAILED),
+}
+EPOCH_MOVES = {
+    (EpochPhase.PENDING, EpochPhase.OPEN),
+    (EpochPhase.PENDING, EpochPhase.CLOSED),
+    (EpochPhase.OPEN, EpochPhase.CLOSED),
+}
+NODE_ACCEPTS = {
+    (NodeEvent.OWN_SET, NodePhase.PREPARED),
+    (NodeEvent.OWN_SET, NodePhase.ROUTING),
+    (NodeEvent.ROUTING_START, NodePhase.PREPARED),
+    (NodeEvent.CHUNK, NodePhase.ROUTING),
+    (NodeEvent.POSITION_MAP, NodePhase.ROUTING),
+    (NodeEvent.DELIVERY, NodePhase.ROUTING),
+}
+COORDINATOR_ACCEPTS = {
+    (CoordinatorEvent.PREPARED, CoordinatorPhase.PREPARING),
+    (CoordinatorEvent.CHUNK, CoordinatorPhase.ROUTING),
+    (CoordinatorEvent.STREAM_END, CoordinatorPhase.ROUTING),
+    (CoordinatorEvent.FINAL_TAGS, CoordinatorPhase.ROUTING),
+    (CoordinatorEvent.DELIVERIES, CoordinatorPhase.ROUTING),
+    (CoordinatorEvent.DELIVERED, CoordinatorPhase.DELIVERING),
+}
+EPOCH_ACCEPTS = {
+    (EpochEvent.DELIVERY, EpochPhase.PENDING),
+    (EpochEvent.CHECK, EpochPhase.OPEN),
+}
+TABLES: list[tuple[Table[Any, Any], type[enum.StrEnum], type[enum.StrEnum], set[Any], set[Any]]] = [
+    (NODE, NodePhase, NodeEvent, NODE_MOVES, NODE_ACCEPTS),
+    (COORDINATOR, CoordinatorPhase, CoordinatorEvent, COORDINATOR_MOVES, COORDINATOR_ACCEPTS),
+    (EPOCH, EpochPhase, EpochEvent, EPOCH_MOVES, EPOCH_ACCEPTS),
+]
+
+
+def every_move() -> list[Any]:
+    return [
+        pytest.param(table, a, b, (a, b) in legal, id=f"{a}->{b}")
+        for table, phases, _, legal, _ in TABLES
+        for a in phases
+        for b in phases
+    ]
+
+
+def every_message() -> list[Any]:
+    return [
+        pytest.param(table, e, p, (e, p) in accepted, id=f"{e}@{p}")
+        for table, phases, events, _, accepted in TABLES
+        for e in events
+        for p in phases
+    ]
+
+
+@pytest.mark.parametrize(("table", "phase", "to", "legal"), every_move())
+def test_every_move_is_in_the_table_or_refused(
+    table: Table[Any, Any], phase: enum.StrEnum, to: enum.StrEnum, legal: bool
+) -> None:
+    if legal:
+        assert table.move("round r1", phase, to) is to
+    else:
+        with pytest.raises(WrongPhase, match=f"^round r1 is {phase}; it cannot become {to}$"):
+            table.move("round r1", phase, to)
+
+
+@pytest.mark.parametrize(("table", "event", "phase", "accepted"), every_message())
+def test_every_message_is_accepted_only_where_the_table_says(
+    table: Table[Any, Any], event: enum.StrEnum, phase: enum.StrEnum, accepted: bool
+) -> None:
+    if accepted:
+        table.require("round r1", phase, event)
+    else:
+        with pytest.raises(WrongPhase, match=f"^round r1 is {phase}; "):
+            table.require("round r1", phase, event)
+
+
+def test_final_phases_are_the_ones_without_a_way_out() -> None:
+    assert [p for p in NodePhase if NODE.final(p)] == [NodePhase.DONE, NodePhase.ABORTED]
+    assert COORDINATOR_FINAL == (CoordinatorPhase.DONE, CoordinatorPhase.FAILED)
+    assert COORDINATOR_RUNNING == (
+        CoordinatorPhase.PREPARING,
+        CoordinatorPhase.ROUTING,
+        CoordinatorPhase.DELIVERING,
+    )
+    assert [p for p in EpochPhase if EPOCH.final(p)] == [EpochPhase.CLOSED]
+
+
+def test_the_vocabulary_is_the_one_on_disk_and_on_the_wire() -> None:
+    # RoundInfo.state, the coordinator's state file and the node's audit log hold these strings.
+    assert [str(p) for p in CoordinatorPhase] == [
+        "preparing",
+        "routing",
+        "delivering",
+        "done",
+        "failed",
+    ]
+    assert [str(p) for p in NodePhase] == ["prepared", "routing", "done", "aborted"]
+    assert [str(p) for p in EpochPhase] == ["pending", "open", "closed"]
+    # The node store's CHECK constraints, verbatim.
+    assert sql_in("outcome", ROUND_OUTCOMES) == (
+        "outcome IN ('started', 'done', 'failed', 'refused', 'aborted')"
+    )
+    assert sql_in("outcome", CHECK_OUTCOMES) == "outcome IN ('done', 'refused', 'failed')"
+    assert ROUND_ENDS == (Outcome.DONE, Outcome.FAILED, Outcome.REFUSED, Outcome.ABORTED)
+    # A final phase of either round is an outcome of the same name.
+    assert {str(p) for p in (*COORDINATOR_FINAL, NodePhase.DONE, NodePhase.ABORTED)} <= {
+        str(o) for o in Outcome
+    }
+    with pytest.raises(ValueError, match="quote"):
+        sql_in("outcome", ["it's"])
+
+
+# The machines consult the tables: each message, sent to a round in each phase, is refused with
+# WrongPhase exactly where the table says (other refusals, of the message's content, may follow).
+
+
+def node_in(phase: NodePhase) -> NodeRound:
+    node = NodeRound(spec_for(["at", "be"]), "at", Policy(), some(3, 0))
+    if phase is NodePhase.ABORTED:
+        node.abort("test")
+    elif phase is not NodePhase.PREPARED:
+        node.begin_routing({"at": 3, "be": 3})
+        if phase is NodePhase.DONE:
+            node.resolve(PairwiseResult((), ()))
+    assert node.phase is phase
+    return node
+
+
+NODE_CALLS: dict[NodeEvent, Callable[[NodeRound], object]] = {
+    NodeEvent.OWN_SET: lambda n: list(n.own_batches()),
+    NodeEvent.ROUTING_START: lambda n: n.begin_routing({"at": 3, "be": 3}),
+    NodeEvent.CHUNK: lambda n: n.accept_chunk("be", 0, 1),
+    NodeEvent.POSITION_MAP: lambda n: n.position_map(),
+    NodeEvent.DELIVERY: lambda n: n.resolve(PairwiseResult((), ())),
+}
+
+
+def coordinator_in(phase: CoordinatorPhase) -> FakeLink:
+    link = FakeLink(spec_for(["at", "be"]), {n: (Policy(), some(2, 0)) for n in ("at", "be")})
+    if phase is CoordinatorPhase.FAILED:
+        link.abort("test")
+    elif phase is not CoordinatorPhase.PREPARING:
+        link.prepare()
+        link.route()  # ROUTING here: every set final, so every routing message can be tried
+        if phase is CoordinatorPhase.DELIVERING:
+            link.coordinator.deliveries()
+        elif phase is CoordinatorPhase.DONE:
+            link.deliver()
+    assert link.coordinator.phase is phase
+    return link
+
+
+COORDINATOR_CALLS: dict[CoordinatorEvent, Callable[[CoordinatorRound], object]] = {
+    CoordinatorEvent.PREPARED: lambda c: c.on_prepared("at", 2),
+    CoordinatorEvent.CHUNK: lambda c: c.on_chunk("at", "at", 0, bytes(64), OWN),
+    CoordinatorEvent.STREAM_END: lambda c: c.on_stream_end("at", REBLIND),
+    CoordinatorEvent.FINAL_TAGS: lambda c: c.final_tags(),
+    CoordinatorEvent.DELIVERIES: lambda c: c.deliveries(),
+    CoordinatorEvent.DELIVERED: lambda c: c.on_delivered("at"),
+}
+
+
+def refused_for_phase(action: Callable[[], object]) -> bool:
+    try:
+        action()
+    except WrongPhase:
+        return True
+    except ProtocolError:
+        return False
+    return False
+
+
+@pytest.mark.parametrize("phase", list(NodePhase))
+@pytest.mark.parametrize("event", list(NodeEvent))
+def test_node_round_refuses_by_the_table(event: NodeEvent, phase: NodePhase) -> None:
+    node = node_in(phase)
+    assert refused_for_phase(lambda: NODE_CALLS[event](node)) == (
+        (event, phase) not in NODE_ACCEPTS
+    )
+
+
+@pytest.mark.parametrize("phase", list(CoordinatorPhase))
+@pytest.mark.parametrize("event", list(CoordinatorEvent))
+def test_coordinator_round_refuses_by_the_table(
+    event: CoordinatorEvent, phase: CoordinatorPhase
+) -> None:
+    coord = coordinator_in(phase).coordinator
+    assert refused_for_phase(lambda: COORDINATOR_CALLS[event](coord)) == (
+        (event, phase) not in COORDINATOR_ACCEPTS
+    )
 
 
 # --- round specs ---------------------------------------------------------------------------------

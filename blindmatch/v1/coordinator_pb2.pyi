@@ -156,7 +156,9 @@ class RoundInfo(_message.Message):
     OPERATOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: _builtins.str
-    """preparing | routing | delivering | done | failed"""
+    """The round's phase: preparing | routing | delivering, then done or failed (final). The
+    vocabulary and its moves are blindmatch/states.py (CoordinatorPhase); never rename one.
+    """
     mode: _builtins.str
     threshold: _builtins.int
     error: _builtins.str

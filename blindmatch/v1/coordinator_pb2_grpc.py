@@ -78,7 +78,7 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRound(self, request, context):
-        """The round's state now, then at every change, until it is done or failed.
+        """The round's state now, then at every change, until it is final (done or failed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,7 +35,7 @@ class CoordinatorServiceStub:
     GetRound: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetRoundRequest, _coordinator_pb2.RoundInfo]
     ListRounds: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListRoundsRequest, _coordinator_pb2.ListRoundsReply]
     WatchRound: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetRoundRequest, _coordinator_pb2.RoundInfo]
-    """The round's state now, then at every change, until it is done or failed."""
+    """The round's state now, then at every change, until it is final (done or failed)."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -44,7 +44,7 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     GetRound: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetRoundRequest, _coordinator_pb2.RoundInfo]  # type: ignore[assignment]
     ListRounds: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListRoundsRequest, _coordinator_pb2.ListRoundsReply]  # type: ignore[assignment]
     WatchRound: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetRoundRequest, _coordinator_pb2.RoundInfo]  # type: ignore[assignment]
-    """The round's state now, then at every change, until it is done or failed."""
+    """The round's state now, then at every change, until it is final (done or failed)."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -74,6 +74,6 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.GetRoundRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.RoundInfo], _abc.AsyncIterator[_coordinator_pb2.RoundInfo]]:
-        """The round's state now, then at every change, until it is done or failed."""
+        """The round's state now, then at every change, until it is final (done or failed)."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

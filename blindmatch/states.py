@@ -1,0 +1,204 @@
+"""Every phase a round or an epoch can be in, and every move between them.
+
+Everything that changes a round's phase is checked here (in the manner of h11's ``_state.py``):
+the rules are written below, the tables under them are the same rules as data, and the machines
+(``NodeRound`` and ``CoordinatorRound`` in protocol.py) accept a message and change phase only
+through their ``Table``; a message or a move the table does not list raises ``WrongPhase``.
+
+The strings are on disk (the node's audit log, the coordinator's state file) and on the wire
+(``RoundInfo.state`` in proto/blindmatch/v1/coordinator.proto): never rename one.
+
+A node's round (``NodePhase``, ``NODE``)
+  PREPARED    Prepare accepted: a fresh key, the own set shuffled; the node streams it (OwnSet).
+  ROUTING     RoutingStart accepted: the node re-blinds partners' chunks (Reblind).
+  DONE        the delivery resolved to its sightings; the key and the position map are gone.
+  ABORTED     Abort, a refused message, the coordinator's silence or a shutdown; the key is gone.
+  PREPARED -> ROUTING -> DONE, and PREPARED or ROUTING -> ABORTED. DONE and ABORTED are final.
+
+The coordinator's round (``CoordinatorPhase``, ``COORDINATOR``; ``RoundInfo.state``)
+  PREPARING   waiting for every participant's set size.
+  ROUTING     the sets travel the ring, chunk by chunk.
+  DELIVERING  every set is final: the tags are matched and dropped, the deliveries sent.
+  DONE        every participant has its delivery.
+  FAILED      anything else; every participant is told to abort.
+  PREPARING -> ROUTING -> DELIVERING -> DONE, and any of the first three -> FAILED.
+
+An epoch (``EpochPhase``, ``EPOCH``): a watch round's key kept beyond the round (docs/WATCH.md)
+  PENDING     the watch round is fully blinded: each node holds its final tags (BeginEpoch), the
+              coordinator has sent them; the round has not delivered yet.
+  OPEN        the round delivered: each node keeps the key and its tag map, the coordinator one
+              Bloom filter per node; checks, their re-blinding and alerts are accepted.
+  CLOSED      its end time passed, the coordinator closed it, a newer epoch replaced it or the
+              node stopped (a node's epoch lives in memory only); keys and tag maps destroyed,
+              filters erased.
+  PENDING -> OPEN -> CLOSED, and PENDING -> CLOSED when the round fails before its delivery.
+
+Outcomes (``Outcome``): how a round or a check ended, in audit records
+  A node's audit of a round says STARTED until the round ends, then DONE, FAILED, REFUSED or
+  ABORTED (``ROUND_OUTCOMES``); its audit of a check says DONE, REFUSED or FAILED
+  (``CHECK_OUTCOMES``). The coordinator's final phases are the outcomes DONE and FAILED.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from blindmatch.errors import WrongPhase
+
+
+class Outcome(enum.StrEnum):
+    STARTED = "started"  # a node's audit: the round has not ended yet
+    DONE = "done"
+    FAILED = "failed"
+    REFUSED = "refused"
+    ABORTED = "aborted"
+
+
+ROUND_OUTCOMES: Final = tuple(Outcome)  # a node's audit of a round, in the schema's order
+ROUND_ENDS: Final = tuple(o for o in Outcome if o is not Outcome.STARTED)
+CHECK_OUTCOMES: Final = (Outcome.DONE, Outcome.REFUSED, Outcome.FAILED)
+
+
+class NodePhase(enum.StrEnum):
+    PREPARED = "prepared"
+    ROUTING = "routing"
+    DONE = Outcome.DONE.value
+    ABORTED = Outcome.ABORTED.value
+
+
+class NodeEvent(enum.StrEnum):
+    """What a node's round is asked to do (the messages of node.proto, as the core sees them)."""
+
+    OWN_SET = "own set"  # OwnSet: hash and blind the own set
+    ROUTING_START = "routing start"  # RoutingStart: every set's size
+    CHUNK = "chunk"  # a chunk of a partner's set to re-blind
+    POSITION_MAP = "position map"  # a watch round keeps it as its tag map
+    DELIVERY = "delivery"  # Deliver
+
+
+class CoordinatorPhase(enum.StrEnum):
+    PREPARING = "preparing"
+    ROUTING = "routing"
+    DELIVERING = "delivering"
+    DONE = Outcome.DONE.value
+    FAILED = Outcome.FAILED.value
+
+
+class CoordinatorEvent(enum.StrEnum):
+    """What the coordinator's round is told (replies and stream messages from the nodes)."""
+
+    PREPARED = "prepared"  # a Prepare reply with a set size
+    CHUNK = "chunk"  # a chunk out of an OwnSet or a Reblind stream
+    STREAM_END = "stream end"  # an OwnSet or a Reblind stream ended well
+    FINAL_TAGS = "final tags"  # a watch round keeps them as filters
+    DELIVERIES = "deliveries"  # match the final tags
+    DELIVERED = "delivered"  # a Deliver reply
+
+
+class EpochPhase(enum.StrEnum):
+    PENDING = "pending"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class EpochEvent(enum.StrEnum):
+    DELIVERY = "delivery"  # the watch round's Deliver: the key is kept
+    CHECK = "check"  # a check, its re-blinding by a partner, or an alert
+
+
+P = TypeVar("P", bound=enum.StrEnum)
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+@dataclass(frozen=True, slots=True)
+class Table(Generic[P, E]):
+    """One machine's rules: the phases that accept each message, the moves out of each phase."""
+
+    accepts: Mapping[E, tuple[P, ...]]
+    moves: Mapping[P, tuple[P, ...]]
+    expects: str  # how a refusal introduces the phases a message needs (operators read it)
+
+    def final(self, phase: P) -> bool:
+        return not self.moves[phase]
+
+    def require(self, subject: str, phase: P, event: E) -> None:
+        """Refuse ``event`` unless ``phase`` accepts it; ``subject`` names the round."""
+        allowed = self.accepts[event]
+        if phase not in allowed:
+            raise WrongPhase(
+                f"{subject} is {phase.value}; {self.expects} "
+                + " or ".join(p.value for p in allowed)
+            )
+
+    def move(self, subject: str, phase: P, to: P) -> P:
+        """The phase after ``phase`` -> ``to``, if the table lists that move."""
+        if to not in self.moves[phase]:
+            raise WrongPhase(f"{subject} is {phase.value}; it cannot become {to.value}")
+        return to
+
+
+NODE: Final[Table[NodePhase, NodeEvent]] = Table(
+    accepts={
+        NodeEvent.OWN_SET: (NodePhase.PREPARED, NodePhase.ROUTING),
+        NodeEvent.ROUTING_START: (NodePhase.PREPARED,),
+        NodeEvent.CHUNK: (NodePhase.ROUTING,),
+        NodeEvent.POSITION_MAP: (NodePhase.ROUTING,),
+        NodeEvent.DELIVERY: (NodePhase.ROUTING,),
+    },
+    moves={
+        NodePhase.PREPARED: (NodePhase.ROUTING, NodePhase.ABORTED),
+        NodePhase.ROUTING: (NodePhase.DONE, NodePhase.ABORTED),
+        NodePhase.DONE: (),
+        NodePhase.ABORTED: (),
+    },
+    expects="this message needs",
+)
+
+COORDINATOR: Final[Table[CoordinatorPhase, CoordinatorEvent]] = Table(
+    accepts={
+        CoordinatorEvent.PREPARED: (CoordinatorPhase.PREPARING,),
+        CoordinatorEvent.CHUNK: (CoordinatorPhase.ROUTING,),
+        CoordinatorEvent.STREAM_END: (CoordinatorPhase.ROUTING,),
+        CoordinatorEvent.FINAL_TAGS: (CoordinatorPhase.ROUTING,),
+        CoordinatorEvent.DELIVERIES: (CoordinatorPhase.ROUTING,),
+        CoordinatorEvent.DELIVERED: (CoordinatorPhase.DELIVERING,),
+    },
+    moves={
+        CoordinatorPhase.PREPARING: (CoordinatorPhase.ROUTING, CoordinatorPhase.FAILED),
+        CoordinatorPhase.ROUTING: (CoordinatorPhase.DELIVERING, CoordinatorPhase.FAILED),
+        CoordinatorPhase.DELIVERING: (CoordinatorPhase.DONE, CoordinatorPhase.FAILED),
+        CoordinatorPhase.DONE: (),
+        CoordinatorPhase.FAILED: (),
+    },
+    expects="expected",
+)
+
+EPOCH: Final[Table[EpochPhase, EpochEvent]] = Table(
+    accepts={
+        EpochEvent.DELIVERY: (EpochPhase.PENDING,),
+        EpochEvent.CHECK: (EpochPhase.OPEN,),
+    },
+    moves={
+        EpochPhase.PENDING: (EpochPhase.OPEN, EpochPhase.CLOSED),
+        EpochPhase.OPEN: (EpochPhase.CLOSED,),
+        EpochPhase.CLOSED: (),
+    },
+    expects="this message needs",
+)
+
+# The coordinator's record of a round is running until it reaches a final phase; a restart
+# fails the running ones (their keys died with the nodes' rounds).
+COORDINATOR_RUNNING: Final = tuple(p for p in CoordinatorPhase if not COORDINATOR.final(p))
+COORDINATOR_FINAL: Final = tuple(p for p in CoordinatorPhase if COORDINATOR.final(p))
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    """A CHECK condition limiting ``column`` to a vocabulary: ``outcome IN ('done', 'failed')``."""
+    words = [str(v) for v in values]
+    if any("'" in w for w in words):
+        raise ValueError("a state name never holds a quote")
+    quoted = ", ".join(f"'{w}'" for w in words)
+    return f"{column} IN ({quoted})"
