@@ -25,6 +25,7 @@ import grpc
 
 from blindmatch.canon import KINDS
 from blindmatch.net import (
+    Allow,
     InsecureBindRefused,
     NetError,
     TlsConfigError,
@@ -256,7 +257,9 @@ def _coordinator(
 ) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
     try:
         tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
-        channel = open_channel(config.coordinator, tls, insecure=insecure)
+        channel = open_channel(
+            config.coordinator, tls, insecure=insecure, expect=Allow("coordinator")
+        )
     except NetError as exc:
         raise _Exit(2, str(exc)) from None
     try:
