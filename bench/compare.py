@@ -299,7 +299,9 @@ class Federation:
         deadline = time.monotonic() + HEALTH_TIMEOUT
         request = health_pb2.HealthCheckRequest(service="")
         for label, address in targets.items():
-            channel = net.open_channel(address, tls, insecure=False)
+            # a health check only: any holder of the server's role will do
+            role = "coordinator" if label == "coordinator" else "node"
+            channel = net.open_channel(address, tls, insecure=False, expect=net.Allow(role))
             try:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:

@@ -122,7 +122,12 @@ def main() -> int:
             results["watch_round_s"] = time.perf_counter() - start
             results["set_size"] = args.set_size
             tls = pki.tls("alpha", "node")
-            channel = net.open_channel(f"127.0.0.1:{fed.nodes['alpha'].port}", tls, insecure=False)
+            channel = net.open_channel(
+                f"127.0.0.1:{fed.nodes['alpha'].port}",
+                tls,
+                insecure=False,
+                expect=net.Allow("node", "alpha"),
+            )
             stub = watch_pb2_grpc.NodeWatchServiceStub(channel)
 
             def check(values: list[str]) -> float:

@@ -9,6 +9,9 @@ General
 - Input is a str. Surrounding whitespace (``str.strip``: Unicode White_Space) is trimmed first.
 - Rejected: empty input, input containing a lone surrogate, and trimmed input longer than the kind
   allows (url and auto 8192 characters, domain, email and hashes 1024, ipv4/ipv6/cidr 100).
+  A URL is the exception: U+DC80..U+DCFF in it stand for the raw bytes 0x80..0xFF, the way Python
+  decodes bytes that are not UTF-8 (surrogateescape: argv, file names, files read that way), and
+  are canonicalised as those bytes (url rule 7).
 - Every rejection is an InvalidIndicator (a ValueError) that names the kind, the value and a short
   reason. Nothing else is ever raised for str input.
 - The result's kind can differ from the requested one: an IPv4-mapped IPv6 address is an ipv4, a
@@ -81,7 +84,9 @@ url (Google Safe Browsing canonicalisation, so URLs match what GSB-style feeds p
    segment before it (never above the root); a trailing ``.`` or ``..`` leaves a trailing ``/``.
 7. Every byte <= 0x20, >= 0x7f, ``#`` and ``%`` is percent-escaped with uppercase hex, in host, path
    and query: ``http://host/%25%32%35`` -> ``http://host/%25``. Text is UTF-8 first, so the str
-   ``"\\x80"`` (U+0080) becomes ``%C2%80``; a raw 0x80 byte can only arrive escaped, as ``%80``.
+   ``"\\x80"`` (U+0080) becomes ``%C2%80``; a raw 0x80 byte arrives escaped, as ``%80``, or as
+   U+DC80 (surrogateescape), which is that byte: ``"http://h/\\udce9"`` -> ``http://h/%E9``. Any
+   other lone surrogate is rejected.
 8. Output: ``scheme://host/path[?query]``, at most 8192 characters.
 
 email
@@ -214,11 +219,23 @@ def canonicalize(kind: str, value: str) -> Indicator:
         limit = _MAX_INPUT_CHARS[kind]
         if len(text) > limit:
             raise _Rejected(f"longer than {limit} characters")
-        if not text.isascii() and _SURROGATE_RE.search(text):
-            raise _Rejected("contains a lone surrogate (not valid Unicode text)")
+        if not text.isascii() and kind not in ("url", "auto"):
+            _refuse_surrogates(text)
         return rule(text)
     except _Rejected as exc:
         raise InvalidIndicator(kind, value, exc.reason) from None
+
+
+def wire_value(kind: str, value: str) -> str:
+    """``value`` as text a UTF-8 channel can carry (protobuf refuses lone surrogates).
+
+    Valid Unicode is returned unchanged; a URL holding raw bytes (U+DC80..U+DCFF, from argv, say)
+    becomes its canonical form, which canonicalises to the same indicator wherever it is sent.
+    Anything else with a lone surrogate raises InvalidIndicator, as ``canonicalize`` would.
+    """
+    if value.isascii() or not _SURROGATE_RE.search(value):
+        return value
+    return canonicalize(kind, value).value
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -226,6 +243,12 @@ def _shorten(text: str, limit: int) -> str:
 
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_surrogates(text: str) -> None:
+    if _SURROGATE_RE.search(text):
+        raise _Rejected("contains a lone surrogate (not valid Unicode text)")
+
 
 # --- IP addresses -----------------------------------------------------------------------------
 
@@ -484,7 +507,10 @@ _URL_ESCAPES = {
 def _url(text: str) -> Indicator:
     text = text.translate(_TAB_CR_LF).strip()
     text = text.partition("#")[0]
-    data = _unescape_fully(text.encode("utf-8"))
+    try:
+        data = _unescape_fully(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate outside U+DC80..U+DCFF: no byte it could stand for
+        raise _Rejected("contains a lone surrogate (not valid Unicode text)") from None
     scheme_match = _SCHEME_RE.match(data)
     if scheme_match:
         scheme = scheme_match[1].lower().decode("ascii")
@@ -602,6 +628,8 @@ _KIND_NAMES = {
 def _auto(text: str) -> Indicator:
     if _URL_SCHEME_TEXT_RE.match(text):
         return _as("url", text)
+    if not text.isascii():
+        _refuse_surrogates(text)
     if "@" in text:
         return _as("email", text)
     if "/" in text:

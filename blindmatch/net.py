@@ -4,6 +4,10 @@ Rules:
 - Every server uses mTLS with client certificates required, unless started with ``insecure=True``,
   which is refused on anything but a loopback address. The same holds for client channels.
 - A caller's identity is the ``blindmatch://<role>/<name>`` URI SAN of its verified certificate.
+- A client names the server it means to reach (``open_channel(..., expect=...)``) and the handshake
+  fails unless the server's certificate carries that identity's DNS SAN (``pki.identity_host``):
+  grpc python cannot show a client the server's certificate, but its hostname check can prove
+  this, so the identity name is what the client checks, never the host it dials.
 - Authorisation happens in one place, ``AccessPolicy``, a server interceptor that checks the
   caller before any handler (unary or streaming) runs. Methods without a rule are denied; the
   standard health service is open to any authenticated caller.
@@ -30,7 +34,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from blindmatch.pki import Identity, PkiError, identity_of, validate_name, validate_role
+from blindmatch.pki import (
+    SERVER_ROLES,
+    Identity,
+    PkiError,
+    identity_host,
+    identity_of,
+    served_identity,
+    validate_name,
+    validate_role,
+)
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
 LOOPBACK_HINT: Final = (
@@ -123,7 +136,10 @@ def load_tls(ca_path: Path | str, cert_path: Path | str, key_path: Path | str) -
             "issue a new one with `blindmatch pki issue`"
         )
     try:
-        identity_of(tls.cert)
+        identity = identity_of(tls.cert)
+        # A server certificate without its identity names would fail every client's handshake.
+        if identity.role in SERVER_ROLES:
+            served_identity(tls.cert)
     except PkiError as exc:
         raise TlsConfigError(f"certificate {cert_path}: {exc}") from exc
     return tls
@@ -313,12 +329,15 @@ def start_server(
 
 
 def open_channel(
-    target: str, tls: TlsConfig | None, *, insecure: bool, server_name: str | None = None
+    target: str, tls: TlsConfig | None, *, insecure: bool, expect: Identity | Allow
 ) -> grpc.Channel:
     """Open a channel to ``target`` (``host:port``), over mTLS unless ``insecure=True``.
 
-    The server's certificate must carry a DNS or IP SAN matching the target host, or
-    ``server_name`` when given (it overrides the name checked, not the address dialled).
+    ``expect`` is the server this channel must reach: an Identity, or ``Allow(role)`` for any
+    holder of a role (an operator, whose config names only the coordinator's address). The
+    handshake fails (UNAVAILABLE, "Hostname Verification Check failed") unless the server's
+    certificate carries that identity, whatever host ``target`` names. Required even in
+    insecure mode, where nothing can be checked, so that no call site can forget it.
     """
     if insecure:
         if tls is not None:
@@ -332,7 +351,10 @@ def open_channel(
         return grpc.insecure_channel(target)
     if tls is None:
         raise ValueError("a channel needs tls (mTLS material) unless insecure=True is given")
-    options = [] if server_name is None else [("grpc.ssl_target_name_override", server_name)]
+    validate_role(expect.role)
+    if expect.name is not None:
+        validate_name(expect.name)
+    options = [("grpc.ssl_target_name_override", identity_host(expect.role, expect.name))]
     return grpc.secure_channel(target, channel_credentials(tls), options=options)
 
 

@@ -1,7 +1,12 @@
 """The federation PKI: one CA, and certificates that bind a role and a name.
 
 A certificate's identity is the URI SAN ``blindmatch://<role>/<name>``; the subject CN only repeats
-the name for humans. Every leaf carries both serverAuth and clientAuth, because a node serves round
+the name for humans. The identity is repeated as two DNS SANs under ``blindmatch.invalid`` (a
+domain reserved never to resolve): ``<name>.<role>.blindmatch.invalid`` and
+``<role>.blindmatch.invalid``. grpc python never hands a client the server's certificate, but it
+does check the server's DNS SANs against a name the client picks, so these names are how a client
+proves it reached the party it meant to (see ``blindmatch.net.open_channel``). The hosts a server
+listens on are ordinary DNS or IP SANs besides, for other TLS clients. Every leaf carries both serverAuth and clientAuth, because a node serves round
 RPCs and also dials the coordinator with the same certificate.
 
 Keys are ECDSA P-256: grpc's BoringSSL offers no Ed25519 signature algorithm in its TLS handshake
@@ -32,6 +37,8 @@ ROLES: Final = ("node", "coordinator", "operator")
 SERVER_ROLES: Final = frozenset({"node", "coordinator"})
 DEFAULT_SERVER_HOSTS: Final = ("localhost", "127.0.0.1")
 URI_SCHEME: Final = "blindmatch://"
+# RFC 6761 reserves .invalid: no resolver answers for it, so these names never reach a real host.
+IDENTITY_DOMAIN: Final = "blindmatch.invalid"
 CA_VALIDITY: Final = datetime.timedelta(days=3652)
 LEAF_VALIDITY: Final = datetime.timedelta(days=731)
 # Backdating absorbs small clock differences between the issuing machine and its peers.
@@ -110,6 +117,16 @@ def identity_uri(identity: Identity) -> str:
     return f"{URI_SCHEME}{identity.role}/{identity.name}"
 
 
+def identity_host(role: str, name: str | None = None) -> str:
+    """The DNS SAN that proves ``role``/``name`` (any holder of ``role`` when name is None)."""
+    # Names are lowercase without dots, so distinct identities never share a host name.
+    return f"{role}.{IDENTITY_DOMAIN}" if name is None else f"{name}.{role}.{IDENTITY_DOMAIN}"
+
+
+def identity_hosts(identity: Identity) -> list[str]:
+    return [identity_host(identity.role, identity.name), identity_host(identity.role)]
+
+
 def new_ca(
     name: str = "blindmatch federation CA",
     *,
@@ -160,8 +177,8 @@ def issue(
     """Issue a leaf certificate for ``role``/``name`` signed by ``ca``.
 
     ``hosts`` become DNS or IP SANs. When none are given, node and coordinator certificates get
-    ``localhost`` and ``127.0.0.1`` so they work on loopback; a deployment should pass its real
-    host names, since any holder of a certificate valid for a host name can serve as that host.
+    ``localhost`` and ``127.0.0.1``; a deployment should pass the hosts it serves on, for TLS
+    clients other than blindmatch's (which check the identity names, see the module docstring).
     """
     identity = Identity(validate_role(role), validate_name(name))
     host_list = list(hosts) or (list(DEFAULT_SERVER_HOSTS) if role in SERVER_ROLES else [])
@@ -169,6 +186,7 @@ def issue(
     key = ec.generate_private_key(ec.SECP256R1())
     start, end = _validity(not_before, not_after, LEAF_VALIDITY)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri(identity))]
+    sans += [x509.DNSName(host) for host in identity_hosts(identity)]
     sans += [_host_san(host) for host in host_list]
     cert = (
         x509.CertificateBuilder()
@@ -239,6 +257,34 @@ def identity_of(cert_pem: bytes) -> Identity:
         raise PkiError(
             f"certificate {subject} has a malformed identity {ours[0]!r}: {exc}"
         ) from exc
+
+
+def served_identity(cert_pem: bytes) -> Identity:
+    """``identity_of``, for a certificate its holder serves with: it must also carry exactly its
+    identity's DNS SANs (``identity_hosts``), or clients that check them can never reach it."""
+    identity = identity_of(cert_pem)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        dns_names: list[str] = []
+    else:
+        dns_names = san.get_values_for_type(x509.DNSName)
+    ours = {n.lower() for n in dns_names if _is_identity_host(n)}
+    if not ours:
+        raise PkiError(
+            f"the certificate of {identity} carries no {IDENTITY_DOMAIN} name: it was issued "
+            "before blindmatch clients checked whom they reach, and they will refuse it; move "
+            "it and its key away and issue a new one with `blindmatch pki issue` (same name, "
+            "role and --host)"
+        )
+    expected = set(identity_hosts(identity))
+    if ours != expected:
+        raise PkiError(
+            f"the certificate of {identity} carries the names {', '.join(sorted(ours))}, "
+            f"not exactly {', '.join(sorted(expected))}; issue it with `blindmatch pki issue`"
+        )
+    return identity
 
 
 # --- file layer -------------------------------------------------------------------------------
@@ -315,9 +361,19 @@ def _host_san(host: str) -> x509.GeneralName:
     except ValueError:
         pass
     dns = host.lower().removesuffix(".")
+    if _is_identity_host(dns):
+        # Such a host would let this certificate pass for another identity.
+        raise ValueError(
+            f"invalid host {host!r}: {IDENTITY_DOMAIN} names are set from the identity"
+        )
     if len(dns) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in dns.split(".")):
         raise ValueError(f"invalid host {host!r}: give a DNS name or an IP address")
     return x509.DNSName(dns)
+
+
+def _is_identity_host(dns: str) -> bool:
+    dns = dns.lower().removesuffix(".")
+    return dns == IDENTITY_DOMAIN or dns.endswith("." + IDENTITY_DOMAIN)
 
 
 def _load_ca(ca: CaMaterial) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

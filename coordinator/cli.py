@@ -24,7 +24,7 @@ import grpc
 from blindmatch.canon import KINDS
 from blindmatch.clierrors import BadInput, Failed, Interrupted, command, rpc_failure
 from blindmatch.initdir import absolute, private_dir, refuse_existing, server_hosts
-from blindmatch.net import load_tls, open_channel, split_host_port
+from blindmatch.net import Allow, load_tls, open_channel, split_host_port
 from blindmatch.pki import issue_to_dir, validate_name
 from blindmatch.protocol import BadMessage, RoundSpec
 from blindmatch.states import COORDINATOR_FINAL, CoordinatorPhase
@@ -214,7 +214,7 @@ def _coordinator(
     config: OperatorConfig, insecure: bool
 ) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
     tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
-    channel = open_channel(config.coordinator, tls, insecure=insecure)
+    channel = open_channel(config.coordinator, tls, insecure=insecure, expect=Allow("coordinator"))
     try:
         yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
     finally:

@@ -36,6 +36,7 @@ import grpc
 from blindmatch.canon import KINDS
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.net import TlsConfig, open_channel
+from blindmatch.pki import Identity
 from blindmatch.protocol import (
     DEFAULT_CHUNK,
     BadMessage,
@@ -70,7 +71,7 @@ class NodeLinks:
     def __init__(self, nodes: Mapping[str, str], tls: TlsConfig | None, *, insecure: bool) -> None:
         self.addresses = dict(nodes)
         self._channels = {
-            name: open_channel(address, tls, insecure=insecure)
+            name: open_channel(address, tls, insecure=insecure, expect=Identity("node", name))
             for name, address in self.addresses.items()
         }
         self._stubs = {

@@ -307,7 +307,9 @@ class Demo:
         tls = net.load_tls(base / paths["ca"], base / paths["cert"], base / paths["key"])
         deadline = time.monotonic() + HEALTH_TIMEOUT
         for server in self.servers:
-            channel = net.open_channel(server.address, tls, insecure=False)
+            channel = net.open_channel(
+                server.address, tls, insecure=False, expect=net.Allow(*server.name.split())
+            )
             try:
                 started = time.monotonic()
                 self._wait_one(server, health_pb2_grpc.HealthStub(channel), deadline)

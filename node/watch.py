@@ -116,7 +116,9 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             old, self._channel = self._channel, None
             self._coordinator_address = address
             if address:
-                self._channel = net.open_channel(address, self._tls, insecure=self._tls is None)
+                self._channel = net.open_channel(
+                    address, self._tls, insecure=self._tls is None, expect=net.Allow("coordinator")
+                )
         if old is not None:
             old.close()
 

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from blindmatch import net
+from blindmatch.canon import wire_value
 from blindmatch.clierrors import BAD_INPUT, OK, rpc_failure
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import utc_text
@@ -34,10 +35,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     tls = net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     address = _dial_address(config.listen)
-    channel = net.open_channel(address, tls, insecure=False)
+    channel = net.open_channel(address, tls, insecure=False, expect=net.Allow("node", config.name))
     try:
         stub = watch_pb2_grpc.NodeWatchServiceStub(channel)
-        request = watch_pb2.NodeCheckRequest(values=args.values, kind=args.kind or "auto")
+        # argv may hold raw bytes (lone surrogates), which protobuf cannot carry
+        values = [wire_value(args.kind or "auto", v) for v in args.values]
+        request = watch_pb2.NodeCheckRequest(values=values, kind=args.kind or "auto")
         try:
             reply: watch_pb2.NodeCheckReply = stub.Check(request, timeout=CHECK_TIMEOUT)
         except grpc.RpcError as err:

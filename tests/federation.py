@@ -196,7 +196,9 @@ class Federation:
             self.relays["coordinator"] = Relay(("127.0.0.1", self.coordinator.port))
             op_target = self.relays["coordinator"].address
         tls = None if self.insecure else self.pki.tls("ops", "operator")
-        self.channel = net.open_channel(op_target, tls, insecure=self.insecure)
+        self.channel = net.open_channel(
+            op_target, tls, insecure=self.insecure, expect=net.Allow("coordinator")
+        )
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
         return self.coordinator
 

@@ -49,15 +49,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> FederationPki:
     return FederationPki(tmp_path_factory.mktemp("pki") / "federation")
 
 
-def leaf_with_uris(ca: CaMaterial, uris: Sequence[str]) -> CertMaterial:
-    """A leaf signed by ``ca`` with arbitrary URI SANs (none at all if empty), valid for
-    localhost: what ``blindmatch.pki.issue`` refuses to make, for testing how it is rejected."""
+def leaf_with_uris(
+    ca: CaMaterial, uris: Sequence[str], dns: Sequence[str] = ("localhost",)
+) -> CertMaterial:
+    """A leaf signed by ``ca`` with arbitrary URI SANs (none at all if empty) and DNS SANs
+    (by default only localhost, as certificates were before they named their identity): what
+    ``blindmatch.pki.issue`` refuses to make, for testing how it is rejected."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
     sans += [x509.UniformResourceIdentifier(u) for u in uris]
     cert = (
         x509.CertificateBuilder()

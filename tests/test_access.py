@@ -71,8 +71,12 @@ def named_operators(
     running.stop()
 
 
-def channel_to(port: int, tls: TlsConfig) -> grpc.Channel:
-    return net.open_channel(f"127.0.0.1:{port}", tls, insecure=False)
+ALPHA, BRAVO = net.Allow("node", "alpha"), net.Allow("node", "bravo")
+COORDINATOR = net.Allow("coordinator")
+
+
+def channel_to(port: int, tls: TlsConfig, expect: net.Allow) -> grpc.Channel:
+    return net.open_channel(f"127.0.0.1:{port}", tls, insecure=False, expect=expect)
 
 
 def rpc_error(call: Callable[[], object]) -> Any:
@@ -117,7 +121,9 @@ def test_the_node_serves_the_coordinator_its_config_names(
     fed: Federation, pki: FederationPki
 ) -> None:
     assert fed.configs["alpha"].coordinator == "coordinator"
-    with channel_to(fed.nodes["alpha"].port, pki.tls("coordinator", "coordinator")) as channel:
+    with channel_to(
+        fed.nodes["alpha"].port, pki.tls("coordinator", "coordinator"), ALPHA
+    ) as channel:
         stub = node_pb2_grpc.NodeServiceStub(channel)
         round_id = "access-positive"
         spec = node_pb2.RoundSpec(
@@ -138,7 +144,7 @@ def test_the_node_refuses_every_other_identity(
     fed: Federation, pki: FederationPki, name: str, role: str, method: str
 ) -> None:
     before = rounds_on(fed, "alpha")
-    with channel_to(fed.nodes["alpha"].port, pki.tls(name, role)) as channel:
+    with channel_to(fed.nodes["alpha"].port, pki.tls(name, role), ALPHA) as channel:
         err = rpc_error(lambda: NODE_CALLS[method](node_pb2_grpc.NodeServiceStub(channel)))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "requires coordinator/coordinator" in err.details()
@@ -152,7 +158,7 @@ def test_the_node_refuses_a_federation_certificate_without_an_identity(
     fed: Federation, pki: FederationPki
 ) -> None:
     odd = leaf_with_uris(pki.ca, [])
-    with channel_to(fed.nodes["alpha"].port, tls_of(pki, odd)) as channel:
+    with channel_to(fed.nodes["alpha"].port, tls_of(pki, odd), ALPHA) as channel:
         err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "URI SAN" in err.details()
@@ -179,7 +185,7 @@ def test_node_and_coordinator_certificates_cannot_start_a_round(
 ) -> None:
     assert fed.coordinator is not None
     before = listed(fed)
-    with channel_to(fed.coordinator.port, pki.tls(name, role)) as channel:
+    with channel_to(fed.coordinator.port, pki.tls(name, role), COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         err = rpc_error(lambda: stub.StartRound(START, timeout=T))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -192,7 +198,7 @@ def test_an_operator_the_config_does_not_list_cannot_start_a_round(
     fed: Federation, pki: FederationPki, named_operators: RunningCoordinator
 ) -> None:
     before = named_operators.store.recent(1000)
-    with channel_to(named_operators.port, pki.tls("intruder", "operator")) as channel:
+    with channel_to(named_operators.port, pki.tls("intruder", "operator"), COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         err = rpc_error(lambda: stub.StartRound(START, timeout=T))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -203,7 +209,7 @@ def test_an_operator_the_config_does_not_list_cannot_start_a_round(
 def test_a_listed_operator_starts_a_round(
     fed: Federation, pki: FederationPki, named_operators: RunningCoordinator
 ) -> None:
-    with channel_to(named_operators.port, pki.tls("ops", "operator")) as channel:
+    with channel_to(named_operators.port, pki.tls("ops", "operator"), COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         info = stub.StartRound(START, timeout=T)
         *_, final = stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=30)
@@ -235,7 +241,7 @@ def test_the_node_refuses_the_handshake_of_a_bad_coordinator_certificate(
 ) -> None:
     before = rounds_on(fed, "alpha")
     tls = tls_of(pki, refused_client(pki, how, "coordinator", "coordinator"))
-    with channel_to(fed.nodes["alpha"].port, tls) as channel:
+    with channel_to(fed.nodes["alpha"].port, tls, ALPHA) as channel:
         err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert fed.nodes["alpha"].servicer.active_rounds() == []
@@ -249,7 +255,7 @@ def test_the_coordinator_refuses_the_handshake_of_a_bad_operator_certificate(
     assert fed.coordinator is not None
     before = listed(fed)
     tls = tls_of(pki, refused_client(pki, how, "ops", "operator"))
-    with channel_to(fed.coordinator.port, tls) as channel:
+    with channel_to(fed.coordinator.port, tls, COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         err = rpc_error(lambda: stub.StartRound(START, timeout=T))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
@@ -290,11 +296,11 @@ def test_a_config_naming_another_coordinator_locks_the_usual_one_out(
     config = replace(fed.configs["bravo"], coordinator="hub", store=tmp_path / "store.sqlite")
     node = start_node(config, insecure=False)
     try:
-        with channel_to(node.port, pki.tls("coordinator", "coordinator")) as channel:
+        with channel_to(node.port, pki.tls("coordinator", "coordinator"), BRAVO) as channel:
             err = rpc_error(lambda: NODE_CALLS["Abort"](node_pb2_grpc.NodeServiceStub(channel)))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "requires coordinator/hub" in err.details()
-        with channel_to(node.port, pki.tls("hub", "coordinator")) as channel:
+        with channel_to(node.port, pki.tls("hub", "coordinator"), BRAVO) as channel:
             reply = node_pb2_grpc.NodeServiceStub(channel).Abort(
                 node_pb2.AbortRequest(round_id=ROUND), timeout=T
             )

@@ -6,12 +6,21 @@ import ipaddress
 import pickle
 import re
 import string
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindmatch.canon import CANON_VERSION, KINDS, Indicator, InvalidIndicator, canonicalize
+from blindmatch.canon import (
+    CANON_VERSION,
+    KINDS,
+    Indicator,
+    InvalidIndicator,
+    canonicalize,
+    wire_value,
+)
 
 
 def ok(kind: str, value: str) -> Indicator:
@@ -823,6 +832,74 @@ def test_urls_are_idempotent(
     assert not any(char <= " " or char in "#\x7f" for char in out.value)
     assert out.value.startswith(scheme.lower() or "http://")
     assert_canonical_fixpoint("url", out)
+
+
+# --- raw bytes: what Python makes of argv and files that are not UTF-8 (surrogateescape) ------
+
+
+@pytest.mark.parametrize("kind", ["url", "auto"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://h/\udce9", "http://h/%E9"),
+        # bytes that happen to be UTF-8 are that text: the same URL as "café"
+        ("http://h/caf\udcc3\udca9", "http://h/caf%C3%A9"),
+        ("HTTP://Ex\udcffample.com/a?\udc80=1#\udc81", "http://ex%FFample.com/a?%80=1"),
+        ("http://h/%\udce9/%2\udce9", "http://h/%25%E9/%252%E9"),
+        ("http://h/%E9", "http://h/%E9"),
+    ],
+)
+def test_urls_with_raw_bytes_are_percent_escaped(kind: str, value: str, expected: str) -> None:
+    assert canonicalize(kind, value) == ok("url", expected)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("url", "http://h/\ud800"),  # a lone surrogate that is no escaped byte
+        ("url", "http://h/\udc7f"),
+        ("domain", "ex\udce9.com"),
+        ("email", "caf\udce9@example.com"),
+        ("auto", "ex\udce9.com"),
+        ("auto", "caf\udce9@example.com"),
+    ],
+)
+def test_raw_bytes_outside_urls_are_still_rejected(kind: str, value: str) -> None:
+    assert "contains a lone surrogate" in rejection(kind, value).reason
+
+
+def test_wire_value_makes_raw_bytes_sendable() -> None:
+    assert wire_value("auto", "example.com") == "example.com"
+    assert wire_value("auto", "straße.de") == "straße.de"
+    assert wire_value("auto", "http://h/\udce9") == "http://h/%E9"
+    with pytest.raises(InvalidIndicator, match="lone surrogate"):
+        wire_value("email", "caf\udce9@example.com")
+
+
+RAW_BYTE = st.integers(0x80, 0xFF)
+
+
+@given(st.lists(URL_PATH_TEXT | RAW_BYTE, max_size=12), SPACE)
+def test_urls_with_raw_bytes_are_idempotent(pieces: list[str | int], space: str) -> None:
+    """A raw byte is the byte it stands for, as its %XX escape is (url rules 2 and 7)."""
+    raw = "".join(chr(0xDC00 + p) if isinstance(p, int) else p for p in pieces)
+    escaped = "".join(f"%{p:02X}" if isinstance(p, int) else p for p in pieces)
+    out = canonicalize("url", f"{space}http://example.com/{raw}{space}")
+    assert out == canonicalize("url", f"http://example.com/{escaped}")
+    assert out.value.isascii()
+    assert_canonical_fixpoint("url", out)
+    assert canonicalize("url", wire_value("url", f"http://example.com/{raw}")) == out
+
+
+def test_the_cli_canonicalises_a_url_given_as_bytes_that_are_not_utf8() -> None:
+    argv: list[str | bytes] = [sys.executable, "-m", "blindmatch.cli", "canonicalize", "url"]
+    argv += [b"http://Example.com/caf\xe9/\xff?q=\xc3\xa9", b"http://h/%E9"]
+    result = subprocess.run(argv, capture_output=True, check=False)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout.decode().splitlines() == [
+        "http://example.com/caf%E9/%FF?q=%C3%A9",
+        "http://h/%E9",
+    ]
 
 
 @given(st.sampled_from(sorted(HASH_DIGITS)), st.data())

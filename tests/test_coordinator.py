@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
-from blindmatch.net import load_tls, open_channel
+from blindmatch.net import Allow, load_tls, open_channel
 from blindmatch.pki import Identity, identity_of
 from blindmatch.protocol import Caps, Policy, UnknownRound
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -416,11 +416,16 @@ def coord(
         yield running
 
 
+COORDINATOR = Allow("coordinator")
+
+
 @contextmanager
 def operator(
     pki: FederationPki, port: int, name: str = "ops", role: str = "operator"
 ) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
-    channel = open_channel(f"127.0.0.1:{port}", pki.tls(name, role), insecure=False)
+    channel = open_channel(
+        f"127.0.0.1:{port}", pki.tls(name, role), insecure=False, expect=COORDINATOR
+    )
     try:
         yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
     finally:
@@ -673,7 +678,7 @@ def test_the_certificate_must_match_the_configured_name(pki: FederationPki, tmp_
 def test_insecure_mode_serves_plaintext_on_loopback(pki: FederationPki, tmp_path: Path) -> None:
     config = coordinator_config(pki, tmp_path, {"a": "127.0.0.1:1", "b": "127.0.0.1:2"})
     with serving(config, insecure=True) as running:
-        channel = open_channel(f"127.0.0.1:{running.port}", None, insecure=True)
+        channel = open_channel(f"127.0.0.1:{running.port}", None, insecure=True, expect=COORDINATOR)
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         info = stub.StartRound(coordinator_pb2.StartRoundRequest(nodes=["a", "b"]), timeout=TIMEOUT)
         channel.close()

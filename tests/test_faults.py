@@ -126,7 +126,10 @@ class Cluster:
         self.coordinator.start()
         self.write_coordinator_config(self.coordinator.port)
         self.channel = net.open_channel(
-            f"127.0.0.1:{self.coordinator.port}", self.tls, insecure=False
+            f"127.0.0.1:{self.coordinator.port}",
+            self.tls,
+            insecure=False,
+            expect=net.Allow("coordinator"),
         )
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
         self.wait_healthy()
@@ -166,9 +169,11 @@ class Cluster:
 
     def wait_healthy(self) -> None:
         end = time.monotonic() + START_TIMEOUT
-        ports = [self.coordinator.port, *(s.port for s in self.nodes.values())]
-        for port in ports:
-            with net.open_channel(f"127.0.0.1:{port}", self.tls, insecure=False) as channel:
+        ports = {net.Allow("coordinator"): self.coordinator.port}
+        ports |= {net.Allow("node", name): s.port for name, s in self.nodes.items()}
+        for expect, port in ports.items():
+            address = f"127.0.0.1:{port}"
+            with net.open_channel(address, self.tls, insecure=False, expect=expect) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:
                     try:

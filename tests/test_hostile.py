@@ -93,6 +93,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterato
                 f"127.0.0.1:{fed.nodes[name].port}",
                 pki.tls("coordinator", "coordinator"),
                 insecure=False,
+                expect=net.Allow("node", name),
             )
         stubs = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
         yield Env(fed, stubs, channels, pki)
@@ -733,7 +734,10 @@ def test_the_coordinator_refuses_sizes_over_its_own_caps(
     before = snapshot(env)
     running = start_coordinator(coordinator_with(env, caps, tmp_path), insecure=False)
     channel = net.open_channel(
-        f"127.0.0.1:{running.port}", env.pki.tls("ops", "operator"), insecure=False
+        f"127.0.0.1:{running.port}",
+        env.pki.tls("ops", "operator"),
+        insecure=False,
+        expect=net.Allow("coordinator"),
     )
     try:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blindmatch.net import (
     AccessPolicy,
+    Allow,
     BindError,
     InsecureBindRefused,
     ServerHandle,
@@ -135,9 +136,14 @@ def coordinator_server(pki: FederationPki) -> Iterator[tuple[ServerHandle, Probe
         yield running
 
 
+COORDINATOR = Identity("coordinator", "coordinator")
+
+
 @contextmanager
-def client(port: int, tls: TlsConfig, server_name: str | None = None) -> Iterator[grpc.Channel]:
-    channel = open_channel(f"127.0.0.1:{port}", tls, insecure=False, server_name=server_name)
+def client(
+    port: int, tls: TlsConfig, expect: Identity | Allow = COORDINATOR
+) -> Iterator[grpc.Channel]:
+    channel = open_channel(f"127.0.0.1:{port}", tls, insecure=False, expect=expect)
     try:
         yield channel
     finally:
@@ -173,7 +179,11 @@ def test_health_is_open_to_any_authenticated_caller(
 
 
 def test_health_status_can_be_flipped(pki: FederationPki) -> None:
-    with serving(pki.tls("fr", "node")) as (handle, _), client(handle.port, pki.tls("de")) as ch:
+    fr = Identity("node", "fr")
+    with (
+        serving(pki.tls("fr", "node")) as (handle, _),
+        client(handle.port, pki.tls("de"), fr) as ch,
+    ):
         stub = health_pb2_grpc.HealthStub(ch)
         handle.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
@@ -307,18 +317,103 @@ def test_client_refuses_a_server_from_another_ca(pki: FederationPki) -> None:
         assert probe.calls == []
 
 
-def test_server_name_override_checks_the_certificate_for_another_host(
-    pki: FederationPki,
-) -> None:
+def test_the_identity_is_checked_not_the_host_dialled(pki: FederationPki) -> None:
     leaf = issue(pki.ca, "remote", "node", hosts=["node-remote.cert.example"])
     server_tls = TlsConfig(ca=pki.ca.cert_pem, cert=leaf.cert_pem, key=leaf.key_pem)
     coordinator = pki.tls("coordinator", "coordinator")
     with serving(server_tls) as (handle, _):
-        # Dialled as 127.0.0.1, the certificate's only host does not match.
-        with client(handle.port, coordinator) as channel:
-            assert rpc_error(channel, PROBE + "Whoami").code() == grpc.StatusCode.UNAVAILABLE
-        with client(handle.port, coordinator, server_name="node-remote.cert.example") as channel:
+        # Dialled as 127.0.0.1, which the certificate does not name: its identity is what counts.
+        with client(handle.port, coordinator, Identity("node", "remote")) as channel:
             assert call(channel, PROBE + "Whoami") == b"coordinator/coordinator"
+        with client(handle.port, coordinator, Allow("node")) as channel:
+            assert call(channel, PROBE + "Whoami") == b"coordinator/coordinator"
+
+
+@pytest.fixture(scope="module")
+def alpha_and_bravo(pki: FederationPki) -> Iterator[dict[str, tuple[ServerHandle, Probe]]]:
+    with serving(pki.tls("alpha", "node")) as alpha, serving(pki.tls("bravo", "node")) as bravo:
+        yield {"alpha": alpha, "bravo": bravo}
+
+
+@pytest.mark.parametrize(
+    ("dialled", "expect"),
+    [
+        ("bravo", Identity("node", "alpha")),  # a coordinator misrouted to another node
+        ("alpha", COORDINATOR),  # a node answering a channel opened to the coordinator
+        ("alpha", Allow("coordinator")),
+        ("alpha", Identity("operator", "alpha")),  # same name, another role
+    ],
+)
+def test_a_client_refuses_a_federation_server_that_is_not_the_one_it_expects(
+    pki: FederationPki,
+    alpha_and_bravo: dict[str, tuple[ServerHandle, Probe]],
+    dialled: str,
+    expect: Identity | Allow,
+) -> None:
+    handle, probe = alpha_and_bravo[dialled]
+    before = len(probe.calls)
+    with client(handle.port, pki.tls("coordinator", "coordinator"), expect) as channel:
+        error = rpc_error(channel, PROBE + "Whoami")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Hostname Verification Check failed" in (error.details() or "")
+    assert len(probe.calls) == before
+
+
+@pytest.mark.parametrize(
+    ("dialled", "expect"),
+    [
+        ("alpha", Identity("node", "alpha")),
+        ("bravo", Allow("node", "bravo")),
+        ("bravo", Allow("node")),
+    ],
+)
+def test_a_client_reaches_the_server_it_expects(
+    pki: FederationPki,
+    alpha_and_bravo: dict[str, tuple[ServerHandle, Probe]],
+    dialled: str,
+    expect: Identity | Allow,
+) -> None:
+    handle, _ = alpha_and_bravo[dialled]
+    with client(handle.port, pki.tls("coordinator", "coordinator"), expect) as channel:
+        assert call(channel, PROBE + "Whoami") == b"coordinator/coordinator"
+
+
+def test_a_server_certificate_from_before_identity_names(
+    pki: FederationPki, tmp_path: Path
+) -> None:
+    old = leaf_with_uris(pki.ca, ["blindmatch://node/old"])
+    # Loading it says what to do, instead of every client failing its handshake ...
+    with pytest.raises(
+        TlsConfigError,
+        match=r"node/old carries no blindmatch.invalid name.*"
+        r"issue a new one with `blindmatch pki issue`",
+    ):
+        load_tls(*write_tls(tmp_path, pki.ca.cert_pem, old.cert_pem, old.key_pem))
+    # ... which is what an older server holding it would give them.
+    server_tls = TlsConfig(ca=pki.ca.cert_pem, cert=old.cert_pem, key=old.key_pem)
+    expect = Identity("node", "old")
+    with serving(server_tls) as (handle, _), client(handle.port, pki.tls("fr"), expect) as channel:
+        assert rpc_error(channel, PROBE + "Whoami").code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_certificate_from_before_identity_names_still_loads(
+    pki: FederationPki, tmp_path: Path
+) -> None:
+    """An operator only ever dials: nobody checks its identity names, so it need not re-issue."""
+    old = leaf_with_uris(pki.ca, ["blindmatch://operator/old-ops"])
+    tls = load_tls(*write_tls(tmp_path, pki.ca.cert_pem, old.cert_pem, old.key_pem))
+    with (
+        serving(pki.tls("coordinator", "coordinator")) as (handle, _),
+        client(handle.port, tls) as ch,
+    ):
+        assert call(ch, PROBE + "Whoami") == b"operator/old-ops"
+
+
+def test_the_expected_server_must_be_a_valid_identity(pki: FederationPki) -> None:
+    with pytest.raises(ValueError, match="invalid role"):
+        open_channel("127.0.0.1:1", pki.tls("fr"), insecure=False, expect=Allow("admin"))
+    with pytest.raises(ValueError, match="invalid name"):
+        open_channel("127.0.0.1:1", pki.tls("fr"), insecure=False, expect=Allow("node", "A.b"))
 
 
 # --- the access policy without a network ------------------------------------------------------
@@ -364,7 +459,7 @@ def test_port_zero_gives_a_real_port_that_is_not_shared(pki: FederationPki) -> N
 
 def test_insecure_loopback_works_without_identities() -> None:
     with serving(None, insecure=True) as (handle, _):
-        channel = open_channel(f"localhost:{handle.port}", None, insecure=True)
+        channel = open_channel(f"localhost:{handle.port}", None, insecure=True, expect=COORDINATOR)
         with channel:
             # No certificates, so no policy: even the coordinator-only method answers.
             assert call(channel, PROBE + "Stream", "server-stream") == [b"anonymous"] * 3
@@ -381,7 +476,7 @@ def test_insecure_bind_is_refused_off_loopback(bind: str) -> None:
 )
 def test_insecure_target_is_refused_off_loopback(target: str) -> None:
     with pytest.raises(InsecureBindRefused, match=r"only allowed on loopback"):
-        open_channel(target, None, insecure=True)
+        open_channel(target, None, insecure=True, expect=COORDINATOR)
 
 
 def test_transport_settings_must_be_coherent(pki: FederationPki) -> None:
@@ -393,9 +488,9 @@ def test_transport_settings_must_be_coherent(pki: FederationPki) -> None:
     with pytest.raises(ValueError, match="not both"):
         start_server("127.0.0.1:0", [], tls, insecure=True, access=None)
     with pytest.raises(ValueError, match="needs tls"):
-        open_channel("127.0.0.1:1", None, insecure=False)
+        open_channel("127.0.0.1:1", None, insecure=False, expect=COORDINATOR)
     with pytest.raises(ValueError, match="not both"):
-        open_channel("127.0.0.1:1", tls, insecure=True)
+        open_channel("127.0.0.1:1", tls, insecure=True, expect=COORDINATOR)
 
 
 @pytest.mark.parametrize(

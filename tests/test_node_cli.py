@@ -106,7 +106,10 @@ def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterato
         )
         try:
             with net.open_channel(
-                f"127.0.0.1:{coordinator.port}", pki.tls("ops", "operator"), insecure=False
+                f"127.0.0.1:{coordinator.port}",
+                pki.tls("ops", "operator"),
+                insecure=False,
+                expect=net.Allow("coordinator"),
             ) as channel:
                 stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 

@@ -19,15 +19,23 @@ from blindmatch.pki import (
     Identity,
     PkiError,
     PkiFileExists,
+    identity_host,
     identity_of,
     init_pki_dir,
     issue,
     issue_to_dir,
     new_ca,
+    served_identity,
 )
 from tests.pkifixtures import FederationPki, leaf_with_uris
 
 UTC = datetime.UTC
+# What every certificate carries besides its hosts, so that clients can check whom they reach.
+IDENTITY_NAMES = {
+    "node/fr": ["fr.node.blindmatch.invalid", "node.blindmatch.invalid"],
+    "operator/ops": ["ops.operator.blindmatch.invalid", "operator.blindmatch.invalid"],
+    "coordinator/coord": ["coord.coordinator.blindmatch.invalid", "coordinator.blindmatch.invalid"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +101,20 @@ def test_leaf_is_signed_by_the_ca_and_serves_both_ends(ca: CaMaterial) -> None:
 
 def test_servers_default_to_loopback_hosts_operators_get_none(ca: CaMaterial) -> None:
     node = sans(load(issue(ca, "fr", "node").cert_pem))
-    assert node.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert node.get_values_for_type(x509.DNSName) == [*IDENTITY_NAMES["node/fr"], "localhost"]
     assert node.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     operator = sans(load(issue(ca, "ops", "operator").cert_pem))
-    assert operator.get_values_for_type(x509.DNSName) == []
+    assert operator.get_values_for_type(x509.DNSName) == IDENTITY_NAMES["operator/ops"]
     assert operator.get_values_for_type(x509.IPAddress) == []
 
 
 def test_given_hosts_replace_the_defaults(ca: CaMaterial) -> None:
     leaf = issue(ca, "coord", "coordinator", hosts=["Coord.CERT.example", "10.0.0.7", "::1"])
     names = sans(load(leaf.cert_pem))
-    assert names.get_values_for_type(x509.DNSName) == ["coord.cert.example"]
+    assert names.get_values_for_type(x509.DNSName) == [
+        *IDENTITY_NAMES["coordinator/coord"],
+        "coord.cert.example",
+    ]
     assert names.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("10.0.0.7"),
         ipaddress.ip_address("::1"),
@@ -113,7 +124,20 @@ def test_given_hosts_replace_the_defaults(ca: CaMaterial) -> None:
     ]
 
 
-@pytest.mark.parametrize("host", ["", "bad host", "-x.example", "a..b", "x_y.example"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "bad host",
+        "-x.example",
+        "a..b",
+        "x_y.example",
+        # the identity names: a node given another's could pass for it
+        "alpha.node.blindmatch.invalid",
+        "Coordinator.Blindmatch.Invalid.",
+        "blindmatch.invalid",
+    ],
+)
 def test_bad_hosts_are_rejected(ca: CaMaterial, host: str) -> None:
     with pytest.raises(ValueError, match="invalid host"):
         issue(ca, "fr", "node", hosts=[host])
@@ -171,6 +195,47 @@ def test_identity_of_rejects_certificates_without_one_valid_identity(
         identity_of(leaf_with_uris(ca, uris).cert_pem)
 
 
+def test_identity_hosts_name_a_holder_or_a_whole_role() -> None:
+    assert identity_host("node", "alpha") == "alpha.node.blindmatch.invalid"
+    assert identity_host("coordinator") == "coordinator.blindmatch.invalid"
+    # Any valid name makes a host name grpc matches, '_' and a trailing '-' included.
+    assert identity_host("node", "a_b-") == "a_b-.node.blindmatch.invalid"
+
+
+@pytest.mark.parametrize("role", ["node", "coordinator", "operator"])
+def test_issued_certificates_serve_their_identity(ca: CaMaterial, role: str) -> None:
+    assert served_identity(issue(ca, "x_1", role).cert_pem) == Identity(role, "x_1")
+
+
+def test_a_certificate_from_before_identity_names_must_be_reissued(ca: CaMaterial) -> None:
+    old = leaf_with_uris(ca, ["blindmatch://node/alpha"])
+    assert identity_of(old.cert_pem) == Identity("node", "alpha")
+    with pytest.raises(
+        PkiError,
+        match=r"node/alpha carries no blindmatch.invalid name: it was "
+        r"issued before .* issue a new one with `blindmatch pki issue`",
+    ):
+        served_identity(old.cert_pem)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["alpha.node.blindmatch.invalid"],  # the role name missing
+        [
+            "alpha.node.blindmatch.invalid",
+            "node.blindmatch.invalid",
+            "bravo.node.blindmatch.invalid",
+        ],
+        ["bravo.node.blindmatch.invalid", "node.blindmatch.invalid"],
+    ],
+)
+def test_a_certificate_naming_another_identity_is_refused(ca: CaMaterial, names: list[str]) -> None:
+    odd = leaf_with_uris(ca, ["blindmatch://node/alpha"], dns=names)
+    with pytest.raises(PkiError, match=r"not exactly alpha\.node\.blindmatch\.invalid"):
+        served_identity(odd.cert_pem)
+
+
 def test_identity_of_rejects_non_certificates() -> None:
     with pytest.raises(PkiError, match=r"not a PEM X\.509 certificate"):
         identity_of(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
@@ -215,7 +280,10 @@ def test_issue_writes_into_issued_with_a_private_key(tmp_path: Path, open_umask:
     cert = load(paths.cert.read_bytes())
     cert.verify_directly_issued_by(load(ca_paths.cert.read_bytes()))
     assert identity_of(paths.cert.read_bytes()) == Identity("node", "fr")
-    assert sans(cert).get_values_for_type(x509.DNSName) == ["fr.cert.example"]
+    assert sans(cert).get_values_for_type(x509.DNSName) == [
+        *IDENTITY_NAMES["node/fr"],
+        "fr.cert.example",
+    ]
 
 
 def test_issue_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -298,7 +366,11 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert str(pki_dir / "issued/de.pem") in out and str(pki_dir / "issued/de.key") in out
     names = sans(load((pki_dir / "issued/de.pem").read_bytes()))
-    assert names.get_values_for_type(x509.DNSName) == ["de.example"]
+    assert names.get_values_for_type(x509.DNSName) == [
+        "de.node.blindmatch.invalid",
+        "node.blindmatch.invalid",
+        "de.example",
+    ]
 
 
 def test_cli_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

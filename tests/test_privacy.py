@@ -270,6 +270,7 @@ def test_no_key_material_while_a_stalled_coordinator_holds_a_stream_open(
         f"127.0.0.1:{env.fed.nodes['alpha'].port}",
         pki.tls("coordinator", "coordinator"),
         insecure=False,
+        expect=net.Allow("node", "alpha"),
     )
     try:
         stub = node_pb2_grpc.NodeServiceStub(channel)

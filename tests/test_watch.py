@@ -103,7 +103,9 @@ def check(
 ) -> watch_pb2.NodeCheckReply:
     """Call the node's Check RPC the way its CLI or a SIEM does."""
     tls = fed.pki.tls(as_name or node, role)
-    with net.open_channel(f"127.0.0.1:{fed.nodes[node].port}", tls, insecure=False) as channel:
+    address = f"127.0.0.1:{fed.nodes[node].port}"
+    expect = net.Allow("node", node)
+    with net.open_channel(address, tls, insecure=False, expect=expect) as channel:
         reply: watch_pb2.NodeCheckReply = watch_pb2_grpc.NodeWatchServiceStub(channel).Check(
             watch_pb2.NodeCheckRequest(values=values), timeout=30
         )
@@ -236,7 +238,7 @@ def test_check_access(fed: WatchFederation) -> None:
     tls = fed.pki.tls("bravo", "node")
     address = f"127.0.0.1:{fed.nodes['charlie'].port}"
     with (
-        net.open_channel(address, tls, insecure=False) as ch,
+        net.open_channel(address, tls, insecure=False, expect=net.Allow("node", "charlie")) as ch,
         pytest.raises(grpc.RpcError) as err,
     ):
         watch_pb2_grpc.NodeWatchServiceStub(ch).ReblindCheck(
@@ -364,7 +366,7 @@ def test_checks_are_refused_after_the_epoch(fed: WatchFederation) -> None:
     tls = fed.pki.tls("delta", "node")
     address = f"127.0.0.1:{fed.coordinator.port}"
     with (
-        net.open_channel(address, tls, insecure=False) as ch,
+        net.open_channel(address, tls, insecure=False, expect=net.Allow("coordinator")) as ch,
         pytest.raises(grpc.RpcError) as err,
     ):
         watch_pb2_grpc.CoordinatorWatchServiceStub(ch).Check(request, timeout=5)
