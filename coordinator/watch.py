@@ -31,6 +31,7 @@ from typing import Any, Final
 import grpc
 from pybloom_live import ScalableBloomFilter
 
+from blindmatch import wire
 from blindmatch.group import ELEMENT_BYTES
 from blindmatch.net import peer_identity
 from blindmatch.pki import PkiError
@@ -53,12 +54,8 @@ MAX_CHECK_ELEMENTS: Final = 100_000  # per check: 3.2 MB of elements each way
 CLOSE_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort CloseEpoch
 
 
-class WatchFailure(Exception):
+class WatchFailure(wire.StatusError):
     """A node refused or failed a watch call; ``code`` is the status to pass on."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _new_filter(capacity: int) -> Any:
@@ -240,7 +237,7 @@ class WatchHub:
             shares[partner] = reply.share
         tags = split_tags(elements)
         keys = [_key(t) for t in tags]
-        allows = None if request.any_partner else frozenset(request.allowed)
+        allows = wire.check_partners(request)
         candidates: dict[str, list[int]] = {}
         with self._lock:
             for partner in reported_partners(epoch.participants, checker, allows, shares):
@@ -260,23 +257,21 @@ class WatchHub:
             )
             for partner, hit in candidates.items()
         }
-        reply = watch_pb2.CheckReply(tags=elements, epoch_ends=epoch.ends)
+        hits: dict[str, list[int]] = {}
         for partner, future in alerts.items():
             try:
                 known = list(future.result().known)
             except grpc.RpcError as err:
                 log.warning("epoch %s: Alert on %s failed: %s", epoch.epoch_id, partner, err)
                 continue
-            confirmed = [i for i, ok in zip(candidates[partner], known, strict=False) if ok]
-            if confirmed:
-                reply.hits[partner].indices.extend(confirmed)
+            hits[partner] = [i for i, ok in zip(candidates[partner], known, strict=False) if ok]
         with self._lock:
             bloom = epoch.filters[checker]
             for k in keys:
                 bloom.add(k)
             if self.epoch is epoch:
                 self._save_filter(checker, bloom)
-        return reply
+        return wire.check_reply(elements, hits, epoch.ends)
 
     def _call(self, node: str, what: str, call: Any) -> Any:
         try:
@@ -346,18 +341,16 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
         except PkiError:
             identity = None
         if identity is None:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "checks need mTLS: the checker is the node named in its certificate",
+            wire.abort(
+                context,
+                wire.StatusError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "checks need mTLS: the checker is the node named in its certificate",
+                ),
             )
-            raise AssertionError("unreachable")
-        try:
+        with wire.refusing(context, ProtocolError, WatchFailure):
             return self.hub.check(identity.name, request)
-        except ProtocolError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-        except WatchFailure as exc:
-            context.abort(exc.code, str(exc))
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable")  # refusing() aborts
 
 
 def access_rules() -> dict[str, list[tuple[str, str | None]]]:

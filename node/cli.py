@@ -147,7 +147,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 @operator_errors
 def cmd_serve(args: argparse.Namespace) -> int:
-    from node.service import serve
+    from node.server import serve
 
     config = load_config(args.config)
     if not config.store.exists():

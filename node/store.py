@@ -710,6 +710,12 @@ class Store:
                 (outcome, reason, utc_now(), round_id),
             )
 
+    def has_round(self, round_id: str) -> bool:
+        """Whether the audit log has a record of ``round_id`` (a primary-key lookup)."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT 1 FROM rounds WHERE round_id = ?", (round_id,)).fetchone()
+        return row is not None
+
     def add_blinded(self, round_id: str, partner: str, n: int) -> None:
         """Add ``n`` to the elements this node blinded for ``partner`` in ``round_id``."""
         _check_elements(round_id, partner, n)

@@ -6,8 +6,8 @@ replaces it, or when the node stops: a node restart ends its epoch, and checks t
 refused until the next watch round.
 
 How a watch round becomes an epoch: the coordinator calls ``BeginEpoch`` with the node's own
-final tags before it calls ``Deliver``; ``NodeServicer.Deliver`` calls ``capture`` with the round
-just before the round's key is destroyed, and the epoch keeps a copy of that key.
+final tags before it calls ``Deliver``; the round registry's ``deliver`` calls ``capture`` with the
+round just before the round's key is destroyed, and the epoch keeps a copy of that key.
 """
 
 from __future__ import annotations
@@ -17,20 +17,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
-from blindmatch import net
+from blindmatch import net, wire
 from blindmatch.canon import InvalidIndicator, canonicalize
 from blindmatch.group import ELEMENT_BYTES, InvalidElement, RoundKey
 from blindmatch.protocol import BadMessage, NodeRound, Policy, ProtocolError, WrongPhase
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import NodeEpoch, split_tags, utc_text
+from node.pool import Blinder
 from node.store import Store
-
-if TYPE_CHECKING:
-    from node.service import Blinder
 
 log = logging.getLogger("blindmatch.node.watch")
 
@@ -39,25 +36,8 @@ CHECK_METHOD = SERVICE_PREFIX + "Check"
 COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one check at the coordinator, all hops included
 
 
-class CheckFailed(Exception):
+class CheckFailed(wire.StatusError):
     """The coordinator could not complete a check; carries its status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _refuse(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
-    if isinstance(exc, ProtocolError):
-        code = getattr(grpc.StatusCode, exc.code)
-    elif isinstance(exc, CheckFailed):
-        code = exc.code
-    elif isinstance(exc, InvalidElement | ValueError):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    else:
-        code = grpc.StatusCode.INTERNAL
-    context.abort(code, str(exc))
-    raise AssertionError("unreachable")  # context.abort raises
 
 
 @dataclass(frozen=True)
@@ -233,7 +213,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             if len(request.tags) % ELEMENT_BYTES:
                 raise BadMessage("final tags are not whole 32-byte elements")
         except ProtocolError as exc:
-            _refuse(context, exc)
+            wire.abort(context, exc)
         caller = net.peer_identity(context)
         with self._lock:
             self._pending[request.round_id] = _Pending(
@@ -254,7 +234,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             elements = self._blind(key, request.elements)
         except (ProtocolError, InvalidElement) as exc:
             self._audit(request.epoch_id, request.checker, count, "refused", str(exc))
-            _refuse(context, exc)
+            wire.abort(context, exc)
         self._audit(request.epoch_id, request.checker, count, "done", None)
         share = self.policy.partners is None or request.checker in self.policy.partners
         return watch_pb2.ReblindCheckReply(elements=elements, share=share)
@@ -268,7 +248,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             with self._lock:
                 found = epoch.lookup(tags)
         except ProtocolError as exc:
-            _refuse(context, exc)
+            wire.abort(context, exc)
         rows = [(k, v, request.checker, "sighted") for k, v in (f for f in found if f)]
         if rows:
             self.store.record_alerts(epoch.epoch_id, rows)
@@ -310,7 +290,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             results.append(result)
         if not items:
             if not results:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no values to check")
+                wire.abort(context, BadMessage("no values to check"))
             return watch_pb2.NodeCheckReply(results=results)
         try:
             epoch = self._open_epoch()
@@ -318,13 +298,16 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         except (ProtocolError, CheckFailed) as exc:
             eid = self._epoch.epoch_id if self._epoch else ""
             self._audit(eid, self.name, len(items), "failed", str(exc))
-            _refuse(context, exc)
+            wire.abort(context, exc)
         tags = split_tags(reply.tags)
         if len(tags) != len(items):
-            context.abort(grpc.StatusCode.INTERNAL, "the coordinator answered the wrong number")
+            wire.abort(
+                context,
+                CheckFailed(grpc.StatusCode.INTERNAL, "the coordinator answered the wrong number"),
+            )
         alerts: list[tuple[str, str, str, str]] = []
-        for partner, hits in reply.hits.items():
-            for i in hits.indices:
+        for partner, hits in wire.check_hits(reply).items():
+            for i in hits:
                 if i < len(items):
                     results[slots[i]].partners.append(partner)
                     alerts.append((*items[i], partner, "check"))
@@ -360,13 +343,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 'coordinator_address = "host:port" to check values'
             )
         elements = self._hash_and_blind(key, items)
-        partners = self.policy.partners
-        request = watch_pb2.CheckRequest(
-            epoch_id=epoch.epoch_id,
-            elements=elements,
-            allowed=sorted(partners or ()),
-            any_partner=partners is None,
-        )
+        request = wire.check_request(epoch.epoch_id, elements, self.policy.partners)
         stub = watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
         try:
             reply: watch_pb2.CheckReply = stub.Check(request, timeout=COORDINATOR_CALL_TIMEOUT)
