@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
+from blindmatch import wire
 from blindmatch.canon import KINDS
-from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.match import CountResult, Delivery
 from blindmatch.net import TlsConfig, open_channel
 from blindmatch.pki import Identity
 from blindmatch.protocol import (
@@ -63,6 +64,8 @@ SECONDARY_GRACE: Final = 1.0  # seconds a "round not found" waits for the reason
 
 class RoundFailure(Exception):
     """The round cannot go on; the message is the reason recorded and sent to every node."""
+
+    code = "UNAVAILABLE"  # the status an operator's call gets (blindmatch.wire.status_for)
 
 
 class NodeLinks:
@@ -238,14 +241,7 @@ class RoundDriver:
 
     def _prepare(self) -> None:
         request = node_pb2.PrepareRequest(
-            spec=node_pb2.RoundSpec(
-                round_id=self.spec.round_id,
-                participants=self.spec.participants,
-                mode=self.spec.mode,
-                threshold=self.spec.threshold or 0,
-                kinds=self.spec.kinds,
-                chunk_size=self.spec.chunk_size,
-            ),
+            spec=wire.spec_to_proto(self.spec),
             # a node drops the round (and its key) if the coordinator goes silent this long
             timeout_seconds=self.settings.round_timeout,
         )
@@ -267,11 +263,7 @@ class RoundDriver:
         sizes = dict(self.round.sizes)
         for node in self.spec.participants:
             q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
-            q.put(
-                node_pb2.ReblindRequest(
-                    start=node_pb2.RoutingStart(round_id=self.spec.round_id, sizes=sizes)
-                )
-            )
+            q.put(wire.routing_start(self.spec.round_id, sizes))
             self._queues[node] = q
         # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
         for node in self.spec.participants:
@@ -304,7 +296,7 @@ class RoundDriver:
             del watch_tags
         names = self.spec.participants
         requests = {
-            node: deliver_request(self.spec.round_id, delivery, names)
+            node: wire.delivery_to_proto(self.spec.round_id, delivery, names)
             for node, delivery in results.items()
         }
         counts = {node: match_count(delivery) for node, delivery in results.items()}
@@ -429,13 +421,7 @@ class RoundDriver:
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
             if forward is not None:
-                self._queues[forward.to].put(
-                    node_pb2.ReblindRequest(
-                        chunk=node_pb2.Chunk(
-                            owner=forward.owner, seq=forward.seq, elements=forward.elements
-                        )
-                    )
-                )
+                self._queues[forward.to].put(wire.forward_to_proto(forward))
             elif self.round.routed():
                 self._close_queues()
             self._publish(hops_done=self.round.progress()[0])
@@ -516,33 +502,6 @@ def _drain(
 ) -> Iterator[node_pb2.ReblindRequest]:
     while (item := q.get()) is not None:
         yield item
-
-
-def deliver_request(
-    round_id: str, delivery: Delivery, participants: Sequence[str]
-) -> node_pb2.DeliverRequest:
-    """The wire form of what one node learns."""
-    if isinstance(delivery, PairwiseResult):
-        return node_pb2.DeliverRequest(
-            round_id=round_id,
-            pairwise=node_pb2.PairwiseDelivery(
-                positions=delivery.positions,
-                partners=[node_pb2.PartnerList(partners=p) for p in delivery.partners],
-            ),
-        )
-    if isinstance(delivery, ThresholdResult):
-        return node_pb2.DeliverRequest(
-            round_id=round_id,
-            threshold=node_pb2.ThresholdDelivery(
-                positions=delivery.positions, counts=delivery.counts
-            ),
-        )
-    return node_pb2.DeliverRequest(
-        round_id=round_id,
-        count=node_pb2.CountDelivery(
-            shared={participants[j]: c for j, c in delivery.shared.items()}
-        ),
-    )
 
 
 def match_count(delivery: Delivery) -> int:

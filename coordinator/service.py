@@ -1,9 +1,9 @@
 """The coordinator's gRPC service, and the server that runs it.
 
-The servicer is thin: it converts messages, calls ``Coordinator`` or ``RoundBoard``, and maps
-domain errors to status codes in one place (``_status_of``). Who may call it is decided before any
-handler runs, by ``net.AccessPolicy``: the whole service is open to operators, all of them or the
-names listed in the config's ``operators``.
+The servicer is thin: it converts messages and maps errors to statuses through
+``blindmatch.wire``, and calls ``Coordinator`` or ``RoundBoard``. Who may call it is decided before
+any handler runs, by ``net.AccessPolicy``: the whole service is open to operators, all of them or
+the names listed in the config's ``operators``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
 
 import grpc
 
+from blindmatch import wire
 from blindmatch.net import (
     AccessPolicy,
     ServerHandle,
@@ -33,7 +33,7 @@ from blindmatch.protocol import ProtocolError
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
-from coordinator.state import RoundBoard, RoundRecord, SqliteRoundStore
+from coordinator.state import RoundBoard, SqliteRoundStore
 from coordinator.watch import CheckServicer, WatchHub
 from coordinator.watch import access_rules as watch_access_rules
 
@@ -41,41 +41,6 @@ SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorService/"
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 1000
 INSECURE_OPERATOR: Final = "(insecure)"  # plaintext callers have no certificate, hence no name
-
-
-def round_info(record: RoundRecord) -> coordinator_pb2.RoundInfo:
-    return coordinator_pb2.RoundInfo(
-        id=record.id,
-        state=record.state,
-        mode=record.mode,
-        threshold=record.threshold or 0,
-        participants=record.participants,
-        kinds=record.kinds,
-        sizes=record.sizes,
-        match_counts=record.match_counts,
-        error=record.error or "",
-        created=record.created,
-        finished=record.finished or 0.0,
-        hops_done=record.hops_done,
-        hops_total=record.hops_total,
-        operator=record.operator,
-    )
-
-
-def _status_of(exc: Exception) -> grpc.StatusCode:
-    if isinstance(exc, ProtocolError):
-        return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INVALID_ARGUMENT)
-    if isinstance(exc, RoundFailure):
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.INTERNAL
-
-
-@contextmanager
-def _statuses(context: grpc.ServicerContext) -> Iterator[None]:
-    try:
-        yield
-    except (ProtocolError, RoundFailure) as exc:
-        context.abort(_status_of(exc), str(exc))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -87,7 +52,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
         identity = _caller(context)
-        with _statuses(context):
+        with wire.refusing(context, ProtocolError, RoundFailure):
             record = self.coordinator.start_round(
                 list(request.nodes),
                 mode=request.mode or "pairwise",
@@ -96,20 +61,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 operator=identity.name if identity else INSECURE_OPERATOR,
                 epoch_seconds=request.epoch_seconds or None,
             )
-        return round_info(record)
+        return wire.round_info(record)
 
     def GetRound(
         self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
-        with _statuses(context):
-            return round_info(self.board.get(request.id))
+        with wire.refusing(context, ProtocolError, RoundFailure):
+            return wire.round_info(self.board.get(request.id))
 
     def ListRounds(
         self, request: coordinator_pb2.ListRoundsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListRoundsReply:
         limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
         return coordinator_pb2.ListRoundsReply(
-            rounds=[round_info(r) for r in self.board.recent(limit)]
+            rounds=[wire.round_info(r) for r in self.board.recent(limit)]
         )
 
     def WatchRound(
@@ -117,9 +82,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> Iterator[coordinator_pb2.RoundInfo]:
         # wake the watch as soon as the client goes away, instead of at its next poll
         context.add_callback(self.board.wake)
-        with _statuses(context):
+        with wire.refusing(context, ProtocolError, RoundFailure):
             for record in self.board.watch(request.id, context.is_active):
-                yield round_info(record)
+                yield wire.round_info(record)
 
 
 def _caller(context: grpc.ServicerContext) -> Identity | None:

@@ -33,6 +33,7 @@ from typing import Any, Final
 import grpc
 from pybloom_live import ScalableBloomFilter
 
+from blindmatch import wire
 from blindmatch.group import ELEMENT_BYTES
 from blindmatch.net import peer_identity
 from blindmatch.pki import PkiError
@@ -55,12 +56,8 @@ SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorWatchService/"
 CLOSE_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort CloseEpoch
 
 
-class WatchFailure(Exception):
+class WatchFailure(wire.StatusError):
     """A node refused or failed a watch call; ``code`` is the status to pass on."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _new_filter(capacity: int) -> Any:
@@ -201,7 +198,7 @@ class WatchHub:
     # --- checks -----------------------------------------------------------------------------
 
     def check(self, checker: str, request: watch_pb2.CheckRequest) -> watch_pb2.CheckReply:
-        allows = None if request.any_partner else frozenset(request.allowed)
+        allows = wire.check_partners(request)
         with self._lock:
             if self.core.expire() is not None:
                 self._erase()
@@ -226,10 +223,7 @@ class WatchHub:
             result = flow.finish()
             if self.core.epoch is flow.epoch:
                 self._save_filter(checker, flow.epoch.filters[checker])
-        reply = watch_pb2.CheckReply(tags=result.tags, epoch_ends=result.epoch_ends)
-        for partner, confirmed in result.hits.items():
-            reply.hits[partner].indices.extend(confirmed)
-        return reply
+        return wire.check_reply(result.tags, result.hits, result.epoch_ends)
 
     def _fan_out(self, flow: CheckFlow, candidates: Mapping[str, bytes]) -> None:
         """Alert every partner with a hit, in parallel; each answers which tags it holds."""
@@ -318,18 +312,16 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
         except PkiError:
             identity = None
         if identity is None:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "checks need mTLS: the checker is the node named in its certificate",
+            wire.abort(
+                context,
+                wire.StatusError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "checks need mTLS: the checker is the node named in its certificate",
+                ),
             )
-            raise AssertionError("unreachable")
-        try:
+        with wire.refusing(context, ProtocolError, WatchFailure):
             return self.hub.check(identity.name, request)
-        except ProtocolError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-        except WatchFailure as exc:
-            context.abort(exc.code, str(exc))
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable")  # refusing() aborts
 
 
 def access_rules() -> dict[str, list[tuple[str, str | None]]]:

@@ -135,7 +135,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 @node_command
 def cmd_serve(args: argparse.Namespace) -> int:
-    from node.service import serve
+    from node.server import serve
 
     config = load_config(args.config)
     existing_store(config)

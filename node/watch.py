@@ -6,8 +6,8 @@ replaces it, or when the node stops: a node restart ends its epoch, and checks t
 refused until the next watch round.
 
 How a watch round becomes an epoch: the coordinator calls ``BeginEpoch`` with the node's own
-final tags before it calls ``Deliver``; ``NodeServicer.Deliver`` calls ``capture`` with the round
-just before the round's key is destroyed, and the epoch keeps a copy of that key.
+final tags before it calls ``Deliver``; the round registry's ``deliver`` calls ``capture`` with the
+round just before the round's key is destroyed, and the epoch keeps a copy of that key.
 
 Every decision (epoch expiry, validation, budgets, which values to check, what the coordinator's
 answer means) is the core's (``blindmatch.watch.NodeWatchCore`` and ``NodeCheck``, with the
@@ -20,11 +20,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
-from blindmatch import net
+from blindmatch import net, wire
 from blindmatch.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.protocol import NodeRound, Policy, ProtocolError, WrongPhase
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
@@ -37,10 +36,8 @@ from blindmatch.watch import (
     shares_with,
     utc_text,
 )
+from node.pool import Blinder
 from node.store import Store
-
-if TYPE_CHECKING:
-    from node.service import Blinder
 
 log = logging.getLogger("blindmatch.node.watch")
 
@@ -49,25 +46,8 @@ CHECK_METHOD = SERVICE_PREFIX + "Check"
 COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one check at the coordinator, all hops included
 
 
-class CheckFailed(Exception):
+class CheckFailed(wire.StatusError):
     """The coordinator could not complete a check; carries its status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _refuse(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
-    if isinstance(exc, ProtocolError):
-        code = getattr(grpc.StatusCode, exc.code)
-    elif isinstance(exc, CheckFailed):
-        code = exc.code
-    elif isinstance(exc, InvalidElement | ValueError):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    else:
-        code = grpc.StatusCode.INTERNAL
-    context.abort(code, str(exc))
-    raise AssertionError("unreachable")  # context.abort raises
 
 
 def access_rules(node_name: str, coordinator: str) -> dict[str, list[tuple[str, str | None]]]:
@@ -219,7 +199,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                     request.round_id, active, request.ends, request.tags, coordinator
                 )
         except ProtocolError as exc:
-            _refuse(context, exc)
+            wire.abort(context, exc)
         return watch_pb2.BeginEpochReply(tags=count)
 
     def ReblindCheck(
@@ -233,7 +213,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
             self._audit(request.epoch_id, request.checker, count, "refused", str(exc))
-            _refuse(context, exc)
+            wire.abort(context, exc)
         self._audit(request.epoch_id, request.checker, count, "done", None)
         share = shares_with(self.policy, request.checker)
         return watch_pb2.ReblindCheckReply(elements=elements, share=share)
@@ -245,7 +225,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             with self._lock:
                 found = self.core.alert(request.epoch_id, request.tags)
         except ProtocolError as exc:
-            _refuse(context, exc)
+            wire.abort(context, exc)
         rows = [(k, v, request.checker, "sighted") for k, v in (f for f in found if f)]
         if rows:
             self.store.record_alerts(request.epoch_id, rows)
@@ -271,7 +251,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         try:
             flow = self.core.start_check(request.values, request.kind, self.policy)
         except ProtocolError as exc:
-            _refuse(context, exc)
+            wire.abort(context, exc)
         results = [
             watch_pb2.ValueResult(value=r.value, kind=r.kind, canonical=r.canonical, error=r.error)
             for r in flow.results
@@ -281,11 +261,11 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         try:
             reply = self._check(flow)
             with self._lock:  # the answer joins the tag map, which the reaper may destroy
-                flow.on_reply(reply.tags, {p: list(h.indices) for p, h in reply.hits.items()})
+                flow.on_reply(reply.tags, wire.check_hits(reply))
         except (ProtocolError, CheckFailed) as exc:
             eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
             self._audit(eid, self.name, len(flow.items), "failed", str(exc))
-            _refuse(context, exc)
+            wire.abort(context, exc)
         epoch = flow.epoch
         assert epoch is not None
         for result, checked in zip(results, flow.results, strict=True):
@@ -310,13 +290,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 'coordinator_address = "host:port" to check values'
             )
         elements = self._hash_and_blind(key, flow.items)
-        partners = self.policy.partners
-        request = watch_pb2.CheckRequest(
-            epoch_id=epoch.epoch_id,
-            elements=elements,
-            allowed=sorted(partners or ()),
-            any_partner=partners is None,
-        )
+        request = wire.check_request(epoch.epoch_id, elements, self.policy.partners)
         stub = watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
         try:
             reply: watch_pb2.CheckReply = stub.Check(request, timeout=COORDINATOR_CALL_TIMEOUT)

@@ -24,8 +24,8 @@ from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
 from node.config import DEFAULT_TLPS, NodeConfig
-from node.service import RunningNode
-from node.service import start as start_node
+from node.server import RunningNode
+from node.server import start as start_node
 from node.store import Sighting, Store
 from tests.pkifixtures import FederationPki
 from tests.relay import Relay

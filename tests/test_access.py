@@ -27,7 +27,7 @@ from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
-from node.service import start as start_node
+from node.server import start as start_node
 from node.store import Sighting
 from tests.federation import Federation
 from tests.pkifixtures import FederationPki, leaf_with_uris
@@ -150,7 +150,7 @@ def test_the_node_refuses_every_other_identity(
     assert "requires coordinator/coordinator" in err.details()
     assert f"the caller presented {role}/{name}" in err.details()
     # refused before the handler ran: no round, no audit entry
-    assert fed.nodes["alpha"].servicer.active_rounds() == []
+    assert fed.nodes["alpha"].rounds.active() == []
     assert rounds_on(fed, "alpha") == before
 
 
@@ -162,7 +162,7 @@ def test_the_node_refuses_a_federation_certificate_without_an_identity(
         err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "URI SAN" in err.details()
-    assert fed.nodes["alpha"].servicer.active_rounds() == []
+    assert fed.nodes["alpha"].rounds.active() == []
 
 
 # --- the coordinator starts rounds for operators only --------------------------------------------
@@ -191,7 +191,7 @@ def test_node_and_coordinator_certificates_cannot_start_a_round(
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"requires operator/*; the caller presented {role}/{name}" in err.details()
     assert listed(fed) == before
-    assert all(node.servicer.active_rounds() == [] for node in fed.nodes.values())
+    assert all(node.rounds.active() == [] for node in fed.nodes.values())
 
 
 def test_an_operator_the_config_does_not_list_cannot_start_a_round(
@@ -244,7 +244,7 @@ def test_the_node_refuses_the_handshake_of_a_bad_coordinator_certificate(
     with channel_to(fed.nodes["alpha"].port, tls, ALPHA) as channel:
         err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert fed.nodes["alpha"].servicer.active_rounds() == []
+    assert fed.nodes["alpha"].rounds.active() == []
     assert rounds_on(fed, "alpha") == before
 
 

@@ -1,6 +1,6 @@
 """The coordinator: its state store, its config files, its service and round driver, its CLI.
 
-Rounds run for real: gRPC over mTLS on 127.0.0.1, real nodes (``node.service``) with their own
+Rounds run for real: gRPC over mTLS on 127.0.0.1, real nodes (``node.server``) with their own
 SQLite stores, and a coordinator started from a config as ``blindmatch coordinator serve`` does.
 """
 
@@ -50,8 +50,8 @@ from coordinator.state import (
     StateError,
 )
 from node.config import DEFAULT_TLPS, NodeConfig
-from node.service import RunningNode
-from node.service import start as start_node
+from node.server import RunningNode
+from node.server import start as start_node
 from node.store import Sighting, Store
 from tests.pkifixtures import FederationPki
 
@@ -525,8 +525,8 @@ def test_a_node_refusing_to_prepare_fails_the_round_and_aborts_the_others(
     )
     assert final.finished >= final.created
     # alpha and beta had prepared (drawn a key); Abort reached them before the round was failed
-    assert nodes["alpha"].servicer.active_rounds() == []
-    assert nodes["beta"].servicer.active_rounds() == []
+    assert nodes["alpha"].rounds.active() == []
+    assert nodes["beta"].rounds.active() == []
 
 
 def test_a_node_refusing_mid_round_fails_it_and_aborts_the_others(
@@ -539,8 +539,8 @@ def test_a_node_refusing_mid_round_fails_it_and_aborts_the_others(
     assert "max_partner_set" in final.error
     assert dict(final.sizes) == {"alpha": SET_SIZE, "delta": 8}
     assert not final.match_counts
-    assert nodes["alpha"].servicer.active_rounds() == []
-    assert nodes["delta"].servicer.active_rounds() == []
+    assert nodes["alpha"].rounds.active() == []
+    assert nodes["delta"].rounds.active() == []
 
 
 def test_an_unreachable_node_fails_the_round(
@@ -552,7 +552,7 @@ def test_an_unreachable_node_fails_the_round(
     assert final.state == "failed"
     address = coord.coordinator.links.addresses["ghost"]
     assert f"node ghost unreachable at {address}" in final.error
-    assert nodes["alpha"].servicer.active_rounds() == []
+    assert nodes["alpha"].rounds.active() == []
 
 
 @pytest.mark.parametrize(
@@ -639,7 +639,7 @@ def test_a_silent_node_times_out(
             assert time.monotonic() - began < 10
     assert final.state == "failed"
     assert "timeout after 0.5 s waiting for Prepare of node hole" in final.error
-    assert nodes["alpha"].servicer.active_rounds() == []
+    assert nodes["alpha"].rounds.active() == []
 
 
 def test_stopping_the_coordinator_fails_and_aborts_rounds_in_flight(
@@ -655,12 +655,12 @@ def test_stopping_the_coordinator_fails_and_aborts_rounds_in_flight(
                     coordinator_pb2.StartRoundRequest(nodes=["alpha", "hole"]), timeout=TIMEOUT
                 )
                 # alpha has prepared (holds a key); the hole never answers
-                _until(lambda: info.id in nodes["alpha"].servicer.active_rounds())
+                _until(lambda: info.id in nodes["alpha"].rounds.active())
         finally:
             began = time.monotonic()
             running.stop()
             assert time.monotonic() - began < 15
-    assert nodes["alpha"].servicer.active_rounds() == []
+    assert nodes["alpha"].rounds.active() == []
     state = SqliteRoundStore(config.state)
     stopped = state.get(info.id)
     state.close()

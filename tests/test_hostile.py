@@ -199,7 +199,7 @@ def assert_consistent(env: Env, before: dict[str, dict[str, list[tuple[Any, ...]
     for name, tables in before.items():
         assert contents(env.fed.stores[name]) == tables, f"{name}'s store changed"
     for name, node in env.fed.nodes.items():
-        assert node.servicer.active_rounds() == [], f"{name} still holds a round"
+        assert node.rounds.active() == [], f"{name} still holds a round"
     info = env.fed.run_round(["alpha", "bravo"], timeout=30)
     assert info.state == "done", info.error
     assert dict(info.match_counts) == {"alpha": len(SHARED), "bravo": len(SHARED)}
@@ -283,7 +283,7 @@ def test_deliver_before_routing_is_failed_precondition(env: Env, keys: list[Roun
     )
     assert "is prepared; this message needs routing" in details
     # a message out of turn changes nothing: the round waits, with its key, until aborted
-    assert env.fed.nodes["alpha"].servicer.active_rounds() == [round_id]
+    assert env.fed.nodes["alpha"].rounds.active() == [round_id]
     assert not keys[-1].destroyed
     assert env.alpha.Abort(node_pb2.AbortRequest(round_id=round_id, reason="test"), timeout=T).known
     assert keys[-1].destroyed
@@ -341,7 +341,7 @@ def test_a_round_id_the_audit_knows_cannot_be_prepared_again(
     assert f"round {round_id} is already in this node's audit log" in details
     assert audit(env, "delta", round_id) == first
     assert len(keys) == drawn
-    assert env.fed.nodes["delta"].servicer.active_rounds() == []
+    assert env.fed.nodes["delta"].rounds.active() == []
 
 
 def test_a_reblind_stream_must_open_with_routing_start(env: Env, keys: list[RoundKey]) -> None:
@@ -788,7 +788,7 @@ def test_start_round_validates_its_request(
     assert message in details
     after = stub.ListRounds(coordinator_pb2.ListRoundsRequest(limit=1000), timeout=T).rounds
     assert after == before
-    assert all(not n.servicer.active_rounds() for n in env.fed.nodes.values())
+    assert all(not n.rounds.active() for n in env.fed.nodes.values())
 
 
 @pytest.mark.parametrize("method", ["GetRound", "WatchRound"])
@@ -1034,7 +1034,7 @@ def test_random_messages_to_the_node_get_proper_statuses_and_leave_no_key(
             act(round_id, size, list(round_spec.participants), action)
         abort = node_pb2.AbortRequest(round_id=round_id)
         assert_proper(status(lambda: stub.Abort(abort, timeout=FUZZ_DEADLINE)), "Abort")
-        assert round_id not in env.fed.nodes["alpha"].servicer.active_rounds()
+        assert round_id not in env.fed.nodes["alpha"].rounds.active()
         assert all(k.destroyed for k in keys[drawn:])
 
     fuzz()
@@ -1043,7 +1043,7 @@ def test_random_messages_to_the_node_get_proper_statuses_and_leave_no_key(
     assert {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND} <= set().union(*seen.values())
     assert Code.OK in seen["reblind"]
     assert_serving(env.channels["alpha"])
-    assert env.fed.nodes["alpha"].servicer.active_rounds() == []
+    assert env.fed.nodes["alpha"].rounds.active() == []
     assert contents(env.fed.stores["alpha"])["sightings"] == before
     conn = sqlite3.connect(env.fed.stores["alpha"])
     try:
@@ -1092,6 +1092,6 @@ def test_random_round_requests_to_the_coordinator_get_proper_statuses(env: Env) 
     assert_serving(env.fed.channel)
     wait_until_rounds_end(env)
     for name, node in env.fed.nodes.items():
-        assert node.servicer.active_rounds() == [], name
+        assert node.rounds.active() == [], name
     info = env.fed.run_round(["alpha", "bravo"], timeout=30)
     assert info.state == "done", info.error

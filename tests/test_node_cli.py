@@ -27,8 +27,8 @@ from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import start as start_coordinator
 from node.config import load_config
-from node.service import RunningNode
-from node.service import start as start_node
+from node.server import RunningNode
+from node.server import start as start_node
 from node.store import Store
 from tests.pkifixtures import FederationPki
 

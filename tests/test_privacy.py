@@ -22,12 +22,12 @@ from typing import Any
 import grpc
 import pytest
 
-import node.service
+import node.rounds
 from blindmatch import net
 from blindmatch.group import RoundKey, hash_to_group
 from blindmatch.protocol import NodePhase, NodeRound, Policy
 from blindmatch.v1 import node_pb2, node_pb2_grpc
-from node.service import NodeServicer
+from node.servicer import NodeServicer
 from tests.federation import Federation, NodeData, load, make_datasets
 from tests.pkifixtures import FederationPki
 
@@ -162,7 +162,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
             rec.rounds.append(self)
 
     monkeypatch.setattr(RoundKey, "generate", classmethod(recording_generate))
-    monkeypatch.setattr(node.service, "NodeRound", RecordingRound)
+    monkeypatch.setattr(node.rounds, "NodeRound", RecordingRound)
     return rec
 
 
@@ -205,7 +205,7 @@ def run_once_reachable(fed: Federation, nodes: list[str], timeout: float = 15) -
 def assert_no_key_material(env: Env, rec: Recorder, expected_rounds: int) -> None:
     assert len(rec.rounds) == expected_rounds and len(rec.keys) == expected_rounds
     # a round ends everywhere within the node's timeout, whatever happened to the coordinator
-    until(lambda: all(not n.servicer.active_rounds() for n in env.fed.nodes.values()), 10)
+    until(lambda: all(not n.rounds.active() for n in env.fed.nodes.values()), 10)
     for state in rec.rounds:
         assert state.key is None
         assert state.phase in (NodePhase.DONE, NodePhase.ABORTED)
@@ -292,7 +292,7 @@ def test_no_key_material_while_a_stalled_coordinator_holds_a_stream_open(
 
         call = stub.Reblind(stalled(), timeout=30)
         assert next(call).seq == 0
-        assert round_id in env.fed.nodes["alpha"].servicer.active_rounds()
+        assert round_id in env.fed.nodes["alpha"].rounds.active()
         assert_no_key_material(env, recorder, 1)
         with pytest.raises(grpc.RpcError) as err:
             next(call)

@@ -133,7 +133,7 @@ def test_policy_outside_the_allow_list_refuses_the_round(
     for name in ("alpha", "charlie", "echo"):
         with federation.store(name) as store:
             assert store.matches(info.id) == []
-            assert not federation.nodes[name].servicer.active_rounds()
+            assert not federation.nodes[name].rounds.active()
     # echo matches with the partners its policy names
     ok = federation.run_round(["alpha", "bravo", "echo"])
     assert ok.state == "done", ok.error

@@ -186,7 +186,7 @@ def test_watch_round_opens_an_epoch(fed: WatchFederation) -> None:
         assert watch.epoch.epoch_id == info.id
         assert len(watch.epoch.tags) == len(HOLDINGS[name])
         # the round itself is over: its own key and position map are gone
-        assert not fed.nodes[name].servicer.active_rounds()
+        assert not fed.nodes[name].rounds.active()
     assert fed.coordinator is not None and fed.coordinator.watch is not None
     hub_epoch = fed.coordinator.watch.epoch
     assert hub_epoch is not None and set(hub_epoch.filters) == set(WATCHERS)

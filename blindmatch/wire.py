@@ -1,0 +1,278 @@
+"""Where protobuf meets the core: every message <-> core conversion, and every gRPC status.
+
+The core (``protocol``, ``match``, ``watch``) never sees a message or a status code, and the
+servicers never build one field by field: they call the converters here, call the core or their
+registry, and refuse with ``abort``. Converters from the wire validate what the core's types
+cannot (a round id's spelling, list lengths that must agree, whole 32-byte elements) and raise
+``BadMessage``, so a malformed message is refused like any other protocol error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, NoReturn, Protocol
+
+import grpc
+
+from blindmatch.group import ELEMENT_BYTES
+from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.protocol import BadMessage, Forward, RoundSpec
+from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
+
+ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# --- statuses ---------------------------------------------------------------------------------
+
+
+class StatusError(Exception):
+    """A failure whose status is decided outside the core: passed on from a call to another
+    party, or a refusal of the transport (no certificate)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Errors without a ``code``, by class, first match wins. The core's errors name their status in
+# ``code`` (the core does not import grpc), so they need no row here.
+_BY_CLASS: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
+    # InvalidElement, InvalidIndicator: bytes or values from the caller that do not decode
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status a refusal with ``exc`` carries; INTERNAL for anything unforeseen."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, str) and code in grpc.StatusCode.__members__:
+        return grpc.StatusCode[code]
+    for cls, status in _BY_CLASS:
+        if isinstance(exc, cls):
+            return status
+    return grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with ``exc``'s status and message."""
+    context.abort(status_for(exc), str(exc))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+@contextmanager
+def refusing(context: grpc.ServicerContext, *errors: type[Exception]) -> Iterator[None]:
+    """Turn the listed errors raised in the block into a refusal of the call."""
+    try:
+        yield
+    except errors as exc:
+        abort(context, exc)
+
+
+# --- rounds (node.proto) ----------------------------------------------------------------------
+
+
+def spec_to_proto(spec: RoundSpec) -> node_pb2.RoundSpec:
+    return node_pb2.RoundSpec(
+        round_id=spec.round_id,
+        participants=spec.participants,
+        mode=spec.mode,
+        threshold=spec.threshold or 0,
+        kinds=spec.kinds,
+        chunk_size=spec.chunk_size,
+    )
+
+
+def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
+    if not ROUND_ID.fullmatch(msg.round_id):
+        raise BadMessage("round_id must be 1-64 characters of letters, digits, '-' or '_'")
+    return RoundSpec(
+        round_id=msg.round_id,
+        participants=tuple(msg.participants),
+        mode=msg.mode or "pairwise",
+        threshold=msg.threshold if msg.mode == "threshold" else None,
+        kinds=tuple(msg.kinds),
+        chunk_size=msg.chunk_size,
+    )
+
+
+def routing_start(round_id: str, sizes: Mapping[str, int]) -> node_pb2.ReblindRequest:
+    return node_pb2.ReblindRequest(start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes))
+
+
+def sizes_from_proto(msg: node_pb2.RoutingStart) -> dict[str, int]:
+    return dict(msg.sizes)
+
+
+def forward_to_proto(forward: Forward) -> node_pb2.ReblindRequest:
+    """A chunk on its way to ``forward.to``, which re-blinds it (the recipient is the stream)."""
+    return node_pb2.ReblindRequest(
+        chunk=node_pb2.Chunk(owner=forward.owner, seq=forward.seq, elements=forward.elements)
+    )
+
+
+def forward_from_proto(to: str, msg: node_pb2.ReblindRequest) -> Forward:
+    """A chunk of a partner's set that ``to`` is asked to re-blind."""
+    if msg.WhichOneof("body") != "chunk":
+        raise BadMessage("RoutingStart sent twice")
+    chunk = msg.chunk
+    if len(chunk.elements) % ELEMENT_BYTES:
+        raise BadMessage(f"chunk {chunk.seq} of {chunk.owner}'s set is not whole 32-byte elements")
+    return Forward(to=to, owner=chunk.owner, seq=chunk.seq, elements=chunk.elements)
+
+
+def delivery_to_proto(
+    round_id: str, delivery: Delivery, participants: Sequence[str]
+) -> node_pb2.DeliverRequest:
+    """What one node learns; count mode names partners, the others index ``participants``."""
+    if isinstance(delivery, PairwiseResult):
+        return node_pb2.DeliverRequest(
+            round_id=round_id,
+            pairwise=node_pb2.PairwiseDelivery(
+                positions=delivery.positions,
+                partners=[node_pb2.PartnerList(partners=p) for p in delivery.partners],
+            ),
+        )
+    if isinstance(delivery, ThresholdResult):
+        return node_pb2.DeliverRequest(
+            round_id=round_id,
+            threshold=node_pb2.ThresholdDelivery(
+                positions=delivery.positions, counts=delivery.counts
+            ),
+        )
+    return node_pb2.DeliverRequest(
+        round_id=round_id,
+        count=node_pb2.CountDelivery(
+            shared={participants[j]: c for j, c in delivery.shared.items()}
+        ),
+    )
+
+
+def delivery_from_proto(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delivery:
+    which = msg.WhichOneof("result")
+    if which == "pairwise":
+        if len(msg.pairwise.positions) != len(msg.pairwise.partners):
+            raise BadMessage("pairwise delivery: one partner list per position is required")
+        return PairwiseResult(
+            tuple(msg.pairwise.positions),
+            tuple(tuple(p.partners) for p in msg.pairwise.partners),
+        )
+    if which == "threshold":
+        if len(msg.threshold.positions) != len(msg.threshold.counts):
+            raise BadMessage("threshold delivery: one count per position is required")
+        return ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
+    if which == "count":
+        return CountResult({spec.index(name): n for name, n in msg.count.shared.items()})
+    raise BadMessage("delivery carries no result")
+
+
+# --- round records (coordinator.proto) ----------------------------------------------------------
+
+
+class RoundView(Protocol):
+    """What RoundInfo shows of a round (the coordinator's ``RoundRecord``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def participants(self) -> tuple[str, ...]: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def threshold(self) -> int | None: ...
+    @property
+    def kinds(self) -> tuple[str, ...]: ...
+    @property
+    def operator(self) -> str: ...
+    @property
+    def created(self) -> float: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def finished(self) -> float | None: ...
+    @property
+    def sizes(self) -> Mapping[str, int]: ...
+    @property
+    def match_counts(self) -> Mapping[str, int]: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def hops_done(self) -> int: ...
+    @property
+    def hops_total(self) -> int: ...
+
+
+def round_info(record: RoundView) -> coordinator_pb2.RoundInfo:
+    return coordinator_pb2.RoundInfo(
+        id=record.id,
+        state=record.state,
+        mode=record.mode,
+        threshold=record.threshold or 0,
+        participants=record.participants,
+        kinds=record.kinds,
+        sizes=record.sizes,
+        match_counts=record.match_counts,
+        error=record.error or "",
+        created=record.created,
+        finished=record.finished or 0.0,
+        hops_done=record.hops_done,
+        hops_total=record.hops_total,
+        operator=record.operator,
+    )
+
+
+def round_fields(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
+    """The fields of a ``RoundView`` that ``info`` shows (zero values read as unset)."""
+    return {
+        "id": info.id,
+        "participants": tuple(info.participants),
+        "mode": info.mode,
+        "threshold": info.threshold or None,
+        "kinds": tuple(info.kinds),
+        "operator": info.operator,
+        "created": info.created,
+        "state": info.state,
+        "finished": info.finished or None,
+        "sizes": dict(info.sizes),
+        "match_counts": dict(info.match_counts),
+        "error": info.error or None,
+        "hops_done": info.hops_done,
+        "hops_total": info.hops_total,
+    }
+
+
+# --- early warning (watch.proto) ----------------------------------------------------------------
+
+
+def check_request(
+    epoch_id: str, elements: bytes, partners: frozenset[str] | None
+) -> watch_pb2.CheckRequest:
+    """A check, with the partners the checker's policy lets learn of it (None: every one)."""
+    return watch_pb2.CheckRequest(
+        epoch_id=epoch_id,
+        elements=elements,
+        allowed=sorted(partners or ()),
+        any_partner=partners is None,
+    )
+
+
+def check_partners(msg: watch_pb2.CheckRequest) -> frozenset[str] | None:
+    return None if msg.any_partner else frozenset(msg.allowed)
+
+
+def check_reply(
+    tags: bytes, hits: Mapping[str, Sequence[int]], epoch_ends: float
+) -> watch_pb2.CheckReply:
+    """The final tags of a check and, per partner, the indices it confirmed it holds; a partner
+    that confirmed none is not named."""
+    reply = watch_pb2.CheckReply(tags=tags, epoch_ends=epoch_ends)
+    for partner, indices in hits.items():
+        if indices:
+            reply.hits[partner].indices.extend(indices)
+    return reply
+
+
+def check_hits(msg: watch_pb2.CheckReply) -> dict[str, tuple[int, ...]]:
+    return {partner: tuple(h.indices) for partner, h in msg.hits.items()}

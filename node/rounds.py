@@ -1,0 +1,244 @@
+"""The node's round registry: the rounds it is in, when they time out, and how each one ends.
+
+A round enters with ``prepare`` and leaves through ``end``, once: its key destroyed and its audit
+record written with the outcome (done, failed, aborted or refused). The reaper ends a round the
+coordinator has been silent on for the round's timeout; ``shutdown`` ends them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from blindmatch.match import Delivery
+from blindmatch.protocol import (
+    BadMessage,
+    NodeRound,
+    Policy,
+    ProtocolError,
+    RoundSpec,
+    UnknownRound,
+)
+from node.store import RoundAudit, Store, utc_now
+
+log = logging.getLogger("blindmatch.node")
+
+RESTART_REASON = "node restarted during the round"
+
+
+class RoundIdUsed(ProtocolError):
+    """A round id this node holds or has in its audit log: round ids are used once."""
+
+    code = "ALREADY_EXISTS"
+
+
+class StoreFailed(Exception):
+    """The results of a round could not be stored; the round has failed."""
+
+
+@dataclass
+class LiveRound:
+    state: NodeRound
+    coordinator: str
+    started: str
+    timeout: float
+    deadline: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def touch(self) -> None:
+        """The coordinator has been heard from: the round lives another ``timeout``."""
+        self.deadline = time.monotonic() + self.timeout
+
+
+class RoundRegistry:
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: Store,
+        policy: Policy,
+        tlps: tuple[str, ...],
+        round_timeout: float,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.policy = policy
+        self.tlps = tlps
+        self.round_timeout = round_timeout
+        # early warning: called before a delivery destroys the key (NodeWatch.capture, issue 6)
+        self.capture: Callable[[NodeRound], None] | None = None
+        self._rounds: dict[str, LiveRound] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="round-reaper", daemon=True)
+        self._reaper.start()
+
+    def active(self) -> list[str]:
+        with self._lock:
+            return list(self._rounds)
+
+    def get(self, round_id: str) -> LiveRound:
+        """A live round, its deadline pushed back: the coordinator is asking about it."""
+        with self._lock:
+            live = self._rounds.get(round_id)
+        if live is None:
+            raise UnknownRound(
+                f"no round {round_id!r} on this node (finished, aborted or never prepared)"
+            )
+        live.touch()
+        return live
+
+    def prepare(self, spec: RoundSpec, coordinator: str, timeout_seconds: float) -> LiveRound:
+        """Draw the round's key and set (or refuse it, audited); ``timeout_seconds`` > 0 asks
+        for a shorter timeout than this node's."""
+        with self._lock:
+            if spec.round_id in self._rounds:
+                raise RoundIdUsed(f"round {spec.round_id} is already prepared")
+        if self.store.has_round(spec.round_id):
+            # A replayed id must not overwrite the audit record of the round that used it.
+            raise RoundIdUsed(
+                f"round {spec.round_id} is already in this node's audit log; round ids are used once"
+            )
+        kinds = set(spec.kinds) & self.policy.kinds
+        candidates = self.store.eligible(kinds, self.tlps)
+        timeout = self.round_timeout
+        if timeout_seconds > 0:
+            timeout = min(timeout, timeout_seconds)
+        try:
+            state = NodeRound(spec, self.name, self.policy, candidates)
+        except ProtocolError as exc:
+            self.store.record_round(
+                spec.round_id,
+                started=utc_now(),
+                coordinator=coordinator,
+                participants=spec.participants,
+                mode=spec.mode,
+                threshold=spec.threshold,
+                kinds=spec.kinds,
+                own_size=0,
+                outcome="refused",
+                reason=str(exc),
+                finished=utc_now(),
+            )
+            raise
+        live = LiveRound(
+            state=state,
+            coordinator=coordinator,
+            started=utc_now(),
+            timeout=timeout,
+            deadline=time.monotonic() + timeout,
+        )
+        with self._lock:
+            if spec.round_id in self._rounds:
+                state.abort("duplicate prepare")
+                raise RoundIdUsed(f"round {spec.round_id} is already prepared")
+            self._rounds[spec.round_id] = live
+        self._audit(live, "started", None)
+        log.info(
+            "round %s prepared: %d indicators, partners %s",
+            spec.round_id,
+            state.size,
+            spec.participants,
+        )
+        return live
+
+    def deliver(self, round_id: str, decode: Callable[[RoundSpec], Delivery]) -> int:
+        """Resolve the delivery ``decode`` reads for the round, store the results and end the
+        round; the number of results stored. A broken delivery ends the round: nothing is kept."""
+        live = self.get(round_id)
+        try:
+            delivery = decode(live.state.spec)
+            with live.lock:
+                if self.capture is not None:  # a watch round's key outlives the round
+                    self.capture(live.state)
+                outcome = live.state.resolve(delivery)
+        except BadMessage as exc:
+            self.end(live, "failed", f"refused the delivery: {exc}")
+            raise
+        spec = live.state.spec
+        try:
+            if spec.mode == "count":
+                self.store.record_partner_counts(spec.round_id, outcome.partner_counts)
+                recorded = len(outcome.partner_counts)
+            else:
+                recorded = self.store.record_matches(
+                    spec.round_id,
+                    spec.mode,
+                    [(m.sighting_id, list(m.partners), m.count) for m in outcome.matches],
+                )
+        except Exception as exc:
+            self.end(live, "failed", f"could not store matches: {exc}")
+            raise StoreFailed(f"node {self.name} could not store matches: {exc}") from exc
+        self.end(live, "done", None)
+        log.info("round %s done: %d results recorded", spec.round_id, recorded)
+        return recorded
+
+    def abort(self, round_id: str, reason: str) -> bool:
+        """End a round the coordinator has given up on; False if this node had no such round."""
+        with self._lock:
+            live = self._rounds.get(round_id)
+        if live is None:
+            return False
+        self.end(live, "aborted", reason)
+        log.info("round %s aborted: %s", round_id, reason)
+        return True
+
+    def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
+        """Drop a round: key destroyed, audit written. Safe to call twice."""
+        with self._lock:
+            if self._rounds.get(live.state.spec.round_id) is not live:
+                return
+            del self._rounds[live.state.spec.round_id]
+        if outcome != "done":
+            live.state.abort(reason or outcome)
+        self._audit(live, outcome, reason)
+
+    def _audit(self, live: LiveRound, outcome: str, reason: str | None) -> None:
+        spec = live.state.spec
+        try:
+            self.store.record_round(
+                spec.round_id,
+                started=live.started,
+                coordinator=live.coordinator,
+                participants=spec.participants,
+                mode=spec.mode,
+                threshold=spec.threshold,
+                kinds=spec.kinds,
+                own_size=live.state.size,
+                blinded_for=live.state.blinded_for,
+                outcome=outcome,
+                reason=reason,
+                finished=None if outcome == "started" else utc_now(),
+            )
+        except Exception:  # the audit must not turn a clean refusal into a crash
+            log.exception("could not write the audit record of round %s", spec.round_id)
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                expired = [live for live in self._rounds.values() if live.deadline < now]
+            for live in expired:
+                log.warning("round %s: coordinator silent; dropping it", live.state.spec.round_id)
+                self.end(
+                    live,
+                    "failed",
+                    f"timed out: no word from the coordinator for {live.timeout:.0f} s",
+                )
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            lives = list(self._rounds.values())
+        for live in lives:
+            self.end(live, "aborted", "node shut down")
+
+
+def fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:
+    """Audit as failed the rounds a previous run of this node was in when it ended (killed,
+    crashed): their keys died with that process, and no delivery can reach this one."""
+    for r in rounds:
+        store.end_round(r.round_id, outcome="failed", reason=RESTART_REASON)

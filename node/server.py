@@ -1,0 +1,120 @@
+"""The node's server: what it runs, who may call it, and how it starts and stops.
+
+``start`` opens the store, warms the blinding pool, wires the round registry, the round service
+and the early-warning service together and serves them; ``serve`` runs that until a signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+
+from blindmatch import net
+from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from node.config import NodeConfig
+from node.pool import Blinder
+from node.rounds import RoundRegistry, fail_unfinished
+from node.servicer import NodeServicer
+from node.store import Store
+from node.watch import NodeWatch
+from node.watch import access_rules as watch_access_rules
+
+
+def access_policy(config: NodeConfig) -> net.AccessPolicy:
+    return net.AccessPolicy(
+        {
+            "/blindmatch.v1.NodeService/": [("coordinator", config.coordinator)],
+            **watch_access_rules(config.name, config.coordinator),
+        }
+    )
+
+
+@dataclass
+class RunningNode:
+    handle: net.ServerHandle
+    rounds: RoundRegistry
+    store: Store
+    blinder: Blinder
+    watch: NodeWatch | None = None
+
+    @property
+    def port(self) -> int:
+        return self.handle.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.handle.health.enter_graceful_shutdown()
+        self.handle.server.stop(grace).wait()
+        if self.watch is not None:  # a node restart ends its watch epoch
+            self.watch.close()
+        self.rounds.shutdown()
+        self.blinder.close()
+        self.store.close()
+
+
+def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> RunningNode:
+    """Open the store, start the worker pool and the server; ``listen`` overrides the config."""
+    tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
+    store = Store.open(config.store)
+    blinder = Blinder(config.worker_count)
+    try:
+        # Read before serving: a round prepared from now on is this process's own.
+        unfinished = [r for r in store.rounds() if r.outcome == "started"]
+        blinder.warm_up()
+        rounds = RoundRegistry(
+            name=config.name,
+            store=store,
+            policy=config.policy,
+            tlps=config.tlps,
+            round_timeout=config.round_timeout,
+        )
+        servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
+        watch = NodeWatch(
+            name=config.name,
+            store=store,
+            policy=config.policy,
+            blinder=blinder,
+            budget=config.check_budget,
+            active_rounds=rounds.active,
+            coordinator_address=config.coordinator_address,
+            tls=tls,
+        )
+        rounds.capture = watch.capture
+        handle = net.start_server(
+            listen or config.listen,
+            [
+                lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
+                lambda s: watch_pb2_grpc.add_NodeWatchServiceServicer_to_server(watch, s),
+            ],
+            tls,
+            insecure=insecure,
+            access=None if insecure else access_policy(config),
+        )
+        # After the bind: a second node refused the port must not touch the first one's rounds.
+        fail_unfinished(store, unfinished)
+    except BaseException:
+        blinder.close()
+        store.close()
+        raise
+    return RunningNode(handle, rounds, store, blinder, watch)
+
+
+def serve(config: NodeConfig, *, insecure: bool) -> None:
+    """Run until SIGINT/SIGTERM."""
+    # Handlers first: a SIGTERM during the worker warm-up must still stop the pool cleanly.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = start(config, insecure=insecure)
+    mode = "PLAINTEXT (--insecure)" if insecure else "mTLS"
+    # The bound port, not the configured one: with port 0 the kernel picks it.
+    address = f"{config.listen.rpartition(':')[0]}:{node.port}"
+    print(
+        f"node {config.name} listening on {address} ({mode}), "
+        f"{node.blinder.workers} blinding worker(s), store {config.store}",
+        flush=True,
+    )
+    while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+        pass
+    print(f"node {config.name} stopping", flush=True)
+    node.stop()

@@ -1,0 +1,167 @@
+"""The node's gRPC service: messages in, the round registry and the core, messages out.
+
+Conversions and statuses are ``blindmatch.wire``'s; which rounds exist and how they end is the
+registry's (``node.rounds``); the rules of a round are ``NodeRound``'s. What stays here is the
+streaming: a window of blinding tasks in the pool (``node.pool``) per stream, so a round uses
+every core while a stalled stream holds no key.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import grpc
+
+from blindmatch import net, wire
+from blindmatch.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.protocol import BadMessage, ProtocolError, UnknownRound, WrongPhase
+from blindmatch.v1 import node_pb2, node_pb2_grpc
+from node.pool import Blinder
+from node.rounds import LiveRound, RoundRegistry, StoreFailed
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, *, name: str, rounds: RoundRegistry, blinder: Blinder) -> None:
+        self.name = name
+        self.rounds = rounds
+        self.blinder = blinder
+
+    def Prepare(
+        self, request: node_pb2.PrepareRequest, context: grpc.ServicerContext
+    ) -> node_pb2.PrepareReply:
+        caller = net.peer_identity(context)
+        with wire.refusing(context, ProtocolError):
+            spec = wire.spec_from_proto(request.spec)
+            coordinator = caller.name if caller else "(insecure)"
+            live = self.rounds.prepare(spec, coordinator, request.timeout_seconds)
+        return node_pb2.PrepareReply(size=live.state.size)
+
+    def OwnSet(
+        self, request: node_pb2.RoundRef, context: grpc.ServicerContext
+    ) -> Iterator[node_pb2.Chunk]:
+        with wire.refusing(context, ProtocolError):
+            live = self.rounds.get(request.round_id)
+            live.state.live_key()
+            batches = live.state.own_batches()
+        window: collections.deque[Future[bytes]] = collections.deque()
+        seq = 0
+        try:
+            for batch in batches:
+                # Exported per batch: a stalled stream must not keep the key alive in this frame.
+                window.append(self.blinder.hash_and_blind(live.state.live_key().export(), batch))
+                while len(window) > self.blinder.workers * 2:
+                    yield self._own_chunk(live, seq, window.popleft())
+                    seq += 1
+            while window:
+                yield self._own_chunk(live, seq, window.popleft())
+                seq += 1
+        except WrongPhase as exc:
+            wire.abort(context, exc)
+        finally:
+            for f in window:
+                f.cancel()
+
+    def _own_chunk(self, live: LiveRound, seq: int, future: Future[bytes]) -> node_pb2.Chunk:
+        elements = future.result()
+        live.touch()
+        if live.state.key is None:
+            raise WrongPhase(f"round {live.state.spec.round_id} ended while its set was streaming")
+        return node_pb2.Chunk(owner=self.name, seq=seq, elements=elements)
+
+    def Reblind(
+        self, request_iterator: Iterator[node_pb2.ReblindRequest], context: grpc.ServicerContext
+    ) -> Iterator[node_pb2.Chunk]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "start":
+            wire.abort(context, BadMessage("Reblind must open with RoutingStart"))
+        try:
+            live = self.rounds.get(first.start.round_id)
+            with live.lock:
+                live.state.begin_routing(wire.sizes_from_proto(first.start))
+        except ProtocolError as exc:
+            if not isinstance(exc, UnknownRound | WrongPhase):
+                self.rounds.end(live, "refused", str(exc))
+            wire.abort(context, exc)
+        pending: queue.Queue[tuple[str, int, Future[bytes]] | Exception | None] = queue.Queue(
+            maxsize=self.blinder.workers * 2
+        )
+        done = threading.Event()
+        context.add_callback(done.set)
+
+        def put(item: tuple[str, int, Future[bytes]] | Exception | None) -> None:
+            while not done.is_set():
+                try:
+                    pending.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+        def read() -> None:
+            try:
+                for msg in request_iterator:
+                    chunk = wire.forward_from_proto(self.name, msg)
+                    with live.lock:
+                        live.state.accept_chunk(
+                            chunk.owner, chunk.seq, len(chunk.elements) // ELEMENT_BYTES
+                        )
+                        key = live.state.live_key().export()
+                    put((chunk.owner, chunk.seq, self.blinder.blind(key, chunk.elements)))
+                    del key  # this thread waits on the coordinator: it must not keep the key
+                put(None)
+            except Exception as exc:  # handed to the responding side, which refuses the call
+                put(exc)
+
+        reader = threading.Thread(
+            target=read, name=f"reblind-{live.state.spec.round_id}", daemon=True
+        )
+        reader.start()
+        try:
+            while True:
+                try:
+                    item = pending.get(timeout=0.2)
+                except queue.Empty:
+                    if done.is_set():  # the call ended (cancelled): nothing more will come
+                        return
+                    if live.state.key is None:  # ended meanwhile (Abort, timeout): leave
+                        raise WrongPhase(
+                            f"round {live.state.spec.round_id} ended while its Reblind stream "
+                            "was open"
+                        ) from None
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                owner, seq, future = item
+                elements = future.result()
+                live.touch()
+                yield node_pb2.Chunk(owner=owner, seq=seq, elements=elements)
+        except grpc.RpcError:
+            # The coordinator's side broke off (as when the call is cancelled, above): its
+            # Abort, or this node's timeout, ends the round with the reason.
+            return
+        except (ProtocolError, InvalidElement) as exc:
+            if not isinstance(exc, UnknownRound):
+                self.rounds.end(live, "failed", f"refused a chunk: {exc}")
+            wire.abort(context, exc)
+        finally:
+            done.set()
+
+    def Deliver(
+        self, request: node_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> node_pb2.DeliverReply:
+        with wire.refusing(context, ProtocolError, StoreFailed):
+            recorded = self.rounds.deliver(
+                request.round_id, lambda spec: wire.delivery_from_proto(request, spec)
+            )
+        return node_pb2.DeliverReply(recorded=recorded)
+
+    def Abort(
+        self, request: node_pb2.AbortRequest, context: grpc.ServicerContext
+    ) -> node_pb2.AbortReply:
+        reason = request.reason or "aborted by the coordinator"
+        return node_pb2.AbortReply(known=self.rounds.abort(request.round_id, reason))

@@ -1,0 +1,268 @@
+"""blindmatch.wire: every message with a core counterpart survives the trip to protobuf and back
+(through real serialisation), malformed messages are refused as protocol errors, and every error
+the services raise maps to its status."""
+
+from __future__ import annotations
+
+from typing import NoReturn, TypeVar
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from blindmatch import wire
+from blindmatch.canon import InvalidIndicator
+from blindmatch.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.protocol import (
+    BadMessage,
+    CapExceeded,
+    Forward,
+    PolicyRefusal,
+    ProtocolError,
+    RoundSpec,
+    UnknownRound,
+    WrongPhase,
+)
+from blindmatch.v1 import node_pb2, watch_pb2
+from blindmatch.watch import EpochEnded
+from coordinator.driver import RoundFailure
+from coordinator.state import RoundRecord
+from coordinator.watch import WatchFailure
+from node.rounds import RoundIdUsed, StoreFailed
+from node.watch import CheckFailed
+
+M = TypeVar("M", bound=Message)
+
+NAMES = ("alpha", "bravo", "charlie")
+
+
+def over_the_wire(msg: M) -> M:
+    """``msg`` as the receiving side parses it."""
+    copy = type(msg)()
+    copy.ParseFromString(msg.SerializeToString())
+    return copy
+
+
+# --- rounds ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        RoundSpec("r-1", NAMES),
+        RoundSpec("r_2", NAMES[:2], mode="threshold", threshold=2, kinds=("domain",)),
+        RoundSpec("R3", NAMES, mode="count", kinds=("ipv4", "url"), chunk_size=7),
+    ],
+)
+def test_a_round_spec_round_trips(spec: RoundSpec) -> None:
+    assert wire.spec_from_proto(over_the_wire(wire.spec_to_proto(spec))) == spec
+
+
+@pytest.mark.parametrize("round_id", ["", "x" * 65, "a b", "../etc", "é"])
+def test_a_round_id_outside_the_alphabet_is_refused(round_id: str) -> None:
+    msg = wire.spec_to_proto(RoundSpec("ok", NAMES))
+    msg.round_id = round_id
+    with pytest.raises(BadMessage, match="round_id"):
+        wire.spec_from_proto(msg)
+
+
+def test_a_spec_the_core_refuses_is_a_protocol_error() -> None:
+    msg = node_pb2.RoundSpec(round_id="r", participants=["alpha"], mode="pairwise")
+    with pytest.raises(BadMessage, match="participants"):
+        wire.spec_from_proto(msg)
+
+
+def test_routing_start_round_trips() -> None:
+    sizes = {"alpha": 3, "bravo": 0, "charlie": 70_000}
+    msg = over_the_wire(wire.routing_start("r", sizes))
+    assert msg.WhichOneof("body") == "start" and msg.start.round_id == "r"
+    assert wire.sizes_from_proto(msg.start) == sizes
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_a_forwarded_chunk_round_trips(count: int) -> None:
+    forward = Forward("bravo", "alpha", 4, bytes(range(ELEMENT_BYTES)) * count)
+    assert (
+        wire.forward_from_proto("bravo", over_the_wire(wire.forward_to_proto(forward))) == forward
+    )
+
+
+def test_a_chunk_of_partial_elements_is_refused() -> None:
+    msg = wire.forward_to_proto(Forward("bravo", "alpha", 2, b"\x01" * (ELEMENT_BYTES + 1)))
+    with pytest.raises(BadMessage, match="chunk 2 of alpha's set is not whole 32-byte elements"):
+        wire.forward_from_proto("bravo", msg)
+
+
+def test_a_second_routing_start_is_not_a_chunk() -> None:
+    with pytest.raises(BadMessage, match="RoutingStart sent twice"):
+        wire.forward_from_proto("bravo", wire.routing_start("r", {"alpha": 1}))
+
+
+SPEC = RoundSpec("r", NAMES)
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        PairwiseResult((), ()),
+        PairwiseResult((0, 5, 9), ((1,), (1, 2), (2,))),
+        ThresholdResult((), ()),
+        ThresholdResult((3, 4), (2, 3)),
+        CountResult({}),
+        CountResult({1: 4, 2: 0}),
+    ],
+)
+def test_every_delivery_round_trips(delivery: Delivery) -> None:
+    msg = over_the_wire(wire.delivery_to_proto("r", delivery, SPEC.participants))
+    assert msg.round_id == "r"
+    assert wire.delivery_from_proto(msg, SPEC) == delivery
+
+
+def test_a_count_delivery_names_partners_not_indices() -> None:
+    msg = wire.delivery_to_proto("r", CountResult({2: 7}), SPEC.participants)
+    assert dict(msg.count.shared) == {"charlie": 7}
+
+
+@pytest.mark.parametrize(
+    ("msg", "problem"),
+    [
+        (
+            node_pb2.DeliverRequest(pairwise=node_pb2.PairwiseDelivery(positions=[1, 2])),
+            "one partner list per position",
+        ),
+        (
+            node_pb2.DeliverRequest(threshold=node_pb2.ThresholdDelivery(positions=[1])),
+            "one count per position",
+        ),
+        (
+            node_pb2.DeliverRequest(count=node_pb2.CountDelivery(shared={"mallory": 1})),
+            "'mallory' is not a participant",
+        ),
+        (node_pb2.DeliverRequest(round_id="r"), "delivery carries no result"),
+    ],
+)
+def test_a_malformed_delivery_is_refused(msg: node_pb2.DeliverRequest, problem: str) -> None:
+    with pytest.raises(BadMessage, match=problem):
+        wire.delivery_from_proto(msg, SPEC)
+
+
+# --- round records ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        RoundRecord("a1", NAMES, "pairwise", None, ("domain",), "op", 1.5),
+        RoundRecord(
+            "b2",
+            NAMES[:2],
+            "threshold",
+            2,
+            ("ipv4", "url"),
+            "(insecure)",
+            10.0,
+            state="failed",
+            finished=12.25,
+            sizes={"alpha": 3, "bravo": 4},
+            match_counts={"alpha": 1},
+            error="bravo refused: PERMISSION_DENIED: no",
+            hops_done=5,
+            hops_total=14,
+        ),
+    ],
+)
+def test_a_round_record_round_trips(record: RoundRecord) -> None:
+    assert RoundRecord(**wire.round_fields(over_the_wire(wire.round_info(record)))) == record
+
+
+# --- early warning ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("partners", [None, frozenset(), frozenset({"bravo", "alpha"})])
+def test_a_check_request_round_trips(partners: frozenset[str] | None) -> None:
+    elements = b"\x07" * ELEMENT_BYTES * 2
+    msg = over_the_wire(wire.check_request("e1", elements, partners))
+    assert (msg.epoch_id, msg.elements) == ("e1", elements)
+    assert wire.check_partners(msg) == partners
+
+
+def test_a_check_reply_round_trips_and_names_only_partners_with_hits() -> None:
+    tags = b"\x09" * ELEMENT_BYTES * 3
+    msg = over_the_wire(wire.check_reply(tags, {"alpha": [0, 2], "bravo": [], "x": [1]}, 99.5))
+    assert (msg.tags, msg.epoch_ends) == (tags, 99.5)
+    assert wire.check_hits(msg) == {"alpha": (0, 2), "x": (1,)}
+    assert isinstance(msg, watch_pb2.CheckReply)
+
+
+# --- statuses -----------------------------------------------------------------------------------
+
+S = grpc.StatusCode
+STATUSES: dict[type[Exception], grpc.StatusCode] = {
+    ProtocolError: S.INVALID_ARGUMENT,
+    BadMessage: S.INVALID_ARGUMENT,
+    WrongPhase: S.FAILED_PRECONDITION,
+    EpochEnded: S.FAILED_PRECONDITION,
+    PolicyRefusal: S.PERMISSION_DENIED,
+    CapExceeded: S.RESOURCE_EXHAUSTED,
+    UnknownRound: S.NOT_FOUND,
+    RoundIdUsed: S.ALREADY_EXISTS,
+    InvalidElement: S.INVALID_ARGUMENT,
+    InvalidIndicator: S.INVALID_ARGUMENT,
+    ValueError: S.INVALID_ARGUMENT,
+    RoundFailure: S.UNAVAILABLE,
+    StoreFailed: S.INTERNAL,
+    RuntimeError: S.INTERNAL,
+}
+
+
+def _subclasses(cls: type[Exception]) -> set[type[Exception]]:
+    found = set(cls.__subclasses__())
+    return found.union(*(_subclasses(c) for c in found))
+
+
+def test_every_protocol_error_has_a_status_in_this_table() -> None:
+    assert _subclasses(ProtocolError) <= set(STATUSES)
+
+
+@pytest.mark.parametrize(("error", "status"), list(STATUSES.items()))
+def test_status_for_every_error_class(error: type[Exception], status: grpc.StatusCode) -> None:
+    exc = error("domain", "x", "why") if error is InvalidIndicator else error("why")
+    assert wire.status_for(exc) == status
+
+
+@pytest.mark.parametrize("error", [wire.StatusError, CheckFailed, WatchFailure])
+@pytest.mark.parametrize("status", [S.UNAVAILABLE, S.DEADLINE_EXCEEDED, S.UNAUTHENTICATED])
+def test_a_passed_on_status_is_kept(error: type[wire.StatusError], status: grpc.StatusCode) -> None:
+    assert wire.status_for(error(status, "why")) == status
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self.aborted = (code, details)
+        raise Aborted
+
+
+def test_abort_ends_the_call_with_the_status_and_message() -> None:
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        wire.abort(context, CapExceeded("too big"))
+    assert context.aborted == (S.RESOURCE_EXHAUSTED, "too big")
+
+
+def test_refusing_aborts_on_the_listed_errors_only() -> None:
+    context = FakeContext()
+    with pytest.raises(Aborted), wire.refusing(context, ProtocolError):
+        raise UnknownRound("no round")
+    assert context.aborted == (S.NOT_FOUND, "no round")
+    other = FakeContext()
+    with pytest.raises(KeyError), wire.refusing(other, ProtocolError):
+        raise KeyError("a bug stays a bug")
+    assert other.aborted is None
