@@ -325,21 +325,65 @@ def blind_packed(key_bytes: bytes, packed: bytes) -> bytes:
     return b"".join(RoundKey.from_bytes(key_bytes).blind(split_elements(packed)))
 
 
+def _clamp(key_bytes: bytes) -> int:
+    """RFC 7748 clamping: the scalar X25519 really multiplies by."""
+    return int.from_bytes(key_bytes, "little") & ~7 & (2**255 - 1) | 2**254
+
+
+_INVERSE_OF_8 = pow(8, -1, ORDER)
+
+
+def _scalar_acting_as(residue: int) -> bytes | None:
+    """A key that X25519 leaves unchanged by clamping and that multiplies every point of the
+    prime-order subgroup by ``residue`` (mod ORDER), or None.
+
+    Such a key s is a multiple of 8 in [2^254, 2^255) with s = +-residue modulo ORDER (u(-P) = u(P),
+    so either sign serves): the two candidates are 8m and 8(ORDER - m) with m = residue / 8 mod
+    ORDER. Each lies in range with probability about 1/2, so callers draw again on None. Python
+    integer arithmetic is not constant time; it runs on the node's own machine only.
+    """
+    m = residue * _INVERSE_OF_8 % ORDER
+    for s in (8 * m, 8 * (ORDER - m)):
+        if 2**254 <= s < 2**255:
+            return s.to_bytes(ELEMENT_BYTES, "little")
+    return None
+
+
 def _cofactor_scalar(key_bytes: bytes) -> bytes | None:
     """A key that blinds a point before cofactor clearing as ``key_bytes`` blinds it after.
 
     For the clamped key k, a clamped scalar s with s = 8k or s = -8k modulo 8 * ORDER: then
     X25519(s, u(R)) = u(8kR) = X25519(k, u(8R)) for every curve point R, since 8 * ORDER R = O
-    and u(-P) = u(P). None when neither 8(k mod ORDER) nor 8(ORDER - k mod ORDER) survives
-    clamping unchanged (it must lie in [2^254, 2^255)): probability about 2^-126. Python integer
-    arithmetic on the key is not constant time; it runs once per chunk, in the node's own worker.
+    and u(-P) = u(P). None when neither survives clamping unchanged: probability about 2^-126,
+    because 8k mod ORDER is itself a multiple of 8 below 2^255 for almost every key.
     """
-    k = int.from_bytes(key_bytes, "little") & ~7 & (2**255 - 1) | 2**254  # RFC 7748 clamping
-    m = k % ORDER
-    for s in (8 * m, 8 * (ORDER - m)):
-        if 2**254 <= s < 2**255:
-            return s.to_bytes(ELEMENT_BYTES, "little")
-    return None
+    return _scalar_acting_as(8 * _clamp(key_bytes) % ORDER)
+
+
+class Mask:
+    """A one-use re-randomisation of elements: ``apply``, then any keys, then ``remove`` gives
+    what those keys alone give, for every element of the prime-order subgroup (every hashed or
+    blinded element). A checker masks its check so the partners that re-blind it see a fresh
+    random-looking element each time and cannot link two checks of the same value, nor compare
+    the result with the final tags of a round (docs/WATCH.md)."""
+
+    __slots__ = ("apply", "remove")
+
+    def __init__(self, apply: RoundKey, remove: RoundKey) -> None:
+        self.apply = apply
+        self.remove = remove
+
+    @classmethod
+    def generate(cls) -> Mask:
+        while True:
+            raw = secrets.token_bytes(ELEMENT_BYTES)
+            inverse = _scalar_acting_as(pow(_clamp(raw) % ORDER, -1, ORDER))
+            if inverse is not None:
+                return cls(RoundKey.from_bytes(raw), RoundKey.from_bytes(inverse))
+
+    def destroy(self) -> None:
+        self.apply.destroy()
+        self.remove.destroy()
 
 
 def hash_and_blind_packed(key_bytes: bytes, items: Sequence[tuple[str, str]]) -> bytes:

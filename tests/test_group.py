@@ -448,3 +448,26 @@ def test_hash_and_blind_without_an_equivalent_scalar() -> None:
 def test_hash_and_blind_equals_blind_of_hash(raw: bytes, values: list[str]) -> None:
     items = [("domain", v) for v in values]
     assert hash_and_blind_packed(raw, items) == blind_packed(raw, b"".join(hash_indicators(items)))
+
+
+def test_a_mask_is_removed_after_any_other_keys() -> None:
+    from blindmatch.group import Mask
+
+    elements = hash_indicators([("domain", f"m{i}.example") for i in range(16)])
+    partners = [RoundKey.generate() for _ in range(3)]
+    for _ in range(8):  # fresh masks take both candidate branches of the inverse
+        mask = Mask.generate()
+        masked = mask.apply.blind(elements)
+        assert not set(masked) & set(elements)
+        plain, through = list(elements), masked
+        for key in partners:
+            plain, through = key.blind(plain), key.blind(through)
+        assert mask.remove.blind(through) == plain
+
+
+def test_two_masks_of_one_value_look_unrelated() -> None:
+    from blindmatch.group import Mask
+
+    element = hash_to_group("ipv4", "203.0.113.7")
+    first, second = Mask.generate(), Mask.generate()
+    assert first.apply.blind([element]) != second.apply.blind([element])

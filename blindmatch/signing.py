@@ -1,0 +1,239 @@
+"""Signed statements: who asked for a round, who produced a chunk, who asked for a check.
+
+The coordinator is not trusted (DESIGN.md 3). It carries every message of a round, so a message
+whose meaning matters to a node is signed by the party that made it, with the federation key of
+that party's certificate, and verified by the node before it acts on it:
+
+- a round spec (or a standing order) by the operator who asked for it;
+- every chunk a node emits, by that node, over the round, the spec's digest, the owner of the set,
+  the hop, the sequence number and a digest of the elements;
+- a check request by the checking node, and each re-blinded check by the node that blinded it.
+
+A statement is a domain tag naming its kind, then its fields, each length-prefixed, so no two
+statements of different kinds or field splits share bytes. Signatures are ECDSA P-256 with
+SHA-256, the keys the federation's certificates already carry (pki.py). A certificate is accepted
+when the federation CA signed it, it is valid at the time given (the caller owns the clock), it is
+not a CA, and its identity has the role (and name) the protocol expects at that point.
+
+Nothing here reads files, the clock or the network: bytes in, verdicts out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from blindmatch.pki import Identity, PkiError, identity_of
+from blindmatch.protocol import ProtocolError
+
+STATEMENT_DOMAIN: Final = b"blindmatch-v1 signed statement/"
+DIGEST_BYTES: Final = 32
+MAX_SIGNATURE_BYTES: Final = 80  # DER ECDSA P-256: at most 72; anything longer is malformed
+MAX_CERTIFICATE_BYTES: Final = 16 * 1024
+
+
+class ForgedMessage(ProtocolError):
+    """A message not signed by the party that must have produced it, or by no valid party."""
+
+    code = "PERMISSION_DENIED"
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def statement(kind: str, *fields: bytes | str | int) -> bytes:
+    """The bytes a signature covers: a domain tag, the kind, then every field length-prefixed."""
+    parts = [STATEMENT_DOMAIN, kind.encode("ascii"), b"\0"]
+    for value in fields:
+        if isinstance(value, int):
+            raw = value.to_bytes(8, "big")
+        elif isinstance(value, str):
+            raw = value.encode("utf-8")
+        else:
+            raw = value
+        parts += [len(raw).to_bytes(4, "big"), raw]
+    return b"".join(parts)
+
+
+def spec_statement(spec_bytes: bytes) -> bytes:
+    """What an operator signs to ask for a round: the serialized spec, exactly as nodes parse it."""
+    return statement("round-spec", spec_bytes)
+
+
+def spec_digest(spec_bytes: bytes) -> bytes:
+    """Binds every chunk of a round to the spec its producer accepted, so all saw the same one."""
+    return digest(spec_statement(spec_bytes))
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkClaim:
+    """What a chunk's producer vouches for. ``hop`` 0 is the owner's own set, hop h the set after
+    the h-th partner of the ring applied its key."""
+
+    round_id: str
+    spec_digest: bytes
+    owner: str
+    hop: int
+    seq: int
+    elements: bytes
+
+    def message(self) -> bytes:
+        return statement(
+            "chunk",
+            self.round_id,
+            self.spec_digest,
+            self.owner,
+            self.hop,
+            self.seq,
+            digest(self.elements),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckClaim:
+    """What a check's producer vouches for: the epoch, who checks, a fresh check id (so a check
+    cannot be replayed into another one), which hop produced the elements, and the elements."""
+
+    epoch_id: str
+    spec_digest: bytes
+    checker: str
+    check_id: str
+    hop: int
+    elements: bytes
+
+    def message(self) -> bytes:
+        return statement(
+            "check",
+            self.epoch_id,
+            self.spec_digest,
+            self.checker,
+            self.check_id,
+            self.hop,
+            digest(self.elements),
+        )
+
+
+class Signer:
+    """A party's federation key and certificate; signs statements as that identity."""
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise PkiError(f"unusable signing key or certificate: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError("the signing key is not an ECDSA key")
+        if key.public_key() != cert.public_key():
+            raise PkiError("the signing key does not belong to the certificate")
+        self._key = key
+        self.cert_pem = cert_pem
+        self.identity = identity_of(cert_pem)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def __repr__(self) -> str:
+        return f"Signer({self.identity})"
+
+
+@dataclass(frozen=True)
+class Party:
+    """A certificate the federation CA vouches for, with the identity it binds."""
+
+    identity: Identity
+    cert_pem: bytes = field(repr=False)
+    public_key: ec.EllipticCurvePublicKey = field(repr=False, compare=False)
+    not_before: datetime.datetime = field(repr=False)
+    not_after: datetime.datetime = field(repr=False)
+
+    def verify(self, message: bytes, signature: bytes, what: str) -> None:
+        """Raise ForgedMessage unless ``signature`` is this party's over ``message``."""
+        if not signature or len(signature) > MAX_SIGNATURE_BYTES:
+            raise ForgedMessage(f"{what} carries no valid signature of {self.identity}")
+        try:
+            self.public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise ForgedMessage(f"{what} is not signed by {self.identity}") from None
+
+
+class Trust:
+    """The federation CA as a verifier of certificates presented inside messages."""
+
+    def __init__(self, ca_pem: bytes) -> None:
+        try:
+            self._ca = x509.load_pem_x509_certificate(ca_pem)
+        except ValueError as exc:
+            raise PkiError(f"not a PEM CA certificate: {exc}") from exc
+        ca_key = self._ca.public_key()
+        if not isinstance(ca_key, ec.EllipticCurvePublicKey):
+            raise PkiError("the federation CA key is not an ECDSA key")
+        self._ca_key = ca_key
+        self._parties: dict[bytes, Party] = {}
+
+    def party(
+        self, cert_pem: bytes, *, now: datetime.datetime, role: str, names: Iterable[str] | None
+    ) -> Party:
+        """The party behind ``cert_pem`` if the CA issued it for ``role`` (and one of ``names``,
+        when given) and it is valid at ``now``; ForgedMessage otherwise."""
+        party = self._parties.get(cert_pem) or self._vouch(cert_pem)
+        if party.identity.role != role:
+            raise ForgedMessage(f"certificate of {party.identity} does not have the {role} role")
+        allowed = None if names is None else set(names)
+        if allowed is not None and party.identity.name not in allowed:
+            raise ForgedMessage(
+                f"certificate of {party.identity} is not one of {', '.join(sorted(allowed))}"
+            )
+        if not party.not_before <= now <= party.not_after:
+            raise ForgedMessage(f"certificate of {party.identity} is not valid at {now:%Y-%m-%d}")
+        return party
+
+    def _vouch(self, cert_pem: bytes) -> Party:
+        if not cert_pem or len(cert_pem) > MAX_CERTIFICATE_BYTES:
+            raise ForgedMessage("a certificate is missing or oversized")
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            identity = identity_of(cert_pem)
+        except (ValueError, PkiError) as exc:
+            raise ForgedMessage(f"unusable certificate: {exc}") from exc
+        if cert.issuer != self._ca.subject:
+            raise ForgedMessage(f"certificate of {identity} was not issued by the federation CA")
+        hash_algorithm = cert.signature_hash_algorithm
+        if hash_algorithm is None:
+            raise ForgedMessage(f"certificate of {identity} has no usable signature")
+        try:
+            self._ca_key.verify(
+                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_algorithm)
+            )
+        except InvalidSignature:
+            raise ForgedMessage(
+                f"certificate of {identity} is not signed by the federation CA"
+            ) from None
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is not None and constraints.ca:
+            raise ForgedMessage(f"certificate of {identity} is a CA, not a party")
+        public_key = cert.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise ForgedMessage(f"certificate of {identity} does not carry an ECDSA key")
+        party = Party(
+            identity=identity,
+            cert_pem=cert_pem,
+            public_key=public_key,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
+        if len(self._parties) < 4096:  # a cache, bounded against a flood of distinct certs
+            self._parties[cert_pem] = party
+        return party

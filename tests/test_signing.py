@@ -1,0 +1,136 @@
+"""Signed statements: a party's signature verifies only for its statement, its role and its name."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import pytest
+
+from blindmatch.pki import CertMaterial, PkiError, issue, new_ca
+from blindmatch.signing import (
+    ChunkClaim,
+    ForgedMessage,
+    Signer,
+    Trust,
+    spec_digest,
+    statement,
+)
+from tests.pkifixtures import leaf_with_uris
+
+NOW = datetime.datetime.now(datetime.UTC)
+CA = new_ca()
+OTHER_CA = new_ca()  # same subject name as CA, another key
+STRANGE_CA = new_ca("another federation")
+
+
+def signer(name: str, role: str = "node", ca: object = CA) -> Signer:
+    material = issue(ca, name, role)  # type: ignore[arg-type]
+    return Signer(material.cert_pem, material.key_pem)
+
+
+ALPHA = signer("alpha")
+BRAVO = signer("bravo")
+OPS = signer("ops", "operator")
+CLAIM = ChunkClaim(
+    round_id="r1",
+    spec_digest=spec_digest(b"spec"),
+    owner="alpha",
+    hop=0,
+    seq=3,
+    elements=b"\x09" * 64,
+)
+
+
+def test_a_signed_chunk_verifies_for_its_producer() -> None:
+    party = Trust(CA.cert_pem).party(ALPHA.cert_pem, now=NOW, role="node", names=["alpha"])
+    party.verify(CLAIM.message(), ALPHA.sign(CLAIM.message()), "chunk 3")
+    assert party.identity.name == "alpha"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"round_id": "r2"},
+        {"spec_digest": spec_digest(b"other spec")},
+        {"owner": "bravo"},
+        {"hop": 1},
+        {"seq": 4},
+        {"elements": b"\x09" * 63 + b"\x0a"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_every_field_of_a_chunk_is_bound_by_its_signature(change: dict[str, object]) -> None:
+    party = Trust(CA.cert_pem).party(ALPHA.cert_pem, now=NOW, role="node", names=["alpha"])
+    signature = ALPHA.sign(CLAIM.message())
+    moved = dataclasses.replace(CLAIM, **change)  # type: ignore[arg-type]
+    with pytest.raises(ForgedMessage, match="not signed by node/alpha"):
+        party.verify(moved.message(), signature, "the chunk")
+
+
+def test_another_partys_signature_is_refused() -> None:
+    party = Trust(CA.cert_pem).party(ALPHA.cert_pem, now=NOW, role="node", names=["alpha"])
+    with pytest.raises(ForgedMessage, match="not signed by node/alpha"):
+        party.verify(CLAIM.message(), BRAVO.sign(CLAIM.message()), "the chunk")
+
+
+@pytest.mark.parametrize("signature", [b"", b"\x30" * 200, b"garbage"])
+def test_malformed_signatures_are_refused(signature: bytes) -> None:
+    party = Trust(CA.cert_pem).party(ALPHA.cert_pem, now=NOW, role="node", names=None)
+    with pytest.raises(ForgedMessage):
+        party.verify(CLAIM.message(), signature, "the chunk")
+
+
+def test_a_certificate_must_have_the_expected_role_and_name() -> None:
+    trust = Trust(CA.cert_pem)
+    with pytest.raises(ForgedMessage, match="does not have the node role"):
+        trust.party(OPS.cert_pem, now=NOW, role="node", names=None)
+    with pytest.raises(ForgedMessage, match="is not one of bravo"):
+        trust.party(ALPHA.cert_pem, now=NOW, role="node", names=["bravo"])
+
+
+def test_a_certificate_of_another_ca_is_refused() -> None:
+    stranger = signer("alpha", ca=STRANGE_CA)
+    with pytest.raises(ForgedMessage, match="not issued by the federation CA"):
+        Trust(CA.cert_pem).party(stranger.cert_pem, now=NOW, role="node", names=["alpha"])
+
+
+def test_a_certificate_whose_issuer_name_is_copied_is_refused() -> None:
+    forged: CertMaterial = issue(OTHER_CA, "alpha", "node")
+    with pytest.raises(ForgedMessage, match="federation CA"):
+        Trust(CA.cert_pem).party(forged.cert_pem, now=NOW, role="node", names=["alpha"])
+
+
+def test_an_expired_or_future_certificate_is_refused() -> None:
+    party_cert = ALPHA.cert_pem
+    trust = Trust(CA.cert_pem)
+    with pytest.raises(ForgedMessage, match="not valid at"):
+        trust.party(party_cert, now=NOW + datetime.timedelta(days=800), role="node", names=None)
+    with pytest.raises(ForgedMessage, match="not valid at"):
+        trust.party(party_cert, now=NOW - datetime.timedelta(days=2), role="node", names=None)
+
+
+def test_a_certificate_without_an_identity_is_refused() -> None:
+    odd = leaf_with_uris(CA, [])
+    with pytest.raises(ForgedMessage, match="unusable certificate"):
+        Trust(CA.cert_pem).party(odd.cert_pem, now=NOW, role="node", names=None)
+
+
+@pytest.mark.parametrize("cert", [b"", b"not a certificate", b"x" * 20000])
+def test_garbage_certificates_are_refused(cert: bytes) -> None:
+    with pytest.raises(ForgedMessage):
+        Trust(CA.cert_pem).party(cert, now=NOW, role="node", names=None)
+
+
+def test_a_signer_refuses_a_key_of_another_certificate() -> None:
+    alpha = issue(CA, "alpha", "node")
+    bravo = issue(CA, "bravo", "node")
+    with pytest.raises(PkiError, match="does not belong"):
+        Signer(alpha.cert_pem, bravo.key_pem)
+
+
+def test_statements_separate_kinds_and_field_boundaries() -> None:
+    assert statement("chunk", "ab", "c") != statement("chunk", "a", "bc")
+    assert statement("chunk", "a") != statement("check", "a")
+    assert statement("chunk", 1) != statement("chunk", b"\x01")
+    assert spec_digest(b"a") != spec_digest(b"b")
