@@ -22,6 +22,7 @@ from blindmatch.protocol import (
     RoundSpec,
     UnknownRound,
 )
+from blindmatch.states import Outcome
 from node.store import RoundAudit, Store, utc_now
 
 log = logging.getLogger("blindmatch.node")
@@ -119,7 +120,7 @@ class RoundRegistry:
                 threshold=spec.threshold,
                 kinds=spec.kinds,
                 own_size=0,
-                outcome="refused",
+                outcome=Outcome.REFUSED,
                 reason=str(exc),
                 finished=utc_now(),
             )
@@ -136,7 +137,7 @@ class RoundRegistry:
                 state.abort("duplicate prepare")
                 raise RoundIdUsed(f"round {spec.round_id} is already prepared")
             self._rounds[spec.round_id] = live
-        self._audit(live, "started", None)
+        self._audit(live, Outcome.STARTED, None)
         log.info(
             "round %s prepared: %d indicators, partners %s",
             spec.round_id,
@@ -156,7 +157,7 @@ class RoundRegistry:
                     self.capture(live.state)
                 outcome = live.state.resolve(delivery)
         except BadMessage as exc:
-            self.end(live, "failed", f"refused the delivery: {exc}")
+            self.end(live, Outcome.FAILED, f"refused the delivery: {exc}")
             raise
         spec = live.state.spec
         try:
@@ -170,9 +171,9 @@ class RoundRegistry:
                     [(m.sighting_id, list(m.partners), m.count) for m in outcome.matches],
                 )
         except Exception as exc:
-            self.end(live, "failed", f"could not store matches: {exc}")
+            self.end(live, Outcome.FAILED, f"could not store matches: {exc}")
             raise StoreFailed(f"node {self.name} could not store matches: {exc}") from exc
-        self.end(live, "done", None)
+        self.end(live, Outcome.DONE, None)
         log.info("round %s done: %d results recorded", spec.round_id, recorded)
         return recorded
 
@@ -182,7 +183,7 @@ class RoundRegistry:
             live = self._rounds.get(round_id)
         if live is None:
             return False
-        self.end(live, "aborted", reason)
+        self.end(live, Outcome.ABORTED, reason)
         log.info("round %s aborted: %s", round_id, reason)
         return True
 
@@ -192,7 +193,7 @@ class RoundRegistry:
             if self._rounds.get(live.state.spec.round_id) is not live:
                 return
             del self._rounds[live.state.spec.round_id]
-        if outcome != "done":
+        if outcome != Outcome.DONE:
             live.state.abort(reason or outcome)
         self._audit(live, outcome, reason)
 
@@ -211,7 +212,7 @@ class RoundRegistry:
                 blinded_for=live.state.blinded_for,
                 outcome=outcome,
                 reason=reason,
-                finished=None if outcome == "started" else utc_now(),
+                finished=None if outcome == Outcome.STARTED else utc_now(),
             )
         except Exception:  # the audit must not turn a clean refusal into a crash
             log.exception("could not write the audit record of round %s", spec.round_id)
@@ -225,7 +226,7 @@ class RoundRegistry:
                 log.warning("round %s: coordinator silent; dropping it", live.state.spec.round_id)
                 self.end(
                     live,
-                    "failed",
+                    Outcome.FAILED,
                     f"timed out: no word from the coordinator for {live.timeout:.0f} s",
                 )
 
@@ -234,11 +235,11 @@ class RoundRegistry:
         with self._lock:
             lives = list(self._rounds.values())
         for live in lives:
-            self.end(live, "aborted", "node shut down")
+            self.end(live, Outcome.ABORTED, "node shut down")
 
 
 def fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:
     """Audit as failed the rounds a previous run of this node was in when it ended (killed,
     crashed): their keys died with that process, and no delivery can reach this one."""
     for r in rounds:
-        store.end_round(r.round_id, outcome="failed", reason=RESTART_REASON)
+        store.end_round(r.round_id, outcome=Outcome.FAILED, reason=RESTART_REASON)

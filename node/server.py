@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from blindmatch import net
+from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
 from node.config import NodeConfig
 from node.pool import Blinder
@@ -59,7 +60,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
     blinder = Blinder(config.worker_count)
     try:
         # Read before serving: a round prepared from now on is this process's own.
-        unfinished = [r for r in store.rounds() if r.outcome == "started"]
+        unfinished = [r for r in store.rounds() if r.outcome == Outcome.STARTED]
         blinder.warm_up()
         rounds = RoundRegistry(
             name=config.name,

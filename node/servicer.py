@@ -19,6 +19,7 @@ import grpc
 from blindmatch import net, wire
 from blindmatch.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.protocol import BadMessage, ProtocolError, UnknownRound, WrongPhase
+from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.pool import Blinder
 from node.rounds import LiveRound, RoundRegistry, StoreFailed
@@ -84,7 +85,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 live.state.begin_routing(wire.sizes_from_proto(first.start))
         except ProtocolError as exc:
             if not isinstance(exc, UnknownRound | WrongPhase):
-                self.rounds.end(live, "refused", str(exc))
+                self.rounds.end(live, Outcome.REFUSED, str(exc))
             wire.abort(context, exc)
         pending: queue.Queue[tuple[str, int, Future[bytes]] | Exception | None] = queue.Queue(
             maxsize=self.blinder.workers * 2
@@ -146,7 +147,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             return
         except (ProtocolError, InvalidElement) as exc:
             if not isinstance(exc, UnknownRound):
-                self.rounds.end(live, "failed", f"refused a chunk: {exc}")
+                self.rounds.end(live, Outcome.FAILED, f"refused a chunk: {exc}")
             wire.abort(context, exc)
         finally:
             done.set()

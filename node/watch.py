@@ -26,6 +26,7 @@ import grpc
 from blindmatch import net, wire
 from blindmatch.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.protocol import NodeRound, Policy, ProtocolError, WrongPhase
+from blindmatch.states import Outcome
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import (
     Clock,
@@ -212,9 +213,9 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 key_bytes = key.export()
             elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
-            self._audit(request.epoch_id, request.checker, count, "refused", str(exc))
+            self._audit(request.epoch_id, request.checker, count, Outcome.REFUSED, str(exc))
             wire.abort(context, exc)
-        self._audit(request.epoch_id, request.checker, count, "done", None)
+        self._audit(request.epoch_id, request.checker, count, Outcome.DONE, None)
         share = shares_with(self.policy, request.checker)
         return watch_pb2.ReblindCheckReply(elements=elements, share=share)
 
@@ -264,7 +265,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 flow.on_reply(reply.tags, wire.check_hits(reply))
         except (ProtocolError, CheckFailed) as exc:
             eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
-            self._audit(eid, self.name, len(flow.items), "failed", str(exc))
+            self._audit(eid, self.name, len(flow.items), Outcome.FAILED, str(exc))
             wire.abort(context, exc)
         epoch = flow.epoch
         assert epoch is not None
@@ -272,7 +273,9 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             result.partners.extend(checked.partners)
         if flow.alerts:
             self.store.record_alerts(epoch.epoch_id, flow.alerts)
-        self._audit(epoch.epoch_id, self.name, len(flow.items), "done", None, hits=flow.hit_values)
+        self._audit(
+            epoch.epoch_id, self.name, len(flow.items), Outcome.DONE, None, hits=flow.hit_values
+        )
         return watch_pb2.NodeCheckReply(
             epoch_id=epoch.epoch_id, epoch_ends=epoch.ends, results=results
         )

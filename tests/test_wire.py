@@ -24,8 +24,9 @@ from blindmatch.protocol import (
     UnknownRound,
     WrongPhase,
 )
+from blindmatch.signing import ForgedMessage
 from blindmatch.v1 import node_pb2, watch_pb2
-from blindmatch.watch import EpochEnded
+from blindmatch.watch import BadReply, EpochEnded
 from coordinator.driver import RoundFailure
 from coordinator.state import RoundRecord
 from coordinator.watch import WatchFailure
@@ -203,6 +204,8 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     BadMessage: S.INVALID_ARGUMENT,
     WrongPhase: S.FAILED_PRECONDITION,
     EpochEnded: S.FAILED_PRECONDITION,
+    BadReply: S.INTERNAL,
+    ForgedMessage: S.PERMISSION_DENIED,
     PolicyRefusal: S.PERMISSION_DENIED,
     CapExceeded: S.RESOURCE_EXHAUSTED,
     UnknownRound: S.NOT_FOUND,

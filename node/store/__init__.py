@@ -12,7 +12,7 @@ built from one module per job:
     watch.py      early warning: epochs, checks, alerts
 """
 
-from node.store.audit import OUTCOMES, AuditEntry, ImportAudit, RoundAudit
+from node.store.audit import AuditEntry, ImportAudit, RoundAudit
 from node.store.base import NodeStore
 from node.store.matches import MatchRow, PartnerCount
 from node.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, utc_now
@@ -23,7 +23,6 @@ from node.store.watch import AlertRow, CheckAudit, EpochAudit
 
 __all__ = [
     "MIGRATIONS",
-    "OUTCOMES",
     "SCHEMA_VERSION",
     "TLP_LEVELS",
     "AddResult",

@@ -14,13 +14,12 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 from blindmatch.match import MODES
+from blindmatch.states import ROUND_ENDS, ROUND_OUTCOMES
 from node.store.db import Database
 from node.store.schema import normalize_time, utc_now
-
-OUTCOMES: Final = ("started", "done", "failed", "refused", "aborted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +91,9 @@ class AuditLog(Database):
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown round mode {mode!r}: expected one of {', '.join(MODES)}")
-        if outcome not in OUTCOMES:
+        if outcome not in ROUND_OUTCOMES:
             raise ValueError(
-                f"unknown round outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}"
+                f"unknown round outcome {outcome!r}: expected one of {', '.join(ROUND_OUTCOMES)}"
             )
         if (mode == "threshold") != (threshold is not None):
             raise ValueError(
@@ -147,7 +146,7 @@ class AuditLog(Database):
                 )
 
     def end_round(self, round_id: str, *, outcome: str, reason: str | None) -> None:
-        if outcome not in OUTCOMES or outcome == "started":
+        if outcome not in ROUND_ENDS:
             raise ValueError(f"unknown final round outcome {outcome!r}")
         with self._transaction() as conn:
             require_round(conn, round_id)

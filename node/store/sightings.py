@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from blindmatch.states import Outcome
 from node.store.db import Database
 from node.store.schema import normalize_time, utc_now
 from node.store.tlp import TLP_LEVELS, tlp_rank
@@ -238,7 +239,7 @@ class SightingsTable(Database):
                 "SELECT count(*), max(imported_at) FROM imports"
             ).fetchone()
             recorded, joined = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE outcome = 'done') FROM rounds"
+                "SELECT count(*), count(*) FILTER (WHERE outcome = ?) FROM rounds", (Outcome.DONE,)
             ).fetchone()
         return Stats(
             sightings=total,
