@@ -1,11 +1,12 @@
 """Early-warning benchmark: check latency and throughput, Bloom filter bytes per tag.
 
-Runs a real federation in this process (four nodes, one coordinator, mTLS on 127.0.0.1, each
-node with one blinding worker per core), opens a watch epoch, then measures:
+Runs a real federation (``blindmatch.harness``: four nodes and a coordinator, each its own
+process, mTLS on 127.0.0.1, each node with one blinding worker per core), opens a watch epoch,
+then measures:
 
 - a check of one value across three partners (median and worst of --repeat checks);
-- a check of --batch values, beside the time of 3 x --batch blindings on the same worker pools
-  (the target: about equal, since each partner blinds the batch once, one after the other);
+- a check of --batch values, beside the time of 3 x --batch blindings on a worker pool like a
+  node's (the target: about equal, since each partner blinds the batch once, one after the other);
 - the coordinator's filter bytes per tag at FILTER_ERROR_RATE, beside an exact set of tags.
 
 Usage: .venv/bin/python bench/watch_bench.py [--batch 10000] [--repeat 20] [--json]
@@ -16,52 +17,84 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import secrets
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blindmatch import net
-from blindmatch.group import RoundKey, hash_indicators
-from blindmatch.protocol import Policy
-from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
+from blindmatch import harness, net
+from blindmatch.group import RoundKey, blind_packed, hash_indicators
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2, watch_pb2_grpc
 from blindmatch.watch import FILTER_ERROR_RATE, bloom_bits_per_element
-from coordinator.watch import _new_filter
-from node.config import NodeConfig
-from node.store import Sighting
-from tests.federation import Federation
-from tests.pkifixtures import FederationPki
+from coordinator.watch import new_filter
+from node.store import Sighting, Store
 
 NAMES = ("alpha", "bravo", "charlie", "delta")
+CHECK_BUDGET = 10_000_000  # elements a node blinds for checks per epoch: no limit for the bench
 
 
-class BenchFederation(Federation):
-    @staticmethod
-    def _node_config(
-        root: Path, pki: FederationPki, name: str, policy: Policy, timeout: float
-    ) -> NodeConfig:
-        base = Federation._node_config(root, pki, name, policy, timeout)
-        return replace(base, workers=os.cpu_count() or 1, check_budget=10_000_000)
+def start_federation(root: Path, set_size: int) -> harness.Federation:
+    """Four nodes that may check against each other, each holding ``set_size`` indicators."""
+    fed = harness.Federation(root, NAMES, operator="bench")
+    fed.init(watch=True)
+    for i, name in enumerate(NAMES):
+        harness.set_setting(fed.node_toml(name), "workers", os.cpu_count() or 1)
+        harness.set_setting(fed.node_toml(name), "check_budget", CHECK_BUDGET)
+        with Store.open(fed.store(name)) as store:
+            store.add_sightings(
+                (
+                    Sighting("domain", f"n{(i * set_size // 2) + j}.example", "x")
+                    for j in range(set_size)
+                ),
+                source="bench",
+                default_tlp="amber",
+            )
+    fed.start()
+    return fed
 
-    def start_coordinator(self) -> Any:
-        running = super().start_coordinator()
-        for node in self.nodes.values():
-            assert node.watch is not None
-            node.watch.connect_coordinator(f"127.0.0.1:{running.port}")
-        return running
+
+def watch_round(fed: harness.Federation) -> float:
+    """Open a watch epoch of every node; the seconds the round took, as the operator sees it."""
+    with fed.operator_channel() as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        start = time.perf_counter()
+        info = stub.StartRound(
+            coordinator_pb2.StartRoundRequest(nodes=list(NAMES), mode="watch"), timeout=10
+        )
+        *_, info = stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=600)
+        if info.state != "done":
+            raise SystemExit(f"watch round {info.id} {info.state}: {info.error}")
+        return time.perf_counter() - start
+
+
+def pool_blindings(workers: int, elements: bytes, times: int) -> float:
+    """Seconds a spawn pool of ``workers`` processes takes to blind ``elements`` ``times`` times,
+    split in one chunk per worker, as a node's blinding pool does for a partner's check."""
+    key = RoundKey.generate().export()
+    per = -(-len(elements) // 32 // workers) * 32
+    chunks = [elements[i : i + per] for i in range(0, len(elements), per)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        list(pool.map(blind_packed, [key] * workers, [elements[:32]] * workers))  # warm up
+        t0 = time.perf_counter()
+        for _ in range(times):
+            for f in [pool.submit(blind_packed, key, c) for c in chunks]:
+                f.result()
+        return time.perf_counter() - t0
 
 
 def bloom_sizes(counts: list[int]) -> list[dict[str, float]]:
     out = []
     for n in counts:
-        bloom = _new_filter(n)
+        bloom = new_filter(n)
         tags = [secrets.token_bytes(32) for _ in range(n)]
         start = time.perf_counter()
         for t in tags:
@@ -99,65 +132,32 @@ def main() -> int:
     args = p.parse_args()
     results: dict[str, Any] = {"cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        pki = FederationPki(root / "pki")
-        fed = BenchFederation(root / "fed", pki, NAMES)
+        fed = start_federation(Path(tmp), args.set_size)
         try:
-            for i, name in enumerate(NAMES):
-                with fed.store(name) as store:
-                    store.add_sightings(
-                        (
-                            Sighting("domain", f"n{(i * args.set_size // 2) + j}.example", "x")
-                            for j in range(args.set_size)
-                        ),
-                        source="bench",
-                        default_tlp="amber",
-                    )
-            start = time.perf_counter()
-            info = fed.stub.StartRound(
-                coordinator_pb2.StartRoundRequest(nodes=list(NAMES), mode="watch"), timeout=10
-            )
-            info = fed.wait(info.id, 600)
-            assert info.state == "done", info.error
-            results["watch_round_s"] = time.perf_counter() - start
+            results["watch_round_s"] = watch_round(fed)
             results["set_size"] = args.set_size
-            tls = pki.tls("alpha", "node")
-            channel = net.open_channel(
-                f"127.0.0.1:{fed.nodes['alpha'].port}",
-                tls,
-                insecure=False,
-                expect=net.Allow("node", "alpha"),
-            )
-            stub = watch_pb2_grpc.NodeWatchServiceStub(channel)
+            tls = harness.load_tls(fed.node_toml("alpha"))
+            with net.open_channel(fed.addresses["alpha"], tls, insecure=False) as channel:
+                stub = watch_pb2_grpc.NodeWatchServiceStub(channel)
 
-            def check(values: list[str]) -> float:
-                t0 = time.perf_counter()
-                stub.Check(watch_pb2.NodeCheckRequest(values=values, kind="domain"), timeout=600)
-                return time.perf_counter() - t0
+                def check(values: list[str]) -> float:
+                    t0 = time.perf_counter()
+                    request = watch_pb2.NodeCheckRequest(values=values, kind="domain")
+                    stub.Check(request, timeout=600)
+                    return time.perf_counter() - t0
 
-            check(["warm-up.example"])
-            singles = [check([f"single{i}.example"]) for i in range(args.repeat)]
-            results["one_value_median_ms"] = statistics.median(singles) * 1000
-            results["one_value_max_ms"] = max(singles) * 1000
-            batch = [f"batch{i}.example" for i in range(args.batch)]
-            results["batch"] = args.batch
-            results["batch_check_s"] = check(batch)
-            # the reference: 3 x batch blindings on one node's worker pool, as a partner does it
+                check(["warm-up.example"])
+                singles = [check([f"single{i}.example"]) for i in range(args.repeat)]
+                results["one_value_median_ms"] = statistics.median(singles) * 1000
+                results["one_value_max_ms"] = max(singles) * 1000
+                batch = [f"batch{i}.example" for i in range(args.batch)]
+                results["batch"] = args.batch
+                results["batch_check_s"] = check(batch)
+            # the reference: 3 x batch blindings on a pool like one node's, as a partner does it
             elements = b"".join(hash_indicators([("domain", v) for v in batch]))
-            key = RoundKey.generate().export()
-            blinder = fed.nodes["bravo"].blinder
-            per = -(-args.batch // blinder.workers) * 32
-            t0 = time.perf_counter()
-            for _ in range(3):
-                futures = [
-                    blinder.blind(key, elements[i : i + per]) for i in range(0, len(elements), per)
-                ]
-                for f in futures:
-                    f.result()
-            results["three_batch_blindings_s"] = time.perf_counter() - t0
-            channel.close()
+            results["three_batch_blindings_s"] = pool_blindings(os.cpu_count() or 1, elements, 3)
         finally:
-            fed.close()
+            fed.stop()
     results["bloom"] = bloom_sizes([int(n) for n in args.bloom.split(",") if n])
     if args.json:
         print(json.dumps(results, indent=2))

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nations", type=int, default=3, metavar="N")
     s.add_argument("--size", type=int, default=3000, metavar="N", help="indicators per nation")
     s.add_argument("--keep", metavar="DIR", help="build the federation in DIR and keep it")
-    s.set_defaults(handler=_lazy("node.demo", "cmd_demo"))
+    s.set_defaults(handler=_lazy("blindmatch.demo", "cmd_demo"))
     return p
 
 

@@ -2,7 +2,9 @@
 
 Put between a client and a server (the client dials ``relay.address``), it shows exactly what
 crossed the wire; ``cut_after(n)`` drops every connection once n bytes have gone through in total,
-the way a failing network would.
+the way a failing network would. ``hold_after(n)`` stops forwarding (connections stay open, silent)
+once n more bytes have gone through, until ``release()``: a test can then strike while a round is
+known to be mid-stream, without racing it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class Relay:
         self._recorded = bytearray()
         self._forwarded = 0
         self._cut_at: int | None = None
+        self._hold_at: int | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._sockets: list[socket.socket] = []
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -44,7 +49,21 @@ class Relay:
         with self._lock:
             self._cut_at = self._forwarded + n
 
+    def hold_after(self, n: int) -> None:
+        with self._lock:
+            self._hold_at = self._forwarded + n
+
+    @property
+    def holding(self) -> bool:
+        return not self._flowing.is_set()
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold_at = None
+        self._flowing.set()
+
     def cut_now(self) -> None:
+        self._flowing.set()  # held pumps must run on to notice their sockets are gone
         with self._lock:
             sockets = list(self._sockets)
         for s in sockets:
@@ -80,9 +99,12 @@ class Relay:
                 self._recorded += data
                 self._forwarded += len(data)
                 cut = self._cut_at is not None and self._forwarded >= self._cut_at
+                if self._hold_at is not None and self._forwarded >= self._hold_at:
+                    self._flowing.clear()
             if cut:
                 self.cut_now()
                 return
+            self._flowing.wait()
             try:
                 dst.sendall(data)
             except OSError:

@@ -8,8 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from node.demo import VERIFIED
-from node.samples import expected_matches, nation_names
+from blindmatch.demo import VERIFIED
+from blindmatch.samples import expected_matches, nation_names
 from node.store import Store
 
 

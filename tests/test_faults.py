@@ -1,10 +1,12 @@
 """Faults mid-round, with real processes: `blindmatch node serve` and `blindmatch coordinator
-serve` started as an operator would, killed with SIGKILL (or frozen with SIGSTOP), restarted.
+serve` started as an operator would (``blindmatch.harness``), killed with SIGKILL (or frozen with
+SIGSTOP), restarted.
 
 Every node process sits behind a recording relay (tests/relay.py), so a test can also cut a
-connection mid-stream. Each node holds 20,000 indicators and blinds with one worker process, so a
-round lasts seconds: long enough to strike while it is routing, which the tests wait for by
-following the round's progress (WatchRound), not by sleeping.
+connection mid-stream. A test strikes mid-round without racing the round: charlie's relay holds
+its traffic once the round is streaming (so the round cannot finish), and the test strikes once
+the round's progress (WatchRound) says an element-hop has happened. It waits for events, never
+for a time.
 
 After every fault: the round fails with a reason that names what went wrong, every surviving node
 drops the round and its key (its audit says how it ended), nothing is delivered anywhere, every
@@ -14,28 +16,20 @@ store is intact, and the next round succeeds.
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blindmatch import net
+from blindmatch import harness
+from blindmatch.net import split_host_port
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
-from coordinator.config import CoordinatorConfig, TlsPaths, write_config
 from coordinator.state import RESTART_REASON as COORDINATOR_RESTART
-from node.config import render_config
 from node.store import RoundAudit, Sighting, Store
-from tests.pkifixtures import FederationPki
 from tests.relay import Relay
 
 NAMES = ("alpha", "bravo", "charlie")
@@ -43,69 +37,27 @@ SIZE = 20_000  # indicators per node
 SHARED = 1_000  # of which every node holds the same ones
 NODE_TIMEOUT = 6  # seconds a node keeps a round the coordinator is silent on
 ROUND_TIMEOUT = 60  # seconds the coordinator gives a whole round
-START_TIMEOUT = 30.0  # seconds a server may take to come up
-T = 10.0
-STRIKE_AT = 0.2  # share of the round's element-hops done when the fault is struck
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-
-
-class Server:
-    """One `blindmatch ... serve` process in its own session (with its blinding workers)."""
-
-    def __init__(self, role: str, config: Path, log: Path) -> None:
-        self.role, self.config, self.log = role, config, log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> int:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "blindmatch.cli",
-                    self.role,
-                    "serve",
-                    "--config",
-                    str(self.config),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        end = time.monotonic() + START_TIMEOUT
-        while True:
-            found = LISTENING.findall(self.log.read_bytes()[offset:].decode(errors="replace"))
-            if found:
-                self.port = int(found[-1])
-                return self.port
-            if self.process.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"{self.role} did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, sig)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.signal(signal.SIGKILL)
-            self.process.wait(T)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+START_TIMEOUT = 60.0  # seconds a server may take to come up
+T = 10  # seconds: the coordinator's call timeout, and the tests' deadline for one step
+# Bytes through charlie's relay before it holds: past the handshake and Prepare (a few KiB), into
+# the round's streams (charlie's own set alone is 640 KB), so the round is routing when it holds.
+HOLD_AFTER = 256 * 1024
+STRUCK = "charlie"  # the node whose relay holds the round for the strike
 
 
 class Cluster:
-    def __init__(self, root: Path, pki: FederationPki) -> None:
-        self.root, self.pki = root, pki
-        self.nodes: dict[str, Server] = {}
-        self.relays: dict[str, Relay] = {}
-        self.stores = {name: root / name / "store.sqlite" for name in NAMES}
-        self.tls = pki.tls("ops", "operator")
+    """Three nodes behind relays and a coordinator, each a `blindmatch ... serve` process."""
+
+    def __init__(self, root: Path) -> None:
+        self.fed = harness.Federation(root, NAMES, operator="ops")
+        self.relays = {name: Relay(split_host_port(self.fed.addresses[name])) for name in NAMES}
+        self.fed.init(routes={name: relay.address for name, relay in self.relays.items()})
+        self.nodes = self.fed.nodes
+        self.coordinator = self.fed.coordinator
+        self.stores = {name: self.fed.store(name) for name in NAMES}
         for name in NAMES:
-            (root / name).mkdir()
+            harness.set_setting(self.fed.node_toml(name), "workers", 1)
+            harness.set_setting(self.fed.node_toml(name), "round_timeout", NODE_TIMEOUT)
             with Store.open(self.stores[name]) as store:
                 own = [f"{name}-{i}.example" for i in range(SIZE - SHARED)]
                 shared = [f"shared-{i}.example" for i in range(SHARED)]
@@ -114,105 +66,64 @@ class Cluster:
                     source="feed",
                     default_tlp="amber",
                 )
-            self.nodes[name] = Server("node", self.write_node_config(name, 0), root / f"{name}.log")
-        for name in NAMES:
-            # port 0 the first time; the same port on a restart, so the relay still reaches it
-            port = self.nodes[name].start()
-            self.write_node_config(name, port)
-            self.relays[name] = Relay(("127.0.0.1", port))
-        self.coordinator = Server(
-            "coordinator", self.write_coordinator_config(0), root / "coordinator.log"
-        )
-        self.coordinator.start()
-        self.write_coordinator_config(self.coordinator.port)
-        self.channel = net.open_channel(
-            f"127.0.0.1:{self.coordinator.port}",
-            self.tls,
-            insecure=False,
-            expect=net.Allow("coordinator"),
-        )
+        for key, value in (
+            ("call_timeout", T),
+            ("round_timeout", ROUND_TIMEOUT),
+            ("chunk_size", 1024),
+        ):
+            harness.set_setting(self.fed.coordinator_toml, key, value)
+        self.fed.start(timeout=START_TIMEOUT)
+        self.channel = self.fed.operator_channel()
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
-        self.wait_healthy()
-
-    def write_node_config(self, name: str, port: int) -> Path:
-        files = self.pki.files(name, "node")
-        text = render_config(
-            name=name,
-            listen=f"127.0.0.1:{port}",
-            ca=str(files.ca),
-            cert=str(files.cert),
-            key=str(files.key),
-        )
-        text = text.replace("workers = 0 ", "workers = 1 ")
-        text = text.replace("round_timeout = 600 ", f"round_timeout = {NODE_TIMEOUT} ")
-        path = self.root / name / "node.toml"
-        path.write_text(text)
-        return path
-
-    def write_coordinator_config(self, port: int) -> Path:
-        files = self.pki.files("coordinator", "coordinator")
-        path = self.root / "coordinator.toml"
-        path.unlink(missing_ok=True)
-        write_config(
-            path,
-            CoordinatorConfig(
-                listen=f"127.0.0.1:{port}",
-                tls=TlsPaths(files.ca, files.cert, files.key),
-                nodes={name: relay.address for name, relay in self.relays.items()},
-                state=self.root / "coordinator.sqlite",
-                call_timeout=T,
-                round_timeout=ROUND_TIMEOUT,
-                chunk_size=1024,
-            ),
-        )
-        return path
 
     def wait_healthy(self) -> None:
-        end = time.monotonic() + START_TIMEOUT
-        ports = {net.Allow("coordinator"): self.coordinator.port}
-        ports |= {net.Allow("node", name): s.port for name, s in self.nodes.items()}
-        for expect, port in ports.items():
-            address = f"127.0.0.1:{port}"
-            with net.open_channel(address, self.tls, insecure=False, expect=expect) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    try:
-                        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.RpcError:
-                        pass
-                    assert time.monotonic() < end, f"port {port} never became healthy"
-                    time.sleep(0.1)
+        self.fed.wait_healthy(timeout=START_TIMEOUT)
 
     def start_round(self) -> str:
         info = self.stub.StartRound(coordinator_pb2.StartRoundRequest(nodes=list(NAMES)), timeout=T)
         round_id: str = info.id
         return round_id
 
+    def start_held_round(self) -> str:
+        """A round that cannot finish until ``release``: charlie's relay holds it mid-stream."""
+        self.relays[STRUCK].hold_after(HOLD_AFTER)
+        return self.start_round()
+
+    def release(self) -> None:
+        self.relays[STRUCK].release()
+
     def watch(self, round_id: str) -> Iterator[coordinator_pb2.RoundInfo]:
         request = coordinator_pb2.GetRoundRequest(id=round_id)
         yield from self.stub.WatchRound(request, timeout=ROUND_TIMEOUT)
 
     def until_routing(self, round_id: str) -> coordinator_pb2.RoundInfo:
-        """Follow the round until STRIKE_AT of its element-hops are done."""
+        """Follow a held round until an element-hop is known to be done; it is then mid-round."""
         for info in self.watch(round_id):
             assert info.state in ("preparing", "routing"), (info.state, info.error)
-            if info.hops_total and info.hops_done >= STRIKE_AT * info.hops_total:
-                assert info.hops_done < info.hops_total
-                return info
-        raise AssertionError("the round ended before it could be struck")
+            if info.hops_done > 0:
+                break
+        else:
+            raise AssertionError("the round ended before a hop was done")
+        # The round cannot finish past the hold: once it holds, the round is struck mid-way.
+        until("charlie's relay holds the round", lambda: self.relays[STRUCK].holding, T)
+        assert info.hops_done < info.hops_total
+        return info
 
     def final(self, round_id: str) -> coordinator_pb2.RoundInfo:
         *_, last = self.watch(round_id)
         return last
 
-    def run_round(self, timeout: float = 30) -> coordinator_pb2.RoundInfo:
-        """A round of every node; again while a node is still reported unreachable (gRPC waits
-        before it dials a peer again after a broken connection, as an operator retrying sees)."""
+    def run_round(self) -> coordinator_pb2.RoundInfo:
+        return self.final(self.start_round())
+
+    def run_round_after_restart(self, timeout: float = 30) -> coordinator_pb2.RoundInfo:
+        """A round of every node after a node restarted. While the coordinator's link to that node
+        is still in gRPC's reconnect backoff (it broke when the node died), the round fails as
+        "unreachable" at once, as an operator retrying sees; no event outside the coordinator
+        says when the link is up again, so this is the one place that starts a round again."""
         end = time.monotonic() + timeout
         while True:
-            info = self.final(self.start_round())
+            info = self.run_round()
             if info.state == "done" or "unreachable" not in info.error:
                 return info
             assert time.monotonic() < end, info.error
@@ -226,18 +137,16 @@ class Cluster:
         channel = getattr(self, "channel", None)
         if channel is not None:
             channel.close()
-        for server in [*self.nodes.values(), getattr(self, "coordinator", None)]:
-            if server is not None:
-                if server.alive():
-                    server.signal(signal.SIGCONT)  # a frozen process cannot act on SIGKILL late
-                server.kill()
+        for relay in self.relays.values():
+            relay.release()
+        self.fed.stop()
         for relay in self.relays.values():
             relay.close()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Cluster]:
-    running = Cluster(tmp_path_factory.mktemp("faults"), pki)
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = Cluster(tmp_path_factory.mktemp("faults"))
     try:
         yield running
     finally:
@@ -253,6 +162,7 @@ def healthy(cluster: Cluster) -> Cluster:
         else:
             server.start()
         cluster.relays[name].cut_after(1 << 62)
+        cluster.relays[name].release()
     if cluster.coordinator.alive():
         cluster.coordinator.signal(signal.SIGCONT)
     else:
@@ -322,8 +232,10 @@ def assert_clean_failure(
         assert sightings_digest(cluster.stores[name]) == before[name], f"{name}'s store changed"
 
 
-def assert_next_round_succeeds(cluster: Cluster) -> None:
-    info = cluster.run_round()
+def assert_next_round_succeeds(
+    cluster: Cluster, info: coordinator_pb2.RoundInfo | None = None
+) -> None:
+    info = info or cluster.run_round()
     assert info.state == "done", info.error
     assert dict(info.match_counts) == dict.fromkeys(NAMES, SHARED)
     assert dict(info.sizes) == dict.fromkeys(NAMES, SIZE)
@@ -336,14 +248,14 @@ def test_a_node_killed_mid_round(healthy: Cluster) -> None:
     cluster = healthy
     before = {name: sightings_digest(path) for name, path in cluster.stores.items()}
     assert all(check == "ok" for _, check in before.values())
-    round_id = cluster.start_round()
+    round_id = cluster.start_held_round()
     cluster.until_routing(round_id)
-    struck = time.monotonic()
     cluster.nodes["charlie"].kill()
+    cluster.release()  # the coordinator now sees charlie's connection close
     info = cluster.final(round_id)
     assert info.state == "failed"
     assert "charlie" in info.error, info.error  # the reason names the node that went away
-    assert time.monotonic() - struck < ROUND_TIMEOUT / 2
+    assert "round_timeout" not in info.error  # noticed when charlie went, not at the deadline
     for name in ("alpha", "bravo"):  # the others drop the round (and its key) at once
         entry = ended(cluster, name, round_id, NODE_TIMEOUT + 5)
         assert entry.outcome in ("aborted", "failed")
@@ -356,7 +268,7 @@ def test_a_node_killed_mid_round(healthy: Cluster) -> None:
     entry = ended(cluster, "charlie", round_id, T)
     assert (entry.outcome, entry.reason) == ("failed", "node restarted during the round")
     cluster.wait_healthy()
-    assert_next_round_succeeds(cluster)
+    assert_next_round_succeeds(cluster, cluster.run_round_after_restart())
 
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])
@@ -366,10 +278,11 @@ def test_the_coordinator_lost_mid_round(healthy: Cluster, how: str) -> None:
     when it runs again."""
     cluster = healthy
     before = {name: sightings_digest(path) for name, path in cluster.stores.items()}
-    round_id = cluster.start_round()
+    round_id = cluster.start_held_round()
     cluster.until_routing(round_id)
     cluster.coordinator.signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
     struck = time.monotonic()
+    cluster.release()
     for name in NAMES:
         # a node's clock starts at its last word from the coordinator, a little after the strike
         entry = ended(cluster, name, round_id, NODE_TIMEOUT + 10)
@@ -390,11 +303,12 @@ def test_the_coordinator_lost_mid_round(healthy: Cluster, how: str) -> None:
 def test_a_connection_cut_mid_stream(healthy: Cluster) -> None:
     cluster = healthy
     before = {name: sightings_digest(path) for name, path in cluster.stores.items()}
-    round_id = cluster.start_round()
+    round_id = cluster.start_held_round()
     at = cluster.until_routing(round_id)
     relay = cluster.relays["charlie"]
     seen = relay.forwarded
     relay.cut_now()  # the coordinator's streams to charlie break; charlie itself runs on
+    cluster.release()  # new connections (the coordinator's Abort, the next round) pass
     info = cluster.final(round_id)
     assert info.state == "failed"
     assert "charlie" in info.error, info.error

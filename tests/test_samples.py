@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from blindmatch import samples
 from blindmatch.canon import KINDS, canonicalize
-from node import samples
 from node.importing import import_paths
 from node.store import TLP_LEVELS, Store
 
@@ -102,6 +102,11 @@ def test_red_never_matches(three: samples.Samples) -> None:
             assert all(key not in red[p] for p in partners)
     # ... and RED overlaps exist, so this test is about something
     assert all(red[a] & red[b] for a in red for b in red)
+
+
+def test_sample_tlp_order_is_the_store_s() -> None:
+    # The samples merge a nation's labels by this order; the store must merge them the same way.
+    assert samples.TLP_ORDER == TLP_LEVELS
 
 
 def test_files_import_cleanly_into_a_store(tmp_path: Path, three: samples.Samples) -> None:

@@ -4,47 +4,33 @@ It does what operators would do by hand, in order: a federation CA, one node per
 of each nation's sample files, a coordinator and an operator; then every node and the coordinator
 run as separate processes over mTLS, an operator runs a pairwise round, and the demo shows what
 each nation learned, what the coordinator saw, and checks the result against plain set
-intersection of the sample data (``node.samples.expected_matches``).
+intersection of the sample data (``blindmatch.samples.expected_matches``).
 
-The node package never imports the coordinator: the coordinator and operator steps run as
-``blindmatch`` subprocesses, exactly the commands an operator types. Every process the demo starts
-is stopped on the way out (SIGTERM, then SIGKILL), also after an error or Ctrl-C.
+Every step runs as a ``blindmatch`` subprocess (``blindmatch.harness``), exactly the commands an
+operator types, and the demo reads results from their ``--json`` output: the core package imports
+neither ``node`` nor ``coordinator``. Every process the demo starts is stopped on the way out
+(SIGTERM, then SIGKILL), also after an error or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from blindmatch import net, pki
+from blindmatch import harness, net, pki, samples
 from blindmatch.canon import KINDS
-from node import samples
-from node.cli import cmd_init as cmd_node_init
-from node.config import load_config
-from node.importing import import_paths
-from node.store import Store
+from blindmatch.harness import Federation, HarnessError, Server
 
-HEALTH_TIMEOUT: Final = 60.0  # seconds a server may take to come up (spawning blinding workers)
-STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL
 ROUND_TIMEOUT: Final = 600.0
 SHOWN_MATCHES: Final = 6
 VALUE_WIDTH: Final = 52
@@ -56,14 +42,6 @@ OPERATOR: Final = "demo-operator"
 
 class DemoError(Exception):
     """A step of the demo failed; the message says which and what to look at."""
-
-
-@dataclass
-class Server:
-    name: str  # "node aurelia", "coordinator"
-    address: str
-    process: subprocess.Popen[bytes]
-    log: Path
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,9 +68,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     status = 1
     try:
         status = demo.run()
-    except DemoError as exc:
+    except (DemoError, HarnessError) as exc:
         print(f"error: {exc}; everything is kept in {root}", file=sys.stderr)
-    except (OSError, ValueError, pki.PkiError, net.NetError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError, net.NetError) as exc:
         print(f"error: {exc}; the demo stopped, everything is kept in {root}", file=sys.stderr)
     except KeyboardInterrupt:
         status = 130
@@ -129,13 +107,8 @@ class Demo:
         self.nations = nations
         self.size = size
         self.verbose = verbose
-        self.servers: list[Server] = []
-        self.spelled: dict[str, dict[tuple[str, str], str]] = {}  # nation -> key -> as imported
-        self.pki_dir = self.root / "pki"
-        self.logs = self.root / "logs"
-        self.node_dirs = {n: self.root / "nodes" / n for n in nations}
-        self.coord_dir = self.root / "coordinator"
-        self.op_config = self.root / "operator" / "operator.toml"
+        self.fed = Federation(self.root, nations, coordinator=COORDINATOR, operator=OPERATOR)
+        self.spelled: dict[str, dict[tuple[str, str], str]] = {}  # nation -> key -> as written
 
     def run(self) -> int:
         started = time.monotonic()
@@ -144,12 +117,9 @@ class Demo:
             f"blindmatch demo: {len(self.nations)} nations ({names}), "
             f"{self.size:,} indicators each, in {self.root}"
         )
-        ports = _free_ports(len(self.nations) + 1)
-        node_address = {n: f"127.0.0.1:{p}" for n, p in zip(self.nations, ports[:-1], strict=True)}
-        coord_address = f"127.0.0.1:{ports[-1]}"
 
         _heading("1. Federation: CA, nodes, coordinator, operator")
-        self.setup(node_address, coord_address)
+        self.setup()
 
         _heading(f"2. Sample data (seed {samples.DEFAULT_SEED})")
         data = samples.generate(self.nations, self.size)
@@ -157,15 +127,13 @@ class Demo:
         show_files = ", ".join(samples.FILE_NAMES[f] for f in samples.FORMATS)
         print(f"   each nation has {show_files} in {self.root / 'data'}/<nation>/")
         self.show_spellings(data)
+        self.spelled = _first_spellings(data)
 
         _heading("3. Import: parse, canonicalise, store (each nation in its own store)")
         self.import_all(files)
 
         _heading("4. Servers: separate processes, mTLS on loopback")
-        for nation in self.nations:
-            self.start(f"node {nation}", node_address[nation], self.node_dirs[nation] / "node.toml")
-        self.start(COORDINATOR, coord_address, self.coord_dir / "coordinator.toml")
-        self.wait_healthy()
+        self.fed.start(verbose=self.verbose, on_ready=_show_ready)
 
         _heading("5. A pairwise round, launched by the operator")
         info = self.run_round()
@@ -176,9 +144,7 @@ class Demo:
             self.show_matches(nation, got[nation])
 
         _heading("7. What the coordinator saw: set sizes and counts, never a value")
-        print(
-            _indent(self.blindmatch("round", "status", "--config", str(self.op_config), info["id"]))
-        )
+        print(_indent(self.fed.operator("round", "status", info["id"])))
 
         _heading("8. Check")
         self.verify(got, data.expected_matches())
@@ -186,32 +152,19 @@ class Demo:
         print(f"\ndone in {time.monotonic() - started:.1f} s")
         return 0
 
+    def stop_all(self) -> None:
+        self.fed.stop()
+
     # --- setup ------------------------------------------------------------------------------
 
-    def setup(self, node_address: dict[str, str], coord_address: str) -> None:
-        pki.init_pki_dir(self.pki_dir)
-        print(f"   CA              {self.pki_dir / pki.CA_CERT_FILE}")
+    def setup(self) -> None:
+        fed = self.fed
+        fed.init()
+        print(f"   CA              {fed.pki_dir / pki.CA_CERT_FILE}")
         for nation in self.nations:
-            node_args = argparse.Namespace(
-                node_dir=str(self.node_dirs[nation]),
-                name=nation,
-                listen=node_address[nation],
-                pki=str(self.pki_dir),
-                coordinator_name=COORDINATOR,
-            )
-            _quietly(f"node init {nation}", cmd_node_init, node_args)
-            print(f"   node {nation:<10} {node_address[nation]:<16} {self.node_dirs[nation]}")
-        nodes = [f"--node={n}={a}" for n, a in node_address.items()]
-        self.blindmatch(
-            *("coordinator", "init", str(self.coord_dir), "--listen", coord_address),
-            *("--pki", str(self.pki_dir), "--name", COORDINATOR, *nodes),
-        )
-        print(f"   {COORDINATOR:<15} {coord_address:<16} {self.coord_dir}")
-        self.blindmatch(
-            *("operator", "init", str(self.op_config.parent), "--name", OPERATOR),
-            *("--coordinator", coord_address, "--pki", str(self.pki_dir)),
-        )
-        print(f"   operator        {OPERATOR:<16} {self.op_config.parent}")
+            print(f"   node {nation:<10} {fed.addresses[nation]:<16} {fed.node_dir(nation)}")
+        print(f"   {COORDINATOR:<15} {fed.coordinator_address:<16} {fed.coordinator_toml.parent}")
+        print(f"   operator        {OPERATOR:<16} {fed.operator_toml.parent}")
 
     def show_spellings(self, data: samples.Samples) -> None:
         """A few indicators every nation holds, each nation's spelling, and the canonical form."""
@@ -243,134 +196,43 @@ class Demo:
         header = ("nation", "entries", "indicators", "known", "skipped", "invalid", "TLP:RED")
         print("   " + "  ".join(f"{h:>10}" if i else f"{h:<10}" for i, h in enumerate(header)))
         for nation in self.nations:
-            config = load_config(self.node_dirs[nation] / "node.toml")
-            with Store.open(config.store) as store:
-                report = import_paths(store, files[nation], tlp=config.default_tlp)
-                red = store.stats().per_tlp.get("red", 0)
-            if not report.ok:
-                problems = [f.problem for f in report.failed]
-                problems += [f"{e.path} {e.where}: {e.message}" for e in report.invalid]
-                raise DemoError(
-                    f"{nation}'s sample files did not import cleanly ({len(report.failed)} "
-                    f"failed, {report.invalid_count} invalid records); first: {problems[0]}"
-                )
+            config = str(self.fed.node_toml(nation))
+            said = harness.run("node", "import", "--config", config, *map(str, files[nation]))
+            # A fresh store: every import its audit holds is one of these files.
+            audit = harness.run_json("node", "audit", "--config", config, "--json")
+            summaries = [e["summary"] for e in audit if e["type"] == "ImportAudit"]
+            stats = harness.run_json("node", "stats", "--config", config, "--json")
             row = (
-                report.total,
-                report.new,
-                report.known,
-                sum(report.skipped.values()),
-                report.invalid_count,
-                red,
+                sum(s["entries"] for s in summaries),
+                sum(s["new"] for s in summaries),
+                sum(s["known"] for s in summaries),
+                sum(sum(s["skipped"].values()) for s in summaries),
+                sum(s["invalid"] for s in summaries),
+                stats["per_tlp"].get("red", 0),
             )
+            if row[4]:
+                raise DemoError(
+                    f"{nation}'s sample files did not import cleanly ({row[4]} invalid "
+                    f"records); `blindmatch node import` said:\n{said}"
+                )
             print(f"   {nation:<10}  " + "  ".join(f"{n:>10,}" for n in row))
             if self.verbose:
-                print(_indent(report.format(), 6))
+                print(_indent(said, 6))
         print(
             "   known: sightings of an indicator already imported (feeds overlap); "
             "skipped: MISP file names;\n   TLP:RED indicators stay out of every round."
         )
 
-    # --- processes --------------------------------------------------------------------------
-
-    def blindmatch(self, *argv: str) -> str:
-        """Run one ``blindmatch`` command to completion; its output, or DemoError."""
-        command = [sys.executable, "-m", "blindmatch.cli", *argv]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=ROUND_TIMEOUT)
-        if result.returncode != 0:
-            raise DemoError(
-                f"`blindmatch {' '.join(argv[:2])}` failed (exit {result.returncode}): "
-                + _last_line(result.stderr or result.stdout)
-            )
-        return result.stdout.rstrip("\n")
-
-    def start(self, name: str, address: str, config: Path) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name.replace(' ', '-')}.log"
-        role = "node" if name.startswith("node ") else "coordinator"
-        command = [sys.executable, "-m", "blindmatch.cli"]
-        command += ["-v"] if self.verbose else []
-        command += [role, "serve", "--config", str(config)]
-        with log.open("wb") as out:
-            # A session of its own: the server and its blinding workers form one process group,
-            # so stop_all can clean up workers a server leaves behind when stopped mid-start.
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.servers.append(Server(name, address, process, log))
-
-    def wait_healthy(self) -> None:
-        """Wait until every server answers a gRPC health check over mTLS."""
-        # The operator's TLS material: any federation certificate may ask for health.
-        with self.op_config.open("rb") as f:
-            paths = tomllib.load(f)["tls"]
-        base = self.op_config.parent
-        tls = net.load_tls(base / paths["ca"], base / paths["cert"], base / paths["key"])
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        for server in self.servers:
-            channel = net.open_channel(
-                server.address, tls, insecure=False, expect=net.Allow(*server.name.split())
-            )
-            try:
-                started = time.monotonic()
-                self._wait_one(server, health_pb2_grpc.HealthStub(channel), deadline)
-            finally:
-                channel.close()
-            pid = server.process.pid
-            print(
-                f"   {server.name:<18} {server.address:<16} pid {pid:<7} "
-                f"ready ({time.monotonic() - started:.1f} s)"
-            )
-
-    def _wait_one(self, server: Server, stub: Any, deadline: float) -> None:
-        request = health_pb2.HealthCheckRequest(service="")
-        while True:
-            code = server.process.poll()
-            if code is not None:
-                raise DemoError(
-                    f"{server.name} exited with status {code} before it was ready; "
-                    f"it said: {_tail(server.log)} (log: {server.log})"
-                )
-            try:
-                reply = stub.Check(request, timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"{server.name} did not become healthy on {server.address} within "
-                    f"{HEALTH_TIMEOUT:.0f} s; it said: {_tail(server.log)} (log: {server.log})"
-                )
-            time.sleep(0.1)
-
-    def stop_all(self) -> None:
-        """Stop every server: SIGTERM, SIGKILL after STOP_TIMEOUT, then whatever it left behind."""
-        for server in self.servers:
-            if server.process.poll() is None:
-                server.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for server in self.servers:
-            try:
-                server.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
-            # A server killed before it set up its signal handling leaves its workers running.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(server.process.pid, signal.SIGKILL)
-        self.servers.clear()
-
     # --- the round --------------------------------------------------------------------------
 
     def run_round(self) -> dict[str, Any]:
         nodes = ",".join(self.nations)
-        print(f"   $ blindmatch round start --config {self.op_config} --nodes {nodes} --wait")
-        command = [sys.executable, "-m", "blindmatch.cli", "round", "start"]
-        command += ["--config", str(self.op_config), "--nodes", nodes, "--wait", "--json"]
+        op_config = self.fed.operator_toml
+        print(f"   $ blindmatch round start --config {op_config} --nodes {nodes} --wait")
         sys.stdout.flush()
         # The child reports progress on stderr, a line per phase, and the result as JSON on stdout.
         with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.fed.round_command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         ) as child:
             assert child.stdout is not None and child.stderr is not None
             try:
@@ -381,32 +243,30 @@ class Demo:
             except BaseException:
                 child.kill()
                 raise
+        logs = self.fed.logs
         try:
             info: dict[str, Any] = json.loads(output)
         except json.JSONDecodeError:
             raise DemoError(
-                f"`blindmatch round start` failed (exit {status}); server logs are in {self.logs}"
+                f"`blindmatch round start` failed (exit {status}); server logs are in {logs}"
             ) from None
         if info.get("state") != "done":
             raise DemoError(
                 f"round {info.get('id')} {info.get('state')}: {info.get('error')}; "
-                f"server logs are in {self.logs}"
+                f"server logs are in {logs}"
             )
         took = (info.get("finished") or 0) - info.get("created", 0)
         print(f"   round {info['id']} done in {took:.1f} s")
         return info
 
     def read_matches(self, nation: str, round_id: str) -> dict[tuple[str, str], set[str]]:
-        """The round's matches as the nation's store recorded them; also keeps its spellings."""
-        config = load_config(self.node_dirs[nation] / "node.toml")
-        with Store.open(config.store) as store:
-            rows = store.matches(round_id)
-            self.spelled[nation] = {
-                (r.kind, r.value): stored.raw_first
-                for r in rows
-                if (stored := store.lookup(r.kind, r.value)) is not None
-            }
-        return {(r.kind, r.value): set(r.partners) for r in rows}
+        """The round's matches as the nation's store recorded them (``node matches``)."""
+        rows = harness.run_json(
+            *("node", "matches", "--config", str(self.fed.node_toml(nation))),
+            *("--round", round_id, "--format", "json"),
+        )
+        # Rows without a kind are per-partner counts, which a pairwise round does not deliver.
+        return {(r["kind"], r["value"]): set(r["partners"]) for r in rows if "kind" in r}
 
     def show_matches(self, nation: str, matches: dict[tuple[str, str], set[str]]) -> None:
         print(f"   {nation}: {len(matches):,} of its indicators are also held by partners")
@@ -459,23 +319,21 @@ class Demo:
         print(f"OK: {total:,} matches delivered, {VERIFIED}")
 
     def write_readme(self) -> None:
+        fed, first = self.fed, self.fed.node_toml(self.nations[0])
         lines = [
             "A blindmatch federation built by `blindmatch demo`.",
             "",
             "Start the servers again (one terminal each):",
-            *(
-                f"  blindmatch node serve --config {self.node_dirs[n] / 'node.toml'}"
-                for n in self.nations
-            ),
-            f"  blindmatch coordinator serve --config {self.coord_dir / 'coordinator.toml'}",
+            *(f"  blindmatch node serve --config {fed.node_toml(n)}" for n in self.nations),
+            f"  blindmatch coordinator serve --config {fed.coordinator_toml}",
             "",
             "Then run rounds and look at the results:",
-            f"  blindmatch round start --config {self.op_config} --nodes {','.join(self.nations)} --wait",
-            f"  blindmatch round status --config {self.op_config}",
-            f"  blindmatch node matches --config {self.node_dirs[self.nations[0]] / 'node.toml'}",
-            f"  blindmatch node audit --config {self.node_dirs[self.nations[0]] / 'node.toml'}",
+            f"  blindmatch round start --config {fed.operator_toml} --nodes {','.join(self.nations)} --wait",
+            f"  blindmatch round status --config {fed.operator_toml}",
+            f"  blindmatch node matches --config {first}",
+            f"  blindmatch node audit --config {first}",
             "",
-            f"Sample files: {self.root / 'data'}; server logs: {self.logs}",
+            f"Sample files: {self.root / 'data'}; server logs: {fed.logs}",
         ]
         (self.root / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -506,40 +364,19 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix("error: ") if lines else "(no output)"
+def _show_ready(server: Server, waited: float) -> None:
+    print(f"   {server.name:<18} {server.address:<16} pid {server.pid:<7} ready ({waited:.1f} s)")
 
 
-def _tail(log: Path, lines: int = 3) -> str:
-    """What a server said last: its own error line if it printed one, else its last lines."""
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    said = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line.removeprefix("error: ") for line in said if line.startswith("error: ")]
-    if errors:
-        return errors[-1]
-    return " | ".join(said[-lines:]) if said else "(nothing)"
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel calls free now; held open together so they differ from each other."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
-def _quietly(step: str, handler: Any, args: argparse.Namespace) -> None:
-    """Run a CLI handler in this process, keeping its chatter unless it fails."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = handler(args)
-    if status != 0:
-        raise DemoError(f"{step} failed: {_last_line(err.getvalue() or out.getvalue())}")
+def _first_spellings(data: samples.Samples) -> dict[str, dict[tuple[str, str], str]]:
+    """Per nation, each indicator as first written in its files (in the order they import)."""
+    out: dict[str, dict[tuple[str, str], str]] = {}
+    for nation in data.nations:
+        records = sorted(data.sightings[nation], key=lambda s: samples.FORMATS.index(s.fmt))
+        spelled = out[nation] = {}
+        for s in records:
+            spelled.setdefault(s.key, s.raw)
+    return out
 
 
 def _varied(

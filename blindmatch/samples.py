@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from blindmatch.canon import KINDS, canonicalize
-from node.store import TLP_LEVELS
 
 DEFAULT_SEED: Final = 20260101
 NATION_NAMES: Final = (
@@ -64,6 +63,9 @@ FILE_NAMES: Final = {
 }
 # The TLP a plain list gets: it has no column for one, so the import default applies.
 TEXT_TLP: Final = "amber"
+# TLP 2.0's labels, least strict first: a nation holding an indicator under two labels holds it
+# under the stricter one, as a node's store merges them (tests check the store uses this order).
+TLP_ORDER: Final = ("clear", "green", "amber", "amber+strict", "red")
 
 _KIND_WEIGHTS: Final = {
     "ipv4": 18,
@@ -229,8 +231,8 @@ class Samples:
             for s in records:
                 indicator = canonicalize(s.hint, s.raw)
                 key = (indicator.kind, indicator.value)
-                tlp_of[key] = max(tlp_of.get(key, 0), TLP_LEVELS.index(s.tlp))
-            red = TLP_LEVELS.index("red")
+                tlp_of[key] = max(tlp_of.get(key, 0), TLP_ORDER.index(s.tlp))
+            red = TLP_ORDER.index("red")
             eligible[nation] = {key for key, rank in tlp_of.items() if rank < red}
         result: Matches = {nation: {} for nation in self.nations}
         for a, b in combinations(self.nations, 2):
@@ -608,7 +610,7 @@ def _pairs(
     firsts = [s for s in records if s.hint == first]
     seconds = [s for s in records if s.hint == second]
     pairs: list[tuple[SampleSighting, SampleSighting]] = []
-    for tlp in TLP_LEVELS:
+    for tlp in TLP_ORDER:
         a = [s for s in firsts if s.tlp == tlp]
         b = [s for s in seconds if s.tlp == tlp]
         pairs += list(zip(a[: len(a) // 3], b, strict=False))

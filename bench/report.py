@@ -1,0 +1,219 @@
+"""The results as a table, verdicts against the targets, and Markdown for docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.blindmatch_runner import RoundRun
+from bench.core_costs import Core
+from bench.processes import mb
+from bench.psi_runner import PsiRun
+
+
+def table(runs: list[RoundRun], psi: dict[int, PsiRun]) -> list[list[str]]:
+    rows = [
+        [
+            *("system", "parties", "items", "cores", "wall s", "CPU s", "items/s", "peak RSS"),
+            *("ratio", "other load"),
+        ]
+    ]
+    for size in sorted({r.items for r in runs} | set(psi)):
+        ref = psi.get(size)
+        if ref is not None:
+            rows.append(
+                [
+                    "openmined-psi",
+                    "2",
+                    f"{size:,}",
+                    "1",
+                    f"{ref.wall:.2f}",
+                    f"{ref.cpu:.2f}",
+                    f"{2 * size / ref.wall:,.0f}",
+                    mb(ref.peak_rss),
+                    "1.00",
+                    f"{ref.other_cores:.2f}",
+                ]
+            )
+        for r in sorted((r for r in runs if r.items == size), key=lambda r: r.workers):
+            ratio = f"{r.wall / ref.wall:.2f}" if ref is not None and r.nations == 2 else "-"
+            rows.append(
+                [
+                    "blindmatch",
+                    str(r.nations),
+                    f"{size:,}",
+                    str(r.workers),
+                    f"{r.wall:.2f}",
+                    f"{r.cpu:.2f}",
+                    f"{r.nations * size / r.wall:,.0f}",
+                    mb(r.peak_rss),
+                    ratio,
+                    f"{r.other_cores:.2f}",
+                ]
+            )
+    return rows
+
+
+def render(rows: list[list[str]], markdown: bool) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+        if n == 0:
+            dashes = ["-" * w for w in widths]
+            lines.append(("| " + " | ".join(dashes) + " |") if markdown else "  ".join(dashes))
+    return "\n".join(lines)
+
+
+def report(
+    info: dict[str, Any],
+    core: Core,
+    runs: list[RoundRun],
+    rows: list[list[str]],
+    verdict_lines: list[str],
+    cpus: int,
+) -> str:
+    """The run in Markdown, ready for docs/BENCHMARKS.md."""
+    load = info["load_at_start"]
+    out = [
+        f"Machine: {info['cpus']} x {info['cpu_model']}, {info['ram_gib']} GiB RAM, Python "
+        f"{info['python']}, {info['platform']}; load average at start {load[0]:.2f} / "
+        f"{load[1]:.2f} / {load[2]:.2f}.",
+        "",
+        f"Core costs (CPU time, medians, same run): hash to group {core.hash_us:.1f} us, blinding "
+        f"{core.blind_us:.1f} us, hash and blind {core.hash_and_blind_us:.1f} us per item; "
+        f"`openssl speed ecdhx25519` {core.openssl_ops or 0:,.0f} ops/s; blinding pool "
+        + ", ".join(f"{w} process(es) {r:,.0f} ops/s" for w, r in core.pool_rates.items())
+        + f"; matching {core.match_tags_per_s / 1e6:.1f}M tags/s.",
+        "",
+        render(rows, markdown=True),
+        "",
+        "```",
+        *verdict_lines,
+        "```",
+    ]
+    for r in runs:
+        floor = floor_seconds(r, core, cpus)
+        out += [
+            "",
+            f"{r.nations} x {r.items:,}, {r.workers} worker(s)/node: wall {r.wall:.2f} s "
+            f"(observed by the operator command {r.observed:.2f} s), compute floor {floor:.2f} s, "
+            f"wall/floor {r.wall / floor:.2f}; coordinator {r.coordinator_bytes_per_tag:.0f} "
+            f"bytes/tag; other load {r.other_cores:.2f} cores.",
+            "",
+            "| process | peak RSS | CPU s in the round |",
+            "| --- | ---: | ---: |",
+            *(f"| {p['label']} | {mb(p['peak_rss'])} | {p['cpu']:.2f} |" for p in r.processes),
+        ]
+    return "\n".join(out) + "\n"
+
+
+def floor_seconds(run: RoundRun, core: Core, cores: int) -> float:
+    """(hashes x hash cost + blindings x blinding cost) / cores: every set is blinded by every node."""
+    hashes = run.nations * run.items
+    blindings = run.nations * run.nations * run.items
+    return (hashes * core.hash_us + blindings * core.blind_us) / 1e6 / cores
+
+
+def _load(other_cores: float) -> str:
+    """A warning when other work took a noticeable share of the machine during a run."""
+    if other_cores < 0.1:
+        return ""
+    return f" (other work used {other_cores:.2f} of the machine's cores meanwhile)"
+
+
+def verdicts(runs: list[RoundRun], psi: dict[int, PsiRun], core: Core, cores: int) -> list[str]:
+    out = []
+
+    def say(ok: bool | None, text: str) -> None:
+        out.append(f"{'n/a ' if ok is None else 'MET ' if ok else 'MISS'}  {text}")
+
+    blind_ops = 1e6 / core.blind_us
+    if core.openssl_ops:
+        ratio = blind_ops / core.openssl_ops
+        say(
+            ratio >= 0.9,
+            f"1a blinding per core {blind_ops:,.0f} ops/s = {ratio:.2f} x openssl speed "
+            f"ecdhx25519 ({core.openssl_ops:,.0f} ops/s); target >= 0.90",
+        )
+    else:
+        say(None, "1a openssl not found: no reference for blinding per core")
+    hash_pipeline = core.hash_and_blind_us - core.blind_us
+    say(
+        core.hash_us <= core.blind_us,
+        f"1b hash to group {core.hash_us:.1f} us = {core.hash_us / core.blind_us:.2f} x one "
+        f"blinding ({core.blind_us:.1f} us); in the own-set pipeline (hash and blind minus "
+        f"blind) {hash_pipeline:.1f} us = {hash_pipeline / core.blind_us:.2f} x; target <= 1.00",
+    )
+    if cores in core.pool_rates and cores > 1:
+        scale = core.pool_rates[cores] / core.pool_rates[1]
+        say(
+            scale >= 0.9 * cores,
+            f"2  blinding on {cores} cores {core.pool_rates[cores]:,.0f} ops/s = {scale:.2f} x "
+            f"one core ({core.pool_rates[1]:,.0f} ops/s); target >= {0.9 * cores:.1f}",
+        )
+    else:
+        say(None, "2  one core only: no scaling to measure")
+    for r in runs:
+        ref = psi.get(r.items)
+        if r.nations == 2 and ref is not None and r.items >= 100_000:
+            what = f"2 x {r.items:,}, {r.workers} worker(s)/node"
+            # openmined-psi is single threaded: on an idle core its wall time is its CPU time.
+            # Taking the smaller keeps other work on the machine from flattering blindmatch.
+            psi_wall = min(ref.wall, ref.cpu)
+            say(
+                r.wall <= psi_wall / 3,
+                f"3a {what}: wall {r.wall:.2f} s = {r.wall / psi_wall:.2f} x openmined-psi "
+                f"({psi_wall:.2f} s); target <= 0.33{_load(r.other_cores)}",
+            )
+            say(
+                r.cpu < ref.cpu,
+                f"3b {what}: CPU {r.cpu:.1f} s = {r.cpu / ref.cpu:.2f} x openmined-psi "
+                f"({ref.cpu:.1f} s); target < 1",
+            )
+    for r in runs:
+        if r.nations >= 3 and r.items >= 1_000_000:
+            what = f"{r.nations} x {r.items:,}, {r.workers} worker(s)/node"
+            floor = floor_seconds(r, core, cores)
+            say(
+                r.wall <= 1.25 * floor,
+                f"4a {what} completed: wall {r.wall:.1f} s = {r.wall / floor:.2f} x the compute "
+                f"floor {floor:.1f} s; target <= 1.25{_load(r.other_cores)}",
+            )
+            say(
+                r.coordinator_bytes_per_tag <= 100,
+                f"4b {what}: coordinator {r.coordinator_bytes_per_tag:.0f} bytes/tag (peak RSS "
+                "growth over the tags of the round); target <= 100",
+            )
+    say(
+        core.match_tags_per_s >= 5e6,
+        f"5  matching {core.match_tags_per_s / 1e6:.1f}M tags/s ({core.match_tags:,} tags); "
+        "target >= 5M",
+    )
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_at_start": os.getloadavg(),
+    }
