@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/blindmatch/v1/*.proto)
 
-.PHONY: install demo test bench bench-full lint format proto proto-check clean
+.PHONY: install demo test test-fast wheel-check bench bench-full lint format proto proto-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "blindmatch needs Python >= 3.11 (set PYTHON=...)")'
@@ -21,6 +21,23 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests marked slow (real processes, waits for node timeouts).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# The wheel as a user gets it: built from the tree, installed (not editable) in a fresh venv, and
+# its demo run from an empty directory outside the repo, so nothing can come from the source tree.
+# Catches generated code, package data or modules the wheel leaves out.
+WHEEL_DIR  := build/wheel
+WHEEL_VENV := build/wheel-venv
+wheel-check: install
+	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR) .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet $(WHEEL_DIR)/blindmatch-*.whl
+	run=$$(mktemp -d) && trap 'rm -rf "$$run"' EXIT && cd "$$run" \
+		&& env -u PYTHONPATH "$(CURDIR)/$(WHEEL_VENV)/bin/blindmatch" demo
 
 bench: install
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider

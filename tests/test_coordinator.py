@@ -627,6 +627,7 @@ def black_hole() -> Iterator[str]:
         yield f"127.0.0.1:{server.getsockname()[1]}"
 
 
+@pytest.mark.slow
 def test_a_silent_node_times_out(
     pki: FederationPki, nodes: dict[str, RunningNode], tmp_path: Path
 ) -> None:
@@ -642,6 +643,7 @@ def test_a_silent_node_times_out(
     assert nodes["alpha"].rounds.active() == []
 
 
+@pytest.mark.slow
 def test_stopping_the_coordinator_fails_and_aborts_rounds_in_flight(
     pki: FederationPki, nodes: dict[str, RunningNode], tmp_path: Path
 ) -> None:

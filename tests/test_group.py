@@ -7,6 +7,7 @@ an RFC 7748 Montgomery ladder), not with the code under test.
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -387,8 +388,17 @@ def test_non_canonical_encodings_are_refused(u: int) -> None:
 
 
 def test_largest_canonical_encoding_is_accepted() -> None:
-    validate_element(enc(P - 2))
-    validate_element(enc(BASE_U))
+    first, second = RoundKey.generate(), RoundKey.generate()
+    for u in (P - 2, BASE_U):
+        element = enc(u)
+        validate_element(element)
+        (once,) = first.blind([element])
+        assert len(once) == 32 and dec(once) < P  # blinding gives a canonical element again
+        # the element takes part in matching: blinding it under two keys commutes
+        assert second.blind(first.blind([element])) == first.blind(second.blind([element]))
+    # the base point is taken as given: blinding it yields the key's X25519 public value
+    public = X25519PrivateKey.from_private_bytes(first.export()).public_key().public_bytes_raw()
+    assert first.blind([enc(BASE_U)]) == [public]
 
 
 # --- round keys ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blindmatch.canon import KINDS
 from node.importers import (
     MAX_VALUE_CHARS,
     Event,
@@ -26,7 +27,7 @@ from node.importers import (
 )
 from node.importers.stix_pattern import PatternError, PatternValue, pattern_values
 from node.importing import SHOWN_INVALID, ImportReport, import_paths
-from node.store import Store
+from node.store import TLP_LEVELS, Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "import"
 SHA256 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
@@ -715,11 +716,25 @@ json_values = st.recursive(
 
 
 def _read_all(path: Path, fmt: str) -> None:
+    """Whatever the input, reading it yields well-formed events, the same on every read, or one
+    ImportFileError that names the file."""
     try:
-        for event in read_path(path, fmt)[1]:
-            assert isinstance(event, Record | Skipped | Invalid)
+        events = list(read_path(path, fmt)[1])
     except ImportFileError as exc:
-        assert str(path) in str(exc)
+        assert str(exc).startswith(f"{path}: ")
+        return
+    for event in events:
+        assert event.where, event  # every event says where in the file it came from
+        if isinstance(event, Record):
+            assert event.kind_hint in (*KINDS, "auto")
+            assert event.raw.strip() and len(event.raw) <= MAX_VALUE_CHARS
+            assert event.tlp is None or event.tlp in TLP_LEVELS
+            assert event.count >= 1
+        elif isinstance(event, Skipped):
+            assert event.reason
+        else:
+            assert isinstance(event, Invalid) and event.message
+    assert list(read_path(path, fmt)[1]) == events
 
 
 @settings(

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +24,12 @@ import pytest
 import node.rounds
 from blindmatch import net
 from blindmatch.group import RoundKey, hash_to_group
-from blindmatch.protocol import NodePhase, NodeRound, Policy
+from blindmatch.protocol import CoordinatorRound, NodePhase, NodeRound, Policy
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.servicer import NodeServicer
 from tests.federation import Federation, NodeData, load, make_datasets
 from tests.pkifixtures import FederationPki
+from tests.waiting import until
 
 NAMES = ("alpha", "bravo", "charlie", "delta")
 SIZE = 600
@@ -184,38 +184,32 @@ def frames_holding(secrets: set[bytes]) -> list[str]:
     return found
 
 
-def until(condition: Callable[[], bool], timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def run_once_reachable(fed: Federation, nodes: list[str], timeout: float = 15) -> Any:
-    """Run a round, again while the coordinator still finds a node unreachable: after a broken
-    connection gRPC waits (backoff) before it dials again, as an operator retrying would see."""
-    end = time.monotonic() + timeout
-    while True:
-        info = fed.run_round(nodes)
-        if info.state == "done" or "unreachable" not in info.error or time.monotonic() > end:
-            return info
-        time.sleep(0.5)
+def ended_everywhere(env: Env, rec: Recorder) -> bool:
+    """Every node has let go of every recorded round and written its audit (which it does last)."""
+    if any(n.rounds.active() for n in env.fed.nodes.values()):
+        return False
+    if any(state.phase not in (NodePhase.DONE, NodePhase.ABORTED) for state in rec.rounds):
+        return False
+    ids = {state.spec.round_id for state in rec.rounds}
+    for name in env.fed.stores:
+        with env.fed.store(name) as store:
+            if any(r.outcome == "started" for r in store.rounds() if r.round_id in ids):
+                return False
+    return True
 
 
 def assert_no_key_material(env: Env, rec: Recorder, expected_rounds: int) -> None:
     assert len(rec.rounds) == expected_rounds and len(rec.keys) == expected_rounds
     # a round ends everywhere within the node's timeout, whatever happened to the coordinator
-    until(lambda: all(not n.rounds.active() for n in env.fed.nodes.values()), 10)
+    until("every node has ended every round", lambda: ended_everywhere(env, rec), 10)
     for state in rec.rounds:
         assert state.key is None
         assert state.phase in (NodePhase.DONE, NodePhase.ABORTED)
         assert state.positions_held == 0
     assert all(key.destroyed for key, _ in rec.keys)
     secrets = rec.secrets()
-    end = time.monotonic() + 5  # a thread serving a stream may take a moment to notice
-    while frames_holding(secrets) and time.monotonic() < end:
-        time.sleep(0.05)
-    assert frames_holding(secrets) == []
+    # a thread serving a stream may take a moment to notice that its round has ended
+    until("no thread holds key material", lambda: not frames_holding(secrets), 5)
     for path in env.fed.stores.values():
         for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             if file.exists():
@@ -239,12 +233,29 @@ def test_no_key_material_after_a_round_a_node_refused(env: Env, recorder: Record
     assert_no_key_material(env, recorder, 3)
 
 
-def test_no_key_material_after_a_connection_cut_mid_stream(env: Env, recorder: Recorder) -> None:
+@pytest.mark.slow
+def test_no_key_material_after_a_connection_cut_mid_stream(
+    env: Env, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     relay = env.fed.relays["charlie"]
-    # past Prepare, well before the end of the round's traffic through charlie
-    relay.cut_after(40_000)
+    cut = threading.Event()
+    on_chunk = CoordinatorRound.on_chunk
+
+    def cut_after_the_first_hop(self: CoordinatorRound, *args: Any, **kwargs: Any) -> Any:
+        forward = on_chunk(self, *args, **kwargs)
+        # Cut in the coordinator's own thread, before it forwards anything more: the round is
+        # past Prepare and its first element-hop, and charlie still has sets to re-blind.
+        if not cut.is_set() and self.progress()[0] > 0:
+            relay.cut_after(0)  # and every later connection through charlie's relay
+            relay.cut_now()
+            cut.set()
+        return forward
+
     try:
-        info = env.fed.run_round(["alpha", "bravo", "charlie"], timeout=30)
+        with monkeypatch.context() as mp:
+            mp.setattr(CoordinatorRound, "on_chunk", cut_after_the_first_hop)
+            info = env.fed.run_round(["alpha", "bravo", "charlie"], timeout=30)
+        assert cut.is_set()
         assert info.state == "failed"
         assert "charlie" in info.error
         assert info.hops_done > 0  # it was cut mid-round, not before
@@ -255,10 +266,16 @@ def test_no_key_material_after_a_connection_cut_mid_stream(env: Env, recorder: R
     with env.fed.store("charlie") as store:
         entry = next(r for r in store.rounds() if r.round_id == info.id)
     assert entry.outcome in ("failed", "aborted")
-    ok = run_once_reachable(env.fed, ["alpha", "bravo", "charlie"])
+    # After the broken connections gRPC waits (backoff) before it dials charlie again; the next
+    # round is started once the coordinator's channel to charlie is up, as an operator would.
+    assert env.fed.coordinator is not None
+    channel = env.fed.coordinator.coordinator.links.channels()["charlie"]
+    grpc.channel_ready_future(channel).result(timeout=60)
+    ok = env.fed.run_round(["alpha", "bravo", "charlie"])
     assert ok.state == "done", ok.error
 
 
+@pytest.mark.slow
 def test_no_key_material_while_a_stalled_coordinator_holds_a_stream_open(
     env: Env, recorder: Recorder, pki: FederationPki
 ) -> None:

@@ -8,7 +8,6 @@ the epoch opened by the first test is used by the next ones, and the last ones e
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,8 @@ from blindmatch.group import RoundKey
 from blindmatch.protocol import CapExceeded, Policy, PolicyRefusal
 from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
 from blindmatch.watch import (
+    DEFAULT_CHECK_BUDGET,
+    FILTER_ERROR_RATE,
     EpochEnded,
     NodeEpoch,
     check_route,
@@ -34,6 +35,7 @@ from node.config import NodeConfig, load_config, render_config
 from node.store import Sighting, Store
 from tests.federation import Federation
 from tests.pkifixtures import FederationPki
+from tests.waiting import until
 
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo")
 WATCHERS = NAMES[:4]
@@ -163,7 +165,8 @@ def test_node_epoch_budget_and_end() -> None:
 
 def test_false_positive_budget() -> None:
     # 64 nations checking their whole budget each, every element tested in 63 filters
-    assert expected_false_positives(64 * 10_000, 63, 1e-9) < 0.05
+    expected = expected_false_positives(64 * DEFAULT_CHECK_BUDGET, 63, FILTER_ERROR_RATE)
+    assert expected < 0.05
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -190,6 +193,8 @@ def test_watch_round_opens_an_epoch(fed: WatchFederation) -> None:
     assert fed.coordinator is not None and fed.coordinator.watch is not None
     hub_epoch = fed.coordinator.watch.epoch
     assert hub_epoch is not None and set(hub_epoch.filters) == set(WATCHERS)
+    # the filters checks are tested against are built at the rate the budget above assumes
+    assert {f.error_rate for f in hub_epoch.filters.values()} == {FILTER_ERROR_RATE}
     assert set(fed.coordinator.watch.filter_bytes()) == set(WATCHERS)
     assert fed.nodes["echo"].watch is not None and fed.nodes["echo"].watch.epoch is None
 
@@ -345,12 +350,17 @@ def test_filters_survive_a_coordinator_restart(fed: WatchFederation) -> None:
     assert got == {"alpha-only.example": {"alpha"}, "charlie-new.example": {"charlie"}}
 
 
+@pytest.mark.slow  # waits for a 2 s epoch to end
 def test_checks_are_refused_after_the_epoch(fed: WatchFederation) -> None:
     info = fed.start_watch(WATCHERS, epoch=2)
     assert info.state == "done", info.error
     reply = check(fed, "delta", ["shared.example"])
     assert partners_of(reply)["shared.example"] == {"alpha", "bravo"}
-    time.sleep(2.5)
+    until(
+        "every watcher's reaper ends the epoch",
+        lambda: all(fed.nodes[n].watch and fed.nodes[n].watch.epoch is None for n in WATCHERS),
+        30,
+    )
     with pytest.raises(grpc.RpcError) as err:
         check(fed, "delta", ["shared.example"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
