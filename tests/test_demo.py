@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from blindmatch.demo import VERIFIED
 from blindmatch.samples import expected_matches, nation_names
 from node.store import Store
@@ -34,6 +36,7 @@ def _port_is_free(address: str) -> bool:
     return True
 
 
+@pytest.mark.slow  # the whole demo: real processes and a round
 def test_demo_runs_a_round_and_verifies_it(tmp_path: Path) -> None:
     kept = tmp_path / "federation"
     result = _demo("--nations", "3", "--size", "300", "--keep", str(kept))

@@ -32,6 +32,8 @@ from coordinator.state import RESTART_REASON as COORDINATOR_RESTART
 from node.store import RoundAudit, Sighting, Store
 from tests.relay import Relay
 
+pytestmark = pytest.mark.slow  # real server processes, killed and restarted
+
 NAMES = ("alpha", "bravo", "charlie")
 SIZE = 20_000  # indicators per node
 SHARED = 1_000  # of which every node holds the same ones
