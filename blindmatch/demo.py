@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from blindmatch import harness, net, pki, samples
+from blindmatch import harness, net, pki, sample_files, samples
 from blindmatch.canon import KINDS
 from blindmatch.harness import Federation, HarnessError, Server
 
@@ -123,7 +123,7 @@ class Demo:
 
         _heading(f"2. Sample data (seed {samples.DEFAULT_SEED})")
         data = samples.generate(self.nations, self.size)
-        files = data.write(self.root / "data")
+        files = sample_files.write_samples(data, self.root / "data")
         show_files = ", ".join(samples.FILE_NAMES[f] for f in samples.FORMATS)
         print(f"   each nation has {show_files} in {self.root / 'data'}/<nation>/")
         self.show_spellings(data)

@@ -10,6 +10,7 @@ import pytest
 
 from blindmatch import samples
 from blindmatch.canon import KINDS, canonicalize
+from blindmatch.sample_files import write_samples
 from node.importing import import_paths
 from node.store import TLP_LEVELS, Store
 
@@ -25,8 +26,8 @@ def test_same_arguments_give_the_same_data_and_files(tmp_path: Path) -> None:
     first = samples.generate(samples.nation_names(3), SIZE, seed=7)
     second = samples.generate(samples.nation_names(3), SIZE, seed=7)
     assert first.sightings == second.sightings
-    paths_a = first.write(tmp_path / "a")
-    paths_b = second.write(tmp_path / "b")
+    paths_a = write_samples(first, tmp_path / "a")
+    paths_b = write_samples(second, tmp_path / "b")
     for nation in first.nations:
         for a, b in zip(paths_a[nation], paths_b[nation], strict=True):
             assert a.read_bytes() == b.read_bytes(), a.name
@@ -110,7 +111,7 @@ def test_sample_tlp_order_is_the_store_s() -> None:
 
 
 def test_files_import_cleanly_into_a_store(tmp_path: Path, three: samples.Samples) -> None:
-    files = three.write(tmp_path / "data")
+    files = write_samples(three, tmp_path / "data")
     for nation in three.nations:
         with Store.open(tmp_path / f"{nation}.sqlite") as store:
             report = import_paths(store, files[nation])
@@ -131,7 +132,7 @@ def test_files_import_cleanly_into_a_store(tmp_path: Path, three: samples.Sample
 
 
 def test_files_use_each_format_s_features(tmp_path: Path, three: samples.Samples) -> None:
-    paths = {p.name: p for p in three.write(tmp_path)[three.nations[0]]}
+    paths = {p.name: p for p in write_samples(three, tmp_path)[three.nations[0]]}
     text = paths[samples.FILE_NAMES["text"]].read_text(encoding="utf-8")
     assert text.startswith("#")
     header = paths[samples.FILE_NAMES["csv"]].read_text(encoding="utf-8").splitlines()[1]
