@@ -1,8 +1,9 @@
 """Built-in sample data: every nation's sightings, deterministic, with overlaps known in advance.
 
 The demo and the tests need data whose right answer is known without running the protocol. This
-module invents it from a seeded ``random.Random`` (no network, no files read) and writes it in the
-four formats CERTs exchange: a plain list, CSV, a STIX 2.1 bundle and a MISP event.
+module invents it from a seeded ``random.Random`` (no network, no files read);
+``blindmatch.sample_files`` writes it in the four formats CERTs exchange: a plain list, CSV, a
+STIX 2.1 bundle and a MISP event.
 
 Design of one federation of nations, each holding exactly ``size`` distinct indicators:
 - shared by every nation: about 4% of ``size``, at least one of each kind. The first two are
