@@ -34,6 +34,9 @@ WHEEL_VENV := build/wheel-venv
 wheel-check: install
 	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
 	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR) .
+	$(BIN)/python -c 'import glob, sys, zipfile; \
+		tops = {n.split("/")[0] for n in zipfile.ZipFile(glob.glob("$(WHEEL_DIR)/blindmatch-*.whl")[0]).namelist() if not n.split("/")[0].endswith(".dist-info")}; \
+		sys.exit(0 if tops == {"blindmatch", "node", "coordinator"} else f"wheel-check: unexpected top-level packages {sorted(tops)}")'
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install --quiet $(WHEEL_DIR)/blindmatch-*.whl
 	run=$$(mktemp -d) && trap 'rm -rf "$$run"' EXIT && cd "$$run" \
