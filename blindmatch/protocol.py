@@ -106,6 +106,9 @@ class RoundSpec:
     threshold: int | None = None
     kinds: tuple[str, ...] = KINDS
     chunk_size: int = DEFAULT_CHUNK
+    epoch_seconds: float = 0.0
+    counts: bool = False
+    issued: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.participants)

@@ -24,14 +24,15 @@ The coordinator's round (``CoordinatorPhase``, ``COORDINATOR``; ``RoundInfo.stat
   PREPARING -> ROUTING -> DELIVERING -> DONE, and any of the first three -> FAILED.
 
 An epoch (``EpochPhase``, ``EPOCH``): a watch round's key kept beyond the round (docs/WATCH.md)
-  PENDING     the watch round is fully blinded: each node holds its final tags (BeginEpoch), the
-              coordinator has sent them; the round has not delivered yet.
-  OPEN        the round delivered: each node keeps the key and its tag map, the coordinator one
-              Bloom filter per node; checks, their re-blinding and alerts are accepted.
-  CLOSED      its end time passed, the coordinator closed it, a newer epoch replaced it or the
-              node stopped (a node's epoch lives in memory only); keys and tag maps destroyed,
-              filters erased.
-  PENDING -> OPEN -> CLOSED, and PENDING -> CLOSED when the round fails before its delivery.
+  PENDING     the watch round is fully blinded: each node has staged the epoch (BeginEpoch: a
+              copy of the round's key, its k_c-tags as its tag map); the round has not delivered.
+  OPEN        the round delivered: each node keeps the key and its tag map, the coordinator its
+              epoch key and one Bloom filter per node; checks, re-blinding and alerts are accepted.
+  CLOSED      its end time passed, the coordinator closed it, a newer epoch replaced it, its round
+              failed or was aborted (even after this node's delivery), or the node stopped (a
+              node's epoch lives in memory only); keys and tag maps destroyed, filters erased.
+              Why is a reason recorded beside the phase ("replaced by epoch ...", "ended at ...").
+  PENDING -> OPEN -> CLOSED, and PENDING -> CLOSED when the round ends without its delivery.
 
 Outcomes (``Outcome``): how a round or a check ended, in audit records
   A node's audit of a round says STARTED until the round ends, then DONE, FAILED, REFUSED or

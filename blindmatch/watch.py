@@ -1,35 +1,36 @@
-"""Early warning, without I/O: watch epochs, check budgets and the routing of a check.
+"""Early warning, without I/O: the shared rules of a check, and a node's epochs and checks.
 
-A *watch round* runs exactly like a pairwise round, and then opens an *epoch* (default 24 h):
-
-- Each participant keeps the round's key for the epoch (``NodeEpoch``), with its *tag map*: its
-  own final tags (the coordinator hands them back by position) -> (kind, canonical value).
-- The coordinator keeps, per participant, a Bloom filter of that participant's final tags
-  instead of the tags themselves.
+A *watch round* is a pairwise round announced as such at Prepare (``RoundSpec.epoch_seconds``);
+a node refuses it unless its ``[watch]`` settings allow that epoch (``WatchSettings``). Once the
+round is fully blinded the coordinator draws its own epoch key k_c, applies it to every final
+tag, and hands each node its own k_c-tags (``BeginEpoch``): the node *stages* the epoch (PENDING,
+in ``blindmatch.states.EPOCH``) with a copy of the round's key and its *tag map*: k_c-tag ->
+(kind, canonical value). A successful delivery opens it; any other end of the round (a failure,
+a refused delivery, Abort, even after the delivery) closes it and destroys the key.
 
 Rules of a check (node C checks values during epoch E):
-  1. C canonicalises, hashes and blinds the values under its epoch key, and sends them to the
-     coordinator with the partners its policy lets learn of its sightings.
-  2. The coordinator routes the elements through every other participant of E in cyclic order
-     (``check_route``), as a round routes C's set. Each partner P applies its epoch key only
-     within its per-epoch budget for C (``NodeEpoch.charge``), and says whether its policy
-     lets C learn what it holds.
-  3. The final tags are tested against the filter of every partner both policies allow. A
-     partner with a hit is sent the tags (``Alert``); it confirms the ones in its tag map (a
-     Bloom false positive is never reported) and records "C has now sighted your indicator".
-  4. C learns, per value, the partners that confirmed, records them as alerts, and adds the
-     final tags to its tag map; the coordinator adds them to C's filter.
+  1. C canonicalises and hashes the values, masks them with a fresh one-use ``Mask`` and blinds
+     them with its epoch key, signs them (``CheckClaim``, hop 0, a fresh check id) and sends
+     them to the coordinator with the partners its policy lets learn of its sightings.
+  2. The coordinator routes them through every other participant of E in cyclic order
+     (``check_route``). Partner P at hop h re-blinds only elements signed by the node that
+     must have produced them (C at hop 1, the previous partner of the route after that), with
+     a certificate of the federation CA, for a checker that is a participant; then books them
+     against C's budget and signs its output as hop h. Anything else is refused, costs nothing.
+  3. The coordinator applies k_c and hands the result back to C, which removes its mask: the
+     k_c-tags of the values. No node ever sees a check's final tag unmasked and without k_c,
+     so no partner can tell whether a value checked is its own, nor link two checks.
+  4. C sends the k_c-tags back; the coordinator tests them against the filter of every partner
+     both policies allow. A partner with a hit is sent the tags (``Alert``); it confirms those in
+     its tag map (a Bloom false positive is never reported) and records "C has now sighted your
+     indicator". C learns, per value, the partners that confirmed, and adds the tags to its tag
+     map; the coordinator adds them to C's filter.
   Nothing is accepted after the epoch's end (``EpochEnded``); the key is destroyed then.
 
-The machines (no I/O, no real clock: ``now`` or a clock callable is passed in):
-- Coordinator: ``CoordinatorWatch`` holds at most one ``CoordinatorEpoch`` (OPEN, then REPLACED
-  by the next watch round or ENDED by the clock) and starts a ``CheckFlow`` per check: the hops to
-  route through, the Alerts to fan out, the reply. Its filters are any ``Membership``.
-- Node: ``NodeWatchCore`` holds the epochs BeginEpoch announced, the current ``NodeEpoch``, and
-  starts a ``NodeCheck`` per check of the node's own sightings.
-Replies are validated with the rounds' rules (``CoordinatorRound.on_chunk``): the sender is the
-expected one, element counts match exactly, indices are in range and never repeated. A reply that
-breaks them is a ``BadReply``.
+The coordinator's side is ``blindmatch.watchhub``; this module holds the rules both sides
+apply and the node's machines: ``NodeWatchCore`` (the staged and the current ``NodeEpoch``, the
+re-blinding of partners' checks) and ``NodeCheck`` (one check of the node's own sightings).
+No I/O and no real clock: a clock callable is passed in.
 """
 
 from __future__ import annotations
@@ -37,34 +38,40 @@ from __future__ import annotations
 import enum
 import math
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 
 from blindmatch.canon import InvalidIndicator, canonicalize
-from blindmatch.group import ELEMENT_BYTES, RoundKey
+from blindmatch.group import ELEMENT_BYTES, Mask, RoundKey
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
     NodeRound,
     Policy,
     PolicyRefusal,
+    ProtocolError,
+    RoundSpec,
     WrongPhase,
 )
+from blindmatch.signing import CheckClaim, ForgedMessage, Trust
+from blindmatch.states import EPOCH, EpochEvent, EpochPhase
 
 Clock = Callable[[], float]  # unix seconds; time.time outside tests
 
 DEFAULT_EPOCH_SECONDS = 24 * 3600.0
 MAX_EPOCH_SECONDS = 90 * 24 * 3600.0
+DEFAULT_MAX_EPOCH = "7d"  # node.toml [watch] max_epoch: the longest epoch a node keeps a key for
 DEFAULT_CHECK_BUDGET = 10_000  # elements a node blinds for each partner's checks per epoch
 # Target false-positive rate of each coordinator filter. With E elements checked per epoch
 # across the federation and P partner filters tested per element, expected Bloom false
 # positives are E * P * rate: 64 nations at the default budget (E <= 64 * 10_000, P <= 63) give
 # 0.04 per epoch. A false positive costs one Alert that the partner answers "not mine"; it never
-# reaches the checking node as a hit (rule 3).
+# reaches the checking node as a hit (rule 4).
 FILTER_ERROR_RATE = 1e-9
 MAX_CHECK_ELEMENTS = 100_000  # per check: 3.2 MB of elements each way
+CHECK_ID = re.compile(r"[0-9a-f]{16,64}")
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -81,6 +88,12 @@ class BadReply(BadMessage):
     """
 
     code = "INTERNAL"
+
+
+class CheckReplayed(ProtocolError):
+    """A check id this node has already blinded for in this epoch: each check is blinded once."""
+
+    code = "ALREADY_EXISTS"
 
 
 def parse_duration(text: str) -> float:
@@ -100,9 +113,18 @@ def utc_text(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def days(seconds: float) -> str:
+    return f"{seconds / 86400:g} days"
+
+
 def expected_false_positives(elements: int, partner_filters: int, rate: float) -> float:
     """Bloom false positives expected when ``elements`` are each tested in that many filters."""
     return elements * partner_filters * rate
+
+
+def bloom_bits_per_element(rate: float) -> float:
+    """Bits per element of an optimal Bloom filter at false-positive ``rate``."""
+    return -math.log(rate) / math.log(2) ** 2
 
 
 def check_route(participants: Sequence[str], checker: str) -> tuple[str, ...]:
@@ -147,6 +169,60 @@ def split_tags(packed: bytes) -> list[bytes]:
     return [packed[i : i + ELEMENT_BYTES] for i in range(0, len(packed), ELEMENT_BYTES)]
 
 
+@dataclass(frozen=True, slots=True)
+class CheckHop:
+    """Check elements on their way to the next partner, with their producer's signature.
+
+    ``hop`` names the producer: 0 the checker, h the h-th partner of ``check_route``."""
+
+    epoch_id: str
+    checker: str
+    check_id: str
+    hop: int
+    elements: bytes
+    signature: bytes
+    certificate: bytes
+
+    def claim(self, spec_digest: bytes) -> CheckClaim:
+        return CheckClaim(
+            self.epoch_id, spec_digest, self.checker, self.check_id, self.hop, self.elements
+        )
+
+
+def producer(route: Sequence[str], checker: str, hop: int) -> str:
+    """Who must have signed elements of ``hop``: the checker at 0, the hop-th partner after."""
+    return checker if hop == 0 else route[hop - 1]
+
+
+# --- a node's watch settings and epochs -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """node.toml ``[watch]``: whether the node takes part in watch rounds, and for how long."""
+
+    enabled: bool = True
+    max_epoch: float = 7 * 86400.0  # seconds
+    check_clients: tuple[tuple[str, str], ...] = ()  # (role, name) allowed to call Check
+
+    def admit(self, spec: RoundSpec, me: str) -> None:
+        """Refuse a watch round this node's settings do not allow (at Prepare)."""
+        seconds = spec.epoch_seconds
+        if not math.isfinite(seconds) or seconds < 0:
+            raise BadMessage(f"round {spec.round_id}: epoch_seconds {seconds!r} is not a duration")
+        if seconds == 0:
+            return
+        if not self.enabled:
+            raise PolicyRefusal(
+                f"node {me} takes no part in watch rounds ([watch] enabled = false in its node.toml)"
+            )
+        if seconds > self.max_epoch:
+            raise PolicyRefusal(
+                f"watch round {spec.round_id} asks {me} to keep its key for {days(seconds)}; "
+                f"its node.toml allows at most {days(self.max_epoch)} ([watch] max_epoch)"
+            )
+
+
 @dataclass
 class NodeEpoch:
     """One node's side of an epoch: the kept key, the tag map, budgets spent by each partner."""
@@ -157,16 +233,23 @@ class NodeEpoch:
     ends: float  # unix seconds
     key: RoundKey | None
     budget: int
-    tags: dict[bytes, tuple[str, str]] = field(default_factory=dict)
+    tags: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # k_c-tag -> indicator
     spent: dict[str, int] = field(default_factory=dict)  # partner -> elements blinded for it
-    closed: str | None = None  # why the epoch ended early, if it did
+    seen: set[tuple[str, str]] = field(default_factory=set)  # (checker, check id) blinded
+    phase: EpochPhase = EpochPhase.OPEN
+    closed: str | None = None  # why the epoch ended, once it has
+    coordinator: str = ""
+    # The digest of the watch round's signed spec, bound into every CheckClaim; b"" until the
+    # signed specs reach this module (signing.spec_digest of the spec the node accepted).
+    spec_digest: bytes = b""
 
     def expired(self, now: float) -> bool:
         return now >= self.ends
 
     def require_open(self, now: float) -> RoundKey:
-        if self.closed is not None:
-            raise EpochEnded(f"epoch {self.epoch_id} was closed ({self.closed})")
+        if self.phase not in EPOCH.accepts[EpochEvent.CHECK]:
+            why = self.closed or "its watch round has not delivered yet"
+            raise EpochEnded(f"epoch {self.epoch_id} is {self.phase.value} ({why})")
         if now >= self.ends or self.key is None:
             raise EpochEnded(
                 f"epoch {self.epoch_id} ended at {utc_text(self.ends)}; start a new watch round "
@@ -174,11 +257,18 @@ class NodeEpoch:
             )
         return self.key
 
+    def open(self) -> None:
+        """The watch round delivered: checks are accepted from now on."""
+        EPOCH.require(f"epoch {self.epoch_id}", self.phase, EpochEvent.DELIVERY)
+        self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.OPEN)
+
     def charge(self, checker: str, count: int, now: float) -> RoundKey:
         """Book ``count`` elements of ``checker``'s check against its budget; the key to use."""
         key = self.require_open(now)
         if checker == self.me or checker not in self.participants:
             raise PolicyRefusal(f"{checker} is not a partner of {self.me} in epoch {self.epoch_id}")
+        # BUDGETS: once node/budgets.py lands, charge_check(checker, count, self.epoch_id)
+        # replaces this per-epoch counter (a rolling window across epochs, kept in the store).
         used = self.spent.get(checker, 0)
         if used + count > self.budget:
             raise CapExceeded(
@@ -203,240 +293,9 @@ class NodeEpoch:
             self.key.destroy()
         self.key = None
         self.tags = {}
-        if self.closed is None:
+        if self.phase is not EpochPhase.CLOSED:
+            self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.CLOSED)
             self.closed = reason
-
-
-def bloom_bits_per_element(rate: float) -> float:
-    """Bits per element of an optimal Bloom filter at false-positive ``rate``."""
-    return -math.log(rate) / math.log(2) ** 2
-
-
-# --- the coordinator's side ---------------------------------------------------------------------
-
-
-class Membership(Protocol):
-    """A coordinator filter as the core sees it; pybloom_live's ScalableBloomFilter is one."""
-
-    def __contains__(self, key: str) -> bool: ...
-
-    def add(self, key: str) -> object: ...
-
-
-def filter_key(tag: bytes) -> str:
-    # pybloom_live hashes str(key) for anything but str; hex is the exact, cheap spelling, and
-    # the one the filters on disk hold.
-    return tag.hex()
-
-
-class EpochState(enum.Enum):
-    OPEN = "open"  # checks accepted until its end
-    REPLACED = "replaced"  # a newer watch round opened the next epoch
-    ENDED = "ended"  # its end passed: its filters are deleted
-
-
-@dataclass
-class CoordinatorEpoch:
-    epoch_id: str
-    participants: tuple[str, ...]
-    ends: float  # unix seconds
-    filters: dict[str, Membership] = field(default_factory=dict)
-    state: EpochState = EpochState.OPEN
-
-    def ended(self, now: float) -> bool:
-        return now >= self.ends
-
-
-@dataclass(frozen=True)
-class Closing:
-    """CloseEpoch calls owed to the nodes of a replaced epoch that the new one leaves out."""
-
-    epoch_id: str
-    nodes: tuple[str, ...]
-    reason: str
-
-
-class CoordinatorWatch:
-    """The coordinator's epochs: at most one open, replaced by the next, ended by the clock."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.epoch: CoordinatorEpoch | None = None
-        self._ended: CoordinatorEpoch | None = None  # the last one the clock ended, to name it
-
-    def epoch_end(self, seconds: float) -> float:
-        return self.clock() + seconds
-
-    def restorable(self, epoch: CoordinatorEpoch) -> bool:
-        """Whether an epoch read back after a restart is still worth its filters."""
-        return not epoch.ended(self.clock())
-
-    def open(self, epoch: CoordinatorEpoch) -> Closing | None:
-        previous, self.epoch = self.epoch, epoch
-        if previous is None:
-            return None
-        previous.state = EpochState.REPLACED
-        others = tuple(n for n in previous.participants if n not in epoch.participants)
-        return Closing(previous.epoch_id, others, f"replaced by epoch {epoch.epoch_id}")
-
-    def expire(self) -> CoordinatorEpoch | None:
-        """The open epoch, if its end has passed: it is ENDED and its filters must go."""
-        epoch = self.epoch
-        if epoch is None or not epoch.ended(self.clock()):
-            return None
-        epoch.state = EpochState.ENDED
-        epoch.filters = {}
-        self.epoch, self._ended = None, epoch
-        return epoch
-
-    def begin_check(
-        self, checker: str, epoch_id: str, elements: bytes, allowed: frozenset[str] | None
-    ) -> CheckFlow:
-        """Refuse or start a check by ``checker`` (the name in its certificate)."""
-        epoch = self.epoch
-        ended = self._ended if epoch is None else epoch if epoch.ended(self.clock()) else None
-        if ended is not None and ended.epoch_id == epoch_id:
-            raise EpochEnded(f"epoch {epoch_id} ended at {utc_text(ended.ends)}")
-        if epoch is None or epoch.epoch_id != epoch_id:
-            have = f"the current epoch is {epoch.epoch_id}" if epoch else "no epoch is open"
-            raise EpochEnded(
-                f"the coordinator has no epoch {epoch_id!r} ({have}); start a watch round"
-            )
-        return CheckFlow(epoch, checker, elements, allowed)
-
-
-class CheckPhase(enum.Enum):
-    ROUTING = "routing"  # through each partner's key, one hop after the other
-    TESTING = "testing"  # final tags known, filters not yet tested
-    CONFIRMING = "confirming"  # Alerts out to the partners with a hit
-    DONE = "done"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    tags: bytes  # final tags, in the request's order
-    hits: dict[str, tuple[int, ...]]  # partner -> positions it confirmed
-    epoch_ends: float
-
-
-class CheckFlow:
-    """One check at the coordinator (rules 2 to 4): route, test the filters, fan out, answer."""
-
-    def __init__(
-        self,
-        epoch: CoordinatorEpoch,
-        checker: str,
-        elements: bytes,
-        allowed: frozenset[str] | None,
-    ) -> None:
-        if checker not in epoch.participants:
-            raise PolicyRefusal(f"{checker} is not a participant of epoch {epoch.epoch_id}")
-        self.count = check_elements(elements)
-        if self.count > MAX_CHECK_ELEMENTS:
-            raise BadMessage(
-                f"a check of {self.count} elements; at most {MAX_CHECK_ELEMENTS} per check"
-            )
-        self.epoch = epoch
-        self.checker = checker
-        self.allowed = allowed
-        self.route = check_route(epoch.participants, checker)
-        self.elements = elements  # as blinded so far
-        self.shares: dict[str, bool] = {}
-        self.phase = CheckPhase.ROUTING
-        self._tags: list[bytes] = []
-        self._keys: list[str] = []
-        self._candidates: dict[str, list[int]] = {}
-        self._pending: set[str] = set()
-        self._hits: dict[str, tuple[int, ...]] = {}
-
-    @property
-    def next_hop(self) -> str | None:
-        """The partner to send ``elements`` to next, or None once every key is applied."""
-        return self.route[len(self.shares)] if self.phase is CheckPhase.ROUTING else None
-
-    def on_reblinded(self, sender: str, elements: bytes, share: bool) -> str | None:
-        """A partner's re-blinded elements; returns the next hop, if any."""
-        expected = self.next_hop
-        self._require(CheckPhase.ROUTING)
-        if sender != expected:
-            raise BadReply(
-                f"re-blinded check elements from {sender}; expected them from {expected}"
-            )
-        if len(elements) != len(self.elements):
-            raise BadReply(
-                f"{sender} returned {len(elements)} bytes for a check of {self.count} elements "
-                f"({len(self.elements)} bytes)"
-            )
-        self.elements = elements
-        self.shares[sender] = share
-        if len(self.shares) == len(self.route):
-            self._tags = split_tags(elements)
-            self._keys = [filter_key(t) for t in self._tags]
-            self.phase = CheckPhase.TESTING
-        return self.next_hop
-
-    def alerts(self) -> dict[str, bytes]:
-        """Test the filters both policies allow: partner -> the tags to send it in an Alert."""
-        self._require(CheckPhase.TESTING)
-        for partner in reported_partners(
-            self.epoch.participants, self.checker, self.allowed, self.shares
-        ):
-            bloom = self.epoch.filters[partner]
-            hit = [i for i, k in enumerate(self._keys) if k in bloom]
-            if hit:
-                self._candidates[partner] = hit
-        self._pending = set(self._candidates)
-        self.phase = CheckPhase.CONFIRMING
-        return {p: b"".join(self._tags[i] for i in hit) for p, hit in self._candidates.items()}
-
-    def on_alert_reply(self, partner: str, known: Sequence[bool]) -> None:
-        """Which of the tags sent to ``partner`` it holds; the others were Bloom false positives."""
-        self._require(CheckPhase.CONFIRMING)
-        if partner not in self._pending:
-            raise BadReply(f"an Alert answer from {partner}, which owes none")
-        sent = self._candidates[partner]
-        if len(known) != len(sent):
-            raise BadReply(
-                f"{partner} answered {len(known)} flags for an Alert of {len(sent)} tags"
-            )
-        self._pending.discard(partner)
-        confirmed = tuple(i for i, ok in zip(sent, known, strict=True) if ok)
-        if confirmed:
-            self._hits[partner] = confirmed
-
-    def on_alert_failed(self, partner: str) -> None:
-        """An Alert that could not be delivered: best effort, that partner reports no hit."""
-        self._require(CheckPhase.CONFIRMING)
-        if partner not in self._pending:
-            raise WrongPhase(f"no Alert to {partner} is outstanding")
-        self._pending.discard(partner)
-
-    def finish(self) -> CheckResult:
-        """The checker's answer; its final tags join its filter (rule 4)."""
-        self._require(CheckPhase.CONFIRMING)
-        if self._pending:
-            raise WrongPhase(f"Alerts to {', '.join(sorted(self._pending))} are unanswered")
-        bloom = self.epoch.filters[self.checker]
-        for k in self._keys:
-            bloom.add(k)
-        self.phase = CheckPhase.DONE
-        return CheckResult(self.elements, dict(self._hits), self.epoch.ends)
-
-    def _require(self, phase: CheckPhase) -> None:
-        if self.phase is not phase:
-            raise WrongPhase(f"a check that is {self.phase.value}; expected {phase.value}")
-
-
-# --- the node's side ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PendingEpoch:
-    """Announced by BeginEpoch; becomes the epoch when the round delivers."""
-
-    ends: float
-    tags: bytes
-    coordinator: str
 
 
 @dataclass
@@ -450,17 +309,19 @@ class CheckedValue:
 
 class NodeCheckPhase(enum.Enum):
     PLANNED = "planned"
-    ASKING = "asking"  # blinded and sent to the coordinator
+    ASKING = "asking"  # masked, blinded and sent to the coordinator
+    UNMASKED = "unmasked"  # the k_c-tags sent back, hits awaited
     DONE = "done"
 
 
 class NodeCheck:
-    """One check of this node's own sightings (rules 1 and 4)."""
+    """One check of this node's own sightings (rules 1, 3 and 4)."""
 
     def __init__(self, me: str, values: Sequence[str], kind: str, kinds: frozenset[str]) -> None:
         if not values:
             raise BadMessage("no values to check")
         self.me = me
+        self.check_id = secrets.token_hex(16)  # fresh: a signed check cannot be replayed
         self.results: list[CheckedValue] = []
         self.items: list[tuple[str, str]] = []  # (kind, canonical) of the values to check
         self._slots: list[int] = []  # result index of each item
@@ -479,11 +340,13 @@ class NodeCheck:
                     result.error = f"kind {ind.kind} is outside this node's policy (policy.kinds)"
             self.results.append(result)
         self.epoch: NodeEpoch | None = None
+        self.mask: Mask | None = None
+        self.tags = b""
         self.alerts: list[tuple[str, str, str, str]] = []  # (kind, value, partner, "check")
         self.phase = NodeCheckPhase.PLANNED
 
-    def open(self, epoch: NodeEpoch | None, now: float) -> RoundKey:
-        """The epoch key to hash and blind ``items`` with, if the node's epoch is open."""
+    def open(self, epoch: NodeEpoch | None, now: float) -> tuple[RoundKey, Mask]:
+        """The epoch key and a fresh mask to hash, mask and blind ``items`` with."""
         self._require(NodeCheckPhase.PLANNED)
         if epoch is None:
             raise WrongPhase(
@@ -492,19 +355,40 @@ class NodeCheck:
             )
         key = epoch.require_open(now)
         self.epoch = epoch
+        self.mask = Mask.generate()
         self.phase = NodeCheckPhase.ASKING
-        return key
+        return key, self.mask
 
-    def on_reply(self, tags: bytes, hits: Mapping[str, Sequence[int]]) -> None:
-        """The coordinator's answer: validated, then the partners and alerts of each value.
-
-        The final tags join the epoch's tag map, so later checks by partners alert this node.
-        """
-        self._require(NodeCheckPhase.ASKING)
+    def claim(self, elements: bytes) -> CheckClaim:
+        """What the checker signs over its masked, blinded elements (hop 0)."""
         assert self.epoch is not None
+        return CheckClaim(
+            self.epoch.epoch_id, self.epoch.spec_digest, self.me, self.check_id, 0, elements
+        )
+
+    def unmasked(self, tags: bytes) -> None:
+        """The coordinator's answer with the mask removed: the k_c-tags of ``items``."""
+        self._require(NodeCheckPhase.ASKING)
         n = len(self.items)
         if len(tags) != n * ELEMENT_BYTES:
             raise BadReply(f"the coordinator answered {len(tags)} bytes of tags for {n} values")
+        self.tags = tags
+        self.discard_mask()
+        self.phase = NodeCheckPhase.UNMASKED
+
+    def discard_mask(self) -> None:
+        if self.mask is not None:
+            self.mask.destroy()
+            self.mask = None
+
+    def on_hits(self, hits: Mapping[str, Sequence[int]]) -> None:
+        """The coordinator's hits: validated, then the partners and alerts of each value.
+
+        The k_c-tags join the epoch's tag map, so later checks by partners alert this node.
+        """
+        self._require(NodeCheckPhase.UNMASKED)
+        assert self.epoch is not None
+        n = len(self.items)
         for partner, indices in hits.items():
             if partner == self.me or partner not in self.epoch.participants:
                 raise BadReply(f"the coordinator reports hits of {partner!r}, not a partner")
@@ -517,8 +401,13 @@ class NodeCheck:
             for i in indices:
                 self.results[self._slots[i]].partners.append(partner)
                 self.alerts.append((*self.items[i], partner, "check"))
-        self.epoch.remember(split_tags(tags), self.items)
+        self.epoch.remember(split_tags(self.tags), self.items)
         self.phase = NodeCheckPhase.DONE
+
+    def on_reply(self, tags: bytes, hits: Mapping[str, Sequence[int]]) -> None:
+        """Both answers at once (the k_c-tags, then the hits): for tests of the rules."""
+        self.unmasked(tags)
+        self.on_hits(hits)
 
     @property
     def hit_values(self) -> int:
@@ -530,73 +419,92 @@ class NodeCheck:
 
 
 class NodeWatchCore:
-    """A node's watch: epochs BeginEpoch announced, the current epoch, the calls it serves."""
+    """A node's watch: the epochs staged by BeginEpoch, the current one, the calls it serves."""
 
-    def __init__(self, me: str, budget: int, clock: Clock) -> None:
+    def __init__(
+        self, me: str, budget: int, clock: Clock, settings: WatchSettings | None = None
+    ) -> None:
         self.me = me
         self.budget = budget
         self.clock = clock
+        self.settings = settings or WatchSettings()
         self.epoch: NodeEpoch | None = None
-        self.pending: dict[str, PendingEpoch] = {}
+        self.pending: dict[str, NodeEpoch] = {}  # round id -> staged epoch
+
+    def now_utc(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def begin(
-        self, round_id: str, round_active: bool, ends: float, tags: bytes, coordinator: str
-    ) -> int:
-        """BeginEpoch: remember the final tags until the round delivers; how many there are."""
-        if not round_active:
+        self, round_id: str, state: NodeRound | None, ends: float, tags: bytes, coordinator: str
+    ) -> NodeEpoch:
+        """BeginEpoch: stage the epoch of a watch round (PENDING) with a copy of its key."""
+        if state is None or state.spec.round_id != round_id:
             raise WrongPhase(f"no round {round_id!r} in progress on {self.me}")
-        if ends <= self.clock():
+        spec = state.spec
+        if spec.epoch_seconds <= 0:
+            raise PolicyRefusal(
+                f"round {round_id} was not announced as a watch round at Prepare; "
+                f"{self.me} keeps no key beyond it"
+            )
+        if round_id in self.pending:
+            raise WrongPhase(f"the epoch of round {round_id} is already staged")
+        now = self.clock()
+        if ends <= now:
             raise BadMessage(f"epoch end {utc_text(ends)} is in the past")
-        if len(tags) % ELEMENT_BYTES:
-            raise BadMessage("final tags are not whole 32-byte elements")
-        self.pending[round_id] = PendingEpoch(ends, tags, coordinator)
-        return len(tags) // ELEMENT_BYTES
-
-    def capture(self, state: NodeRound) -> tuple[NodeEpoch, PendingEpoch, NodeEpoch | None] | None:
-        """A round delivers: if BeginEpoch announced it, its key copy becomes the epoch.
-
-        Returns the new epoch, what BeginEpoch said, and the epoch it replaces (to close).
-        """
-        pending = self.pending.pop(state.spec.round_id, None)
-        if pending is None:
-            return None
         positions = state.position_map()
-        tags = split_tags(pending.tags)
-        if len(tags) != len(positions):
+        packed = split_tags(tags)
+        if len(packed) != len(positions):
             raise BadMessage(
-                f"watch round {state.spec.round_id}: {len(tags)} final tags for an own set of "
+                f"watch round {round_id}: {len(packed)} final tags for an own set of "
                 f"{len(positions)}"
             )
         epoch = NodeEpoch(
-            epoch_id=state.spec.round_id,
+            epoch_id=round_id,
             me=self.me,
-            participants=state.spec.participants,
-            ends=pending.ends,
+            participants=spec.participants,
+            # the node keeps the key no longer than the spec it accepted at Prepare announced
+            ends=min(ends, now + spec.epoch_seconds),
             key=RoundKey.from_bytes(state.live_key().export()),
             budget=self.budget,
+            phase=EpochPhase.PENDING,
+            coordinator=coordinator,
         )
-        epoch.remember(tags, ((kind, value) for _, kind, value in positions))
+        epoch.remember(packed, ((kind, value) for _, kind, value in positions))
+        self.pending[round_id] = epoch
+        return epoch
+
+    def delivered(self, round_id: str) -> tuple[NodeEpoch, NodeEpoch | None] | None:
+        """The round delivered and stored its results: its staged epoch opens and becomes the
+        current one. Returns it and the epoch it replaces (to close), or None if not staged."""
+        epoch = self.pending.pop(round_id, None)
+        if epoch is None:
+            return None
+        epoch.open()
         old, self.epoch = self.epoch, epoch
-        return epoch, pending, old
+        return epoch, old
+
+    def abandoned(self, round_id: str) -> NodeEpoch | None:
+        """The round ended any other way (failed, refused, aborted, even after its delivery):
+        the epoch it staged or opened, to close."""
+        epoch = self.pending.pop(round_id, None)
+        if epoch is None and self.epoch is not None and self.epoch.epoch_id == round_id:
+            epoch = self.epoch
+        return epoch
 
     def close(self, epoch: NodeEpoch, reason: str) -> bool:
-        """Destroy ``epoch``'s key; True if it was still held (the end is then recorded)."""
-        held = epoch.key is not None
+        """Destroy ``epoch``'s key; True if it was open (its end is then recorded)."""
+        was_open = epoch.phase is EpochPhase.OPEN
         epoch.close(reason)
         if self.epoch is epoch:
             self.epoch = None
-        return held
+        for rid in [r for r, e in self.pending.items() if e is epoch]:
+            del self.pending[rid]
+        return was_open
 
     def expired(self) -> NodeEpoch | None:
         """The current epoch if the clock has passed its end (to close with ``end_reason``)."""
         epoch = self.epoch
         return epoch if epoch is not None and epoch.expired(self.clock()) else None
-
-    def drop_pending(self, active_rounds: Iterable[str]) -> None:
-        """Forget announced epochs whose round failed after BeginEpoch."""
-        active = set(active_rounds)
-        for rid in [r for r in self.pending if r not in active]:
-            del self.pending[rid]
 
     def current(self, epoch_id: str) -> NodeEpoch:
         epoch = self.epoch
@@ -608,13 +516,42 @@ class NodeWatchCore:
             )
         return epoch
 
-    def reblind(self, epoch_id: str, checker: str, packed: bytes) -> RoundKey:
-        """ReblindCheck: the key to blind a partner's check with, booked against its budget."""
-        count = check_elements(packed)
-        return self.current(epoch_id).charge(checker, count, self.clock())
+    def reblind(
+        self, hop: CheckHop, trust: Trust | None
+    ) -> tuple[RoundKey, Callable[[bytes], CheckClaim]]:
+        """ReblindCheck (rule 2): verify who produced the elements, then book them against the
+        checker's budget. The key to blind with, and the claim its output is signed with."""
+        count = check_elements(hop.elements)
+        epoch = self.current(hop.epoch_id)
+        epoch.require_open(self.clock())
+        if trust is None:
+            raise ForgedMessage(f"{self.me} has no federation identity to verify checks with")
+        if not CHECK_ID.fullmatch(hop.check_id):
+            raise BadMessage("a check id is 16 to 64 lowercase hex digits")
+        route = check_route(epoch.participants, hop.checker)  # the checker is a participant
+        if self.me not in route:
+            raise PolicyRefusal(f"{self.me} does not re-blind its own checks")
+        mine = route.index(self.me) + 1
+        if hop.hop != mine - 1:
+            raise ForgedMessage(
+                f"{self.me} is hop {mine} of {hop.checker}'s checks; it re-blinds the output of "
+                f"hop {mine - 1}, not of hop {hop.hop}"
+            )
+        signer = producer(route, hop.checker, hop.hop)
+        what = f"check {hop.check_id} of {hop.checker} at hop {hop.hop}"
+        party = trust.party(hop.certificate, now=self.now_utc(), role="node", names=[signer])
+        party.verify(hop.claim(epoch.spec_digest).message(), hop.signature, what)
+        if (hop.checker, hop.check_id) in epoch.seen:
+            raise CheckReplayed(f"{what} was already blinded by {self.me}")
+        key = epoch.charge(hop.checker, count, self.clock())  # validated: now it costs
+        epoch.seen.add((hop.checker, hop.check_id))
+        digest = epoch.spec_digest
+        return key, lambda out: CheckClaim(
+            hop.epoch_id, digest, hop.checker, hop.check_id, mine, out
+        )
 
     def alert(self, epoch_id: str, packed: bytes) -> list[tuple[str, str] | None]:
-        """Alert: the indicator behind each tag, None for a tag not in the tag map."""
+        """Alert: the indicator behind each k_c-tag, None for a tag not in the tag map."""
         return self.current(epoch_id).lookup(split_tags(packed))
 
     def to_close(self, epoch_id: str) -> NodeEpoch | None:

@@ -20,6 +20,7 @@ from blindmatch.group import ELEMENT_BYTES
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.protocol import BadMessage, Forward, RoundSpec
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
+from blindmatch.watch import CheckHop
 
 ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -82,6 +83,9 @@ def spec_to_proto(spec: RoundSpec) -> node_pb2.RoundSpec:
         threshold=spec.threshold or 0,
         kinds=spec.kinds,
         chunk_size=spec.chunk_size,
+        epoch_seconds=spec.epoch_seconds,
+        counts=spec.counts,
+        issued=spec.issued,
     )
 
 
@@ -95,6 +99,9 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
         threshold=msg.threshold if msg.mode == "threshold" else None,
         kinds=tuple(msg.kinds),
         chunk_size=msg.chunk_size,
+        epoch_seconds=msg.epoch_seconds,
+        counts=msg.counts,
+        issued=msg.issued,
     )
 
 
@@ -246,15 +253,16 @@ def round_fields(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
 # --- early warning (watch.proto) ----------------------------------------------------------------
 
 
-def check_request(
-    epoch_id: str, elements: bytes, partners: frozenset[str] | None
-) -> watch_pb2.CheckRequest:
-    """A check, with the partners the checker's policy lets learn of it (None: every one)."""
+def check_request(first: CheckHop, partners: frozenset[str] | None) -> watch_pb2.CheckRequest:
+    """A signed check, with the partners the checker's policy lets learn of it (None: every one)."""
     return watch_pb2.CheckRequest(
-        epoch_id=epoch_id,
-        elements=elements,
+        epoch_id=first.epoch_id,
+        elements=first.elements,
         allowed=sorted(partners or ()),
         any_partner=partners is None,
+        check_id=first.check_id,
+        signature=first.signature,
+        certificate=first.certificate,
     )
 
 
@@ -262,17 +270,48 @@ def check_partners(msg: watch_pb2.CheckRequest) -> frozenset[str] | None:
     return None if msg.any_partner else frozenset(msg.allowed)
 
 
-def check_reply(
-    tags: bytes, hits: Mapping[str, Sequence[int]], epoch_ends: float
-) -> watch_pb2.CheckReply:
-    """The final tags of a check and, per partner, the indices it confirmed it holds; a partner
-    that confirmed none is not named."""
-    reply = watch_pb2.CheckReply(tags=tags, epoch_ends=epoch_ends)
+def check_first_hop(msg: watch_pb2.CheckRequest, checker: str) -> CheckHop:
+    """The checker's own signed elements (hop 0); ``checker`` is the caller's certificate name."""
+    return CheckHop(
+        msg.epoch_id, checker, msg.check_id, 0, msg.elements, msg.signature, msg.certificate
+    )
+
+
+def reblind_request(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
+    return watch_pb2.ReblindCheckRequest(
+        epoch_id=hop.epoch_id,
+        checker=hop.checker,
+        elements=hop.elements,
+        check_id=hop.check_id,
+        hop=hop.hop,
+        signature=hop.signature,
+        certificate=hop.certificate,
+    )
+
+
+def reblind_hop(msg: watch_pb2.ReblindCheckRequest) -> CheckHop:
+    return CheckHop(
+        msg.epoch_id,
+        msg.checker,
+        msg.check_id,
+        msg.hop,
+        msg.elements,
+        msg.signature,
+        msg.certificate,
+    )
+
+
+def check_hits_reply(
+    hits: Mapping[str, Sequence[int]], epoch_ends: float
+) -> watch_pb2.FinishCheckReply:
+    """Per partner, the indices it confirmed it holds; a partner that confirmed none is not
+    named."""
+    reply = watch_pb2.FinishCheckReply(epoch_ends=epoch_ends)
     for partner, indices in hits.items():
         if indices:
             reply.hits[partner].indices.extend(indices)
     return reply
 
 
-def check_hits(msg: watch_pb2.CheckReply) -> dict[str, tuple[int, ...]]:
+def check_hits(msg: watch_pb2.FinishCheckReply) -> dict[str, tuple[int, ...]]:
     return {partner: tuple(h.indices) for partner, h in msg.hits.items()}

@@ -49,6 +49,7 @@ from blindmatch.protocol import (
     Stream,
 )
 from blindmatch.v1 import node_pb2, node_pb2_grpc
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.state import RoundBoard, RoundRecord
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ class Coordinator:
             threshold=threshold,
             kinds=tuple(kinds) or KINDS,
             chunk_size=self.settings.chunk_size,
+            # announced to every node at Prepare: each refuses an epoch its [watch] does not allow
+            epoch_seconds=(epoch_seconds or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
         )
         record = RoundRecord(
             id=spec.round_id,

@@ -3,19 +3,24 @@
 Rules:
 - One epoch at a time. A watch round opens it when every node has its delivery; a newer watch
   round replaces it (the previous participants are told to destroy their keys).
-- Per participant, a scalable Bloom filter of its final tags (``FILTER_ERROR_RATE``), never the
+- The epoch has the coordinator's own key k_c, drawn when the watch round is fully blinded and
+  applied to every final tag before anything is kept or handed back: each node's tag map and
+  every filter hold k_c-tags, which no node can compute.
+- Per participant, a scalable Bloom filter of its k_c-tags (``FILTER_ERROR_RATE``), never the
   tags: a watch round's tags are dropped once the filters are built, a check's once answered.
-- Filters persist in the state directory (``<state>.watch/``: ``epoch.json`` and one
-  ``<node>.bloom`` per participant, rewritten atomically after every check that adds to it), so
-  they survive a coordinator restart; the nodes keep their keys meanwhile, so checks resume.
-  An ended epoch's files are deleted.
-- A check (``CheckServicer.Check``, node certificates only; the caller's certificate name is the
-  checker) is routed through every partner's key in the round's cyclic order, tested against the
+- Filters and k_c persist in the state directory (``<state>.watch/``: ``epoch.json``,
+  ``epoch.key`` and one ``<node>.bloom`` per participant, all 0600, a filter rewritten
+  atomically after every check that adds to it), so they survive a coordinator restart; the
+  nodes keep their keys meanwhile, so checks resume. An ended epoch's files are deleted.
+- A check (node certificates only; the caller's certificate name is the checker) takes two
+  calls. ``Check``: the checker's signed, masked elements are routed through every partner's key
+  in the round's cyclic order, each hop's signed output forwarded to the next, then sealed with
+  k_c and returned. ``FinishCheck``: the checker's unmasked k_c-tags are tested against the
   filters both policies allow, confirmed by each partner with a hit (``Alert``), then added to
   the checker's filter.
 Every decision (which epoch, expiry, validation, routing, Bloom tests, fan-out) is the core's
-(``blindmatch.watch.CoordinatorWatch`` and ``CheckFlow``); this module keeps the filter files
-and the calls to nodes.
+(``blindmatch.watchhub.CoordinatorWatch`` and ``CheckFlow``); this module keeps the files and
+the calls to nodes.
 """
 
 from __future__ import annotations
@@ -25,29 +30,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import grpc
 from pybloom_live import ScalableBloomFilter
 
 from blindmatch import wire
-from blindmatch.group import ELEMENT_BYTES
+from blindmatch.group import ELEMENT_BYTES, RoundKey
 from blindmatch.net import peer_identity
-from blindmatch.pki import PkiError
+from blindmatch.pki import Identity, PkiError
 from blindmatch.protocol import ProtocolError, RoundSpec
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from blindmatch.watch import (
-    DEFAULT_EPOCH_SECONDS,
-    FILTER_ERROR_RATE,
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS, FILTER_ERROR_RATE, Clock, utc_text
+from blindmatch.watchhub import (
     CheckFlow,
-    Clock,
     CoordinatorEpoch,
     CoordinatorWatch,
     filter_key,
-    utc_text,
+    seal,
 )
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,7 @@ class WatchHub:
             if not self.core.restorable(epoch):
                 self._erase()
                 return None
+            epoch.key = RoundKey.from_bytes((self.directory / "epoch.key").read_bytes())
             for node in epoch.participants:
                 with (self.directory / f"{node}.bloom").open("rb") as f:
                     epoch.filters[node] = ScalableBloomFilter.fromfile(f)
@@ -128,23 +132,26 @@ class WatchHub:
         return epoch
 
     def _save_meta(self, epoch: CoordinatorEpoch) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        assert epoch.key is not None
+        # k_c first: epoch.json is what a restart looks for, and it needs the key beside it
+        self._atomic(self.directory / "epoch.key", epoch.key.export())
         data = {"epoch_id": epoch.epoch_id, "participants": epoch.participants, "ends": epoch.ends}
         self._atomic(self.directory / "epoch.json", json.dumps(data).encode())
 
     def _save_filter(self, node: str, bloom: Any) -> None:
-        tmp = self.directory / f"{node}.bloom.tmp"
-        with tmp.open("wb") as f:
-            bloom.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.directory / f"{node}.bloom")
+        self._atomic(self.directory / f"{node}.bloom", bloom.tofile)
 
     @staticmethod
-    def _atomic(path: Path, data: bytes) -> None:
+    def _atomic(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+        """Write ``data`` (bytes, or a writer of a file) to ``path`` at once, owner-only."""
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -152,7 +159,7 @@ class WatchHub:
     def _erase(self) -> None:
         if self.directory.is_dir():
             for path in self.directory.iterdir():
-                if path.name == "epoch.json" or path.suffix in (".bloom", ".tmp"):
+                if path.name in ("epoch.json", "epoch.key") or path.suffix in (".bloom", ".tmp"):
                     path.unlink(missing_ok=True)
 
     def filter_bytes(self) -> dict[str, int]:
@@ -164,8 +171,9 @@ class WatchHub:
 
     # --- opening and closing epochs ----------------------------------------------------------
 
-    def watch_round(self, spec: RoundSpec, epoch_seconds: float | None) -> WatchRound:
-        return WatchRound(self, spec, epoch_seconds or DEFAULT_EPOCH_SECONDS)
+    def watch_round(self, spec: RoundSpec, epoch_seconds: float | None = None) -> WatchRound:
+        """The hooks of a watch round; its epoch is the one its spec announced to the nodes."""
+        return WatchRound(self, spec, spec.epoch_seconds or epoch_seconds or DEFAULT_EPOCH_SECONDS)
 
     def _activate(self, epoch: CoordinatorEpoch, tags: Mapping[str, bytes]) -> None:
         for node, packed in tags.items():
@@ -176,8 +184,8 @@ class WatchHub:
             epoch.filters[node] = bloom
         with self._lock:
             self._erase()
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             for node, bloom in epoch.filters.items():
-                self.directory.mkdir(parents=True, exist_ok=True)
                 self._save_filter(node, bloom)
             self._save_meta(epoch)
             closing = self.core.open(epoch)
@@ -199,32 +207,45 @@ class WatchHub:
     # --- checks -----------------------------------------------------------------------------
 
     def check(self, checker: str, request: watch_pb2.CheckRequest) -> watch_pb2.CheckReply:
+        """The first call of a check: route it through every partner, seal it with k_c."""
         allows = wire.check_partners(request)
         with self._lock:
             if self.core.expire() is not None:
                 self._erase()
-            flow = self.core.begin_check(checker, request.epoch_id, request.elements, allows)
+            flow = self.core.begin_check(
+                wire.check_first_hop(request, checker), allows, checker=checker
+            )
         hop = flow.next_hop
         while hop is not None:
+            request_hop = wire.reblind_request(flow.hop)
             reblinded = self._call(
                 hop,
                 "blind the check",
-                lambda stub, e=flow.elements: stub.ReblindCheck(
-                    watch_pb2.ReblindCheckRequest(
-                        epoch_id=flow.epoch.epoch_id, checker=checker, elements=e
-                    ),
-                    timeout=self.call_timeout,
-                ),
+                lambda stub, r=request_hop: stub.ReblindCheck(r, timeout=self.call_timeout),
             )
-            hop = flow.on_reblinded(hop, reblinded.elements, reblinded.share)
+            hop = flow.on_reblinded(
+                hop,
+                reblinded.elements,
+                reblinded.share,
+                reblinded.signature,
+                reblinded.certificate,
+            )
+        return watch_pb2.CheckReply(masked=flow.sealed(), epoch_ends=flow.epoch.ends)
+
+    def finish_check(
+        self, checker: str, request: watch_pb2.FinishCheckRequest
+    ) -> watch_pb2.FinishCheckReply:
+        """The second call: the checker's k_c-tags against the filters, Alerts, the answer."""
         with self._lock:
+            flow = self.core.finishing(checker, request.epoch_id, request.check_id)
+            flow.on_unmasked(request.tags)
             candidates = flow.alerts()
         self._fan_out(flow, candidates)
         with self._lock:
             result = flow.finish()
             if self.core.epoch is flow.epoch:
                 self._save_filter(checker, flow.epoch.filters[checker])
-        return wire.check_reply(result.tags, result.hits, result.epoch_ends)
+        return wire.check_hits_reply(result.hits, result.epoch_ends)
 
     def _fan_out(self, flow: CheckFlow, candidates: Mapping[str, bytes]) -> None:
         """Alert every partner with a hit, in parallel; each answers which tags it holds."""
@@ -263,18 +284,20 @@ class WatchRound:
         self.hub = hub
         self.spec = spec
         self.epoch_seconds = epoch_seconds
-        self._tags: dict[str, bytes] = {}
+        self._tags: dict[str, bytes] = {}  # node -> its k_c-tags, until the epoch opens
+        self._key: RoundKey | None = None  # k_c, until the epoch opens
         self._ends = 0.0
 
     def before_deliver(self, tags: Mapping[str, bytes]) -> None:
-        """Hand every node its own final tags and the epoch's end, in parallel."""
+        """Draw k_c, and hand every node its own k_c-tags and the epoch's end, in parallel."""
         self._ends = self.hub.core.epoch_end(self.epoch_seconds)
-        self._tags = dict(tags)
+        self._key = RoundKey.generate()
+        self._tags = {node: seal(self._key, packed) for node, packed in tags.items()}
         futures = {
             node: self.hub._pool.submit(
                 self.hub._stubs[node].BeginEpoch,
                 watch_pb2.BeginEpochRequest(
-                    round_id=self.spec.round_id, ends=self._ends, tags=tags[node]
+                    round_id=self.spec.round_id, ends=self._ends, tags=self._tags[node]
                 ),
                 timeout=self.hub.call_timeout,
             )
@@ -287,14 +310,23 @@ class WatchRound:
             except grpc.RpcError as err:
                 problems.append(f"{node} refused BeginEpoch: {err.code().name}: {err.details()}")
         if problems:
-            self._tags = {}
+            self.abandon()
             raise WatchFailure(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
 
     def after_deliver(self) -> None:
         """Every node holds its key and tag map: the coordinator keeps filters, not tags."""
-        epoch = CoordinatorEpoch(self.spec.round_id, self.spec.participants, self._ends)
-        tags, self._tags = self._tags, {}
+        epoch = CoordinatorEpoch(
+            self.spec.round_id, self.spec.participants, self._ends, key=self._key
+        )
+        tags, self._tags, self._key = self._tags, {}, None
         self.hub._activate(epoch, tags)
+
+    def abandon(self) -> None:
+        """The round failed: no epoch, k_c destroyed."""
+        self._tags = {}
+        if self._key is not None:
+            self._key.destroy()
+            self._key = None
 
     @property
     def ends(self) -> float:
@@ -308,21 +340,34 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
     def Check(
         self, request: watch_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.CheckReply:
-        try:
-            identity = peer_identity(context)
-        except PkiError:
-            identity = None
-        if identity is None:
-            wire.abort(
-                context,
-                wire.StatusError(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "checks need mTLS: the checker is the node named in its certificate",
-                ),
-            )
+        checker = _checker(context)
         with wire.refusing(context, ProtocolError, WatchFailure):
-            return self.hub.check(identity.name, request)
+            return self.hub.check(checker.name, request)
         raise AssertionError("unreachable")  # refusing() aborts
+
+    def FinishCheck(
+        self, request: watch_pb2.FinishCheckRequest, context: grpc.ServicerContext
+    ) -> watch_pb2.FinishCheckReply:
+        checker = _checker(context)
+        with wire.refusing(context, ProtocolError, WatchFailure):
+            return self.hub.finish_check(checker.name, request)
+        raise AssertionError("unreachable")  # refusing() aborts
+
+
+def _checker(context: grpc.ServicerContext) -> Identity:
+    try:
+        identity = peer_identity(context)
+    except PkiError:
+        identity = None
+    if identity is None:
+        wire.abort(
+            context,
+            wire.StatusError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "checks need mTLS: the checker is the node named in its certificate",
+            ),
+        )
+    return identity
 
 
 def access_rules() -> dict[str, list[tuple[str, str | None]]]:

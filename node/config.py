@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindmatch.canon import KINDS
+from blindmatch.pki import validate_name, validate_role
 from blindmatch.protocol import Policy
 from blindmatch.tomlconfig import TlsPaths, TomlReader, is_valid_name, tls_lines
-from blindmatch.watch import DEFAULT_CHECK_BUDGET
+from blindmatch.watch import DEFAULT_CHECK_BUDGET, DEFAULT_MAX_EPOCH, WatchSettings, parse_duration
 from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
 
 DEFAULT_TLPS = tuple(t for t in TLP_LEVELS if t != "red")
+DEFAULT_WATCH = WatchSettings(max_epoch=parse_duration(DEFAULT_MAX_EPOCH))
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class NodeConfig:
     # Early warning (docs/WATCH.md): where checks go, and what this node blinds per partner.
     coordinator_address: str = ""  # host:port of the coordinator; "" = this node cannot check
     check_budget: int = DEFAULT_CHECK_BUDGET  # elements blinded per partner's checks per epoch
+    # [watch]: whether watch rounds are allowed, the epoch cap, who may call Check
+    watch: WatchSettings = DEFAULT_WATCH
 
     @property
     def worker_count(self) -> int:
@@ -50,6 +54,7 @@ def load_config(path: str | Path) -> NodeConfig:
     }
     r.no_unknown(pol, "policy", {"partners", "tlp", "kinds", *caps})
     r.no_unknown(imp, "import", {"default_tlp"})
+    watch = _watch_settings(r)
     partners = r.value("policy.partners", pol, ["*"], list)
     for p in partners:
         r.check(
@@ -83,6 +88,7 @@ def load_config(path: str | Path) -> NodeConfig:
             "tls",
             "policy",
             "import",
+            "watch",
         },
     )
     return NodeConfig(
@@ -103,6 +109,33 @@ def load_config(path: str | Path) -> NodeConfig:
         default_tlp=default_tlp,
         coordinator_address=coordinator_address,
         check_budget=r.integer("check_budget", data, DEFAULT_CHECK_BUDGET, low=0),
+        watch=watch,
+    )
+
+
+def _watch_settings(r: TomlReader) -> WatchSettings:
+    """``[watch]``: ``enabled``, ``max_epoch`` (a duration) and ``check_clients`` ("role/name")."""
+    table = r.table("watch", required=False)
+    r.no_unknown(table, "watch", {"enabled", "max_epoch", "check_clients"})
+    try:
+        max_epoch = parse_duration(r.value("watch.max_epoch", table, DEFAULT_MAX_EPOCH, str))
+    except ValueError as exc:
+        raise r.fail("watch.max_epoch", f"is wrong: {exc}") from None
+    clients = []
+    for entry in r.value("watch.check_clients", table, [], list):
+        role, _, name = str(entry).partition("/")
+        try:
+            clients.append((validate_role(role), validate_name(name)))
+        except ValueError as exc:
+            raise r.fail(
+                "watch.check_clients", f'entry {entry!r} is not "role/name": {exc}'
+            ) from None
+    enabled = table.get("enabled", True)
+    r.check(isinstance(enabled, bool), "watch.enabled", f"must be true or false, not {enabled!r}")
+    return WatchSettings(
+        enabled=enabled,
+        max_epoch=max_epoch,
+        check_clients=tuple(clients),
     )
 
 
@@ -145,4 +178,9 @@ max_round_elements = {p.max_round_elements}   # everything it blinds in one roun
 
 [import]
 default_tlp = "{DEFAULT_TLP}"           # TLP given to imported records that carry no marking (override: --tlp)
+
+[watch]                         # early warning (docs/WATCH.md)
+enabled = true                  # take part in watch rounds (keep a round's key for an epoch)
+max_epoch = "{DEFAULT_MAX_EPOCH}"              # the longest epoch this node keeps a key for; longer watch rounds are refused
+check_clients = []              # besides this node's own certificate, who may call its Check, e.g. ["operator/siem-1"]
 """

@@ -3,6 +3,10 @@
 A round enters with ``prepare`` and leaves through ``end``, once: its key destroyed and its audit
 record written with the outcome (done, failed, aborted or refused). The reaper ends a round the
 coordinator has been silent on for the round's timeout; ``shutdown`` ends them all.
+
+Early warning (``WatchHooks``, node/watch.py) hears of a watch round twice: at Prepare, where it
+may refuse it, and at its end, where a stored delivery opens the epoch the round staged and any
+other end, or an Abort of a round already delivered, closes it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from blindmatch.match import Delivery
 from blindmatch.protocol import (
@@ -34,6 +39,14 @@ class RoundIdUsed(ProtocolError):
     """A round id this node holds or has in its audit log: round ids are used once."""
 
     code = "ALREADY_EXISTS"
+
+
+class WatchHooks(Protocol):
+    def admit(self, spec: RoundSpec) -> None:
+        """Refuse (raise a ProtocolError) a watch round this node does not allow."""
+
+    def round_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
+        """The round ended with ``outcome``: open or close the epoch it staged."""
 
 
 class StoreFailed(Exception):
@@ -69,8 +82,7 @@ class RoundRegistry:
         self.policy = policy
         self.tlps = tlps
         self.round_timeout = round_timeout
-        # early warning: called before a delivery destroys the key (NodeWatch.capture, issue 6)
-        self.capture: Callable[[NodeRound], None] | None = None
+        self.watch: WatchHooks | None = None  # early warning (node/watch.py)
         self._rounds: dict[str, LiveRound] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -109,6 +121,8 @@ class RoundRegistry:
         if timeout_seconds > 0:
             timeout = min(timeout, timeout_seconds)
         try:
+            if self.watch is not None:  # a watch round is announced here: the node may refuse
+                self.watch.admit(spec)
             state = NodeRound(spec, self.name, self.policy, candidates)
         except ProtocolError as exc:
             self.store.record_round(
@@ -153,8 +167,6 @@ class RoundRegistry:
         try:
             delivery = decode(live.state.spec)
             with live.lock:
-                if self.capture is not None:  # a watch round's key outlives the round
-                    self.capture(live.state)
                 outcome = live.state.resolve(delivery)
         except BadMessage as exc:
             self.end(live, Outcome.FAILED, f"refused the delivery: {exc}")
@@ -182,6 +194,8 @@ class RoundRegistry:
         with self._lock:
             live = self._rounds.get(round_id)
         if live is None:
+            # A watch round that delivered here but failed elsewhere: its epoch must not live.
+            self._watch_ended(round_id, Outcome.ABORTED, reason)
             return False
         self.end(live, Outcome.ABORTED, reason)
         log.info("round %s aborted: %s", round_id, reason)
@@ -196,6 +210,15 @@ class RoundRegistry:
         if outcome != Outcome.DONE:
             live.state.abort(reason or outcome)
         self._audit(live, outcome, reason)
+        self._watch_ended(live.state.spec.round_id, outcome, reason)
+
+    def _watch_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
+        if self.watch is None:
+            return
+        try:
+            self.watch.round_ended(round_id, outcome, reason)
+        except Exception:  # the round is over either way; its epoch must not outlive a crash
+            log.exception("round %s: early warning could not follow its end", round_id)
 
     def _audit(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         spec = live.state.spec

@@ -26,7 +26,7 @@ def access_policy(config: NodeConfig) -> net.AccessPolicy:
     return net.AccessPolicy(
         {
             "/blindmatch.v1.NodeService/": [("coordinator", config.coordinator)],
-            **watch_access_rules(config.name, config.coordinator),
+            **watch_access_rules(config.name, config.coordinator, config.watch.check_clients),
         }
     )
 
@@ -76,11 +76,12 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             blinder=blinder,
             budget=config.check_budget,
-            active_rounds=rounds.active,
+            round_of=rounds.get,
             coordinator_address=config.coordinator_address,
             tls=tls,
+            settings=config.watch,
         )
-        rounds.capture = watch.capture
+        rounds.watch = watch
         handle = net.start_server(
             listen or config.listen,
             [

@@ -5,39 +5,50 @@ memory only. It ends at its end time, when the coordinator closes it, when a new
 replaces it, or when the node stops: a node restart ends its epoch, and checks through it are
 refused until the next watch round.
 
-How a watch round becomes an epoch: the coordinator calls ``BeginEpoch`` with the node's own
-final tags before it calls ``Deliver``; the round registry's ``deliver`` calls ``capture`` with the
-round just before the round's key is destroyed, and the epoch keeps a copy of that key.
+How a watch round becomes an epoch: the round was announced as one at Prepare, where the round
+registry asked ``admit`` (node.toml ``[watch]``). The coordinator calls ``BeginEpoch`` with the
+node's own k_c-tags before it calls ``Deliver``: the epoch is staged with a copy of the round's
+key. The registry reports how every round ends (``round_ended``): a stored delivery opens the
+staged epoch, any other end (failure, refused delivery, Abort, even after the delivery) closes
+it and destroys the key.
 
-Every decision (epoch expiry, validation, budgets, which values to check, what the coordinator's
-answer means) is the core's (``blindmatch.watch.NodeWatchCore`` and ``NodeCheck``, with the
-clock given here); this module keeps the lock, the store, the blinding workers and the calls.
+Every decision (epoch expiry, validation, signatures, budgets, which values to check, what the
+coordinator's answer means) is the core's (``blindmatch.watch.NodeWatchCore`` and ``NodeCheck``,
+with the clock given here); this module keeps the lock, the store, the blinding workers, the
+node's federation key (it signs what it blinds) and the calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
 from blindmatch import net, wire
 from blindmatch.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.protocol import NodeRound, Policy, ProtocolError, WrongPhase
+from blindmatch.protocol import Policy, ProtocolError, RoundSpec, UnknownRound, WrongPhase
+from blindmatch.signing import Signer, Trust
 from blindmatch.states import Outcome
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from blindmatch.watch import (
+    BadReply,
+    CheckHop,
     Clock,
     NodeCheck,
     NodeEpoch,
     NodeWatchCore,
+    WatchSettings,
     end_reason,
     shares_with,
     utc_text,
 )
 from node.pool import Blinder
+from node.rounds import LiveRound
 from node.store import Store
 
 log = logging.getLogger("blindmatch.node.watch")
@@ -46,16 +57,23 @@ SERVICE_PREFIX = "/blindmatch.v1.NodeWatchService/"
 CHECK_METHOD = SERVICE_PREFIX + "Check"
 COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one check at the coordinator, all hops included
 
+_R = TypeVar("_R")
+
 
 class CheckFailed(wire.StatusError):
     """The coordinator could not complete a check; carries its status code."""
 
 
-def access_rules(node_name: str, coordinator: str) -> dict[str, list[tuple[str, str | None]]]:
-    """Check for this node's own certificate and operators; the rest for its coordinator."""
+def access_rules(
+    node_name: str, coordinator: str, check_clients: Sequence[tuple[str, str]] = ()
+) -> dict[str, list[tuple[str, str | None]]]:
+    """Check for this node's own certificate and the identities node.toml names (never every
+    operator: an operator starts rounds, it does not learn who holds what); the rest for its
+    coordinator."""
+    clients: list[tuple[str, str | None]] = [(role, name) for role, name in check_clients]
     return {
         SERVICE_PREFIX: [("coordinator", coordinator)],
-        CHECK_METHOD: [("node", node_name), ("operator", None)],
+        CHECK_METHOD: [("node", node_name), *clients],
     }
 
 
@@ -68,9 +86,10 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         policy: Policy,
         blinder: Blinder,
         budget: int,
-        active_rounds: Callable[[], list[str]],
+        round_of: Callable[[str], LiveRound],
         coordinator_address: str,
         tls: net.TlsConfig | None,
+        settings: WatchSettings | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.name = name
@@ -78,12 +97,16 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self.policy = policy
         self.blinder = blinder
         self.budget = budget
-        self._active_rounds = active_rounds
+        self._round_of = round_of
         self._tls = tls
+        # The node's federation identity: it signs what it blinds for a check, and verifies
+        # who produced what it is asked to blind. Without mTLS there is none: no checks.
+        self._signer = None if tls is None else Signer(tls.cert, tls.key)
+        self._trust = None if tls is None else Trust(tls.ca)
         self._channel: grpc.Channel | None = None
         self._coordinator_address = ""
         self._lock = threading.Lock()
-        self.core = NodeWatchCore(name, budget, clock)
+        self.core = NodeWatchCore(name, budget, clock, settings)
         self._stop = threading.Event()
         self.connect_coordinator(coordinator_address)
         self._reaper = threading.Thread(target=self._reap, name="epoch-reaper", daemon=True)
@@ -115,19 +138,31 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def clock(self, clock: Clock) -> None:  # tests drive time instead of sleeping
         self.core.clock = clock
 
-    def capture(self, state: NodeRound) -> None:
-        """Called by Deliver before the round's key is destroyed: keep it if this is a watch round."""
+    def admit(self, spec: RoundSpec) -> None:
+        """At Prepare: refuse a watch round node.toml's ``[watch]`` does not allow."""
+        self.core.settings.admit(spec, self.name)
+
+    def round_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
+        """Every end of a round (the registry's hook): its delivery stored opens the epoch the
+        round staged; any other end closes the epoch it staged or opened."""
+        opened = None
         with self._lock:
-            captured = self.core.capture(state)
-        if captured is None:
+            if outcome == Outcome.DONE:
+                opened = self.core.delivered(round_id)
+                ending = None
+            else:
+                ending = self.core.abandoned(round_id)
+        if ending is not None:
+            self._close(ending, f"watch round {round_id} {outcome}: {reason or outcome}")
+        if opened is None:
             return
-        epoch, pending, old = captured
+        epoch, old = opened
         if old is not None:
             self._close(old, f"replaced by epoch {epoch.epoch_id}")
         self.store.record_epoch(
             epoch.epoch_id,
             ends=utc_text(epoch.ends),
-            coordinator=pending.coordinator,
+            coordinator=epoch.coordinator,
             participants=epoch.participants,
             tags=len(epoch.tags),
         )
@@ -135,8 +170,8 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
 
     def _close(self, epoch: NodeEpoch, reason: str) -> None:
         with self._lock:
-            held = self.core.close(epoch, reason)
-        if held:
+            was_open = self.core.close(epoch, reason)
+        if was_open:
             log.info("epoch %s closed: %s", epoch.epoch_id, reason)
             try:
                 self.store.close_epoch(epoch.epoch_id, reason)
@@ -148,21 +183,17 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             self.expire()
 
     def expire(self) -> None:
-        """One pass of the reaper: end the epoch at its end time, forget failed rounds' epochs."""
+        """One pass of the reaper: end the epoch at its end time."""
         with self._lock:
             ended = self.core.expired()
-            pending = bool(self.core.pending)
         if ended is not None:
             self._close(ended, end_reason(ended))
-        if pending:
-            active = self._active_rounds()
-            with self._lock:
-                self.core.drop_pending(active)
 
     def close(self) -> None:
         self._stop.set()
-        epoch = self.core.epoch
-        if epoch is not None:
+        with self._lock:
+            epochs = [*self.core.pending.values(), *filter(None, [self.core.epoch])]
+        for epoch in epochs:
             self._close(epoch, "node stopped")
         with self._lock:
             channel, self._channel = self._channel, None
@@ -191,17 +222,24 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def BeginEpoch(
         self, request: watch_pb2.BeginEpochRequest, context: grpc.ServicerContext
     ) -> watch_pb2.BeginEpochReply:
-        active = request.round_id in self._active_rounds()
         caller = net.peer_identity(context)
         coordinator = caller.name if caller else "(insecure)"
         try:
-            with self._lock:
-                count = self.core.begin(
-                    request.round_id, active, request.ends, request.tags, coordinator
+            try:
+                live: LiveRound | None = self._round_of(request.round_id)
+            except UnknownRound:
+                live = None
+            with live.lock if live else contextlib.nullcontext(), self._lock:
+                epoch = self.core.begin(
+                    request.round_id,
+                    live.state if live else None,
+                    request.ends,
+                    request.tags,
+                    coordinator,
                 )
         except ProtocolError as exc:
             wire.abort(context, exc)
-        return watch_pb2.BeginEpochReply(tags=count)
+        return watch_pb2.BeginEpochReply(tags=len(epoch.tags))
 
     def ReblindCheck(
         self, request: watch_pb2.ReblindCheckRequest, context: grpc.ServicerContext
@@ -209,15 +247,21 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         count = len(request.elements) // ELEMENT_BYTES
         try:
             with self._lock:  # exported under the lock: the reaper may destroy the key
-                key = self.core.reblind(request.epoch_id, request.checker, request.elements)
+                key, output_claim = self.core.reblind(wire.reblind_hop(request), self._trust)
                 key_bytes = key.export()
             elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
             self._audit(request.epoch_id, request.checker, count, Outcome.REFUSED, str(exc))
             wire.abort(context, exc)
+        assert self._signer is not None  # the core refuses without a federation identity
+        signature = self._signer.sign(output_claim(elements).message())
         self._audit(request.epoch_id, request.checker, count, Outcome.DONE, None)
-        share = shares_with(self.policy, request.checker)
-        return watch_pb2.ReblindCheckReply(elements=elements, share=share)
+        return watch_pb2.ReblindCheckReply(
+            elements=elements,
+            share=shares_with(self.policy, request.checker),
+            signature=signature,
+            certificate=self._signer.cert_pem,
+        )
 
     def Alert(
         self, request: watch_pb2.AlertRequest, context: grpc.ServicerContext
@@ -260,13 +304,13 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         if not flow.items:
             return watch_pb2.NodeCheckReply(results=results)
         try:
-            reply = self._check(flow)
-            with self._lock:  # the answer joins the tag map, which the reaper may destroy
-                flow.on_reply(reply.tags, wire.check_hits(reply))
-        except (ProtocolError, CheckFailed) as exc:
+            self._check(flow)
+        except (ProtocolError, CheckFailed, InvalidElement) as exc:
             eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
             self._audit(eid, self.name, len(flow.items), Outcome.FAILED, str(exc))
             wire.abort(context, exc)
+        finally:
+            flow.discard_mask()
         epoch = flow.epoch
         assert epoch is not None
         for result, checked in zip(results, flow.results, strict=True):
@@ -280,11 +324,14 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             epoch_id=epoch.epoch_id, epoch_ends=epoch.ends, results=results
         )
 
-    def _check(self, flow: NodeCheck) -> watch_pb2.CheckReply:
+    def _check(self, flow: NodeCheck) -> None:
+        """Rules 1, 3 and 4: mask, blind and sign; unmask what the coordinator returns; learn
+        the hits."""
         with self._lock:
             channel = self._channel
             address = self._coordinator_address
-            key = flow.open(self.core.epoch, self.core.clock()).export()
+            key, mask = flow.open(self.core.epoch, self.core.clock())
+            key_bytes, apply, remove = key.export(), mask.apply.export(), mask.remove.export()
         epoch = flow.epoch
         assert epoch is not None
         if channel is None:
@@ -292,18 +339,49 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 f"node {self.name} has no coordinator_address in its node.toml; add "
                 'coordinator_address = "host:port" to check values'
             )
-        elements = self._hash_and_blind(key, flow.items)
-        request = wire.check_request(epoch.epoch_id, elements, self.policy.partners)
+        if self._signer is None:
+            raise WrongPhase(f"node {self.name} runs without mTLS: it has no key to sign checks")
+        elements = self._blind(key_bytes, self._hash_and_blind(apply, flow.items))
+        first = CheckHop(
+            epoch.epoch_id,
+            self.name,
+            flow.check_id,
+            0,
+            elements,
+            self._signer.sign(flow.claim(elements).message()),
+            self._signer.cert_pem,
+        )
         stub = watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
+        sealed: watch_pb2.CheckReply = self._ask(
+            address,
+            lambda: stub.Check(
+                wire.check_request(first, self.policy.partners), timeout=COORDINATOR_CALL_TIMEOUT
+            ),
+        )
+        if len(sealed.masked) != len(elements):
+            raise BadReply(
+                f"the coordinator answered {len(sealed.masked)} bytes for {len(elements)}"
+            )
+        flow.unmasked(self._blind(remove, sealed.masked))
+        finish = watch_pb2.FinishCheckRequest(
+            epoch_id=epoch.epoch_id, check_id=flow.check_id, tags=flow.tags
+        )
+        reply: watch_pb2.FinishCheckReply = self._ask(
+            address, lambda: stub.FinishCheck(finish, timeout=COORDINATOR_CALL_TIMEOUT)
+        )
+        with self._lock:  # the answer joins the tag map, which the reaper may destroy
+            flow.on_hits(wire.check_hits(reply))
+
+    @staticmethod
+    def _ask(address: str, call: Callable[[], _R]) -> _R:
         try:
-            reply: watch_pb2.CheckReply = stub.Check(request, timeout=COORDINATOR_CALL_TIMEOUT)
+            return call()
         except grpc.RpcError as err:
             raise CheckFailed(
                 err.code(),
                 f"the coordinator at {address} could not complete the check: "
                 f"{err.code().name}: {err.details() or '(no details)'}",
             ) from None
-        return reply
 
     def _audit(
         self,

@@ -26,6 +26,7 @@ from blindmatch.watch import (
     FILTER_ERROR_RATE,
     EpochEnded,
     NodeEpoch,
+    WatchSettings,
     check_route,
     expected_false_positives,
     parse_duration,
@@ -59,7 +60,9 @@ class WatchFederation(Federation):
         root: Path, pki: FederationPki, name: str, policy: Policy, timeout: float
     ) -> NodeConfig:
         base = Federation._node_config(root, pki, name, policy, timeout)
-        return replace(base, check_budget=BUDGET)
+        # charlie's SIEM may check for it; no other operator may (node.toml [watch] check_clients)
+        clients = (("operator", "siem"),) if name == "charlie" else ()
+        return replace(base, check_budget=BUDGET, watch=WatchSettings(check_clients=clients))
 
     def start_coordinator(self) -> RunningCoordinator:
         running = super().start_coordinator()
@@ -233,12 +236,14 @@ def test_a_checked_value_is_watched_for_the_checker(fed: WatchFederation) -> Non
 
 
 def test_check_access(fed: WatchFederation) -> None:
-    # operators (a SIEM integration) may check for a node; another node may not
+    # the identities node.toml names (a SIEM integration) may check for a node; another node,
+    # or any other operator, may not
     reply = check(fed, "charlie", ["charlie-new.example"], as_name="siem", role="operator")
     assert partners_of(reply)["charlie-new.example"] == set()
-    with pytest.raises(grpc.RpcError) as err:
-        check(fed, "charlie", ["x.example"], as_name="bravo")
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for name, role in (("bravo", "node"), ("ops", "operator")):
+        with pytest.raises(grpc.RpcError) as err:
+            check(fed, "charlie", ["x.example"], as_name=name, role=role)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # and a node may not ask a partner to blind for it directly
     tls = fed.pki.tls("bravo", "node")
     address = f"127.0.0.1:{fed.nodes['charlie'].port}"

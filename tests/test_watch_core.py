@@ -6,12 +6,14 @@ never because a test sleeps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
-from blindmatch.group import ELEMENT_BYTES, RoundKey
+from blindmatch.group import ELEMENT_BYTES, RoundKey, hash_indicators
+from blindmatch.pki import issue, new_ca
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
@@ -22,23 +24,29 @@ from blindmatch.protocol import (
     RoundSpec,
     WrongPhase,
 )
+from blindmatch.signing import CheckClaim, ForgedMessage, Signer, Trust
+from blindmatch.states import EpochPhase
 from blindmatch.watch import (
     MAX_CHECK_ELEMENTS,
     BadReply,
+    CheckHop,
+    EpochEnded,
+    NodeEpoch,
+    NodeWatchCore,
+    WatchSettings,
+    end_reason,
+)
+from blindmatch.watchhub import (
     CheckFlow,
     CheckPhase,
     CoordinatorEpoch,
     CoordinatorWatch,
-    EpochEnded,
-    EpochState,
-    NodeEpoch,
-    NodeWatchCore,
-    end_reason,
     filter_key,
+    seal,
 )
 
 PARTS = ("a", "b", "c", "d")
-T0 = 1_000_000.0
+T0 = float(int(time.time()))  # certificates are valid now: the node verifies signatures
 
 
 @dataclass
@@ -59,6 +67,22 @@ def epoch_with(filters: dict[str, set[str]], ends: float = T0 + 3600) -> Coordin
     return epoch
 
 
+def first(checker: str, epoch_id: str, elements: bytes, check_id: str = "ab" * 8) -> CheckHop:
+    """A checker's hop-0 elements (the nodes verify signatures; the coordinator forwards them)."""
+    return CheckHop(epoch_id, checker, check_id, 0, elements, b"sig", b"cert")
+
+
+def begin(
+    watch: CoordinatorWatch,
+    checker: str,
+    epoch_id: str,
+    elements: bytes,
+    allowed: frozenset[str] | None = None,
+    check_id: str = "ab" * 8,
+) -> CheckFlow:
+    return watch.begin_check(first(checker, epoch_id, elements, check_id), allowed, checker=checker)
+
+
 def hub(filters: dict[str, set[str]] | None = None) -> tuple[CoordinatorWatch, FakeClock]:
     clock = FakeClock()
     watch = CoordinatorWatch(clock)
@@ -67,10 +91,12 @@ def hub(filters: dict[str, set[str]] | None = None) -> tuple[CoordinatorWatch, F
 
 
 def routed(flow: CheckFlow, shares: bool = True) -> None:
-    """Every hop answers with the elements unchanged (keys are the nodes' business)."""
+    """Every hop answers with the elements unchanged (keys are the nodes' business), and the
+    checker sends them back as its unmasked tags."""
     hop = flow.next_hop
     while hop is not None:
         hop = flow.on_reblinded(hop, flow.elements, shares)
+    flow.on_unmasked(flow.elements)
 
 
 # --- the coordinator's epochs -------------------------------------------------------------------
@@ -79,7 +105,7 @@ def routed(flow: CheckFlow, shares: bool = True) -> None:
 def test_a_check_visits_every_partner_and_reports_confirmed_hits_only() -> None:
     # b and d hold tag 1 in their filters; d also "holds" tag 2 (a Bloom false positive)
     watch, _ = hub({"b": {filter_key(tag(1))}, "d": {filter_key(tag(1)), filter_key(tag(2))}})
-    flow = watch.begin_check("c", "e1", tag(1) + tag(2) + tag(3), None)
+    flow = begin(watch, "c", "e1", tag(1) + tag(2) + tag(3))
     assert flow.route == ("d", "a", "b")
     routed(flow)
     alerts = flow.alerts()
@@ -88,7 +114,6 @@ def test_a_check_visits_every_partner_and_reports_confirmed_hits_only() -> None:
     flow.on_alert_failed("b")  # best effort: an unreachable partner reports nothing
     result = flow.finish()
     assert result.hits == {"d": (0,)}
-    assert result.tags == tag(1) + tag(2) + tag(3)
     assert flow.phase is CheckPhase.DONE
     # the checked tags join the checker's filter: later checks alert it
     assert all(filter_key(tag(n)) in flow.epoch.filters["c"] for n in (1, 2, 3))
@@ -96,23 +121,42 @@ def test_a_check_visits_every_partner_and_reports_confirmed_hits_only() -> None:
 
 def test_filters_are_consulted_only_where_both_policies_allow() -> None:
     watch, _ = hub({p: {filter_key(tag(1))} for p in PARTS})
-    flow = watch.begin_check("a", "e1", tag(1), frozenset({"b", "c"}))
+    flow = begin(watch, "a", "e1", tag(1), frozenset({"b", "c"}))
     for hop in ("b", "c", "d"):
         flow.on_reblinded(hop, flow.elements, share=hop != "c")
+    flow.on_unmasked(flow.elements)
     assert set(flow.alerts()) == {"b"}  # c refuses to share, d is outside a's policy
+
+
+def begin_id(watch: CoordinatorWatch, check_id: str) -> CoordinatorWatch:
+    watch.begin_check(first("a", "e1", tag(1), check_id), None, checker="a")
+    return watch
 
 
 def _check_refusals() -> list[tuple[str, Callable[[CoordinatorWatch], object], type, str]]:
     return [
-        ("unknown epoch", lambda w: w.begin_check("a", "e0", tag(1), None), EpochEnded, "no epoch"),
-        ("not a participant", lambda w: w.begin_check("z", "e1", tag(1), None), PolicyRefusal, ""),
-        ("no elements", lambda w: w.begin_check("a", "e1", b"", None), BadMessage, "whole"),
-        ("partial element", lambda w: w.begin_check("a", "e1", b"x" * 33, None), BadMessage, ""),
+        ("unknown epoch", lambda w: begin(w, "a", "e0", tag(1)), EpochEnded, "no epoch"),
+        ("not a participant", lambda w: begin(w, "z", "e1", tag(1)), PolicyRefusal, ""),
+        ("no elements", lambda w: begin(w, "a", "e1", b""), BadMessage, "whole"),
+        ("partial element", lambda w: begin(w, "a", "e1", b"x" * 33), BadMessage, ""),
         (
             "too many elements",
-            lambda w: w.begin_check("a", "e1", b"\0" * 32 * (MAX_CHECK_ELEMENTS + 1), None),
+            lambda w: begin(w, "a", "e1", b"\0" * 32 * (MAX_CHECK_ELEMENTS + 1)),
             BadMessage,
             "at most",
+        ),
+        (
+            "in another node's name",
+            lambda w: w.begin_check(first("b", "e1", tag(1)), None, checker="a"),
+            PolicyRefusal,
+            "in the name of b",
+        ),
+        ("a malformed check id", lambda w: begin_id(w, "not hex"), BadMessage, "hex"),
+        (
+            "a check id in flight",
+            lambda w: begin_id(begin_id(w, "cd" * 8), "cd" * 8),
+            ProtocolError,
+            "in flight",
         ),
     ]
 
@@ -143,6 +187,7 @@ def _reply_refusals() -> list[tuple[str, Callable[[CheckFlow], object], type, st
         ("more elements", lambda f: f.on_reblinded("d", f.elements + tag(9), True), BadReply, ""),
         ("partial element", lambda f: f.on_reblinded("d", f.elements[:-1], True), BadReply, ""),
         ("alerts before routing", lambda f: f.alerts(), WrongPhase, "routing"),
+        ("tags before routing", lambda f: f.on_unmasked(f.elements), WrongPhase, "routing"),
         ("answer before routing", lambda f: f.finish(), WrongPhase, ""),
         (
             "short Alert answer",  # was zipped with the tags sent, unchecked
@@ -181,14 +226,14 @@ def test_replies_that_break_the_rules_are_refused(
     call: Callable[[CheckFlow], object], error: type[ProtocolError], match: str
 ) -> None:
     watch, _ = hub({"d": {filter_key(tag(1)), filter_key(tag(2))}})
-    flow = watch.begin_check("c", "e1", tag(1) + tag(2), None)
+    flow = begin(watch, "c", "e1", tag(1) + tag(2))
     with pytest.raises(error, match=match or None):
         call(flow)
 
 
 def test_an_answer_is_counted_once() -> None:
     watch, _ = hub({"d": {filter_key(tag(1))}})
-    flow = watch.begin_check("c", "e1", tag(1), None)
+    flow = begin(watch, "c", "e1", tag(1))
     routed(flow)
     flow.alerts()
     flow.on_alert_reply("d", [True])
@@ -205,32 +250,34 @@ def test_the_clock_ends_the_epoch_without_sleeping() -> None:
     watch, clock = hub()
     epoch = watch.epoch
     assert epoch is not None
-    watch.begin_check("a", "e1", tag(1), None)
+    begin(watch, "a", "e1", tag(1))
     clock.now = epoch.ends - 0.001
     assert watch.expire() is None
     clock.now = epoch.ends
     # not yet expired by the caller: refused all the same
     with pytest.raises(EpochEnded, match="ended at"):
-        watch.begin_check("a", "e1", tag(1), None)
-    assert watch.expire() is epoch and epoch.state is EpochState.ENDED
-    assert watch.epoch is None and epoch.filters == {}
+        begin(watch, "a", "e1", tag(1), check_id="cd" * 8)
+    assert watch.expire() is epoch and epoch.phase is EpochPhase.CLOSED
+    assert "ended at" in (epoch.closed or "")
+    assert watch.epoch is None and epoch.filters == {} and epoch.key is None
     for _ in range(2):  # and every later check of it names its end
         with pytest.raises(EpochEnded, match="epoch e1 ended at"):
-            watch.begin_check("a", "e1", tag(1), None)
+            begin(watch, "a", "e1", tag(1), check_id="ef" * 8)
     assert watch.expire() is None
 
 
 def test_a_new_epoch_replaces_the_open_one() -> None:
     watch, clock = hub()
-    first = watch.epoch
-    assert first is not None
+    previous = watch.epoch
+    assert previous is not None
     assert watch.epoch_end(60) == clock.now + 60
     second = CoordinatorEpoch("e2", ("a", "b"), T0 + 60)
     closing = watch.open(second)
     assert closing is not None and closing.nodes == ("c", "d") and "e2" in closing.reason
-    assert first.state is EpochState.REPLACED and watch.epoch is second
+    assert previous.phase is EpochPhase.CLOSED and previous.closed == "replaced by epoch e2"
+    assert watch.epoch is second
     with pytest.raises(EpochEnded, match="current epoch is e2"):
-        watch.begin_check("a", "e1", tag(1), None)
+        begin(watch, "a", "e1", tag(1))
     # read back after a restart: kept only until its end
     assert watch.restorable(second)
     clock.now = second.ends
@@ -308,25 +355,46 @@ def test_node_check_refusals() -> None:
         flow.open(core.epoch, clock())
 
 
+CA = new_ca()
+SIGNERS = {n: Signer(m.cert_pem, m.key_pem) for n in PARTS for m in [issue(CA, n, "node")]}
+TRUST = Trust(CA.cert_pem)
+
+
+def signed(checker: str, hop: int, elements: bytes, by: str, check_id: str = "ab" * 8) -> CheckHop:
+    """Check elements of ``hop`` signed by ``by`` (the right producer, or not)."""
+    claim = CheckClaim("e1", b"", checker, check_id, hop, elements)
+    s = SIGNERS[by]
+    return CheckHop("e1", checker, check_id, hop, elements, s.sign(claim.message()), s.cert_pem)
+
+
 def test_partner_calls_are_refused_by_the_rules() -> None:
-    core, clock = node_core(budget=2)
+    core, clock = node_core(budget=2)  # "a"; b's checks reach it at hop 3 (route c, d, a)
+    good = signed("b", 2, tag(1) * 2, by="d")
     refusals: list[tuple[Callable[[], object], type[ProtocolError], str]] = [
-        (lambda: core.reblind("e1", "b", b""), BadMessage, "whole"),
-        (lambda: core.reblind("e9", "b", tag(1)), WrongPhase, "no key for epoch e9"),
-        (lambda: core.reblind("e1", "a", tag(1)), PolicyRefusal, ""),  # itself
-        (lambda: core.reblind("e1", "b", tag(1) * 3), CapExceeded, "check_budget"),
+        (lambda: core.reblind(signed("b", 2, b"", by="d"), TRUST), BadMessage, "whole"),
+        (lambda: core.reblind(replace(good, epoch_id="e9"), TRUST), WrongPhase, "no key for e"),
+        (lambda: core.reblind(signed("a", 0, tag(1), by="a"), TRUST), PolicyRefusal, "own"),
+        (lambda: core.reblind(signed("z", 0, tag(1), by="b"), TRUST), PolicyRefusal, "z"),
+        (lambda: core.reblind(good, None), ForgedMessage, "no federation identity"),
+        # the coordinator plays the checker, another hop, or forwards without a signature
+        (lambda: core.reblind(signed("b", 2, tag(1), by="c"), TRUST), ForgedMessage, "not one"),
+        (lambda: core.reblind(signed("b", 1, tag(1), by="c"), TRUST), ForgedMessage, "hop 3"),
+        (lambda: core.reblind(replace(good, signature=b""), TRUST), ForgedMessage, "no valid"),
+        (lambda: core.reblind(replace(good, elements=tag(2) * 2), TRUST), ForgedMessage, "not"),
+        (lambda: core.reblind(replace(good, check_id="x"), TRUST), BadMessage, "hex"),
+        (lambda: core.reblind(signed("b", 2, tag(1) * 3, by="d"), TRUST), CapExceeded, "budget"),
         (lambda: core.alert("e1", b"x"), BadMessage, "whole number"),
-        (lambda: core.begin("r1", False, T0 + 1, b"", "hub"), WrongPhase, "no round"),
-        (lambda: core.begin("r1", True, T0, b"", "hub"), BadMessage, "in the past"),
-        (lambda: core.begin("r1", True, T0 + 1, b"x", "hub"), BadMessage, "whole"),
     ]
     for call, error, match in refusals:
         with pytest.raises(error, match=match or None):
             call()
-    assert core.reblind("e1", "b", tag(1) * 2) is not None  # the refusals cost nothing
+    key, output = core.reblind(good, TRUST)  # the refusals cost nothing
+    assert key is not None and output(tag(3)).hop == 3 and output(tag(3)).checker == "b"
+    with pytest.raises(ProtocolError, match="already blinded"):  # a check is blinded once
+        core.reblind(good, TRUST)
     clock.now = T0 + 3600
     with pytest.raises(EpochEnded):
-        core.reblind("e1", "c", tag(1))
+        core.reblind(signed("c", 1, tag(1), by="c", check_id="cd" * 8), TRUST)
 
 
 def test_the_clock_ends_the_node_epoch_without_sleeping() -> None:
@@ -342,17 +410,70 @@ def test_the_clock_ends_the_node_epoch_without_sleeping() -> None:
     assert core.to_close("e1") is None
 
 
-def test_a_delivered_watch_round_becomes_the_epoch() -> None:
-    state = NodeRound(RoundSpec("w1", ("a", "b")), "a", Policy(), [(1, "domain", "x.example")])
+def _watch_round(rid: str, epoch_seconds: float = 600.0) -> NodeRound:
+    spec = RoundSpec(rid, ("a", "b"), epoch_seconds=epoch_seconds)
+    state = NodeRound(spec, "a", Policy(), [(1, "domain", "x.example")])
     state.begin_routing({"a": 1, "b": 0})
+    return state
+
+
+def test_a_watch_round_is_staged_then_opened_by_its_delivery() -> None:
+    clock = FakeClock()
+    core = NodeWatchCore("a", 5, clock)
+    plain = NodeRound(RoundSpec("p1", ("a", "b")), "a", Policy(), [(1, "domain", "x.example")])
+    plain.begin_routing({"a": 1, "b": 0})
+    refusals: list[tuple[Callable[[], object], type[ProtocolError], str]] = [
+        (lambda: core.begin("r1", None, T0 + 1, b"", "hub"), WrongPhase, "no round"),
+        (lambda: core.begin("p1", plain, T0 + 1, tag(7), "hub"), PolicyRefusal, "not announced"),
+        (lambda: core.begin("w0", _watch_round("w0"), T0, tag(7), "hub"), BadMessage, "past"),
+        (lambda: core.begin("w0", _watch_round("w0"), T0 + 1, b"x", "hub"), BadMessage, "whole"),
+        (lambda: core.begin("w0", _watch_round("w0"), T0 + 1, tag(7) * 2, "hub"), BadMessage, "2"),
+    ]
+    for call, error, match in refusals:
+        with pytest.raises(error, match=match or None):
+            call()
+    assert core.delivered("p1") is None  # not staged: not a watch round
+    state = _watch_round("w1")
+    # the coordinator asks for more than the spec announced: the node keeps it 600 s only
+    staged = core.begin("w1", state, T0 + 10**9, tag(7), "hub")
+    assert staged.phase is EpochPhase.PENDING and staged.ends == T0 + 600
+    with pytest.raises(EpochEnded, match="pending"):  # no check before the delivery
+        staged.require_open(T0)
+    opened = core.delivered("w1")
+    assert opened is not None
+    epoch, old = opened
+    assert epoch is staged and old is None and core.epoch is epoch
+    assert epoch.phase is EpochPhase.OPEN and epoch.lookup([tag(7)]) == [("domain", "x.example")]
+
+
+@pytest.mark.parametrize("opened", [False, True], ids=["staged", "delivered"])
+def test_any_other_end_of_a_watch_round_destroys_its_key(opened: bool) -> None:
     core = NodeWatchCore("a", 5, FakeClock())
-    assert core.capture(state) is None  # not announced by BeginEpoch: not a watch round
-    assert core.begin("w1", True, T0 + 60, tag(7), "hub") == 1
-    captured = core.capture(state)
-    assert captured is not None
-    epoch, pending, old = captured
-    assert old is None and pending.coordinator == "hub" and core.epoch is epoch
-    assert epoch.lookup([tag(7)]) == [("domain", "x.example")]
-    core.begin("w2", True, T0 + 60, b"", "hub")
-    core.drop_pending(["w3"])  # w2's round failed after BeginEpoch
-    assert core.pending == {}
+    epoch = core.begin("w1", _watch_round("w1"), T0 + 60, tag(7), "hub")
+    if opened:
+        core.delivered("w1")
+    ending = core.abandoned("w1")  # a failure, a refused delivery, an Abort
+    assert ending is epoch
+    assert core.close(epoch, "aborted") is opened
+    assert epoch.key is None and epoch.phase is EpochPhase.CLOSED and epoch.tags == {}
+    assert core.epoch is None and core.pending == {}
+    assert core.abandoned("w1") is None
+
+
+def test_watch_settings_refuse_at_prepare() -> None:
+    spec = RoundSpec("w1", ("a", "b"), epoch_seconds=10 * 365 * 86400.0)
+    with pytest.raises(PolicyRefusal, match=r"3650 days.*at most 7 days"):
+        WatchSettings().admit(spec, "a")
+    with pytest.raises(PolicyRefusal, match="enabled = false"):
+        WatchSettings(enabled=False).admit(replace(spec, epoch_seconds=60.0), "a")
+    with pytest.raises(BadMessage):
+        WatchSettings().admit(replace(spec, epoch_seconds=float("nan")), "a")
+    WatchSettings(enabled=False).admit(replace(spec, epoch_seconds=0.0), "a")  # not a watch round
+    WatchSettings().admit(replace(spec, epoch_seconds=7 * 86400.0), "a")
+
+
+def test_the_coordinator_key_seals_what_it_keeps() -> None:
+    key = RoundKey.generate()
+    element = RoundKey.generate().blind([hash_indicators([("domain", "x.example")])[0]])[0]
+    sealed = seal(key, element)
+    assert sealed != element and sealed == key.blind([element])[0]

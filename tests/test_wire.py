@@ -26,7 +26,7 @@ from blindmatch.protocol import (
 )
 from blindmatch.signing import ForgedMessage
 from blindmatch.v1 import node_pb2, watch_pb2
-from blindmatch.watch import BadReply, EpochEnded
+from blindmatch.watch import BadReply, CheckHop, CheckReplayed, EpochEnded
 from coordinator.driver import RoundFailure
 from coordinator.state import RoundRecord
 from coordinator.watch import WatchFailure
@@ -183,17 +183,23 @@ def test_a_round_record_round_trips(record: RoundRecord) -> None:
 @pytest.mark.parametrize("partners", [None, frozenset(), frozenset({"bravo", "alpha"})])
 def test_a_check_request_round_trips(partners: frozenset[str] | None) -> None:
     elements = b"\x07" * ELEMENT_BYTES * 2
-    msg = over_the_wire(wire.check_request("e1", elements, partners))
+    first = CheckHop("e1", "alpha", "ab" * 8, 0, elements, b"sig", b"cert")
+    msg = over_the_wire(wire.check_request(first, partners))
     assert (msg.epoch_id, msg.elements) == ("e1", elements)
     assert wire.check_partners(msg) == partners
+    assert wire.check_first_hop(msg, "alpha") == first
 
 
-def test_a_check_reply_round_trips_and_names_only_partners_with_hits() -> None:
-    tags = b"\x09" * ELEMENT_BYTES * 3
-    msg = over_the_wire(wire.check_reply(tags, {"alpha": [0, 2], "bravo": [], "x": [1]}, 99.5))
-    assert (msg.tags, msg.epoch_ends) == (tags, 99.5)
+def test_a_signed_hop_round_trips() -> None:
+    hop = CheckHop("e1", "alpha", "ab" * 8, 2, b"\x07" * ELEMENT_BYTES, b"sig", b"cert")
+    assert wire.reblind_hop(over_the_wire(wire.reblind_request(hop))) == hop
+
+
+def test_check_hits_round_trip_and_name_only_partners_with_hits() -> None:
+    msg = over_the_wire(wire.check_hits_reply({"alpha": [0, 2], "bravo": [], "x": [1]}, 99.5))
+    assert msg.epoch_ends == 99.5
     assert wire.check_hits(msg) == {"alpha": (0, 2), "x": (1,)}
-    assert isinstance(msg, watch_pb2.CheckReply)
+    assert isinstance(msg, watch_pb2.FinishCheckReply)
 
 
 # --- statuses -----------------------------------------------------------------------------------
@@ -210,6 +216,7 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     CapExceeded: S.RESOURCE_EXHAUSTED,
     UnknownRound: S.NOT_FOUND,
     RoundIdUsed: S.ALREADY_EXISTS,
+    CheckReplayed: S.ALREADY_EXISTS,
     InvalidElement: S.INVALID_ARGUMENT,
     InvalidIndicator: S.INVALID_ARGUMENT,
     ValueError: S.INVALID_ARGUMENT,

@@ -28,6 +28,9 @@ class RoundSpec(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    EPOCH_SECONDS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    ISSUED_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     mode: _builtins.str
     """pairwise | threshold | count"""
@@ -35,6 +38,12 @@ class RoundSpec(_message.Message):
     """threshold mode only"""
     chunk_size: _builtins.int
     """elements per chunk"""
+    epoch_seconds: _builtins.float
+    """> 0: a watch round; nodes keep the key this long after delivery"""
+    counts: _builtins.bool
+    """threshold mode: deliver exact counts (else only "held by >= t")"""
+    issued: _builtins.float
+    """unix seconds when the operator signed; nodes refuse stale specs"""
     @_builtins.property
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the round's order: set i visits i+1, i+2, ... cyclically"""
@@ -50,10 +59,13 @@ class RoundSpec(_message.Message):
         threshold: _builtins.int = ...,
         kinds: _abc.Iterable[_builtins.str] | None = ...,
         chunk_size: _builtins.int = ...,
+        epoch_seconds: _builtins.float = ...,
+        counts: _builtins.bool = ...,
+        issued: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "kinds", b"kinds", "mode", b"mode", "participants", b"participants", "round_id", b"round_id", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "counts", b"counts", "epoch_seconds", b"epoch_seconds", "issued", b"issued", "kinds", b"kinds", "mode", b"mode", "participants", b"participants", "round_id", b"round_id", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -118,9 +118,9 @@ class BeginEpochRequest(_message.Message):
     round_id: _builtins.str
     """the watch round; also the epoch's id"""
     ends: _builtins.float
-    """unix seconds"""
+    """unix seconds; the node keeps at most RoundSpec.epoch_seconds"""
     tags: _builtins.bytes
-    """the node's own final tags, 32 bytes each, by position"""
+    """the node's own final tags under the coordinator's epoch key, by position"""
     def __init__(
         self,
         *,
@@ -162,20 +162,36 @@ class ReblindCheckRequest(_message.Message):
     EPOCH_ID_FIELD_NUMBER: _builtins.int
     CHECKER_FIELD_NUMBER: _builtins.int
     ELEMENTS_FIELD_NUMBER: _builtins.int
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    HOP_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     epoch_id: _builtins.str
     checker: _builtins.str
     elements: _builtins.bytes
     """concatenated 32-byte elements"""
+    check_id: _builtins.str
+    """the checker's fresh id of this check"""
+    hop: _builtins.int
+    """who produced the elements: 0 the checker, h the h-th partner"""
+    signature: _builtins.bytes
+    """the producer's signature over signing.CheckClaim(..., hop, elements)"""
+    certificate: _builtins.bytes
+    """the producer's certificate, PEM"""
     def __init__(
         self,
         *,
         epoch_id: _builtins.str = ...,
         checker: _builtins.str = ...,
         elements: _builtins.bytes = ...,
+        check_id: _builtins.str = ...,
+        hop: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checker", b"checker", "elements", b"elements", "epoch_id", b"epoch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "check_id", b"check_id", "checker", b"checker", "elements", b"elements", "epoch_id", b"epoch_id", "hop", b"hop", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,18 +203,26 @@ class ReblindCheckReply(_message.Message):
 
     ELEMENTS_FIELD_NUMBER: _builtins.int
     SHARE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     elements: _builtins.bytes
     share: _builtins.bool
     """this node's policy lets the checker learn that it holds a value"""
+    signature: _builtins.bytes
+    """this node's signature over CheckClaim(..., its hop, elements)"""
+    certificate: _builtins.bytes
+    """this node's certificate, PEM"""
     def __init__(
         self,
         *,
         elements: _builtins.bytes = ...,
         share: _builtins.bool = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elements", b"elements", "share", b"share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "elements", b"elements", "share", b"share", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,7 +239,7 @@ class AlertRequest(_message.Message):
     checker: _builtins.str
     """the partner that has just sighted the values"""
     tags: _builtins.bytes
-    """final tags, 32 bytes each"""
+    """tags under the coordinator's epoch key, 32 bytes each"""
     def __init__(
         self,
         *,
@@ -302,11 +326,20 @@ class CheckRequest(_message.Message):
     ELEMENTS_FIELD_NUMBER: _builtins.int
     ALLOWED_FIELD_NUMBER: _builtins.int
     ANY_PARTNER_FIELD_NUMBER: _builtins.int
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     epoch_id: _builtins.str
     elements: _builtins.bytes
-    """blinded under the checker's epoch key"""
+    """masked by the checker, then blinded under its epoch key"""
     any_partner: _builtins.bool
     """the checker's policy allows every partner ("*")"""
+    check_id: _builtins.str
+    """fresh per check"""
+    signature: _builtins.bytes
+    """the checker's signature over CheckClaim(..., hop 0, elements)"""
+    certificate: _builtins.bytes
+    """the checker's certificate, PEM"""
     @_builtins.property
     def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """partners the checker's policy lets learn of its sightings"""
@@ -318,14 +351,66 @@ class CheckRequest(_message.Message):
         elements: _builtins.bytes = ...,
         allowed: _abc.Iterable[_builtins.str] | None = ...,
         any_partner: _builtins.bool = ...,
+        check_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "any_partner", b"any_partner", "elements", b"elements", "epoch_id", b"epoch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "any_partner", b"any_partner", "certificate", b"certificate", "check_id", b"check_id", "elements", b"elements", "epoch_id", b"epoch_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckRequest: _TypeAlias = CheckRequest  # noqa: Y015
+
+@_typing.final
+class CheckReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASKED_FIELD_NUMBER: _builtins.int
+    EPOCH_ENDS_FIELD_NUMBER: _builtins.int
+    masked: _builtins.bytes
+    """the elements under every key and the coordinator's, still masked"""
+    epoch_ends: _builtins.float
+    def __init__(
+        self,
+        *,
+        masked: _builtins.bytes = ...,
+        epoch_ends: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_ends", b"epoch_ends", "masked", b"masked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckReply: _TypeAlias = CheckReply  # noqa: Y015
+
+@_typing.final
+class FinishCheckRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_ID_FIELD_NUMBER: _builtins.int
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    epoch_id: _builtins.str
+    check_id: _builtins.str
+    tags: _builtins.bytes
+    """CheckReply.masked with the checker's mask removed, in order"""
+    def __init__(
+        self,
+        *,
+        epoch_id: _builtins.str = ...,
+        check_id: _builtins.str = ...,
+        tags: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_id", b"check_id", "epoch_id", b"epoch_id", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishCheckRequest: _TypeAlias = FinishCheckRequest  # noqa: Y015
 
 @_typing.final
 class Hits(_message.Message):
@@ -350,7 +435,7 @@ class Hits(_message.Message):
 Global___Hits: _TypeAlias = Hits  # noqa: Y015
 
 @_typing.final
-class CheckReply(_message.Message):
+class FinishCheckReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -374,11 +459,8 @@ class CheckReply(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    TAGS_FIELD_NUMBER: _builtins.int
     HITS_FIELD_NUMBER: _builtins.int
     EPOCH_ENDS_FIELD_NUMBER: _builtins.int
-    tags: _builtins.bytes
-    """final tags of the elements, in order"""
     epoch_ends: _builtins.float
     @_builtins.property
     def hits(self) -> _containers.MessageMap[_builtins.str, Global___Hits]:
@@ -387,14 +469,13 @@ class CheckReply(_message.Message):
     def __init__(
         self,
         *,
-        tags: _builtins.bytes = ...,
         hits: _abc.Mapping[_builtins.str, Global___Hits] | None = ...,
         epoch_ends: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_ends", b"epoch_ends", "hits", b"hits", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_ends", b"epoch_ends", "hits", b"hits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CheckReply: _TypeAlias = CheckReply  # noqa: Y015
+Global___FinishCheckReply: _TypeAlias = FinishCheckReply  # noqa: Y015

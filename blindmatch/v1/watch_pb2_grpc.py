@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class NodeWatchServiceStub:
-    """On every node. Check is for the node's own certificate (its CLI) and for operators (a SIEM
-    integration); every other method only for the coordinator named in node.toml.
+    """On every node. Check is for the node's own certificate (its CLI) and the identities node.toml
+    names in [watch] check_clients (a SIEM integration; none by default, never every operator);
+    every other method only for the coordinator named in node.toml.
     """
 
     def __init__(self, channel):
@@ -64,8 +65,9 @@ class NodeWatchServiceStub:
 
 
 class NodeWatchServiceServicer:
-    """On every node. Check is for the node's own certificate (its CLI) and for operators (a SIEM
-    integration); every other method only for the coordinator named in node.toml.
+    """On every node. Check is for the node's own certificate (its CLI) and the identities node.toml
+    names in [watch] check_clients (a SIEM integration; none by default, never every operator);
+    every other method only for the coordinator named in node.toml.
     """
 
     def Check(self, request, context):
@@ -76,15 +78,17 @@ class NodeWatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BeginEpoch(self, request, context):
-        """Coordinator -> node, during a watch round, before Deliver: keep the round's key for the
-        epoch, with these final tags of the node's own set (by position) as its tag map.
+        """Coordinator -> node, during a watch round announced at Prepare (RoundSpec.epoch_seconds),
+        before Deliver: stage the epoch (the round's key and these tags of the node's own set, by
+        position, as its tag map). It opens when the round delivers; any failure or Abort ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReblindCheck(self, request, context):
-        """Coordinator -> node: blind a partner's check elements under the epoch key (budgeted).
+        """Coordinator -> node: blind a partner's check elements under the epoch key, after verifying
+        the signature of the node that produced them (the checker, or the previous hop); budgeted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,8 +145,9 @@ def add_NodeWatchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NodeWatchService:
-    """On every node. Check is for the node's own certificate (its CLI) and for operators (a SIEM
-    integration); every other method only for the coordinator named in node.toml.
+    """On every node. Check is for the node's own certificate (its CLI) and the identities node.toml
+    names in [watch] check_clients (a SIEM integration; none by default, never every operator);
+    every other method only for the coordinator named in node.toml.
     """
 
     @staticmethod
@@ -282,7 +287,10 @@ class NodeWatchService:
 
 
 class CoordinatorWatchServiceStub:
-    """On the coordinator. Check is for node certificates; the caller's name is the checker.
+    """On the coordinator, for node certificates; the caller's name is the checker. A check takes two
+    calls: Check routes the checker's masked elements through every partner and returns them under
+    every key and the coordinator's epoch key; the checker removes its mask and sends the tags to
+    FinishCheck, which tests them against the filters and alerts the partners.
     """
 
     def __init__(self, channel):
@@ -296,13 +304,27 @@ class CoordinatorWatchServiceStub:
                 request_serializer=blindmatch_dot_v1_dot_watch__pb2.CheckRequest.SerializeToString,
                 response_deserializer=blindmatch_dot_v1_dot_watch__pb2.CheckReply.FromString,
                 _registered_method=True)
+        self.FinishCheck = channel.unary_unary(
+                '/blindmatch.v1.CoordinatorWatchService/FinishCheck',
+                request_serializer=blindmatch_dot_v1_dot_watch__pb2.FinishCheckRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_watch__pb2.FinishCheckReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorWatchServiceServicer:
-    """On the coordinator. Check is for node certificates; the caller's name is the checker.
+    """On the coordinator, for node certificates; the caller's name is the checker. A check takes two
+    calls: Check routes the checker's masked elements through every partner and returns them under
+    every key and the coordinator's epoch key; the checker removes its mask and sends the tags to
+    FinishCheck, which tests them against the filters and alerts the partners.
     """
 
     def Check(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishCheck(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -316,6 +338,11 @@ def add_CoordinatorWatchServiceServicer_to_server(servicer, server):
                     request_deserializer=blindmatch_dot_v1_dot_watch__pb2.CheckRequest.FromString,
                     response_serializer=blindmatch_dot_v1_dot_watch__pb2.CheckReply.SerializeToString,
             ),
+            'FinishCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishCheck,
+                    request_deserializer=blindmatch_dot_v1_dot_watch__pb2.FinishCheckRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_watch__pb2.FinishCheckReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'blindmatch.v1.CoordinatorWatchService', rpc_method_handlers)
@@ -325,7 +352,10 @@ def add_CoordinatorWatchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CoordinatorWatchService:
-    """On the coordinator. Check is for node certificates; the caller's name is the checker.
+    """On the coordinator, for node certificates; the caller's name is the checker. A check takes two
+    calls: Check routes the checker's masked elements through every partner and returns them under
+    every key and the coordinator's epoch key; the checker removes its mask and sends the tags to
+    FinishCheck, which tests them against the filters and alerts the partners.
     """
 
     @staticmethod
@@ -345,6 +375,33 @@ class CoordinatorWatchService:
             '/blindmatch.v1.CoordinatorWatchService/Check',
             blindmatch_dot_v1_dot_watch__pb2.CheckRequest.SerializeToString,
             blindmatch_dot_v1_dot_watch__pb2.CheckReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.CoordinatorWatchService/FinishCheck',
+            blindmatch_dot_v1_dot_watch__pb2.FinishCheckRequest.SerializeToString,
+            blindmatch_dot_v1_dot_watch__pb2.FinishCheckReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,8 +29,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NodeWatchServiceStub:
-    """On every node. Check is for the node's own certificate (its CLI) and for operators (a SIEM
-    integration); every other method only for the coordinator named in node.toml.
+    """On every node. Check is for the node's own certificate (its CLI) and the identities node.toml
+    names in [watch] check_clients (a SIEM integration; none by default, never every operator);
+    every other method only for the coordinator named in node.toml.
     """
 
     @_typing.overload
@@ -40,11 +41,14 @@ class NodeWatchServiceStub:
     Check: _grpc.UnaryUnaryMultiCallable[_watch_pb2.NodeCheckRequest, _watch_pb2.NodeCheckReply]
     """Canonicalise, hash and blind values under the epoch key, have the coordinator test them."""
     BeginEpoch: _grpc.UnaryUnaryMultiCallable[_watch_pb2.BeginEpochRequest, _watch_pb2.BeginEpochReply]
-    """Coordinator -> node, during a watch round, before Deliver: keep the round's key for the
-    epoch, with these final tags of the node's own set (by position) as its tag map.
+    """Coordinator -> node, during a watch round announced at Prepare (RoundSpec.epoch_seconds),
+    before Deliver: stage the epoch (the round's key and these tags of the node's own set, by
+    position, as its tag map). It opens when the round delivers; any failure or Abort ends it.
     """
     ReblindCheck: _grpc.UnaryUnaryMultiCallable[_watch_pb2.ReblindCheckRequest, _watch_pb2.ReblindCheckReply]
-    """Coordinator -> node: blind a partner's check elements under the epoch key (budgeted)."""
+    """Coordinator -> node: blind a partner's check elements under the epoch key, after verifying
+    the signature of the node that produced them (the checker, or the previous hop); budgeted.
+    """
     Alert: _grpc.UnaryUnaryMultiCallable[_watch_pb2.AlertRequest, _watch_pb2.AlertReply]
     """Coordinator -> node: a partner has sighted these tags; map them to indicators, record alerts."""
     CloseEpoch: _grpc.UnaryUnaryMultiCallable[_watch_pb2.CloseEpochRequest, _watch_pb2.CloseEpochReply]
@@ -52,27 +56,32 @@ class NodeWatchServiceStub:
 
 @_typing.type_check_only
 class NodeWatchServiceAsyncStub(NodeWatchServiceStub):
-    """On every node. Check is for the node's own certificate (its CLI) and for operators (a SIEM
-    integration); every other method only for the coordinator named in node.toml.
+    """On every node. Check is for the node's own certificate (its CLI) and the identities node.toml
+    names in [watch] check_clients (a SIEM integration; none by default, never every operator);
+    every other method only for the coordinator named in node.toml.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Check: _aio.UnaryUnaryMultiCallable[_watch_pb2.NodeCheckRequest, _watch_pb2.NodeCheckReply]  # type: ignore[assignment]
     """Canonicalise, hash and blind values under the epoch key, have the coordinator test them."""
     BeginEpoch: _aio.UnaryUnaryMultiCallable[_watch_pb2.BeginEpochRequest, _watch_pb2.BeginEpochReply]  # type: ignore[assignment]
-    """Coordinator -> node, during a watch round, before Deliver: keep the round's key for the
-    epoch, with these final tags of the node's own set (by position) as its tag map.
+    """Coordinator -> node, during a watch round announced at Prepare (RoundSpec.epoch_seconds),
+    before Deliver: stage the epoch (the round's key and these tags of the node's own set, by
+    position, as its tag map). It opens when the round delivers; any failure or Abort ends it.
     """
     ReblindCheck: _aio.UnaryUnaryMultiCallable[_watch_pb2.ReblindCheckRequest, _watch_pb2.ReblindCheckReply]  # type: ignore[assignment]
-    """Coordinator -> node: blind a partner's check elements under the epoch key (budgeted)."""
+    """Coordinator -> node: blind a partner's check elements under the epoch key, after verifying
+    the signature of the node that produced them (the checker, or the previous hop); budgeted.
+    """
     Alert: _aio.UnaryUnaryMultiCallable[_watch_pb2.AlertRequest, _watch_pb2.AlertReply]  # type: ignore[assignment]
     """Coordinator -> node: a partner has sighted these tags; map them to indicators, record alerts."""
     CloseEpoch: _aio.UnaryUnaryMultiCallable[_watch_pb2.CloseEpochRequest, _watch_pb2.CloseEpochReply]  # type: ignore[assignment]
     """Coordinator -> node: end the epoch now and destroy its key. Idempotent."""
 
 class NodeWatchServiceServicer(metaclass=_abc_1.ABCMeta):
-    """On every node. Check is for the node's own certificate (its CLI) and for operators (a SIEM
-    integration); every other method only for the coordinator named in node.toml.
+    """On every node. Check is for the node's own certificate (its CLI) and the identities node.toml
+    names in [watch] check_clients (a SIEM integration; none by default, never every operator);
+    every other method only for the coordinator named in node.toml.
     """
 
     @_abc_1.abstractmethod
@@ -89,8 +98,9 @@ class NodeWatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _watch_pb2.BeginEpochRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_watch_pb2.BeginEpochReply, _abc.Awaitable[_watch_pb2.BeginEpochReply]]:
-        """Coordinator -> node, during a watch round, before Deliver: keep the round's key for the
-        epoch, with these final tags of the node's own set (by position) as its tag map.
+        """Coordinator -> node, during a watch round announced at Prepare (RoundSpec.epoch_seconds),
+        before Deliver: stage the epoch (the round's key and these tags of the node's own set, by
+        position, as its tag map). It opens when the round delivers; any failure or Abort ends it.
         """
 
     @_abc_1.abstractmethod
@@ -99,7 +109,9 @@ class NodeWatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _watch_pb2.ReblindCheckRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_watch_pb2.ReblindCheckReply, _abc.Awaitable[_watch_pb2.ReblindCheckReply]]:
-        """Coordinator -> node: blind a partner's check elements under the epoch key (budgeted)."""
+        """Coordinator -> node: blind a partner's check elements under the epoch key, after verifying
+        the signature of the node that produced them (the checker, or the previous hop); budgeted.
+        """
 
     @_abc_1.abstractmethod
     def Alert(
@@ -120,23 +132,37 @@ class NodeWatchServiceServicer(metaclass=_abc_1.ABCMeta):
 def add_NodeWatchServiceServicer_to_server(servicer: NodeWatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class CoordinatorWatchServiceStub:
-    """On the coordinator. Check is for node certificates; the caller's name is the checker."""
+    """On the coordinator, for node certificates; the caller's name is the checker. A check takes two
+    calls: Check routes the checker's masked elements through every partner and returns them under
+    every key and the coordinator's epoch key; the checker removes its mask and sends the tags to
+    FinishCheck, which tests them against the filters and alerts the partners.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CoordinatorWatchServiceAsyncStub: ...
     Check: _grpc.UnaryUnaryMultiCallable[_watch_pb2.CheckRequest, _watch_pb2.CheckReply]
+    FinishCheck: _grpc.UnaryUnaryMultiCallable[_watch_pb2.FinishCheckRequest, _watch_pb2.FinishCheckReply]
 
 @_typing.type_check_only
 class CoordinatorWatchServiceAsyncStub(CoordinatorWatchServiceStub):
-    """On the coordinator. Check is for node certificates; the caller's name is the checker."""
+    """On the coordinator, for node certificates; the caller's name is the checker. A check takes two
+    calls: Check routes the checker's masked elements through every partner and returns them under
+    every key and the coordinator's epoch key; the checker removes its mask and sends the tags to
+    FinishCheck, which tests them against the filters and alerts the partners.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Check: _aio.UnaryUnaryMultiCallable[_watch_pb2.CheckRequest, _watch_pb2.CheckReply]  # type: ignore[assignment]
+    FinishCheck: _aio.UnaryUnaryMultiCallable[_watch_pb2.FinishCheckRequest, _watch_pb2.FinishCheckReply]  # type: ignore[assignment]
 
 class CoordinatorWatchServiceServicer(metaclass=_abc_1.ABCMeta):
-    """On the coordinator. Check is for node certificates; the caller's name is the checker."""
+    """On the coordinator, for node certificates; the caller's name is the checker. A check takes two
+    calls: Check routes the checker's masked elements through every partner and returns them under
+    every key and the coordinator's epoch key; the checker removes its mask and sends the tags to
+    FinishCheck, which tests them against the filters and alerts the partners.
+    """
 
     @_abc_1.abstractmethod
     def Check(
@@ -144,5 +170,12 @@ class CoordinatorWatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _watch_pb2.CheckRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_watch_pb2.CheckReply, _abc.Awaitable[_watch_pb2.CheckReply]]: ...
+
+    @_abc_1.abstractmethod
+    def FinishCheck(
+        self,
+        request: _watch_pb2.FinishCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_watch_pb2.FinishCheckReply, _abc.Awaitable[_watch_pb2.FinishCheckReply]]: ...
 
 def add_CoordinatorWatchServiceServicer_to_server(servicer: CoordinatorWatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,330 @@
+"""Early warning at the coordinator, without I/O: its epoch, its epoch key, and each check.
+
+``CoordinatorWatch`` holds at most one ``CoordinatorEpoch`` (OPEN, then CLOSED when the next
+watch round replaces it or the clock passes its end; phases of ``blindmatch.states.EPOCH``) and
+the checks in flight. An epoch holds the coordinator's epoch key k_c, applied after every node's
+key, and one filter of k_c-tags per participant (any ``Membership``): no node holds k_c, so no
+node can compute a k_c-tag, and the last partner of a check's route never sees one.
+
+``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.watch``): the hops to route through,
+each hop's signed output to forward, k_c on the masked result, then the checker's unmasked
+k_c-tags, the filters, the Alerts to fan out and the answer. Replies are validated with the
+rounds' rules: the sender is the expected one, element counts match exactly, indices are in range
+and never repeated. A reply that breaks them is a ``BadReply``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from blindmatch.group import RoundKey
+from blindmatch.protocol import BadMessage, PolicyRefusal, WrongPhase
+from blindmatch.states import EPOCH, EpochPhase
+from blindmatch.watch import (
+    CHECK_ID,
+    MAX_CHECK_ELEMENTS,
+    BadReply,
+    CheckHop,
+    CheckReplayed,
+    Clock,
+    EpochEnded,
+    check_elements,
+    check_route,
+    reported_partners,
+    split_tags,
+    utc_text,
+)
+
+# Seconds a check may wait between its two calls (Check, FinishCheck) before it is forgotten.
+CHECK_TTL: Final = 300.0
+
+
+class Membership(Protocol):
+    """A coordinator filter as the core sees it; pybloom_live's ScalableBloomFilter is one."""
+
+    def __contains__(self, key: str) -> bool: ...
+
+    def add(self, key: str) -> object: ...
+
+
+def filter_key(tag: bytes) -> str:
+    # pybloom_live hashes str(key) for anything but str; hex is the exact, cheap spelling, and
+    # the one the filters on disk hold.
+    return tag.hex()
+
+
+def seal(key: RoundKey, packed: bytes) -> bytes:
+    """``packed`` under the coordinator's epoch key k_c."""
+    return b"".join(key.blind(split_tags(packed)))
+
+
+@dataclass
+class CoordinatorEpoch:
+    epoch_id: str
+    participants: tuple[str, ...]
+    ends: float  # unix seconds
+    key: RoundKey | None = None  # k_c
+    filters: dict[str, Membership] = field(default_factory=dict)  # of k_c-tags
+    phase: EpochPhase = EpochPhase.OPEN
+    closed: str | None = None  # why it closed: replaced, or its end passed
+
+    def ended(self, now: float) -> bool:
+        return now >= self.ends
+
+    def close(self, reason: str) -> None:
+        """Destroy k_c and the filters; idempotent."""
+        if self.key is not None:
+            self.key.destroy()
+        self.key = None
+        self.filters = {}
+        if self.phase is not EpochPhase.CLOSED:
+            self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.CLOSED)
+            self.closed = reason
+
+
+@dataclass(frozen=True)
+class Closing:
+    """CloseEpoch calls owed to the nodes of a replaced epoch that the new one leaves out."""
+
+    epoch_id: str
+    nodes: tuple[str, ...]
+    reason: str
+
+
+class CoordinatorWatch:
+    """The coordinator's epochs: at most one open, replaced by the next, ended by the clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.epoch: CoordinatorEpoch | None = None
+        self._ended: CoordinatorEpoch | None = None  # the last one the clock ended, to name it
+        self._checks: dict[tuple[str, str], tuple[float, CheckFlow]] = {}
+
+    def epoch_end(self, seconds: float) -> float:
+        return self.clock() + seconds
+
+    def restorable(self, epoch: CoordinatorEpoch) -> bool:
+        """Whether an epoch read back after a restart is still worth its filters."""
+        return not epoch.ended(self.clock())
+
+    def open(self, epoch: CoordinatorEpoch) -> Closing | None:
+        previous, self.epoch = self.epoch, epoch
+        self._checks.clear()
+        if previous is None:
+            return None
+        reason = f"replaced by epoch {epoch.epoch_id}"
+        # REPLACED is a reason, not a phase: the previous epoch is CLOSED either way.
+        previous.close(reason)
+        others = tuple(n for n in previous.participants if n not in epoch.participants)
+        return Closing(previous.epoch_id, others, reason)
+
+    def expire(self) -> CoordinatorEpoch | None:
+        """The open epoch, if its end has passed: it is CLOSED and its filters must go."""
+        epoch = self.epoch
+        if epoch is None or not epoch.ended(self.clock()):
+            return None
+        epoch.close(f"ended at {utc_text(epoch.ends)}")
+        self.epoch, self._ended = None, epoch
+        self._checks.clear()
+        return epoch
+
+    def _open_epoch(self, epoch_id: str) -> CoordinatorEpoch:
+        epoch = self.epoch
+        ended = self._ended if epoch is None else epoch if epoch.ended(self.clock()) else None
+        if ended is not None and ended.epoch_id == epoch_id:
+            raise EpochEnded(f"epoch {epoch_id} ended at {utc_text(ended.ends)}")
+        if epoch is None or epoch.epoch_id != epoch_id:
+            have = f"the current epoch is {epoch.epoch_id}" if epoch else "no epoch is open"
+            raise EpochEnded(
+                f"the coordinator has no epoch {epoch_id!r} ({have}); start a watch round"
+            )
+        return epoch
+
+    def begin_check(
+        self, first: CheckHop, allowed: frozenset[str] | None, *, checker: str
+    ) -> CheckFlow:
+        """Refuse or start a check by ``checker`` (the name in its certificate)."""
+        epoch = self._open_epoch(first.epoch_id)
+        if first.checker != checker:
+            raise PolicyRefusal(f"{checker} may not check in the name of {first.checker}")
+        if not CHECK_ID.fullmatch(first.check_id):
+            raise BadMessage("a check id is 16 to 64 lowercase hex digits")
+        now = self.clock()
+        for ref in [r for r, (t, _) in self._checks.items() if now - t > CHECK_TTL]:
+            del self._checks[ref]
+        ref = (checker, first.check_id)
+        if ref in self._checks:
+            raise CheckReplayed(f"check {first.check_id} of {checker} is already in flight")
+        flow = CheckFlow(epoch, first, allowed)
+        self._checks[ref] = (now, flow)
+        return flow
+
+    def finishing(self, checker: str, epoch_id: str, check_id: str) -> CheckFlow:
+        """The check ``checker`` now sends its unmasked tags for; each is finished once."""
+        self._open_epoch(epoch_id)
+        entry = self._checks.pop((checker, check_id), None)
+        if entry is None:
+            raise WrongPhase(
+                f"no check {check_id!r} of {checker} awaits its tags (unknown, finished, or "
+                f"older than {CHECK_TTL:.0f} s)"
+            )
+        return entry[1]
+
+
+class CheckPhase(enum.Enum):
+    ROUTING = "routing"  # through each partner's key, one hop after the other
+    UNMASKING = "unmasking"  # under k_c, back to the checker to remove its mask
+    TESTING = "testing"  # k_c-tags known, filters not yet tested
+    CONFIRMING = "confirming"  # Alerts out to the partners with a hit
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    hits: dict[str, tuple[int, ...]]  # partner -> positions it confirmed
+    epoch_ends: float
+
+
+class CheckFlow:
+    """One check at the coordinator (rules 2 to 4): route, seal, test the filters, fan out."""
+
+    def __init__(
+        self, epoch: CoordinatorEpoch, first: CheckHop, allowed: frozenset[str] | None
+    ) -> None:
+        if first.checker not in epoch.participants:
+            raise PolicyRefusal(f"{first.checker} is not a participant of epoch {epoch.epoch_id}")
+        self.count = check_elements(first.elements)
+        if self.count > MAX_CHECK_ELEMENTS:
+            raise BadMessage(
+                f"a check of {self.count} elements; at most {MAX_CHECK_ELEMENTS} per check"
+            )
+        self.epoch = epoch
+        self.checker = first.checker
+        self.check_id = first.check_id
+        self.allowed = allowed
+        self.route = check_route(epoch.participants, self.checker)
+        self.hop = first  # the latest signed elements, forwarded untouched to the next hop
+        self.shares: dict[str, bool] = {}
+        self.phase = CheckPhase.ROUTING
+        self._tags: list[bytes] = []
+        self._keys: list[str] = []
+        self._candidates: dict[str, list[int]] = {}
+        self._pending: set[str] = set()
+        self._hits: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def elements(self) -> bytes:
+        return self.hop.elements
+
+    @property
+    def next_hop(self) -> str | None:
+        """The partner to send ``hop`` to next, or None once every key is applied."""
+        return self.route[len(self.shares)] if self.phase is CheckPhase.ROUTING else None
+
+    def on_reblinded(
+        self,
+        sender: str,
+        elements: bytes,
+        share: bool,
+        signature: bytes = b"",
+        certificate: bytes = b"",
+    ) -> str | None:
+        """A partner's re-blinded, signed elements; returns the next hop, if any."""
+        expected = self.next_hop
+        self._require(CheckPhase.ROUTING)
+        if sender != expected:
+            raise BadReply(
+                f"re-blinded check elements from {sender}; expected them from {expected}"
+            )
+        if len(elements) != len(self.elements):
+            raise BadReply(
+                f"{sender} returned {len(elements)} bytes for a check of {self.count} elements "
+                f"({len(self.elements)} bytes)"
+            )
+        self.shares[sender] = share
+        self.hop = CheckHop(
+            self.epoch.epoch_id,
+            self.checker,
+            self.check_id,
+            len(self.shares),
+            elements,
+            signature,
+            certificate,
+        )
+        if len(self.shares) == len(self.route):
+            self.phase = CheckPhase.UNMASKING
+        return self.next_hop
+
+    def sealed(self) -> bytes:
+        """Every partner's key applied: the still-masked elements under k_c, for the checker."""
+        self._require(CheckPhase.UNMASKING)
+        key = self.epoch.key
+        if key is None:
+            raise EpochEnded(f"epoch {self.epoch.epoch_id} is {self.epoch.phase.value}")
+        return seal(key, self.elements)
+
+    def on_unmasked(self, tags: bytes) -> None:
+        """The checker's k_c-tags, its mask removed: one per element it sent."""
+        self._require(CheckPhase.UNMASKING)
+        if len(tags) != len(self.elements):
+            raise BadMessage(
+                f"{len(tags)} bytes of tags for a check of {self.count} elements "
+                f"({len(self.elements)} bytes)"
+            )
+        self._tags = split_tags(tags)
+        self._keys = [filter_key(t) for t in self._tags]
+        self.phase = CheckPhase.TESTING
+
+    def alerts(self) -> dict[str, bytes]:
+        """Test the filters both policies allow: partner -> the tags to send it in an Alert."""
+        self._require(CheckPhase.TESTING)
+        for partner in reported_partners(
+            self.epoch.participants, self.checker, self.allowed, self.shares
+        ):
+            bloom = self.epoch.filters[partner]
+            hit = [i for i, k in enumerate(self._keys) if k in bloom]
+            if hit:
+                self._candidates[partner] = hit
+        self._pending = set(self._candidates)
+        self.phase = CheckPhase.CONFIRMING
+        return {p: b"".join(self._tags[i] for i in hit) for p, hit in self._candidates.items()}
+
+    def on_alert_reply(self, partner: str, known: Sequence[bool]) -> None:
+        """Which of the tags sent to ``partner`` it holds; the others were Bloom false positives."""
+        self._require(CheckPhase.CONFIRMING)
+        if partner not in self._pending:
+            raise BadReply(f"an Alert answer from {partner}, which owes none")
+        sent = self._candidates[partner]
+        if len(known) != len(sent):
+            raise BadReply(
+                f"{partner} answered {len(known)} flags for an Alert of {len(sent)} tags"
+            )
+        self._pending.discard(partner)
+        confirmed = tuple(i for i, ok in zip(sent, known, strict=True) if ok)
+        if confirmed:
+            self._hits[partner] = confirmed
+
+    def on_alert_failed(self, partner: str) -> None:
+        """An Alert that could not be delivered: best effort, that partner reports no hit."""
+        self._require(CheckPhase.CONFIRMING)
+        if partner not in self._pending:
+            raise WrongPhase(f"no Alert to {partner} is outstanding")
+        self._pending.discard(partner)
+
+    def finish(self) -> CheckResult:
+        """The checker's answer; its k_c-tags join its filter (rule 4)."""
+        self._require(CheckPhase.CONFIRMING)
+        if self._pending:
+            raise WrongPhase(f"Alerts to {', '.join(sorted(self._pending))} are unanswered")
+        bloom = self.epoch.filters[self.checker]
+        for k in self._keys:
+            bloom.add(k)
+        self.phase = CheckPhase.DONE
+        return CheckResult(dict(self._hits), self.epoch.ends)
+
+    def _require(self, phase: CheckPhase) -> None:
+        if self.phase is not phase:
+            raise WrongPhase(f"a check that is {self.phase.value}; expected {phase.value}")
