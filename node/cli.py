@@ -18,6 +18,7 @@ from blindmatch import pki
 from blindmatch.clierrors import BadInput, command
 from blindmatch.initdir import private_dir, refuse_existing, server_hosts
 from blindmatch.net import split_host_port
+from node.budgets import Budgets
 from node.config import NodeConfig, load_config, render_config
 from node.store import MatchRow, PartnerCount, Store, StoreError
 
@@ -287,8 +288,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
         entries = store.audit()
         epochs, checks = store.epochs(), store.checks()
+        budgets = Budgets(store, config.budgets, config.name).use()
     if args.json:
-        every: list[Any] = [*entries, *epochs, *checks]
+        every: list[Any] = [*entries, *epochs, *checks, *budgets]
         print(json.dumps([{"type": type(e).__name__, **asdict(e)} for e in every], indent=2))
         return 0
     if not entries:
@@ -326,5 +328,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"{c.time} {who} in epoch {c.epoch_id[:12]}: {c.elements:,} elements, {c.outcome}"
             + (f", {c.hits} hits" if c.hits is not None else "")
             + (f" ({c.reason})" if c.reason else "")
+        )
+    # budgets across rounds (node.budgets): what each partner has used of this window
+    for b in budgets:
+        print(
+            f"budget {b.partner} (last {b.window}): rounds {b.round_used:,} of "
+            f"{b.round_limit:,} elements, checks {b.check_used:,} of {b.check_limit:,}"
         )
     return 0

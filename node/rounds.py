@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from blindmatch.match import Delivery
@@ -23,6 +23,7 @@ from blindmatch.protocol import (
     UnknownRound,
 )
 from blindmatch.states import Outcome
+from node.budgets import Budgets
 from node.store import RoundAudit, Store, utc_now
 
 log = logging.getLogger("blindmatch.node")
@@ -63,8 +64,10 @@ class RoundRegistry:
         policy: Policy,
         tlps: tuple[str, ...],
         round_timeout: float,
+        budgets: Budgets | None = None,
     ) -> None:
         self.name = name
+        self.budgets = budgets  # None: no budgets across rounds (tests of other things)
         self.store = store
         self.policy = policy
         self.tlps = tlps
@@ -145,6 +148,17 @@ class RoundRegistry:
             spec.participants,
         )
         return live
+
+    def begin_routing(self, live: LiveRound, sizes: Mapping[str, int]) -> None:
+        """Start re-blinding with the announced set sizes, once they are validated.
+
+        Budgets across rounds (issue 10, node.budgets): every partner's set is charged here, after
+        the sizes passed the round's checks and before anything is blinded for a partner; a
+        refusal (BudgetExceeded) charges nothing and is the caller's to end the round with.
+        """
+        live.state.begin_routing(sizes)
+        if self.budgets is not None:
+            self.budgets.charge_round(live.state.spec.round_id, sizes)
 
     def deliver(self, round_id: str, decode: Callable[[RoundSpec], Delivery]) -> int:
         """Resolve the delivery ``decode`` reads for the round, store the results and end the

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from blindmatch import net
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from node.budgets import Budgets
 from node.config import NodeConfig
 from node.pool import Blinder
 from node.rounds import RoundRegistry, fail_unfinished
@@ -68,6 +69,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             tlps=config.tlps,
             round_timeout=config.round_timeout,
+            budgets=Budgets(store, config.budgets, config.name),
         )
         servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
         watch = NodeWatch(

@@ -401,3 +401,23 @@ def test_node_matches_of_an_unknown_round(env: Env) -> None:
     )
     assert (status, json.loads(out)) == (0, [])
     assert "no results for round f00" in err
+
+
+def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
+    # alpha re-blinded bravo's set in the pairwise and count rounds, charlie's in the threshold
+    # round; the refused round was refused before routing, so it charged nothing
+    sizes = {name: len(values) for name, values in HOLDINGS.items()}
+    lines = [e for e in audit_json(env, ALPHA) if e["type"] == "BudgetLine"]
+    assert [(b["partner"], b["round_used"], b["check_used"]) for b in lines] == [
+        (BRAVO, 2 * sizes[BRAVO], 0),
+        (CHARLIE, sizes[CHARLIE], 0),
+    ]
+    assert {(b["round_limit"], b["check_limit"], b["window"]) for b in lines} == {
+        (4_000_000, 100_000, "24h")
+    }
+    status, out, _ = run("node", "audit", "--config", str(env.configs[ALPHA]))
+    assert status == 0
+    assert (
+        f"budget {BRAVO} (last 24h): rounds {2 * sizes[BRAVO]} of 4,000,000 elements, "
+        "checks 0 of 100,000"
+    ) in out.splitlines()
