@@ -82,6 +82,7 @@ def spec_to_proto(spec: RoundSpec) -> node_pb2.RoundSpec:
         threshold=spec.threshold or 0,
         kinds=spec.kinds,
         chunk_size=spec.chunk_size,
+        counts=spec.counts,
     )
 
 
@@ -95,6 +96,7 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
         threshold=msg.threshold if msg.mode == "threshold" else None,
         kinds=tuple(msg.kinds),
         chunk_size=msg.chunk_size,
+        counts=msg.counts,
     )
 
 
@@ -160,8 +162,12 @@ def delivery_from_proto(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delive
             tuple(tuple(p.partners) for p in msg.pairwise.partners),
         )
     if which == "threshold":
-        if len(msg.threshold.positions) != len(msg.threshold.counts):
+        # Counts cross the wire only when the spec asks for them (a count of N names every
+        # holder); a delivery that carries them otherwise is refused, not silently trimmed.
+        if spec.counts and len(msg.threshold.positions) != len(msg.threshold.counts):
             raise BadMessage("threshold delivery: one count per position is required")
+        if not spec.counts and msg.threshold.counts:
+            raise BadMessage("threshold delivery carries counts the round did not ask for")
         return ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
     if which == "count":
         return CountResult({spec.index(name): n for name, n in msg.count.shared.items()})

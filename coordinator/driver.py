@@ -122,6 +122,7 @@ class Coordinator:
         kinds: Sequence[str] = (),
         operator: str,
         epoch_seconds: float | None = None,
+        counts: bool = False,
     ) -> RoundRecord:
         """Validate and launch a round in the background; return its first record.
 
@@ -145,6 +146,7 @@ class Coordinator:
             threshold=threshold,
             kinds=tuple(kinds) or KINDS,
             chunk_size=self.settings.chunk_size,
+            counts=counts,  # threshold only (RoundSpec refuses it otherwise); operator's --counts
         )
         record = RoundRecord(
             id=spec.round_id,

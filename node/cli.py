@@ -167,6 +167,11 @@ def cmd_matches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nations(r: MatchRow) -> str:
+    """How many hold a threshold match: the count if the round asked for it, else ">= t"."""
+    return f"{r.count} nations" if r.count is not None else f">= {r.threshold} nations"
+
+
 def _match_json(r: MatchRow) -> dict[str, Any]:
     return {
         "round": r.round_id,
@@ -190,7 +195,7 @@ def _match_table(rows: list[MatchRow], counts: list[PartnerCount]) -> None:
         width = min(max(len(r.value) for r in rows), 70)
         print(f"{'round':<14} {'kind':<7} {'value':<{width}}  partners / nations")
         for r in rows:
-            who = ", ".join(r.partners) if r.partners else f"{r.count} nations"
+            who = ", ".join(r.partners) if r.partners else _nations(r)
             print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}}  {who}")
     for c in counts:
         print(f"round {c.round_id[:12]}: {c.count:,} indicators shared with {c.partner}")
@@ -269,7 +274,7 @@ def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:
             "modified": when,
             "sighting_of_ref": ind_id,
             "description": f"blindmatch round {r.round_id}: also sighted by "
-            + (", ".join(r.partners) if r.partners else f"{r.count} nations in all"),
+            + (", ".join(r.partners) if r.partners else f"{_nations(r)} in all"),
         }
         if refs:
             sighting["where_sighted_refs"] = refs

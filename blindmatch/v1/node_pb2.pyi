@@ -28,6 +28,7 @@ class RoundSpec(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     mode: _builtins.str
     """pairwise | threshold | count"""
@@ -35,6 +36,8 @@ class RoundSpec(_message.Message):
     """threshold mode only"""
     chunk_size: _builtins.int
     """elements per chunk"""
+    counts: _builtins.bool
+    """threshold mode: deliver exact counts (else only "held by >= t")"""
     @_builtins.property
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the round's order: set i visits i+1, i+2, ... cyclically"""
@@ -50,10 +53,11 @@ class RoundSpec(_message.Message):
         threshold: _builtins.int = ...,
         kinds: _abc.Iterable[_builtins.str] | None = ...,
         chunk_size: _builtins.int = ...,
+        counts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "kinds", b"kinds", "mode", b"mode", "participants", b"participants", "round_id", b"round_id", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "counts", b"counts", "kinds", b"kinds", "mode", b"mode", "participants", b"participants", "round_id", b"round_id", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,7 +282,9 @@ class ThresholdDelivery(_message.Message):
     def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """nations holding each position, the receiver included"""
+        """Nations holding each position, the receiver included; empty unless the spec asks for counts
+        (RoundSpec.counts): without them a position says only "held by at least threshold".
+        """
 
     def __init__(
         self,

@@ -132,7 +132,8 @@ class NodeStore(ABC):
     ) -> int:
         """Store a round's matches, (sighting_id, partners, count), in one transaction.
 
-        Pairwise rows name their partners; threshold rows carry the count and name no one.
+        Pairwise rows name their partners; threshold rows name no one and carry the count only
+        if the round asked for counts (None: "held by at least the round's threshold").
         Returns the number of rows stored.
         """
 
