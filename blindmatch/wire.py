@@ -164,10 +164,11 @@ def delivery_from_proto(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delive
     if which == "threshold":
         # Counts cross the wire only when the spec asks for them (a count of N names every
         # holder); a delivery that carries them otherwise is refused, not silently trimmed.
-        if spec.counts and len(msg.threshold.positions) != len(msg.threshold.counts):
+        if spec.mode == "threshold" and not spec.counts:
+            if msg.threshold.counts:
+                raise BadMessage("threshold delivery carries counts the round did not ask for")
+        elif len(msg.threshold.positions) != len(msg.threshold.counts):
             raise BadMessage("threshold delivery: one count per position is required")
-        if not spec.counts and msg.threshold.counts:
-            raise BadMessage("threshold delivery carries counts the round did not ask for")
         return ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
     if which == "count":
         return CountResult({spec.index(name): n for name, n in msg.count.shared.items()})

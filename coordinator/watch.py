@@ -35,6 +35,7 @@ from pybloom_live import ScalableBloomFilter
 
 from blindmatch import wire
 from blindmatch.group import ELEMENT_BYTES
+from blindmatch.hardening import open_private, private_dir
 from blindmatch.net import peer_identity
 from blindmatch.pki import PkiError
 from blindmatch.protocol import ProtocolError, RoundSpec
@@ -128,13 +129,13 @@ class WatchHub:
         return epoch
 
     def _save_meta(self, epoch: CoordinatorEpoch) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         data = {"epoch_id": epoch.epoch_id, "participants": epoch.participants, "ends": epoch.ends}
         self._atomic(self.directory / "epoch.json", json.dumps(data).encode())
 
     def _save_filter(self, node: str, bloom: Any) -> None:
         tmp = self.directory / f"{node}.bloom.tmp"
-        with tmp.open("wb") as f:
+        with open_private(tmp) as f:  # filters test membership of a nation's tags: owner only
             bloom.tofile(f)
             f.flush()
             os.fsync(f.fileno())
@@ -143,7 +144,7 @@ class WatchHub:
     @staticmethod
     def _atomic(path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
+        with open_private(tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -177,7 +178,7 @@ class WatchHub:
         with self._lock:
             self._erase()
             for node, bloom in epoch.filters.items():
-                self.directory.mkdir(parents=True, exist_ok=True)
+                private_dir(self.directory)
                 self._save_filter(node, bloom)
             self._save_meta(epoch)
             closing = self.core.open(epoch)

@@ -74,6 +74,9 @@ class RoundRegistry:
         self.round_timeout = round_timeout
         # early warning: called before a delivery destroys the key (NodeWatch.capture, issue 6)
         self.capture: Callable[[NodeRound], None] | None = None
+        # at rest (issue 10): called when the last live round has ended and its key is gone, so
+        # the blinding workers that held keys do not outlive them (Blinder.retire)
+        self.on_idle: Callable[[], None] | None = None
         self._rounds: dict[str, LiveRound] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -203,6 +206,7 @@ class RoundRegistry:
 
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         """Drop a round: key destroyed, audit written. Safe to call twice."""
+        round_id = live.state.spec.round_id
         with self._lock:
             if self._rounds.get(live.state.spec.round_id) is not live:
                 return
@@ -210,6 +214,13 @@ class RoundRegistry:
         if outcome != Outcome.DONE:
             live.state.abort(reason or outcome)
         self._audit(live, outcome, reason)
+        with self._lock:
+            idle = not self._rounds
+        if idle and self.on_idle is not None:
+            try:
+                self.on_idle()
+            except Exception:  # the round has ended cleanly; a failed retire must not undo that
+                log.exception("could not retire the blinding workers after round %s", round_id)
 
     def _audit(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         spec = live.state.spec

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from blindmatch import net
+from blindmatch.hardening import no_core_dumps
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
 from node.budgets import Budgets
@@ -56,6 +57,7 @@ class RunningNode:
 
 def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> RunningNode:
     """Open the store, start the worker pool and the server; ``listen`` overrides the config."""
+    no_core_dumps()  # before any key exists: a crash must not write one to disk
     tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
@@ -83,6 +85,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             tls=tls,
         )
         rounds.capture = watch.capture
+        rounds.on_idle = blinder.retire
         handle = net.start_server(
             listen or config.listen,
             [
