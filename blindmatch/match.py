@@ -5,8 +5,8 @@ tags per participant, in that participant's shuffled order). Output, per partici
 the round's mode lets it learn about its own positions:
 
 - ``pairwise``: for each of its positions held by at least one allowed partner, those partners;
-- ``threshold t``: for each of its positions held by at least ``t`` participants (itself included),
-  that count and nothing else;
+- ``threshold t``: its positions held by at least ``t`` participants (itself included), and only
+  if the round asks for counts, how many hold each (a count of N names every holder);
 - ``count``: for each partner, how many of its tags that partner also holds; no positions.
 
 Matching sorts all tags once by their first 64 bits (numpy, fixed-width arrays, no Python object
@@ -41,7 +41,7 @@ class PairwiseResult:
 @dataclass(frozen=True, slots=True)
 class ThresholdResult:
     positions: tuple[int, ...]
-    counts: tuple[int, ...]  # participants holding each position, self included
+    counts: tuple[int, ...]  # participants holding each position, self included; () without counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +121,7 @@ def deliveries(
     mode: str,
     *,
     threshold: int | None = None,
+    counts: bool = False,
 ) -> list[Delivery]:
     """What each participant learns, by index in the round's participant order.
 
@@ -148,11 +149,10 @@ def deliveries(
             raise ValueError(f"threshold must be between 2 and {n} participants, got {threshold}")
         out = []
         for m in masks:
-            counts = np.bitwise_count(m).astype(np.int64)
-            positions = np.flatnonzero(counts >= threshold)
-            out.append(
-                ThresholdResult(tuple(positions.tolist()), tuple(counts[positions].tolist()))
-            )
+            held = np.bitwise_count(m).astype(np.int64)
+            positions = np.flatnonzero(held >= threshold)
+            exact = tuple(held[positions].tolist()) if counts else ()
+            out.append(ThresholdResult(tuple(positions.tolist()), exact))
         return out
     if mode == "count":
         out = []

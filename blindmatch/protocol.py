@@ -106,9 +106,9 @@ class RoundSpec:
     threshold: int | None = None
     kinds: tuple[str, ...] = KINDS
     chunk_size: int = DEFAULT_CHUNK
-    epoch_seconds: float = 0.0
-    counts: bool = False
-    issued: float = 0.0
+    epoch_seconds: float = 0.0  # > 0: a watch round; nodes keep their key this long after delivery
+    counts: bool = False  # threshold mode: deliver exact counts, not only "held by >= t"
+    issued: float = 0.0  # unix seconds when the operator signed the spec
 
     def __post_init__(self) -> None:
         n = len(self.participants)
@@ -123,6 +123,8 @@ class RoundSpec:
                 raise BadMessage(f"threshold must be between 2 and {n}, got {self.threshold}")
         elif self.threshold is not None:
             raise BadMessage(f"a threshold only applies to threshold mode, not {self.mode}")
+        if self.counts and self.mode != "threshold":
+            raise BadMessage(f"counts only apply to threshold mode, not {self.mode}")
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown or not self.kinds:
             raise BadMessage(f"unknown or no kinds: {', '.join(unknown) or '(none)'}")
@@ -300,9 +302,17 @@ class NodeRound:
                 matches.append(Match(self._own[pos][0], who, len(who) + 1))
         elif isinstance(delivery, ThresholdResult) and mode == "threshold":
             assert self.spec.threshold is not None
-            for pos, count in zip(delivery.positions, delivery.counts, strict=True):
+            # Without counts a position says only "held by at least threshold": none is kept.
+            counted: Sequence[int | None] = delivery.counts
+            if not self.spec.counts:
+                if delivery.counts:
+                    raise BadMessage("threshold delivery carries counts the round did not ask for")
+                counted = [None] * len(delivery.positions)
+            elif len(counted) != len(delivery.positions):
+                raise BadMessage("threshold delivery: one count per position is required")
+            for pos, count in zip(delivery.positions, counted, strict=True):
                 self._check_position(pos, n)
-                if not self.spec.threshold <= count <= len(names):
+                if count is not None and not self.spec.threshold <= count <= len(names):
                     raise BadMessage(f"position {pos}: count {count} outside the threshold range")
                 matches.append(Match(self._own[pos][0], (), count))
         elif isinstance(delivery, CountResult) and mode == "count":
@@ -510,7 +520,9 @@ class CoordinatorRound:
         self._require(CoordinatorEvent.DELIVERIES)
         if not self.routed():
             raise WrongPhase("not every set has been fully blinded yet")
-        result = deliveries(self._final, self.spec.mode, threshold=self.spec.threshold)
+        result = deliveries(
+            self._final, self.spec.mode, threshold=self.spec.threshold, counts=self.spec.counts
+        )
         self._final = []
         self._move(CoordinatorPhase.DELIVERING)
         return dict(zip(self.spec.participants, result, strict=True))

@@ -167,7 +167,12 @@ def delivery_from_proto(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delive
             tuple(tuple(p.partners) for p in msg.pairwise.partners),
         )
     if which == "threshold":
-        if len(msg.threshold.positions) != len(msg.threshold.counts):
+        # Counts cross the wire only when the spec asks for them (a count of N names every
+        # holder); a delivery that carries them otherwise is refused, not silently trimmed.
+        if spec.mode == "threshold" and not spec.counts:
+            if msg.threshold.counts:
+                raise BadMessage("threshold delivery carries counts the round did not ask for")
+        elif len(msg.threshold.positions) != len(msg.threshold.counts):
             raise BadMessage("threshold delivery: one count per position is required")
         return ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
     if which == "count":

@@ -123,6 +123,7 @@ class Coordinator:
         kinds: Sequence[str] = (),
         operator: str,
         epoch_seconds: float | None = None,
+        counts: bool = False,
     ) -> RoundRecord:
         """Validate and launch a round in the background; return its first record.
 
@@ -148,6 +149,7 @@ class Coordinator:
             chunk_size=self.settings.chunk_size,
             # announced to every node at Prepare: each refuses an epoch its [watch] does not allow
             epoch_seconds=(epoch_seconds or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
+            counts=counts,  # threshold only (RoundSpec refuses it otherwise); operator's --counts
         )
         record = RoundRecord(
             id=spec.round_id,

@@ -19,6 +19,7 @@ from typing import Any, Final
 import grpc
 
 from blindmatch import wire
+from blindmatch.hardening import no_core_dumps
 from blindmatch.net import (
     AccessPolicy,
     ServerHandle,
@@ -137,6 +138,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
     Raises ConfigError (the certificate does not match the config), net.NetError (TLS files,
     plaintext off loopback, address in use) or state.StateError.
     """
+    no_core_dumps()  # the coordinator's watch key k_c and its filters must not reach a core file
     tls = None if insecure else _coordinator_tls(config)
     store = SqliteRoundStore(config.state)
     links: NodeLinks | None = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from blindmatch.hardening import make_private, open_private
 from blindmatch.protocol import UnknownRound
 from blindmatch.states import COORDINATOR, COORDINATOR_RUNNING, CoordinatorPhase
 
@@ -140,12 +141,17 @@ class SqliteRoundStore(RoundStore):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
+            if not self.path.exists() and self.path.parent.is_dir():
+                # created 0600 before SQLite opens it: its -wal and -shm take the same mode
+                open_private(self.path).close()
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.execute("PRAGMA journal_mode = WAL")
+            # the round log names every operator and partner: owner only, also for an older file
+            make_private(*(self.path.with_name(self.path.name + x) for x in ("", "-wal", "-shm")))
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StateError(
                 f"cannot open the coordinator state file {self.path}: {exc} "
                 "(check the `state` path in the coordinator config and its permissions)"

@@ -40,6 +40,7 @@ from pybloom_live import ScalableBloomFilter
 
 from blindmatch import wire
 from blindmatch.group import ELEMENT_BYTES, RoundKey
+from blindmatch.hardening import open_private, private_dir
 from blindmatch.net import peer_identity
 from blindmatch.pki import Identity, PkiError
 from blindmatch.protocol import ProtocolError, RoundSpec
@@ -132,7 +133,7 @@ class WatchHub:
         return epoch
 
     def _save_meta(self, epoch: CoordinatorEpoch) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.directory)
         assert epoch.key is not None
         # k_c first: epoch.json is what a restart looks for, and it needs the key beside it
         self._atomic(self.directory / "epoch.key", epoch.key.export())
@@ -140,14 +141,14 @@ class WatchHub:
         self._atomic(self.directory / "epoch.json", json.dumps(data).encode())
 
     def _save_filter(self, node: str, bloom: Any) -> None:
+        # filters test membership of a nation's tags: owner only, like everything here
         self._atomic(self.directory / f"{node}.bloom", bloom.tofile)
 
     @staticmethod
     def _atomic(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
         """Write ``data`` (bytes, or a writer of a file) to ``path`` at once, owner-only."""
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with open_private(tmp) as f:
             if isinstance(data, bytes):
                 f.write(data)
             else:
@@ -184,7 +185,7 @@ class WatchHub:
             epoch.filters[node] = bloom
         with self._lock:
             self._erase()
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.directory)
             for node, bloom in epoch.filters.items():
                 self._save_filter(node, bloom)
             self._save_meta(epoch)

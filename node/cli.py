@@ -18,6 +18,7 @@ from blindmatch import pki
 from blindmatch.clierrors import BadInput, command
 from blindmatch.initdir import private_dir, refuse_existing, server_hosts
 from blindmatch.net import split_host_port
+from node.budgets import Budgets
 from node.config import NodeConfig, load_config, render_config
 from node.store import MatchRow, PartnerCount, Store, StoreError
 
@@ -166,6 +167,11 @@ def cmd_matches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nations(r: MatchRow) -> str:
+    """How many hold a threshold match: the count if the round asked for it, else ">= t"."""
+    return f"{r.count} nations" if r.count is not None else f">= {r.threshold} nations"
+
+
 def _match_json(r: MatchRow) -> dict[str, Any]:
     return {
         "round": r.round_id,
@@ -189,7 +195,7 @@ def _match_table(rows: list[MatchRow], counts: list[PartnerCount]) -> None:
         width = min(max(len(r.value) for r in rows), 70)
         print(f"{'round':<14} {'kind':<7} {'value':<{width}}  partners / nations")
         for r in rows:
-            who = ", ".join(r.partners) if r.partners else f"{r.count} nations"
+            who = ", ".join(r.partners) if r.partners else _nations(r)
             print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}}  {who}")
     for c in counts:
         print(f"round {c.round_id[:12]}: {c.count:,} indicators shared with {c.partner}")
@@ -268,7 +274,7 @@ def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:
             "modified": when,
             "sighting_of_ref": ind_id,
             "description": f"blindmatch round {r.round_id}: also sighted by "
-            + (", ".join(r.partners) if r.partners else f"{r.count} nations in all"),
+            + (", ".join(r.partners) if r.partners else f"{_nations(r)} in all"),
         }
         if refs:
             sighting["where_sighted_refs"] = refs
@@ -287,8 +293,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
         entries = store.audit()
         epochs, checks = store.epochs(), store.checks()
+        budgets = Budgets(store, config.budgets, config.name).use()
     if args.json:
-        every: list[Any] = [*entries, *epochs, *checks]
+        every: list[Any] = [*entries, *epochs, *checks, *budgets]
         print(json.dumps([{"type": type(e).__name__, **asdict(e)} for e in every], indent=2))
         return 0
     if not entries:
@@ -326,5 +333,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"{c.time} {who} in epoch {c.epoch_id[:12]}: {c.elements:,} elements, {c.outcome}"
             + (f", {c.hits} hits" if c.hits is not None else "")
             + (f" ({c.reason})" if c.reason else "")
+        )
+    # budgets across rounds (node.budgets): what each partner has used of this window
+    for b in budgets:
+        print(
+            f"budget {b.partner} (last {b.window}): rounds {b.round_used:,} of "
+            f"{b.round_limit:,} elements, checks {b.check_used:,} of {b.check_limit:,}"
         )
     return 0

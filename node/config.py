@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from blindmatch.canon import KINDS
@@ -11,6 +11,7 @@ from blindmatch.pki import validate_name, validate_role
 from blindmatch.protocol import Policy
 from blindmatch.tomlconfig import TlsPaths, TomlReader, is_valid_name, tls_lines
 from blindmatch.watch import DEFAULT_CHECK_BUDGET, DEFAULT_MAX_EPOCH, WatchSettings, parse_duration
+from node.budgets import BudgetPolicy, window_text
 from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
 
@@ -36,6 +37,7 @@ class NodeConfig:
     check_budget: int = DEFAULT_CHECK_BUDGET  # elements blinded per partner's checks per epoch
     # [watch]: whether watch rounds are allowed, the epoch cap, who may call Check
     watch: WatchSettings = DEFAULT_WATCH
+    budgets: BudgetPolicy = field(default_factory=BudgetPolicy)  # per partner, rolling window
 
     @property
     def worker_count(self) -> int:
@@ -55,6 +57,7 @@ def load_config(path: str | Path) -> NodeConfig:
     r.no_unknown(pol, "policy", {"partners", "tlp", "kinds", *caps})
     r.no_unknown(imp, "import", {"default_tlp"})
     watch = _watch_settings(r)
+    budgets = _budgets(r)
     partners = r.value("policy.partners", pol, ["*"], list)
     for p in partners:
         r.check(
@@ -89,6 +92,7 @@ def load_config(path: str | Path) -> NodeConfig:
             "policy",
             "import",
             "watch",
+            "budgets",
         },
     )
     return NodeConfig(
@@ -110,6 +114,7 @@ def load_config(path: str | Path) -> NodeConfig:
         coordinator_address=coordinator_address,
         check_budget=r.integer("check_budget", data, DEFAULT_CHECK_BUDGET, low=0),
         watch=watch,
+        budgets=budgets,
     )
 
 
@@ -139,6 +144,22 @@ def _watch_settings(r: TomlReader) -> WatchSettings:
     )
 
 
+def _budgets(r: TomlReader) -> BudgetPolicy:
+    table = r.table("budgets", required=False)
+    r.no_unknown(table, "budgets", {"window", "round_elements", "check_elements"})
+    d = BudgetPolicy()
+    window = r.value("budgets.window", table, window_text(d.window), str)
+    try:
+        seconds = parse_duration(window)
+    except ValueError as exc:
+        raise r.fail("budgets.window", f"is wrong: {exc}") from None
+    return BudgetPolicy(
+        window=seconds,
+        round_elements=r.integer("budgets.round_elements", table, d.round_elements, low=0),
+        check_elements=r.integer("budgets.check_elements", table, d.check_elements, low=0),
+    )
+
+
 def render_config(
     *,
     name: str,
@@ -154,6 +175,7 @@ def render_config(
     kinds = ", ".join(f'"{k}"' for k in KINDS)
     tlps = ", ".join(f'"{t}"' for t in DEFAULT_TLPS)
     p = Policy()
+    b = BudgetPolicy()
     return f"""\
 # blindmatch node configuration. Paths are relative to this file's directory.
 
@@ -175,6 +197,11 @@ kinds = [{kinds}]
 max_partner_set = {p.max_partner_set}       # largest partner set it re-blinds in one round
 max_own_set = {p.max_own_set}           # largest own set it contributes to one round
 max_round_elements = {p.max_round_elements}   # everything it blinds in one round, all partners together
+
+[budgets]                       # per partner, per rolling window: so many small rounds cannot add up to a dictionary
+window = "{window_text(b.window)}"                  # the rolling window (s, m, h or d)
+round_elements = {b.round_elements}        # elements of one partner's sets this node blinds per window (two rounds at max_partner_set)
+check_elements = {b.check_elements}         # elements of one partner's checks this node blinds per window
 
 [import]
 default_tlp = "{DEFAULT_TLP}"           # TLP given to imported records that carry no marking (override: --tlp)

@@ -6,37 +6,72 @@ blinding, and a round uses every core.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 
 from blindmatch import group
+from blindmatch.hardening import no_core_dumps
 
 
 class Blinder:
     """A pool of worker processes that hash and blind chunks.
 
     Workers are spawned (not forked: forking a process that runs gRPC threads is unsafe) and get
-    the round key with each task through a pipe; it never touches the disk.
+    the round key with each task through a pipe; it never touches the disk, and a worker may not
+    dump core. A worker's memory may still hold the keys of the tasks it ran, so the workers do
+    not outlive them: ``retire`` (called when the last live key is destroyed) ends them, and
+    the next task starts fresh ones.
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _submit(self, fn: Callable[..., bytes], *args: object) -> Future[bytes]:
+        # Under the lock: ``retire`` must not shut down the pool between lookup and submit.
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=get_context("spawn"), initializer=no_core_dumps
+                )
+            return self._pool.submit(fn, *args)
 
     def warm_up(self) -> None:
         key = group.RoundKey.generate()
         futures = [
-            self._pool.submit(group.hash_and_blind_packed, key.export(), [("domain", "a.example")])
+            self.hash_and_blind(key.export(), [("domain", "a.example")])
             for _ in range(self.workers)
         ]
         for f in futures:
             f.result()
 
     def blind(self, key: bytes, packed: bytes) -> Future[bytes]:
-        return self._pool.submit(group.blind_packed, key, packed)
+        return self._submit(group.blind_packed, key, packed)
 
     def hash_and_blind(self, key: bytes, items: list[tuple[str, str]]) -> Future[bytes]:
-        return self._pool.submit(group.hash_and_blind_packed, key, items)
+        return self._submit(group.hash_and_blind_packed, key, items)
+
+    def worker_pids(self) -> set[int]:
+        """The running workers' process ids (none before the first task or after ``retire``)."""
+        with self._lock:
+            pool = self._pool
+        # ProcessPoolExecutor keeps its processes in a private dict; read-only here, for tests
+        # and the audit of what holds key material.
+        procs = getattr(pool, "_processes", None) or {}
+        return set(procs)
+
+    def retire(self) -> None:
+        """End the current workers once their tasks are done; later tasks start new ones."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from blindmatch.protocol import (
     UnknownRound,
 )
 from blindmatch.states import Outcome
+from node.budgets import Budgets
 from node.store import RoundAudit, Store, utc_now
 
 log = logging.getLogger("blindmatch.node")
@@ -76,13 +77,18 @@ class RoundRegistry:
         policy: Policy,
         tlps: tuple[str, ...],
         round_timeout: float,
+        budgets: Budgets | None = None,
     ) -> None:
         self.name = name
+        self.budgets = budgets  # None: no budgets across rounds (tests of other things)
         self.store = store
         self.policy = policy
         self.tlps = tlps
         self.round_timeout = round_timeout
         self.watch: WatchHooks | None = None  # early warning (node/watch.py)
+        # at rest (issue 10): called when the last live round has ended and its key is gone, so
+        # the blinding workers that held keys do not outlive them (Blinder.retire)
+        self.on_idle: Callable[[], None] | None = None
         self._rounds: dict[str, LiveRound] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -160,6 +166,17 @@ class RoundRegistry:
         )
         return live
 
+    def begin_routing(self, live: LiveRound, sizes: Mapping[str, int]) -> None:
+        """Start re-blinding with the announced set sizes, once they are validated.
+
+        Budgets across rounds (issue 10, node.budgets): every partner's set is charged here, after
+        the sizes passed the round's checks and before anything is blinded for a partner; a
+        refusal (BudgetExceeded) charges nothing and is the caller's to end the round with.
+        """
+        live.state.begin_routing(sizes)
+        if self.budgets is not None:
+            self.budgets.charge_round(live.state.spec.round_id, sizes)
+
     def deliver(self, round_id: str, decode: Callable[[RoundSpec], Delivery]) -> int:
         """Resolve the delivery ``decode`` reads for the round, store the results and end the
         round; the number of results stored. A broken delivery ends the round: nothing is kept."""
@@ -203,6 +220,7 @@ class RoundRegistry:
 
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         """Drop a round: key destroyed, audit written. Safe to call twice."""
+        round_id = live.state.spec.round_id
         with self._lock:
             if self._rounds.get(live.state.spec.round_id) is not live:
                 return
@@ -211,6 +229,13 @@ class RoundRegistry:
             live.state.abort(reason or outcome)
         self._audit(live, outcome, reason)
         self._watch_ended(live.state.spec.round_id, outcome, reason)
+        with self._lock:
+            idle = not self._rounds
+        if idle and self.on_idle is not None:
+            try:
+                self.on_idle()
+            except Exception:  # the round has ended cleanly; a failed retire must not undo that
+                log.exception("could not retire the blinding workers after round %s", round_id)
 
     def _watch_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
         if self.watch is None:

@@ -11,8 +11,10 @@ import threading
 from dataclasses import dataclass
 
 from blindmatch import net
+from blindmatch.hardening import no_core_dumps
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from node.budgets import Budgets
 from node.config import NodeConfig
 from node.pool import Blinder
 from node.rounds import RoundRegistry, fail_unfinished
@@ -55,6 +57,7 @@ class RunningNode:
 
 def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> RunningNode:
     """Open the store, start the worker pool and the server; ``listen`` overrides the config."""
+    no_core_dumps()  # before any key exists: a crash must not write one to disk
     tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
@@ -68,6 +71,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             tlps=config.tlps,
             round_timeout=config.round_timeout,
+            budgets=Budgets(store, config.budgets, config.name),
         )
         servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
         watch = NodeWatch(
@@ -82,6 +86,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             settings=config.watch,
         )
         rounds.watch = watch
+        rounds.on_idle = blinder.retire
         handle = net.start_server(
             listen or config.listen,
             [

@@ -82,7 +82,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         try:
             live = self.rounds.get(first.start.round_id)
             with live.lock:
-                live.state.begin_routing(wire.sizes_from_proto(first.start))
+                self.rounds.begin_routing(live, wire.sizes_from_proto(first.start))
         except ProtocolError as exc:
             if not isinstance(exc, UnknownRound | WrongPhase):
                 self.rounds.end(live, Outcome.REFUSED, str(exc))

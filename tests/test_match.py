@@ -101,7 +101,7 @@ def test_sixty_four_participants_use_every_bit() -> None:
     got = presence(sets)
     assert all(m[0] == np.uint64(2**64 - 1) for m in got)
     assert [int(m[1]) for m in got] == [1 << i for i in range(MAX_PARTICIPANTS)]
-    top = deliveries(sets, "threshold", threshold=MAX_PARTICIPANTS)
+    top = deliveries(sets, "threshold", threshold=MAX_PARTICIPANTS, counts=True)
     assert top[63] == ThresholdResult((0,), (64,))
 
 
@@ -125,15 +125,24 @@ def test_pairwise_names_partners_without_self() -> None:
 
 
 def test_threshold_counts_include_self_and_hide_partners() -> None:
-    assert deliveries(SETS, "threshold", threshold=3) == [
+    assert deliveries(SETS, "threshold", threshold=3, counts=True) == [
         ThresholdResult((0, 2), (3, 3)),
         ThresholdResult((0, 2), (3, 3)),
         ThresholdResult((1, 2), (3, 3)),
     ]
-    assert deliveries(SETS, "threshold", threshold=2) == [
+    assert deliveries(SETS, "threshold", threshold=2, counts=True) == [
         ThresholdResult((0, 1, 2), (3, 2, 3)),
         ThresholdResult((0, 2), (3, 3)),
         ThresholdResult((1, 2, 3), (3, 3, 2)),
+    ]
+
+
+def test_threshold_without_counts_gives_positions_only() -> None:
+    # a count of N would name every holder: unless the round asks, only "held by >= t" goes out
+    assert deliveries(SETS, "threshold", threshold=2) == [
+        ThresholdResult((0, 1, 2), ()),
+        ThresholdResult((0, 2), ()),
+        ThresholdResult((1, 2, 3), ()),
     ]
 
 
@@ -212,7 +221,7 @@ def test_matches_python_sets(picks: list[list[int]], data: st.DataObject) -> Non
         assert list(zip(got.positions, got.partners, strict=True)) == want
 
     t = data.draw(st.integers(2, n))
-    for i, got in enumerate(deliveries(final, "threshold", threshold=t)):
+    for i, got in enumerate(deliveries(final, "threshold", threshold=t, counts=True)):
         assert isinstance(got, ThresholdResult)
         want_t = [
             (pos, len(holders[POOL.index(x)]))

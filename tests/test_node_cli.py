@@ -351,7 +351,8 @@ def test_node_matches_json_follows_the_contract(env: Env) -> None:
     assert all(m["partners"] == [BRAVO] and m["count"] == 2 for m in pairwise.values())
     threshold = [m for m in got if m["round"] == r.threshold.id]
     assert {m["value"] for m in threshold} == set(SHARED)
-    assert all(m["partners"] == [] and m["count"] == 2 for m in threshold)  # no names
+    # no names, and no count: the round did not ask for counts, only "held by >= 2"
+    assert all(m["partners"] == [] and m["count"] is None for m in threshold)
     (count,) = [m for m in got if m["round"] == r.count.id]
     assert {k: count[k] for k in ("round", "partner", "count")} == {
         "round": r.count.id,
@@ -368,14 +369,14 @@ def test_node_matches_csv(env: Env) -> None:
     rows = list(csv.reader(io.StringIO(matches(env, "csv"))))
     assert rows[0] == ["round", "kind", "value", "partners", "count"]
     assert [env.rounds.pairwise.id, "ipv4", "198.51.100.7", BRAVO, "2"] in rows
-    assert [env.rounds.threshold.id, "domain", "all0.example", "", "2"] in rows
+    assert [env.rounds.threshold.id, "domain", "all0.example", "", ""] in rows
     assert [env.rounds.count.id, "", "", BRAVO, "7"] in rows
 
 
 def test_node_matches_table(env: Env) -> None:
     out = matches(env, "table")
     assert any("198.51.100.7" in line and BRAVO in line for line in out.splitlines())
-    assert any("all0.example" in line and "2 nations" in line for line in out.splitlines())
+    assert any("all0.example" in line and ">= 2 nations" in line for line in out.splitlines())
     assert f"indicators shared with {BRAVO}" in out
 
 
@@ -401,3 +402,23 @@ def test_node_matches_of_an_unknown_round(env: Env) -> None:
     )
     assert (status, json.loads(out)) == (0, [])
     assert "no results for round f00" in err
+
+
+def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
+    # alpha re-blinded bravo's set in the pairwise and count rounds, charlie's in the threshold
+    # round; the refused round was refused before routing, so it charged nothing
+    sizes = {name: len(values) for name, values in HOLDINGS.items()}
+    lines = [e for e in audit_json(env, ALPHA) if e["type"] == "BudgetLine"]
+    assert [(b["partner"], b["round_used"], b["check_used"]) for b in lines] == [
+        (BRAVO, 2 * sizes[BRAVO], 0),
+        (CHARLIE, sizes[CHARLIE], 0),
+    ]
+    assert {(b["round_limit"], b["check_limit"], b["window"]) for b in lines} == {
+        (4_000_000, 100_000, "24h")
+    }
+    status, out, _ = run("node", "audit", "--config", str(env.configs[ALPHA]))
+    assert status == 0
+    assert (
+        f"budget {BRAVO} (last 24h): rounds {2 * sizes[BRAVO]} of 4,000,000 elements, "
+        "checks 0 of 100,000"
+    ) in out.splitlines()

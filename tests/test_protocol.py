@@ -112,8 +112,9 @@ def spec_for(
     threshold: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     kinds: tuple[str, ...] = KINDS,
+    counts: bool = False,
 ) -> RoundSpec:
-    return RoundSpec("r1", tuple(names), mode, threshold, kinds, chunk_size)
+    return RoundSpec("r1", tuple(names), mode, threshold, kinds, chunk_size, counts)
 
 
 def assert_all_keys_destroyed(link: FakeLink) -> None:
@@ -132,7 +133,14 @@ def rounds(draw: st.DrawFn) -> tuple[RoundSpec, dict[str, Party], random.Random]
     names = NAMES[:n]
     mode = draw(st.sampled_from(["pairwise", "threshold", "count"]))
     threshold = draw(st.integers(2, n)) if mode == "threshold" else None
-    spec = spec_for(names, mode=mode, threshold=threshold, chunk_size=draw(st.integers(1, 4)))
+    counts = mode == "threshold" and draw(st.booleans())
+    spec = spec_for(
+        names,
+        mode=mode,
+        threshold=threshold,
+        chunk_size=draw(st.integers(1, 4)),
+        counts=counts,
+    )
     parties: dict[str, Party] = {}
     for j, name in enumerate(names):
         picks = draw(st.lists(st.integers(0, len(RAW) - 1), max_size=10))
@@ -161,7 +169,8 @@ def expected(spec: RoundSpec, parties: Mapping[str, Party]) -> dict[str, Summary
             if spec.mode == "threshold":
                 assert spec.threshold is not None
                 if len(others) + 1 >= spec.threshold:
-                    matches.append((sid, (), len(others) + 1))
+                    # without counts only "held by >= threshold" reaches the node
+                    matches.append((sid, (), len(others) + 1 if spec.counts else None))
         out[me] = (sorted(matches), {})
     return out
 
@@ -542,8 +551,10 @@ def test_coordinator_caps(caps: Caps, match: str) -> None:
 # --- resolve ---------------------------------------------------------------------------------------
 
 
-def routed_node(mode: str = "pairwise", threshold: int | None = None) -> NodeRound:
-    spec = spec_for(["at", "be", "cz"], mode=mode, threshold=threshold)
+def routed_node(
+    mode: str = "pairwise", threshold: int | None = None, counts: bool = False
+) -> NodeRound:
+    spec = spec_for(["at", "be", "cz"], mode=mode, threshold=threshold, counts=counts)
     node = NodeRound(spec, "at", Policy(), some(3, 0))
     node.begin_routing({"at": 3, "be": 3, "cz": 3})
     return node
@@ -565,6 +576,7 @@ def routed_node(mode: str = "pairwise", threshold: int | None = None) -> NodeRou
         ("pairwise", None, ThresholdResult((), ()), r"does not fit the round's mode \(pairwise\)"),
         ("threshold", 3, ThresholdResult((0,), (2,)), "count 2 outside the threshold range"),
         ("threshold", 2, ThresholdResult((0,), (4,)), "count 4 outside the threshold range"),
+        ("threshold", 2, ThresholdResult((0,), ()), "one count per position"),
         ("count", None, CountResult({0: 1}), "invalid partner count"),
         ("count", None, CountResult({1: 4}), "invalid partner count"),
         ("count", None, PairwiseResult((), ()), r"does not fit the round's mode \(count\)"),
@@ -574,7 +586,14 @@ def test_bad_delivery_is_refused(
     mode: str, threshold: int | None, delivery: Delivery, match: str
 ) -> None:
     with pytest.raises(BadMessage, match=match):
-        routed_node(mode, threshold).resolve(delivery)
+        routed_node(mode, threshold, counts=mode == "threshold").resolve(delivery)
+
+
+def test_counts_the_round_did_not_ask_for_are_refused() -> None:
+    with pytest.raises(BadMessage, match="counts the round did not ask for"):
+        routed_node("threshold", 2).resolve(ThresholdResult((0,), (2,)))
+    outcome = routed_node("threshold", 2).resolve(ThresholdResult((0,), ()))
+    assert [m.count for m in outcome.matches] == [None]
 
 
 def test_bad_delivery_destroys_the_key() -> None:
@@ -915,6 +934,7 @@ def test_coordinator_round_refuses_by_the_table(
         ({"mode": "threshold"}, "threshold must be between 2 and 2, got None"),
         ({"mode": "threshold", "threshold": 3}, "threshold must be between 2 and 2, got 3"),
         ({"mode": "count", "threshold": 2}, "only applies to threshold mode, not count"),
+        ({"mode": "pairwise", "counts": True}, "counts only apply to threshold mode, not pairwise"),
         ({"kinds": ("domain", "phone")}, "unknown or no kinds: phone"),
         ({"kinds": ()}, r"unknown or no kinds: \(none\)"),
         ({"chunk_size": 0}, "chunk size 0 out of range"),

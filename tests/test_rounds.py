@@ -14,8 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from blindmatch import wire
 from blindmatch.group import hash_to_group
-from blindmatch.protocol import Policy
+from blindmatch.match import Delivery
+from blindmatch.protocol import Policy, RoundSpec
+from blindmatch.v1 import coordinator_pb2, node_pb2
 from tests.federation import (
     Federation,
     NodeData,
@@ -75,22 +78,50 @@ def test_tlp_red_never_matches(fed: tuple[Federation, dict[str, NodeData]]) -> N
     assert not red_everywhere & set(got)
 
 
+def threshold_round(
+    federation: Federation, participants: tuple[str, ...], threshold: int, counts: bool
+) -> coordinator_pb2.RoundInfo:
+    """A threshold round; ``counts`` as the operator's signed spec asks (round start --counts)."""
+    assert federation.coordinator is not None
+    record = federation.coordinator.coordinator.start_round(
+        participants, mode="threshold", threshold=threshold, operator="ops", counts=counts
+    )
+    return federation.wait(record.id)
+
+
+@pytest.mark.parametrize("counts", [False, True])
 @pytest.mark.parametrize("threshold", [2, 3])
 def test_threshold_round_gives_counts_without_names(
-    fed: tuple[Federation, dict[str, NodeData]], threshold: int
+    fed: tuple[Federation, dict[str, NodeData]],
+    threshold: int,
+    counts: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     federation, data = fed
     participants = NAMES[:4]
-    info = federation.run_round(participants, mode="threshold", threshold=threshold)
+    received: list[node_pb2.DeliverRequest] = []
+    decode = wire.delivery_from_proto
+
+    def recording(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delivery:
+        received.append(msg)  # what reached a node, as it parsed it off the wire
+        return decode(msg, spec)
+
+    monkeypatch.setattr(wire, "delivery_from_proto", recording)
+    info = threshold_round(federation, participants, threshold, counts)
     assert info.state == "done", info.error
     sets = {n: data[n].eligible() for n in participants}
     for name in participants:
         holders = {key: sum(key in sets[p] for p in participants) for key in sets[name]}
-        expected = {key: c for key, c in holders.items() if c >= threshold}
+        expected = {key: c if counts else None for key, c in holders.items() if c >= threshold}
         with federation.store(name) as store:
             rows = store.matches(info.id)
         assert {(r.kind, r.value): r.count for r in rows} == expected
-        assert all(r.partners == [] for r in rows)
+        assert all(r.partners == [] and r.threshold == threshold for r in rows)
+    # without counts no count crossed the wire: a count of N would name every holder
+    assert len(received) == len(participants)
+    assert any(msg.threshold.positions for msg in received)
+    for msg in received:
+        assert len(msg.threshold.counts) == (len(msg.threshold.positions) if counts else 0)
 
 
 def test_count_round_gives_only_per_partner_counts(
@@ -157,8 +188,6 @@ def test_every_round_is_in_each_nodes_audit(fed: tuple[Federation, dict[str, Nod
 
 def test_unknown_node_is_invalid_argument(fed: tuple[Federation, dict[str, NodeData]]) -> None:
     federation, _ = fed
-    from blindmatch.v1 import coordinator_pb2
-
     with pytest.raises(grpc.RpcError) as err:
         federation.stub.StartRound(
             coordinator_pb2.StartRoundRequest(nodes=["alpha", "zulu"]), timeout=5

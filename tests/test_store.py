@@ -29,6 +29,7 @@ from node.store import (
     CheckAudit,
     ImportAudit,
     NodeStore,
+    Overdraft,
     RoundAudit,
     Sighting,
     Store,
@@ -656,6 +657,38 @@ def test_checks_and_alerts_read_back_newest_first(store: NodeStore) -> None:
     ]
     assert store.alerts(after=alerts[1].alert_id) == alerts[:1]
     assert store.alerts(limit=1) == alerts[:1]
+
+
+# --- every store: budgets across rounds ------------------------------------------------------------
+
+
+def test_budget_charges_are_all_or_nothing_within_the_window(store: NodeStore) -> None:
+    assert (
+        store.charge_budget("round", "r1", {"de": 6, "it": 3}, at=100.0, since=0.0, limit=10)
+        is None
+    )
+    # it fits, de does not: nothing is charged, and de (used 6, asked 5) is named
+    over = store.charge_budget("round", "r2", {"it": 1, "de": 5}, at=110.0, since=10.0, limit=10)
+    assert over == Overdraft("de", 6, 5)
+    assert [(u.partner, u.what, u.elements) for u in store.budget_use(0.0)] == [
+        ("de", "round", 6),
+        ("it", "round", 3),
+    ]
+    # checks are a budget of their own; a zero amount charges nothing
+    assert (
+        store.charge_budget("check", "e1", {"de": 10, "fr": 0}, at=120.0, since=20.0, limit=10)
+        is None
+    )
+    # the window rolls: charges at or before ``since`` no longer count
+    assert store.charge_budget("round", "r3", {"de": 10}, at=200.0, since=100.0, limit=10) is None
+    assert [(u.partner, u.what, u.elements) for u in store.budget_use(100.0)] == [
+        ("de", "check", 10),
+        ("de", "round", 10),
+    ]
+    with pytest.raises(ValueError, match="expected one of round, check"):
+        store.charge_budget("epoch", "x", {"de": 1}, at=1.0, since=0.0, limit=10)
+    with pytest.raises(ValueError, match="negative"):
+        store.charge_budget("round", "x", {"de": -1}, at=1.0, since=0.0, limit=10)
 
 
 # --- the SQLite file store: schema, migrations, files, processes ----------------------------------

@@ -4,6 +4,7 @@ the services raise maps to its status."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -30,6 +31,7 @@ from blindmatch.watch import BadReply, CheckHop, CheckReplayed, EpochEnded
 from coordinator.driver import RoundFailure
 from coordinator.state import RoundRecord
 from coordinator.watch import WatchFailure
+from node.budgets import BudgetExceeded
 from node.rounds import RoundIdUsed, StoreFailed
 from node.watch import CheckFailed
 
@@ -54,6 +56,7 @@ def over_the_wire(msg: M) -> M:
         RoundSpec("r-1", NAMES),
         RoundSpec("r_2", NAMES[:2], mode="threshold", threshold=2, kinds=("domain",)),
         RoundSpec("R3", NAMES, mode="count", kinds=("ipv4", "url"), chunk_size=7),
+        RoundSpec("r4", NAMES, mode="threshold", threshold=3, counts=True),
     ],
 )
 def test_a_round_spec_round_trips(spec: RoundSpec) -> None:
@@ -101,6 +104,7 @@ def test_a_second_routing_start_is_not_a_chunk() -> None:
 
 
 SPEC = RoundSpec("r", NAMES)
+COUNTED = RoundSpec("r", NAMES, mode="threshold", threshold=2, counts=True)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +121,14 @@ SPEC = RoundSpec("r", NAMES)
 def test_every_delivery_round_trips(delivery: Delivery) -> None:
     msg = over_the_wire(wire.delivery_to_proto("r", delivery, SPEC.participants))
     assert msg.round_id == "r"
-    assert wire.delivery_from_proto(msg, SPEC) == delivery
+    counted = isinstance(delivery, ThresholdResult) and bool(delivery.counts)
+    assert wire.delivery_from_proto(msg, COUNTED if counted else SPEC) == delivery
+
+
+def test_counts_the_spec_did_not_ask_for_are_refused() -> None:
+    msg = wire.delivery_to_proto("r", ThresholdResult((3,), (2,)), NAMES)
+    with pytest.raises(BadMessage, match="counts the round did not ask for"):
+        wire.delivery_from_proto(msg, replace(COUNTED, counts=False))
 
 
 def test_a_count_delivery_names_partners_not_indices() -> None:
@@ -145,7 +156,7 @@ def test_a_count_delivery_names_partners_not_indices() -> None:
 )
 def test_a_malformed_delivery_is_refused(msg: node_pb2.DeliverRequest, problem: str) -> None:
     with pytest.raises(BadMessage, match=problem):
-        wire.delivery_from_proto(msg, SPEC)
+        wire.delivery_from_proto(msg, COUNTED if msg.HasField("threshold") else SPEC)
 
 
 # --- round records ----------------------------------------------------------------------------
@@ -214,6 +225,7 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     ForgedMessage: S.PERMISSION_DENIED,
     PolicyRefusal: S.PERMISSION_DENIED,
     CapExceeded: S.RESOURCE_EXHAUSTED,
+    BudgetExceeded: S.RESOURCE_EXHAUSTED,
     UnknownRound: S.NOT_FOUND,
     RoundIdUsed: S.ALREADY_EXISTS,
     CheckReplayed: S.ALREADY_EXISTS,

@@ -2,6 +2,9 @@
 
 Both are read as UTF-8 with `surrogateescape`, so an undecodable byte only spoils its own line:
 that line becomes an `Invalid` event naming the byte and the rest of the file still imports.
+A URL is the exception (issue 10, req 9): raw bytes in a URL are what the Safe Browsing rules
+percent-escape, so such a row imports as its canonical, percent-escaped form, valid UTF-8 the
+store can hold, exactly as `blindmatch canonicalize url` treats the same bytes from argv.
 A leading byte-order mark and CRLF line ends are accepted.
 """
 
@@ -14,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from blindmatch.canon import KINDS
+from blindmatch.canon import KINDS, InvalidIndicator, canonicalize
 from node.importers._common import (
     Event,
     ImportFileError,
@@ -50,6 +53,18 @@ def _undecodable(text: str) -> str | None:
     return f"not valid UTF-8 (byte 0x{byte:02x} at column {found.start() + 1})"
 
 
+def _raw_bytes_url(kind: str, value: str) -> str | None:
+    """A URL holding bytes that are not UTF-8, as its percent-escaped canonical form; None if
+    ``value`` is not such a URL (``kind`` "url" or "auto"), which stays refused."""
+    if kind not in ("url", "auto"):
+        return None
+    try:
+        indicator = canonicalize(kind, value)
+    except InvalidIndicator:
+        return None
+    return indicator.value if indicator.kind == "url" else None
+
+
 def _is_comment_or_blank(text: str) -> bool:
     stripped = text.strip()
     return not stripped or stripped.startswith("#")
@@ -82,7 +97,12 @@ def parse_text(path: Path) -> Iterator[Event]:
                 continue
             where = f"line {number}"
             value = line.strip()
-            problem = _undecodable(value) or check_value(value)
+            problem = _undecodable(value)
+            url = _raw_bytes_url("auto", value) if problem else None
+            if url is not None:
+                yield Record("url", url, where)
+                continue
+            problem = problem or check_value(value)
             if problem is not None:
                 yield Invalid(where, problem)
             else:
@@ -139,17 +159,21 @@ def _csv_record(row: list[str], columns: dict[str, int], where: str) -> Event:
         index = columns.get(name)
         return row[index].strip() if index is not None and index < len(row) else ""
 
-    for text in row:
-        problem = _undecodable(text)
-        if problem is not None:
-            return Invalid(where, problem)
-
     value = field("value")
+    kind = field("kind").lower() or "auto"
+    for index, text in enumerate(row):
+        problem = _undecodable(text)
+        if problem is None:
+            continue
+        url = _raw_bytes_url(kind, value) if index == columns["value"] else None
+        if url is None:
+            return Invalid(where, problem)
+        kind, value = "url", url
+
     problem = check_value(value)
     if problem is not None:
         return Invalid(where, problem)
 
-    kind = field("kind").lower() or "auto"
     if kind != "auto" and kind not in KINDS:
         return Invalid(
             where, f"unknown kind {shorten(kind, 30)}; expected one of {', '.join(KINDS)}"

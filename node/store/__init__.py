@@ -10,10 +10,12 @@ built from one module per job:
     audit.py      the import and round audit log
     matches.py    round results: matches and partner counts
     watch.py      early warning: epochs, checks, alerts
+    budgets.py    budgets across rounds: what was blinded for each partner, when
 """
 
 from node.store.audit import AuditEntry, ImportAudit, RoundAudit
 from node.store.base import NodeStore
+from node.store.budgets import BudgetUse, Overdraft
 from node.store.matches import MatchRow, PartnerCount
 from node.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, utc_now
 from node.store.sightings import AddResult, Sighting, Stats, StoredSighting
@@ -28,11 +30,13 @@ __all__ = [
     "AddResult",
     "AlertRow",
     "AuditEntry",
+    "BudgetUse",
     "CheckAudit",
     "EpochAudit",
     "ImportAudit",
     "MatchRow",
     "NodeStore",
+    "Overdraft",
     "PartnerCount",
     "RoundAudit",
     "Sighting",

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from node.store.audit import AuditEntry, RoundAudit
+from node.store.budgets import BudgetUse, Overdraft
 from node.store.matches import MatchRow, PartnerCount
 from node.store.sightings import ELIGIBLE_CHUNK, AddResult, Sighting, Stats, StoredSighting
 from node.store.watch import AlertRow, CheckAudit, EpochAudit
@@ -131,7 +132,8 @@ class NodeStore(ABC):
     ) -> int:
         """Store a round's matches, (sighting_id, partners, count), in one transaction.
 
-        Pairwise rows name their partners; threshold rows carry the count and name no one.
+        Pairwise rows name their partners; threshold rows name no one and carry the count only
+        if the round asked for counts (None: "held by at least the round's threshold").
         Returns the number of rows stored.
         """
 
@@ -193,3 +195,28 @@ class NodeStore(ABC):
     @abstractmethod
     def alerts(self, after: int = 0, limit: int | None = None) -> list[AlertRow]:
         """Alerts with an id above ``after``, newest first."""
+
+    # --- budgets across rounds (node/store/budgets.py)
+
+    @abstractmethod
+    def charge_budget(
+        self,
+        what: str,
+        ref: str,
+        amounts: Mapping[str, int],
+        *,
+        at: float,
+        since: float,
+        limit: int,
+    ) -> Overdraft | None:
+        """Charge ``amounts`` (partner -> elements) of kind ``what`` ('round' or 'check') for
+        ``ref`` at unix time ``at``, all or nothing, in one transaction.
+
+        If some partner's charges of that kind after ``since`` plus its amount would exceed
+        ``limit``, nothing is charged and the first such partner (by name) comes back with what
+        it had used and asked; else everything is charged and None comes back.
+        """
+
+    @abstractmethod
+    def budget_use(self, since: float) -> list[BudgetUse]:
+        """Elements charged after unix time ``since``, per partner and kind, by partner."""

@@ -21,8 +21,9 @@ class MatchRow:
     kind: str
     value: str
     partners: list[str]  # empty in threshold mode: it names no one
-    count: int | None  # nations holding the indicator, in threshold mode
+    count: int | None  # nations holding it, in a threshold round that asked for counts
     finished: str | None
+    threshold: int | None = None  # threshold mode: held by at least this many (count or not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +51,6 @@ class MatchTable(Database):
                 if mode == "pairwise" and not partners:
                     raise ValueError(
                         f"round {round_id}: pairwise match for sighting {sighting_id} names no partner"
-                    )
-                if mode == "threshold" and count is None:
-                    raise ValueError(
-                        f"round {round_id}: threshold match for sighting {sighting_id} has no count"
                     )
                 yield (round_id, sighting_id, json.dumps(sorted(partners)), count)
 
@@ -98,7 +95,7 @@ class MatchTable(Database):
         with self._reading() as conn:
             rows = conn.execute(
                 """
-                SELECT m.round_id, s.kind, s.value, m.partners, m.count, r.finished
+                SELECT m.round_id, s.kind, s.value, m.partners, m.count, r.finished, r.threshold
                 FROM matches m
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
@@ -108,8 +105,16 @@ class MatchTable(Database):
                 (round_id,),
             ).fetchall()
         return [
-            MatchRow(round_id=r, kind=k, value=v, partners=json.loads(p), count=c, finished=f)
-            for r, k, v, p, c, f in rows
+            MatchRow(
+                round_id=r,
+                kind=k,
+                value=v,
+                partners=json.loads(p),
+                count=c,
+                finished=f,
+                threshold=t,
+            )
+            for r, k, v, p, c, f, t in rows
         ]
 
     def partner_counts(self, round_id: str | None = None) -> list[PartnerCount]:

@@ -133,6 +133,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 2 -> 3: budgets across rounds (issue 10): what this node blinded for each partner, when.
+    # ``at`` is unix seconds, not ISO text: budgets sum over a rolling window by comparing it.
+    (
+        """
+        CREATE TABLE budget_charges (
+            id       INTEGER PRIMARY KEY,
+            partner  TEXT NOT NULL,
+            at       REAL NOT NULL,
+            elements INTEGER NOT NULL CHECK (elements > 0),
+            what     TEXT NOT NULL CHECK (what IN ('round', 'check')),
+            ref      TEXT NOT NULL  -- the round or epoch id
+        )
+        """,
+        "CREATE INDEX budget_charges_by_partner ON budget_charges (what, partner, at)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
