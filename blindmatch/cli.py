@@ -209,10 +209,10 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
     """``blindmatch pki init PKI_DIR``."""
     from pathlib import Path
 
-    from blindmatch.initdir import private_dir
+    from blindmatch.initdir import init_dir
     from blindmatch.pki import init_pki_dir
 
-    with private_dir(Path(args.pki_dir)):
+    with init_dir(Path(args.pki_dir)):
         paths = init_pki_dir(args.pki_dir)
     print(f"wrote CA certificate {paths.cert}")
     print(f"wrote CA key {paths.key} (mode 0600; keep it offline, it can mint any identity)")

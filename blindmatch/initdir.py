@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from blindmatch.clierrors import BadInput
+from blindmatch.hardening import PRIVATE_DIR
 from blindmatch.net import split_host_port
 from blindmatch.pki import DEFAULT_SERVER_HOSTS, IssuedPaths
 from blindmatch.tomlconfig import TlsPaths
-
-PRIVATE_DIR_MODE = 0o700
 
 
 def refuse_existing(config_path: Path) -> None:
@@ -34,12 +33,12 @@ def server_hosts(listen: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def private_dir(path: Path) -> Iterator[Path]:
+def init_dir(path: Path) -> Iterator[Path]:
     """Create ``path`` 0700; if the block fails, a directory created here is removed if empty."""
     created = not path.exists()
-    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     if created:
-        os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask; chmod's is not
+        os.chmod(path, PRIVATE_DIR)  # mkdir's mode is filtered by the umask; chmod's is not
     try:
         yield path
     except BaseException:

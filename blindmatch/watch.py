@@ -262,13 +262,16 @@ class NodeEpoch:
         EPOCH.require(f"epoch {self.epoch_id}", self.phase, EpochEvent.DELIVERY)
         self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.OPEN)
 
-    def charge(self, checker: str, count: int, now: float) -> RoundKey:
-        """Book ``count`` elements of ``checker``'s check against its budget; the key to use."""
+    def charge(
+        self, checker: str, count: int, now: float, book: Callable[[], None] | None = None
+    ) -> RoundKey:
+        """Book ``count`` elements of ``checker``'s check against its budget; the key to use.
+
+        ``book`` charges the node's rolling budget across epochs (node.budgets): it runs once the
+        epoch's own budget has room and refuses without charging, so a refusal costs nothing."""
         key = self.require_open(now)
         if checker == self.me or checker not in self.participants:
             raise PolicyRefusal(f"{checker} is not a partner of {self.me} in epoch {self.epoch_id}")
-        # BUDGETS: once node/budgets.py lands, charge_check(checker, count, self.epoch_id)
-        # replaces this per-epoch counter (a rolling window across epochs, kept in the store).
         used = self.spent.get(checker, 0)
         if used + count > self.budget:
             raise CapExceeded(
@@ -277,6 +280,8 @@ class NodeEpoch:
                 f"{self.me}'s node.toml; the budget renews with the next epoch, "
                 f"after {utc_text(self.ends)})"
             )
+        if book is not None:
+            book()
         self.spent[checker] = used + count
         return key
 
@@ -517,7 +522,10 @@ class NodeWatchCore:
         return epoch
 
     def reblind(
-        self, hop: CheckHop, trust: Trust | None
+        self,
+        hop: CheckHop,
+        trust: Trust | None,
+        book: Callable[[str, int, str], None] | None = None,
     ) -> tuple[RoundKey, Callable[[bytes], CheckClaim]]:
         """ReblindCheck (rule 2): verify who produced the elements, then book them against the
         checker's budget. The key to blind with, and the claim its output is signed with."""
@@ -543,7 +551,9 @@ class NodeWatchCore:
         party.verify(hop.claim(epoch.spec_digest).message(), hop.signature, what)
         if (hop.checker, hop.check_id) in epoch.seen:
             raise CheckReplayed(f"{what} was already blinded by {self.me}")
-        key = epoch.charge(hop.checker, count, self.clock())  # validated: now it costs
+        # validated: now it costs, in this epoch's budget and the rolling one (``book``)
+        charge = None if book is None else lambda: book(hop.checker, count, hop.epoch_id)
+        key = epoch.charge(hop.checker, count, self.clock(), charge)
         epoch.seen.add((hop.checker, hop.check_id))
         digest = epoch.spec_digest
         return key, lambda out: CheckClaim(

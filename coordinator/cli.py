@@ -23,7 +23,7 @@ import grpc
 
 from blindmatch.canon import KINDS
 from blindmatch.clierrors import BadInput, Failed, Interrupted, command, rpc_failure
-from blindmatch.initdir import absolute, private_dir, refuse_existing, server_hosts
+from blindmatch.initdir import absolute, init_dir, refuse_existing, server_hosts
 from blindmatch.net import Allow, load_tls, open_channel, split_host_port
 from blindmatch.pki import issue_to_dir, validate_name
 from blindmatch.protocol import BadMessage, RoundSpec
@@ -75,7 +75,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     config_path = coord_dir / COORDINATOR_FILE
     refuse_existing(config_path)
     hosts = server_hosts(listen)
-    with private_dir(coord_dir):
+    with init_dir(coord_dir):
         issued = issue_to_dir(args.pki, name, "coordinator", hosts=hosts, out_dir=coord_dir)
     config = CoordinatorConfig(
         name=name,
@@ -120,7 +120,7 @@ def cmd_operator_init(args: argparse.Namespace) -> int:
     op_dir = Path(args.op_dir)
     config_path = op_dir / OPERATOR_FILE
     refuse_existing(config_path)
-    with private_dir(op_dir):
+    with init_dir(op_dir):
         issued = issue_to_dir(args.pki, name, "operator", out_dir=op_dir)
     write_operator_config(
         config_path, OperatorConfig(name=name, coordinator=coordinator, tls=absolute(issued))

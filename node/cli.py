@@ -16,7 +16,7 @@ from typing import Any
 
 from blindmatch import pki
 from blindmatch.clierrors import BadInput, command
-from blindmatch.initdir import private_dir, refuse_existing, server_hosts
+from blindmatch.initdir import init_dir, refuse_existing, server_hosts
 from blindmatch.net import split_host_port
 from node.budgets import Budgets
 from node.config import NodeConfig, load_config, render_config
@@ -48,7 +48,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if getattr(args, "coordinator", None):
         split_host_port(args.coordinator)
     pki.validate_name(args.name)
-    with private_dir(node_dir):
+    with init_dir(node_dir):
         issued = pki.issue_to_dir(args.pki, args.name, "node", hosts=hosts, out_dir=node_dir)
     config_path.write_text(
         render_config(

@@ -6,6 +6,7 @@ blinding, and a round uses every core.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -21,18 +22,22 @@ class Blinder:
     Workers are spawned (not forked: forking a process that runs gRPC threads is unsafe) and get
     the round key with each task through a pipe; it never touches the disk, and a worker may not
     dump core. A worker's memory may still hold the keys of the tasks it ran, so the workers do
-    not outlive them: ``retire`` (called when the last live key is destroyed) ends them, and
-    the next task starts fresh ones.
+    not outlive them: ``retire`` (called when the last live key is destroyed) ends them and
+    warms fresh ones, holding no key, in the background, so the next round does not wait for
+    processes to spawn.
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
 
     def _submit(self, fn: Callable[..., bytes], *args: object) -> Future[bytes]:
         # Under the lock: ``retire`` must not shut down the pool between lookup and submit.
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the blinding pool is closed")
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=get_context("spawn"), initializer=no_core_dumps
@@ -69,9 +74,15 @@ class Blinder:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+            threading.Thread(target=self._warm_quietly, name="blinder-warm-up", daemon=True).start()
+
+    def _warm_quietly(self) -> None:
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: the node is stopping
+            self.warm_up()
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

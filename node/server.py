@@ -84,6 +84,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             coordinator_address=config.coordinator_address,
             tls=tls,
             settings=config.watch,
+            budgets=rounds.budgets,
         )
         rounds.watch = watch
         rounds.on_idle = blinder.retire

@@ -47,6 +47,7 @@ from blindmatch.watch import (
     shares_with,
     utc_text,
 )
+from node.budgets import Budgets
 from node.pool import Blinder
 from node.rounds import LiveRound
 from node.store import Store
@@ -91,12 +92,14 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         tls: net.TlsConfig | None,
         settings: WatchSettings | None = None,
         clock: Clock = time.time,
+        budgets: Budgets | None = None,
     ) -> None:
         self.name = name
         self.store = store
         self.policy = policy
         self.blinder = blinder
         self.budget = budget
+        self.budgets = budgets  # the rolling per-partner budgets, checks' share (node.budgets)
         self._round_of = round_of
         self._tls = tls
         # The node's federation identity: it signs what it blinds for a check, and verifies
@@ -173,6 +176,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             was_open = self.core.close(epoch, reason)
         if was_open:
             log.info("epoch %s closed: %s", epoch.epoch_id, reason)
+            self.blinder.retire()  # workers that blinded checks held the epoch key
             try:
                 self.store.close_epoch(epoch.epoch_id, reason)
             except Exception:  # the key is gone either way; only the audit line is missing
@@ -247,7 +251,8 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         count = len(request.elements) // ELEMENT_BYTES
         try:
             with self._lock:  # exported under the lock: the reaper may destroy the key
-                key, output_claim = self.core.reblind(wire.reblind_hop(request), self._trust)
+                book = None if self.budgets is None else self.budgets.charge_check
+                key, output_claim = self.core.reblind(wire.reblind_hop(request), self._trust, book)
                 key_bytes = key.export()
             elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
