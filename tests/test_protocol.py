@@ -114,7 +114,7 @@ def spec_for(
     kinds: tuple[str, ...] = KINDS,
     counts: bool = False,
 ) -> RoundSpec:
-    return RoundSpec("r1", tuple(names), mode, threshold, kinds, chunk_size, counts)
+    return RoundSpec("r1", tuple(names), mode, threshold, kinds, chunk_size, counts=counts)
 
 
 def assert_all_keys_destroyed(link: FakeLink) -> None:

@@ -172,7 +172,7 @@ def test_a_replayed_check_is_refused_and_costs_nothing(
     bravo = watch_of(fed, "bravo")
     seen = record(monkeypatch, bravo.core, "reblind")
     check(fed, "alpha", ["shared.example"])
-    (hop, _, _) = seen[0]
+    hop = seen[0][0]
     assert isinstance(hop, CheckHop) and hop.checker == "alpha" and hop.hop == 0
     assert bravo.epoch is not None
     spent = dict(bravo.epoch.spent)
@@ -279,7 +279,7 @@ def test_checks_are_masked_from_the_last_hop(
     replies = [check(fed, "bravo", ["shared.example"]) for _ in range(2)]
     # the checker's answer is what it always was
     assert [partners_of(r)["shared.example"] for r in replies] == [{"alpha", "charlie"}] * 2
-    received = [hop.elements for hop, _, _ in seen]
+    received = [args[0].elements for args in seen]
     assert len(received) == 2 and received[0] != received[1]  # two checks cannot be linked
     final = final_tag(fed, SHARED)
     assert final not in received  # nor compared with the final tags of the watch round
