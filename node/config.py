@@ -32,6 +32,8 @@ class NodeConfig:
     # Early warning (docs/WATCH.md): where checks go, and what this node blinds per partner.
     coordinator_address: str = ""  # host:port of the coordinator; "" = this node cannot check
     check_budget: int = DEFAULT_CHECK_BUDGET  # elements blinded per partner's checks per epoch
+    # [policy] operators: who may sign the specs of rounds here; None = any operator ("*")
+    operators: frozenset[str] | None = None
 
     @property
     def worker_count(self) -> int:
@@ -48,7 +50,7 @@ def load_config(path: str | Path) -> NodeConfig:
         key: r.integer(f"policy.{key}", pol, getattr(defaults, key), low=0)
         for key in ("max_partner_set", "max_own_set", "max_round_elements")
     }
-    r.no_unknown(pol, "policy", {"partners", "tlp", "kinds", *caps})
+    r.no_unknown(pol, "policy", {"partners", "operators", "tlp", "kinds", *caps})
     r.no_unknown(imp, "import", {"default_tlp"})
     partners = r.value("policy.partners", pol, ["*"], list)
     for p in partners:
@@ -56,6 +58,13 @@ def load_config(path: str | Path) -> NodeConfig:
             p == "*" or is_valid_name(p),
             "policy.partners",
             f'entry {p!r} is neither "*" nor a valid node name',
+        )
+    operators = r.value("policy.operators", pol, ["*"], list)
+    for o in operators:
+        r.check(
+            o == "*" or is_valid_name(o),
+            "policy.operators",
+            f'entry {o!r} is neither "*" nor a valid operator name',
         )
     kinds = r.value("policy.kinds", pol, list(KINDS), list)
     bad = [k for k in kinds if k not in KINDS]
@@ -103,6 +112,7 @@ def load_config(path: str | Path) -> NodeConfig:
         default_tlp=default_tlp,
         coordinator_address=coordinator_address,
         check_budget=r.integer("check_budget", data, DEFAULT_CHECK_BUDGET, low=0),
+        operators=None if "*" in operators else frozenset(operators),
     )
 
 
@@ -137,6 +147,7 @@ check_budget = {DEFAULT_CHECK_BUDGET}             # elements this node blinds fo
 
 [policy]                        # what this node lets into rounds
 partners = ["*"]                # partner node names it matches with; "*" = every node of the federation
+operators = ["*"]               # operators whose signed round specs it accepts; "*" = every operator of the federation
 tlp = [{tlps}]   # TLP levels that may enter a round (RED never, by default)
 kinds = [{kinds}]
 max_partner_set = {p.max_partner_set}       # largest partner set it re-blinds in one round

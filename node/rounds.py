@@ -3,6 +3,9 @@
 A round enters with ``prepare`` and leaves through ``end``, once: its key destroyed and its audit
 record written with the outcome (done, failed, aborted or refused). The reaper ends a round the
 coordinator has been silent on for the round's timeout; ``shutdown`` ends them all.
+
+``prepare`` acts on a spec only once its operator's signature is verified (``node.auth``), and
+``start_routing`` only once every participant's certificate is; the operator is in the audit.
 """
 
 from __future__ import annotations
@@ -19,21 +22,21 @@ from blindmatch.protocol import (
     NodeRound,
     Policy,
     ProtocolError,
+    RoundIdUsed,
     RoundSpec,
     UnknownRound,
+    WrongPhase,
 )
+from blindmatch.signing import ChunkClaim, Party, SignedSpec
 from blindmatch.states import Outcome
+from node.auth import Authority
 from node.store import RoundAudit, Store, utc_now
+
+__all__ = ["LiveRound", "RoundIdUsed", "RoundRegistry", "StoreFailed", "fail_unfinished"]
 
 log = logging.getLogger("blindmatch.node")
 
 RESTART_REASON = "node restarted during the round"
-
-
-class RoundIdUsed(ProtocolError):
-    """A round id this node holds or has in its audit log: round ids are used once."""
-
-    code = "ALREADY_EXISTS"
 
 
 class StoreFailed(Exception):
@@ -47,7 +50,14 @@ class LiveRound:
     started: str
     timeout: float
     deadline: float
+    operator: str  # who signed the spec (verified)
+    spec_digest: bytes  # binds every chunk of the round to the spec this node accepted
+    parties: dict[str, Party] = field(default_factory=dict)  # verified at RoutingStart
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
+        """What the producer of this chunk of the round vouches for."""
+        return ChunkClaim(self.state.spec.round_id, self.spec_digest, owner, hop, seq, elements)
 
     def touch(self) -> None:
         """The coordinator has been heard from: the round lives another ``timeout``."""
@@ -63,8 +73,10 @@ class RoundRegistry:
         policy: Policy,
         tlps: tuple[str, ...],
         round_timeout: float,
+        authority: Authority,
     ) -> None:
         self.name = name
+        self.authority = authority
         self.store = store
         self.policy = policy
         self.tlps = tlps
@@ -92,9 +104,12 @@ class RoundRegistry:
         live.touch()
         return live
 
-    def prepare(self, spec: RoundSpec, coordinator: str, timeout_seconds: float) -> LiveRound:
-        """Draw the round's key and set (or refuse it, audited); ``timeout_seconds`` > 0 asks
-        for a shorter timeout than this node's."""
+    def prepare(
+        self, signed: SignedSpec, spec: RoundSpec, coordinator: str, timeout_seconds: float
+    ) -> LiveRound:
+        """Verify who signed ``spec`` (the bytes of ``signed``), then draw the round's key and
+        set (or refuse it, audited); ``timeout_seconds`` > 0 asks for a shorter timeout than
+        this node's."""
         with self._lock:
             if spec.round_id in self._rounds:
                 raise RoundIdUsed(f"round {spec.round_id} is already prepared")
@@ -103,12 +118,14 @@ class RoundRegistry:
             raise RoundIdUsed(
                 f"round {spec.round_id} is already in this node's audit log; round ids are used once"
             )
-        kinds = set(spec.kinds) & self.policy.kinds
-        candidates = self.store.eligible(kinds, self.tlps)
         timeout = self.round_timeout
         if timeout_seconds > 0:
             timeout = min(timeout, timeout_seconds)
+        operator = None
         try:
+            operator = self.authority.operator(signed, spec)
+            # read only for a spec an allowed operator signed
+            candidates = self.store.eligible(set(spec.kinds) & self.policy.kinds, self.tlps)
             state = NodeRound(spec, self.name, self.policy, candidates)
         except ProtocolError as exc:
             self.store.record_round(
@@ -123,6 +140,7 @@ class RoundRegistry:
                 outcome=Outcome.REFUSED,
                 reason=str(exc),
                 finished=utc_now(),
+                operator=operator,
             )
             raise
         live = LiveRound(
@@ -131,6 +149,8 @@ class RoundRegistry:
             started=utc_now(),
             timeout=timeout,
             deadline=time.monotonic() + timeout,
+            operator=operator,
+            spec_digest=signed.digest,
         )
         with self._lock:
             if spec.round_id in self._rounds:
@@ -145,6 +165,20 @@ class RoundRegistry:
             spec.participants,
         )
         return live
+
+    def start_routing(
+        self, live: LiveRound, sizes: dict[str, int], certificates: dict[str, bytes]
+    ) -> None:
+        """RoutingStart: every participant's certificate verified, then the sizes checked
+        (before anything is blinded for a partner); a refusal ends the round, audited."""
+        try:
+            with live.lock:
+                live.parties = self.authority.partners(live.state.spec, certificates)
+                live.state.begin_routing(sizes)
+        except ProtocolError as exc:
+            if not isinstance(exc, UnknownRound | WrongPhase):
+                self.end(live, Outcome.REFUSED, str(exc))
+            raise
 
     def deliver(self, round_id: str, decode: Callable[[RoundSpec], Delivery]) -> int:
         """Resolve the delivery ``decode`` reads for the round, store the results and end the
@@ -213,6 +247,7 @@ class RoundRegistry:
                 outcome=outcome,
                 reason=reason,
                 finished=None if outcome == Outcome.STARTED else utc_now(),
+                operator=live.operator,
             )
         except Exception:  # the audit must not turn a clean refusal into a crash
             log.exception("could not write the audit record of round %s", spec.round_id)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from blindmatch import net
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from node.auth import RoundAuthority, Unauthenticated
 from node.config import NodeConfig
 from node.pool import Blinder
 from node.rounds import RoundRegistry, fail_unfinished
@@ -68,6 +69,8 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             tlps=config.tlps,
             round_timeout=config.round_timeout,
+            # the node's TLS identity is its federation identity: it signs chunks with it
+            authority=Unauthenticated() if tls is None else RoundAuthority(tls, config.operators),
         )
         servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
         watch = NodeWatch(

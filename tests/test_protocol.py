@@ -313,12 +313,12 @@ def test_node_refuses_out_of_order_chunk() -> None:
 def test_node_refuses_more_elements_than_announced() -> None:
     link = started(size=3, chunk=2)
     be = link.nodes["be"]
-    be.accept_chunk("at", 0, 2)
+    be.accept_chunk("at", 0, 2, 0)
     refused(
         link,
         BadMessage,
         "at's set was announced with 3 elements; chunk 1 brings it to 5",
-        lambda: be.accept_chunk("at", 1, 3),
+        lambda: be.accept_chunk("at", 1, 3, 0),
     )
 
 
@@ -328,7 +328,7 @@ def test_node_refuses_its_own_set() -> None:
         link,
         BadMessage,
         "never re-blinds its own set",
-        lambda: link.nodes["at"].accept_chunk("at", 0, 1),
+        lambda: link.nodes["at"].accept_chunk("at", 0, 1, 0),
     )
 
 
@@ -336,8 +336,8 @@ def test_node_refuses_a_stranger_set_and_empty_chunks() -> None:
     link = started()
     at = link.nodes["at"]
     with pytest.raises(BadMessage, match="'mallory' is not a participant of round r1"):
-        at.accept_chunk("mallory", 0, 1)
-    refused(link, BadMessage, "empty chunk 0 of be's set", lambda: at.accept_chunk("be", 0, 0))
+        at.accept_chunk("mallory", 0, 1, 0)
+    refused(link, BadMessage, "empty chunk 0 of be's set", lambda: at.accept_chunk("be", 0, 0, 1))
 
 
 def test_node_refuses_wrong_announcements() -> None:
@@ -356,7 +356,7 @@ def test_wrong_phase_on_the_node() -> None:
     parties = {n: (Policy(), some(3, 0)) for n in ("at", "be")}
     node = NodeRound(spec_for(["at", "be"]), "at", *parties["at"])
     with pytest.raises(WrongPhase, match="round r1 is prepared; this message needs routing"):
-        node.accept_chunk("be", 0, 1)
+        node.accept_chunk("be", 0, 1, 0)
     with pytest.raises(WrongPhase, match="is prepared"):
         node.resolve(PairwiseResult((), ()))
     node.begin_routing({"at": 3, "be": 3})
@@ -365,7 +365,7 @@ def test_wrong_phase_on_the_node() -> None:
     node.resolve(PairwiseResult((), ()))
     assert node.key is None
     for late in (
-        lambda: node.accept_chunk("be", 0, 1),
+        lambda: node.accept_chunk("be", 0, 1, 0),
         lambda: node.resolve(PairwiseResult((), ())),
         node.live_key,
         lambda: list(node.own_batches()),
@@ -381,7 +381,7 @@ def test_wrong_phase_on_the_coordinator() -> None:
     link = FakeLink(spec_for(["at", "be"]), parties)
     coord = link.coordinator
     with pytest.raises(WrongPhase, match="round r1 is preparing; expected routing"):
-        coord.on_chunk("at", "at", 0, bytes(32), OWN)
+        coord.on_chunk("at", "at", 0, bytes(32), OWN, hop=0, signature=b"")
     with pytest.raises(WrongPhase, match="is preparing"):
         coord.deliveries()
     link.prepare()
@@ -395,7 +395,7 @@ def test_wrong_phase_on_the_coordinator() -> None:
     link.deliver()
     assert coord.phase is CoordinatorPhase.DONE
     with pytest.raises(WrongPhase, match="is done"):
-        coord.on_chunk("at", "at", 0, bytes(32), OWN)
+        coord.on_chunk("at", "at", 0, bytes(32), OWN, hop=0, signature=b"")
     coord.fail("too late")
     assert coord.phase is CoordinatorPhase.DONE
 
@@ -415,13 +415,13 @@ def test_coordinator_refuses_duplicate_and_out_of_order_chunks() -> None:
     seq0, chunk0 = link.outbox["at"].popleft()
     seq1, chunk1 = link.outbox["at"].popleft()
     with pytest.raises(BadMessage, match="chunk 1 of at's set from at: expected chunk 0"):
-        coord.on_chunk("at", "at", seq1, chunk1, OWN)
-    coord.on_chunk("at", "at", seq0, chunk0, OWN)
+        coord.on_chunk("at", "at", seq1, chunk1, OWN, hop=0, signature=b"")
+    coord.on_chunk("at", "at", seq0, chunk0, OWN, hop=0, signature=b"")
     refused(
         link,
         BadMessage,
         "chunk 0 of at's set from at: expected chunk 1",
-        lambda: coord.on_chunk("at", "at", seq0, chunk0, OWN),
+        lambda: coord.on_chunk("at", "at", seq0, chunk0, OWN, hop=0, signature=b""),
     )
 
 
@@ -429,14 +429,14 @@ def test_coordinator_refuses_more_than_announced_and_partial_elements() -> None:
     link = started(size=3, chunk=2)
     coord = link.coordinator
     with pytest.raises(BadMessage, match="not whole elements"):
-        coord.on_chunk("at", "at", 0, bytes(33), OWN)
+        coord.on_chunk("at", "at", 0, bytes(33), OWN, hop=0, signature=b"")
     with pytest.raises(BadMessage, match="not whole elements"):
-        coord.on_chunk("at", "at", 0, b"", OWN)
+        coord.on_chunk("at", "at", 0, b"", OWN, hop=0, signature=b"")
     refused(
         link,
         BadMessage,
         "at sent more of at's set than the 3 announced",
-        lambda: coord.on_chunk("at", "at", 0, bytes(32 * 4), OWN),
+        lambda: coord.on_chunk("at", "at", 0, bytes(32 * 4), OWN, hop=0, signature=b""),
     )
 
 
@@ -448,7 +448,9 @@ def test_coordinator_refuses_a_stranger_at_a_hop() -> None:
         link,
         BadMessage,
         "'mallory' is not a participant of round r1",
-        lambda: link.coordinator.on_chunk("mallory", "at", 0, fwd.elements, REBLIND),
+        lambda: link.coordinator.on_chunk(
+            "mallory", "at", 0, fwd.elements, REBLIND, hop=1, signature=b""
+        ),
     )
 
 
@@ -464,7 +466,7 @@ def test_coordinator_refuses_a_chunk_from_a_node_it_was_not_sent_to() -> None:
         link,
         BadMessage,
         "cz",
-        lambda: link.coordinator.on_chunk("cz", "at", 0, cz_blinded, REBLIND),
+        lambda: link.coordinator.on_chunk("cz", "at", 0, cz_blinded, REBLIND, hop=2, signature=b""),
     )
 
 
@@ -479,7 +481,7 @@ def test_coordinator_refuses_a_chunk_whose_size_changed_at_a_hop() -> None:
         link,
         BadMessage,
         "be",
-        lambda: coord.on_chunk("be", "at", 0, fwd0.elements[:32], REBLIND),
+        lambda: coord.on_chunk("be", "at", 0, fwd0.elements[:32], REBLIND, hop=1, signature=b""),
     )
 
 
@@ -596,7 +598,7 @@ def test_abort_destroys_the_key_in_every_phase() -> None:
         if steps >= 1:
             node.begin_routing({"at": 3, "be": 2})
         if steps >= 2:
-            node.accept_chunk("be", 0, 1)
+            node.accept_chunk("be", 0, 1, 0)
         node.abort("coordinator gone")
         assert node.key is None and key.destroyed
         assert node.phase is NodePhase.ABORTED and node.reason == "coordinator gone"
@@ -626,7 +628,7 @@ def test_an_own_set_stream_carries_only_the_senders_set() -> None:
         link,
         BadMessage,
         "^node at sent a chunk of 'be''s set as its own set$",
-        lambda: link.to_coordinator("at", "be", 0, be_chunk, OWN),
+        lambda: link.to_coordinator("at", "be", 0, be_chunk, OWN, hop=0),
     )
 
 
@@ -637,7 +639,7 @@ def test_a_reblind_stream_never_carries_the_senders_own_set() -> None:
         link,
         BadMessage,
         "^node at sent its own set back from Reblind$",
-        lambda: link.to_coordinator("at", "at", 0, at_chunk, REBLIND),
+        lambda: link.to_coordinator("at", "at", 0, at_chunk, REBLIND, hop=0),
     )
 
 
@@ -692,7 +694,7 @@ def test_chunk_refusals_name_the_sender_first() -> None:
         link,
         BadMessage,
         "^node at: chunk 1 of at's set from at: expected chunk 0$",
-        lambda: link.to_coordinator("at", "at", 1, chunk1, OWN),
+        lambda: link.to_coordinator("at", "at", 1, chunk1, OWN, hop=0),
     )
 
 
@@ -841,7 +843,7 @@ def node_in(phase: NodePhase) -> NodeRound:
 NODE_CALLS: dict[NodeEvent, Callable[[NodeRound], object]] = {
     NodeEvent.OWN_SET: lambda n: list(n.own_batches()),
     NodeEvent.ROUTING_START: lambda n: n.begin_routing({"at": 3, "be": 3}),
-    NodeEvent.CHUNK: lambda n: n.accept_chunk("be", 0, 1),
+    NodeEvent.CHUNK: lambda n: n.accept_chunk("be", 0, 1, 0),
     NodeEvent.POSITION_MAP: lambda n: n.position_map(),
     NodeEvent.DELIVERY: lambda n: n.resolve(PairwiseResult((), ())),
 }
@@ -864,7 +866,9 @@ def coordinator_in(phase: CoordinatorPhase) -> FakeLink:
 
 COORDINATOR_CALLS: dict[CoordinatorEvent, Callable[[CoordinatorRound], object]] = {
     CoordinatorEvent.PREPARED: lambda c: c.on_prepared("at", 2),
-    CoordinatorEvent.CHUNK: lambda c: c.on_chunk("at", "at", 0, bytes(64), OWN),
+    CoordinatorEvent.CHUNK: lambda c: c.on_chunk(
+        "at", "at", 0, bytes(64), OWN, hop=0, signature=b""
+    ),
     CoordinatorEvent.STREAM_END: lambda c: c.on_stream_end("at", REBLIND),
     CoordinatorEvent.FINAL_TAGS: lambda c: c.final_tags(),
     CoordinatorEvent.DELIVERIES: lambda c: c.deliveries(),

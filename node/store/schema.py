@@ -133,6 +133,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 2 -> 3: signed specs (docs/PROTOCOL.md): the operator who signed a round's spec; NULL for
+    # rounds recorded before, and for specs refused before their signature was verified.
+    ("ALTER TABLE rounds ADD COLUMN operator TEXT",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
