@@ -86,6 +86,7 @@ def round_spec(
     counts: bool = False,
     chunk_size: int = TEST_CHUNK,
     round_id: str | None = None,
+    issued: float | None = None,
 ) -> node_pb2.RoundSpec:
     """The spec an operator's ``round start`` builds; ``mode`` may be "watch" as on its CLI."""
     watching = mode == "watch"
@@ -98,7 +99,7 @@ def round_spec(
         chunk_size=chunk_size,
         epoch_seconds=(epoch_seconds or DEFAULT_EPOCH_SECONDS) if watching else epoch_seconds,
         counts=counts,
-        issued=time.time(),
+        issued=time.time() if issued is None else issued,
     )
 
 

@@ -26,6 +26,7 @@ from blindmatch.protocol import (
     Caps,
     CoordinatorPhase,
     CoordinatorRound,
+    ForgedMessage,
     NodeOutcome,
     NodePhase,
     NodeRound,
@@ -906,6 +907,55 @@ def test_coordinator_round_refuses_by_the_table(
     )
 
 
+# --- who must have produced a chunk --------------------------------------------------------------
+
+RING = ("at", "be", "cz", "dk")
+
+
+@pytest.mark.parametrize(
+    ("me", "owner", "hop", "producer"),
+    [
+        ("be", "at", 1, "at"),  # the first hop takes the owner's own set
+        ("cz", "at", 2, "be"),
+        ("dk", "at", 3, "cz"),
+        ("at", "be", 3, "dk"),  # the ring wraps
+        ("at", "dk", 1, "dk"),
+        ("cz", "dk", 3, "be"),
+    ],
+)
+def test_each_hop_takes_only_the_previous_hops_output(
+    me: str, owner: str, hop: int, producer: str
+) -> None:
+    """Hop h of owner o is participant (o + h) mod N; what it re-blinds must be the output of
+    hop h - 1, signed by participant (o + h - 1) mod N."""
+
+    def routing() -> NodeRound:
+        node = NodeRound(spec_for(RING), me, Policy(), some(1, 0))
+        node.begin_routing(dict.fromkeys(RING, 1))
+        return node
+
+    node = routing()
+    assert (node.hop_of(owner), node.producer(owner)) == (hop, producer)
+    assert node.accept_chunk(owner, 0, 1, hop - 1) == producer
+    for other in {0, 1, 2, 3, 4} - {hop - 1}:
+        with pytest.raises(ForgedMessage, match=f"output of hop {other}; this node is hop {hop}"):
+            routing().accept_chunk(owner, 0, 1, other)
+
+
+def test_the_coordinator_forwards_hop_and_signature_untouched_and_checks_the_label() -> None:
+    link = started(names=("at", "be"), size=2, chunk=2)
+    seq, elements = link.outbox["at"].popleft()
+    coord = link.coordinator
+    fwd = coord.on_chunk("at", "at", seq, elements, OWN, hop=0, signature=b"sig of at")
+    assert fwd is not None and (fwd.to, fwd.hop, fwd.signature) == ("be", 0, b"sig of at")
+    refused(
+        link,
+        BadMessage,
+        "labelled hop 0; be is hop 1",
+        lambda: coord.on_chunk("be", "at", 0, elements, REBLIND, hop=0, signature=b""),
+    )
+
+
 # --- round specs ---------------------------------------------------------------------------------
 
 
@@ -923,6 +973,11 @@ def test_coordinator_round_refuses_by_the_table(
         ({"kinds": ()}, r"unknown or no kinds: \(none\)"),
         ({"chunk_size": 0}, "chunk size 0 out of range"),
         ({"chunk_size": 65537}, "chunk size 65537 out of range"),
+        ({"counts": True}, "counts only apply to threshold mode, not pairwise"),
+        ({"epoch_seconds": -1.0}, "must be 0 or a positive duration"),
+        ({"epoch_seconds": float("nan")}, "must be 0 or a positive duration"),
+        ({"mode": "count", "epoch_seconds": 60.0}, "only applies to a pairwise round, not count"),
+        ({"issued": float("inf")}, "is not a time"),
     ],
 )
 def test_round_spec_validation(kw: dict[str, object], match: str) -> None:
