@@ -56,6 +56,8 @@ class BenchFederation:
     def __init__(self, root: Path, nations: Sequence[str], chunk_size: int | None) -> None:
         self.fed = harness.Federation(root, nations, operator="bench")
         self.fed.init()
+        # the operator signs the chunk size into the round; the coordinator allows at most its own
+        self.chunk_args = () if chunk_size is None else ("--chunk-size", str(chunk_size))
         if chunk_size is not None:
             harness.set_setting(self.fed.coordinator_toml, "chunk_size", chunk_size)
 
@@ -84,7 +86,10 @@ class BenchFederation:
         t0 = time.monotonic()
         with timeline:
             done = subprocess.run(
-                self.fed.round_command(), capture_output=True, text=True, timeout=ROUND_TIMEOUT
+                self.fed.round_command(*self.chunk_args),
+                capture_output=True,
+                text=True,
+                timeout=ROUND_TIMEOUT,
             )
         observed = time.monotonic() - t0
         busy, operator = busy_cpu_seconds() - busy0, children_cpu() - operator0

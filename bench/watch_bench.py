@@ -34,6 +34,8 @@ from blindmatch import harness, net
 from blindmatch.group import RoundKey, blind_packed, hash_indicators
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2, watch_pb2_grpc
 from blindmatch.watch import FILTER_ERROR_RATE, bloom_bits_per_element
+from coordinator.cli import new_round, start_request
+from coordinator.config import load_operator_config
 from coordinator.watch import new_filter
 from node.store import Sighting, Store
 
@@ -66,9 +68,8 @@ def watch_round(fed: harness.Federation) -> float:
     with fed.operator_channel() as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         start = time.perf_counter()
-        info = stub.StartRound(
-            coordinator_pb2.StartRoundRequest(nodes=list(NAMES), mode="watch"), timeout=10
-        )
+        request = start_request(load_operator_config(fed.operator_toml), new_round(NAMES, "watch"))
+        info = stub.StartRound(request, timeout=10)
         *_, info = stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=600)
         if info.state != "done":
             raise SystemExit(f"watch round {info.id} {info.state}: {info.error}")

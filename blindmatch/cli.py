@@ -177,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="watch mode: how long partners' watchlists stay open, e.g. 24h (default), 90m",
     )
+    s.add_argument(
+        "--counts",
+        action="store_true",
+        help="threshold mode: deliver how many nations hold each match, not only 'at least T'",
+    )
+    s.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="N",
+        help="elements per chunk (default 4096; at most the coordinator's chunk_size)",
+    )
     s.add_argument("--kinds", type=_kinds, metavar="K,...")
     s.add_argument("--wait", action="store_true", help="follow the round until it ends")
     s.add_argument("--json", action="store_true")

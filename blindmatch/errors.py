@@ -21,12 +21,24 @@ class WrongPhase(ProtocolError):
     code = "FAILED_PRECONDITION"
 
 
+class ForgedMessage(ProtocolError):
+    """A message not signed by the party that must have produced it, or by no valid party."""
+
+    code = "PERMISSION_DENIED"
+
+
 class PolicyRefusal(ProtocolError):
     code = "PERMISSION_DENIED"
 
 
 class CapExceeded(ProtocolError):
     code = "RESOURCE_EXHAUSTED"
+
+
+class RoundIdUsed(ProtocolError):
+    """A round id already used: round ids are used once, by the nodes and the coordinator."""
+
+    code = "ALREADY_EXISTS"
 
 
 class UnknownRound(ProtocolError):

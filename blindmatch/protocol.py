@@ -11,9 +11,13 @@ Node rules (``NodeRound``)
   3. ``begin_routing(sizes)``: the coordinator announces every set's size; the node refuses (before
      blinding anything) a partner set larger than its cap or a total beyond its round cap.
      Phase ROUTING.
-  4. ``accept_chunk(owner, seq, count)``: a chunk of a partner's set to re-blind. Chunks of one set
-     arrive with seq 0, 1, 2, ...; a duplicate, a gap, more elements than announced, or a chunk of
-     its own set is refused. The caller blinds the accepted chunk and sends it back in order.
+  4. ``accept_chunk(owner, seq, count, hop)``: a chunk of a partner's set to re-blind. This node
+     is hop h of owner o's set (``hop_of``: participant (o + h) mod N), so the chunk must be the
+     output of hop h - 1, produced by participant (o + h - 1) mod N (the owner itself at h = 1):
+     ``accept_chunk`` names that producer, and the caller verifies the chunk's signature as that
+     party's BEFORE blinding it. Chunks of one set arrive with seq 0, 1, 2, ...; a duplicate, a
+     gap, another hop, more elements than announced, or a chunk of its own set is refused. The
+     caller blinds the accepted chunk, signs it as hop h and sends it back in order.
   5. ``resolve(delivery)``: positions -> its own sighting ids; the key is destroyed. Phase DONE.
   ``abort`` at any point destroys the key. Phase ABORTED. Nothing is accepted after DONE/ABORTED.
 
@@ -40,9 +44,10 @@ The phases, the messages each one accepts and the moves between them are tables 
 from __future__ import annotations
 
 import enum
+import math
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,8 +55,10 @@ from blindmatch.canon import KINDS
 from blindmatch.errors import (
     BadMessage,
     CapExceeded,
+    ForgedMessage,
     PolicyRefusal,
     ProtocolError,
+    RoundIdUsed,
     UnknownRound,
     WrongPhase,
 )
@@ -81,6 +88,7 @@ __all__ = [  # the errors and phases are defined in ``errors`` and ``states``, u
     "Caps",
     "CoordinatorPhase",
     "CoordinatorRound",
+    "ForgedMessage",
     "Forward",
     "Match",
     "NodeOutcome",
@@ -89,6 +97,7 @@ __all__ = [  # the errors and phases are defined in ``errors`` and ``states``, u
     "Policy",
     "PolicyRefusal",
     "ProtocolError",
+    "RoundIdUsed",
     "RoundSpec",
     "Stream",
     "UnknownRound",
@@ -106,9 +115,10 @@ class RoundSpec:
     threshold: int | None = None
     kinds: tuple[str, ...] = KINDS
     chunk_size: int = DEFAULT_CHUNK
-    epoch_seconds: float = 0.0  # > 0: a watch round; nodes keep their key this long after delivery
-    counts: bool = False  # threshold mode: deliver exact counts, not only "held by >= t"
-    issued: float = 0.0  # unix seconds when the operator signed the spec
+    # > 0: a watch round (the operator's ``--mode watch``: pairwise, then an epoch this long)
+    epoch_seconds: float = 0.0
+    counts: bool = False  # threshold mode: exact counts delivered, not only "held by >= t"
+    issued: float = 0.0  # unix seconds when the operator signed it; nodes refuse stale specs
 
     def __post_init__(self) -> None:
         n = len(self.participants)
@@ -130,6 +140,18 @@ class RoundSpec:
             raise BadMessage(f"unknown or no kinds: {', '.join(unknown) or '(none)'}")
         if not 1 <= self.chunk_size <= 65536:
             raise BadMessage(f"chunk size {self.chunk_size} out of range 1..65536")
+        if not 0 <= self.epoch_seconds < math.inf:
+            raise BadMessage(f"epoch of {self.epoch_seconds} s: must be 0 or a positive duration")
+        if self.epoch_seconds and self.mode != "pairwise":
+            raise BadMessage(f"a watch epoch only applies to a pairwise round, not {self.mode}")
+        if self.counts and self.mode != "threshold":
+            raise BadMessage(f"counts only apply to threshold mode, not {self.mode}")
+        if not 0 <= self.issued < math.inf:
+            raise BadMessage(f"issued time {self.issued} is not a time")
+
+    @property
+    def watching(self) -> bool:
+        return self.epoch_seconds > 0
 
     def index(self, name: str) -> int:
         try:
@@ -255,14 +277,35 @@ class NodeRound:
         self.blinded_for = {p: 0 for p in sizes if p != self.me}
         self.phase = NODE.move(self._subject, self.phase, NodePhase.ROUTING)
 
-    def accept_chunk(self, owner: str, seq: int, count: int) -> None:
-        """Validate a chunk of ``owner``'s set before it is blinded."""
+    def hop_of(self, owner: str) -> int:
+        """Which hop of ``owner``'s set this node is: 0 for its own, h for the h-th partner after
+        the owner in the ring; its output of that set is signed as this hop."""
+        n = len(self.spec.participants)
+        return (self.spec.index(self.me) - self.spec.index(owner)) % n
+
+    def producer(self, owner: str) -> str:
+        """Who must have produced the chunks of ``owner``'s set this node receives: the previous
+        node of the ring, which is the owner itself when this node is the first hop."""
+        parts = self.spec.participants
+        o, h = self.spec.index(owner), self.hop_of(owner)
+        return parts[(o + h - 1) % len(parts)]
+
+    def accept_chunk(self, owner: str, seq: int, count: int, hop: int) -> str:
+        """Validate a chunk of ``owner``'s set that says it is the output of ``hop``, before it is
+        blinded; the participant whose signature it must carry."""
         self._require(NodeEvent.CHUNK)
         if owner == self.me:
             raise BadMessage("a node never re-blinds its own set")
         expected = self._next_seq.get(owner)
         if expected is None:
             raise BadMessage(f"{owner!r} is not a participant of round {self.spec.round_id}")
+        mine = self.hop_of(owner)
+        if hop != mine - 1:
+            raise ForgedMessage(
+                f"chunk {seq} of {owner}'s set is the output of hop {hop}; this node is hop "
+                f"{mine} and takes only the output of hop {mine - 1} "
+                f"(from {self.producer(owner)})"
+            )
         if seq != expected:
             what = "duplicate" if seq < expected else "out-of-order"
             raise BadMessage(f"{what} chunk {seq} of {owner}'s set; expected chunk {expected}")
@@ -275,6 +318,7 @@ class NodeRound:
             )
         self._next_seq[owner] = seq + 1
         self.blinded_for[owner] += count
+        return self.producer(owner)
 
     def resolve(self, delivery: Delivery) -> NodeOutcome:
         """Map a delivery by position to this node's sightings; destroys the key."""
@@ -376,6 +420,8 @@ class Forward:
     owner: str
     seq: int
     elements: bytes
+    hop: int = 0  # the hop that produced ``elements`` (0: the owner's own set)
+    signature: bytes = b""  # that hop's signature, carried untouched (empty: plaintext mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,9 +473,20 @@ class CoordinatorRound:
         return parts[(owner_index + hop) % len(parts)]
 
     def on_chunk(
-        self, sender: str, owner: str, seq: int, elements: bytes, stream: Stream
+        self,
+        sender: str,
+        owner: str,
+        seq: int,
+        elements: bytes,
+        stream: Stream,
+        *,
+        hop: int,
+        signature: bytes,
     ) -> Forward | None:
-        """A chunk of ``owner``'s set out of ``sender``'s ``stream``; where it goes next, if at all.
+        """A chunk of ``owner``'s set out of ``sender``'s ``stream``, labelled as the output of
+        ``hop`` and signed by its producer; where it goes next, if at all. The coordinator
+        cannot check the signature's meaning for the nodes: it carries it untouched, and the
+        next hop verifies it.
 
         A refusal names the sender first: it is the reason the whole round fails.
         """
@@ -438,16 +495,23 @@ class CoordinatorRound:
         if stream is Stream.REBLIND and owner == sender:
             raise BadMessage(f"node {sender} sent its own set back from Reblind")
         try:
-            return self._route(sender, owner, seq, elements)
+            forward = self._route(sender, owner, seq, elements, hop)
         except ProtocolError as exc:
             raise type(exc)(f"node {sender}: {exc}") from None
+        return None if forward is None else replace(forward, signature=signature)
 
-    def _route(self, sender: str, owner: str, seq: int, elements: bytes) -> Forward | None:
+    def _route(
+        self, sender: str, owner: str, seq: int, elements: bytes, labelled: int
+    ) -> Forward | None:
         self._require(CoordinatorEvent.CHUNK)
         n = len(self.spec.participants)
         o = self.spec.index(owner)
         s = self.spec.index(sender)
         hop = (s - o) % n
+        if labelled != hop:
+            raise BadMessage(
+                f"chunk {seq} of {owner}'s set is labelled hop {labelled}; {sender} is hop {hop}"
+            )
         if len(elements) % ELEMENT_BYTES or not elements:
             raise BadMessage(f"chunk {seq} of {owner}'s set from {sender} is not whole elements")
         if seq != self._next_seq[o][hop]:
@@ -476,7 +540,7 @@ class CoordinatorRound:
         if hop == n - 1:
             self._final[o] += elements
             return None
-        return Forward(self.hop_node(o, hop + 1), owner, seq, elements)
+        return Forward(self.hop_node(o, hop + 1), owner, seq, elements, hop)
 
     def on_stream_end(self, node: str, stream: Stream) -> None:
         """``node`` ended ``stream``: refused if its own set is short or routing is not over."""

@@ -31,19 +31,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from blindmatch.errors import ForgedMessage
 from blindmatch.pki import Identity, PkiError, identity_of
-from blindmatch.protocol import ProtocolError
 
 STATEMENT_DOMAIN: Final = b"blindmatch-v1 signed statement/"
 DIGEST_BYTES: Final = 32
 MAX_SIGNATURE_BYTES: Final = 80  # DER ECDSA P-256: at most 72; anything longer is malformed
 MAX_CERTIFICATE_BYTES: Final = 16 * 1024
+MAX_SPEC_AGE: Final = 3600.0  # seconds a signed spec is accepted after it was issued
+MAX_SPEC_SKEW: Final = 300.0  # seconds a spec may be issued in the future (clock skew)
 
 
-class ForgedMessage(ProtocolError):
-    """A message not signed by the party that must have produced it, or by no valid party."""
-
-    code = "PERMISSION_DENIED"
+class StaleSpec(ForgedMessage):
+    """A signed spec outside its validity window: a replay of an old request, or a bad clock."""
 
 
 def digest(data: bytes) -> bytes:
@@ -120,6 +120,46 @@ class CheckClaim:
             self.hop,
             digest(self.elements),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSpec:
+    """A round spec as its operator signed it: the serialized spec, the signature over
+    ``spec_statement(spec)`` and the operator's certificate."""
+
+    spec: bytes
+    signature: bytes = field(repr=False)
+    operator_cert: bytes = field(repr=False)
+
+    @classmethod
+    def sign(cls, signer: Signer, spec: bytes) -> SignedSpec:
+        return cls(spec, signer.sign(spec_statement(spec)), signer.cert_pem)
+
+    @property
+    def digest(self) -> bytes:
+        return spec_digest(self.spec)
+
+
+def verify_spec(
+    trust: Trust, signed: SignedSpec, *, issued: float, now: datetime.datetime
+) -> Party:
+    """The operator who signed ``signed``, issued at ``issued`` (unix seconds, read from the
+    spec): an operator certificate of the federation, a valid signature, and a spec neither
+    older than MAX_SPEC_AGE nor further than MAX_SPEC_SKEW in the future. ForgedMessage else."""
+    operator = trust.party(signed.operator_cert, now=now, role="operator", names=None)
+    operator.verify(spec_statement(signed.spec), signed.signature, "the round spec")
+    age = now.timestamp() - issued
+    if age > MAX_SPEC_AGE:
+        raise StaleSpec(
+            f"the round spec was issued {age:.0f} s ago; specs are accepted for "
+            f"{MAX_SPEC_AGE:.0f} s (a replayed or stale request)"
+        )
+    if age < -MAX_SPEC_SKEW:
+        raise StaleSpec(
+            f"the round spec is issued {-age:.0f} s in the future; at most {MAX_SPEC_SKEW:.0f} s "
+            "of clock skew is accepted"
+        )
+    return operator
 
 
 class Signer:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from blindmatch.canon import InvalidIndicator, canonicalize
+from blindmatch.errors import ForgedMessage
 from blindmatch.group import ELEMENT_BYTES, Mask, RoundKey
 from blindmatch.protocol import (
     BadMessage,
@@ -55,7 +56,7 @@ from blindmatch.protocol import (
     RoundSpec,
     WrongPhase,
 )
-from blindmatch.signing import CheckClaim, ForgedMessage, Trust
+from blindmatch.signing import CheckClaim, Trust
 from blindmatch.states import EPOCH, EpochEvent, EpochPhase
 
 Clock = Callable[[], float]  # unix seconds; time.time outside tests

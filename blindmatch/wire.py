@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from typing import Any, Final, NoReturn, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from blindmatch.group import ELEMENT_BYTES
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.protocol import BadMessage, Forward, RoundSpec
+from blindmatch.signing import SignedSpec
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
 from blindmatch.watch import CheckHop
 
@@ -96,7 +98,9 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
         round_id=msg.round_id,
         participants=tuple(msg.participants),
         mode=msg.mode or "pairwise",
-        threshold=msg.threshold if msg.mode == "threshold" else None,
+        # a threshold outside threshold mode is refused by RoundSpec, not dropped: a signed
+        # spec means exactly what it says
+        threshold=msg.threshold if msg.mode == "threshold" or msg.threshold else None,
         kinds=tuple(msg.kinds),
         chunk_size=msg.chunk_size,
         epoch_seconds=msg.epoch_seconds,
@@ -105,18 +109,62 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
     )
 
 
-def routing_start(round_id: str, sizes: Mapping[str, int]) -> node_pb2.ReblindRequest:
-    return node_pb2.ReblindRequest(start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes))
+def spec_bytes(spec: RoundSpec) -> bytes:
+    """The bytes an operator signs: nodes parse exactly these, so all read the same spec."""
+    return spec_to_proto(spec).SerializeToString(deterministic=True)
+
+
+def spec_from_bytes(data: bytes) -> RoundSpec:
+    msg = node_pb2.RoundSpec()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        raise BadMessage("the signed spec is not a serialized RoundSpec") from None
+    return spec_from_proto(msg)
+
+
+def signed_spec_to_proto(signed: SignedSpec) -> node_pb2.SignedSpec:
+    return node_pb2.SignedSpec(
+        spec=signed.spec, signature=signed.signature, operator_cert=signed.operator_cert
+    )
+
+
+def signed_spec_from_proto(msg: node_pb2.SignedSpec) -> tuple[SignedSpec, RoundSpec]:
+    """The signed spec as it came (to verify) and the spec its bytes say (to act on once
+    verified)."""
+    signed = SignedSpec(msg.spec, msg.signature, msg.operator_cert)
+    return signed, spec_from_bytes(msg.spec)
+
+
+def routing_start(
+    round_id: str, sizes: Mapping[str, int], certificates: Mapping[str, bytes]
+) -> node_pb2.ReblindRequest:
+    return node_pb2.ReblindRequest(
+        start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes, certificates=certificates)
+    )
 
 
 def sizes_from_proto(msg: node_pb2.RoutingStart) -> dict[str, int]:
     return dict(msg.sizes)
 
 
+def certificates_from_proto(msg: node_pb2.RoutingStart) -> dict[str, bytes]:
+    return dict(msg.certificates)
+
+
+def chunk_to_proto(
+    owner: str, seq: int, elements: bytes, hop: int, signature: bytes
+) -> node_pb2.Chunk:
+    return node_pb2.Chunk(owner=owner, seq=seq, elements=elements, hop=hop, signature=signature)
+
+
 def forward_to_proto(forward: Forward) -> node_pb2.ReblindRequest:
-    """A chunk on its way to ``forward.to``, which re-blinds it (the recipient is the stream)."""
+    """A chunk on its way to ``forward.to``, which re-blinds it (the recipient is the stream);
+    its hop and signature are the producer's, untouched."""
     return node_pb2.ReblindRequest(
-        chunk=node_pb2.Chunk(owner=forward.owner, seq=forward.seq, elements=forward.elements)
+        chunk=chunk_to_proto(
+            forward.owner, forward.seq, forward.elements, forward.hop, forward.signature
+        )
     )
 
 
@@ -127,7 +175,14 @@ def forward_from_proto(to: str, msg: node_pb2.ReblindRequest) -> Forward:
     chunk = msg.chunk
     if len(chunk.elements) % ELEMENT_BYTES:
         raise BadMessage(f"chunk {chunk.seq} of {chunk.owner}'s set is not whole 32-byte elements")
-    return Forward(to=to, owner=chunk.owner, seq=chunk.seq, elements=chunk.elements)
+    return Forward(
+        to=to,
+        owner=chunk.owner,
+        seq=chunk.seq,
+        elements=chunk.elements,
+        hop=chunk.hop,
+        signature=chunk.signature,
+    )
 
 
 def delivery_to_proto(

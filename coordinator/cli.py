@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,14 +22,17 @@ from typing import Any, Final, TypeVar, cast
 
 import grpc
 
+from blindmatch import wire
 from blindmatch.canon import KINDS
 from blindmatch.clierrors import BadInput, Failed, Interrupted, command, rpc_failure
 from blindmatch.initdir import absolute, init_dir, refuse_existing, server_hosts
 from blindmatch.net import Allow, load_tls, open_channel, split_host_port
-from blindmatch.pki import issue_to_dir, validate_name
-from blindmatch.protocol import BadMessage, RoundSpec
+from blindmatch.pki import PkiError, issue_to_dir, validate_name
+from blindmatch.protocol import DEFAULT_CHUNK, BadMessage, RoundSpec
+from blindmatch.signing import SignedSpec, Signer
 from blindmatch.states import COORDINATOR_FINAL, CoordinatorPhase
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.config import (
     COORDINATOR_FILE,
     OPERATOR_FILE,
@@ -134,11 +138,15 @@ def cmd_operator_init(args: argparse.Namespace) -> int:
 @coordinator_command
 def cmd_round_start(args: argparse.Namespace) -> int:
     """``blindmatch round start --config OP_TOML --nodes A,B[,C...] [--mode M] [--threshold T]
-    [--kinds K,...] [--wait] [--json] [--insecure]``
+    [--counts] [--epoch D] [--chunk-size N] [--kinds K,...] [--wait] [--json] [--insecure]``
 
     Reads ``args.config``, ``args.nodes`` (list of names), ``args.mode`` ("pairwise",
-    "threshold" or "count"), ``args.threshold`` (int or None), ``args.kinds`` (list or None:
-    every kind), ``args.wait``, ``args.json`` and ``args.insecure``.
+    "threshold", "count" or "watch"), ``args.threshold`` (int or None), ``args.counts``,
+    ``args.epoch`` (seconds or None), ``args.chunk_size`` (int or None), ``args.kinds`` (list or
+    None: every kind), ``args.wait``, ``args.json`` and ``args.insecure``.
+
+    Draws the round id, builds the round spec and signs it with the operator's federation key
+    (operator.toml's [tls] key): nodes act only on the spec this operator signed.
 
     Without ``--wait``: prints the round id (``--json``: the round as one JSON object) and exits 0.
     With ``--wait``: follows the round, progress on stderr, then a summary on stdout (``--json``:
@@ -147,12 +155,21 @@ def cmd_round_start(args: argparse.Namespace) -> int:
     nodes = list(args.nodes)
     kinds = list(args.kinds or ())
     epoch = getattr(args, "epoch", None)
+    counts = bool(getattr(args, "counts", False))
     if epoch is not None and args.mode != "watch":
         raise BadInput("--epoch only applies to --mode watch")
-    # a watch round is a pairwise round that then opens an epoch (docs/WATCH.md)
-    mode = "pairwise" if args.mode == "watch" else args.mode
+    if counts and args.mode != "threshold":
+        raise BadInput("--counts only applies to --mode threshold")
     try:
-        RoundSpec("local-check", tuple(nodes), mode, args.threshold, tuple(kinds) or KINDS)
+        spec = new_round(
+            nodes,
+            args.mode,
+            threshold=args.threshold,
+            kinds=kinds,
+            epoch=epoch,
+            counts=counts,
+            chunk_size=getattr(args, "chunk_size", None),
+        )
     except BadMessage as exc:
         hint = ""
         if args.threshold is not None and args.mode != "threshold":
@@ -161,13 +178,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
             hint = " (threshold mode needs --threshold T)"
         raise BadInput(f"{exc}{hint}") from None
     config = load_operator_config(args.config)
-    request = coordinator_pb2.StartRoundRequest(
-        nodes=nodes,
-        mode=args.mode,
-        threshold=args.threshold or 0,
-        kinds=kinds,
-        epoch_seconds=epoch or 0,
-    )
+    request = start_request(config, spec)
     with _coordinator(config, args.insecure) as stub:
         info = _call(config, lambda: stub.StartRound(request, timeout=CALL_TIMEOUT))
         if not args.wait:
@@ -206,7 +217,50 @@ def cmd_round_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- talking to the coordinator ---------------------------------------------------------------
+# --- asking for a round -----------------------------------------------------------------------
+
+
+def new_round(
+    nodes: Sequence[str],
+    mode: str = "pairwise",
+    *,
+    threshold: int | None = None,
+    kinds: Sequence[str] = (),
+    epoch: float | None = None,
+    counts: bool = False,
+    chunk_size: int | None = None,
+) -> RoundSpec:
+    """The spec of a new round as the operator asks for it: a fresh round id, issued now.
+    ``mode`` "watch" is a pairwise round that then opens an epoch (docs/WATCH.md)."""
+    watching = mode == "watch"
+    return RoundSpec(
+        round_id=uuid.uuid4().hex,
+        participants=tuple(nodes),
+        mode="pairwise" if watching else mode,
+        threshold=threshold,
+        kinds=tuple(kinds) or KINDS,
+        chunk_size=chunk_size or DEFAULT_CHUNK,
+        epoch_seconds=(epoch or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
+        counts=counts,
+        issued=time.time(),
+    )
+
+
+def start_request(config: OperatorConfig, spec: RoundSpec) -> coordinator_pb2.StartRoundRequest:
+    """``spec`` signed with the operator's federation key: nodes act only on what it signed."""
+    signed = SignedSpec.sign(_signer(config), wire.spec_bytes(spec))
+    return coordinator_pb2.StartRoundRequest(signed_spec=wire.signed_spec_to_proto(signed))
+
+
+def _signer(config: OperatorConfig) -> Signer:
+    """The operator's federation key, which signs the specs of the rounds it asks for."""
+    try:
+        return Signer(config.tls.cert.read_bytes(), config.tls.key.read_bytes())
+    except (OSError, PkiError) as exc:
+        raise BadInput(
+            f"cannot sign the round with {config.tls.cert} and {config.tls.key} "
+            f"(operator.toml [tls]): {exc}"
+        ) from None
 
 
 @contextmanager

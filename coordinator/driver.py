@@ -26,15 +26,13 @@ import logging
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
 from blindmatch import wire
-from blindmatch.canon import KINDS
 from blindmatch.match import CountResult, Delivery
 from blindmatch.net import TlsConfig, open_channel
 from blindmatch.pki import Identity
@@ -45,11 +43,13 @@ from blindmatch.protocol import (
     CoordinatorPhase,
     CoordinatorRound,
     ProtocolError,
+    RoundIdUsed,
     RoundSpec,
     Stream,
+    UnknownRound,
 )
+from blindmatch.signing import SignedSpec
 from blindmatch.v1 import node_pb2, node_pb2_grpc
-from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.state import RoundBoard, RoundRecord
 
 if TYPE_CHECKING:
@@ -114,47 +114,30 @@ class Coordinator:
         self._stopping = False
         self.watch: WatchHub | None = None  # early warning (coordinator/watch.py)
 
-    def start_round(
-        self,
-        nodes: Sequence[str],
-        *,
-        mode: str = "pairwise",
-        threshold: int | None = None,
-        kinds: Sequence[str] = (),
-        operator: str,
-        epoch_seconds: float | None = None,
-        counts: bool = False,
-    ) -> RoundRecord:
-        """Validate and launch a round in the background; return its first record.
+    def start_round(self, signed: SignedSpec, spec: RoundSpec, *, operator: str) -> RoundRecord:
+        """Launch the round an operator signed (``spec`` is what ``signed`` says; the caller has
+        verified who signed it) in the background; return its first record.
 
-        A ``watch`` round runs as a pairwise round and then opens an epoch (coordinator/watch.py).
+        A watch round (``spec.epoch_seconds`` > 0) runs as a pairwise round and then opens an
+        epoch (coordinator/watch.py).
         """
-        unknown = [n for n in nodes if n not in self.links.addresses]
+        unknown = [n for n in spec.participants if n not in self.links.addresses]
         if unknown:
             known = ", ".join(sorted(self.links.addresses)) or "(none)"
             raise BadMessage(
                 f"unknown node(s) {', '.join(unknown)}; this coordinator's registry knows: {known}"
             )
-        watching = mode == "watch"
-        if watching and self.watch is None:
+        if spec.watching and self.watch is None:
             raise BadMessage("this coordinator has no early-warning support; watch is unavailable")
-        if epoch_seconds is not None and not watching:
-            raise BadMessage(f"an epoch only applies to watch mode, not {mode}")
-        spec = RoundSpec(
-            round_id=uuid.uuid4().hex,
-            participants=tuple(nodes),
-            mode="pairwise" if watching else mode or "pairwise",
-            threshold=threshold,
-            kinds=tuple(kinds) or KINDS,
-            chunk_size=self.settings.chunk_size,
-            # announced to every node at Prepare: each refuses an epoch its [watch] does not allow
-            epoch_seconds=(epoch_seconds or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
-            counts=counts,  # threshold only (RoundSpec refuses it otherwise); operator's --counts
-        )
+        if spec.chunk_size > self.settings.chunk_size:
+            raise BadMessage(
+                f"chunks of {spec.chunk_size} elements; this coordinator forwards at most "
+                f"{self.settings.chunk_size} (its chunk_size; start the round with --chunk-size)"
+            )
         record = RoundRecord(
             id=spec.round_id,
             participants=spec.participants,
-            mode="watch" if watching else spec.mode,
+            mode="watch" if spec.watching else spec.mode,
             threshold=spec.threshold,
             kinds=spec.kinds,
             operator=operator,
@@ -163,18 +146,27 @@ class Coordinator:
         with self._lock:
             if self._stopping:
                 raise RoundFailure("the coordinator is stopping; start the round after it restarts")
+            if spec.round_id in self._running or self._known(spec.round_id):
+                raise RoundIdUsed(f"round {spec.round_id} already exists; round ids are used once")
             self.board.publish(record)
             hook = None
-            if watching:
+            if spec.watching:
                 assert self.watch is not None
-                hook = self.watch.watch_round(spec, epoch_seconds)
-            driver = RoundDriver(spec, record, self.links, self.board, self.settings, hook)
+                hook = self.watch.watch_round(spec, spec.epoch_seconds)
+            driver = RoundDriver(signed, spec, record, self.links, self.board, self.settings, hook)
             thread = threading.Thread(
                 target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
             )
             self._running[spec.round_id] = (driver, thread)
         thread.start()
         return record
+
+    def _known(self, round_id: str) -> bool:
+        try:
+            self.board.get(round_id)
+        except UnknownRound:
+            return False
+        return True
 
     def _run(self, driver: RoundDriver) -> None:
         try:
@@ -198,6 +190,7 @@ class Coordinator:
 class RoundDriver:
     def __init__(
         self,
+        signed: SignedSpec,
         spec: RoundSpec,
         record: RoundRecord,
         links: NodeLinks,
@@ -205,9 +198,11 @@ class RoundDriver:
         settings: RoundSettings,
         watch: WatchRound | None = None,
     ) -> None:
+        self.signed = signed
         self.spec = spec
         self.watch = watch
         self.round = CoordinatorRound(spec, settings.caps)
+        self._certificates: dict[str, bytes] = {}  # from PrepareReplies, for RoutingStart
         self.record = record
         self.links = links
         self.board = board
@@ -246,7 +241,7 @@ class RoundDriver:
 
     def _prepare(self) -> None:
         request = node_pb2.PrepareRequest(
-            spec=wire.spec_to_proto(self.spec),
+            signed_spec=wire.signed_spec_to_proto(self.signed),
             # a node drops the round (and its key) if the coordinator goes silent this long
             timeout_seconds=self.settings.round_timeout,
         )
@@ -255,6 +250,7 @@ class RoundDriver:
             try:
                 for node in self.spec.participants:
                     self.round.on_prepared(node, replies[node].size)
+                    self._certificates[node] = replies[node].certificate
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
             self._publish(
@@ -268,7 +264,7 @@ class RoundDriver:
         sizes = dict(self.round.sizes)
         for node in self.spec.participants:
             q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
-            q.put(wire.routing_start(self.spec.round_id, sizes))
+            q.put(wire.routing_start(self.spec.round_id, sizes, self._certificates))
             self._queues[node] = q
         # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
         for node in self.spec.participants:
@@ -421,7 +417,13 @@ class RoundDriver:
                 return
             try:
                 forward = self.round.on_chunk(
-                    sender, chunk.owner, chunk.seq, chunk.elements, stream
+                    sender,
+                    chunk.owner,
+                    chunk.seq,
+                    chunk.elements,
+                    stream,
+                    hop=chunk.hop,
+                    signature=chunk.signature,
                 )
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None

@@ -8,6 +8,7 @@ the names listed in the config's ``operators``.
 
 from __future__ import annotations
 
+import datetime
 import signal
 import sys
 import threading
@@ -30,7 +31,8 @@ from blindmatch.net import (
     start_server,
 )
 from blindmatch.pki import Identity, PkiError, identity_of
-from blindmatch.protocol import ProtocolError
+from blindmatch.protocol import ForgedMessage, ProtocolError, RoundSpec
+from blindmatch.signing import SignedSpec, Trust, verify_spec
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
@@ -45,24 +47,32 @@ INSECURE_OPERATOR: Final = "(insecure)"  # plaintext callers have no certificate
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, trust: Trust | None) -> None:
         self.coordinator = coordinator
         self.board = coordinator.board
+        self.trust = trust  # the federation CA; None when serving plaintext
 
     def StartRound(
         self, request: coordinator_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
-        identity = _caller(context)
         with wire.refusing(context, ProtocolError, RoundFailure):
+            signed, spec = wire.signed_spec_from_proto(request.signed_spec)
             record = self.coordinator.start_round(
-                list(request.nodes),
-                mode=request.mode or "pairwise",
-                threshold=request.threshold or None,
-                kinds=list(request.kinds),
-                operator=identity.name if identity else INSECURE_OPERATOR,
-                epoch_seconds=request.epoch_seconds or None,
+                signed, spec, operator=self._operator(context, signed, spec)
             )
         return wire.round_info(record)
+
+    def _operator(self, context: grpc.ServicerContext, signed: SignedSpec, spec: RoundSpec) -> str:
+        """Who signed the spec, which must be who calls: an operator starts only its own rounds,
+        so the spec's signature and the round's record name the same party."""
+        if self.trust is None:
+            return INSECURE_OPERATOR
+        now = datetime.datetime.now(datetime.UTC)
+        signer = verify_spec(self.trust, signed, issued=spec.issued, now=now).identity
+        caller = _caller(context)
+        if signer != caller:
+            raise ForgedMessage(f"the round spec is signed by {signer}, but {caller} sent it")
+        return signer.name
 
     def GetRound(
         self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
@@ -151,7 +161,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             caps=config.caps,
         )
         coordinator = Coordinator(RoundBoard(store), links, settings)
-        servicer = CoordinatorServicer(coordinator)
+        servicer = CoordinatorServicer(coordinator, None if tls is None else Trust(tls.ca))
         # early warning: filters live beside the state file, e.g. coordinator.sqlite.watch/
         watch = coordinator.watch = WatchHub(
             config.state.with_name(config.state.name + ".watch"),

@@ -310,6 +310,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 f"{', '.join(p for p in d['participants'] if p != config.name)}: {d['outcome']}"
                 + (f" ({d['reason']})" if d["reason"] else "")
                 + f"; own set {d['own_size']:,}; blinded for {blinded}"
+                + (f"; asked by operator {d['operator']}" if d["operator"] else "")
             )
         else:
             summary = d["summary"]

@@ -38,6 +38,8 @@ class NodeConfig:
     # [watch]: whether watch rounds are allowed, the epoch cap, who may call Check
     watch: WatchSettings = DEFAULT_WATCH
     budgets: BudgetPolicy = field(default_factory=BudgetPolicy)  # per partner, rolling window
+    # [policy] operators: who may sign the specs of rounds here; None = any operator ("*")
+    operators: frozenset[str] | None = None
 
     @property
     def worker_count(self) -> int:
@@ -54,7 +56,7 @@ def load_config(path: str | Path) -> NodeConfig:
         key: r.integer(f"policy.{key}", pol, getattr(defaults, key), low=0)
         for key in ("max_partner_set", "max_own_set", "max_round_elements")
     }
-    r.no_unknown(pol, "policy", {"partners", "tlp", "kinds", *caps})
+    r.no_unknown(pol, "policy", {"partners", "operators", "tlp", "kinds", *caps})
     r.no_unknown(imp, "import", {"default_tlp"})
     watch = _watch_settings(r)
     budgets = _budgets(r)
@@ -64,6 +66,13 @@ def load_config(path: str | Path) -> NodeConfig:
             p == "*" or is_valid_name(p),
             "policy.partners",
             f'entry {p!r} is neither "*" nor a valid node name',
+        )
+    operators = r.value("policy.operators", pol, ["*"], list)
+    for o in operators:
+        r.check(
+            o == "*" or is_valid_name(o),
+            "policy.operators",
+            f'entry {o!r} is neither "*" nor a valid operator name',
         )
     kinds = r.value("policy.kinds", pol, list(KINDS), list)
     bad = [k for k in kinds if k not in KINDS]
@@ -115,6 +124,7 @@ def load_config(path: str | Path) -> NodeConfig:
         check_budget=r.integer("check_budget", data, DEFAULT_CHECK_BUDGET, low=0),
         watch=watch,
         budgets=budgets,
+        operators=None if "*" in operators else frozenset(operators),
     )
 
 
@@ -192,6 +202,7 @@ check_budget = {DEFAULT_CHECK_BUDGET}             # elements this node blinds fo
 
 [policy]                        # what this node lets into rounds
 partners = ["*"]                # partner node names it matches with; "*" = every node of the federation
+operators = ["*"]               # operators whose signed round specs it accepts; "*" = every operator of the federation
 tlp = [{tlps}]   # TLP levels that may enter a round (RED never, by default)
 kinds = [{kinds}]
 max_partner_set = {p.max_partner_set}       # largest partner set it re-blinds in one round

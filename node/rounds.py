@@ -7,6 +7,10 @@ coordinator has been silent on for the round's timeout; ``shutdown`` ends them a
 Early warning (``WatchHooks``, node/watch.py) hears of a watch round twice: at Prepare, where it
 may refuse it, and at its end, where a stored delivery opens the epoch the round staged and any
 other end, or an Abort of a round already delivered, closes it.
+
+``prepare`` acts on a spec only once its operator's signature is verified (``node.auth``), and
+``start_routing`` only once every participant's certificate is; the operator is in the audit.
+Budgets across rounds (``node.budgets``) are charged at routing start, after every check passed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,22 +28,22 @@ from blindmatch.protocol import (
     NodeRound,
     Policy,
     ProtocolError,
+    RoundIdUsed,
     RoundSpec,
     UnknownRound,
+    WrongPhase,
 )
+from blindmatch.signing import ChunkClaim, Party, SignedSpec
 from blindmatch.states import Outcome
+from node.auth import Authority
 from node.budgets import Budgets
 from node.store import RoundAudit, Store, utc_now
+
+__all__ = ["LiveRound", "RoundIdUsed", "RoundRegistry", "StoreFailed", "fail_unfinished"]
 
 log = logging.getLogger("blindmatch.node")
 
 RESTART_REASON = "node restarted during the round"
-
-
-class RoundIdUsed(ProtocolError):
-    """A round id this node holds or has in its audit log: round ids are used once."""
-
-    code = "ALREADY_EXISTS"
 
 
 class WatchHooks(Protocol):
@@ -61,7 +65,14 @@ class LiveRound:
     started: str
     timeout: float
     deadline: float
+    operator: str  # who signed the spec (verified)
+    spec_digest: bytes  # binds every chunk of the round to the spec this node accepted
+    parties: dict[str, Party] = field(default_factory=dict)  # verified at RoutingStart
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
+        """What the producer of this chunk of the round vouches for."""
+        return ChunkClaim(self.state.spec.round_id, self.spec_digest, owner, hop, seq, elements)
 
     def touch(self) -> None:
         """The coordinator has been heard from: the round lives another ``timeout``."""
@@ -77,9 +88,11 @@ class RoundRegistry:
         policy: Policy,
         tlps: tuple[str, ...],
         round_timeout: float,
+        authority: Authority,
         budgets: Budgets | None = None,
     ) -> None:
         self.name = name
+        self.authority = authority
         self.budgets = budgets  # None: no budgets across rounds (tests of other things)
         self.store = store
         self.policy = policy
@@ -110,9 +123,12 @@ class RoundRegistry:
         live.touch()
         return live
 
-    def prepare(self, spec: RoundSpec, coordinator: str, timeout_seconds: float) -> LiveRound:
-        """Draw the round's key and set (or refuse it, audited); ``timeout_seconds`` > 0 asks
-        for a shorter timeout than this node's."""
+    def prepare(
+        self, signed: SignedSpec, spec: RoundSpec, coordinator: str, timeout_seconds: float
+    ) -> LiveRound:
+        """Verify who signed ``spec`` (the bytes of ``signed``), then draw the round's key and
+        set (or refuse it, audited); ``timeout_seconds`` > 0 asks for a shorter timeout than
+        this node's."""
         with self._lock:
             if spec.round_id in self._rounds:
                 raise RoundIdUsed(f"round {spec.round_id} is already prepared")
@@ -121,14 +137,16 @@ class RoundRegistry:
             raise RoundIdUsed(
                 f"round {spec.round_id} is already in this node's audit log; round ids are used once"
             )
-        kinds = set(spec.kinds) & self.policy.kinds
-        candidates = self.store.eligible(kinds, self.tlps)
         timeout = self.round_timeout
         if timeout_seconds > 0:
             timeout = min(timeout, timeout_seconds)
+        operator = None
         try:
+            operator = self.authority.operator(signed, spec)
             if self.watch is not None:  # a watch round is announced here: the node may refuse
                 self.watch.admit(spec)
+            # read only for a spec an allowed operator signed
+            candidates = self.store.eligible(set(spec.kinds) & self.policy.kinds, self.tlps)
             state = NodeRound(spec, self.name, self.policy, candidates)
         except ProtocolError as exc:
             self.store.record_round(
@@ -143,6 +161,7 @@ class RoundRegistry:
                 outcome=Outcome.REFUSED,
                 reason=str(exc),
                 finished=utc_now(),
+                operator=operator,
             )
             raise
         live = LiveRound(
@@ -151,6 +170,8 @@ class RoundRegistry:
             started=utc_now(),
             timeout=timeout,
             deadline=time.monotonic() + timeout,
+            operator=operator,
+            spec_digest=signed.digest,
         )
         with self._lock:
             if spec.round_id in self._rounds:
@@ -166,16 +187,23 @@ class RoundRegistry:
         )
         return live
 
-    def begin_routing(self, live: LiveRound, sizes: Mapping[str, int]) -> None:
-        """Start re-blinding with the announced set sizes, once they are validated.
-
-        Budgets across rounds (issue 10, node.budgets): every partner's set is charged here, after
-        the sizes passed the round's checks and before anything is blinded for a partner; a
-        refusal (BudgetExceeded) charges nothing and is the caller's to end the round with.
+    def start_routing(
+        self, live: LiveRound, sizes: dict[str, int], certificates: dict[str, bytes]
+    ) -> None:
+        """RoutingStart: every participant's certificate verified, then the sizes checked, then
+        every partner's set charged to its budget across rounds (node.budgets) — all before
+        anything is blinded for a partner. A refusal ends the round, audited, and charges nothing.
         """
-        live.state.begin_routing(sizes)
-        if self.budgets is not None:
-            self.budgets.charge_round(live.state.spec.round_id, sizes)
+        try:
+            with live.lock:
+                live.parties = self.authority.partners(live.state.spec, certificates)
+                live.state.begin_routing(sizes)
+                if self.budgets is not None:
+                    self.budgets.charge_round(live.state.spec.round_id, sizes)
+        except ProtocolError as exc:
+            if not isinstance(exc, UnknownRound | WrongPhase):
+                self.end(live, Outcome.REFUSED, str(exc))
+            raise
 
     def deliver(self, round_id: str, decode: Callable[[RoundSpec], Delivery]) -> int:
         """Resolve the delivery ``decode`` reads for the round, store the results and end the
@@ -261,6 +289,7 @@ class RoundRegistry:
                 outcome=outcome,
                 reason=reason,
                 finished=None if outcome == Outcome.STARTED else utc_now(),
+                operator=live.operator,
             )
         except Exception:  # the audit must not turn a clean refusal into a crash
             log.exception("could not write the audit record of round %s", spec.round_id)

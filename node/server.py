@@ -14,6 +14,7 @@ from blindmatch import net
 from blindmatch.hardening import no_core_dumps
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
 from node.config import NodeConfig
 from node.pool import Blinder
@@ -71,6 +72,8 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             tlps=config.tlps,
             round_timeout=config.round_timeout,
+            # the node's TLS identity is its federation identity: it signs chunks with it
+            authority=Unauthenticated() if tls is None else RoundAuthority(tls, config.operators),
             budgets=Budgets(store, config.budgets, config.name),
         )
         servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)

@@ -30,16 +30,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.name = name
         self.rounds = rounds
         self.blinder = blinder
+        self.authority = rounds.authority
 
     def Prepare(
         self, request: node_pb2.PrepareRequest, context: grpc.ServicerContext
     ) -> node_pb2.PrepareReply:
         caller = net.peer_identity(context)
         with wire.refusing(context, ProtocolError):
-            spec = wire.spec_from_proto(request.spec)
+            signed, spec = wire.signed_spec_from_proto(request.signed_spec)
             coordinator = caller.name if caller else "(insecure)"
-            live = self.rounds.prepare(spec, coordinator, request.timeout_seconds)
-        return node_pb2.PrepareReply(size=live.state.size)
+            live = self.rounds.prepare(signed, spec, coordinator, request.timeout_seconds)
+        return node_pb2.PrepareReply(size=live.state.size, certificate=self.authority.certificate)
 
     def OwnSet(
         self, request: node_pb2.RoundRef, context: grpc.ServicerContext
@@ -71,7 +72,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         live.touch()
         if live.state.key is None:
             raise WrongPhase(f"round {live.state.spec.round_id} ended while its set was streaming")
-        return node_pb2.Chunk(owner=self.name, seq=seq, elements=elements)
+        signature = self.authority.sign_chunk(live.claim(self.name, 0, seq, elements))
+        return wire.chunk_to_proto(self.name, seq, elements, 0, signature)
 
     def Reblind(
         self, request_iterator: Iterator[node_pb2.ReblindRequest], context: grpc.ServicerContext
@@ -79,14 +81,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "start":
             wire.abort(context, BadMessage("Reblind must open with RoutingStart"))
-        try:
+        with wire.refusing(context, ProtocolError):
             live = self.rounds.get(first.start.round_id)
-            with live.lock:
-                self.rounds.begin_routing(live, wire.sizes_from_proto(first.start))
-        except ProtocolError as exc:
-            if not isinstance(exc, UnknownRound | WrongPhase):
-                self.rounds.end(live, Outcome.REFUSED, str(exc))
-            wire.abort(context, exc)
+            self.rounds.start_routing(
+                live,
+                wire.sizes_from_proto(first.start),
+                wire.certificates_from_proto(first.start),
+            )
         pending: queue.Queue[tuple[str, int, Future[bytes]] | Exception | None] = queue.Queue(
             maxsize=self.blinder.workers * 2
         )
@@ -106,8 +107,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 for msg in request_iterator:
                     chunk = wire.forward_from_proto(self.name, msg)
                     with live.lock:
-                        live.state.accept_chunk(
-                            chunk.owner, chunk.seq, len(chunk.elements) // ELEMENT_BYTES
+                        producer = live.state.accept_chunk(
+                            chunk.owner, chunk.seq, len(chunk.elements) // ELEMENT_BYTES, chunk.hop
+                        )
+                        # before blinding: only what its producer signed for this round and hop
+                        self.authority.verify_chunk(
+                            live.parties.get(producer),
+                            live.claim(chunk.owner, chunk.hop, chunk.seq, chunk.elements),
+                            chunk.signature,
                         )
                         key = live.state.live_key().export()
                     put((chunk.owner, chunk.seq, self.blinder.blind(key, chunk.elements)))
@@ -140,7 +147,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 owner, seq, future = item
                 elements = future.result()
                 live.touch()
-                yield node_pb2.Chunk(owner=owner, seq=seq, elements=elements)
+                hop = live.state.hop_of(owner)
+                signature = self.authority.sign_chunk(live.claim(owner, hop, seq, elements))
+                yield wire.chunk_to_proto(owner, seq, elements, hop, signature)
         except grpc.RpcError:
             # The coordinator's side broke off (as when the call is cancelled, above): its
             # Abort, or this node's timeout, ends the round with the reason.

@@ -81,23 +81,30 @@ class FakeLink:
         """The next chunk of ``name``'s own blinded set reaches the coordinator (OwnSet)."""
         seq, elements = self.outbox[name].popleft()
         self.applied[(name, seq)] = [name]
-        self.to_coordinator(name, name, seq, elements, Stream.OWN_SET)
+        self.to_coordinator(name, name, seq, elements, Stream.OWN_SET, hop=0)
 
     def reblind(self, name: str) -> None:
         """``name`` takes the next chunk from its inbox, blinds it and sends it back (Reblind)."""
         fwd = self.inbox[name].popleft()
         node = self.nodes[name]
-        node.accept_chunk(fwd.owner, fwd.seq, len(fwd.elements) // ELEMENT_BYTES)
+        producer = node.accept_chunk(
+            fwd.owner, fwd.seq, len(fwd.elements) // ELEMENT_BYTES, fwd.hop
+        )
         carried = self.applied.setdefault((fwd.owner, fwd.seq), [])
+        # the core names as producer the node that really applied the last key
+        assert producer == carried[-1], (producer, carried)
         self.received[name].append((fwd.owner, frozenset(carried)))
         blinded = b"".join(node.live_key().blind(split_elements(fwd.elements)))
         carried.append(name)
-        self.to_coordinator(name, fwd.owner, fwd.seq, blinded, Stream.REBLIND)
+        hop = node.hop_of(fwd.owner)
+        self.to_coordinator(name, fwd.owner, fwd.seq, blinded, Stream.REBLIND, hop=hop)
 
     def to_coordinator(
-        self, sender: str, owner: str, seq: int, elements: bytes, stream: Stream
+        self, sender: str, owner: str, seq: int, elements: bytes, stream: Stream, *, hop: int
     ) -> None:
-        fwd = self.coordinator.on_chunk(sender, owner, seq, elements, stream)
+        fwd = self.coordinator.on_chunk(
+            sender, owner, seq, elements, stream, hop=hop, signature=b""
+        )
         if fwd is not None:
             self.inbox[fwd.to].append(fwd)
 

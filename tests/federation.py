@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from blindmatch import net
+from blindmatch import net, wire
 from blindmatch.canon import KINDS, canonicalize
 from blindmatch.protocol import Policy
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from blindmatch.signing import ChunkClaim, SignedSpec, Signer, spec_digest
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
@@ -31,6 +36,80 @@ from tests.pkifixtures import FederationPki
 from tests.relay import Relay
 
 Key = tuple[str, str]  # (kind, canonical value)
+
+OPERATOR = "ops"  # the operator identity tests start rounds as
+TEST_CHUNK = 256  # elements per chunk in test rounds: sets of a few hundred span several chunks
+
+
+def signer(pki: FederationPki, name: str = OPERATOR, role: str = "operator") -> Signer:
+    """A party of the test federation as a signer (an operator by default)."""
+    tls = pki.tls(name, role)
+    return Signer(tls.cert, tls.key)
+
+
+def signed_spec(
+    spec: node_pb2.RoundSpec, by: Signer | None = None, pki: FederationPki | None = None
+) -> node_pb2.SignedSpec:
+    """``spec`` (any message, valid or not: tests send hostile ones) signed as an operator
+    would, issued now unless it says when; by ``by``, else by the test operator of ``pki``."""
+    msg = node_pb2.RoundSpec()
+    msg.CopyFrom(spec)
+    if not msg.issued:
+        msg.issued = time.time()
+    if by is None:
+        assert pki is not None, "sign with a Signer or the operator of a pki"
+        by = signer(pki)
+    return wire.signed_spec_to_proto(SignedSpec.sign(by, msg.SerializeToString()))
+
+
+def signed_chunk(
+    by: Signer, signed: node_pb2.SignedSpec, owner: str, hop: int, seq: int, elements: bytes
+) -> node_pb2.Chunk:
+    """A chunk of the round ``signed`` asks for, signed by ``by`` as the output of ``hop``."""
+    round_id = node_pb2.RoundSpec.FromString(signed.spec).round_id
+    claim = ChunkClaim(round_id, spec_digest(signed.spec), owner, hop, seq, elements)
+    return wire.chunk_to_proto(owner, seq, elements, hop, by.sign(claim.message()))
+
+
+def node_certificates(pki: FederationPki, names: Iterable[str]) -> dict[str, bytes]:
+    """What an honest coordinator sends in RoutingStart: every participant's certificate."""
+    return {name: pki.tls(name, "node").cert for name in names}
+
+
+def round_spec(
+    nodes: Sequence[str],
+    mode: str = "pairwise",
+    threshold: int = 0,
+    kinds: Sequence[str] = (),
+    *,
+    epoch_seconds: float = 0.0,
+    counts: bool = False,
+    chunk_size: int = TEST_CHUNK,
+    round_id: str | None = None,
+    issued: float | None = None,
+) -> node_pb2.RoundSpec:
+    """The spec an operator's ``round start`` builds; ``mode`` may be "watch" as on its CLI."""
+    watching = mode == "watch"
+    return node_pb2.RoundSpec(
+        round_id=round_id or uuid.uuid4().hex,
+        participants=list(nodes),
+        mode="pairwise" if watching else mode,
+        threshold=threshold,
+        kinds=list(kinds or KINDS),
+        chunk_size=chunk_size,
+        epoch_seconds=(epoch_seconds or DEFAULT_EPOCH_SECONDS) if watching else epoch_seconds,
+        counts=counts,
+        issued=time.time() if issued is None else issued,
+    )
+
+
+def start_request(
+    pki: FederationPki, nodes: Sequence[str], mode: str = "pairwise", **kw: Any
+) -> coordinator_pb2.StartRoundRequest:
+    """What ``round start`` sends: the round spec, signed by the test operator."""
+    return coordinator_pb2.StartRoundRequest(
+        signed_spec=signed_spec(round_spec(nodes, mode, **kw), pki=pki)
+    )
 
 
 def sample_universe(n: int, seed: int) -> list[tuple[str, str, str]]:
@@ -119,6 +198,7 @@ class Federation:
         policies: Mapping[str, Policy] | None = None,
         round_timeout: float = 60.0,
         node_timeout: float = 600.0,
+        operators: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.root = root
         self.insecure = insecure
@@ -132,6 +212,8 @@ class Federation:
                 self.configs[name] = self._node_config(
                     root, pki, name, (policies or {}).get(name, Policy()), node_timeout
                 )
+                if operators and name in operators:
+                    self.configs[name] = replace(self.configs[name], operators=operators[name])
                 self.stores[name] = self.configs[name].store
                 Store.open(self.configs[name].store).close()
             self.pki = pki
@@ -188,14 +270,14 @@ class Federation:
             state=self.root / "coordinator.sqlite",
             call_timeout=20.0,
             round_timeout=self.round_timeout,
-            chunk_size=256,
+            chunk_size=TEST_CHUNK,
         )
         self.coordinator = start_coordinator(config, insecure=self.insecure)
         op_target = f"127.0.0.1:{self.coordinator.port}"
         if self.relayed:
             self.relays["coordinator"] = Relay(("127.0.0.1", self.coordinator.port))
             op_target = self.relays["coordinator"].address
-        tls = None if self.insecure else self.pki.tls("ops", "operator")
+        tls = None if self.insecure else self.pki.tls(OPERATOR, "operator")
         self.channel = net.open_channel(
             op_target, tls, insecure=self.insecure, expect=net.Allow("coordinator")
         )
@@ -215,10 +297,7 @@ class Federation:
     ) -> coordinator_pb2.RoundInfo:
         """Start a round as an operator and follow it to its end."""
         info = self.stub.StartRound(
-            coordinator_pb2.StartRoundRequest(
-                nodes=list(nodes), mode=mode, threshold=threshold, kinds=list(kinds)
-            ),
-            timeout=10,
+            start_request(self.pki, nodes, mode, threshold=threshold, kinds=kinds), timeout=10
         )
         return self.wait(info.id, timeout)
 

@@ -29,7 +29,7 @@ from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
 from node.server import start as start_node
 from node.store import Sighting
-from tests.federation import Federation
+from tests.federation import Federation, signed_spec, start_request
 from tests.pkifixtures import FederationPki, leaf_with_uris
 
 T = 10.0
@@ -97,7 +97,11 @@ SPEC = node_pb2.RoundSpec(
     round_id=ROUND, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
 )
 NODE_CALLS: dict[str, Callable[[node_pb2_grpc.NodeServiceStub], object]] = {
-    "Prepare": lambda s: s.Prepare(node_pb2.PrepareRequest(spec=SPEC), timeout=T),
+    # unsigned: the access policy refuses the caller before anything reads the spec
+    "Prepare": lambda s: s.Prepare(
+        node_pb2.PrepareRequest(signed_spec=node_pb2.SignedSpec(spec=SPEC.SerializeToString())),
+        timeout=T,
+    ),
     "OwnSet": lambda s: list(s.OwnSet(node_pb2.RoundRef(round_id=ROUND), timeout=T)),
     "Reblind": lambda s: list(
         s.Reblind(
@@ -129,7 +133,8 @@ def test_the_node_serves_the_coordinator_its_config_names(
         spec = node_pb2.RoundSpec(
             round_id=round_id, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
         )
-        assert stub.Prepare(node_pb2.PrepareRequest(spec=spec), timeout=T).size == 10
+        request = node_pb2.PrepareRequest(signed_spec=signed_spec(spec, pki=pki))
+        assert stub.Prepare(request, timeout=T).size == 10
         assert stub.Abort(node_pb2.AbortRequest(round_id=round_id), timeout=T).known
     assert round_id in rounds_on(fed, "alpha")
 
@@ -167,7 +172,9 @@ def test_the_node_refuses_a_federation_certificate_without_an_identity(
 
 # --- the coordinator starts rounds for operators only --------------------------------------------
 
-START = coordinator_pb2.StartRoundRequest(nodes=list(NODES))
+
+def start(pki: FederationPki) -> coordinator_pb2.StartRoundRequest:
+    return start_request(pki, list(NODES))
 
 
 def listed(fed: Federation) -> list[str]:
@@ -187,7 +194,7 @@ def test_node_and_coordinator_certificates_cannot_start_a_round(
     before = listed(fed)
     with channel_to(fed.coordinator.port, pki.tls(name, role), COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        err = rpc_error(lambda: stub.StartRound(START, timeout=T))
+        err = rpc_error(lambda: stub.StartRound(start(pki), timeout=T))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"requires operator/*; the caller presented {role}/{name}" in err.details()
     assert listed(fed) == before
@@ -200,7 +207,7 @@ def test_an_operator_the_config_does_not_list_cannot_start_a_round(
     before = named_operators.store.recent(1000)
     with channel_to(named_operators.port, pki.tls("intruder", "operator"), COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        err = rpc_error(lambda: stub.StartRound(START, timeout=T))
+        err = rpc_error(lambda: stub.StartRound(start(pki), timeout=T))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "requires operator/ops; the caller presented operator/intruder" in err.details()
     assert named_operators.store.recent(1000) == before
@@ -211,7 +218,7 @@ def test_a_listed_operator_starts_a_round(
 ) -> None:
     with channel_to(named_operators.port, pki.tls("ops", "operator"), COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        info = stub.StartRound(START, timeout=T)
+        info = stub.StartRound(start(pki), timeout=T)
         *_, final = stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=30)
     assert (final.state, final.operator) == ("done", "ops"), final.error
     assert dict(final.match_counts) == {"alpha": len(SHARED), "bravo": len(SHARED)}
@@ -257,7 +264,7 @@ def test_the_coordinator_refuses_the_handshake_of_a_bad_operator_certificate(
     tls = tls_of(pki, refused_client(pki, how, "ops", "operator"))
     with channel_to(fed.coordinator.port, tls, COORDINATOR) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        err = rpc_error(lambda: stub.StartRound(START, timeout=T))
+        err = rpc_error(lambda: stub.StartRound(start(pki), timeout=T))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert listed(fed) == before
 

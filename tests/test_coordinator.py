@@ -53,6 +53,7 @@ from node.config import DEFAULT_TLPS, NodeConfig
 from node.server import RunningNode
 from node.server import start as start_node
 from node.store import Sighting, Store
+from tests import federation
 from tests.pkifixtures import FederationPki
 
 TIMEOUT = 30  # seconds: generous deadline for any single wait in these tests
@@ -440,13 +441,26 @@ def ops(
         yield stub
 
 
+_PKI: list[FederationPki] = []  # the session's PKI, whose operator "ops" signs the test rounds
+
+
+@pytest.fixture(autouse=True)
+def _operator_key(pki: FederationPki) -> None:
+    _PKI[:] = [pki]
+
+
+def start_request(
+    pki: FederationPki, nodes: list[str], **request: Any
+) -> coordinator_pb2.StartRoundRequest:
+    """As ``round start`` signs it, in chunks of 4 (the coordinator's chunk_size here)."""
+    return federation.start_request(pki, nodes, **{"chunk_size": 4, **request})
+
+
 def run_round(
     stub: coordinator_pb2_grpc.CoordinatorServiceStub, nodes: list[str], **request: Any
 ) -> list[coordinator_pb2.RoundInfo]:
     """Start a round and watch it to its end; every RoundInfo the watch streamed."""
-    info = stub.StartRound(
-        coordinator_pb2.StartRoundRequest(nodes=nodes, **request), timeout=TIMEOUT
-    )
+    info = stub.StartRound(start_request(_PKI[0], nodes, **request), timeout=TIMEOUT)
     assert info.state in ("preparing", "routing", "delivering", "done", "failed")
     updates = list(stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=TIMEOUT))
     assert updates and all(u.id == info.id for u in updates)
@@ -577,7 +591,7 @@ def test_start_round_refuses_invalid_rounds(
 ) -> None:
     before = len(ops.ListRounds(coordinator_pb2.ListRoundsRequest(), timeout=TIMEOUT).rounds)
     with pytest.raises(grpc.RpcError) as err:
-        ops.StartRound(coordinator_pb2.StartRoundRequest(**request_), timeout=TIMEOUT)
+        ops.StartRound(start_request(_PKI[0], **request_), timeout=TIMEOUT)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
     after = len(ops.ListRounds(coordinator_pb2.ListRoundsRequest(), timeout=TIMEOUT).rounds)
@@ -654,9 +668,7 @@ def test_stopping_the_coordinator_fails_and_aborts_rounds_in_flight(
         running = start(config, insecure=False)
         try:
             with operator(pki, running.port) as stub:
-                info = stub.StartRound(
-                    coordinator_pb2.StartRoundRequest(nodes=["alpha", "hole"]), timeout=TIMEOUT
-                )
+                info = stub.StartRound(start_request(pki, ["alpha", "hole"]), timeout=TIMEOUT)
                 # alpha has prepared (holds a key); the hole never answers
                 _until(lambda: info.id in nodes["alpha"].rounds.active())
         finally:
@@ -683,7 +695,7 @@ def test_insecure_mode_serves_plaintext_on_loopback(pki: FederationPki, tmp_path
     with serving(config, insecure=True) as running:
         channel = open_channel(f"127.0.0.1:{running.port}", None, insecure=True, expect=COORDINATOR)
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        info = stub.StartRound(coordinator_pb2.StartRoundRequest(nodes=["a", "b"]), timeout=TIMEOUT)
+        info = stub.StartRound(start_request(pki, ["a", "b"]), timeout=TIMEOUT)
         channel.close()
     assert info.operator == "(insecure)"
 
@@ -740,6 +752,7 @@ def round_args(config: str, nodes: list[str], **changes: Any) -> argparse.Namesp
         "mode": "pairwise",
         "threshold": None,
         "kinds": None,
+        "chunk_size": 4,  # the test coordinator forwards at most 4 elements per chunk
         "wait": True,
         "json": True,
         "insecure": False,
@@ -830,7 +843,7 @@ def test_cli_round_start_watch_mode_through_the_parser(
 
     config = operator_toml(pki, tmp_path / "op", "watch-ops", f"127.0.0.1:{coord.port}")
     capsys.readouterr()
-    argv = ["round", "start", "--config", config, "--nodes", "alpha,beta"]
+    argv = ["round", "start", "--config", config, "--nodes", "alpha,beta", "--chunk-size", "4"]
     assert main([*argv, "--mode", "watch", "--epoch", "2s", "--wait", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["state"], result["mode"]) == ("done", "watch")

@@ -28,6 +28,8 @@ import pytest
 from blindmatch import harness
 from blindmatch.net import split_host_port
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from coordinator.cli import new_round, start_request
+from coordinator.config import load_operator_config
 from coordinator.state import RESTART_REASON as COORDINATOR_RESTART
 from node.store import RoundAudit, Sighting, Store
 from tests.relay import Relay
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.slow  # real server processes, killed and restarted
 
 NAMES = ("alpha", "bravo", "charlie")
 SIZE = 20_000  # indicators per node
+CHUNK = 1024  # elements per chunk: each set streams in many of them
 SHARED = 1_000  # of which every node holds the same ones
 NODE_TIMEOUT = 6  # seconds a node keeps a round the coordinator is silent on
 ROUND_TIMEOUT = 60  # seconds the coordinator gives a whole round
@@ -71,7 +74,7 @@ class Cluster:
         for key, value in (
             ("call_timeout", T),
             ("round_timeout", ROUND_TIMEOUT),
-            ("chunk_size", 1024),
+            ("chunk_size", CHUNK),
         ):
             harness.set_setting(self.fed.coordinator_toml, key, value)
         self.fed.start(timeout=START_TIMEOUT)
@@ -82,7 +85,9 @@ class Cluster:
         self.fed.wait_healthy(timeout=START_TIMEOUT)
 
     def start_round(self) -> str:
-        info = self.stub.StartRound(coordinator_pb2.StartRoundRequest(nodes=list(NAMES)), timeout=T)
+        spec = new_round(NAMES, chunk_size=CHUNK)
+        request = start_request(load_operator_config(self.fed.operator_toml), spec)
+        info = self.stub.StartRound(request, timeout=T)
         round_id: str = info.id
         return round_id
 

@@ -23,15 +23,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindmatch import net
+from blindmatch import net, wire
 from blindmatch.canon import KINDS
 from blindmatch.group import RoundKey, hash_to_group
 from blindmatch.protocol import Caps, Policy
+from blindmatch.tomlconfig import is_valid_name
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import start as start_coordinator
 from node.store import RoundAudit, Sighting
-from tests.federation import Federation
+from tests.federation import (
+    Federation,
+    node_certificates,
+    signed_chunk,
+    signed_spec,
+    signer,
+    start_request,
+)
 from tests.pkifixtures import FederationPki
 
 T = 10.0  # seconds: deadline of every call
@@ -79,6 +87,9 @@ class Env:
         return self.stubs["alpha"]
 
 
+STUBS: dict[str, node_pb2_grpc.NodeServiceStub] = {}
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Env]:
     fed = Federation(tmp_path_factory.mktemp("hostile"), pki, list(HOLDINGS), policies=POLICIES)
@@ -96,6 +107,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterato
                 expect=net.Allow("node", name),
             )
         stubs = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
+        STUBS.clear()
+        STUBS.update(stubs)
+        PKI[:] = [pki]
         yield Env(fed, stubs, channels, pki)
     finally:
         for channel in channels.values():
@@ -142,22 +156,72 @@ def spec(
     )
 
 
+# The hostile input here is everything but the signatures: the test operator signs every spec and
+# each chunk is signed by the node that must have produced it (tests/test_adversary.py forges them).
+SIGNED: dict[str, node_pb2.SignedSpec] = {}  # round id -> its spec as the operator signed it
+PKI: list[FederationPki] = []
+
+
+def prepare_request(
+    round_spec: node_pb2.RoundSpec, timeout: float = 0.0
+) -> node_pb2.PrepareRequest:
+    signed = signed_spec(round_spec, pki=PKI[0])
+    SIGNED[round_spec.round_id] = signed
+    return node_pb2.PrepareRequest(signed_spec=signed, timeout_seconds=timeout)
+
+
 def prepare(stub: node_pb2_grpc.NodeServiceStub, round_id: str, **kw: Any) -> int:
-    reply = stub.Prepare(node_pb2.PrepareRequest(spec=spec(round_id, **kw)), timeout=T)
+    reply = stub.Prepare(prepare_request(spec(round_id, **kw)), timeout=T)
     size: int = reply.size
     return size
 
 
+def participants(round_id: str) -> list[str]:
+    signed = SIGNED.get(round_id)
+    return [] if signed is None else list(node_pb2.RoundSpec.FromString(signed.spec).participants)
+
+
 def start(round_id: str, sizes: dict[str, int]) -> node_pb2.ReblindRequest:
-    return node_pb2.ReblindRequest(start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes))
+    """RoutingStart with every participant's real certificate, as an honest coordinator sends."""
+    names = [n for n in participants(round_id) if is_valid_name(n)]
+    return wire.routing_start(round_id, sizes, node_certificates(PKI[0], names))
 
 
 def chunk(owner: str, seq: int, elements: bytes) -> node_pb2.ReblindRequest:
+    """A chunk, signed by ``signed_by`` once the stream it goes on is known."""
     return node_pb2.ReblindRequest(chunk=node_pb2.Chunk(owner=owner, seq=seq, elements=elements))
 
 
+def signed_by_producers(
+    receiver: str, messages: tuple[node_pb2.ReblindRequest, ...] | list[node_pb2.ReblindRequest]
+) -> list[node_pb2.ReblindRequest]:
+    """``messages`` to ``receiver`` with each chunk of a participant's set signed by the node
+    that must have produced it for ``receiver`` (the previous one of the ring)."""
+    round_id = next((m.start.round_id for m in messages if m.WhichOneof("body") == "start"), "")
+    names = participants(round_id)
+    out = []
+    for m in messages:
+        c = m.chunk
+        if (
+            m.WhichOneof("body") == "chunk"
+            and not c.signature
+            and c.owner != receiver  # its own set: refused before any signature matters
+            and {c.owner, receiver} <= set(names)
+        ):
+            r, o = names.index(receiver), names.index(c.owner)
+            producer = names[(r - 1) % len(names)]
+            hop = (r - o) % len(names) - 1
+            by = signer(PKI[0], producer, "node")
+            signed = signed_chunk(by, SIGNED[round_id], c.owner, hop, c.seq, c.elements)
+            m = node_pb2.ReblindRequest(chunk=signed)
+        out.append(m)
+    return out
+
+
 def reblind(stub: node_pb2_grpc.NodeServiceStub, *messages: node_pb2.ReblindRequest) -> list[bytes]:
-    return [c.elements for c in stub.Reblind(iter(messages), timeout=T)]
+    receiver = next(name for name, s in STUBS.items() if s is stub)
+    signed = signed_by_producers(receiver, messages)
+    return [c.elements for c in stub.Reblind(iter(signed), timeout=T)]
 
 
 def refused(code: grpc.StatusCode, call: Callable[[], object]) -> str:
@@ -741,9 +805,7 @@ def test_the_coordinator_refuses_sizes_over_its_own_caps(
     )
     try:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        info = stub.StartRound(
-            coordinator_pb2.StartRoundRequest(nodes=["alpha", "bravo"]), timeout=T
-        )
+        info = stub.StartRound(start_request(env.pki, ["alpha", "bravo"]), timeout=T)
         *_, info = stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id), timeout=30)
     finally:
         channel.close()
@@ -783,7 +845,7 @@ def test_start_round_validates_its_request(
     before = stub.ListRounds(coordinator_pb2.ListRoundsRequest(limit=1000), timeout=T).rounds
     details = refused(
         Code.INVALID_ARGUMENT,
-        lambda: stub.StartRound(coordinator_pb2.StartRoundRequest(**request_), timeout=T),
+        lambda: stub.StartRound(start_request(env.pki, **request_), timeout=T),
     )
     assert message in details
     after = stub.ListRounds(coordinator_pb2.ListRoundsRequest(limit=1000), timeout=T).rounds
@@ -993,7 +1055,9 @@ def test_random_messages_to_the_node_get_proper_statuses_and_leave_no_key(
                 sizes = {name: size if name == "alpha" else 3 for name in participants}
             partners = [name for name in participants if name != "alpha"][:1]
             chunks = [(p, 0, GOOD * 2) for p in partners] if action[2] is None else action[2]
-            messages = [start(round_id, sizes), *(chunk(*c) for c in chunks)]
+            messages = signed_by_producers(
+                "alpha", [start(round_id, sizes), *(chunk(*c) for c in chunks)]
+            )
             got = status(lambda: list(stub.Reblind(iter(messages), timeout=FUZZ_DEADLINE)))
         elif action[0] == "deliver":
             deliver = node_pb2.DeliverRequest(round_id=round_id, **action[1])
@@ -1026,7 +1090,7 @@ def test_random_messages_to_the_node_get_proper_statuses_and_leave_no_key(
         drawn = len(keys)
         round_id = f"fuzz-{next(counter)}-{uuid.uuid4().hex[:8]}" if valid_id else odd_id
         round_spec.round_id = round_id
-        request = node_pb2.PrepareRequest(spec=round_spec, timeout_seconds=timeout)
+        request = prepare_request(round_spec, timeout)
         got = status(lambda: stub.Prepare(request, timeout=FUZZ_DEADLINE))
         assert_proper(got, "Prepare", seen.setdefault("Prepare", set()))
         size = len(HOLDINGS["alpha"]) if got[0] == Code.OK else 0
@@ -1074,9 +1138,7 @@ def test_random_round_requests_to_the_coordinator_get_proper_statuses(env: Env) 
     def fuzz(
         nodes: list[str], mode: str, threshold: int, kinds: list[str], round_id: str, limit: int
     ) -> None:
-        request = coordinator_pb2.StartRoundRequest(
-            nodes=nodes, mode=mode, threshold=threshold, kinds=kinds
-        )
+        request = start_request(env.pki, nodes, mode, threshold=threshold, kinds=kinds)
         got = status(lambda: stub.StartRound(request, timeout=FUZZ_DEADLINE))
         assert_proper(got, "StartRound", started)
         get = coordinator_pb2.GetRoundRequest(id=round_id)

@@ -30,6 +30,7 @@ from node.config import load_config
 from node.server import RunningNode
 from node.server import start as start_node
 from node.store import Store
+from tests.federation import start_request
 from tests.pkifixtures import FederationPki
 
 T = 30.0
@@ -114,9 +115,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterato
                 stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
                 def round_(nodes: list[str], **kw: Any) -> coordinator_pb2.RoundInfo:
-                    info = stub.StartRound(
-                        coordinator_pb2.StartRoundRequest(nodes=nodes, **kw), timeout=T
-                    )
+                    info = stub.StartRound(start_request(pki, nodes, **kw), timeout=T)
                     final: coordinator_pb2.RoundInfo
                     *_, final = stub.WatchRound(
                         coordinator_pb2.GetRoundRequest(id=info.id), timeout=T
@@ -321,6 +320,7 @@ def test_node_audit_table(env: Env) -> None:
         return found
 
     assert f"pairwise with {BRAVO}: done; own set 8; blinded for {BRAVO} 9" in line(r.pairwise.id)
+    assert line(r.pairwise.id).endswith("; asked by operator ops")  # who signed the spec
     assert f"threshold 2 with {CHARLIE}: done" in line(r.threshold.id)
     assert f"count with {BRAVO}: done" in line(r.count.id)
     refused = line(r.refused.id)

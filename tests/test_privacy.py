@@ -22,12 +22,21 @@ import grpc
 import pytest
 
 import node.rounds
-from blindmatch import net
+from blindmatch import net, wire
 from blindmatch.group import RoundKey, hash_to_group
 from blindmatch.protocol import CoordinatorRound, NodePhase, NodeRound, Policy
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.servicer import NodeServicer
-from tests.federation import Federation, NodeData, load, make_datasets
+from tests.federation import (
+    Federation,
+    NodeData,
+    load,
+    make_datasets,
+    node_certificates,
+    signed_chunk,
+    signed_spec,
+    signer,
+)
 from tests.pkifixtures import FederationPki
 from tests.waiting import until
 
@@ -294,17 +303,16 @@ def test_no_key_material_while_a_stalled_coordinator_holds_a_stream_open(
         spec = node_pb2.RoundSpec(
             round_id=round_id, participants=["alpha", "zulu"], kinds=["domain"], chunk_size=64
         )
-        size = stub.Prepare(node_pb2.PrepareRequest(spec=spec), timeout=T).size
+        signed = signed_spec(spec, pki=pki)
+        size = stub.Prepare(node_pb2.PrepareRequest(signed_spec=signed), timeout=T).size
         element = hash_to_group("domain", "zulu.example")  # a partner's element
 
         def stalled() -> Iterator[node_pb2.ReblindRequest]:
             sizes = {"alpha": size, "zulu": 5}
-            yield node_pb2.ReblindRequest(
-                start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes)
-            )
-            yield node_pb2.ReblindRequest(
-                chunk=node_pb2.Chunk(owner="zulu", seq=0, elements=element)
-            )
+            certificates = node_certificates(pki, ["alpha", "zulu"])
+            yield wire.routing_start(round_id, sizes, certificates)
+            zulu = signer(pki, "zulu", "node")
+            yield node_pb2.ReblindRequest(chunk=signed_chunk(zulu, signed, "zulu", 0, 0, element))
             release.wait(30)  # then silence, with the stream still open
 
         call = stub.Reblind(stalled(), timeout=30)

@@ -26,6 +26,7 @@ from blindmatch.protocol import (
     Caps,
     CoordinatorPhase,
     CoordinatorRound,
+    ForgedMessage,
     NodeOutcome,
     NodePhase,
     NodeRound,
@@ -322,12 +323,12 @@ def test_node_refuses_out_of_order_chunk() -> None:
 def test_node_refuses_more_elements_than_announced() -> None:
     link = started(size=3, chunk=2)
     be = link.nodes["be"]
-    be.accept_chunk("at", 0, 2)
+    be.accept_chunk("at", 0, 2, 0)
     refused(
         link,
         BadMessage,
         "at's set was announced with 3 elements; chunk 1 brings it to 5",
-        lambda: be.accept_chunk("at", 1, 3),
+        lambda: be.accept_chunk("at", 1, 3, 0),
     )
 
 
@@ -337,7 +338,7 @@ def test_node_refuses_its_own_set() -> None:
         link,
         BadMessage,
         "never re-blinds its own set",
-        lambda: link.nodes["at"].accept_chunk("at", 0, 1),
+        lambda: link.nodes["at"].accept_chunk("at", 0, 1, 0),
     )
 
 
@@ -345,8 +346,8 @@ def test_node_refuses_a_stranger_set_and_empty_chunks() -> None:
     link = started()
     at = link.nodes["at"]
     with pytest.raises(BadMessage, match="'mallory' is not a participant of round r1"):
-        at.accept_chunk("mallory", 0, 1)
-    refused(link, BadMessage, "empty chunk 0 of be's set", lambda: at.accept_chunk("be", 0, 0))
+        at.accept_chunk("mallory", 0, 1, 0)
+    refused(link, BadMessage, "empty chunk 0 of be's set", lambda: at.accept_chunk("be", 0, 0, 1))
 
 
 def test_node_refuses_wrong_announcements() -> None:
@@ -365,7 +366,7 @@ def test_wrong_phase_on_the_node() -> None:
     parties = {n: (Policy(), some(3, 0)) for n in ("at", "be")}
     node = NodeRound(spec_for(["at", "be"]), "at", *parties["at"])
     with pytest.raises(WrongPhase, match="round r1 is prepared; this message needs routing"):
-        node.accept_chunk("be", 0, 1)
+        node.accept_chunk("be", 0, 1, 0)
     with pytest.raises(WrongPhase, match="is prepared"):
         node.resolve(PairwiseResult((), ()))
     node.begin_routing({"at": 3, "be": 3})
@@ -374,7 +375,7 @@ def test_wrong_phase_on_the_node() -> None:
     node.resolve(PairwiseResult((), ()))
     assert node.key is None
     for late in (
-        lambda: node.accept_chunk("be", 0, 1),
+        lambda: node.accept_chunk("be", 0, 1, 0),
         lambda: node.resolve(PairwiseResult((), ())),
         node.live_key,
         lambda: list(node.own_batches()),
@@ -390,7 +391,7 @@ def test_wrong_phase_on_the_coordinator() -> None:
     link = FakeLink(spec_for(["at", "be"]), parties)
     coord = link.coordinator
     with pytest.raises(WrongPhase, match="round r1 is preparing; expected routing"):
-        coord.on_chunk("at", "at", 0, bytes(32), OWN)
+        coord.on_chunk("at", "at", 0, bytes(32), OWN, hop=0, signature=b"")
     with pytest.raises(WrongPhase, match="is preparing"):
         coord.deliveries()
     link.prepare()
@@ -404,7 +405,7 @@ def test_wrong_phase_on_the_coordinator() -> None:
     link.deliver()
     assert coord.phase is CoordinatorPhase.DONE
     with pytest.raises(WrongPhase, match="is done"):
-        coord.on_chunk("at", "at", 0, bytes(32), OWN)
+        coord.on_chunk("at", "at", 0, bytes(32), OWN, hop=0, signature=b"")
     coord.fail("too late")
     assert coord.phase is CoordinatorPhase.DONE
 
@@ -424,13 +425,13 @@ def test_coordinator_refuses_duplicate_and_out_of_order_chunks() -> None:
     seq0, chunk0 = link.outbox["at"].popleft()
     seq1, chunk1 = link.outbox["at"].popleft()
     with pytest.raises(BadMessage, match="chunk 1 of at's set from at: expected chunk 0"):
-        coord.on_chunk("at", "at", seq1, chunk1, OWN)
-    coord.on_chunk("at", "at", seq0, chunk0, OWN)
+        coord.on_chunk("at", "at", seq1, chunk1, OWN, hop=0, signature=b"")
+    coord.on_chunk("at", "at", seq0, chunk0, OWN, hop=0, signature=b"")
     refused(
         link,
         BadMessage,
         "chunk 0 of at's set from at: expected chunk 1",
-        lambda: coord.on_chunk("at", "at", seq0, chunk0, OWN),
+        lambda: coord.on_chunk("at", "at", seq0, chunk0, OWN, hop=0, signature=b""),
     )
 
 
@@ -438,14 +439,14 @@ def test_coordinator_refuses_more_than_announced_and_partial_elements() -> None:
     link = started(size=3, chunk=2)
     coord = link.coordinator
     with pytest.raises(BadMessage, match="not whole elements"):
-        coord.on_chunk("at", "at", 0, bytes(33), OWN)
+        coord.on_chunk("at", "at", 0, bytes(33), OWN, hop=0, signature=b"")
     with pytest.raises(BadMessage, match="not whole elements"):
-        coord.on_chunk("at", "at", 0, b"", OWN)
+        coord.on_chunk("at", "at", 0, b"", OWN, hop=0, signature=b"")
     refused(
         link,
         BadMessage,
         "at sent more of at's set than the 3 announced",
-        lambda: coord.on_chunk("at", "at", 0, bytes(32 * 4), OWN),
+        lambda: coord.on_chunk("at", "at", 0, bytes(32 * 4), OWN, hop=0, signature=b""),
     )
 
 
@@ -457,7 +458,9 @@ def test_coordinator_refuses_a_stranger_at_a_hop() -> None:
         link,
         BadMessage,
         "'mallory' is not a participant of round r1",
-        lambda: link.coordinator.on_chunk("mallory", "at", 0, fwd.elements, REBLIND),
+        lambda: link.coordinator.on_chunk(
+            "mallory", "at", 0, fwd.elements, REBLIND, hop=1, signature=b""
+        ),
     )
 
 
@@ -473,7 +476,7 @@ def test_coordinator_refuses_a_chunk_from_a_node_it_was_not_sent_to() -> None:
         link,
         BadMessage,
         "cz",
-        lambda: link.coordinator.on_chunk("cz", "at", 0, cz_blinded, REBLIND),
+        lambda: link.coordinator.on_chunk("cz", "at", 0, cz_blinded, REBLIND, hop=2, signature=b""),
     )
 
 
@@ -488,7 +491,7 @@ def test_coordinator_refuses_a_chunk_whose_size_changed_at_a_hop() -> None:
         link,
         BadMessage,
         "be",
-        lambda: coord.on_chunk("be", "at", 0, fwd0.elements[:32], REBLIND),
+        lambda: coord.on_chunk("be", "at", 0, fwd0.elements[:32], REBLIND, hop=1, signature=b""),
     )
 
 
@@ -615,7 +618,7 @@ def test_abort_destroys_the_key_in_every_phase() -> None:
         if steps >= 1:
             node.begin_routing({"at": 3, "be": 2})
         if steps >= 2:
-            node.accept_chunk("be", 0, 1)
+            node.accept_chunk("be", 0, 1, 0)
         node.abort("coordinator gone")
         assert node.key is None and key.destroyed
         assert node.phase is NodePhase.ABORTED and node.reason == "coordinator gone"
@@ -645,7 +648,7 @@ def test_an_own_set_stream_carries_only_the_senders_set() -> None:
         link,
         BadMessage,
         "^node at sent a chunk of 'be''s set as its own set$",
-        lambda: link.to_coordinator("at", "be", 0, be_chunk, OWN),
+        lambda: link.to_coordinator("at", "be", 0, be_chunk, OWN, hop=0),
     )
 
 
@@ -656,7 +659,7 @@ def test_a_reblind_stream_never_carries_the_senders_own_set() -> None:
         link,
         BadMessage,
         "^node at sent its own set back from Reblind$",
-        lambda: link.to_coordinator("at", "at", 0, at_chunk, REBLIND),
+        lambda: link.to_coordinator("at", "at", 0, at_chunk, REBLIND, hop=0),
     )
 
 
@@ -711,7 +714,7 @@ def test_chunk_refusals_name_the_sender_first() -> None:
         link,
         BadMessage,
         "^node at: chunk 1 of at's set from at: expected chunk 0$",
-        lambda: link.to_coordinator("at", "at", 1, chunk1, OWN),
+        lambda: link.to_coordinator("at", "at", 1, chunk1, OWN, hop=0),
     )
 
 
@@ -860,7 +863,7 @@ def node_in(phase: NodePhase) -> NodeRound:
 NODE_CALLS: dict[NodeEvent, Callable[[NodeRound], object]] = {
     NodeEvent.OWN_SET: lambda n: list(n.own_batches()),
     NodeEvent.ROUTING_START: lambda n: n.begin_routing({"at": 3, "be": 3}),
-    NodeEvent.CHUNK: lambda n: n.accept_chunk("be", 0, 1),
+    NodeEvent.CHUNK: lambda n: n.accept_chunk("be", 0, 1, 0),
     NodeEvent.POSITION_MAP: lambda n: n.position_map(),
     NodeEvent.DELIVERY: lambda n: n.resolve(PairwiseResult((), ())),
 }
@@ -883,7 +886,9 @@ def coordinator_in(phase: CoordinatorPhase) -> FakeLink:
 
 COORDINATOR_CALLS: dict[CoordinatorEvent, Callable[[CoordinatorRound], object]] = {
     CoordinatorEvent.PREPARED: lambda c: c.on_prepared("at", 2),
-    CoordinatorEvent.CHUNK: lambda c: c.on_chunk("at", "at", 0, bytes(64), OWN),
+    CoordinatorEvent.CHUNK: lambda c: c.on_chunk(
+        "at", "at", 0, bytes(64), OWN, hop=0, signature=b""
+    ),
     CoordinatorEvent.STREAM_END: lambda c: c.on_stream_end("at", REBLIND),
     CoordinatorEvent.FINAL_TAGS: lambda c: c.final_tags(),
     CoordinatorEvent.DELIVERIES: lambda c: c.deliveries(),
@@ -921,6 +926,55 @@ def test_coordinator_round_refuses_by_the_table(
     )
 
 
+# --- who must have produced a chunk --------------------------------------------------------------
+
+RING = ("at", "be", "cz", "dk")
+
+
+@pytest.mark.parametrize(
+    ("me", "owner", "hop", "producer"),
+    [
+        ("be", "at", 1, "at"),  # the first hop takes the owner's own set
+        ("cz", "at", 2, "be"),
+        ("dk", "at", 3, "cz"),
+        ("at", "be", 3, "dk"),  # the ring wraps
+        ("at", "dk", 1, "dk"),
+        ("cz", "dk", 3, "be"),
+    ],
+)
+def test_each_hop_takes_only_the_previous_hops_output(
+    me: str, owner: str, hop: int, producer: str
+) -> None:
+    """Hop h of owner o is participant (o + h) mod N; what it re-blinds must be the output of
+    hop h - 1, signed by participant (o + h - 1) mod N."""
+
+    def routing() -> NodeRound:
+        node = NodeRound(spec_for(RING), me, Policy(), some(1, 0))
+        node.begin_routing(dict.fromkeys(RING, 1))
+        return node
+
+    node = routing()
+    assert (node.hop_of(owner), node.producer(owner)) == (hop, producer)
+    assert node.accept_chunk(owner, 0, 1, hop - 1) == producer
+    for other in {0, 1, 2, 3, 4} - {hop - 1}:
+        with pytest.raises(ForgedMessage, match=f"output of hop {other}; this node is hop {hop}"):
+            routing().accept_chunk(owner, 0, 1, other)
+
+
+def test_the_coordinator_forwards_hop_and_signature_untouched_and_checks_the_label() -> None:
+    link = started(names=("at", "be"), size=2, chunk=2)
+    seq, elements = link.outbox["at"].popleft()
+    coord = link.coordinator
+    fwd = coord.on_chunk("at", "at", seq, elements, OWN, hop=0, signature=b"sig of at")
+    assert fwd is not None and (fwd.to, fwd.hop, fwd.signature) == ("be", 0, b"sig of at")
+    refused(
+        link,
+        BadMessage,
+        "labelled hop 0; be is hop 1",
+        lambda: coord.on_chunk("be", "at", 0, elements, REBLIND, hop=0, signature=b""),
+    )
+
+
 # --- round specs ---------------------------------------------------------------------------------
 
 
@@ -939,6 +993,11 @@ def test_coordinator_round_refuses_by_the_table(
         ({"kinds": ()}, r"unknown or no kinds: \(none\)"),
         ({"chunk_size": 0}, "chunk size 0 out of range"),
         ({"chunk_size": 65537}, "chunk size 65537 out of range"),
+        ({"counts": True}, "counts only apply to threshold mode, not pairwise"),
+        ({"epoch_seconds": -1.0}, "must be 0 or a positive duration"),
+        ({"epoch_seconds": float("nan")}, "must be 0 or a positive duration"),
+        ({"mode": "count", "epoch_seconds": 60.0}, "only applies to a pairwise round, not count"),
+        ({"issued": float("inf")}, "is not a time"),
     ],
 )
 def test_round_spec_validation(kw: dict[str, object], match: str) -> None:

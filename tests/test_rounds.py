@@ -26,6 +26,7 @@ from tests.federation import (
     load,
     make_datasets,
     node_matches,
+    start_request,
 )
 from tests.pkifixtures import FederationPki
 
@@ -189,9 +190,7 @@ def test_every_round_is_in_each_nodes_audit(fed: tuple[Federation, dict[str, Nod
 def test_unknown_node_is_invalid_argument(fed: tuple[Federation, dict[str, NodeData]]) -> None:
     federation, _ = fed
     with pytest.raises(grpc.RpcError) as err:
-        federation.stub.StartRound(
-            coordinator_pb2.StartRoundRequest(nodes=["alpha", "zulu"]), timeout=5
-        )
+        federation.stub.StartRound(start_request(federation.pki, ["alpha", "zulu"]), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "zulu" in (err.value.details() or "")
 

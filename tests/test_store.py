@@ -943,3 +943,38 @@ def test_opening_a_store_readable_by_others_makes_it_private(tmp_path: Path) -> 
             assert set(_modes(path).values()) == {0o600}
     finally:
         other.close()
+
+
+def test_rounds_recorded_before_signed_specs_read_back_without_an_operator(tmp_path: Path) -> None:
+    """Schema 3 adds the operator who signed a round's spec; older rounds keep NULL there."""
+    path = tmp_path / "node.sqlite"
+    conn = sqlite3.connect(path)
+    try:
+        for migration in schema_module.MIGRATIONS[:2]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO rounds (round_id, started, coordinator, participants, mode, kinds,"
+            " own_size, outcome) VALUES ('old', '2026-01-01T00:00:00Z', 'coord.eu', '[\"a\"]',"
+            " 'pairwise', '[\"domain\"]', 1, 'done')"
+        )
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    with Store.open(path) as s:
+        record_round(s, "new", started="2026-01-02T00:00:00Z")
+        s.record_round(
+            "signed",
+            started="2026-01-03T00:00:00Z",
+            coordinator="coord.eu",
+            participants=["a", "b"],
+            mode="pairwise",
+            threshold=None,
+            kinds=["domain"],
+            own_size=1,
+            outcome="done",
+            operator="ops",
+        )
+        operators = {r.round_id: r.operator for r in s.rounds()}
+    assert operators == {"old": None, "new": None, "signed": "ops"}

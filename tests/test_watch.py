@@ -35,7 +35,7 @@ from blindmatch.watch import (
 from coordinator.service import RunningCoordinator
 from node.config import NodeConfig, load_config, render_config
 from node.store import Sighting, Store
-from tests.federation import Federation
+from tests.federation import Federation, start_request
 from tests.pkifixtures import FederationPki
 
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo")
@@ -80,7 +80,7 @@ class WatchFederation(Federation):
 
     def start_watch(self, nodes: tuple[str, ...], epoch: float) -> coordinator_pb2.RoundInfo:
         info = self.stub.StartRound(
-            coordinator_pb2.StartRoundRequest(nodes=list(nodes), mode="watch", epoch_seconds=epoch),
+            start_request(self.pki, nodes, "watch", epoch_seconds=epoch),
             timeout=10,
         )
         return self.wait(info.id, 60)

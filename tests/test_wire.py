@@ -25,7 +25,7 @@ from blindmatch.protocol import (
     UnknownRound,
     WrongPhase,
 )
-from blindmatch.signing import ForgedMessage
+from blindmatch.signing import ForgedMessage, SignedSpec, StaleSpec
 from blindmatch.v1 import node_pb2, watch_pb2
 from blindmatch.watch import BadReply, CheckHop, CheckReplayed, EpochEnded
 from coordinator.driver import RoundFailure
@@ -56,7 +56,8 @@ def over_the_wire(msg: M) -> M:
         RoundSpec("r-1", NAMES),
         RoundSpec("r_2", NAMES[:2], mode="threshold", threshold=2, kinds=("domain",)),
         RoundSpec("R3", NAMES, mode="count", kinds=("ipv4", "url"), chunk_size=7),
-        RoundSpec("r4", NAMES, mode="threshold", threshold=3, counts=True),
+        RoundSpec("w", NAMES, epoch_seconds=3600.0, issued=1_800_000_000.5),
+        RoundSpec("c", NAMES, mode="threshold", threshold=3, counts=True, issued=1.0),
     ],
 )
 def test_a_round_spec_round_trips(spec: RoundSpec) -> None:
@@ -77,16 +78,40 @@ def test_a_spec_the_core_refuses_is_a_protocol_error() -> None:
         wire.spec_from_proto(msg)
 
 
+def test_a_spec_reads_back_from_exactly_the_bytes_signed() -> None:
+    spec = RoundSpec("r", NAMES, mode="threshold", threshold=2, counts=True, issued=12.5)
+    data = wire.spec_bytes(spec)
+    assert wire.spec_from_bytes(data) == spec
+    signed = SignedSpec(data, b"sig", b"cert")
+    assert wire.signed_spec_from_proto(over_the_wire(wire.signed_spec_to_proto(signed))) == (
+        signed,
+        spec,
+    )
+
+
+def test_a_signed_spec_that_is_no_spec_is_refused() -> None:
+    with pytest.raises(BadMessage, match="not a serialized RoundSpec"):
+        wire.spec_from_bytes(b"\xff\xff\xff")
+
+
+def test_a_threshold_outside_threshold_mode_is_refused_not_dropped() -> None:
+    msg = node_pb2.RoundSpec(round_id="r", participants=NAMES, mode="pairwise", threshold=2)
+    with pytest.raises(BadMessage, match="a threshold only applies to threshold mode"):
+        wire.spec_from_proto(msg)
+
+
 def test_routing_start_round_trips() -> None:
     sizes = {"alpha": 3, "bravo": 0, "charlie": 70_000}
-    msg = over_the_wire(wire.routing_start("r", sizes))
+    certificates = {"alpha": b"A", "bravo": b"B", "charlie": b"C"}
+    msg = over_the_wire(wire.routing_start("r", sizes, certificates))
     assert msg.WhichOneof("body") == "start" and msg.start.round_id == "r"
     assert wire.sizes_from_proto(msg.start) == sizes
+    assert wire.certificates_from_proto(msg.start) == certificates
 
 
 @pytest.mark.parametrize("count", [0, 1, 5])
 def test_a_forwarded_chunk_round_trips(count: int) -> None:
-    forward = Forward("bravo", "alpha", 4, bytes(range(ELEMENT_BYTES)) * count)
+    forward = Forward("bravo", "alpha", 4, bytes(range(ELEMENT_BYTES)) * count, 2, b"sig")
     assert (
         wire.forward_from_proto("bravo", over_the_wire(wire.forward_to_proto(forward))) == forward
     )
@@ -100,7 +125,7 @@ def test_a_chunk_of_partial_elements_is_refused() -> None:
 
 def test_a_second_routing_start_is_not_a_chunk() -> None:
     with pytest.raises(BadMessage, match="RoutingStart sent twice"):
-        wire.forward_from_proto("bravo", wire.routing_start("r", {"alpha": 1}))
+        wire.forward_from_proto("bravo", wire.routing_start("r", {"alpha": 1}, {}))
 
 
 SPEC = RoundSpec("r", NAMES)
@@ -223,6 +248,7 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     EpochEnded: S.FAILED_PRECONDITION,
     BadReply: S.INTERNAL,
     ForgedMessage: S.PERMISSION_DENIED,
+    StaleSpec: S.PERMISSION_DENIED,
     PolicyRefusal: S.PERMISSION_DENIED,
     CapExceeded: S.RESOURCE_EXHAUSTED,
     BudgetExceeded: S.RESOURCE_EXHAUSTED,

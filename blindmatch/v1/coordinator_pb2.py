@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from blindmatch.v1 import node_pb2 as blindmatch_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62lindmatch/v1/coordinator.proto\x12\rblindmatch.v1\"i\n\x11StartRoundRequest\x12\r\n\x05nodes\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\r\n\x05kinds\x18\x04 \x03(\t\x12\x15\n\repoch_seconds\x18\x05 \x01(\x01\"\x1d\n\x0fGetRoundRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x11ListRoundsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xae\x03\n\tRoundInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x32\n\x05sizes\x18\x07 \x03(\x0b\x32#.blindmatch.v1.RoundInfo.SizesEntry\x12?\n\x0cmatch_counts\x18\x08 \x03(\x0b\x32).blindmatch.v1.RoundInfo.MatchCountsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07\x63reated\x18\n \x01(\x01\x12\x10\n\x08\x66inished\x18\x0b \x01(\x01\x12\x11\n\thops_done\x18\x0c \x01(\x04\x12\x12\n\nhops_total\x18\r \x01(\x04\x12\x10\n\x08operator\x18\x0e \x01(\t\x1a,\n\nSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10MatchCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\";\n\x0fListRoundsReply\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.blindmatch.v1.RoundInfo2\xbe\x02\n\x12\x43oordinatorService\x12H\n\nStartRound\x12 .blindmatch.v1.StartRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12\x44\n\x08GetRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12N\n\nListRounds\x12 .blindmatch.v1.ListRoundsRequest\x1a\x1e.blindmatch.v1.ListRoundsReply\x12H\n\nWatchRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62lindmatch/v1/coordinator.proto\x12\rblindmatch.v1\x1a\x18\x62lindmatch/v1/node.proto\"I\n\x11StartRoundRequest\x12.\n\x0bsigned_spec\x18\x06 \x01(\x0b\x32\x19.blindmatch.v1.SignedSpecJ\x04\x08\x01\x10\x06\"\x1d\n\x0fGetRoundRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x11ListRoundsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xae\x03\n\tRoundInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x32\n\x05sizes\x18\x07 \x03(\x0b\x32#.blindmatch.v1.RoundInfo.SizesEntry\x12?\n\x0cmatch_counts\x18\x08 \x03(\x0b\x32).blindmatch.v1.RoundInfo.MatchCountsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07\x63reated\x18\n \x01(\x01\x12\x10\n\x08\x66inished\x18\x0b \x01(\x01\x12\x11\n\thops_done\x18\x0c \x01(\x04\x12\x12\n\nhops_total\x18\r \x01(\x04\x12\x10\n\x08operator\x18\x0e \x01(\t\x1a,\n\nSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10MatchCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\";\n\x0fListRoundsReply\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.blindmatch.v1.RoundInfo2\xbe\x02\n\x12\x43oordinatorService\x12H\n\nStartRound\x12 .blindmatch.v1.StartRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12\x44\n\x08GetRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12N\n\nListRounds\x12 .blindmatch.v1.ListRoundsRequest\x1a\x1e.blindmatch.v1.ListRoundsReply\x12H\n\nWatchRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDINFO_SIZESENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._loaded_options = None
   _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_STARTROUNDREQUEST']._serialized_start=50
-  _globals['_STARTROUNDREQUEST']._serialized_end=155
-  _globals['_GETROUNDREQUEST']._serialized_start=157
-  _globals['_GETROUNDREQUEST']._serialized_end=186
-  _globals['_LISTROUNDSREQUEST']._serialized_start=188
-  _globals['_LISTROUNDSREQUEST']._serialized_end=222
-  _globals['_ROUNDINFO']._serialized_start=225
-  _globals['_ROUNDINFO']._serialized_end=655
-  _globals['_ROUNDINFO_SIZESENTRY']._serialized_start=559
-  _globals['_ROUNDINFO_SIZESENTRY']._serialized_end=603
-  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_start=605
-  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_end=655
-  _globals['_LISTROUNDSREPLY']._serialized_start=657
-  _globals['_LISTROUNDSREPLY']._serialized_end=716
-  _globals['_COORDINATORSERVICE']._serialized_start=719
-  _globals['_COORDINATORSERVICE']._serialized_end=1037
+  _globals['_STARTROUNDREQUEST']._serialized_start=76
+  _globals['_STARTROUNDREQUEST']._serialized_end=149
+  _globals['_GETROUNDREQUEST']._serialized_start=151
+  _globals['_GETROUNDREQUEST']._serialized_end=180
+  _globals['_LISTROUNDSREQUEST']._serialized_start=182
+  _globals['_LISTROUNDSREQUEST']._serialized_end=216
+  _globals['_ROUNDINFO']._serialized_start=219
+  _globals['_ROUNDINFO']._serialized_end=649
+  _globals['_ROUNDINFO_SIZESENTRY']._serialized_start=553
+  _globals['_ROUNDINFO_SIZESENTRY']._serialized_end=597
+  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_start=599
+  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_end=649
+  _globals['_LISTROUNDSREPLY']._serialized_start=651
+  _globals['_LISTROUNDSREPLY']._serialized_end=710
+  _globals['_COORDINATORSERVICE']._serialized_start=713
+  _globals['_COORDINATORSERVICE']._serialized_end=1031
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 isort:skip_file
 The coordinator's service. Only operators may start rounds."""
 
+from blindmatch.v1 import node_pb2 as _node_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -22,36 +23,22 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class StartRoundRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    NODES_FIELD_NUMBER: _builtins.int
-    MODE_FIELD_NUMBER: _builtins.int
-    THRESHOLD_FIELD_NUMBER: _builtins.int
-    KINDS_FIELD_NUMBER: _builtins.int
-    EPOCH_SECONDS_FIELD_NUMBER: _builtins.int
-    mode: _builtins.str
-    """pairwise (default) | threshold | count | watch"""
-    threshold: _builtins.int
-    epoch_seconds: _builtins.float
-    """watch mode: how long the epoch lasts (0: the default, 24 h)"""
+    SIGNED_SPEC_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """participants, in the round's order"""
-
-    @_builtins.property
-    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """empty: every kind"""
+    def signed_spec(self) -> _node_pb2.SignedSpec:
+        """The round as the operator signed it: participants in the round's order, mode, threshold,
+        kinds, chunk size, epoch (> 0: a watch round) and round id. The operator certificate in it
+        must be the caller's own.
+        """
 
     def __init__(
         self,
         *,
-        nodes: _abc.Iterable[_builtins.str] | None = ...,
-        mode: _builtins.str = ...,
-        threshold: _builtins.int = ...,
-        kinds: _abc.Iterable[_builtins.str] | None = ...,
-        epoch_seconds: _builtins.float = ...,
+        signed_spec: _node_pb2.SignedSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_spec", b"signed_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_seconds", b"epoch_seconds", "kinds", b"kinds", "mode", b"mode", "nodes", b"nodes", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_spec", b"signed_spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,24 +72,54 @@ class RoundSpec(_message.Message):
 Global___RoundSpec: _TypeAlias = RoundSpec  # noqa: Y015
 
 @_typing.final
-class PrepareRequest(_message.Message):
+class SignedSpec(_message.Message):
+    """A round spec as the operator who asked for it signed it (docs/PROTOCOL.md, "Signed specs")."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
-    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
-    timeout_seconds: _builtins.float
-    """Seconds the node keeps the round's state without hearing from the coordinator."""
-    @_builtins.property
-    def spec(self) -> Global___RoundSpec: ...
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    OPERATOR_CERT_FIELD_NUMBER: _builtins.int
+    spec: _builtins.bytes
+    """a serialized RoundSpec: exactly the bytes the operator signed"""
+    signature: _builtins.bytes
+    """the operator's signature over signing.spec_statement(spec)"""
+    operator_cert: _builtins.bytes
+    """the operator's certificate, PEM"""
     def __init__(
         self,
         *,
-        spec: Global___RoundSpec | None = ...,
-        timeout_seconds: _builtins.float = ...,
+        spec: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        operator_cert: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator_cert", b"operator_cert", "signature", b"signature", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedSpec: _TypeAlias = SignedSpec  # noqa: Y015
+
+@_typing.final
+class PrepareRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    SIGNED_SPEC_FIELD_NUMBER: _builtins.int
+    timeout_seconds: _builtins.float
+    """Seconds the node keeps the round's state without hearing from the coordinator."""
+    @_builtins.property
+    def signed_spec(self) -> Global___SignedSpec: ...
+    def __init__(
+        self,
+        *,
+        timeout_seconds: _builtins.float = ...,
+        signed_spec: Global___SignedSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_spec", b"signed_spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_spec", b"signed_spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -100,15 +130,19 @@ class PrepareReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SIZE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     size: _builtins.int
+    certificate: _builtins.bytes
+    """the node's own certificate, PEM: partners verify its chunks with it"""
     def __init__(
         self,
         *,
         size: _builtins.int = ...,
+        certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,22 +174,30 @@ class Chunk(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     ELEMENTS_FIELD_NUMBER: _builtins.int
+    HOP_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """whose set the elements belong to"""
     seq: _builtins.int
     """0, 1, 2, ... per owner and hop"""
     elements: _builtins.bytes
     """concatenated 32-byte elements"""
+    hop: _builtins.int
+    """0: the owner's own set; h: after the h-th partner of the ring blinded it"""
+    signature: _builtins.bytes
+    """its producer's signature over signing.ChunkClaim (empty: plaintext mode)"""
     def __init__(
         self,
         *,
         owner: _builtins.str = ...,
         seq: _builtins.int = ...,
         elements: _builtins.bytes = ...,
+        hop: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elements", b"elements", "owner", b"owner", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elements", b"elements", "hop", b"hop", "owner", b"owner", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,22 +227,48 @@ class RoutingStart(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class CertificatesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_ID_FIELD_NUMBER: _builtins.int
     SIZES_FIELD_NUMBER: _builtins.int
+    CERTIFICATES_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     @_builtins.property
     def sizes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """every participant's set size"""
+
+    @_builtins.property
+    def certificates(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """every participant's certificate, PEM"""
 
     def __init__(
         self,
         *,
         round_id: _builtins.str = ...,
         sizes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        certificates: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id", "sizes", b"sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "round_id", b"round_id", "sizes", b"sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,7 +358,9 @@ class ThresholdDelivery(_message.Message):
     def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """nations holding each position, the receiver included"""
+        """Nations holding each position, the receiver included; empty unless the spec asks for counts
+        (RoundSpec.counts): without them a position says only "held by at least threshold".
+        """
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ class RoundAudit:
     outcome: str
     reason: str | None
     finished: str | None
+    operator: str | None = None  # who signed the spec; None before it was verified
 
     @property
     def time(self) -> str:
@@ -88,6 +89,7 @@ class AuditLog(Database):
         outcome: str,
         reason: str | None = None,
         finished: str | datetime | None = None,
+        operator: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown round mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -110,8 +112,8 @@ class AuditLog(Database):
             conn.execute(
                 """
                 INSERT INTO rounds (round_id, started, coordinator, participants, mode, threshold,
-                                    kinds, own_size, outcome, reason, finished)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                    kinds, own_size, outcome, reason, finished, operator)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (round_id) DO UPDATE SET
                     coordinator = excluded.coordinator,
                     participants = excluded.participants,
@@ -121,7 +123,8 @@ class AuditLog(Database):
                     own_size = excluded.own_size,
                     outcome = excluded.outcome,
                     reason = excluded.reason,
-                    finished = excluded.finished
+                    finished = excluded.finished,
+                    operator = excluded.operator
                 """,
                 (
                     round_id,
@@ -135,6 +138,7 @@ class AuditLog(Database):
                     outcome,
                     reason,
                     finished_at,
+                    operator,
                 ),
             )
             for partner, elements in (blinded_for or {}).items():
@@ -212,7 +216,7 @@ def _rounds(conn: sqlite3.Connection, limit: int | None) -> list[RoundAudit]:
     rows = conn.execute(
         """
         SELECT round_id, started, coordinator, participants, mode, threshold, kinds, own_size,
-               outcome, reason, finished
+               outcome, reason, finished, operator
         FROM rounds ORDER BY started DESC, rowid DESC LIMIT ?
         """,
         (-1 if limit is None else limit,),
@@ -236,6 +240,7 @@ def _rounds(conn: sqlite3.Connection, limit: int | None) -> list[RoundAudit]:
             outcome=outcome,
             reason=reason,
             finished=finished,
+            operator=operator,
         )
-        for rid, started, coordinator, participants, mode, threshold, kinds, own_size, outcome, reason, finished in rows
+        for rid, started, coordinator, participants, mode, threshold, kinds, own_size, outcome, reason, finished, operator in rows
     ]

@@ -148,6 +148,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX budget_charges_by_partner ON budget_charges (what, partner, at)",
     ),
+    # 3 -> 4: signed specs (docs/PROTOCOL.md): the operator who signed a round's spec; NULL for
+    # rounds recorded before, and for specs refused before their signature was verified.
+    ("ALTER TABLE rounds ADD COLUMN operator TEXT",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

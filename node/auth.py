@@ -1,0 +1,109 @@
+"""Who the node believes during a round: the operator behind a spec, the partners behind chunks.
+
+The coordinator carries every message of a round and is not trusted (docs/PROTOCOL.md, "Signed
+specs and signed chunks"). A node acts on a spec only once the operator's signature over it is
+verified, on a partner name only with that partner's certificate in hand, and blinds a chunk
+only once its producer's signature is verified; it signs every chunk it emits. The rules of who
+must have produced a chunk are the core's (``NodeRound.accept_chunk``); this module holds the
+node's federation key and CA and applies ``blindmatch.signing`` with the node's own clock.
+
+A node serving plaintext (``--insecure``, loopback only) has no federation identity:
+``Unauthenticated`` then signs nothing and verifies nothing, as its transport does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Mapping
+
+from blindmatch.net import TlsConfig
+from blindmatch.protocol import ForgedMessage, RoundSpec
+from blindmatch.signing import ChunkClaim, Party, SignedSpec, Signer, Trust, verify_spec
+
+INSECURE_OPERATOR = "(insecure)"
+
+
+class RoundAuthority:
+    """The node's federation identity (its TLS certificate and key) and the operators its
+    node.toml lets start rounds (None: any operator of the federation)."""
+
+    def __init__(
+        self,
+        tls: TlsConfig,
+        operators: frozenset[str] | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signer = Signer(tls.cert, tls.key)
+        self._trust = Trust(tls.ca)
+        self.operators = operators
+        self._clock = clock
+
+    @property
+    def certificate(self) -> bytes:
+        """What partners verify this node's chunks with (sent in PrepareReply)."""
+        return self._signer.cert_pem
+
+    def operator(self, signed: SignedSpec, spec: RoundSpec) -> str:
+        """The name of the operator who signed ``spec`` if this node accepts it from them."""
+        party = verify_spec(self._trust, signed, issued=spec.issued, now=self._now())
+        name = party.identity.name
+        if self.operators is not None and name not in self.operators:
+            raise ForgedMessage(
+                f"operator {name} may not start rounds on this node (policy operators: "
+                f"{', '.join(sorted(self.operators))})"
+            )
+        return name
+
+    def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Party]:
+        """Every participant's certificate, verified: issued by the federation CA to that very
+        node name, valid now. A missing, extra, foreign or invented one refuses the round."""
+        extra = sorted(set(certificates) - set(spec.participants))
+        if extra:
+            raise ForgedMessage(f"certificates of non-participants sent: {', '.join(extra)}")
+        now = self._now()
+        parties = {}
+        for name in spec.participants:
+            cert = certificates.get(name)
+            if not cert:
+                raise ForgedMessage(f"no certificate for participant {name}: is it a real node?")
+            parties[name] = self._trust.party(cert, now=now, role="node", names=(name,))
+        return parties
+
+    def sign_chunk(self, claim: ChunkClaim) -> bytes:
+        return self._signer.sign(claim.message())
+
+    @staticmethod
+    def verify_chunk(producer: Party | None, claim: ChunkClaim, signature: bytes) -> None:
+        if producer is None:
+            raise ForgedMessage(f"no verified certificate for the producer of {_what(claim)}")
+        producer.verify(claim.message(), signature, _what(claim))
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+
+
+class Unauthenticated:
+    """A plaintext node's stand-in: no identity, nothing signed, nothing verified."""
+
+    certificate = b""
+
+    def operator(self, signed: SignedSpec, spec: RoundSpec) -> str:
+        return INSECURE_OPERATOR
+
+    def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Party]:
+        return {}
+
+    def sign_chunk(self, claim: ChunkClaim) -> bytes:
+        return b""
+
+    @staticmethod
+    def verify_chunk(producer: Party | None, claim: ChunkClaim, signature: bytes) -> None:
+        return None
+
+
+Authority = RoundAuthority | Unauthenticated
+
+
+def _what(claim: ChunkClaim) -> str:
+    return f"chunk {claim.seq} of {claim.owner}'s set (hop {claim.hop})"
