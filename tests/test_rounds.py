@@ -83,11 +83,10 @@ def threshold_round(
     federation: Federation, participants: tuple[str, ...], threshold: int, counts: bool
 ) -> coordinator_pb2.RoundInfo:
     """A threshold round; ``counts`` as the operator's signed spec asks (round start --counts)."""
-    assert federation.coordinator is not None
-    record = federation.coordinator.coordinator.start_round(
-        participants, mode="threshold", threshold=threshold, operator="ops", counts=counts
+    request = start_request(
+        federation.pki, participants, "threshold", threshold=threshold, counts=counts
     )
-    return federation.wait(record.id)
+    return federation.wait(federation.stub.StartRound(request, timeout=10).id)
 
 
 @pytest.mark.parametrize("counts", [False, True])

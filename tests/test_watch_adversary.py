@@ -26,7 +26,7 @@ from blindmatch.group import RoundKey, hash_indicators
 from blindmatch.protocol import Policy, WrongPhase
 from blindmatch.signing import CheckClaim, Signer
 from blindmatch.states import EpochPhase
-from blindmatch.v1 import coordinator_pb2, watch_pb2_grpc
+from blindmatch.v1 import watch_pb2_grpc
 from blindmatch.watch import CheckHop, NodeEpoch, NodeWatchCore
 from node.rounds import StoreFailed
 from node.watch import NodeWatch
@@ -189,11 +189,7 @@ def test_a_replayed_check_is_refused_and_costs_nothing(
 
 
 def test_a_ten_year_epoch_is_refused_by_the_nodes(fed: WatchFederation) -> None:
-    info = fed.stub.StartRound(
-        coordinator_pb2.StartRoundRequest(nodes=list(NAMES), mode="watch", epoch_seconds=TEN_YEARS),
-        timeout=10,
-    )
-    info = fed.wait(info.id, 60)
+    info = fed.start_watch(NAMES, epoch=TEN_YEARS)  # signed by an operator: only nodes refuse
     assert info.state == "failed" and "PERMISSION_DENIED" in info.error
     assert "max_epoch" in info.error
     for name in NAMES:
