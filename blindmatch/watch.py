@@ -240,8 +240,8 @@ class NodeEpoch:
     phase: EpochPhase = EpochPhase.OPEN
     closed: str | None = None  # why the epoch ended, once it has
     coordinator: str = ""
-    # The digest of the watch round's signed spec, bound into every CheckClaim; b"" until the
-    # signed specs reach this module (signing.spec_digest of the spec the node accepted).
+    # The digest of the watch round's signed spec (signing.spec_digest of the spec this node
+    # accepted), bound into every CheckClaim: a check belongs to the epoch every node accepted.
     spec_digest: bytes = b""
 
     def expired(self, now: float) -> bool:
@@ -441,9 +441,16 @@ class NodeWatchCore:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     def begin(
-        self, round_id: str, state: NodeRound | None, ends: float, tags: bytes, coordinator: str
+        self,
+        round_id: str,
+        state: NodeRound | None,
+        ends: float,
+        tags: bytes,
+        coordinator: str,
+        spec_digest: bytes = b"",
     ) -> NodeEpoch:
-        """BeginEpoch: stage the epoch of a watch round (PENDING) with a copy of its key."""
+        """BeginEpoch: stage the epoch of a watch round (PENDING) with a copy of its key; every
+        check of the epoch is bound to ``spec_digest``, the digest of the round's signed spec."""
         if state is None or state.spec.round_id != round_id:
             raise WrongPhase(f"no round {round_id!r} in progress on {self.me}")
         spec = state.spec
@@ -474,6 +481,7 @@ class NodeWatchCore:
             budget=self.budget,
             phase=EpochPhase.PENDING,
             coordinator=coordinator,
+            spec_digest=spec_digest,
         )
         epoch.remember(packed, ((kind, value) for _, kind, value in positions))
         self.pending[round_id] = epoch

@@ -240,6 +240,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                     request.ends,
                     request.tags,
                     coordinator,
+                    live.spec_digest if live else b"",
                 )
         except ProtocolError as exc:
             wire.abort(context, exc)
