@@ -10,10 +10,12 @@ built from one module per job:
     audit.py      the import and round audit log
     matches.py    round results: matches and partner counts
     watch.py      early warning: epochs, checks, alerts
+    connectors.py STIX ids of imported indicators, source cursors, matches pushed to sinks
 """
 
 from node.store.audit import AuditEntry, ImportAudit, RoundAudit
 from node.store.base import NodeStore
+from node.store.connectors import UnpushedMatch
 from node.store.matches import MatchRow, PartnerCount
 from node.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, utc_now
 from node.store.sightings import AddResult, Sighting, Stats, StoredSighting
@@ -40,6 +42,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredSighting",
+    "UnpushedMatch",
     "normalize_tlp",
     "utc_now",
 ]
