@@ -7,7 +7,6 @@ import csv
 import json
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -19,7 +18,10 @@ from blindmatch.clierrors import BadInput, command
 from blindmatch.initdir import init_dir, refuse_existing, server_hosts
 from blindmatch.net import split_host_port
 from node.budgets import Budgets
-from node.config import NodeConfig, load_config, render_config
+from node.config import ConnectorConfig, NodeConfig, load_config, render_config
+from node.connectors.stix_out import stix_id as _stix_id
+from node.connectors.stix_out import stix_pattern
+from node.importing import SHOWN_INVALID
 from node.store import MatchRow, PartnerCount, Store, StoreError
 
 # A store that is missing or not a store is an input error like a bad config.
@@ -144,6 +146,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connectors(kind: str, configured: tuple[ConnectorConfig, ...], name: str | None) -> list[Any]:
+    if name is None:
+        if not configured:
+            raise BadInput(f"node.toml has no [[{kind}]]; see docs/OPERATIONS.md, Connectors")
+        return list(configured)
+    chosen = [c for c in configured if c.name == name]
+    if not chosen:
+        known = ", ".join(c.name for c in configured) or "none"
+        raise BadInput(f"no {kind[:-1]} named {name!r} in node.toml (configured: {known})")
+    return chosen
+
+
+@node_command
+def cmd_sync(args: argparse.Namespace) -> int:
+    from node.connectors.base import ConnectorError
+    from node.connectors.sync import SyncResult, sync_source
+
+    with open_store(args) as (config, store):
+        results: list[dict[str, Any]] = []
+        for source in _connectors("sources", config.sources, args.source):
+            show = _progress_printer()
+            try:
+                result = sync_source(store, source, default_tlp=config.default_tlp, progress=show)
+                error = None
+            except ConnectorError as exc:
+                # Pages stored before the failure stay, and the cursor after them.
+                result, error = SyncResult(source.name, cursor=store.cursor(source.name)), str(exc)
+            show(None)
+            results.append({**result.as_json(), **({"error": error} if error else {})})
+            if not args.json:
+                _print_sync(result, error)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _print_sync(result: Any, error: str | None) -> None:
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+    print(
+        f"{result.source}: fetched {result.fetched:,} objects, {result.added:,} new indicators,"
+        f" {result.known:,} known, {result.invalid:,} invalid; cursor {result.cursor or 'none'}"
+    )
+    for entry in result.report.invalid[:SHOWN_INVALID]:
+        print(f"  invalid {entry.path} {entry.where}: {entry.message}")
+    if result.invalid > SHOWN_INVALID:
+        print(f"  ... and {result.invalid - SHOWN_INVALID:,} more")
+
+
+@node_command
+def cmd_push(args: argparse.Namespace) -> int:
+    from node.connectors.base import ConnectorError
+    from node.connectors.push import PushResult, push_sink
+
+    with open_store(args) as (config, store):
+        results: list[dict[str, Any]] = []
+        for sink in _connectors("sinks", config.sinks, args.sink):
+            try:
+                result = push_sink(store, sink, node=config.name, round_id=args.round)
+                error = None
+            except ConnectorError as exc:
+                result, error = PushResult(sink.name), str(exc)
+            results.append({**result.as_json(), **({"error": error} if error else {})})
+            if not args.json:
+                if error:
+                    print(f"error: {error}", file=sys.stderr)
+                print(
+                    f"{sink.name}: pushed {result.matches:,} matches"
+                    f" ({result.objects:,} STIX objects)"
+                )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if any("error" in r for r in results) else 0
+
+
 @node_command
 def cmd_matches(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
@@ -199,34 +276,6 @@ def _match_table(rows: list[MatchRow], counts: list[PartnerCount]) -> None:
             print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}}  {who}")
     for c in counts:
         print(f"round {c.round_id[:12]}: {c.count:,} indicators shared with {c.partner}")
-
-
-_STIX_NS = uuid.UUID("6f0b8c52-2f5e-4d0e-9b4c-1f1d3a0e5b7a")  # blindmatch's namespace for STIX ids
-_STIX_PATH = {
-    "ipv4": "ipv4-addr:value",
-    "ipv6": "ipv6-addr:value",
-    "domain": "domain-name:value",
-    "url": "url:value",
-    "email": "email-addr:value",
-    "md5": "file:hashes.MD5",
-    "sha1": "file:hashes.'SHA-1'",
-    "sha256": "file:hashes.'SHA-256'",
-    "sha512": "file:hashes.'SHA-512'",
-}
-
-
-def _stix_id(kind: str, *parts: str) -> str:
-    return f"{kind}--{uuid.uuid5(_STIX_NS, '|'.join(parts))}"
-
-
-def stix_pattern(kind: str, value: str) -> str:
-    path = _STIX_PATH.get(kind)
-    if kind == "cidr":
-        path = "ipv6-addr:value" if ":" in value else "ipv4-addr:value"
-    if path is None:
-        raise ValueError(f"no STIX pattern for kind {kind!r}")
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"[{path} = '{escaped}']"
 
 
 def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:

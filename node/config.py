@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Final
 
 from blindmatch.canon import KINDS
 from blindmatch.pki import validate_name, validate_role
@@ -12,11 +15,34 @@ from blindmatch.protocol import Policy
 from blindmatch.tomlconfig import TlsPaths, TomlReader, is_valid_name, tls_lines
 from blindmatch.watch import DEFAULT_CHECK_BUDGET, DEFAULT_MAX_EPOCH, WatchSettings, parse_duration
 from node.budgets import BudgetPolicy, window_text
+from node.connectors import SINK_TYPES, SOURCE_TYPES
 from node.importing import DEFAULT_TLP
 from node.store import TLP_LEVELS, normalize_tlp
 
 DEFAULT_TLPS = tuple(t for t in TLP_LEVELS if t != "red")
 DEFAULT_WATCH = WatchSettings(max_epoch=parse_duration(DEFAULT_MAX_EPOCH))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    """One ``[[sources]]`` or ``[[sinks]]`` entry of node.toml (docs/OPERATIONS.md, Connectors).
+
+    The secret itself is never here: ``password_env`` names an environment variable, or
+    ``password_file`` a file readable by its owner only; node.connectors.base reads it when a
+    connection is made.
+    """
+
+    name: str
+    type: str
+    url: str  # TAXII: the discovery URL or an API root
+    collection: str  # TAXII: a collection id or title
+    username: str = ""
+    password_env: str = ""
+    password_file: Path | None = None
+    every: float | None = None  # seconds between pulls under `node serve`; None = `node sync` only
+    tlp: str | None = None  # for objects without a marking; None = import.default_tlp
+    verify: bool = True  # check the server's TLS certificate
+    ca_file: Path | None = None  # a CA bundle for that check instead of the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +66,8 @@ class NodeConfig:
     budgets: BudgetPolicy = field(default_factory=BudgetPolicy)  # per partner, rolling window
     # [policy] operators: who may sign the specs of rounds here; None = any operator ("*")
     operators: frozenset[str] | None = None
+    sources: tuple[ConnectorConfig, ...] = ()  # where `node sync` pulls indicators from
+    sinks: tuple[ConnectorConfig, ...] = ()  # where `node push` sends sightings of matches
 
     @property
     def worker_count(self) -> int:
@@ -102,6 +130,8 @@ def load_config(path: str | Path) -> NodeConfig:
             "import",
             "watch",
             "budgets",
+            "sources",
+            "sinks",
         },
     )
     return NodeConfig(
@@ -125,6 +155,8 @@ def load_config(path: str | Path) -> NodeConfig:
         watch=watch,
         budgets=budgets,
         operators=None if "*" in operators else frozenset(operators),
+        sources=_connectors(r, "sources", SOURCE_TYPES),
+        sinks=_connectors(r, "sinks", SINK_TYPES),
     )
 
 
@@ -168,6 +200,93 @@ def _budgets(r: TomlReader) -> BudgetPolicy:
         round_elements=r.integer("budgets.round_elements", table, d.round_elements, low=0),
         check_elements=r.integer("budgets.check_elements", table, d.check_elements, low=0),
     )
+
+
+_CONNECTOR_KEYS: Final = {
+    "name",
+    "type",
+    "url",
+    "collection",
+    "username",
+    "password_env",
+    "password_file",
+    "every",
+    "tlp",
+    "verify",
+    "ca_file",
+}
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _connectors(r: TomlReader, key: str, types: Mapping[str, str]) -> tuple[ConnectorConfig, ...]:
+    entries = r.value(key, r.data, [], list)
+    found: list[ConnectorConfig] = []
+    for index, entry in enumerate(entries):
+        where = f"{key}[{index}]"
+        r.check(isinstance(entry, dict), where, f"must be a table ([[{key}]]), not {entry!r}")
+        found.append(_connector(r, where, entry, types))
+    names = [c.name for c in found]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    r.check(not dupes, key, f"name(s) {', '.join(dupes)} used more than once")
+    return tuple(found)
+
+
+def _connector(
+    r: TomlReader, where: str, table: Mapping[str, Any], types: Mapping[str, str]
+) -> ConnectorConfig:
+    r.no_unknown(table, where, _CONNECTOR_KEYS)
+    kind = r.value(f"{where}.type", table, None, str)
+    r.check(kind in types, f"{where}.type", f"{kind!r} is not one of: {', '.join(types)}")
+    url = r.value(f"{where}.url", table, None, str)
+    r.check(
+        url.startswith(("https://", "http://")), f"{where}.url", f"{url!r} is not an http(s) URL"
+    )
+    password_env = r.value(f"{where}.password_env", table, "", str)
+    password_file = table.get("password_file")
+    r.check(
+        not (password_env and password_file),
+        where,
+        "sets both password_env and password_file; choose one",
+    )
+    tlp = table.get("tlp")
+    if tlp is not None:
+        try:
+            tlp = normalize_tlp(r.value(f"{where}.tlp", table, None, str))
+        except ValueError as exc:
+            raise r.fail(f"{where}.tlp", f"is wrong: {exc}") from None
+    return ConnectorConfig(
+        name=r.name(f"{where}.name", table, None),
+        type=kind,
+        url=url,
+        collection=r.value(f"{where}.collection", table, None, str),
+        username=r.value(f"{where}.username", table, "", str),
+        password_env=password_env,
+        password_file=(
+            None if password_file is None else r.file_path(f"{where}.password_file", table, None)
+        ),
+        every=_duration(r, f"{where}.every", table.get("every")),
+        tlp=tlp,
+        verify=_flag(r, f"{where}.verify", table.get("verify", True)),
+        ca_file=None if "ca_file" not in table else r.file_path(f"{where}.ca_file", table, None),
+    )
+
+
+def _flag(r: TomlReader, key: str, got: object) -> bool:
+    r.check(isinstance(got, bool), key, f"must be true or false, not {got!r}")
+    return bool(got)
+
+
+def _duration(r: TomlReader, key: str, got: object) -> float | None:
+    """ "90s", "15m", "1h", "1d" (or a number of seconds) as seconds; None when absent."""
+    if got is None:
+        return None
+    if isinstance(got, int | float) and not isinstance(got, bool) and got > 0:
+        return float(got)
+    match = _DURATION.fullmatch(got.strip()) if isinstance(got, str) else None
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]] if match else 0.0
+    r.check(seconds > 0, key, f'must be a duration such as "90s", "15m", "1h" or "1d", not {got!r}')
+    return seconds
 
 
 def render_config(

@@ -139,14 +139,45 @@ def _import_one(
     report: ImportReport,
     progress: Callable[[int], None] | None,
 ) -> None:
-    shown = _text(str(path))
+    import_events(
+        store,
+        _text(str(path)),
+        lambda: read_path(path, fmt),
+        fmt=fmt,
+        default_tlp=default_tlp,
+        source=source,
+        report=report,
+        progress=progress,
+    )
+
+
+def import_events(
+    store: Store,
+    shown: str,
+    read: Callable[[], tuple[str, Iterator[Event]]],
+    *,
+    fmt: str,
+    default_tlp: str,
+    source: str,
+    report: ImportReport,
+    progress: Callable[[int], None] | None = None,
+    cursor: tuple[str, str] | None = None,
+) -> FileImport | None:
+    """Import what ``read()`` yields, named ``shown``, as one transaction and one audit entry.
+
+    A file, a feed directory or one page a connector fetched: ``read`` returns the detected format
+    and the events. ``cursor`` (source, position) is saved with the sightings (node.store). Returns
+    None, with the failure in ``report``, when ``read`` raised ImportFileError.
+    """
     skipped: Counter[str] = Counter()
     entries_before, invalid_before = report.total, report.invalid_count
     detected = fmt
     try:
-        detected, events = read_path(path, fmt)
+        detected, events = read()
         sightings = _sightings(shown, events, report, skipped, progress)
-        result = store.add_sightings(sightings, source=source, default_tlp=default_tlp)
+        result = store.add_sightings(
+            sightings, source=source, default_tlp=default_tlp, cursor=cursor
+        )
     except ImportFileError as exc:
         # The transaction rolled back: the file's entries count as not read.
         report.total = entries_before
@@ -155,7 +186,7 @@ def _import_one(
         problem = _text(str(exc))
         report.failed.append(FailedFile(shown, problem))
         store.record_import(source, shown, detected, {"error": problem})
-        return
+        return None
     imported = Counter(result.new_per_kind)
     report.imported.update(imported)
     report.known += result.known
@@ -170,7 +201,9 @@ def _import_one(
         "default_tlp": default_tlp,
     }
     import_id = store.record_import(source, shown, detected, summary)
-    report.files.append(FileImport(shown, detected, source, result.new, result.known, import_id))
+    done = FileImport(shown, detected, source, result.new, result.known, import_id)
+    report.files.append(done)
+    return done
 
 
 def _sightings(
@@ -204,6 +237,7 @@ def _sightings(
                 count=event.count,
                 tlp=event.tlp,
                 tags=event.tags,
+                stix_id=event.stix_id,
             )
 
 

@@ -17,6 +17,7 @@ from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
 from node.config import NodeConfig
+from node.connectors.scheduler import ConnectorThread
 from node.pool import Blinder
 from node.rounds import RoundRegistry, fail_unfinished
 from node.servicer import NodeServicer
@@ -41,12 +42,15 @@ class RunningNode:
     store: Store
     blinder: Blinder
     watch: NodeWatch | None = None
+    connectors: ConnectorThread | None = None  # pulls and pushes in the background
 
     @property
     def port(self) -> int:
         return self.handle.port
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.connectors is not None:
+            self.connectors.stop()
         self.handle.health.enter_graceful_shutdown()
         self.handle.server.stop(grace).wait()
         if self.watch is not None:  # a node restart ends its watch epoch
@@ -103,11 +107,13 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         )
         # After the bind: a second node refused the port must not touch the first one's rounds.
         fail_unfinished(store, unfinished)
+        # Last: a node that failed to start has nothing pulling in the background.
+        connectors = ConnectorThread(config) if config.sources or config.sinks else None
     except BaseException:
         blinder.close()
         store.close()
         raise
-    return RunningNode(handle, rounds, store, blinder, watch)
+    return RunningNode(handle, rounds, store, blinder, watch, connectors)
 
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:

@@ -583,6 +583,41 @@ def test_import_text_list_into_store(store: Store, store_path: Path) -> None:
     assert rows(store_path)[("sha256", SHA256_EMPTY)][2] == 2
 
 
+def test_or_pattern_keeps_its_good_comparisons_and_names_the_bad_one(
+    store: Store, tmp_path: Path
+) -> None:
+    # The public Poison Ivy bundle's indicator, typo and all.
+    indicator_id = "indicator--a932fcc6-e032-476c-826f-cb970a5a1ade"
+    pattern = "[domain-name:value = 'domain autuo.xicp.net' OR ipv4-addr:value = '60.10.1.115']"
+    path = tmp_path / "poison-ivy.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "bundle",
+                "id": "bundle--1b1b1b1b-1b1b-4b1b-8b1b-1b1b1b1b1b1b",
+                "objects": [
+                    {
+                        "type": "indicator",
+                        "spec_version": "2.1",
+                        "id": indicator_id,
+                        "created": "2015-05-15T09:12:16.432Z",
+                        "modified": "2015-05-15T09:12:16.432Z",
+                        "pattern": pattern,
+                        "pattern_type": "stix",
+                        "valid_from": "2015-05-15T09:12:16.432678Z",
+                    }
+                ],
+            }
+        )
+    )
+    report = import_paths(store, [path])
+    assert report.imported == Counter({"ipv4": 1})
+    [bad] = report.invalid
+    assert bad.where == indicator_id and "'domain autuo.xicp.net'" in bad.message
+    kept = store.lookup("ipv4", "60.10.1.115")
+    assert kept is not None and store.stix_refs(kept.sighting_id) == [indicator_id]
+
+
 def test_import_stix_and_misp_keep_their_own_tlp(store: Store, store_path: Path) -> None:
     report = import_paths(
         store, [FIXTURES / "bundle.json", FIXTURES / "misp-event.json"], tlp="clear"

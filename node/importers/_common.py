@@ -34,6 +34,7 @@ class Record:
     tlp: str | None = None  # one of node.store.TLP_LEVELS; None = the import's default
     tags: tuple[str, ...] = ()
     count: int = 1
+    stix_id: str | None = None  # the STIX indicator's own id, so a sighting can point back at it
 
 
 @dataclass(frozen=True, slots=True)

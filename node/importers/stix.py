@@ -10,11 +10,13 @@
 - TLP comes from `object_marking_refs`: the fixed TLP 1.0 and TLP 2.0 marking-definition ids, and
   any TLP marking-definition object in the file. Several TLP markings: the strictest wins.
   Unmarked indicators get the import's default.
-- Tags are the indicator's `labels`.
+- Tags are the indicator's `labels`. Records keep the indicator's id (`stix_id`), so that a
+  sighting pushed back later can point at it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,8 @@ TLP_MARKING_IDS = {
 }
 # The STIX 2.1 limit for a sighting's count; it also keeps sums far from SQLite's 64-bit limit.
 MAX_COUNT = 999_999_999
+# An indicator id worth pointing a sighting at: the type and a UUID, nothing else.
+_STIX_ID = re.compile(r"indicator--[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _TLP2_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
 
 
@@ -65,7 +69,7 @@ class _Seen:
     last_seen: str | None = None
 
 
-def stix_objects(path: Path, document: object) -> list[object]:
+def stix_objects(path: Path | str, document: object) -> list[object]:
     """The objects of a bundle, a plain list of objects or a single object."""
     if isinstance(document, list):
         return document
@@ -81,7 +85,7 @@ def stix_objects(path: Path, document: object) -> list[object]:
     return objects
 
 
-def parse_stix(path: Path, document: object) -> Iterator[Event]:
+def parse_stix(path: Path | str, document: object) -> Iterator[Event]:
     objects = stix_objects(path, document)
     markings = dict(TLP_MARKING_IDS)
     indicators: list[tuple[str, dict[str, object]]] = []
@@ -199,6 +203,8 @@ def _indicator_events(
         yield Invalid(where, str(exc))
         return
     first, last = widen(*ordered_window(first, last), seen.first_seen, seen.last_seen)
+    object_id = indicator.get("id")
+    stix_id = object_id if isinstance(object_id, str) and _STIX_ID.fullmatch(object_id) else None
     for value in values:
         if not isinstance(value, PatternValue):
             yield Skipped(where, value)
@@ -207,7 +213,9 @@ def _indicator_events(
         if problem is not None:
             yield Invalid(where, problem)
             continue
-        yield Record(value.kind_hint, value.raw, where, first, last, tlp, tags, 1 + seen.count)
+        yield Record(
+            value.kind_hint, value.raw, where, first, last, tlp, tags, 1 + seen.count, stix_id
+        )
 
 
 def _object_tlp(obj: dict[str, object], markings: dict[str, str]) -> str | None:

@@ -12,6 +12,10 @@ Rules:
   `=` and `IN` (plus `ISSUBSET` on IP addresses, the STIX way of writing a CIDR block), or an
   object path that is not one of the supported ones.
 - A pattern that does not tokenise or parse raises PatternError.
+
+Why not `stix2-patterns` (the OASIS ANTLR grammar): measured in one run on 6,000 patterns of the
+shapes feeds carry, it parsed about 4,100 patterns/s against about 62,000 here, and its
+`inspect()` flattens comparisons without telling OR from AND, which is what decides the values.
 """
 
 from __future__ import annotations

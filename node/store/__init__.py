@@ -11,11 +11,13 @@ built from one module per job:
     matches.py    round results: matches and partner counts
     watch.py      early warning: epochs, checks, alerts
     budgets.py    budgets across rounds: what was blinded for each partner, when
+    connectors.py STIX ids of imported indicators, source cursors, matches pushed to sinks
 """
 
 from node.store.audit import AuditEntry, ImportAudit, RoundAudit
 from node.store.base import NodeStore
 from node.store.budgets import BudgetUse, Overdraft
+from node.store.connectors import UnpushedMatch
 from node.store.matches import MatchRow, PartnerCount
 from node.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, utc_now
 from node.store.sightings import AddResult, Sighting, Stats, StoredSighting
@@ -44,6 +46,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredSighting",
+    "UnpushedMatch",
     "normalize_tlp",
     "utc_now",
 ]

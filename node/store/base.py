@@ -14,6 +14,7 @@ from typing import Any, Self
 
 from node.store.audit import AuditEntry, RoundAudit
 from node.store.budgets import BudgetUse, Overdraft
+from node.store.connectors import UnpushedMatch
 from node.store.matches import MatchRow, PartnerCount
 from node.store.sightings import ELIGIBLE_CHUNK, AddResult, Sighting, Stats, StoredSighting
 from node.store.watch import AlertRow, CheckAudit, EpochAudit
@@ -41,13 +42,20 @@ class NodeStore(ABC):
 
     @abstractmethod
     def add_sightings(
-        self, sightings: Iterable[Sighting], *, source: str, default_tlp: str
+        self,
+        sightings: Iterable[Sighting],
+        *,
+        source: str,
+        default_tlp: str,
+        cursor: tuple[str, str] | None = None,
     ) -> AddResult:
         """Store a batch in one transaction; if anything raises midway, nothing of it is stored.
 
         ``new`` counts indicators the store did not hold before; ``known`` counts the batch's
         sightings that merged into an indicator already stored (including one stored earlier in
-        this same batch).
+        this same batch). A sighting's ``stix_id`` is remembered for it; ``cursor``, (source,
+        cursor), is saved in the same transaction, so the batch and the position after it are
+        stored together or not at all.
         """
 
     @abstractmethod
@@ -220,3 +228,21 @@ class NodeStore(ABC):
     @abstractmethod
     def budget_use(self, since: float) -> list[BudgetUse]:
         """Elements charged after unix time ``since``, per partner and kind, by partner."""
+
+    # --- connectors (node/store/connectors.py)
+
+    @abstractmethod
+    def cursor(self, source: str) -> str | None:
+        """The cursor saved for ``source`` by ``add_sightings``, or None before its first pull."""
+
+    @abstractmethod
+    def stix_refs(self, sighting_id: int) -> list[str]:
+        """The STIX indicator ids the sighting was imported from, sorted."""
+
+    @abstractmethod
+    def unpushed(self, sink: str, round_id: str | None = None) -> list[UnpushedMatch]:
+        """Matches (of one round, or all) not yet marked pushed to ``sink``, oldest round first."""
+
+    @abstractmethod
+    def mark_pushed(self, sink: str, matches: Iterable[tuple[str, int]]) -> int:
+        """Record (round_id, sighting_id) pairs as received by ``sink``; how many were new."""

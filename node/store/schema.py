@@ -151,6 +151,33 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 3 -> 4: signed specs (docs/PROTOCOL.md): the operator who signed a round's spec; NULL for
     # rounds recorded before, and for specs refused before their signature was verified.
     ("ALTER TABLE rounds ADD COLUMN operator TEXT",),
+    # 4 -> 5: connectors (node/store/connectors.py): the STIX ids indicators came with, each source's
+    # cursor, and which matches each sink has received.
+    (
+        """
+        CREATE TABLE stix_refs (
+            sighting_id INTEGER NOT NULL REFERENCES sightings (id),
+            stix_id     TEXT NOT NULL,  -- the source's own indicator--<uuid>
+            PRIMARY KEY (sighting_id, stix_id)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE source_cursors (
+            source  TEXT PRIMARY KEY,
+            cursor  TEXT NOT NULL,  -- opaque to the store: what the source resumes from
+            updated TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE pushed (
+            sink        TEXT NOT NULL,
+            round_id    TEXT NOT NULL REFERENCES rounds (round_id) ON DELETE CASCADE,
+            sighting_id INTEGER NOT NULL REFERENCES sightings (id),
+            pushed_at   TEXT NOT NULL,
+            PRIMARY KEY (sink, round_id, sighting_id)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from blindmatch.states import Outcome
+from node.store.connectors import save_cursor, save_stix_refs
 from node.store.db import Database
 from node.store.schema import normalize_time, utc_now
 from node.store.tlp import TLP_LEVELS, tlp_rank
@@ -37,6 +38,7 @@ class Sighting:
     # clear | green | amber | amber+strict | red; None = the import's default
     tlp: str | None = None
     tags: tuple[str, ...] = ()
+    stix_id: str | None = None  # the STIX indicator it came from (node/store/connectors.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,12 @@ class SightingsTable(Database):
     """Storing, finding and selecting sightings; the store's summary counts."""
 
     def add_sightings(
-        self, sightings: Iterable[Sighting], *, source: str, default_tlp: str
+        self,
+        sightings: Iterable[Sighting],
+        *,
+        source: str,
+        default_tlp: str,
+        cursor: tuple[str, str] | None = None,
     ) -> AddResult:
         if not source or not source.strip():
             raise ValueError("source must name where the sightings come from, e.g. 'misp-feed'")
@@ -117,6 +124,7 @@ class SightingsTable(Database):
         now = utc_now()
         sources_json = json.dumps([source])
         seen = 0
+        refs: list[tuple[str, str, str]] = []  # (stix_id, kind, value), stored after the upsert
 
         def rows() -> Iterator[tuple[str, str, str, str, str, str, int, int, str, str]]:
             nonlocal seen
@@ -145,6 +153,8 @@ class SightingsTable(Database):
                 if first > last:
                     first, last = last, first
                 tags = json.dumps(sorted(set(s.tags))) if s.tags else "[]"
+                if s.stix_id is not None:
+                    refs.append((s.stix_id, s.kind, s.value))
                 seen += 1
                 yield (
                     s.kind,
@@ -163,6 +173,9 @@ class SightingsTable(Database):
             before = _count_per_kind(conn)
             conn.executemany(_UPSERT_SIGHTING, rows())
             after = _count_per_kind(conn)
+            save_stix_refs(conn, refs)
+            if cursor is not None:
+                save_cursor(conn, *cursor)
         per_kind = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
         new = sum(per_kind.values())
         return AddResult(new=new, known=seen - new, new_per_kind=per_kind)

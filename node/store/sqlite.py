@@ -5,12 +5,15 @@ from __future__ import annotations
 from node.store.audit import AuditLog
 from node.store.base import NodeStore
 from node.store.budgets import BudgetLedger
+from node.store.connectors import ConnectorTable
 from node.store.matches import MatchTable
 from node.store.sightings import SightingsTable
 from node.store.watch import WatchLog
 
 
-class Store(SightingsTable, AuditLog, MatchTable, WatchLog, BudgetLedger, NodeStore):
+class Store(
+    SightingsTable, AuditLog, MatchTable, WatchLog, BudgetLedger, ConnectorTable, NodeStore
+):
     """The node's private store. Open with ``Store.open(path)``; use as a context manager.
 
     Each part runs its own SQL on the connection ``node.store.db.Database`` holds; the

@@ -1,0 +1,111 @@
+"""What every connector is: a Source yields pages of import events, a Sink takes matches.
+
+Rules:
+- A source never touches the store. ``pull(cursor)`` yields ``Page``s, each with the events a
+  parser made of it (node.importers: Record / Skipped / Invalid) and the cursor to resume from
+  once that page is stored; node.connectors.sync stores a page and its cursor together.
+- A sink never touches the store either: ``push(node, matches)`` sends what it is given and
+  returns only when the remote side accepted it; node.connectors.push marks them pushed after.
+- Secrets never sit in node.toml: ``password_env`` names an environment variable, or
+  ``password_file`` a file no one but its owner may read (a wider file is refused, as ssh does).
+- ``ConnectorError`` means the operation failed (server unreachable, wrong password, refused):
+  the CLI exits 1. A wrong setting is a ``ConfigError`` (exit 2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from blindmatch.tomlconfig import ConfigError
+from node.config import ConnectorConfig
+from node.connectors import SINK_TYPES, SOURCE_TYPES
+from node.importers import Event
+from node.store import UnpushedMatch
+
+
+class ConnectorError(Exception):
+    """A source or sink could not do what was asked; the message names it and says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One unit a source fetched: stored in one transaction, then ``cursor`` is saved."""
+
+    name: str  # how the import audit names it, e.g. "national-taxii page 3"
+    fmt: str  # the audit's format column: "taxii", "misp", ...
+    fetched: int  # objects received
+    events: Iterator[Event]
+    cursor: str | None  # where the next pull starts once this page is stored; None = unchanged
+
+
+class Source(Protocol):
+    config: ConnectorConfig
+
+    def pull(self, cursor: str | None) -> Iterator[Page]:
+        """Everything added since ``cursor`` (None: everything), page by page."""
+        ...
+
+
+class Sink(Protocol):
+    config: ConnectorConfig
+
+    def push(self, node: str, matches: Sequence[UnpushedMatch]) -> int:
+        """Send sightings of ``matches`` from ``node``; how many objects the remote side took.
+
+        Partners are named only where the match names them (the round's mode delivered names).
+        """
+        ...
+
+
+def open_source(config: ConnectorConfig) -> Source:
+    source: Source = _load(SOURCE_TYPES, config)(config)
+    return source
+
+
+def open_sink(config: ConnectorConfig) -> Sink:
+    sink: Sink = _load(SINK_TYPES, config)(config)
+    return sink
+
+
+def _load(registry: dict[str, str], config: ConnectorConfig) -> type:
+    target = registry.get(config.type)
+    if target is None:
+        raise ConfigError(f"connector {config.name}: type {config.type!r} is not supported here")
+    module, _, name = target.partition(":")
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def read_secret(config: ConnectorConfig) -> str | None:
+    """The password ``config`` points at, or None when it names none (no authentication)."""
+    if config.password_env:
+        secret = os.environ.get(config.password_env)
+        if not secret:
+            raise ConfigError(
+                f"connector {config.name}: environment variable {config.password_env}"
+                " (password_env) is not set"
+            )
+        return secret
+    path = config.password_file
+    if path is None:
+        return None
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"connector {config.name}: password_file {path} is readable by others"
+                f" (mode {mode:04o}); make it 0600"
+            )
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"connector {config.name}: cannot read password_file {path}: {exc.strerror}"
+        ) from None
+    if not secret:
+        raise ConfigError(f"connector {config.name}: password_file {path} is empty")
+    return secret

@@ -1,0 +1,112 @@
+"""`node serve`'s connector work: each source pulled on its `every`, sinks pushed after rounds.
+
+Rules:
+- One background thread with its own store connection, so a pull or push never holds the lock
+  the round service uses; SQLite serialises the short page transactions with the rounds' writes.
+- A sink is polled every PUSH_EVERY seconds and pushed to when a round left matches it has not
+  received (``push_sink`` makes no connection otherwise): pushes follow rounds without the round
+  code knowing about sinks.
+- A failing job is logged and retried after RETRY_FIRST seconds, doubling up to RETRY_MAX; it
+  never stops the thread, the other jobs or the node. Time comes from an injected clock, and
+  ``step`` runs what is due once, so tests drive the schedule without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from node.config import NodeConfig
+from node.connectors.push import push_sink
+from node.connectors.sync import sync_source
+from node.store import Store
+
+log = logging.getLogger("blindmatch.node.connectors")
+
+PUSH_EVERY: Final = 60.0
+RETRY_FIRST: Final = 30.0
+RETRY_MAX: Final = 3600.0
+
+
+@dataclass
+class Job:
+    name: str  # "pull national-taxii", "push national-taxii-sightings"
+    every: float
+    run: Callable[[], object]
+    due: float = 0.0  # clock time of its next run; 0 = at once
+    failures: int = 0  # in a row
+
+
+def retry_delay(failures: int) -> float:
+    return min(RETRY_FIRST * 2.0 ** (failures - 1), RETRY_MAX)
+
+
+class Scheduler:
+    def __init__(self, jobs: Sequence[Job], clock: Callable[[], float] = time.monotonic) -> None:
+        self.jobs = list(jobs)
+        self.clock = clock
+
+    def step(self) -> float:
+        """Run every job that is due; the seconds until the next one is."""
+        for job in self.jobs:
+            now = self.clock()
+            if job.due > now:
+                continue
+            try:
+                job.run()
+            except Exception as exc:  # any failure is the job's, never the node's
+                job.failures += 1
+                delay = retry_delay(job.failures)
+                log.warning("%s failed (%s); retrying in %.0f s", job.name, exc, delay)
+                job.due = self.clock() + delay
+            else:
+                job.failures = 0
+                job.due = self.clock() + job.every
+        return max(0.0, min((j.due for j in self.jobs), default=RETRY_MAX) - self.clock())
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            stop.wait(self.step())
+
+
+def jobs_for(config: NodeConfig, store: Store) -> list[Job]:
+    jobs = [
+        Job(
+            f"pull {source.name}",
+            source.every,
+            lambda source=source: sync_source(store, source, default_tlp=config.default_tlp),  # type: ignore[misc]
+        )
+        for source in config.sources
+        if source.every is not None
+    ]
+    jobs += [
+        Job(
+            f"push {sink.name}",
+            PUSH_EVERY,
+            lambda sink=sink: push_sink(store, sink, node=config.name),  # type: ignore[misc]
+        )
+        for sink in config.sinks
+    ]
+    return jobs
+
+
+class ConnectorThread:
+    """The background thread ``node serve`` runs when node.toml has sources or sinks."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self._store = Store.open(config.store)
+        self._stop = threading.Event()
+        self.scheduler = Scheduler(jobs_for(config, self._store))
+        self._thread = threading.Thread(
+            target=self.scheduler.run, args=(self._stop,), name="connectors", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._store.close()

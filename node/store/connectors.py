@@ -1,0 +1,106 @@
+"""Connector bookkeeping: the STIX ids indicators arrived with, source cursors, pushed matches.
+
+Rules:
+- A sighting imported from a STIX indicator keeps that object's id (``stix_refs``), so a
+  sighting pushed back can name the analyst's own indicator. One value may come with several ids.
+- A source's cursor is opaque text the source resumes from; ``add_sightings(..., cursor=...)``
+  saves it in the same transaction as the page it follows, so a crash never skips or repeats a
+  page.
+- A match is pushed to a sink once: ``mark_pushed`` records (sink, round, sighting) after the
+  sink accepted it, and ``unpushed`` leaves those out.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from node.store.db import Database
+from node.store.schema import utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class UnpushedMatch:
+    """A match a sink has not received yet, with what a sighting of it needs."""
+
+    round_id: str
+    sighting_id: int
+    kind: str
+    value: str
+    partners: list[str]  # empty in threshold mode
+    count: int | None  # nations holding it, in threshold mode
+    finished: str | None
+    stix_ids: list[str]  # the source indicators it was imported from, sorted
+
+
+def save_cursor(conn: sqlite3.Connection, source: str, cursor: str) -> None:
+    conn.execute(
+        "INSERT INTO source_cursors (source, cursor, updated) VALUES (?, ?, ?)"
+        " ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated = excluded.updated",
+        (source, cursor, utc_now()),
+    )
+
+
+def save_stix_refs(conn: sqlite3.Connection, refs: Iterable[tuple[str, str, str]]) -> None:
+    """Record (stix_id, kind, value) for sightings already upserted in this transaction."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO stix_refs (sighting_id, stix_id)"
+        " SELECT id, ? FROM sightings WHERE kind = ? AND value = ?",
+        refs,
+    )
+
+
+class ConnectorTable(Database):
+    """Cursors, STIX ids and pushed marks."""
+
+    def cursor(self, source: str) -> str | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT cursor FROM source_cursors WHERE source = ?", (source,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def stix_refs(self, sighting_id: int) -> list[str]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT stix_id FROM stix_refs WHERE sighting_id = ? ORDER BY stix_id",
+                (sighting_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def unpushed(self, sink: str, round_id: str | None = None) -> list[UnpushedMatch]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                """
+                SELECT m.round_id, s.id, s.kind, s.value, m.partners, m.count, r.finished,
+                       (SELECT json_group_array(stix_id) FROM
+                           (SELECT stix_id FROM stix_refs x WHERE x.sighting_id = s.id
+                            ORDER BY stix_id))
+                FROM matches m
+                JOIN rounds r ON r.round_id = m.round_id
+                JOIN sightings s ON s.id = m.sighting_id
+                WHERE (?2 IS NULL OR m.round_id = ?2)
+                  AND NOT EXISTS (SELECT 1 FROM pushed p WHERE p.sink = ?1
+                                  AND p.round_id = m.round_id AND p.sighting_id = m.sighting_id)
+                ORDER BY r.started, r.rowid, s.kind, s.value
+                """,
+                (sink, round_id),
+            ).fetchall()
+        return [
+            UnpushedMatch(r, sid, k, v, json.loads(p), c, f, json.loads(ids))
+            for r, sid, k, v, p, c, f, ids in rows
+        ]
+
+    def mark_pushed(self, sink: str, matches: Iterable[tuple[str, int]]) -> int:
+        """Record (round_id, sighting_id) pairs as received by ``sink``; how many were new."""
+        now = utc_now()
+        with self._transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO pushed (sink, round_id, sighting_id, pushed_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(sink, r, sid, now) for r, sid in matches],
+            )
+            return conn.total_changes - before
