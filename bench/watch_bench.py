@@ -34,8 +34,8 @@ from blindmatch import harness, net
 from blindmatch.group import RoundKey, blind_packed, hash_indicators
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2, watch_pb2_grpc
 from blindmatch.watch import FILTER_ERROR_RATE, bloom_bits_per_element
-from coordinator.cli import new_round, start_request
 from coordinator.config import load_operator_config
+from coordinator.operator_cli import new_round, start_request
 from coordinator.watch import new_filter
 from node.store import Sighting, Store
 

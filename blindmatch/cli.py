@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True)
     s.add_argument("--coordinator", required=True, metavar="HOST:PORT")
     s.add_argument("--pki", required=True, metavar="PKI_DIR")
-    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_operator_init"))
+    s.set_defaults(handler=_lazy("coordinator.operator_cli", "cmd_operator_init"))
 
     # round
     rnd = top.add_parser("round", help="launch and watch match rounds")
@@ -204,13 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="follow the round until it ends")
     s.add_argument("--json", action="store_true")
     s.add_argument("--insecure", action="store_true")
-    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_round_start"))
+    s.set_defaults(handler=_lazy("coordinator.operator_cli", "cmd_round_start"))
     s = rs.add_parser("status", help="one round, or the recent ones")
     s.add_argument("--config", required=True, metavar="OP_TOML")
     s.add_argument("id", nargs="?", metavar="ID")
     s.add_argument("--json", action="store_true")
     s.add_argument("--insecure", action="store_true")
-    s.set_defaults(handler=_lazy("coordinator.cli", "cmd_round_status"))
+    s.set_defaults(handler=_lazy("coordinator.operator_cli", "cmd_round_status"))
 
     # canonicalize
     s = top.add_parser("canonicalize", help="print the canonical form of indicators")

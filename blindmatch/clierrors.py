@@ -107,3 +107,22 @@ def _message(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc)
+
+
+def flag_value(check: Callable[[str], str], value: str, flag: str) -> str:
+    """``check(value)`` (a validator raising ValueError), or BadInput naming the flag."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise BadInput(f"{flag}: {exc}") from None
+
+
+def flag_address(value: str, flag: str) -> str:
+    """``value`` if it is a host:port, or BadInput naming the flag."""
+    from blindmatch.net import split_host_port
+
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise BadInput(f"{flag}: {exc}") from None
+    return value

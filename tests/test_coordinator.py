@@ -26,7 +26,7 @@ from blindmatch.net import Allow, load_tls, open_channel
 from blindmatch.pki import Identity, identity_of
 from blindmatch.protocol import Caps, Policy, UnknownRound
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
-from coordinator import cli
+from coordinator import cli, operator_cli
 from coordinator.config import (
     ConfigError,
     CoordinatorConfig,
@@ -741,7 +741,7 @@ def operator_toml(pki: FederationPki, home: Path, name: str, coordinator: str) -
     args = argparse.Namespace(
         op_dir=str(home), name=name, coordinator=coordinator, pki=str(pki.dir)
     )
-    assert cli.cmd_operator_init(args) == 0
+    assert operator_cli.cmd_operator_init(args) == 0
     return str(home / "operator.toml")
 
 
@@ -770,7 +770,7 @@ def test_cli_round_start_waits_and_prints_one_json_object(
     assert load_operator_config(config).name == "cli-ops"
     capsys.readouterr()
 
-    assert cli.cmd_round_start(round_args(config, ["alpha", "beta"])) == 0
+    assert operator_cli.cmd_round_start(round_args(config, ["alpha", "beta"])) == 0
     out = capsys.readouterr()
     result = json.loads(out.out)
     assert result["state"] == "done" and result["error"] is None
@@ -783,14 +783,17 @@ def test_cli_round_start_waits_and_prints_one_json_object(
     assert "done" in out.err  # progress went to stderr
 
     status = argparse.Namespace(config=config, id=result["id"][:10], json=False, insecure=False)
-    assert cli.cmd_round_status(status) == 0
+    assert operator_cli.cmd_round_status(status) == 0
     shown = capsys.readouterr().out
     assert f"round {result['id']} done" in shown and "alpha" in shown
 
-    assert cli.cmd_round_status(argparse.Namespace(**{**vars(status), "id": None})) == 0
+    assert operator_cli.cmd_round_status(argparse.Namespace(**{**vars(status), "id": None})) == 0
     assert result["id"] in capsys.readouterr().out
 
-    assert cli.cmd_round_start(round_args(config, ["alpha", "beta"], wait=False, json=False)) == 0
+    assert (
+        operator_cli.cmd_round_start(round_args(config, ["alpha", "beta"], wait=False, json=False))
+        == 0
+    )
     started = capsys.readouterr().out.strip()
     assert len(started) == 32 and started != result["id"]
 
@@ -803,12 +806,12 @@ def test_cli_round_start_exits_1_when_the_round_fails(
 ) -> None:
     config = operator_toml(pki, tmp_path / "op", "cli-ops2", f"127.0.0.1:{coord.port}")
     capsys.readouterr()
-    assert cli.cmd_round_start(round_args(config, ["alpha", "ghost"], json=False)) == 1
+    assert operator_cli.cmd_round_start(round_args(config, ["alpha", "ghost"], json=False)) == 1
     out = capsys.readouterr().out
     assert "failed" in out and "node ghost unreachable" in out
 
     # a round the coordinator refuses as invalid is an input error
-    assert cli.cmd_round_start(round_args(config, ["alpha", "nobody"])) == 2
+    assert operator_cli.cmd_round_start(round_args(config, ["alpha", "nobody"])) == 2
     err = capsys.readouterr().err
     assert "refused (INVALID_ARGUMENT): unknown node(s) nobody" in err
 
@@ -819,15 +822,15 @@ def test_cli_round_start_input_errors(
     config = operator_toml(pki, tmp_path / "op", "cli-ops3", f"127.0.0.1:{free_port()}")
     capsys.readouterr()
 
-    assert cli.cmd_round_start(round_args(config, ["a", "b"], threshold=2)) == 2
+    assert operator_cli.cmd_round_start(round_args(config, ["a", "b"], threshold=2)) == 2
     assert "add --mode threshold" in capsys.readouterr().err
-    assert cli.cmd_round_start(round_args(config, ["a", "b"], mode="threshold")) == 2
+    assert operator_cli.cmd_round_start(round_args(config, ["a", "b"], mode="threshold")) == 2
     assert "needs --threshold" in capsys.readouterr().err
-    assert cli.cmd_round_start(round_args(str(tmp_path / "none.toml"), ["a", "b"])) == 2
+    assert operator_cli.cmd_round_start(round_args(str(tmp_path / "none.toml"), ["a", "b"])) == 2
     assert "does not exist" in capsys.readouterr().err
 
     # nothing listens at the configured address: an operational error, with what to check
-    assert cli.cmd_round_start(round_args(config, ["a", "b"])) == 1
+    assert operator_cli.cmd_round_start(round_args(config, ["a", "b"])) == 1
     err = capsys.readouterr().err
     assert "unreachable (UNAVAILABLE)" in err and "blindmatch coordinator serve" in err
     assert "Traceback" not in err

@@ -28,8 +28,8 @@ import pytest
 from blindmatch import harness
 from blindmatch.net import split_host_port
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
-from coordinator.cli import new_round, start_request
 from coordinator.config import load_operator_config
+from coordinator.operator_cli import new_round, start_request
 from coordinator.state import RESTART_REASON as COORDINATOR_RESTART
 from node.store import RoundAudit, Sighting, Store
 from tests.relay import Relay

@@ -1,0 +1,417 @@
+"""CLI handlers of operators: ``operator init``, ``round start`` and ``round status``.
+
+An operator signs the spec of every round it asks for (docs/PROTOCOL.md, "Signed specs"), with
+the federation key its operator.toml names; the coordinator only carries it.
+
+Each handler takes the parsed ``argparse.Namespace`` and returns the exit status of
+``blindmatch.clierrors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
+coordinator finds invalid, naming unknown nodes say, is bad input). No traceback reaches an
+operator: every error is one line saying what was wrong and what to do.
+
+``--insecure`` means plaintext, loopback only; the other side must run with ``--insecure`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+import grpc
+
+from blindmatch import wire
+from blindmatch.canon import KINDS
+from blindmatch.clierrors import (
+    BadInput,
+    Failed,
+    Interrupted,
+    flag_address,
+    flag_value,
+    rpc_failure,
+)
+from blindmatch.initdir import absolute, init_dir, refuse_existing
+from blindmatch.net import Allow, load_tls, open_channel
+from blindmatch.pki import PkiError, issue_to_dir, validate_name
+from blindmatch.protocol import DEFAULT_CHUNK, BadMessage, RoundSpec
+from blindmatch.signing import SignedSpec, Signer
+from blindmatch.states import COORDINATOR_FINAL, CoordinatorPhase
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS
+from coordinator.cli import coordinator_command
+from coordinator.config import (
+    OPERATOR_FILE,
+    OperatorConfig,
+    load_operator_config,
+    write_operator_config,
+)
+
+CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
+T = TypeVar("T")
+
+
+@coordinator_command
+def cmd_operator_init(args: argparse.Namespace) -> int:
+    """``blindmatch operator init OP_DIR --name NAME --coordinator HOST:PORT --pki PKI_DIR``
+
+    Reads ``args.op_dir``, ``args.name``, ``args.coordinator`` and ``args.pki``. Writes
+    OP_DIR/operator.toml and the operator's certificate, key and CA certificate into OP_DIR.
+    """
+    name = flag_value(validate_name, args.name, "--name")
+    coordinator = flag_address(args.coordinator, "--coordinator")
+    op_dir = Path(args.op_dir)
+    config_path = op_dir / OPERATOR_FILE
+    refuse_existing(config_path)
+    with init_dir(op_dir):
+        issued = issue_to_dir(args.pki, name, "operator", out_dir=op_dir)
+    write_operator_config(
+        config_path, OperatorConfig(name=name, coordinator=coordinator, tls=absolute(issued))
+    )
+    print(f"wrote {config_path}")
+    print(f"issued operator/{name}: {issued.cert}, {issued.key}")
+    print(f"start a round with: blindmatch round start --config {config_path} --nodes A,B --wait")
+    return 0
+
+
+@coordinator_command
+def cmd_round_start(args: argparse.Namespace) -> int:
+    """``blindmatch round start --config OP_TOML --nodes A,B[,C...] [--mode M] [--threshold T]
+    [--counts] [--epoch D] [--chunk-size N] [--kinds K,...] [--wait] [--json] [--insecure]``
+
+    Reads ``args.config``, ``args.nodes`` (list of names), ``args.mode`` ("pairwise",
+    "threshold", "count" or "watch"), ``args.threshold`` (int or None), ``args.counts``,
+    ``args.epoch`` (seconds or None), ``args.chunk_size`` (int or None), ``args.kinds`` (list or
+    None: every kind), ``args.wait``, ``args.json`` and ``args.insecure``.
+
+    Draws the round id, builds the round spec and signs it with the operator's federation key
+    (operator.toml's [tls] key): nodes act only on the spec this operator signed.
+
+    Without ``--wait``: prints the round id (``--json``: the round as one JSON object) and exits 0.
+    With ``--wait``: follows the round, progress on stderr, then a summary on stdout (``--json``:
+    exactly one JSON object); exits 0 when the round is done and 1 when it failed.
+    """
+    nodes = list(args.nodes)
+    kinds = list(args.kinds or ())
+    epoch = getattr(args, "epoch", None)
+    counts = bool(getattr(args, "counts", False))
+    if epoch is not None and args.mode != "watch":
+        raise BadInput("--epoch only applies to --mode watch")
+    if counts and args.mode != "threshold":
+        raise BadInput("--counts only applies to --mode threshold")
+    try:
+        spec = new_round(
+            nodes,
+            args.mode,
+            threshold=args.threshold,
+            kinds=kinds,
+            epoch=epoch,
+            counts=counts,
+            chunk_size=getattr(args, "chunk_size", None),
+        )
+    except BadMessage as exc:
+        hint = ""
+        if args.threshold is not None and args.mode != "threshold":
+            hint = " (add --mode threshold, or drop --threshold)"
+        elif args.mode == "threshold" and args.threshold is None:
+            hint = " (threshold mode needs --threshold T)"
+        raise BadInput(f"{exc}{hint}") from None
+    config = load_operator_config(args.config)
+    request = start_request(config, spec)
+    with _coordinator(config, args.insecure) as stub:
+        info = _call(config, lambda: stub.StartRound(request, timeout=CALL_TIMEOUT))
+        if not args.wait:
+            print(json.dumps(info_dict(info)) if args.json else info.id)
+            return 0
+        print(f"round {info.id} started", file=sys.stderr)
+        final = _follow(config, stub, info, progress=_Progress())
+    print(json.dumps(info_dict(final)) if args.json else summary(final))
+    return 0 if final.state == CoordinatorPhase.DONE else 1
+
+
+@coordinator_command
+def cmd_round_status(args: argparse.Namespace) -> int:
+    """``blindmatch round status --config OP_TOML [ID] [--json] [--insecure]``
+
+    Reads ``args.config``, ``args.id`` (a round id, a unique prefix of one, or None: the recent
+    rounds), ``args.json`` and ``args.insecure``. Exits 0 (also for a failed round: the status
+    was shown), 1 when the coordinator cannot be reached or knows no such round.
+    """
+    config = load_operator_config(args.config)
+    with _coordinator(config, args.insecure) as stub:
+        if args.id:
+            info = _find(config, stub, args.id)
+            print(json.dumps(info_dict(info)) if args.json else summary(info))
+            return 0
+        rounds = _call(
+            config,
+            lambda: stub.ListRounds(coordinator_pb2.ListRoundsRequest(), timeout=CALL_TIMEOUT),
+        ).rounds
+    if args.json:
+        print(json.dumps([info_dict(r) for r in rounds]))
+    elif not rounds:
+        print("no rounds yet; start one with `blindmatch round start`")
+    else:
+        print(table(rounds))
+    return 0
+
+
+# --- asking for a round -----------------------------------------------------------------------
+
+
+def new_round(
+    nodes: Sequence[str],
+    mode: str = "pairwise",
+    *,
+    threshold: int | None = None,
+    kinds: Sequence[str] = (),
+    epoch: float | None = None,
+    counts: bool = False,
+    chunk_size: int | None = None,
+) -> RoundSpec:
+    """The spec of a new round as the operator asks for it: a fresh round id, issued now.
+    ``mode`` "watch" is a pairwise round that then opens an epoch (docs/WATCH.md)."""
+    watching = mode == "watch"
+    return RoundSpec(
+        round_id=uuid.uuid4().hex,
+        participants=tuple(nodes),
+        mode="pairwise" if watching else mode,
+        threshold=threshold,
+        kinds=tuple(kinds) or KINDS,
+        chunk_size=chunk_size or DEFAULT_CHUNK,
+        epoch_seconds=(epoch or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
+        counts=counts,
+        issued=time.time(),
+    )
+
+
+def start_request(config: OperatorConfig, spec: RoundSpec) -> coordinator_pb2.StartRoundRequest:
+    """``spec`` signed with the operator's federation key: nodes act only on what it signed."""
+    signed = SignedSpec.sign(_signer(config), wire.spec_bytes(spec))
+    return coordinator_pb2.StartRoundRequest(signed_spec=wire.signed_spec_to_proto(signed))
+
+
+def _signer(config: OperatorConfig) -> Signer:
+    """The operator's federation key, which signs the specs of the rounds it asks for."""
+    try:
+        return Signer(config.tls.cert.read_bytes(), config.tls.key.read_bytes())
+    except (OSError, PkiError) as exc:
+        raise BadInput(
+            f"cannot sign the round with {config.tls.cert} and {config.tls.key} "
+            f"(operator.toml [tls]): {exc}"
+        ) from None
+
+
+@contextmanager
+def _coordinator(
+    config: OperatorConfig, insecure: bool
+) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
+    tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
+    channel = open_channel(config.coordinator, tls, insecure=insecure, expect=Allow("coordinator"))
+    try:
+        yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+    finally:
+        channel.close()
+
+
+def _call(config: OperatorConfig, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except grpc.RpcError as err:
+        raise rpc_failure(err, _rpc_message(config, err)) from None
+
+
+def _rpc_message(config: OperatorConfig, err: grpc.RpcError) -> str:
+    code = err.code()
+    details = err.details() or "(no details)"
+    where = f"coordinator at {config.coordinator}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"{where} unreachable (UNAVAILABLE): {details} — is `blindmatch coordinator serve` "
+            "running there, with the same --insecure setting as this command?"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{where} did not answer within {CALL_TIMEOUT:g} s; is it overloaded or stuck?"
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return (
+            f"{where} refused this operator ({code.name}): {details} — check that "
+            f"{config.tls.cert} is an operator certificate the coordinator's `operators` allows"
+        )
+    return f"{where} refused ({code.name}): {details}"
+
+
+def _find(
+    config: OperatorConfig, stub: coordinator_pb2_grpc.CoordinatorServiceStub, round_id: str
+) -> coordinator_pb2.RoundInfo:
+    """The round with this id, or the only recent round whose id starts with it."""
+    try:
+        return cast(
+            coordinator_pb2.RoundInfo,
+            stub.GetRound(coordinator_pb2.GetRoundRequest(id=round_id), timeout=CALL_TIMEOUT),
+        )
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise Failed(_rpc_message(config, err)) from None
+    rounds: Sequence[coordinator_pb2.RoundInfo] = _call(
+        config,
+        lambda: stub.ListRounds(
+            coordinator_pb2.ListRoundsRequest(limit=1000), timeout=CALL_TIMEOUT
+        ),
+    ).rounds
+    matching = [r for r in rounds if r.id.startswith(round_id)]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise BadInput(f"{round_id!r} is the start of {len(matching)} round ids; give more of it")
+    raise Failed(
+        f"no round {round_id!r} on the coordinator at {config.coordinator}; "
+        "`blindmatch round status` lists the recent ones",
+    )
+
+
+def _follow(
+    config: OperatorConfig,
+    stub: coordinator_pb2_grpc.CoordinatorServiceStub,
+    info: coordinator_pb2.RoundInfo,
+    progress: _Progress,
+) -> coordinator_pb2.RoundInfo:
+    last = info
+    try:
+        for last in stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id)):
+            progress.show(last)
+    except grpc.RpcError as err:
+        progress.end()
+        raise Failed(
+            f"lost track of round {info.id}: {_rpc_message(config, err)} "
+            f"(check it later with `blindmatch round status {info.id}`)",
+        ) from None
+    except KeyboardInterrupt:
+        progress.end()
+        raise Interrupted(
+            f"stopped following round {info.id}; it goes on. "
+            f"Check it with `blindmatch round status {info.id}`",
+        ) from None
+    progress.end()
+    if last.state not in COORDINATOR_FINAL:
+        raise Failed(
+            f"the coordinator stopped reporting round {info.id} while it was {last.state} "
+            f"(check it later with `blindmatch round status {info.id}`)",
+        )
+    return last
+
+
+class _Progress:
+    """Progress on stderr: one updating line on a terminal, a line per phase or 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._shown = ""
+        self._key: tuple[str, int] | None = None
+
+    def show(self, info: coordinator_pb2.RoundInfo) -> None:
+        pct = _percent(info)
+        line = f"{info.state}"
+        if info.state == CoordinatorPhase.ROUTING:
+            line += f" {pct}%"
+        if info.sizes:
+            line += " — sets: " + ", ".join(f"{n} {info.sizes[n]}" for n in info.participants)
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(len(self._shown)))
+            sys.stderr.flush()
+            self._shown = line
+            return
+        key = (info.state, pct // 10)
+        if key != self._key:
+            self._key = key
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self._shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._shown = ""
+
+
+def _percent(info: coordinator_pb2.RoundInfo) -> int:
+    if info.state in (CoordinatorPhase.DELIVERING, CoordinatorPhase.DONE):
+        return 100
+    return int(100 * info.hops_done / info.hops_total) if info.hops_total else 0
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def info_dict(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
+    """A round as plain JSON types; absent values (no threshold, still running) are null."""
+    return {
+        "id": info.id,
+        "state": info.state,
+        "mode": info.mode,
+        "threshold": info.threshold or None,
+        "participants": list(info.participants),
+        "kinds": list(info.kinds),
+        "sizes": {n: info.sizes[n] for n in info.participants if n in info.sizes},
+        "match_counts": {
+            n: info.match_counts[n] for n in info.participants if n in info.match_counts
+        },
+        "error": info.error or None,
+        "created": info.created,
+        "finished": info.finished or None,
+        "hops_done": info.hops_done,
+        "hops_total": info.hops_total,
+        "operator": info.operator,
+    }
+
+
+def summary(info: coordinator_pb2.RoundInfo) -> str:
+    mode = info.mode + (f" {info.threshold}" if info.mode == "threshold" else "")
+    kinds = "all kinds" if set(info.kinds) == set(KINDS) else ",".join(info.kinds)
+    head = f"round {info.id} {info.state}"
+    if info.finished:
+        head += f" after {info.finished - info.created:.1f} s"
+    elif info.state == CoordinatorPhase.ROUTING:
+        head += f" ({_percent(info)}% of the element-hops done)"
+    lines = [
+        head,
+        f"  mode {mode}, {kinds}; started {_when(info.created)} by {info.operator or '-'}",
+    ]
+    if info.error:
+        lines.append(f"  error: {info.error}")
+    label = "shared with partners" if info.mode == "count" else "matches"
+    width = max(len(n) for n in [*info.participants, "node"])
+    lines.append(f"  {'node':<{width}}  {'set size':>10}  {label}")
+    for n in info.participants:
+        size = str(info.sizes[n]) if n in info.sizes else "-"
+        count = str(info.match_counts[n]) if n in info.match_counts else "-"
+        lines.append(f"  {n:<{width}}  {size:>10}  {count}")
+    return "\n".join(lines)
+
+
+def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
+    rows = [("ID", "STATE", "MODE", "NODES", "STARTED", "NOTE")]
+    for r in rounds:
+        if r.state == CoordinatorPhase.FAILED:
+            note = _clip(r.error, 60)
+        elif r.state == CoordinatorPhase.DONE:
+            what = "shared" if r.mode == "count" else "matches"
+            note = f"{sum(r.match_counts.values())} {what} in {r.finished - r.created:.1f} s"
+        else:
+            note = f"{_percent(r)}%"
+        rows.append((r.id, r.state, r.mode, ",".join(r.participants), _when(r.created), note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
