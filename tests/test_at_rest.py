@@ -11,7 +11,6 @@ import os
 import resource
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from coordinator.watch import WatchHub
 from node.pool import Blinder
 from tests.federation import Federation, load, make_datasets
 from tests.pkifixtures import FederationPki
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode(path: Path) -> int:

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from blindmatch.cli import main
 from blindmatch.clierrors import BAD_INPUT, FAILED, BadInput, status_of
@@ -67,15 +63,6 @@ def operator_init(
     return [
         "operator", "init", str(home), "--name", name, "--coordinator", coordinator, "--pki", pki
     ]  # fmt: skip
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 # --- the same mistake, the same status ----------------------------------------------------------
