@@ -138,7 +138,9 @@ def main() -> int:
             results["watch_round_s"] = watch_round(fed)
             results["set_size"] = args.set_size
             tls = harness.load_tls(fed.node_toml("alpha"))
-            with net.open_channel(fed.addresses["alpha"], tls, insecure=False) as channel:
+            with net.open_channel(
+                fed.addresses["alpha"], tls, insecure=False, expect=net.Allow("node", "alpha")
+            ) as channel:
                 stub = watch_pb2_grpc.NodeWatchServiceStub(channel)
 
                 def check(values: list[str]) -> float:
