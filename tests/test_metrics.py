@@ -18,10 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.federation
+from blindmatch import net
 from blindmatch.metrics_endpoint import DEFAULT_LISTEN, serve_metrics
 from blindmatch.net import BindError
 from blindmatch.protocol import Policy
 from blindmatch.tomlconfig import ConfigError
+from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths, write_config
 from coordinator.config import load_config as load_coordinator_config
 from node.config import load_config as load_node_config
@@ -30,8 +32,9 @@ from node.connectors.push import PushResult
 from node.connectors.sync import SyncResult
 from node.metrics import NO_METRICS, NodeMetrics
 from node.server import start as start_node
-from tests.federation import Federation, NodeData, load, make_datasets
+from tests.federation import Federation, NodeData, load, make_datasets, start_request
 from tests.pkifixtures import FederationPki
+from tests.waiting import until
 
 NAMES = ("alpha", "bravo", "charlie")
 ON = "127.0.0.1:0"
@@ -39,8 +42,12 @@ ON = "127.0.0.1:0"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+# straight to the endpoint: an http_proxy in the environment must not see loopback scrapes
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def scrape(address: str) -> Samples:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+    with _DIRECT.open(f"http://{address}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -93,6 +100,19 @@ def coordinator_address(federation: Federation) -> str:
     return federation.coordinator.metrics.address
 
 
+def coordinator_after(federation: Federation, outcome: str, mode: str) -> Samples:
+    """The coordinator's metrics once they count a round ended so: its thread counts it just
+    after publishing the state the operator's WatchRound returned."""
+    address = coordinator_address(federation)
+
+    def counted() -> Samples | None:
+        got = scrape(address)
+        rounds = value(got, "blindmatch_coordinator_rounds_total", outcome=outcome, mode=mode)
+        return got if rounds else None
+
+    return until(f"the coordinator counts a {mode} round {outcome}", counted, 30)
+
+
 def test_a_round_moves_the_counters(fed: tuple[Federation, dict[str, NodeData]]) -> None:
     federation, data = fed
     info = federation.run_round(["alpha", "bravo"])
@@ -108,7 +128,7 @@ def test_a_round_moves_the_counters(fed: tuple[Federation, dict[str, NodeData]])
         == bravo_set
     )
     assert value(alpha, "blindmatch_node_budget_limit_elements", kind="round") > 0
-    coordinator = scrape(coordinator_address(federation))
+    coordinator = coordinator_after(federation, "done", "pairwise")
     assert (
         value(coordinator, "blindmatch_coordinator_rounds_total", outcome="done", mode="pairwise")
         == 1
@@ -128,11 +148,47 @@ def test_a_refused_round_counts_as_refused(fed: tuple[Federation, dict[str, Node
     # refused before it began: no duration, nothing blinded
     assert value(charlie, "blindmatch_node_round_duration_seconds_count") == 0
     assert value(charlie, "blindmatch_node_elements_blinded_total", partner="bravo") == 0
-    coordinator = scrape(coordinator_address(federation))
+    coordinator = coordinator_after(federation, "failed", "pairwise")
     assert (
         value(coordinator, "blindmatch_coordinator_rounds_total", outcome="failed", mode="pairwise")
         == 1
     )
+
+
+def test_a_check_moves_the_check_metrics(fed: tuple[Federation, dict[str, NodeData]]) -> None:
+    federation, data = fed
+    coordinator = federation.coordinator
+    assert coordinator is not None
+    for name in ("alpha", "bravo"):
+        watch = federation.nodes[name].watch
+        assert watch is not None
+        watch.connect_coordinator(f"127.0.0.1:{coordinator.port}")
+    info = federation.stub.StartRound(
+        start_request(federation.pki, ["alpha", "bravo"], "watch"), timeout=10
+    )
+    assert federation.wait(info.id, 60).state == "done"
+    value_held = data["bravo"].raw[next(iter(data["bravo"].eligible()))]
+    with net.open_channel(
+        f"127.0.0.1:{federation.nodes['alpha'].port}",
+        federation.pki.tls("alpha", "node"),
+        insecure=False,
+        expect=net.Allow("node", "alpha"),
+    ) as channel:
+        watch_pb2_grpc.NodeWatchServiceStub(channel).Check(
+            watch_pb2.NodeCheckRequest(values=[value_held]), timeout=30
+        )
+    alpha = scrape(node_address(federation, "alpha"))
+    assert value(alpha, "blindmatch_node_check_duration_seconds_count") == 1
+    assert value(alpha, "blindmatch_node_checks_total", outcome="done") == 1
+    bravo = scrape(node_address(federation, "bravo"))
+    assert (
+        value(bravo, "blindmatch_node_checks_reblinded_total", partner="alpha", outcome="done") == 1
+    )
+    assert value(bravo, "blindmatch_node_budget_used_elements", partner="alpha", kind="check") == 1
+    routed = coordinator_after(federation, "done", "watch")
+    assert value(routed, "blindmatch_coordinator_checks_routed_total", checker="alpha") == 1
+    assert value(routed, "blindmatch_coordinator_epoch_open") == 1
+    assert value(routed, "blindmatch_coordinator_rounds_total", outcome="done", mode="watch") == 1
 
 
 def test_metrics_are_off_by_default(tmp_path: Path, pki: FederationPki) -> None:
