@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
+from blindmatch.metrics_endpoint import read_listen
 from blindmatch.protocol import Caps
 from blindmatch.tomlconfig import ConfigError as ConfigError  # re-exported: part of this API
 from blindmatch.tomlconfig import TlsPaths as TlsPaths
@@ -37,6 +38,7 @@ class CoordinatorConfig:
     chunk_size: int = 4096  # elements per chunk
     operators: tuple[str, ...] = (ANY_OPERATOR,)
     caps: Caps = field(default_factory=Caps)
+    metrics: str | None = None  # [metrics] listen: the Prometheus endpoint; None = no endpoint
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def load_config(path: Path | str) -> CoordinatorConfig:
             max_total=r.integer("caps.max_total", caps_table, _DEFAULT_CAPS.max_total, low=0),
         ),
         nodes=nodes,
+        metrics=read_listen(r),
     )
 
 
@@ -145,6 +148,7 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
         "",
         _line("[nodes]", None, 'the registry: node name = "host:port"'),
         *(f"{n} = {_s(a)}" for n, a in config.nodes.items()),
+        *_metrics_lines(config.metrics),
     ]
     _write_new(target, "\n".join(lines) + "\n")
 
@@ -165,6 +169,16 @@ def write_operator_config(path: Path | str, config: OperatorConfig) -> None:
         *tls_lines(config.tls, base),
     ]
     _write_new(target, "\n".join(lines) + "\n")
+
+
+def _metrics_lines(listen: str | None) -> list[str]:
+    if listen is None:
+        return []
+    return [
+        "",
+        _line("[metrics]", None, "Prometheus endpoint (docs/OPERATIONS.md, Metrics)"),
+        _line("listen", _s(listen), "names nodes and carries volumes: keep it on loopback"),
+    ]
 
 
 def _line(key: str, value: str | None, comment: str) -> str:

@@ -50,6 +50,7 @@ from blindmatch.protocol import (
 )
 from blindmatch.signing import SignedSpec
 from blindmatch.v1 import node_pb2, node_pb2_grpc
+from coordinator.metrics import NO_METRICS, CoordinatorHooks
 from coordinator.state import RoundBoard, RoundRecord
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class Coordinator:
         self._running: dict[str, tuple[RoundDriver, threading.Thread]] = {}
         self._stopping = False
         self.watch: WatchHub | None = None  # early warning (coordinator/watch.py)
+        self.metrics: CoordinatorHooks = NO_METRICS  # coordinator/metrics.py when [metrics] is on
 
     def start_round(self, signed: SignedSpec, spec: RoundSpec, *, operator: str) -> RoundRecord:
         """Launch the round an operator signed (``spec`` is what ``signed`` says; the caller has
@@ -158,6 +160,7 @@ class Coordinator:
                 target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
             )
             self._running[spec.round_id] = (driver, thread)
+            self.metrics.round_started()
         thread.start()
         return record
 
@@ -174,6 +177,7 @@ class Coordinator:
         finally:
             with self._lock:
                 self._running.pop(driver.spec.round_id, None)
+            self.metrics.round_ended(driver.record)
 
     def stop(self, reason: str = STOP_REASON, wait: float = ABORT_TIMEOUT + 5) -> None:
         """Fail every round in flight (their nodes get Abort) and wait for their threads."""

@@ -21,6 +21,7 @@ import grpc
 
 from blindmatch import wire
 from blindmatch.hardening import no_core_dumps
+from blindmatch.metrics_endpoint import MetricsEndpoint
 from blindmatch.net import (
     AccessPolicy,
     ServerHandle,
@@ -36,6 +37,7 @@ from blindmatch.signing import SignedSpec, Trust, verify_spec
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.state import RoundBoard, SqliteRoundStore
 from coordinator.watch import CheckServicer, WatchHub
 from coordinator.watch import access_rules as watch_access_rules
@@ -125,6 +127,7 @@ class RunningCoordinator:
     store: SqliteRoundStore
     failed_on_start: list[str]  # ids of rounds a previous run left unfinished
     watch: WatchHub | None = None
+    metrics: MetricsEndpoint | None = None  # the [metrics] endpoint, when configured
 
     @property
     def port(self) -> int:
@@ -132,6 +135,8 @@ class RunningCoordinator:
 
     def stop(self, grace: float = 2.0) -> None:
         """Refuse new calls, fail and abort rounds in flight, end watches, close the state."""
+        if self.metrics is not None:
+            self.metrics.stop()
         self.handle.health.enter_graceful_shutdown()
         self.coordinator.stop()
         self.coordinator.board.close()
@@ -152,6 +157,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
     tls = None if insecure else _coordinator_tls(config)
     store = SqliteRoundStore(config.state)
     links: NodeLinks | None = None
+    endpoint: MetricsEndpoint | None = None
     try:
         links = NodeLinks(config.nodes, tls, insecure=insecure)
         settings = RoundSettings(
@@ -169,6 +175,11 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             links.addresses,
             config.call_timeout,
         )
+        if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
+            metrics = CoordinatorMetrics(config.name)
+            coordinator.metrics = watch.metrics = metrics
+            metrics.follow_watch(watch)
+            endpoint = metrics.serve(config.metrics)
         handle = start_server(
             config.listen,
             [
@@ -186,11 +197,13 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             max_workers=32,
         )
     except BaseException:
+        if endpoint is not None:
+            endpoint.stop()
         if links is not None:
             links.close()
         store.close()
         raise
-    return RunningCoordinator(handle, coordinator, store, store.failed_on_open, watch)
+    return RunningCoordinator(handle, coordinator, store, store.failed_on_open, watch, endpoint)
 
 
 def _coordinator_tls(config: CoordinatorConfig) -> TlsConfig:
@@ -218,6 +231,8 @@ def serve(config: CoordinatorConfig, *, insecure: bool) -> None:
     host, _ = split_host_port(config.listen)
     shown = f"[{host}]" if ":" in host else host
     print(f"coordinator listening on {shown}:{running.port}", flush=True)
+    if running.metrics is not None:
+        print(f"coordinator metrics on {running.metrics.address}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -53,6 +53,7 @@ from blindmatch.watchhub import (
     filter_key,
     seal,
 )
+from coordinator.metrics import NO_METRICS, CoordinatorHooks
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class WatchHub:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="watch")
         self.core = CoordinatorWatch(clock)
+        self.metrics: CoordinatorHooks = NO_METRICS  # coordinator/metrics.py when [metrics] is on
         loaded = self._load()
         if loaded is not None:
             self.core.open(loaded)
@@ -231,6 +233,7 @@ class WatchHub:
                 reblinded.signature,
                 reblinded.certificate,
             )
+        self.metrics.check_routed(checker)
         return watch_pb2.CheckReply(masked=flow.sealed(), epoch_ends=flow.epoch.ends)
 
     def finish_check(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from blindmatch.canon import KINDS
+from blindmatch.metrics_endpoint import read_listen
 from blindmatch.pki import validate_name, validate_role
 from blindmatch.protocol import Policy
 from blindmatch.tomlconfig import TlsPaths, TomlReader, is_valid_name, tls_lines
@@ -68,6 +69,7 @@ class NodeConfig:
     operators: frozenset[str] | None = None
     sources: tuple[ConnectorConfig, ...] = ()  # where `node sync` pulls indicators from
     sinks: tuple[ConnectorConfig, ...] = ()  # where `node push` sends sightings of matches
+    metrics: str | None = None  # [metrics] listen: the Prometheus endpoint; None = no endpoint
 
     @property
     def worker_count(self) -> int:
@@ -132,6 +134,7 @@ def load_config(path: str | Path) -> NodeConfig:
             "budgets",
             "sources",
             "sinks",
+            "metrics",
         },
     )
     return NodeConfig(
@@ -157,6 +160,7 @@ def load_config(path: str | Path) -> NodeConfig:
         operators=None if "*" in operators else frozenset(operators),
         sources=_connectors(r, "sources", SOURCE_TYPES),
         sinks=_connectors(r, "sinks", SINK_TYPES),
+        metrics=read_listen(r),
     )
 
 

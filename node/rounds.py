@@ -37,6 +37,7 @@ from blindmatch.signing import ChunkClaim, Party, SignedSpec
 from blindmatch.states import Outcome
 from node.auth import Authority
 from node.budgets import Budgets
+from node.metrics import NO_METRICS, NodeHooks
 from node.store import RoundAudit, Store, utc_now
 
 __all__ = ["LiveRound", "RoundIdUsed", "RoundRegistry", "StoreFailed", "fail_unfinished"]
@@ -69,6 +70,7 @@ class LiveRound:
     spec_digest: bytes  # binds every chunk of the round to the spec this node accepted
     parties: dict[str, Party] = field(default_factory=dict)  # verified at RoutingStart
     lock: threading.Lock = field(default_factory=threading.Lock)
+    began: float = field(default_factory=time.monotonic)  # for the round's duration (metrics)
 
     def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
         """What the producer of this chunk of the round vouches for."""
@@ -99,6 +101,7 @@ class RoundRegistry:
         self.tlps = tlps
         self.round_timeout = round_timeout
         self.watch: WatchHooks | None = None  # early warning (node/watch.py)
+        self.metrics: NodeHooks = NO_METRICS  # node/metrics.py when [metrics] is on
         # at rest (issue 10): called when the last live round has ended and its key is gone, so
         # the blinding workers that held keys do not outlive them (Blinder.retire)
         self.on_idle: Callable[[], None] | None = None
@@ -163,6 +166,7 @@ class RoundRegistry:
                 finished=utc_now(),
                 operator=operator,
             )
+            self.metrics.round_ended(Outcome.REFUSED, None, {})
             raise
         live = LiveRound(
             state=state,
@@ -256,6 +260,7 @@ class RoundRegistry:
         if outcome != Outcome.DONE:
             live.state.abort(reason or outcome)
         self._audit(live, outcome, reason)
+        self.metrics.round_ended(outcome, time.monotonic() - live.began, live.state.blinded_for)
         self._watch_ended(live.state.spec.round_id, outcome, reason)
         with self._lock:
             idle = not self._rounds

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from blindmatch import net
 from blindmatch.hardening import no_core_dumps
+from blindmatch.metrics_endpoint import MetricsEndpoint
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
 from node.config import NodeConfig
 from node.connectors.scheduler import ConnectorThread
+from node.metrics import NodeMetrics
 from node.pool import Blinder
 from node.rounds import RoundRegistry, fail_unfinished
 from node.servicer import NodeServicer
@@ -43,12 +45,15 @@ class RunningNode:
     blinder: Blinder
     watch: NodeWatch | None = None
     connectors: ConnectorThread | None = None  # pulls and pushes in the background
+    metrics: MetricsEndpoint | None = None  # the [metrics] endpoint, when configured
 
     @property
     def port(self) -> int:
         return self.handle.port
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.connectors is not None:
             self.connectors.stop()
         self.handle.health.enter_graceful_shutdown()
@@ -66,6 +71,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
     tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
+    endpoint: MetricsEndpoint | None = None
     try:
         # Read before serving: a round prepared from now on is this process's own.
         unfinished = [r for r in store.rounds() if r.outcome == Outcome.STARTED]
@@ -95,6 +101,10 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         )
         rounds.watch = watch
         rounds.on_idle = blinder.retire
+        if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
+            metrics = NodeMetrics(config.name, rounds.budgets)
+            rounds.metrics = watch.metrics = metrics
+            endpoint = metrics.serve(config.metrics)
         handle = net.start_server(
             listen or config.listen,
             [
@@ -108,12 +118,16 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         # After the bind: a second node refused the port must not touch the first one's rounds.
         fail_unfinished(store, unfinished)
         # Last: a node that failed to start has nothing pulling in the background.
-        connectors = ConnectorThread(config) if config.sources or config.sinks else None
+        connectors = (
+            ConnectorThread(config, rounds.metrics) if config.sources or config.sinks else None
+        )
     except BaseException:
+        if endpoint is not None:
+            endpoint.stop()
         blinder.close()
         store.close()
         raise
-    return RunningNode(handle, rounds, store, blinder, watch, connectors)
+    return RunningNode(handle, rounds, store, blinder, watch, connectors, endpoint)
 
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:
@@ -131,6 +145,8 @@ def serve(config: NodeConfig, *, insecure: bool) -> None:
         f"{node.blinder.workers} blinding worker(s), store {config.store}",
         flush=True,
     )
+    if node.metrics is not None:
+        print(f"node {config.name} metrics on {node.metrics.address}", flush=True)
     while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
         pass
     print(f"node {config.name} stopping", flush=True)

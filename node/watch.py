@@ -48,6 +48,7 @@ from blindmatch.watch import (
     utc_text,
 )
 from node.budgets import Budgets
+from node.metrics import NO_METRICS, NodeHooks
 from node.pool import Blinder
 from node.rounds import LiveRound
 from node.store import Store
@@ -100,6 +101,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self.blinder = blinder
         self.budget = budget
         self.budgets = budgets  # the rolling per-partner budgets, checks' share (node.budgets)
+        self.metrics: NodeHooks = NO_METRICS  # node/metrics.py when [metrics] is on
         self._round_of = round_of
         self._tls = tls
         # The node's federation identity: it signs what it blinds for a check, and verifies
@@ -310,7 +312,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         if not flow.items:
             return watch_pb2.NodeCheckReply(results=results)
         try:
-            self._check(flow)
+            self.metrics.timed_check(self._check, flow)
         except (ProtocolError, CheckFailed, InvalidElement) as exc:
             eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
             self._audit(eid, self.name, len(flow.items), Outcome.FAILED, str(exc))
@@ -398,6 +400,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         reason: str | None,
         hits: int | None = None,
     ) -> None:
+        self.metrics.check_ended(checker, outcome)
         try:
             self.store.record_check(
                 epoch_id, checker, elements, outcome=outcome, reason=reason, hits=hits

@@ -23,6 +23,7 @@ from typing import Final
 from node.config import NodeConfig
 from node.connectors.push import push_sink
 from node.connectors.sync import sync_source
+from node.metrics import NO_METRICS, NodeHooks
 from node.store import Store
 
 log = logging.getLogger("blindmatch.node.connectors")
@@ -73,12 +74,15 @@ class Scheduler:
             stop.wait(self.step())
 
 
-def jobs_for(config: NodeConfig, store: Store) -> list[Job]:
+def jobs_for(config: NodeConfig, store: Store, metrics: NodeHooks = NO_METRICS) -> list[Job]:
     jobs = [
         Job(
             f"pull {source.name}",
             source.every,
-            lambda source=source: sync_source(store, source, default_tlp=config.default_tlp),  # type: ignore[misc]
+            metrics.pulling(
+                source.name,
+                lambda source=source: sync_source(store, source, default_tlp=config.default_tlp),  # type: ignore[misc]
+            ),
         )
         for source in config.sources
         if source.every is not None
@@ -87,7 +91,10 @@ def jobs_for(config: NodeConfig, store: Store) -> list[Job]:
         Job(
             f"push {sink.name}",
             PUSH_EVERY,
-            lambda sink=sink: push_sink(store, sink, node=config.name),  # type: ignore[misc]
+            metrics.pushing(
+                sink.name,
+                lambda sink=sink: push_sink(store, sink, node=config.name),  # type: ignore[misc]
+            ),
         )
         for sink in config.sinks
     ]
@@ -97,10 +104,10 @@ def jobs_for(config: NodeConfig, store: Store) -> list[Job]:
 class ConnectorThread:
     """The background thread ``node serve`` runs when node.toml has sources or sinks."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, metrics: NodeHooks = NO_METRICS) -> None:
         self._store = Store.open(config.store)
         self._stop = threading.Event()
-        self.scheduler = Scheduler(jobs_for(config, self._store))
+        self.scheduler = Scheduler(jobs_for(config, self._store, metrics))
         self._thread = threading.Thread(
             target=self.scheduler.run, args=(self._stop,), name="connectors", daemon=True
         )
