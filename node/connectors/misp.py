@@ -95,7 +95,7 @@ class _Misp:
             code = status or refused[1]  # type: ignore[index]
             why = f"HTTP {code}: the server refused the API key (or the key may not do this)"
         elif "Connection refused" in text or "Failed to establish" in text:
-            why = "connection refused"
+            why = "connection refused" if "refused" in text else clip(text, 200)
             return ConnectorError(f"{c.name}: cannot reach {c.url} ({why})")
         else:
             why = f"the server answered with an error: {clip(text, 300)}"
