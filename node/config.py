@@ -28,15 +28,15 @@ DEFAULT_WATCH = WatchSettings(max_epoch=parse_duration(DEFAULT_MAX_EPOCH))
 class ConnectorConfig:
     """One ``[[sources]]`` or ``[[sinks]]`` entry of node.toml (docs/OPERATIONS.md, Connectors).
 
-    The secret itself is never here: ``password_env`` names an environment variable, or
-    ``password_file`` a file readable by its owner only; node.connectors.base reads it when a
-    connection is made.
+    The secret itself is never here: ``password_env`` (``key_env`` for MISP's API key) names an
+    environment variable, or ``password_file`` (``key_file``) a file readable by its owner only;
+    node.connectors.base reads it when a connection is made.
     """
 
     name: str
     type: str
-    url: str  # TAXII: the discovery URL or an API root
-    collection: str  # TAXII: a collection id or title
+    url: str  # TAXII: the discovery URL or an API root; MISP: the base URL; a MISP feed: its URL
+    collection: str = ""  # TAXII: a collection id or title
     username: str = ""
     password_env: str = ""
     password_file: Path | None = None
@@ -44,6 +44,13 @@ class ConnectorConfig:
     tlp: str | None = None  # for objects without a marking; None = import.default_tlp
     verify: bool = True  # check the server's TLS certificate
     ca_file: Path | None = None  # a CA bundle for that check instead of the system's
+    # MISP REST (type "misp")
+    key_env: str = ""  # the environment variable holding the API key
+    key_file: Path | None = None  # or a 0600 file holding it
+    to_ids: bool = True  # only attributes flagged for detection
+    published: bool = True  # only attributes of published events
+    tags: tuple[str, ...] = ()  # only attributes carrying (or inheriting) one of these tags
+    warninglists: bool = False  # drop values on MISP's warning lists (pymispwarninglists)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,18 +213,13 @@ def _budgets(r: TomlReader) -> BudgetPolicy:
     )
 
 
+_COMMON_KEYS: Final = {"name", "type", "url", "every", "tlp", "verify", "ca_file"}
+_BASIC_AUTH_KEYS: Final = {"username", "password_env", "password_file"}
+# The keys each type accepts: a key of another type is a mistake worth naming.
 _CONNECTOR_KEYS: Final = {
-    "name",
-    "type",
-    "url",
-    "collection",
-    "username",
-    "password_env",
-    "password_file",
-    "every",
-    "tlp",
-    "verify",
-    "ca_file",
+    "taxii": _COMMON_KEYS | _BASIC_AUTH_KEYS | {"collection"},
+    "misp": _COMMON_KEYS | {"key_env", "key_file", "to_ids", "published", "tags", "warninglists"},
+    "misp-feed": _COMMON_KEYS | _BASIC_AUTH_KEYS,
 }
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -239,9 +241,9 @@ def _connectors(r: TomlReader, key: str, types: Mapping[str, str]) -> tuple[Conn
 def _connector(
     r: TomlReader, where: str, table: Mapping[str, Any], types: Mapping[str, str]
 ) -> ConnectorConfig:
-    r.no_unknown(table, where, _CONNECTOR_KEYS)
     kind = r.value(f"{where}.type", table, None, str)
     r.check(kind in types, f"{where}.type", f"{kind!r} is not one of: {', '.join(types)}")
+    r.no_unknown(table, where, _CONNECTOR_KEYS[kind])
     url = r.value(f"{where}.url", table, None, str)
     r.check(
         url.startswith(("https://", "http://")), f"{where}.url", f"{url!r} is not an http(s) URL"
@@ -253,6 +255,19 @@ def _connector(
         where,
         "sets both password_env and password_file; choose one",
     )
+    key_env = r.value(f"{where}.key_env", table, "", str)
+    r.check(
+        not (key_env and "key_file" in table), where, "sets both key_env and key_file; choose one"
+    )
+    r.check(
+        kind != "misp" or bool(key_env) or "key_file" in table,
+        where,
+        "a MISP source needs its API key: set key_env (or key_file)",
+    )
+    tags = r.value(f"{where}.tags", table, [], list)
+    r.check(
+        all(isinstance(t, str) and t for t in tags), f"{where}.tags", "must be a list of tag names"
+    )
     tlp = table.get("tlp")
     if tlp is not None:
         try:
@@ -263,7 +278,7 @@ def _connector(
         name=r.name(f"{where}.name", table, None),
         type=kind,
         url=url,
-        collection=r.value(f"{where}.collection", table, None, str),
+        collection=r.value(f"{where}.collection", table, None if kind == "taxii" else "", str),
         username=r.value(f"{where}.username", table, "", str),
         password_env=password_env,
         password_file=(
@@ -273,6 +288,12 @@ def _connector(
         tlp=tlp,
         verify=_flag(r, f"{where}.verify", table.get("verify", True)),
         ca_file=None if "ca_file" not in table else r.file_path(f"{where}.ca_file", table, None),
+        key_env=key_env,
+        key_file=None if "key_file" not in table else r.file_path(f"{where}.key_file", table, None),
+        to_ids=_flag(r, f"{where}.to_ids", table.get("to_ids", True)),
+        published=_flag(r, f"{where}.published", table.get("published", True)),
+        tags=tuple(tags),
+        warninglists=_flag(r, f"{where}.warninglists", table.get("warninglists", False)),
     )
 
 

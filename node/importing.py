@@ -238,6 +238,7 @@ def _sightings(
                 tlp=event.tlp,
                 tags=event.tags,
                 stix_id=event.stix_id,
+                misp_uuid=event.misp_uuid,
             )
 
 

@@ -2,6 +2,8 @@
 
     base.py       the Source and Sink protocols, secrets, errors, the registry of types
     taxii.py      TAXII 2.1 collections (taxii2-client): a source and a sink
+    misp.py       MISP REST (pymisp): attribute search as a source, sightings on attributes as a sink
+    mispfeed.py   MISP feeds over HTTP(S): manifest.json, then the events newer than the cursor
     sync.py       pulling sources into the store through the file importer's path
     stix_out.py   matches as STIX 2.1 sightings (stix2)
     push.py       pushing matches not yet pushed to a sink, each once
@@ -14,5 +16,12 @@ below; node.toml's `type` accepts exactly these names.
 from typing import Final
 
 # type -> "module:class"; a module is imported only when a connector of its type is used.
-SOURCE_TYPES: Final = {"taxii": "node.connectors.taxii:TaxiiSource"}
-SINK_TYPES: Final = {"taxii": "node.connectors.taxii:TaxiiSink"}
+SOURCE_TYPES: Final = {
+    "taxii": "node.connectors.taxii:TaxiiSource",
+    "misp": "node.connectors.misp:MispSource",
+    "misp-feed": "node.connectors.mispfeed:MispFeedSource",
+}
+SINK_TYPES: Final = {
+    "taxii": "node.connectors.taxii:TaxiiSink",
+    "misp": "node.connectors.misp:MispSink",
+}

@@ -6,8 +6,9 @@ Rules:
   once that page is stored; node.connectors.sync stores a page and its cursor together.
 - A sink never touches the store either: ``push(node, matches)`` sends what it is given and
   returns only when the remote side accepted it; node.connectors.push marks them pushed after.
-- Secrets never sit in node.toml: ``password_env`` names an environment variable, or
-  ``password_file`` a file no one but its owner may read (a wider file is refused, as ssh does).
+- Secrets never sit in node.toml: ``password_env`` (``key_env``) names an environment variable,
+  or ``password_file`` (``key_file``) a file no one but its owner may read (a wider file is
+  refused, as ssh does).
 - ``ConnectorError`` means the operation failed (server unreachable, wrong password, refused):
   the CLI exits 1. A wrong setting is a ``ConfigError`` (exit 2).
 """
@@ -19,6 +20,7 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from blindmatch.tomlconfig import ConfigError
@@ -82,30 +84,34 @@ def _load(registry: dict[str, str], config: ConnectorConfig) -> type:
 
 
 def read_secret(config: ConnectorConfig) -> str | None:
-    """The password ``config`` points at, or None when it names none (no authentication)."""
-    if config.password_env:
-        secret = os.environ.get(config.password_env)
-        if not secret:
-            raise ConfigError(
-                f"connector {config.name}: environment variable {config.password_env}"
-                " (password_env) is not set"
-            )
-        return secret
-    path = config.password_file
-    if path is None:
-        return None
+    """The secret ``config`` points at (a password, or MISP's API key), or None when it names
+    none (no authentication)."""
+    for env_key, file_key in (("password_env", "password_file"), ("key_env", "key_file")):
+        env: str = getattr(config, env_key)
+        path: Path | None = getattr(config, file_key)
+        if env:
+            secret = os.environ.get(env)
+            if not secret:
+                raise ConfigError(
+                    f"connector {config.name}: environment variable {env} ({env_key}) is not set"
+                )
+            return secret
+        if path is not None:
+            return _secret_file(config.name, file_key, path)
+    return None
+
+
+def _secret_file(name: str, key: str, path: Path) -> str:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise ConfigError(
-                f"connector {config.name}: password_file {path} is readable by others"
+                f"connector {name}: {key} {path} is readable by others"
                 f" (mode {mode:04o}); make it 0600"
             )
         secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(
-            f"connector {config.name}: cannot read password_file {path}: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"connector {name}: cannot read {key} {path}: {exc.strerror}") from None
     if not secret:
-        raise ConfigError(f"connector {config.name}: password_file {path} is empty")
+        raise ConfigError(f"connector {name}: {key} {path} is empty")
     return secret

@@ -5,6 +5,9 @@ Rules:
   in batches; a batch is marked pushed only after the sink took it, so a failure loses nothing
   and the next push resends exactly what is missing.
 - The sink builds what it sends (a TAXII sink: STIX sightings); this module only selects and marks.
+- A sink that can sight only some matches says which with ``can_sight(match)`` (a MISP sink: those
+  imported from a MISP attribute); the others are counted as skipped and not marked, so a match
+  whose value later arrives from that source is pushed then.
 """
 
 from __future__ import annotations
@@ -24,9 +27,15 @@ class PushResult:
     sink: str
     matches: int = 0  # matches delivered now
     objects: int = 0  # objects the sink took (sightings, indicators, identities)
+    skipped: int = 0  # matches the sink has nothing to attach a sighting to
 
     def as_json(self) -> dict[str, object]:
-        return {"sink": self.sink, "matches": self.matches, "objects": self.objects}
+        return {
+            "sink": self.sink,
+            "matches": self.matches,
+            "objects": self.objects,
+            "skipped": self.skipped,
+        }
 
 
 def push_sink(
@@ -44,6 +53,11 @@ def push_sink(
     if not pending:
         return result  # nothing to say: no connection is made
     remote = sink or open_sink(config)
+    can_sight = getattr(remote, "can_sight", None)
+    if can_sight is not None:
+        ready = [m for m in pending if can_sight(m)]
+        result.skipped = len(pending) - len(ready)
+        pending = ready
     for start in range(0, len(pending), BATCH):
         batch = pending[start : start + BATCH]
         result.objects += remote.push(node, batch)

@@ -35,6 +35,7 @@ class Record:
     tags: tuple[str, ...] = ()
     count: int = 1
     stix_id: str | None = None  # the STIX indicator's own id, so a sighting can point back at it
+    misp_uuid: str | None = None  # the MISP attribute's uuid, for the same reason
 
 
 @dataclass(frozen=True, slots=True)

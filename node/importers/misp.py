@@ -15,6 +15,9 @@
   last_seen is its `last_seen`, else its `timestamp`, else the event's. Unix seconds may be numbers
   or strings; ISO 8601 strings are accepted too.
 - Tags are the other tag names of the event and the attribute.
+- A record keeps its attribute's uuid (when it is one), so a sighting can be sent back to it.
+- MISP's attribute search (``parse_misp_attributes``) gives attributes each with its ``Event``;
+  tags marked ``inherited`` came from the event and count as the event's.
 """
 
 from __future__ import annotations
@@ -105,6 +108,35 @@ def parse_misp_feed(directory: Path) -> Iterator[Event]:
             yield from _event_records(where, event)
 
 
+def parse_misp_attributes(attributes: object) -> Iterator[Event]:
+    """Attributes as MISP's attribute search returns them, each read as in its own event."""
+    if not isinstance(attributes, list):
+        yield Invalid("search result", f"Attribute is {type_name(attributes)}, expected a list")
+        return
+    for number, attribute in enumerate(attributes, 1):
+        where = f"attribute #{number}"
+        if not isinstance(attribute, dict):
+            yield Invalid(where, f"is {type_name(attribute)}, expected an object")
+            continue
+        event = attribute.get("Event", {})
+        tags = attribute.get("Tag", [])
+        if not isinstance(event, dict) or not isinstance(tags, list):
+            yield Invalid(where, "Event or Tag has the wrong shape")
+            continue
+        inherited = [t for t in tags if isinstance(t, dict) and _truthy(t.get("inherited"))]
+        own = [t for t in tags if t not in inherited]
+        event_tags = event.get("Tag", [])
+        event_tags = [*event_tags, *inherited] if isinstance(event_tags, list) else event_tags
+        try:
+            tlp, names = _tags({"Tag": event_tags})
+            timestamp = _time(event, "timestamp")
+        except ValueError as exc:
+            yield Invalid(where, f"event: {exc}")
+            continue
+        context = _EventContext(where, tlp, names, timestamp)
+        yield from _attributes([{**attribute, "Tag": own}], "attribute", context)
+
+
 def _events(path: Path, document: object) -> list[tuple[str, object]]:
     """The events of a document, each with a fallback `where` for when it has no uuid."""
     if isinstance(document, dict) and "response" in document:
@@ -167,6 +199,11 @@ def _attributes(attributes: object, where: str, context: _EventContext) -> Itera
         yield from _attribute_records(label, attribute, context)
 
 
+def _misp_uuid(attribute: dict[str, object]) -> str | None:
+    uuid = attribute.get("uuid")
+    return uuid.lower() if isinstance(uuid, str) and _UUID.fullmatch(uuid) else None
+
+
 def _attribute_records(
     where: str, attribute: dict[str, object], context: _EventContext
 ) -> Iterator[Event]:
@@ -204,7 +241,16 @@ def _attribute_records(
         if problem is not None:
             yield Invalid(where, problem)
         else:
-            yield Record(kind_hint, raw.strip(), where, first, last, tlp, tags)
+            yield Record(
+                kind_hint,
+                raw.strip(),
+                where,
+                first,
+                last,
+                tlp,
+                tags,
+                misp_uuid=_misp_uuid(attribute),
+            )
 
 
 def _split_value(kind: str, value: str) -> list[tuple[str, str]]:

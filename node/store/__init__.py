@@ -11,7 +11,7 @@ built from one module per job:
     matches.py    round results: matches and partner counts
     watch.py      early warning: epochs, checks, alerts
     budgets.py    budgets across rounds: what was blinded for each partner, when
-    connectors.py STIX ids of imported indicators, source cursors, matches pushed to sinks
+    connectors.py STIX ids and MISP uuids of imported indicators, source cursors, matches pushed to sinks
 """
 
 from node.store.audit import AuditEntry, ImportAudit, RoundAudit

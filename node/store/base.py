@@ -53,7 +53,7 @@ class NodeStore(ABC):
 
         ``new`` counts indicators the store did not hold before; ``known`` counts the batch's
         sightings that merged into an indicator already stored (including one stored earlier in
-        this same batch). A sighting's ``stix_id`` is remembered for it; ``cursor``, (source,
+        this same batch). A sighting's ``stix_id`` and ``misp_uuid`` are remembered for it; ``cursor``, (source,
         cursor), is saved in the same transaction, so the batch and the position after it are
         stored together or not at all.
         """
@@ -238,6 +238,10 @@ class NodeStore(ABC):
     @abstractmethod
     def stix_refs(self, sighting_id: int) -> list[str]:
         """The STIX indicator ids the sighting was imported from, sorted."""
+
+    @abstractmethod
+    def misp_refs(self, sighting_id: int) -> list[str]:
+        """The MISP attribute uuids the sighting was imported from, sorted."""
 
     @abstractmethod
     def unpushed(self, sink: str, round_id: str | None = None) -> list[UnpushedMatch]:

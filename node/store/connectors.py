@@ -1,8 +1,9 @@
-"""Connector bookkeeping: the STIX ids indicators arrived with, source cursors, pushed matches.
+"""Connector bookkeeping: the ids indicators arrived with, source cursors, pushed matches.
 
 Rules:
-- A sighting imported from a STIX indicator keeps that object's id (``stix_refs``), so a
-  sighting pushed back can name the analyst's own indicator. One value may come with several ids.
+- A sighting imported from a STIX indicator keeps that object's id, and one imported from a MISP
+  attribute keeps the attribute's uuid (``source_refs``, one row per scheme and id), so a sighting
+  pushed back lands on the analyst's own indicator or attribute. One value may come with several.
 - A source's cursor is opaque text the source resumes from; ``add_sightings(..., cursor=...)``
   saves it in the same transaction as the page it follows, so a crash never skips or repeats a
   page.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from node.store.db import Database
 from node.store.schema import utc_now
@@ -33,6 +34,7 @@ class UnpushedMatch:
     count: int | None  # nations holding it, in threshold mode
     finished: str | None
     stix_ids: list[str]  # the source indicators it was imported from, sorted
+    misp_uuids: list[str] = field(default_factory=list)  # the MISP attributes, sorted
 
 
 def save_cursor(conn: sqlite3.Connection, source: str, cursor: str) -> None:
@@ -43,17 +45,25 @@ def save_cursor(conn: sqlite3.Connection, source: str, cursor: str) -> None:
     )
 
 
-def save_stix_refs(conn: sqlite3.Connection, refs: Iterable[tuple[str, str, str]]) -> None:
-    """Record (stix_id, kind, value) for sightings already upserted in this transaction."""
+def save_source_refs(conn: sqlite3.Connection, refs: Iterable[tuple[str, str, str, str]]) -> None:
+    """Record (scheme, ref, kind, value) for sightings already upserted in this transaction."""
     conn.executemany(
-        "INSERT OR IGNORE INTO stix_refs (sighting_id, stix_id)"
-        " SELECT id, ? FROM sightings WHERE kind = ? AND value = ?",
+        "INSERT OR IGNORE INTO source_refs (sighting_id, scheme, ref)"
+        " SELECT id, ?, ? FROM sightings WHERE kind = ? AND value = ?",
         refs,
     )
 
 
+def _refs_of(scheme: str) -> str:
+    """SQL for the sorted JSON array of ``scheme`` refs of the sighting ``s``."""
+    return (
+        "(SELECT json_group_array(ref) FROM (SELECT ref FROM source_refs x"
+        f" WHERE x.sighting_id = s.id AND x.scheme = '{scheme}' ORDER BY ref))"
+    )
+
+
 class ConnectorTable(Database):
-    """Cursors, STIX ids and pushed marks."""
+    """Cursors, source refs and pushed marks."""
 
     def cursor(self, source: str) -> str | None:
         with self._reading() as conn:
@@ -63,21 +73,25 @@ class ConnectorTable(Database):
         return None if row is None else str(row[0])
 
     def stix_refs(self, sighting_id: int) -> list[str]:
+        return self._refs(sighting_id, "stix")
+
+    def misp_refs(self, sighting_id: int) -> list[str]:
+        return self._refs(sighting_id, "misp")
+
+    def _refs(self, sighting_id: int, scheme: str) -> list[str]:
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT stix_id FROM stix_refs WHERE sighting_id = ? ORDER BY stix_id",
-                (sighting_id,),
+                "SELECT ref FROM source_refs WHERE sighting_id = ? AND scheme = ? ORDER BY ref",
+                (sighting_id, scheme),
             ).fetchall()
         return [r[0] for r in rows]
 
     def unpushed(self, sink: str, round_id: str | None = None) -> list[UnpushedMatch]:
         with self._reading() as conn:
             rows = conn.execute(
-                """
+                f"""
                 SELECT m.round_id, s.id, s.kind, s.value, m.partners, m.count, r.finished,
-                       (SELECT json_group_array(stix_id) FROM
-                           (SELECT stix_id FROM stix_refs x WHERE x.sighting_id = s.id
-                            ORDER BY stix_id))
+                       {_refs_of("stix")}, {_refs_of("misp")}
                 FROM matches m
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
@@ -89,8 +103,8 @@ class ConnectorTable(Database):
                 (sink, round_id),
             ).fetchall()
         return [
-            UnpushedMatch(r, sid, k, v, json.loads(p), c, f, json.loads(ids))
-            for r, sid, k, v, p, c, f, ids in rows
+            UnpushedMatch(r, sid, k, v, json.loads(p), c, f, json.loads(stix), json.loads(misp))
+            for r, sid, k, v, p, c, f, stix, misp in rows
         ]
 
     def mark_pushed(self, sink: str, matches: Iterable[tuple[str, int]]) -> int:

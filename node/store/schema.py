@@ -178,6 +178,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # 5 -> 6: MISP connectors (node/store/connectors.py): the ids an indicator came with, from any
+    # scheme (a STIX indicator id, a MISP attribute uuid), replace the STIX-only table.
+    (
+        """
+        CREATE TABLE source_refs (
+            sighting_id INTEGER NOT NULL REFERENCES sightings (id),
+            scheme      TEXT NOT NULL CHECK (scheme IN ('stix', 'misp')),
+            ref         TEXT NOT NULL,  -- indicator--<uuid> (stix), an attribute uuid (misp)
+            PRIMARY KEY (sighting_id, scheme, ref)
+        ) WITHOUT ROWID
+        """,
+        "INSERT INTO source_refs (sighting_id, scheme, ref)"
+        " SELECT sighting_id, 'stix', stix_id FROM stix_refs",
+        "DROP TABLE stix_refs",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from blindmatch.states import Outcome
-from node.store.connectors import save_cursor, save_stix_refs
+from node.store.connectors import save_cursor, save_source_refs
 from node.store.db import Database
 from node.store.schema import normalize_time, utc_now
 from node.store.tlp import TLP_LEVELS, tlp_rank
@@ -39,6 +39,7 @@ class Sighting:
     tlp: str | None = None
     tags: tuple[str, ...] = ()
     stix_id: str | None = None  # the STIX indicator it came from (node/store/connectors.py)
+    misp_uuid: str | None = None  # the MISP attribute it came from (node/store/connectors.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,7 @@ class SightingsTable(Database):
         now = utc_now()
         sources_json = json.dumps([source])
         seen = 0
-        refs: list[tuple[str, str, str]] = []  # (stix_id, kind, value), stored after the upsert
+        refs: list[tuple[str, str, str, str]] = []  # (scheme, ref, kind, value), after the upsert
 
         def rows() -> Iterator[tuple[str, str, str, str, str, str, int, int, str, str]]:
             nonlocal seen
@@ -154,7 +155,9 @@ class SightingsTable(Database):
                     first, last = last, first
                 tags = json.dumps(sorted(set(s.tags))) if s.tags else "[]"
                 if s.stix_id is not None:
-                    refs.append((s.stix_id, s.kind, s.value))
+                    refs.append(("stix", s.stix_id, s.kind, s.value))
+                if s.misp_uuid is not None:
+                    refs.append(("misp", s.misp_uuid, s.kind, s.value))
                 seen += 1
                 yield (
                     s.kind,
@@ -173,7 +176,7 @@ class SightingsTable(Database):
             before = _count_per_kind(conn)
             conn.executemany(_UPSERT_SIGHTING, rows())
             after = _count_per_kind(conn)
-            save_stix_refs(conn, refs)
+            save_source_refs(conn, refs)
             if cursor is not None:
                 save_cursor(conn, *cursor)
         per_kind = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
