@@ -105,6 +105,8 @@ class RoundRegistry:
         # at rest (issue 10): called when the last live round has ended and its key is gone, so
         # the blinding workers that held keys do not outlive them (Blinder.retire)
         self.on_idle: Callable[[], None] | None = None
+        # connectors (node serve): a round that ended well has matches for the sinks
+        self.on_done: Callable[[], None] | None = None
         self._rounds: dict[str, LiveRound] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -262,6 +264,8 @@ class RoundRegistry:
         self._audit(live, outcome, reason)
         self.metrics.round_ended(outcome, time.monotonic() - live.began, live.state.blinded_for)
         self._watch_ended(live.state.spec.round_id, outcome, reason)
+        if outcome == Outcome.DONE and self.on_done is not None:
+            self.on_done()  # only wakes a background thread: the round never waits for sinks
         with self._lock:
             idle = not self._rounds
         if idle and self.on_idle is not None:

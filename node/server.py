@@ -121,6 +121,8 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         connectors = (
             ConnectorThread(config, rounds.metrics) if config.sources or config.sinks else None
         )
+        if connectors is not None:
+            rounds.on_done = connectors.push_now  # matches reach the sinks right after a round
     except BaseException:
         if endpoint is not None:
             endpoint.stop()

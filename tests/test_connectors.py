@@ -404,3 +404,20 @@ def _sighting(kind: str, value: str) -> Any:
     from node.store import Sighting
 
     return Sighting(kind=kind, value=value, raw=value)
+
+
+def test_a_round_brings_every_sinks_push_forward_and_wakes_the_thread() -> None:
+    now = [1000.0]
+    runs: list[str] = []
+    pull = Job("pull feed", 3600.0, lambda: runs.append("pull"))
+    push = Job("push sightings", 60.0, lambda: runs.append("push"), push=True)
+    scheduler = Scheduler([pull, push], clock=lambda: now[0])
+    scheduler.step()
+    assert runs == ["pull", "push"]
+    now[0] += 1.0
+    scheduler.step()
+    assert runs == ["pull", "push"]  # nothing due yet
+    scheduler.push_now()
+    assert scheduler.wake.is_set()  # the thread's wait ends now, not in 59 s
+    scheduler.step()
+    assert runs == ["pull", "push", "push"]  # the push ran, the pull stays on its schedule

@@ -3,9 +3,9 @@
 Rules:
 - One background thread with its own store connection, so a pull or push never holds the lock
   the round service uses; SQLite serialises the short page transactions with the rounds' writes.
-- A sink is polled every PUSH_EVERY seconds and pushed to when a round left matches it has not
-  received (``push_sink`` makes no connection otherwise): pushes follow rounds without the round
-  code knowing about sinks.
+- Every sink is pushed to as soon as a round has ended well (``push_now``, which the round
+  registry calls), and polled every PUSH_EVERY seconds besides; ``push_sink`` makes no connection
+  when there is nothing new, and the round never waits for it.
 - A failing job is logged and retried after RETRY_FIRST seconds, doubling up to RETRY_MAX; it
   never stops the thread, the other jobs or the node. Time comes from an injected clock, and
   ``step`` runs what is due once, so tests drive the schedule without sleeping.
@@ -40,6 +40,7 @@ class Job:
     run: Callable[[], object]
     due: float = 0.0  # clock time of its next run; 0 = at once
     failures: int = 0  # in a row
+    push: bool = False  # a sink's push, brought forward when a round ends
 
 
 def retry_delay(failures: int) -> float:
@@ -50,6 +51,14 @@ class Scheduler:
     def __init__(self, jobs: Sequence[Job], clock: Callable[[], float] = time.monotonic) -> None:
         self.jobs = list(jobs)
         self.clock = clock
+        self.wake = threading.Event()
+
+    def push_now(self) -> None:
+        """A round has ended well: push to every sink now (one in backoff keeps its delay)."""
+        for job in self.jobs:
+            if job.push and job.failures == 0:
+                job.due = 0.0
+        self.wake.set()
 
     def step(self) -> float:
         """Run every job that is due; the seconds until the next one is."""
@@ -71,7 +80,8 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            stop.wait(self.step())
+            self.wake.wait(self.step())
+            self.wake.clear()
 
 
 def jobs_for(config: NodeConfig, store: Store, metrics: NodeHooks = NO_METRICS) -> list[Job]:
@@ -95,6 +105,7 @@ def jobs_for(config: NodeConfig, store: Store, metrics: NodeHooks = NO_METRICS) 
                 sink.name,
                 lambda sink=sink: push_sink(store, sink, node=config.name),  # type: ignore[misc]
             ),
+            push=True,
         )
         for sink in config.sinks
     ]
@@ -113,7 +124,11 @@ class ConnectorThread:
         )
         self._thread.start()
 
+    def push_now(self) -> None:
+        self.scheduler.push_now()
+
     def stop(self) -> None:
         self._stop.set()
+        self.scheduler.wake.set()
         self._thread.join()
         self._store.close()
