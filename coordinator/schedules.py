@@ -4,7 +4,8 @@ One thread wakes every ``TICK`` seconds (or when told) and calls ``tick``, which
 work and is what tests call, with their own clock, instead of waiting. Per schedule, a tick:
 - starts the latest due run k unless it already started or skipped it (``last_run``); runs it
   passed over while the coordinator was down or busy count as skipped;
-- skips run k, recorded, when the schedule's previous run is still going: never two at once;
+- skips run k, recorded, when the schedule's previous run is still going (never two at once),
+  or when it is so late that nodes would refuse it (the last run before ``until``, long after);
 - ends the schedule once no run is left before its ``until``.
 A cancelled schedule starts nothing more; its run in flight goes on.
 
@@ -24,7 +25,7 @@ from typing import Final
 from blindmatch import wire
 from blindmatch.orders import ScheduledRun, StandingOrder
 from blindmatch.protocol import RoundIdUsed, UnknownRound
-from blindmatch.signing import SignedOrder
+from blindmatch.signing import MAX_SPEC_AGE, SignedOrder
 from coordinator.state import RoundStore, ScheduleRecord
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,10 @@ class Scheduler:
             return None
         missed = k - (0 if record.last_run is None else record.last_run + 1)
         record = replace(record, last_run=k, skipped=record.skipped + missed)
+        if now - order.run_time(k) > MAX_SPEC_AGE:  # nodes would refuse it as stale
+            self.store.save_schedule(replace(record, skipped=record.skipped + 1))
+            log.warning("schedule %s: run %d skipped, it is over an hour late", record.id, k)
+            return None
         if record.last_round is not None and self.running(record.last_round):
             self.store.save_schedule(replace(record, skipped=record.skipped + 1))
             log.warning(

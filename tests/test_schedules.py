@@ -140,12 +140,27 @@ def test_never_two_runs_of_a_schedule_at_once_and_missed_runs_are_counted(
     (view,) = scheduler.views()
     assert (view.record.runs, view.record.skipped, view.record.last_run) == (2, 2, 3)
     coordinator.going.clear()
-    clock.t = 1000.0 + 99 * EVERY
+    clock.t = 1000.0 + 4 * EVERY + 1
     assert scheduler.tick() == [f"{o.schedule_id}-4"]  # the last run before the end
     coordinator.going.clear()
     assert scheduler.tick() == []
     (view,) = scheduler.views()
     assert view.record.state == "ended" and view.next_run is None
+
+
+def test_a_run_nodes_would_refuse_as_stale_is_skipped_not_started(pki: FederationPki) -> None:
+    coordinator = FakeCoordinator([], set())
+    clock = Clock(1000.0 + 99 * EVERY)  # long after the last run before the end
+    scheduler = Scheduler(
+        MemoryRoundStore(), coordinator.start, coordinator.going.__contains__, clock
+    )
+    o = order(first=1000.0, until=1000.0 + 5 * EVERY)
+    scheduler.add(SignedOrder.sign(signer(pki), wire.order_bytes(o)), o, OPERATOR)
+    assert scheduler.tick() == [] and coordinator.started == []
+    (view,) = scheduler.views()
+    assert (view.record.skipped, view.record.last_run) == (5, 4)
+    scheduler.tick()
+    assert scheduler.views()[0].record.state == "ended"
 
 
 # --- the store: both kinds, one suite --------------------------------------------------------
