@@ -211,6 +211,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--insecure", action="store_true")
     s.set_defaults(handler=_lazy("coordinator.operator_cli", "cmd_round_status"))
+    s = rs.add_parser("schedule", help="sign a standing order of rounds; list or cancel one")
+    s.add_argument("--config", required=True, metavar="OP_TOML")
+    s.add_argument("--name", help="the schedule's name, for people")
+    s.add_argument("--nodes", type=_names, metavar="A,B[,C...]")
+    s.add_argument(
+        "--mode", default="pairwise", choices=["pairwise", "threshold", "count", "watch"]
+    )
+    s.add_argument("--threshold", type=int, metavar="T")
+    s.add_argument("--epoch", type=_duration, metavar="DURATION", help="watch mode: epoch length")
+    s.add_argument("--counts", action="store_true", help="threshold mode: exact counts")
+    s.add_argument("--chunk-size", type=int, metavar="N")
+    s.add_argument("--kinds", type=_kinds, metavar="K,...")
+    s.add_argument("--every", type=_duration, metavar="DURATION", help="between runs, e.g. 24h")
+    s.add_argument("--first", metavar="ISO-TIME", help="when the first run is due (default: now)")
+    s.add_argument("--until", metavar="ISO-TIME", help="no run is due at or after this time")
+    s.add_argument("--list", action="store_true", help="the schedules and their next run")
+    s.add_argument("--cancel", metavar="ID", help="stop a schedule: no further run starts")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--insecure", action="store_true")
+    s.set_defaults(handler=_lazy("coordinator.schedule_cli", "cmd_round_schedule"))
 
     # canonicalize
     s = top.add_parser("canonicalize", help="print the canonical form of indicators")

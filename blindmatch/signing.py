@@ -69,6 +69,11 @@ def spec_statement(spec_bytes: bytes) -> bytes:
     return statement("round-spec", spec_bytes)
 
 
+def order_statement(order_bytes: bytes) -> bytes:
+    """What an operator signs to ask for rounds on a schedule: the serialized standing order."""
+    return statement("standing-order", order_bytes)
+
+
 def spec_digest(spec_bytes: bytes) -> bytes:
     """Binds every chunk of a round to the spec its producer accepted, so all saw the same one."""
     return digest(spec_statement(spec_bytes))
@@ -138,6 +143,28 @@ class SignedSpec:
     @property
     def digest(self) -> bytes:
         return spec_digest(self.spec)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedOrder:
+    """A standing order as its operator signed it: the serialized order, the signature over
+    ``order_statement(order)`` and the operator's certificate."""
+
+    order: bytes
+    signature: bytes = field(repr=False)
+    operator_cert: bytes = field(repr=False)
+
+    @classmethod
+    def sign(cls, signer: Signer, order: bytes) -> SignedOrder:
+        return cls(order, signer.sign(order_statement(order)), signer.cert_pem)
+
+
+def verify_order(trust: Trust, signed: SignedOrder, *, now: datetime.datetime) -> Party:
+    """The operator who signed ``signed``: an operator certificate of the federation valid at
+    ``now`` and a valid signature. When each run is due is the order's (blindmatch.orders)."""
+    operator = trust.party(signed.operator_cert, now=now, role="operator", names=None)
+    operator.verify(order_statement(signed.order), signed.signature, "the standing order")
+    return operator
 
 
 def verify_spec(

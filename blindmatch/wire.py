@@ -19,8 +19,9 @@ from google.protobuf.message import DecodeError
 
 from blindmatch.group import ELEMENT_BYTES
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.orders import ScheduledRun, StandingOrder
 from blindmatch.protocol import BadMessage, Forward, RoundSpec
-from blindmatch.signing import SignedSpec
+from blindmatch.signing import SignedOrder, SignedSpec
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
 from blindmatch.watch import CheckHop
 
@@ -134,6 +135,101 @@ def signed_spec_from_proto(msg: node_pb2.SignedSpec) -> tuple[SignedSpec, RoundS
     verified)."""
     signed = SignedSpec(msg.spec, msg.signature, msg.operator_cert)
     return signed, spec_from_bytes(msg.spec)
+
+
+def order_to_proto(order: StandingOrder) -> node_pb2.StandingOrder:
+    t = order.template
+    return node_pb2.StandingOrder(
+        schedule_id=order.schedule_id,
+        name=order.name,
+        participants=t.participants,
+        mode=t.mode,
+        threshold=t.threshold or 0,
+        kinds=t.kinds,
+        chunk_size=t.chunk_size,
+        epoch_seconds=t.epoch_seconds,
+        counts=t.counts,
+        every_seconds=order.every,
+        first=order.first,
+        until=order.until,
+        issued=order.issued,
+    )
+
+
+def order_bytes(order: StandingOrder) -> bytes:
+    """The bytes an operator signs for a standing order."""
+    return order_to_proto(order).SerializeToString(deterministic=True)
+
+
+def order_from_bytes(data: bytes) -> StandingOrder:
+    msg = node_pb2.StandingOrder()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        raise BadMessage("the signed order is not a serialized StandingOrder") from None
+    # the template is checked as a round spec is, under a placeholder id and time
+    template = spec_from_proto(
+        node_pb2.RoundSpec(
+            round_id="run",
+            participants=msg.participants,
+            mode=msg.mode,
+            threshold=msg.threshold,
+            kinds=msg.kinds,
+            chunk_size=msg.chunk_size,
+            epoch_seconds=msg.epoch_seconds,
+            counts=msg.counts,
+            issued=msg.first,
+        )
+    )
+    return StandingOrder(
+        schedule_id=msg.schedule_id,
+        name=msg.name,
+        template=template,
+        every=msg.every_seconds,
+        first=msg.first,
+        until=msg.until,
+        issued=msg.issued,
+    )
+
+
+def signed_order_to_proto(signed: SignedOrder) -> node_pb2.SignedOrder:
+    return node_pb2.SignedOrder(
+        order=signed.order, signature=signed.signature, operator_cert=signed.operator_cert
+    )
+
+
+def signed_order_from_proto(msg: node_pb2.SignedOrder) -> tuple[SignedOrder, StandingOrder]:
+    """The signed order as it came (to verify) and the order its bytes say."""
+    return SignedOrder(msg.order, msg.signature, msg.operator_cert), order_from_bytes(msg.order)
+
+
+def scheduled_run(signed: SignedOrder, order: StandingOrder, run: int) -> ScheduledRun:
+    return ScheduledRun(signed, order, run, spec_bytes(order.run_spec(run)))
+
+
+Authorization = SignedSpec | ScheduledRun  # what a node acts on: one round, or a run of an order
+
+
+def prepare_request(auth: Authorization, timeout_seconds: float) -> node_pb2.PrepareRequest:
+    if isinstance(auth, SignedSpec):
+        return node_pb2.PrepareRequest(
+            signed_spec=signed_spec_to_proto(auth), timeout_seconds=timeout_seconds
+        )
+    return node_pb2.PrepareRequest(
+        order=signed_order_to_proto(auth.signed), run=auth.run, timeout_seconds=timeout_seconds
+    )
+
+
+def prepare_from_proto(msg: node_pb2.PrepareRequest) -> tuple[Authorization, RoundSpec]:
+    """What a Prepare asks for: a signed spec, or a run of a standing order (whose spec the
+    node derives itself), and the round's spec; neither is verified yet."""
+    if msg.HasField("order") == msg.HasField("signed_spec"):
+        raise BadMessage("a Prepare carries exactly one of a signed spec and a standing order")
+    if msg.HasField("signed_spec"):
+        return signed_spec_from_proto(msg.signed_spec)
+    signed, order = signed_order_from_proto(msg.order)
+    run = scheduled_run(signed, order, msg.run)
+    return run, order.run_spec(msg.run)
 
 
 def routing_start(
@@ -287,6 +383,50 @@ def round_info(record: RoundView) -> coordinator_pb2.RoundInfo:
         hops_done=record.hops_done,
         hops_total=record.hops_total,
         operator=record.operator,
+    )
+
+
+class ScheduleView(Protocol):
+    """What ScheduleInfo shows of a standing order's record (the coordinator's
+    ``ScheduleRecord``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def operator(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def runs(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def last_round(self) -> str | None: ...
+    @property
+    def cancelled_by(self) -> str | None: ...
+
+
+def schedule_info(
+    record: ScheduleView, order: StandingOrder, next_run: float | None
+) -> coordinator_pb2.ScheduleInfo:
+    t = order.template
+    return coordinator_pb2.ScheduleInfo(
+        id=record.id,
+        name=record.name,
+        participants=t.participants,
+        mode="watch" if t.watching else t.mode,
+        threshold=t.threshold or 0,
+        every_seconds=order.every,
+        until=order.until,
+        operator=record.operator,
+        state=record.state,
+        next_run=next_run or 0.0,
+        runs=record.runs,
+        skipped=record.skipped,
+        last_round=record.last_round or "",
+        cancelled_by=record.cancelled_by or "",
     )
 
 

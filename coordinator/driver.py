@@ -48,7 +48,6 @@ from blindmatch.protocol import (
     Stream,
     UnknownRound,
 )
-from blindmatch.signing import SignedSpec
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
 from coordinator.state import RoundBoard, RoundRecord
@@ -116,26 +115,17 @@ class Coordinator:
         self.watch: WatchHub | None = None  # early warning (coordinator/watch.py)
         self.metrics: CoordinatorHooks = NO_METRICS  # coordinator/metrics.py when [metrics] is on
 
-    def start_round(self, signed: SignedSpec, spec: RoundSpec, *, operator: str) -> RoundRecord:
-        """Launch the round an operator signed (``spec`` is what ``signed`` says; the caller has
-        verified who signed it) in the background; return its first record.
+    def start_round(
+        self, signed: wire.Authorization, spec: RoundSpec, *, operator: str
+    ) -> RoundRecord:
+        """Launch the round an operator signed (``spec`` is what ``signed`` says: a signed spec,
+        or a run of a standing order; the caller has verified who signed it) in the background;
+        return its first record.
 
         A watch round (``spec.epoch_seconds`` > 0) runs as a pairwise round and then opens an
         epoch (coordinator/watch.py).
         """
-        unknown = [n for n in spec.participants if n not in self.links.addresses]
-        if unknown:
-            known = ", ".join(sorted(self.links.addresses)) or "(none)"
-            raise BadMessage(
-                f"unknown node(s) {', '.join(unknown)}; this coordinator's registry knows: {known}"
-            )
-        if spec.watching and self.watch is None:
-            raise BadMessage("this coordinator has no early-warning support; watch is unavailable")
-        if spec.chunk_size > self.settings.chunk_size:
-            raise BadMessage(
-                f"chunks of {spec.chunk_size} elements; this coordinator forwards at most "
-                f"{self.settings.chunk_size} (its chunk_size; start the round with --chunk-size)"
-            )
+        self.check_spec(spec)
         record = RoundRecord(
             id=spec.round_id,
             participants=spec.participants,
@@ -163,6 +153,28 @@ class Coordinator:
             self.metrics.round_started()
         thread.start()
         return record
+
+    def check_spec(self, spec: RoundSpec) -> None:
+        """BadMessage unless this coordinator can run ``spec``: every node in its registry, watch
+        supported if asked for, chunks no larger than it forwards."""
+        unknown = [n for n in spec.participants if n not in self.links.addresses]
+        if unknown:
+            known = ", ".join(sorted(self.links.addresses)) or "(none)"
+            raise BadMessage(
+                f"unknown node(s) {', '.join(unknown)}; this coordinator's registry knows: {known}"
+            )
+        if spec.watching and self.watch is None:
+            raise BadMessage("this coordinator has no early-warning support; watch is unavailable")
+        if spec.chunk_size > self.settings.chunk_size:
+            raise BadMessage(
+                f"chunks of {spec.chunk_size} elements; this coordinator forwards at most "
+                f"{self.settings.chunk_size} (its chunk_size; start the round with --chunk-size)"
+            )
+
+    def running(self, round_id: str) -> bool:
+        """Whether the round with this id is still going."""
+        with self._lock:
+            return round_id in self._running
 
     def _known(self, round_id: str) -> bool:
         try:
@@ -194,7 +206,7 @@ class Coordinator:
 class RoundDriver:
     def __init__(
         self,
-        signed: SignedSpec,
+        signed: wire.Authorization,
         spec: RoundSpec,
         record: RoundRecord,
         links: NodeLinks,
@@ -244,11 +256,8 @@ class RoundDriver:
         self._fail(reason)
 
     def _prepare(self) -> None:
-        request = node_pb2.PrepareRequest(
-            signed_spec=wire.signed_spec_to_proto(self.signed),
-            # a node drops the round (and its key) if the coordinator goes silent this long
-            timeout_seconds=self.settings.round_timeout,
-        )
+        # a node drops the round (and its key) if the coordinator goes silent this long
+        request = wire.prepare_request(self.signed, self.settings.round_timeout)
         replies = self._unary_all("Prepare", lambda stub: stub.Prepare, lambda _: request)
         with self._cond:
             try:

@@ -1,4 +1,5 @@
-"""CLI handlers of operators: ``operator init``, ``round start`` and ``round status``.
+"""CLI handlers of operators: ``operator init``, ``round start`` and ``round status``
+(``round schedule`` is coordinator/schedule_cli.py).
 
 An operator signs the spec of every round it asks for (docs/PROTOCOL.md, "Signed specs"), with
 the federation key its operator.toml names; the coordinator only carries it.
@@ -138,7 +139,8 @@ def cmd_round_status(args: argparse.Namespace) -> int:
     """``blindmatch round status --config OP_TOML [ID] [--json] [--insecure]``
 
     Reads ``args.config``, ``args.id`` (a round id, a unique prefix of one, or None: the recent
-    rounds), ``args.json`` and ``args.insecure``. Exits 0 (also for a failed round: the status
+    rounds, then a line per standing order with its next run), ``args.json`` and
+    ``args.insecure``. Exits 0 (also for a failed round: the status
     was shown), 1 when the coordinator cannot be reached or knows no such round.
     """
     config = load_operator_config(args.config)
@@ -151,12 +153,23 @@ def cmd_round_status(args: argparse.Namespace) -> int:
             config,
             lambda: stub.ListRounds(coordinator_pb2.ListRoundsRequest(), timeout=CALL_TIMEOUT),
         ).rounds
-    if args.json:
+        schedules = _call(
+            config,
+            lambda: stub.ListSchedules(
+                coordinator_pb2.ListSchedulesRequest(), timeout=CALL_TIMEOUT
+            ),
+        ).schedules
+    if args.json:  # the rounds alone; `round schedule --list --json` gives the schedules
         print(json.dumps([info_dict(r) for r in rounds]))
-    elif not rounds:
+        return 0
+    if not rounds:
         print("no rounds yet; start one with `blindmatch round start`")
     else:
         print(table(rounds))
+    from coordinator.schedule_cli import schedule_line  # it builds on this module
+
+    for info in schedules:
+        print(schedule_line(info))
     return 0
 
 

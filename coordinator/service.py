@@ -31,13 +31,15 @@ from blindmatch.net import (
     split_host_port,
     start_server,
 )
+from blindmatch.orders import StandingOrder
 from blindmatch.pki import Identity, PkiError, identity_of
 from blindmatch.protocol import ForgedMessage, ProtocolError, RoundSpec
-from blindmatch.signing import SignedSpec, Trust, verify_spec
+from blindmatch.signing import SignedOrder, SignedSpec, Trust, verify_order, verify_spec
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.schedules import Scheduler, ScheduleView
 from coordinator.state import RoundBoard, SqliteRoundStore
 from coordinator.watch import CheckServicer, WatchHub
 from coordinator.watch import access_rules as watch_access_rules
@@ -49,10 +51,11 @@ INSECURE_OPERATOR: Final = "(insecure)"  # plaintext callers have no certificate
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, coordinator: Coordinator, trust: Trust | None) -> None:
+    def __init__(self, coordinator: Coordinator, trust: Trust | None, scheduler: Scheduler) -> None:
         self.coordinator = coordinator
         self.board = coordinator.board
         self.trust = trust  # the federation CA; None when serving plaintext
+        self.scheduler = scheduler
 
     def StartRound(
         self, request: coordinator_pb2.StartRoundRequest, context: grpc.ServicerContext
@@ -76,6 +79,46 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             raise ForgedMessage(f"the round spec is signed by {signer}, but {caller} sent it")
         return signer.name
 
+    def Schedule(
+        self, request: coordinator_pb2.ScheduleRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ScheduleInfo:
+        with wire.refusing(context, ProtocolError):
+            signed, order = wire.signed_order_from_proto(request.order)
+            self._check_runs(order)
+            view = self.scheduler.add(signed, order, self._order_operator(context, signed))
+        return _schedule_info(view)
+
+    def _check_runs(self, order: StandingOrder) -> None:
+        """Refuse now what every run would be refused for (its spec is the order's)."""
+        self.coordinator.check_spec(order.run_spec(0))
+
+    def _order_operator(self, context: grpc.ServicerContext, signed: SignedOrder) -> str:
+        """Who signed the order, which must be who calls, as for a single round."""
+        if self.trust is None:
+            return INSECURE_OPERATOR
+        now = datetime.datetime.now(datetime.UTC)
+        signer = verify_order(self.trust, signed, now=now).identity
+        caller = _caller(context)
+        if signer != caller:
+            raise ForgedMessage(f"the standing order is signed by {signer}, but {caller} sent it")
+        return signer.name
+
+    def ListSchedules(
+        self, request: coordinator_pb2.ListSchedulesRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListSchedulesReply:
+        return coordinator_pb2.ListSchedulesReply(
+            schedules=[_schedule_info(v) for v in self.scheduler.views()]
+        )
+
+    def CancelSchedule(
+        self, request: coordinator_pb2.CancelScheduleRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ScheduleInfo:
+        # any operator the coordinator serves may cancel (the access policy let the caller in)
+        caller = _caller(context)
+        by = caller.name if caller is not None else INSECURE_OPERATOR
+        with wire.refusing(context, ProtocolError):
+            return _schedule_info(self.scheduler.cancel(request.id, by))
+
     def GetRound(
         self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
@@ -98,6 +141,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         with wire.refusing(context, ProtocolError, RoundFailure):
             for record in self.board.watch(request.id, context.is_active):
                 yield wire.round_info(record)
+
+
+def _schedule_info(view: ScheduleView) -> coordinator_pb2.ScheduleInfo:
+    return wire.schedule_info(view.record, view.order, view.next_run)
 
 
 def _caller(context: grpc.ServicerContext) -> Identity | None:
@@ -126,6 +173,7 @@ class RunningCoordinator:
     coordinator: Coordinator
     store: SqliteRoundStore
     failed_on_start: list[str]  # ids of rounds a previous run left unfinished
+    scheduler: Scheduler
     watch: WatchHub | None = None
     metrics: MetricsEndpoint | None = None  # the [metrics] endpoint, when configured
 
@@ -138,6 +186,7 @@ class RunningCoordinator:
         if self.metrics is not None:
             self.metrics.stop()
         self.handle.health.enter_graceful_shutdown()
+        self.scheduler.stop()
         self.coordinator.stop()
         self.coordinator.board.close()
         self.handle.server.stop(grace).wait()
@@ -167,7 +216,16 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             caps=config.caps,
         )
         coordinator = Coordinator(RoundBoard(store), links, settings)
-        servicer = CoordinatorServicer(coordinator, None if tls is None else Trust(tls.ca))
+        scheduler = Scheduler(
+            store,
+            lambda run, operator: coordinator.start_round(
+                run, run.order.run_spec(run.run), operator=operator
+            ),
+            coordinator.running,
+        )
+        servicer = CoordinatorServicer(
+            coordinator, None if tls is None else Trust(tls.ca), scheduler
+        )
         # early warning: filters live beside the state file, e.g. coordinator.sqlite.watch/
         watch = coordinator.watch = WatchHub(
             config.state.with_name(config.state.name + ".watch"),
@@ -203,7 +261,10 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             links.close()
         store.close()
         raise
-    return RunningCoordinator(handle, coordinator, store, store.failed_on_open, watch, endpoint)
+    scheduler.start()
+    return RunningCoordinator(
+        handle, coordinator, store, store.failed_on_open, scheduler, watch, endpoint
+    )
 
 
 def _coordinator_tls(config: CoordinatorConfig) -> TlsConfig:

@@ -10,6 +10,8 @@ Rules:
   coordinator goes silent. So opening a SQLite store marks every round still running
   (``COORDINATOR_RUNNING``) as failed, with the reason ``RESTART_REASON``.
 - ``RoundBoard`` is the one place records are published: it saves them and wakes the watchers.
+- Standing orders (``ScheduleRecord``) are kept as the operator signed them, with where their
+  scheduler is (coordinator/schedules.py); they outlive a restart, the rounds they started do not.
 """
 
 from __future__ import annotations
@@ -57,6 +59,26 @@ class RoundRecord:
         return COORDINATOR.final(self.state)
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A standing order the coordinator keeps: the signed order, sent to nodes with each run, and
+    its scheduler's cursor."""
+
+    id: str
+    name: str
+    operator: str  # who signed it
+    order: bytes = field(repr=False)  # the serialized StandingOrder, as signed
+    signature: bytes = field(repr=False)
+    operator_cert: bytes = field(repr=False)
+    created: float = 0.0
+    state: str = "active"  # active | cancelled | ended
+    last_run: int | None = None  # the latest run started or skipped (None: none yet)
+    runs: int = 0  # runs started
+    skipped: int = 0  # runs not started: the previous still going, or missed
+    last_round: str | None = None  # round id of the latest run started
+    cancelled_by: str | None = None
+
+
 class RoundStore(ABC):
     @abstractmethod
     def save(self, record: RoundRecord) -> None:
@@ -73,6 +95,14 @@ class RoundStore(ABC):
     def fail_unfinished(self, reason: str) -> list[str]:
         """Mark every round still running as failed with ``reason``; return their ids."""
 
+    @abstractmethod
+    def save_schedule(self, record: ScheduleRecord) -> None:
+        """Insert or replace the schedule with this id."""
+
+    @abstractmethod
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, oldest first."""
+
     def close(self) -> None:  # noqa: B027 (nothing to release in memory)
         pass
 
@@ -80,7 +110,16 @@ class RoundStore(ABC):
 class MemoryRoundStore(RoundStore):
     def __init__(self) -> None:
         self._rounds: dict[str, RoundRecord] = {}
+        self._schedules: dict[str, ScheduleRecord] = {}
         self._lock = threading.Lock()
+
+    def save_schedule(self, record: ScheduleRecord) -> None:
+        with self._lock:
+            self._schedules[record.id] = record
+
+    def schedules(self) -> list[ScheduleRecord]:
+        with self._lock:
+            return sorted(self._schedules.values(), key=lambda r: r.created)
 
     def save(self, record: RoundRecord) -> None:
         with self._lock:
@@ -127,6 +166,28 @@ MIGRATIONS: Final = (
     );
     CREATE INDEX rounds_by_created ON rounds (created);
     """,
+    """
+    CREATE TABLE schedules (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        operator      TEXT NOT NULL,
+        signed_order  BLOB NOT NULL,  -- the serialized StandingOrder the operator signed
+        signature     BLOB NOT NULL,
+        operator_cert BLOB NOT NULL,
+        created       REAL NOT NULL,
+        state         TEXT NOT NULL,
+        last_run      INTEGER,
+        runs          INTEGER NOT NULL,
+        skipped       INTEGER NOT NULL,
+        last_round    TEXT,
+        cancelled_by  TEXT
+    );
+    """,
+)
+
+_SCHEDULE_COLUMNS: Final = (
+    "id, name, operator, signed_order, signature, operator_cert, created, state, last_run, runs, "
+    "skipped, last_round, cancelled_by"
 )
 
 _COLUMNS: Final = (
@@ -238,6 +299,36 @@ class SqliteRoundStore(RoundStore):
                 raise
             self._db.execute("COMMIT")
         return ids
+
+    def save_schedule(self, record: ScheduleRecord) -> None:
+        row = (
+            record.id,
+            record.name,
+            record.operator,
+            record.order,
+            record.signature,
+            record.operator_cert,
+            record.created,
+            record.state,
+            record.last_run,
+            record.runs,
+            record.skipped,
+            record.last_round,
+            record.cancelled_by,
+        )
+        with self._lock:
+            self._db.execute(
+                f"INSERT OR REPLACE INTO schedules ({_SCHEDULE_COLUMNS}) "
+                f"VALUES ({', '.join('?' * 13)})",
+                row,
+            )
+
+    def schedules(self) -> list[ScheduleRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY created, rowid"
+            ).fetchall()
+        return [ScheduleRecord(*row) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -1,9 +1,9 @@
 """Who the node believes during a round: the operator behind a spec, the partners behind chunks.
 
 The coordinator carries every message of a round and is not trusted (docs/PROTOCOL.md, "Signed
-specs and signed chunks"). A node acts on a spec only once the operator's signature over it is
-verified, on a partner name only with that partner's certificate in hand, and blinds a chunk
-only once its producer's signature is verified; it signs every chunk it emits. The rules of who
+specs and signed chunks"). A node acts on a spec (or a run of a standing order) only once the
+operator's signature over it is verified, on a partner name only with that partner's certificate
+in hand, and blinds a chunk only once its producer's signature is verified; it signs every chunk it emits. The rules of who
 must have produced a chunk are the core's (``NodeRound.accept_chunk``); this module holds the
 node's federation key and CA and applies ``blindmatch.signing`` with the node's own clock.
 
@@ -18,8 +18,17 @@ import time
 from collections.abc import Callable, Mapping
 
 from blindmatch.net import TlsConfig
+from blindmatch.orders import ScheduledRun
 from blindmatch.protocol import ForgedMessage, RoundSpec
-from blindmatch.signing import ChunkClaim, Party, SignedSpec, Signer, Trust, verify_spec
+from blindmatch.signing import (
+    ChunkClaim,
+    Party,
+    SignedSpec,
+    Signer,
+    Trust,
+    verify_order,
+    verify_spec,
+)
 
 INSECURE_OPERATOR = "(insecure)"
 
@@ -44,9 +53,16 @@ class RoundAuthority:
         """What partners verify this node's chunks with (sent in PrepareReply)."""
         return self._signer.cert_pem
 
-    def operator(self, signed: SignedSpec, spec: RoundSpec) -> str:
-        """The name of the operator who signed ``spec`` if this node accepts it from them."""
-        party = verify_spec(self._trust, signed, issued=spec.issued, now=self._now())
+    def operator(self, signed: SignedSpec | ScheduledRun, spec: RoundSpec) -> str:
+        """The name of the operator who signed ``spec`` if this node accepts it from them. A run
+        of a standing order is accepted as a spec is: the operator's signature over the order,
+        and the run due now by this node's clock (``spec`` is the run's, derived here)."""
+        now = self._now()
+        if isinstance(signed, ScheduledRun):
+            party = verify_order(self._trust, signed.signed, now=now)
+            signed.order.check_due(signed.run, now.timestamp())
+        else:
+            party = verify_spec(self._trust, signed, issued=spec.issued, now=now)
         name = party.identity.name
         if self.operators is not None and name not in self.operators:
             raise ForgedMessage(
@@ -88,7 +104,7 @@ class Unauthenticated:
 
     certificate = b""
 
-    def operator(self, signed: SignedSpec, spec: RoundSpec) -> str:
+    def operator(self, signed: SignedSpec | ScheduledRun, spec: RoundSpec) -> str:
         return INSECURE_OPERATOR
 
     def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Party]:

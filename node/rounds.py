@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from blindmatch.match import Delivery
+from blindmatch.orders import ScheduledRun
 from blindmatch.protocol import (
     BadMessage,
     NodeRound,
@@ -129,9 +130,14 @@ class RoundRegistry:
         return live
 
     def prepare(
-        self, signed: SignedSpec, spec: RoundSpec, coordinator: str, timeout_seconds: float
+        self,
+        signed: SignedSpec | ScheduledRun,
+        spec: RoundSpec,
+        coordinator: str,
+        timeout_seconds: float,
     ) -> LiveRound:
-        """Verify who signed ``spec`` (the bytes of ``signed``), then draw the round's key and
+        """Verify who signed ``spec`` (the bytes of ``signed``, or the run of the standing order
+        it derives from), then draw the round's key and
         set (or refuse it, audited); ``timeout_seconds`` > 0 asks for a shorter timeout than
         this node's."""
         with self._lock:

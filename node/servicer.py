@@ -37,7 +37,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.PrepareReply:
         caller = net.peer_identity(context)
         with wire.refusing(context, ProtocolError):
-            signed, spec = wire.signed_spec_from_proto(request.signed_spec)
+            signed, spec = wire.prepare_from_proto(request)
             coordinator = caller.name if caller else "(insecure)"
             live = self.rounds.prepare(signed, spec, coordinator, request.timeout_seconds)
         return node_pb2.PrepareReply(size=live.state.size, certificate=self.authority.certificate)

@@ -54,6 +54,21 @@ class CoordinatorServiceStub:
                 request_serializer=blindmatch_dot_v1_dot_coordinator__pb2.GetRoundRequest.SerializeToString,
                 response_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.RoundInfo.FromString,
                 _registered_method=True)
+        self.Schedule = channel.unary_unary(
+                '/blindmatch.v1.CoordinatorService/Schedule',
+                request_serializer=blindmatch_dot_v1_dot_coordinator__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/blindmatch.v1.CoordinatorService/ListSchedules',
+                request_serializer=blindmatch_dot_v1_dot_coordinator__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.ListSchedulesReply.FromString,
+                _registered_method=True)
+        self.CancelSchedule = channel.unary_unary(
+                '/blindmatch.v1.CoordinatorService/CancelSchedule',
+                request_serializer=blindmatch_dot_v1_dot_coordinator__pb2.CancelScheduleRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -84,6 +99,26 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Schedule(self, request, context):
+        """Keep a standing order and start its runs when they are due (docs/OPERATIONS.md, "Schedules").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSchedule(self, request, context):
+        """Stop a schedule: no further run starts (a run in flight goes on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +141,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.WatchRound,
                     request_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.GetRoundRequest.FromString,
                     response_serializer=blindmatch_dot_v1_dot_coordinator__pb2.RoundInfo.SerializeToString,
+            ),
+            'Schedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.Schedule,
+                    request_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.ScheduleRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_coordinator__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_coordinator__pb2.ListSchedulesReply.SerializeToString,
+            ),
+            'CancelSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSchedule,
+                    request_deserializer=blindmatch_dot_v1_dot_coordinator__pb2.CancelScheduleRequest.FromString,
+                    response_serializer=blindmatch_dot_v1_dot_coordinator__pb2.ScheduleInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +266,87 @@ class CoordinatorService:
             '/blindmatch.v1.CoordinatorService/WatchRound',
             blindmatch_dot_v1_dot_coordinator__pb2.GetRoundRequest.SerializeToString,
             blindmatch_dot_v1_dot_coordinator__pb2.RoundInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Schedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.CoordinatorService/Schedule',
+            blindmatch_dot_v1_dot_coordinator__pb2.ScheduleRequest.SerializeToString,
+            blindmatch_dot_v1_dot_coordinator__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.CoordinatorService/ListSchedules',
+            blindmatch_dot_v1_dot_coordinator__pb2.ListSchedulesRequest.SerializeToString,
+            blindmatch_dot_v1_dot_coordinator__pb2.ListSchedulesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v1.CoordinatorService/CancelSchedule',
+            blindmatch_dot_v1_dot_coordinator__pb2.CancelScheduleRequest.SerializeToString,
+            blindmatch_dot_v1_dot_coordinator__pb2.ScheduleInfo.FromString,
             options,
             channel_credentials,
             insecure,

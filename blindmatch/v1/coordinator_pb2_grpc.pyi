@@ -36,6 +36,11 @@ class CoordinatorServiceStub:
     ListRounds: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListRoundsRequest, _coordinator_pb2.ListRoundsReply]
     WatchRound: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetRoundRequest, _coordinator_pb2.RoundInfo]
     """The round's state now, then at every change, until it is final (done or failed)."""
+    Schedule: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ScheduleRequest, _coordinator_pb2.ScheduleInfo]
+    """Keep a standing order and start its runs when they are due (docs/OPERATIONS.md, "Schedules")."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSchedulesRequest, _coordinator_pb2.ListSchedulesReply]
+    CancelSchedule: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelScheduleRequest, _coordinator_pb2.ScheduleInfo]
+    """Stop a schedule: no further run starts (a run in flight goes on)."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -45,6 +50,11 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     ListRounds: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListRoundsRequest, _coordinator_pb2.ListRoundsReply]  # type: ignore[assignment]
     WatchRound: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetRoundRequest, _coordinator_pb2.RoundInfo]  # type: ignore[assignment]
     """The round's state now, then at every change, until it is final (done or failed)."""
+    Schedule: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ScheduleRequest, _coordinator_pb2.ScheduleInfo]  # type: ignore[assignment]
+    """Keep a standing order and start its runs when they are due (docs/OPERATIONS.md, "Schedules")."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSchedulesRequest, _coordinator_pb2.ListSchedulesReply]  # type: ignore[assignment]
+    CancelSchedule: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelScheduleRequest, _coordinator_pb2.ScheduleInfo]  # type: ignore[assignment]
+    """Stop a schedule: no further run starts (a run in flight goes on)."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -75,5 +85,28 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.RoundInfo], _abc.AsyncIterator[_coordinator_pb2.RoundInfo]]:
         """The round's state now, then at every change, until it is final (done or failed)."""
+
+    @_abc_1.abstractmethod
+    def Schedule(
+        self,
+        request: _coordinator_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ScheduleInfo, _abc.Awaitable[_coordinator_pb2.ScheduleInfo]]:
+        """Keep a standing order and start its runs when they are due (docs/OPERATIONS.md, "Schedules")."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _coordinator_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListSchedulesReply, _abc.Awaitable[_coordinator_pb2.ListSchedulesReply]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelSchedule(
+        self,
+        request: _coordinator_pb2.CancelScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ScheduleInfo, _abc.Awaitable[_coordinator_pb2.ScheduleInfo]]:
+        """Stop a schedule: no further run starts (a run in flight goes on)."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

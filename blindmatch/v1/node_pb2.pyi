@@ -102,24 +102,134 @@ class SignedSpec(_message.Message):
 Global___SignedSpec: _TypeAlias = SignedSpec  # noqa: Y015
 
 @_typing.final
+class StandingOrder(_message.Message):
+    """A standing order: rounds an operator asks for on a schedule (docs/PROTOCOL.md, "Standing
+    orders"). Run k is the round RoundSpec{round_id "<schedule_id>-<k>", issued first + k * every,
+    every other field copied}; nodes derive it themselves, so the coordinator cannot change it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    EPOCH_SECONDS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    EVERY_SECONDS_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    ISSUED_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """drawn by the operator; the runs' round ids derive from it"""
+    name: _builtins.str
+    """for people"""
+    mode: _builtins.str
+    threshold: _builtins.int
+    chunk_size: _builtins.int
+    epoch_seconds: _builtins.float
+    counts: _builtins.bool
+    every_seconds: _builtins.float
+    """between runs"""
+    first: _builtins.float
+    """unix seconds: when run 0 is due"""
+    until: _builtins.float
+    """unix seconds: no run is due at or after it (0: no end)"""
+    issued: _builtins.float
+    """unix seconds when the operator signed"""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """as RoundSpec.participants"""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        participants: _abc.Iterable[_builtins.str] | None = ...,
+        mode: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        chunk_size: _builtins.int = ...,
+        epoch_seconds: _builtins.float = ...,
+        counts: _builtins.bool = ...,
+        every_seconds: _builtins.float = ...,
+        first: _builtins.float = ...,
+        until: _builtins.float = ...,
+        issued: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "counts", b"counts", "epoch_seconds", b"epoch_seconds", "every_seconds", b"every_seconds", "first", b"first", "issued", b"issued", "kinds", b"kinds", "mode", b"mode", "name", b"name", "participants", b"participants", "schedule_id", b"schedule_id", "threshold", b"threshold", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StandingOrder: _TypeAlias = StandingOrder  # noqa: Y015
+
+@_typing.final
+class SignedOrder(_message.Message):
+    """A standing order as the operator who asked for it signed it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    OPERATOR_CERT_FIELD_NUMBER: _builtins.int
+    order: _builtins.bytes
+    """a serialized StandingOrder: exactly the bytes the operator signed"""
+    signature: _builtins.bytes
+    """the operator's signature over signing.order_statement(order)"""
+    operator_cert: _builtins.bytes
+    """the operator's certificate, PEM"""
+    def __init__(
+        self,
+        *,
+        order: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        operator_cert: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator_cert", b"operator_cert", "order", b"order", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedOrder: _TypeAlias = SignedOrder  # noqa: Y015
+
+@_typing.final
 class PrepareRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     SIGNED_SPEC_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     timeout_seconds: _builtins.float
     """Seconds the node keeps the round's state without hearing from the coordinator."""
+    run: _builtins.int
+    """with order: which run of the schedule (0, 1, ...)"""
     @_builtins.property
-    def signed_spec(self) -> Global___SignedSpec: ...
+    def signed_spec(self) -> Global___SignedSpec:
+        """Exactly one of: a single round's signed spec, or a standing order and the run asked for."""
+
+    @_builtins.property
+    def order(self) -> Global___SignedOrder: ...
     def __init__(
         self,
         *,
         timeout_seconds: _builtins.float = ...,
         signed_spec: Global___SignedSpec | None = ...,
+        order: Global___SignedOrder | None = ...,
+        run: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_spec", b"signed_spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "signed_spec", b"signed_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_spec", b"signed_spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "run", b"run", "signed_spec", b"signed_spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,115 @@
+"""Standing orders: rounds an operator signs once, to run on a schedule.
+
+Run k of an order is one round, fixed by the order alone: its id is ``<schedule id>-<k>``, it is
+issued ``first + k * every``, and everything else is the order's. The coordinator keeps the order
+and starts the runs; every node derives the run's spec itself from the signed order and k, and
+accepts it only when that run is due by the node's own clock (the same window as a single signed
+spec) and before the order's end. So a coordinator can start no round the operator did not sign:
+not an extra run (an id is used once), not other participants or another mode, not at another time.
+
+Nothing here reads the clock or the network: the caller passes ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Final
+
+from blindmatch.protocol import BadMessage, RoundSpec
+from blindmatch.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, StaleSpec, spec_digest
+
+SCHEDULE_ID: Final = re.compile(r"[A-Za-z0-9_]{1,48}")  # leaves room for "-<k>" in a round id
+MIN_EVERY: Final = 60.0  # seconds: a shorter period is a typo, not a federation's schedule
+MAX_NAME: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StandingOrder:
+    schedule_id: str
+    name: str
+    template: RoundSpec  # the runs' spec but for round id and issued
+    every: float  # seconds between runs
+    first: float  # unix seconds when run 0 is due
+    until: float = 0.0  # unix seconds; no run is due at or after it (0: no end)
+    issued: float = 0.0  # unix seconds when the operator signed it
+
+    def __post_init__(self) -> None:
+        if not SCHEDULE_ID.fullmatch(self.schedule_id):
+            raise BadMessage("a schedule id is 1-48 letters, digits or '_'")
+        if len(self.name) > MAX_NAME:
+            raise BadMessage(f"a schedule name is at most {MAX_NAME} characters")
+        if not MIN_EVERY <= self.every < math.inf:
+            raise BadMessage(f"runs every {self.every} s: at least {MIN_EVERY:.0f} s apart")
+        if not 0 < self.first < math.inf or not 0 <= self.until < math.inf:
+            raise BadMessage("the first run and the end of a schedule must be times")
+        if self.until and self.until <= self.first:
+            raise BadMessage("the schedule ends before its first run")
+
+    def run_time(self, k: int) -> float:
+        return self.first + k * self.every
+
+    def run_spec(self, k: int) -> RoundSpec:
+        """Run k's round, exactly as every node derives it."""
+        if k < 0:
+            raise BadMessage(f"run {k} of a schedule: runs are numbered from 0")
+        return replace(self.template, round_id=f"{self.schedule_id}-{k}", issued=self.run_time(k))
+
+    def allows(self, k: int) -> bool:
+        """Whether run k exists at all: before the order's end."""
+        return k >= 0 and (not self.until or self.run_time(k) < self.until)
+
+    def check_due(self, k: int, now: float) -> None:
+        """StaleSpec unless run k is one the order allows and is due at ``now``: the window a
+        single signed spec has (MAX_SPEC_SKEW early, MAX_SPEC_AGE late)."""
+        if not self.allows(k):
+            raise StaleSpec(
+                f"schedule {self.schedule_id} has no run {k}: it ends before that run is due"
+            )
+        age = now - self.run_time(k)
+        if age > MAX_SPEC_AGE:
+            raise StaleSpec(
+                f"run {k} of schedule {self.schedule_id} was due {age:.0f} s ago; a run is "
+                f"accepted for {MAX_SPEC_AGE:.0f} s after it is due"
+            )
+        if age < -MAX_SPEC_SKEW:
+            raise StaleSpec(
+                f"run {k} of schedule {self.schedule_id} is not due for {-age:.0f} s; at most "
+                f"{MAX_SPEC_SKEW:.0f} s of clock skew is accepted"
+            )
+
+    def last_run(self) -> int | None:
+        """The last run before the order's end (None: no end)."""
+        if not self.until:
+            return None
+        return math.ceil((self.until - self.first) / self.every) - 1
+
+    def due_run(self, now: float) -> int | None:
+        """The latest run due at ``now``, the order's end considered (None: none due yet)."""
+        if now < self.first:
+            return None
+        k = int((now - self.first) // self.every)
+        last = self.last_run()
+        return k if last is None else min(k, last)
+
+    def next_time(self, after_run: int | None) -> float | None:
+        """When the run after ``after_run`` (None: run 0) is due; None once the order has ended."""
+        k = 0 if after_run is None else after_run + 1
+        return self.run_time(k) if self.allows(k) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRun:
+    """Run ``run`` of a signed standing order: what the coordinator sends a node in place of a
+    signed spec. ``spec_bytes`` is the derived spec serialized (``wire.spec_bytes``), whose
+    digest binds the run's chunks as a signed spec's does."""
+
+    signed: SignedOrder
+    order: StandingOrder
+    run: int
+    spec_bytes: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return spec_digest(self.spec_bytes)

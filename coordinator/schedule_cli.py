@@ -1,0 +1,168 @@
+"""``blindmatch round schedule``: an operator signs a standing order, lists or cancels one.
+
+A standing order (blindmatch/orders.py) is signed like a round spec, with the operator's
+federation key; the coordinator keeps it and starts each run when it is due, and every node
+checks the signature and the run's time for itself (docs/PROTOCOL.md, "Standing orders").
+Exit statuses are ``blindmatch.clierrors``'s, as for ``round start``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from blindmatch import wire
+from blindmatch.canon import KINDS
+from blindmatch.clierrors import BadInput
+from blindmatch.orders import StandingOrder
+from blindmatch.protocol import DEFAULT_CHUNK, BadMessage, RoundSpec
+from blindmatch.signing import SignedOrder
+from blindmatch.v1 import coordinator_pb2
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS
+from coordinator.cli import coordinator_command
+from coordinator.config import load_operator_config
+from coordinator.operator_cli import CALL_TIMEOUT, _call, _coordinator, _signer, _when
+
+
+@coordinator_command
+def cmd_round_schedule(args: argparse.Namespace) -> int:
+    """``blindmatch round schedule --config OP_TOML --name NAME --nodes A,B[,C] --every D
+    [--mode M] [--threshold T] [--counts] [--epoch D] [--kinds K,...] [--chunk-size N]
+    [--first ISO-TIME] [--until ISO-TIME] [--json] [--insecure]``, or ``--list`` or
+    ``--cancel ID`` in place of the order.
+
+    Prints the new schedule's id (``--json``: the schedule as one JSON object); ``--list`` one
+    line per schedule with its next run (``--json``: an array); ``--cancel`` the schedule.
+    """
+    config = load_operator_config(args.config)
+    if args.list or args.cancel:
+        with _coordinator(config, args.insecure) as stub:
+            if args.cancel:
+                cancel = coordinator_pb2.CancelScheduleRequest(id=args.cancel)
+                info = _call(config, lambda: stub.CancelSchedule(cancel, timeout=CALL_TIMEOUT))
+                print(json.dumps(schedule_dict(info)) if args.json else schedule_line(info))
+                return 0
+            listed = _call(
+                config,
+                lambda: stub.ListSchedules(
+                    coordinator_pb2.ListSchedulesRequest(), timeout=CALL_TIMEOUT
+                ),
+            ).schedules
+        if args.json:
+            print(json.dumps([schedule_dict(s) for s in listed]))
+        else:
+            print("\n".join(schedule_line(s) for s in listed) or "no schedules")
+        return 0
+    order = _order(args)
+    signed = SignedOrder.sign(_signer(config), wire.order_bytes(order))
+    request = coordinator_pb2.ScheduleRequest(order=wire.signed_order_to_proto(signed))
+    with _coordinator(config, args.insecure) as stub:
+        info = _call(config, lambda: stub.Schedule(request, timeout=CALL_TIMEOUT))
+    print(json.dumps(schedule_dict(info)) if args.json else info.id)
+    return 0
+
+
+def _order(args: argparse.Namespace) -> StandingOrder:
+    missing = [f for f in ("name", "nodes", "every") if getattr(args, f) is None]
+    if missing:
+        flags = ", ".join(f"--{f}" for f in missing)
+        raise BadInput(f"a schedule needs {flags} (or give --list or --cancel ID)")
+    if args.epoch is not None and args.mode != "watch":
+        raise BadInput("--epoch only applies to --mode watch")
+    if args.counts and args.mode != "threshold":
+        raise BadInput("--counts only applies to --mode threshold")
+    now = time.time()
+    try:
+        return new_order(
+            args.name,
+            args.nodes,
+            args.mode,
+            every=args.every,
+            first=_time(args.first, "--first") if args.first else now,
+            until=_time(args.until, "--until") if args.until else 0.0,
+            threshold=args.threshold,
+            kinds=args.kinds or (),
+            epoch=args.epoch,
+            counts=args.counts,
+            chunk_size=args.chunk_size,
+            issued=now,
+        )
+    except BadMessage as exc:
+        raise BadInput(str(exc)) from None
+
+
+def new_order(
+    name: str,
+    nodes: Sequence[str],
+    mode: str = "pairwise",
+    *,
+    every: float,
+    first: float,
+    until: float = 0.0,
+    threshold: int | None = None,
+    kinds: Sequence[str] = (),
+    epoch: float | None = None,
+    counts: bool = False,
+    chunk_size: int | None = None,
+    issued: float,
+) -> StandingOrder:
+    """The standing order an operator asks for: a fresh schedule id, runs as ``round start``
+    would build them ("watch" mode: pairwise rounds that open an epoch)."""
+    watching = mode == "watch"
+    template = RoundSpec(
+        round_id="run",  # each run's id is the schedule's and the run number
+        participants=tuple(nodes),
+        mode="pairwise" if watching else mode,
+        threshold=threshold,
+        kinds=tuple(kinds) or KINDS,
+        chunk_size=chunk_size or DEFAULT_CHUNK,
+        epoch_seconds=(epoch or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
+        counts=counts,
+        issued=first,
+    )
+    return StandingOrder(uuid.uuid4().hex, name, template, every, first, until, issued)
+
+
+def _time(text: str, flag: str) -> float:
+    """An ISO 8601 time; without an offset it is this machine's local time."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(
+            f"{flag}: {text!r} is not an ISO time, e.g. 2026-12-01T06:00+00:00"
+        ) from None
+    return (when if when.tzinfo else when.astimezone()).timestamp()
+
+
+def schedule_dict(info: coordinator_pb2.ScheduleInfo) -> dict[str, Any]:
+    """A schedule as plain JSON types; absent values (no end, no next run) are null."""
+    return {
+        "id": info.id,
+        "name": info.name,
+        "state": info.state,
+        "participants": list(info.participants),
+        "mode": info.mode,
+        "threshold": info.threshold or None,
+        "every_seconds": info.every_seconds,
+        "until": info.until or None,
+        "operator": info.operator,
+        "next_run": info.next_run or None,
+        "runs": info.runs,
+        "skipped": info.skipped,
+        "last_round": info.last_round or None,
+        "cancelled_by": info.cancelled_by or None,
+    }
+
+
+def schedule_line(info: coordinator_pb2.ScheduleInfo) -> str:
+    nxt = f"next run {_when(info.next_run)}" if info.next_run else "no next run"
+    state = info.state + (f" by {info.cancelled_by}" if info.cancelled_by else "")
+    return (
+        f"schedule {info.id} {info.name!r} {state}: {info.mode} on {','.join(info.participants)} "
+        f"every {info.every_seconds:g} s; {nxt}; {info.runs} run(s), {info.skipped} skipped"
+    )
