@@ -1037,6 +1037,7 @@ def status(call: Callable[[], object]) -> tuple[Any, str]:
     return Code.OK, ""
 
 
+@pytest.mark.slow  # hundreds of random messages against a real node
 def test_random_messages_to_the_node_get_proper_statuses_and_leave_no_key(
     env: Env, keys: list[RoundKey]
 ) -> None:
