@@ -38,6 +38,9 @@ from blindmatch.canon import CANON_VERSION
 PROTOCOL_VERSION = "blindmatch-v1"
 SUITE = "curve25519_XMD:SHA-512_ELL2_RO_"
 DST = f"{PROTOCOL_VERSION}-{CANON_VERSION}-with-{SUITE}".encode()
+# Tags a stored H(v) (node/store): 16 hex digits of SHA-256(DST), short enough to repeat on every
+# row of a 10M-indicator store, and it changes whenever the DST (protocol, canon, suite) does.
+HASH_VERSION = hashlib.sha256(DST).hexdigest()[:16]
 ELEMENT_BYTES = 32
 ORDER = 2**252 + 27742317777372353535851937790883648493  # of the prime-order subgroup
 
@@ -227,6 +230,12 @@ def hash_indicators(items: Iterable[tuple[str, str]]) -> list[bytes]:
     """Batch form of :func:`hash_to_group` over (kind, canonical value) pairs."""
     us = _curve_us((indicator_message(k, v) for k, v in items), DST)
     return [u.to_bytes(ELEMENT_BYTES, "little") for u in us]
+
+
+def hash_packed(items: Sequence[tuple[str, str]]) -> bytes:
+    """Worker entry point: :func:`hash_indicators` as a wire chunk (cofactor cleared, so that
+    ``blind_packed`` on it gives the bytes ``hash_and_blind_packed`` gives on the items)."""
+    return b"".join(hash_indicators(items))
 
 
 def validate_element(element: bytes) -> None:

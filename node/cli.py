@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from node.config import ConnectorConfig, NodeConfig, load_config, render_config
 from node.connectors.stix_out import stix_id as _stix_id
 from node.connectors.stix_out import stix_pattern
 from node.importing import SHOWN_INVALID
+from node.pool import Blinder
 from node.store import MatchRow, PartnerCount, Store, StoreError
 
 # A store that is missing or not a store is an input error like a bad config.
@@ -80,21 +82,37 @@ def cmd_import(args: argparse.Namespace) -> int:
     if missing:
         raise BadInput(f"no such file or directory: {', '.join(missing)}")
     with open_store(args) as (config, store):
-        show = _progress_printer()
-        report = import_paths(
-            store,
-            args.paths,
-            fmt=args.format,
-            tlp=args.tlp or config.default_tlp,
-            source=args.source,
-            progress=show,
-        )
-        show(None)
+        blinder = Blinder(os.cpu_count() or 1)
+        try:
+            fill_hashes(store, blinder)
+            show = _progress_printer()
+            report = import_paths(
+                store,
+                args.paths,
+                fmt=args.format,
+                tlp=args.tlp or config.default_tlp,
+                source=args.source,
+                progress=show,
+                hasher=blinder.hash_all,
+            )
+            show(None)
+        finally:
+            blinder.close()
     print(report.format())
     return 0 if not report.failed else 1
 
 
-def _progress_printer() -> Callable[[int | None], None]:
+def fill_hashes(store: Store, blinder: Blinder) -> None:
+    """Compute the hashes a store lacks (one from before hash once, or of another hash version)
+    in the blinding pool, with progress on a terminal."""
+    stale = store.stale_hashes()
+    if stale:
+        show = _progress_printer("hashed", f"of {stale:,} stored indicators")
+        store.fill_hashes(blinder.hash_all, progress=show)
+        show(None)
+
+
+def _progress_printer(verb: str = "read", what: str = "entries") -> Callable[[int | None], None]:
     """Progress on stderr for long imports: one updating line on a terminal, nothing otherwise."""
     tty = sys.stderr.isatty()
     start = time.monotonic()
@@ -110,7 +128,7 @@ def _progress_printer() -> Callable[[int | None], None]:
             return
         if time.monotonic() - start > 0.5:
             rate = n / max(time.monotonic() - start, 1e-9)
-            print(f"\rread {n:,} entries ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+            print(f"\r{verb} {n:,} {what} ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
             shown = True
 
     return show
@@ -142,6 +160,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     existing_store(config)
+    # Before serving, so that every round from the start only blinds.
+    with Store.open(config.store) as store:
+        blinder = Blinder(config.worker_count)
+        try:
+            fill_hashes(store, blinder)
+        finally:
+            blinder.close()
     serve(config, insecure=args.insecure)
     return 0
 

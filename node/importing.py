@@ -11,6 +11,8 @@ Rules:
   same as the node configuration's `import.default_tlp`).
 - `source` (default: the file's name) is recorded with every sighting and in the import audit,
   one audit entry per file, including files that could not be read.
+- Hash once: the indicators a file adds get their H(v) from `hasher` (the CLI passes its
+  blinding pool's, so hashing uses every core) in the file's transaction (node.store).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from blindmatch.canon import InvalidIndicator, canonicalize
+from blindmatch.group import hash_indicators
 from node.importers import Event, ImportFileError, Invalid, Skipped, read_path
 from node.store import Sighting, Store, normalize_tlp
+from node.store.sightings import Hasher
 
 DEFAULT_TLP = "amber"
 PROGRESS_EVERY = 10_000
@@ -113,6 +117,7 @@ def import_paths(
     tlp: str | None = None,
     source: str | None = None,
     progress: Callable[[int], None] | None = None,
+    hasher: Hasher = hash_indicators,
 ) -> ImportReport:
     """Import every path (file or MISP feed directory), each in its own transaction.
 
@@ -124,7 +129,7 @@ def import_paths(
     for item in paths:
         path = Path(item)
         name = source or _text(path.resolve().name) or _text(str(path))
-        _import_one(store, path, fmt, default_tlp, name, report, progress)
+        _import_one(store, path, fmt, default_tlp, name, report, progress, hasher)
     if progress is not None:
         progress(report.total)
     return report
@@ -138,6 +143,7 @@ def _import_one(
     source: str,
     report: ImportReport,
     progress: Callable[[int], None] | None,
+    hasher: Hasher,
 ) -> None:
     import_events(
         store,
@@ -148,6 +154,7 @@ def _import_one(
         source=source,
         report=report,
         progress=progress,
+        hasher=hasher,
     )
 
 
@@ -162,6 +169,7 @@ def import_events(
     report: ImportReport,
     progress: Callable[[int], None] | None = None,
     cursor: tuple[str, str] | None = None,
+    hasher: Hasher = hash_indicators,
 ) -> FileImport | None:
     """Import what ``read()`` yields, named ``shown``, as one transaction and one audit entry.
 
@@ -176,7 +184,7 @@ def import_events(
         detected, events = read()
         sightings = _sightings(shown, events, report, skipped, progress)
         result = store.add_sightings(
-            sightings, source=source, default_tlp=default_tlp, cursor=cursor
+            sightings, source=source, default_tlp=default_tlp, cursor=cursor, hasher=hasher
         )
     except ImportFileError as exc:
         # The transaction rolled back: the file's entries count as not read.

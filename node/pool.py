@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -16,6 +16,9 @@ from blindmatch import group
 from blindmatch.hardening import no_core_dumps
 
 WARM_UP_KEY = bytes(range(32))
+# Fewer items than this are hashed in the caller's process unless the workers are already up:
+# spawning them (about a second) costs more than hashing a small import.
+SPAWN_WORTH = 5_000
 
 
 class Blinder:
@@ -59,6 +62,23 @@ class Blinder:
 
     def hash_and_blind(self, key: bytes, items: list[tuple[str, str]]) -> Future[bytes]:
         return self._submit(group.hash_and_blind_packed, key, items)
+
+    def hash(self, items: list[tuple[str, str]]) -> Future[bytes]:
+        """H(v) of each item, packed: no key is involved, so these tasks hold nothing secret."""
+        return self._submit(group.hash_packed, items)
+
+    def hash_all(self, items: Sequence[tuple[str, str]]) -> list[bytes]:
+        """H(v) of each item, in order, one task per worker so that a batch uses every core.
+
+        The store's ``Hasher`` for imports and for filling a store's missing hashes.
+        """
+        with self._lock:
+            cold = self._pool is None
+        if cold and len(items) < SPAWN_WORTH:
+            return group.hash_indicators(items)
+        per = -(-len(items) // self.workers) or 1
+        futures = [self.hash(list(items[i : i + per])) for i in range(0, len(items), per)]
+        return [e for f in futures for e in group.split_elements(f.result())]
 
     def worker_pids(self) -> set[int]:
         """The running workers' process ids (none before the first task or after ``retire``)."""

@@ -48,13 +48,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         with wire.refusing(context, ProtocolError):
             live = self.rounds.get(request.round_id)
             live.state.live_key()
-            batches = live.state.own_batches()
+            batches = live.state.own_hashed()
         window: collections.deque[Future[bytes]] = collections.deque()
         seq = 0
         try:
             for batch in batches:
                 # Exported per batch: a stalled stream must not keep the key alive in this frame.
-                window.append(self.blinder.hash_and_blind(live.state.live_key().export(), batch))
+                key = live.state.live_key().export()
+                if batch.hashes is not None:  # hashed once, at import: only blind
+                    window.append(self.blinder.blind(key, batch.hashes))
+                else:  # a hash still missing or stale (the store is being filled): same bytes
+                    window.append(self.blinder.hash_and_blind(key, batch.items))
+                del key
                 while len(window) > self.blinder.workers * 2:
                     yield self._own_chunk(live, seq, window.popleft())
                     seq += 1

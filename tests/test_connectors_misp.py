@@ -639,6 +639,8 @@ def test_migration_keeps_the_stix_ids_of_a_store_from_before_source_refs(tmp_pat
 
     from node.store import SCHEMA_VERSION
 
+    SOURCE_REFS_SCHEMA = 6  # the migration that replaced stix_refs with source_refs
+    assert SCHEMA_VERSION >= SOURCE_REFS_SCHEMA
     path = tmp_path / "store.sqlite"
     with Store.open(path) as store:
         store.add_sightings(
@@ -653,7 +655,10 @@ def test_migration_keeps_the_stix_ids_of_a_store_from_before_source_refs(tmp_pat
         )
         conn.execute("INSERT INTO stix_refs SELECT id, 'indicator--x' FROM sightings")
         conn.execute("DROP TABLE source_refs")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+        # ... and without what later migrations added (schema 7: the stored hashes)
+        conn.execute("ALTER TABLE sightings DROP COLUMN hash")
+        conn.execute("ALTER TABLE sightings DROP COLUMN hash_version")
+        conn.execute(f"PRAGMA user_version = {SOURCE_REFS_SCHEMA - 1}")
     conn.close()
 
     with Store.open(path) as store:

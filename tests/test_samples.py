@@ -121,7 +121,7 @@ def test_files_import_cleanly_into_a_store(tmp_path: Path, three: samples.Sample
             assert [f.fmt for f in report.files] == list(samples.FORMATS)
             stored = {
                 (kind, value): store.lookup(kind, value)
-                for _, kind, value in store.eligible(KINDS, TLP_LEVELS)
+                for _, kind, value, _ in store.eligible(KINDS, TLP_LEVELS)
             }
         designed: dict[tuple[str, str], int] = {}
         for s in three.sightings[nation]:

@@ -311,15 +311,17 @@ def test_eligible_filters_by_kind_and_tlp(store: NodeStore) -> None:
         default_tlp="green",
     )
     got = store.eligible(["domain", "ipv4"], ["TLP:CLEAR", "green"])
-    assert [(kind, value) for _, kind, value in got] == [
+    assert [(kind, value) for _, kind, value, _ in got] == [
         ("domain", "clear.example"),
         ("domain", "green.example"),
         ("ipv4", "192.0.2.1"),
     ]
-    ids = [sid for sid, _, _ in got]
+    ids = [sid for sid, _, _, _ in got]
     assert ids == sorted(ids)
     green = store.lookup("domain", "green.example")
-    assert green is not None and (green.sighting_id, "domain", "green.example") in got
+    assert green is not None and (green.sighting_id, "domain", "green.example") in [
+        r[:3] for r in got
+    ]
 
     assert store.eligible([], ["green"]) == []
     assert store.eligible(["domain"], []) == []
@@ -330,7 +332,7 @@ def test_eligible_filters_by_kind_and_tlp(store: NodeStore) -> None:
 def test_a_tlp_raised_by_reimport_removes_the_indicator_from_eligible(store: NodeStore) -> None:
     store.add_sightings(domains(3), source="a", default_tlp="green")
     store.add_sightings(domains(1), source="b", default_tlp="red")
-    got = {value for _, _, value in store.eligible(["domain"], ["clear", "green"])}
+    got = {value for _, _, value, _ in store.eligible(["domain"], ["clear", "green"])}
     assert got == {"d1.example", "d2.example"}
 
 
@@ -524,7 +526,7 @@ def test_matches_round_trip_latest_round_first(store: NodeStore) -> None:
         source="feed",
         default_tlp="green",
     )
-    ids = {value: sid for sid, _, value in store.eligible(["domain", "ipv4"], ["green"])}
+    ids = {value: sid for sid, _, value, _ in store.eligible(["domain", "ipv4"], ["green"])}
     record_round(store, "r1", started="2026-06-01T00:00:00Z")
     record_round(store, "r2", mode="threshold", started="2026-06-02T00:00:00Z")
 
@@ -548,7 +550,7 @@ def test_matches_round_trip_latest_round_first(store: NodeStore) -> None:
 
 def test_record_matches_is_one_transaction_and_checks_the_round(store: NodeStore) -> None:
     store.add_sightings(domains(2), source="feed", default_tlp="green")
-    ids = [sid for sid, _, _ in store.eligible(["domain"], ["green"])]
+    ids = [sid for sid, _, _, _ in store.eligible(["domain"], ["green"])]
     record_round(store, "r1", started="2026-06-01T00:00:00Z")
     with pytest.raises(ValueError, match="does not hold"):
         store.record_matches("r1", "pairwise", [(ids[0], ["de"], None), (99999, ["de"], None)])

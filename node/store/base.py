@@ -7,16 +7,26 @@ implementation passes. ``node.store.sqlite.Store`` (one SQLite file) is the impl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from blindmatch.group import hash_indicators
 from node.store.audit import AuditEntry, RoundAudit
 from node.store.budgets import BudgetUse, Overdraft
 from node.store.connectors import UnpushedMatch
 from node.store.matches import MatchRow, PartnerCount
-from node.store.sightings import ELIGIBLE_CHUNK, AddResult, Sighting, Stats, StoredSighting
+from node.store.sightings import (
+    ELIGIBLE_CHUNK,
+    HASH_CHUNK,
+    AddResult,
+    EligibleRow,
+    Hasher,
+    Sighting,
+    Stats,
+    StoredSighting,
+)
 from node.store.watch import AlertRow, CheckAudit, EpochAudit
 
 
@@ -48,6 +58,7 @@ class NodeStore(ABC):
         source: str,
         default_tlp: str,
         cursor: tuple[str, str] | None = None,
+        hasher: Hasher = hash_indicators,
     ) -> AddResult:
         """Store a batch in one transaction; if anything raises midway, nothing of it is stored.
 
@@ -56,6 +67,10 @@ class NodeStore(ABC):
         this same batch). A sighting's ``stix_id`` and ``misp_uuid`` are remembered for it; ``cursor``, (source,
         cursor), is saved in the same transaction, so the batch and the position after it are
         stored together or not at all.
+
+        The indicators the batch creates get their H(v) from ``hasher`` (pass the node's
+        blinding pool's ``hash_all`` to use every core), stored in the same transaction; those
+        it merges into keep theirs.
         """
 
     @abstractmethod
@@ -63,8 +78,29 @@ class NodeStore(ABC):
         """The stored indicator (kind, canonical value), or None if the store does not hold it."""
 
     @abstractmethod
-    def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[tuple[int, str, str]]:
-        """(sighting_id, kind, value) of every indicator of one of ``kinds`` at one of ``tlps``.
+    def stored_hashes(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """The stored H(v) of each (kind, canonical value), in order; None for a value the store
+        does not hold or whose hash is missing or of another hash version."""
+
+    @abstractmethod
+    def stale_hashes(self) -> int:
+        """How many indicators have no hash, or one of another hash version."""
+
+    @abstractmethod
+    def fill_hashes(
+        self,
+        hasher: Hasher = hash_indicators,
+        *,
+        chunk: int = HASH_CHUNK,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """(Re)compute the stale hashes, ``chunk`` rows per transaction, hashing outside the
+        store's lock; ``progress`` gets the running count. Returns how many were computed."""
+
+    @abstractmethod
+    def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[EligibleRow]:
+        """(sighting_id, kind, value, hash) of every indicator of one of ``kinds`` at one of
+        ``tlps``; hash is the stored H(v), or None when it is missing or stale.
 
         One consistent snapshot, ordered by sighting_id.
         """
@@ -72,7 +108,7 @@ class NodeStore(ABC):
     @abstractmethod
     def iter_eligible(
         self, kinds: Collection[str], tlps: Collection[str], *, chunk: int = ELIGIBLE_CHUNK
-    ) -> Iterator[list[tuple[int, str, str]]]:
+    ) -> Iterator[list[EligibleRow]]:
         """Like ``eligible`` but in chunks of at most ``chunk`` rows, in the same order.
 
         Chunks are not one snapshot: an import running meanwhile may add rows to later chunks.

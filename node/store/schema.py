@@ -193,6 +193,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " SELECT sighting_id, 'stix', stix_id FROM stix_refs",
         "DROP TABLE stix_refs",
     ),
+    # 6 -> 7: hash once (issue 12): H(v) of each indicator and the hash version it was computed
+    # under (blindmatch.group.HASH_VERSION). SQL cannot hash to the curve, so existing rows keep
+    # NULL here and the node fills them (SightingsTable.fill_hashes) when it serves or imports.
+    (
+        "ALTER TABLE sightings ADD COLUMN hash BLOB CHECK (hash IS NULL OR length(hash) = 32)",
+        "ALTER TABLE sightings ADD COLUMN hash_version TEXT",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

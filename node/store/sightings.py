@@ -6,16 +6,22 @@ Rules:
   becomes the more restrictive of the two (clear < green < amber < amber+strict < red).
 - A batch of sightings is stored in one transaction: all of it or none of it, also when the
   process is killed midway (SQLite's journal guarantees that, the tests check it).
+- Hash once: each indicator's H(v) (blindmatch.group.hash_indicators) is computed when it is
+  first stored, in the same transaction, and kept with the hash version it was computed under
+  (blindmatch.group.HASH_VERSION). Rounds and checks read it and only blind. A row whose hash is
+  missing (a store from before schema 7) or of another version is stale: ``fill_hashes``
+  recomputes those, and readers treat a stale hash as absent (None).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from blindmatch.group import HASH_VERSION, hash_indicators
 from blindmatch.states import Outcome
 from node.store.connectors import save_cursor, save_source_refs
 from node.store.db import Database
@@ -23,6 +29,13 @@ from node.store.schema import normalize_time, utc_now
 from node.store.tlp import TLP_LEVELS, tlp_rank
 
 ELIGIBLE_CHUNK: Final = 50_000
+HASH_CHUNK: Final = 20_000  # rows hashed per step when filling stale hashes
+
+# H(v) of each (kind, canonical value), in order: group.hash_indicators in this process, or the
+# node's blinding pool (node.pool.Blinder.hash_all) to use every core.
+Hasher = Callable[[Sequence[tuple[str, str]]], list[bytes]]
+# (sighting id, kind, value, H(v) or None when the stored hash is missing or stale)
+EligibleRow = tuple[int, str, str, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,7 @@ class SightingsTable(Database):
         source: str,
         default_tlp: str,
         cursor: tuple[str, str] | None = None,
+        hasher: Hasher = hash_indicators,
     ) -> AddResult:
         if not source or not source.strip():
             raise ValueError("source must name where the sightings come from, e.g. 'misp-feed'")
@@ -174,8 +188,11 @@ class SightingsTable(Database):
 
         with self._transaction() as conn:
             before = _count_per_kind(conn)
+            # Rowids only grow, so the rows this batch creates are those above the largest now.
+            top: int = conn.execute("SELECT coalesce(max(id), 0) FROM sightings").fetchone()[0]
             conn.executemany(_UPSERT_SIGHTING, rows())
             after = _count_per_kind(conn)
+            _hash_new_rows(conn, hasher, above=top)
             save_source_refs(conn, refs)
             if cursor is not None:
                 save_cursor(conn, *cursor)
@@ -209,7 +226,54 @@ class SightingsTable(Database):
             tags=json.loads(tags),
         )
 
-    def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[tuple[int, str, str]]:
+    def stored_hashes(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        with self._reading() as conn:
+            found = [
+                conn.execute(
+                    "SELECT hash FROM sightings WHERE kind = ? AND value = ? AND hash_version = ?",
+                    (kind, value, HASH_VERSION),
+                ).fetchone()
+                for kind, value in items
+            ]
+        return [None if row is None else row[0] for row in found]
+
+    def stale_hashes(self) -> int:
+        with self._reading() as conn:
+            n: int = conn.execute(
+                f"SELECT count(*) FROM sightings WHERE {_STALE}", (HASH_VERSION,)
+            ).fetchone()[0]
+        return n
+
+    def fill_hashes(
+        self,
+        hasher: Hasher = hash_indicators,
+        *,
+        chunk: int = HASH_CHUNK,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        done = after = 0
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    f"SELECT id, kind, value FROM sightings WHERE id > ? AND {_STALE}"
+                    " ORDER BY id LIMIT ?",
+                    (after, HASH_VERSION, chunk),
+                ).fetchall()
+            if not rows:
+                return done
+            # Hashed outside the lock: the node's rounds and imports go on meanwhile.
+            hashes = hasher([(kind, value) for _, kind, value in rows])
+            with self._transaction() as conn:
+                conn.executemany(
+                    "UPDATE sightings SET hash = ?, hash_version = ? WHERE id = ?",
+                    [(h, HASH_VERSION, sid) for h, (sid, _, _) in zip(hashes, rows, strict=True)],
+                )
+            done += len(rows)
+            after = rows[-1][0]
+            if progress is not None:
+                progress(done)
+
+    def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[EligibleRow]:
         query = _EligibleQuery.build(kinds, tlps)
         if query is None:
             return []
@@ -218,7 +282,7 @@ class SightingsTable(Database):
 
     def iter_eligible(
         self, kinds: Collection[str], tlps: Collection[str], *, chunk: int = ELIGIBLE_CHUNK
-    ) -> Iterator[list[tuple[int, str, str]]]:
+    ) -> Iterator[list[EligibleRow]]:
         query = _EligibleQuery.build(kinds, tlps)
         if query is None:
             return
@@ -273,6 +337,28 @@ def _count_per_kind(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT kind, count(*) FROM sightings GROUP BY kind").fetchall())
 
 
+_STALE: Final = "(hash IS NULL OR hash_version IS NOT ?)"
+
+
+def _hash_new_rows(conn: sqlite3.Connection, hasher: Hasher, *, above: int) -> None:
+    """Store H(v) of the rows with an id above ``above`` (those a batch created), in its
+    transaction; rows it merged into keep the hash they have."""
+    after = above
+    while True:
+        rows = conn.execute(
+            "SELECT id, kind, value FROM sightings WHERE id > ? ORDER BY id LIMIT ?",
+            (after, HASH_CHUNK),
+        ).fetchall()
+        if not rows:
+            return
+        hashes = hasher([(kind, value) for _, kind, value in rows])
+        conn.executemany(
+            "UPDATE sightings SET hash = ?, hash_version = ? WHERE id = ?",
+            [(h, HASH_VERSION, sid) for h, (sid, _, _) in zip(hashes, rows, strict=True)],
+        )
+        after = rows[-1][0]
+
+
 def _count_sightings(conn: sqlite3.Connection) -> int:
     count: int = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
     return count
@@ -295,19 +381,18 @@ class _EligibleQuery:
             return None
         sql = (
             # NOT INDEXED: walking the (kind, value) index then sorting by id is ~4x slower.
-            "SELECT id, kind, value FROM sightings NOT INDEXED"
+            "SELECT id, kind, value, CASE WHEN hash_version = ? THEN hash END"
+            " FROM sightings NOT INDEXED"
             f" WHERE kind IN ({', '.join('?' * len(kind_list))})"
             f" AND tlp IN ({', '.join('?' * len(ranks))})"
             " AND id > ? ORDER BY id LIMIT ?"
         )
-        return cls(sql, (*kind_list, *ranks), {k: k for k in kind_list})
+        return cls(sql, (HASH_VERSION, *kind_list, *ranks), {k: k for k in kind_list})
 
-    def fetch(
-        self, conn: sqlite3.Connection, *, after: int, limit: int
-    ) -> list[tuple[int, str, str]]:
+    def fetch(self, conn: sqlite3.Connection, *, after: int, limit: int) -> list[EligibleRow]:
         """Rows with sighting_id > ``after``, at most ``limit`` of them (-1: all)."""
         shared = self.shared_kinds
         return [
-            (sid, shared[kind], value)
-            for sid, kind, value in conn.execute(self.sql, (*self.params, after, limit))
+            (sid, shared[kind], value, h)
+            for sid, kind, value, h in conn.execute(self.sql, (*self.params, after, limit))
         ]
