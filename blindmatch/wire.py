@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -110,18 +110,25 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
     )
 
 
+_Signed = TypeVar("_Signed", node_pb2.RoundSpec, node_pb2.StandingOrder)
+
+
 def spec_bytes(spec: RoundSpec) -> bytes:
     """The bytes an operator signs: nodes parse exactly these, so all read the same spec."""
     return spec_to_proto(spec).SerializeToString(deterministic=True)
 
 
-def spec_from_bytes(data: bytes) -> RoundSpec:
-    msg = node_pb2.RoundSpec()
+def _parse(msg: _Signed, data: bytes, what: str) -> _Signed:
+    """``data`` (bytes someone signed) parsed into ``msg``, or BadMessage naming ``what``."""
     try:
         msg.ParseFromString(data)
     except DecodeError:
-        raise BadMessage("the signed spec is not a serialized RoundSpec") from None
-    return spec_from_proto(msg)
+        raise BadMessage(f"the signed {what} is not a serialized {type(msg).__name__}") from None
+    return msg
+
+
+def spec_from_bytes(data: bytes) -> RoundSpec:
+    return spec_from_proto(_parse(node_pb2.RoundSpec(), data, "spec"))
 
 
 def signed_spec_to_proto(signed: SignedSpec) -> node_pb2.SignedSpec:
@@ -162,11 +169,7 @@ def order_bytes(order: StandingOrder) -> bytes:
 
 
 def order_from_bytes(data: bytes) -> StandingOrder:
-    msg = node_pb2.StandingOrder()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError:
-        raise BadMessage("the signed order is not a serialized StandingOrder") from None
+    msg = _parse(node_pb2.StandingOrder(), data, "order")
     # the template is checked as a round spec is, under a placeholder id and time
     template = spec_from_proto(
         node_pb2.RoundSpec(
