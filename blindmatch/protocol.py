@@ -4,11 +4,12 @@ A round among participants P0..P(N-1) (the coordinator's order), semi-honest, co
 
 Node rules (``NodeRound``)
   1. ``prepare``: the node checks the participant list, mode and kinds against its policy and its
-     own-set cap, shuffles its eligible indicators with a CSPRNG (the shuffled order *is* the
-     position map) and draws a fresh key. Phase PREPARED. It answers with its set size.
-  2. ``own_batches``: the shuffled indicators in chunks, to be hashed and blinded with the key (by
-     the caller, possibly in worker processes) and streamed out in that order; ``own_hashed``
-     gives the same chunks with their stored hashes, when every one has it, to blind only.
+     own-set cap, shuffles the ids of its eligible indicators with a CSPRNG (the shuffled ids
+     *are* the position map) and draws a fresh key. Phase PREPARED. It answers with its set size.
+  2. ``own_batches``: the shuffled indicators in chunks, read from the node's ``SetSource`` a
+     chunk at a time, to be hashed and blinded with the key (by the caller, possibly in worker
+     processes) and streamed out in that order; ``own_hashed`` gives the same chunks with their
+     stored hashes, when every one has it, to blind only.
   3. ``begin_routing(sizes)``: the coordinator announces every set's size; the node refuses (before
      blinding anything) a partner set larger than its cap or a total beyond its round cap.
      Phase ROUTING.
@@ -49,8 +50,10 @@ import math
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from blindmatch.canon import KINDS
 from blindmatch.errors import (
@@ -91,6 +94,7 @@ __all__ = [  # the errors and phases are defined in ``errors`` and ``states``, u
     "CoordinatorRound",
     "ForgedMessage",
     "Forward",
+    "ListedSet",
     "Match",
     "NodeOutcome",
     "NodePhase",
@@ -100,6 +104,7 @@ __all__ = [  # the errors and phases are defined in ``errors`` and ``states``, u
     "ProtocolError",
     "RoundIdUsed",
     "RoundSpec",
+    "SetSource",
     "Stream",
     "UnknownRound",
     "WrongPhase",
@@ -197,6 +202,31 @@ class NodeOutcome:
 
 # (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale)
 Candidate = tuple[int, str, str] | tuple[int, str, str, bytes | None]
+Ids = npt.NDArray[np.int64]
+
+
+class SetSource(Protocol):
+    """Where a node's own set comes from: the node's store (node.rounds.StoredSet), a list."""
+
+    def ids(self, kinds: frozenset[str]) -> Ids:
+        """The sighting ids of every indicator of ``kinds`` the node may put into a round."""
+
+    def rows(self, ids: Ids) -> Sequence[Candidate]:
+        """The indicator of each id, in the order given."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListedSet:
+    """A set given as a list of candidates (the fake link, tests, small tools)."""
+
+    candidates: Sequence[Candidate]
+
+    def ids(self, kinds: frozenset[str]) -> Ids:
+        return np.array([c[0] for c in self.candidates if c[1] in kinds], dtype=np.int64)
+
+    def rows(self, ids: Ids) -> Sequence[Candidate]:
+        by_id = {c[0]: c for c in self.candidates}
+        return [by_id[int(i)] for i in ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,30 +238,35 @@ class OwnBatch:
 
 
 class NodeRound:
-    """One node's side of one round. Holds the key and the position map until resolve/abort."""
+    """One node's side of one round. Holds the key and the position map until resolve/abort.
+
+    The position map is the shuffled sighting ids, 8 bytes per indicator: the indicators
+    themselves are read from the ``SetSource`` one chunk at a time as the set streams out, so a
+    round's memory does not grow with the values (issue 12: a national store of 10M).
+    """
 
     def __init__(
         self,
         spec: RoundSpec,
         me: str,
         policy: Policy,
-        candidates: Sequence[Candidate],
+        source: SetSource,
     ) -> None:
         policy.check(spec, me)
-        kinds = set(spec.kinds) & policy.kinds
-        own = [c for c in candidates if c[1] in kinds]
-        if len(own) > policy.max_own_set:
+        self._kinds = frozenset(spec.kinds) & policy.kinds
+        ids = source.ids(self._kinds)
+        if len(ids) > policy.max_own_set:
             raise CapExceeded(
-                f"own set of {len(own)} indicators exceeds this node's cap of "
+                f"own set of {len(ids)} indicators exceeds this node's cap of "
                 f"{policy.max_own_set} (policy max_own_set)"
             )
-        _shuffle(own)
         self.spec = spec
         self.me = me
         self.policy = policy
         self.phase = NodePhase.PREPARED
-        self._own = own  # position -> (sighting id, kind, value[, hash])
-        self.size = len(own)  # kept after the position map is dropped, for the audit log
+        self._source = source
+        self._ids = _shuffled(ids)  # position -> sighting id
+        self.size = len(ids)  # kept after the position map is dropped, for the audit log
         self.key: RoundKey | None = RoundKey.generate()
         self.sizes: dict[str, int] = {}
         self.blinded_for: dict[str, int] = {}
@@ -241,12 +276,12 @@ class NodeRound:
     @property
     def positions_held(self) -> int:
         """Entries of the position map still held (0 once the round is over)."""
-        return len(self._own)
+        return len(self._ids)
 
     def position_map(self) -> Sequence[tuple[int, str, str]]:
         """Position -> (sighting id, kind, value); a watch epoch keeps it as its tag map."""
         self._require(NodeEvent.POSITION_MAP)
-        return tuple((c[0], c[1], c[2]) for c in self._own)
+        return tuple((c[0], c[1], c[2]) for chunk in self._chunks() for c in chunk)
 
     def live_key(self) -> RoundKey:
         if self.key is None or NODE.final(self.phase):
@@ -256,20 +291,34 @@ class NodeRound:
     def own_batches(self) -> Iterator[list[tuple[str, str]]]:
         """(kind, value) in position order, one chunk at a time, for hashing and blinding."""
         self._require(NodeEvent.OWN_SET)
-        step = self.spec.chunk_size
-        for start in range(0, len(self._own), step):
-            yield [(c[1], c[2]) for c in self._own[start : start + step]]
+        for chunk in self._chunks():
+            yield [(c[1], c[2]) for c in chunk]
 
     def own_hashed(self) -> Iterator[OwnBatch]:
         """The chunks of ``own_batches`` with their stored hashes: blinding those gives the bytes
         hashing and blinding the items gives (group.hash_packed), at a fraction of the cost."""
         self._require(NodeEvent.OWN_SET)
-        step = self.spec.chunk_size
-        for start in range(0, len(self._own), step):
-            chunk = self._own[start : start + step]
+        for chunk in self._chunks():
             hashes = [c[3] if len(c) == 4 else None for c in chunk]
             packed = None if None in hashes else b"".join(h for h in hashes if h is not None)
             yield OwnBatch([(c[1], c[2]) for c in chunk], packed)
+
+    def _chunks(self) -> Iterator[Sequence[Candidate]]:
+        """The set's rows in position order, a chunk at a time, read from the source."""
+        step = self.spec.chunk_size
+        for start in range(0, len(self._ids), step):
+            ids = self._ids[start : start + step]
+            rows = self._source.rows(ids)
+            # The source is trusted, but a row of a kind this round excludes must never leave.
+            if len(rows) != len(ids) or any(
+                c[0] != i or c[1] not in self._kinds
+                for c, i in zip(rows, ids.tolist(), strict=False)
+            ):
+                raise PolicyRefusal(
+                    f"round {self.spec.round_id}: the store returned rows other than the "
+                    "indicators selected at Prepare; the round stops"
+                )
+            yield rows
 
     def begin_routing(self, sizes: Mapping[str, int]) -> None:
         self._require(NodeEvent.ROUTING_START)
@@ -354,7 +403,7 @@ class NodeRound:
             raise
 
     def _resolve(self, delivery: Delivery) -> NodeOutcome:
-        n = len(self._own)
+        n = len(self._ids)
         names = self.spec.participants
         matches: list[Match] = []
         counts: dict[str, int] = {}
@@ -367,7 +416,7 @@ class NodeRound:
                 )
                 if len(who) != len(partners) or not who or len(set(who)) != len(who):
                     raise BadMessage(f"position {pos}: invalid partner list")
-                matches.append(Match(self._own[pos][0], who, len(who) + 1))
+                matches.append(Match(int(self._ids[pos]), who, len(who) + 1))
         elif isinstance(delivery, ThresholdResult) and mode == "threshold":
             assert self.spec.threshold is not None
             # Without counts a position says only "held by at least threshold": none is kept.
@@ -382,7 +431,7 @@ class NodeRound:
                 self._check_position(pos, n)
                 if count is not None and not self.spec.threshold <= count <= len(names):
                     raise BadMessage(f"position {pos}: count {count} outside the threshold range")
-                matches.append(Match(self._own[pos][0], (), count))
+                matches.append(Match(int(self._ids[pos]), (), count))
         elif isinstance(delivery, CountResult) and mode == "count":
             for j, c in delivery.shared.items():
                 if not 0 <= j < len(names) or names[j] == self.me or not 0 <= c <= n:
@@ -404,7 +453,7 @@ class NodeRound:
         if self.key is not None:
             self.key.destroy()
         self.key = None
-        self._own = []
+        self._ids = self._ids[:0]
         self.phase = phase
         self.reason = reason
 
@@ -421,14 +470,14 @@ class NodeRound:
         NODE.require(self._subject, self.phase, event)
 
 
-def _shuffle(items: list[Candidate]) -> None:
+def _shuffled(ids: Ids) -> Ids:
     """A uniform permutation from the OS CSPRNG: positions must not reveal import order.
 
     Sorting by 64-bit random keys is uniform but for key collisions (probability about
-    n^2 / 2^65) and ~7x faster than a Python Fisher-Yates loop over a million items.
+    n^2 / 2^65); on ids in a numpy array it costs ~24 bytes per indicator for a moment.
     """
-    keys = np.frombuffer(secrets.token_bytes(8 * len(items)), dtype="<u8")
-    items[:] = [items[i] for i in np.argsort(keys, kind="stable").tolist()]
+    keys = np.frombuffer(secrets.token_bytes(8 * len(ids)), dtype="<u8")
+    return np.asarray(ids, dtype=np.int64)[np.argsort(keys, kind="stable")]
 
 
 class Stream(enum.Enum):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,8 @@ from blindmatch.match import Delivery
 from blindmatch.orders import ScheduledRun
 from blindmatch.protocol import (
     BadMessage,
+    Candidate,
+    Ids,
     NodeRound,
     Policy,
     ProtocolError,
@@ -72,6 +74,9 @@ class LiveRound:
     parties: dict[str, Party] = field(default_factory=dict)  # verified at RoutingStart
     lock: threading.Lock = field(default_factory=threading.Lock)
     began: float = field(default_factory=time.monotonic)  # for the round's duration (metrics)
+    # why this node refused the round at RoutingStart: its OwnSet stream, which runs meanwhile,
+    # reports the same refusal rather than a bare "round ended"
+    refusal: ProtocolError | None = None
 
     def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
         """What the producer of this chunk of the round vouches for."""
@@ -80,6 +85,20 @@ class LiveRound:
     def touch(self) -> None:
         """The coordinator has been heard from: the round lives another ``timeout``."""
         self.deadline = time.monotonic() + self.timeout
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSet:
+    """A round's own set read from the node's store: ids at Prepare, rows as the set streams."""
+
+    store: Store
+    tlps: tuple[str, ...]
+
+    def ids(self, kinds: frozenset[str]) -> Ids:
+        return self.store.eligible_ids(kinds, self.tlps)
+
+    def rows(self, ids: Ids) -> Sequence[Candidate]:
+        return self.store.rows_by_id(ids)
 
 
 class RoundRegistry:
@@ -157,8 +176,7 @@ class RoundRegistry:
             if self.watch is not None:  # a watch round is announced here: the node may refuse
                 self.watch.admit(spec)
             # read only for a spec an allowed operator signed
-            candidates = self.store.eligible(set(spec.kinds) & self.policy.kinds, self.tlps)
-            state = NodeRound(spec, self.name, self.policy, candidates)
+            state = NodeRound(spec, self.name, self.policy, StoredSet(self.store, self.tlps))
         except ProtocolError as exc:
             self.store.record_round(
                 spec.round_id,
@@ -214,6 +232,7 @@ class RoundRegistry:
                     self.budgets.charge_round(live.state.spec.round_id, sizes)
         except ProtocolError as exc:
             if not isinstance(exc, UnknownRound | WrongPhase):
+                live.refusal = exc
                 self.end(live, Outcome.REFUSED, str(exc))
             raise
 

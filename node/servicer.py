@@ -23,6 +23,7 @@ from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.pool import Blinder
 from node.rounds import LiveRound, RoundRegistry, StoreFailed
+from node.store import StoreError
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -68,6 +69,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 seq += 1
         except WrongPhase as exc:
             wire.abort(context, exc)
+        except (ProtocolError, StoreError) as exc:
+            # The set is read from the store as it streams: a store that fails it fails the round.
+            self.rounds.end(live, Outcome.FAILED, f"could not read its own set: {exc}")
+            wire.abort(context, exc)
         finally:
             for f in window:
                 f.cancel()
@@ -76,6 +81,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         elements = future.result()
         live.touch()
         if live.state.key is None:
+            if live.refusal is not None:
+                raise live.refusal
             raise WrongPhase(f"round {live.state.spec.round_id} ended while its set was streaming")
         signature = self.authority.sign_chunk(live.claim(self.name, 0, seq, elements))
         return wire.chunk_to_proto(self.name, seq, elements, 0, signature)

@@ -24,6 +24,7 @@ from blindmatch.protocol import (
     Caps,
     CoordinatorRound,
     Forward,
+    ListedSet,
     NodeOutcome,
     NodeRound,
     Policy,
@@ -67,7 +68,7 @@ class FakeLink:
         """Prepare every node, then announce the sizes (RoutingStart)."""
         for name in self.spec.participants:
             policy, candidates = self.parties[name]
-            node = NodeRound(self.spec, name, policy, candidates)
+            node = NodeRound(self.spec, name, policy, ListedSet(candidates))
             self.nodes[name] = node
             key = self.keys[name] = node.live_key()
             chunks = [hash_and_blind_packed(key.export(), b) for b in node.own_batches()]

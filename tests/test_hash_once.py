@@ -22,6 +22,7 @@ from blindmatch.group import (
 from blindmatch.protocol import NodeRound, Policy, RoundSpec
 from node.cli import fill_hashes
 from node.pool import Blinder
+from node.rounds import StoredSet
 from node.store import MIGRATIONS, Sighting, Store
 from node.watch import NodeWatch
 
@@ -163,16 +164,15 @@ def test_round_tags_from_stored_hashes_equal_hashing_on_the_fly(tmp_path: Path) 
             source="feed",
             default_tlp="green",
         )
-        candidates = store.eligible(["domain", "ipv4"], ["green"])
-    for _ in range(3):  # several keys: each may or may not take the cofactor shortcut
-        node = NodeRound(_spec(), "at", Policy(), candidates)
-        key = node.live_key().export()
-        hashed = list(node.own_hashed())
-        assert [b.items for b in hashed] == list(node.own_batches())
-        for batch in hashed:
-            assert batch.hashes is not None
-            assert blind_packed(key, batch.hashes) == hash_and_blind_packed(key, batch.items)
-        node.abort("test over")
+        for _ in range(3):  # several keys: each may or may not take the cofactor shortcut
+            node = NodeRound(_spec(), "at", Policy(), StoredSet(store, ("green",)))
+            key = node.live_key().export()
+            hashed = list(node.own_hashed())
+            assert [b.items for b in hashed] == list(node.own_batches())
+            for batch in hashed:
+                assert batch.hashes is not None
+                assert blind_packed(key, batch.hashes) == hash_and_blind_packed(key, batch.items)
+            node.abort("test over")
 
 
 def test_a_chunk_with_a_missing_hash_is_hashed_on_the_fly(tmp_path: Path) -> None:
@@ -180,13 +180,13 @@ def test_a_chunk_with_a_missing_hash_is_hashed_on_the_fly(tmp_path: Path) -> Non
     with Store.open(tmp_path / "node.db") as store:
         store.add_sightings(_domains(3), source="feed", default_tlp="green")
         candidates = store.eligible(["domain"], ["green"])
-    node = NodeRound(_spec(chunk_size=100), "at", Policy(), candidates)
-    (batch,) = node.own_hashed()
-    assert batch.hashes is None and len(batch.items) == 8
-    # the position map keeps its (sighting id, kind, value) form
-    node.begin_routing({"at": 8, "be": 1})
-    assert sorted(node.position_map()) == sorted(c[:3] for c in candidates)
-    node.abort("test over")
+        node = NodeRound(_spec(chunk_size=100), "at", Policy(), StoredSet(store, ("green",)))
+        (batch,) = node.own_hashed()
+        assert batch.hashes is None and len(batch.items) == 8
+        # the position map keeps its (sighting id, kind, value) form
+        node.begin_routing({"at": 8, "be": 1})
+        assert sorted(node.position_map()) == sorted(c[:3] for c in candidates)
+        node.abort("test over")
 
 
 class _InlineBlinder:

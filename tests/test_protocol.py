@@ -27,6 +27,7 @@ from blindmatch.protocol import (
     CoordinatorPhase,
     CoordinatorRound,
     ForgedMessage,
+    ListedSet,
     NodeOutcome,
     NodePhase,
     NodeRound,
@@ -234,7 +235,7 @@ def test_node_shuffles_its_set() -> None:
     spec = spec_for(["at", "be"], chunk_size=7)
     orders = []
     for _ in range(2):
-        node = NodeRound(spec, "at", Policy(), cands)
+        node = NodeRound(spec, "at", Policy(), ListedSet(cands))
         batches = list(node.own_batches())
         assert [len(b) for b in batches] == [7] * 8 + [4]
         flat = [pair for b in batches for pair in b]
@@ -352,7 +353,7 @@ def test_node_refuses_a_stranger_set_and_empty_chunks() -> None:
 
 def test_node_refuses_wrong_announcements() -> None:
     parties = {n: (Policy(), some(3, 0)) for n in ("at", "be")}
-    node = NodeRound(spec_for(["at", "be"]), "at", *parties["at"])
+    node = NodeRound(spec_for(["at", "be"]), "at", parties["at"][0], ListedSet(parties["at"][1]))
     with pytest.raises(BadMessage, match="name every participant exactly once"):
         node.begin_routing({"at": 3})
     with pytest.raises(BadMessage, match="announced size 2 for at but it has 3"):
@@ -364,7 +365,7 @@ def test_node_refuses_wrong_announcements() -> None:
 
 def test_wrong_phase_on_the_node() -> None:
     parties = {n: (Policy(), some(3, 0)) for n in ("at", "be")}
-    node = NodeRound(spec_for(["at", "be"]), "at", *parties["at"])
+    node = NodeRound(spec_for(["at", "be"]), "at", parties["at"][0], ListedSet(parties["at"][1]))
     with pytest.raises(WrongPhase, match="round r1 is prepared; this message needs routing"):
         node.accept_chunk("be", 0, 1, 0)
     with pytest.raises(WrongPhase, match="is prepared"):
@@ -512,7 +513,7 @@ def test_policy_refusal_names_the_partner_and_aborts_the_others() -> None:
 
 def test_node_outside_the_round_is_refused() -> None:
     with pytest.raises(BadMessage, match=r"this node \(ee\) is not a participant of round r1"):
-        NodeRound(spec_for(["at", "be"]), "ee", Policy(), [])
+        NodeRound(spec_for(["at", "be"]), "ee", Policy(), ListedSet([]))
 
 
 @pytest.mark.parametrize(
@@ -558,7 +559,7 @@ def routed_node(
     mode: str = "pairwise", threshold: int | None = None, counts: bool = False
 ) -> NodeRound:
     spec = spec_for(["at", "be", "cz"], mode=mode, threshold=threshold, counts=counts)
-    node = NodeRound(spec, "at", Policy(), some(3, 0))
+    node = NodeRound(spec, "at", Policy(), ListedSet(some(3, 0)))
     node.begin_routing({"at": 3, "be": 3, "cz": 3})
     return node
 
@@ -613,7 +614,7 @@ def test_bad_delivery_destroys_the_key() -> None:
 
 def test_abort_destroys_the_key_in_every_phase() -> None:
     for steps in range(3):
-        node = NodeRound(spec_for(["at", "be"]), "at", Policy(), some(3, 0))
+        node = NodeRound(spec_for(["at", "be"]), "at", Policy(), ListedSet(some(3, 0)))
         key = node.live_key()
         if steps >= 1:
             node.begin_routing({"at": 3, "be": 2})
@@ -849,7 +850,7 @@ def test_the_vocabulary_is_the_one_on_disk_and_on_the_wire() -> None:
 
 
 def node_in(phase: NodePhase) -> NodeRound:
-    node = NodeRound(spec_for(["at", "be"]), "at", Policy(), some(3, 0))
+    node = NodeRound(spec_for(["at", "be"]), "at", Policy(), ListedSet(some(3, 0)))
     if phase is NodePhase.ABORTED:
         node.abort("test")
     elif phase is not NodePhase.PREPARED:
@@ -949,7 +950,7 @@ def test_each_hop_takes_only_the_previous_hops_output(
     hop h - 1, signed by participant (o + h - 1) mod N."""
 
     def routing() -> NodeRound:
-        node = NodeRound(spec_for(RING), me, Policy(), some(1, 0))
+        node = NodeRound(spec_for(RING), me, Policy(), ListedSet(some(1, 0)))
         node.begin_routing(dict.fromkeys(RING, 1))
         return node
 

@@ -336,12 +336,27 @@ def test_a_tlp_raised_by_reimport_removes_the_indicator_from_eligible(store: Nod
     assert got == {"d1.example", "d2.example"}
 
 
-def test_iter_eligible_yields_the_same_rows_in_chunks(store: NodeStore) -> None:
+def test_eligible_ids_and_rows_by_id_give_the_eligible_rows(store: NodeStore) -> None:
     store.add_sightings(domains(1_050), source="feed", default_tlp="green")
     store.add_sightings(domains(10, "red"), source="feed", default_tlp="red")
-    chunks = list(store.iter_eligible(["domain"], ["green"], chunk=100))
-    assert [len(c) for c in chunks] == [100] * 10 + [50]
-    assert [row for chunk in chunks for row in chunk] == store.eligible(["domain"], ["green"])
+    rows = store.eligible(["domain"], ["green"])
+    ids = store.eligible_ids(["domain"], ["green"])
+    assert ids.tolist() == [r[0] for r in rows]
+    shuffled = ids[::-1][:100]
+    assert store.rows_by_id(shuffled) == [r for r in rows[::-1][:100]]  # in the order asked
+    assert store.eligible_ids([], ["green"]).tolist() == []
+
+
+def test_rows_by_id_keeps_a_row_whose_tlp_was_raised_and_names_unknown_ids(
+    store: NodeStore,
+) -> None:
+    store.add_sightings(domains(3), source="a", default_tlp="green")
+    ids = store.eligible_ids(["domain"], ["green"])
+    store.add_sightings(domains(1), source="b", default_tlp="red")
+    # a round's set is fixed at Prepare: raising a TLP afterwards does not shrink it mid-stream
+    assert [r[2] for r in store.rows_by_id(ids)] == ["d0.example", "d1.example", "d2.example"]
+    with pytest.raises(StoreError, match=r"sighting ids \[999\] are gone"):
+        store.rows_by_id([ids[0], 999])
 
 
 # --- every store: imports and rounds audit --------------------------------------------------------

@@ -17,6 +17,7 @@ from blindmatch.pki import issue, new_ca
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
+    ListedSet,
     NodeRound,
     Policy,
     PolicyRefusal,
@@ -412,7 +413,7 @@ def test_the_clock_ends_the_node_epoch_without_sleeping() -> None:
 
 def _watch_round(rid: str, epoch_seconds: float = 600.0) -> NodeRound:
     spec = RoundSpec(rid, ("a", "b"), epoch_seconds=epoch_seconds)
-    state = NodeRound(spec, "a", Policy(), [(1, "domain", "x.example")])
+    state = NodeRound(spec, "a", Policy(), ListedSet([(1, "domain", "x.example")]))
     state.begin_routing({"a": 1, "b": 0})
     return state
 
@@ -420,7 +421,9 @@ def _watch_round(rid: str, epoch_seconds: float = 600.0) -> NodeRound:
 def test_a_watch_round_is_staged_then_opened_by_its_delivery() -> None:
     clock = FakeClock()
     core = NodeWatchCore("a", 5, clock)
-    plain = NodeRound(RoundSpec("p1", ("a", "b")), "a", Policy(), [(1, "domain", "x.example")])
+    plain = NodeRound(
+        RoundSpec("p1", ("a", "b")), "a", Policy(), ListedSet([(1, "domain", "x.example")])
+    )
     plain.begin_routing({"a": 1, "b": 0})
     refusals: list[tuple[Callable[[], object], type[ProtocolError], str]] = [
         (lambda: core.begin("r1", None, T0 + 1, b"", "hub"), WrongPhase, "no round"),

@@ -7,10 +7,13 @@ implementation passes. ``node.store.sqlite.Store`` (one SQLite file) is the impl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
 
 from blindmatch.group import hash_indicators
 from node.store.audit import AuditEntry, RoundAudit
@@ -18,7 +21,6 @@ from node.store.budgets import BudgetUse, Overdraft
 from node.store.connectors import UnpushedMatch
 from node.store.matches import MatchRow, PartnerCount
 from node.store.sightings import (
-    ELIGIBLE_CHUNK,
     HASH_CHUNK,
     AddResult,
     EligibleRow,
@@ -106,13 +108,15 @@ class NodeStore(ABC):
         """
 
     @abstractmethod
-    def iter_eligible(
-        self, kinds: Collection[str], tlps: Collection[str], *, chunk: int = ELIGIBLE_CHUNK
-    ) -> Iterator[list[EligibleRow]]:
-        """Like ``eligible`` but in chunks of at most ``chunk`` rows, in the same order.
+    def eligible_ids(self, kinds: Collection[str], tlps: Collection[str]) -> npt.NDArray[np.int64]:
+        """The sighting ids of ``eligible``, in the same order, 8 bytes each: what a round
+        holds of its set while it streams the rows (``rows_by_id``) one chunk at a time."""
 
-        Chunks are not one snapshot: an import running meanwhile may add rows to later chunks.
-        """
+    @abstractmethod
+    def rows_by_id(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[EligibleRow]:
+        """The ``eligible`` row of each id, in the order given, whatever its TLP now (a round's
+        set is fixed when it is prepared). A missing id is a StoreError: sightings are never
+        deleted."""
 
     @abstractmethod
     def stats(self) -> Stats:

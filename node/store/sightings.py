@@ -21,14 +21,16 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from blindmatch.group import HASH_VERSION, hash_indicators
 from blindmatch.states import Outcome
 from node.store.connectors import save_cursor, save_source_refs
 from node.store.db import Database
-from node.store.schema import normalize_time, utc_now
+from node.store.schema import StoreError, normalize_time, utc_now
 from node.store.tlp import TLP_LEVELS, tlp_rank
 
-ELIGIBLE_CHUNK: Final = 50_000
 HASH_CHUNK: Final = 20_000  # rows hashed per step when filling stale hashes
 
 # H(v) of each (kind, canonical value), in order: group.hash_indicators in this process, or the
@@ -278,24 +280,35 @@ class SightingsTable(Database):
         if query is None:
             return []
         with self._reading() as conn:
-            return query.fetch(conn, after=0, limit=-1)
+            return query.rows(conn)
 
-    def iter_eligible(
-        self, kinds: Collection[str], tlps: Collection[str], *, chunk: int = ELIGIBLE_CHUNK
-    ) -> Iterator[list[EligibleRow]]:
+    def eligible_ids(self, kinds: Collection[str], tlps: Collection[str]) -> npt.NDArray[np.int64]:
         query = _EligibleQuery.build(kinds, tlps)
         if query is None:
-            return
-        after = 0
-        while True:
-            # One read transaction per chunk: the lock is free between chunks, so the node's
-            # other threads (and an import) are not held up for a whole selection.
-            with self._reading() as conn:
-                batch = query.fetch(conn, after=after, limit=chunk)
-            if not batch:
-                return
-            yield batch
-            after = batch[-1][0]
+            return np.empty(0, dtype=np.int64)
+        with self._reading() as conn:
+            return query.ids(conn)
+
+    def rows_by_id(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[EligibleRow]:
+        if not len(ids):
+            return []
+        wanted = json.dumps(ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids])
+        with self._reading() as conn:
+            found = {
+                sid: (sid, kind, value, h)
+                for sid, kind, value, h in conn.execute(
+                    "SELECT id, kind, value, CASE WHEN hash_version = ? THEN hash END"
+                    " FROM sightings WHERE id IN (SELECT value FROM json_each(?))",
+                    (HASH_VERSION, wanted),
+                )
+            }
+        missing = [int(sid) for sid in ids if int(sid) not in found]
+        if missing:
+            # Sightings are never deleted, so this is a damaged store, not a race.
+            raise StoreError(
+                f"store {self.path}: sighting ids {missing[:5]} are gone ({len(missing)} in all)"
+            )
+        return [found[int(sid)] for sid in ids]
 
     def stats(self) -> Stats:
         with self._reading() as conn:
@@ -366,33 +379,37 @@ def _count_sightings(conn: sqlite3.Connection) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _EligibleQuery:
-    sql: str
+    where: str  # FROM ... WHERE ...: the indicators of some kinds at some TLP levels
     params: tuple[object, ...]
-    # SQLite hands back a new str per row; mapping each row's kind to one shared object saves
-    # ~50 MB per million rows in a round's selection.
-    shared_kinds: dict[str, str]
+    kinds: tuple[str, ...]
 
     @classmethod
     def build(cls, kinds: Collection[str], tlps: Collection[str]) -> _EligibleQuery | None:
-        """The query for these kinds and TLP levels, or None if nothing can match."""
+        """The selection for these kinds and TLP levels, or None if nothing can match."""
         ranks = sorted({tlp_rank(t) for t in tlps})
-        kind_list = sorted(set(kinds))
+        kind_list = tuple(sorted(set(kinds)))
         if not ranks or not kind_list:
             return None
-        sql = (
+        where = (
             # NOT INDEXED: walking the (kind, value) index then sorting by id is ~4x slower.
-            "SELECT id, kind, value, CASE WHEN hash_version = ? THEN hash END"
             " FROM sightings NOT INDEXED"
             f" WHERE kind IN ({', '.join('?' * len(kind_list))})"
             f" AND tlp IN ({', '.join('?' * len(ranks))})"
-            " AND id > ? ORDER BY id LIMIT ?"
+            " ORDER BY id"
         )
-        return cls(sql, (HASH_VERSION, *kind_list, *ranks), {k: k for k in kind_list})
+        return cls(where, (*kind_list, *ranks), kind_list)
 
-    def fetch(self, conn: sqlite3.Connection, *, after: int, limit: int) -> list[EligibleRow]:
-        """Rows with sighting_id > ``after``, at most ``limit`` of them (-1: all)."""
-        shared = self.shared_kinds
+    def ids(self, conn: sqlite3.Connection) -> npt.NDArray[np.int64]:
+        # 8 bytes per row, not a Python int: a national store has millions of them
+        rows = conn.execute("SELECT id" + self.where, self.params)
+        return np.fromiter((sid for (sid,) in rows), dtype=np.int64)
+
+    def rows(self, conn: sqlite3.Connection) -> list[EligibleRow]:
+        # SQLite hands back a new str per row; one shared object per kind saves ~50 MB per
+        # million rows.
+        shared = {k: k for k in self.kinds}
+        sql = "SELECT id, kind, value, CASE WHEN hash_version = ? THEN hash END" + self.where
         return [
             (sid, shared[kind], value, h)
-            for sid, kind, value, h in conn.execute(self.sql, (*self.params, after, limit))
+            for sid, kind, value, h in conn.execute(sql, (HASH_VERSION, *self.params))
         ]
