@@ -514,7 +514,9 @@ class CoordinatorRound:
         # per owner and hop: next seq expected and elements seen (hop 0 = the owner's own set)
         self._next_seq = [[0] * n for _ in range(n)]
         self._seen = [[0] * n for _ in range(n)]
-        self._final = [bytearray() for _ in range(n)]
+        # every set's final tags, allocated once the sizes are known: exactly 32 bytes a tag,
+        # written in place as the last hop's chunks arrive (no growth, no copy before matching)
+        self._final: list[bytearray] = []
         self._chunk_counts: list[list[int]] = [[] for _ in range(n)]  # per owner, by seq
         self._delivered: set[str] = set()
 
@@ -536,6 +538,9 @@ class CoordinatorRound:
                 f"cap is {self.caps.max_total} (max_total)"
             )
         if len(self.sizes) == len(self.spec.participants):
+            self._final = [
+                bytearray(self.sizes[name] * ELEMENT_BYTES) for name in self.spec.participants
+            ]
             self._move(CoordinatorPhase.ROUTING)
             return True
         return False
@@ -611,7 +616,8 @@ class CoordinatorRound:
         self._next_seq[o][hop] += 1
         self._seen[o][hop] += count
         if hop == n - 1:
-            self._final[o] += elements
+            at = (self._seen[o][hop] - count) * ELEMENT_BYTES
+            self._final[o][at : at + len(elements)] = elements
             return None
         return Forward(self.hop_node(o, hop + 1), owner, seq, elements, hop)
 
@@ -631,12 +637,9 @@ class CoordinatorRound:
 
     def routed(self) -> bool:
         n = len(self.spec.participants)
-        return (
-            all(
-                len(self._final[i]) == self.sizes[name] * ELEMENT_BYTES
-                for i, name in enumerate(self.spec.participants)
-            )
-            and n > 0
+        return n > 0 and all(
+            self._seen[i][n - 1] == self.sizes[name]
+            for i, name in enumerate(self.spec.participants)
         )
 
     def progress(self) -> tuple[int, int]:
