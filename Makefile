@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/blindmatch/v1/*.proto)
 
-.PHONY: install demo test test-fast wheel-check bench bench-full lint format proto proto-check clean
+.PHONY: install demo test test-fast wheel-check bench bench-full bench-ab lint format proto proto-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "blindmatch needs Python >= 3.11 (set PYTHON=...)")'
@@ -48,6 +48,11 @@ bench: install
 
 bench-full: install
 	$(BIN)/python bench/compare.py --full
+
+# before and after side by side: make bench-ab BEFORE=../other-checkout (with its own .venv)
+bench-ab: install
+	@test -n "$(BEFORE)" || { echo "usage: make bench-ab BEFORE=path/to/other/checkout"; exit 2; }
+	$(BIN)/python bench/compare.py --before $(BEFORE) --sizes 100000 --cores $$(nproc)
 
 lint: install
 	$(BIN)/ruff check .

@@ -8,7 +8,7 @@ on blindmatch.harness), runs ``--rounds`` rounds and stops it; calls alternate b
 so both see the same machine load over the run. Prints each round's wall time (the coordinator's
 own timestamps) and the medians and their ratio; ``--json`` writes them to a file.
 
-``--one`` is what each call runs inside a tree; it prints one JSON line.
+Each call runs inside its tree through ``bench.builds`` (job ``walls``).
 """
 
 from __future__ import annotations
@@ -16,53 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent.parent
+# Run as a script (`python bench/ab_rounds.py`): the repository root holds the bench package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import builds
 
-def one(size: int, nations: int, workers: int, rounds: int) -> list[float]:
-    """Inside one tree: a federation, ``rounds`` rounds, their wall seconds."""
-    from bench.blindmatch_runner import BenchFederation
-    from bench.datasets import NATION_NAMES, nation_items
-
-    root = Path(tempfile.mkdtemp(prefix="ab-"))
-    fed = BenchFederation(root, list(NATION_NAMES[:nations]), None)
-    try:
-        for i in range(nations):
-            fed.load(i, nation_items(i, size))
-        fed.start(workers)
-        walls = []
-        for _ in range(rounds):
-            run = fed.run_round(size, workers)
-            if any(c != run.expected_matches for c in run.matches.values()):
-                raise SystemExit(f"wrong match counts {run.matches}")
-            walls.append(run.wall)
-        return walls
-    finally:
-        fed.stop()
-        shutil.rmtree(root, ignore_errors=True)
+HERE = builds.HERE
 
 
 def call(tree: Path, args: argparse.Namespace) -> list[float]:
-    command = [
-        str(tree / ".venv" / "bin" / "python"),
-        str(HERE / "bench" / "ab_rounds.py"),
-        "--one",
-        *("--size", str(args.size), "--nations", str(args.nations)),
-        *("--workers", str(args.workers), "--rounds", str(args.rounds)),
-    ]
-    # The script comes from this tree; everything it imports comes from ``tree``.
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{tree}: {done.stderr.strip()[-2000:]}")
-    walls: list[float] = json.loads(done.stdout.strip().splitlines()[-1])
+    walls: list[float] = builds.call(
+        tree,
+        "walls",
+        size=args.size,
+        nations=args.nations,
+        workers=args.workers,
+        rounds=args.rounds,
+    )
     return walls
 
 
@@ -75,13 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per call")
     parser.add_argument("--calls", type=int, default=4, help="calls per tree, alternated")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        # the harness's own progress goes to stderr; stdout's last line is the result
-        sys.stdout, real = sys.stderr, sys.stdout
-        print(json.dumps(one(args.size, args.nations, args.workers, args.rounds)), file=real)
-        return 0
     if args.before is None:
         parser.error("--before is required")
     trees = {"before": args.before.resolve(), "after": HERE}

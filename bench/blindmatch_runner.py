@@ -4,6 +4,10 @@ The federation is set up, started and stopped with ``blindmatch.harness`` (the `
 commands an operator types); stores are filled directly through ``node.store``, as an import
 would. A round is timed by the coordinator's own created/finished timestamps and as observed by
 the operator command; CPU and memory come from ``bench.processes``.
+
+A store is filled in batches, its H(v) computed in a pool of every core as ``node import`` does
+(hash once), so a 10M set never sits in memory whole; the node's policy caps, budgets and
+timeouts are raised to what the run needs (the benchmark measures speed, not the policy).
 """
 
 from __future__ import annotations
@@ -20,13 +24,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.datasets import SHARED, nation_items
+from bench.datasets import SHARED, nation_batches
 from bench.processes import Timeline, busy_cpu_seconds, children_cpu, mb, sample
 from blindmatch import harness
+from blindmatch.group import hash_indicators
+from blindmatch.protocol import Policy
+from node.budgets import BudgetPolicy
+from node.pool import Blinder
 from node.store import Sighting, Store
+from node.store.sightings import Hasher
 
-ROUND_TIMEOUT = 3600.0
 STOP_TIMEOUT = 20.0  # seconds a server gets to stop before SIGKILL (large stores take a while)
+LOAD_BATCH = 500_000  # indicators stored per transaction when filling a store
+# Generous per-element allowances, so that a 3 x 10M round (~25 min here) is never cut short
+# while a lost server still fails a small run quickly.
+BLIND_ALLOWANCE = 100e-6  # seconds per blinding of the round on one core (measured: ~27 us)
+HASH_ALLOWANCE = 100e-6  # seconds per stored indicator a starting node may hash (missing H(v))
+CALL_ALLOWANCE = 20e-6  # seconds per indicator added to a unary call's deadline (set counts)
+BUDGET_ROUNDS = 8  # rounds one federation of the benchmark may run at full size
+
+
+def round_timeout(nations: int, size: int) -> float:
+    """Seconds a round of ``nations`` x ``size`` may take: at least an hour."""
+    return max(3600.0, nations * nations * size * BLIND_ALLOWANCE)
 
 
 @dataclass
@@ -44,10 +64,26 @@ class RoundRun:
     load_before: float
     other_cores: float  # CPU used by everything else on the machine during the round, in cores
     timeline: list[dict[str, float]]  # cores busy per role, every TIMELINE_STEP seconds
+    build: str = ""  # "" (the only build of the run), "after" (this tree) or "before" (--before)
+    hash_once: bool = True  # the build's rounds read stored H(v) and only blind (issue 12)
 
     @property
     def peak_rss(self) -> int:
         return max(int(p["peak_rss"]) for p in self.processes)
+
+    @property
+    def system(self) -> str:
+        """The row's name in the report and the plot."""
+        return f"blindmatch ({self.build})" if self.build else "blindmatch"
+
+    @property
+    def node_bytes_per_item(self) -> dict[str, float]:
+        """Each node's peak RSS (its main process, over its life) per indicator of its set."""
+        return {
+            str(p["label"]): int(p["peak_rss"]) / self.items
+            for p in self.processes
+            if p["label"] in self.matches
+        }
 
 
 class BenchFederation:
@@ -56,21 +92,59 @@ class BenchFederation:
     def __init__(self, root: Path, nations: Sequence[str], chunk_size: int | None) -> None:
         self.fed = harness.Federation(root, nations, operator="bench")
         self.fed.init()
+        self.round_timeout = round_timeout(len(nations), 0)
+        self.start_timeout = harness.HEALTH_TIMEOUT
         # the operator signs the chunk size into the round; the coordinator allows at most its own
         self.chunk_args = () if chunk_size is None else ("--chunk-size", str(chunk_size))
         if chunk_size is not None:
             harness.set_setting(self.fed.coordinator_toml, "chunk_size", chunk_size)
 
-    def load(self, index: int, items: list[tuple[str, str]]) -> None:
+    def load(
+        self, index: int, items: list[tuple[str, str]], hasher: Hasher = hash_indicators
+    ) -> None:
         with Store.open(self.fed.store(self.fed.names[index])) as store:
             store.add_sightings(
-                (Sighting(k, v, v) for k, v in items), source="bench", default_tlp="green"
+                (Sighting(k, v, v) for k, v in items),
+                source="bench",
+                default_tlp="green",
+                hasher=hasher,
             )
+
+    def fill(self, size: int) -> None:
+        """Every nation's set, ``size`` each, in batches, hashed in a pool of every core."""
+        blinder = Blinder(os.cpu_count() or 1)
+        try:
+            for i in range(len(self.fed.names)):
+                for batch in nation_batches(i, size, LOAD_BATCH):
+                    self.load(i, batch, blinder.hash_all)
+        finally:
+            blinder.close()
+
+    def allow(self, size: int) -> None:
+        """Raise every node's caps, budgets and timeouts to what rounds of ``size`` need."""
+        n = len(self.fed.names)
+        self.round_timeout = round_timeout(n, size)
+        caps, budgets = Policy(), BudgetPolicy()
+        for name in self.fed.names:
+            toml = self.fed.node_toml(name)
+            for key, value in (
+                ("max_own_set", max(size, caps.max_own_set)),
+                ("max_partner_set", max(size, caps.max_partner_set)),
+                ("max_round_elements", max(n * size, caps.max_round_elements)),
+                # every round of the run charges each partner ``size``
+                ("round_elements", max(BUDGET_ROUNDS * size, budgets.round_elements)),
+                ("round_timeout", int(self.round_timeout)),
+            ):
+                harness.set_setting(toml, key, value)
+        coordinator = self.fed.coordinator_toml
+        harness.set_setting(coordinator, "round_timeout", int(self.round_timeout))
+        harness.set_setting(coordinator, "call_timeout", int(60 + size * CALL_ALLOWANCE))
+        self.start_timeout = harness.HEALTH_TIMEOUT + size * HASH_ALLOWANCE
 
     def start(self, workers: int) -> None:
         for name in self.fed.names:
             harness.set_setting(self.fed.node_toml(name), "workers", workers)
-        self.fed.start()
+        self.fed.start(timeout=self.start_timeout)
 
     def stop(self) -> None:
         self.fed.stop(STOP_TIMEOUT)
@@ -89,7 +163,7 @@ class BenchFederation:
                 self.fed.round_command(*self.chunk_args),
                 capture_output=True,
                 text=True,
-                timeout=ROUND_TIMEOUT,
+                timeout=self.round_timeout + 60.0,
             )
         observed = time.monotonic() - t0
         busy, operator = busy_cpu_seconds() - busy0, children_cpu() - operator0
@@ -142,8 +216,10 @@ def run_federation(
     fed = BenchFederation(root, nations, args.chunk)
     runs = []
     try:
-        for i in range(len(nations)):
-            fed.load(i, nation_items(i, size))
+        t0 = time.monotonic()
+        fed.fill(size)
+        fed.allow(size)
+        print(f"  stores filled in {time.monotonic() - t0:.0f} s", flush=True)
         for workers in cores:
             fed.start(workers)
             try:

@@ -1,8 +1,10 @@
-"""blindmatch side by side with openmined-psi, and the throughput targets of issue 4, in one run.
+"""blindmatch side by side with openmined-psi, and the targets of issues 4 and 12, in one run.
 
     python bench/compare.py                      # 2 nations x 10k and 100k, 1 and 2 cores
     python bench/compare.py --sizes 50000 --nations 3 --cores 2
     python bench/compare.py --full               # and 3 nations x 1M (openmined-psi only to --psi-max)
+    python bench/compare.py --before ../pre12 --sizes 100000 --cores 2   # two builds side by side
+    python bench/compare.py --sizes 10000000 --nations 3 --cores 2 --psi-max 0 --import-rows 0
 
 blindmatch runs as a real federation: a federation CA, every node and the coordinator in its own
 process on loopback, gRPC with mTLS, set up and driven with the ``blindmatch`` commands an operator
@@ -19,9 +21,14 @@ like. The machine may be shared: every row says how many cores other work used m
 go to ``--out`` (report.md, results.json; with ``--keep`` the federations and their server logs)
 and the plot to ``--plot``.
 
+With ``--before TREE`` (another checkout with its own ``.venv``), the rounds of that build run in
+the same run beside this one's, alternating which goes first from one size to the next, and are
+reported as "blindmatch (before)" next to "blindmatch (after)"; openmined-psi runs once per size.
+The import throughput (``--import-rows``) is measured for each build too.
+
 The jobs live beside this command line: ``datasets`` (the sets), ``blindmatch_runner`` (the
-federation, on ``blindmatch.harness``), ``psi_runner``, ``core_costs``, ``processes`` (CPU and
-memory), ``report`` and ``plot``.
+federation, on ``blindmatch.harness``), ``builds`` (the other build's jobs), ``import_rate``,
+``psi_runner``, ``core_costs``, ``processes`` (CPU and memory), ``report`` and ``plot``.
 """
 
 from __future__ import annotations
@@ -32,15 +39,17 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 # Run as a script (`python bench/compare.py`): the repository root holds the bench package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import builds
 from bench.blindmatch_runner import RoundRun, run_federation
 from bench.core_costs import measure_core
 from bench.datasets import NATION_NAMES, SHARED, check_canonical
+from bench.import_rate import ImportRun, measure_imports
 from bench.plot import plot
 from bench.processes import mb
 from bench.psi_runner import PsiRun, run_psi
@@ -85,6 +94,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the PNG (default: docs/benchmarks.png with --full, else OUT/benchmarks.png)",
     )
     p.add_argument("--keep", action="store_true", help="keep the federations' directories")
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout (with its .venv): its rounds and import beside this build's",
+    )
+    p.add_argument(
+        "--import-rows",
+        type=int,
+        default=100_000,
+        help="rows of the import throughput measurement (0: none)",
+    )
     args = p.parse_args(argv)
     # docs/BENCHMARKS.md shows the full run; a quick run must not replace its plot.
     args.plot = args.plot or (
@@ -99,6 +119,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _stop(signum: int, frame: object) -> None:
     # SystemExit runs every ``finally``: the servers this script started are stopped on the way.
     raise SystemExit(f"stopped by signal {signum}")
+
+
+def _rounds(
+    build: str, nations: int, size: int, cores: list[int], args: argparse.Namespace
+) -> list[RoundRun]:
+    """One federation of ``build`` ("" or "after": this tree; "before": ``--before``)."""
+    if build != "before":
+        runs = run_federation(list(NATION_NAMES[:nations]), size, cores, args)
+        for r in runs:
+            r.build = build
+        return runs
+    print(f"before ({args.before}):", flush=True)
+    got = builds.call(
+        args.before,
+        "rounds",
+        nations=nations,
+        size=size,
+        cores=cores,
+        out=str(args.out.resolve()),
+        chunk=args.chunk,
+    )
+    # RoundRun's fields as this tree knows them: the other tree's may have more or fewer
+    known = {f.name for f in fields(RoundRun)}
+    return [RoundRun(**{**{k: v for k, v in r.items() if k in known}, "build": build}) for r in got]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,11 +170,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.full:
         plan[(3, 1_000_000)] = [cpus]
     runs: list[RoundRun] = []
-    for (count, size), cores in plan.items():
-        try:
-            runs += run_federation(list(NATION_NAMES[:count]), size, cores, args)
-        except HarnessError as exc:
-            raise SystemExit(str(exc)) from None
+    for turn, ((count, size), cores) in enumerate(plan.items()):
+        # the builds take turns going first, so neither always meets the machine fresher
+        order = ["after", "before"] if turn % 2 == 0 else ["before", "after"]
+        for build in order if args.before else [""]:
+            try:
+                runs += _rounds(build, count, size, cores, args)
+            except HarnessError as exc:
+                raise SystemExit(str(exc)) from None
+    imports: list[ImportRun] = []
+    if args.import_rows:
+        trees = {"before": args.before, "after": ROOT} if args.before else {"": ROOT}
+        imports = measure_imports(trees, args.import_rows, args.out)
     psi: dict[int, PsiRun] = {}
     for size in sorted({size for _, size in plan}):
         if size > args.psi_max:
@@ -149,12 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     for r in runs:
         print(
-            f"\n{r.nations} x {r.items:,}, {r.workers} worker(s)/node: floor "
+            f"\n{r.system}, {r.nations} x {r.items:,}, {r.workers} worker(s)/node: floor "
             f"{floor_seconds(r, core, cpus):.2f} s, wall/floor {r.wall / floor_seconds(r, core, cpus):.2f}"
         )
         for p in r.processes:
             print(f"  {p['label']:<28} peak RSS {mb(p['peak_rss']):>9}  CPU {p['cpu']:7.2f} s")
-    (args.out / "report.md").write_text(report(info, core, runs, rows, lines, cpus))
+    (args.out / "report.md").write_text(report(info, core, runs, rows, lines, cpus, imports))
     (args.out / "results.json").write_text(
         json.dumps(
             {
@@ -163,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "core": asdict(core),
                 "runs": [asdict(r) for r in runs],
                 "psi": {k: asdict(v) for k, v in psi.items()},
+                "imports": [
+                    {**asdict(i), "rows_per_s": i.rows_per_s, "rows_per_cpu_s": i.rows_per_cpu_s}
+                    for i in imports
+                ],
                 "verdicts": lines,
             },
             indent=2,

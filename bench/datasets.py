@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 from blindmatch.canon import canonicalize
 
@@ -23,13 +24,29 @@ def indicator(ident: int) -> tuple[str, str]:
     return "sha256", hashlib.sha256(ident.to_bytes(8, "little")).hexdigest()
 
 
-def nation_items(index: int, size: int) -> list[tuple[str, str]]:
-    """Nation ``index``'s set: the shared core (ids 0..) and ids only this nation holds."""
+def nation_ids(index: int, size: int) -> Iterator[int]:
+    """Nation ``index``'s indicator ids: the shared core (0..) and ids only this nation holds."""
     shared = int(size * SHARED)
     own = (index + 1) << 30
-    return [indicator(i) for i in range(shared)] + [
-        indicator(own + i) for i in range(size - shared)
-    ]
+    yield from range(shared)
+    yield from range(own, own + size - shared)
+
+
+def nation_items(index: int, size: int) -> list[tuple[str, str]]:
+    """Nation ``index``'s set, whole."""
+    return [indicator(i) for i in nation_ids(index, size)]
+
+
+def nation_batches(index: int, size: int, batch: int) -> Iterator[list[tuple[str, str]]]:
+    """Nation ``index``'s set in lists of at most ``batch``: a 10M set is ~2 GB as one list."""
+    out: list[tuple[str, str]] = []
+    for ident in nation_ids(index, size):
+        out.append(indicator(ident))
+        if len(out) == batch:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 def check_canonical() -> None:

@@ -16,16 +16,20 @@ def plot(runs: list[RoundRun], psi: dict[int, PsiRun], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (by_size, by_cores, busy) = plt.subplots(1, 3, figsize=(16, 4.6))
-    groups = sorted({(r.nations, r.workers) for r in runs})
-    for nations, workers in groups:
+    # a build measured with --before beside this one: dashed, so before and after pair up
+    groups = sorted({(r.system, r.nations, r.workers) for r in runs})
+    for system, nations, workers in groups:
         pts = sorted(
-            (r.items, r.wall) for r in runs if (r.nations, r.workers) == (nations, workers)
+            (r.items, r.wall)
+            for r in runs
+            if (r.system, r.nations, r.workers) == (system, nations, workers)
         )
         by_size.plot(
             [x for x, _ in pts],
             [y for _, y in pts],
             marker="o",
-            label=f"blindmatch, {nations} nations, {workers} worker(s)/node",
+            ls=_style(system),
+            label=f"{system}, {nations} nations, {workers} worker(s)/node",
         )
     if psi:
         pts = sorted((size, run.wall) for size, run in psi.items())
@@ -41,17 +45,30 @@ def plot(runs: list[RoundRun], psi: dict[int, PsiRun], path: Path) -> None:
     by_size.set_title("Round time against set size")
     by_size.legend(fontsize=8)
     by_size.grid(True, which="both", alpha=0.3)
-    for nations, size in sorted({(r.nations, r.items) for r in runs}):
-        pts = sorted((r.workers, r.wall) for r in runs if (r.nations, r.items) == (nations, size))
+    for system, nations, size in sorted({(r.system, r.nations, r.items) for r in runs}):
+        pts = sorted(
+            (r.workers, r.wall)
+            for r in runs
+            if (r.system, r.nations, r.items) == (system, nations, size)
+        )
         by_cores.plot(
-            [x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{nations} x {size:,}"
+            [x for x, _ in pts],
+            [y for _, y in pts],
+            marker="o",
+            ls=_style(system),
+            label=f"{system}, {nations} x {size:,}",
         )
     by_cores.set(xlabel="blinding worker processes per node", ylabel="wall s", yscale="log")
     by_cores.set_xticks(sorted({r.workers for r in runs}))
     by_cores.set_title(f"Round time against cores ({os.cpu_count()}-core machine)")
     by_cores.legend(fontsize=8)
     by_cores.grid(True, which="both", alpha=0.3)
-    largest = max(runs, key=lambda r: (r.nations * r.items, r.workers), default=None)
+    # where this build's time goes (the before build, if any, is in the other two panels)
+    largest = max(
+        (r for r in runs if r.build != "before"),
+        key=lambda r: (r.nations * r.items, r.workers),
+        default=None,
+    )
     if largest is not None and largest.timeline:
         t = [row["t"] for row in largest.timeline]
         roles = ("workers", "nodes", "coordinator", "other")
@@ -60,7 +77,7 @@ def plot(runs: list[RoundRun], psi: dict[int, PsiRun], path: Path) -> None:
         busy.axhline(os.cpu_count() or 1, color="black", lw=0.8, ls=":")
         busy.set(xlabel="seconds into the round", ylabel="cores busy", ylim=(0, None))
         busy.set_title(
-            f"Where the time goes: {largest.nations} x {largest.items:,}, "
+            f"Where the time goes ({largest.system}):\n{largest.nations} x {largest.items:,}, "
             f"{largest.workers} worker(s)/node"
         )
         busy.legend(fontsize=8, loc="lower right")
@@ -68,3 +85,7 @@ def plot(runs: list[RoundRun], psi: dict[int, PsiRun], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _style(system: str) -> str:
+    return "--" if system.endswith("(before)") else "-"
