@@ -15,9 +15,12 @@ Rules:
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -31,7 +34,8 @@ from node.store.db import Database
 from node.store.schema import StoreError, normalize_time, utc_now
 from node.store.tlp import TLP_LEVELS, tlp_rank
 
-HASH_CHUNK: Final = 20_000  # rows hashed per step when filling stale hashes
+HASH_CHUNK: Final = 20_000  # rows hashed per step, at import and when filling stale hashes
+_HASHING_AHEAD: Final = 2  # chunks an import may upsert ahead of their hashing
 
 # H(v) of each (kind, canonical value), in order: group.hash_indicators in this process, or the
 # node's blinding pool (node.pool.Blinder.hash_all) to use every core.
@@ -192,9 +196,8 @@ class SightingsTable(Database):
             before = _count_per_kind(conn)
             # Rowids only grow, so the rows this batch creates are those above the largest now.
             top: int = conn.execute("SELECT coalesce(max(id), 0) FROM sightings").fetchone()[0]
-            conn.executemany(_UPSERT_SIGHTING, rows())
+            _upsert_and_hash(conn, rows(), hasher, above=top)
             after = _count_per_kind(conn)
-            _hash_new_rows(conn, hasher, above=top)
             save_source_refs(conn, refs)
             if cursor is not None:
                 save_cursor(conn, *cursor)
@@ -353,23 +356,45 @@ def _count_per_kind(conn: sqlite3.Connection) -> dict[str, int]:
 _STALE: Final = "(hash IS NULL OR hash_version IS NOT ?)"
 
 
-def _hash_new_rows(conn: sqlite3.Connection, hasher: Hasher, *, above: int) -> None:
-    """Store H(v) of the rows with an id above ``above`` (those a batch created), in its
-    transaction; rows it merged into keep the hash they have."""
-    after = above
-    while True:
-        rows = conn.execute(
-            "SELECT id, kind, value FROM sightings WHERE id > ? ORDER BY id LIMIT ?",
-            (after, HASH_CHUNK),
-        ).fetchall()
-        if not rows:
-            return
-        hashes = hasher([(kind, value) for _, kind, value in rows])
+def _upsert_and_hash(
+    conn: sqlite3.Connection, rows: Iterator[tuple[object, ...]], hasher: Hasher, *, above: int
+) -> None:
+    """Upsert ``rows`` and store H(v) of the rows they create, in the caller's transaction.
+
+    Hashing (in the blinding pool, whose workers do the work while a thread waits on them)
+    runs beside the upserts of the next chunks, so an import keeps every core busy. Only rows
+    the batch creates, those with an id above ``above``, are hashed: merged rows keep theirs.
+    At most ``_HASHING_AHEAD`` chunks are in flight, so memory does not grow with the batch.
+    """
+    pending: collections.deque[tuple[list[int], Future[list[bytes]]]] = collections.deque()
+
+    def store(ids: list[int], hashes: list[bytes]) -> None:
         conn.executemany(
             "UPDATE sightings SET hash = ?, hash_version = ? WHERE id = ?",
-            [(h, HASH_VERSION, sid) for h, (sid, _, _) in zip(hashes, rows, strict=True)],
+            [(h, HASH_VERSION, sid) for h, sid in zip(hashes, ids, strict=True)],
         )
-        after = rows[-1][0]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="import-hashing") as hashing:
+        try:
+            while chunk := list(itertools.islice(rows, HASH_CHUNK)):
+                conn.executemany(_UPSERT_SIGHTING, chunk)
+                # Rowids only grow, so the rows this chunk created are those above the last seen.
+                new = conn.execute(
+                    "SELECT id, kind, value FROM sightings WHERE id > ? ORDER BY id", (above,)
+                ).fetchall()
+                if new:
+                    above = new[-1][0]
+                    items = [(kind, value) for _, kind, value in new]
+                    pending.append(([sid for sid, _, _ in new], hashing.submit(hasher, items)))
+                while pending and (len(pending) > _HASHING_AHEAD or pending[0][1].done()):
+                    ids, future = pending.popleft()
+                    store(ids, future.result())
+            while pending:
+                ids, future = pending.popleft()
+                store(ids, future.result())
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def _count_sightings(conn: sqlite3.Connection) -> int:
