@@ -28,7 +28,7 @@ from bench.datasets import SHARED, nation_batches
 from bench.processes import Timeline, busy_cpu_seconds, children_cpu, mb, sample
 from blindmatch import harness
 from blindmatch.group import hash_indicators
-from blindmatch.protocol import Policy
+from blindmatch.protocol import Caps, Policy
 from node.budgets import BudgetPolicy
 from node.pool import Blinder
 from node.store import Sighting, Store
@@ -137,6 +137,9 @@ class BenchFederation:
             ):
                 harness.set_setting(toml, key, value)
         coordinator = self.fed.coordinator_toml
+        limits = Caps()
+        harness.set_setting(coordinator, "max_set", max(size, limits.max_set))
+        harness.set_setting(coordinator, "max_total", max(n * size, limits.max_total))
         harness.set_setting(coordinator, "round_timeout", int(self.round_timeout))
         harness.set_setting(coordinator, "call_timeout", int(60 + size * CALL_ALLOWANCE))
         self.start_timeout = harness.HEALTH_TIMEOUT + size * HASH_ALLOWANCE
