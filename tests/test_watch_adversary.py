@@ -304,3 +304,34 @@ def test_policies_still_apply(fed: WatchFederation) -> None:
     finally:
         charlie.policy = Policy()
     assert partners_of(reply)["shared.example"] == {"alpha"}  # charlie holds it, refuses bravo
+
+
+def test_a_chunk_replayed_or_moved_to_another_place_is_refused_and_costs_nothing(
+    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_epoch(fed)
+    bravo = watch_of(fed, "bravo")
+    seen = record(monkeypatch, bravo.core, "reblind")
+    check(fed, "alpha", ["shared.example"])
+    hop = seen[0][0]
+    assert isinstance(hop, CheckHop) and (hop.seq, hop.chunks) == (0, 1)
+    assert bravo.epoch is not None
+    spent = dict(bravo.epoch.spent)
+    with fed.store("bravo") as store:
+        before = len(store.checks())
+    moved = {
+        # the same signed chunk presented as another chunk of the check: its place is signed
+        "moved": (replace(hop, seq=1, chunks=2), grpc.StatusCode.PERMISSION_DENIED),
+        "beyond the check's end": (replace(hop, seq=1), grpc.StatusCode.INVALID_ARGUMENT),
+        "replayed": (hop, grpc.StatusCode.ALREADY_EXISTS),
+    }
+    channel, stub = as_coordinator(fed, "bravo")
+    with channel:
+        for what, (chunk, code) in moved.items():
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ReblindCheck(wire.reblind_request(chunk), timeout=10)
+            assert err.value.code() == code, what
+    assert bravo.epoch.spent == spent
+    with fed.store("bravo") as store:
+        refused = store.checks()[: len(store.checks()) - before]  # newest first
+    assert [c.outcome for c in refused] == ["refused"] * 3
