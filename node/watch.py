@@ -25,8 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -211,36 +210,23 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
 
     # A check (or a chunk of one) is split in one task per worker so that it uses every core.
 
-    def _spread(
-        self, submit: Callable[[bytes, Any], Future[bytes]], key: bytes, work: Any
-    ) -> list[Future[bytes]]:
-        """``work`` (packed elements or a list of items) in one task per worker."""
-        unit = ELEMENT_BYTES if isinstance(work, bytes) else 1
-        per = (-(-len(work) // unit // self.blinder.workers) or 1) * unit
-        return [submit(key, work[i : i + per]) for i in range(0, len(work), per)]
-
     def _blind(self, key: bytes, packed: bytes) -> bytes:
-        return b"".join(f.result() for f in self._spread(self.blinder.blind, key, packed))
+        per = (-(-len(packed) // ELEMENT_BYTES // self.blinder.workers) or 1) * ELEMENT_BYTES
+        futures = [self.blinder.blind(key, packed[i : i + per]) for i in range(0, len(packed), per)]
+        return b"".join(f.result() for f in futures)
 
     def _hash_and_blind(self, key: bytes, items: Sequence[tuple[str, str]]) -> bytes:
         """H(v) of each item blinded under ``key``, one blinding each: a value the store holds
-        was hashed once, at import, and is only blinded; the others are hashed and blinded in
-        one pass (``hash_and_blind``)."""
+        was hashed once, at import; only the others are hashed here (the same bytes as
+        hash_and_blind)."""
         hashes = self.store.stored_hashes(items)
-        missing = [items[i] for i, h in enumerate(hashes) if h is None]
-        stored = b"".join(h for h in hashes if h is not None)
-        fresh = self._spread(self.blinder.hash_and_blind, key, missing) if missing else []
-        known = self._blind(key, stored) if stored else b""
-        new = b"".join(f.result() for f in fresh)
-        out, i, j = [], 0, 0  # back in the items' order
-        for h in hashes:
-            if h is None:
-                out.append(new[i : i + ELEMENT_BYTES])
-                i += ELEMENT_BYTES
-            else:
-                out.append(known[j : j + ELEMENT_BYTES])
-                j += ELEMENT_BYTES
-        return b"".join(out)
+        missing = [i for i, h in enumerate(hashes) if h is None]
+        if missing:
+            for i, h in zip(
+                missing, self.blinder.hash_all([items[i] for i in missing]), strict=True
+            ):
+                hashes[i] = h
+        return self._blind(key, b"".join(h for h in hashes if h is not None))
 
     # --- RPCs from the coordinator ----------------------------------------------------------
 

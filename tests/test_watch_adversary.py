@@ -165,15 +165,24 @@ def test_a_check_in_another_nodes_name_is_refused_and_costs_nothing(
     assert all(c.reason for c in refused)
 
 
-def test_a_replayed_check_is_refused_and_costs_nothing(
+def blinded_by_bravo(
     fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[NodeWatch, CheckHop]:
+    """An epoch, a check of alpha's, and the signed chunk bravo (its hop 1) blinded for it."""
     open_epoch(fed)
     bravo = watch_of(fed, "bravo")
     seen = record(monkeypatch, bravo.core, "reblind")
     check(fed, "alpha", ["shared.example"])
     hop = seen[0][0]
-    assert isinstance(hop, CheckHop) and hop.checker == "alpha" and hop.hop == 0
+    assert isinstance(hop, CheckHop)
+    return bravo, hop
+
+
+def test_a_replayed_check_is_refused_and_costs_nothing(
+    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bravo, hop = blinded_by_bravo(fed, monkeypatch)
+    assert hop.checker == "alpha" and hop.hop == 0
     assert bravo.epoch is not None
     spent = dict(bravo.epoch.spent)
     channel, stub = as_coordinator(fed, "bravo")
@@ -309,12 +318,8 @@ def test_policies_still_apply(fed: WatchFederation) -> None:
 def test_a_chunk_replayed_or_moved_to_another_place_is_refused_and_costs_nothing(
     fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    open_epoch(fed)
-    bravo = watch_of(fed, "bravo")
-    seen = record(monkeypatch, bravo.core, "reblind")
-    check(fed, "alpha", ["shared.example"])
-    hop = seen[0][0]
-    assert isinstance(hop, CheckHop) and (hop.seq, hop.chunks) == (0, 1)
+    bravo, hop = blinded_by_bravo(fed, monkeypatch)
+    assert (hop.seq, hop.chunks) == (0, 1)
     assert bravo.epoch is not None
     spent = dict(bravo.epoch.spent)
     with fed.store("bravo") as store:
