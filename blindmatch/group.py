@@ -369,6 +369,21 @@ def _cofactor_scalar(key_bytes: bytes) -> bytes | None:
     return _scalar_acting_as(8 * _clamp(key_bytes) % ORDER)
 
 
+def combined_key(first: RoundKey, then: RoundKey) -> RoundKey | None:
+    """One key that blinds as ``first`` and then ``then`` do, or None (draw ``first`` again).
+
+    On the prime-order subgroup (every hashed or blinded element) X25519 multiplies by the
+    clamped scalar modulo ORDER, so the two blindings are the one multiplication by
+    clamp(first) * clamp(then) mod ORDER; ``_scalar_acting_as`` finds the key that survives
+    clamping and acts so, which exists for about half the pairs. The key, like any other, also
+    serves ``hash_and_blind_packed`` (it clears the cofactor itself). A checker masks and blinds
+    its check in one pass this way (docs/WATCH.md, section 3).
+    """
+    residue = _clamp(first.export()) * _clamp(then.export()) % ORDER
+    raw = _scalar_acting_as(residue)
+    return None if raw is None else RoundKey.from_bytes(raw)
+
+
 class Mask:
     """A one-use re-randomisation of elements: ``apply``, then any keys, then ``remove`` gives
     what those keys alone give, for every element of the prime-order subgroup (every hashed or

@@ -106,7 +106,11 @@ class ChunkClaim:
 @dataclass(frozen=True, slots=True)
 class CheckClaim:
     """What a check's producer vouches for: the epoch, who checks, a fresh check id (so a check
-    cannot be replayed into another one), which hop produced the elements, and the elements."""
+    cannot be replayed into another one), which hop produced the elements, and the elements.
+
+    A check moves through the hops in chunks (docs/WATCH.md, section 3): ``seq`` is the chunk's
+    place in the check and ``chunks`` how many it has, so a hop refuses a chunk moved to another
+    place, replayed, or beyond the check's end."""
 
     epoch_id: str
     spec_digest: bytes
@@ -114,6 +118,8 @@ class CheckClaim:
     check_id: str
     hop: int
     elements: bytes
+    seq: int = 0
+    chunks: int = 1
 
     def message(self) -> bytes:
         return statement(
@@ -123,6 +129,8 @@ class CheckClaim:
             self.checker,
             self.check_id,
             self.hop,
+            self.seq,
+            self.chunks,
             digest(self.elements),
         )
 

@@ -9,14 +9,18 @@ in ``blindmatch.states.EPOCH``) with a copy of the round's key and its *tag map*
 a refused delivery, Abort, even after the delivery) closes it and destroys the key.
 
 Rules of a check (node C checks values during epoch E):
-  1. C canonicalises and hashes the values, masks them with a fresh one-use ``Mask`` and blinds
-     them with its epoch key, signs them (``CheckClaim``, hop 0, a fresh check id) and sends
-     them to the coordinator with the partners its policy lets learn of its sightings.
-  2. The coordinator routes them through every other participant of E in cyclic order
-     (``check_route``). Partner P at hop h re-blinds only elements signed by the node that
-     must have produced them (C at hop 1, the previous partner of the route after that), with
-     a certificate of the federation CA, for a checker that is a participant; then books them
-     against C's budget and signs its output as hop h. Anything else is refused, costs nothing.
+  1. C canonicalises the values and blinds their H(v) (stored since import, or hashed now)
+     under one key that is a fresh one-use ``Mask`` and its epoch key at once
+     (``group.combined_key``), signs them chunk by chunk (``CheckClaim``, hop 0, a fresh check
+     id, each chunk's seq of ``CHECK_CHUNK`` elements) and sends them to the coordinator with
+     the partners its policy lets learn of its sightings.
+  2. The coordinator routes every chunk through every other participant of E in cyclic order
+     (``check_route``), pipelined: a chunk moves on to the next hop as soon as the previous one
+     returned it. Partner P at hop h re-blinds only a chunk signed by the node that must have
+     produced it (C at hop 1, the previous partner of the route after that), with a
+     certificate of the federation CA, for a checker that is a participant, and only once per
+     (check id, seq); then books it against C's budget and signs its output as hop h. Anything
+     else is refused and costs nothing.
   3. The coordinator applies k_c and hands the result back to C, which removes its mask: the
      k_c-tags of the values. No node ever sees a check's final tag unmasked and without k_c,
      so no partner can tell whether a value checked is its own, nor link two checks.
@@ -45,7 +49,7 @@ from datetime import UTC, datetime
 
 from blindmatch.canon import InvalidIndicator, canonicalize
 from blindmatch.errors import ForgedMessage
-from blindmatch.group import ELEMENT_BYTES, Mask, RoundKey
+from blindmatch.group import ELEMENT_BYTES, Mask, RoundKey, combined_key
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
@@ -72,6 +76,10 @@ DEFAULT_CHECK_BUDGET = 10_000  # elements a node blinds for each partner's check
 # reaches the checking node as a hit (rule 4).
 FILTER_ERROR_RATE = 1e-9
 MAX_CHECK_ELEMENTS = 100_000  # per check: 3.2 MB of elements each way
+# Elements per chunk of a check: what the checker signs at once and each hop blinds per call.
+# Small enough that the hops work on different chunks at the same time, large enough that a
+# chunk's signature, certificate check and call cost little beside its blindings (about 60 ms).
+CHECK_CHUNK = 1024
 CHECK_ID = re.compile(r"[0-9a-f]{16,64}")
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
@@ -164,6 +172,13 @@ def shares_with(policy: Policy, checker: str) -> bool:
     return policy.partners is None or checker in policy.partners
 
 
+def check_chunks(packed: bytes) -> list[bytes]:
+    """A check's elements in the chunks its signatures cover: ``CHECK_CHUNK`` elements each,
+    the last one shorter."""
+    size = CHECK_CHUNK * ELEMENT_BYTES
+    return [packed[i : i + size] for i in range(0, len(packed), size)]
+
+
 def split_tags(packed: bytes) -> list[bytes]:
     if len(packed) % ELEMENT_BYTES:
         raise BadMessage(f"{len(packed)} bytes is not a whole number of 32-byte tags")
@@ -172,9 +187,10 @@ def split_tags(packed: bytes) -> list[bytes]:
 
 @dataclass(frozen=True, slots=True)
 class CheckHop:
-    """Check elements on their way to the next partner, with their producer's signature.
+    """A chunk of a check on its way to the next partner, with its producer's signature.
 
-    ``hop`` names the producer: 0 the checker, h the h-th partner of ``check_route``."""
+    ``hop`` names the producer: 0 the checker, h the h-th partner of ``check_route``; ``seq`` is
+    the chunk's place among the check's ``chunks``."""
 
     epoch_id: str
     checker: str
@@ -183,10 +199,19 @@ class CheckHop:
     elements: bytes
     signature: bytes
     certificate: bytes
+    seq: int = 0
+    chunks: int = 1
 
     def claim(self, spec_digest: bytes) -> CheckClaim:
         return CheckClaim(
-            self.epoch_id, spec_digest, self.checker, self.check_id, self.hop, self.elements
+            self.epoch_id,
+            spec_digest,
+            self.checker,
+            self.check_id,
+            self.hop,
+            self.elements,
+            self.seq,
+            self.chunks,
         )
 
 
@@ -236,7 +261,10 @@ class NodeEpoch:
     budget: int
     tags: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # k_c-tag -> indicator
     spent: dict[str, int] = field(default_factory=dict)  # partner -> elements blinded for it
-    seen: set[tuple[str, str]] = field(default_factory=set)  # (checker, check id) blinded
+    seen: set[tuple[str, str, int]] = field(default_factory=set)  # (checker, check id, seq)
+    # (checker, check id) -> [its chunks, chunks blinded, elements blinded], for one audit record
+    # per check once its last chunk is blinded
+    progress: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     phase: EpochPhase = EpochPhase.OPEN
     closed: str | None = None  # why the epoch ended, once it has
     coordinator: str = ""
@@ -285,6 +313,13 @@ class NodeEpoch:
             book()
         self.spent[checker] = used + count
         return key
+
+    def blinded(self, checker: str, check_id: str, count: int) -> int | None:
+        """A chunk of that check is blinded: the check's elements once all its chunks are."""
+        done = self.progress[(checker, check_id)]
+        done[1] += 1
+        done[2] += count
+        return done[2] if done[1] == done[0] else None
 
     def remember(self, tags: Iterable[bytes], items: Iterable[tuple[str, str]]) -> None:
         for tag, item in zip(tags, items, strict=True):
@@ -347,12 +382,14 @@ class NodeCheck:
             self.results.append(result)
         self.epoch: NodeEpoch | None = None
         self.mask: Mask | None = None
+        self._masked_key: RoundKey | None = None  # the mask and the epoch key as one key
         self.tags = b""
         self.alerts: list[tuple[str, str, str, str]] = []  # (kind, value, partner, "check")
         self.phase = NodeCheckPhase.PLANNED
 
-    def open(self, epoch: NodeEpoch | None, now: float) -> tuple[RoundKey, Mask]:
-        """The epoch key and a fresh mask to hash, mask and blind ``items`` with."""
+    def open(self, epoch: NodeEpoch | None, now: float) -> tuple[RoundKey, RoundKey]:
+        """A fresh mask: the key that masks and blinds ``items`` under the epoch key in one
+        pass, and the key that removes the mask from the coordinator's answer."""
         self._require(NodeCheckPhase.PLANNED)
         if epoch is None:
             raise WrongPhase(
@@ -360,17 +397,34 @@ class NodeCheck:
                 "restarted); an operator starts one with `blindmatch round start --mode watch`"
             )
         key = epoch.require_open(now)
-        self.epoch = epoch
-        self.mask = Mask.generate()
+        mask = Mask.generate()
+        masked_key = combined_key(mask.apply, key)
+        while masked_key is None:  # about half the masks combine with a given key
+            mask.destroy()
+            mask = Mask.generate()
+            masked_key = combined_key(mask.apply, key)
+        self.epoch, self.mask, self._masked_key = epoch, mask, masked_key
         self.phase = NodeCheckPhase.ASKING
-        return key, self.mask
+        return masked_key, mask.remove
 
-    def claim(self, elements: bytes) -> CheckClaim:
-        """What the checker signs over its masked, blinded elements (hop 0)."""
+    def claims(self, elements: bytes) -> list[CheckClaim]:
+        """What the checker signs over its masked, blinded elements (hop 0): one claim per
+        chunk (``check_chunks``)."""
         assert self.epoch is not None
-        return CheckClaim(
-            self.epoch.epoch_id, self.epoch.spec_digest, self.me, self.check_id, 0, elements
-        )
+        chunks = check_chunks(elements)
+        return [
+            CheckClaim(
+                self.epoch.epoch_id,
+                self.epoch.spec_digest,
+                self.me,
+                self.check_id,
+                0,
+                chunk,
+                seq,
+                len(chunks),
+            )
+            for seq, chunk in enumerate(chunks)
+        ]
 
     def unmasked(self, tags: bytes) -> None:
         """The coordinator's answer with the mask removed: the k_c-tags of ``items``."""
@@ -386,6 +440,9 @@ class NodeCheck:
         if self.mask is not None:
             self.mask.destroy()
             self.mask = None
+        if self._masked_key is not None:
+            self._masked_key.destroy()
+            self._masked_key = None
 
     def on_hits(self, hits: Mapping[str, Sequence[int]]) -> None:
         """The coordinator's hits: validated, then the partners and alerts of each value.
@@ -536,9 +593,16 @@ class NodeWatchCore:
         trust: Trust | None,
         book: Callable[[str, int, str], None] | None = None,
     ) -> tuple[RoundKey, Callable[[bytes], CheckClaim]]:
-        """ReblindCheck (rule 2): verify who produced the elements, then book them against the
+        """ReblindCheck (rule 2): verify who produced the chunk, then book it against the
         checker's budget. The key to blind with, and the claim its output is signed with."""
         count = check_elements(hop.elements)
+        if count > CHECK_CHUNK:
+            raise BadMessage(f"a chunk of {count} elements; a check's chunks are {CHECK_CHUNK}")
+        if not 0 <= hop.seq < hop.chunks or hop.chunks > -(-MAX_CHECK_ELEMENTS // CHECK_CHUNK):
+            raise BadMessage(
+                f"chunk {hop.seq} of {hop.chunks}: not a chunk of a check of at most "
+                f"{MAX_CHECK_ELEMENTS} elements"
+            )
         epoch = self.current(hop.epoch_id)
         epoch.require_open(self.clock())
         if trust is None:
@@ -555,18 +619,25 @@ class NodeWatchCore:
                 f"hop {mine - 1}, not of hop {hop.hop}"
             )
         signer = producer(route, hop.checker, hop.hop)
-        what = f"check {hop.check_id} of {hop.checker} at hop {hop.hop}"
+        what = f"chunk {hop.seq} of check {hop.check_id} of {hop.checker} at hop {hop.hop}"
         party = trust.party(hop.certificate, now=self.now_utc(), role="node", names=[signer])
         party.verify(hop.claim(epoch.spec_digest).message(), hop.signature, what)
-        if (hop.checker, hop.check_id) in epoch.seen:
+        # Replays are refused per (check id, seq): the chunks of one check arrive in any order
+        # (several are in flight per hop), but each is blinded once, and its place is signed.
+        if (hop.checker, hop.check_id, hop.seq) in epoch.seen:
             raise CheckReplayed(f"{what} was already blinded by {self.me}")
+        ref = (hop.checker, hop.check_id)
+        progress = epoch.progress.get(ref)
+        if progress is not None and progress[0] != hop.chunks:
+            raise BadMessage(f"{what} names {hop.chunks} chunks; the check has {progress[0]}")
         # validated: now it costs, in this epoch's budget and the rolling one (``book``)
         charge = None if book is None else lambda: book(hop.checker, count, hop.epoch_id)
         key = epoch.charge(hop.checker, count, self.clock(), charge)
-        epoch.seen.add((hop.checker, hop.check_id))
+        epoch.seen.add((hop.checker, hop.check_id, hop.seq))
+        epoch.progress.setdefault(ref, [hop.chunks, 0, 0])
         digest = epoch.spec_digest
         return key, lambda out: CheckClaim(
-            hop.epoch_id, digest, hop.checker, hop.check_id, mine, out
+            hop.epoch_id, digest, hop.checker, hop.check_id, mine, out, hop.seq, hop.chunks
         )
 
     def alert(self, epoch_id: str, packed: bytes) -> list[tuple[str, str] | None]:

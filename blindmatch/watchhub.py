@@ -6,9 +6,11 @@ the checks in flight. An epoch holds the coordinator's epoch key k_c, applied af
 key, and one filter of k_c-tags per participant (any ``Membership``): no node holds k_c, so no
 node can compute a k_c-tag, and the last partner of a check's route never sees one.
 
-``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.watch``): the hops to route through,
-each hop's signed output to forward, k_c on the masked result, then the checker's unmasked
-k_c-tags, the filters, the Alerts to fan out and the answer. Replies are validated with the
+``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.watch``): its chunks to route through
+the hops, pipelined (a chunk goes to the next hop as soon as the previous one returned it, at
+most ``CHECK_WINDOW`` chunks in flight per hop), each hop's signed output to forward, k_c on
+each routed chunk, then the checker's unmasked k_c-tags, the filters, the Alerts to fan out and
+the answer. Replies are validated with the
 rounds' rules: the sender is the expected one, element counts match exactly, indices are in range
 and never repeated. A reply that breaks them is a ``BadReply``.
 """
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
-from blindmatch.group import RoundKey
+from blindmatch.group import ELEMENT_BYTES, RoundKey
 from blindmatch.protocol import BadMessage, PolicyRefusal, WrongPhase
 from blindmatch.states import EPOCH, EpochPhase
 from blindmatch.watch import (
@@ -40,6 +42,9 @@ from blindmatch.watch import (
 
 # Seconds a check may wait between its two calls (Check, FinishCheck) before it is forgotten.
 CHECK_TTL: Final = 300.0
+# Chunks of one check in flight at each hop: two keep a node's blinding pool busy while the
+# previous chunk travels back and on; more would only queue at the node.
+CHECK_WINDOW: Final = 2
 
 
 class Membership(Protocol):
@@ -131,7 +136,7 @@ class CoordinatorWatch:
         self._checks.clear()
         return epoch
 
-    def _open_epoch(self, epoch_id: str) -> CoordinatorEpoch:
+    def epoch_of(self, epoch_id: str) -> CoordinatorEpoch:
         epoch = self.epoch
         ended = self._ended if epoch is None else epoch if epoch.ended(self.clock()) else None
         if ended is not None and ended.epoch_id == epoch_id:
@@ -144,10 +149,14 @@ class CoordinatorWatch:
         return epoch
 
     def begin_check(
-        self, first: CheckHop, allowed: frozenset[str] | None, *, checker: str
+        self, chunks: Sequence[CheckHop], allowed: frozenset[str] | None, *, checker: str
     ) -> CheckFlow:
-        """Refuse or start a check by ``checker`` (the name in its certificate)."""
-        epoch = self._open_epoch(first.epoch_id)
+        """Refuse or start a check by ``checker`` (the name in its certificate): its signed
+        chunks, in order."""
+        if not chunks:
+            raise BadMessage("a check carries one or more whole 32-byte elements")
+        first = chunks[0]
+        epoch = self.epoch_of(first.epoch_id)
         if first.checker != checker:
             raise PolicyRefusal(f"{checker} may not check in the name of {first.checker}")
         if not CHECK_ID.fullmatch(first.check_id):
@@ -158,13 +167,13 @@ class CoordinatorWatch:
         ref = (checker, first.check_id)
         if ref in self._checks:
             raise CheckReplayed(f"check {first.check_id} of {checker} is already in flight")
-        flow = CheckFlow(epoch, first, allowed)
+        flow = CheckFlow(epoch, chunks, allowed)
         self._checks[ref] = (now, flow)
         return flow
 
     def finishing(self, checker: str, epoch_id: str, check_id: str) -> CheckFlow:
         """The check ``checker`` now sends its unmasked tags for; each is finished once."""
-        self._open_epoch(epoch_id)
+        self.epoch_of(epoch_id)
         entry = self._checks.pop((checker, check_id), None)
         if entry is None:
             raise WrongPhase(
@@ -175,7 +184,7 @@ class CoordinatorWatch:
 
 
 class CheckPhase(enum.Enum):
-    ROUTING = "routing"  # through each partner's key, one hop after the other
+    ROUTING = "routing"  # chunks through each partner's key, then under k_c
     UNMASKING = "unmasking"  # under k_c, back to the checker to remove its mask
     TESTING = "testing"  # k_c-tags known, filters not yet tested
     CONFIRMING = "confirming"  # Alerts out to the partners with a hit
@@ -192,23 +201,37 @@ class CheckFlow:
     """One check at the coordinator (rules 2 to 4): route, seal, test the filters, fan out."""
 
     def __init__(
-        self, epoch: CoordinatorEpoch, first: CheckHop, allowed: frozenset[str] | None
+        self, epoch: CoordinatorEpoch, chunks: Sequence[CheckHop], allowed: frozenset[str] | None
     ) -> None:
+        first = chunks[0]
         if first.checker not in epoch.participants:
             raise PolicyRefusal(f"{first.checker} is not a participant of epoch {epoch.epoch_id}")
-        self.count = check_elements(first.elements)
+        self.count = sum(check_elements(c.elements) for c in chunks)
         if self.count > MAX_CHECK_ELEMENTS:
             raise BadMessage(
                 f"a check of {self.count} elements; at most {MAX_CHECK_ELEMENTS} per check"
             )
+        for seq, chunk in enumerate(chunks):
+            if (chunk.seq, chunk.chunks, chunk.hop, chunk.check_id, chunk.checker) != (
+                seq,
+                len(chunks),
+                0,
+                first.check_id,
+                first.checker,
+            ):
+                raise BadMessage(f"chunk {seq} of the check is not the checker's chunk {seq}")
         self.epoch = epoch
         self.checker = first.checker
         self.check_id = first.check_id
         self.allowed = allowed
         self.route = check_route(epoch.participants, self.checker)
-        self.hop = first  # the latest signed elements, forwarded untouched to the next hop
+        # each chunk's latest signed output, forwarded untouched to its next hop
+        self.chunks: list[CheckHop] = list(chunks)
         self.shares: dict[str, bool] = {}
         self.phase = CheckPhase.ROUTING
+        self._busy: set[int] = set()  # chunks at a hop or being sealed
+        self._in_flight = dict.fromkeys(self.route, 0)
+        self._sealed: dict[int, bytes] = {}
         self._tags: list[bytes] = []
         self._keys: list[str] = []
         self._candidates: dict[str, list[int]] = {}
@@ -216,63 +239,103 @@ class CheckFlow:
         self._hits: dict[str, tuple[int, ...]] = {}
 
     @property
-    def elements(self) -> bytes:
-        return self.hop.elements
+    def size(self) -> int:
+        """Bytes of the check's elements (and of its sealed result, and of its tags)."""
+        return self.count * ELEMENT_BYTES
 
-    @property
-    def next_hop(self) -> str | None:
-        """The partner to send ``hop`` to next, or None once every key is applied."""
-        return self.route[len(self.shares)] if self.phase is CheckPhase.ROUTING else None
+    def sends(self) -> list[tuple[str, CheckHop]]:
+        """The chunks to send now, and to whom: every chunk whose next hop has room in its
+        window. They are in flight until ``on_reblinded``."""
+        out: list[tuple[str, CheckHop]] = []
+        if self.phase is not CheckPhase.ROUTING:
+            return out
+        for seq, chunk in enumerate(self.chunks):
+            if seq in self._busy or chunk.hop == len(self.route):
+                continue
+            node = self.route[chunk.hop]
+            if self._in_flight[node] < CHECK_WINDOW:
+                self._in_flight[node] += 1
+                self._busy.add(seq)
+                out.append((node, chunk))
+        return out
+
+    def to_seal(self) -> list[int]:
+        """Chunks with every partner's key, not yet sealed: each is the caller's to ``seal``."""
+        if self.phase is not CheckPhase.ROUTING:
+            return []
+        done = [
+            seq
+            for seq, c in enumerate(self.chunks)
+            if c.hop == len(self.route) and seq not in self._busy and seq not in self._sealed
+        ]
+        self._busy.update(done)
+        return done
 
     def on_reblinded(
         self,
         sender: str,
+        seq: int,
         elements: bytes,
         share: bool,
         signature: bytes = b"",
         certificate: bytes = b"",
-    ) -> str | None:
-        """A partner's re-blinded, signed elements; returns the next hop, if any."""
-        expected = self.next_hop
+    ) -> None:
+        """A partner's re-blinded, signed chunk ``seq``."""
         self._require(CheckPhase.ROUTING)
-        if sender != expected:
+        chunk = self.chunks[seq] if 0 <= seq < len(self.chunks) else None
+        expected = None if chunk is None else self.route[chunk.hop]
+        if chunk is None or seq not in self._busy or sender != expected:
             raise BadReply(
-                f"re-blinded check elements from {sender}; expected them from {expected}"
+                f"re-blinded chunk {seq} of a check from {sender}; expected it from {expected}"
             )
-        if len(elements) != len(self.elements):
+        if len(elements) != len(chunk.elements):
             raise BadReply(
-                f"{sender} returned {len(elements)} bytes for a check of {self.count} elements "
-                f"({len(self.elements)} bytes)"
+                f"{sender} returned {len(elements)} bytes for chunk {seq} of "
+                f"{len(chunk.elements)} bytes"
             )
-        self.shares[sender] = share
-        self.hop = CheckHop(
-            self.epoch.epoch_id,
-            self.checker,
-            self.check_id,
-            len(self.shares),
-            elements,
-            signature,
-            certificate,
+        self._busy.discard(seq)
+        self._in_flight[sender] -= 1
+        # a node's policy answer for this checker; never "shares" once it said it does not
+        self.shares[sender] = self.shares.get(sender, True) and share
+        self.chunks[seq] = replace(
+            chunk,
+            hop=chunk.hop + 1,
+            elements=elements,
+            signature=signature,
+            certificate=certificate,
         )
-        if len(self.shares) == len(self.route):
-            self.phase = CheckPhase.UNMASKING
-        return self.next_hop
 
-    def sealed(self) -> bytes:
-        """Every partner's key applied: the still-masked elements under k_c, for the checker."""
-        self._require(CheckPhase.UNMASKING)
+    def seal(self, seq: int) -> bytes:
+        """Chunk ``seq`` with every partner's key, under k_c: still masked, for the checker.
+        Only reads the chunk, so it runs outside the caller's lock."""
         key = self.epoch.key
         if key is None:
             raise EpochEnded(f"epoch {self.epoch.epoch_id} is {self.epoch.phase.value}")
-        return seal(key, self.elements)
+        return seal(key, self.chunks[seq].elements)
+
+    def on_sealed(self, seq: int, sealed: bytes) -> None:
+        self._require(CheckPhase.ROUTING)
+        self._busy.discard(seq)
+        self._sealed[seq] = sealed
+        if len(self._sealed) == len(self.chunks):
+            self.phase = CheckPhase.UNMASKING
+
+    @property
+    def routed(self) -> bool:
+        return self.phase is not CheckPhase.ROUTING
+
+    def sealed(self) -> bytes:
+        """Every chunk under every key and k_c, in order: the still-masked answer."""
+        self._require(CheckPhase.UNMASKING)
+        return b"".join(self._sealed[seq] for seq in range(len(self.chunks)))
 
     def on_unmasked(self, tags: bytes) -> None:
         """The checker's k_c-tags, its mask removed: one per element it sent."""
         self._require(CheckPhase.UNMASKING)
-        if len(tags) != len(self.elements):
+        if len(tags) != self.size:
             raise BadMessage(
                 f"{len(tags)} bytes of tags for a check of {self.count} elements "
-                f"({len(self.elements)} bytes)"
+                f"({self.size} bytes)"
             )
         self._tags = split_tags(tags)
         self._keys = [filter_key(t) for t in self._tags]

@@ -23,7 +23,7 @@ from blindmatch.orders import ScheduledRun, StandingOrder
 from blindmatch.protocol import BadMessage, Forward, RoundSpec
 from blindmatch.signing import SignedOrder, SignedSpec
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
-from blindmatch.watch import CheckHop
+from blindmatch.watch import CHECK_CHUNK, CheckHop, check_chunks
 
 ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -456,16 +456,19 @@ def round_fields(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
 # --- early warning (watch.proto) ----------------------------------------------------------------
 
 
-def check_request(first: CheckHop, partners: frozenset[str] | None) -> watch_pb2.CheckRequest:
-    """A signed check, with the partners the checker's policy lets learn of it (None: every one)."""
+def check_request(
+    first: Sequence[CheckHop], partners: frozenset[str] | None
+) -> watch_pb2.CheckRequest:
+    """A check's signed chunks (hop 0, in order), with the partners the checker's policy lets
+    learn of it (None: every one)."""
     return watch_pb2.CheckRequest(
-        epoch_id=first.epoch_id,
-        elements=first.elements,
+        epoch_id=first[0].epoch_id,
+        elements=b"".join(h.elements for h in first),
         allowed=sorted(partners or ()),
         any_partner=partners is None,
-        check_id=first.check_id,
-        signature=first.signature,
-        certificate=first.certificate,
+        check_id=first[0].check_id,
+        signatures=[h.signature for h in first],
+        certificate=first[0].certificate,
     )
 
 
@@ -473,11 +476,18 @@ def check_partners(msg: watch_pb2.CheckRequest) -> frozenset[str] | None:
     return None if msg.any_partner else frozenset(msg.allowed)
 
 
-def check_first_hop(msg: watch_pb2.CheckRequest, checker: str) -> CheckHop:
-    """The checker's own signed elements (hop 0); ``checker`` is the caller's certificate name."""
-    return CheckHop(
-        msg.epoch_id, checker, msg.check_id, 0, msg.elements, msg.signature, msg.certificate
-    )
+def check_first_hops(msg: watch_pb2.CheckRequest, checker: str) -> list[CheckHop]:
+    """The checker's own signed chunks (hop 0); ``checker`` is the caller's certificate name."""
+    chunks = check_chunks(msg.elements)
+    if len(chunks) != len(msg.signatures):
+        raise BadMessage(
+            f"a check of {len(chunks)} chunks of {CHECK_CHUNK} elements carries "
+            f"{len(msg.signatures)} signatures; it needs one per chunk"
+        )
+    return [
+        CheckHop(msg.epoch_id, checker, msg.check_id, 0, c, sig, msg.certificate, seq, len(chunks))
+        for seq, (c, sig) in enumerate(zip(chunks, msg.signatures, strict=True))
+    ]
 
 
 def reblind_request(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
@@ -489,6 +499,8 @@ def reblind_request(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
         hop=hop.hop,
         signature=hop.signature,
         certificate=hop.certificate,
+        seq=hop.seq,
+        chunks=hop.chunks,
     )
 
 
@@ -501,6 +513,8 @@ def reblind_hop(msg: watch_pb2.ReblindCheckRequest) -> CheckHop:
         msg.elements,
         msg.signature,
         msg.certificate,
+        msg.seq,
+        msg.chunks,
     )
 
 

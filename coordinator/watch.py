@@ -13,9 +13,10 @@ Rules:
   atomically after every check that adds to it), so they survive a coordinator restart; the
   nodes keep their keys meanwhile, so checks resume. An ended epoch's files are deleted.
 - A check (node certificates only; the caller's certificate name is the checker) takes two
-  calls. ``Check``: the checker's signed, masked elements are routed through every partner's key
-  in the round's cyclic order, each hop's signed output forwarded to the next, then sealed with
-  k_c and returned. ``FinishCheck``: the checker's unmasked k_c-tags are tested against the
+  calls. ``Check``: the checker's signed, masked chunks are routed through every partner's key
+  in the round's cyclic order, pipelined (each chunk moves on as soon as a hop returns it, a few
+  in flight per hop), each hop's signed output forwarded to the next, each chunk sealed with k_c
+  once routed, and the whole returned. ``FinishCheck``: the checker's unmasked k_c-tags are tested against the
   filters both policies allow, confirmed by each partner with a hit (``Alert``), then added to
   the checker's filter.
 Every decision (which epoch, expiry, validation, routing, Bloom tests, fan-out) is the core's
@@ -45,7 +46,7 @@ from blindmatch.net import peer_identity
 from blindmatch.pki import Identity, PkiError
 from blindmatch.protocol import ProtocolError, RoundSpec
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from blindmatch.watch import DEFAULT_EPOCH_SECONDS, FILTER_ERROR_RATE, Clock, utc_text
+from blindmatch.watch import DEFAULT_EPOCH_SECONDS, FILTER_ERROR_RATE, CheckHop, Clock, utc_text
 from blindmatch.watchhub import (
     CheckFlow,
     CoordinatorEpoch,
@@ -210,29 +211,17 @@ class WatchHub:
     # --- checks -----------------------------------------------------------------------------
 
     def check(self, checker: str, request: watch_pb2.CheckRequest) -> watch_pb2.CheckReply:
-        """The first call of a check: route it through every partner, seal it with k_c."""
+        """The first call of a check: route its chunks through every partner, pipelined, and
+        seal each with k_c as it leaves the last one."""
         allows = wire.check_partners(request)
         with self._lock:
             if self.core.expire() is not None:
                 self._erase()
+            self.core.epoch_of(request.epoch_id)  # an ended epoch is named before the chunks
             flow = self.core.begin_check(
-                wire.check_first_hop(request, checker), allows, checker=checker
+                wire.check_first_hops(request, checker), allows, checker=checker
             )
-        hop = flow.next_hop
-        while hop is not None:
-            request_hop = wire.reblind_request(flow.hop)
-            reblinded = self._call(
-                hop,
-                "blind the check",
-                lambda stub, r=request_hop: stub.ReblindCheck(r, timeout=self.call_timeout),
-            )
-            hop = flow.on_reblinded(
-                hop,
-                reblinded.elements,
-                reblinded.share,
-                reblinded.signature,
-                reblinded.certificate,
-            )
+        CheckPipe(self, flow).run()
         self.metrics.check_routed(checker)
         return watch_pb2.CheckReply(masked=flow.sealed(), epoch_ends=flow.epoch.ends)
 
@@ -279,6 +268,80 @@ class WatchHub:
             if code == grpc.StatusCode.UNAVAILABLE:
                 details = f"unreachable at {self.addresses.get(node, '?')}: {details}"
             raise WatchFailure(code, f"{node} could not {what}: {code.name}: {details}") from None
+
+
+class CheckPipe:
+    """One check's chunks on their way through the hops: every call and every k_c sealing is a
+    task of the hub's pool, and each task, once done, starts what the flow lets go next."""
+
+    def __init__(self, hub: WatchHub, flow: CheckFlow) -> None:
+        self.hub = hub
+        self.flow = flow
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._failure: Exception | None = None
+
+    def run(self) -> None:
+        with self._lock:
+            self._launch()
+        # each call has its deadline, so every task ends; this bounds a pool that stopped
+        if not self._done.wait(self.hub.call_timeout * (len(self.flow.route) + 1)):
+            self._fail(WatchFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "the check timed out"))
+        if self._failure is not None:
+            raise self._failure
+
+    def _launch(self) -> None:
+        """Start what the flow allows now; under ``_lock``."""
+        if self._failure is not None:
+            return
+        for node, chunk in self.flow.sends():
+            self._submit(self._reblind, node, chunk)
+        for seq in self.flow.to_seal():
+            self._submit(self._seal, seq)
+        if self.flow.routed:
+            self._done.set()
+
+    def _submit(self, task: Callable[..., None], *args: Any) -> None:
+        try:
+            self.hub._pool.submit(self._guarded, task, *args)
+        except RuntimeError:  # the pool is shut down: the coordinator is stopping
+            self._failure = WatchFailure(grpc.StatusCode.UNAVAILABLE, "the coordinator stopped")
+            self._done.set()
+
+    def _guarded(self, task: Callable[..., None], *args: Any) -> None:
+        try:
+            task(*args)
+        except Exception as exc:  # any failure of a task is the check's, passed on to the checker
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+            self._done.set()
+
+    def _reblind(self, node: str, chunk: CheckHop) -> None:
+        request = wire.reblind_request(chunk)
+        reply = self.hub._call(
+            node,
+            "blind the check",
+            lambda stub: stub.ReblindCheck(request, timeout=self.hub.call_timeout),
+        )
+        with self._lock:
+            if self._failure is not None:
+                return
+            self.flow.on_reblinded(
+                node, chunk.seq, reply.elements, reply.share, reply.signature, reply.certificate
+            )
+            self._launch()
+
+    def _seal(self, seq: int) -> None:
+        sealed = self.flow.seal(seq)
+        with self._lock:
+            if self._failure is not None:
+                return
+            self.flow.on_sealed(seq, sealed)
+            self._launch()
 
 
 class WatchRound:

@@ -208,7 +208,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
 
     # --- blinding ---------------------------------------------------------------------------
 
-    # A check is one batch: split it in one task per worker so that it uses every core.
+    # A check (or a chunk of one) is split in one task per worker so that it uses every core.
 
     def _blind(self, key: bytes, packed: bytes) -> bytes:
         per = (-(-len(packed) // ELEMENT_BYTES // self.blinder.workers) or 1) * ELEMENT_BYTES
@@ -216,8 +216,9 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         return b"".join(f.result() for f in futures)
 
     def _hash_and_blind(self, key: bytes, items: Sequence[tuple[str, str]]) -> bytes:
-        """H(v) of each item blinded under ``key``: a value the store holds was hashed once, at
-        import; only the others are hashed here (the same bytes as hash_and_blind)."""
+        """H(v) of each item blinded under ``key``, one blinding each: a value the store holds
+        was hashed once, at import; only the others are hashed here (the same bytes as
+        hash_and_blind)."""
         hashes = self.store.stored_hashes(items)
         missing = [i for i, h in enumerate(hashes) if h is None]
         if missing:
@@ -259,15 +260,20 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         try:
             with self._lock:  # exported under the lock: the reaper may destroy the key
                 book = None if self.budgets is None else self.budgets.charge_check
-                key, output_claim = self.core.reblind(wire.reblind_hop(request), self._trust, book)
+                hop = wire.reblind_hop(request)
+                key, output_claim = self.core.reblind(hop, self._trust, book)
                 key_bytes = key.export()
+                epoch = self.core.current(hop.epoch_id)
             elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
             self._audit(request.epoch_id, request.checker, count, Outcome.REFUSED, str(exc))
             wire.abort(context, exc)
         assert self._signer is not None  # the core refuses without a federation identity
         signature = self._signer.sign(output_claim(elements).message())
-        self._audit(request.epoch_id, request.checker, count, Outcome.DONE, None)
+        with self._lock:
+            total = epoch.blinded(hop.checker, hop.check_id, count)
+        if total is not None:  # one audit record per check, once its last chunk is blinded
+            self._audit(request.epoch_id, request.checker, total, Outcome.DONE, None)
         return watch_pb2.ReblindCheckReply(
             elements=elements,
             share=shares_with(self.policy, request.checker),
@@ -342,8 +348,8 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         with self._lock:
             channel = self._channel
             address = self._coordinator_address
-            key, mask = flow.open(self.core.epoch, self.core.clock())
-            key_bytes, apply, remove = key.export(), mask.apply.export(), mask.remove.export()
+            masked_key, unmask = flow.open(self.core.epoch, self.core.clock())
+            key_bytes, remove = masked_key.export(), unmask.export()
         epoch = flow.epoch
         assert epoch is not None
         if channel is None:
@@ -353,16 +359,23 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             )
         if self._signer is None:
             raise WrongPhase(f"node {self.name} runs without mTLS: it has no key to sign checks")
-        elements = self._blind(key_bytes, self._hash_and_blind(apply, flow.items))
-        first = CheckHop(
-            epoch.epoch_id,
-            self.name,
-            flow.check_id,
-            0,
-            elements,
-            self._signer.sign(flow.claim(elements).message()),
-            self._signer.cert_pem,
-        )
+        # masked and blinded in one pass (the mask and the epoch key as one key)
+        elements = self._hash_and_blind(key_bytes, flow.items)
+        signer = self._signer
+        first = [
+            CheckHop(
+                c.epoch_id,
+                c.checker,
+                c.check_id,
+                0,
+                c.elements,
+                signer.sign(c.message()),
+                signer.cert_pem,
+                c.seq,
+                c.chunks,
+            )
+            for c in flow.claims(elements)
+        ]
         stub = watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
         sealed: watch_pb2.CheckReply = self._ask(
             address,

@@ -165,15 +165,24 @@ def test_a_check_in_another_nodes_name_is_refused_and_costs_nothing(
     assert all(c.reason for c in refused)
 
 
-def test_a_replayed_check_is_refused_and_costs_nothing(
+def blinded_by_bravo(
     fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[NodeWatch, CheckHop]:
+    """An epoch, a check of alpha's, and the signed chunk bravo (its hop 1) blinded for it."""
     open_epoch(fed)
     bravo = watch_of(fed, "bravo")
     seen = record(monkeypatch, bravo.core, "reblind")
     check(fed, "alpha", ["shared.example"])
     hop = seen[0][0]
-    assert isinstance(hop, CheckHop) and hop.checker == "alpha" and hop.hop == 0
+    assert isinstance(hop, CheckHop)
+    return bravo, hop
+
+
+def test_a_replayed_check_is_refused_and_costs_nothing(
+    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bravo, hop = blinded_by_bravo(fed, monkeypatch)
+    assert hop.checker == "alpha" and hop.hop == 0
     assert bravo.epoch is not None
     spent = dict(bravo.epoch.spent)
     channel, stub = as_coordinator(fed, "bravo")
@@ -304,3 +313,30 @@ def test_policies_still_apply(fed: WatchFederation) -> None:
     finally:
         charlie.policy = Policy()
     assert partners_of(reply)["shared.example"] == {"alpha"}  # charlie holds it, refuses bravo
+
+
+def test_a_chunk_replayed_or_moved_to_another_place_is_refused_and_costs_nothing(
+    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bravo, hop = blinded_by_bravo(fed, monkeypatch)
+    assert (hop.seq, hop.chunks) == (0, 1)
+    assert bravo.epoch is not None
+    spent = dict(bravo.epoch.spent)
+    with fed.store("bravo") as store:
+        before = len(store.checks())
+    moved = {
+        # the same signed chunk presented as another chunk of the check: its place is signed
+        "moved": (replace(hop, seq=1, chunks=2), grpc.StatusCode.PERMISSION_DENIED),
+        "beyond the check's end": (replace(hop, seq=1), grpc.StatusCode.INVALID_ARGUMENT),
+        "replayed": (hop, grpc.StatusCode.ALREADY_EXISTS),
+    }
+    channel, stub = as_coordinator(fed, "bravo")
+    with channel:
+        for what, (chunk, code) in moved.items():
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ReblindCheck(wire.reblind_request(chunk), timeout=10)
+            assert err.value.code() == code, what
+    assert bravo.epoch.spent == spent
+    with fed.store("bravo") as store:
+        refused = store.checks()[: len(store.checks()) - before]  # newest first
+    assert [c.outcome for c in refused] == ["refused"] * 3

@@ -12,7 +12,14 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from blindmatch.group import ELEMENT_BYTES, RoundKey, hash_indicators
+from blindmatch.group import (
+    ELEMENT_BYTES,
+    Mask,
+    RoundKey,
+    combined_key,
+    hash_and_blind_packed,
+    hash_indicators,
+)
 from blindmatch.pki import issue, new_ca
 from blindmatch.protocol import (
     BadMessage,
@@ -28,9 +35,11 @@ from blindmatch.protocol import (
 from blindmatch.signing import CheckClaim, ForgedMessage, Signer, Trust
 from blindmatch.states import EpochPhase
 from blindmatch.watch import (
+    CHECK_CHUNK,
     MAX_CHECK_ELEMENTS,
     BadReply,
     CheckHop,
+    CheckReplayed,
     EpochEnded,
     NodeEpoch,
     NodeWatchCore,
@@ -81,7 +90,8 @@ def begin(
     allowed: frozenset[str] | None = None,
     check_id: str = "ab" * 8,
 ) -> CheckFlow:
-    return watch.begin_check(first(checker, epoch_id, elements, check_id), allowed, checker=checker)
+    hop0 = first(checker, epoch_id, elements, check_id)
+    return watch.begin_check([hop0], allowed, checker=checker)
 
 
 def hub(filters: dict[str, set[str]] | None = None) -> tuple[CoordinatorWatch, FakeClock]:
@@ -91,13 +101,26 @@ def hub(filters: dict[str, set[str]] | None = None) -> tuple[CoordinatorWatch, F
     return watch, clock
 
 
+def elements(flow: CheckFlow) -> bytes:
+    """The check's elements as they stand: the latest output of every chunk, in order."""
+    return b"".join(c.elements for c in flow.chunks)
+
+
+def reply(flow: CheckFlow, sender: str, out: bytes, share: bool) -> None:
+    """``sender`` answers for chunk 0 (sent to whichever hop the flow sends it to first)."""
+    flow.sends()
+    flow.on_reblinded(sender, 0, out, share)
+
+
 def routed(flow: CheckFlow, shares: bool = True) -> None:
-    """Every hop answers with the elements unchanged (keys are the nodes' business), and the
-    checker sends them back as its unmasked tags."""
-    hop = flow.next_hop
-    while hop is not None:
-        hop = flow.on_reblinded(hop, flow.elements, shares)
-    flow.on_unmasked(flow.elements)
+    """Every hop answers with the elements unchanged (keys are the nodes' business; so is k_c
+    here), and the checker sends them back as its unmasked tags."""
+    while not flow.routed:
+        for node, chunk in flow.sends():
+            flow.on_reblinded(node, chunk.seq, chunk.elements, shares)
+        for seq in flow.to_seal():
+            flow.on_sealed(seq, flow.chunks[seq].elements)
+    flow.on_unmasked(flow.sealed())
 
 
 # --- the coordinator's epochs -------------------------------------------------------------------
@@ -124,13 +147,15 @@ def test_filters_are_consulted_only_where_both_policies_allow() -> None:
     watch, _ = hub({p: {filter_key(tag(1))} for p in PARTS})
     flow = begin(watch, "a", "e1", tag(1), frozenset({"b", "c"}))
     for hop in ("b", "c", "d"):
-        flow.on_reblinded(hop, flow.elements, share=hop != "c")
-    flow.on_unmasked(flow.elements)
+        reply(flow, hop, elements(flow), share=hop != "c")
+    for seq in flow.to_seal():
+        flow.on_sealed(seq, flow.chunks[seq].elements)
+    flow.on_unmasked(flow.sealed())
     assert set(flow.alerts()) == {"b"}  # c refuses to share, d is outside a's policy
 
 
 def begin_id(watch: CoordinatorWatch, check_id: str) -> CoordinatorWatch:
-    watch.begin_check(first("a", "e1", tag(1), check_id), None, checker="a")
+    watch.begin_check([first("a", "e1", tag(1), check_id)], None, checker="a")
     return watch
 
 
@@ -148,7 +173,7 @@ def _check_refusals() -> list[tuple[str, Callable[[CoordinatorWatch], object], t
         ),
         (
             "in another node's name",
-            lambda w: w.begin_check(first("b", "e1", tag(1)), None, checker="a"),
+            lambda w: w.begin_check([first("b", "e1", tag(1))], None, checker="a"),
             PolicyRefusal,
             "in the name of b",
         ),
@@ -182,13 +207,25 @@ def _reply_refusals() -> list[tuple[str, Callable[[CheckFlow], object], type, st
         return flow
 
     return [
-        ("wrong sender", lambda f: f.on_reblinded("a", f.elements, True), BadReply, "expected"),
-        ("the checker itself", lambda f: f.on_reblinded("c", f.elements, True), BadReply, ""),
-        ("fewer elements", lambda f: f.on_reblinded("d", tag(1), True), BadReply, "bytes"),
-        ("more elements", lambda f: f.on_reblinded("d", f.elements + tag(9), True), BadReply, ""),
-        ("partial element", lambda f: f.on_reblinded("d", f.elements[:-1], True), BadReply, ""),
+        ("wrong sender", lambda f: reply(f, "a", elements(f), True), BadReply, "expected"),
+        ("the checker itself", lambda f: reply(f, "c", elements(f), True), BadReply, ""),
+        ("fewer elements", lambda f: reply(f, "d", tag(1), True), BadReply, "bytes"),
+        ("more elements", lambda f: reply(f, "d", elements(f) + tag(9), True), BadReply, ""),
+        ("partial element", lambda f: reply(f, "d", elements(f)[:-1], True), BadReply, ""),
+        (
+            "a chunk not sent",
+            lambda f: f.on_reblinded("d", 0, elements(f), True),
+            BadReply,
+            "expected",
+        ),
+        (
+            "a chunk the check does not have",
+            lambda f: reply(f, "d", elements(f), True) or f.on_reblinded("d", 1, tag(1), True),
+            BadReply,
+            "chunk 1",
+        ),
         ("alerts before routing", lambda f: f.alerts(), WrongPhase, "routing"),
-        ("tags before routing", lambda f: f.on_unmasked(f.elements), WrongPhase, "routing"),
+        ("tags before routing", lambda f: f.on_unmasked(elements(f)), WrongPhase, "routing"),
         ("answer before routing", lambda f: f.finish(), WrongPhase, ""),
         (
             "short Alert answer",  # was zipped with the tags sent, unchecked
@@ -211,7 +248,7 @@ def _reply_refusals() -> list[tuple[str, Callable[[CheckFlow], object], type, st
         ("answer with Alerts unanswered", lambda f: after_alerts(f).finish(), WrongPhase, "d"),
         (
             "routing after routing",
-            lambda f: after_alerts(f).on_reblinded("d", b"", True),
+            lambda f: after_alerts(f).on_reblinded("d", 0, b"", True),
             WrongPhase,
             "",
         ),
@@ -480,3 +517,85 @@ def test_the_coordinator_key_seals_what_it_keeps() -> None:
     element = RoundKey.generate().blind([hash_indicators([("domain", "x.example")])[0]])[0]
     sealed = seal(key, element)
     assert sealed != element and sealed == key.blind([element])[0]
+
+
+def test_mask_and_key_in_one_step_blind_as_key_then_mask() -> None:
+    items = [("domain", f"v{i}.example") for i in range(8)]
+    hashed = hash_indicators(items)
+    for _ in range(4):
+        key, mask = RoundKey.generate(), Mask.generate()
+        both = combined_key(mask.apply, key)
+        if both is None:  # about half the pairs: the checker draws another mask
+            continue
+        two_steps = mask.apply.blind(key.blind(hashed))
+        assert both.blind(hashed) == two_steps
+        assert hash_and_blind_packed(both.export(), items) == b"".join(two_steps)
+        assert mask.remove.blind(both.blind(hashed)) == key.blind(hashed)  # the unmask
+
+
+def test_a_node_check_is_signed_chunk_by_chunk_with_one_masked_key() -> None:
+    core, clock = node_core()
+    flow = core.start_check(["x.example"], "domain", Policy())
+    masked_key, unmask = flow.open(core.epoch, clock())
+    assert core.epoch is not None and core.epoch.key is not None
+    hashed = hash_indicators(flow.items)
+    sealed = unmask.blind(masked_key.blind(hashed))
+    assert sealed == core.epoch.key.blind(hashed)
+    packed = tag(1) * (CHECK_CHUNK + 3)
+    claims = flow.claims(packed)
+    assert [(c.seq, c.chunks, len(c.elements) // ELEMENT_BYTES) for c in claims] == [
+        (0, 2, CHECK_CHUNK),
+        (1, 2, 3),
+    ]
+    flow.discard_mask()
+    assert masked_key.destroyed and unmask.destroyed
+
+
+def test_chunks_move_on_as_soon_as_a_hop_returns_them_a_few_in_flight_per_hop() -> None:
+    watch, _ = hub()
+    chunks = [
+        CheckHop("e1", "c", "ab" * 8, 0, tag(seq), b"sig", b"cert", seq, 4) for seq in range(4)
+    ]
+    flow = watch.begin_check(chunks, None, checker="c")
+    sent = flow.sends()
+    assert [(n, c.seq) for n, c in sent] == [("d", 0), ("d", 1)]  # the window of d is full
+    assert flow.sends() == []
+    flow.on_reblinded("d", 1, tag(11), True)  # returned out of order: fine
+    moving = flow.sends()
+    assert sorted((n, c.seq) for n, c in moving) == [("a", 1), ("d", 2)]
+    with pytest.raises(BadReply):
+        flow.on_reblinded("d", 1, tag(11), True)  # not in flight at d any more
+    for node, chunk in [*sent[:1], *moving]:
+        flow.on_reblinded(node, chunk.seq, chunk.elements, True)
+    routed(flow)  # the rest, every hop in turn
+    assert flow.phase is CheckPhase.TESTING  # every chunk sealed, the tags taken in
+    assert all(c.hop == 3 for c in flow.chunks)
+
+
+def test_a_partner_blinds_each_chunk_of_a_check_once_and_audits_the_check_once() -> None:
+    core, _ = node_core()  # "a"; b's checks reach it at hop 3 (route c, d, a)
+
+    def chunk(seq: int, chunks: int = 2, *, signed_as: int | None = None) -> CheckHop:
+        place = seq if signed_as is None else signed_as
+        claim = CheckClaim("e1", b"", "b", "ab" * 8, 2, tag(seq + 1), place, chunks)
+        s = SIGNERS["d"]
+        return CheckHop(
+            "e1", "b", "ab" * 8, 2, tag(seq + 1), s.sign(claim.message()), s.cert_pem, seq, chunks
+        )
+
+    epoch = core.epoch
+    assert epoch is not None
+    core.reblind(chunk(1), TRUST)  # out of order: chunk 1 first
+    assert epoch.blinded("b", "ab" * 8, 1) is None
+    with pytest.raises(CheckReplayed):
+        core.reblind(chunk(1), TRUST)
+    with pytest.raises(ForgedMessage):
+        core.reblind(chunk(0, signed_as=1), TRUST)  # moved: its place is signed
+    with pytest.raises(BadMessage, match="chunk 2 of 2"):
+        core.reblind(chunk(2), TRUST)
+    with pytest.raises(BadMessage, match="names 3 chunks"):
+        core.reblind(chunk(0, chunks=3), TRUST)
+    assert epoch.spent == {"b": 1}  # refusals cost nothing
+    core.reblind(chunk(0), TRUST)
+    assert epoch.blinded("b", "ab" * 8, 1) == 2  # the last chunk: one record of 2 elements
+    assert epoch.spent == {"b": 2}

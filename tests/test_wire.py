@@ -27,7 +27,7 @@ from blindmatch.protocol import (
 )
 from blindmatch.signing import ForgedMessage, SignedSpec, StaleSpec
 from blindmatch.v1 import node_pb2, watch_pb2
-from blindmatch.watch import BadReply, CheckHop, CheckReplayed, EpochEnded
+from blindmatch.watch import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
 from coordinator.driver import RoundFailure
 from coordinator.state import RoundRecord
 from coordinator.watch import WatchFailure
@@ -218,16 +218,28 @@ def test_a_round_record_round_trips(record: RoundRecord) -> None:
 
 @pytest.mark.parametrize("partners", [None, frozenset(), frozenset({"bravo", "alpha"})])
 def test_a_check_request_round_trips(partners: frozenset[str] | None) -> None:
-    elements = b"\x07" * ELEMENT_BYTES * 2
-    first = CheckHop("e1", "alpha", "ab" * 8, 0, elements, b"sig", b"cert")
+    # a check of two chunks, each with its own signature
+    chunks = [b"\x07" * ELEMENT_BYTES * CHECK_CHUNK, b"\x08" * ELEMENT_BYTES * 2]
+    first = [
+        CheckHop("e1", "alpha", "ab" * 8, 0, c, b"sig%d" % seq, b"cert", seq, 2)
+        for seq, c in enumerate(chunks)
+    ]
     msg = over_the_wire(wire.check_request(first, partners))
-    assert (msg.epoch_id, msg.elements) == ("e1", elements)
+    assert (msg.epoch_id, msg.elements) == ("e1", b"".join(chunks))
     assert wire.check_partners(msg) == partners
-    assert wire.check_first_hop(msg, "alpha") == first
+    assert wire.check_first_hops(msg, "alpha") == first
+
+
+def test_a_check_request_needs_one_signature_per_chunk() -> None:
+    first = CheckHop("e1", "alpha", "ab" * 8, 0, b"\x07" * ELEMENT_BYTES, b"sig", b"cert")
+    msg = over_the_wire(wire.check_request([first], None))
+    msg.signatures.append(b"more")
+    with pytest.raises(BadMessage, match="one per chunk"):
+        wire.check_first_hops(msg, "alpha")
 
 
 def test_a_signed_hop_round_trips() -> None:
-    hop = CheckHop("e1", "alpha", "ab" * 8, 2, b"\x07" * ELEMENT_BYTES, b"sig", b"cert")
+    hop = CheckHop("e1", "alpha", "ab" * 8, 2, b"\x07" * ELEMENT_BYTES, b"sig", b"cert", 3, 5)
     assert wire.reblind_hop(over_the_wire(wire.reblind_request(hop))) == hop
 
 

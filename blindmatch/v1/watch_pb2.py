@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62lindmatch/v1/watch.proto\x12\rblindmatch.v1\"0\n\x10NodeCheckRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"^\n\x0bValueResult\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tcanonical\x18\x03 \x01(\t\x12\x10\n\x08partners\x18\x04 \x03(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"c\n\x0eNodeCheckReply\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.blindmatch.v1.ValueResult\"A\n\x11\x42\x65ginEpochRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65nds\x18\x02 \x01(\x01\x12\x0c\n\x04tags\x18\x03 \x01(\x0c\"\x1f\n\x0f\x42\x65ginEpochReply\x12\x0c\n\x04tags\x18\x01 \x01(\x04\"\x91\x01\n\x13ReblindCheckRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecker\x18\x02 \x01(\t\x12\x10\n\x08\x65lements\x18\x03 \x01(\x0c\x12\x10\n\x08\x63heck_id\x18\x04 \x01(\t\x12\x0b\n\x03hop\x18\x05 \x01(\r\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\"\\\n\x11ReblindCheckReply\x12\x10\n\x08\x65lements\x18\x01 \x01(\x0c\x12\r\n\x05share\x18\x02 \x01(\x08\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x04 \x01(\x0c\"?\n\x0c\x41lertRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecker\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x01(\x0c\"\x1b\n\nAlertReply\x12\r\n\x05known\x18\x01 \x03(\x08\"5\n\x11\x43loseEpochRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x0f\x43loseEpochReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\x92\x01\n\x0c\x43heckRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x10\n\x08\x65lements\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61llowed\x18\x03 \x03(\t\x12\x13\n\x0b\x61ny_partner\x18\x04 \x01(\x08\x12\x10\n\x08\x63heck_id\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\"0\n\nCheckReply\x12\x0e\n\x06masked\x18\x01 \x01(\x0c\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\"F\n\x12\x46inishCheckRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x10\n\x08\x63heck_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x01(\x0c\"\x17\n\x04Hits\x12\x0f\n\x07indices\x18\x01 \x03(\r\"\xa1\x01\n\x10\x46inishCheckReply\x12\x37\n\x04hits\x18\x01 \x03(\x0b\x32).blindmatch.v1.FinishCheckReply.HitsEntry\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\x1a@\n\tHitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.blindmatch.v1.Hits:\x02\x38\x01\x32\x92\x03\n\x10NodeWatchService\x12G\n\x05\x43heck\x12\x1f.blindmatch.v1.NodeCheckRequest\x1a\x1d.blindmatch.v1.NodeCheckReply\x12N\n\nBeginEpoch\x12 .blindmatch.v1.BeginEpochRequest\x1a\x1e.blindmatch.v1.BeginEpochReply\x12T\n\x0cReblindCheck\x12\".blindmatch.v1.ReblindCheckRequest\x1a .blindmatch.v1.ReblindCheckReply\x12?\n\x05\x41lert\x12\x1b.blindmatch.v1.AlertRequest\x1a\x19.blindmatch.v1.AlertReply\x12N\n\nCloseEpoch\x12 .blindmatch.v1.CloseEpochRequest\x1a\x1e.blindmatch.v1.CloseEpochReply2\xad\x01\n\x17\x43oordinatorWatchService\x12?\n\x05\x43heck\x12\x1b.blindmatch.v1.CheckRequest\x1a\x19.blindmatch.v1.CheckReply\x12Q\n\x0b\x46inishCheck\x12!.blindmatch.v1.FinishCheckRequest\x1a\x1f.blindmatch.v1.FinishCheckReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62lindmatch/v1/watch.proto\x12\rblindmatch.v1\"0\n\x10NodeCheckRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"^\n\x0bValueResult\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tcanonical\x18\x03 \x01(\t\x12\x10\n\x08partners\x18\x04 \x03(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"c\n\x0eNodeCheckReply\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.blindmatch.v1.ValueResult\"A\n\x11\x42\x65ginEpochRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65nds\x18\x02 \x01(\x01\x12\x0c\n\x04tags\x18\x03 \x01(\x0c\"\x1f\n\x0f\x42\x65ginEpochReply\x12\x0c\n\x04tags\x18\x01 \x01(\x04\"\xae\x01\n\x13ReblindCheckRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecker\x18\x02 \x01(\t\x12\x10\n\x08\x65lements\x18\x03 \x01(\x0c\x12\x10\n\x08\x63heck_id\x18\x04 \x01(\t\x12\x0b\n\x03hop\x18\x05 \x01(\r\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\x12\x0b\n\x03seq\x18\x08 \x01(\r\x12\x0e\n\x06\x63hunks\x18\t \x01(\r\"\\\n\x11ReblindCheckReply\x12\x10\n\x08\x65lements\x18\x01 \x01(\x0c\x12\r\n\x05share\x18\x02 \x01(\x08\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x04 \x01(\x0c\"?\n\x0c\x41lertRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecker\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x01(\x0c\"\x1b\n\nAlertReply\x12\r\n\x05known\x18\x01 \x03(\x08\"5\n\x11\x43loseEpochRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x0f\x43loseEpochReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\x93\x01\n\x0c\x43heckRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x10\n\x08\x65lements\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61llowed\x18\x03 \x03(\t\x12\x13\n\x0b\x61ny_partner\x18\x04 \x01(\x08\x12\x10\n\x08\x63heck_id\x18\x05 \x01(\t\x12\x12\n\nsignatures\x18\x06 \x03(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\"0\n\nCheckReply\x12\x0e\n\x06masked\x18\x01 \x01(\x0c\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\"F\n\x12\x46inishCheckRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x10\n\x08\x63heck_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x01(\x0c\"\x17\n\x04Hits\x12\x0f\n\x07indices\x18\x01 \x03(\r\"\xa1\x01\n\x10\x46inishCheckReply\x12\x37\n\x04hits\x18\x01 \x03(\x0b\x32).blindmatch.v1.FinishCheckReply.HitsEntry\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\x1a@\n\tHitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.blindmatch.v1.Hits:\x02\x38\x01\x32\x92\x03\n\x10NodeWatchService\x12G\n\x05\x43heck\x12\x1f.blindmatch.v1.NodeCheckRequest\x1a\x1d.blindmatch.v1.NodeCheckReply\x12N\n\nBeginEpoch\x12 .blindmatch.v1.BeginEpochRequest\x1a\x1e.blindmatch.v1.BeginEpochReply\x12T\n\x0cReblindCheck\x12\".blindmatch.v1.ReblindCheckRequest\x1a .blindmatch.v1.ReblindCheckReply\x12?\n\x05\x41lert\x12\x1b.blindmatch.v1.AlertRequest\x1a\x19.blindmatch.v1.AlertReply\x12N\n\nCloseEpoch\x12 .blindmatch.v1.CloseEpochRequest\x1a\x1e.blindmatch.v1.CloseEpochReply2\xad\x01\n\x17\x43oordinatorWatchService\x12?\n\x05\x43heck\x12\x1b.blindmatch.v1.CheckRequest\x1a\x19.blindmatch.v1.CheckReply\x12Q\n\x0b\x46inishCheck\x12!.blindmatch.v1.FinishCheckRequest\x1a\x1f.blindmatch.v1.FinishCheckReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,31 +44,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BEGINEPOCHREPLY']._serialized_start=358
   _globals['_BEGINEPOCHREPLY']._serialized_end=389
   _globals['_REBLINDCHECKREQUEST']._serialized_start=392
-  _globals['_REBLINDCHECKREQUEST']._serialized_end=537
-  _globals['_REBLINDCHECKREPLY']._serialized_start=539
-  _globals['_REBLINDCHECKREPLY']._serialized_end=631
-  _globals['_ALERTREQUEST']._serialized_start=633
-  _globals['_ALERTREQUEST']._serialized_end=696
-  _globals['_ALERTREPLY']._serialized_start=698
-  _globals['_ALERTREPLY']._serialized_end=725
-  _globals['_CLOSEEPOCHREQUEST']._serialized_start=727
-  _globals['_CLOSEEPOCHREQUEST']._serialized_end=780
-  _globals['_CLOSEEPOCHREPLY']._serialized_start=782
-  _globals['_CLOSEEPOCHREPLY']._serialized_end=814
-  _globals['_CHECKREQUEST']._serialized_start=817
-  _globals['_CHECKREQUEST']._serialized_end=963
-  _globals['_CHECKREPLY']._serialized_start=965
-  _globals['_CHECKREPLY']._serialized_end=1013
-  _globals['_FINISHCHECKREQUEST']._serialized_start=1015
-  _globals['_FINISHCHECKREQUEST']._serialized_end=1085
-  _globals['_HITS']._serialized_start=1087
-  _globals['_HITS']._serialized_end=1110
-  _globals['_FINISHCHECKREPLY']._serialized_start=1113
-  _globals['_FINISHCHECKREPLY']._serialized_end=1274
-  _globals['_FINISHCHECKREPLY_HITSENTRY']._serialized_start=1210
-  _globals['_FINISHCHECKREPLY_HITSENTRY']._serialized_end=1274
-  _globals['_NODEWATCHSERVICE']._serialized_start=1277
-  _globals['_NODEWATCHSERVICE']._serialized_end=1679
-  _globals['_COORDINATORWATCHSERVICE']._serialized_start=1682
-  _globals['_COORDINATORWATCHSERVICE']._serialized_end=1855
+  _globals['_REBLINDCHECKREQUEST']._serialized_end=566
+  _globals['_REBLINDCHECKREPLY']._serialized_start=568
+  _globals['_REBLINDCHECKREPLY']._serialized_end=660
+  _globals['_ALERTREQUEST']._serialized_start=662
+  _globals['_ALERTREQUEST']._serialized_end=725
+  _globals['_ALERTREPLY']._serialized_start=727
+  _globals['_ALERTREPLY']._serialized_end=754
+  _globals['_CLOSEEPOCHREQUEST']._serialized_start=756
+  _globals['_CLOSEEPOCHREQUEST']._serialized_end=809
+  _globals['_CLOSEEPOCHREPLY']._serialized_start=811
+  _globals['_CLOSEEPOCHREPLY']._serialized_end=843
+  _globals['_CHECKREQUEST']._serialized_start=846
+  _globals['_CHECKREQUEST']._serialized_end=993
+  _globals['_CHECKREPLY']._serialized_start=995
+  _globals['_CHECKREPLY']._serialized_end=1043
+  _globals['_FINISHCHECKREQUEST']._serialized_start=1045
+  _globals['_FINISHCHECKREQUEST']._serialized_end=1115
+  _globals['_HITS']._serialized_start=1117
+  _globals['_HITS']._serialized_end=1140
+  _globals['_FINISHCHECKREPLY']._serialized_start=1143
+  _globals['_FINISHCHECKREPLY']._serialized_end=1304
+  _globals['_FINISHCHECKREPLY_HITSENTRY']._serialized_start=1240
+  _globals['_FINISHCHECKREPLY_HITSENTRY']._serialized_end=1304
+  _globals['_NODEWATCHSERVICE']._serialized_start=1307
+  _globals['_NODEWATCHSERVICE']._serialized_end=1709
+  _globals['_COORDINATORWATCHSERVICE']._serialized_start=1712
+  _globals['_COORDINATORWATCHSERVICE']._serialized_end=1885
 # @@protoc_insertion_point(module_scope)

@@ -166,6 +166,8 @@ class ReblindCheckRequest(_message.Message):
     HOP_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     epoch_id: _builtins.str
     checker: _builtins.str
     elements: _builtins.bytes
@@ -175,9 +177,17 @@ class ReblindCheckRequest(_message.Message):
     hop: _builtins.int
     """who produced the elements: 0 the checker, h the h-th partner"""
     signature: _builtins.bytes
-    """the producer's signature over signing.CheckClaim(..., hop, elements)"""
+    """the producer's signature over signing.CheckClaim(..., hop, elements,"""
     certificate: _builtins.bytes
-    """the producer's certificate, PEM"""
+    """seq, chunks)
+    the producer's certificate, PEM
+    """
+    seq: _builtins.int
+    """A check moves through the hops in chunks of watch.CHECK_CHUNK elements, several in flight
+    per hop: this is chunk seq (from 0) of a check of `chunks` chunks. Both are signed, so a
+    chunk moved to another place fails its signature; a node blinds each (check_id, seq) once.
+    """
+    chunks: _builtins.int
     def __init__(
         self,
         *,
@@ -188,10 +198,12 @@ class ReblindCheckRequest(_message.Message):
         hop: _builtins.int = ...,
         signature: _builtins.bytes = ...,
         certificate: _builtins.bytes = ...,
+        seq: _builtins.int = ...,
+        chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "check_id", b"check_id", "checker", b"checker", "elements", b"elements", "epoch_id", b"epoch_id", "hop", b"hop", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "check_id", b"check_id", "checker", b"checker", "chunks", b"chunks", "elements", b"elements", "epoch_id", b"epoch_id", "hop", b"hop", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,12 +218,15 @@ class ReblindCheckReply(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     elements: _builtins.bytes
+    """the request's chunk under this node's key"""
     share: _builtins.bool
     """this node's policy lets the checker learn that it holds a value"""
     signature: _builtins.bytes
-    """this node's signature over CheckClaim(..., its hop, elements)"""
+    """this node's signature over CheckClaim(..., its hop, elements, seq,"""
     certificate: _builtins.bytes
-    """this node's certificate, PEM"""
+    """chunks)
+    this node's certificate, PEM
+    """
     def __init__(
         self,
         *,
@@ -327,7 +342,7 @@ class CheckRequest(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     ANY_PARTNER_FIELD_NUMBER: _builtins.int
     CHECK_ID_FIELD_NUMBER: _builtins.int
-    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     epoch_id: _builtins.str
     elements: _builtins.bytes
@@ -336,13 +351,18 @@ class CheckRequest(_message.Message):
     """the checker's policy allows every partner ("*")"""
     check_id: _builtins.str
     """fresh per check"""
-    signature: _builtins.bytes
-    """the checker's signature over CheckClaim(..., hop 0, elements)"""
     certificate: _builtins.bytes
     """the checker's certificate, PEM"""
     @_builtins.property
     def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """partners the checker's policy lets learn of its sightings"""
+
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """One signature per chunk of watch.CHECK_CHUNK elements (the last may be shorter), in order:
+        the checker's over CheckClaim(..., hop 0, the chunk's elements, seq, chunks). The
+        coordinator moves each chunk on to the next hop as soon as the previous one returned it.
+        """
 
     def __init__(
         self,
@@ -352,12 +372,12 @@ class CheckRequest(_message.Message):
         allowed: _abc.Iterable[_builtins.str] | None = ...,
         any_partner: _builtins.bool = ...,
         check_id: _builtins.str = ...,
-        signature: _builtins.bytes = ...,
+        signatures: _abc.Iterable[_builtins.bytes] | None = ...,
         certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "any_partner", b"any_partner", "certificate", b"certificate", "check_id", b"check_id", "elements", b"elements", "epoch_id", b"epoch_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "any_partner", b"any_partner", "certificate", b"certificate", "check_id", b"check_id", "elements", b"elements", "epoch_id", b"epoch_id", "signatures", b"signatures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
