@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blindmatch import match
 from blindmatch.match import (
     MAX_PARTICIPANTS,
     CountResult,
@@ -235,3 +236,16 @@ def test_matches_python_sets(picks: list[list[int]], data: st.DataObject) -> Non
         assert dict(got.shared) == {
             j: sum(1 for x in sets[i] if x in sets[j]) for j in range(n) if j != i
         }
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, len(POOL) - 1), max_size=12), min_size=2, max_size=4))
+def test_presence_compares_sorted_keys_across_block_borders(picks: list[list[int]]) -> None:
+    # The sorted keys are gathered a block at a time; blocks of 1 and 2 put a border between
+    # almost every pair of equal keys.
+    final = [buf(*(POOL[i] for i in p)) for p in picks]
+    whole = masks(final)
+    for block in (1, 2, 3):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(match, "_GATHER_BLOCK", block)
+            assert masks(final) == whole
