@@ -190,18 +190,29 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     with open_store(args) as (config, store):
         results: list[dict[str, Any]] = []
-        for source in _connectors("sources", config.sources, args.source):
-            show = _progress_printer()
-            try:
-                result = sync_source(store, source, default_tlp=config.default_tlp, progress=show)
-                error = None
-            except ConnectorError as exc:
-                # Pages stored before the failure stay, and the cursor after them.
-                result, error = SyncResult(source.name, cursor=store.cursor(source.name)), str(exc)
-            show(None)
-            results.append({**result.as_json(), **({"error": error} if error else {})})
-            if not args.json:
-                _print_sync(result, error)
+        blinder = Blinder(os.cpu_count() or 1)
+        try:
+            for source in _connectors("sources", config.sources, args.source):
+                show = _progress_printer()
+                try:
+                    result = sync_source(
+                        store,
+                        source,
+                        default_tlp=config.default_tlp,
+                        progress=show,
+                        hasher=blinder.hash_all,
+                    )
+                    error = None
+                except ConnectorError as exc:
+                    # Pages stored before the failure stay, and the cursor after them.
+                    result = SyncResult(source.name, cursor=store.cursor(source.name))
+                    error = str(exc)
+                show(None)
+                results.append({**result.as_json(), **({"error": error} if error else {})})
+                if not args.json:
+                    _print_sync(result, error)
+        finally:
+            blinder.close()
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if any("error" in r for r in results) else 0

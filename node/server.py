@@ -119,7 +119,9 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         fail_unfinished(store, unfinished)
         # Last: a node that failed to start has nothing pulling in the background.
         connectors = (
-            ConnectorThread(config, rounds.metrics) if config.sources or config.sinks else None
+            ConnectorThread(config, rounds.metrics, blinder.hash_all)
+            if config.sources or config.sinks
+            else None
         )
         if connectors is not None:
             rounds.on_done = connectors.push_now  # matches reach the sinks right after a round

@@ -26,6 +26,7 @@ import requests
 from taxii2client.v21 import Collection
 
 from blindmatch.cli import main
+from blindmatch.group import hash_indicators
 from blindmatch.tomlconfig import ConfigError
 from node.config import load_config
 from node.connectors.scheduler import Job, Scheduler, retry_delay
@@ -222,6 +223,11 @@ def test_pull_then_pull_again_fetches_only_what_was_added(taxii: Taxii, node_tom
         red_row = store.lookup("domain", "red.example")
         assert red_row is not None and red_row.tlp == "red"  # the marking wins
         assert store.cursor("national-taxii") == first["cursor"]
+        # hash once: what a pull adds carries its H(v), as an import's rows do
+        assert store.stale_hashes() == 0
+        assert store.stored_hashes([("ipv4", "60.10.1.115")]) == hash_indicators(
+            [("ipv4", "60.10.1.115")]
+        )
 
     add(taxii, indicator("[ipv4-addr:value = '203.0.113.9']"), indicator("[url:value = 'x']"))
     status, results, _ = sync(node_toml)
@@ -374,6 +380,9 @@ def test_node_serve_pulls_in_the_background(taxii: Taxii, node_toml: Path) -> No
     node = start(load_config(node_toml), insecure=True, listen="127.0.0.1:0")
     try:
         until("the source is pulled", lambda: node.store.lookup("ipv4", "192.0.2.77"), 60)
+        assert node.store.stored_hashes([("ipv4", "192.0.2.77")]) == hash_indicators(
+            [("ipv4", "192.0.2.77")]
+        )
     finally:
         node.stop()
 

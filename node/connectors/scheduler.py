@@ -20,11 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from blindmatch.group import hash_indicators
 from node.config import NodeConfig
 from node.connectors.push import push_sink
 from node.connectors.sync import sync_source
 from node.metrics import NO_METRICS, NodeHooks
 from node.store import Store
+from node.store.sightings import Hasher
 
 log = logging.getLogger("blindmatch.node.connectors")
 
@@ -84,14 +86,21 @@ class Scheduler:
             self.wake.clear()
 
 
-def jobs_for(config: NodeConfig, store: Store, metrics: NodeHooks = NO_METRICS) -> list[Job]:
+def jobs_for(
+    config: NodeConfig,
+    store: Store,
+    metrics: NodeHooks = NO_METRICS,
+    hasher: Hasher = hash_indicators,
+) -> list[Job]:
     jobs = [
         Job(
             f"pull {source.name}",
             source.every,
             metrics.pulling(
                 source.name,
-                lambda source=source: sync_source(store, source, default_tlp=config.default_tlp),  # type: ignore[misc]
+                lambda source=source: sync_source(  # type: ignore[misc]
+                    store, source, default_tlp=config.default_tlp, hasher=hasher
+                ),
             ),
         )
         for source in config.sources
@@ -115,10 +124,12 @@ def jobs_for(config: NodeConfig, store: Store, metrics: NodeHooks = NO_METRICS) 
 class ConnectorThread:
     """The background thread ``node serve`` runs when node.toml has sources or sinks."""
 
-    def __init__(self, config: NodeConfig, metrics: NodeHooks = NO_METRICS) -> None:
+    def __init__(
+        self, config: NodeConfig, metrics: NodeHooks = NO_METRICS, hasher: Hasher = hash_indicators
+    ) -> None:
         self._store = Store.open(config.store)
         self._stop = threading.Event()
-        self.scheduler = Scheduler(jobs_for(config, self._store, metrics))
+        self.scheduler = Scheduler(jobs_for(config, self._store, metrics, hasher))
         self._thread = threading.Thread(
             target=self.scheduler.run, args=(self._stop,), name="connectors", daemon=True
         )

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from blindmatch.group import hash_indicators
 from node.config import ConnectorConfig
 from node.connectors.base import Source, open_source
 from node.importing import ImportReport, import_events
 from node.store import Store
+from node.store.sightings import Hasher
 
 
 @dataclass
@@ -50,9 +52,11 @@ def sync_source(
     default_tlp: str,
     source: Source | None = None,
     progress: Callable[[int], None] | None = None,
+    hasher: Hasher = hash_indicators,
 ) -> SyncResult:
-    """Pull ``config`` once from its saved cursor. Raises ConnectorError when the pull fails
-    (whatever pages came before the failure stay stored)."""
+    """Pull ``config`` once from its saved cursor, H(v) of new indicators from ``hasher`` (the
+    node's blinding pool). Raises ConnectorError when the pull fails (whatever pages came
+    before the failure stay stored)."""
     result = SyncResult(config.name, cursor=store.cursor(config.name))
     remote = source or open_source(config)
     report = result.report
@@ -68,6 +72,7 @@ def sync_source(
             report=report,
             progress=progress,
             cursor=None if page.cursor is None else (config.name, page.cursor),
+            hasher=hasher,
         )
         if page.cursor is not None:
             result.cursor = page.cursor
