@@ -21,6 +21,7 @@ import grpc
 
 from blindmatch import wire
 from blindmatch.hardening import no_core_dumps
+from blindmatch.memory import return_large_buffers
 from blindmatch.metrics_endpoint import MetricsEndpoint
 from blindmatch.net import (
     AccessPolicy,
@@ -203,6 +204,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
     plaintext off loopback, address in use) or state.StateError.
     """
     no_core_dumps()  # the coordinator's watch key k_c and its filters must not reach a core file
+    return_large_buffers()  # chunk buffers must not pile up in malloc arenas
     tls = None if insecure else _coordinator_tls(config)
     store = SqliteRoundStore(config.state)
     links: NodeLinks | None = None

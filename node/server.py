@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from blindmatch import net
 from blindmatch.hardening import no_core_dumps
+from blindmatch.memory import return_large_buffers
 from blindmatch.metrics_endpoint import MetricsEndpoint
 from blindmatch.states import Outcome
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
@@ -68,6 +69,7 @@ class RunningNode:
 def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> RunningNode:
     """Open the store, start the worker pool and the server; ``listen`` overrides the config."""
     no_core_dumps()  # before any key exists: a crash must not write one to disk
+    return_large_buffers()  # chunk buffers must not pile up in malloc arenas
     tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
