@@ -106,6 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="rows of the import throughput measurement (0: none)",
     )
     args = p.parse_args(argv)
+    args.out = args.out.resolve()  # the other build's jobs run in its own checkout
     # docs/BENCHMARKS.md shows the full run; a quick run must not replace its plot.
     args.plot = args.plot or (
         ROOT / "docs" / "benchmarks.png" if args.full else args.out / "benchmarks.png"

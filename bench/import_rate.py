@@ -110,7 +110,7 @@ def import_once(tree: Path, build: str, data: Path, rows: int) -> ImportRun:
 
 def measure_imports(trees: dict[str, Path], rows: int, out: Path) -> list[ImportRun]:
     """Each build (label -> checkout) imports the same ``rows`` indicators, in turn."""
-    data = out / f"import-{rows}.csv"
+    data = (out / f"import-{rows}.csv").resolve()  # each build runs in its own checkout
     write_csv(data, rows)
     try:
         runs = []
