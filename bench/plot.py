@@ -89,3 +89,30 @@ def plot(runs: list[RoundRun], psi: dict[int, PsiRun], path: Path) -> None:
 
 def _style(system: str) -> str:
     return "--" if system.endswith("(before)") else "-"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Redraw the figure from compare.py's results.json files, e.g. a full run and a 3 x 10M one:
+
+    python -m bench.plot bench/out/ab/results.json bench/out/10m/results.json --out docs/benchmarks.png
+    """
+    import argparse
+    import json
+    from dataclasses import fields
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    names = {f.name for f in fields(RoundRun)}
+    runs: list[RoundRun] = []
+    psi: dict[int, PsiRun] = {}
+    for path in args.results:
+        data = json.loads(path.read_text())
+        runs += [RoundRun(**{k: v for k, v in r.items() if k in names}) for r in data["runs"]]
+        psi.update({int(size): PsiRun(**r) for size, r in data.get("psi", {}).items()})
+    plot(runs, psi, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,8 @@ from bench.import_rate import ImportRun
 from bench.processes import mb
 from bench.psi_runner import PsiRun
 
+TARGET3_ITEMS = 10_000_000  # issue 12, target 3: a round of national stores, 3 x 10M
+
 
 def table(runs: list[RoundRun], psi: dict[int, PsiRun]) -> list[list[str]]:
     rows = [
@@ -234,6 +236,8 @@ def verdicts(runs: list[RoundRun], psi: dict[int, PsiRun], core: Core, cores: in
                 f"4b {what}: coordinator {r.coordinator_bytes_per_tag:.0f} bytes/tag (peak RSS "
                 "growth over the tags of the round); target <= 100",
             )
+            if r.items < TARGET3_ITEMS:
+                continue  # issue 12's memory targets are for a national store of 10M
             per_item = r.node_bytes_per_item
             say(
                 max(per_item.values(), default=0.0) <= 150,
