@@ -233,8 +233,13 @@ class ListedSet:
 class OwnBatch:
     """A chunk of a node's own set in position order, and its H(v)s packed when all are stored."""
 
-    items: list[tuple[str, str]]
+    rows: Sequence[Candidate]
     hashes: bytes | None
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        """(kind, value) of each row: what is hashed when a hash is missing."""
+        return [(c[1], c[2]) for c in self.rows]
 
 
 class NodeRound:
@@ -299,9 +304,11 @@ class NodeRound:
         hashing and blinding the items gives (group.hash_packed), at a fraction of the cost."""
         self._require(NodeEvent.OWN_SET)
         for chunk in self._chunks():
-            hashes = [c[3] if len(c) == 4 else None for c in chunk]
-            packed = None if None in hashes else b"".join(h for h in hashes if h is not None)
-            yield OwnBatch([(c[1], c[2]) for c in chunk], packed)
+            try:
+                packed: bytes | None = b"".join([c[3] for c in chunk])  # type: ignore[misc]
+            except (TypeError, IndexError):  # a hash missing (None) or never read (no 4th field)
+                packed = None
+            yield OwnBatch(chunk, packed)
 
     def _chunks(self) -> Iterator[Sequence[Candidate]]:
         """The set's rows in position order, a chunk at a time, read from the source."""
@@ -310,10 +317,7 @@ class NodeRound:
             ids = self._ids[start : start + step]
             rows = self._source.rows(ids)
             # The source is trusted, but a row of a kind this round excludes must never leave.
-            if len(rows) != len(ids) or any(
-                c[0] != i or c[1] not in self._kinds
-                for c, i in zip(rows, ids.tolist(), strict=False)
-            ):
+            if [c[0] for c in rows] != ids.tolist() or not {c[1] for c in rows} <= self._kinds:
                 raise PolicyRefusal(
                     f"round {self.spec.round_id}: the store returned rows other than the "
                     "indicators selected at Prepare; the round stops"

@@ -297,21 +297,19 @@ class SightingsTable(Database):
             return []
         wanted = json.dumps(ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids])
         with self._reading() as conn:
-            found = {
-                sid: (sid, kind, value, h)
-                for sid, kind, value, h in conn.execute(
-                    "SELECT id, kind, value, CASE WHEN hash_version = ? THEN hash END"
-                    " FROM sightings WHERE id IN (SELECT value FROM json_each(?))",
-                    (HASH_VERSION, wanted),
-                )
-            }
-        missing = [int(sid) for sid in ids if int(sid) not in found]
-        if missing:
+            rows: list[EligibleRow] = conn.execute(
+                "SELECT s.id, s.kind, s.value, CASE WHEN s.hash_version = ? THEN s.hash END"
+                " FROM json_each(?) j JOIN sightings s ON s.id = j.value ORDER BY j.key",
+                (HASH_VERSION, wanted),
+            ).fetchall()
+        if len(rows) != len(ids):
             # Sightings are never deleted, so this is a damaged store, not a race.
+            found = {r[0] for r in rows}
+            missing = [int(sid) for sid in ids if int(sid) not in found]
             raise StoreError(
                 f"store {self.path}: sighting ids {missing[:5]} are gone ({len(missing)} in all)"
             )
-        return [found[int(sid)] for sid in ids]
+        return rows
 
     def stats(self) -> Stats:
         with self._reading() as conn:
