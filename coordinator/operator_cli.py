@@ -185,12 +185,14 @@ def new_round(
     epoch: float | None = None,
     counts: bool = False,
     chunk_size: int | None = None,
+    round_id: str | None = None,
+    issued: float | None = None,
 ) -> RoundSpec:
-    """The spec of a new round as the operator asks for it: a fresh round id, issued now.
-    ``mode`` "watch" is a pairwise round that then opens an epoch (docs/WATCH.md)."""
+    """The spec of a round as the operator asks for it: a fresh round id, issued now, unless
+    given. ``mode`` "watch" is a pairwise round that then opens an epoch (docs/WATCH.md)."""
     watching = mode == "watch"
     return RoundSpec(
-        round_id=uuid.uuid4().hex,
+        round_id=round_id or uuid.uuid4().hex,
         participants=tuple(nodes),
         mode="pairwise" if watching else mode,
         threshold=threshold,
@@ -198,7 +200,7 @@ def new_round(
         chunk_size=chunk_size or DEFAULT_CHUNK,
         epoch_seconds=(epoch or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
         counts=counts,
-        issued=time.time(),
+        issued=time.time() if issued is None else issued,
     )
 
 

@@ -17,16 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from blindmatch import wire
-from blindmatch.canon import KINDS
 from blindmatch.clierrors import BadInput
 from blindmatch.orders import StandingOrder
-from blindmatch.protocol import DEFAULT_CHUNK, BadMessage, RoundSpec
+from blindmatch.protocol import BadMessage
 from blindmatch.signing import SignedOrder
 from blindmatch.v1 import coordinator_pb2
-from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.cli import coordinator_command
 from coordinator.config import load_operator_config
-from coordinator.operator_cli import CALL_TIMEOUT, _call, _coordinator, _signer, _when
+from coordinator.operator_cli import CALL_TIMEOUT, _call, _coordinator, _signer, _when, new_round
 
 
 @coordinator_command
@@ -113,16 +111,15 @@ def new_order(
 ) -> StandingOrder:
     """The standing order an operator asks for: a fresh schedule id, runs as ``round start``
     would build them ("watch" mode: pairwise rounds that open an epoch)."""
-    watching = mode == "watch"
-    template = RoundSpec(
-        round_id="run",  # each run's id is the schedule's and the run number
-        participants=tuple(nodes),
-        mode="pairwise" if watching else mode,
+    template = new_round(
+        nodes,
+        mode,
         threshold=threshold,
-        kinds=tuple(kinds) or KINDS,
-        chunk_size=chunk_size or DEFAULT_CHUNK,
-        epoch_seconds=(epoch or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
+        kinds=kinds,
+        epoch=epoch,
         counts=counts,
+        chunk_size=chunk_size,
+        round_id="run",  # each run's id is the schedule's and the run number
         issued=first,
     )
     return StandingOrder(uuid.uuid4().hex, name, template, every, first, until, issued)
