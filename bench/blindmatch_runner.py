@@ -27,8 +27,9 @@ from typing import Any
 from bench.datasets import SHARED, nation_batches
 from bench.processes import Timeline, busy_cpu_seconds, children_cpu, mb, sample
 from blindmatch import harness
+from blindmatch.coordinator_round import Caps
 from blindmatch.group import hash_indicators
-from blindmatch.protocol import Caps, Policy
+from blindmatch.protocol import Policy
 from node.budgets import BudgetPolicy
 from node.pool import Blinder
 from node.store import Sighting, Store

@@ -1,6 +1,6 @@
 """What the protocol refuses: one exception per gRPC status, mapped in one place per service.
 
-Its own module so that the state tables (``states``) and the machines (``protocol``, ``watch``)
+Its own module so that the state tables (``states``) and the machines (``node_round``, ``coordinator_round``, ``watch``)
 raise the same errors without importing each other in a cycle; ``protocol`` re-exports them.
 """
 

@@ -2,7 +2,7 @@
 
 Everything that changes a round's phase is checked here (in the manner of h11's ``_state.py``):
 the rules are written below, the tables under them are the same rules as data, and the machines
-(``NodeRound`` and ``CoordinatorRound`` in protocol.py) accept a message and change phase only
+(``NodeRound`` in node_round.py and ``CoordinatorRound`` in coordinator_round.py) accept a message and change phase only
 through their ``Table``; a message or a move the table does not list raises ``WrongPhase``.
 
 The strings are on disk (the node's audit log, the coordinator's state file) and on the wire

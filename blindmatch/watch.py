@@ -50,10 +50,10 @@ from datetime import UTC, datetime
 from blindmatch.canon import InvalidIndicator, canonicalize
 from blindmatch.errors import ForgedMessage
 from blindmatch.group import ELEMENT_BYTES, Mask, RoundKey, combined_key
+from blindmatch.node_round import NodeRound
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
-    NodeRound,
     Policy,
     PolicyRefusal,
     ProtocolError,

@@ -17,10 +17,11 @@ from typing import Any, Final, NoReturn, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from blindmatch.coordinator_round import Forward
 from blindmatch.group import ELEMENT_BYTES
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.orders import ScheduledRun, StandingOrder
-from blindmatch.protocol import BadMessage, Forward, RoundSpec
+from blindmatch.protocol import BadMessage, RoundSpec
 from blindmatch.signing import SignedOrder, SignedSpec
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
 from blindmatch.watch import CHECK_CHUNK, CheckHop, check_chunks

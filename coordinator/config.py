@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
+from blindmatch.coordinator_round import Caps
 from blindmatch.metrics_endpoint import read_listen
-from blindmatch.protocol import Caps
 from blindmatch.tomlconfig import ConfigError as ConfigError  # re-exported: part of this API
 from blindmatch.tomlconfig import TlsPaths as TlsPaths
 from blindmatch.tomlconfig import TomlReader, is_valid_name, relative_path, tls_lines

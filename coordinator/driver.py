@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 
 from blindmatch import wire
+from blindmatch.coordinator_round import Caps, CoordinatorRound
 from blindmatch.match import CountResult, Delivery
 from blindmatch.net import TlsConfig, open_channel
 from blindmatch.pki import Identity
 from blindmatch.protocol import (
     DEFAULT_CHUNK,
     BadMessage,
-    Caps,
     CoordinatorPhase,
-    CoordinatorRound,
     ProtocolError,
     RoundIdUsed,
     RoundSpec,

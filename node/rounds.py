@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from blindmatch.match import Delivery
+from blindmatch.node_round import Candidate, Ids, NodeRound
 from blindmatch.orders import ScheduledRun
 from blindmatch.protocol import (
     BadMessage,
-    Candidate,
-    Ids,
-    NodeRound,
     Policy,
     ProtocolError,
     RoundIdUsed,

@@ -22,9 +22,10 @@ from typing import Any
 import grpc
 import pytest
 
+from blindmatch.coordinator_round import Caps
 from blindmatch.net import Allow, load_tls, open_channel
 from blindmatch.pki import Identity, identity_of
-from blindmatch.protocol import Caps, Policy, UnknownRound
+from blindmatch.protocol import Policy, UnknownRound
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator import cli, operator_cli
 from coordinator.config import (

@@ -19,7 +19,8 @@ from blindmatch.group import (
     hash_and_blind_packed,
     hash_indicators,
 )
-from blindmatch.protocol import NodeRound, Policy, RoundSpec
+from blindmatch.node_round import NodeRound
+from blindmatch.protocol import Policy, RoundSpec
 from node.cli import fill_hashes
 from node.pool import Blinder
 from node.rounds import StoredSet

@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from blindmatch import net, wire
 from blindmatch.canon import KINDS
+from blindmatch.coordinator_round import Caps
 from blindmatch.group import RoundKey, hash_to_group
-from blindmatch.protocol import Caps, Policy
+from blindmatch.protocol import Policy
 from blindmatch.tomlconfig import is_valid_name
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths

@@ -24,8 +24,10 @@ import pytest
 
 import node.rounds
 from blindmatch import net, wire
+from blindmatch.coordinator_round import CoordinatorRound
 from blindmatch.group import RoundKey, hash_to_group
-from blindmatch.protocol import CoordinatorRound, NodePhase, NodeRound, Policy
+from blindmatch.node_round import NodeRound
+from blindmatch.protocol import NodePhase, Policy
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.servicer import NodeServicer
 from tests.federation import (

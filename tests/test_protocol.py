@@ -17,20 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blindmatch.canon import KINDS, Indicator, canonicalize
+from blindmatch.coordinator_round import Caps, CoordinatorRound
 from blindmatch.group import split_elements
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.node_round import ListedSet, NodeRound
 from blindmatch.protocol import (
     DEFAULT_CHUNK,
     BadMessage,
     CapExceeded,
-    Caps,
     CoordinatorPhase,
-    CoordinatorRound,
     ForgedMessage,
-    ListedSet,
     NodeOutcome,
     NodePhase,
-    NodeRound,
     Policy,
     PolicyRefusal,
     ProtocolError,

@@ -20,12 +20,11 @@ from blindmatch.group import (
     hash_and_blind_packed,
     hash_indicators,
 )
+from blindmatch.node_round import ListedSet, NodeRound
 from blindmatch.pki import issue, new_ca
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
-    ListedSet,
-    NodeRound,
     Policy,
     PolicyRefusal,
     ProtocolError,

@@ -13,12 +13,12 @@ from google.protobuf.message import Message
 
 from blindmatch import wire
 from blindmatch.canon import InvalidIndicator
+from blindmatch.coordinator_round import Forward
 from blindmatch.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.protocol import (
     BadMessage,
     CapExceeded,
-    Forward,
     PolicyRefusal,
     ProtocolError,
     RoundSpec,
