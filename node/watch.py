@@ -1,6 +1,6 @@
 """The node's side of early warning (docs/WATCH.md): its epoch, checks, budgets and alerts.
 
-The epoch (``blindmatch.watch.NodeEpoch``: the kept key and the tag map) lives in this process's
+The epoch (``blindmatch.node_watch.NodeEpoch``: the kept key and the tag map) lives in this process's
 memory only. It ends at its end time, when the coordinator closes it, when a new watch round
 replaces it, or when the node stops: a node restart ends its epoch, and checks through it are
 refused until the next watch round.
@@ -13,7 +13,7 @@ staged epoch, any other end (failure, refused delivery, Abort, even after the de
 it and destroys the key.
 
 Every decision (epoch expiry, validation, signatures, budgets, which values to check, what the
-coordinator's answer means) is the core's (``blindmatch.watch.NodeWatchCore`` and ``NodeCheck``,
+coordinator's answer means) is the core's (``blindmatch.node_watch.NodeWatchCore`` and ``NodeCheck``,
 with the clock given here); this module keeps the lock, the store, the blinding workers, the
 node's federation key (it signs what it blinds) and the calls.
 """
@@ -31,22 +31,12 @@ import grpc
 
 from blindmatch import net, wire
 from blindmatch.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.node_watch import NodeCheck, NodeEpoch, NodeWatchCore, end_reason
 from blindmatch.protocol import Policy, ProtocolError, RoundSpec, UnknownRound, WrongPhase
 from blindmatch.signing import Signer, Trust
 from blindmatch.states import Outcome
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from blindmatch.watch import (
-    BadReply,
-    CheckHop,
-    Clock,
-    NodeCheck,
-    NodeEpoch,
-    NodeWatchCore,
-    WatchSettings,
-    end_reason,
-    shares_with,
-    utc_text,
-)
+from blindmatch.watch import BadReply, CheckHop, Clock, WatchSettings, shares_with, utc_text
 from node.budgets import Budgets
 from node.metrics import NO_METRICS, NodeHooks
 from node.pool import Blinder

@@ -19,13 +19,13 @@ import pytest
 from blindmatch import net
 from blindmatch.cli import main
 from blindmatch.group import RoundKey
+from blindmatch.node_watch import NodeEpoch
 from blindmatch.protocol import CapExceeded, Policy, PolicyRefusal
 from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
 from blindmatch.watch import (
     DEFAULT_CHECK_BUDGET,
     FILTER_ERROR_RATE,
     EpochEnded,
-    NodeEpoch,
     WatchSettings,
     check_route,
     expected_false_positives,

@@ -23,11 +23,12 @@ import pytest
 
 from blindmatch import net, wire
 from blindmatch.group import RoundKey, hash_indicators
+from blindmatch.node_watch import NodeEpoch, NodeWatchCore
 from blindmatch.protocol import Policy, WrongPhase
 from blindmatch.signing import CheckClaim, Signer
 from blindmatch.states import EpochPhase
 from blindmatch.v1 import watch_pb2_grpc
-from blindmatch.watch import CheckHop, NodeEpoch, NodeWatchCore
+from blindmatch.watch import CheckHop
 from node.rounds import StoreFailed
 from node.watch import NodeWatch
 from tests.federation import Federation

@@ -21,6 +21,7 @@ from blindmatch.group import (
     hash_indicators,
 )
 from blindmatch.node_round import ListedSet, NodeRound
+from blindmatch.node_watch import NodeEpoch, NodeWatchCore, end_reason
 from blindmatch.pki import issue, new_ca
 from blindmatch.protocol import (
     BadMessage,
@@ -40,10 +41,7 @@ from blindmatch.watch import (
     CheckHop,
     CheckReplayed,
     EpochEnded,
-    NodeEpoch,
-    NodeWatchCore,
     WatchSettings,
-    end_reason,
 )
 from blindmatch.watchhub import (
     CheckFlow,
