@@ -4,7 +4,7 @@
 
 ``--before`` is another checkout of this repository with its own ``.venv`` (``make install``
 there). Each call starts a fresh federation of real processes from one tree (bench.blindmatch_runner
-on blindmatch.harness), runs ``--rounds`` rounds and stops it; calls alternate between the trees,
+on blindmatch.demo.harness), runs ``--rounds`` rounds and stops it; calls alternate between the trees,
 so both see the same machine load over the run. Prints each round's wall time (the coordinator's
 own timestamps) and the medians and their ratio; ``--json`` writes them to a file.
 

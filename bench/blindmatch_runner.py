@@ -1,6 +1,6 @@
 """blindmatch as a real federation for the benchmark: every server its own process, one round timed.
 
-The federation is set up, started and stopped with ``blindmatch.harness`` (the ``blindmatch``
+The federation is set up, started and stopped with ``blindmatch.demo.harness`` (the ``blindmatch``
 commands an operator types); stores are filled directly through ``node.store``, as an import
 would. A round is timed by the coordinator's own created/finished timestamps and as observed by
 the operator command; CPU and memory come from ``bench.processes``.
@@ -26,10 +26,10 @@ from typing import Any
 
 from bench.datasets import SHARED, nation_batches
 from bench.processes import Timeline, busy_cpu_seconds, children_cpu, mb, sample
-from blindmatch import harness
-from blindmatch.coordinator_round import Caps
-from blindmatch.group import hash_indicators
-from blindmatch.protocol import Policy
+from blindmatch.core.group import hash_indicators
+from blindmatch.core.round_coordinator import Caps
+from blindmatch.core.spec import Policy
+from blindmatch.demo import harness
 from node.budgets import BudgetPolicy
 from node.pool import Blinder
 from node.store import Sighting, Store
@@ -88,7 +88,7 @@ class RoundRun:
 
 
 class BenchFederation:
-    """A federation under ``root`` (``blindmatch.harness``) with the benchmark's settings."""
+    """A federation under ``root`` (``blindmatch.demo.harness``) with the benchmark's settings."""
 
     def __init__(self, root: Path, nations: Sequence[str], chunk_size: int | None) -> None:
         self.fed = harness.Federation(root, nations, operator="bench")

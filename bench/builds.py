@@ -43,7 +43,7 @@ def python(tree: Path) -> Path:
 def call(tree: Path, job: str, **kwargs: Any) -> Any:
     """Run ``job`` inside ``tree`` and return its result."""
     command = [str(python(tree)), str(HERE / "bench" / "builds.py"), job, json.dumps(kwargs)]
-    # cwd and PYTHONPATH: `import bench`, `blindmatch`, `node` and `python -m blindmatch.cli` in
+    # cwd and PYTHONPATH: `import bench`, `blindmatch`, `node` and `python -m blindmatch.cli.main` in
     # the servers it starts all resolve to ``tree``.
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
@@ -56,7 +56,7 @@ def call(tree: Path, job: str, **kwargs: Any) -> Any:
 
 def hash_once() -> bool:
     """Whether the build that runs this stores H(v) at import and its rounds only blind."""
-    return hasattr(importlib.import_module("blindmatch.group"), "HASH_VERSION")
+    return hasattr(importlib.import_module("blindmatch.core.group"), "HASH_VERSION")
 
 
 def rounds(nations: int, size: int, cores: list[int], out: str, chunk: int | None) -> Any:

@@ -27,7 +27,7 @@ reported as "blindmatch (before)" next to "blindmatch (after)"; openmined-psi ru
 The import throughput (``--import-rows``) is measured for each build too.
 
 The jobs live beside this command line: ``datasets`` (the sets), ``blindmatch_runner`` (the
-federation, on ``blindmatch.harness``), ``builds`` (the other build's jobs), ``import_rate``,
+federation, on ``blindmatch.demo.harness``), ``builds`` (the other build's jobs), ``import_rate``,
 ``psi_runner``, ``core_costs``, ``processes`` (CPU and memory), ``report`` and ``plot``.
 """
 
@@ -54,7 +54,7 @@ from bench.plot import plot
 from bench.processes import mb
 from bench.psi_runner import PsiRun, run_psi
 from bench.report import floor_seconds, machine, render, report, table, verdicts
-from blindmatch.harness import HarnessError
+from blindmatch.demo.harness import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.datasets import nation_items
-from blindmatch import group
-from blindmatch.match import presence
+from blindmatch.core import group
+from blindmatch.core.match import presence
 
 MICRO_ITEMS = 2000
 MICRO_REPEAT = 15

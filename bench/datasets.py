@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
-from blindmatch.canon import canonicalize
+from blindmatch.core.canon import canonicalize
 
 SHARED = 0.10  # share of every set held by all nations
 NATION_NAMES = ("aurelia", "borealis", "cascadia", "dalmatia", "estonia", "fennia")

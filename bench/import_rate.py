@@ -1,7 +1,7 @@
 """Import throughput of each build: ``blindmatch node import`` of one CSV into a fresh node.
 
 The CSV (``kind,value`` rows from ``bench.datasets``) is written once and imported by each
-build's own CLI (``TREE/.venv/bin/python -m blindmatch.cli`` run in ``TREE``) into a node
+build's own CLI (``TREE/.venv/bin/python -m blindmatch.cli.main`` run in ``TREE``) into a node
 directory set up as the benchmark's federations are: ``pki init``, then ``node init``. A build
 with hash once computes H(v) of every new row in the import's transaction, in a blinding pool
 of one process per core the import starts; one without it only stores the rows.
@@ -60,7 +60,7 @@ def write_csv(path: Path, rows: int) -> None:
 
 
 def _cli(tree: Path, *argv: str) -> list[str]:
-    return [str(python(tree)), "-m", "blindmatch.cli", *argv]
+    return [str(python(tree)), "-m", "blindmatch.cli.main", *argv]
 
 
 def _node(tree: Path, root: Path) -> Path:

@@ -13,14 +13,14 @@ from collections.abc import Callable
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from blindmatch.group import (
+from blindmatch.core.group import (
     RoundKey,
     blind_packed,
     hash_and_blind_packed,
     hash_indicators,
     hash_packed,
 )
-from blindmatch.match import presence
+from blindmatch.core.match import presence
 
 BATCH = 1000
 SET_SIZE = 100_000

@@ -1,6 +1,6 @@
 """Early-warning benchmark: check latency and throughput, Bloom filter bytes per tag.
 
-Runs a real federation (``blindmatch.harness``: four nodes and a coordinator, each its own
+Runs a real federation (``blindmatch.demo.harness``: four nodes and a coordinator, each its own
 process, mTLS on 127.0.0.1, each node with one blinding worker per core), opens a watch epoch,
 then measures:
 
@@ -33,11 +33,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blindmatch import harness, net
-from blindmatch.group import RoundKey, blind_packed, hash_and_blind_packed
+from blindmatch.core.group import RoundKey, blind_packed, hash_and_blind_packed
+from blindmatch.core.watch_coordinator import seal
+from blindmatch.core.watch_rules import FILTER_ERROR_RATE, bloom_bits_per_element
+from blindmatch.demo import harness
+from blindmatch.runtime import net
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2, watch_pb2_grpc
-from blindmatch.watch import FILTER_ERROR_RATE, bloom_bits_per_element
-from blindmatch.watchhub import seal
 from coordinator.config import load_operator_config
 from coordinator.operator_cli import new_round, start_request
 from coordinator.watch import new_filter

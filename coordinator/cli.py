@@ -1,8 +1,8 @@
-"""CLI handlers of the coordinator (init, serve); ``blindmatch.cli`` wires argparse to them.
+"""CLI handlers of the coordinator (init, serve); ``blindmatch.cli.main`` wires argparse to them.
 The operator's commands (init, round start, round status) are in ``coordinator.operator_cli``.
 
 Each handler takes the parsed ``argparse.Namespace`` and returns the exit status of
-``blindmatch.clierrors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
+``blindmatch.cli.errors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
 coordinator finds invalid, naming unknown nodes say, is bad input). No traceback reaches an
 operator: every error is one line saying what was wrong and what to do.
 
@@ -15,9 +15,10 @@ import argparse
 from pathlib import Path
 from typing import Final, TypeVar
 
-from blindmatch.clierrors import BadInput, command, flag_address, flag_value
-from blindmatch.initdir import absolute, init_dir, refuse_existing, server_hosts
-from blindmatch.pki import issue_to_dir, validate_name
+from blindmatch.cli.errors import BadInput, command, flag_address, flag_value
+from blindmatch.cli.initdir import absolute, init_dir, refuse_existing, server_hosts
+from blindmatch.core.identity import validate_name
+from blindmatch.runtime.pki import issue_to_dir
 from coordinator.config import (
     COORDINATOR_FILE,
     CoordinatorConfig,

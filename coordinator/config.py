@@ -13,12 +13,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
-from blindmatch.coordinator_round import Caps
-from blindmatch.metrics_endpoint import read_listen
-from blindmatch.tomlconfig import ConfigError as ConfigError  # re-exported: part of this API
-from blindmatch.tomlconfig import TlsPaths as TlsPaths
-from blindmatch.tomlconfig import TomlReader, is_valid_name, relative_path, tls_lines
-from blindmatch.tomlconfig import toml_string as _s
+from blindmatch.cli.tomlconfig import ConfigError as ConfigError
+from blindmatch.cli.tomlconfig import TlsPaths as TlsPaths
+from blindmatch.cli.tomlconfig import (  # re-exported: part of this API
+    TomlReader,
+    is_valid_name,
+    read_listen,
+    relative_path,
+    tls_lines,
+)
+from blindmatch.cli.tomlconfig import toml_string as _s
+from blindmatch.core.round_coordinator import Caps
 
 COORDINATOR_FILE: Final = "coordinator.toml"
 OPERATOR_FILE: Final = "operator.toml"

@@ -32,12 +32,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
-from blindmatch import wire
-from blindmatch.coordinator_round import Caps, CoordinatorRound
-from blindmatch.match import CountResult, Delivery
-from blindmatch.net import TlsConfig, open_channel
-from blindmatch.pki import Identity
-from blindmatch.protocol import (
+from blindmatch.core.identity import Identity
+from blindmatch.core.match import CountResult, Delivery
+from blindmatch.core.round_coordinator import Caps, CoordinatorRound
+from blindmatch.core.spec import (
     DEFAULT_CHUNK,
     BadMessage,
     CoordinatorPhase,
@@ -47,6 +45,8 @@ from blindmatch.protocol import (
     Stream,
     UnknownRound,
 )
+from blindmatch.runtime import serde
+from blindmatch.runtime.net import TlsConfig, open_channel
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
 from coordinator.state import RoundBoard, RoundRecord
@@ -65,7 +65,7 @@ SECONDARY_GRACE: Final = 1.0  # seconds a "round not found" waits for the reason
 class RoundFailure(Exception):
     """The round cannot go on; the message is the reason recorded and sent to every node."""
 
-    code = "UNAVAILABLE"  # the status an operator's call gets (blindmatch.wire.status_for)
+    code = "UNAVAILABLE"  # the status an operator's call gets (blindmatch.status.status_for)
 
 
 class NodeLinks:
@@ -115,7 +115,7 @@ class Coordinator:
         self.metrics: CoordinatorHooks = NO_METRICS  # coordinator/metrics.py when [metrics] is on
 
     def start_round(
-        self, signed: wire.Authorization, spec: RoundSpec, *, operator: str
+        self, signed: serde.Authorization, spec: RoundSpec, *, operator: str
     ) -> RoundRecord:
         """Launch the round an operator signed (``spec`` is what ``signed`` says: a signed spec,
         or a run of a standing order; the caller has verified who signed it) in the background;
@@ -205,7 +205,7 @@ class Coordinator:
 class RoundDriver:
     def __init__(
         self,
-        signed: wire.Authorization,
+        signed: serde.Authorization,
         spec: RoundSpec,
         record: RoundRecord,
         links: NodeLinks,
@@ -256,7 +256,7 @@ class RoundDriver:
 
     def _prepare(self) -> None:
         # a node drops the round (and its key) if the coordinator goes silent this long
-        request = wire.prepare_request(self.signed, self.settings.round_timeout)
+        request = serde.prepare_to_proto(self.signed, self.settings.round_timeout)
         replies = self._unary_all("Prepare", lambda stub: stub.Prepare, lambda _: request)
         with self._cond:
             try:
@@ -276,7 +276,7 @@ class RoundDriver:
         sizes = dict(self.round.sizes)
         for node in self.spec.participants:
             q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
-            q.put(wire.routing_start(self.spec.round_id, sizes, self._certificates))
+            q.put(serde.routing_start_to_proto(self.spec.round_id, sizes, self._certificates))
             self._queues[node] = q
         # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
         for node in self.spec.participants:
@@ -309,7 +309,7 @@ class RoundDriver:
             del watch_tags
         names = self.spec.participants
         requests = {
-            node: wire.delivery_to_proto(self.spec.round_id, delivery, names)
+            node: serde.delivery_to_proto(self.spec.round_id, delivery, names)
             for node, delivery in results.items()
         }
         counts = {node: match_count(delivery) for node, delivery in results.items()}
@@ -440,7 +440,7 @@ class RoundDriver:
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
             if forward is not None:
-                self._queues[forward.to].put(wire.forward_to_proto(forward))
+                self._queues[forward.to].put(serde.forward_to_proto(forward))
             elif self.round.routed():
                 self._close_queues()
             self._publish(hops_done=self.round.progress()[0])

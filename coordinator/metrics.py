@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from blindmatch.metrics_endpoint import MetricsEndpoint, serve_metrics
+from blindmatch.runtime.metrics_endpoint import MetricsEndpoint, serve_metrics
 
 if TYPE_CHECKING:
     from coordinator.state import RoundRecord

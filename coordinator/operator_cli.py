@@ -5,7 +5,7 @@ An operator signs the spec of every round it asks for (docs/PROTOCOL.md, "Signed
 the federation key its operator.toml names; the coordinator only carries it.
 
 Each handler takes the parsed ``argparse.Namespace`` and returns the exit status of
-``blindmatch.clierrors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
+``blindmatch.cli.errors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
 coordinator finds invalid, naming unknown nodes say, is bad input). No traceback reaches an
 operator: every error is one line saying what was wrong and what to do.
 
@@ -26,9 +26,7 @@ from typing import Any, Final, TypeVar, cast
 
 import grpc
 
-from blindmatch import wire
-from blindmatch.canon import KINDS
-from blindmatch.clierrors import (
+from blindmatch.cli.errors import (
     BadInput,
     Failed,
     Interrupted,
@@ -36,14 +34,17 @@ from blindmatch.clierrors import (
     flag_value,
     rpc_failure,
 )
-from blindmatch.initdir import absolute, init_dir, refuse_existing
-from blindmatch.net import Allow, load_tls, open_channel
-from blindmatch.pki import PkiError, issue_to_dir, validate_name
-from blindmatch.protocol import DEFAULT_CHUNK, BadMessage, RoundSpec
-from blindmatch.signing import SignedSpec, Signer
-from blindmatch.states import COORDINATOR_FINAL, CoordinatorPhase
+from blindmatch.cli.initdir import absolute, init_dir, refuse_existing
+from blindmatch.core.canon import KINDS
+from blindmatch.core.identity import PkiError, validate_name
+from blindmatch.core.signing import SignedSpec, Signer
+from blindmatch.core.spec import DEFAULT_CHUNK, BadMessage, RoundSpec
+from blindmatch.core.states import COORDINATOR_FINAL, CoordinatorPhase
+from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS
+from blindmatch.runtime import serde
+from blindmatch.runtime.net import Allow, load_tls, open_channel
+from blindmatch.runtime.pki import issue_to_dir
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
-from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.cli import coordinator_command
 from coordinator.config import (
     OPERATOR_FILE,
@@ -206,8 +207,8 @@ def new_round(
 
 def start_request(config: OperatorConfig, spec: RoundSpec) -> coordinator_pb2.StartRoundRequest:
     """``spec`` signed with the operator's federation key: nodes act only on what it signed."""
-    signed = SignedSpec.sign(_signer(config), wire.spec_bytes(spec))
-    return coordinator_pb2.StartRoundRequest(signed_spec=wire.signed_spec_to_proto(signed))
+    signed = SignedSpec.sign(_signer(config), serde.spec_to_bytes(spec))
+    return coordinator_pb2.StartRoundRequest(signed_spec=serde.signed_spec_to_proto(signed))
 
 
 def _signer(config: OperatorConfig) -> Signer:

@@ -1,9 +1,9 @@
 """``blindmatch round schedule``: an operator signs a standing order, lists or cancels one.
 
-A standing order (blindmatch/orders.py) is signed like a round spec, with the operator's
+A standing order (blindmatch/core/orders.py) is signed like a round spec, with the operator's
 federation key; the coordinator keeps it and starts each run when it is due, and every node
 checks the signature and the run's time for itself (docs/PROTOCOL.md, "Standing orders").
-Exit statuses are ``blindmatch.clierrors``'s, as for ``round start``.
+Exit statuses are ``blindmatch.cli.errors``'s, as for ``round start``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from blindmatch import wire
-from blindmatch.clierrors import BadInput
-from blindmatch.orders import StandingOrder
-from blindmatch.protocol import BadMessage
-from blindmatch.signing import SignedOrder
+from blindmatch.cli.errors import BadInput
+from blindmatch.core.orders import StandingOrder
+from blindmatch.core.signing import SignedOrder
+from blindmatch.core.spec import BadMessage
+from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2
 from coordinator.cli import coordinator_command
 from coordinator.config import load_operator_config
@@ -57,8 +57,8 @@ def cmd_round_schedule(args: argparse.Namespace) -> int:
             print("\n".join(schedule_line(s) for s in listed) or "no schedules")
         return 0
     order = _order(args)
-    signed = SignedOrder.sign(_signer(config), wire.order_bytes(order))
-    request = coordinator_pb2.ScheduleRequest(order=wire.signed_order_to_proto(signed))
+    signed = SignedOrder.sign(_signer(config), serde.order_to_bytes(order))
+    request = coordinator_pb2.ScheduleRequest(order=serde.signed_order_to_proto(signed))
     with _coordinator(config, args.insecure) as stub:
         info = _call(config, lambda: stub.Schedule(request, timeout=CALL_TIMEOUT))
     print(json.dumps(schedule_dict(info)) if args.json else info.id)

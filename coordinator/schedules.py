@@ -9,7 +9,7 @@ work and is what tests call, with their own clock, instead of waiting. Per sched
 - ends the schedule once no run is left before its ``until``.
 A cancelled schedule starts nothing more; its run in flight goes on.
 
-The orders are the operator's, signed (blindmatch.orders): the coordinator only decides when to
+The orders are the operator's, signed (blindmatch.core.orders): the coordinator only decides when to
 ask, and every node checks for itself that the run it is asked for is one the order allows now.
 """
 
@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from blindmatch import wire
-from blindmatch.orders import ScheduledRun, StandingOrder
-from blindmatch.protocol import RoundIdUsed, UnknownRound
-from blindmatch.signing import MAX_SPEC_AGE, SignedOrder
+from blindmatch.core.orders import ScheduledRun, StandingOrder
+from blindmatch.core.signing import MAX_SPEC_AGE, SignedOrder
+from blindmatch.core.spec import RoundIdUsed, UnknownRound
+from blindmatch.runtime import serde
 from coordinator.state import RoundStore, ScheduleRecord
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class Scheduler:
 
     def _step(self, record: ScheduleRecord, now: float) -> str | None:
         signed = SignedOrder(record.order, record.signature, record.operator_cert)
-        order = wire.order_from_bytes(record.order)
+        order = serde.order_from_bytes(record.order)
         k = order.due_run(now)
         if order.next_time(record.last_run) is None:
             self.store.save_schedule(replace(record, state=ENDED))
@@ -134,7 +134,7 @@ class Scheduler:
                 record.last_round,
             )
             return None
-        run = wire.scheduled_run(signed, order, k)
+        run = serde.scheduled_run(signed, order, k)
         round_id = order.run_spec(k).round_id
         try:
             self.start_run(run, record.operator)
@@ -152,7 +152,7 @@ class Scheduler:
         raise UnknownRound(f"no schedule with id {schedule_id!r} on this coordinator")
 
     def _view(self, record: ScheduleRecord) -> ScheduleView:
-        order = wire.order_from_bytes(record.order)
+        order = serde.order_from_bytes(record.order)
         next_run = None
         if record.state == ACTIVE:
             next_run = order.next_time(record.last_run)

@@ -1,7 +1,7 @@
 """The coordinator's gRPC service, and the server that runs it.
 
 The servicer is thin: it converts messages and maps errors to statuses through
-``blindmatch.wire``, and calls ``Coordinator`` or ``RoundBoard``. Who may call it is decided before
+``blindmatch.runtime.serde``, and calls ``Coordinator`` or ``RoundBoard``. Who may call it is decided before
 any handler runs, by ``net.AccessPolicy``: the whole service is open to operators, all of them or
 the names listed in the config's ``operators``.
 """
@@ -19,11 +19,15 @@ from typing import Any, Final
 
 import grpc
 
-from blindmatch import wire
-from blindmatch.hardening import no_core_dumps
-from blindmatch.memory import return_large_buffers
-from blindmatch.metrics_endpoint import MetricsEndpoint
-from blindmatch.net import (
+from blindmatch.core.identity import Identity, PkiError, identity_of
+from blindmatch.core.orders import StandingOrder
+from blindmatch.core.signing import SignedOrder, SignedSpec, Trust, verify_order, verify_spec
+from blindmatch.core.spec import ForgedMessage, ProtocolError, RoundSpec
+from blindmatch.runtime import serde, status
+from blindmatch.runtime.hardening import no_core_dumps
+from blindmatch.runtime.memory import return_large_buffers
+from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
+from blindmatch.runtime.net import (
     AccessPolicy,
     ServerHandle,
     TlsConfig,
@@ -32,10 +36,6 @@ from blindmatch.net import (
     split_host_port,
     start_server,
 )
-from blindmatch.orders import StandingOrder
-from blindmatch.pki import Identity, PkiError, identity_of
-from blindmatch.protocol import ForgedMessage, ProtocolError, RoundSpec
-from blindmatch.signing import SignedOrder, SignedSpec, Trust, verify_order, verify_spec
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
@@ -61,12 +61,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def StartRound(
         self, request: coordinator_pb2.StartRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
-        with wire.refusing(context, ProtocolError, RoundFailure):
-            signed, spec = wire.signed_spec_from_proto(request.signed_spec)
+        with status.refusing(context, ProtocolError, RoundFailure):
+            signed, spec = serde.signed_spec_from_proto(request.signed_spec)
             record = self.coordinator.start_round(
                 signed, spec, operator=self._operator(context, signed, spec)
             )
-        return wire.round_info(record)
+        return serde.round_to_proto(record)
 
     def _operator(self, context: grpc.ServicerContext, signed: SignedSpec, spec: RoundSpec) -> str:
         """Who signed the spec, which must be who calls: an operator starts only its own rounds,
@@ -83,8 +83,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def Schedule(
         self, request: coordinator_pb2.ScheduleRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ScheduleInfo:
-        with wire.refusing(context, ProtocolError):
-            signed, order = wire.signed_order_from_proto(request.order)
+        with status.refusing(context, ProtocolError):
+            signed, order = serde.signed_order_from_proto(request.order)
             self._check_runs(order)
             view = self.scheduler.add(signed, order, self._order_operator(context, signed))
         return _schedule_info(view)
@@ -117,21 +117,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         # any operator the coordinator serves may cancel (the access policy let the caller in)
         caller = _caller(context)
         by = caller.name if caller is not None else INSECURE_OPERATOR
-        with wire.refusing(context, ProtocolError):
+        with status.refusing(context, ProtocolError):
             return _schedule_info(self.scheduler.cancel(request.id, by))
 
     def GetRound(
         self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
-        with wire.refusing(context, ProtocolError, RoundFailure):
-            return wire.round_info(self.board.get(request.id))
+        with status.refusing(context, ProtocolError, RoundFailure):
+            return serde.round_to_proto(self.board.get(request.id))
 
     def ListRounds(
         self, request: coordinator_pb2.ListRoundsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListRoundsReply:
         limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
         return coordinator_pb2.ListRoundsReply(
-            rounds=[wire.round_info(r) for r in self.board.recent(limit)]
+            rounds=[serde.round_to_proto(r) for r in self.board.recent(limit)]
         )
 
     def WatchRound(
@@ -139,13 +139,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> Iterator[coordinator_pb2.RoundInfo]:
         # wake the watch as soon as the client goes away, instead of at its next poll
         context.add_callback(self.board.wake)
-        with wire.refusing(context, ProtocolError, RoundFailure):
+        with status.refusing(context, ProtocolError, RoundFailure):
             for record in self.board.watch(request.id, context.is_active):
-                yield wire.round_info(record)
+                yield serde.round_to_proto(record)
 
 
 def _schedule_info(view: ScheduleView) -> coordinator_pb2.ScheduleInfo:
-    return wire.schedule_info(view.record, view.order, view.next_run)
+    return serde.schedule_to_proto(view.record, view.order, view.next_run)
 
 
 def _caller(context: grpc.ServicerContext) -> Identity | None:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from blindmatch.hardening import make_private, open_private
-from blindmatch.protocol import UnknownRound
-from blindmatch.states import COORDINATOR, COORDINATOR_RUNNING, CoordinatorPhase
+from blindmatch.core.spec import UnknownRound
+from blindmatch.core.states import COORDINATOR, COORDINATOR_RUNNING, CoordinatorPhase
+from blindmatch.runtime.hardening import make_private, open_private
 
 RESTART_REASON: Final = "coordinator restarted during the round"
 

@@ -20,7 +20,7 @@ Rules:
   filters both policies allow, confirmed by each partner with a hit (``Alert``), then added to
   the checker's filter.
 Every decision (which epoch, expiry, validation, routing, Bloom tests, fan-out) is the core's
-(``blindmatch.watchhub.CoordinatorWatch`` and ``CheckFlow``); this module keeps the files and
+(``blindmatch.core.watch_coordinator.CoordinatorWatch`` and ``CheckFlow``); this module keeps the files and
 the calls to nodes.
 """
 
@@ -39,21 +39,27 @@ from typing import Any, BinaryIO, Final
 import grpc
 from pybloom_live import ScalableBloomFilter
 
-from blindmatch import wire
-from blindmatch.group import ELEMENT_BYTES, RoundKey
-from blindmatch.hardening import open_private, private_dir
-from blindmatch.net import peer_identity
-from blindmatch.pki import Identity, PkiError
-from blindmatch.protocol import ProtocolError, RoundSpec
-from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from blindmatch.watch import DEFAULT_EPOCH_SECONDS, FILTER_ERROR_RATE, CheckHop, Clock, utc_text
-from blindmatch.watchhub import (
+from blindmatch.core.group import ELEMENT_BYTES, RoundKey
+from blindmatch.core.identity import Identity, PkiError
+from blindmatch.core.spec import ProtocolError, RoundSpec
+from blindmatch.core.watch_coordinator import (
     CheckFlow,
     CoordinatorEpoch,
     CoordinatorWatch,
     filter_key,
     seal,
 )
+from blindmatch.core.watch_rules import (
+    DEFAULT_EPOCH_SECONDS,
+    FILTER_ERROR_RATE,
+    CheckHop,
+    Clock,
+    utc_text,
+)
+from blindmatch.runtime import serde, status
+from blindmatch.runtime.hardening import open_private, private_dir
+from blindmatch.runtime.net import peer_identity
+from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,7 @@ SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorWatchService/"
 CLOSE_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort CloseEpoch
 
 
-class WatchFailure(wire.StatusError):
+class WatchFailure(status.StatusError):
     """A node refused or failed a watch call; ``code`` is the status to pass on."""
 
 
@@ -213,13 +219,13 @@ class WatchHub:
     def check(self, checker: str, request: watch_pb2.CheckRequest) -> watch_pb2.CheckReply:
         """The first call of a check: route its chunks through every partner, pipelined, and
         seal each with k_c as it leaves the last one."""
-        allows = wire.check_partners(request)
+        allows = serde.check_partners_from_proto(request)
         with self._lock:
             if self.core.expire() is not None:
                 self._erase()
             self.core.epoch_of(request.epoch_id)  # an ended epoch is named before the chunks
             flow = self.core.begin_check(
-                wire.check_first_hops(request, checker), allows, checker=checker
+                serde.check_hops_from_proto(request, checker), allows, checker=checker
             )
         CheckPipe(self, flow).run()
         self.metrics.check_routed(checker)
@@ -238,7 +244,7 @@ class WatchHub:
             result = flow.finish()
             if self.core.epoch is flow.epoch:
                 self._save_filter(checker, flow.epoch.filters[checker])
-        return wire.check_hits_reply(result.hits, result.epoch_ends)
+        return serde.check_hits_to_proto(result.hits, result.epoch_ends)
 
     def _fan_out(self, flow: CheckFlow, candidates: Mapping[str, bytes]) -> None:
         """Alert every partner with a hit, in parallel; each answers which tags it holds."""
@@ -321,7 +327,7 @@ class CheckPipe:
             self._done.set()
 
     def _reblind(self, node: str, chunk: CheckHop) -> None:
-        request = wire.reblind_request(chunk)
+        request = serde.check_hop_to_proto(chunk)
         reply = self.hub._call(
             node,
             "blind the check",
@@ -408,7 +414,7 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
         self, request: watch_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.CheckReply:
         checker = _checker(context)
-        with wire.refusing(context, ProtocolError, WatchFailure):
+        with status.refusing(context, ProtocolError, WatchFailure):
             return self.hub.check(checker.name, request)
         raise AssertionError("unreachable")  # refusing() aborts
 
@@ -416,7 +422,7 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
         self, request: watch_pb2.FinishCheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.FinishCheckReply:
         checker = _checker(context)
-        with wire.refusing(context, ProtocolError, WatchFailure):
+        with status.refusing(context, ProtocolError, WatchFailure):
             return self.hub.finish_check(checker.name, request)
         raise AssertionError("unreachable")  # refusing() aborts
 
@@ -427,9 +433,9 @@ def _checker(context: grpc.ServicerContext) -> Identity:
     except PkiError:
         identity = None
     if identity is None:
-        wire.abort(
+        status.abort(
             context,
-            wire.StatusError(
+            status.StatusError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "checks need mTLS: the checker is the node named in its certificate",
             ),

@@ -5,7 +5,7 @@ specs and signed chunks"). A node acts on a spec (or a run of a standing order) 
 operator's signature over it is verified, on a partner name only with that partner's certificate
 in hand, and blinds a chunk only once its producer's signature is verified; it signs every chunk it emits. The rules of who
 must have produced a chunk are the core's (``NodeRound.accept_chunk``); this module holds the
-node's federation key and CA and applies ``blindmatch.signing`` with the node's own clock.
+node's federation key and CA and applies ``blindmatch.core.signing`` with the node's own clock.
 
 A node serving plaintext (``--insecure``, loopback only) has no federation identity:
 ``Unauthenticated`` then signs nothing and verifies nothing, as its transport does.
@@ -17,10 +17,8 @@ import datetime
 import time
 from collections.abc import Callable, Mapping
 
-from blindmatch.net import TlsConfig
-from blindmatch.orders import ScheduledRun
-from blindmatch.protocol import ForgedMessage, RoundSpec
-from blindmatch.signing import (
+from blindmatch.core.orders import ScheduledRun
+from blindmatch.core.signing import (
     ChunkClaim,
     Party,
     SignedSpec,
@@ -29,6 +27,8 @@ from blindmatch.signing import (
     verify_order,
     verify_spec,
 )
+from blindmatch.core.spec import ForgedMessage, RoundSpec
+from blindmatch.runtime.net import TlsConfig
 
 INSECURE_OPERATOR = "(insecure)"
 

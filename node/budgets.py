@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from blindmatch.errors import CapExceeded
+from blindmatch.core.errors import CapExceeded
 from node.store import NodeStore, Overdraft
 
 DEFAULT_WINDOW: Final = 24 * 3600.0

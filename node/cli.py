@@ -14,10 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from blindmatch import pki
-from blindmatch.clierrors import BadInput, command
-from blindmatch.initdir import init_dir, refuse_existing, server_hosts
-from blindmatch.net import split_host_port
+from blindmatch.cli.errors import BadInput, command
+from blindmatch.cli.initdir import init_dir, refuse_existing, server_hosts
+from blindmatch.core.identity import validate_name
+from blindmatch.runtime import pki
+from blindmatch.runtime.net import split_host_port
 from node.budgets import Budgets
 from node.config import ConnectorConfig, NodeConfig, load_config, render_config
 from node.connectors.stix_out import stix_id as _stix_id
@@ -51,7 +52,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     hosts = server_hosts(args.listen)
     if getattr(args, "coordinator", None):
         split_host_port(args.coordinator)
-    pki.validate_name(args.name)
+    validate_name(args.name)
     with init_dir(node_dir):
         issued = pki.issue_to_dir(args.pki, args.name, "node", hosts=hosts, out_dir=node_dir)
     config_path.write_text(

@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from blindmatch.canon import KINDS
-from blindmatch.metrics_endpoint import read_listen
-from blindmatch.pki import validate_name, validate_role
-from blindmatch.protocol import Policy
-from blindmatch.tomlconfig import TlsPaths, TomlReader, is_valid_name, tls_lines
-from blindmatch.watch import DEFAULT_CHECK_BUDGET, DEFAULT_MAX_EPOCH, WatchSettings, parse_duration
+from blindmatch.cli.tomlconfig import TlsPaths, TomlReader, is_valid_name, read_listen, tls_lines
+from blindmatch.core.canon import KINDS
+from blindmatch.core.identity import validate_name, validate_role
+from blindmatch.core.spec import Policy
+from blindmatch.core.watch_rules import (
+    DEFAULT_CHECK_BUDGET,
+    DEFAULT_MAX_EPOCH,
+    WatchSettings,
+    parse_duration,
+)
 from node.budgets import BudgetPolicy, window_text
 from node.connectors import SINK_TYPES, SOURCE_TYPES
 from node.importing import DEFAULT_TLP

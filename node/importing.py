@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from blindmatch.canon import InvalidIndicator, canonicalize
-from blindmatch.group import hash_indicators
+from blindmatch.core.canon import InvalidIndicator, canonicalize
+from blindmatch.core.group import hash_indicators
 from node.importers import Event, ImportFileError, Invalid, Skipped, read_path
 from node.store import Sighting, Store, normalize_tlp
 from node.store.sightings import Hasher

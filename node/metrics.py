@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_a
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from blindmatch.metrics_endpoint import MetricsEndpoint, serve_metrics
-from blindmatch.states import Outcome
+from blindmatch.core.states import Outcome
+from blindmatch.runtime.metrics_endpoint import MetricsEndpoint, serve_metrics
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

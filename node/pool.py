@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 
-from blindmatch import group
-from blindmatch.hardening import no_core_dumps
+from blindmatch.core import group
+from blindmatch.runtime.hardening import no_core_dumps
 
 WARM_UP_KEY = bytes(range(32))
 # Fewer items than this are hashed in the caller's process unless the workers are already up:

@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from blindmatch.match import Delivery
-from blindmatch.node_round import Candidate, Ids, NodeRound
-from blindmatch.orders import ScheduledRun
-from blindmatch.protocol import (
+from blindmatch.core.match import Delivery
+from blindmatch.core.orders import ScheduledRun
+from blindmatch.core.round_node import Candidate, Ids, NodeRound
+from blindmatch.core.signing import ChunkClaim, Party, SignedSpec
+from blindmatch.core.spec import (
     BadMessage,
     Policy,
     ProtocolError,
@@ -34,8 +35,7 @@ from blindmatch.protocol import (
     UnknownRound,
     WrongPhase,
 )
-from blindmatch.signing import ChunkClaim, Party, SignedSpec
-from blindmatch.states import Outcome
+from blindmatch.core.states import Outcome
 from node.auth import Authority
 from node.budgets import Budgets
 from node.metrics import NO_METRICS, NodeHooks

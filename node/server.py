@@ -10,11 +10,11 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from blindmatch import net
-from blindmatch.hardening import no_core_dumps
-from blindmatch.memory import return_large_buffers
-from blindmatch.metrics_endpoint import MetricsEndpoint
-from blindmatch.states import Outcome
+from blindmatch.core.states import Outcome
+from blindmatch.runtime import net
+from blindmatch.runtime.hardening import no_core_dumps
+from blindmatch.runtime.memory import return_large_buffers
+from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets

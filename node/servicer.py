@@ -1,6 +1,6 @@
 """The node's gRPC service: messages in, the round registry and the core, messages out.
 
-Conversions and statuses are ``blindmatch.wire``'s; which rounds exist and how they end is the
+Conversions and statuses are ``blindmatch.runtime.serde``'s; which rounds exist and how they end is the
 registry's (``node.rounds``); the rules of a round are ``NodeRound``'s. What stays here is the
 streaming: a window of blinding tasks in the pool (``node.pool``) per stream, so a round uses
 every core while a stalled stream holds no key.
@@ -16,10 +16,10 @@ from concurrent.futures import Future
 
 import grpc
 
-from blindmatch import net, wire
-from blindmatch.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.protocol import BadMessage, ProtocolError, UnknownRound, WrongPhase
-from blindmatch.states import Outcome
+from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.core.spec import BadMessage, ProtocolError, UnknownRound, WrongPhase
+from blindmatch.core.states import Outcome
+from blindmatch.runtime import net, serde, status
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.pool import Blinder
 from node.rounds import LiveRound, RoundRegistry, StoreFailed
@@ -37,8 +37,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.PrepareRequest, context: grpc.ServicerContext
     ) -> node_pb2.PrepareReply:
         caller = net.peer_identity(context)
-        with wire.refusing(context, ProtocolError):
-            signed, spec = wire.prepare_from_proto(request)
+        with status.refusing(context, ProtocolError):
+            signed, spec = serde.prepare_from_proto(request)
             coordinator = caller.name if caller else "(insecure)"
             live = self.rounds.prepare(signed, spec, coordinator, request.timeout_seconds)
         return node_pb2.PrepareReply(size=live.state.size, certificate=self.authority.certificate)
@@ -46,7 +46,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def OwnSet(
         self, request: node_pb2.RoundRef, context: grpc.ServicerContext
     ) -> Iterator[node_pb2.Chunk]:
-        with wire.refusing(context, ProtocolError):
+        with status.refusing(context, ProtocolError):
             live = self.rounds.get(request.round_id)
             live.state.live_key()
             batches = live.state.own_hashed()
@@ -68,11 +68,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 yield self._own_chunk(live, seq, window.popleft())
                 seq += 1
         except WrongPhase as exc:
-            wire.abort(context, exc)
+            status.abort(context, exc)
         except (ProtocolError, StoreError) as exc:
             # The set is read from the store as it streams: a store that fails it fails the round.
             self.rounds.end(live, Outcome.FAILED, f"could not read its own set: {exc}")
-            wire.abort(context, exc)
+            status.abort(context, exc)
         finally:
             for f in window:
                 f.cancel()
@@ -85,20 +85,20 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 raise live.refusal
             raise WrongPhase(f"round {live.state.spec.round_id} ended while its set was streaming")
         signature = self.authority.sign_chunk(live.claim(self.name, 0, seq, elements))
-        return wire.chunk_to_proto(self.name, seq, elements, 0, signature)
+        return serde.chunk_to_proto(self.name, seq, elements, 0, signature)
 
     def Reblind(
         self, request_iterator: Iterator[node_pb2.ReblindRequest], context: grpc.ServicerContext
     ) -> Iterator[node_pb2.Chunk]:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "start":
-            wire.abort(context, BadMessage("Reblind must open with RoutingStart"))
-        with wire.refusing(context, ProtocolError):
+            status.abort(context, BadMessage("Reblind must open with RoutingStart"))
+        with status.refusing(context, ProtocolError):
             live = self.rounds.get(first.start.round_id)
             self.rounds.start_routing(
                 live,
-                wire.sizes_from_proto(first.start),
-                wire.certificates_from_proto(first.start),
+                serde.sizes_from_proto(first.start),
+                serde.certificates_from_proto(first.start),
             )
         pending: queue.Queue[tuple[str, int, Future[bytes]] | Exception | None] = queue.Queue(
             maxsize=self.blinder.workers * 2
@@ -117,7 +117,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         def read() -> None:
             try:
                 for msg in request_iterator:
-                    chunk = wire.forward_from_proto(self.name, msg)
+                    chunk = serde.forward_from_proto(self.name, msg)
                     with live.lock:
                         producer = live.state.accept_chunk(
                             chunk.owner, chunk.seq, len(chunk.elements) // ELEMENT_BYTES, chunk.hop
@@ -161,7 +161,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 live.touch()
                 hop = live.state.hop_of(owner)
                 signature = self.authority.sign_chunk(live.claim(owner, hop, seq, elements))
-                yield wire.chunk_to_proto(owner, seq, elements, hop, signature)
+                yield serde.chunk_to_proto(owner, seq, elements, hop, signature)
         except grpc.RpcError:
             # The coordinator's side broke off (as when the call is cancelled, above): its
             # Abort, or this node's timeout, ends the round with the reason.
@@ -169,16 +169,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         except (ProtocolError, InvalidElement) as exc:
             if not isinstance(exc, UnknownRound):
                 self.rounds.end(live, Outcome.FAILED, f"refused a chunk: {exc}")
-            wire.abort(context, exc)
+            status.abort(context, exc)
         finally:
             done.set()
 
     def Deliver(
         self, request: node_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> node_pb2.DeliverReply:
-        with wire.refusing(context, ProtocolError, StoreFailed):
+        with status.refusing(context, ProtocolError, StoreFailed):
             recorded = self.rounds.deliver(
-                request.round_id, lambda spec: wire.delivery_from_proto(request, spec)
+                request.round_id, lambda spec: serde.delivery_from_proto(request, spec)
             )
         return node_pb2.DeliverReply(recorded=recorded)
 

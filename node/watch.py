@@ -1,6 +1,6 @@
 """The node's side of early warning (docs/WATCH.md): its epoch, checks, budgets and alerts.
 
-The epoch (``blindmatch.node_watch.NodeEpoch``: the kept key and the tag map) lives in this process's
+The epoch (``blindmatch.core.watch_node.NodeEpoch``: the kept key and the tag map) lives in this process's
 memory only. It ends at its end time, when the coordinator closes it, when a new watch round
 replaces it, or when the node stops: a node restart ends its epoch, and checks through it are
 refused until the next watch round.
@@ -13,7 +13,7 @@ staged epoch, any other end (failure, refused delivery, Abort, even after the de
 it and destroys the key.
 
 Every decision (epoch expiry, validation, signatures, budgets, which values to check, what the
-coordinator's answer means) is the core's (``blindmatch.node_watch.NodeWatchCore`` and ``NodeCheck``,
+coordinator's answer means) is the core's (``blindmatch.core.watch_node.NodeWatchCore`` and ``NodeCheck``,
 with the clock given here); this module keeps the lock, the store, the blinding workers, the
 node's federation key (it signs what it blinds) and the calls.
 """
@@ -29,14 +29,21 @@ from typing import TypeVar
 
 import grpc
 
-from blindmatch import net, wire
-from blindmatch.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.node_watch import NodeCheck, NodeEpoch, NodeWatchCore, end_reason
-from blindmatch.protocol import Policy, ProtocolError, RoundSpec, UnknownRound, WrongPhase
-from blindmatch.signing import Signer, Trust
-from blindmatch.states import Outcome
+from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.core.signing import Signer, Trust
+from blindmatch.core.spec import Policy, ProtocolError, RoundSpec, UnknownRound, WrongPhase
+from blindmatch.core.states import Outcome
+from blindmatch.core.watch_node import NodeCheck, NodeEpoch, NodeWatchCore, end_reason
+from blindmatch.core.watch_rules import (
+    BadReply,
+    CheckHop,
+    Clock,
+    WatchSettings,
+    shares_with,
+    utc_text,
+)
+from blindmatch.runtime import net, serde, status
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from blindmatch.watch import BadReply, CheckHop, Clock, WatchSettings, shares_with, utc_text
 from node.budgets import Budgets
 from node.metrics import NO_METRICS, NodeHooks
 from node.pool import Blinder
@@ -52,7 +59,7 @@ COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one check at the coordinator, al
 _R = TypeVar("_R")
 
 
-class CheckFailed(wire.StatusError):
+class CheckFailed(status.StatusError):
     """The coordinator could not complete a check; carries its status code."""
 
 
@@ -240,7 +247,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                     live.spec_digest if live else b"",
                 )
         except ProtocolError as exc:
-            wire.abort(context, exc)
+            status.abort(context, exc)
         return watch_pb2.BeginEpochReply(tags=len(epoch.tags))
 
     def ReblindCheck(
@@ -250,14 +257,14 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         try:
             with self._lock:  # exported under the lock: the reaper may destroy the key
                 book = None if self.budgets is None else self.budgets.charge_check
-                hop = wire.reblind_hop(request)
+                hop = serde.check_hop_from_proto(request)
                 key, output_claim = self.core.reblind(hop, self._trust, book)
                 key_bytes = key.export()
                 epoch = self.core.current(hop.epoch_id)
             elements = self._blind(key_bytes, request.elements)
         except (ProtocolError, InvalidElement) as exc:
             self._audit(request.epoch_id, request.checker, count, Outcome.REFUSED, str(exc))
-            wire.abort(context, exc)
+            status.abort(context, exc)
         assert self._signer is not None  # the core refuses without a federation identity
         signature = self._signer.sign(output_claim(elements).message())
         with self._lock:
@@ -278,7 +285,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             with self._lock:
                 found = self.core.alert(request.epoch_id, request.tags)
         except ProtocolError as exc:
-            wire.abort(context, exc)
+            status.abort(context, exc)
         rows = [(k, v, request.checker, "sighted") for k, v in (f for f in found if f)]
         if rows:
             self.store.record_alerts(request.epoch_id, rows)
@@ -304,7 +311,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         try:
             flow = self.core.start_check(request.values, request.kind, self.policy)
         except ProtocolError as exc:
-            wire.abort(context, exc)
+            status.abort(context, exc)
         results = [
             watch_pb2.ValueResult(value=r.value, kind=r.kind, canonical=r.canonical, error=r.error)
             for r in flow.results
@@ -316,7 +323,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         except (ProtocolError, CheckFailed, InvalidElement) as exc:
             eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
             self._audit(eid, self.name, len(flow.items), Outcome.FAILED, str(exc))
-            wire.abort(context, exc)
+            status.abort(context, exc)
         finally:
             flow.discard_mask()
         epoch = flow.epoch
@@ -370,7 +377,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         sealed: watch_pb2.CheckReply = self._ask(
             address,
             lambda: stub.Check(
-                wire.check_request(first, self.policy.partners), timeout=COORDINATOR_CALL_TIMEOUT
+                serde.check_to_proto(first, self.policy.partners), timeout=COORDINATOR_CALL_TIMEOUT
             ),
         )
         if len(sealed.masked) != len(elements):
@@ -385,7 +392,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             address, lambda: stub.FinishCheck(finish, timeout=COORDINATOR_CALL_TIMEOUT)
         )
         with self._lock:  # the answer joins the tag map, which the reaper may destroy
-            flow.on_hits(wire.check_hits(reply))
+            flow.on_hits(serde.check_hits_from_proto(reply))
 
     @staticmethod
     def _ask(address: str, call: Callable[[], _R]) -> _R:

@@ -19,10 +19,10 @@ import random
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from blindmatch.coordinator_round import Caps, CoordinatorRound, Forward
-from blindmatch.group import ELEMENT_BYTES, RoundKey, hash_and_blind_packed, split_elements
-from blindmatch.node_round import ListedSet, NodeRound
-from blindmatch.protocol import NodeOutcome, Policy, ProtocolError, RoundSpec, Stream
+from blindmatch.core.group import ELEMENT_BYTES, RoundKey, hash_and_blind_packed, split_elements
+from blindmatch.core.round_coordinator import Caps, CoordinatorRound, Forward
+from blindmatch.core.round_node import ListedSet, NodeRound
+from blindmatch.core.spec import NodeOutcome, Policy, ProtocolError, RoundSpec, Stream
 
 Candidate = tuple[int, str, str]  # (sighting id, kind, canonical value)
 Party = tuple[Policy, Sequence[Candidate]]

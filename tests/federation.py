@@ -19,12 +19,12 @@ from typing import Any
 
 import grpc
 
-from blindmatch import net, wire
-from blindmatch.canon import KINDS, canonicalize
-from blindmatch.protocol import Policy
-from blindmatch.signing import ChunkClaim, SignedSpec, Signer, spec_digest
+from blindmatch.core.canon import KINDS, canonicalize
+from blindmatch.core.signing import ChunkClaim, SignedSpec, Signer, spec_digest
+from blindmatch.core.spec import Policy
+from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS
+from blindmatch.runtime import net, serde
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
-from blindmatch.watch import DEFAULT_EPOCH_SECONDS
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
@@ -59,7 +59,7 @@ def signed_spec(
     if by is None:
         assert pki is not None, "sign with a Signer or the operator of a pki"
         by = signer(pki)
-    return wire.signed_spec_to_proto(SignedSpec.sign(by, msg.SerializeToString()))
+    return serde.signed_spec_to_proto(SignedSpec.sign(by, msg.SerializeToString()))
 
 
 def signed_chunk(
@@ -68,7 +68,7 @@ def signed_chunk(
     """A chunk of the round ``signed`` asks for, signed by ``by`` as the output of ``hop``."""
     round_id = node_pb2.RoundSpec.FromString(signed.spec).round_id
     claim = ChunkClaim(round_id, spec_digest(signed.spec), owner, hop, seq, elements)
-    return wire.chunk_to_proto(owner, seq, elements, hop, by.sign(claim.message()))
+    return serde.chunk_to_proto(owner, seq, elements, hop, by.sign(claim.message()))
 
 
 def node_certificates(pki: FederationPki, names: Iterable[str]) -> dict[str, bytes]:

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from blindmatch.net import TlsConfig, load_tls
-from blindmatch.pki import CaMaterial, CertMaterial, IssuedPaths, init_pki_dir, issue_to_dir
+from blindmatch.runtime.net import TlsConfig, load_tls
+from blindmatch.runtime.pki import CaMaterial, CertMaterial, IssuedPaths, init_pki_dir, issue_to_dir
 
 __all__ = ["FederationPki", "leaf_with_uris", "pki"]
 
@@ -54,7 +54,7 @@ def leaf_with_uris(
 ) -> CertMaterial:
     """A leaf signed by ``ca`` with arbitrary URI SANs (none at all if empty) and DNS SANs
     (by default only localhost, as certificates were before they named their identity): what
-    ``blindmatch.pki.issue`` refuses to make, for testing how it is rejected."""
+    ``blindmatch.runtime.pki.issue`` refuses to make, for testing how it is rejected."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)

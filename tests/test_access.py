@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 import pytest
 
-from blindmatch import net
-from blindmatch.cli import main
-from blindmatch.net import TlsConfig
-from blindmatch.pki import CertMaterial, issue, new_ca
+from blindmatch.cli.main import main
+from blindmatch.runtime import net
+from blindmatch.runtime.net import TlsConfig
+from blindmatch.runtime.pki import CertMaterial, issue, new_ca
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator

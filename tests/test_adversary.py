@@ -18,10 +18,10 @@ from typing import Any
 import grpc
 import pytest
 
-from blindmatch import net, wire
-from blindmatch.group import RoundKey, hash_to_group
-from blindmatch.pki import issue, new_ca
-from blindmatch.signing import MAX_SPEC_AGE, Signer
+from blindmatch.core.group import RoundKey, hash_to_group
+from blindmatch.core.signing import MAX_SPEC_AGE, Signer
+from blindmatch.runtime import net, serde
+from blindmatch.runtime.pki import issue, new_ca
 from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
 from node.store import RoundAudit, Sighting
 from tests.federation import (
@@ -129,7 +129,7 @@ def routing_start(
     names = node_pb2.RoundSpec.FromString(signed.spec).participants
     real = node_certificates(a.pki, [n for n in names if n not in certs])
     sent = {name: cert for name, cert in {**real, **certs}.items() if cert}
-    return wire.routing_start(round_id_of(signed), sizes, sent)
+    return serde.routing_start_to_proto(round_id_of(signed), sizes, sent)
 
 
 def audit(a: Attacker, node: str, round_id: str) -> RoundAudit | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pybloom_live import ScalableBloomFilter
 
-from blindmatch.hardening import dumpable, make_private, open_private, private_dir
+from blindmatch.runtime.hardening import dumpable, make_private, open_private, private_dir
 from coordinator.state import SqliteRoundStore
 from coordinator.watch import WatchHub
 from node.pool import Blinder

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from blindmatch.protocol import Policy
-from blindmatch.tomlconfig import ConfigError
+from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.core.spec import Policy
 from node.budgets import BudgetExceeded, BudgetPolicy, Budgets, window_text
 from node.config import NodeConfig, load_config, render_config
 from node.store import Store
@@ -217,6 +217,6 @@ def test_a_second_round_within_the_window_is_refused_naming_the_budget(
 
 
 def test_a_budget_refusal_is_resource_exhausted_on_the_wire() -> None:
-    from blindmatch import wire
+    from blindmatch.runtime import status
 
-    assert wire.status_for(BudgetExceeded("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status.status_for(BudgetExceeded("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindmatch.canon import (
+from blindmatch.core.canon import (
     CANON_VERSION,
     KINDS,
     Indicator,
@@ -892,7 +892,7 @@ def test_urls_with_raw_bytes_are_idempotent(pieces: list[str | int], space: str)
 
 
 def test_the_cli_canonicalises_a_url_given_as_bytes_that_are_not_utf8() -> None:
-    argv: list[str | bytes] = [sys.executable, "-m", "blindmatch.cli", "canonicalize", "url"]
+    argv: list[str | bytes] = [sys.executable, "-m", "blindmatch.cli.main", "canonicalize", "url"]
     argv += [b"http://Example.com/caf\xe9/\xff?q=\xc3\xa9", b"http://h/%E9"]
     result = subprocess.run(argv, capture_output=True, check=False)
     assert (result.returncode, result.stderr) == (0, b"")

@@ -10,11 +10,11 @@ import socket
 import stat
 from pathlib import Path
 
-from blindmatch.cli import main
-from blindmatch.clierrors import BAD_INPUT, FAILED, BadInput, status_of
-from blindmatch.net import BindError, InsecureBindRefused, TlsConfigError
-from blindmatch.pki import PkiError
-from blindmatch.tomlconfig import ConfigError, TlsPaths
+from blindmatch.cli.errors import BAD_INPUT, FAILED, BadInput, status_of
+from blindmatch.cli.main import main
+from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
+from blindmatch.core.identity import PkiError
+from blindmatch.runtime.net import BindError, InsecureBindRefused, TlsConfigError
 from coordinator.config import load_config as load_coordinator_config
 from coordinator.config import load_operator_config
 from coordinator.state import StateError

@@ -25,9 +25,9 @@ import pytest
 import requests
 from taxii2client.v21 import Collection
 
-from blindmatch.cli import main
-from blindmatch.group import hash_indicators
-from blindmatch.tomlconfig import ConfigError
+from blindmatch.cli.main import main
+from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.core.group import hash_indicators
 from node.config import load_config
 from node.connectors.scheduler import Job, Scheduler, retry_delay
 from node.store import Store

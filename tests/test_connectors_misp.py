@@ -32,7 +32,7 @@ from typing import Any
 import pymisp
 import pytest
 
-from blindmatch.tomlconfig import ConfigError
+from blindmatch.cli.tomlconfig import ConfigError
 from node.config import load_config
 from node.connectors import misp as misp_connector
 from node.connectors.base import ConnectorError, open_source

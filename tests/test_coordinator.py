@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 import pytest
 
-from blindmatch.coordinator_round import Caps
-from blindmatch.net import Allow, load_tls, open_channel
-from blindmatch.pki import Identity, identity_of
-from blindmatch.protocol import Policy, UnknownRound
+from blindmatch.core.identity import Identity, identity_of
+from blindmatch.core.round_coordinator import Caps
+from blindmatch.core.spec import Policy, UnknownRound
+from blindmatch.runtime.net import Allow, load_tls, open_channel
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator import cli, operator_cli
 from coordinator.config import (
@@ -846,7 +846,7 @@ def test_cli_round_start_watch_mode_through_the_parser(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from blindmatch.cli import main
+    from blindmatch.cli.main import main
 
     config = operator_toml(pki, tmp_path / "op", "watch-ops", f"127.0.0.1:{coord.port}")
     capsys.readouterr()

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from blindmatch.demo import VERIFIED
-from blindmatch.samples import expected_matches, nation_names
+from blindmatch.demo.demo import VERIFIED
+from blindmatch.demo.samples import expected_matches, nation_names
 from node.store import Store
 
 
 def _demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "blindmatch.cli", "demo", *args],
+        [sys.executable, "-m", "blindmatch.cli.main", "demo", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

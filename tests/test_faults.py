@@ -1,5 +1,5 @@
 """Faults mid-round, with real processes: `blindmatch node serve` and `blindmatch coordinator
-serve` started as an operator would (``blindmatch.harness``), killed with SIGKILL (or frozen with
+serve` started as an operator would (``blindmatch.demo.harness``), killed with SIGKILL (or frozen with
 SIGSTOP), restarted.
 
 Every node process sits behind a recording relay (tests/relay.py), so a test can also cut a
@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from blindmatch import harness
-from blindmatch.net import split_host_port
+from blindmatch.demo import harness
+from blindmatch.runtime.net import split_host_port
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import load_operator_config
 from coordinator.operator_cli import new_round, start_request

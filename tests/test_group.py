@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindmatch.canon import CANON_VERSION
-from blindmatch.group import (
+from blindmatch.core.canon import CANON_VERSION
+from blindmatch.core.group import (
     DST,
     ELEMENT_BYTES,
     InvalidElement,
@@ -444,7 +444,7 @@ def test_low_order_values_really_are_low_order() -> None:
 
 def test_hash_and_blind_without_an_equivalent_scalar() -> None:
     """Keys whose reduced scalar has no cofactor-clearing twin take the plain hash-then-blind path."""
-    from blindmatch.group import ORDER, _cofactor_scalar
+    from blindmatch.core.group import ORDER, _cofactor_scalar
 
     k = 2**254 + 8 * -(-3 * (ORDER - 2**252) // 8)  # k mod ORDER lands in [2^252, ORDER)
     raw = k.to_bytes(32, "little")
@@ -461,7 +461,7 @@ def test_hash_and_blind_equals_blind_of_hash(raw: bytes, values: list[str]) -> N
 
 
 def test_a_mask_is_removed_after_any_other_keys() -> None:
-    from blindmatch.group import Mask
+    from blindmatch.core.group import Mask
 
     elements = hash_indicators([("domain", f"m{i}.example") for i in range(16)])
     partners = [RoundKey.generate() for _ in range(3)]
@@ -476,7 +476,7 @@ def test_a_mask_is_removed_after_any_other_keys() -> None:
 
 
 def test_two_masks_of_one_value_look_unrelated() -> None:
-    from blindmatch.group import Mask
+    from blindmatch.core.group import Mask
 
     element = hash_to_group("ipv4", "203.0.113.7")
     first, second = Mask.generate(), Mask.generate()

@@ -12,15 +12,15 @@ from typing import cast
 
 import pytest
 
-from blindmatch.group import (
+from blindmatch.core.group import (
     HASH_VERSION,
     RoundKey,
     blind_packed,
     hash_and_blind_packed,
     hash_indicators,
 )
-from blindmatch.node_round import NodeRound
-from blindmatch.protocol import Policy, RoundSpec
+from blindmatch.core.round_node import NodeRound
+from blindmatch.core.spec import Policy, RoundSpec
 from node.cli import fill_hashes
 from node.pool import Blinder
 from node.rounds import StoredSet

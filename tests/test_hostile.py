@@ -23,12 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindmatch import net, wire
-from blindmatch.canon import KINDS
-from blindmatch.coordinator_round import Caps
-from blindmatch.group import RoundKey, hash_to_group
-from blindmatch.protocol import Policy
-from blindmatch.tomlconfig import is_valid_name
+from blindmatch.cli.tomlconfig import is_valid_name
+from blindmatch.core.canon import KINDS
+from blindmatch.core.group import RoundKey, hash_to_group
+from blindmatch.core.round_coordinator import Caps
+from blindmatch.core.spec import Policy
+from blindmatch.runtime import net, serde
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import start as start_coordinator
@@ -185,7 +185,7 @@ def participants(round_id: str) -> list[str]:
 def start(round_id: str, sizes: dict[str, int]) -> node_pb2.ReblindRequest:
     """RoutingStart with every participant's real certificate, as an honest coordinator sends."""
     names = [n for n in participants(round_id) if is_valid_name(n)]
-    return wire.routing_start(round_id, sizes, node_certificates(PKI[0], names))
+    return serde.routing_start_to_proto(round_id, sizes, node_certificates(PKI[0], names))
 
 
 def chunk(owner: str, seq: int, elements: bytes) -> node_pb2.ReblindRequest:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from blindmatch.canon import canonicalize
+from blindmatch.core.canon import canonicalize
 from node.importers import Invalid, Record, read_path
 from node.importing import import_paths
 from node.store import Store

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindmatch.canon import KINDS
+from blindmatch.core.canon import KINDS
 from node.importers import (
     MAX_VALUE_CHARS,
     Event,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindmatch import match
-from blindmatch.match import (
+from blindmatch.core import match
+from blindmatch.core.match import (
     MAX_PARTICIPANTS,
     CountResult,
     PairwiseResult,

@@ -1,4 +1,4 @@
-"""The servers' malloc setting (blindmatch.memory)."""
+"""The servers' malloc setting (blindmatch.runtime.memory)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from blindmatch.memory import return_large_buffers
+from blindmatch.runtime.memory import return_large_buffers
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")

@@ -18,11 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.federation
-from blindmatch import net
-from blindmatch.metrics_endpoint import DEFAULT_LISTEN, serve_metrics
-from blindmatch.net import BindError
-from blindmatch.protocol import Policy
-from blindmatch.tomlconfig import ConfigError
+from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.core.spec import Policy
+from blindmatch.runtime import net
+from blindmatch.runtime.metrics_endpoint import DEFAULT_LISTEN, serve_metrics
+from blindmatch.runtime.net import BindError
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths, write_config
 from coordinator.config import load_config as load_coordinator_config

@@ -10,7 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blindmatch.net import (
+from blindmatch.core.identity import Identity
+from blindmatch.runtime.net import (
     AccessPolicy,
     Allow,
     BindError,
@@ -25,7 +26,7 @@ from blindmatch.net import (
     split_host_port,
     start_server,
 )
-from blindmatch.pki import CaMaterial, Identity, issue, new_ca
+from blindmatch.runtime.pki import CaMaterial, issue, new_ca
 from tests.pkifixtures import FederationPki, leaf_with_uris
 
 UTC = datetime.UTC

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from blindmatch import net
-from blindmatch.cli import main
-from blindmatch.pki import Identity, identity_of
+from blindmatch.cli.main import main
+from blindmatch.core.identity import Identity, identity_of
+from blindmatch.runtime import net
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import start as start_coordinator

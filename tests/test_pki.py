@@ -13,14 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from blindmatch.cli import cmd_pki_init, cmd_pki_issue
-from blindmatch.pki import (
+from blindmatch.cli.main import cmd_pki_init, cmd_pki_issue
+from blindmatch.core.identity import Identity, PkiError, identity_of
+from blindmatch.runtime.pki import (
     CaMaterial,
-    Identity,
-    PkiError,
     PkiFileExists,
     identity_host,
-    identity_of,
     init_pki_dir,
     issue,
     issue_to_dir,

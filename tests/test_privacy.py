@@ -23,11 +23,11 @@ import grpc
 import pytest
 
 import node.rounds
-from blindmatch import net, wire
-from blindmatch.coordinator_round import CoordinatorRound
-from blindmatch.group import RoundKey, hash_to_group
-from blindmatch.node_round import NodeRound
-from blindmatch.protocol import NodePhase, Policy
+from blindmatch.core.group import RoundKey, hash_to_group
+from blindmatch.core.round_coordinator import CoordinatorRound
+from blindmatch.core.round_node import NodeRound
+from blindmatch.core.spec import NodePhase, Policy
+from blindmatch.runtime import net, serde
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.servicer import NodeServicer
 from tests.federation import (
@@ -314,7 +314,7 @@ def test_no_key_material_while_a_stalled_coordinator_holds_a_stream_open(
         def stalled() -> Iterator[node_pb2.ReblindRequest]:
             sizes = {"alpha": size, "zulu": 5}
             certificates = node_certificates(pki, ["alpha", "zulu"])
-            yield wire.routing_start(round_id, sizes, certificates)
+            yield serde.routing_start_to_proto(round_id, sizes, certificates)
             zulu = signer(pki, "zulu", "node")
             yield node_pb2.ReblindRequest(chunk=signed_chunk(zulu, signed, "zulu", 0, 0, element))
             release.wait(30)  # then silence, with the stream still open

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindmatch.canon import KINDS, Indicator, canonicalize
-from blindmatch.coordinator_round import Caps, CoordinatorRound
-from blindmatch.group import split_elements
-from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
-from blindmatch.node_round import ListedSet, NodeRound
-from blindmatch.protocol import (
+from blindmatch.core.canon import KINDS, Indicator, canonicalize
+from blindmatch.core.group import split_elements
+from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.round_coordinator import Caps, CoordinatorRound
+from blindmatch.core.round_node import ListedSet, NodeRound
+from blindmatch.core.spec import (
     DEFAULT_CHUNK,
     BadMessage,
     CapExceeded,
@@ -36,7 +36,7 @@ from blindmatch.protocol import (
     Stream,
     WrongPhase,
 )
-from blindmatch.states import (
+from blindmatch.core.states import (
     CHECK_OUTCOMES,
     COORDINATOR,
     COORDINATOR_FINAL,
@@ -717,7 +717,7 @@ def test_chunk_refusals_name_the_sender_first() -> None:
     )
 
 
-# --- the transition tables (blindmatch/states.py) --------------------------------------------------
+# --- the transition tables (blindmatch/core/states.py) --------------------------------------------------
 
 # Written out here rather than read from the tables, so that a change to a table shows up as a
 # failing test: these are the protocol's rules, not the tables' contents.

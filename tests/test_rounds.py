@@ -14,10 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from blindmatch import wire
-from blindmatch.group import hash_to_group
-from blindmatch.match import Delivery
-from blindmatch.protocol import Policy, RoundSpec
+from blindmatch.core.group import hash_to_group
+from blindmatch.core.match import Delivery
+from blindmatch.core.spec import Policy, RoundSpec
+from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2, node_pb2
 from tests.federation import (
     Federation,
@@ -100,13 +100,13 @@ def test_threshold_round_gives_counts_without_names(
     federation, data = fed
     participants = NAMES[:4]
     received: list[node_pb2.DeliverRequest] = []
-    decode = wire.delivery_from_proto
+    decode = serde.delivery_from_proto
 
     def recording(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delivery:
         received.append(msg)  # what reached a node, as it parsed it off the wire
         return decode(msg, spec)
 
-    monkeypatch.setattr(wire, "delivery_from_proto", recording)
+    monkeypatch.setattr(serde, "delivery_from_proto", recording)
     info = threshold_round(federation, participants, threshold, counts)
     assert info.state == "done", info.error
     sets = {n: data[n].eligible() for n in participants}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from blindmatch import samples
-from blindmatch.canon import KINDS, canonicalize
-from blindmatch.sample_files import write_samples
+from blindmatch.core.canon import KINDS, canonicalize
+from blindmatch.demo import samples
+from blindmatch.demo.sample_files import write_samples
 from node.importing import import_paths
 from node.store import TLP_LEVELS, Store
 

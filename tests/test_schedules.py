@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 import pytest
 
-from blindmatch import net, wire
-from blindmatch.orders import MIN_EVERY, StandingOrder
-from blindmatch.protocol import BadMessage
-from blindmatch.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, Signer, StaleSpec
+from blindmatch.core.orders import MIN_EVERY, StandingOrder
+from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, Signer, StaleSpec
+from blindmatch.core.spec import BadMessage
+from blindmatch.runtime import net, serde
 from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
 from coordinator import operator_cli, schedule_cli
 from coordinator.schedules import Scheduler
@@ -72,7 +72,7 @@ def order(
 
 
 def sign(o: StandingOrder, by: Signer) -> node_pb2.SignedOrder:
-    return wire.signed_order_to_proto(SignedOrder.sign(by, wire.order_bytes(o)))
+    return serde.signed_order_to_proto(SignedOrder.sign(by, serde.order_to_bytes(o)))
 
 
 # --- the order itself ------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def sign(o: StandingOrder, by: Signer) -> node_pb2.SignedOrder:
 
 def test_each_run_is_fixed_by_the_order_and_its_number() -> None:
     o = order(first=1000.0, until=1000.0 + 2.5 * EVERY)
-    assert wire.order_from_bytes(wire.order_bytes(o)) == o
+    assert serde.order_from_bytes(serde.order_to_bytes(o)) == o
     spec = o.run_spec(2)
     assert spec.round_id == f"{o.schedule_id}-2" and spec.issued == 1000.0 + 2 * EVERY
     assert replace(spec, round_id="run", issued=o.template.issued) == o.template
@@ -125,7 +125,7 @@ def test_never_two_runs_of_a_schedule_at_once_and_missed_runs_are_counted(
     store = MemoryRoundStore()
     scheduler = Scheduler(store, coordinator.start, coordinator.going.__contains__, clock)
     o = order(first=1000.0, until=1000.0 + 5 * EVERY)
-    scheduler.add(SignedOrder.sign(signer(pki), wire.order_bytes(o)), o, OPERATOR)
+    scheduler.add(SignedOrder.sign(signer(pki), serde.order_to_bytes(o)), o, OPERATOR)
     assert scheduler.tick() == []  # not due yet
     clock.t = 1000.0
     assert scheduler.tick() == [f"{o.schedule_id}-0"]
@@ -155,7 +155,7 @@ def test_a_run_nodes_would_refuse_as_stale_is_skipped_not_started(pki: Federatio
         MemoryRoundStore(), coordinator.start, coordinator.going.__contains__, clock
     )
     o = order(first=1000.0, until=1000.0 + 5 * EVERY)
-    scheduler.add(SignedOrder.sign(signer(pki), wire.order_bytes(o)), o, OPERATOR)
+    scheduler.add(SignedOrder.sign(signer(pki), serde.order_to_bytes(o)), o, OPERATOR)
     assert scheduler.tick() == [] and coordinator.started == []
     (view,) = scheduler.views()
     assert (view.record.skipped, view.record.last_run) == (5, 4)

@@ -7,8 +7,8 @@ import datetime
 
 import pytest
 
-from blindmatch.pki import CertMaterial, PkiError, issue, new_ca
-from blindmatch.signing import (
+from blindmatch.core.identity import PkiError
+from blindmatch.core.signing import (
     ChunkClaim,
     ForgedMessage,
     Signer,
@@ -16,6 +16,7 @@ from blindmatch.signing import (
     spec_digest,
     statement,
 )
+from blindmatch.runtime.pki import CertMaterial, issue, new_ca
 from tests.pkifixtures import leaf_with_uris
 
 NOW = datetime.datetime.now(datetime.UTC)

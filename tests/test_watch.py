@@ -16,13 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from blindmatch import net
-from blindmatch.cli import main
-from blindmatch.group import RoundKey
-from blindmatch.node_watch import NodeEpoch
-from blindmatch.protocol import CapExceeded, Policy, PolicyRefusal
-from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
-from blindmatch.watch import (
+from blindmatch.cli.main import main
+from blindmatch.core.group import RoundKey
+from blindmatch.core.spec import CapExceeded, Policy, PolicyRefusal
+from blindmatch.core.watch_node import NodeEpoch
+from blindmatch.core.watch_rules import (
     DEFAULT_CHECK_BUDGET,
     FILTER_ERROR_RATE,
     EpochEnded,
@@ -32,6 +30,8 @@ from blindmatch.watch import (
     parse_duration,
     reported_partners,
 )
+from blindmatch.runtime import net
+from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
 from coordinator.service import RunningCoordinator
 from node.config import NodeConfig, load_config, render_config
 from node.store import Sighting, Store
@@ -445,7 +445,7 @@ def test_alerts_follow_streams_new_alerts_as_json_lines(tmp_path: Path, pki: Fed
         [
             sys.executable,
             "-m",
-            "blindmatch.cli",
+            "blindmatch.cli.main",
             "node",
             "alerts",
             "--config",

@@ -21,14 +21,14 @@ from typing import Any
 import grpc
 import pytest
 
-from blindmatch import net, wire
-from blindmatch.group import RoundKey, hash_indicators
-from blindmatch.node_watch import NodeEpoch, NodeWatchCore
-from blindmatch.protocol import Policy, WrongPhase
-from blindmatch.signing import CheckClaim, Signer
-from blindmatch.states import EpochPhase
+from blindmatch.core.group import RoundKey, hash_indicators
+from blindmatch.core.signing import CheckClaim, Signer
+from blindmatch.core.spec import Policy, WrongPhase
+from blindmatch.core.states import EpochPhase
+from blindmatch.core.watch_node import NodeEpoch, NodeWatchCore
+from blindmatch.core.watch_rules import CheckHop
+from blindmatch.runtime import net, serde
 from blindmatch.v1 import watch_pb2_grpc
-from blindmatch.watch import CheckHop
 from node.rounds import StoreFailed
 from node.watch import NodeWatch
 from tests.federation import Federation
@@ -156,7 +156,7 @@ def test_a_check_in_another_nodes_name_is_refused_and_costs_nothing(
     with channel:
         for what, hop in forged_hops(fed, epoch_id, elements).items():
             with pytest.raises(grpc.RpcError) as err:
-                stub.ReblindCheck(wire.reblind_request(hop), timeout=10)
+                stub.ReblindCheck(serde.check_hop_to_proto(hop), timeout=10)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, what
     assert bravo.epoch is not None and bravo.epoch.spent == {}  # the budget is untouched
     with fed.store("bravo") as store:
@@ -188,7 +188,7 @@ def test_a_replayed_check_is_refused_and_costs_nothing(
     spent = dict(bravo.epoch.spent)
     channel, stub = as_coordinator(fed, "bravo")
     with channel, pytest.raises(grpc.RpcError) as err:
-        stub.ReblindCheck(wire.reblind_request(hop), timeout=10)
+        stub.ReblindCheck(serde.check_hop_to_proto(hop), timeout=10)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert bravo.epoch.spent == spent
     with fed.store("bravo") as store:
@@ -335,7 +335,7 @@ def test_a_chunk_replayed_or_moved_to_another_place_is_refused_and_costs_nothing
     with channel:
         for what, (chunk, code) in moved.items():
             with pytest.raises(grpc.RpcError) as err:
-                stub.ReblindCheck(wire.reblind_request(chunk), timeout=10)
+                stub.ReblindCheck(serde.check_hop_to_proto(chunk), timeout=10)
             assert err.value.code() == code, what
     assert bravo.epoch.spent == spent
     with fed.store("bravo") as store:

@@ -1,4 +1,4 @@
-"""The sans-I/O watch core (blindmatch/watch.py): epochs, checks and their refusals, no servers.
+"""The sans-I/O watch core (blindmatch/core/watch_rules.py): epochs, checks and their refusals, no servers.
 
 Time is a value the tests set (``FakeClock``): an epoch ends because the clock passes its end,
 never because a test sleeps.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from blindmatch.group import (
+from blindmatch.core.group import (
     ELEMENT_BYTES,
     Mask,
     RoundKey,
@@ -20,10 +20,9 @@ from blindmatch.group import (
     hash_and_blind_packed,
     hash_indicators,
 )
-from blindmatch.node_round import ListedSet, NodeRound
-from blindmatch.node_watch import NodeEpoch, NodeWatchCore, end_reason
-from blindmatch.pki import issue, new_ca
-from blindmatch.protocol import (
+from blindmatch.core.round_node import ListedSet, NodeRound
+from blindmatch.core.signing import CheckClaim, ForgedMessage, Signer, Trust
+from blindmatch.core.spec import (
     BadMessage,
     CapExceeded,
     Policy,
@@ -32,9 +31,17 @@ from blindmatch.protocol import (
     RoundSpec,
     WrongPhase,
 )
-from blindmatch.signing import CheckClaim, ForgedMessage, Signer, Trust
-from blindmatch.states import EpochPhase
-from blindmatch.watch import (
+from blindmatch.core.states import EpochPhase
+from blindmatch.core.watch_coordinator import (
+    CheckFlow,
+    CheckPhase,
+    CoordinatorEpoch,
+    CoordinatorWatch,
+    filter_key,
+    seal,
+)
+from blindmatch.core.watch_node import NodeEpoch, NodeWatchCore, end_reason
+from blindmatch.core.watch_rules import (
     CHECK_CHUNK,
     MAX_CHECK_ELEMENTS,
     BadReply,
@@ -43,14 +50,7 @@ from blindmatch.watch import (
     EpochEnded,
     WatchSettings,
 )
-from blindmatch.watchhub import (
-    CheckFlow,
-    CheckPhase,
-    CoordinatorEpoch,
-    CoordinatorWatch,
-    filter_key,
-    seal,
-)
+from blindmatch.runtime.pki import issue, new_ca
 
 PARTS = ("a", "b", "c", "d")
 T0 = float(int(time.time()))  # certificates are valid now: the node verifies signatures

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from blindmatch.tomlconfig import ConfigError
+from blindmatch.cli.tomlconfig import ConfigError
 from node.config import ConnectorConfig
 from node.connectors import SINK_TYPES, SOURCE_TYPES
 from node.importers import Event

@@ -35,7 +35,7 @@ from typing import Any, Final
 import requests
 from pymisp import PyMISP, PyMISPError
 
-from blindmatch.tomlconfig import ConfigError
+from blindmatch.cli.tomlconfig import ConfigError
 from node.config import ConnectorConfig
 from node.connectors.base import ConnectorError, Page, read_secret
 from node.importers import Event, Record, Skipped

@@ -26,7 +26,7 @@ MAX_VALUE_CHARS = 8192
 class Record:
     """One candidate indicator, as it appeared in the source, not yet canonicalised."""
 
-    kind_hint: str  # a blindmatch.canon kind, or "auto"
+    kind_hint: str  # a blindmatch.core.canon kind, or "auto"
     raw: str
     where: str  # "line 12", "indicator--<uuid>", "attribute <uuid>"
     first_seen: str | None = None  # ISO 8601 UTC, seconds precision

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from blindmatch.canon import KINDS, InvalidIndicator, canonicalize
+from blindmatch.core.canon import KINDS, InvalidIndicator, canonicalize
 from node.importers._common import (
     Event,
     ImportFileError,

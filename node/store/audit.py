@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from blindmatch.match import MODES
-from blindmatch.states import ROUND_ENDS, ROUND_OUTCOMES
+from blindmatch.core.match import MODES
+from blindmatch.core.states import ROUND_ENDS, ROUND_OUTCOMES
 from node.store.db import Database
 from node.store.schema import normalize_time, utc_now
 

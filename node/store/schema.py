@@ -194,7 +194,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "DROP TABLE stix_refs",
     ),
     # 6 -> 7: hash once (issue 12): H(v) of each indicator and the hash version it was computed
-    # under (blindmatch.group.HASH_VERSION). SQL cannot hash to the curve, so existing rows keep
+    # under (blindmatch.core.group.HASH_VERSION). SQL cannot hash to the curve, so existing rows keep
     # NULL here and the node fills them (SightingsTable.fill_hashes) when it serves or imports.
     (
         "ALTER TABLE sightings ADD COLUMN hash BLOB CHECK (hash IS NULL OR length(hash) = 32)",

@@ -6,9 +6,9 @@ Rules:
   becomes the more restrictive of the two (clear < green < amber < amber+strict < red).
 - A batch of sightings is stored in one transaction: all of it or none of it, also when the
   process is killed midway (SQLite's journal guarantees that, the tests check it).
-- Hash once: each indicator's H(v) (blindmatch.group.hash_indicators) is computed when it is
+- Hash once: each indicator's H(v) (blindmatch.core.group.hash_indicators) is computed when it is
   first stored, in the same transaction, and kept with the hash version it was computed under
-  (blindmatch.group.HASH_VERSION). Rounds and checks read it and only blind. A row whose hash is
+  (blindmatch.core.group.HASH_VERSION). Rounds and checks read it and only blind. A row whose hash is
   missing (a store from before schema 7) or of another version is stale: ``fill_hashes``
   recomputes those, and readers treat a stale hash as absent (None).
 """
@@ -27,8 +27,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.group import HASH_VERSION, hash_indicators
-from blindmatch.states import Outcome
+from blindmatch.core.group import HASH_VERSION, hash_indicators
+from blindmatch.core.states import Outcome
 from node.store.connectors import save_cursor, save_source_refs
 from node.store.db import Database
 from node.store.schema import StoreError, normalize_time, utc_now
@@ -48,8 +48,8 @@ EligibleRow = tuple[int, str, str, bytes | None]
 class Sighting:
     """One observation of an indicator, as an importer hands it to the store."""
 
-    kind: str  # one of blindmatch.canon.KINDS
-    value: str  # canonical form (blindmatch.canon.canonicalize)
+    kind: str  # one of blindmatch.core.canon.KINDS
+    value: str  # canonical form (blindmatch.core.canon.canonicalize)
     raw: str  # the value exactly as it appeared in the source
     first_seen: str | None = None  # ISO 8601 UTC, "2026-11-26T23:00:00Z"
     last_seen: str | None = None

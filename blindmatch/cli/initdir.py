@@ -13,11 +13,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from blindmatch.clierrors import BadInput
-from blindmatch.hardening import PRIVATE_DIR
-from blindmatch.net import split_host_port
-from blindmatch.pki import DEFAULT_SERVER_HOSTS, IssuedPaths
-from blindmatch.tomlconfig import TlsPaths
+from blindmatch.cli.errors import BadInput
+from blindmatch.cli.tomlconfig import TlsPaths
+from blindmatch.runtime.hardening import PRIVATE_DIR
+from blindmatch.runtime.net import split_host_port
+from blindmatch.runtime.pki import DEFAULT_SERVER_HOSTS, IssuedPaths
 
 
 def refuse_existing(config_path: Path) -> None:

@@ -34,11 +34,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.errors import BadMessage, CapExceeded, ForgedMessage, PolicyRefusal, WrongPhase
-from blindmatch.group import RoundKey
-from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
-from blindmatch.protocol import Match, NodeOutcome, Policy, RoundSpec
-from blindmatch.states import NODE, NodeEvent, NodePhase
+from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, PolicyRefusal, WrongPhase
+from blindmatch.core.group import RoundKey
+from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.spec import Match, NodeOutcome, Policy, RoundSpec
+from blindmatch.core.states import NODE, NodeEvent, NodePhase
 
 # (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale)
 Candidate = tuple[int, str, str] | tuple[int, str, str, bytes | None]

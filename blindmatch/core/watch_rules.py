@@ -4,7 +4,7 @@ A *watch round* is a pairwise round announced as such at Prepare (``RoundSpec.ep
 a node refuses it unless its ``[watch]`` settings allow that epoch (``WatchSettings``). Once the
 round is fully blinded the coordinator draws its own epoch key k_c, applies it to every final
 tag, and hands each node its own k_c-tags (``BeginEpoch``): the node *stages* the epoch (PENDING,
-in ``blindmatch.states.EPOCH``) with a copy of the round's key and its *tag map*: k_c-tag ->
+in ``blindmatch.core.states.EPOCH``) with a copy of the round's key and its *tag map*: k_c-tag ->
 (kind, canonical value). A successful delivery opens it; any other end of the round (a failure,
 a refused delivery, Abort, even after the delivery) closes it and destroys the key.
 
@@ -31,8 +31,8 @@ Rules of a check (node C checks values during epoch E):
      map; the coordinator adds them to C's filter.
   Nothing is accepted after the epoch's end (``EpochEnded``); the key is destroyed then.
 
-This module holds the rules both sides apply. The coordinator's side is ``blindmatch.watchhub``;
-the node's machines are in ``blindmatch.node_watch``: ``NodeWatchCore`` (the staged and the
+This module holds the rules both sides apply. The coordinator's side is ``blindmatch.core.watch_coordinator``;
+the node's machines are in ``blindmatch.core.watch_node``: ``NodeWatchCore`` (the staged and the
 current ``NodeEpoch``, the re-blinding of partners' checks) and ``NodeCheck`` (one check of the
 node's own sightings). No I/O and no real clock: a clock callable is passed in.
 """
@@ -45,8 +45,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from blindmatch.group import ELEMENT_BYTES
-from blindmatch.protocol import (
+from blindmatch.core.group import ELEMENT_BYTES
+from blindmatch.core.signing import CheckClaim
+from blindmatch.core.spec import (
     BadMessage,
     Policy,
     PolicyRefusal,
@@ -54,7 +55,6 @@ from blindmatch.protocol import (
     RoundSpec,
     WrongPhase,
 )
-from blindmatch.signing import CheckClaim
 
 Clock = Callable[[], float]  # unix seconds; time.time outside tests
 

@@ -1,4 +1,4 @@
-"""blindmatch.wire: every message with a core counterpart survives the trip to protobuf and back
+"""blindmatch.runtime.serde: every message with a core counterpart survives the trip to protobuf and back
 (through real serialisation), malformed messages are refused as protocol errors, and every error
 the services raise maps to its status."""
 
@@ -11,12 +11,12 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from blindmatch import wire
-from blindmatch.canon import InvalidIndicator
-from blindmatch.coordinator_round import Forward
-from blindmatch.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
-from blindmatch.protocol import (
+from blindmatch.core.canon import InvalidIndicator
+from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.round_coordinator import Forward
+from blindmatch.core.signing import ForgedMessage, SignedSpec, StaleSpec
+from blindmatch.core.spec import (
     BadMessage,
     CapExceeded,
     PolicyRefusal,
@@ -25,9 +25,9 @@ from blindmatch.protocol import (
     UnknownRound,
     WrongPhase,
 )
-from blindmatch.signing import ForgedMessage, SignedSpec, StaleSpec
+from blindmatch.core.watch_rules import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
+from blindmatch.runtime import serde, status
 from blindmatch.v1 import node_pb2, watch_pb2
-from blindmatch.watch import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
 from coordinator.driver import RoundFailure
 from coordinator.state import RoundRecord
 from coordinator.watch import WatchFailure
@@ -61,29 +61,29 @@ def over_the_wire(msg: M) -> M:
     ],
 )
 def test_a_round_spec_round_trips(spec: RoundSpec) -> None:
-    assert wire.spec_from_proto(over_the_wire(wire.spec_to_proto(spec))) == spec
+    assert serde.spec_from_proto(over_the_wire(serde.spec_to_proto(spec))) == spec
 
 
 @pytest.mark.parametrize("round_id", ["", "x" * 65, "a b", "../etc", "é"])
 def test_a_round_id_outside_the_alphabet_is_refused(round_id: str) -> None:
-    msg = wire.spec_to_proto(RoundSpec("ok", NAMES))
+    msg = serde.spec_to_proto(RoundSpec("ok", NAMES))
     msg.round_id = round_id
     with pytest.raises(BadMessage, match="round_id"):
-        wire.spec_from_proto(msg)
+        serde.spec_from_proto(msg)
 
 
 def test_a_spec_the_core_refuses_is_a_protocol_error() -> None:
     msg = node_pb2.RoundSpec(round_id="r", participants=["alpha"], mode="pairwise")
     with pytest.raises(BadMessage, match="participants"):
-        wire.spec_from_proto(msg)
+        serde.spec_from_proto(msg)
 
 
 def test_a_spec_reads_back_from_exactly_the_bytes_signed() -> None:
     spec = RoundSpec("r", NAMES, mode="threshold", threshold=2, counts=True, issued=12.5)
-    data = wire.spec_bytes(spec)
-    assert wire.spec_from_bytes(data) == spec
+    data = serde.spec_to_bytes(spec)
+    assert serde.spec_from_bytes(data) == spec
     signed = SignedSpec(data, b"sig", b"cert")
-    assert wire.signed_spec_from_proto(over_the_wire(wire.signed_spec_to_proto(signed))) == (
+    assert serde.signed_spec_from_proto(over_the_wire(serde.signed_spec_to_proto(signed))) == (
         signed,
         spec,
     )
@@ -91,41 +91,41 @@ def test_a_spec_reads_back_from_exactly_the_bytes_signed() -> None:
 
 def test_a_signed_spec_that_is_no_spec_is_refused() -> None:
     with pytest.raises(BadMessage, match="not a serialized RoundSpec"):
-        wire.spec_from_bytes(b"\xff\xff\xff")
+        serde.spec_from_bytes(b"\xff\xff\xff")
 
 
 def test_a_threshold_outside_threshold_mode_is_refused_not_dropped() -> None:
     msg = node_pb2.RoundSpec(round_id="r", participants=NAMES, mode="pairwise", threshold=2)
     with pytest.raises(BadMessage, match="a threshold only applies to threshold mode"):
-        wire.spec_from_proto(msg)
+        serde.spec_from_proto(msg)
 
 
 def test_routing_start_round_trips() -> None:
     sizes = {"alpha": 3, "bravo": 0, "charlie": 70_000}
     certificates = {"alpha": b"A", "bravo": b"B", "charlie": b"C"}
-    msg = over_the_wire(wire.routing_start("r", sizes, certificates))
+    msg = over_the_wire(serde.routing_start_to_proto("r", sizes, certificates))
     assert msg.WhichOneof("body") == "start" and msg.start.round_id == "r"
-    assert wire.sizes_from_proto(msg.start) == sizes
-    assert wire.certificates_from_proto(msg.start) == certificates
+    assert serde.sizes_from_proto(msg.start) == sizes
+    assert serde.certificates_from_proto(msg.start) == certificates
 
 
 @pytest.mark.parametrize("count", [0, 1, 5])
 def test_a_forwarded_chunk_round_trips(count: int) -> None:
     forward = Forward("bravo", "alpha", 4, bytes(range(ELEMENT_BYTES)) * count, 2, b"sig")
     assert (
-        wire.forward_from_proto("bravo", over_the_wire(wire.forward_to_proto(forward))) == forward
+        serde.forward_from_proto("bravo", over_the_wire(serde.forward_to_proto(forward))) == forward
     )
 
 
 def test_a_chunk_of_partial_elements_is_refused() -> None:
-    msg = wire.forward_to_proto(Forward("bravo", "alpha", 2, b"\x01" * (ELEMENT_BYTES + 1)))
+    msg = serde.forward_to_proto(Forward("bravo", "alpha", 2, b"\x01" * (ELEMENT_BYTES + 1)))
     with pytest.raises(BadMessage, match="chunk 2 of alpha's set is not whole 32-byte elements"):
-        wire.forward_from_proto("bravo", msg)
+        serde.forward_from_proto("bravo", msg)
 
 
 def test_a_second_routing_start_is_not_a_chunk() -> None:
     with pytest.raises(BadMessage, match="RoutingStart sent twice"):
-        wire.forward_from_proto("bravo", wire.routing_start("r", {"alpha": 1}, {}))
+        serde.forward_from_proto("bravo", serde.routing_start_to_proto("r", {"alpha": 1}, {}))
 
 
 SPEC = RoundSpec("r", NAMES)
@@ -144,20 +144,20 @@ COUNTED = RoundSpec("r", NAMES, mode="threshold", threshold=2, counts=True)
     ],
 )
 def test_every_delivery_round_trips(delivery: Delivery) -> None:
-    msg = over_the_wire(wire.delivery_to_proto("r", delivery, SPEC.participants))
+    msg = over_the_wire(serde.delivery_to_proto("r", delivery, SPEC.participants))
     assert msg.round_id == "r"
     counted = isinstance(delivery, ThresholdResult) and bool(delivery.counts)
-    assert wire.delivery_from_proto(msg, COUNTED if counted else SPEC) == delivery
+    assert serde.delivery_from_proto(msg, COUNTED if counted else SPEC) == delivery
 
 
 def test_counts_the_spec_did_not_ask_for_are_refused() -> None:
-    msg = wire.delivery_to_proto("r", ThresholdResult((3,), (2,)), NAMES)
+    msg = serde.delivery_to_proto("r", ThresholdResult((3,), (2,)), NAMES)
     with pytest.raises(BadMessage, match="counts the round did not ask for"):
-        wire.delivery_from_proto(msg, replace(COUNTED, counts=False))
+        serde.delivery_from_proto(msg, replace(COUNTED, counts=False))
 
 
 def test_a_count_delivery_names_partners_not_indices() -> None:
-    msg = wire.delivery_to_proto("r", CountResult({2: 7}), SPEC.participants)
+    msg = serde.delivery_to_proto("r", CountResult({2: 7}), SPEC.participants)
     assert dict(msg.count.shared) == {"charlie": 7}
 
 
@@ -181,7 +181,7 @@ def test_a_count_delivery_names_partners_not_indices() -> None:
 )
 def test_a_malformed_delivery_is_refused(msg: node_pb2.DeliverRequest, problem: str) -> None:
     with pytest.raises(BadMessage, match=problem):
-        wire.delivery_from_proto(msg, COUNTED if msg.HasField("threshold") else SPEC)
+        serde.delivery_from_proto(msg, COUNTED if msg.HasField("threshold") else SPEC)
 
 
 # --- round records ----------------------------------------------------------------------------
@@ -210,7 +210,9 @@ def test_a_malformed_delivery_is_refused(msg: node_pb2.DeliverRequest, problem: 
     ],
 )
 def test_a_round_record_round_trips(record: RoundRecord) -> None:
-    assert RoundRecord(**wire.round_fields(over_the_wire(wire.round_info(record)))) == record
+    assert (
+        RoundRecord(**serde.round_from_proto(over_the_wire(serde.round_to_proto(record)))) == record
+    )
 
 
 # --- early warning ------------------------------------------------------------------------------
@@ -224,29 +226,29 @@ def test_a_check_request_round_trips(partners: frozenset[str] | None) -> None:
         CheckHop("e1", "alpha", "ab" * 8, 0, c, b"sig%d" % seq, b"cert", seq, 2)
         for seq, c in enumerate(chunks)
     ]
-    msg = over_the_wire(wire.check_request(first, partners))
+    msg = over_the_wire(serde.check_to_proto(first, partners))
     assert (msg.epoch_id, msg.elements) == ("e1", b"".join(chunks))
-    assert wire.check_partners(msg) == partners
-    assert wire.check_first_hops(msg, "alpha") == first
+    assert serde.check_partners_from_proto(msg) == partners
+    assert serde.check_hops_from_proto(msg, "alpha") == first
 
 
 def test_a_check_request_needs_one_signature_per_chunk() -> None:
     first = CheckHop("e1", "alpha", "ab" * 8, 0, b"\x07" * ELEMENT_BYTES, b"sig", b"cert")
-    msg = over_the_wire(wire.check_request([first], None))
+    msg = over_the_wire(serde.check_to_proto([first], None))
     msg.signatures.append(b"more")
     with pytest.raises(BadMessage, match="one per chunk"):
-        wire.check_first_hops(msg, "alpha")
+        serde.check_hops_from_proto(msg, "alpha")
 
 
 def test_a_signed_hop_round_trips() -> None:
     hop = CheckHop("e1", "alpha", "ab" * 8, 2, b"\x07" * ELEMENT_BYTES, b"sig", b"cert", 3, 5)
-    assert wire.reblind_hop(over_the_wire(wire.reblind_request(hop))) == hop
+    assert serde.check_hop_from_proto(over_the_wire(serde.check_hop_to_proto(hop))) == hop
 
 
 def test_check_hits_round_trip_and_name_only_partners_with_hits() -> None:
-    msg = over_the_wire(wire.check_hits_reply({"alpha": [0, 2], "bravo": [], "x": [1]}, 99.5))
+    msg = over_the_wire(serde.check_hits_to_proto({"alpha": [0, 2], "bravo": [], "x": [1]}, 99.5))
     assert msg.epoch_ends == 99.5
-    assert wire.check_hits(msg) == {"alpha": (0, 2), "x": (1,)}
+    assert serde.check_hits_from_proto(msg) == {"alpha": (0, 2), "x": (1,)}
     assert isinstance(msg, watch_pb2.FinishCheckReply)
 
 
@@ -285,16 +287,16 @@ def test_every_protocol_error_has_a_status_in_this_table() -> None:
     assert _subclasses(ProtocolError) <= set(STATUSES)
 
 
-@pytest.mark.parametrize(("error", "status"), list(STATUSES.items()))
-def test_status_for_every_error_class(error: type[Exception], status: grpc.StatusCode) -> None:
+@pytest.mark.parametrize(("error", "code"), list(STATUSES.items()))
+def test_status_for_every_error_class(error: type[Exception], code: grpc.StatusCode) -> None:
     exc = error("domain", "x", "why") if error is InvalidIndicator else error("why")
-    assert wire.status_for(exc) == status
+    assert status.status_for(exc) == code
 
 
-@pytest.mark.parametrize("error", [wire.StatusError, CheckFailed, WatchFailure])
-@pytest.mark.parametrize("status", [S.UNAVAILABLE, S.DEADLINE_EXCEEDED, S.UNAUTHENTICATED])
-def test_a_passed_on_status_is_kept(error: type[wire.StatusError], status: grpc.StatusCode) -> None:
-    assert wire.status_for(error(status, "why")) == status
+@pytest.mark.parametrize("error", [status.StatusError, CheckFailed, WatchFailure])
+@pytest.mark.parametrize("code", [S.UNAVAILABLE, S.DEADLINE_EXCEEDED, S.UNAUTHENTICATED])
+def test_a_passed_on_status_is_kept(error: type[status.StatusError], code: grpc.StatusCode) -> None:
+    assert status.status_for(error(code, "why")) == code
 
 
 class Aborted(Exception):
@@ -313,16 +315,16 @@ class FakeContext:
 def test_abort_ends_the_call_with_the_status_and_message() -> None:
     context = FakeContext()
     with pytest.raises(Aborted):
-        wire.abort(context, CapExceeded("too big"))
+        status.abort(context, CapExceeded("too big"))
     assert context.aborted == (S.RESOURCE_EXHAUSTED, "too big")
 
 
 def test_refusing_aborts_on_the_listed_errors_only() -> None:
     context = FakeContext()
-    with pytest.raises(Aborted), wire.refusing(context, ProtocolError):
+    with pytest.raises(Aborted), status.refusing(context, ProtocolError):
         raise UnknownRound("no round")
     assert context.aborted == (S.NOT_FOUND, "no round")
     other = FakeContext()
-    with pytest.raises(KeyError), wire.refusing(other, ProtocolError):
+    with pytest.raises(KeyError), status.refusing(other, ProtocolError):
         raise KeyError("a bug stays a bug")
     assert other.aborted is None

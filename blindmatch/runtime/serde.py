@@ -1,8 +1,8 @@
-"""Where protobuf meets the core: every message <-> core conversion, and every gRPC status.
+"""Where protobuf meets the core: every message <-> core conversion, named ``x_to_proto`` and
+``x_from_proto`` (``x_to_bytes``/``x_from_bytes`` for signed byte strings).
 
-The core (``protocol``, ``match``, ``watch``) never sees a message or a status code, and the
-servicers never build one field by field: they call the converters here, call the core or their
-registry, and refuse with ``abort``. Converters from the wire validate what the core's types
+The core never sees a message, and the servicers never build one field by field: they call the
+converters here, call the core or their registry, and refuse through ``runtime.status``. Converters from the wire validate what the core's types
 cannot (a round id's spelling, list lengths that must agree, whole 32-byte elements) and raise
 ``BadMessage``, so a malformed message is refused like any other protocol error.
 """
@@ -10,71 +10,21 @@ cannot (a round id's spelling, list lengths that must agree, whole 32-byte eleme
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Final, NoReturn, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol, TypeVar
 
-import grpc
 from google.protobuf.message import DecodeError
 
-from blindmatch.coordinator_round import Forward
-from blindmatch.group import ELEMENT_BYTES
-from blindmatch.match import CountResult, Delivery, PairwiseResult, ThresholdResult
-from blindmatch.orders import ScheduledRun, StandingOrder
-from blindmatch.protocol import BadMessage, RoundSpec
-from blindmatch.signing import SignedOrder, SignedSpec
+from blindmatch.core.group import ELEMENT_BYTES
+from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.orders import ScheduledRun, StandingOrder
+from blindmatch.core.round_coordinator import Forward
+from blindmatch.core.signing import SignedOrder, SignedSpec
+from blindmatch.core.spec import BadMessage, RoundSpec
+from blindmatch.core.watch_rules import CHECK_CHUNK, CheckHop, check_chunks
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
-from blindmatch.watch import CHECK_CHUNK, CheckHop, check_chunks
 
 ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-# --- statuses ---------------------------------------------------------------------------------
-
-
-class StatusError(Exception):
-    """A failure whose status is decided outside the core: passed on from a call to another
-    party, or a refusal of the transport (no certificate)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# Errors without a ``code``, by class, first match wins. The core's errors name their status in
-# ``code`` (the core does not import grpc), so they need no row here.
-_BY_CLASS: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
-    # InvalidElement, InvalidIndicator: bytes or values from the caller that do not decode
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-)
-
-
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status a refusal with ``exc`` carries; INTERNAL for anything unforeseen."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(code, str) and code in grpc.StatusCode.__members__:
-        return grpc.StatusCode[code]
-    for cls, status in _BY_CLASS:
-        if isinstance(exc, cls):
-            return status
-    return grpc.StatusCode.INTERNAL
-
-
-def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
-    """End the call with ``exc``'s status and message."""
-    context.abort(status_for(exc), str(exc))
-    raise AssertionError("unreachable")  # context.abort raises
-
-
-@contextmanager
-def refusing(context: grpc.ServicerContext, *errors: type[Exception]) -> Iterator[None]:
-    """Turn the listed errors raised in the block into a refusal of the call."""
-    try:
-        yield
-    except errors as exc:
-        abort(context, exc)
-
 
 # --- rounds (node.proto) ----------------------------------------------------------------------
 
@@ -114,7 +64,7 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
 _Signed = TypeVar("_Signed", node_pb2.RoundSpec, node_pb2.StandingOrder)
 
 
-def spec_bytes(spec: RoundSpec) -> bytes:
+def spec_to_bytes(spec: RoundSpec) -> bytes:
     """The bytes an operator signs: nodes parse exactly these, so all read the same spec."""
     return spec_to_proto(spec).SerializeToString(deterministic=True)
 
@@ -164,7 +114,7 @@ def order_to_proto(order: StandingOrder) -> node_pb2.StandingOrder:
     )
 
 
-def order_bytes(order: StandingOrder) -> bytes:
+def order_to_bytes(order: StandingOrder) -> bytes:
     """The bytes an operator signs for a standing order."""
     return order_to_proto(order).SerializeToString(deterministic=True)
 
@@ -208,13 +158,13 @@ def signed_order_from_proto(msg: node_pb2.SignedOrder) -> tuple[SignedOrder, Sta
 
 
 def scheduled_run(signed: SignedOrder, order: StandingOrder, run: int) -> ScheduledRun:
-    return ScheduledRun(signed, order, run, spec_bytes(order.run_spec(run)))
+    return ScheduledRun(signed, order, run, spec_to_bytes(order.run_spec(run)))
 
 
 Authorization = SignedSpec | ScheduledRun  # what a node acts on: one round, or a run of an order
 
 
-def prepare_request(auth: Authorization, timeout_seconds: float) -> node_pb2.PrepareRequest:
+def prepare_to_proto(auth: Authorization, timeout_seconds: float) -> node_pb2.PrepareRequest:
     if isinstance(auth, SignedSpec):
         return node_pb2.PrepareRequest(
             signed_spec=signed_spec_to_proto(auth), timeout_seconds=timeout_seconds
@@ -236,7 +186,7 @@ def prepare_from_proto(msg: node_pb2.PrepareRequest) -> tuple[Authorization, Rou
     return run, order.run_spec(msg.run)
 
 
-def routing_start(
+def routing_start_to_proto(
     round_id: str, sizes: Mapping[str, int], certificates: Mapping[str, bytes]
 ) -> node_pb2.ReblindRequest:
     return node_pb2.ReblindRequest(
@@ -371,7 +321,7 @@ class RoundView(Protocol):
     def hops_total(self) -> int: ...
 
 
-def round_info(record: RoundView) -> coordinator_pb2.RoundInfo:
+def round_to_proto(record: RoundView) -> coordinator_pb2.RoundInfo:
     return coordinator_pb2.RoundInfo(
         id=record.id,
         state=record.state,
@@ -412,7 +362,7 @@ class ScheduleView(Protocol):
     def cancelled_by(self) -> str | None: ...
 
 
-def schedule_info(
+def schedule_to_proto(
     record: ScheduleView, order: StandingOrder, next_run: float | None
 ) -> coordinator_pb2.ScheduleInfo:
     t = order.template
@@ -434,7 +384,7 @@ def schedule_info(
     )
 
 
-def round_fields(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
+def round_from_proto(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
     """The fields of a ``RoundView`` that ``info`` shows (zero values read as unset)."""
     return {
         "id": info.id,
@@ -457,7 +407,7 @@ def round_fields(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
 # --- early warning (watch.proto) ----------------------------------------------------------------
 
 
-def check_request(
+def check_to_proto(
     first: Sequence[CheckHop], partners: frozenset[str] | None
 ) -> watch_pb2.CheckRequest:
     """A check's signed chunks (hop 0, in order), with the partners the checker's policy lets
@@ -473,11 +423,11 @@ def check_request(
     )
 
 
-def check_partners(msg: watch_pb2.CheckRequest) -> frozenset[str] | None:
+def check_partners_from_proto(msg: watch_pb2.CheckRequest) -> frozenset[str] | None:
     return None if msg.any_partner else frozenset(msg.allowed)
 
 
-def check_first_hops(msg: watch_pb2.CheckRequest, checker: str) -> list[CheckHop]:
+def check_hops_from_proto(msg: watch_pb2.CheckRequest, checker: str) -> list[CheckHop]:
     """The checker's own signed chunks (hop 0); ``checker`` is the caller's certificate name."""
     chunks = check_chunks(msg.elements)
     if len(chunks) != len(msg.signatures):
@@ -491,7 +441,7 @@ def check_first_hops(msg: watch_pb2.CheckRequest, checker: str) -> list[CheckHop
     ]
 
 
-def reblind_request(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
+def check_hop_to_proto(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
     return watch_pb2.ReblindCheckRequest(
         epoch_id=hop.epoch_id,
         checker=hop.checker,
@@ -505,7 +455,7 @@ def reblind_request(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
     )
 
 
-def reblind_hop(msg: watch_pb2.ReblindCheckRequest) -> CheckHop:
+def check_hop_from_proto(msg: watch_pb2.ReblindCheckRequest) -> CheckHop:
     return CheckHop(
         msg.epoch_id,
         msg.checker,
@@ -519,7 +469,7 @@ def reblind_hop(msg: watch_pb2.ReblindCheckRequest) -> CheckHop:
     )
 
 
-def check_hits_reply(
+def check_hits_to_proto(
     hits: Mapping[str, Sequence[int]], epoch_ends: float
 ) -> watch_pb2.FinishCheckReply:
     """Per partner, the indices it confirmed it holds; a partner that confirmed none is not
@@ -531,5 +481,5 @@ def check_hits_reply(
     return reply
 
 
-def check_hits(msg: watch_pb2.FinishCheckReply) -> dict[str, tuple[int, ...]]:
+def check_hits_from_proto(msg: watch_pb2.FinishCheckReply) -> dict[str, tuple[int, ...]]:
     return {partner: tuple(h.indices) for partner, h in msg.hits.items()}

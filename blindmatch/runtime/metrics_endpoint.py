@@ -19,8 +19,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from blindmatch.net import BindError, is_loopback, split_host_port
-from blindmatch.tomlconfig import TomlReader
+from blindmatch.runtime.net import BindError, is_loopback, split_host_port
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
@@ -28,15 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("blindmatch.metrics")
 
 DEFAULT_LISTEN: Final = "127.0.0.1:9464"
-
-
-def read_listen(r: TomlReader) -> str | None:
-    """``[metrics] listen`` of a config file; None when the file has no ``[metrics]`` table."""
-    if "metrics" not in r.data:
-        return None
-    table = r.table("metrics", required=True)
-    r.no_unknown(table, "metrics", {"listen"})
-    return r.address("metrics.listen", table.get("listen", DEFAULT_LISTEN))
 
 
 class _QuietHandler(WSGIRequestHandler):

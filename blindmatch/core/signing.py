@@ -31,8 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from blindmatch.errors import ForgedMessage
-from blindmatch.pki import Identity, PkiError, identity_of
+from blindmatch.core.errors import ForgedMessage
+from blindmatch.core.identity import Identity, PkiError, identity_of
 
 STATEMENT_DOMAIN: Final = b"blindmatch-v1 signed statement/"
 DIGEST_BYTES: Final = 32
@@ -169,7 +169,7 @@ class SignedOrder:
 
 def verify_order(trust: Trust, signed: SignedOrder, *, now: datetime.datetime) -> Party:
     """The operator who signed ``signed``: an operator certificate of the federation valid at
-    ``now`` and a valid signature. When each run is due is the order's (blindmatch.orders)."""
+    ``now`` and a valid signature. When each run is due is the order's (blindmatch.core.orders)."""
     operator = trust.party(signed.operator_cert, now=now, role="operator", names=None)
     operator.verify(order_statement(signed.order), signed.signature, "the standing order")
     return operator

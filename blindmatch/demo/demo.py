@@ -4,9 +4,9 @@ It does what operators would do by hand, in order: a federation CA, one node per
 of each nation's sample files, a coordinator and an operator; then every node and the coordinator
 run as separate processes over mTLS, an operator runs a pairwise round, and the demo shows what
 each nation learned, what the coordinator saw, and checks the result against plain set
-intersection of the sample data (``blindmatch.samples.expected_matches``).
+intersection of the sample data (``blindmatch.demo.samples.expected_matches``).
 
-Every step runs as a ``blindmatch`` subprocess (``blindmatch.harness``), exactly the commands an
+Every step runs as a ``blindmatch`` subprocess (``blindmatch.demo.harness``), exactly the commands an
 operator types, and the demo reads results from their ``--json`` output: the core package imports
 neither ``node`` nor ``coordinator``. Every process the demo starts is stopped on the way out
 (SIGTERM, then SIGKILL), also after an error or Ctrl-C.
@@ -27,9 +27,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from blindmatch import harness, net, pki, sample_files, samples
-from blindmatch.canon import KINDS
-from blindmatch.harness import Federation, HarnessError, Server
+from blindmatch.core.canon import KINDS
+from blindmatch.demo import harness, sample_files, samples
+from blindmatch.demo.harness import Federation, HarnessError, Server
+from blindmatch.runtime import net, pki
 
 ROUND_TIMEOUT: Final = 600.0
 SHOWN_MATCHES: Final = 6

@@ -61,9 +61,9 @@ def status_of(exc: BaseException, bad_input: tuple[type[BaseException], ...] = (
     """The exit status for a known error, or None for one that is a bug (and keeps its traceback)."""
     import grpc
 
-    from blindmatch.net import InsecureBindRefused, NetError, TlsConfigError
-    from blindmatch.pki import PkiError
-    from blindmatch.tomlconfig import ConfigError
+    from blindmatch.cli.tomlconfig import ConfigError
+    from blindmatch.core.identity import PkiError
+    from blindmatch.runtime.net import InsecureBindRefused, NetError, TlsConfigError
 
     if isinstance(exc, CliError):
         return exc.status
@@ -119,7 +119,7 @@ def flag_value(check: Callable[[str], str], value: str, flag: str) -> str:
 
 def flag_address(value: str, flag: str) -> str:
     """``value`` if it is a host:port, or BadInput naming the flag."""
-    from blindmatch.net import split_host_port
+    from blindmatch.runtime.net import split_host_port
 
     try:
         split_host_port(value)

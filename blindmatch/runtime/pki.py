@@ -5,7 +5,7 @@ the name for humans. The identity is repeated as two DNS SANs under ``blindmatch
 domain reserved never to resolve): ``<name>.<role>.blindmatch.invalid`` and
 ``<role>.blindmatch.invalid``. grpc python never hands a client the server's certificate, but it
 does check the server's DNS SANs against a name the client picks, so these names are how a client
-proves it reached the party it meant to (see ``blindmatch.net.open_channel``). The hosts a server
+proves it reached the party it meant to (see ``blindmatch.runtime.net.open_channel``). The hosts a server
 listens on are ordinary DNS or IP SANs besides, for other TLS clients. Every leaf carries both serverAuth and clientAuth, because a node serves round
 RPCs and also dials the coordinator with the same certificate.
 
@@ -32,11 +32,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ROLES: Final = ("node", "coordinator", "operator")
+from blindmatch.core.identity import (
+    URI_SCHEME,
+    Identity,
+    PkiError,
+    identity_of,
+    validate_name,
+    validate_role,
+)
+
 # Roles that accept connections; their certificates need DNS/IP SANs for hostname checks.
 SERVER_ROLES: Final = frozenset({"node", "coordinator"})
 DEFAULT_SERVER_HOSTS: Final = ("localhost", "127.0.0.1")
-URI_SCHEME: Final = "blindmatch://"
 # RFC 6761 reserves .invalid: no resolver answers for it, so these names never reach a real host.
 IDENTITY_DOMAIN: Final = "blindmatch.invalid"
 CA_VALIDITY: Final = datetime.timedelta(days=3652)
@@ -48,27 +55,11 @@ CA_CERT_FILE: Final = "ca.pem"
 CA_KEY_FILE: Final = "ca.key"
 ISSUED_DIR: Final = "issued"
 
-_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _DNS_LABEL_RE: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
-class PkiError(Exception):
-    """A certificate, key or PKI directory is missing, malformed or inconsistent."""
 
 
 class PkiFileExists(PkiError, FileExistsError):
     """A file the PKI would write already exists; nothing is ever overwritten."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a certificate says its holder is."""
-
-    role: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.role}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -94,23 +85,6 @@ class IssuedPaths:
     ca: Path
     cert: Path
     key: Path
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a valid participant name, else raise ValueError."""
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"invalid name {name!r}: use 1 to 63 characters from a-z, 0-9, '_' and '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def validate_role(role: str) -> str:
-    """Return ``role`` if it is one of ROLES, else raise ValueError."""
-    if role not in ROLES:
-        raise ValueError(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
-    return role
 
 
 def identity_uri(identity: Identity) -> str:
@@ -226,37 +200,6 @@ def issue(
         .sign(ca_key, hashes.SHA256())
     )
     return CertMaterial(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
-
-
-def identity_of(cert_pem: bytes) -> Identity:
-    """Read the blindmatch identity from a certificate's URI SAN; raise PkiError if it has none."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
-        raise PkiError(f"not a PEM X.509 certificate: {exc}") from exc
-    subject = cert.subject.rfc4514_string() or "(empty subject)"
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        uris: list[str] = []
-    else:
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    ours = [u for u in uris if u.startswith(URI_SCHEME)]
-    if len(ours) != 1:
-        found = "none" if not ours else ", ".join(ours)
-        raise PkiError(
-            f"certificate {subject} must carry exactly one {URI_SCHEME}<role>/<name> URI SAN "
-            f"(found {found}); issue it with `blindmatch pki issue`"
-        )
-    role, sep, name = ours[0].removeprefix(URI_SCHEME).partition("/")
-    try:
-        if not sep:
-            raise ValueError("expected <role>/<name>")
-        return Identity(validate_role(role), validate_name(name))
-    except ValueError as exc:
-        raise PkiError(
-            f"certificate {subject} has a malformed identity {ours[0]!r}: {exc}"
-        ) from exc
 
 
 def served_identity(cert_pem: bytes) -> Identity:

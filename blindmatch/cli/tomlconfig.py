@@ -17,8 +17,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
-from blindmatch.net import split_host_port
-from blindmatch.pki import validate_name
+from blindmatch.core.identity import validate_name
+from blindmatch.runtime.metrics_endpoint import DEFAULT_LISTEN
+from blindmatch.runtime.net import split_host_port
 
 
 class ConfigError(Exception):
@@ -187,3 +188,12 @@ def tls_lines(tls: TlsPaths, base: Path | None) -> list[str]:
             for f in fields(TlsPaths)
         ),
     ]
+
+
+def read_listen(r: TomlReader) -> str | None:
+    """``[metrics] listen`` of a config file; None when the file has no ``[metrics]`` table."""
+    if "metrics" not in r.data:
+        return None
+    table = r.table("metrics", required=True)
+    r.no_unknown(table, "metrics", {"listen"})
+    return r.address("metrics.listen", table.get("listen", DEFAULT_LISTEN))

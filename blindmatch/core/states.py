@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from blindmatch.errors import WrongPhase
+from blindmatch.core.errors import WrongPhase
 
 
 class Outcome(enum.StrEnum):

@@ -3,7 +3,7 @@ and the two streams a node sends on.
 
 A round among participants P0..P(N-1) (the coordinator's order), semi-honest, coordinator-matched.
 The rules of each side are a state machine of its own: feed a message, get what to send next.
-``blindmatch.node_round.NodeRound`` is one node's side, ``blindmatch.coordinator_round.
+``blindmatch.core.round_node.NodeRound`` is one node's side, ``blindmatch.core.round_coordinator.
 CoordinatorRound`` the coordinator's. The phases, the messages each one accepts and the moves
 between them are tables in ``states``; the errors are in ``errors`` and used from here.
 """
@@ -15,8 +15,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from blindmatch.canon import KINDS
-from blindmatch.errors import (
+from blindmatch.core.canon import KINDS
+from blindmatch.core.errors import (
     BadMessage,
     CapExceeded,
     ForgedMessage,
@@ -26,8 +26,8 @@ from blindmatch.errors import (
     UnknownRound,
     WrongPhase,
 )
-from blindmatch.match import MAX_PARTICIPANTS, MODES
-from blindmatch.states import CoordinatorPhase, NodePhase
+from blindmatch.core.match import MAX_PARTICIPANTS, MODES
+from blindmatch.core.states import CoordinatorPhase, NodePhase
 
 __all__ = [  # the errors and phases are defined in ``errors`` and ``states``, used from here
     "DEFAULT_CHUNK",

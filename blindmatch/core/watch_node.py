@@ -1,5 +1,5 @@
 """A node's side of early warning, without I/O: its epochs, the partners' checks it re-blinds and
-its own checks (the rules are at the top of ``blindmatch.watch``).
+its own checks (the rules are at the top of ``blindmatch.core.watch_rules``).
 
 No real clock: a clock callable is passed in.
 """
@@ -12,20 +12,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from blindmatch.canon import InvalidIndicator, canonicalize
-from blindmatch.errors import ForgedMessage
-from blindmatch.group import ELEMENT_BYTES, Mask, RoundKey, combined_key
-from blindmatch.node_round import NodeRound
-from blindmatch.protocol import (
+from blindmatch.core.canon import InvalidIndicator, canonicalize
+from blindmatch.core.errors import ForgedMessage
+from blindmatch.core.group import ELEMENT_BYTES, Mask, RoundKey, combined_key
+from blindmatch.core.round_node import NodeRound
+from blindmatch.core.signing import CheckClaim, Trust
+from blindmatch.core.spec import (
     BadMessage,
     CapExceeded,
     Policy,
     PolicyRefusal,
     WrongPhase,
 )
-from blindmatch.signing import CheckClaim, Trust
-from blindmatch.states import EPOCH, EpochEvent, EpochPhase
-from blindmatch.watch import (
+from blindmatch.core.states import EPOCH, EpochEvent, EpochPhase
+from blindmatch.core.watch_rules import (
     CHECK_CHUNK,
     CHECK_ID,
     MAX_CHECK_ELEMENTS,

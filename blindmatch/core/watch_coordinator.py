@@ -1,12 +1,12 @@
 """Early warning at the coordinator, without I/O: its epoch, its epoch key, and each check.
 
 ``CoordinatorWatch`` holds at most one ``CoordinatorEpoch`` (OPEN, then CLOSED when the next
-watch round replaces it or the clock passes its end; phases of ``blindmatch.states.EPOCH``) and
+watch round replaces it or the clock passes its end; phases of ``blindmatch.core.states.EPOCH``) and
 the checks in flight. An epoch holds the coordinator's epoch key k_c, applied after every node's
 key, and one filter of k_c-tags per participant (any ``Membership``): no node holds k_c, so no
 node can compute a k_c-tag, and the last partner of a check's route never sees one.
 
-``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.watch``): its chunks to route through
+``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.core.watch_rules``): its chunks to route through
 the hops, pipelined (a chunk goes to the next hop as soon as the previous one returned it, at
 most ``CHECK_WINDOW`` chunks in flight per hop), each hop's signed output to forward, k_c on
 each routed chunk, then the checker's unmasked k_c-tags, the filters, the Alerts to fan out and
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
-from blindmatch.group import ELEMENT_BYTES, RoundKey
-from blindmatch.protocol import BadMessage, PolicyRefusal, WrongPhase
-from blindmatch.states import EPOCH, EpochPhase
-from blindmatch.watch import (
+from blindmatch.core.group import ELEMENT_BYTES, RoundKey
+from blindmatch.core.spec import BadMessage, PolicyRefusal, WrongPhase
+from blindmatch.core.states import EPOCH, EpochPhase
+from blindmatch.core.watch_rules import (
     CHECK_ID,
     MAX_CHECK_ELEMENTS,
     BadReply,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.group import ELEMENT_BYTES
+from blindmatch.core.group import ELEMENT_BYTES
 
 MODES = ("pairwise", "threshold", "count")
 MAX_PARTICIPANTS = 64  # presence is a uint64 bit mask per tag

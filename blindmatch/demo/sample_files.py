@@ -1,5 +1,5 @@
 """The built-in sample data as the files CERTs exchange: a plain list, CSV, a STIX 2.1 bundle and a
-MISP event per nation (what ``blindmatch.samples`` invents, written as an importer will read it)."""
+MISP event per nation (what ``blindmatch.demo.samples`` invents, written as an importer will read it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from blindmatch.samples import (
+from blindmatch.demo.samples import (
     DAY,
     EPOCH,
     FILE_NAMES,

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 import gmpy2
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from blindmatch.canon import CANON_VERSION
+from blindmatch.core.canon import CANON_VERSION
 
 PROTOCOL_VERSION = "blindmatch-v1"
 SUITE = "curve25519_XMD:SHA-512_ELL2_RO_"

@@ -28,9 +28,9 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blindmatch import net
+from blindmatch.runtime import net
 
-CLI: Final = (sys.executable, "-m", "blindmatch.cli")
+CLI: Final = (sys.executable, "-m", "blindmatch.cli.main")
 HEALTH_TIMEOUT: Final = 120.0  # seconds a server may take to come up (spawning blinding workers)
 STOP_TIMEOUT: Final = 10.0  # seconds between SIGTERM and SIGKILL
 COMMAND_TIMEOUT: Final = 600.0  # seconds one `blindmatch` command may run

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from blindmatch.errors import BadMessage, CapExceeded, ProtocolError, WrongPhase
-from blindmatch.group import ELEMENT_BYTES
-from blindmatch.match import Delivery, deliveries
-from blindmatch.protocol import RoundSpec, Stream
-from blindmatch.states import COORDINATOR, CoordinatorEvent, CoordinatorPhase
+from blindmatch.core.errors import BadMessage, CapExceeded, ProtocolError, WrongPhase
+from blindmatch.core.group import ELEMENT_BYTES
+from blindmatch.core.match import Delivery, deliveries
+from blindmatch.core.spec import RoundSpec, Stream
+from blindmatch.core.states import COORDINATOR, CoordinatorEvent, CoordinatorPhase
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 The demo and the tests need data whose right answer is known without running the protocol. This
 module invents it from a seeded ``random.Random`` (no network, no files read);
-``blindmatch.sample_files`` writes it in the four formats CERTs exchange: a plain list, CSV, a
+``blindmatch.demo.sample_files`` writes it in the four formats CERTs exchange: a plain list, CSV, a
 STIX 2.1 bundle and a MISP event.
 
 Design of one federation of nations, each holding exactly ``size`` distinct indicators:
@@ -20,7 +20,7 @@ set or as IPv4-mapped IPv6), so matching only works because the importer canonic
 nation's files, as real feeds overlap, always with the same TLP.
 
 ``expected_matches`` gives what a pairwise round must deliver: plain set intersection of the
-canonical forms (``blindmatch.canon.canonicalize``, exactly as the importer calls it), RED left
+canonical forms (``blindmatch.core.canon.canonicalize``, exactly as the importer calls it), RED left
 out, as node policy does by default.
 """
 
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from itertools import combinations
 from typing import Final
 
-from blindmatch.canon import KINDS, canonicalize
+from blindmatch.core.canon import KINDS, canonicalize
 
 DEFAULT_SEED: Final = 20260101
 NATION_NAMES: Final = (
@@ -133,7 +133,7 @@ DAY: Final = 86400
 class Spelling:
     """One way of writing an indicator: the kind a file states for it, and the text."""
 
-    hint: str  # a blindmatch.canon kind
+    hint: str  # a blindmatch.core.canon kind
     text: str
     auto: bool  # whether kind detection ("auto", as for a plain list) reads it correctly
 

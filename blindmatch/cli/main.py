@@ -1,6 +1,6 @@
 """The ``blindmatch`` command: the CLI contract in one place, dispatching lazily to node/coordinator.
 
-Operators script these names; keep them. Exit statuses are those of ``blindmatch.clierrors``:
+Operators script these names; keep them. Exit statuses are those of ``blindmatch.cli.errors``:
 0 success, 1 the operation failed (a round failed, a server unreachable), 2 usage or bad input,
 130 interrupted. No traceback reaches an operator: every handler goes through
 ``clierrors.command``, which prints ``error: what was wrong; what to do``.
@@ -14,8 +14,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from blindmatch.canon import KINDS
-from blindmatch.clierrors import BAD_INPUT, INTERRUPTED, OK, command
+from blindmatch.cli.errors import BAD_INPUT, INTERRUPTED, OK, command
+from blindmatch.core.canon import KINDS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -46,7 +46,7 @@ def _names(text: str) -> list[str]:
 
 
 def _duration(text: str) -> float:
-    from blindmatch.watch import parse_duration
+    from blindmatch.core.watch_rules import parse_duration
 
     try:
         return parse_duration(text)
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nations", type=int, default=3, metavar="N")
     s.add_argument("--size", type=int, default=3000, metavar="N", help="indicators per nation")
     s.add_argument("--keep", metavar="DIR", help="build the federation in DIR and keep it")
-    s.set_defaults(handler=_lazy("blindmatch.demo", "cmd_demo"))
+    s.set_defaults(handler=_lazy("blindmatch.demo.demo", "cmd_demo"))
     return p
 
 
@@ -252,8 +252,8 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
     """``blindmatch pki init PKI_DIR``."""
     from pathlib import Path
 
-    from blindmatch.initdir import init_dir
-    from blindmatch.pki import init_pki_dir
+    from blindmatch.cli.initdir import init_dir
+    from blindmatch.runtime.pki import init_pki_dir
 
     with init_dir(Path(args.pki_dir)):
         paths = init_pki_dir(args.pki_dir)
@@ -265,7 +265,7 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
 @command()
 def cmd_pki_issue(args: argparse.Namespace) -> int:
     """``blindmatch pki issue PKI_DIR NAME --role R [--host H ...]``."""
-    from blindmatch.pki import issue_to_dir
+    from blindmatch.runtime.pki import issue_to_dir
 
     paths = issue_to_dir(args.pki_dir, args.name, args.role, args.host or ())
     print(f"issued {args.role}/{args.name}")
@@ -276,7 +276,7 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_canonicalize(args: argparse.Namespace) -> int:
-    from blindmatch.canon import InvalidIndicator, canonicalize
+    from blindmatch.core.canon import InvalidIndicator, canonicalize
 
     status = OK
     for value in args.values:  # every value gets its line; one bad value does not stop the rest

@@ -34,16 +34,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from blindmatch.pki import (
-    SERVER_ROLES,
-    Identity,
-    PkiError,
-    identity_host,
-    identity_of,
-    served_identity,
-    validate_name,
-    validate_role,
-)
+from blindmatch.core.identity import Identity, PkiError, identity_of, validate_name, validate_role
+from blindmatch.runtime.pki import SERVER_ROLES, identity_host, served_identity
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
 LOOPBACK_HINT: Final = (
