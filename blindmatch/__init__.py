@@ -1,8 +1,17 @@
 """blindmatch: find the threat indicators national CERTs share, without showing each other their data.
 
-The matching core lives here (``canon``, ``group``, ``protocol``, ``match``): pure, no I/O.
-``pki`` and ``net`` hold the federation PKI and the mTLS transport that node and coordinator share;
-``v1`` is generated gRPC code; ``cli`` is the command-line front door.
+The package is built in floors; a floor imports only the floors below it, and none imports ``node``
+or ``coordinator`` (``tests/test_layers.py`` keeps these rules):
+
+``core/``     the protocol, pure: no grpc, no files, no clock (all passed in)
+              canon, group, match, spec, signing, identity, orders, errors, states, ring,
+              round_node, round_coordinator, watch_rules, watch_node, watch_coordinator
+``runtime/``  what both servers share at run time: pki, net (mTLS, roles), serde (protobuf <->
+              core), status (errors -> gRPC statuses), hardening, memory, metrics_endpoint
+``cli/``      the ``blindmatch`` command: main (argparse, dispatching lazily to node and
+              coordinator), errors (exit codes), tomlconfig, initdir
+``demo/``     the demo, driven through the CLI: demo, harness, samples, sample_files
+``v1/``       generated protobuf and gRPC code, never edited
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """CLI handlers of the coordinator (init, serve); ``blindmatch.cli.main`` wires argparse to them.
-The operator's commands (init, round start, round status) are in ``coordinator.operator_cli``.
+The operator's commands are in ``coordinator.operator_cli`` (init, round start, round status) and
+``coordinator.schedule_cli`` (round schedule), and follow the same rules as these.
 
 Each handler takes the parsed ``argparse.Namespace`` and returns the exit status of
 ``blindmatch.cli.errors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Final, TypeVar
 
 from blindmatch.cli.errors import BadInput, command, flag_address, flag_value
 from blindmatch.cli.initdir import absolute, init_dir, refuse_existing, server_hosts
@@ -26,10 +26,6 @@ from coordinator.config import (
     write_config,
 )
 from coordinator.state import StateError
-
-CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
-T = TypeVar("T")
-
 
 # A state file that is not a usable coordinator state is an input error like a bad config.
 coordinator_command = command(StateError)

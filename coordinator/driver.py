@@ -38,7 +38,6 @@ from blindmatch.core.round_coordinator import Caps, CoordinatorRound
 from blindmatch.core.spec import (
     DEFAULT_CHUNK,
     BadMessage,
-    CoordinatorPhase,
     ProtocolError,
     RoundIdUsed,
     RoundSpec,
@@ -52,7 +51,7 @@ from coordinator.metrics import NO_METRICS, CoordinatorHooks
 from coordinator.state import RoundBoard, RoundRecord
 
 if TYPE_CHECKING:
-    from coordinator.watch import WatchHub, WatchRound
+    from coordinator.watch import EpochOpener, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +103,23 @@ class RoundSettings:
 class Coordinator:
     """Starts rounds and keeps track of the ones in flight."""
 
-    def __init__(self, board: RoundBoard, links: NodeLinks, settings: RoundSettings) -> None:
+    def __init__(
+        self,
+        board: RoundBoard,
+        links: NodeLinks,
+        settings: RoundSettings,
+        *,
+        watch: WatchHub | None = None,
+        metrics: CoordinatorHooks = NO_METRICS,
+    ) -> None:
         self.board = board
         self.links = links
         self.settings = settings
+        self.watch = watch  # early warning (coordinator/watch.py); None: watch rounds refused
+        self.metrics = metrics  # coordinator/metrics.py when [metrics] is on
         self._lock = threading.Lock()
         self._running: dict[str, tuple[RoundDriver, threading.Thread]] = {}
         self._stopping = False
-        self.watch: WatchHub | None = None  # early warning (coordinator/watch.py)
-        self.metrics: CoordinatorHooks = NO_METRICS  # coordinator/metrics.py when [metrics] is on
 
     def start_round(
         self, signed: serde.Authorization, spec: RoundSpec, *, operator: str
@@ -140,11 +147,13 @@ class Coordinator:
             if spec.round_id in self._running or self._known(spec.round_id):
                 raise RoundIdUsed(f"round {spec.round_id} already exists; round ids are used once")
             self.board.publish(record)
-            hook = None
+            opener = None
             if spec.watching:
                 assert self.watch is not None
-                hook = self.watch.watch_round(spec, spec.epoch_seconds)
-            driver = RoundDriver(signed, spec, record, self.links, self.board, self.settings, hook)
+                opener = self.watch.epoch_opener(spec)
+            driver = RoundDriver(
+                signed, spec, record, self.links, self.board, self.settings, opener
+            )
             thread = threading.Thread(
                 target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
             )
@@ -211,11 +220,11 @@ class RoundDriver:
         links: NodeLinks,
         board: RoundBoard,
         settings: RoundSettings,
-        watch: WatchRound | None = None,
+        opener: EpochOpener | None = None,
     ) -> None:
         self.signed = signed
         self.spec = spec
-        self.watch = watch
+        self.opener = opener  # a watch round's: its epoch opens around the deliveries
         self.round = CoordinatorRound(spec, settings.caps)
         self._certificates: dict[str, bytes] = {}  # from PrepareReplies, for RoutingStart
         self.record = record
@@ -266,7 +275,6 @@ class RoundDriver:
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
             self._publish(
-                state=CoordinatorPhase.ROUTING,
                 sizes=dict(self.round.sizes),
                 hops_total=self.round.progress()[1],
                 force=True,
@@ -296,14 +304,12 @@ class RoundDriver:
 
     def _deliver(self) -> None:
         with self._cond:
-            watch_tags = self.round.final_tags() if self.watch is not None else None
+            watch_tags = self.round.final_tags() if self.opener is not None else None
             results = self.round.deliveries()
-            self._publish(
-                state=CoordinatorPhase.DELIVERING, hops_done=self.record.hops_total, force=True
-            )
-        if self.watch is not None and watch_tags is not None:
+            self._publish(hops_done=self.record.hops_total, force=True)
+        if self.opener is not None and watch_tags is not None:
             try:
-                self.watch.before_deliver(watch_tags)
+                self.opener.before_deliver(watch_tags)
             except Exception as exc:
                 raise RoundFailure(f"could not open the watch epoch: {exc}") from None
             del watch_tags
@@ -315,14 +321,12 @@ class RoundDriver:
         counts = {node: match_count(delivery) for node, delivery in results.items()}
         del results
         self._unary_all("Deliver", lambda stub: stub.Deliver, requests.__getitem__)
-        if self.watch is not None:
-            self.watch.after_deliver()
+        if self.opener is not None:
+            self.opener.after_deliver()
         with self._cond:
             for node in names:
                 self.round.on_delivered(node)
-            self._publish(
-                state=CoordinatorPhase.DONE, match_counts=counts, finished=time.time(), force=True
-            )
+            self._publish(match_counts=counts, finished=time.time(), force=True)
 
     def _finish_failed(self, reason: str) -> None:
         self._fail(reason)
@@ -339,9 +343,7 @@ class RoundDriver:
             with contextlib.suppress(grpc.RpcError):
                 future.result()
         with self._cond:
-            self._publish(
-                state=CoordinatorPhase.FAILED, error=reason, finished=time.time(), force=True
-            )
+            self._publish(error=reason, finished=time.time(), force=True)
 
     # --- calls and streams -------------------------------------------------------------------
 
@@ -508,8 +510,11 @@ class RoundDriver:
         return max(0.0, self._deadline - time.monotonic())
 
     def _publish(self, *, force: bool = False, **changes: Any) -> None:
-        """Update the record; publish it now if ``force``, else at most every PUBLISH_INTERVAL."""
-        self.record = replace(self.record, **changes)
+        """Update the record; publish it now if ``force``, else at most every PUBLISH_INTERVAL.
+
+        The record's phase is always the round's: ``CoordinatorRound`` is the one place it moves.
+        """
+        self.record = replace(self.record, state=self.round.phase, **changes)
         now = time.monotonic()
         if force or now - self._last_publish >= PUBLISH_INTERVAL:
             self._last_publish = now

@@ -6,11 +6,13 @@ Rules:
   ``[metrics]`` table), ``CoordinatorMetrics`` counts. Call sites hold one line each.
 - One CollectorRegistry per coordinator, never the global one (several in one process in tests).
 - Labels are bounded: outcome, mode, node names. Never a round id or an element.
-- Whether a watch epoch is open is read from the hub when scraped, so it cannot drift.
+- Whether a watch epoch is open is asked at every scrape (of ``WatchHub.epoch_open``, given to
+  the constructor), so it cannot drift; this module knows nothing of the hub.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -19,7 +21,6 @@ from blindmatch.runtime.metrics_endpoint import MetricsEndpoint, serve_metrics
 
 if TYPE_CHECKING:
     from coordinator.state import RoundRecord
-    from coordinator.watch import WatchHub
 
 ROUND_BUCKETS: Final = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -41,7 +42,7 @@ NO_METRICS: Final = CoordinatorHooks()
 
 
 class CoordinatorMetrics(CoordinatorHooks):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, epoch_open: Callable[[], bool]) -> None:
         self.name = name
         self.registry = CollectorRegistry()
         r = self.registry
@@ -69,10 +70,7 @@ class CoordinatorMetrics(CoordinatorHooks):
         self.epoch_open = Gauge(
             "blindmatch_coordinator_epoch_open", "1 while a watch epoch is open", registry=r
         )
-
-    def follow_watch(self, hub: WatchHub) -> None:
-        """Read ``epoch_open`` from ``hub`` at every scrape."""
-        self.epoch_open.set_function(lambda: float(_open(hub)))
+        self.epoch_open.set_function(lambda: float(epoch_open()))
 
     def round_started(self) -> None:
         self.in_flight.inc()
@@ -88,9 +86,3 @@ class CoordinatorMetrics(CoordinatorHooks):
 
     def serve(self, listen: str) -> MetricsEndpoint:
         return serve_metrics(listen, make_wsgi_app(self.registry), f"coordinator {self.name}")
-
-
-def _open(hub: WatchHub) -> bool:
-    # an epoch past its end stays loaded until the next check reaps it; it is not open
-    epoch = hub.epoch
-    return epoch is not None and epoch.closed is None and not epoch.ended(hub.clock())

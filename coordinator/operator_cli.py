@@ -1,15 +1,11 @@
 """CLI handlers of operators: ``operator init``, ``round start`` and ``round status``
-(``round schedule`` is coordinator/schedule_cli.py).
+(``round schedule`` is coordinator/schedule_cli.py, which builds its runs with ``new_round``;
+the link to the coordinator is coordinator/operator_client.py).
 
 An operator signs the spec of every round it asks for (docs/PROTOCOL.md, "Signed specs"), with
 the federation key its operator.toml names; the coordinator only carries it.
 
-Each handler takes the parsed ``argparse.Namespace`` and returns the exit status of
-``blindmatch.cli.errors`` (0 success, 1 the operation failed, 2 usage or bad input; a round the
-coordinator finds invalid, naming unknown nodes say, is bad input). No traceback reaches an
-operator: every error is one line saying what was wrong and what to do.
-
-``--insecure`` means plaintext, loopback only; the other side must run with ``--insecure`` too.
+Handlers, exit statuses and ``--insecure`` follow the rules in coordinator/cli.py.
 """
 
 from __future__ import annotations
@@ -19,30 +15,21 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, cast
 
 import grpc
 
-from blindmatch.cli.errors import (
-    BadInput,
-    Failed,
-    Interrupted,
-    flag_address,
-    flag_value,
-    rpc_failure,
-)
+from blindmatch.cli.errors import BadInput, Failed, Interrupted, flag_address, flag_value
 from blindmatch.cli.initdir import absolute, init_dir, refuse_existing
 from blindmatch.core.canon import KINDS
-from blindmatch.core.identity import PkiError, validate_name
-from blindmatch.core.signing import SignedSpec, Signer
+from blindmatch.core.identity import validate_name
+from blindmatch.core.signing import SignedSpec
 from blindmatch.core.spec import DEFAULT_CHUNK, BadMessage, RoundSpec
 from blindmatch.core.states import COORDINATOR_FINAL, CoordinatorPhase
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS
 from blindmatch.runtime import serde
-from blindmatch.runtime.net import Allow, load_tls, open_channel
 from blindmatch.runtime.pki import issue_to_dir
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.cli import coordinator_command
@@ -52,9 +39,7 @@ from coordinator.config import (
     load_operator_config,
     write_operator_config,
 )
-
-CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
-T = TypeVar("T")
+from coordinator.operator_client import CALL_TIMEOUT, call, connect, rpc_message, signer
 
 
 @coordinator_command
@@ -101,10 +86,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
     kinds = list(args.kinds or ())
     epoch = getattr(args, "epoch", None)
     counts = bool(getattr(args, "counts", False))
-    if epoch is not None and args.mode != "watch":
-        raise BadInput("--epoch only applies to --mode watch")
-    if counts and args.mode != "threshold":
-        raise BadInput("--counts only applies to --mode threshold")
+    refuse_stray_flags(args.mode, epoch=epoch, counts=counts)
     try:
         spec = new_round(
             nodes,
@@ -124,8 +106,8 @@ def cmd_round_start(args: argparse.Namespace) -> int:
         raise BadInput(f"{exc}{hint}") from None
     config = load_operator_config(args.config)
     request = start_request(config, spec)
-    with _coordinator(config, args.insecure) as stub:
-        info = _call(config, lambda: stub.StartRound(request, timeout=CALL_TIMEOUT))
+    with connect(config, args.insecure) as stub:
+        info = call(config, lambda: stub.StartRound(request, timeout=CALL_TIMEOUT))
         if not args.wait:
             print(json.dumps(info_dict(info)) if args.json else info.id)
             return 0
@@ -145,16 +127,16 @@ def cmd_round_status(args: argparse.Namespace) -> int:
     was shown), 1 when the coordinator cannot be reached or knows no such round.
     """
     config = load_operator_config(args.config)
-    with _coordinator(config, args.insecure) as stub:
+    with connect(config, args.insecure) as stub:
         if args.id:
             info = _find(config, stub, args.id)
             print(json.dumps(info_dict(info)) if args.json else summary(info))
             return 0
-        rounds = _call(
+        rounds = call(
             config,
             lambda: stub.ListRounds(coordinator_pb2.ListRoundsRequest(), timeout=CALL_TIMEOUT),
         ).rounds
-        schedules = _call(
+        schedules = call(
             config,
             lambda: stub.ListSchedules(
                 coordinator_pb2.ListSchedulesRequest(), timeout=CALL_TIMEOUT
@@ -167,8 +149,6 @@ def cmd_round_status(args: argparse.Namespace) -> int:
         print("no rounds yet; start one with `blindmatch round start`")
     else:
         print(table(rounds))
-    from coordinator.schedule_cli import schedule_line  # it builds on this module
-
     for info in schedules:
         print(schedule_line(info))
     return 0
@@ -205,59 +185,18 @@ def new_round(
     )
 
 
+def refuse_stray_flags(mode: str, *, epoch: float | None, counts: bool) -> None:
+    """BadInput for a flag ``mode`` has no use for, before anything is signed or sent."""
+    if epoch is not None and mode != "watch":
+        raise BadInput("--epoch only applies to --mode watch")
+    if counts and mode != "threshold":
+        raise BadInput("--counts only applies to --mode threshold")
+
+
 def start_request(config: OperatorConfig, spec: RoundSpec) -> coordinator_pb2.StartRoundRequest:
     """``spec`` signed with the operator's federation key: nodes act only on what it signed."""
-    signed = SignedSpec.sign(_signer(config), serde.spec_to_bytes(spec))
+    signed = SignedSpec.sign(signer(config), serde.spec_to_bytes(spec))
     return coordinator_pb2.StartRoundRequest(signed_spec=serde.signed_spec_to_proto(signed))
-
-
-def _signer(config: OperatorConfig) -> Signer:
-    """The operator's federation key, which signs the specs of the rounds it asks for."""
-    try:
-        return Signer(config.tls.cert.read_bytes(), config.tls.key.read_bytes())
-    except (OSError, PkiError) as exc:
-        raise BadInput(
-            f"cannot sign the round with {config.tls.cert} and {config.tls.key} "
-            f"(operator.toml [tls]): {exc}"
-        ) from None
-
-
-@contextmanager
-def _coordinator(
-    config: OperatorConfig, insecure: bool
-) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
-    tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
-    channel = open_channel(config.coordinator, tls, insecure=insecure, expect=Allow("coordinator"))
-    try:
-        yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-    finally:
-        channel.close()
-
-
-def _call(config: OperatorConfig, call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except grpc.RpcError as err:
-        raise rpc_failure(err, _rpc_message(config, err)) from None
-
-
-def _rpc_message(config: OperatorConfig, err: grpc.RpcError) -> str:
-    code = err.code()
-    details = err.details() or "(no details)"
-    where = f"coordinator at {config.coordinator}"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return (
-            f"{where} unreachable (UNAVAILABLE): {details} — is `blindmatch coordinator serve` "
-            "running there, with the same --insecure setting as this command?"
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"{where} did not answer within {CALL_TIMEOUT:g} s; is it overloaded or stuck?"
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return (
-            f"{where} refused this operator ({code.name}): {details} — check that "
-            f"{config.tls.cert} is an operator certificate the coordinator's `operators` allows"
-        )
-    return f"{where} refused ({code.name}): {details}"
 
 
 def _find(
@@ -271,8 +210,8 @@ def _find(
         )
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.NOT_FOUND:
-            raise Failed(_rpc_message(config, err)) from None
-    rounds: Sequence[coordinator_pb2.RoundInfo] = _call(
+            raise Failed(rpc_message(config, err)) from None
+    rounds: Sequence[coordinator_pb2.RoundInfo] = call(
         config,
         lambda: stub.ListRounds(
             coordinator_pb2.ListRoundsRequest(limit=1000), timeout=CALL_TIMEOUT
@@ -302,7 +241,7 @@ def _follow(
     except grpc.RpcError as err:
         progress.end()
         raise Failed(
-            f"lost track of round {info.id}: {_rpc_message(config, err)} "
+            f"lost track of round {info.id}: {rpc_message(config, err)} "
             f"(check it later with `blindmatch round status {info.id}`)",
         ) from None
     except KeyboardInterrupt:
@@ -393,7 +332,7 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
         head += f" ({_percent(info)}% of the element-hops done)"
     lines = [
         head,
-        f"  mode {mode}, {kinds}; started {_when(info.created)} by {info.operator or '-'}",
+        f"  mode {mode}, {kinds}; started {local_time(info.created)} by {info.operator or '-'}",
     ]
     if info.error:
         lines.append(f"  error: {info.error}")
@@ -417,7 +356,7 @@ def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
             note = f"{sum(r.match_counts.values())} {what} in {r.finished - r.created:.1f} s"
         else:
             note = f"{_percent(r)}%"
-        rows.append((r.id, r.state, r.mode, ",".join(r.participants), _when(r.created), note))
+        rows.append((r.id, r.state, r.mode, ",".join(r.participants), local_time(r.created), note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
@@ -425,7 +364,17 @@ def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
     )
 
 
-def _when(unix: float) -> str:
+def schedule_line(info: coordinator_pb2.ScheduleInfo) -> str:
+    """A standing order in one line, as ``round status`` and ``round schedule`` show it."""
+    nxt = f"next run {local_time(info.next_run)}" if info.next_run else "no next run"
+    state = info.state + (f" by {info.cancelled_by}" if info.cancelled_by else "")
+    return (
+        f"schedule {info.id} {info.name!r} {state}: {info.mode} on {','.join(info.participants)} "
+        f"every {info.every_seconds:g} s; {nxt}; {info.runs} run(s), {info.skipped} skipped"
+    )
+
+
+def local_time(unix: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
 
 

@@ -3,7 +3,9 @@
 A standing order (blindmatch/core/orders.py) is signed like a round spec, with the operator's
 federation key; the coordinator keeps it and starts each run when it is due, and every node
 checks the signature and the run's time for itself (docs/PROTOCOL.md, "Standing orders").
-Exit statuses are ``blindmatch.cli.errors``'s, as for ``round start``.
+Exit statuses are ``blindmatch.cli.errors``'s, as for ``round start``; its runs are built as
+``round start`` builds a round (``operator_cli.new_round``), and a schedule is shown in one line
+as ``round status`` shows it (``operator_cli.schedule_line``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2
 from coordinator.cli import coordinator_command
 from coordinator.config import load_operator_config
-from coordinator.operator_cli import CALL_TIMEOUT, _call, _coordinator, _signer, _when, new_round
+from coordinator.operator_cli import new_round, refuse_stray_flags, schedule_line
+from coordinator.operator_client import CALL_TIMEOUT, call, connect, signer
 
 
 @coordinator_command
@@ -39,13 +42,13 @@ def cmd_round_schedule(args: argparse.Namespace) -> int:
     """
     config = load_operator_config(args.config)
     if args.list or args.cancel:
-        with _coordinator(config, args.insecure) as stub:
+        with connect(config, args.insecure) as stub:
             if args.cancel:
                 cancel = coordinator_pb2.CancelScheduleRequest(id=args.cancel)
-                info = _call(config, lambda: stub.CancelSchedule(cancel, timeout=CALL_TIMEOUT))
+                info = call(config, lambda: stub.CancelSchedule(cancel, timeout=CALL_TIMEOUT))
                 print(json.dumps(schedule_dict(info)) if args.json else schedule_line(info))
                 return 0
-            listed = _call(
+            listed = call(
                 config,
                 lambda: stub.ListSchedules(
                     coordinator_pb2.ListSchedulesRequest(), timeout=CALL_TIMEOUT
@@ -57,10 +60,10 @@ def cmd_round_schedule(args: argparse.Namespace) -> int:
             print("\n".join(schedule_line(s) for s in listed) or "no schedules")
         return 0
     order = _order(args)
-    signed = SignedOrder.sign(_signer(config), serde.order_to_bytes(order))
+    signed = SignedOrder.sign(signer(config), serde.order_to_bytes(order))
     request = coordinator_pb2.ScheduleRequest(order=serde.signed_order_to_proto(signed))
-    with _coordinator(config, args.insecure) as stub:
-        info = _call(config, lambda: stub.Schedule(request, timeout=CALL_TIMEOUT))
+    with connect(config, args.insecure) as stub:
+        info = call(config, lambda: stub.Schedule(request, timeout=CALL_TIMEOUT))
     print(json.dumps(schedule_dict(info)) if args.json else info.id)
     return 0
 
@@ -70,10 +73,7 @@ def _order(args: argparse.Namespace) -> StandingOrder:
     if missing:
         flags = ", ".join(f"--{f}" for f in missing)
         raise BadInput(f"a schedule needs {flags} (or give --list or --cancel ID)")
-    if args.epoch is not None and args.mode != "watch":
-        raise BadInput("--epoch only applies to --mode watch")
-    if args.counts and args.mode != "threshold":
-        raise BadInput("--counts only applies to --mode threshold")
+    refuse_stray_flags(args.mode, epoch=args.epoch, counts=args.counts)
     now = time.time()
     try:
         return new_order(
@@ -154,12 +154,3 @@ def schedule_dict(info: coordinator_pb2.ScheduleInfo) -> dict[str, Any]:
         "last_round": info.last_round or None,
         "cancelled_by": info.cancelled_by or None,
     }
-
-
-def schedule_line(info: coordinator_pb2.ScheduleInfo) -> str:
-    nxt = f"next run {_when(info.next_run)}" if info.next_run else "no next run"
-    state = info.state + (f" by {info.cancelled_by}" if info.cancelled_by else "")
-    return (
-        f"schedule {info.id} {info.name!r} {state}: {info.mode} on {','.join(info.participants)} "
-        f"every {info.every_seconds:g} s; {nxt}; {info.runs} run(s), {info.skipped} skipped"
-    )

@@ -7,7 +7,8 @@ work and is what tests call, with their own clock, instead of waiting. Per sched
 - skips run k, recorded, when the schedule's previous run is still going (never two at once),
   or when it is so late that nodes would refuse it (the last run before ``until``, long after);
 - ends the schedule once no run is left before its ``until``.
-A cancelled schedule starts nothing more; its run in flight goes on.
+A cancelled schedule starts nothing more; its run in flight goes on. A schedule's phases and
+their moves are the table ``blindmatch.core.states.SCHEDULE``.
 
 The orders are the operator's, signed (blindmatch.core.orders): the coordinator only decides when to
 ask, and every node checks for itself that the run it is asked for is one the order allows now.
@@ -25,15 +26,13 @@ from typing import Final
 from blindmatch.core.orders import ScheduledRun, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, SignedOrder
 from blindmatch.core.spec import RoundIdUsed, UnknownRound
+from blindmatch.core.states import SCHEDULE, ScheduleEvent, SchedulePhase
 from blindmatch.runtime import serde
 from coordinator.state import RoundStore, ScheduleRecord
 
 log = logging.getLogger(__name__)
 
 TICK: Final = 1.0  # seconds between looks at the schedules
-ACTIVE: Final = "active"
-CANCELLED: Final = "cancelled"
-ENDED: Final = "ended"
 
 # Starts a run as the operator of the order; raises if the coordinator refuses it.
 StartRun = Callable[[ScheduledRun, str], object]
@@ -86,8 +85,10 @@ class Scheduler:
     def cancel(self, schedule_id: str, by: str) -> ScheduleView:
         with self._lock:
             record = self._get(schedule_id)
-            if record.state == ACTIVE:
-                record = replace(record, state=CANCELLED, cancelled_by=by)
+            if SCHEDULE.allows(record.state, ScheduleEvent.CANCEL):
+                record = replace(
+                    record, state=_moved(record, SchedulePhase.CANCELLED), cancelled_by=by
+                )
                 self.store.save_schedule(record)
                 log.info("schedule %s cancelled by %s", schedule_id, by)
         return self._view(record)
@@ -102,7 +103,7 @@ class Scheduler:
         started = []
         with self._lock:
             for record in self.store.schedules():
-                if record.state != ACTIVE:
+                if not SCHEDULE.allows(record.state, ScheduleEvent.RUN):
                     continue
                 round_id = self._step(record, now)
                 if round_id is not None:
@@ -114,7 +115,7 @@ class Scheduler:
         order = serde.order_from_bytes(record.order)
         k = order.due_run(now)
         if order.next_time(record.last_run) is None:
-            self.store.save_schedule(replace(record, state=ENDED))
+            self.store.save_schedule(replace(record, state=_moved(record, SchedulePhase.ENDED)))
             log.info("schedule %s ended: no run left before its end", record.id)
             return None
         if k is None or (record.last_run is not None and k <= record.last_run):
@@ -154,7 +155,7 @@ class Scheduler:
     def _view(self, record: ScheduleRecord) -> ScheduleView:
         order = serde.order_from_bytes(record.order)
         next_run = None
-        if record.state == ACTIVE:
+        if SCHEDULE.allows(record.state, ScheduleEvent.RUN):
             next_run = order.next_time(record.last_run)
             due = order.due_run(self.clock())
             if next_run is not None and due is not None and due > (record.last_run or -1):
@@ -181,3 +182,7 @@ class Scheduler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5.0)
+
+
+def _moved(record: ScheduleRecord, to: SchedulePhase) -> SchedulePhase:
+    return SCHEDULE.move(f"schedule {record.id}", record.state, to)

@@ -12,7 +12,7 @@ import datetime
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
@@ -21,8 +21,8 @@ import grpc
 
 from blindmatch.core.identity import Identity, PkiError, identity_of
 from blindmatch.core.orders import StandingOrder
-from blindmatch.core.signing import SignedOrder, SignedSpec, Trust, verify_order, verify_spec
-from blindmatch.core.spec import ForgedMessage, ProtocolError, RoundSpec
+from blindmatch.core.signing import Trust, verify_order, verify_spec
+from blindmatch.core.spec import ForgedMessage, ProtocolError
 from blindmatch.runtime import serde, status
 from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
@@ -39,7 +39,7 @@ from blindmatch.runtime.net import (
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.metrics import NO_METRICS, CoordinatorHooks, CoordinatorMetrics
 from coordinator.schedules import Scheduler, ScheduleView
 from coordinator.state import RoundBoard, SqliteRoundStore
 from coordinator.watch import CheckServicer, WatchHub
@@ -49,6 +49,9 @@ SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorService/"
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 1000
 INSECURE_OPERATOR: Final = "(insecure)"  # plaintext callers have no certificate, hence no name
+
+# Who signed a spec or an order, verified against the federation CA at a time.
+SignerOf = Callable[[Trust, datetime.datetime], Identity]
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -63,21 +66,23 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.RoundInfo:
         with status.refusing(context, ProtocolError, RoundFailure):
             signed, spec = serde.signed_spec_from_proto(request.signed_spec)
-            record = self.coordinator.start_round(
-                signed, spec, operator=self._operator(context, signed, spec)
+            operator = self._operator(
+                context,
+                "the round spec",
+                lambda trust, now: verify_spec(trust, signed, issued=spec.issued, now=now).identity,
             )
+            record = self.coordinator.start_round(signed, spec, operator=operator)
         return serde.round_to_proto(record)
 
-    def _operator(self, context: grpc.ServicerContext, signed: SignedSpec, spec: RoundSpec) -> str:
-        """Who signed the spec, which must be who calls: an operator starts only its own rounds,
-        so the spec's signature and the round's record name the same party."""
+    def _operator(self, context: grpc.ServicerContext, what: str, signer_of: SignerOf) -> str:
+        """Who signed ``what``, which must be who calls: an operator starts only its own rounds
+        and orders, so their signature and their record name the same party."""
         if self.trust is None:
             return INSECURE_OPERATOR
-        now = datetime.datetime.now(datetime.UTC)
-        signer = verify_spec(self.trust, signed, issued=spec.issued, now=now).identity
+        signer = signer_of(self.trust, datetime.datetime.now(datetime.UTC))
         caller = _caller(context)
         if signer != caller:
-            raise ForgedMessage(f"the round spec is signed by {signer}, but {caller} sent it")
+            raise ForgedMessage(f"{what} is signed by {signer}, but {caller} sent it")
         return signer.name
 
     def Schedule(
@@ -86,23 +91,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         with status.refusing(context, ProtocolError):
             signed, order = serde.signed_order_from_proto(request.order)
             self._check_runs(order)
-            view = self.scheduler.add(signed, order, self._order_operator(context, signed))
+            operator = self._operator(
+                context,
+                "the standing order",
+                lambda trust, now: verify_order(trust, signed, now=now).identity,
+            )
+            view = self.scheduler.add(signed, order, operator)
         return _schedule_info(view)
 
     def _check_runs(self, order: StandingOrder) -> None:
         """Refuse now what every run would be refused for (its spec is the order's)."""
         self.coordinator.check_spec(order.run_spec(0))
-
-    def _order_operator(self, context: grpc.ServicerContext, signed: SignedOrder) -> str:
-        """Who signed the order, which must be who calls, as for a single round."""
-        if self.trust is None:
-            return INSECURE_OPERATOR
-        now = datetime.datetime.now(datetime.UTC)
-        signer = verify_order(self.trust, signed, now=now).identity
-        caller = _caller(context)
-        if signer != caller:
-            raise ForgedMessage(f"the standing order is signed by {signer}, but {caller} sent it")
-        return signer.name
 
     def ListSchedules(
         self, request: coordinator_pb2.ListSchedulesRequest, context: grpc.ServicerContext
@@ -217,7 +216,19 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             chunk_size=config.chunk_size,
             caps=config.caps,
         )
-        coordinator = Coordinator(RoundBoard(store), links, settings)
+        # early warning: filters live beside the state file, e.g. coordinator.sqlite.watch/
+        watch = WatchHub(
+            config.state.with_name(config.state.name + ".watch"),
+            links.channels(),
+            links.addresses,
+            config.call_timeout,
+        )
+        hooks: CoordinatorHooks = NO_METRICS
+        if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
+            metrics = CoordinatorMetrics(config.name, watch.epoch_open)
+            endpoint = metrics.serve(config.metrics)
+            hooks = metrics
+        coordinator = Coordinator(RoundBoard(store), links, settings, watch=watch, metrics=hooks)
         scheduler = Scheduler(
             store,
             lambda run, operator: coordinator.start_round(
@@ -228,18 +239,6 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
         servicer = CoordinatorServicer(
             coordinator, None if tls is None else Trust(tls.ca), scheduler
         )
-        # early warning: filters live beside the state file, e.g. coordinator.sqlite.watch/
-        watch = coordinator.watch = WatchHub(
-            config.state.with_name(config.state.name + ".watch"),
-            links.channels(),
-            links.addresses,
-            config.call_timeout,
-        )
-        if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
-            metrics = CoordinatorMetrics(config.name)
-            coordinator.metrics = watch.metrics = metrics
-            metrics.follow_watch(watch)
-            endpoint = metrics.serve(config.metrics)
         handle = start_server(
             config.listen,
             [
@@ -247,7 +246,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
                     servicer, s
                 ),
                 lambda s: watch_pb2_grpc.add_CoordinatorWatchServiceServicer_to_server(
-                    CheckServicer(watch), s
+                    CheckServicer(watch, hooks), s
                 ),
             ],
             tls,

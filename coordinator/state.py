@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from blindmatch.core.spec import UnknownRound
-from blindmatch.core.states import COORDINATOR, COORDINATOR_RUNNING, CoordinatorPhase
+from blindmatch.core.states import (
+    COORDINATOR,
+    COORDINATOR_RUNNING,
+    CoordinatorPhase,
+    SchedulePhase,
+)
 from blindmatch.runtime.hardening import make_private, open_private
 
 RESTART_REASON: Final = "coordinator restarted during the round"
@@ -71,7 +76,7 @@ class ScheduleRecord:
     signature: bytes = field(repr=False)
     operator_cert: bytes = field(repr=False)
     created: float = 0.0
-    state: str = "active"  # active | cancelled | ended
+    state: SchedulePhase = SchedulePhase.ACTIVE
     last_run: int | None = None  # the latest run started or skipped (None: none yet)
     runs: int = 0  # runs started
     skipped: int = 0  # runs not started: the previous still going, or missed
@@ -328,7 +333,7 @@ class SqliteRoundStore(RoundStore):
             rows = self._db.execute(
                 f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY created, rowid"
             ).fetchall()
-        return [ScheduleRecord(*row) for row in rows]
+        return [replace(ScheduleRecord(*row), state=SchedulePhase(row[7])) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -20,8 +20,10 @@ Rules:
   filters both policies allow, confirmed by each partner with a hit (``Alert``), then added to
   the checker's filter.
 Every decision (which epoch, expiry, validation, routing, Bloom tests, fan-out) is the core's
-(``blindmatch.core.watch_coordinator.CoordinatorWatch`` and ``CheckFlow``); this module keeps the files and
-the calls to nodes.
+(``blindmatch.core.watch_coordinator.CoordinatorWatch`` and ``CheckFlow``); this module keeps the
+files and the calls to nodes: ``WatchHub`` holds them, ``EpochOpener`` is what a watch round's
+driver calls to open its epoch through the hub, ``CheckPipe`` runs one check's calls on the pool
+the hub hands it, and ``CheckServicer`` serves checks and counts them (coordinator/metrics.py).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 import grpc
 from pybloom_live import ScalableBloomFilter
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorWatchService/"
 CLOSE_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort CloseEpoch
+T = TypeVar("T")
 
 
 class WatchFailure(status.StatusError):
@@ -99,7 +102,6 @@ class WatchHub:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="watch")
         self.core = CoordinatorWatch(clock)
-        self.metrics: CoordinatorHooks = NO_METRICS  # coordinator/metrics.py when [metrics] is on
         loaded = self._load()
         if loaded is not None:
             self.core.open(loaded)
@@ -115,6 +117,12 @@ class WatchHub:
     @clock.setter
     def clock(self, clock: Clock) -> None:  # tests drive time instead of sleeping
         self.core.clock = clock
+
+    def epoch_open(self) -> bool:
+        """Whether an epoch is open now (the metrics ask at every scrape)."""
+        # an epoch past its end stays loaded until the next check reaps it; it is not open
+        epoch = self.epoch
+        return epoch is not None and epoch.closed is None and not epoch.ended(self.clock())
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -181,11 +189,33 @@ class WatchHub:
 
     # --- opening and closing epochs ----------------------------------------------------------
 
-    def watch_round(self, spec: RoundSpec, epoch_seconds: float | None = None) -> WatchRound:
-        """The hooks of a watch round; its epoch is the one its spec announced to the nodes."""
-        return WatchRound(self, spec, spec.epoch_seconds or epoch_seconds or DEFAULT_EPOCH_SECONDS)
+    def epoch_opener(self, spec: RoundSpec) -> EpochOpener:
+        """What opens the epoch of watch round ``spec``: the one its spec announced to the nodes."""
+        return EpochOpener(self, spec, spec.epoch_seconds or DEFAULT_EPOCH_SECONDS)
 
-    def _activate(self, epoch: CoordinatorEpoch, tags: Mapping[str, bytes]) -> None:
+    def begin_epoch(self, round_id: str, ends: float, tags: Mapping[str, bytes]) -> None:
+        """Hand every node of ``tags`` its own k_c-tags and the epoch's end, in parallel;
+        WatchFailure naming every node that refused."""
+        futures = {
+            node: self._pool.submit(
+                self._stubs[node].BeginEpoch,
+                watch_pb2.BeginEpochRequest(round_id=round_id, ends=ends, tags=packed),
+                timeout=self.call_timeout,
+            )
+            for node, packed in tags.items()
+        }
+        problems = []
+        for node, future in futures.items():
+            try:
+                future.result()
+            except grpc.RpcError as err:
+                problems.append(f"{node} refused BeginEpoch: {err.code().name}: {err.details()}")
+        if problems:
+            raise WatchFailure(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+
+    def open_epoch(self, epoch: CoordinatorEpoch, tags: Mapping[str, bytes]) -> None:
+        """Every node holds its tag map: keep filters of ``tags`` (k_c-tags by node), on disk
+        too, and make ``epoch`` the current one, closing the one it replaces."""
         for node, packed in tags.items():
             bloom = new_filter(len(packed) // ELEMENT_BYTES)
             add = bloom.add
@@ -227,8 +257,7 @@ class WatchHub:
             flow = self.core.begin_check(
                 serde.check_hops_from_proto(request, checker), allows, checker=checker
             )
-        CheckPipe(self, flow).run()
-        self.metrics.check_routed(checker)
+        CheckPipe(flow, self._pool, self._call, self.call_timeout).run()
         return watch_pb2.CheckReply(masked=flow.sealed(), epoch_ends=flow.epoch.ends)
 
     def finish_check(
@@ -276,13 +305,21 @@ class WatchHub:
             raise WatchFailure(code, f"{node} could not {what}: {code.name}: {details}") from None
 
 
+# Makes one call on a node's watch service: (node, what it is asked to do, the call on its stub).
+NodeCall = Callable[[str, str, Callable[[watch_pb2_grpc.NodeWatchServiceStub], Any]], Any]
+
+
 class CheckPipe:
     """One check's chunks on their way through the hops: every call and every k_c sealing is a
     task of the hub's pool, and each task, once done, starts what the flow lets go next."""
 
-    def __init__(self, hub: WatchHub, flow: CheckFlow) -> None:
-        self.hub = hub
+    def __init__(
+        self, flow: CheckFlow, pool: Executor, call_node: NodeCall, call_timeout: float
+    ) -> None:
         self.flow = flow
+        self.pool = pool
+        self.call_node = call_node
+        self.call_timeout = call_timeout
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._failure: Exception | None = None
@@ -291,7 +328,7 @@ class CheckPipe:
         with self._lock:
             self._launch()
         # each call has its deadline, so every task ends; this bounds a pool that stopped
-        if not self._done.wait(self.hub.call_timeout * (len(self.flow.route) + 1)):
+        if not self._done.wait(self.call_timeout * (len(self.flow.route) + 1)):
             self._fail(WatchFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "the check timed out"))
         if self._failure is not None:
             raise self._failure
@@ -309,7 +346,7 @@ class CheckPipe:
 
     def _submit(self, task: Callable[..., None], *args: Any) -> None:
         try:
-            self.hub._pool.submit(self._guarded, task, *args)
+            self.pool.submit(self._guarded, task, *args)
         except RuntimeError:  # the pool is shut down: the coordinator is stopping
             self._failure = WatchFailure(grpc.StatusCode.UNAVAILABLE, "the coordinator stopped")
             self._done.set()
@@ -328,10 +365,10 @@ class CheckPipe:
 
     def _reblind(self, node: str, chunk: CheckHop) -> None:
         request = serde.check_hop_to_proto(chunk)
-        reply = self.hub._call(
+        reply = self.call_node(
             node,
             "blind the check",
-            lambda stub: stub.ReblindCheck(request, timeout=self.hub.call_timeout),
+            lambda stub: stub.ReblindCheck(request, timeout=self.call_timeout),
         )
         with self._lock:
             if self._failure is not None:
@@ -350,8 +387,8 @@ class CheckPipe:
             self._launch()
 
 
-class WatchRound:
-    """What a watch round adds to a pairwise round, called by its driver."""
+class EpochOpener:
+    """What a watch round adds to a pairwise round, called by its driver: the epoch it opens."""
 
     def __init__(self, hub: WatchHub, spec: RoundSpec, epoch_seconds: float) -> None:
         self.hub = hub
@@ -366,25 +403,15 @@ class WatchRound:
         self._ends = self.hub.core.epoch_end(self.epoch_seconds)
         self._key = RoundKey.generate()
         self._tags = {node: seal(self._key, packed) for node, packed in tags.items()}
-        futures = {
-            node: self.hub._pool.submit(
-                self.hub._stubs[node].BeginEpoch,
-                watch_pb2.BeginEpochRequest(
-                    round_id=self.spec.round_id, ends=self._ends, tags=self._tags[node]
-                ),
-                timeout=self.hub.call_timeout,
+        try:
+            self.hub.begin_epoch(
+                self.spec.round_id,
+                self._ends,
+                {node: self._tags[node] for node in self.spec.participants},
             )
-            for node in self.spec.participants
-        }
-        problems = []
-        for node, future in futures.items():
-            try:
-                future.result()
-            except grpc.RpcError as err:
-                problems.append(f"{node} refused BeginEpoch: {err.code().name}: {err.details()}")
-        if problems:
+        except WatchFailure:
             self.abandon()
-            raise WatchFailure(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+            raise
 
     def after_deliver(self) -> None:
         """Every node holds its key and tag map: the coordinator keeps filters, not tags."""
@@ -392,7 +419,7 @@ class WatchRound:
             self.spec.round_id, self.spec.participants, self._ends, key=self._key
         )
         tags, self._tags, self._key = self._tags, {}, None
-        self.hub._activate(epoch, tags)
+        self.hub.open_epoch(epoch, tags)
 
     def abandon(self) -> None:
         """The round failed: no epoch, k_c destroyed."""
@@ -407,23 +434,30 @@ class WatchRound:
 
 
 class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
-    def __init__(self, hub: WatchHub) -> None:
+    def __init__(self, hub: WatchHub, metrics: CoordinatorHooks = NO_METRICS) -> None:
         self.hub = hub
+        self.metrics = metrics
 
     def Check(
         self, request: watch_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.CheckReply:
-        checker = _checker(context)
-        with status.refusing(context, ProtocolError, WatchFailure):
-            return self.hub.check(checker.name, request)
-        raise AssertionError("unreachable")  # refusing() aborts
+        def route(checker: str) -> watch_pb2.CheckReply:
+            reply = self.hub.check(checker, request)
+            self.metrics.check_routed(checker)
+            return reply
+
+        return self._as_checker(context, route)
 
     def FinishCheck(
         self, request: watch_pb2.FinishCheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.FinishCheckReply:
+        return self._as_checker(context, lambda checker: self.hub.finish_check(checker, request))
+
+    def _as_checker(self, context: grpc.ServicerContext, handle: Callable[[str], T]) -> T:
+        """``handle`` for the node named in the caller's certificate; its errors as statuses."""
         checker = _checker(context)
         with status.refusing(context, ProtocolError, WatchFailure):
-            return self.hub.finish_check(checker.name, request)
+            return handle(checker.name)
         raise AssertionError("unreachable")  # refusing() aborts
 
 

@@ -21,8 +21,7 @@ from blindmatch.runtime import pki
 from blindmatch.runtime.net import split_host_port
 from node.budgets import Budgets
 from node.config import ConnectorConfig, NodeConfig, load_config, render_config
-from node.connectors.stix_out import stix_id as _stix_id
-from node.connectors.stix_out import stix_pattern
+from node.connectors.stix_out import stix_bundle
 from node.importing import SHOWN_INVALID
 from node.pool import Blinder
 from node.store import MatchRow, PartnerCount, Store, StoreError
@@ -263,6 +262,8 @@ def cmd_matches(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
         rows = store.matches(args.round)
         counts = store.partner_counts(args.round)
+        # the sightings a push sends, in the bundle: the same ids for the same matches
+        outgoing = store.outgoing(args.round) if args.format == "stix" else []
     if args.round and not rows and not counts:
         print(f"no results for round {args.round}", file=sys.stderr)
     if args.format == "json":
@@ -275,15 +276,10 @@ def cmd_matches(args: argparse.Namespace) -> int:
         for c in counts:
             out.writerow([c.round_id, "", "", c.partner, c.count])
     elif args.format == "stix":
-        print(json.dumps(stix_bundle(config.name, rows), indent=2))
+        print(json.dumps(stix_bundle(config.name, outgoing), indent=2))
     else:
         _match_table(rows, counts)
     return 0
-
-
-def _nations(r: MatchRow) -> str:
-    """How many hold a threshold match: the count if the round asked for it, else ">= t"."""
-    return f"{r.count} nations" if r.count is not None else f">= {r.threshold} nations"
 
 
 def _match_json(r: MatchRow) -> dict[str, Any]:
@@ -309,69 +305,10 @@ def _match_table(rows: list[MatchRow], counts: list[PartnerCount]) -> None:
         width = min(max(len(r.value) for r in rows), 70)
         print(f"{'round':<14} {'kind':<7} {'value':<{width}}  partners / nations")
         for r in rows:
-            who = ", ".join(r.partners) if r.partners else _nations(r)
+            who = ", ".join(r.partners) if r.partners else r.nations
             print(f"{r.round_id[:12]:<14} {r.kind:<7} {r.value:<{width}}  {who}")
     for c in counts:
         print(f"round {c.round_id[:12]}: {c.count:,} indicators shared with {c.partner}")
-
-
-def stix_bundle(node: str, rows: list[MatchRow]) -> dict[str, Any]:
-    """Matched indicators as STIX 2.1: indicator, identity per partner, sighting per match."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    objects: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        when = r.finished.replace("Z", ".000Z") if r.finished else now
-        ind_id = _stix_id("indicator", r.kind, r.value)
-        objects.setdefault(
-            ind_id,
-            {
-                "type": "indicator",
-                "spec_version": "2.1",
-                "id": ind_id,
-                "created": when,
-                "modified": when,
-                "name": f"{r.kind} {r.value}",
-                "pattern": stix_pattern(r.kind, r.value),
-                "pattern_type": "stix",
-                "valid_from": when,
-            },
-        )
-        refs = []
-        for partner in r.partners:
-            ident = _stix_id("identity", "partner", partner)
-            refs.append(ident)
-            objects.setdefault(
-                ident,
-                {
-                    "type": "identity",
-                    "spec_version": "2.1",
-                    "id": ident,
-                    "created": when,
-                    "modified": when,
-                    "name": partner,
-                    "identity_class": "organization",
-                },
-            )
-        sighting: dict[str, Any] = {
-            "type": "sighting",
-            "spec_version": "2.1",
-            "id": _stix_id("sighting", node, r.round_id, r.kind, r.value),
-            "created": when,
-            "modified": when,
-            "sighting_of_ref": ind_id,
-            "description": f"blindmatch round {r.round_id}: also sighted by "
-            + (", ".join(r.partners) if r.partners else f"{_nations(r)} in all"),
-        }
-        if refs:
-            sighting["where_sighted_refs"] = refs
-        if r.count is not None and not r.partners:
-            sighting["count"] = r.count
-        objects[sighting["id"]] = sighting
-    return {
-        "type": "bundle",
-        "id": _stix_id("bundle", node, now),
-        "objects": list(objects.values()),
-    }
 
 
 @node_command

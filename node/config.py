@@ -101,20 +101,8 @@ def load_config(path: str | Path) -> NodeConfig:
     r.no_unknown(imp, "import", {"default_tlp"})
     watch = _watch_settings(r)
     budgets = _budgets(r)
-    partners = r.value("policy.partners", pol, ["*"], list)
-    for p in partners:
-        r.check(
-            p == "*" or is_valid_name(p),
-            "policy.partners",
-            f'entry {p!r} is neither "*" nor a valid node name',
-        )
-    operators = r.value("policy.operators", pol, ["*"], list)
-    for o in operators:
-        r.check(
-            o == "*" or is_valid_name(o),
-            "policy.operators",
-            f'entry {o!r} is neither "*" nor a valid operator name',
-        )
+    partners = _anyone_or(r, pol, "partners", "node")
+    operators = _anyone_or(r, pol, "operators", "operator")
     kinds = r.value("policy.kinds", pol, list(KINDS), list)
     bad = [k for k in kinds if k not in KINDS]
     r.check(not bad, "policy.kinds", f"names unknown kind(s) {bad}; known: {', '.join(KINDS)}")
@@ -158,7 +146,7 @@ def load_config(path: str | Path) -> NodeConfig:
         round_timeout=r.seconds("round_timeout", 600.0),
         tls=r.tls(),
         policy=Policy(
-            partners=None if "*" in partners else frozenset(partners),
+            partners=partners,
             kinds=frozenset(kinds),
             **caps,
         ),
@@ -168,11 +156,25 @@ def load_config(path: str | Path) -> NodeConfig:
         check_budget=r.integer("check_budget", data, DEFAULT_CHECK_BUDGET, low=0),
         watch=watch,
         budgets=budgets,
-        operators=None if "*" in operators else frozenset(operators),
+        operators=operators,
         sources=_connectors(r, "sources", SOURCE_TYPES),
         sinks=_connectors(r, "sinks", SINK_TYPES),
         metrics=read_listen(r),
     )
+
+
+def _anyone_or(
+    r: TomlReader, policy: Mapping[str, Any], key: str, what: str
+) -> frozenset[str] | None:
+    """``[policy] key``: a list of names, or "*" (None: anyone)."""
+    names = r.value(f"policy.{key}", policy, ["*"], list)
+    for name in names:
+        r.check(
+            name == "*" or is_valid_name(name),
+            f"policy.{key}",
+            f'entry {name!r} is neither "*" nor a valid {what} name',
+        )
+    return None if "*" in names else frozenset(names)
 
 
 def _watch_settings(r: TomlReader) -> WatchSettings:

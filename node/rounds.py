@@ -7,6 +7,8 @@ coordinator has been silent on for the round's timeout; ``shutdown`` ends them a
 Early warning (``WatchHooks``, node/watch.py) hears of a watch round twice: at Prepare, where it
 may refuse it, and at its end, where a stored delivery opens the epoch the round staged and any
 other end, or an Abort of a round already delivered, closes it.
+It looks rounds up (BeginEpoch) in ``LiveRounds``, the table of live rounds the registry keeps:
+built first and handed to both, so neither is wired to the other after it is built.
 
 ``prepare`` acts on a spec only once its operator's signature is verified (``node.auth``), and
 ``start_routing`` only once every participant's certificate is; the operator is in the audit.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,7 +43,14 @@ from node.budgets import Budgets
 from node.metrics import NO_METRICS, NodeHooks
 from node.store import RoundAudit, Store, utc_now
 
-__all__ = ["LiveRound", "RoundIdUsed", "RoundRegistry", "StoreFailed", "fail_unfinished"]
+__all__ = [
+    "LiveRound",
+    "LiveRounds",
+    "RoundIdUsed",
+    "RoundRegistry",
+    "StoreFailed",
+    "fail_unfinished",
+]
 
 log = logging.getLogger("blindmatch.node")
 
@@ -99,6 +108,54 @@ class StoredSet:
         return self.store.rows_by_id(ids)
 
 
+class LiveRounds:
+    """The rounds this node is in, by id. The registry adds and drops them; early warning only
+    looks them up (``get``), which is why the table is its own object: both are built on it, and
+    neither needs the other."""
+
+    def __init__(self) -> None:
+        self._rounds: dict[str, LiveRound] = {}
+        self._lock = threading.Lock()
+
+    def get(self, round_id: str) -> LiveRound:
+        """A live round, its deadline pushed back: the coordinator is asking about it."""
+        live = self.find(round_id)
+        if live is None:
+            raise UnknownRound(
+                f"no round {round_id!r} on this node (finished, aborted or never prepared)"
+            )
+        live.touch()
+        return live
+
+    def find(self, round_id: str) -> LiveRound | None:
+        with self._lock:
+            return self._rounds.get(round_id)
+
+    def add(self, live: LiveRound) -> bool:
+        """Take ``live`` in; False if a round of its id is live already."""
+        with self._lock:
+            if live.state.spec.round_id in self._rounds:
+                return False
+            self._rounds[live.state.spec.round_id] = live
+            return True
+
+    def drop(self, live: LiveRound) -> bool:
+        """Let ``live`` go; False if it had gone already."""
+        with self._lock:
+            if self._rounds.get(live.state.spec.round_id) is not live:
+                return False
+            del self._rounds[live.state.spec.round_id]
+            return True
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._rounds)
+
+    def all(self) -> list[LiveRound]:
+        with self._lock:
+            return list(self._rounds.values())
+
+
 class RoundRegistry:
     def __init__(
         self,
@@ -109,42 +166,42 @@ class RoundRegistry:
         tlps: tuple[str, ...],
         round_timeout: float,
         authority: Authority,
+        live: LiveRounds,
         budgets: Budgets | None = None,
+        watch: WatchHooks | None = None,
+        metrics: NodeHooks = NO_METRICS,
+        on_idle: Callable[[], None] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
+        """``budgets`` None: no budgets across rounds (tests of other things). ``watch``: early
+        warning (node/watch.py). ``metrics``: node/metrics.py when [metrics] is on.
+
+        ``on_idle`` (at rest, issue 10) is called when the last live round has ended and its key
+        is gone, so the blinding workers that held keys do not outlive them (Blinder.retire).
+        ``on_done`` (connectors, node serve) is called when a round ended well: it has matches
+        for the sinks."""
         self.name = name
         self.authority = authority
-        self.budgets = budgets  # None: no budgets across rounds (tests of other things)
+        self.budgets = budgets
         self.store = store
         self.policy = policy
         self.tlps = tlps
         self.round_timeout = round_timeout
-        self.watch: WatchHooks | None = None  # early warning (node/watch.py)
-        self.metrics: NodeHooks = NO_METRICS  # node/metrics.py when [metrics] is on
-        # at rest (issue 10): called when the last live round has ended and its key is gone, so
-        # the blinding workers that held keys do not outlive them (Blinder.retire)
-        self.on_idle: Callable[[], None] | None = None
-        # connectors (node serve): a round that ended well has matches for the sinks
-        self.on_done: Callable[[], None] | None = None
-        self._rounds: dict[str, LiveRound] = {}
-        self._lock = threading.Lock()
+        self.live = live
+        self.watch = watch
+        self.metrics = metrics
+        self.on_idle = on_idle
+        self.on_done = on_done
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="round-reaper", daemon=True)
         self._reaper.start()
 
     def active(self) -> list[str]:
-        with self._lock:
-            return list(self._rounds)
+        return self.live.ids()
 
     def get(self, round_id: str) -> LiveRound:
         """A live round, its deadline pushed back: the coordinator is asking about it."""
-        with self._lock:
-            live = self._rounds.get(round_id)
-        if live is None:
-            raise UnknownRound(
-                f"no round {round_id!r} on this node (finished, aborted or never prepared)"
-            )
-        live.touch()
-        return live
+        return self.live.get(round_id)
 
     def prepare(
         self,
@@ -157,9 +214,8 @@ class RoundRegistry:
         it derives from), then draw the round's key and
         set (or refuse it, audited); ``timeout_seconds`` > 0 asks for a shorter timeout than
         this node's."""
-        with self._lock:
-            if spec.round_id in self._rounds:
-                raise RoundIdUsed(f"round {spec.round_id} is already prepared")
+        if self.live.find(spec.round_id) is not None:
+            raise RoundIdUsed(f"round {spec.round_id} is already prepared")
         if self.store.has_round(spec.round_id):
             # A replayed id must not overwrite the audit record of the round that used it.
             raise RoundIdUsed(
@@ -176,18 +232,12 @@ class RoundRegistry:
             # read only for a spec an allowed operator signed
             state = NodeRound(spec, self.name, self.policy, StoredSet(self.store, self.tlps))
         except ProtocolError as exc:
-            self.store.record_round(
-                spec.round_id,
+            self._record(
+                spec,
+                Outcome.REFUSED,
+                str(exc),
                 started=utc_now(),
                 coordinator=coordinator,
-                participants=spec.participants,
-                mode=spec.mode,
-                threshold=spec.threshold,
-                kinds=spec.kinds,
-                own_size=0,
-                outcome=Outcome.REFUSED,
-                reason=str(exc),
-                finished=utc_now(),
                 operator=operator,
             )
             self.metrics.round_ended(Outcome.REFUSED, None, {})
@@ -201,11 +251,9 @@ class RoundRegistry:
             operator=operator,
             spec_digest=signed.digest,
         )
-        with self._lock:
-            if spec.round_id in self._rounds:
-                state.abort("duplicate prepare")
-                raise RoundIdUsed(f"round {spec.round_id} is already prepared")
-            self._rounds[spec.round_id] = live
+        if not self.live.add(live):
+            state.abort("duplicate prepare")
+            raise RoundIdUsed(f"round {spec.round_id} is already prepared")
         self._audit(live, Outcome.STARTED, None)
         log.info(
             "round %s prepared: %d indicators, partners %s",
@@ -265,8 +313,7 @@ class RoundRegistry:
 
     def abort(self, round_id: str, reason: str) -> bool:
         """End a round the coordinator has given up on; False if this node had no such round."""
-        with self._lock:
-            live = self._rounds.get(round_id)
+        live = self.live.find(round_id)
         if live is None:
             # A watch round that delivered here but failed elsewhere: its epoch must not live.
             self._watch_ended(round_id, Outcome.ABORTED, reason)
@@ -278,20 +325,16 @@ class RoundRegistry:
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         """Drop a round: key destroyed, audit written. Safe to call twice."""
         round_id = live.state.spec.round_id
-        with self._lock:
-            if self._rounds.get(live.state.spec.round_id) is not live:
-                return
-            del self._rounds[live.state.spec.round_id]
+        if not self.live.drop(live):
+            return
         if outcome != Outcome.DONE:
             live.state.abort(reason or outcome)
         self._audit(live, outcome, reason)
         self.metrics.round_ended(outcome, time.monotonic() - live.began, live.state.blinded_for)
-        self._watch_ended(live.state.spec.round_id, outcome, reason)
+        self._watch_ended(round_id, outcome, reason)
         if outcome == Outcome.DONE and self.on_done is not None:
             self.on_done()  # only wakes a background thread: the round never waits for sinks
-        with self._lock:
-            idle = not self._rounds
-        if idle and self.on_idle is not None:
+        if not self.live.ids() and self.on_idle is not None:
             try:
                 self.on_idle()
             except Exception:  # the round has ended cleanly; a failed retire must not undo that
@@ -306,22 +349,45 @@ class RoundRegistry:
             log.exception("round %s: early warning could not follow its end", round_id)
 
     def _audit(self, live: LiveRound, outcome: str, reason: str | None) -> None:
-        spec = live.state.spec
+        self._record(
+            live.state.spec,
+            outcome,
+            reason,
+            started=live.started,
+            coordinator=live.coordinator,
+            operator=live.operator,
+            own_size=live.state.size,
+            blinded_for=live.state.blinded_for,
+        )
+
+    def _record(
+        self,
+        spec: RoundSpec,
+        outcome: str,
+        reason: str | None,
+        *,
+        started: str,
+        coordinator: str,
+        operator: str | None,
+        own_size: int = 0,
+        blinded_for: Mapping[str, int] | None = None,
+    ) -> None:
+        """The round's audit record; a round refused at Prepare has no set and blinded nothing."""
         try:
             self.store.record_round(
                 spec.round_id,
-                started=live.started,
-                coordinator=live.coordinator,
+                started=started,
+                coordinator=coordinator,
                 participants=spec.participants,
                 mode=spec.mode,
                 threshold=spec.threshold,
                 kinds=spec.kinds,
-                own_size=live.state.size,
-                blinded_for=live.state.blinded_for,
+                own_size=own_size,
+                blinded_for=blinded_for,
                 outcome=outcome,
                 reason=reason,
                 finished=None if outcome == Outcome.STARTED else utc_now(),
-                operator=live.operator,
+                operator=operator,
             )
         except Exception:  # the audit must not turn a clean refusal into a crash
             log.exception("could not write the audit record of round %s", spec.round_id)
@@ -329,8 +395,7 @@ class RoundRegistry:
     def _reap(self) -> None:
         while not self._stop.wait(0.5):
             now = time.monotonic()
-            with self._lock:
-                expired = [live for live in self._rounds.values() if live.deadline < now]
+            expired = [live for live in self.live.all() if live.deadline < now]
             for live in expired:
                 log.warning("round %s: coordinator silent; dropping it", live.state.spec.round_id)
                 self.end(
@@ -341,9 +406,7 @@ class RoundRegistry:
 
     def shutdown(self) -> None:
         self._stop.set()
-        with self._lock:
-            lives = list(self._rounds.values())
-        for live in lives:
+        for live in self.live.all():
             self.end(live, Outcome.ABORTED, "node shut down")
 
 

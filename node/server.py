@@ -1,7 +1,9 @@
 """The node's server: what it runs, who may call it, and how it starts and stops.
 
-``start`` opens the store, warms the blinding pool, wires the round registry, the round service
-and the early-warning service together and serves them; ``serve`` runs that until a signal.
+``start`` opens the store, warms the blinding pool, builds each part before the parts that use
+it (metrics, connectors, the live-round table, early warning, the round registry, the round
+service), each given its collaborators in its constructor, and serves them; ``serve`` runs that
+until a signal.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
 from node.config import NodeConfig
 from node.connectors.scheduler import ConnectorThread
-from node.metrics import NodeMetrics
+from node.metrics import NO_METRICS, NodeHooks, NodeMetrics
 from node.pool import Blinder
-from node.rounds import RoundRegistry, fail_unfinished
+from node.rounds import LiveRounds, RoundRegistry, fail_unfinished
 from node.servicer import NodeServicer
 from node.store import Store
 from node.watch import NodeWatch
@@ -74,10 +76,32 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
     store = Store.open(config.store)
     blinder = Blinder(config.worker_count)
     endpoint: MetricsEndpoint | None = None
+    connectors: ConnectorThread | None = None
     try:
         # Read before serving: a round prepared from now on is this process's own.
         unfinished = [r for r in store.rounds() if r.outcome == Outcome.STARTED]
         blinder.warm_up()
+        budgets = Budgets(store, config.budgets, config.name)
+        metrics: NodeHooks = NO_METRICS
+        if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
+            metrics = NodeMetrics(config.name, budgets)
+            endpoint = metrics.serve(config.metrics)
+        if config.sources or config.sinks:  # started last, once the node serves
+            connectors = ConnectorThread(config, metrics, blinder.hash_all)
+        live = LiveRounds()
+        watch = NodeWatch(
+            name=config.name,
+            store=store,
+            policy=config.policy,
+            blinder=blinder,
+            budget=config.check_budget,
+            round_of=live.get,
+            coordinator_address=config.coordinator_address,
+            tls=tls,
+            settings=config.watch,
+            budgets=budgets,
+            metrics=metrics,
+        )
         rounds = RoundRegistry(
             name=config.name,
             store=store,
@@ -86,27 +110,15 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             round_timeout=config.round_timeout,
             # the node's TLS identity is its federation identity: it signs chunks with it
             authority=Unauthenticated() if tls is None else RoundAuthority(tls, config.operators),
-            budgets=Budgets(store, config.budgets, config.name),
+            live=live,
+            budgets=budgets,
+            watch=watch,
+            metrics=metrics,
+            on_idle=blinder.retire,
+            # matches reach the sinks right after a round
+            on_done=None if connectors is None else connectors.push_now,
         )
         servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
-        watch = NodeWatch(
-            name=config.name,
-            store=store,
-            policy=config.policy,
-            blinder=blinder,
-            budget=config.check_budget,
-            round_of=rounds.get,
-            coordinator_address=config.coordinator_address,
-            tls=tls,
-            settings=config.watch,
-            budgets=rounds.budgets,
-        )
-        rounds.watch = watch
-        rounds.on_idle = blinder.retire
-        if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
-            metrics = NodeMetrics(config.name, rounds.budgets)
-            rounds.metrics = watch.metrics = metrics
-            endpoint = metrics.serve(config.metrics)
         handle = net.start_server(
             listen or config.listen,
             [
@@ -120,14 +132,11 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         # After the bind: a second node refused the port must not touch the first one's rounds.
         fail_unfinished(store, unfinished)
         # Last: a node that failed to start has nothing pulling in the background.
-        connectors = (
-            ConnectorThread(config, rounds.metrics, blinder.hash_all)
-            if config.sources or config.sinks
-            else None
-        )
         if connectors is not None:
-            rounds.on_done = connectors.push_now  # matches reach the sinks right after a round
+            connectors.start()
     except BaseException:
+        if connectors is not None:
+            connectors.stop()
         if endpoint is not None:
             endpoint.stop()
         blinder.close()

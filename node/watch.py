@@ -91,6 +91,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         settings: WatchSettings | None = None,
         clock: Clock = time.time,
         budgets: Budgets | None = None,
+        metrics: NodeHooks = NO_METRICS,
     ) -> None:
         self.name = name
         self.store = store
@@ -98,7 +99,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self.blinder = blinder
         self.budget = budget
         self.budgets = budgets  # the rolling per-partner budgets, checks' share (node.budgets)
-        self.metrics: NodeHooks = NO_METRICS  # node/metrics.py when [metrics] is on
+        self.metrics = metrics  # node/metrics.py when [metrics] is on
         self._round_of = round_of
         self._tls = tls
         # The node's federation identity: it signs what it blinds for a check, and verifies

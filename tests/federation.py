@@ -4,17 +4,25 @@ Every part is the production code started in-process: gRPC servers with mTLS cer
 the session's test CA (or plaintext on loopback when a test asks for ``insecure``), SQLite stores
 under tmp_path, the nodes' blinding worker processes. Tests talk to the coordinator the way an
 operator does: over gRPC with an operator certificate.
+
+The one home of the end-to-end scaffolding: ``Federation`` is the factory, built from a ``Setup``
+(nodes, what they hold, options such as ``metrics``); conftest.py's ``fed`` fixture builds one per
+module from the module's ``federation_setup`` fixture. ``HOLDINGS`` is what nodes hold unless a
+module says otherwise. Every server binds port 0 and reports the port it got; an address where
+nothing may listen comes from ``refusing_address``. Waiting is tests/waiting.py's ``until``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import socket
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -22,9 +30,9 @@ import grpc
 from blindmatch.core.canon import KINDS, canonicalize
 from blindmatch.core.signing import ChunkClaim, SignedSpec, Signer, spec_digest
 from blindmatch.core.spec import Policy
-from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS
+from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS, WatchSettings
 from blindmatch.runtime import net, serde
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, watch_pb2, watch_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
@@ -39,6 +47,7 @@ Key = tuple[str, str]  # (kind, canonical value)
 
 OPERATOR = "ops"  # the operator identity tests start rounds as
 TEST_CHUNK = 256  # elements per chunk in test rounds: sets of a few hundred span several chunks
+ON = "127.0.0.1:0"  # where a test server listens: port 0, and the port it bound is read back
 
 
 def signer(pki: FederationPki, name: str = OPERATOR, role: str = "operator") -> Signer:
@@ -186,65 +195,120 @@ def expected_pairwise(
     }
 
 
+# --- what the nodes hold -----------------------------------------------------------------------
+
+Holdings = Mapping[str, Sequence[tuple[str, str]]]  # node -> the (kind, canonical value)s it holds
+
+NAMES = ("alpha", "bravo", "charlie")
+# The federation's holdings unless a module needs others: a few domains of its own per node, and
+# one every node holds (a round of any of them matches exactly that one).
+HOLDINGS: Holdings = {
+    name: [("domain", f"{name}{i}.example") for i in range(6)] + [("domain", "shared.example")]
+    for name in NAMES
+}
+
+
+def domains(table: Mapping[str, Sequence[str]]) -> Holdings:
+    """Holdings of domain names only: ``{node: [name, ...]}``."""
+    return {node: [("domain", value) for value in values] for node, values in table.items()}
+
+
+def held(holdings: Holdings, tlp: str = "amber") -> dict[str, NodeData]:
+    """``holdings`` as imported, each value spelt canonically and marked ``tlp``."""
+    return {
+        node: NodeData(tlp=dict.fromkeys(pairs, tlp), raw={pair: pair[1] for pair in pairs})
+        for node, pairs in holdings.items()
+    }
+
+
+# --- the factory --------------------------------------------------------------------------------
+
+CHECK_BUDGET = 40  # elements a node blinds for each partner's checks per epoch, in watch tests
+
+
+def watching(config: NodeConfig) -> NodeConfig:
+    """A node for the watch tests: a small check budget; charlie's SIEM (operator/siem) may call
+    its Check, no other operator may (node.toml [watch] check_clients)."""
+    clients = (("operator", "siem"),) if config.name == "charlie" else ()
+    return replace(config, check_budget=CHECK_BUDGET, watch=WatchSettings(check_clients=clients))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a test federation is: its nodes, what they hold, and how they are configured."""
+
+    names: Sequence[str] = NAMES
+    # what each node imports once it serves; make_datasets() or held(HOLDINGS-like table)
+    holdings: Mapping[str, NodeData] = field(default_factory=lambda: held(HOLDINGS))
+    policies: Mapping[str, Policy] = field(default_factory=dict)
+    operators: Mapping[str, frozenset[str]] = field(default_factory=dict)  # node.toml operators
+    configure: Callable[[NodeConfig], NodeConfig] | None = None  # any other node.toml change
+    configs: Mapping[str, NodeConfig] | None = None  # node.toml files already written (node init)
+    metrics: bool = False  # [metrics] listen = "127.0.0.1:0" on every node and the coordinator
+    coordinator: bool = True  # False: the nodes only, for a test that starts its own coordinator
+    insecure: bool = False
+    relays: bool = False
+    round_timeout: float = 60.0
+    node_timeout: float = 600.0
+
+
 class Federation:
-    def __init__(
-        self,
-        root: Path,
-        pki: FederationPki,
-        names: Sequence[str],
-        *,
-        insecure: bool = False,
-        relays: bool = False,
-        policies: Mapping[str, Policy] | None = None,
-        round_timeout: float = 60.0,
-        node_timeout: float = 600.0,
-        operators: Mapping[str, frozenset[str]] | None = None,
-    ) -> None:
+    """Nodes and a coordinator as ``setup`` says, serving on 127.0.0.1 port 0; a context manager
+    that closes them."""
+
+    def __init__(self, root: Path, pki: FederationPki, setup: Setup | None = None) -> None:
+        setup = setup or Setup()
         self.root = root
-        self.insecure = insecure
+        self.pki = pki
+        self.setup = setup
+        self.insecure = setup.insecure
+        self.relayed = setup.relays
+        self.round_timeout = setup.round_timeout
         self.nodes: dict[str, RunningNode] = {}
         self.configs: dict[str, NodeConfig] = {}
         self.relays: dict[str, Relay] = {}
         self.stores: dict[str, Path] = {}
         self.coordinator: RunningCoordinator | None = None
         try:
-            for name in names:
-                self.configs[name] = self._node_config(
-                    root, pki, name, (policies or {}).get(name, Policy()), node_timeout
-                )
-                if operators and name in operators:
-                    self.configs[name] = replace(self.configs[name], operators=operators[name])
+            for name in setup.names:
+                self.configs[name] = self._config(name)
                 self.stores[name] = self.configs[name].store
                 Store.open(self.configs[name].store).close()
-            self.pki = pki
-            self.round_timeout = round_timeout
-            self.relayed = relays
-            for name in names:
+            for name in setup.names:
                 self.start_node(name)
-            self.start_coordinator()
+            if setup.coordinator:
+                self.start_coordinator()
+            for name in setup.names:  # a table may hold more nodes than the federation has
+                if name in setup.holdings:
+                    with self.store(name) as store:
+                        load(store, setup.holdings[name])
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def _node_config(
-        root: Path, pki: FederationPki, name: str, policy: Policy, timeout: float
-    ) -> NodeConfig:
-        files = pki.files(name, "node")
-        (root / name).mkdir(parents=True, exist_ok=True)
-        return NodeConfig(
-            path=root / name / "node.toml",
-            name=name,
-            listen="127.0.0.1:0",
-            store=root / name / "store.sqlite",
-            coordinator="coordinator",
-            workers=1,
-            round_timeout=timeout,
-            tls=TlsPaths(files.ca, files.cert, files.key),
-            policy=policy,
-            tlps=DEFAULT_TLPS,
-            default_tlp="amber",
-        )
+    def _config(self, name: str) -> NodeConfig:
+        setup = self.setup
+        if setup.configs is not None:
+            config = setup.configs[name]
+        else:
+            policy = setup.policies.get(name, Policy())
+            config = node_config(self.root, self.pki, name, policy, setup.node_timeout)
+        if name in setup.operators:
+            config = replace(config, operators=setup.operators[name])
+        if setup.metrics:
+            config = replace(config, metrics=ON)
+        return setup.configure(config) if setup.configure else config
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def start_node(self, name: str) -> RunningNode:
         node = start_node(self.configs[name], insecure=self.insecure)
@@ -262,15 +326,18 @@ class Federation:
         return f"127.0.0.1:{self.nodes[name].port}"
 
     def start_coordinator(self) -> RunningCoordinator:
+        """The coordinator, and the nodes told where it listens for their checks (node.toml
+        ``coordinator_address``, known only once it has bound its port)."""
         files = self.pki.files("coordinator", "coordinator")
         config = CoordinatorConfig(
-            listen="127.0.0.1:0",
+            listen=ON,
             tls=TlsPaths(files.ca, files.cert, files.key),
             nodes={name: self.node_address(name) for name in self.configs},
             state=self.root / "coordinator.sqlite",
             call_timeout=20.0,
             round_timeout=self.round_timeout,
             chunk_size=TEST_CHUNK,
+            metrics=ON if self.setup.metrics else None,
         )
         self.coordinator = start_coordinator(config, insecure=self.insecure)
         op_target = f"127.0.0.1:{self.coordinator.port}"
@@ -282,7 +349,17 @@ class Federation:
             op_target, tls, insecure=self.insecure, expect=net.Allow("coordinator")
         )
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
+        for node in self.nodes.values():
+            if node.watch is not None:
+                node.watch.connect_coordinator(f"127.0.0.1:{self.coordinator.port}")
         return self.coordinator
+
+    def restart_coordinator(self) -> RunningCoordinator:
+        assert self.coordinator is not None
+        self.channel.close()
+        self.coordinator.stop(grace=0.5)
+        self.coordinator = None
+        return self.start_coordinator()
 
     def store(self, name: str) -> Store:
         return Store.open(self.stores[name])
@@ -301,6 +378,13 @@ class Federation:
         )
         return self.wait(info.id, timeout)
 
+    def start_watch(self, nodes: Sequence[str], epoch: float) -> coordinator_pb2.RoundInfo:
+        """A watch round of ``nodes`` opening an epoch of ``epoch`` seconds, followed to its end."""
+        info = self.stub.StartRound(
+            start_request(self.pki, nodes, "watch", epoch_seconds=epoch), timeout=10
+        )
+        return self.wait(info.id, 60)
+
     def wait(self, round_id: str, timeout: float = 120.0) -> coordinator_pb2.RoundInfo:
         last = None
         for last in self.stub.WatchRound(
@@ -310,6 +394,16 @@ class Federation:
                 return last
         assert last is not None
         return last
+
+    def as_coordinator(self, name: str) -> grpc.Channel:
+        """A channel to node ``name`` holding the coordinator's real certificate: the one
+        identity a node serves, so what it refuses is refused past its access policy."""
+        return net.open_channel(
+            f"127.0.0.1:{self.nodes[name].port}",
+            self.pki.tls("coordinator", "coordinator"),
+            insecure=False,
+            expect=net.Allow("node", name),
+        )
 
     def close(self) -> None:
         if self.coordinator is not None:
@@ -323,6 +417,61 @@ class Federation:
         self.nodes.clear()
         for relay in self.relays.values():
             relay.close()
+
+
+def node_config(
+    root: Path, pki: FederationPki, name: str, policy: Policy | None = None, timeout: float = 600.0
+) -> NodeConfig:
+    """The node.toml of node ``name`` of a test federation, its files under ``root / name``."""
+    files = pki.files(name, "node")
+    (root / name).mkdir(parents=True, exist_ok=True)
+    return NodeConfig(
+        path=root / name / "node.toml",
+        name=name,
+        listen=ON,
+        store=root / name / "store.sqlite",
+        coordinator="coordinator",
+        workers=1,
+        round_timeout=timeout,
+        tls=TlsPaths(files.ca, files.cert, files.key),
+        policy=policy or Policy(),
+        tlps=DEFAULT_TLPS,
+        default_tlp="amber",
+    )
+
+
+# --- calling a node's Check ---------------------------------------------------------------------
+
+
+def check(
+    fed: Federation, node: str, values: list[str], *, as_name: str | None = None, role: str = "node"
+) -> watch_pb2.NodeCheckReply:
+    """Call the node's Check RPC the way its CLI or a SIEM does."""
+    tls = fed.pki.tls(as_name or node, role)
+    address = f"127.0.0.1:{fed.nodes[node].port}"
+    expect = net.Allow("node", node)
+    with net.open_channel(address, tls, insecure=False, expect=expect) as channel:
+        reply: watch_pb2.NodeCheckReply = watch_pb2_grpc.NodeWatchServiceStub(channel).Check(
+            watch_pb2.NodeCheckRequest(values=values), timeout=30
+        )
+    return reply
+
+
+def partners_of(reply: watch_pb2.NodeCheckReply) -> dict[str, set[str]]:
+    return {r.canonical or r.value: set(r.partners) for r in reply.results}
+
+
+# --- addresses ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def refusing_address() -> Iterator[str]:
+    """A 127.0.0.1 address where nothing listens, for as long as the block runs: its port is
+    bound from port 0 and held, never listened on, so every connection to it is refused and no
+    other server can take it meanwhile."""
+    with socket.socket() as held_port:
+        held_port.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{held_port.getsockname()[1]}"
 
 
 def node_matches(store: Store, round_id: str) -> dict[Key, set[str]]:

@@ -28,8 +28,7 @@ from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
 from node.server import start as start_node
-from node.store import Sighting
-from tests.federation import Federation, signed_spec, start_request
+from tests.federation import Federation, Setup, domains, held, signed_spec, start_request
 from tests.pkifixtures import FederationPki, leaf_with_uris
 
 T = 10.0
@@ -39,18 +38,11 @@ SHARED = [f"s{i}.example" for i in range(5)]
 
 
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Federation]:
-    federation = Federation(tmp_path_factory.mktemp("access"), pki, NODES)
-    try:
-        for name in NODES:
-            with federation.store(name) as store:
-                values = SHARED + [f"{name}{i}.example" for i in range(5)]
-                store.add_sightings(
-                    [Sighting("domain", v, v) for v in values], source="feed", default_tlp="amber"
-                )
-        yield federation
-    finally:
-        federation.close()
+def federation_setup() -> Setup:
+    # each node holds the five SHARED domains and five of its own: a round matches exactly SHARED
+    return Setup(
+        NODES, held(domains({n: SHARED + [f"{n}{i}.example" for i in range(5)] for n in NODES}))
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,17 @@ import pytest
 
 from blindmatch.core.group import RoundKey, hash_to_group
 from blindmatch.core.signing import MAX_SPEC_AGE, Signer
-from blindmatch.runtime import net, serde
+from blindmatch.runtime import serde
 from blindmatch.runtime.pki import issue, new_ca
 from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
-from node.store import RoundAudit, Sighting
+from node.store import RoundAudit
 from tests.federation import (
+    HOLDINGS,
+    NAMES,
     OPERATOR,
     Federation,
+    Setup,
+    held,
     node_certificates,
     round_spec,
     signed_chunk,
@@ -37,8 +41,6 @@ from tests.pkifixtures import FederationPki
 
 T = 10.0
 Code = grpc.StatusCode
-NAMES = ("alpha", "bravo", "charlie")
-HOLDINGS = {name: [f"{name}{i}.example" for i in range(6)] + ["shared.example"] for name in NAMES}
 ROGUE_OPERATOR = "rogue-ops"  # an operator of the federation that alpha's node.toml does not list
 
 
@@ -53,35 +55,19 @@ class Attacker:
 
 
 @pytest.fixture(scope="module")
-def attacker(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Attacker]:
-    fed = Federation(
-        tmp_path_factory.mktemp("adversary"),
-        pki,
-        NAMES,
-        operators={"alpha": frozenset({OPERATOR})},
-    )
-    channels = []
+def federation_setup() -> Setup:
+    return Setup(NAMES, held(HOLDINGS, tlp="green"), operators={"alpha": frozenset({OPERATOR})})
+
+
+@pytest.fixture(scope="module")
+def attacker(fed: Federation, pki: FederationPki) -> Iterator[Attacker]:
+    channels = {name: fed.as_coordinator(name) for name in NAMES}
     try:
-        for name, values in HOLDINGS.items():
-            with fed.store(name) as store:
-                store.add_sightings(
-                    [Sighting("domain", v, v) for v in values], source="feed", default_tlp="green"
-                )
-        stubs = {}
-        for name in NAMES:
-            channel = net.open_channel(
-                f"127.0.0.1:{fed.nodes[name].port}",
-                pki.tls("coordinator", "coordinator"),
-                insecure=False,
-                expect=net.Allow("node", name),
-            )
-            channels.append(channel)
-            stubs[name] = node_pb2_grpc.NodeServiceStub(channel)
+        stubs = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
         yield Attacker(fed, pki, stubs, signer(pki, "coordinator", "coordinator"))
     finally:
-        for channel in channels:
+        for channel in channels.values():
             channel.close()
-        fed.close()
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from blindmatch.runtime.hardening import dumpable, make_private, open_private, p
 from coordinator.state import SqliteRoundStore
 from coordinator.watch import WatchHub
 from node.pool import Blinder
-from tests.federation import Federation, load, make_datasets
+from tests.federation import Federation, Setup, make_datasets
 from tests.pkifixtures import FederationPki
 
 
@@ -119,12 +119,8 @@ def test_after_a_round_the_workers_that_blinded_it_have_exited(
         return future
 
     monkeypatch.setattr(Blinder, "_submit", recording)
-    fed = Federation(tmp_path, pki, names)
+    fed = Federation(tmp_path, pki, Setup(names, make_datasets(names, 40, seed=5, red_share=0.0)))
     try:
-        data = make_datasets(names, 40, seed=5, red_share=0.0)
-        for name in names:
-            with fed.store(name) as s:
-                load(s, data[name])
         info = fed.run_round(names)
         assert info.state == "done", info.error
         assert used

@@ -15,11 +15,10 @@ import grpc
 import pytest
 
 from blindmatch.cli.tomlconfig import ConfigError
-from blindmatch.core.spec import Policy
 from node.budgets import BudgetExceeded, BudgetPolicy, Budgets, window_text
 from node.config import NodeConfig, load_config, render_config
 from node.store import Store
-from tests.federation import Federation, load, make_datasets
+from tests.federation import Federation, Setup, make_datasets
 from tests.pkifixtures import FederationPki
 
 T0 = 1_800_000_000.0
@@ -159,27 +158,18 @@ def test_bad_budgets_are_refused_naming_the_key(tmp_path: Path, table: str, erro
 SIZE = 60
 
 
-class BudgetFederation(Federation):
-    """Nodes whose round budget fits one round of this test's sets per window, not two."""
-
-    @staticmethod
-    def _node_config(
-        root: Path, pki: FederationPki, name: str, policy: Policy, timeout: float
-    ) -> NodeConfig:
-        base = Federation._node_config(root, pki, name, policy, timeout)
-        return replace(base, budgets=BudgetPolicy(window=3600.0, round_elements=SIZE * 3 // 2))
+def one_round_per_window(config: NodeConfig) -> NodeConfig:
+    """A node whose round budget fits one round of this test's sets per window, not two."""
+    return replace(config, budgets=BudgetPolicy(window=3600.0, round_elements=SIZE * 3 // 2))
 
 
 def test_a_second_round_within_the_window_is_refused_naming_the_budget(
     tmp_path: Path, pki: FederationPki
 ) -> None:
     names = ("alpha", "bravo")
-    fed = BudgetFederation(tmp_path, pki, names)
+    data = make_datasets(names, SIZE, seed=3, red_share=0.0)
+    fed = Federation(tmp_path, pki, Setup(names, data, configure=one_round_per_window))
     try:
-        data = make_datasets(names, SIZE, seed=3, red_share=0.0)
-        for name in names:
-            with fed.store(name) as s:
-                load(s, data[name])
         clock = Clock()
         for name in names:
             budgets = fed.nodes[name].rounds.budgets

@@ -4,14 +4,10 @@ and the three configs share one [tls] shape."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import socket
 import stat
 from pathlib import Path
 
 from blindmatch.cli.errors import BAD_INPUT, FAILED, BadInput, status_of
-from blindmatch.cli.main import main
 from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
 from blindmatch.core.identity import PkiError
 from blindmatch.runtime.net import BindError, InsecureBindRefused, TlsConfigError
@@ -20,26 +16,15 @@ from coordinator.config import load_operator_config
 from coordinator.state import StateError
 from node.config import load_config as load_node_config
 from node.store import StoreError
+from tests import clirun
 from tests.pkifixtures import FederationPki
 
 
 def run(*argv: str) -> tuple[int, str]:
-    """``blindmatch ARGV`` in this process: exit status and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exc:  # argparse refusing the command line
-            status = int(exc.code or 0)
-    assert "Traceback" not in err.getvalue()
-    return status, err.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """``blindmatch ARGV`` in this process: exit status and stderr, which holds no traceback."""
+    status, _, err = clirun.run(*argv)
+    assert "Traceback" not in err
+    return status, err
 
 
 def node_init(
@@ -126,12 +111,12 @@ def test_a_missing_config_is_bad_input_everywhere(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_server_fails_the_operation_everywhere(
-    tmp_path: Path, pki: FederationPki
+    tmp_path: Path, pki: FederationPki, nowhere: str
 ) -> None:
     ca = str(pki.dir)
-    assert run(*node_init(tmp_path / "n", ca, listen=f"127.0.0.1:{free_port()}"))[0] == 0
-    coordinator = f"127.0.0.1:{free_port()}"
-    assert run(*operator_init(tmp_path / "o", ca, coordinator=coordinator))[0] == 0
+    # neither the node nor the coordinator listens where the configs say
+    assert run(*node_init(tmp_path / "n", ca, listen=nowhere))[0] == 0
+    assert run(*operator_init(tmp_path / "o", ca, coordinator=nowhere))[0] == 0
     for command in (
         ["node", "check", "--config", str(tmp_path / "n" / "node.toml"), "x.example"],
         ["round", "status", "--config", str(tmp_path / "o" / "operator.toml")],

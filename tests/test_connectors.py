@@ -1,15 +1,13 @@
 """Connectors against a real TAXII 2.1 server: medallion, the OASIS reference implementation.
 
-Each test starts medallion on 127.0.0.1 (a free port, its memory backend, a page size of 2 so
-pulls take several pages) from a data file the test writes, waits until it answers, and writes
+Each test starts medallion on 127.0.0.1 (on a socket bound to port 0 that the test hands it,
+its memory backend, a page size of 2 so pulls take several pages) from a data file the test writes, waits until it answers, and writes
 its objects through TAXII itself. The node side runs as an operator runs it: `blindmatch node
 sync` / `node push` on a node.toml with [[sources]] and [[sinks]].
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import socket
@@ -25,12 +23,12 @@ import pytest
 import requests
 from taxii2client.v21 import Collection
 
-from blindmatch.cli.main import main
 from blindmatch.cli.tomlconfig import ConfigError
 from blindmatch.core.group import hash_indicators
 from node.config import load_config
 from node.connectors.scheduler import Job, Scheduler, retry_delay
 from node.store import Store
+from tests.clirun import run
 from tests.waiting import until
 
 USER, PASSWORD = "alpha", "correct horse"
@@ -39,25 +37,23 @@ SINK_ID = "52892447-4d7e-4f70-b94d-d7f22742ff63"
 MEDIALLION = Path(sys.executable).with_name("medallion")
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(argv))
-    return status, out.getvalue(), err.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Taxii:
+    """medallion serving on a socket this test bound on 127.0.0.1 port 0 and hands it.
+
+    medallion takes a port number only, and its discovery document must name that port before it
+    starts; so the test binds port 0 itself, and werkzeug (which serves medallion) takes the
+    listening socket over as it does from its reloader: ``WERKZEUG_RUN_MAIN`` and
+    ``WERKZEUG_SERVER_FD``. The port is never released between binding it and serving on it."""
+
     directory: Path
-    port: int
+    listener: socket.socket | None = None
+    port: int = 0
     process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
 
     @property
     def discovery(self) -> str:
@@ -103,10 +99,15 @@ class Taxii:
             "taxii": {"max_page_size": 2},
         }
         (self.directory / "medallion.json").write_text(json.dumps(config))
+        if self.listener is None:  # started again after stop(): at the address it had
+            self.listener = socket.create_server(("127.0.0.1", self.port))
+        fd = self.listener.fileno()
         self.process = subprocess.Popen(
             [str(MEDIALLION), "--port", str(self.port), str(self.directory / "medallion.json")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            env={**os.environ, "WERKZEUG_RUN_MAIN": "true", "WERKZEUG_SERVER_FD": str(fd)},
         )
         until("medallion answers", self._answers, 60)
 
@@ -123,11 +124,14 @@ class Taxii:
             self.process.terminate()
             self.process.wait(30)
             self.process = None
+        if self.listener is not None:  # nothing holds the port now: connections are refused
+            self.listener.close()
+            self.listener = None
 
 
 @pytest.fixture
 def taxii(tmp_path: Path) -> Iterator[Taxii]:
-    server = Taxii(tmp_path, free_port())
+    server = Taxii(tmp_path)
     server.start()
     yield server
     server.stop()
@@ -242,7 +246,9 @@ def test_pull_then_pull_again_fetches_only_what_was_added(taxii: Taxii, node_tom
     assert status == 0 and "national-taxii: fetched 0 objects" in out
 
 
-def test_push_sightings_land_on_the_original_indicators(taxii: Taxii, node_toml: Path) -> None:
+def _round_of_two_matches(taxii: Taxii, node_toml: Path) -> dict[str, Any]:
+    """A done round matching an indicator pulled from TAXII and one imported from a file; the
+    pulled indicator."""
     original = indicator("[ipv4-addr:value = '198.51.100.7']")
     add(taxii, original)
     assert sync(node_toml)[0] == 0
@@ -272,14 +278,24 @@ def test_push_sightings_land_on_the_original_indicators(taxii: Taxii, node_toml:
             [(from_taxii.sighting_id, ["bravo"], None), (local.sighting_id, ["bravo"], None)],
         )
 
-    status, out, _ = run("node", "push", "--config", str(node_toml), "--json")
-    assert status == 0, out
-    assert json.loads(out)[0]["matches"] == 2
+    return original
+
+
+def _sink_objects(taxii: Taxii) -> list[dict[str, Any]]:
     pushed = taxii.collection(SINK_ID).get_objects(limit=2)
     objects = list(pushed.get("objects", []))
     while pushed.get("more"):  # medallion pages of two
         pushed = taxii.collection(SINK_ID).get_objects(limit=2, next=pushed["next"])
         objects += pushed["objects"]
+    return objects
+
+
+def test_push_sightings_land_on_the_original_indicators(taxii: Taxii, node_toml: Path) -> None:
+    original = _round_of_two_matches(taxii, node_toml)
+    status, out, _ = run("node", "push", "--config", str(node_toml), "--json")
+    assert status == 0, out
+    assert json.loads(out)[0]["matches"] == 2
+    objects = _sink_objects(taxii)
     by_type: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
         by_type.setdefault(obj["type"], []).append(obj)
@@ -293,6 +309,23 @@ def test_push_sightings_land_on_the_original_indicators(taxii: Taxii, node_toml:
     # each match once
     status, out, _ = run("node", "push", "--config", str(node_toml), "--json")
     assert (status, json.loads(out)[0]["matches"]) == (0, 0)
+
+
+def test_node_matches_stix_names_each_object_as_the_push_did(taxii: Taxii, node_toml: Path) -> None:
+    # one STIX writer: a sighting printed for an analyst is the one the sink already holds
+    _round_of_two_matches(taxii, node_toml)
+    assert run("node", "push", "--config", str(node_toml))[0] == 0
+    status, out, _ = run("node", "matches", "--config", str(node_toml), "--format", "stix")
+    assert status == 0
+    printed = json.loads(out)["objects"]
+    assert sorted(o["id"] for o in printed) == sorted(o["id"] for o in _sink_objects(taxii))
+    assert sorted(o["type"] for o in printed) == [
+        "identity",  # alpha
+        "identity",  # bravo
+        "indicator",  # local.example: the one pulled from TAXII is the analyst's own
+        "sighting",
+        "sighting",
+    ]
 
 
 def test_wrong_password_and_stopped_server_are_clear_errors_and_lose_nothing(

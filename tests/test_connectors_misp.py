@@ -38,7 +38,7 @@ from node.connectors import misp as misp_connector
 from node.connectors.base import ConnectorError, open_source
 from node.connectors.sync import sync_source
 from node.store import Sighting, Store
-from tests.test_connectors import run
+from tests.clirun import run
 
 KEY = "k" * 40
 GREEN = {"name": "tlp:green"}

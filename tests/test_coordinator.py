@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -50,12 +50,11 @@ from coordinator.state import (
     SqliteRoundStore,
     StateError,
 )
-from node.config import DEFAULT_TLPS, NodeConfig
 from node.server import RunningNode
-from node.server import start as start_node
-from node.store import Sighting, Store
 from tests import federation
+from tests.federation import Federation, Setup, domains, held, refusing_address
 from tests.pkifixtures import FederationPki
+from tests.waiting import until
 
 TIMEOUT = 30  # seconds: generous deadline for any single wait in these tests
 
@@ -181,10 +180,10 @@ def test_board_watch_follows_a_round_until_it_is_final() -> None:
     seen: list[RoundRecord] = []
     watcher = threading.Thread(target=lambda: seen.extend(board.watch("r", lambda: True)))
     watcher.start()
-    _until(lambda: len(seen) == 1)
+    until("the watcher sees the first record", lambda: len(seen) == 1, TIMEOUT)
     routing = replace(first, state="routing", hops_total=10)
     board.publish(routing)
-    _until(lambda: len(seen) == 2)
+    until("the watcher sees the routing record", lambda: len(seen) == 2, TIMEOUT)
     done = replace(routing, state="done", finished=2.0, hops_done=10)
     board.publish(done)
     watcher.join(TIMEOUT)
@@ -203,7 +202,7 @@ def test_board_watch_ends_when_the_watcher_is_no_longer_wanted() -> None:
     seen: list[RoundRecord] = []
     watcher = threading.Thread(target=lambda: seen.extend(board.watch("r", wanted.is_set)))
     watcher.start()
-    _until(lambda: len(seen) == 1)
+    until("the watcher sees the record", lambda: len(seen) == 1, TIMEOUT)
     wanted.clear()
     board.wake()
     watcher.join(TIMEOUT)
@@ -314,20 +313,12 @@ def test_operator_config_round_trips(tmp_path: Path) -> None:
         load_operator_config(path)
 
 
-def _until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 # --- a federation on loopback: real nodes, a real coordinator ---------------------------------
 
 COMMON = [f"c{i}.example" for i in range(10)]  # every nation of alpha, beta, gamma holds these
 AB = [f"ab{i}.example" for i in range(5)]  # alpha and beta
 BG = [f"bg{i}.example" for i in range(3)]  # beta and gamma
-HOLDINGS = {
+DOMAINS = {
     "alpha": COMMON + AB + [f"a{i}.example" for i in range(20)],
     "beta": COMMON + AB + BG + [f"b{i}.example" for i in range(17)],
     "gamma": COMMON + BG + [f"g{i}.example" for i in range(22)],
@@ -338,46 +329,20 @@ POLICIES = {"delta": Policy(partners=frozenset({"alpha"}), max_partner_set=10)}
 SET_SIZE = 35  # alpha, beta and gamma each hold 35 indicators
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def nodes(
     pki: FederationPki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, RunningNode]]:
-    base = tmp_path_factory.mktemp("nodes")
-    running: dict[str, RunningNode] = {}
-    try:
-        for name, values in HOLDINGS.items():
-            home = base / name
-            home.mkdir()
-            with Store.open(home / "store.sqlite") as store:
-                store.add_sightings(
-                    [Sighting("domain", v, v) for v in values], source="test", default_tlp="amber"
-                )
-            files = pki.files(name, "node")
-            config = NodeConfig(
-                path=home / "node.toml",
-                name=name,
-                listen="127.0.0.1:0",
-                store=home / "store.sqlite",
-                coordinator="coordinator",
-                workers=1,
-                round_timeout=60,
-                tls=TlsPaths(files.ca, files.cert, files.key),
-                policy=POLICIES.get(name, Policy()),
-                tlps=DEFAULT_TLPS,
-                default_tlp="amber",
-            )
-            running[name] = start_node(config, insecure=False)
-        yield running
-    finally:
-        for node in running.values():
-            node.stop()
+    """The nodes only: the tests start the coordinators they need (coord, serving)."""
+    setup = Setup(
+        list(DOMAINS),
+        held(domains(DOMAINS)),
+        policies=POLICIES,
+        coordinator=False,
+        node_timeout=60,
+    )
+    with Federation(tmp_path_factory.mktemp("nodes"), pki, setup) as running:
+        yield running.nodes
 
 
 def coordinator_config(
@@ -403,9 +368,9 @@ def serving(config: CoordinatorConfig, *, insecure: bool = False) -> Iterator[Ru
         running.stop()
 
 
-def registry_of(nodes: Mapping[str, RunningNode]) -> dict[str, str]:
+def registry_of(nodes: Mapping[str, RunningNode], ghost: str) -> dict[str, str]:
     registry = {name: f"127.0.0.1:{node.port}" for name, node in nodes.items()}
-    registry["ghost"] = f"127.0.0.1:{free_port()}"  # registered, but nothing listens there
+    registry["ghost"] = ghost  # registered, but nothing listens there
     return registry
 
 
@@ -413,9 +378,11 @@ def registry_of(nodes: Mapping[str, RunningNode]) -> dict[str, str]:
 def coord(
     pki: FederationPki, nodes: dict[str, RunningNode], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningCoordinator]:
-    config = coordinator_config(pki, tmp_path_factory.mktemp("coord"), registry_of(nodes))
-    with serving(config) as running:
-        yield running
+    with refusing_address() as ghost:
+        registry = registry_of(nodes, ghost)
+        config = coordinator_config(pki, tmp_path_factory.mktemp("coord"), registry)
+        with serving(config) as running:
+            yield running
 
 
 COORDINATOR = Allow("coordinator")
@@ -674,7 +641,7 @@ def test_stopping_the_coordinator_fails_and_aborts_rounds_in_flight(
             with operator(pki, running.port) as stub:
                 info = stub.StartRound(start_request(pki, ["alpha", "hole"]), timeout=TIMEOUT)
                 # alpha has prepared (holds a key); the hole never answers
-                _until(lambda: info.id in nodes["alpha"].rounds.active())
+                until("alpha prepares", lambda: info.id in nodes["alpha"].rounds.active(), TIMEOUT)
         finally:
             began = time.monotonic()
             running.stop()
@@ -821,9 +788,9 @@ def test_cli_round_start_exits_1_when_the_round_fails(
 
 
 def test_cli_round_start_input_errors(
-    pki: FederationPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: FederationPki, tmp_path: Path, capsys: pytest.CaptureFixture[str], nowhere: str
 ) -> None:
-    config = operator_toml(pki, tmp_path / "op", "cli-ops3", f"127.0.0.1:{free_port()}")
+    config = operator_toml(pki, tmp_path / "op", "cli-ops3", nowhere)
     capsys.readouterr()
 
     assert operator_cli.cmd_round_start(round_args(config, ["a", "b"], threshold=2)) == 2

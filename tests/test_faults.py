@@ -19,9 +19,8 @@ import hashlib
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,6 +32,7 @@ from coordinator.operator_cli import new_round, start_request
 from coordinator.state import RESTART_REASON as COORDINATOR_RESTART
 from node.store import RoundAudit, Sighting, Store
 from tests.relay import Relay
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # real server processes, killed and restarted
 
@@ -210,14 +210,6 @@ def delivered(path: Path, round_id: str) -> int:
 def audit(cluster: Cluster, name: str, round_id: str) -> RoundAudit | None:
     with Store.open(cluster.stores[name]) as store:
         return next((r for r in store.rounds() if r.round_id == round_id), None)
-
-
-def until(what: str, condition: Callable[[], Any], timeout: float) -> Any:
-    end = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < end, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
-    return result
 
 
 def ended(cluster: Cluster, name: str, round_id: str, timeout: float) -> RoundAudit:

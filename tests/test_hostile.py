@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,9 +31,12 @@ from blindmatch.runtime import net, serde
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from coordinator.config import CoordinatorConfig, TlsPaths
 from coordinator.service import start as start_coordinator
-from node.store import RoundAudit, Sighting
+from node.store import RoundAudit
 from tests.federation import (
     Federation,
+    Setup,
+    domains,
+    held,
     node_certificates,
     signed_chunk,
     signed_spec,
@@ -42,12 +44,13 @@ from tests.federation import (
     start_request,
 )
 from tests.pkifixtures import FederationPki
+from tests.waiting import until
 
 T = 10.0  # seconds: deadline of every call
 Code = grpc.StatusCode
 
 SHARED = [f"shared{i}.example" for i in range(20)]
-HOLDINGS = {
+DOMAINS = {
     "alpha": SHARED + [f"a{i}.example" for i in range(40)],  # 60
     "bravo": SHARED + [f"b{i}.example" for i in range(40)],  # 60
     "charlie": [f"c{i}.example" for i in range(60)],  # over its own-set cap
@@ -92,21 +95,14 @@ STUBS: dict[str, node_pb2_grpc.NodeServiceStub] = {}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Env]:
-    fed = Federation(tmp_path_factory.mktemp("hostile"), pki, list(HOLDINGS), policies=POLICIES)
-    channels: dict[str, grpc.Channel] = {}
+def federation_setup() -> Setup:
+    return Setup(list(DOMAINS), held(domains(DOMAINS)), policies=POLICIES)
+
+
+@pytest.fixture(scope="module")
+def env(fed: Federation, pki: FederationPki) -> Iterator[Env]:
+    channels = {name: fed.as_coordinator(name) for name in DOMAINS}
     try:
-        for name, values in HOLDINGS.items():
-            with fed.store(name) as store:
-                store.add_sightings(
-                    [Sighting("domain", v, v) for v in values], source="feed", default_tlp="amber"
-                )
-            channels[name] = net.open_channel(
-                f"127.0.0.1:{fed.nodes[name].port}",
-                pki.tls("coordinator", "coordinator"),
-                insecure=False,
-                expect=net.Allow("node", name),
-            )
         stubs = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
         STUBS.clear()
         STUBS.update(stubs)
@@ -115,7 +111,6 @@ def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterato
     finally:
         for channel in channels.values():
             channel.close()
-        fed.close()
 
 
 @pytest.fixture
@@ -280,7 +275,7 @@ def snapshot(env: Env) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
 def test_a_round_driven_by_hand_completes(env: Env, keys: list[RoundKey]) -> None:
     round_id = new_id()
     size = prepare(env.alpha, round_id)
-    assert size == len(HOLDINGS["alpha"])
+    assert size == len(DOMAINS["alpha"])
     key = keys[-1]
     own = b"".join(c.elements for c in env.alpha.OwnSet(node_pb2.RoundRef(round_id=round_id)))
     assert len(own) == 32 * size
@@ -673,7 +668,7 @@ def test_a_partner_set_over_the_caps_is_refused_before_any_blinding(
     round_id = new_id()
     delta = env.stubs["delta"]
     size = prepare(delta, round_id, participants=("delta", "alpha"))
-    assert size == len(HOLDINGS["delta"])
+    assert size == len(DOMAINS["delta"])
     details = refused(
         Code.RESOURCE_EXHAUSTED,
         lambda: reblind(
@@ -925,11 +920,13 @@ def assert_serving(channel: grpc.Channel) -> None:
 
 
 def wait_until_rounds_end(env: Env, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
     request = coordinator_pb2.ListRoundsRequest(limit=1000)
-    while any(r.state not in ("done", "failed") for r in env.fed.stub.ListRounds(request).rounds):
-        assert time.monotonic() < end, "rounds started by the fuzzer did not end"
-        time.sleep(0.1)
+
+    def ended() -> bool:
+        rounds = env.fed.stub.ListRounds(request).rounds
+        return all(r.state in ("done", "failed") for r in rounds)
+
+    until("rounds started by the fuzzer end", ended, timeout)
 
 
 def test_random_bytes_to_every_rpc_get_a_proper_status(env: Env) -> None:
@@ -1096,7 +1093,7 @@ def test_random_messages_to_the_node_get_proper_statuses_and_leave_no_key(
         request = prepare_request(round_spec, timeout)
         got = status(lambda: stub.Prepare(request, timeout=FUZZ_DEADLINE))
         assert_proper(got, "Prepare", seen.setdefault("Prepare", set()))
-        size = len(HOLDINGS["alpha"]) if got[0] == Code.OK else 0
+        size = len(DOMAINS["alpha"]) if got[0] == Code.OK else 0
         for action in actions:
             act(round_id, size, list(round_spec.participants), action)
         abort = node_pb2.AbortRequest(round_id=round_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import tests.federation
 from blindmatch.cli.tomlconfig import ConfigError
 from blindmatch.core.spec import Policy
 from blindmatch.runtime import net
@@ -32,12 +30,11 @@ from node.connectors.push import PushResult
 from node.connectors.sync import SyncResult
 from node.metrics import NO_METRICS, NodeMetrics
 from node.server import start as start_node
-from tests.federation import Federation, NodeData, load, make_datasets, start_request
+from tests.federation import ON, Federation, Setup, make_datasets, node_config, start_request
 from tests.pkifixtures import FederationPki
 from tests.waiting import until
 
 NAMES = ("alpha", "bravo", "charlie")
-ON = "127.0.0.1:0"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -60,33 +57,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+DATA = make_datasets(NAMES, 300)
+
+
 @pytest.fixture(scope="module")
-def fed(
-    tmp_path_factory: pytest.TempPathFactory, pki: FederationPki
-) -> Iterator[tuple[Federation, dict[str, NodeData]]]:
-    # Federation builds its configs itself: every node and the coordinator get [metrics] here.
-    with pytest.MonkeyPatch.context() as mp:
-        node_start, coordinator_start = (
-            tests.federation.start_node,
-            tests.federation.start_coordinator,
-        )
-        mp.setattr(
-            tests.federation, "start_node", lambda c, **kw: node_start(replace(c, metrics=ON), **kw)
-        )
-        mp.setattr(
-            tests.federation,
-            "start_coordinator",
-            lambda c, **kw: coordinator_start(replace(c, metrics=ON), **kw),
-        )
-        # charlie matches with alpha only: a round with bravo is refused at Prepare
-        policies = {"charlie": Policy(partners=frozenset({"alpha"}))}
-        federation = Federation(tmp_path_factory.mktemp("metrics"), pki, NAMES, policies=policies)
-    data = make_datasets(NAMES, 300)
-    for name in NAMES:
-        with federation.store(name) as store:
-            load(store, data[name])
-    yield federation, data
-    federation.close()
+def federation_setup() -> Setup:
+    # charlie matches with alpha only: a round with bravo is refused at Prepare
+    policies = {"charlie": Policy(partners=frozenset({"alpha"}))}
+    return Setup(NAMES, DATA, policies=policies, metrics=True)
 
 
 def node_address(federation: Federation, name: str) -> str:
@@ -113,8 +91,8 @@ def coordinator_after(federation: Federation, outcome: str, mode: str) -> Sample
     return until(f"the coordinator counts a {mode} round {outcome}", counted, 30)
 
 
-def test_a_round_moves_the_counters(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, data = fed
+def test_a_round_moves_the_counters(fed: Federation) -> None:
+    federation, data = fed, DATA
     info = federation.run_round(["alpha", "bravo"])
     assert info.state == "done", info.error
     alpha = scrape(node_address(federation, "alpha"))
@@ -138,8 +116,8 @@ def test_a_round_moves_the_counters(fed: tuple[Federation, dict[str, NodeData]])
     assert value(coordinator, "blindmatch_coordinator_epoch_open") == 0
 
 
-def test_a_refused_round_counts_as_refused(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, _ = fed
+def test_a_refused_round_counts_as_refused(fed: Federation) -> None:
+    federation = fed
     info = federation.run_round(["bravo", "charlie"])
     assert info.state == "failed"
     charlie = scrape(node_address(federation, "charlie"))
@@ -155,8 +133,8 @@ def test_a_refused_round_counts_as_refused(fed: tuple[Federation, dict[str, Node
     )
 
 
-def test_a_check_moves_the_check_metrics(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, data = fed
+def test_a_check_moves_the_check_metrics(fed: Federation) -> None:
+    federation, data = fed, DATA
     coordinator = federation.coordinator
     assert coordinator is not None
     for name in ("alpha", "bravo"):
@@ -192,7 +170,7 @@ def test_a_check_moves_the_check_metrics(fed: tuple[Federation, dict[str, NodeDa
 
 
 def test_metrics_are_off_by_default(tmp_path: Path, pki: FederationPki) -> None:
-    config = Federation._node_config(tmp_path, pki, "alpha", Policy(), 600.0)
+    config = node_config(tmp_path, pki, "alpha")
     assert config.metrics is None
     node = start_node(config, insecure=False)
     try:
@@ -205,7 +183,7 @@ def test_metrics_are_off_by_default(tmp_path: Path, pki: FederationPki) -> None:
 def test_a_metrics_port_in_use_stops_the_start(tmp_path: Path, pki: FederationPki) -> None:
     busy = NodeMetrics("other", None).serve(ON)
     try:
-        config = Federation._node_config(tmp_path, pki, "alpha", Policy(), 600.0)
+        config = node_config(tmp_path, pki, "alpha")
         with pytest.raises(BindError, match=f"node alpha cannot serve metrics on {busy.address}"):
             start_node(replace(config, metrics=busy.address), insecure=False)
     finally:

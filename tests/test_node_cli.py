@@ -7,7 +7,6 @@ real coordinator through rounds in every mode, one of them refused by a node's p
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -20,39 +19,24 @@ from typing import Any
 
 import pytest
 
-from blindmatch.cli.main import main
 from blindmatch.core.identity import Identity, identity_of
 from blindmatch.runtime import net
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
-from coordinator.config import CoordinatorConfig, TlsPaths
-from coordinator.service import start as start_coordinator
+from blindmatch.v1 import coordinator_pb2
 from node.config import load_config
-from node.server import RunningNode
-from node.server import start as start_node
 from node.store import Store
-from tests.federation import start_request
+from tests.clirun import run
+from tests.federation import Federation, Setup
 from tests.pkifixtures import FederationPki
 
 T = 30.0
 ALPHA, BRAVO, CHARLIE = "cli-alpha", "cli-bravo", "cli-charlie"
 SHARED = [f"all{i}.example" for i in range(5)]  # held by all three
 AB = ["ab0.example", "198.51.100.7"]  # alpha and bravo
-HOLDINGS = {
+FEEDS = {  # what each node imports with `node import`
     ALPHA: SHARED + AB + ["only-a.example"],
     BRAVO: SHARED + AB + ["only-b.example", "only-b2.example"],
     CHARLIE: [*SHARED, "only-c.example"],
 }
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    """``blindmatch ARGV`` in this process: exit status, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exc:  # argparse refusing the command line
-            status = int(exc.code or 0)
-    return status, out.getvalue(), err.getvalue()
 
 
 @dataclass
@@ -81,7 +65,7 @@ def node_dir(root: Path, pki: FederationPki, name: str) -> Path:
         text = text.replace('partners = ["*"]', f'partners = ["{ALPHA}"]')
     config.write_text(text)
     feed = root / f"{name}.txt"
-    feed.write_text("\n".join(HOLDINGS[name]) + "\n")
+    feed.write_text("\n".join(FEEDS[name]) + "\n")
     status, _, err = run("node", "import", "--config", str(config), str(feed))
     assert status == 0, err
     return config
@@ -90,49 +74,18 @@ def node_dir(root: Path, pki: FederationPki, name: str) -> Path:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("node-cli")
-    configs = {name: node_dir(root, pki, name) for name in HOLDINGS}
-    nodes: dict[str, RunningNode] = {}
-    try:
-        for name, path in configs.items():
-            nodes[name] = start_node(load_config(path), insecure=False)
-        files = pki.files("coordinator", "coordinator")
-        coordinator = start_coordinator(
-            CoordinatorConfig(
-                listen="127.0.0.1:0",
-                tls=TlsPaths(files.ca, files.cert, files.key),
-                nodes={name: f"127.0.0.1:{node.port}" for name, node in nodes.items()},
-                state=root / "coordinator.sqlite",
-            ),
-            insecure=False,
+    configs = {name: node_dir(root, pki, name) for name in FEEDS}
+    # the stores are filled by `node import` above: the federation adds nothing to them
+    setup = Setup(
+        list(FEEDS), {}, configs={name: load_config(path) for name, path in configs.items()}
+    )
+    with Federation(root, pki, setup) as fed:
+        rounds = Rounds(
+            pairwise=fed.run_round([ALPHA, BRAVO], timeout=T),
+            refused=fed.run_round([ALPHA, BRAVO, CHARLIE], "threshold", 2, timeout=T),
+            threshold=fed.run_round([ALPHA, CHARLIE], "threshold", 2, timeout=T),
+            count=fed.run_round([ALPHA, BRAVO], "count", timeout=T),
         )
-        try:
-            with net.open_channel(
-                f"127.0.0.1:{coordinator.port}",
-                pki.tls("ops", "operator"),
-                insecure=False,
-                expect=net.Allow("coordinator"),
-            ) as channel:
-                stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-
-                def round_(nodes: list[str], **kw: Any) -> coordinator_pb2.RoundInfo:
-                    info = stub.StartRound(start_request(pki, nodes, **kw), timeout=T)
-                    final: coordinator_pb2.RoundInfo
-                    *_, final = stub.WatchRound(
-                        coordinator_pb2.GetRoundRequest(id=info.id), timeout=T
-                    )
-                    return final
-
-                rounds = Rounds(
-                    pairwise=round_([ALPHA, BRAVO]),
-                    refused=round_([ALPHA, BRAVO, CHARLIE], mode="threshold", threshold=2),
-                    threshold=round_([ALPHA, CHARLIE], mode="threshold", threshold=2),
-                    count=round_([ALPHA, BRAVO], mode="count"),
-                )
-        finally:
-            coordinator.stop()
-    finally:
-        for node in nodes.values():
-            node.stop(grace=0.5)
     assert rounds.pairwise.state == rounds.threshold.state == rounds.count.state == "done"
     assert rounds.refused.state == "failed"
     yield Env(configs, rounds)
@@ -277,7 +230,7 @@ def test_node_audit_json_lists_every_round_joined(env: Env) -> None:
     rounds = {e["round_id"]: e for e in entries if e["type"] == "RoundAudit"}
     r = env.rounds
     assert set(rounds) == {r.pairwise.id, r.refused.id, r.threshold.id, r.count.id}
-    sizes = {name: len(values) for name, values in HOLDINGS.items()}
+    sizes = {name: len(values) for name, values in FEEDS.items()}
     expected = {
         r.pairwise.id: ("pairwise", [ALPHA, BRAVO], "done", {BRAVO: sizes[BRAVO]}),
         r.threshold.id: ("threshold", [ALPHA, CHARLIE], "done", {CHARLIE: sizes[CHARLIE]}),
@@ -407,7 +360,7 @@ def test_node_matches_of_an_unknown_round(env: Env) -> None:
 def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
     # alpha re-blinded bravo's set in the pairwise and count rounds, charlie's in the threshold
     # round; the refused round was refused before routing, so it charged nothing
-    sizes = {name: len(values) for name, values in HOLDINGS.items()}
+    sizes = {name: len(values) for name, values in FEEDS.items()}
     lines = [e for e in audit_json(env, ALPHA) if e["type"] == "BudgetLine"]
     assert [(b["partner"], b["round_used"], b["check_used"]) for b in lines] == [
         (BRAVO, 2 * sizes[BRAVO], 0),

@@ -33,7 +33,7 @@ from node.servicer import NodeServicer
 from tests.federation import (
     Federation,
     NodeData,
-    load,
+    Setup,
     make_datasets,
     node_certificates,
     signed_chunk,
@@ -72,19 +72,16 @@ def env(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterato
     with pytest.MonkeyPatch.context() as mp:
         # before the nodes start: the server binds the servicer's methods when it registers it
         mp.setattr(NodeServicer, "Deliver", recording_deliver)
-        fed = Federation(
-            tmp_path_factory.mktemp("privacy"),
-            pki,
+        data = make_datasets(NAMES, SIZE, seed=5)
+        setup = Setup(
             NAMES,
+            data,
             relays=True,
             node_timeout=NODE_TIMEOUT,
             policies={"delta": Policy(max_partner_set=SIZE // 2)},
         )
+        fed = Federation(tmp_path_factory.mktemp("privacy"), pki, setup)
     try:
-        data = make_datasets(NAMES, SIZE, seed=5)
-        for name in NAMES:
-            with fed.store(name) as store:
-                load(store, data[name])
         yield Env(fed, data, deliveries)
     finally:
         fed.close()

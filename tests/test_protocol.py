@@ -17,39 +17,44 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blindmatch.core.canon import KINDS, Indicator, canonicalize
+from blindmatch.core.errors import (
+    BadMessage,
+    CapExceeded,
+    ForgedMessage,
+    PolicyRefusal,
+    ProtocolError,
+    WrongPhase,
+)
 from blindmatch.core.group import split_elements
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.round_coordinator import Caps, CoordinatorRound
 from blindmatch.core.round_node import ListedSet, NodeRound
-from blindmatch.core.spec import (
-    DEFAULT_CHUNK,
-    BadMessage,
-    CapExceeded,
-    CoordinatorPhase,
-    ForgedMessage,
-    NodeOutcome,
-    NodePhase,
-    Policy,
-    PolicyRefusal,
-    ProtocolError,
-    RoundSpec,
-    Stream,
-    WrongPhase,
-)
+from blindmatch.core.spec import DEFAULT_CHUNK, NodeOutcome, Policy, RoundSpec, Stream
 from blindmatch.core.states import (
     CHECK_OUTCOMES,
     COORDINATOR,
+    COORDINATOR_CHECK,
     COORDINATOR_FINAL,
     COORDINATOR_RUNNING,
     EPOCH,
     NODE,
+    NODE_CHECK,
     ROUND_ENDS,
     ROUND_OUTCOMES,
+    SCHEDULE,
+    CoordinatorCheckEvent,
+    CoordinatorCheckPhase,
     CoordinatorEvent,
+    CoordinatorPhase,
     EpochEvent,
     EpochPhase,
+    NodeCheckEvent,
+    NodeCheckPhase,
     NodeEvent,
+    NodePhase,
     Outcome,
+    ScheduleEvent,
+    SchedulePhase,
     Table,
     sql_in,
 )
@@ -760,10 +765,51 @@ EPOCH_ACCEPTS = {
     (EpochEvent.DELIVERY, EpochPhase.PENDING),
     (EpochEvent.CHECK, EpochPhase.OPEN),
 }
+NODE_CHECK_MOVES = {
+    (NodeCheckPhase.PLANNED, NodeCheckPhase.ASKING),
+    (NodeCheckPhase.ASKING, NodeCheckPhase.UNMASKED),
+    (NodeCheckPhase.UNMASKED, NodeCheckPhase.DONE),
+}
+NODE_CHECK_ACCEPTS = {
+    (NodeCheckEvent.ASK, NodeCheckPhase.PLANNED),
+    (NodeCheckEvent.TAGS, NodeCheckPhase.ASKING),
+    (NodeCheckEvent.HITS, NodeCheckPhase.UNMASKED),
+}
+COORDINATOR_CHECK_MOVES = {
+    (CoordinatorCheckPhase.ROUTING, CoordinatorCheckPhase.UNMASKING),
+    (CoordinatorCheckPhase.UNMASKING, CoordinatorCheckPhase.TESTING),
+    (CoordinatorCheckPhase.TESTING, CoordinatorCheckPhase.CONFIRMING),
+    (CoordinatorCheckPhase.CONFIRMING, CoordinatorCheckPhase.DONE),
+}
+COORDINATOR_CHECK_ACCEPTS = {
+    (CoordinatorCheckEvent.CHUNK, CoordinatorCheckPhase.ROUTING),
+    (CoordinatorCheckEvent.ANSWER, CoordinatorCheckPhase.UNMASKING),
+    (CoordinatorCheckEvent.TAGS, CoordinatorCheckPhase.UNMASKING),
+    (CoordinatorCheckEvent.TEST, CoordinatorCheckPhase.TESTING),
+    (CoordinatorCheckEvent.ALERT_REPLY, CoordinatorCheckPhase.CONFIRMING),
+    (CoordinatorCheckEvent.FINISH, CoordinatorCheckPhase.CONFIRMING),
+}
+SCHEDULE_MOVES = {
+    (SchedulePhase.ACTIVE, SchedulePhase.CANCELLED),
+    (SchedulePhase.ACTIVE, SchedulePhase.ENDED),
+}
+SCHEDULE_ACCEPTS = {
+    (ScheduleEvent.RUN, SchedulePhase.ACTIVE),
+    (ScheduleEvent.CANCEL, SchedulePhase.ACTIVE),
+}
 TABLES: list[tuple[Table[Any, Any], type[enum.StrEnum], type[enum.StrEnum], set[Any], set[Any]]] = [
     (NODE, NodePhase, NodeEvent, NODE_MOVES, NODE_ACCEPTS),
     (COORDINATOR, CoordinatorPhase, CoordinatorEvent, COORDINATOR_MOVES, COORDINATOR_ACCEPTS),
     (EPOCH, EpochPhase, EpochEvent, EPOCH_MOVES, EPOCH_ACCEPTS),
+    (NODE_CHECK, NodeCheckPhase, NodeCheckEvent, NODE_CHECK_MOVES, NODE_CHECK_ACCEPTS),
+    (
+        COORDINATOR_CHECK,
+        CoordinatorCheckPhase,
+        CoordinatorCheckEvent,
+        COORDINATOR_CHECK_MOVES,
+        COORDINATOR_CHECK_ACCEPTS,
+    ),
+    (SCHEDULE, SchedulePhase, ScheduleEvent, SCHEDULE_MOVES, SCHEDULE_ACCEPTS),
 ]
 
 
@@ -816,6 +862,14 @@ def test_final_phases_are_the_ones_without_a_way_out() -> None:
         CoordinatorPhase.DELIVERING,
     )
     assert [p for p in EpochPhase if EPOCH.final(p)] == [EpochPhase.CLOSED]
+    assert [p for p in NodeCheckPhase if NODE_CHECK.final(p)] == [NodeCheckPhase.DONE]
+    assert [p for p in CoordinatorCheckPhase if COORDINATOR_CHECK.final(p)] == [
+        CoordinatorCheckPhase.DONE
+    ]
+    assert [p for p in SchedulePhase if SCHEDULE.final(p)] == [
+        SchedulePhase.CANCELLED,
+        SchedulePhase.ENDED,
+    ]
 
 
 def test_the_vocabulary_is_the_one_on_disk_and_on_the_wire() -> None:
@@ -829,6 +883,7 @@ def test_the_vocabulary_is_the_one_on_disk_and_on_the_wire() -> None:
     ]
     assert [str(p) for p in NodePhase] == ["prepared", "routing", "done", "aborted"]
     assert [str(p) for p in EpochPhase] == ["pending", "open", "closed"]
+    assert [str(p) for p in SchedulePhase] == ["active", "cancelled", "ended"]  # ScheduleInfo
     # The node store's CHECK constraints, verbatim.
     assert sql_in("outcome", ROUND_OUTCOMES) == (
         "outcome IN ('started', 'done', 'failed', 'refused', 'aborted')"

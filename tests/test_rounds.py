@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,8 +21,8 @@ from blindmatch.v1 import coordinator_pb2, node_pb2
 from tests.federation import (
     Federation,
     NodeData,
+    Setup,
     expected_pairwise,
-    load,
     make_datasets,
     node_matches,
     start_request,
@@ -31,28 +30,19 @@ from tests.federation import (
 from tests.pkifixtures import FederationPki
 
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo")
+DATA = make_datasets(NAMES, 400)
 
 
 @pytest.fixture(scope="module")
-def fed(
-    tmp_path_factory: pytest.TempPathFactory, pki: FederationPki
-) -> Iterator[tuple[Federation, dict[str, NodeData]]]:
-    root = tmp_path_factory.mktemp("federation")
-    policies = {"echo": Policy(partners=frozenset({"alpha", "bravo"}))}
-    federation = Federation(root, pki, NAMES, policies=policies)
-    data = make_datasets(NAMES, 400)
-    for name in NAMES:
-        with federation.store(name) as store:
-            load(store, data[name])
-    yield federation, data
-    federation.close()
+def federation_setup() -> Setup:
+    return Setup(NAMES, DATA, policies={"echo": Policy(partners=frozenset({"alpha", "bravo"}))})
 
 
 @pytest.mark.parametrize("participants", [NAMES[:2], NAMES[:3], NAMES[:4]])
 def test_pairwise_round_equals_plain_intersection(
-    fed: tuple[Federation, dict[str, NodeData]], participants: tuple[str, ...]
+    fed: Federation, participants: tuple[str, ...]
 ) -> None:
-    federation, data = fed
+    federation, data = fed, DATA
     info = federation.run_round(participants)
     assert info.state == "done", info.error
     expected = expected_pairwise(data, participants)
@@ -66,8 +56,8 @@ def test_pairwise_round_equals_plain_intersection(
     assert any(expected[n] for n in participants)  # the data does overlap
 
 
-def test_tlp_red_never_matches(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, data = fed
+def test_tlp_red_never_matches(fed: Federation) -> None:
+    federation, data = fed, DATA
     info = federation.run_round(NAMES[:4])
     assert info.state == "done", info.error
     red_everywhere = {key for key, tlp in data["alpha"].tlp.items() if tlp == "red"} & set(
@@ -92,12 +82,12 @@ def threshold_round(
 @pytest.mark.parametrize("counts", [False, True])
 @pytest.mark.parametrize("threshold", [2, 3])
 def test_threshold_round_gives_counts_without_names(
-    fed: tuple[Federation, dict[str, NodeData]],
+    fed: Federation,
     threshold: int,
     counts: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    federation, data = fed
+    federation, data = fed, DATA
     participants = NAMES[:4]
     received: list[node_pb2.DeliverRequest] = []
     decode = serde.delivery_from_proto
@@ -125,9 +115,9 @@ def test_threshold_round_gives_counts_without_names(
 
 
 def test_count_round_gives_only_per_partner_counts(
-    fed: tuple[Federation, dict[str, NodeData]],
+    fed: Federation,
 ) -> None:
-    federation, data = fed
+    federation, data = fed, DATA
     participants = NAMES[:3]
     info = federation.run_round(participants, mode="count")
     assert info.state == "done", info.error
@@ -139,8 +129,8 @@ def test_count_round_gives_only_per_partner_counts(
         assert counts == {p: len(sets[name] & sets[p]) for p in participants if p != name}
 
 
-def test_kinds_restrict_the_round(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, data = fed
+def test_kinds_restrict_the_round(fed: Federation) -> None:
+    federation, data = fed, DATA
     participants = NAMES[:2]
     info = federation.run_round(participants, kinds=["domain", "sha256"])
     assert info.state == "done", info.error
@@ -154,9 +144,9 @@ def test_kinds_restrict_the_round(fed: tuple[Federation, dict[str, NodeData]]) -
 
 
 def test_policy_outside_the_allow_list_refuses_the_round(
-    fed: tuple[Federation, dict[str, NodeData]],
+    fed: Federation,
 ) -> None:
-    federation, _ = fed
+    federation = fed
     info = federation.run_round(["alpha", "charlie", "echo"])
     assert info.state == "failed"
     assert "echo" in info.error and "charlie" in info.error
@@ -170,8 +160,8 @@ def test_policy_outside_the_allow_list_refuses_the_round(
     assert ok.state == "done", ok.error
 
 
-def test_every_round_is_in_each_nodes_audit(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, data = fed
+def test_every_round_is_in_each_nodes_audit(fed: Federation) -> None:
+    federation, data = fed, DATA
     info = federation.run_round(NAMES[:3])
     assert info.state == "done"
     with federation.store("bravo") as store:
@@ -186,8 +176,8 @@ def test_every_round_is_in_each_nodes_audit(fed: tuple[Federation, dict[str, Nod
     }
 
 
-def test_unknown_node_is_invalid_argument(fed: tuple[Federation, dict[str, NodeData]]) -> None:
-    federation, _ = fed
+def test_unknown_node_is_invalid_argument(fed: Federation) -> None:
+    federation = fed
     with pytest.raises(grpc.RpcError) as err:
         federation.stub.StartRound(start_request(federation.pki, ["alpha", "zulu"]), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -215,12 +205,9 @@ def test_wire_carries_no_value_and_no_unkeyed_hash(
 ) -> None:
     """Plaintext on loopback through recording relays: every byte between all parties is searched."""
     names = NAMES[:3]
-    federation = Federation(tmp_path, pki, names, insecure=True, relays=True)
+    data = make_datasets(names, 150, seed=11, red_share=0.0)
+    federation = Federation(tmp_path, pki, Setup(names, data, insecure=True, relays=True))
     try:
-        data = make_datasets(names, 150, seed=11, red_share=0.0)
-        for name in names:
-            with federation.store(name) as store:
-                load(store, data[name])
         info = federation.run_round(names, mode=mode, threshold=2 if mode == "threshold" else 0)
         assert info.state == "done", info.error
         wire = b"".join(r.recorded for r in federation.relays.values())

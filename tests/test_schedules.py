@@ -26,7 +26,7 @@ import pytest
 from blindmatch.core.orders import MIN_EVERY, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, Signer, StaleSpec
 from blindmatch.core.spec import BadMessage
-from blindmatch.runtime import net, serde
+from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
 from coordinator import operator_cli, schedule_cli
 from coordinator.schedules import Scheduler
@@ -37,8 +37,18 @@ from coordinator.state import (
     ScheduleRecord,
     SqliteRoundStore,
 )
-from node.store import RoundAudit, Sighting
-from tests.federation import OPERATOR, TEST_CHUNK, Federation, round_spec, signed_spec, signer
+from node.store import RoundAudit
+from tests.federation import (
+    HOLDINGS,
+    OPERATOR,
+    TEST_CHUNK,
+    Federation,
+    Setup,
+    held,
+    round_spec,
+    signed_spec,
+    signer,
+)
 from tests.pkifixtures import FederationPki
 
 T = 20.0
@@ -213,41 +223,25 @@ class Fed:
 
 
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[Fed]:
-    federation = Federation(
-        tmp_path_factory.mktemp("schedules"),
-        pki,
-        NAMES,
-        operators={"alpha": frozenset({OPERATOR})},
-    )
-    channels = []
+def federation_setup() -> Setup:
+    return Setup(NAMES, held(HOLDINGS, tlp="green"), operators={"alpha": frozenset({OPERATOR})})
+
+
+@pytest.fixture(scope="module")
+def fed(fed: Federation, pki: FederationPki) -> Iterator[Fed]:
+    """The module's federation (conftest.py), its scheduler stopped and its clock replaced."""
+    assert fed.coordinator is not None
+    scheduler = fed.coordinator.scheduler
+    scheduler.stop()  # the tests tick it themselves
+    clock = Clock(0.0)
+    scheduler.clock = clock
+    channels = {name: fed.as_coordinator(name) for name in NAMES}
     try:
-        for name in NAMES:
-            values = [f"{name}{i}.example" for i in range(5)] + ["shared.example"]
-            with federation.store(name) as s:
-                s.add_sightings(
-                    [Sighting("domain", v, v) for v in values], source="feed", default_tlp="green"
-                )
-        assert federation.coordinator is not None
-        scheduler = federation.coordinator.scheduler
-        scheduler.stop()  # the tests tick it themselves
-        clock = Clock(0.0)
-        scheduler.clock = clock
-        stubs = {}
-        for name in NAMES:
-            channel = net.open_channel(
-                f"127.0.0.1:{federation.nodes[name].port}",
-                pki.tls("coordinator", "coordinator"),
-                insecure=False,
-                expect=net.Allow("node", name),
-            )
-            channels.append(channel)
-            stubs[name] = node_pb2_grpc.NodeServiceStub(channel)
-        yield Fed(federation, pki, clock, scheduler, stubs)
+        stubs = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
+        yield Fed(fed, pki, clock, scheduler, stubs)
     finally:
-        for channel in channels:
+        for channel in channels.values():
             channel.close()
-        federation.close()
 
 
 def schedule(f: Fed, o: StandingOrder) -> coordinator_pb2.ScheduleInfo:

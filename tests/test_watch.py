@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -24,26 +22,32 @@ from blindmatch.core.watch_rules import (
     DEFAULT_CHECK_BUDGET,
     FILTER_ERROR_RATE,
     EpochEnded,
-    WatchSettings,
     check_route,
     expected_false_positives,
     parse_duration,
     reported_partners,
 )
 from blindmatch.runtime import net
-from blindmatch.v1 import coordinator_pb2, watch_pb2, watch_pb2_grpc
-from coordinator.service import RunningCoordinator
-from node.config import NodeConfig, load_config, render_config
-from node.store import Sighting, Store
-from tests.federation import Federation, start_request
+from blindmatch.v1 import watch_pb2, watch_pb2_grpc
+from node.config import load_config, render_config
+from node.store import Store
+from tests.federation import (
+    CHECK_BUDGET,
+    Federation,
+    Setup,
+    check,
+    held,
+    partners_of,
+    watching,
+)
 from tests.pkifixtures import FederationPki
 
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo")
 WATCHERS = NAMES[:4]
-BUDGET = 40
+BUDGET = CHECK_BUDGET  # watching() gives every node this check budget
 
 # (kind, value) each node holds; "shared" overlaps are what checks should find.
-HOLDINGS = {
+HELD = {
     "alpha": [("domain", "alpha-only.example"), ("domain", "shared.example")],
     "bravo": [("domain", "shared.example"), ("ipv4", "10.9.9.9"), ("email", "x@bravo.example")],
     "charlie": [("ipv4", "10.9.9.9"), ("sha256", "ab" * 32)],
@@ -52,73 +56,13 @@ HOLDINGS = {
 }
 
 
-class WatchFederation(Federation):
-    """A federation whose nodes know where the coordinator listens, with a small check budget."""
-
-    @staticmethod
-    def _node_config(
-        root: Path, pki: FederationPki, name: str, policy: Policy, timeout: float
-    ) -> NodeConfig:
-        base = Federation._node_config(root, pki, name, policy, timeout)
-        # charlie's SIEM may check for it; no other operator may (node.toml [watch] check_clients)
-        clients = (("operator", "siem"),) if name == "charlie" else ()
-        return replace(base, check_budget=BUDGET, watch=WatchSettings(check_clients=clients))
-
-    def start_coordinator(self) -> RunningCoordinator:
-        running = super().start_coordinator()
-        for node in self.nodes.values():
-            assert node.watch is not None
-            node.watch.connect_coordinator(f"127.0.0.1:{running.port}")
-        return running
-
-    def restart_coordinator(self) -> RunningCoordinator:
-        assert self.coordinator is not None
-        self.channel.close()
-        self.coordinator.stop(grace=0.5)
-        self.coordinator = None
-        return self.start_coordinator()
-
-    def start_watch(self, nodes: tuple[str, ...], epoch: float) -> coordinator_pb2.RoundInfo:
-        info = self.stub.StartRound(
-            start_request(self.pki, nodes, "watch", epoch_seconds=epoch),
-            timeout=10,
-        )
-        return self.wait(info.id, 60)
-
-
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[WatchFederation]:
-    root = tmp_path_factory.mktemp("watch")
+def federation_setup() -> Setup:
     policies = {
         "echo": Policy(partners=frozenset({"alpha", "bravo"})),
         "charlie": Policy(kinds=frozenset(Policy().kinds - {"email"})),
     }
-    federation = WatchFederation(root, pki, NAMES, policies=policies)
-    for name, held in HOLDINGS.items():
-        with federation.store(name) as store:
-            store.add_sightings(
-                (Sighting(k, v, v) for k, v in held), source="test-feed", default_tlp="amber"
-            )
-    yield federation
-    federation.close()
-
-
-def check(
-    fed: Federation, node: str, values: list[str], *, as_name: str | None = None, role: str = "node"
-) -> watch_pb2.NodeCheckReply:
-    """Call the node's Check RPC the way its CLI or a SIEM does."""
-    tls = fed.pki.tls(as_name or node, role)
-    address = f"127.0.0.1:{fed.nodes[node].port}"
-    expect = net.Allow("node", node)
-    with net.open_channel(address, tls, insecure=False, expect=expect) as channel:
-        reply: watch_pb2.NodeCheckReply = watch_pb2_grpc.NodeWatchServiceStub(channel).Check(
-            watch_pb2.NodeCheckRequest(values=values), timeout=30
-        )
-    return reply
-
-
-def partners_of(reply: watch_pb2.NodeCheckReply) -> dict[str, set[str]]:
-    return {r.canonical or r.value: set(r.partners) for r in reply.results}
+    return Setup(NAMES, held(HELD), policies=policies, configure=watching)
 
 
 def alerts(fed: Federation, node: str) -> set[tuple[str, str, str, str]]:
@@ -151,6 +95,7 @@ def test_route_and_reporting_follow_both_policies() -> None:
 
 def test_node_epoch_budget_and_end() -> None:
     epoch = NodeEpoch("e1", "a", ("a", "b", "c"), ends=1000.0, key=RoundKey.generate(), budget=10)
+    epoch.open()
     epoch.charge("b", 6, now=1.0)
     epoch.charge("c", 10, now=1.0)  # budgets are per partner
     with pytest.raises(CapExceeded, match="6 of the 10"):
@@ -175,7 +120,7 @@ def test_false_positive_budget() -> None:
 # --- end to end -------------------------------------------------------------------------------
 
 
-def test_watch_round_opens_an_epoch(fed: WatchFederation) -> None:
+def test_watch_round_opens_an_epoch(fed: Federation) -> None:
     info = fed.start_watch(WATCHERS, epoch=3600)
     assert info.state == "done", info.error
     assert info.mode == "watch"
@@ -190,7 +135,7 @@ def test_watch_round_opens_an_epoch(fed: WatchFederation) -> None:
         watch = fed.nodes[name].watch
         assert watch is not None and watch.epoch is not None
         assert watch.epoch.epoch_id == info.id
-        assert len(watch.epoch.tags) == len(HOLDINGS[name])
+        assert len(watch.epoch.tags) == len(HELD[name])
         # the round itself is over: its own key and position map are gone
         assert not fed.nodes[name].rounds.active()
     assert fed.coordinator is not None and fed.coordinator.watch is not None
@@ -202,7 +147,7 @@ def test_watch_round_opens_an_epoch(fed: WatchFederation) -> None:
     assert fed.nodes["echo"].watch is not None and fed.nodes["echo"].watch.epoch is None
 
 
-def test_check_hits_misses_and_alerts_both_sides(fed: WatchFederation) -> None:
+def test_check_hits_misses_and_alerts_both_sides(fed: Federation) -> None:
     reply = check(fed, "alpha", ["10.9.9.9", "HTTP://Fresh.Example/", "new.example", "no way"])
     got = partners_of(reply)
     assert got["10.9.9.9"] == {"bravo", "charlie"}
@@ -227,7 +172,7 @@ def test_check_hits_misses_and_alerts_both_sides(fed: WatchFederation) -> None:
         assert (entry.checker, entry.elements, entry.outcome) == ("alpha", 3, "done")
 
 
-def test_a_checked_value_is_watched_for_the_checker(fed: WatchFederation) -> None:
+def test_a_checked_value_is_watched_for_the_checker(fed: Federation) -> None:
     """alpha checked new.example first; when delta sights it, alpha is told."""
     reply = check(fed, "delta", ["new.example"])
     assert partners_of(reply)["new.example"] == {"alpha"}
@@ -235,7 +180,7 @@ def test_a_checked_value_is_watched_for_the_checker(fed: WatchFederation) -> Non
     assert ("domain", "new.example", "alpha", "check") in alerts(fed, "delta")
 
 
-def test_check_access(fed: WatchFederation) -> None:
+def test_check_access(fed: Federation) -> None:
     # the identities node.toml names (a SIEM integration) may check for a node; another node,
     # or any other operator, may not
     reply = check(fed, "charlie", ["charlie-new.example"], as_name="siem", role="operator")
@@ -258,7 +203,7 @@ def test_check_access(fed: WatchFederation) -> None:
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_policy_is_honoured(fed: WatchFederation) -> None:
+def test_policy_is_honoured(fed: Federation) -> None:
     # echo's policy does not allow charlie: a watch round with both fails, and no key is kept
     info = fed.start_watch(("alpha", "charlie", "echo"), epoch=3600)
     assert info.state == "failed" and "PERMISSION_DENIED" in info.error
@@ -289,7 +234,7 @@ def test_policy_is_honoured(fed: WatchFederation) -> None:
     assert partners_of(reply)["shared.example"] == {"delta"}  # delta has checked it since
 
 
-def test_budget_refusal(fed: WatchFederation) -> None:
+def test_budget_refusal(fed: Federation) -> None:
     values = [f"budget{i}.example" for i in range(BUDGET + 1)]
     with pytest.raises(grpc.RpcError) as err:
         check(fed, "bravo", values)
@@ -309,9 +254,7 @@ def test_budget_refusal(fed: WatchFederation) -> None:
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_cli_check_and_alerts_json(
-    fed: WatchFederation, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_check_and_alerts_json(fed: Federation, capsys: pytest.CaptureFixture[str]) -> None:
     config = fed.configs["charlie"]
     path = config.path
     path.write_text(
@@ -342,7 +285,7 @@ def test_cli_check_and_alerts_json(
     assert "refused" in capsys.readouterr().out
 
 
-def test_filters_survive_a_coordinator_restart(fed: WatchFederation) -> None:
+def test_filters_survive_a_coordinator_restart(fed: Federation) -> None:
     assert fed.coordinator is not None and fed.coordinator.watch is not None
     before = fed.coordinator.watch.epoch
     assert before is not None
@@ -355,7 +298,7 @@ def test_filters_survive_a_coordinator_restart(fed: WatchFederation) -> None:
     assert got == {"alpha-only.example": {"alpha"}, "charlie-new.example": {"charlie"}}
 
 
-def test_checks_are_refused_after_the_epoch(fed: WatchFederation) -> None:
+def test_checks_are_refused_after_the_epoch(fed: Federation) -> None:
     info = fed.start_watch(WATCHERS, epoch=3600)
     assert info.state == "done", info.error
     reply = check(fed, "delta", ["shared.example"])
@@ -393,7 +336,7 @@ def test_checks_are_refused_after_the_epoch(fed: WatchFederation) -> None:
     assert not list(fed.coordinator.watch.directory.glob("*.bloom"))
 
 
-def test_a_node_restart_ends_its_epoch(fed: WatchFederation) -> None:
+def test_a_node_restart_ends_its_epoch(fed: Federation) -> None:
     info = fed.start_watch(WATCHERS, epoch=3600)
     assert info.state == "done", info.error
     fed.nodes["delta"].stop(grace=0.5)

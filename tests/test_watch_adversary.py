@@ -13,7 +13,7 @@ Every attack is performed with real certificates against real node and coordinat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,15 @@ from blindmatch.core.spec import Policy, WrongPhase
 from blindmatch.core.states import EpochPhase
 from blindmatch.core.watch_node import NodeEpoch, NodeWatchCore
 from blindmatch.core.watch_rules import CheckHop
-from blindmatch.runtime import net, serde
+from blindmatch.runtime import serde
 from blindmatch.v1 import watch_pb2_grpc
 from node.rounds import StoreFailed
 from node.watch import NodeWatch
-from tests.federation import Federation
-from tests.pkifixtures import FederationPki
-from tests.test_watch import WatchFederation, check, partners_of
+from tests.federation import Federation, Setup, check, held, partners_of, watching
 
 NAMES = ("alpha", "bravo", "charlie")
 SHARED = ("domain", "shared.example")
-HOLDINGS = {
+HELD = {
     "alpha": [SHARED, ("domain", "alpha-only.example")],
     "bravo": [("ipv4", "10.1.2.3")],
     "charlie": [SHARED],
@@ -46,17 +44,8 @@ TEN_YEARS = 10 * 365 * 86400.0
 
 
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, pki: FederationPki) -> Iterator[WatchFederation]:
-    from node.store import Sighting
-
-    federation = WatchFederation(tmp_path_factory.mktemp("adversary"), pki, NAMES)
-    for name, held in HOLDINGS.items():
-        with federation.store(name) as store:
-            store.add_sightings(
-                (Sighting(k, v, v) for k, v in held), source="test-feed", default_tlp="amber"
-            )
-    yield federation
-    federation.close()
+def federation_setup() -> Setup:
+    return Setup(NAMES, held(HELD), configure=watching)
 
 
 def watch_of(fed: Federation, name: str) -> NodeWatch:
@@ -65,7 +54,7 @@ def watch_of(fed: Federation, name: str) -> NodeWatch:
     return watch
 
 
-def open_epoch(fed: WatchFederation) -> str:
+def open_epoch(fed: Federation) -> str:
     info = fed.start_watch(NAMES, epoch=3600)
     assert info.state == "done", info.error
     return info.id
@@ -78,13 +67,7 @@ def signer_of(fed: Federation, name: str, role: str = "node") -> Signer:
 
 def as_coordinator(fed: Federation, node: str) -> Any:
     """A NodeWatchService stub holding the coordinator's certificate: the attacker's position."""
-    address = f"127.0.0.1:{fed.nodes[node].port}"
-    channel = net.open_channel(
-        address,
-        fed.pki.tls("coordinator", "coordinator"),
-        insecure=False,
-        expect=net.Allow("node", node),
-    )
+    channel = fed.as_coordinator(node)
     return channel, watch_pb2_grpc.NodeWatchServiceStub(channel)
 
 
@@ -107,7 +90,7 @@ def record(
 # --- who may check ------------------------------------------------------------------------------
 
 
-def test_an_operator_may_not_call_a_nodes_check(fed: WatchFederation) -> None:
+def test_an_operator_may_not_call_a_nodes_check(fed: Federation) -> None:
     open_epoch(fed)
     with pytest.raises(grpc.RpcError) as err:
         check(fed, "alpha", ["shared.example"], as_name="ops", role="operator")
@@ -147,7 +130,7 @@ def forged_hops(fed: Federation, epoch_id: str, elements: bytes) -> dict[str, Ch
 
 
 def test_a_check_in_another_nodes_name_is_refused_and_costs_nothing(
-    fed: WatchFederation,
+    fed: Federation,
 ) -> None:
     epoch_id = open_epoch(fed)
     bravo = watch_of(fed, "bravo")
@@ -167,7 +150,7 @@ def test_a_check_in_another_nodes_name_is_refused_and_costs_nothing(
 
 
 def blinded_by_bravo(
-    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[NodeWatch, CheckHop]:
     """An epoch, a check of alpha's, and the signed chunk bravo (its hop 1) blinded for it."""
     open_epoch(fed)
@@ -180,7 +163,7 @@ def blinded_by_bravo(
 
 
 def test_a_replayed_check_is_refused_and_costs_nothing(
-    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bravo, hop = blinded_by_bravo(fed, monkeypatch)
     assert hop.checker == "alpha" and hop.hop == 0
@@ -198,7 +181,7 @@ def test_a_replayed_check_is_refused_and_costs_nothing(
 # --- epochs a node does not allow, and failed watch rounds ---------------------------------------
 
 
-def test_a_ten_year_epoch_is_refused_by_the_nodes(fed: WatchFederation) -> None:
+def test_a_ten_year_epoch_is_refused_by_the_nodes(fed: Federation) -> None:
     info = fed.start_watch(NAMES, epoch=TEN_YEARS)  # signed by an operator: only nodes refuse
     assert info.state == "failed" and "PERMISSION_DENIED" in info.error
     assert "max_epoch" in info.error
@@ -210,7 +193,7 @@ def test_a_ten_year_epoch_is_refused_by_the_nodes(fed: WatchFederation) -> None:
         assert epoch is None or epoch.epoch_id != info.id
 
 
-def test_a_node_with_watch_disabled_refuses_watch_rounds(fed: WatchFederation) -> None:
+def test_a_node_with_watch_disabled_refuses_watch_rounds(fed: Federation) -> None:
     charlie = watch_of(fed, "charlie")
     settings = charlie.core.settings
     charlie.core.settings = replace(settings, enabled=False)
@@ -241,7 +224,7 @@ def fail_delivery(monkeypatch: pytest.MonkeyPatch, fed: Federation) -> None:
     "fault", [fail_begin_epoch, fail_delivery], ids=["at BeginEpoch", "after a delivery"]
 )
 def test_a_failed_watch_round_leaves_no_epoch_key(
-    fed: WatchFederation,
+    fed: Federation,
     monkeypatch: pytest.MonkeyPatch,
     fault: Callable[[pytest.MonkeyPatch, Federation], None],
 ) -> None:
@@ -276,7 +259,7 @@ def final_tag(fed: Federation, item: tuple[str, str]) -> bytes:
 
 
 def test_checks_are_masked_from_the_last_hop(
-    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     open_epoch(fed)
     # bravo's checks visit charlie, then alpha: alpha is the last hop, and alpha holds the value
@@ -296,7 +279,7 @@ def test_checks_are_masked_from_the_last_hop(
     assert not set(received) & set(tag_map)
 
 
-def test_the_coordinator_key_is_kept_owner_only(fed: WatchFederation) -> None:
+def test_the_coordinator_key_is_kept_owner_only(fed: Federation) -> None:
     open_epoch(fed)
     assert fed.coordinator is not None and fed.coordinator.watch is not None
     directory: Path = fed.coordinator.watch.directory
@@ -305,7 +288,7 @@ def test_the_coordinator_key_is_kept_owner_only(fed: WatchFederation) -> None:
     assert all(p.stat().st_mode & 0o077 == 0 for p in directory.iterdir())
 
 
-def test_policies_still_apply(fed: WatchFederation) -> None:
+def test_policies_still_apply(fed: Federation) -> None:
     open_epoch(fed)
     charlie = watch_of(fed, "charlie")
     charlie.policy = Policy(partners=frozenset({"alpha"}))
@@ -317,7 +300,7 @@ def test_policies_still_apply(fed: WatchFederation) -> None:
 
 
 def test_a_chunk_replayed_or_moved_to_another_place_is_refused_and_costs_nothing(
-    fed: WatchFederation, monkeypatch: pytest.MonkeyPatch
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bravo, hop = blinded_by_bravo(fed, monkeypatch)
     assert (hop.seq, hop.chunks) == (0, 1)

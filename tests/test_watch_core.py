@@ -12,6 +12,13 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from blindmatch.core.errors import (
+    BadMessage,
+    CapExceeded,
+    PolicyRefusal,
+    ProtocolError,
+    WrongPhase,
+)
 from blindmatch.core.group import (
     ELEMENT_BYTES,
     Mask,
@@ -22,19 +29,10 @@ from blindmatch.core.group import (
 )
 from blindmatch.core.round_node import ListedSet, NodeRound
 from blindmatch.core.signing import CheckClaim, ForgedMessage, Signer, Trust
-from blindmatch.core.spec import (
-    BadMessage,
-    CapExceeded,
-    Policy,
-    PolicyRefusal,
-    ProtocolError,
-    RoundSpec,
-    WrongPhase,
-)
-from blindmatch.core.states import EpochPhase
+from blindmatch.core.spec import Policy, RoundSpec
+from blindmatch.core.states import CoordinatorCheckPhase, EpochPhase
 from blindmatch.core.watch_coordinator import (
     CheckFlow,
-    CheckPhase,
     CoordinatorEpoch,
     CoordinatorWatch,
     filter_key,
@@ -135,7 +133,7 @@ def test_a_check_visits_every_partner_and_reports_confirmed_hits_only() -> None:
     flow.on_alert_failed("b")  # best effort: an unreachable partner reports nothing
     result = flow.finish()
     assert result.hits == {"d": (0,)}
-    assert flow.phase is CheckPhase.DONE
+    assert flow.phase is CoordinatorCheckPhase.DONE
     # the checked tags join the checker's filter: later checks alert it
     assert all(filter_key(tag(n)) in flow.epoch.filters["c"] for n in (1, 2, 3))
 
@@ -319,13 +317,31 @@ def test_a_new_epoch_replaces_the_open_one() -> None:
     assert not watch.restorable(second)
 
 
+def test_an_epoch_is_pending_until_opened_and_opens_once() -> None:
+    # Both sides build an epoch PENDING, where states.EPOCH starts; only its delivery opens it.
+    node = NodeEpoch("e1", "a", PARTS, T0 + 3600, RoundKey.generate(), 10)
+    kept = CoordinatorEpoch("e1", PARTS, T0 + 3600)
+    assert node.phase is kept.phase is EpochPhase.PENDING
+    node.open()
+    watch = CoordinatorWatch(FakeClock())
+    watch.open(kept)
+    assert node.phase is kept.phase is EpochPhase.OPEN
+    with pytest.raises(WrongPhase, match=r"^epoch e1 is open; this message needs pending$"):
+        node.open()
+    with pytest.raises(WrongPhase, match=r"^epoch e1 is open; this message needs pending$"):
+        watch.open(kept)
+    assert watch.epoch is kept
+
+
 # --- the node's side ----------------------------------------------------------------------------
 
 
 def node_core(me: str = "a", budget: int = 10) -> tuple[NodeWatchCore, FakeClock]:
     clock = FakeClock()
     core = NodeWatchCore(me, budget, clock)
-    core.epoch = NodeEpoch("e1", me, PARTS, T0 + 3600, RoundKey.generate(), budget)
+    epoch = NodeEpoch("e1", me, PARTS, T0 + 3600, RoundKey.generate(), budget)
+    epoch.open()  # as its watch round's delivery opens it
+    core.epoch = epoch
     return core, clock
 
 
@@ -565,7 +581,7 @@ def test_chunks_move_on_as_soon_as_a_hop_returns_them_a_few_in_flight_per_hop() 
     for node, chunk in [*sent[:1], *moving]:
         flow.on_reblinded(node, chunk.seq, chunk.elements, True)
     routed(flow)  # the rest, every hop in turn
-    assert flow.phase is CheckPhase.TESTING  # every chunk sealed, the tags taken in
+    assert flow.phase is CoordinatorCheckPhase.TESTING  # every chunk sealed, the tags taken in
     assert all(c.hop == 3 for c in flow.chunks)
 
 

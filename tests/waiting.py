@@ -15,8 +15,10 @@ T = TypeVar("T")
 POLL = 0.02  # seconds between looks: short against every state a test waits for
 
 
-def until(what: str, condition: Callable[[], T], timeout: float) -> T:
-    """The first true value of ``condition()``; fails naming ``what`` after ``timeout`` seconds."""
+def until(what: str, condition: Callable[[], T | None], timeout: float) -> T:
+    """The first true value of ``condition()``; fails naming ``what`` after ``timeout`` seconds.
+
+    The one way tests wait: every module imports it from here."""
     end = time.monotonic() + timeout
     while not (value := condition()):
         assert time.monotonic() < end, f"not within {timeout:g} s: {what}"

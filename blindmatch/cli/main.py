@@ -178,29 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = rnd.add_subparsers(dest="round_command", required=True, metavar="SUBCOMMAND")
     s = rs.add_parser("start", help="start a match round")
     s.add_argument("--config", required=True, metavar="OP_TOML")
-    s.add_argument("--nodes", required=True, type=_names, metavar="A,B[,C...]")
-    s.add_argument(
-        "--mode", default="pairwise", choices=["pairwise", "threshold", "count", "watch"]
-    )
-    s.add_argument("--threshold", type=int, metavar="T")
-    s.add_argument(
-        "--epoch",
-        type=_duration,
-        metavar="DURATION",
-        help="watch mode: how long partners' watchlists stay open, e.g. 24h (default), 90m",
-    )
-    s.add_argument(
-        "--counts",
-        action="store_true",
-        help="threshold mode: deliver how many nations hold each match, not only 'at least T'",
-    )
-    s.add_argument(
-        "--chunk-size",
-        type=int,
-        metavar="N",
-        help="elements per chunk (default 4096; at most the coordinator's chunk_size)",
-    )
-    s.add_argument("--kinds", type=_kinds, metavar="K,...")
+    _round_flags(s, nodes_required=True)
     s.add_argument("--wait", action="store_true", help="follow the round until it ends")
     s.add_argument("--json", action="store_true")
     s.add_argument("--insecure", action="store_true")
@@ -214,15 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = rs.add_parser("schedule", help="sign a standing order of rounds; list or cancel one")
     s.add_argument("--config", required=True, metavar="OP_TOML")
     s.add_argument("--name", help="the schedule's name, for people")
-    s.add_argument("--nodes", type=_names, metavar="A,B[,C...]")
-    s.add_argument(
-        "--mode", default="pairwise", choices=["pairwise", "threshold", "count", "watch"]
-    )
-    s.add_argument("--threshold", type=int, metavar="T")
-    s.add_argument("--epoch", type=_duration, metavar="DURATION", help="watch mode: epoch length")
-    s.add_argument("--counts", action="store_true", help="threshold mode: exact counts")
-    s.add_argument("--chunk-size", type=int, metavar="N")
-    s.add_argument("--kinds", type=_kinds, metavar="K,...")
+    # --nodes is optional here: --list and --cancel name no round
+    _round_flags(s, nodes_required=False)
     s.add_argument("--every", type=_duration, metavar="DURATION", help="between runs, e.g. 24h")
     s.add_argument("--first", metavar="ISO-TIME", help="when the first run is due (default: now)")
     s.add_argument("--until", metavar="ISO-TIME", help="no run is due at or after this time")
@@ -245,6 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", metavar="DIR", help="build the federation in DIR and keep it")
     s.set_defaults(handler=_lazy("blindmatch.demo.demo", "cmd_demo"))
     return p
+
+
+def _round_flags(s: argparse.ArgumentParser, *, nodes_required: bool) -> None:
+    """What a round is, as ``round start`` and each run of ``round schedule`` ask for it."""
+    s.add_argument("--nodes", required=nodes_required, type=_names, metavar="A,B[,C...]")
+    s.add_argument(
+        "--mode", default="pairwise", choices=["pairwise", "threshold", "count", "watch"]
+    )
+    s.add_argument("--threshold", type=int, metavar="T")
+    s.add_argument(
+        "--epoch",
+        type=_duration,
+        metavar="DURATION",
+        help="watch mode: how long partners' watchlists stay open, e.g. 24h (default), 90m",
+    )
+    s.add_argument(
+        "--counts",
+        action="store_true",
+        help="threshold mode: deliver how many nations hold each match, not only 'at least T'",
+    )
+    s.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="N",
+        help="elements per chunk (default 4096; at most the coordinator's chunk_size)",
+    )
+    s.add_argument("--kinds", type=_kinds, metavar="K,...")
 
 
 @command()

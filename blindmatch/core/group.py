@@ -20,7 +20,7 @@ touches a node's own indicators on its own machine, so the timing is not observa
 The two exponentiations (one square root per Elligator 2 map) are about 75% of a hash; the rest is
 kept to a few dozen GMP operations per item, with the divisions of a batch sharing inversions
 (``_ratios``). When a node hashes and blinds its own set, the blinding clears the cofactor
-(``_cofactor_scalar``) and hashing skips it: same bytes, one doubling chain fewer.
+(``cofactor_clearing_key``) and hashing skips it: same bytes, one doubling chain fewer.
 """
 
 from __future__ import annotations
@@ -166,9 +166,12 @@ def _map(u: gmpy2.mpz, x1: gmpy2.mpz) -> tuple[gmpy2.mpz, gmpy2.mpz]:
     return (_MINUS_A - x1) % _P, (_P - y if y & 1 else y)  # sgn0(y) must be 0 for x2
 
 
-def _elligator2(u: gmpy2.mpz) -> tuple[gmpy2.mpz, gmpy2.mpz]:
-    """The affine point Elligator 2 maps the field element u to (one element, no batching)."""
-    return _map(u, _ratios(_MINUS_A, [(u * u * 2 + 1) % _P])[0])
+def map_to_curve_elligator2(u: int) -> tuple[int, int]:
+    """RFC 9380 ``map_to_curve_elligator2`` for curve25519: the affine point (x, y) the field
+    element u maps to. One element, no batching: hashing maps its batches with ``_curve_us``."""
+    mu = gmpy2.mpz(u)
+    x, y = _map(mu, _ratios(_MINUS_A, [(mu * mu * 2 + 1) % _P])[0])
+    return int(x), int(y)
 
 
 def _curve_us(msgs: Iterable[bytes], dst: bytes, *, clear_cofactor: bool = True) -> list[gmpy2.mpz]:
@@ -358,7 +361,7 @@ def _scalar_acting_as(residue: int) -> bytes | None:
     return None
 
 
-def _cofactor_scalar(key_bytes: bytes) -> bytes | None:
+def cofactor_clearing_key(key_bytes: bytes) -> bytes | None:
     """A key that blinds a point before cofactor clearing as ``key_bytes`` blinds it after.
 
     For the clamped key k, a clamped scalar s with s = 8k or s = -8k modulo 8 * ORDER: then
@@ -414,9 +417,9 @@ def hash_and_blind_packed(key_bytes: bytes, items: Sequence[tuple[str, str]]) ->
     """Worker entry point: hash (kind, canonical value) pairs and blind them, as a wire chunk.
 
     The same bytes as blinding ``hash_indicators(items)`` under ``key_bytes``, but the blinding
-    clears the cofactor (``_cofactor_scalar``), so hashing skips its three doublings.
+    clears the cofactor (``cofactor_clearing_key``), so hashing skips its three doublings.
     """
-    scalar = _cofactor_scalar(key_bytes)
+    scalar = cofactor_clearing_key(key_bytes)
     if scalar is None:
         return b"".join(RoundKey.from_bytes(key_bytes).blind(hash_indicators(items)))
     us = _curve_us((indicator_message(k, v) for k, v in items), DST, clear_cofactor=False)

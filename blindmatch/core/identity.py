@@ -49,6 +49,17 @@ def validate_role(role: str) -> str:
     return role
 
 
+def san_values(
+    cert: x509.Certificate, kind: type[x509.UniformResourceIdentifier] | type[x509.DNSName]
+) -> list[str]:
+    """The subject alternative names of one kind; none when the certificate has no SAN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(kind)
+
+
 def identity_of(cert_pem: bytes) -> Identity:
     """Read the blindmatch identity from a certificate's URI SAN; raise PkiError if it has none."""
     try:
@@ -56,12 +67,7 @@ def identity_of(cert_pem: bytes) -> Identity:
     except ValueError as exc:
         raise PkiError(f"not a PEM X.509 certificate: {exc}") from exc
     subject = cert.subject.rfc4514_string() or "(empty subject)"
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        uris: list[str] = []
-    else:
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    uris = san_values(cert, x509.UniformResourceIdentifier)
     ours = [u for u in uris if u.startswith(URI_SCHEME)]
     if len(ours) != 1:
         found = "none" if not ours else ", ".join(ours)

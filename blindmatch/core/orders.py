@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final
 
+from blindmatch.core.errors import BadMessage
 from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, StaleSpec, spec_digest
-from blindmatch.core.spec import BadMessage, RoundSpec
+from blindmatch.core.spec import RoundSpec
 
 SCHEDULE_ID: Final = re.compile(r"[A-Za-z0-9_]{1,48}")  # leaves room for "-<k>" in a round id
 MIN_EVERY: Final = 60.0  # seconds: a shorter period is a typo, not a federation's schedule

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from blindmatch.core import ring
 from blindmatch.core.errors import BadMessage, CapExceeded, ProtocolError, WrongPhase
 from blindmatch.core.group import ELEMENT_BYTES
 from blindmatch.core.match import Delivery, deliveries
@@ -89,11 +90,6 @@ class CoordinatorRound:
             return True
         return False
 
-    def hop_node(self, owner_index: int, hop: int) -> str:
-        """Who holds owner's set at ``hop`` (0 = the owner itself, N-1 = the last re-blinder)."""
-        parts = self.spec.participants
-        return parts[(owner_index + hop) % len(parts)]
-
     def on_chunk(
         self,
         sender: str,
@@ -129,7 +125,7 @@ class CoordinatorRound:
         n = len(self.spec.participants)
         o = self.spec.index(owner)
         s = self.spec.index(sender)
-        hop = (s - o) % n
+        hop = ring.hop_of(n, o, s)
         if labelled != hop:
             raise BadMessage(
                 f"chunk {seq} of {owner}'s set is labelled hop {labelled}; {sender} is hop {hop}"
@@ -163,7 +159,7 @@ class CoordinatorRound:
             at = (self._seen[o][hop] - count) * ELEMENT_BYTES
             self._final[o][at : at + len(elements)] = elements
             return None
-        return Forward(self.hop_node(o, hop + 1), owner, seq, elements, hop)
+        return Forward(ring.holder(self.spec.participants, o, hop + 1), owner, seq, elements, hop)
 
     def on_stream_end(self, node: str, stream: Stream) -> None:
         """``node`` ended ``stream``: refused if its own set is short or routing is not over."""
@@ -194,16 +190,12 @@ class CoordinatorRound:
 
     def final_tags(self) -> dict[str, bytes]:
         """Every participant's final tags by position: a watch round keeps them as filters."""
-        self._require(CoordinatorEvent.FINAL_TAGS)
-        if not self.routed():
-            raise WrongPhase("not every set has been fully blinded yet")
+        self._require_routed(CoordinatorEvent.FINAL_TAGS)
         return {name: bytes(self._final[i]) for i, name in enumerate(self.spec.participants)}
 
     def deliveries(self) -> dict[str, Delivery]:
         """What each node learns; drops the tags (they never outlive the match)."""
-        self._require(CoordinatorEvent.DELIVERIES)
-        if not self.routed():
-            raise WrongPhase("not every set has been fully blinded yet")
+        self._require_routed(CoordinatorEvent.DELIVERIES)
         result = deliveries(
             self._final, self.spec.mode, threshold=self.spec.threshold, counts=self.spec.counts
         )
@@ -228,6 +220,12 @@ class CoordinatorRound:
 
     def _require(self, event: CoordinatorEvent) -> None:
         COORDINATOR.require(f"round {self.spec.round_id}", self.phase, event)
+
+    def _require_routed(self, event: CoordinatorEvent) -> None:
+        """The final tags are read only once every set has travelled the whole ring."""
+        self._require(event)
+        if not self.routed():
+            raise WrongPhase("not every set has been fully blinded yet")
 
     def _move(self, to: CoordinatorPhase) -> None:
         self.phase = COORDINATOR.move(f"round {self.spec.round_id}", self.phase, to)

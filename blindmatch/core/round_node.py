@@ -12,8 +12,9 @@ Node rules (``NodeRound``)
      blinding anything) a partner set larger than its cap or a total beyond its round cap.
      Phase ROUTING.
   4. ``accept_chunk(owner, seq, count, hop)``: a chunk of a partner's set to re-blind. This node
-     is hop h of owner o's set (``hop_of``: participant (o + h) mod N), so the chunk must be the
-     output of hop h - 1, produced by participant (o + h - 1) mod N (the owner itself at h = 1):
+     is hop h of owner o's set (``hop_of``: participant (o + h) mod N, the arithmetic of ``ring``),
+     so the chunk must be the output of hop h - 1, produced by participant (o + h - 1) mod N (the
+     owner itself at h = 1):
      ``accept_chunk`` names that producer, and the caller verifies the chunk's signature as that
      party's BEFORE blinding it. Chunks of one set arrive with seq 0, 1, 2, ...; a duplicate, a
      gap, another hop, more elements than announced, or a chunk of its own set is refused. The
@@ -34,10 +35,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from blindmatch.core import ring
 from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, PolicyRefusal, WrongPhase
 from blindmatch.core.group import RoundKey
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
-from blindmatch.core.spec import Match, NodeOutcome, Policy, RoundSpec
+from blindmatch.core.spec import Match, NodeOutcome, Policy, RoundSpec, threshold_counts
 from blindmatch.core.states import NODE, NodeEvent, NodePhase
 
 # (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale)
@@ -198,14 +200,13 @@ class NodeRound:
         """Which hop of ``owner``'s set this node is: 0 for its own, h for the h-th partner after
         the owner in the ring; its output of that set is signed as this hop."""
         n = len(self.spec.participants)
-        return (self.spec.index(self.me) - self.spec.index(owner)) % n
+        return ring.hop_of(n, self.spec.index(owner), self.spec.index(self.me))
 
     def producer(self, owner: str) -> str:
         """Who must have produced the chunks of ``owner``'s set this node receives: the previous
         node of the ring, which is the owner itself when this node is the first hop."""
-        parts = self.spec.participants
-        o, h = self.spec.index(owner), self.hop_of(owner)
-        return parts[(o + h - 1) % len(parts)]
+        o = self.spec.index(owner)
+        return ring.holder(self.spec.participants, o, self.hop_of(owner) - 1)
 
     def accept_chunk(self, owner: str, seq: int, count: int, hop: int) -> str:
         """Validate a chunk of ``owner``'s set that says it is the output of ``hop``, before it is
@@ -263,14 +264,7 @@ class NodeRound:
                 matches.append(Match(int(self._ids[pos]), who, len(who) + 1))
         elif isinstance(delivery, ThresholdResult) and mode == "threshold":
             assert self.spec.threshold is not None
-            # Without counts a position says only "held by at least threshold": none is kept.
-            counted: Sequence[int | None] = delivery.counts
-            if not self.spec.counts:
-                if delivery.counts:
-                    raise BadMessage("threshold delivery carries counts the round did not ask for")
-                counted = [None] * len(delivery.positions)
-            elif len(counted) != len(delivery.positions):
-                raise BadMessage("threshold delivery: one count per position is required")
+            counted = threshold_counts(self.spec, delivery)
             for pos, count in zip(delivery.positions, counted, strict=True):
                 self._check_position(pos, n)
                 if count is not None and not self.spec.threshold <= count <= len(names):

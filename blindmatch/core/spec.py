@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from blindmatch.core.canon import KINDS
@@ -26,7 +26,7 @@ from blindmatch.core.errors import (
     UnknownRound,
     WrongPhase,
 )
-from blindmatch.core.match import MAX_PARTICIPANTS, MODES
+from blindmatch.core.match import MAX_PARTICIPANTS, MODES, ThresholdResult
 from blindmatch.core.states import CoordinatorPhase, NodePhase
 
 __all__ = [  # the errors and phases are defined in ``errors`` and ``states``, used from here
@@ -88,8 +88,6 @@ class RoundSpec:
             raise BadMessage(f"epoch of {self.epoch_seconds} s: must be 0 or a positive duration")
         if self.epoch_seconds and self.mode != "pairwise":
             raise BadMessage(f"a watch epoch only applies to a pairwise round, not {self.mode}")
-        if self.counts and self.mode != "threshold":
-            raise BadMessage(f"counts only apply to threshold mode, not {self.mode}")
         if not 0 <= self.issued < math.inf:
             raise BadMessage(f"issued time {self.issued} is not a time")
 
@@ -102,6 +100,22 @@ class RoundSpec:
             return self.participants.index(name)
         except ValueError:
             raise BadMessage(f"{name!r} is not a participant of round {self.round_id}") from None
+
+
+def threshold_counts(spec: RoundSpec, delivery: ThresholdResult) -> Sequence[int | None]:
+    """The count delivered with each position, refused unless the spec asked for exactly those.
+
+    A count of N names every holder, so counts travel only when the spec asks for them: a
+    delivery that carries them otherwise is refused, not silently trimmed. Without counts a
+    position says only "held by at least threshold", and its count is None. Checked where the
+    delivery is read off the wire (for any mode) and where a node resolves it."""
+    if spec.mode == "threshold" and not spec.counts:
+        if delivery.counts:
+            raise BadMessage("threshold delivery carries counts the round did not ask for")
+        return [None] * len(delivery.positions)
+    if len(delivery.counts) != len(delivery.positions):
+        raise BadMessage("threshold delivery: one count per position is required")
+    return delivery.counts
 
 
 @dataclass(frozen=True, slots=True)

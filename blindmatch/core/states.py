@@ -1,12 +1,15 @@
-"""Every phase a round or an epoch can be in, and every move between them.
+"""Every phase a round, an epoch, a check or a schedule can be in, and every move between them.
 
-Everything that changes a round's phase is checked here (in the manner of h11's ``_state.py``):
-the rules are written below, the tables under them are the same rules as data, and the machines
-(``NodeRound`` in node_round.py and ``CoordinatorRound`` in coordinator_round.py) accept a message and change phase only
-through their ``Table``; a message or a move the table does not list raises ``WrongPhase``.
+Everything that changes a phase is checked here (in the manner of h11's ``_state.py``): the rules
+are written below, the tables under them are the same rules as data, and the machines (``NodeRound``
+in round_node.py, ``CoordinatorRound`` in round_coordinator.py, the epochs and checks of
+watch_node.py and watch_coordinator.py, the coordinator's scheduler) accept a message and change
+phase only through their ``Table``; a message or a move the table does not list raises
+``WrongPhase``.
 
-The strings are on disk (the node's audit log, the coordinator's state file) and on the wire
-(``RoundInfo.state`` in proto/blindmatch/v1/coordinator.proto): never rename one.
+The strings of rounds, epochs and schedules are on disk (the node's audit log, the coordinator's
+state file) and on the wire (``RoundInfo.state`` and ``ScheduleInfo.state`` in
+proto/blindmatch/v1/coordinator.proto): never rename one.
 
 A node's round (``NodePhase``, ``NODE``)
   PREPARED    Prepare accepted: a fresh key, the own set shuffled; the node streams it (OwnSet).
@@ -33,6 +36,28 @@ An epoch (``EpochPhase``, ``EPOCH``): a watch round's key kept beyond the round 
               node's epoch lives in memory only); keys and tag maps destroyed, filters erased.
               Why is a reason recorded beside the phase ("replaced by epoch ...", "ended at ...").
   PENDING -> OPEN -> CLOSED, and PENDING -> CLOSED when the round ends without its delivery.
+
+A node's check of its own values (``NodeCheckPhase``, ``NODE_CHECK``; watch_node.NodeCheck)
+  PLANNED     the values canonicalised; nothing sent yet.
+  ASKING      masked and blinded under the epoch key, sent to the coordinator.
+  UNMASKED    the coordinator's answer with the mask removed: the k_c-tags, sent back.
+  DONE        the hits are in: the partners of each value, its tags in the epoch's tag map.
+  PLANNED -> ASKING -> UNMASKED -> DONE.
+
+The coordinator's check (``CoordinatorCheckPhase``, ``COORDINATOR_CHECK``;
+watch_coordinator.CheckFlow)
+  ROUTING     the chunks travel the checker's partners, then go under k_c.
+  UNMASKING   every chunk under every key and k_c, back to the checker to remove its mask.
+  TESTING     the checker's k_c-tags are in; the filters are not tested yet.
+  CONFIRMING  Alerts are out to the partners with a hit.
+  DONE        the checker has its answer; its tags joined its filter.
+  ROUTING -> UNMASKING -> TESTING -> CONFIRMING -> DONE.
+
+A standing order at the coordinator (``SchedulePhase``, ``SCHEDULE``; coordinator/schedules.py)
+  ACTIVE      its runs are started when due (or skipped, recorded).
+  CANCELLED   an operator cancelled it: nothing more starts; its run in flight goes on.
+  ENDED       no run is left before its ``until``.
+  ACTIVE -> CANCELLED, ACTIVE -> ENDED. Cancelling one that is no longer active changes nothing.
 
 Outcomes (``Outcome``): how a round or a check ended, in audit records
   A node's audit of a round says STARTED until the round ends, then DONE, FAILED, REFUSED or
@@ -110,6 +135,47 @@ class EpochEvent(enum.StrEnum):
     CHECK = "check"  # a check, its re-blinding by a partner, or an alert
 
 
+class NodeCheckPhase(enum.StrEnum):
+    PLANNED = "planned"
+    ASKING = "asking"
+    UNMASKED = "unmasked"
+    DONE = "done"
+
+
+class NodeCheckEvent(enum.StrEnum):
+    ASK = "ask"  # mask and blind the values, for the coordinator
+    TAGS = "tags"  # the coordinator's answer, its mask removed
+    HITS = "hits"  # the partners that confirmed each value
+
+
+class CoordinatorCheckPhase(enum.StrEnum):
+    ROUTING = "routing"
+    UNMASKING = "unmasking"
+    TESTING = "testing"
+    CONFIRMING = "confirming"
+    DONE = "done"
+
+
+class CoordinatorCheckEvent(enum.StrEnum):
+    CHUNK = "chunk"  # a chunk to send to its next hop or to seal, re-blinded or sealed
+    ANSWER = "answer"  # the sealed, still masked answer for the checker
+    TAGS = "tags"  # the checker's unmasked k_c-tags
+    TEST = "test"  # test the filters: the Alerts to send
+    ALERT_REPLY = "alert reply"  # a partner's answer to its Alert, or the Alert's failure
+    FINISH = "finish"  # the checker's answer
+
+
+class SchedulePhase(enum.StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    ENDED = "ended"
+
+
+class ScheduleEvent(enum.StrEnum):
+    RUN = "run"  # a tick: the due run is started or skipped, or the schedule ends
+    CANCEL = "cancel"
+
+
 P = TypeVar("P", bound=enum.StrEnum)
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -125,13 +191,15 @@ class Table(Generic[P, E]):
     def final(self, phase: P) -> bool:
         return not self.moves[phase]
 
+    def allows(self, phase: P, event: E) -> bool:
+        return phase in self.accepts[event]
+
     def require(self, subject: str, phase: P, event: E) -> None:
         """Refuse ``event`` unless ``phase`` accepts it; ``subject`` names the round."""
-        allowed = self.accepts[event]
-        if phase not in allowed:
+        if not self.allows(phase, event):
             raise WrongPhase(
                 f"{subject} is {phase.value}; {self.expects} "
-                + " or ".join(p.value for p in allowed)
+                + " or ".join(p.value for p in self.accepts[event])
             )
 
     def move(self, subject: str, phase: P, to: P) -> P:
@@ -188,6 +256,53 @@ EPOCH: Final[Table[EpochPhase, EpochEvent]] = Table(
         EpochPhase.CLOSED: (),
     },
     expects="this message needs",
+)
+
+NODE_CHECK: Final[Table[NodeCheckPhase, NodeCheckEvent]] = Table(
+    accepts={
+        NodeCheckEvent.ASK: (NodeCheckPhase.PLANNED,),
+        NodeCheckEvent.TAGS: (NodeCheckPhase.ASKING,),
+        NodeCheckEvent.HITS: (NodeCheckPhase.UNMASKED,),
+    },
+    moves={
+        NodeCheckPhase.PLANNED: (NodeCheckPhase.ASKING,),
+        NodeCheckPhase.ASKING: (NodeCheckPhase.UNMASKED,),
+        NodeCheckPhase.UNMASKED: (NodeCheckPhase.DONE,),
+        NodeCheckPhase.DONE: (),
+    },
+    expects="expected",
+)
+
+COORDINATOR_CHECK: Final[Table[CoordinatorCheckPhase, CoordinatorCheckEvent]] = Table(
+    accepts={
+        CoordinatorCheckEvent.CHUNK: (CoordinatorCheckPhase.ROUTING,),
+        CoordinatorCheckEvent.ANSWER: (CoordinatorCheckPhase.UNMASKING,),
+        CoordinatorCheckEvent.TAGS: (CoordinatorCheckPhase.UNMASKING,),
+        CoordinatorCheckEvent.TEST: (CoordinatorCheckPhase.TESTING,),
+        CoordinatorCheckEvent.ALERT_REPLY: (CoordinatorCheckPhase.CONFIRMING,),
+        CoordinatorCheckEvent.FINISH: (CoordinatorCheckPhase.CONFIRMING,),
+    },
+    moves={
+        CoordinatorCheckPhase.ROUTING: (CoordinatorCheckPhase.UNMASKING,),
+        CoordinatorCheckPhase.UNMASKING: (CoordinatorCheckPhase.TESTING,),
+        CoordinatorCheckPhase.TESTING: (CoordinatorCheckPhase.CONFIRMING,),
+        CoordinatorCheckPhase.CONFIRMING: (CoordinatorCheckPhase.DONE,),
+        CoordinatorCheckPhase.DONE: (),
+    },
+    expects="expected",
+)
+
+SCHEDULE: Final[Table[SchedulePhase, ScheduleEvent]] = Table(
+    accepts={
+        ScheduleEvent.RUN: (SchedulePhase.ACTIVE,),
+        ScheduleEvent.CANCEL: (SchedulePhase.ACTIVE,),
+    },
+    moves={
+        SchedulePhase.ACTIVE: (SchedulePhase.CANCELLED, SchedulePhase.ENDED),
+        SchedulePhase.CANCELLED: (),
+        SchedulePhase.ENDED: (),
+    },
+    expects="expected",
 )
 
 # The coordinator's record of a round is running until it reaches a final phase; a restart

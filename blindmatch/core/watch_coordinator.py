@@ -1,32 +1,38 @@
 """Early warning at the coordinator, without I/O: its epoch, its epoch key, and each check.
 
-``CoordinatorWatch`` holds at most one ``CoordinatorEpoch`` (OPEN, then CLOSED when the next
-watch round replaces it or the clock passes its end; phases of ``blindmatch.core.states.EPOCH``) and
-the checks in flight. An epoch holds the coordinator's epoch key k_c, applied after every node's
-key, and one filter of k_c-tags per participant (any ``Membership``): no node holds k_c, so no
-node can compute a k_c-tag, and the last partner of a check's route never sees one.
+``CoordinatorWatch`` holds at most one ``CoordinatorEpoch`` (PENDING until ``open``, then OPEN,
+then CLOSED when the next watch round replaces it or the clock passes its end; phases of
+``blindmatch.core.states.EPOCH``, moved by the rules of ``watch_rules``) and the checks in
+flight. An epoch holds the coordinator's epoch key k_c, applied after every node's key, and one
+filter of k_c-tags per participant (any ``Membership``): no node holds k_c, so no node can
+compute a k_c-tag, and the last partner of a check's route never sees one.
 
-``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.core.watch_rules``): its chunks to route through
-the hops, pipelined (a chunk goes to the next hop as soon as the previous one returned it, at
-most ``CHECK_WINDOW`` chunks in flight per hop), each hop's signed output to forward, k_c on
-each routed chunk, then the checker's unmasked k_c-tags, the filters, the Alerts to fan out and
-the answer. Replies are validated with the
-rounds' rules: the sender is the expected one, element counts match exactly, indices are in range
-and never repeated. A reply that breaks them is a ``BadReply``.
+``CheckFlow`` is one check (rules 2 to 4 of ``blindmatch.core.watch_rules``): its chunks to route
+through the hops, pipelined (a chunk goes to the next hop as soon as the previous one returned
+it, at most ``CHECK_WINDOW`` chunks in flight per hop), each hop's signed output to forward, k_c
+on each routed chunk, then the checker's unmasked k_c-tags, the filters, the Alerts to fan out
+and the answer (phases of ``blindmatch.core.states.COORDINATOR_CHECK``). Replies are validated
+with the rounds' rules: the sender is the expected one, element counts match exactly, indices
+are in range and never repeated. A reply that breaks them is a ``BadReply``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
+from blindmatch.core.errors import BadMessage, PolicyRefusal, WrongPhase
 from blindmatch.core.group import ELEMENT_BYTES, RoundKey
-from blindmatch.core.spec import BadMessage, PolicyRefusal, WrongPhase
-from blindmatch.core.states import EPOCH, EpochPhase
+from blindmatch.core.states import (
+    COORDINATOR_CHECK,
+    CoordinatorCheckEvent,
+    CoordinatorCheckPhase,
+    EpochPhase,
+)
 from blindmatch.core.watch_rules import (
     CHECK_ID,
+    CHECK_SUBJECT,
     MAX_CHECK_ELEMENTS,
     BadReply,
     CheckHop,
@@ -35,6 +41,8 @@ from blindmatch.core.watch_rules import (
     EpochEnded,
     check_elements,
     check_route,
+    close_epoch,
+    open_epoch,
     reported_partners,
     split_tags,
     utc_text,
@@ -73,7 +81,8 @@ class CoordinatorEpoch:
     ends: float  # unix seconds
     key: RoundKey | None = None  # k_c
     filters: dict[str, Membership] = field(default_factory=dict)  # of k_c-tags
-    phase: EpochPhase = EpochPhase.OPEN
+    # built once its watch round delivered, or read back; ``CoordinatorWatch.open`` opens it
+    phase: EpochPhase = field(default=EpochPhase.PENDING, init=False)
     closed: str | None = None  # why it closed: replaced, or its end passed
 
     def ended(self, now: float) -> bool:
@@ -81,13 +90,8 @@ class CoordinatorEpoch:
 
     def close(self, reason: str) -> None:
         """Destroy k_c and the filters; idempotent."""
-        if self.key is not None:
-            self.key.destroy()
-        self.key = None
+        close_epoch(self, reason)
         self.filters = {}
-        if self.phase is not EpochPhase.CLOSED:
-            self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.CLOSED)
-            self.closed = reason
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class CoordinatorWatch:
         return not epoch.ended(self.clock())
 
     def open(self, epoch: CoordinatorEpoch) -> Closing | None:
+        """``epoch`` opens and replaces the open one, if any: the CloseEpoch calls that owes."""
+        open_epoch(epoch)
         previous, self.epoch = self.epoch, epoch
         self._checks.clear()
         if previous is None:
@@ -183,14 +189,6 @@ class CoordinatorWatch:
         return entry[1]
 
 
-class CheckPhase(enum.Enum):
-    ROUTING = "routing"  # chunks through each partner's key, then under k_c
-    UNMASKING = "unmasking"  # under k_c, back to the checker to remove its mask
-    TESTING = "testing"  # k_c-tags known, filters not yet tested
-    CONFIRMING = "confirming"  # Alerts out to the partners with a hit
-    DONE = "done"
-
-
 @dataclass(frozen=True)
 class CheckResult:
     hits: dict[str, tuple[int, ...]]  # partner -> positions it confirmed
@@ -228,7 +226,7 @@ class CheckFlow:
         # each chunk's latest signed output, forwarded untouched to its next hop
         self.chunks: list[CheckHop] = list(chunks)
         self.shares: dict[str, bool] = {}
-        self.phase = CheckPhase.ROUTING
+        self.phase = CoordinatorCheckPhase.ROUTING
         self._busy: set[int] = set()  # chunks at a hop or being sealed
         self._in_flight = dict.fromkeys(self.route, 0)
         self._sealed: dict[int, bytes] = {}
@@ -247,7 +245,7 @@ class CheckFlow:
         """The chunks to send now, and to whom: every chunk whose next hop has room in its
         window. They are in flight until ``on_reblinded``."""
         out: list[tuple[str, CheckHop]] = []
-        if self.phase is not CheckPhase.ROUTING:
+        if not COORDINATOR_CHECK.allows(self.phase, CoordinatorCheckEvent.CHUNK):
             return out
         for seq, chunk in enumerate(self.chunks):
             if seq in self._busy or chunk.hop == len(self.route):
@@ -261,7 +259,7 @@ class CheckFlow:
 
     def to_seal(self) -> list[int]:
         """Chunks with every partner's key, not yet sealed: each is the caller's to ``seal``."""
-        if self.phase is not CheckPhase.ROUTING:
+        if not COORDINATOR_CHECK.allows(self.phase, CoordinatorCheckEvent.CHUNK):
             return []
         done = [
             seq
@@ -281,7 +279,7 @@ class CheckFlow:
         certificate: bytes = b"",
     ) -> None:
         """A partner's re-blinded, signed chunk ``seq``."""
-        self._require(CheckPhase.ROUTING)
+        self._require(CoordinatorCheckEvent.CHUNK)
         chunk = self.chunks[seq] if 0 <= seq < len(self.chunks) else None
         expected = None if chunk is None else self.route[chunk.hop]
         if chunk is None or seq not in self._busy or sender != expected:
@@ -314,24 +312,24 @@ class CheckFlow:
         return seal(key, self.chunks[seq].elements)
 
     def on_sealed(self, seq: int, sealed: bytes) -> None:
-        self._require(CheckPhase.ROUTING)
+        self._require(CoordinatorCheckEvent.CHUNK)
         self._busy.discard(seq)
         self._sealed[seq] = sealed
         if len(self._sealed) == len(self.chunks):
-            self.phase = CheckPhase.UNMASKING
+            self._move(CoordinatorCheckPhase.UNMASKING)
 
     @property
     def routed(self) -> bool:
-        return self.phase is not CheckPhase.ROUTING
+        return self.phase is not CoordinatorCheckPhase.ROUTING
 
     def sealed(self) -> bytes:
         """Every chunk under every key and k_c, in order: the still-masked answer."""
-        self._require(CheckPhase.UNMASKING)
+        self._require(CoordinatorCheckEvent.ANSWER)
         return b"".join(self._sealed[seq] for seq in range(len(self.chunks)))
 
     def on_unmasked(self, tags: bytes) -> None:
         """The checker's k_c-tags, its mask removed: one per element it sent."""
-        self._require(CheckPhase.UNMASKING)
+        self._require(CoordinatorCheckEvent.TAGS)
         if len(tags) != self.size:
             raise BadMessage(
                 f"{len(tags)} bytes of tags for a check of {self.count} elements "
@@ -339,11 +337,11 @@ class CheckFlow:
             )
         self._tags = split_tags(tags)
         self._keys = [filter_key(t) for t in self._tags]
-        self.phase = CheckPhase.TESTING
+        self._move(CoordinatorCheckPhase.TESTING)
 
     def alerts(self) -> dict[str, bytes]:
         """Test the filters both policies allow: partner -> the tags to send it in an Alert."""
-        self._require(CheckPhase.TESTING)
+        self._require(CoordinatorCheckEvent.TEST)
         for partner in reported_partners(
             self.epoch.participants, self.checker, self.allowed, self.shares
         ):
@@ -352,12 +350,12 @@ class CheckFlow:
             if hit:
                 self._candidates[partner] = hit
         self._pending = set(self._candidates)
-        self.phase = CheckPhase.CONFIRMING
+        self._move(CoordinatorCheckPhase.CONFIRMING)
         return {p: b"".join(self._tags[i] for i in hit) for p, hit in self._candidates.items()}
 
     def on_alert_reply(self, partner: str, known: Sequence[bool]) -> None:
         """Which of the tags sent to ``partner`` it holds; the others were Bloom false positives."""
-        self._require(CheckPhase.CONFIRMING)
+        self._require(CoordinatorCheckEvent.ALERT_REPLY)
         if partner not in self._pending:
             raise BadReply(f"an Alert answer from {partner}, which owes none")
         sent = self._candidates[partner]
@@ -372,22 +370,24 @@ class CheckFlow:
 
     def on_alert_failed(self, partner: str) -> None:
         """An Alert that could not be delivered: best effort, that partner reports no hit."""
-        self._require(CheckPhase.CONFIRMING)
+        self._require(CoordinatorCheckEvent.ALERT_REPLY)
         if partner not in self._pending:
             raise WrongPhase(f"no Alert to {partner} is outstanding")
         self._pending.discard(partner)
 
     def finish(self) -> CheckResult:
         """The checker's answer; its k_c-tags join its filter (rule 4)."""
-        self._require(CheckPhase.CONFIRMING)
+        self._require(CoordinatorCheckEvent.FINISH)
         if self._pending:
             raise WrongPhase(f"Alerts to {', '.join(sorted(self._pending))} are unanswered")
         bloom = self.epoch.filters[self.checker]
         for k in self._keys:
             bloom.add(k)
-        self.phase = CheckPhase.DONE
+        self._move(CoordinatorCheckPhase.DONE)
         return CheckResult(dict(self._hits), self.epoch.ends)
 
-    def _require(self, phase: CheckPhase) -> None:
-        if self.phase is not phase:
-            raise WrongPhase(f"a check that is {self.phase.value}; expected {phase.value}")
+    def _require(self, event: CoordinatorCheckEvent) -> None:
+        COORDINATOR_CHECK.require(CHECK_SUBJECT, self.phase, event)
+
+    def _move(self, to: CoordinatorCheckPhase) -> None:
+        self.phase = COORDINATOR_CHECK.move(CHECK_SUBJECT, self.phase, to)

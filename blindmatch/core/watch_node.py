@@ -6,28 +6,30 @@ No real clock: a clock callable is passed in.
 
 from __future__ import annotations
 
-import enum
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from blindmatch.core import ring
 from blindmatch.core.canon import InvalidIndicator, canonicalize
-from blindmatch.core.errors import ForgedMessage
+from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, PolicyRefusal, WrongPhase
 from blindmatch.core.group import ELEMENT_BYTES, Mask, RoundKey, combined_key
 from blindmatch.core.round_node import NodeRound
 from blindmatch.core.signing import CheckClaim, Trust
-from blindmatch.core.spec import (
-    BadMessage,
-    CapExceeded,
-    Policy,
-    PolicyRefusal,
-    WrongPhase,
+from blindmatch.core.spec import Policy
+from blindmatch.core.states import (
+    EPOCH,
+    NODE_CHECK,
+    EpochEvent,
+    EpochPhase,
+    NodeCheckEvent,
+    NodeCheckPhase,
 )
-from blindmatch.core.states import EPOCH, EpochEvent, EpochPhase
 from blindmatch.core.watch_rules import (
     CHECK_CHUNK,
     CHECK_ID,
+    CHECK_SUBJECT,
     MAX_CHECK_ELEMENTS,
     BadReply,
     CheckHop,
@@ -38,7 +40,8 @@ from blindmatch.core.watch_rules import (
     check_chunks,
     check_elements,
     check_route,
-    producer,
+    close_epoch,
+    open_epoch,
     split_tags,
     utc_text,
 )
@@ -60,7 +63,8 @@ class NodeEpoch:
     # (checker, check id) -> [its chunks, chunks blinded, elements blinded], for one audit record
     # per check once its last chunk is blinded
     progress: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    phase: EpochPhase = EpochPhase.OPEN
+    # staged by BeginEpoch; only ``open`` and ``close`` move it, through states.EPOCH
+    phase: EpochPhase = field(default=EpochPhase.PENDING, init=False)
     closed: str | None = None  # why the epoch ended, once it has
     coordinator: str = ""
     # The digest of the watch round's signed spec (signing.spec_digest of the spec this node
@@ -71,7 +75,7 @@ class NodeEpoch:
         return now >= self.ends
 
     def require_open(self, now: float) -> RoundKey:
-        if self.phase not in EPOCH.accepts[EpochEvent.CHECK]:
+        if not EPOCH.allows(self.phase, EpochEvent.CHECK):
             why = self.closed or "its watch round has not delivered yet"
             raise EpochEnded(f"epoch {self.epoch_id} is {self.phase.value} ({why})")
         if now >= self.ends or self.key is None:
@@ -83,8 +87,7 @@ class NodeEpoch:
 
     def open(self) -> None:
         """The watch round delivered: checks are accepted from now on."""
-        EPOCH.require(f"epoch {self.epoch_id}", self.phase, EpochEvent.DELIVERY)
-        self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.OPEN)
+        open_epoch(self)
 
     def charge(
         self, checker: str, count: int, now: float, book: Callable[[], None] | None = None
@@ -125,13 +128,8 @@ class NodeEpoch:
 
     def close(self, reason: str) -> None:
         """Destroy the key and the tag map; idempotent."""
-        if self.key is not None:
-            self.key.destroy()
-        self.key = None
+        close_epoch(self, reason)
         self.tags = {}
-        if self.phase is not EpochPhase.CLOSED:
-            self.phase = EPOCH.move(f"epoch {self.epoch_id}", self.phase, EpochPhase.CLOSED)
-            self.closed = reason
 
 
 @dataclass
@@ -141,13 +139,6 @@ class CheckedValue:
     canonical: str = ""
     partners: list[str] = field(default_factory=list)
     error: str = ""  # why it was not checked, if it was not
-
-
-class NodeCheckPhase(enum.Enum):
-    PLANNED = "planned"
-    ASKING = "asking"  # masked, blinded and sent to the coordinator
-    UNMASKED = "unmasked"  # the k_c-tags sent back, hits awaited
-    DONE = "done"
 
 
 class NodeCheck:
@@ -185,7 +176,7 @@ class NodeCheck:
     def open(self, epoch: NodeEpoch | None, now: float) -> tuple[RoundKey, RoundKey]:
         """A fresh mask: the key that masks and blinds ``items`` under the epoch key in one
         pass, and the key that removes the mask from the coordinator's answer."""
-        self._require(NodeCheckPhase.PLANNED)
+        self._require(NodeCheckEvent.ASK)
         if epoch is None:
             raise WrongPhase(
                 f"node {self.me} has no watch epoch (none started, or it ended or the node "
@@ -199,7 +190,7 @@ class NodeCheck:
             mask = Mask.generate()
             masked_key = combined_key(mask.apply, key)
         self.epoch, self.mask, self._masked_key = epoch, mask, masked_key
-        self.phase = NodeCheckPhase.ASKING
+        self._move(NodeCheckPhase.ASKING)
         return masked_key, mask.remove
 
     def claims(self, elements: bytes) -> list[CheckClaim]:
@@ -223,13 +214,13 @@ class NodeCheck:
 
     def unmasked(self, tags: bytes) -> None:
         """The coordinator's answer with the mask removed: the k_c-tags of ``items``."""
-        self._require(NodeCheckPhase.ASKING)
+        self._require(NodeCheckEvent.TAGS)
         n = len(self.items)
         if len(tags) != n * ELEMENT_BYTES:
             raise BadReply(f"the coordinator answered {len(tags)} bytes of tags for {n} values")
         self.tags = tags
         self.discard_mask()
-        self.phase = NodeCheckPhase.UNMASKED
+        self._move(NodeCheckPhase.UNMASKED)
 
     def discard_mask(self) -> None:
         if self.mask is not None:
@@ -244,7 +235,7 @@ class NodeCheck:
 
         The k_c-tags join the epoch's tag map, so later checks by partners alert this node.
         """
-        self._require(NodeCheckPhase.UNMASKED)
+        self._require(NodeCheckEvent.HITS)
         assert self.epoch is not None
         n = len(self.items)
         for partner, indices in hits.items():
@@ -260,7 +251,7 @@ class NodeCheck:
                 self.results[self._slots[i]].partners.append(partner)
                 self.alerts.append((*self.items[i], partner, "check"))
         self.epoch.remember(split_tags(self.tags), self.items)
-        self.phase = NodeCheckPhase.DONE
+        self._move(NodeCheckPhase.DONE)
 
     def on_reply(self, tags: bytes, hits: Mapping[str, Sequence[int]]) -> None:
         """Both answers at once (the k_c-tags, then the hits): for tests of the rules."""
@@ -271,9 +262,11 @@ class NodeCheck:
     def hit_values(self) -> int:
         return len({a[:2] for a in self.alerts})
 
-    def _require(self, phase: NodeCheckPhase) -> None:
-        if self.phase is not phase:
-            raise WrongPhase(f"a check that is {self.phase.value}; expected {phase.value}")
+    def _require(self, event: NodeCheckEvent) -> None:
+        NODE_CHECK.require(CHECK_SUBJECT, self.phase, event)
+
+    def _move(self, to: NodeCheckPhase) -> None:
+        self.phase = NODE_CHECK.move(CHECK_SUBJECT, self.phase, to)
 
 
 class NodeWatchCore:
@@ -331,7 +324,6 @@ class NodeWatchCore:
             ends=min(ends, now + spec.epoch_seconds),
             key=RoundKey.from_bytes(state.live_key().export()),
             budget=self.budget,
-            phase=EpochPhase.PENDING,
             coordinator=coordinator,
             spec_digest=spec_digest,
         )
@@ -404,16 +396,18 @@ class NodeWatchCore:
             raise ForgedMessage(f"{self.me} has no federation identity to verify checks with")
         if not CHECK_ID.fullmatch(hop.check_id):
             raise BadMessage("a check id is 16 to 64 lowercase hex digits")
-        route = check_route(epoch.participants, hop.checker)  # the checker is a participant
+        parts = epoch.participants
+        route = check_route(parts, hop.checker)  # the checker is a participant
         if self.me not in route:
             raise PolicyRefusal(f"{self.me} does not re-blind its own checks")
-        mine = route.index(self.me) + 1
+        checker = parts.index(hop.checker)
+        mine = ring.hop_of(len(parts), checker, parts.index(self.me))
         if hop.hop != mine - 1:
             raise ForgedMessage(
                 f"{self.me} is hop {mine} of {hop.checker}'s checks; it re-blinds the output of "
                 f"hop {mine - 1}, not of hop {hop.hop}"
             )
-        signer = producer(route, hop.checker, hop.hop)
+        signer = ring.holder(parts, checker, hop.hop)
         what = f"chunk {hop.seq} of check {hop.check_id} of {hop.checker} at hop {hop.hop}"
         party = trust.party(hop.certificate, now=self.now_utc(), role="node", names=[signer])
         party.verify(hop.claim(epoch.spec_digest).message(), hop.signature, what)

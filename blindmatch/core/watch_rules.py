@@ -1,4 +1,5 @@
-"""Early warning, without I/O: the shared rules of a check, and a node's epochs and checks.
+"""Early warning, without I/O: the rules a node and the coordinator share, for a check and for
+an epoch's opening and closing.
 
 A *watch round* is a pairwise round announced as such at Prepare (``RoundSpec.epoch_seconds``);
 a node refuses it unless its ``[watch]`` settings allow that epoch (``WatchSettings``). Once the
@@ -31,8 +32,10 @@ Rules of a check (node C checks values during epoch E):
      map; the coordinator adds them to C's filter.
   Nothing is accepted after the epoch's end (``EpochEnded``); the key is destroyed then.
 
-This module holds the rules both sides apply. The coordinator's side is ``blindmatch.core.watch_coordinator``;
-the node's machines are in ``blindmatch.core.watch_node``: ``NodeWatchCore`` (the staged and the
+This module holds the rules both sides apply: a check's route through the ring (``ring``), its
+chunks and elements, and how an epoch opens and closes (``open_epoch``, ``close_epoch``, by the
+table ``states.EPOCH``). The coordinator's side is ``blindmatch.core.watch_coordinator``; the
+node's machines are in ``blindmatch.core.watch_node``: ``NodeWatchCore`` (the staged and the
 current ``NodeEpoch``, the re-blinding of partners' checks) and ``NodeCheck`` (one check of the
 node's own sightings). No I/O and no real clock: a clock callable is passed in.
 """
@@ -44,17 +47,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from blindmatch.core.group import ELEMENT_BYTES
+from blindmatch.core import ring
+from blindmatch.core.errors import BadMessage, PolicyRefusal, ProtocolError, WrongPhase
+from blindmatch.core.group import ELEMENT_BYTES, RoundKey
 from blindmatch.core.signing import CheckClaim
-from blindmatch.core.spec import (
-    BadMessage,
-    Policy,
-    PolicyRefusal,
-    ProtocolError,
-    RoundSpec,
-    WrongPhase,
-)
+from blindmatch.core.spec import Policy, RoundSpec
+from blindmatch.core.states import EPOCH, EpochEvent, EpochPhase
 
 Clock = Callable[[], float]  # unix seconds; time.time outside tests
 
@@ -74,6 +74,8 @@ MAX_CHECK_ELEMENTS = 100_000  # per check: 3.2 MB of elements each way
 # chunk's signature, certificate check and call cost little beside its blindings (about 60 ms).
 CHECK_CHUNK = 1024
 CHECK_ID = re.compile(r"[0-9a-f]{16,64}")
+# How a refusal of either side names a check: "a check that is asking; expected planned".
+CHECK_SUBJECT = "a check that"
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -133,9 +135,7 @@ def check_route(participants: Sequence[str], checker: str) -> tuple[str, ...]:
     """The partners a check visits, in the round's cyclic order starting after the checker."""
     if checker not in participants:
         raise PolicyRefusal(f"{checker} is not a participant of this epoch")
-    i = participants.index(checker)
-    n = len(participants)
-    return tuple(participants[(i + hop) % n] for hop in range(1, n))
+    return ring.partners(participants, participants.index(checker))
 
 
 def reported_partners(
@@ -182,8 +182,8 @@ def split_tags(packed: bytes) -> list[bytes]:
 class CheckHop:
     """A chunk of a check on its way to the next partner, with its producer's signature.
 
-    ``hop`` names the producer: 0 the checker, h the h-th partner of ``check_route``; ``seq`` is
-    the chunk's place among the check's ``chunks``."""
+    ``hop`` names the producer: 0 the checker, h the h-th partner of ``check_route`` (the
+    holder of hop h in ``ring``); ``seq`` is the chunk's place among the check's ``chunks``."""
 
     epoch_id: str
     checker: str
@@ -208,12 +208,40 @@ class CheckHop:
         )
 
 
-def producer(route: Sequence[str], checker: str, hop: int) -> str:
-    """Who must have signed elements of ``hop``: the checker at 0, the hop-th partner after."""
-    return checker if hop == 0 else route[hop - 1]
+# --- an epoch, at a node and at the coordinator ------------------------------------------------
 
 
-# --- a node's watch settings and epochs -----------------------------------------------------
+class Epoch(Protocol):
+    """What a node's ``NodeEpoch`` and the coordinator's ``CoordinatorEpoch`` share: a key kept
+    beyond the watch round, and the phase of ``states.EPOCH`` that says whether it still is."""
+
+    epoch_id: str
+    key: RoundKey | None
+    phase: EpochPhase
+    closed: str | None  # why it closed, once it has
+
+
+def open_epoch(epoch: Epoch) -> None:
+    """The watch round delivered: the epoch accepts checks from now on."""
+    subject = f"epoch {epoch.epoch_id}"
+    EPOCH.require(subject, epoch.phase, EpochEvent.DELIVERY)
+    epoch.phase = EPOCH.move(subject, epoch.phase, EpochPhase.OPEN)
+
+
+def close_epoch(epoch: Epoch, reason: str) -> None:
+    """Destroy the epoch's key and close it; idempotent, so the first ``reason`` is the one kept.
+
+    What the epoch holds besides its key (a node's tag map, the coordinator's filters) is the
+    caller's to drop."""
+    if epoch.key is not None:
+        epoch.key.destroy()
+    epoch.key = None
+    if epoch.phase is not EpochPhase.CLOSED:
+        epoch.phase = EPOCH.move(f"epoch {epoch.epoch_id}", epoch.phase, EpochPhase.CLOSED)
+        epoch.closed = reason
+
+
+# --- a node's watch settings ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from blindmatch.core.identity import (
     Identity,
     PkiError,
     identity_of,
+    san_values,
     validate_name,
     validate_role,
 )
@@ -206,13 +207,7 @@ def served_identity(cert_pem: bytes) -> Identity:
     """``identity_of``, for a certificate its holder serves with: it must also carry exactly its
     identity's DNS SANs (``identity_hosts``), or clients that check them can never reach it."""
     identity = identity_of(cert_pem)
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        dns_names: list[str] = []
-    else:
-        dns_names = san.get_values_for_type(x509.DNSName)
+    dns_names = san_values(x509.load_pem_x509_certificate(cert_pem), x509.DNSName)
     ours = {n.lower() for n in dns_names if _is_identity_host(n)}
     if not ours:
         raise PkiError(

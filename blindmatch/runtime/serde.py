@@ -20,7 +20,7 @@ from blindmatch.core.match import CountResult, Delivery, PairwiseResult, Thresho
 from blindmatch.core.orders import ScheduledRun, StandingOrder
 from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.signing import SignedOrder, SignedSpec
-from blindmatch.core.spec import BadMessage, RoundSpec
+from blindmatch.core.spec import BadMessage, RoundSpec, threshold_counts
 from blindmatch.core.watch_rules import CHECK_CHUNK, CheckHop, check_chunks
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
 
@@ -272,14 +272,9 @@ def delivery_from_proto(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delive
             tuple(tuple(p.partners) for p in msg.pairwise.partners),
         )
     if which == "threshold":
-        # Counts cross the wire only when the spec asks for them (a count of N names every
-        # holder); a delivery that carries them otherwise is refused, not silently trimmed.
-        if spec.mode == "threshold" and not spec.counts:
-            if msg.threshold.counts:
-                raise BadMessage("threshold delivery carries counts the round did not ask for")
-        elif len(msg.threshold.positions) != len(msg.threshold.counts):
-            raise BadMessage("threshold delivery: one count per position is required")
-        return ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
+        result = ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
+        threshold_counts(spec, result)
+        return result
     if which == "count":
         return CountResult({spec.index(name): n for name, n in msg.count.shared.items()})
     raise BadMessage("delivery carries no result")

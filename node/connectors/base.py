@@ -27,7 +27,7 @@ from blindmatch.cli.tomlconfig import ConfigError
 from node.config import ConnectorConfig
 from node.connectors import SINK_TYPES, SOURCE_TYPES
 from node.importers import Event
-from node.store import UnpushedMatch
+from node.store import OutgoingMatch
 
 
 class ConnectorError(Exception):
@@ -56,7 +56,7 @@ class Source(Protocol):
 class Sink(Protocol):
     config: ConnectorConfig
 
-    def push(self, node: str, matches: Sequence[UnpushedMatch]) -> int:
+    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> int:
         """Send sightings of ``matches`` from ``node``; how many objects the remote side took.
 
         Partners are named only where the match names them (the round's mode delivered names).

@@ -39,9 +39,9 @@ from blindmatch.cli.tomlconfig import ConfigError
 from node.config import ConnectorConfig
 from node.connectors.base import ConnectorError, Page, read_secret
 from node.importers import Event, Record, Skipped
-from node.importers._common import clip
+from node.importers.common import clip
 from node.importers.misp import parse_misp_attributes
-from node.store import UnpushedMatch
+from node.store import OutgoingMatch
 
 PAGE_SIZE: Final = 1000  # attributes asked for per request
 SIGHTING_SOURCE: Final = "blindmatch"
@@ -154,10 +154,10 @@ class MispSink:
         self.config = config
         self._remote = _Misp(config)
 
-    def can_sight(self, match: UnpushedMatch) -> bool:
+    def can_sight(self, match: OutgoingMatch) -> bool:
         return bool(match.misp_uuids)
 
-    def push(self, node: str, matches: Sequence[UnpushedMatch]) -> int:
+    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> int:
         client = self._remote.client()
         added = 0
         for m in matches:

@@ -27,7 +27,7 @@ import requests
 from node.config import ConnectorConfig
 from node.connectors.base import ConnectorError, Page, read_secret
 from node.importers import Event, ImportFileError, Invalid
-from node.importers._common import decode_json, shorten
+from node.importers.common import decode_json, shorten
 from node.importers.misp import parse_misp
 
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)

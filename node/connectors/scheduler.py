@@ -122,7 +122,10 @@ def jobs_for(
 
 
 class ConnectorThread:
-    """The background thread ``node serve`` runs when node.toml has sources or sinks."""
+    """The background thread ``node serve`` runs when node.toml has sources or sinks.
+
+    Built before the round registry, which is given ``push_now``; started (``start``) only once
+    the node serves, so a node that failed to start has nothing pulling in the background."""
 
     def __init__(
         self, config: NodeConfig, metrics: NodeHooks = NO_METRICS, hasher: Hasher = hash_indicators
@@ -133,13 +136,17 @@ class ConnectorThread:
         self._thread = threading.Thread(
             target=self.scheduler.run, args=(self._stop,), name="connectors", daemon=True
         )
+
+    def start(self) -> None:
         self._thread.start()
 
     def push_now(self) -> None:
         self.scheduler.push_now()
 
     def stop(self) -> None:
+        """Stop the thread, if it was started, and close its store."""
         self._stop.set()
         self.scheduler.wake.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         self._store.close()

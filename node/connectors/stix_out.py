@@ -1,10 +1,14 @@
 """Matches as STIX 2.1 objects, built with the stix2 library: sightings, and what they refer to.
 
+The node's one STIX writer: a TAXII sink pushes ``sighting_objects`` and ``node matches --format
+stix`` prints them in a ``stix_bundle``, so both name every object with the same id.
+
 Rules:
 - A match of an indicator imported from STIX gets one sighting per source indicator id, so it
   lands on the analyst's own object (OpenCTI, MISP). Otherwise an indicator is created for it.
 - Partners become identities (where_sighted_refs) only where the match names them: pairwise
-  rounds do, threshold rounds give a count of nations instead.
+  rounds do, threshold rounds give a count of nations instead (or, when the round did not ask
+  for counts, its threshold).
 - Ids are UUIDv5 of what the object says, and times are the round's end, so pushing the same
   match twice yields the same objects (a TAXII server keeps one copy).
 """
@@ -19,7 +23,7 @@ from typing import Any, Final
 
 import stix2
 
-from node.store import UnpushedMatch
+from node.store import OutgoingMatch
 
 _STIX_NS: Final = uuid.UUID("6f0b8c52-2f5e-4d0e-9b4c-1f1d3a0e5b7a")  # blindmatch's STIX namespace
 _IDENTITY_TIME: Final = "2020-01-01T00:00:00.000Z"  # identities have one version, whoever pushes
@@ -51,30 +55,18 @@ def stix_pattern(kind: str, value: str) -> str:
     return f"[{path} = '{escaped}']"
 
 
-def sighting_objects(node: str, matches: Sequence[UnpushedMatch]) -> list[dict[str, Any]]:
+def sighting_objects(node: str, matches: Sequence[OutgoingMatch]) -> list[dict[str, Any]]:
     """The STIX objects that tell ``matches`` from ``node``, as JSON-ready dicts, each once."""
     objects: dict[str, Any] = {}
-    me = stix2.Identity(
-        id=stix_id("identity", "node", node),
-        name=node,
-        identity_class="organization",
-        created=_IDENTITY_TIME,
-        modified=_IDENTITY_TIME,
-    )
+    me = _identity(stix_id("identity", "node", node), node)
     objects[me.id] = me
     for m in matches:
         when = m.finished or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         partners = []
         for partner in m.partners:
-            ident = stix2.Identity(
-                id=stix_id("identity", "partner", partner),
-                name=partner,
-                identity_class="organization",
-                created=_IDENTITY_TIME,
-                modified=_IDENTITY_TIME,
-            )
-            objects.setdefault(ident.id, ident)
-            partners.append(objects[ident.id].id)
+            ident = stix_id("identity", "partner", partner)
+            objects.setdefault(ident, _identity(ident, partner))
+            partners.append(ident)
         targets = list(m.stix_ids)
         if not targets:
             indicator = stix2.Indicator(
@@ -89,7 +81,7 @@ def sighting_objects(node: str, matches: Sequence[UnpushedMatch]) -> list[dict[s
             )
             objects.setdefault(indicator.id, indicator)
             targets = [indicator.id]
-        who = ", ".join(m.partners) if m.partners else f"{m.count} nations in all"
+        who = ", ".join(m.partners) if m.partners else f"{m.nations} in all"
         for target in targets:
             extra: dict[str, Any] = {"where_sighted_refs": partners} if partners else {}
             if m.count is not None and not m.partners:
@@ -105,3 +97,23 @@ def sighting_objects(node: str, matches: Sequence[UnpushedMatch]) -> list[dict[s
             )
             objects[sighting.id] = sighting
     return [json.loads(obj.serialize()) for obj in objects.values()]
+
+
+def stix_bundle(node: str, matches: Sequence[OutgoingMatch]) -> dict[str, Any]:
+    """``sighting_objects`` as one bundle, the way ``node matches --format stix`` prints them."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    return {
+        "type": "bundle",
+        "id": stix_id("bundle", node, now),
+        "objects": sighting_objects(node, matches),
+    }
+
+
+def _identity(ident: str, name: str) -> stix2.Identity:
+    return stix2.Identity(
+        id=ident,
+        name=name,
+        identity_class="organization",
+        created=_IDENTITY_TIME,
+        modified=_IDENTITY_TIME,
+    )

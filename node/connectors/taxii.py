@@ -28,7 +28,7 @@ from node.config import ConnectorConfig
 from node.connectors.base import ConnectorError, Page, read_secret
 from node.connectors.stix_out import sighting_objects
 from node.importers.stix import parse_stix
-from node.store import UnpushedMatch
+from node.store import OutgoingMatch
 
 PAGE_SIZE: Final = 1000  # objects asked for per request; a server may send fewer
 _LAST: Final = "X-TAXII-Date-Added-Last"
@@ -160,7 +160,7 @@ class TaxiiSink:
         self.config = config
         self._remote = _TaxiiCollection(config)
 
-    def push(self, node: str, matches: Sequence[UnpushedMatch]) -> int:
+    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> int:
         objects = sighting_objects(node, matches)
         with self._remote.failures("pushing to"):
             collection = self._remote.collection()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from node.importers._common import (
+from node.importers.common import (
     MAX_VALUE_CHARS,
     Event,
     ImportFileError,

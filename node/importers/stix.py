@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.importers._common import (
+from node.importers.common import (
     Event,
     ImportFileError,
     Invalid,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from blindmatch.core.canon import KINDS, InvalidIndicator, canonicalize
-from node.importers._common import (
+from node.importers.common import (
     Event,
     ImportFileError,
     Invalid,

@@ -17,7 +17,7 @@ built from one module per job:
 from node.store.audit import AuditEntry, ImportAudit, RoundAudit
 from node.store.base import NodeStore
 from node.store.budgets import BudgetUse, Overdraft
-from node.store.connectors import UnpushedMatch
+from node.store.connectors import OutgoingMatch
 from node.store.matches import MatchRow, PartnerCount
 from node.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, utc_now
 from node.store.sightings import AddResult, Sighting, Stats, StoredSighting
@@ -38,6 +38,7 @@ __all__ = [
     "ImportAudit",
     "MatchRow",
     "NodeStore",
+    "OutgoingMatch",
     "Overdraft",
     "PartnerCount",
     "RoundAudit",
@@ -46,7 +47,6 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredSighting",
-    "UnpushedMatch",
     "normalize_tlp",
     "utc_now",
 ]

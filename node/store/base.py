@@ -18,7 +18,7 @@ import numpy.typing as npt
 from blindmatch.core.group import hash_indicators
 from node.store.audit import AuditEntry, RoundAudit
 from node.store.budgets import BudgetUse, Overdraft
-from node.store.connectors import UnpushedMatch
+from node.store.connectors import OutgoingMatch
 from node.store.matches import MatchRow, PartnerCount
 from node.store.sightings import (
     HASH_CHUNK,
@@ -144,12 +144,14 @@ class NodeStore(ABC):
         outcome: str,
         reason: str | None = None,
         finished: str | datetime | None = None,
+        operator: str | None = None,
     ) -> None:
         """Create or update the audit record of a round.
 
         Write it with outcome 'started' when the round begins, then again with its outcome. An
         update keeps the first ``started`` time. ``blinded_for`` sets the counts of the partners
-        it names and leaves the others (e.g. added by ``add_blinded``) as they are.
+        it names and leaves the others (e.g. added by ``add_blinded``) as they are. ``operator``
+        is who signed the round's spec, when it was verified.
         """
 
     @abstractmethod
@@ -284,8 +286,12 @@ class NodeStore(ABC):
         """The MISP attribute uuids the sighting was imported from, sorted."""
 
     @abstractmethod
-    def unpushed(self, sink: str, round_id: str | None = None) -> list[UnpushedMatch]:
+    def unpushed(self, sink: str, round_id: str | None = None) -> list[OutgoingMatch]:
         """Matches (of one round, or all) not yet marked pushed to ``sink``, oldest round first."""
+
+    @abstractmethod
+    def outgoing(self, round_id: str | None = None) -> list[OutgoingMatch]:
+        """Matches (of one round, or all), pushed or not, as ``unpushed`` reads them."""
 
     @abstractmethod
     def mark_pushed(self, sink: str, matches: Iterable[tuple[str, int]]) -> int:

@@ -8,7 +8,8 @@ Rules:
   saves it in the same transaction as the page it follows, so a crash never skips or repeats a
   page.
 - A match is pushed to a sink once: ``mark_pushed`` records (sink, round, sighting) after the
-  sink accepted it, and ``unpushed`` leaves those out.
+  sink accepted it, and ``unpushed`` leaves those out. ``outgoing`` reads every match the same
+  way, for the STIX that ``node matches`` prints.
 """
 
 from __future__ import annotations
@@ -18,21 +19,16 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from node.store.db import Database
+from node.store.db import Database, write_many
+from node.store.matches import MatchRow
 from node.store.schema import utc_now
 
 
-@dataclass(frozen=True, slots=True)
-class UnpushedMatch:
-    """A match a sink has not received yet, with what a sighting of it needs."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutgoingMatch(MatchRow):
+    """A match as it leaves the node (a sink's push, STIX), with what a sighting of it needs."""
 
-    round_id: str
     sighting_id: int
-    kind: str
-    value: str
-    partners: list[str]  # empty in threshold mode
-    count: int | None  # nations holding it, in threshold mode
-    finished: str | None
     stix_ids: list[str]  # the source indicators it was imported from, sorted
     misp_uuids: list[str] = field(default_factory=list)  # the MISP attributes, sorted
 
@@ -86,35 +82,53 @@ class ConnectorTable(Database):
             ).fetchall()
         return [r[0] for r in rows]
 
-    def unpushed(self, sink: str, round_id: str | None = None) -> list[UnpushedMatch]:
+    def unpushed(self, sink: str, round_id: str | None = None) -> list[OutgoingMatch]:
+        return self._outgoing(sink, round_id)
+
+    def outgoing(self, round_id: str | None = None) -> list[OutgoingMatch]:
+        return self._outgoing(None, round_id)
+
+    def _outgoing(self, sink: str | None, round_id: str | None) -> list[OutgoingMatch]:
+        """The matches (of one round, or all) not marked pushed to ``sink`` (None: every one)."""
         with self._reading() as conn:
             rows = conn.execute(
                 f"""
                 SELECT m.round_id, s.id, s.kind, s.value, m.partners, m.count, r.finished,
-                       {_refs_of("stix")}, {_refs_of("misp")}
+                       r.threshold, {_refs_of("stix")}, {_refs_of("misp")}
                 FROM matches m
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
                 WHERE (?2 IS NULL OR m.round_id = ?2)
-                  AND NOT EXISTS (SELECT 1 FROM pushed p WHERE p.sink = ?1
-                                  AND p.round_id = m.round_id AND p.sighting_id = m.sighting_id)
+                  AND (?1 IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM pushed p WHERE p.sink = ?1
+                      AND p.round_id = m.round_id AND p.sighting_id = m.sighting_id))
                 ORDER BY r.started, r.rowid, s.kind, s.value
                 """,
                 (sink, round_id),
             ).fetchall()
         return [
-            UnpushedMatch(r, sid, k, v, json.loads(p), c, f, json.loads(stix), json.loads(misp))
-            for r, sid, k, v, p, c, f, stix, misp in rows
+            OutgoingMatch(
+                r,
+                k,
+                v,
+                json.loads(p),
+                c,
+                f,
+                t,
+                sighting_id=sid,
+                stix_ids=json.loads(stix),
+                misp_uuids=json.loads(misp),
+            )
+            for r, sid, k, v, p, c, f, t, stix, misp in rows
         ]
 
     def mark_pushed(self, sink: str, matches: Iterable[tuple[str, int]]) -> int:
         """Record (round_id, sighting_id) pairs as received by ``sink``; how many were new."""
         now = utc_now()
         with self._transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(
+            return write_many(
+                conn,
                 "INSERT OR IGNORE INTO pushed (sink, round_id, sighting_id, pushed_at)"
                 " VALUES (?, ?, ?, ?)",
                 [(sink, r, sid, now) for r, sid in matches],
             )
-            return conn.total_changes - before

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Self
@@ -29,6 +29,13 @@ from node.store.schema import BUSY_TIMEOUT_MS, StoreError, configure, migrate
 _PRIVATE: Final = 0o600
 _OTHERS: Final = 0o077  # group and world bits
 _COMPANIONS: Final = ("-wal", "-shm")
+
+
+def write_many(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[object]]) -> int:
+    """Run ``sql`` once per row; how many rows it wrote (an ignored conflict writes none)."""
+    before = conn.total_changes
+    conn.executemany(sql, rows)
+    return conn.total_changes - before
 
 
 class Database:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from node.store.audit import require_round
-from node.store.db import Database
+from node.store.db import Database, write_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,11 @@ class MatchRow:
     count: int | None  # nations holding it, in a threshold round that asked for counts
     finished: str | None
     threshold: int | None = None  # threshold mode: held by at least this many (count or not)
+
+    @property
+    def nations(self) -> str:
+        """How many hold a threshold match: the count if the round asked for it, else ">= t"."""
+        return f"{self.count} nations" if self.count is not None else f">= {self.threshold} nations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +65,9 @@ class MatchTable(Database):
                 raise ValueError(
                     f"round {round_id} was recorded in mode {recorded_mode!r}, not {mode!r}"
                 )
-            before = conn.total_changes
             try:
-                conn.executemany(
+                return write_many(
+                    conn,
                     "INSERT INTO matches (round_id, sighting_id, partners, count)"
                     " VALUES (?, ?, ?, ?) ON CONFLICT (round_id, sighting_id)"
                     " DO UPDATE SET partners = excluded.partners, count = excluded.count",
@@ -72,7 +77,6 @@ class MatchTable(Database):
                 raise ValueError(
                     f"round {round_id}: a match names a sighting this store does not hold ({exc})"
                 ) from None
-            return conn.total_changes - before
 
     def record_partner_counts(self, round_id: str, counts: Mapping[str, int]) -> None:
         with self._transaction() as conn:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.store.db import Database
+from node.store.db import Database, write_many
 from node.store.schema import utc_now
 
 
@@ -115,13 +115,12 @@ class WatchLog(Database):
     def record_alerts(self, epoch_id: str, rows: Iterable[tuple[str, str, str, str]]) -> int:
         now = utc_now()
         with self._transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(
+            return write_many(
+                conn,
                 "INSERT INTO alerts (time, epoch_id, kind, value, partner, direction)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(now, epoch_id, k, v, p, d) for k, v, p, d in rows],
             )
-            return conn.total_changes - before
 
     def alerts(self, after: int = 0, limit: int | None = None) -> list[AlertRow]:
         with self._reading() as conn:

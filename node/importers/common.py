@@ -1,4 +1,5 @@
-"""Events every parser yields, and the small helpers they share.
+"""Events every parser yields, and the small helpers they share with the connectors that read
+the same documents (node.connectors.misp, node.connectors.mispfeed).
 
 A parser never touches the store and never canonicalises: it turns a file into a stream of
 `Record` (one candidate indicator), `Skipped` (something deliberately left out, with a reason that
