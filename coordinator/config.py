@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
-from blindmatch.cli.tomlconfig import ConfigError as ConfigError
-from blindmatch.cli.tomlconfig import TlsPaths as TlsPaths
-from blindmatch.cli.tomlconfig import (  # re-exported: part of this API
+from blindmatch.cli.tomlconfig import (
+    ConfigError,
+    TlsPaths,
     TomlReader,
     is_valid_name,
     read_listen,

@@ -32,18 +32,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
+from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, UnknownRound
 from blindmatch.core.identity import Identity
 from blindmatch.core.match import CountResult, Delivery
 from blindmatch.core.round_coordinator import Caps, CoordinatorRound
-from blindmatch.core.spec import (
-    DEFAULT_CHUNK,
-    BadMessage,
-    ProtocolError,
-    RoundIdUsed,
-    RoundSpec,
-    Stream,
-    UnknownRound,
-)
+from blindmatch.core.spec import DEFAULT_CHUNK, RoundSpec, Stream
 from blindmatch.runtime import serde
 from blindmatch.runtime.net import TlsConfig, open_channel
 from blindmatch.v1 import node_pb2, node_pb2_grpc

@@ -24,9 +24,10 @@ import grpc
 from blindmatch.cli.errors import BadInput, Failed, Interrupted, flag_address, flag_value
 from blindmatch.cli.initdir import absolute, init_dir, refuse_existing
 from blindmatch.core.canon import KINDS
+from blindmatch.core.errors import BadMessage
 from blindmatch.core.identity import validate_name
 from blindmatch.core.signing import SignedSpec
-from blindmatch.core.spec import DEFAULT_CHUNK, BadMessage, RoundSpec
+from blindmatch.core.spec import DEFAULT_CHUNK, RoundSpec
 from blindmatch.core.states import COORDINATOR_FINAL, CoordinatorPhase
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS
 from blindmatch.runtime import serde

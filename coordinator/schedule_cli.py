@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from blindmatch.cli.errors import BadInput
+from blindmatch.core.errors import BadMessage
 from blindmatch.core.orders import StandingOrder
 from blindmatch.core.signing import SignedOrder
-from blindmatch.core.spec import BadMessage
 from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2
 from coordinator.cli import coordinator_command

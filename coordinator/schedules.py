@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
+from blindmatch.core.errors import RoundIdUsed, UnknownRound
 from blindmatch.core.orders import ScheduledRun, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, SignedOrder
-from blindmatch.core.spec import RoundIdUsed, UnknownRound
 from blindmatch.core.states import SCHEDULE, ScheduleEvent, SchedulePhase
 from blindmatch.runtime import serde
 from coordinator.state import RoundStore, ScheduleRecord

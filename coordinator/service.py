@@ -19,10 +19,11 @@ from typing import Any, Final
 
 import grpc
 
+from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.core.errors import ForgedMessage, ProtocolError
 from blindmatch.core.identity import Identity, PkiError, identity_of
 from blindmatch.core.orders import StandingOrder
 from blindmatch.core.signing import Trust, verify_order, verify_spec
-from blindmatch.core.spec import ForgedMessage, ProtocolError
 from blindmatch.runtime import serde, status
 from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
@@ -37,7 +38,7 @@ from blindmatch.runtime.net import (
     start_server,
 )
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
-from coordinator.config import ANY_OPERATOR, ConfigError, CoordinatorConfig
+from coordinator.config import ANY_OPERATOR, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
 from coordinator.metrics import NO_METRICS, CoordinatorHooks, CoordinatorMetrics
 from coordinator.schedules import Scheduler, ScheduleView

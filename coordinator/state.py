@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from blindmatch.core.spec import UnknownRound
+from blindmatch.core.errors import UnknownRound
 from blindmatch.core.states import (
     COORDINATOR,
     COORDINATOR_RUNNING,

@@ -41,9 +41,10 @@ from typing import Any, BinaryIO, Final, TypeVar
 import grpc
 from pybloom_live import ScalableBloomFilter
 
+from blindmatch.core.errors import ProtocolError
 from blindmatch.core.group import ELEMENT_BYTES, RoundKey
 from blindmatch.core.identity import Identity, PkiError
-from blindmatch.core.spec import ProtocolError, RoundSpec
+from blindmatch.core.spec import RoundSpec
 from blindmatch.core.watch_coordinator import (
     CheckFlow,
     CoordinatorEpoch,

@@ -17,6 +17,7 @@ import datetime
 import time
 from collections.abc import Callable, Mapping
 
+from blindmatch.core.errors import ForgedMessage
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.signing import (
     ChunkClaim,
@@ -27,7 +28,7 @@ from blindmatch.core.signing import (
     verify_order,
     verify_spec,
 )
-from blindmatch.core.spec import ForgedMessage, RoundSpec
+from blindmatch.core.spec import RoundSpec
 from blindmatch.runtime.net import TlsConfig
 
 INSECURE_OPERATOR = "(insecure)"

@@ -24,19 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, UnknownRound, WrongPhase
 from blindmatch.core.match import Delivery
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.round_node import Candidate, Ids, NodeRound
 from blindmatch.core.signing import ChunkClaim, Party, SignedSpec
-from blindmatch.core.spec import (
-    BadMessage,
-    Policy,
-    ProtocolError,
-    RoundIdUsed,
-    RoundSpec,
-    UnknownRound,
-    WrongPhase,
-)
+from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import Outcome
 from node.auth import Authority
 from node.budgets import Budgets

@@ -16,8 +16,8 @@ from concurrent.futures import Future
 
 import grpc
 
+from blindmatch.core.errors import BadMessage, ProtocolError, UnknownRound, WrongPhase
 from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.core.spec import BadMessage, ProtocolError, UnknownRound, WrongPhase
 from blindmatch.core.states import Outcome
 from blindmatch.runtime import net, serde, status
 from blindmatch.v1 import node_pb2, node_pb2_grpc

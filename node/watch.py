@@ -29,9 +29,10 @@ from typing import TypeVar
 
 import grpc
 
+from blindmatch.core.errors import ProtocolError, UnknownRound, WrongPhase
 from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.core.signing import Signer, Trust
-from blindmatch.core.spec import Policy, ProtocolError, RoundSpec, UnknownRound, WrongPhase
+from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import Outcome
 from blindmatch.core.watch_node import NodeCheck, NodeEpoch, NodeWatchCore, end_reason
 from blindmatch.core.watch_rules import (

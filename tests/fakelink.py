@@ -19,10 +19,11 @@ import random
 from collections import deque
 from collections.abc import Mapping, Sequence
 
+from blindmatch.core.errors import ProtocolError
 from blindmatch.core.group import ELEMENT_BYTES, RoundKey, hash_and_blind_packed, split_elements
 from blindmatch.core.round_coordinator import Caps, CoordinatorRound, Forward
 from blindmatch.core.round_node import ListedSet, NodeRound
-from blindmatch.core.spec import NodeOutcome, Policy, ProtocolError, RoundSpec, Stream
+from blindmatch.core.spec import NodeOutcome, Policy, RoundSpec, Stream
 
 Candidate = tuple[int, str, str]  # (sighting id, kind, canonical value)
 Party = tuple[Policy, Sequence[Candidate]]

@@ -27,13 +27,14 @@ from typing import Any
 
 import grpc
 
+from blindmatch.cli.tomlconfig import TlsPaths
 from blindmatch.core.canon import KINDS, canonicalize
 from blindmatch.core.signing import ChunkClaim, SignedSpec, Signer, spec_digest
 from blindmatch.core.spec import Policy
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS, WatchSettings
 from blindmatch.runtime import net, serde
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, watch_pb2, watch_pb2_grpc
-from coordinator.config import CoordinatorConfig, TlsPaths
+from coordinator.config import CoordinatorConfig
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
 from node.config import DEFAULT_TLPS, NodeConfig

@@ -20,11 +20,12 @@ import grpc
 import pytest
 
 from blindmatch.cli.main import main
+from blindmatch.cli.tomlconfig import TlsPaths
 from blindmatch.runtime import net
 from blindmatch.runtime.net import TlsConfig
 from blindmatch.runtime.pki import CertMaterial, issue, new_ca
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
-from coordinator.config import CoordinatorConfig, TlsPaths
+from coordinator.config import CoordinatorConfig
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
 from node.server import start as start_node

@@ -29,6 +29,7 @@ from node.config import load_config
 from node.connectors.scheduler import Job, Scheduler, retry_delay
 from node.store import Store
 from tests.clirun import run
+from tests.storedata import record_pairwise_round
 from tests.waiting import until
 
 USER, PASSWORD = "alpha", "correct horse"
@@ -260,23 +261,7 @@ def _round_of_two_matches(taxii: Taxii, node_toml: Path) -> dict[str, Any]:
         from_taxii = store.lookup("ipv4", "198.51.100.7")
         local = store.lookup("domain", "local.example")
         assert from_taxii is not None and local is not None
-        store.record_round(
-            "round-1",
-            started="2026-01-06T00:00:00Z",
-            coordinator="coordinator",
-            participants=["alpha", "bravo"],
-            mode="pairwise",
-            threshold=None,
-            kinds=["ipv4", "domain"],
-            own_size=2,
-            outcome="done",
-            finished="2026-01-06T00:01:00Z",
-        )
-        store.record_matches(
-            "round-1",
-            "pairwise",
-            [(from_taxii.sighting_id, ["bravo"], None), (local.sighting_id, ["bravo"], None)],
-        )
+        record_pairwise_round(store, [from_taxii.sighting_id, local.sighting_id])
 
     return original
 

@@ -39,6 +39,7 @@ from node.connectors.base import ConnectorError, open_source
 from node.connectors.sync import sync_source
 from node.store import Sighting, Store
 from tests.clirun import run
+from tests.storedata import record_pairwise_round
 
 KEY = "k" * 40
 GREEN = {"name": "tlp:green"}
@@ -510,23 +511,7 @@ def test_push_adds_sightings_on_the_source_attributes_once(
         from_misp = store.lookup("ipv4", "198.51.100.7")
         local = store.lookup("domain", "local.example")
         assert from_misp is not None and local is not None
-        store.record_round(
-            "round-1",
-            started="2026-01-06T00:00:00Z",
-            coordinator="coordinator",
-            participants=["alpha", "bravo"],
-            mode="pairwise",
-            threshold=None,
-            kinds=["ipv4", "domain"],
-            own_size=2,
-            outcome="done",
-            finished="2026-01-06T00:01:00Z",
-        )
-        store.record_matches(
-            "round-1",
-            "pairwise",
-            [(from_misp.sighting_id, ["bravo"], None), (local.sighting_id, ["bravo"], None)],
-        )
+        record_pairwise_round(store, [from_misp.sighting_id, local.sighting_id])
 
     served.stop()
     status, out, _ = run("node", "push", "--config", str(node_toml), "--json")

@@ -22,17 +22,18 @@ from typing import Any
 import grpc
 import pytest
 
+from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
+from blindmatch.core.errors import UnknownRound
 from blindmatch.core.identity import Identity, identity_of
 from blindmatch.core.round_coordinator import Caps
-from blindmatch.core.spec import Policy, UnknownRound
+from blindmatch.core.spec import Policy
+from blindmatch.core.states import SchedulePhase
 from blindmatch.runtime.net import Allow, load_tls, open_channel
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator import cli, operator_cli
 from coordinator.config import (
-    ConfigError,
     CoordinatorConfig,
     OperatorConfig,
-    TlsPaths,
     load_config,
     load_operator_config,
     write_config,
@@ -47,6 +48,7 @@ from coordinator.state import (
     RoundBoard,
     RoundRecord,
     RoundStore,
+    ScheduleRecord,
     SqliteRoundStore,
     StateError,
 )
@@ -132,6 +134,17 @@ def test_store_fails_only_unfinished_rounds(store: RoundStore) -> None:
         assert r is not None and r.state == "failed" and r.error == "gone" and r.finished
     assert store.get("done") == done
     assert store.get("fail") == bad
+
+
+def test_schedules_are_stored_as_signed(store: RoundStore) -> None:
+    a = ScheduleRecord("a", "nightly", "ops", b"order", b"sig", b"cert", created=1.0)
+    b = replace(a, id="b", created=2.0, last_run=3, runs=2, skipped=1, last_round="b-3")
+    store.save_schedule(b)
+    store.save_schedule(a)
+    assert store.schedules() == [a, b]
+    cancelled = replace(a, state=SchedulePhase.CANCELLED, cancelled_by="other-ops")
+    store.save_schedule(cancelled)
+    assert store.schedules() == [cancelled, b]
 
 
 def test_reopening_the_state_fails_rounds_left_running(tmp_path: Path) -> None:

@@ -22,14 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindmatch.cli.tomlconfig import is_valid_name
+from blindmatch.cli.tomlconfig import TlsPaths, is_valid_name
 from blindmatch.core.canon import KINDS
 from blindmatch.core.group import RoundKey, hash_to_group
 from blindmatch.core.round_coordinator import Caps
 from blindmatch.core.spec import Policy
 from blindmatch.runtime import net, serde
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
-from coordinator.config import CoordinatorConfig, TlsPaths
+from coordinator.config import CoordinatorConfig
 from coordinator.service import start as start_coordinator
 from node.store import RoundAudit
 from tests.federation import (

@@ -152,6 +152,33 @@ def test_no_private_name_is_taken_from_another_package() -> None:
     assert not bad, "\n".join(map(str, bad))
 
 
+def top_level_names(path: Path) -> tuple[set[str], set[str]]:
+    """The names a module defines itself, and those it only imports."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            imported.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return defined, imported - defined
+
+
+def test_every_name_is_imported_from_where_it_is_defined() -> None:
+    # A re-export hides a dependency: the importer seems to need one module and needs another.
+    names = {name: top_level_names(path) for name, path in MODULES.items()}
+    bad = [
+        f"{imp} — defined elsewhere"
+        for imp in ALL
+        if imp.target in names
+        and not is_package(imp.target)
+        and any(n in names[imp.target][1] for n in imp.names)
+    ]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_test_module_imports_another() -> None:
     bad = [
         imp for imp in ALL if within(imp.module, "tests") and imp.target.startswith("tests.test_")

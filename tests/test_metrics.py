@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
 from blindmatch.core.spec import Policy
 from blindmatch.runtime import net
 from blindmatch.runtime.metrics_endpoint import DEFAULT_LISTEN, serve_metrics
 from blindmatch.runtime.net import BindError
 from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from coordinator.config import CoordinatorConfig, TlsPaths, write_config
+from coordinator.config import CoordinatorConfig, write_config
 from coordinator.config import load_config as load_coordinator_config
 from node.config import load_config as load_node_config
 from node.config import render_config

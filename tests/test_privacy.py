@@ -26,7 +26,8 @@ import node.rounds
 from blindmatch.core.group import RoundKey, hash_to_group
 from blindmatch.core.round_coordinator import CoordinatorRound
 from blindmatch.core.round_node import NodeRound
-from blindmatch.core.spec import NodePhase, Policy
+from blindmatch.core.spec import Policy
+from blindmatch.core.states import NodePhase
 from blindmatch.runtime import net, serde
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.servicer import NodeServicer

@@ -23,9 +23,9 @@ from typing import Any
 import grpc
 import pytest
 
+from blindmatch.core.errors import BadMessage
 from blindmatch.core.orders import MIN_EVERY, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, Signer, StaleSpec
-from blindmatch.core.spec import BadMessage
 from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
 from coordinator import operator_cli, schedule_cli
@@ -33,7 +33,6 @@ from coordinator.schedules import Scheduler
 from coordinator.state import (
     MIGRATIONS,
     MemoryRoundStore,
-    RoundStore,
     ScheduleRecord,
     SqliteRoundStore,
 )
@@ -173,27 +172,7 @@ def test_a_run_nodes_would_refuse_as_stale_is_skipped_not_started(pki: Federatio
     assert scheduler.views()[0].record.state == "ended"
 
 
-# --- the store: both kinds, one suite --------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RoundStore]:
-    s: RoundStore = (
-        MemoryRoundStore() if request.param == "memory" else SqliteRoundStore(tmp_path / "c.sqlite")
-    )
-    yield s
-    s.close()
-
-
-def test_schedules_are_stored_as_signed(store: RoundStore) -> None:
-    a = ScheduleRecord("a", "nightly", "ops", b"order", b"sig", b"cert", created=1.0)
-    b = replace(a, id="b", created=2.0, last_run=3, runs=2, skipped=1, last_round="b-3")
-    store.save_schedule(b)
-    store.save_schedule(a)
-    assert store.schedules() == [a, b]
-    cancelled = replace(a, state="cancelled", cancelled_by="other-ops")
-    store.save_schedule(cancelled)
-    assert store.schedules() == [cancelled, b]
+# --- the store (the suite of both kinds is in test_coordinator.py) ---------------------------
 
 
 def test_a_state_file_from_before_schedules_gains_them(tmp_path: Path) -> None:

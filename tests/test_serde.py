@@ -12,19 +12,21 @@ import pytest
 from google.protobuf.message import Message
 
 from blindmatch.core.canon import InvalidIndicator
-from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
-from blindmatch.core.round_coordinator import Forward
-from blindmatch.core.signing import ForgedMessage, SignedSpec, StaleSpec
-from blindmatch.core.spec import (
+from blindmatch.core.errors import (
     BadMessage,
     CapExceeded,
+    ForgedMessage,
     PolicyRefusal,
     ProtocolError,
-    RoundSpec,
+    RoundIdUsed,
     UnknownRound,
     WrongPhase,
 )
+from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
+from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.round_coordinator import Forward
+from blindmatch.core.signing import SignedSpec, StaleSpec
+from blindmatch.core.spec import RoundSpec
 from blindmatch.core.watch_rules import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
 from blindmatch.runtime import serde, status
 from blindmatch.v1 import node_pb2, watch_pb2
@@ -32,7 +34,7 @@ from coordinator.driver import RoundFailure
 from coordinator.state import RoundRecord
 from coordinator.watch import WatchFailure
 from node.budgets import BudgetExceeded
-from node.rounds import RoundIdUsed, StoreFailed
+from node.rounds import StoreFailed
 from node.watch import CheckFailed
 
 M = TypeVar("M", bound=Message)

@@ -7,15 +7,9 @@ import datetime
 
 import pytest
 
+from blindmatch.core.errors import ForgedMessage
 from blindmatch.core.identity import PkiError
-from blindmatch.core.signing import (
-    ChunkClaim,
-    ForgedMessage,
-    Signer,
-    Trust,
-    spec_digest,
-    statement,
-)
+from blindmatch.core.signing import ChunkClaim, Signer, Trust, spec_digest, statement
 from blindmatch.runtime.pki import CertMaterial, issue, new_ca
 from tests.pkifixtures import leaf_with_uris
 

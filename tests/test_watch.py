@@ -15,8 +15,9 @@ import grpc
 import pytest
 
 from blindmatch.cli.main import main
+from blindmatch.core.errors import CapExceeded, PolicyRefusal
 from blindmatch.core.group import RoundKey
-from blindmatch.core.spec import CapExceeded, Policy, PolicyRefusal
+from blindmatch.core.spec import Policy
 from blindmatch.core.watch_node import NodeEpoch
 from blindmatch.core.watch_rules import (
     DEFAULT_CHECK_BUDGET,

@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 import pytest
 
+from blindmatch.core.errors import WrongPhase
 from blindmatch.core.group import RoundKey, hash_indicators
 from blindmatch.core.signing import CheckClaim, Signer
-from blindmatch.core.spec import Policy, WrongPhase
+from blindmatch.core.spec import Policy
 from blindmatch.core.states import EpochPhase
 from blindmatch.core.watch_node import NodeEpoch, NodeWatchCore
 from blindmatch.core.watch_rules import CheckHop

@@ -15,6 +15,7 @@ import pytest
 from blindmatch.core.errors import (
     BadMessage,
     CapExceeded,
+    ForgedMessage,
     PolicyRefusal,
     ProtocolError,
     WrongPhase,
@@ -28,7 +29,7 @@ from blindmatch.core.group import (
     hash_indicators,
 )
 from blindmatch.core.round_node import ListedSet, NodeRound
-from blindmatch.core.signing import CheckClaim, ForgedMessage, Signer, Trust
+from blindmatch.core.signing import CheckClaim, Signer, Trust
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import CoordinatorCheckPhase, EpochPhase
 from blindmatch.core.watch_coordinator import (

@@ -5,7 +5,7 @@ A round among participants P0..P(N-1) (the coordinator's order), semi-honest, co
 The rules of each side are a state machine of its own: feed a message, get what to send next.
 ``blindmatch.core.round_node.NodeRound`` is one node's side, ``blindmatch.core.round_coordinator.
 CoordinatorRound`` the coordinator's. The phases, the messages each one accepts and the moves
-between them are tables in ``states``; the errors are in ``errors`` and used from here.
+between them are tables in ``states``; the errors are in ``errors``.
 """
 
 from __future__ import annotations
@@ -16,37 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from blindmatch.core.canon import KINDS
-from blindmatch.core.errors import (
-    BadMessage,
-    CapExceeded,
-    ForgedMessage,
-    PolicyRefusal,
-    ProtocolError,
-    RoundIdUsed,
-    UnknownRound,
-    WrongPhase,
-)
+from blindmatch.core.errors import BadMessage, PolicyRefusal
 from blindmatch.core.match import MAX_PARTICIPANTS, MODES, ThresholdResult
-from blindmatch.core.states import CoordinatorPhase, NodePhase
-
-__all__ = [  # the errors and phases are defined in ``errors`` and ``states``, used from here
-    "DEFAULT_CHUNK",
-    "BadMessage",
-    "CapExceeded",
-    "CoordinatorPhase",
-    "ForgedMessage",
-    "Match",
-    "NodeOutcome",
-    "NodePhase",
-    "Policy",
-    "PolicyRefusal",
-    "ProtocolError",
-    "RoundIdUsed",
-    "RoundSpec",
-    "Stream",
-    "UnknownRound",
-    "WrongPhase",
-]
 
 DEFAULT_CHUNK = 4096  # elements per chunk: 128 KiB of payload, far below gRPC's 4 MB limit
 

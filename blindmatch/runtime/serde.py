@@ -15,12 +15,13 @@ from typing import Any, Final, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
+from blindmatch.core.errors import BadMessage
 from blindmatch.core.group import ELEMENT_BYTES
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.orders import ScheduledRun, StandingOrder
 from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.signing import SignedOrder, SignedSpec
-from blindmatch.core.spec import BadMessage, RoundSpec, threshold_counts
+from blindmatch.core.spec import RoundSpec, threshold_counts
 from blindmatch.core.watch_rules import CHECK_CHUNK, CheckHop, check_chunks
 from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
 
