@@ -25,7 +25,7 @@ from coordinator.config import (
     load_config,
     write_config,
 )
-from coordinator.state import StateError
+from coordinator.records import StateError
 
 # A state file that is not a usable coordinator state is an input error like a bad config.
 coordinator_command = command(StateError)

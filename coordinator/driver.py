@@ -41,7 +41,7 @@ from blindmatch.runtime import serde
 from blindmatch.runtime.net import TlsConfig, open_channel
 from blindmatch.v1 import node_pb2, node_pb2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
-from coordinator.state import RoundBoard, RoundRecord
+from coordinator.records import RoundBoard, RoundRecord
 
 if TYPE_CHECKING:
     from coordinator.watch import EpochOpener, WatchHub

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint, serve_metrics
 
 if TYPE_CHECKING:
-    from coordinator.state import RoundRecord
+    from coordinator.records import RoundRecord
 
 ROUND_BUCKETS: Final = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 

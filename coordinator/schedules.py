@@ -28,7 +28,7 @@ from blindmatch.core.orders import ScheduledRun, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, SignedOrder
 from blindmatch.core.states import SCHEDULE, ScheduleEvent, SchedulePhase
 from blindmatch.runtime import serde
-from coordinator.state import RoundStore, ScheduleRecord
+from coordinator.records import RoundStore, ScheduleRecord
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
 from coordinator.metrics import NO_METRICS, CoordinatorHooks, CoordinatorMetrics
+from coordinator.records import RoundBoard, SqliteRoundStore
 from coordinator.schedules import Scheduler, ScheduleView
-from coordinator.state import RoundBoard, SqliteRoundStore
 from coordinator.watch import CheckServicer, WatchHub
 from coordinator.watch import access_rules as watch_access_rules
 

@@ -64,7 +64,7 @@ class StoreFailed(Exception):
 
 @dataclass
 class LiveRound:
-    state: NodeRound
+    round: NodeRound
     coordinator: str
     started: str
     timeout: float
@@ -80,7 +80,7 @@ class LiveRound:
 
     def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
         """What the producer of this chunk of the round vouches for."""
-        return ChunkClaim(self.state.spec.round_id, self.spec_digest, owner, hop, seq, elements)
+        return ChunkClaim(self.round.spec.round_id, self.spec_digest, owner, hop, seq, elements)
 
     def touch(self) -> None:
         """The coordinator has been heard from: the round lives another ``timeout``."""
@@ -127,17 +127,17 @@ class LiveRounds:
     def add(self, live: LiveRound) -> bool:
         """Take ``live`` in; False if a round of its id is live already."""
         with self._lock:
-            if live.state.spec.round_id in self._rounds:
+            if live.round.spec.round_id in self._rounds:
                 return False
-            self._rounds[live.state.spec.round_id] = live
+            self._rounds[live.round.spec.round_id] = live
             return True
 
     def drop(self, live: LiveRound) -> bool:
         """Let ``live`` go; False if it had gone already."""
         with self._lock:
-            if self._rounds.get(live.state.spec.round_id) is not live:
+            if self._rounds.get(live.round.spec.round_id) is not live:
                 return False
-            del self._rounds[live.state.spec.round_id]
+            del self._rounds[live.round.spec.round_id]
             return True
 
     def ids(self) -> list[str]:
@@ -223,7 +223,7 @@ class RoundRegistry:
             if self.watch is not None:  # a watch round is announced here: the node may refuse
                 self.watch.admit(spec)
             # read only for a spec an allowed operator signed
-            state = NodeRound(spec, self.name, self.policy, StoredSet(self.store, self.tlps))
+            machine = NodeRound(spec, self.name, self.policy, StoredSet(self.store, self.tlps))
         except ProtocolError as exc:
             self._record(
                 spec,
@@ -236,7 +236,7 @@ class RoundRegistry:
             self.metrics.round_ended(Outcome.REFUSED, None, {})
             raise
         live = LiveRound(
-            state=state,
+            round=machine,
             coordinator=coordinator,
             started=utc_now(),
             timeout=timeout,
@@ -245,13 +245,13 @@ class RoundRegistry:
             spec_digest=signed.digest,
         )
         if not self.live.add(live):
-            state.abort("duplicate prepare")
+            machine.abort("duplicate prepare")
             raise RoundIdUsed(f"round {spec.round_id} is already prepared")
         self._audit(live, Outcome.STARTED, None)
         log.info(
             "round %s prepared: %d indicators, partners %s",
             spec.round_id,
-            state.size,
+            machine.size,
             spec.participants,
         )
         return live
@@ -265,10 +265,10 @@ class RoundRegistry:
         """
         try:
             with live.lock:
-                live.parties = self.authority.partners(live.state.spec, certificates)
-                live.state.begin_routing(sizes)
+                live.parties = self.authority.partners(live.round.spec, certificates)
+                live.round.begin_routing(sizes)
                 if self.budgets is not None:
-                    self.budgets.charge_round(live.state.spec.round_id, sizes)
+                    self.budgets.charge_round(live.round.spec.round_id, sizes)
         except ProtocolError as exc:
             if not isinstance(exc, UnknownRound | WrongPhase):
                 live.refusal = exc
@@ -280,13 +280,13 @@ class RoundRegistry:
         round; the number of results stored. A broken delivery ends the round: nothing is kept."""
         live = self.get(round_id)
         try:
-            delivery = decode(live.state.spec)
+            delivery = decode(live.round.spec)
             with live.lock:
-                outcome = live.state.resolve(delivery)
+                outcome = live.round.resolve(delivery)
         except BadMessage as exc:
             self.end(live, Outcome.FAILED, f"refused the delivery: {exc}")
             raise
-        spec = live.state.spec
+        spec = live.round.spec
         try:
             if spec.mode == "count":
                 self.store.record_partner_counts(spec.round_id, outcome.partner_counts)
@@ -317,13 +317,13 @@ class RoundRegistry:
 
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         """Drop a round: key destroyed, audit written. Safe to call twice."""
-        round_id = live.state.spec.round_id
+        round_id = live.round.spec.round_id
         if not self.live.drop(live):
             return
         if outcome != Outcome.DONE:
-            live.state.abort(reason or outcome)
+            live.round.abort(reason or outcome)
         self._audit(live, outcome, reason)
-        self.metrics.round_ended(outcome, time.monotonic() - live.began, live.state.blinded_for)
+        self.metrics.round_ended(outcome, time.monotonic() - live.began, live.round.blinded_for)
         self._watch_ended(round_id, outcome, reason)
         if outcome == Outcome.DONE and self.on_done is not None:
             self.on_done()  # only wakes a background thread: the round never waits for sinks
@@ -343,14 +343,14 @@ class RoundRegistry:
 
     def _audit(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         self._record(
-            live.state.spec,
+            live.round.spec,
             outcome,
             reason,
             started=live.started,
             coordinator=live.coordinator,
             operator=live.operator,
-            own_size=live.state.size,
-            blinded_for=live.state.blinded_for,
+            own_size=live.round.size,
+            blinded_for=live.round.blinded_for,
         )
 
     def _record(
@@ -390,7 +390,7 @@ class RoundRegistry:
             now = time.monotonic()
             expired = [live for live in self.live.all() if live.deadline < now]
             for live in expired:
-                log.warning("round %s: coordinator silent; dropping it", live.state.spec.round_id)
+                log.warning("round %s: coordinator silent; dropping it", live.round.spec.round_id)
                 self.end(
                     live,
                     Outcome.FAILED,

@@ -41,21 +41,21 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             signed, spec = serde.prepare_from_proto(request)
             coordinator = caller.name if caller else "(insecure)"
             live = self.rounds.prepare(signed, spec, coordinator, request.timeout_seconds)
-        return node_pb2.PrepareReply(size=live.state.size, certificate=self.authority.certificate)
+        return node_pb2.PrepareReply(size=live.round.size, certificate=self.authority.certificate)
 
     def OwnSet(
         self, request: node_pb2.RoundRef, context: grpc.ServicerContext
     ) -> Iterator[node_pb2.Chunk]:
         with status.refusing(context, ProtocolError):
             live = self.rounds.get(request.round_id)
-            live.state.live_key()
-            batches = live.state.own_hashed()
+            live.round.live_key()
+            batches = live.round.own_hashed()
         window: collections.deque[Future[bytes]] = collections.deque()
         seq = 0
         try:
             for batch in batches:
                 # Exported per batch: a stalled stream must not keep the key alive in this frame.
-                key = live.state.live_key().export()
+                key = live.round.live_key().export()
                 if batch.hashes is not None:  # hashed once, at import: only blind
                     window.append(self.blinder.blind(key, batch.hashes))
                 else:  # a hash still missing or stale (the store is being filled): same bytes
@@ -80,10 +80,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def _own_chunk(self, live: LiveRound, seq: int, future: Future[bytes]) -> node_pb2.Chunk:
         elements = future.result()
         live.touch()
-        if live.state.key is None:
+        if live.round.key is None:
             if live.refusal is not None:
                 raise live.refusal
-            raise WrongPhase(f"round {live.state.spec.round_id} ended while its set was streaming")
+            raise WrongPhase(f"round {live.round.spec.round_id} ended while its set was streaming")
         signature = self.authority.sign_chunk(live.claim(self.name, 0, seq, elements))
         return serde.chunk_to_proto(self.name, seq, elements, 0, signature)
 
@@ -119,7 +119,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 for msg in request_iterator:
                     chunk = serde.forward_from_proto(self.name, msg)
                     with live.lock:
-                        producer = live.state.accept_chunk(
+                        producer = live.round.accept_chunk(
                             chunk.owner, chunk.seq, len(chunk.elements) // ELEMENT_BYTES, chunk.hop
                         )
                         # before blinding: only what its producer signed for this round and hop
@@ -128,7 +128,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                             live.claim(chunk.owner, chunk.hop, chunk.seq, chunk.elements),
                             chunk.signature,
                         )
-                        key = live.state.live_key().export()
+                        key = live.round.live_key().export()
                     put((chunk.owner, chunk.seq, self.blinder.blind(key, chunk.elements)))
                     del key  # this thread waits on the coordinator: it must not keep the key
                 put(None)
@@ -136,7 +136,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 put(exc)
 
         reader = threading.Thread(
-            target=read, name=f"reblind-{live.state.spec.round_id}", daemon=True
+            target=read, name=f"reblind-{live.round.spec.round_id}", daemon=True
         )
         reader.start()
         try:
@@ -146,9 +146,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 except queue.Empty:
                     if done.is_set():  # the call ended (cancelled): nothing more will come
                         return
-                    if live.state.key is None:  # ended meanwhile (Abort, timeout): leave
+                    if live.round.key is None:  # ended meanwhile (Abort, timeout): leave
                         raise WrongPhase(
-                            f"round {live.state.spec.round_id} ended while its Reblind stream "
+                            f"round {live.round.spec.round_id} ended while its Reblind stream "
                             "was open"
                         ) from None
                     continue
@@ -159,7 +159,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 owner, seq, future = item
                 elements = future.result()
                 live.touch()
-                hop = live.state.hop_of(owner)
+                hop = live.round.hop_of(owner)
                 signature = self.authority.sign_chunk(live.claim(owner, hop, seq, elements))
                 yield serde.chunk_to_proto(owner, seq, elements, hop, signature)
         except grpc.RpcError:

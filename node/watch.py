@@ -242,7 +242,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             with live.lock if live else contextlib.nullcontext(), self._lock:
                 epoch = self.core.begin(
                     request.round_id,
-                    live.state if live else None,
+                    live.round if live else None,
                     request.ends,
                     request.tags,
                     coordinator,

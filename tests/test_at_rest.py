@@ -17,7 +17,7 @@ import pytest
 from pybloom_live import ScalableBloomFilter
 
 from blindmatch.runtime.hardening import dumpable, make_private, open_private, private_dir
-from coordinator.state import SqliteRoundStore
+from coordinator.records import SqliteRoundStore
 from coordinator.watch import WatchHub
 from node.pool import Blinder
 from tests.federation import Federation, Setup, make_datasets

@@ -13,7 +13,7 @@ from blindmatch.core.identity import PkiError
 from blindmatch.runtime.net import BindError, InsecureBindRefused, TlsConfigError
 from coordinator.config import load_config as load_coordinator_config
 from coordinator.config import load_operator_config
-from coordinator.state import StateError
+from coordinator.records import StateError
 from node.config import load_config as load_node_config
 from node.store import StoreError
 from tests import clirun

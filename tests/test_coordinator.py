@@ -40,8 +40,7 @@ from coordinator.config import (
     write_operator_config,
 )
 from coordinator.driver import STOP_REASON
-from coordinator.service import RunningCoordinator, start
-from coordinator.state import (
+from coordinator.records import (
     MIGRATIONS,
     RESTART_REASON,
     MemoryRoundStore,
@@ -52,6 +51,7 @@ from coordinator.state import (
     SqliteRoundStore,
     StateError,
 )
+from coordinator.service import RunningCoordinator, start
 from node.server import RunningNode
 from tests import federation
 from tests.federation import Federation, Setup, domains, held, refusing_address

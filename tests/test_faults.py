@@ -29,7 +29,7 @@ from blindmatch.runtime.net import split_host_port
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import load_operator_config
 from coordinator.operator_cli import new_round, start_request
-from coordinator.state import RESTART_REASON as COORDINATOR_RESTART
+from coordinator.records import RESTART_REASON as COORDINATOR_RESTART
 from node.store import RoundAudit, Sighting, Store
 from tests.relay import Relay
 from tests.waiting import until

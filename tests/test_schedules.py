@@ -29,13 +29,13 @@ from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, Si
 from blindmatch.runtime import serde
 from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
 from coordinator import operator_cli, schedule_cli
-from coordinator.schedules import Scheduler
-from coordinator.state import (
+from coordinator.records import (
     MIGRATIONS,
     MemoryRoundStore,
     ScheduleRecord,
     SqliteRoundStore,
 )
+from coordinator.schedules import Scheduler
 from node.store import RoundAudit
 from tests.federation import (
     HOLDINGS,

@@ -31,7 +31,7 @@ from blindmatch.core.watch_rules import CHECK_CHUNK, BadReply, CheckHop, CheckRe
 from blindmatch.runtime import serde, status
 from blindmatch.v1 import node_pb2, watch_pb2
 from coordinator.driver import RoundFailure
-from coordinator.state import RoundRecord
+from coordinator.records import RoundRecord
 from coordinator.watch import WatchFailure
 from node.budgets import BudgetExceeded
 from node.rounds import StoreFailed

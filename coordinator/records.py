@@ -1,4 +1,4 @@
-"""Round state: what the coordinator remembers about each round, and who is watching it.
+"""Round records: what the coordinator remembers about each round and schedule, and who is watching it.
 
 Rules:
 - A record holds a round's participants, mode, phase (``CoordinatorPhase``: the core's vocabulary,
