@@ -22,9 +22,13 @@ from blindmatch.core.errors import (
     UnknownRound,
     WrongPhase,
 )
+from blindmatch.core.evaluation import Equivocation
 from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.merkle import InvalidLeaves
+from blindmatch.core.proofs import BadProof
 from blindmatch.core.round_coordinator import Forward
+from blindmatch.core.secp256k1 import InvalidPoint, InvalidScalar
 from blindmatch.core.signing import SignedSpec, StaleSpec
 from blindmatch.core.spec import RoundSpec
 from blindmatch.core.watch_rules import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
@@ -273,6 +277,11 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     CheckReplayed: S.ALREADY_EXISTS,
     InvalidElement: S.INVALID_ARGUMENT,
     InvalidIndicator: S.INVALID_ARGUMENT,
+    InvalidPoint: S.INVALID_ARGUMENT,
+    InvalidScalar: S.INVALID_ARGUMENT,
+    InvalidLeaves: S.INVALID_ARGUMENT,
+    BadProof: S.PERMISSION_DENIED,
+    Equivocation: S.PERMISSION_DENIED,
     ValueError: S.INVALID_ARGUMENT,
     RoundFailure: S.UNAVAILABLE,
     StoreFailed: S.INTERNAL,

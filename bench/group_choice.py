@@ -1,0 +1,157 @@
+"""The group of protocol v2, measured: secp256k1 (libsecp256k1 via coincurve) against ristretto255
+(libsodium), and the per-element costs of v2's evaluation path beside v1's blinding.
+
+    .venv/bin/python bench/group_choice.py [--repeat 2000]
+
+pynacl 1.6 binds no ristretto255 function, so ristretto255 is measured through the system's
+libsodium with ctypes (Debian's libsodium23); without it, that column is left out. Medians of
+``--repeat`` calls, repeated 5 times, all in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+from blindmatch.core import group as v1
+from blindmatch.core import oprf
+from blindmatch.core import secp256k1 as g
+
+
+def median_us(f: Callable[[], object], repeat: int) -> float:
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            f()
+        runs.append((time.perf_counter() - start) / repeat * 1e6)
+    return statistics.median(runs)
+
+
+def secp256k1_costs(repeat: int) -> dict[str, float]:
+    p = g.base_mul(g.random_scalar())
+    q = g.base_mul(g.random_scalar())
+    k = g.random_scalar()
+    raw = g.point_to_bytes(p)
+    compressed = p.format(compressed=True)
+    return {
+        "multiply": median_us(lambda: g.mul(p, k), repeat),
+        "base multiply": median_us(lambda: g.base_mul(k), repeat),
+        "hash to group (RFC 9380)": median_us(lambda: g.hash_to_curve(raw, b"bench"), repeat),
+        "parse, uncompressed": median_us(lambda: g.point_from_bytes(raw), repeat * 10),
+        "parse, compressed": median_us(lambda: type(p)(compressed), repeat * 10),
+        "add two": median_us(lambda: g.add([p, q]), repeat * 10),
+        "encode": median_us(lambda: g.point_to_bytes(p), repeat * 10),
+    }
+
+
+def ristretto255_costs(repeat: int) -> dict[str, float] | None:
+    path = ctypes.util.find_library("sodium")
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    if lib.sodium_init() < 0 or not hasattr(lib, "crypto_scalarmult_ristretto255"):
+        return None
+    point, other, out = (ctypes.create_string_buffer(32) for _ in range(3))
+    scalar = ctypes.create_string_buffer(32)
+    lib.crypto_core_ristretto255_scalar_random(scalar)
+    lib.crypto_scalarmult_ristretto255_base(point, scalar)
+    lib.crypto_scalarmult_ristretto255_base(other, scalar)
+    uniform = hashlib.sha512(b"bench").digest()
+    return {
+        "multiply": median_us(
+            lambda: lib.crypto_scalarmult_ristretto255(out, scalar, point), repeat
+        ),
+        "base multiply": median_us(
+            lambda: lib.crypto_scalarmult_ristretto255_base(out, scalar), repeat
+        ),
+        "hash to group (from 64 uniform bytes)": median_us(
+            lambda: lib.crypto_core_ristretto255_from_hash(out, uniform), repeat
+        ),
+        "parse (is_valid_point)": median_us(
+            lambda: lib.crypto_core_ristretto255_is_valid_point(point), repeat * 10
+        ),
+        "add two": median_us(
+            lambda: lib.crypto_core_ristretto255_add(out, point, other), repeat * 10
+        ),
+    }
+
+
+def v2_per_element(n: int, committee: int) -> dict[str, float]:
+    """One owner's set of n through a committee of ``committee`` (the owner not a member), in
+    microseconds per element, each step on one core."""
+    hashes = [g.hash_to_curve(os.urandom(16), b"bench") for _ in range(n)]
+    shares = [g.random_scalar() for _ in range(committee)]
+    out: dict[str, float] = {}
+
+    start = time.perf_counter()
+    check = oprf.SubsetCheck(n)
+    check.add_hashes(hashes)
+    out["subset sums of H (40 subsets)"] = (time.perf_counter() - start) / n * 1e6
+
+    start = time.perf_counter()
+    blinded, unblinders = oprf.blind(hashes)
+    out["blind (fresh r, batch inverse)"] = (time.perf_counter() - start) / n * 1e6
+
+    start = time.perf_counter()
+    answers = [oprf.evaluate(k, blinded) for k in shares]
+    out[f"evaluate, {committee} members"] = (time.perf_counter() - start) / n * 1e6
+
+    challenge = check.challenge()
+    start = time.perf_counter()
+    tags = oprf.unblind(answers, unblinders)
+    out["unblind (sum, then one multiply)"] = (time.perf_counter() - start) / n * 1e6
+
+    start = time.perf_counter()
+    check.add_tags(tags)
+    proved = [oprf.evaluate(k, challenge) for k in shares]
+    failed = check.failing(check.expected(proved))
+    out["subset sums of T, and the check"] = (time.perf_counter() - start) / n * 1e6
+    assert not failed
+
+    start = time.perf_counter()
+    for t in tags:
+        oprf.tag(b"round", t)
+    out["tags (SHA-256)"] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2000)
+    parser.add_argument("--elements", type=int, default=4096)
+    parser.add_argument("--committee", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print("\nper operation, us (median)")
+    secp = secp256k1_costs(args.repeat)
+    rist = ristretto255_costs(args.repeat)
+    for name, us in secp.items():
+        print(f"  secp256k1     {name:40s} {us:8.2f}")
+    for name, us in (rist or {}).items():
+        print(f"  ristretto255  {name:40s} {us:8.2f}")
+    if rist is None:
+        print("  ristretto255  (no libsodium with ristretto255 on this machine)")
+    key = v1.RoundKey.generate()
+    point = v1.hash_to_group("domain", "bench.example")
+    print(
+        f"  v1 X25519     blind (one multiply)                     {median_us(lambda: key.blind([point]), args.repeat):8.2f}"
+    )
+    print(
+        f"\nv2, one owner's {args.elements} elements, committee of {args.committee}: us per element"
+    )
+    steps = v2_per_element(args.elements, args.committee)
+    for name, us in steps.items():
+        print(f"  {name:40s} {us:8.2f}")
+    print(f"  {'total':40s} {sum(steps.values()):8.2f}")
+
+
+if __name__ == "__main__":
+    main()
