@@ -162,6 +162,7 @@ class EvaluationRequest:
     seq: int
     count: int
     elements: bytes  # elements_digest of the blinded points
+    proved: bool = False  # answer with a batched DLEQ proof (subset checks, watch checks)
 
     def message(self) -> bytes:
         return statement(
@@ -173,6 +174,7 @@ class EvaluationRequest:
             self.seq,
             self.count,
             self.elements,
+            int(self.proved),
         )
 
     def digest(self) -> bytes:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -66,22 +66,30 @@ def evaluate(share: int, blinded: Sequence[Point]) -> list[Point]:
 def unblind(
     answers: Sequence[Sequence[Point]],
     unblinders: Sequence[int],
-    own: tuple[int, Sequence[Point]] | None = None,
+    own: tuple[Evaluator, Sequence[Point]] | None = None,
 ) -> list[Point]:
-    """T_j = r_j⁻¹·Σ_i Y_ij, plus k_own·H_j when ``own`` = (k_own, hashes) is given.
+    """T_j = r_j⁻¹·Σ_i Y_ij, plus k_own·H_j when ``own`` = (the owner's share, its hashes).
 
     ``answers`` holds one list per member, in any order. Summing before unblinding costs one
     multiplication per element whatever the committee's size; the additions are cheap."""
     n = len(unblinders)
     if any(len(a) != n for a in answers):
         raise ValueError("every member's answer must cover every element of the request")
+    own_parts = own[0].own_part(own[1]) if own is not None else None
     tags: list[Point] = []
     for j in range(n):
-        total = mul(add([a[j] for a in answers]), unblinders[j])
-        if own is not None:
-            total = add([total, mul(own[1][j], own[0])])
-        tags.append(total)
+        parts = [a[j] for a in answers]
+        total = [mul(add(parts), unblinders[j])] if parts else []
+        if own_parts is not None:
+            total.append(own_parts[j])
+        tags.append(add(total))
     return tags
+
+
+class Evaluator(Protocol):
+    """Whoever holds a share and applies it to points of the owner's own making."""
+
+    def own_part(self, points: Sequence[Point]) -> list[Point]: ...
 
 
 def tag(context: bytes, point: Point) -> bytes:
@@ -151,32 +159,42 @@ class SubsetCheck:
         self._challenge = [random_scalar() for _ in range(self.lam)]
         return [mul(_present(a), r) for a, r in zip(self._hash_sums, self._challenge, strict=True)]
 
-    def add_tags(self, tags: Sequence[Point]) -> None:
-        if self._challenge is None:
-            raise ValueError("tags are checked against a challenge that is out")
-        if self._tagged + len(tags) > self.size:
-            raise ValueError(f"more than the {self.size} tags of the set")
-        self._accumulate(self._tag_sums, self._tagged, tags)
+    def add_tags(self, tags: Sequence[Point], start: int | None = None) -> None:
+        """The unblinded T of elements ``start``.. (default: right after the last ones fed);
+        chunks may come in any order, each once. The sums need only the subsets, drawn at
+        construction, so tags may come before the challenge is out."""
+        start = self._tagged if start is None else start
+        if start < 0 or start + len(tags) > self.size:
+            raise ValueError(f"tags beyond the {self.size} elements of the set")
+        self._accumulate(self._tag_sums, start, tags)
         self._tagged += len(tags)
 
+    def hash_sums(self) -> list[Point]:
+        """A_t for every subset: the owner's secrets, for its own share's part of K·A_t."""
+        if self._hashed != self.size:
+            raise ValueError(f"{self._hashed} of {self.size} hashes were fed")
+        return [_present(a) for a in self._hash_sums]
+
     def expected(
-        self, proved: Sequence[Sequence[Point]], own_share: int | None = None
+        self, proved: Sequence[Sequence[Point]], own_parts: Sequence[Point] | None = None
     ) -> list[Point]:
         """K·A_t from every member's proved answers Z_it = k_i·B_t (one list per member), plus
-        the owner's own share when it is a member: r_t⁻¹·(Σ_i Z_it) + k_own·A_t."""
+        the owner's own k_own·A_t when it is a member: r_t⁻¹·Σ_i Z_it + k_own·A_t."""
         if self._challenge is None:
             raise ValueError("no challenge is out")
         if any(len(z) != self.lam for z in proved):
             raise ValueError(f"every member answers all {self.lam} subset checks")
-        if not proved and own_share is None:
+        if own_parts is not None and len(own_parts) != self.lam:
+            raise ValueError(f"the owner's part covers all {self.lam} subset checks")
+        if not proved and own_parts is None:
             raise ValueError("a committee of no one")
         out = []
         for t, r in enumerate(self._challenge):
             parts = []
             if proved:
                 parts.append(mul(add([z[t] for z in proved]), inverse(r)))
-            if own_share is not None:
-                parts.append(mul(_present(self._hash_sums[t]), own_share))
+            if own_parts is not None:
+                parts.append(own_parts[t])
             out.append(add(parts))
         return out
 
@@ -184,28 +202,33 @@ class SubsetCheck:
         """The subsets whose tags do not sum to K·A_t; empty when every tag is right."""
         if self._tagged != self.size:
             raise ValueError(f"{self._tagged} of {self.size} tags were fed")
+        if self._challenge is None:
+            raise ValueError("no challenge is out")
         return [t for t in range(self.lam) if _present(self._tag_sums[t]) != expected[t]]
 
     def members_at_fault(
         self,
-        failed: int,
+        failed: Sequence[int],
         answers: Mapping[str, Sequence[Point]],
         unblinders: Sequence[int],
-        proved: Mapping[str, Point],
+        proved: Mapping[str, Sequence[Point]],
     ) -> list[str]:
-        """For a failed subset t: the members whose own answers do not sum to k_i·A_t.
+        """After subsets ``failed`` failed: the members whose own answers do not sum to
+        k_i·A_t in one of them.
 
         ``answers`` maps a member to its Y_ij for the whole set, ``proved`` to its proved
-        Z_it = k_i·B_t, and ``unblinders`` are the owner's r_j⁻¹."""
+        Z_it = k_i·B_t, and ``unblinders`` are the owner's r_j⁻¹. Each member's answers are
+        unblinded once (a multiplication per element), then each subset costs only additions."""
         if self._challenge is None:
             raise ValueError("no challenge is out")
-        r_inv = inverse(self._challenge[failed])
-        chosen = self._members(failed, self._masks)
         at_fault = []
         for name, ys in answers.items():
-            claimed = add([mul(ys[j], unblinders[j]) for j in chosen])
-            if claimed != mul(proved[name], r_inv):
-                at_fault.append(name)
+            own = [mul(y, r) for y, r in zip(ys, unblinders, strict=True)]
+            for t in failed:
+                claimed = add([own[j] for j in self._members(t, self._masks)])
+                if claimed != mul(proved[name][t], inverse(self._challenge[t])):
+                    at_fault.append(name)
+                    break
         return sorted(at_fault)
 
 

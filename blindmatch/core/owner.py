@@ -1,0 +1,266 @@
+"""An owner's side of protocol v2: its set through the committee, and no tag out before it is verified.
+
+Rules:
+- The owner blinds each stored hash with a fresh r_j and asks every other committee member to
+  evaluate each chunk, in requests it signs (``EvaluationRequest``, seq = the chunk's place).
+  The r_j come from a secret seed drawn for this set from the CSPRNG, one derivation per element
+  under a DST of its own, so the owner holds 32 bytes for them instead of 32 per element, and can
+  derive them again to name a cheating member. Nobody else ever sees the seed.
+- Every answer must name the request the owner signed for that chunk and come from a member of
+  the transcript; the owner keeps each member's answer digest per chunk, so a member that later
+  answers the same request differently has signed two answers.
+- After the last chunk, the owner asks for the λ subset checks in one ``proved`` request
+  (``oprf.SubsetCheck``) and verifies every member's DLEQ proof against its commitment.
+- ``tags()`` gives the sorted 16-byte tags only when every chunk is answered and every subset
+  check holds; otherwise ``VerificationFailed`` and no tag leaves, whatever the caller does next.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from blindmatch.core.errors import BadMessage, ForgedMessage, ProtocolError, WrongPhase
+from blindmatch.core.evaluation import (
+    EvaluationAnswer,
+    EvaluationRequest,
+    Transcript,
+    elements_digest,
+)
+from blindmatch.core.member import Member
+from blindmatch.core.oprf import TAG_BYTES, SubsetCheck, tag, unblind
+from blindmatch.core.proofs import Proof, verify_equal
+from blindmatch.core.secp256k1 import (
+    Point,
+    batch_inverse,
+    hash_to_scalar,
+    mul,
+    points_from_bytes,
+    points_to_bytes,
+)
+
+_BLINDING_DST: Final = b"blindmatch-v2-owner-blinding"
+
+
+class VerificationFailed(ProtocolError):
+    """The owner's tags failed their subset checks: none leaves. ``members`` are those whose own
+    answers were shown wrong, once ``blame`` ran; empty until then."""
+
+    code = "DATA_LOSS"
+
+    def __init__(self, message: str, members: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.members = tuple(members)
+
+
+@dataclass
+class _Pending:
+    start: int
+    count: int
+    request: EvaluationRequest
+    hashes: list[Point] | None  # kept only when the owner adds its own share at unblinding
+    answers: dict[str, list[Point]]
+
+
+class Owner:
+    """One owner's set of ``size`` stored hashes, evaluated in chunks in position order."""
+
+    def __init__(
+        self,
+        me: str,
+        transcript: Transcript,
+        keys: Mapping[str, Point],
+        size: int,
+        own: Member | None = None,
+    ) -> None:
+        if own is not None and own.name != me:
+            raise ValueError("the owner's own share is the owner's")
+        self.me = me
+        self.transcript = transcript
+        self.digest = transcript.digest()
+        self.keys = dict(keys)  # every member's verified P_i
+        self.remote = tuple(m for m in transcript.committee if m != me)
+        self.own = own
+        self.size = size
+        self.check = SubsetCheck(size)
+        self._seed = secrets.token_bytes(32)
+        self._counts: list[int] = []  # elements per chunk, by seq
+        self._seq = 0
+        self._requested = 0
+        self._pending: dict[int, _Pending] = {}
+        self._answer_digests: dict[tuple[str, int], bytes] = {}
+        self._tags = bytearray(size * TAG_BYTES)
+        self._tagged = 0
+        self._challenge: tuple[EvaluationRequest, list[Point]] | None = None
+        self._proved: dict[str, list[Point]] = {}
+        self._failed: list[int] = []
+
+    # --- requests out -------------------------------------------------------------------------
+
+    def _blinders(self, seq: int, count: int) -> list[int]:
+        return [
+            hash_to_scalar(
+                self._seed + seq.to_bytes(8, "big") + i.to_bytes(4, "big"),
+                _BLINDING_DST,
+            )
+            for i in range(count)
+        ]
+
+    def request(self, hashes: Sequence[Point]) -> tuple[EvaluationRequest, bytes]:
+        """The next chunk of the set, blinded, and the request to sign for it."""
+        if self._challenge is not None:
+            raise WrongPhase("the set is closed: its subset checks are out")
+        if not hashes or self._requested + len(hashes) > self.size:
+            raise ValueError(f"a chunk of 1 to {self.size - self._requested} hashes")
+        seq = self._seq
+        blinded = [mul(h, r) for h, r in zip(hashes, self._blinders(seq, len(hashes)), strict=True)]
+        packed = points_to_bytes(blinded)
+        request = self._request(seq, len(hashes), packed, proved=False)
+        self.check.add_hashes(hashes)
+        self._pending[seq] = _Pending(
+            self._requested, len(hashes), request, list(hashes) if self.own else None, {}
+        )
+        self._counts.append(len(hashes))
+        self._seq += 1
+        self._requested += len(hashes)
+        if not self.remote:  # the owner is the whole committee: nobody to wait for
+            self._complete(seq)
+        return request, packed
+
+    def _request(self, seq: int, count: int, packed: bytes, *, proved: bool) -> EvaluationRequest:
+        return EvaluationRequest(
+            self.transcript.purpose,
+            self.transcript.ident,
+            self.digest,
+            self.me,
+            seq,
+            count,
+            elements_digest(packed),
+            proved,
+        )
+
+    def challenge(self) -> tuple[EvaluationRequest, bytes]:
+        """The λ subset checks, once the whole set is requested: one proved request."""
+        if self._requested != self.size:
+            raise WrongPhase(f"{self._requested} of {self.size} elements are requested")
+        if self._challenge is not None:
+            raise WrongPhase("the subset checks are already out")
+        points = self.check.challenge()
+        packed = points_to_bytes(points)
+        request = self._request(self._seq, len(points), packed, proved=True)
+        self._challenge = (request, points)
+        return request, packed
+
+    # --- answers in ---------------------------------------------------------------------------
+
+    def _from_member(
+        self, answer: EvaluationAnswer, points: bytes, request: EvaluationRequest
+    ) -> list[Point]:
+        if answer.member not in self.remote:
+            raise ForgedMessage(f"{answer.member} is not a member this owner asked")
+        if answer.request != request.digest():
+            raise ForgedMessage(f"{answer.member}'s answer names another request")
+        if answer.answers != elements_digest(points):
+            raise ForgedMessage(f"{answer.member}'s points do not match the digest it signed")
+        got = points_from_bytes(points)
+        if len(got) != request.count:
+            raise BadMessage(f"{answer.member} answered {len(got)} of {request.count} points")
+        return got
+
+    def answer(self, seq: int, answer: EvaluationAnswer, points: bytes) -> bool:
+        """A member's signed answer to chunk ``seq`` (signature verified by the caller); True
+        when that chunk is complete and its tags are made."""
+        pending = self._pending.get(seq)
+        if pending is None:
+            raise WrongPhase(f"no chunk {seq} is waiting for answers")
+        if answer.member in pending.answers:
+            raise BadMessage(f"{answer.member} already answered chunk {seq}")
+        pending.answers[answer.member] = self._from_member(answer, points, pending.request)
+        self._answer_digests[answer.member, seq] = answer.answers
+        if len(pending.answers) < len(self.remote):
+            return False
+        self._complete(seq)
+        return True
+
+    def _complete(self, seq: int) -> None:
+        pending = self._pending.pop(seq)
+        own = None
+        if self.own is not None:
+            assert pending.hashes is not None
+            own = (self.own, pending.hashes)
+        unblinders = batch_inverse(self._blinders(seq, pending.count))
+        tags = unblind([pending.answers[m] for m in self.remote], unblinders, own)
+        self.check.add_tags(tags, pending.start)
+        context = self.transcript.ident.encode()
+        for j, t in enumerate(tags, pending.start):
+            self._tags[j * TAG_BYTES : (j + 1) * TAG_BYTES] = tag(context, t)
+        self._tagged += pending.count
+
+    def challenge_answer(self, answer: EvaluationAnswer, points: bytes) -> None:
+        """A member's proved answer to the subset checks: its proof must hold against P_i."""
+        if self._challenge is None:
+            raise WrongPhase("no subset checks are out")
+        request, challenge = self._challenge
+        if answer.member in self._proved:
+            raise BadMessage(f"{answer.member} already answered the subset checks")
+        got = self._from_member(answer, points, request)
+        verify_equal(
+            self.keys[answer.member], challenge, got, Proof.from_bytes(answer.proof), answer.request
+        )
+        self._proved[answer.member] = got
+
+    # --- verification ---------------------------------------------------------------------------
+
+    def tags(self) -> tuple[bytes, np.ndarray]:
+        """The sorted tags, and for each the position of its element in the set; raises
+        ``VerificationFailed`` unless every subset check holds."""
+        if self._tagged != self.size or self._pending:
+            raise WrongPhase(f"{self._tagged} of {self.size} elements are answered")
+        if set(self._proved) != set(self.remote):
+            missing = sorted(set(self.remote) - set(self._proved))
+            raise WrongPhase(f"no proved subset checks from {', '.join(missing)}")
+        own_parts = self.own.own_part(self.check.hash_sums()) if self.own else None
+        expected = self.check.expected([self._proved[m] for m in self.remote], own_parts)
+        failed = self.check.failing(expected)
+        if failed:
+            self._failed = failed
+            raise VerificationFailed(
+                f"{len(failed)} of {self.check.lam} subset checks failed: some member's answers "
+                "are wrong, and no tag of this set leaves"
+            )
+        records = np.frombuffer(bytes(self._tags), dtype=f"S{TAG_BYTES}")
+        order = np.argsort(records, kind="stable")
+        return records[order].tobytes(), order
+
+    def blame(
+        self, answers: Mapping[str, Mapping[int, tuple[EvaluationAnswer, bytes]]]
+    ) -> list[str]:
+        """After a failure: the members whose own answers are wrong, from their answers to every
+        chunk again (the same requests, free for the owner). A member whose second answer
+        differs from its first has signed two answers to one request, and is named for that."""
+        failed = self._failed
+        if not failed:
+            raise WrongPhase("no subset check has failed")
+        at_fault = set()
+        full: dict[str, list[Point]] = {}
+        for member in self.remote:
+            chunks = answers.get(member, {})
+            points: list[Point] = []
+            for seq in range(self._seq):
+                got = chunks.get(seq)
+                if got is None or got[0].answers != self._answer_digests.get((member, seq)):
+                    at_fault.add(member)
+                    break
+                points += points_from_bytes(got[1])
+            else:
+                full[member] = points
+        unblinders: list[int] = []
+        for seq, count in enumerate(self._counts):
+            unblinders += batch_inverse(self._blinders(seq, count))
+        proved = {m: self._proved[m] for m in full}
+        at_fault |= set(self.check.members_at_fault(failed, full, unblinders, proved))
+        return sorted(at_fault)
