@@ -4,6 +4,8 @@ the services raise maps to its status."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import replace
 from typing import NoReturn, TypeVar
 
@@ -11,7 +13,9 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+import blindmatch.core
 from blindmatch.core.canon import InvalidIndicator
+from blindmatch.core.delivery import ForgedDelivery, TagRootMismatch
 from blindmatch.core.errors import (
     BadMessage,
     CapExceeded,
@@ -26,12 +30,14 @@ from blindmatch.core.evaluation import Equivocation
 from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.merkle import InvalidLeaves
+from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.proofs import BadProof
 from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.secp256k1 import InvalidPoint, InvalidScalar
 from blindmatch.core.signing import SignedSpec, StaleSpec
 from blindmatch.core.spec import RoundSpec
 from blindmatch.core.watch_rules import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
+from blindmatch.core.watch_sealed import MalformedWatchData, SealedMessageRejected
 from blindmatch.runtime import serde, status
 from blindmatch.v1 import node_pb2, watch_pb2
 from coordinator.driver import RoundFailure
@@ -282,6 +288,11 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     InvalidLeaves: S.INVALID_ARGUMENT,
     BadProof: S.PERMISSION_DENIED,
     Equivocation: S.PERMISSION_DENIED,
+    ForgedDelivery: S.PERMISSION_DENIED,
+    TagRootMismatch: S.PERMISSION_DENIED,
+    SealedMessageRejected: S.PERMISSION_DENIED,
+    MalformedWatchData: S.INVALID_ARGUMENT,
+    VerificationFailed: S.DATA_LOSS,
     ValueError: S.INVALID_ARGUMENT,
     RoundFailure: S.UNAVAILABLE,
     StoreFailed: S.INTERNAL,
@@ -295,12 +306,16 @@ def _subclasses(cls: type[Exception]) -> set[type[Exception]]:
 
 
 def test_every_protocol_error_has_a_status_in_this_table() -> None:
+    # Every core module imported, so no error class escapes the table by not being loaded yet.
+    for module in pkgutil.iter_modules(blindmatch.core.__path__, "blindmatch.core."):
+        importlib.import_module(module.name)
     assert _subclasses(ProtocolError) <= set(STATUSES)
 
 
 @pytest.mark.parametrize(("error", "code"), list(STATUSES.items()))
 def test_status_for_every_error_class(error: type[Exception], code: grpc.StatusCode) -> None:
-    exc = error("domain", "x", "why") if error is InvalidIndicator else error("why")
+    args = {InvalidIndicator: ("domain", "x", "why"), TagRootMismatch: ("why", "alpha")}
+    exc = error(*args.get(error, ("why",)))
     assert status.status_for(exc) == code
 
 

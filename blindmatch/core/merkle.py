@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from blindmatch.core.errors import BadMessage
 
@@ -377,3 +378,149 @@ def verify_absent(root: bytes, value: bytes, size: int, proof: Absence) -> bool:
         and (above.index == below.index + 1 if below is not None else above.index == 0)
         and verify(root, above.leaf, above.index, size, above.path)
     )
+
+
+# --- multiproofs: many leaves of one tree in one proof ------------------------------------------
+
+Indexes = npt.NDArray[np.int64]
+# Leaves hashed at a time when proving: the tree is built one aligned subtree of this many leaves
+# at a time, so the prover never holds a whole level (32 bytes per leaf) of a large set.
+_BLOCK_BITS: Final = 16
+
+
+def _width(size: int, level: int) -> int:
+    return ((size - 1) >> level) + 1
+
+
+def _distinct(ordered: Indexes) -> Indexes:
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def _parents(marked: Indexes) -> Indexes:
+    return _distinct(marked >> 1)
+
+
+def _siblings(level: bytearray, marked: Indexes, width: int, offset: int) -> bytes:
+    """The hashes a verifier of ``marked`` (sorted nodes of this level) cannot compute itself.
+
+    A node's sibling is known when it is marked too; the last node of an odd level has none (it
+    is carried up). ``offset`` is the level index of ``level``'s first node."""
+    even = (marked & 1) == 0
+    known = np.zeros(len(marked), dtype=bool)
+    if len(marked) > 1:
+        step = marked[1:] == marked[:-1] + 1
+        known[:-1] |= even[:-1] & step
+        known[1:] |= ~even[1:] & step
+    sibling = marked ^ 1
+    need = ~known & (sibling < width)
+    nodes = np.frombuffer(level, dtype=np.uint8).reshape(-1, HASH_BYTES)
+    return bytes(nodes[sibling[need] - offset].tobytes())
+
+
+def multiproofs(tags: bytes, requests: Sequence[Indexes]) -> tuple[bytes, list[bytes]]:
+    """The root of ``tags`` and one multiproof per request (sorted, distinct leaf indexes within
+    the tree; the caller's to ensure).
+
+    The tree is hashed once for all requests, one aligned subtree of 2^16 leaves at a time: every
+    level of such a subtree is the same nodes as in the whole tree (the last, partial subtree's
+    nodes too, since the RFC 9162 shape carries the last node of a level up unchanged), so only
+    the subtrees' tops are ever kept for the whole set. Proof hashes come out subtree by subtree
+    and are put in level order at the end.
+    """
+    if not tags or len(tags) % LEAF_BYTES:
+        raise InvalidLeaves(f"{len(tags)} bytes are not a whole, non-empty set of tags")
+    # Owners who share the same tags with P get the same proof: made once, held once.
+    distinct: list[Indexes] = []
+    which: list[int] = []
+    for request in requests:
+        same = (k for k, d in enumerate(distinct) if np.array_equal(d, request))
+        which.append(next(same, len(distinct)))
+        if which[-1] == len(distinct):
+            distinct.append(request)
+    root, made = _multiproofs(tags, distinct)
+    return root, [made[k] for k in which]
+
+
+def _multiproofs(tags: bytes, requests: Sequence[Indexes]) -> tuple[bytes, list[bytes]]:
+    size = len(tags) // LEAF_BYTES
+    depth = (size - 1).bit_length()
+    low = min(_BLOCK_BITS, depth)
+    found: list[list[list[bytes]]] = [[[] for _ in range(depth)] for _ in requests]
+    tops = bytearray()
+    for start in range(0, size, 1 << low):
+        stop = min(start + (1 << low), size)
+        level = _hash_leaves(tags[start * LEAF_BYTES : stop * LEAF_BYTES])
+        marked = [r[np.searchsorted(r, start) : np.searchsorted(r, stop)] for r in requests]
+        for height in range(low):
+            width = _width(size, height)
+            for k, nodes in enumerate(marked):
+                if len(nodes):
+                    found[k][height].append(_siblings(level, nodes, width, start >> height))
+                    marked[k] = _parents(nodes)
+            level = _parent_level(level)
+        tops += level
+    level = tops
+    marked = [_distinct(r >> low) for r in requests]
+    for height in range(low, depth):
+        width = _width(size, height)
+        for k, nodes in enumerate(marked):
+            if len(nodes):
+                found[k][height].append(_siblings(level, nodes, width, 0))
+                marked[k] = _parents(nodes)
+        level = _parent_level(level)
+    if len(level) != HASH_BYTES:
+        raise AssertionError("a tree that does not end in one node")
+    return _root_hash(size, bytes(level)), [
+        b"".join(b"".join(chunks) for chunks in levels) for levels in found
+    ]
+
+
+def verify_multiproof(
+    root: bytes, size: int, indexes: Sequence[int], leaves: Sequence[bytes], hashes: bytes
+) -> bool:
+    """Whether ``hashes`` proves that each ``leaves[i]`` is leaf ``indexes[i]`` of the
+    ``size``-leaf tree ``root``. ``indexes`` must be strictly increasing and within the tree
+    (the caller checks, and names whom to blame); every hash must be used, exactly once.
+
+    Each level is walked left to right: a node whose sibling is also proved is paired with it,
+    the last node of an odd level is carried up, and any other sibling is the next hash."""
+    if len(hashes) % HASH_BYTES or len(hashes) > HASH_BYTES * 64 * len(indexes):
+        return False
+    idx = list(indexes)
+    nodes = [_leaf_hash(leaf) for leaf in leaves]
+    if not nodes or len(nodes) != len(idx):
+        return False
+    cursor, width = 0, size
+    while width > 1:
+        up_idx: list[int] = []
+        up_nodes: list[bytes] = []
+        count, i = len(idx), 0
+        while i < count:
+            j, node = idx[i], nodes[i]
+            if j & 1 or (j != width - 1 and not (i + 1 < count and idx[i + 1] == j + 1)):
+                if cursor == len(hashes):
+                    return False
+                sibling = hashes[cursor : cursor + HASH_BYTES]
+                cursor += HASH_BYTES
+                node = _node_hash(sibling, node) if j & 1 else _node_hash(node, sibling)
+            elif j != width - 1:
+                i += 1
+                node = _node_hash(node, nodes[i])
+            up_idx.append(j >> 1)
+            up_nodes.append(node)
+            i += 1
+        idx, nodes = up_idx, up_nodes
+        width = (width + 1) >> 1
+    return (
+        cursor == len(hashes)
+        and idx == [0]
+        and hmac.compare_digest(_root_hash(size, nodes[0]), root)
+    )
+
+
+# --- the coordinator: matching ----------------------------------------------------------------
