@@ -182,13 +182,10 @@ def test_swapped_outputs_fail(share: Share) -> None:
         )
 
 
-@pytest.mark.parametrize("j", [0, 1234, 4095])
-def test_one_altered_output_of_4096_fails(
-    share: Share, big: tuple[list[Point], list[Point], Proof], j: int
+def refused_either_way(
+    share: Share, inputs: list[Point], altered: list[Point], proof: Proof
 ) -> None:
-    inputs, outputs, proof = big
-    altered = list(outputs)
-    altered[j] = add([outputs[j], G])
+    """Neither the proof of the honest outputs nor a proof made over the altered ones holds."""
     with pytest.raises(BadProof):
         verify_equal(share.P, inputs, altered, proof, CONTEXT)
     with pytest.raises(BadProof):
@@ -199,6 +196,16 @@ def test_one_altered_output_of_4096_fails(
             prove_equal(share.k, share.P, inputs, altered, CONTEXT),
             CONTEXT,
         )
+
+
+@pytest.mark.parametrize("j", [0, 1234, 4095])
+def test_one_altered_output_of_4096_fails(
+    share: Share, big: tuple[list[Point], list[Point], Proof], j: int
+) -> None:
+    inputs, outputs, proof = big
+    altered = list(outputs)
+    altered[j] = add([outputs[j], G])
+    refused_either_way(share, inputs, altered, proof)
 
 
 def test_errors_that_cancel_in_a_plain_sum_fail(share: Share) -> None:
@@ -210,16 +217,7 @@ def test_errors_that_cancel_in_a_plain_sum_fail(share: Share) -> None:
     # Guards the test: an unweighted sum cannot see these errors, the composites must.
     assert add(altered) == add(outputs)
     proof = prove_equal(share.k, share.P, inputs, outputs, CONTEXT)
-    with pytest.raises(BadProof):
-        verify_equal(share.P, inputs, altered, proof, CONTEXT)
-    with pytest.raises(BadProof):
-        verify_equal(
-            share.P,
-            inputs,
-            altered,
-            prove_equal(share.k, share.P, inputs, altered, CONTEXT),
-            CONTEXT,
-        )
+    refused_either_way(share, inputs, altered, proof)
 
 
 def test_a_batch_proof_does_not_verify_a_longer_or_shorter_batch(share: Share) -> None:
