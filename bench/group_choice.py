@@ -1,11 +1,16 @@
 """The group of protocol v2, measured: secp256k1 (libsecp256k1 via coincurve) against ristretto255
 (libsodium), and the per-element costs of v2's evaluation path beside v1's blinding.
 
-    .venv/bin/python bench/group_choice.py [--repeat 2000]
+    .venv/bin/python -m bench.group_choice [--repeat 2000] [--psi 100000]
 
 pynacl 1.6 binds no ristretto255 function, so ristretto255 is measured through the system's
 libsodium with ctypes (Debian's libsodium23); without it, that column is left out. Medians of
 ``--repeat`` calls, repeated 5 times, all in this one process.
+
+With ``--psi N``, openmined-psi's two-party protocol on N x N runs in the same session, and v2's
+compute floor for the same sets is projected from the per-element costs measured here: two
+nodes, both in the committee, so each node does 3 multiplications per own element and 1 per
+partner element, plus the subset sums and tags, on the machine's cores.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from bench.psi_runner import run_psi
 from blindmatch.core import group as v1
 from blindmatch.core import oprf
 from blindmatch.core import secp256k1 as g
@@ -128,6 +134,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2000)
     parser.add_argument("--elements", type=int, default=4096)
     parser.add_argument("--committee", type=int, default=2)
+    parser.add_argument("--psi", type=int, default=0, help="openmined-psi on N x N too")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print("\nper operation, us (median)")
@@ -151,6 +158,23 @@ def main() -> None:
     for name, us in steps.items():
         print(f"  {name:40s} {us:8.2f}")
     print(f"  {'total':40s} {sum(steps.values()):8.2f}")
+    if args.psi:
+        project(args.psi, steps, secp["multiply"])
+
+
+def project(n: int, steps: dict[str, float], multiply: float) -> None:
+    """v2's CPU floor for two nodes of n, both members, against openmined-psi in this run."""
+    evaluate = next(us for name, us in steps.items() if name.startswith("evaluate"))
+    per_member = evaluate / 2  # the bench's committee of 2: one member's multiply per element
+    own = sum(us for name, us in steps.items() if not name.startswith("evaluate"))
+    own += multiply  # a member owner adds its own share: k_own·H
+    per_node = n * (own + per_member) / 1e6
+    cores = os.cpu_count() or 1
+    floor = 2 * per_node / cores
+    psi = run_psi(n)
+    print(f"\n2 x {n}: openmined-psi {psi.wall:.2f} s wall, {psi.cpu:.2f} s CPU")
+    print(f"  v2 CPU per node {per_node:.2f} s, floor on {cores} cores {floor:.2f} s")
+    print(f"  floor / openmined-psi wall: {floor / psi.wall:.3f} (the issue's target: 0.5)")
 
 
 if __name__ == "__main__":
