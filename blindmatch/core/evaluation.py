@@ -13,8 +13,12 @@ Rules:
   transcript, itself, a sequence number, the count and the digest of the blinded elements
   (``EvaluationRequest``). A member answers with a signed ``EvaluationAnswer`` bound to the
   request's digest.
-- **What a member charges** (``EvaluationLedger``): a requester gets at most its announced size
-  plus λ evaluations for a set: the set, and the λ subset checks that verify it. A second request
+- **What a member charges** (``EvaluationLedger``): in a round, a requester gets at most its
+  announced size plus λ evaluations for a set: the set, and the λ subset checks that verify it.
+  In a watch epoch, a checker gets at most the lowest check cap any holder signed for it, λ subset
+  checks of a large check included: every holder's filter can be tested with every evaluation, so
+  the strictest holder sets the budget, and a holder that signed no cap for the checker gave it
+  none. The checker's own filter needs no cap from itself (it holds those values). A second request
   with the same sequence number and another digest is equivocation, refused (the caller audits
   it); the same request again is answered at no new charge (a retry after a lost reply gives the
   same points, so it teaches nothing new).
@@ -141,10 +145,38 @@ class Transcript:
         return digest(statement("transcript", *fields))
 
     def allowance(self, requester: str) -> int:
-        """The evaluations a member grants ``requester`` for its set: its size and λ checks."""
+        """The evaluations a member grants ``requester``: in a round, its set's size and λ
+        checks; in a watch epoch, the lowest check cap any holder signed for it."""
+        return self.budget(requester)[0]
+
+    def budget(self, requester: str) -> tuple[int, str]:
+        """``allowance`` and the budget it comes from, in words, for a refusal to name."""
+        if self.purpose == "epoch":
+            return self._check_cap(requester)
         if requester not in self.sizes:
             raise ForgedMessage(f"{requester} announced no set in this transcript")
-        return self.sizes[requester] + LAMBDA
+        allowed = self.sizes[requester] + LAMBDA
+        return allowed, (
+            f"its announced set of {self.sizes[requester]} and {LAMBDA} checks allow {allowed}"
+        )
+
+    def _check_cap(self, checker: str) -> tuple[int, str]:
+        lowest: tuple[int, str] | None = None
+        for holder in sorted(self.holder_sizes):
+            if holder == checker:
+                continue
+            cap = self.caps.get((holder, checker))
+            if cap is None:
+                raise CapExceeded(
+                    f"{holder} signed no check cap for {checker} in {self.purpose} "
+                    f"{self.ident}: {checker} may not check against it"
+                )
+            if lowest is None or cap < lowest[0]:
+                lowest = (cap, holder)
+        if lowest is None:
+            return 0, f"no other holder in {self.purpose} {self.ident} allows any check"
+        cap, holder = lowest
+        return cap, f"the lowest check cap signed for {checker}, {holder}'s, allows {cap}"
 
 
 def elements_digest(blinded: bytes) -> bytes:
@@ -228,13 +260,11 @@ class EvaluationLedger:
                     f"{request.requester} signed two different requests at seq {request.seq}"
                 )
             return False
-        allowed = self.transcript.allowance(request.requester)
+        allowed, why = self.transcript.budget(request.requester)
         spent = self.charged.get(request.requester, 0)
         if spent + request.count > allowed:
             raise CapExceeded(
-                f"{request.requester} asks for {spent + request.count} evaluations; its "
-                f"announced set of {self.transcript.sizes[request.requester]} and {LAMBDA} "
-                f"checks allow {allowed}"
+                f"{request.requester} asks for {spent + request.count} evaluations; {why}"
             )
         self._seen[place] = mine
         self.charged[request.requester] = spent + request.count

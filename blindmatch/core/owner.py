@@ -2,7 +2,8 @@
 
 Rules:
 - The owner blinds each stored hash with a fresh r_j and asks every other committee member to
-  evaluate each chunk, in requests it signs (``EvaluationRequest``, seq = the chunk's place).
+  evaluate each chunk, in requests it signs (``EvaluationRequest``, seq = the chunk's place after
+  the first seq it was given: 0 for a round's set, a seq of its own for each check of an epoch).
   The r_j come from a secret seed drawn for this set from the CSPRNG, one derivation per element
   under a DST of its own, so the owner holds 32 bytes for them instead of 32 per element, and can
   derive them again to name a cheating member. Nobody else ever sees the seed.
@@ -46,6 +47,23 @@ from blindmatch.core.secp256k1 import (
 _BLINDING_DST: Final = b"blindmatch-v2-owner-blinding"
 
 
+def answered_points(
+    asked: Sequence[str], answer: EvaluationAnswer, points: bytes, request: EvaluationRequest
+) -> list[Point]:
+    """The points of a member's answer (signature verified by the caller), once it comes from a
+    member that was ``asked``, names ``request`` and carries the points it signed, all of them."""
+    if answer.member not in asked:
+        raise ForgedMessage(f"{answer.member} is not a member this owner asked")
+    if answer.request != request.digest():
+        raise ForgedMessage(f"{answer.member}'s answer names another request")
+    if answer.answers != elements_digest(points):
+        raise ForgedMessage(f"{answer.member}'s points do not match the digest it signed")
+    got = points_from_bytes(points)
+    if len(got) != request.count:
+        raise BadMessage(f"{answer.member} answered {len(got)} of {request.count} points")
+    return got
+
+
 class VerificationFailed(ProtocolError):
     """The owner's tags failed their subset checks: none leaves. ``members`` are those whose own
     answers were shown wrong, once ``blame`` ran; empty until then."""
@@ -76,6 +94,8 @@ class Owner:
         keys: Mapping[str, Point],
         size: int,
         own: Member | None = None,
+        *,
+        seq: int = 0,
     ) -> None:
         if own is not None and own.name != me:
             raise ValueError("the owner's own share is the owner's")
@@ -88,8 +108,11 @@ class Owner:
         self.size = size
         self.check = SubsetCheck(size)
         self._seed = secrets.token_bytes(32)
-        self._counts: list[int] = []  # elements per chunk, by seq
-        self._seq = 0
+        self._counts: list[int] = []  # elements per chunk, by seq from the first
+        # A checker's every check in an epoch draws on one ledger per member: each starts at a
+        # seq of its own, or its requests would look like equivocation.
+        self._first = seq
+        self._seq = seq
         self._requested = 0
         self._pending: dict[int, _Pending] = {}
         self._answer_digests: dict[tuple[str, int], bytes] = {}
@@ -160,16 +183,7 @@ class Owner:
     def _from_member(
         self, answer: EvaluationAnswer, points: bytes, request: EvaluationRequest
     ) -> list[Point]:
-        if answer.member not in self.remote:
-            raise ForgedMessage(f"{answer.member} is not a member this owner asked")
-        if answer.request != request.digest():
-            raise ForgedMessage(f"{answer.member}'s answer names another request")
-        if answer.answers != elements_digest(points):
-            raise ForgedMessage(f"{answer.member}'s points do not match the digest it signed")
-        got = points_from_bytes(points)
-        if len(got) != request.count:
-            raise BadMessage(f"{answer.member} answered {len(got)} of {request.count} points")
-        return got
+        return answered_points(self.remote, answer, points, request)
 
     def answer(self, seq: int, answer: EvaluationAnswer, points: bytes) -> bool:
         """A member's signed answer to chunk ``seq`` (signature verified by the caller); True
@@ -250,7 +264,7 @@ class Owner:
         for member in self.remote:
             chunks = answers.get(member, {})
             points: list[Point] = []
-            for seq in range(self._seq):
+            for seq in range(self._first, self._seq):
                 got = chunks.get(seq)
                 if got is None or got[0].answers != self._answer_digests.get((member, seq)):
                     at_fault.add(member)
@@ -259,7 +273,7 @@ class Owner:
             else:
                 full[member] = points
         unblinders: list[int] = []
-        for seq, count in enumerate(self._counts):
+        for seq, count in enumerate(self._counts, self._first):
             unblinders += batch_inverse(self._blinders(seq, count))
         proved = {m: self._proved[m] for m in full}
         at_fault |= set(self.check.members_at_fault(failed, full, unblinders, proved))
