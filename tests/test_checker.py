@@ -29,7 +29,6 @@ from blindmatch.core.secp256k1 import (
     Point,
     add,
     base_mul,
-    hash_to_curve,
     mul,
     points_from_bytes,
     points_to_bytes,
@@ -37,8 +36,8 @@ from blindmatch.core.secp256k1 import (
 )
 from blindmatch.core.watch_sealed import SEALED_BYTES, EpochFilter, SealedMessageRejected
 from blindmatch.runtime.pki import CaMaterial, CertMaterial, issue, new_ca
+from tests.values import Reply, another_share, hashes
 
-DST = b"blindmatch-v2-test-values"
 EPOCH = "epoch-7"
 SPEC = b"\x05" * 32
 COMMITTEE = ("alpha", "bravo", "charlie")
@@ -52,15 +51,6 @@ SETS = {
     "charlie": [f"charlie-{i}.example" for i in range(10)],
     "delta": [f"delta-{i}.example" for i in range(5)],
 }
-
-# A member's reply to (request, points), given the honest one: what a cheating member sends.
-Reply = Callable[
-    [EvaluationRequest, bytes, EvaluationAnswer, bytes], tuple[EvaluationAnswer, bytes]
-]
-
-
-def hashes(values: Sequence[str]) -> list[Point]:
-    return [hash_to_curve(v.encode(), DST) for v in values]
 
 
 @dataclass
@@ -221,18 +211,6 @@ def test_sealed_messages_are_made_once_and_only_after_the_filters_are_tested(ep:
 
 
 # --- verification ---------------------------------------------------------------------------------
-
-
-def another_share() -> Reply:
-    other = random_scalar()
-
-    def reply(
-        request: EvaluationRequest, packed: bytes, answer: EvaluationAnswer, points: bytes
-    ) -> tuple[EvaluationAnswer, bytes]:
-        out = points_to_bytes([mul(x, other) for x in points_from_bytes(packed)])
-        return replace(answer, answers=elements_digest(out)), out
-
-    return reply
 
 
 def test_a_member_answering_a_small_check_with_another_share_fails_and_no_tag_is_used(

@@ -6,7 +6,7 @@ them) is not here yet."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import pytest
@@ -25,28 +25,16 @@ from blindmatch.core.proofs import BadProof
 from blindmatch.core.secp256k1 import (
     ORDER,
     InvalidPoint,
-    Point,
     add,
-    hash_to_curve,
     mul,
     point_from_bytes,
     points_from_bytes,
     points_to_bytes,
-    random_scalar,
 )
+from tests.values import Reply, another_share, hashes
 
-DST = b"blindmatch-v2-test-values"
 ROUND = "r1"
 SPEC = b"\x07" * 32
-
-# A member's reply to (request, points), given the honest one: what a cheating member sends.
-Reply = Callable[
-    [EvaluationRequest, bytes, EvaluationAnswer, bytes], tuple[EvaluationAnswer, bytes]
-]
-
-
-def hashes(values: Sequence[str]) -> list[Point]:
-    return [hash_to_curve(v.encode(), DST) for v in values]
 
 
 @dataclass
@@ -214,16 +202,8 @@ def test_errors_of_two_colluders_in_one_owners_answers_are_caught() -> None:
 
 def test_a_member_answering_with_another_share_fails_its_proof() -> None:
     fed = federation(SETS)
-    other = random_scalar()
-
-    def reply(
-        request: EvaluationRequest, packed: bytes, answer: EvaluationAnswer, points: bytes
-    ) -> tuple[EvaluationAnswer, bytes]:
-        out = points_to_bytes([mul(x, other) for x in points_from_bytes(packed)])
-        return replace(answer, answers=elements_digest(out)), out
-
     with pytest.raises(BadProof):
-        evaluate_set(fed, "bravo", SETS["bravo"], replies={"alpha": reply})
+        evaluate_set(fed, "bravo", SETS["bravo"], replies={"alpha": another_share()})
 
 
 def test_a_member_that_answers_a_request_differently_the_second_time_is_named() -> None:
