@@ -148,7 +148,9 @@ def load_config(path: str | Path) -> NodeConfig:
         policy=Policy(
             partners=partners,
             kinds=frozenset(kinds),
-            **caps,
+            max_partner_set=caps["max_partner_set"],
+            max_own_set=caps["max_own_set"],
+            max_round_elements=caps["max_round_elements"],
         ),
         tlps=tlps,
         default_tlp=default_tlp,

@@ -32,6 +32,7 @@ from blindmatch.core.round_node import ListedSet, NodeRound
 from blindmatch.core.spec import DEFAULT_CHUNK, NodeOutcome, Policy, RoundSpec, Stream
 from blindmatch.core.states import (
     CHECK_OUTCOMES,
+    COMMITTEE_NODE,
     COORDINATOR,
     COORDINATOR_CHECK,
     COORDINATOR_FINAL,
@@ -42,6 +43,8 @@ from blindmatch.core.states import (
     ROUND_ENDS,
     ROUND_OUTCOMES,
     SCHEDULE,
+    CommitteeEvent,
+    CommitteePhase,
     CoordinatorCheckEvent,
     CoordinatorCheckPhase,
     CoordinatorEvent,
@@ -797,6 +800,26 @@ SCHEDULE_ACCEPTS = {
     (ScheduleEvent.RUN, SchedulePhase.ACTIVE),
     (ScheduleEvent.CANCEL, SchedulePhase.ACTIVE),
 }
+C = CommitteePhase
+COMMITTEE_MOVES = {
+    (C.PREPARED, C.SIGNED),
+    (C.SIGNED, C.EVALUATING),
+    (C.EVALUATING, C.TAGGED),
+    (C.TAGGED, C.DONE),
+    (C.PREPARED, C.ABORTED),
+    (C.SIGNED, C.ABORTED),
+    (C.EVALUATING, C.ABORTED),
+    (C.TAGGED, C.ABORTED),
+}
+COMMITTEE_ACCEPTS = {
+    (CommitteeEvent.TRANSCRIPT, C.PREPARED),
+    (CommitteeEvent.BEGIN, C.SIGNED),
+    (CommitteeEvent.REQUEST, C.EVALUATING),
+    (CommitteeEvent.REQUEST, C.TAGGED),
+    (CommitteeEvent.ANSWER, C.EVALUATING),
+    (CommitteeEvent.TAGS, C.EVALUATING),
+    (CommitteeEvent.DELIVERY, C.TAGGED),
+}
 TABLES: list[tuple[Table[Any, Any], type[enum.StrEnum], type[enum.StrEnum], set[Any], set[Any]]] = [
     (NODE, NodePhase, NodeEvent, NODE_MOVES, NODE_ACCEPTS),
     (COORDINATOR, CoordinatorPhase, CoordinatorEvent, COORDINATOR_MOVES, COORDINATOR_ACCEPTS),
@@ -810,6 +833,7 @@ TABLES: list[tuple[Table[Any, Any], type[enum.StrEnum], type[enum.StrEnum], set[
         COORDINATOR_CHECK_ACCEPTS,
     ),
     (SCHEDULE, SchedulePhase, ScheduleEvent, SCHEDULE_MOVES, SCHEDULE_ACCEPTS),
+    (COMMITTEE_NODE, CommitteePhase, CommitteeEvent, COMMITTEE_MOVES, COMMITTEE_ACCEPTS),
 ]
 
 

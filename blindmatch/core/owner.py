@@ -185,6 +185,13 @@ class Owner:
     ) -> list[Point]:
         return answered_points(self.remote, answer, points, request)
 
+    def seq_of(self, request_digest: bytes) -> int:
+        """The chunk a request digest names, among those still waiting for answers."""
+        for seq, pending in self._pending.items():
+            if pending.request.digest() == request_digest:
+                return seq
+        raise ForgedMessage("an answer that names no request waiting for answers")
+
     def answer(self, seq: int, answer: EvaluationAnswer, points: bytes) -> bool:
         """A member's signed answer to chunk ``seq`` (signature verified by the caller); True
         when that chunk is complete and its tags are made."""

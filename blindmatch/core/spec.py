@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from blindmatch.core.canon import KINDS
@@ -98,6 +98,17 @@ class Policy:
     max_partner_set: int = 2_000_000  # largest partner set it re-blinds in one round
     max_own_set: int = 5_000_000  # largest own set it contributes
     max_round_elements: int = 20_000_000  # everything it blinds in one round
+    # v2: a round whose committee this node is not in must hold every one of these (empty: the
+    # node itself), since the committee is who could guess its values offline together.
+    trusted_committee: frozenset[str] = frozenset()
+
+    def check_committee(self, committee: Collection[str], me: str) -> None:
+        trusted = self.trusted_committee or frozenset({me})
+        if me not in committee and not trusted <= set(committee):
+            missing = ", ".join(sorted(trusted - set(committee)))
+            raise PolicyRefusal(
+                f"{me} joins only a committee that holds {missing} ([policy] trusted_committee)"
+            )
 
     def check(self, spec: RoundSpec, me: str) -> None:
         if me not in spec.participants:

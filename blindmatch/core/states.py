@@ -53,6 +53,17 @@ watch_coordinator.CheckFlow)
   DONE        the checker has its answer; its tags joined its filter.
   ROUTING -> UNMASKING -> TESTING -> CONFIRMING -> DONE.
 
+A node's round of protocol v2 (``CommitteePhase``, ``COMMITTEE_NODE``; committee.CommitteeNode;
+not served yet: v1's ring still runs the rounds)
+  PREPARED    Prepare accepted: the set fixed, a share drawn and committed when a member.
+  SIGNED      the transcript verified and signed; waiting for everyone's signature.
+  EVALUATING  every participant signed the same transcript: the node asks for its set's
+              evaluations and, as a member, answers the others'.
+  TAGGED      its tags verified and out, with their signed root.
+  DONE        the delivery verified against the holders' signed roots.
+  ABORTED     a refusal, a failed check, an abort or the coordinator's silence; the share is gone.
+  PREPARED -> SIGNED -> EVALUATING -> TAGGED -> DONE, and any but DONE -> ABORTED.
+
 A standing order at the coordinator (``SchedulePhase``, ``SCHEDULE``; coordinator/schedules.py)
   ACTIVE      its runs are started when due (or skipped, recorded).
   CANCELLED   an operator cancelled it: nothing more starts; its run in flight goes on.
@@ -163,6 +174,24 @@ class CoordinatorCheckEvent(enum.StrEnum):
     TEST = "test"  # test the filters: the Alerts to send
     ALERT_REPLY = "alert reply"  # a partner's answer to its Alert, or the Alert's failure
     FINISH = "finish"  # the checker's answer
+
+
+class CommitteePhase(enum.StrEnum):
+    PREPARED = "prepared"
+    SIGNED = "signed"
+    EVALUATING = "evaluating"
+    TAGGED = "tagged"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+class CommitteeEvent(enum.StrEnum):
+    TRANSCRIPT = "Transcript"
+    BEGIN = "Begin"
+    REQUEST = "Request"  # another owner's request, to this node as a member
+    ANSWER = "Answer"  # a member's answer, to this node as an owner
+    TAGS = "Tags"
+    DELIVERY = "Deliver"
 
 
 class SchedulePhase(enum.StrEnum):
@@ -290,6 +319,27 @@ COORDINATOR_CHECK: Final[Table[CoordinatorCheckPhase, CoordinatorCheckEvent]] = 
         CoordinatorCheckPhase.DONE: (),
     },
     expects="expected",
+)
+
+COMMITTEE_NODE: Final[Table[CommitteePhase, CommitteeEvent]] = Table(
+    accepts={
+        CommitteeEvent.TRANSCRIPT: (CommitteePhase.PREPARED,),
+        CommitteeEvent.BEGIN: (CommitteePhase.SIGNED,),
+        # A member keeps answering after its own tags are out: the others may be slower.
+        CommitteeEvent.REQUEST: (CommitteePhase.EVALUATING, CommitteePhase.TAGGED),
+        CommitteeEvent.ANSWER: (CommitteePhase.EVALUATING,),
+        CommitteeEvent.TAGS: (CommitteePhase.EVALUATING,),
+        CommitteeEvent.DELIVERY: (CommitteePhase.TAGGED,),
+    },
+    moves={
+        CommitteePhase.PREPARED: (CommitteePhase.SIGNED, CommitteePhase.ABORTED),
+        CommitteePhase.SIGNED: (CommitteePhase.EVALUATING, CommitteePhase.ABORTED),
+        CommitteePhase.EVALUATING: (CommitteePhase.TAGGED, CommitteePhase.ABORTED),
+        CommitteePhase.TAGGED: (CommitteePhase.DONE, CommitteePhase.ABORTED),
+        CommitteePhase.DONE: (),
+        CommitteePhase.ABORTED: (),
+    },
+    expects="this message needs",
 )
 
 SCHEDULE: Final[Table[SchedulePhase, ScheduleEvent]] = Table(

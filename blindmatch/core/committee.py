@@ -1,0 +1,359 @@
+"""A round of protocol v2, both sides, without I/O: what a node and the coordinator accept and send.
+
+Not served yet: the servers still run v1's ring. The servers will translate messages to and from
+these types and call these machines, as they do for v1 (``round_node``, ``round_coordinator``).
+
+Rules, in the order a round meets them (DESIGN.md 2):
+1. **Prepare.** Each participant fixes its set and announces its size; a committee member draws
+   a share and commits to it (``Prepared``). A participant outside the committee joins only if
+   the committee holds every node its policy trusts (``spec.Policy.trusted_committee``; by
+   default, the node itself).
+2. **Transcript.** The coordinator assembles the commitments and sizes (``Transcript``). Each
+   node verifies every proof itself, checks its own entries, and signs the digest. Only when it
+   holds every participant's signature over the same digest does it evaluate anything: a party
+   shown another transcript signed another digest.
+3. **Evaluation.** Each owner signs a request per chunk and one for its subset checks; each
+   member verifies the requester's signature, charges it (``EvaluationLedger``) and signs its
+   answer; the owner verifies each member's signature (``owner.Owner``).
+4. **Tags.** Verified tags, sorted, with the owner's signature over their Merkle root.
+5. **Delivery.** What the mode allows, each match proved against its holders' signed roots
+   (``delivery``); the node verifies every signature and proof before it records anything.
+
+Signatures are checked with the parties' certificates (``signing.Party``), vouched for by the
+federation CA outside this module; no machine here takes a name from a message on trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from blindmatch.core.delivery import (
+    NodeDelivery,
+    SharedCount,
+    SignedRoot,
+    VerifiedMatch,
+    match,
+    verify_delivery,
+)
+from blindmatch.core.errors import BadMessage, ForgedMessage
+from blindmatch.core.evaluation import (
+    Commitment,
+    EvaluationAnswer,
+    EvaluationRequest,
+    Transcript,
+)
+from blindmatch.core.member import Member
+from blindmatch.core.merkle import root as merkle_root
+from blindmatch.core.owner import Owner
+from blindmatch.core.secp256k1 import Point
+from blindmatch.core.signing import Party, Signer, statement
+from blindmatch.core.spec import Policy
+from blindmatch.core.states import COMMITTEE_NODE, CommitteeEvent, CommitteePhase
+
+PURPOSE: Final = "round"
+
+
+def transcript_statement(digest: bytes) -> bytes:
+    return statement("v2-transcript", digest)
+
+
+def request_statement(request: EvaluationRequest) -> bytes:
+    return statement("v2-request", request.message())
+
+
+def answer_statement(answer: EvaluationAnswer) -> bytes:
+    return statement("v2-answer", answer.message())
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTerms:
+    """What the signed spec fixes for v2: the parties, the committee and the mode."""
+
+    round_id: str
+    spec_digest: bytes
+    participants: tuple[str, ...]
+    committee: tuple[str, ...]
+    mode: str = "pairwise"
+    threshold: int | None = None
+    counts: bool = False
+
+    def __post_init__(self) -> None:
+        if not set(self.committee) <= set(self.participants) or not self.committee:
+            raise BadMessage("the committee is one or more of the round's participants")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    node: str
+    size: int
+    commitment: Commitment | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    request: EvaluationRequest
+    points: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnswer:
+    answer: EvaluationAnswer
+    points: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tags:
+    owner: str
+    tags: bytes  # sorted, distinct, 16 bytes each
+    root: SignedRoot
+
+
+class CommitteeNode:
+    """One node's v2 round: owner of its set, and member of the committee when named."""
+
+    def __init__(
+        self, terms: RoundTerms, me: str, signer: Signer, size: int, policy: Policy | None = None
+    ) -> None:
+        if me not in terms.participants:
+            raise BadMessage(f"{me} is not a participant of round {terms.round_id}")
+        (policy or Policy()).check_committee(terms.committee, me)
+        self.terms = terms
+        self.me = me
+        self.signer = signer
+        self.size = size
+        self.phase = CommitteePhase.PREPARED
+        self.member = Member(PURPOSE, terms.round_id, me) if me in terms.committee else None
+        self.transcript: Transcript | None = None
+        self.parties: dict[str, Party] = {}
+        self.owner: Owner | None = None
+        self.own_tags: bytes = b""
+        self.positions: npt.NDArray[np.intp] | None = None  # sorted tag i -> element position
+
+    @property
+    def subject(self) -> str:
+        return f"round {self.terms.round_id}"
+
+    def _accept(self, event: CommitteeEvent) -> None:
+        COMMITTEE_NODE.require(self.subject, self.phase, event)
+
+    def _move(self, to: CommitteePhase) -> None:
+        self.phase = COMMITTEE_NODE.move(self.subject, self.phase, to)
+
+    def prepared(self) -> Prepared:
+        return Prepared(self.me, self.size, self.member.commitment if self.member else None)
+
+    def sign_transcript(self, transcript: Transcript, parties: Mapping[str, Party]) -> bytes:
+        """This node's signature over ``transcript``, once it holds what this node sent and
+        what the signed spec fixes. ``parties``: every participant's vouched certificate."""
+        self._accept(CommitteeEvent.TRANSCRIPT)
+        t = self.terms
+        if (transcript.purpose, transcript.ident) != (PURPOSE, t.round_id):
+            raise BadMessage(f"a transcript for {transcript.purpose} {transcript.ident}")
+        if transcript.spec_digest != t.spec_digest:
+            raise ForgedMessage("the transcript names another spec than the one this node signed")
+        if transcript.committee != tuple(sorted(t.committee)):
+            raise ForgedMessage("the transcript's committee is not the signed spec's")
+        if set(transcript.sizes) != set(t.participants):
+            raise ForgedMessage("the transcript's participants are not the signed spec's")
+        if transcript.sizes[self.me] != self.size:
+            raise ForgedMessage(f"the transcript gives {self.me} a set it did not announce")
+        if set(parties) != set(t.participants) or any(
+            p.identity.name != name for name, p in parties.items()
+        ):
+            raise ForgedMessage("every participant's certificate, under its own name")
+        if self.member is not None:
+            self.member.accept(transcript)
+        else:
+            transcript.verified_keys()
+        self.transcript = transcript
+        self.parties = dict(parties)
+        self._move(CommitteePhase.SIGNED)
+        return self.signer.sign(transcript_statement(transcript.digest()))
+
+    def begin(self, signatures: Mapping[str, bytes]) -> dict[str, int]:
+        """Start evaluating once every participant signed this node's transcript; the
+        evaluations each partner may now ask of this node's share (to pre-charge in the node's
+        budgets), or {} when it is no member."""
+        self._accept(CommitteeEvent.BEGIN)
+        assert self.transcript is not None
+        message = transcript_statement(self.transcript.digest())
+        if set(signatures) != set(self.terms.participants):
+            raise ForgedMessage("the transcript needs every participant's signature")
+        for name, signature in sorted(signatures.items()):
+            self.parties[name].verify(message, signature, f"{name}'s signature of the transcript")
+        keys: dict[str, Point] = self.transcript.verified_keys()
+        self.owner = Owner(self.me, self.transcript, keys, self.size, self.member)
+        self._move(CommitteePhase.EVALUATING)
+        if self.member is None:
+            return {}
+        return {
+            name: self.transcript.allowance(name)
+            for name in self.terms.participants
+            if name != self.me
+        }
+
+    # --- as an owner ------------------------------------------------------------------------------
+
+    def request(self, hashes: Sequence[Point]) -> SignedRequest:
+        self._accept(CommitteeEvent.ANSWER)
+        assert self.owner is not None
+        request, points = self.owner.request(hashes)
+        return SignedRequest(request, points, self.signer.sign(request_statement(request)))
+
+    def challenge(self) -> SignedRequest:
+        self._accept(CommitteeEvent.ANSWER)
+        assert self.owner is not None
+        request, points = self.owner.challenge()
+        return SignedRequest(request, points, self.signer.sign(request_statement(request)))
+
+    def on_answer(self, signed: SignedAnswer) -> None:
+        self._accept(CommitteeEvent.ANSWER)
+        assert self.owner is not None
+        answer = signed.answer
+        party = self.parties.get(answer.member)
+        if party is None or answer.member not in self.terms.committee:
+            raise ForgedMessage(f"{answer.member} is no member of this round's committee")
+        party.verify(answer_statement(answer), signed.signature, f"{answer.member}'s answer")
+        if answer.proof:
+            self.owner.challenge_answer(answer, signed.points)
+            return
+        self.owner.answer(self.owner.seq_of(answer.request), answer, signed.points)
+
+    def tags(self) -> Tags:
+        """The verified tags and their signed root; raises (and aborts) if verification failed."""
+        self._accept(CommitteeEvent.TAGS)
+        assert self.owner is not None
+        try:
+            tags, positions = self.owner.tags()
+        except Exception:
+            self.abort()
+            raise
+        root = merkle_root(tags)
+        signed = SignedRoot(self.me, self.size, root, b"")
+        signature = self.signer.sign(signed.statement(self.terms.round_id))
+        self.own_tags, self.positions = tags, positions
+        self._move(CommitteePhase.TAGGED)
+        return Tags(self.me, tags, SignedRoot(self.me, self.size, root, signature))
+
+    # --- as a member ---------------------------------------------------------------------------
+
+    def on_request(self, signed: SignedRequest) -> SignedAnswer:
+        """Answer another owner's request, signed by that owner: the one who is charged."""
+        self._accept(CommitteeEvent.REQUEST)
+        if self.member is None:
+            raise ForgedMessage(f"{self.me} is no member of this round's committee")
+        requester = signed.request.requester
+        party = self.parties.get(requester)
+        if party is None or requester == self.me:
+            raise ForgedMessage(f"a request in the name of {requester}, not a partner")
+        party.verify(request_statement(signed.request), signed.signature, f"{requester}'s request")
+        answer, points = self.member.answer(signed.request, signed.points)
+        return SignedAnswer(answer, points, self.signer.sign(answer_statement(answer)))
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    def deliver(
+        self, delivery: NodeDelivery, roots: Mapping[str, SignedRoot]
+    ) -> list[VerifiedMatch] | list[SharedCount]:
+        """The matches, once every root's signature and every proof holds; the positions in
+        ``positions`` order map them to this node's elements."""
+        self._accept(CommitteeEvent.DELIVERY)
+        for name, signed in roots.items():
+            party = self.parties.get(name)
+            if party is None or signed.owner != name:
+                raise ForgedMessage(f"a tag root in the name of {name}, not a participant")
+            party.verify(
+                signed.statement(self.terms.round_id), signed.signature, f"{name}'s tag root"
+            )
+        t = self.terms
+        matches = verify_delivery(
+            t.round_id,
+            self.me,
+            self.own_tags,
+            delivery,
+            roots,
+            mode=t.mode,
+            threshold=t.threshold,
+            counts=t.counts,
+        )
+        self._move(CommitteePhase.DONE)
+        if self.member is not None:
+            self.member.destroy()
+        return matches
+
+    def abort(self) -> None:
+        if not COMMITTEE_NODE.final(self.phase):
+            self._move(CommitteePhase.ABORTED)
+        if self.member is not None:
+            self.member.destroy()
+
+
+class CommitteeCoordinator:
+    """The coordinator's v2 round: it assembles, relays and matches, and can prove nothing false.
+
+    It holds no share and sees only blinded points, answers and tags."""
+
+    def __init__(self, terms: RoundTerms) -> None:
+        self.terms = terms
+        self.prepared: dict[str, Prepared] = {}
+        self.signatures: dict[str, bytes] = {}
+        self.tag_sets: dict[str, Tags] = {}
+
+    def on_prepared(self, prepared: Prepared) -> Transcript | None:
+        if prepared.node not in self.terms.participants or prepared.node in self.prepared:
+            raise BadMessage(f"an unexpected Prepare reply from {prepared.node}")
+        if (prepared.commitment is not None) != (prepared.node in self.terms.committee) or (
+            prepared.commitment is not None and prepared.commitment.member != prepared.node
+        ):
+            raise BadMessage(f"{prepared.node}'s commitment does not fit the committee")
+        self.prepared[prepared.node] = prepared
+        if len(self.prepared) < len(self.terms.participants):
+            return None
+        return Transcript(
+            PURPOSE,
+            self.terms.round_id,
+            self.terms.spec_digest,
+            tuple(
+                c
+                for name in sorted(self.terms.committee)
+                if (c := self.prepared[name].commitment) is not None
+            ),
+            {name: p.size for name, p in self.prepared.items()},
+        )
+
+    def on_signature(self, node: str, signature: bytes) -> dict[str, bytes] | None:
+        if node not in self.terms.participants:
+            raise BadMessage(f"{node} is not a participant")
+        self.signatures[node] = signature
+        return (
+            dict(self.signatures) if len(self.signatures) == len(self.terms.participants) else None
+        )
+
+    def members_for(self, signed: SignedRequest) -> list[str]:
+        """Whom an owner's request goes to: every member but the owner."""
+        return [m for m in self.terms.committee if m != signed.request.requester]
+
+    def on_tags(self, tags: Tags) -> dict[str, tuple[NodeDelivery, dict[str, SignedRoot]]] | None:
+        if tags.owner not in self.terms.participants or tags.owner in self.tag_sets:
+            raise BadMessage(f"unexpected tags from {tags.owner}")
+        self.tag_sets[tags.owner] = tags
+        if len(self.tag_sets) < len(self.terms.participants):
+            return None
+        t = self.terms
+        roots = {name: ts.root for name, ts in self.tag_sets.items()}
+        deliveries = match(
+            t.round_id,
+            t.mode,
+            t.threshold,
+            t.counts,
+            {name: ts.tags for name, ts in self.tag_sets.items()},
+            signed_roots=roots,
+        )
+        return {name: (d, roots) for name, d in deliveries.items()}
