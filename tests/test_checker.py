@@ -452,3 +452,13 @@ def test_group_operations_per_checked_value(monkeypatch: pytest.MonkeyPatch) -> 
     check_points(ep, points, 0, 2)
     assert counts.mul <= 1.3 * n * (c + 2)
     assert counts.add <= 50 * n  # λ subset sums over the hashes and over the tags: ~λ per value
+
+
+def test_a_sealed_message_sent_twice_counts_once(ep: Epoch) -> None:
+    """The coordinator cannot tell alerts from dummies, but it could repeat every message to
+    double whatever alerts there are."""
+    check = run_check(ep, "delta", ["b-only.example"], seq=20)
+    check.hits(others(ep, "delta"))
+    mine = [m for m in check.sealed_messages(HOLDER_CERTS) if m.holder == "bravo"]
+    twice = open_alerts("bravo", CERTS["bravo"].key_pem, EPOCH, ep.tag_maps["bravo"], mine * 2)
+    assert len(twice) == 1

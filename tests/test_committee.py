@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage
+from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, WrongPhase
 from blindmatch.core.evaluation import (
     Equivocation,
     EvaluationAnswer,
@@ -275,3 +275,34 @@ def test_points_parse_only_in_the_one_canonical_form() -> None:
     assert point_from_bytes(raw) == p
     with pytest.raises(InvalidPoint):
         point_from_bytes(p.format(compressed=True))
+
+
+def test_blame_counts_only_the_answers_as_signed_so_the_coordinator_cannot_frame_a_member() -> None:
+    """Charlie answered one element wrongly. Replaying, the coordinator gives charlie's signed
+    answer with the right points (to clear it) and bravo's with one point doubled (to frame it):
+    neither replay carries the points its signature covers, so neither proves anything."""
+    sets = {"alpha": SETS["alpha"], "bravo": SETS["bravo"], "charlie": SETS["charlie"]}
+    fed = federation(sets)
+    given = evaluate_set(fed, "alpha", sets["alpha"], replies={"charlie": wrong_at(5)})
+    with pytest.raises(VerificationFailed):
+        fed.owners["alpha"].tags()
+    assert fed.owners["alpha"].blame(given) == ["charlie"]
+
+    request, packed = fed.asked["alpha", 0]
+    honest_charlie = fed.members["charlie"].answer(request, packed)[1]
+    bravo_points = points_from_bytes(given["bravo"][0][1])
+    bravo_points[0] = mul(bravo_points[0], 2)
+    framed = {m: dict(chunks) for m, chunks in given.items()}
+    framed["charlie"][0] = (given["charlie"][0][0], honest_charlie)
+    framed["bravo"][0] = (given["bravo"][0][0], points_to_bytes(bravo_points))
+    assert fed.owners["alpha"].blame(framed) == []
+    dropped = {"charlie": given["charlie"]}  # bravo's replays withheld: bravo is not named
+    assert fed.owners["alpha"].blame(dropped) == ["charlie"]
+
+
+def test_a_member_answers_under_one_transcript_for_its_share() -> None:
+    """A second transcript would open a second ledger for the same share, its allowances
+    starting again from nothing."""
+    fed = federation(SETS)
+    with pytest.raises(WrongPhase, match="already answers under a transcript"):
+        fed.members["alpha"].accept(fed.transcript)

@@ -19,7 +19,7 @@ from blindmatch.core.committee import (
     answer_statement,
     request_statement,
 )
-from blindmatch.core.delivery import SharedCount, VerifiedMatch
+from blindmatch.core.delivery import SharedCount, SignedRoot, VerifiedMatch
 from blindmatch.core.errors import ForgedMessage, PolicyRefusal
 from blindmatch.core.evaluation import Transcript, elements_digest
 from blindmatch.core.owner import VerificationFailed
@@ -107,9 +107,13 @@ def run(
     for node in r.nodes.values():
         node.begin(signatures)
     evaluate(r, sets)
+    roots = None
+    for node in r.nodes.values():
+        roots = r.coordinator.on_root(node.root()) or roots
+    assert roots is not None
     deliveries = None
     for node in r.nodes.values():
-        deliveries = r.coordinator.on_tags(node.tags()) or deliveries
+        deliveries = r.coordinator.on_tags(node.reveal(roots)) or deliveries
     assert deliveries is not None
     return r, {name: r.nodes[name].deliver(*deliveries[name]) for name in r.nodes}
 
@@ -237,7 +241,42 @@ def test_a_member_that_re_signs_a_wrong_answer_stops_the_owner_before_any_tag_le
     r = begun()
     evaluate(r, SETS, cheat=doubled)
     for name in ("alpha", "bravo"):
-        r.nodes[name].tags()
+        r.nodes[name].root()
     with pytest.raises(VerificationFailed):
-        r.nodes["charlie"].tags()
+        r.nodes["charlie"].root()
     assert r.nodes["charlie"].phase == "aborted"
+
+
+def tagged(r: Round) -> dict[str, SignedRoot]:
+    evaluate(r, SETS)
+    return {name: node.root() for name, node in r.nodes.items()}
+
+
+def test_tags_go_out_only_against_every_root_each_over_its_announced_size() -> None:
+    """Commit, then reveal: a partner shown another's tags before it committed could put them
+    in its own root; a root over more tags than its owner announced is refused too."""
+    r = begun()
+    roots = tagged(r)
+    with pytest.raises(ForgedMessage, match="every participant's root"):
+        r.nodes["alpha"].reveal({n: s for n, s in roots.items() if n != "charlie"})
+    stuffed_root = SignedRoot("bravo", 70, roots["bravo"].root, b"")
+    stuffed = replace(stuffed_root, signature=SIGNERS["bravo"].sign(stuffed_root.statement("r1")))
+    with pytest.raises(ForgedMessage, match="covers 70 tags; it announced 42"):
+        r.nodes["alpha"].reveal({**roots, "bravo": stuffed})
+    r.nodes["alpha"].reveal(roots)
+
+
+def test_a_delivery_proved_against_other_roots_than_those_revealed_to_is_refused() -> None:
+    r = begun()
+    roots = tagged(r)
+    deliveries = None
+    for node in r.nodes.values():
+        r.coordinator.on_root(roots[node.me])
+    for node in r.nodes.values():
+        deliveries = r.coordinator.on_tags(node.reveal(roots)) or deliveries
+    assert deliveries is not None
+    delivery, _ = deliveries["alpha"]
+    other = SignedRoot("bravo", 42, b"\x00" * 32, b"")
+    other = replace(other, signature=SIGNERS["bravo"].sign(other.statement("r1")))
+    with pytest.raises(ForgedMessage, match="other roots than those revealed to"):
+        r.nodes["alpha"].deliver(delivery, {**roots, "bravo": other})

@@ -23,6 +23,7 @@ from blindmatch.core.proofs import (
     PROOF_BYTES,
     BadProof,
     Proof,
+    coefficients,
     composites,
     composites_fast,
     prove_equal,
@@ -30,7 +31,15 @@ from blindmatch.core.proofs import (
     verify_equal,
     verify_knowledge,
 )
-from blindmatch.core.secp256k1 import ORDER, Point, add, base_mul, mul, random_scalar
+from blindmatch.core.secp256k1 import (
+    ORDER,
+    Point,
+    add,
+    base_mul,
+    mul,
+    point_to_bytes,
+    random_scalar,
+)
 
 CONTEXT = b"round r-0017 member alpha"
 OTHER_CONTEXT = b"round r-0018 member alpha"
@@ -399,3 +408,16 @@ def test_counting_sees_every_multiplication(counts: Counts, share: Share) -> Non
     counts.mul = 0
     composites(share.P, inputs, outputs, CONTEXT)
     assert counts.mul == 10
+
+
+def test_every_coefficient_depends_on_every_output(share: Share) -> None:
+    """Were d_i hashed from (P, context, i, C_i, D_i) alone, as in RFC 9497, a prover could
+    change one output without moving the other coefficients, and search for errors that cancel
+    in the composite (a k-sum problem, far below 2^128 work). The seed covers the whole batch."""
+    inputs, outputs = batch(share, 8)
+    altered = list(outputs)
+    altered[3] = add([outputs[3], G])
+    p = point_to_bytes(share.P)
+    honest = coefficients(p, inputs, outputs, CONTEXT)
+    moved = coefficients(p, inputs, altered, CONTEXT)
+    assert all(a != b for a, b in zip(honest, moved, strict=True))

@@ -818,6 +818,7 @@ COMMITTEE_ACCEPTS = {
     (CommitteeEvent.REQUEST, C.TAGGED),
     (CommitteeEvent.ANSWER, C.EVALUATING),
     (CommitteeEvent.TAGS, C.EVALUATING),
+    (CommitteeEvent.REVEAL, C.TAGGED),
     (CommitteeEvent.DELIVERY, C.TAGGED),
 }
 TABLES: list[tuple[Table[Any, Any], type[enum.StrEnum], type[enum.StrEnum], set[Any], set[Any]]] = [

@@ -349,7 +349,13 @@ def open_alerts(
     and alerts of tags it does not hold (a filter's false positive) are skipped; a message for
     another holder or epoch, or one that does not open, raises ``SealedMessageRejected``."""
     found = []
+    seen: set[bytes] = set()
     for message in messages:
+        # The coordinator could send one message twice to count an alert twice; each is
+        # one sighting, whatever it says.
+        if message.sealed in seen:
+            continue
+        seen.add(message.sealed)
         if message.holder != holder or message.epoch_id != epoch_id:
             raise SealedMessageRejected(
                 f"a sealed message for {message.holder} in epoch {message.epoch_id}, "

@@ -15,7 +15,10 @@ Rules, in the order a round meets them (DESIGN.md 2):
 3. **Evaluation.** Each owner signs a request per chunk and one for its subset checks; each
    member verifies the requester's signature, charges it (``EvaluationLedger``) and signs its
    answer; the owner verifies each member's signature (``owner.Owner``).
-4. **Tags.** Verified tags, sorted, with the owner's signature over their Merkle root.
+4. **Tags, committed then revealed.** Verified tags, sorted; first only the owner's signature
+   over their Merkle root. The tags go out once the node holds every participant's signed root,
+   each over exactly the size it announced: a partner shown another's tags before committing
+   could otherwise put them in its own root and be proved to hold them.
 5. **Delivery.** What the mode allows, each match proved against its holders' signed roots
    (``delivery``); the node verifies every signature and proof before it records anything.
 
@@ -25,6 +28,7 @@ federation CA outside this module; no machine here takes a name from a message o
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -135,6 +139,8 @@ class CommitteeNode:
         self.owner: Owner | None = None
         self.own_tags: bytes = b""
         self.positions: npt.NDArray[np.intp] | None = None  # sorted tag i -> element position
+        self.own_root: SignedRoot | None = None
+        self.roots: dict[str, SignedRoot] = {}
 
     @property
     def subject(self) -> str:
@@ -226,8 +232,9 @@ class CommitteeNode:
             return
         self.owner.answer(self.owner.seq_of(answer.request), answer, signed.points)
 
-    def tags(self) -> Tags:
-        """The verified tags and their signed root; raises (and aborts) if verification failed."""
+    def root(self) -> SignedRoot:
+        """The signed Merkle root of the verified tags; raises (and aborts) if verification
+        failed. The tags themselves wait for ``reveal``."""
         self._accept(CommitteeEvent.TAGS)
         assert self.owner is not None
         try:
@@ -235,12 +242,35 @@ class CommitteeNode:
         except Exception:
             self.abort()
             raise
-        root = merkle_root(tags)
-        signed = SignedRoot(self.me, self.size, root, b"")
-        signature = self.signer.sign(signed.statement(self.terms.round_id))
+        unsigned = SignedRoot(self.me, self.size, merkle_root(tags), b"")
+        signature = self.signer.sign(unsigned.statement(self.terms.round_id))
         self.own_tags, self.positions = tags, positions
+        self.own_root = SignedRoot(self.me, self.size, unsigned.root, signature)
         self._move(CommitteePhase.TAGGED)
-        return Tags(self.me, tags, SignedRoot(self.me, self.size, root, signature))
+        return self.own_root
+
+    def reveal(self, roots: Mapping[str, SignedRoot]) -> Tags:
+        """The tags, once every participant's root is in, signed by it, over the size it
+        announced; those roots are the only ones a delivery may prove against."""
+        self._accept(CommitteeEvent.REVEAL)
+        assert self.transcript is not None
+        if set(roots) != set(self.terms.participants) or roots[self.me] != self.own_root:
+            raise ForgedMessage("the tags go out against every participant's root, this one's too")
+        for name, signed in roots.items():
+            self._verify_root(name, signed)
+            if signed.size != self.transcript.sizes[name]:
+                raise ForgedMessage(
+                    f"{name}'s root covers {signed.size} tags; it announced "
+                    f"{self.transcript.sizes[name]}"
+                )
+        self.roots = dict(roots)
+        return Tags(self.me, self.own_tags, self.own_root)
+
+    def _verify_root(self, name: str, signed: SignedRoot) -> None:
+        party = self.parties.get(name)
+        if party is None or signed.owner != name:
+            raise ForgedMessage(f"a tag root in the name of {name}, not a participant")
+        party.verify(signed.statement(self.terms.round_id), signed.signature, f"{name}'s tag root")
 
     # --- as a member ---------------------------------------------------------------------------
 
@@ -265,13 +295,8 @@ class CommitteeNode:
         """The matches, once every root's signature and every proof holds; the positions in
         ``positions`` order map them to this node's elements."""
         self._accept(CommitteeEvent.DELIVERY)
-        for name, signed in roots.items():
-            party = self.parties.get(name)
-            if party is None or signed.owner != name:
-                raise ForgedMessage(f"a tag root in the name of {name}, not a participant")
-            party.verify(
-                signed.statement(self.terms.round_id), signed.signature, f"{name}'s tag root"
-            )
+        if not self.roots or dict(roots) != self.roots:
+            raise ForgedMessage("a delivery proved against other roots than those revealed to")
         t = self.terms
         matches = verify_delivery(
             t.round_id,
@@ -304,6 +329,7 @@ class CommitteeCoordinator:
         self.terms = terms
         self.prepared: dict[str, Prepared] = {}
         self.signatures: dict[str, bytes] = {}
+        self.roots: dict[str, SignedRoot] = {}
         self.tag_sets: dict[str, Tags] = {}
 
     def on_prepared(self, prepared: Prepared) -> Transcript | None:
@@ -340,20 +366,29 @@ class CommitteeCoordinator:
         """Whom an owner's request goes to: every member but the owner."""
         return [m for m in self.terms.committee if m != signed.request.requester]
 
+    def on_root(self, root: SignedRoot) -> dict[str, SignedRoot] | None:
+        """Every participant's signed root, to send to every node, once all are in."""
+        if root.owner not in self.terms.participants or root.owner in self.roots:
+            raise BadMessage(f"an unexpected tag root from {root.owner}")
+        self.roots[root.owner] = root
+        return dict(self.roots) if len(self.roots) == len(self.terms.participants) else None
+
     def on_tags(self, tags: Tags) -> dict[str, tuple[NodeDelivery, dict[str, SignedRoot]]] | None:
-        if tags.owner not in self.terms.participants or tags.owner in self.tag_sets:
+        if tags.owner not in self.roots or tags.owner in self.tag_sets:
             raise BadMessage(f"unexpected tags from {tags.owner}")
         self.tag_sets[tags.owner] = tags
         if len(self.tag_sets) < len(self.terms.participants):
             return None
         t = self.terms
-        roots = {name: ts.root for name, ts in self.tag_sets.items()}
         deliveries = match(
             t.round_id,
             t.mode,
             t.threshold,
             t.counts,
             {name: ts.tags for name, ts in self.tag_sets.items()},
-            signed_roots=roots,
+            # Which t - 1 holders prove a threshold hit is drawn in secret: in a fixed order,
+            # a node would learn that the holders before the last one named lack the value.
+            seed=secrets.token_bytes(32),
+            signed_roots=self.roots,
         )
-        return {name: (d, roots) for name, d in deliveries.items()}
+        return {name: (d, dict(self.roots)) for name, d in deliveries.items()}

@@ -51,7 +51,10 @@ class Member:
 
     def accept(self, transcript: Transcript) -> None:
         """Start answering under ``transcript``, once its proofs are verified and it holds this
-        member's own commitment unchanged."""
+        member's own commitment unchanged. Once: a second transcript would open a second ledger
+        for the same share, and its allowances would start again from nothing."""
+        if self.ledger is not None:
+            raise WrongPhase(f"{self.name} already answers under a transcript for this share")
         if (transcript.purpose, transcript.ident) != (self.purpose, self.ident):
             raise BadMessage(f"a transcript for {transcript.purpose} {transcript.ident}")
         mine = [c for c in transcript.commitments if c.member == self.name]

@@ -116,6 +116,7 @@ class Owner:
         self._requested = 0
         self._pending: dict[int, _Pending] = {}
         self._answer_digests: dict[tuple[str, int], bytes] = {}
+        self._request_digests: dict[int, bytes] = {}
         self._tags = bytearray(size * TAG_BYTES)
         self._tagged = 0
         self._challenge: tuple[EvaluationRequest, list[Point]] | None = None
@@ -144,6 +145,7 @@ class Owner:
         packed = points_to_bytes(blinded)
         request = self._request(seq, len(hashes), packed, proved=False)
         self.check.add_hashes(hashes)
+        self._request_digests[seq] = request.digest()
         self._pending[seq] = _Pending(
             self._requested, len(hashes), request, list(hashes) if self.own else None, {}
         )
@@ -260,9 +262,12 @@ class Owner:
     def blame(
         self, answers: Mapping[str, Mapping[int, tuple[EvaluationAnswer, bytes]]]
     ) -> list[str]:
-        """After a failure: the members whose own answers are wrong, from their answers to every
-        chunk again (the same requests, free for the owner). A member whose second answer
-        differs from its first has signed two answers to one request, and is named for that."""
+        """After a failure: the members whose own answers are wrong, from their signed answers
+        to every chunk again (the same requests, free for the owner; signatures verified by the
+        caller). Only an answer that names the chunk's request and carries the points it signed
+        counts: a replay that is missing, or whose points the coordinator altered, proves
+        nothing about its member, who is then neither named nor cleared. A member that signed a
+        second, different answer to one request is named for that alone."""
         failed = self._failed
         if not failed:
             raise WrongPhase("no subset check has failed")
@@ -273,8 +278,12 @@ class Owner:
             points: list[Point] = []
             for seq in range(self._first, self._seq):
                 got = chunks.get(seq)
-                if got is None or got[0].answers != self._answer_digests.get((member, seq)):
-                    at_fault.add(member)
+                if got is None or got[0].request != self._request_digests[seq]:
+                    break
+                if got[0].answers != elements_digest(got[1]):
+                    break
+                if got[0].answers != self._answer_digests.get((member, seq)):
+                    at_fault.add(member)  # two signed answers to one request
                     break
                 points += points_from_bytes(got[1])
             else:

@@ -59,7 +59,8 @@ not served yet: v1's ring still runs the rounds)
   SIGNED      the transcript verified and signed; waiting for everyone's signature.
   EVALUATING  every participant signed the same transcript: the node asks for its set's
               evaluations and, as a member, answers the others'.
-  TAGGED      its tags verified and out, with their signed root.
+  TAGGED      its tags verified and their signed root out; the tags themselves go out only
+              once every participant's signed root is in (commit, then reveal).
   DONE        the delivery verified against the holders' signed roots.
   ABORTED     a refusal, a failed check, an abort or the coordinator's silence; the share is gone.
   PREPARED -> SIGNED -> EVALUATING -> TAGGED -> DONE, and any but DONE -> ABORTED.
@@ -191,6 +192,7 @@ class CommitteeEvent(enum.StrEnum):
     REQUEST = "Request"  # another owner's request, to this node as a member
     ANSWER = "Answer"  # a member's answer, to this node as an owner
     TAGS = "Tags"
+    REVEAL = "Reveal"  # every participant's signed root is in: the tags may go out
     DELIVERY = "Deliver"
 
 
@@ -329,6 +331,7 @@ COMMITTEE_NODE: Final[Table[CommitteePhase, CommitteeEvent]] = Table(
         CommitteeEvent.REQUEST: (CommitteePhase.EVALUATING, CommitteePhase.TAGGED),
         CommitteeEvent.ANSWER: (CommitteePhase.EVALUATING,),
         CommitteeEvent.TAGS: (CommitteePhase.EVALUATING,),
+        CommitteeEvent.REVEAL: (CommitteePhase.TAGGED,),
         CommitteeEvent.DELIVERY: (CommitteePhase.TAGGED,),
     },
     moves={
