@@ -298,12 +298,12 @@ def caps_for(checker: str, **by_holder: int) -> dict[tuple[str, str], int]:
 
 def test_a_checker_cannot_exceed_the_lowest_cap_any_holder_signed_for_it() -> None:
     ep = epoch(caps_for("delta", alpha=100, bravo=5, charlie=50))
-    assert ep.transcript.allowance("delta") == 5
+    assert ep.transcript.allowance("delta", "check") == 5
     run_check(ep, "delta", [f"v{i}.example" for i in range(4)], seq=0)
     run_check(ep, "delta", ["v4.example"], seq=1)
     with pytest.raises(CapExceeded, match=r"asks for 6 evaluations; .*bravo's, allows 5"):
         run_check(ep, "delta", ["v5.example"], seq=2)
-    assert {m.ledger.charged["delta"] for m in ep.members.values() if m.ledger} == {5}
+    assert {m.ledger.charged["delta", "check"] for m in ep.members.values() if m.ledger} == {5}
 
 
 def test_a_large_checks_subset_checks_count_against_the_cap() -> None:
@@ -332,13 +332,19 @@ def test_the_epoch_allowance_needs_no_cap_from_the_checker_itself_and_rounds_are
     ep: Epoch,
 ) -> None:
     assert ("alpha", "alpha") not in ep.transcript.caps
-    assert ep.transcript.allowance("alpha") == 1000
+    assert ep.transcript.allowance("alpha", "check") == 1000
     alone = replace(ep.transcript, holder_sizes={"delta": 5}, caps={})
-    assert alone.allowance("delta") == 0  # nobody else to check against
+    assert alone.allowance("delta", "check") == 0  # nobody else to check against
+    # A holder's own epoch set has a budget of its own: its announced holder set and λ.
+    assert alone.allowance("delta") == 5 + LAMBDA
     as_round = replace(ep.transcript, purpose="round", caps={})
     assert as_round.allowance("delta") == len(SETS["delta"]) + LAMBDA
+    with pytest.raises(BadMessage, match="a 'check' request in a round"):
+        as_round.allowance("delta", "check")
     ledger = EvaluationLedger(replace(ep.transcript, caps={}))
-    request = EvaluationRequest("epoch", EPOCH, ledger.transcript.digest(), "delta", 0, 1, b"x")
+    request = EvaluationRequest(
+        "epoch", EPOCH, ledger.transcript.digest(), "delta", 0, 1, b"x", kind="check"
+    )
     with pytest.raises(CapExceeded, match="alpha signed no check cap for delta"):
         ledger.admit(request)
 

@@ -113,7 +113,7 @@ def test_a_member_charges_up_to_the_announced_size_plus_lambda() -> None:
     assert ledger.admit(request(t, 1, LAMBDA))
     with pytest.raises(CapExceeded, match=f"asks for {51 + LAMBDA} .* allow {50 + LAMBDA}"):
         ledger.admit(request(t, 2, 1))
-    assert ledger.charged == {"bravo": 50 + LAMBDA}
+    assert ledger.charged == {("bravo", "set"): 50 + LAMBDA}
 
 
 def test_the_same_request_again_costs_nothing_and_another_at_its_seq_is_equivocation() -> None:
@@ -122,12 +122,12 @@ def test_the_same_request_again_costs_nothing_and_another_at_its_seq_is_equivoca
     first = request(t, 0, 10)
     assert ledger.admit(first) is True
     assert ledger.admit(first) is False
-    assert ledger.charged == {"bravo": 10}
+    assert ledger.charged == {("bravo", "set"): 10}
     with pytest.raises(Equivocation, match="two different requests at seq 0"):
         ledger.admit(replace(first, elements=elements_digest(b"other")))
     with pytest.raises(Equivocation):
         ledger.admit(replace(first, count=9))
-    assert ledger.charged == {"bravo": 10}
+    assert ledger.charged == {("bravo", "set"): 10}
 
 
 def test_a_request_under_another_transcript_or_for_another_round_is_refused() -> None:
@@ -143,3 +143,27 @@ def test_a_request_under_another_transcript_or_for_another_round_is_refused() ->
     with pytest.raises(BadMessage):
         ledger.admit(request(t, count=0))
     assert ledger.charged == {}
+
+
+def test_a_holders_epoch_set_and_its_checks_are_charged_to_separate_budgets() -> None:
+    t = replace(
+        transcript(),
+        purpose="epoch",
+        holder_sizes={"alpha": 30, "bravo": 20},
+        caps={("alpha", "bravo"): 3, ("bravo", "alpha"): 3},
+    )
+    ledger = EvaluationLedger(t)
+    assert ledger.admit(replace(request(t, 0, 20 + LAMBDA), purpose="epoch"))  # bravo's set
+    check = replace(request(t, 1, 3), purpose="epoch", kind="check")
+    assert ledger.admit(check)
+    with pytest.raises(CapExceeded, match="alpha's, allows 3"):
+        ledger.admit(replace(check, seq=2, count=1))
+    assert ledger.charged == {("bravo", "set"): 20 + LAMBDA, ("bravo", "check"): 3}
+
+
+def test_a_request_refuses_counters_that_do_not_fit_a_statement() -> None:
+    t = transcript()
+    with pytest.raises(BadMessage, match="seq and count"):
+        request(t, seq=1 << 64)
+    with pytest.raises(BadMessage, match="one of set, check"):
+        replace(request(t), kind="everything")

@@ -179,12 +179,15 @@ class Check:
                 self.size,
                 elements_digest(packed),
                 proved=True,
+                kind="check",
             )
             self._answers: dict[str, list[Point]] = {}
             self._outgoing.append((self._request, packed))
             self.next_seq = seq + 1
         else:
-            self._owner = Owner(checker, transcript, self.keys, self.size, own, seq=seq)
+            self._owner = Owner(
+                checker, transcript, self.keys, self.size, own, seq=seq, kind="check"
+            )
             self._request, packed = self._owner.request(self._hashes)
             self._outgoing.append((self._request, packed))
             self._challenge = self._owner.challenge()

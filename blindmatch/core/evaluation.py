@@ -46,6 +46,10 @@ from blindmatch.core.secp256k1 import (
 from blindmatch.core.signing import digest, statement
 
 PURPOSES: Final = ("round", "epoch")  # a share serves one round's sets, or one epoch's checks
+# What a request evaluates: an owner's (or a holder's epoch) set, or values a checker checks.
+# Each has its own budget, so a holder's own set does not eat into its checks or the reverse.
+KINDS_OF_REQUEST: Final = ("set", "check")
+MAX_COUNTER: Final = 1 << 62  # seqs and counts stay far inside the 8 bytes a statement gives them
 MAX_SET: Final = 1 << 32  # announced sizes above this are refused as nonsense
 
 
@@ -144,20 +148,24 @@ class Transcript:
             fields += [holder, checker, self.caps[holder, checker]]
         return digest(statement("transcript", *fields))
 
-    def allowance(self, requester: str) -> int:
-        """The evaluations a member grants ``requester``: in a round, its set's size and λ
-        checks; in a watch epoch, the lowest check cap any holder signed for it."""
-        return self.budget(requester)[0]
+    def allowance(self, requester: str, kind: str = "set") -> int:
+        """The evaluations a member grants ``requester`` for ``kind``: for its set (a round's,
+        or a holder's epoch set), the size it announced and λ subset checks; for checks in a
+        watch epoch, the lowest check cap any other holder signed for it."""
+        return self.budget(requester, kind)[0]
 
-    def budget(self, requester: str) -> tuple[int, str]:
+    def budget(self, requester: str, kind: str = "set") -> tuple[int, str]:
         """``allowance`` and the budget it comes from, in words, for a refusal to name."""
-        if self.purpose == "epoch":
+        if kind not in KINDS_OF_REQUEST or (kind == "check" and self.purpose != "epoch"):
+            raise BadMessage(f"a {kind!r} request in a {self.purpose}")
+        if kind == "check":
             return self._check_cap(requester)
-        if requester not in self.sizes:
+        announced = self.sizes if self.purpose == "round" else self.holder_sizes
+        if requester not in announced:
             raise ForgedMessage(f"{requester} announced no set in this transcript")
-        allowed = self.sizes[requester] + LAMBDA
+        allowed = announced[requester] + LAMBDA
         return allowed, (
-            f"its announced set of {self.sizes[requester]} and {LAMBDA} checks allow {allowed}"
+            f"its announced set of {announced[requester]} and {LAMBDA} checks allow {allowed}"
         )
 
     def _check_cap(self, checker: str) -> tuple[int, str]:
@@ -195,10 +203,18 @@ class EvaluationRequest:
     count: int
     elements: bytes  # elements_digest of the blinded points
     proved: bool = False  # answer with a batched DLEQ proof (subset checks, watch checks)
+    kind: str = "set"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS_OF_REQUEST:
+            raise BadMessage(f"a request evaluates one of {', '.join(KINDS_OF_REQUEST)}")
+        if not (0 <= self.seq < MAX_COUNTER and 0 <= self.count < MAX_COUNTER):
+            raise BadMessage(f"a request's seq and count are below {MAX_COUNTER}")
 
     def message(self) -> bytes:
         return statement(
             "evaluation-request",
+            self.kind,
             self.purpose,
             self.ident,
             self.transcript,
@@ -234,7 +250,7 @@ class EvaluationLedger:
         self.transcript = transcript
         self._digest = transcript.digest()
         self._seen: dict[tuple[str, int], bytes] = {}  # (requester, seq) -> request digest
-        self.charged: dict[str, int] = {}
+        self.charged: dict[tuple[str, str], int] = {}  # (requester, kind) -> evaluations
 
     def admit(self, request: EvaluationRequest) -> bool:
         """Charge ``request`` (its signature already verified): True for a new charge, False for
@@ -260,14 +276,15 @@ class EvaluationLedger:
                     f"{request.requester} signed two different requests at seq {request.seq}"
                 )
             return False
-        allowed, why = self.transcript.budget(request.requester)
-        spent = self.charged.get(request.requester, 0)
+        allowed, why = self.transcript.budget(request.requester, request.kind)
+        account = (request.requester, request.kind)
+        spent = self.charged.get(account, 0)
         if spent + request.count > allowed:
             raise CapExceeded(
                 f"{request.requester} asks for {spent + request.count} evaluations; {why}"
             )
         self._seen[place] = mine
-        self.charged[request.requester] = spent + request.count
+        self.charged[account] = spent + request.count
         return True
 
     def requests(self) -> Iterable[tuple[str, int]]:

@@ -96,6 +96,7 @@ class Owner:
         own: Member | None = None,
         *,
         seq: int = 0,
+        kind: str = "set",
     ) -> None:
         if own is not None and own.name != me:
             raise ValueError("the owner's own share is the owner's")
@@ -106,6 +107,7 @@ class Owner:
         self.remote = tuple(m for m in transcript.committee if m != me)
         self.own = own
         self.size = size
+        self.kind = kind  # what members charge it to: a set, or a watch check (evaluation.py)
         self.check = SubsetCheck(size)
         self._seed = secrets.token_bytes(32)
         self._counts: list[int] = []  # elements per chunk, by seq from the first
@@ -166,6 +168,7 @@ class Owner:
             count,
             elements_digest(packed),
             proved,
+            self.kind,
         )
 
     def challenge(self) -> tuple[EvaluationRequest, bytes]:
