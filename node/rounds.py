@@ -17,14 +17,16 @@ Budgets across rounds (``node.budgets``) are charged at routing start, after eve
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, UnknownRound, WrongPhase
+from blindmatch.core.group import RoundKey
 from blindmatch.core.match import Delivery
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.round_node import Candidate, Ids, NodeRound
@@ -74,9 +76,15 @@ class LiveRound:
     parties: dict[str, Party] = field(default_factory=dict)  # verified at RoutingStart
     lock: threading.Lock = field(default_factory=threading.Lock)
     began: float = field(default_factory=time.monotonic)  # for the round's duration (metrics)
-    # why this node refused the round at RoutingStart: its OwnSet stream, which runs meanwhile,
-    # reports the same refusal rather than a bare "round ended"
+    # why this node refused the round at RoutingStart: every later call for the round (its
+    # OwnSet stream runs meanwhile) reports this refusal, not the "aborted" it led to
     refusal: ProtocolError | None = None
+
+    def live_key(self) -> RoundKey:
+        """The round's key; once the round is refused, the refusal itself, as first reported."""
+        if self.refusal is not None:
+            raise self.refusal
+        return self.round.live_key()
 
     def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
         """What the producer of this chunk of the round vouches for."""
@@ -101,6 +109,9 @@ class StoredSet:
         return self.store.rows_by_id(ids)
 
 
+_REFUSALS_KEPT: Final = 1024
+
+
 class LiveRounds:
     """The rounds this node is in, by id. The registry adds and drops them; early warning only
     looks them up (``get``), which is why the table is its own object: both are built on it, and
@@ -108,12 +119,19 @@ class LiveRounds:
 
     def __init__(self) -> None:
         self._rounds: dict[str, LiveRound] = {}
+        # The refusals of rounds already dropped, newest last: a call that comes after the drop
+        # hears the refusal, not "no round". Bounded: only the recent ones can still be asked.
+        self._refused: collections.OrderedDict[str, ProtocolError] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, round_id: str) -> LiveRound:
         """A live round, its deadline pushed back: the coordinator is asking about it."""
         live = self.find(round_id)
         if live is None:
+            with self._lock:
+                refusal = self._refused.get(round_id)
+            if refusal is not None:
+                raise refusal
             raise UnknownRound(
                 f"no round {round_id!r} on this node (finished, aborted or never prepared)"
             )
@@ -138,6 +156,10 @@ class LiveRounds:
             if self._rounds.get(live.round.spec.round_id) is not live:
                 return False
             del self._rounds[live.round.spec.round_id]
+            if live.refusal is not None:
+                self._refused[live.round.spec.round_id] = live.refusal
+                while len(self._refused) > _REFUSALS_KEPT:
+                    self._refused.popitem(last=False)
             return True
 
     def ids(self) -> list[str]:

@@ -48,14 +48,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> Iterator[node_pb2.Chunk]:
         with status.refusing(context, ProtocolError):
             live = self.rounds.get(request.round_id)
-            live.round.live_key()
+            live.live_key()
             batches = live.round.own_hashed()
         window: collections.deque[Future[bytes]] = collections.deque()
         seq = 0
         try:
             for batch in batches:
                 # Exported per batch: a stalled stream must not keep the key alive in this frame.
-                key = live.round.live_key().export()
+                key = live.live_key().export()
                 if batch.hashes is not None:  # hashed once, at import: only blind
                     window.append(self.blinder.blind(key, batch.hashes))
                 else:  # a hash still missing or stale (the store is being filled): same bytes
@@ -70,8 +70,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         except WrongPhase as exc:
             status.abort(context, exc)
         except (ProtocolError, StoreError) as exc:
-            # The set is read from the store as it streams: a store that fails it fails the round.
-            self.rounds.end(live, Outcome.FAILED, f"could not read its own set: {exc}")
+            if exc is not live.refusal:  # refused meanwhile: ended already, with its reason
+                # The set is read from the store as it streams: a store that fails it fails
+                # the round.
+                self.rounds.end(live, Outcome.FAILED, f"could not read its own set: {exc}")
             status.abort(context, exc)
         finally:
             for f in window:
@@ -128,7 +130,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                             live.claim(chunk.owner, chunk.hop, chunk.seq, chunk.elements),
                             chunk.signature,
                         )
-                        key = live.round.live_key().export()
+                        key = live.live_key().export()
                     put((chunk.owner, chunk.seq, self.blinder.blind(key, chunk.elements)))
                     del key  # this thread waits on the coordinator: it must not keep the key
                 put(None)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.v1 import node_pb2, node_pb2_grpc
 from node.budgets import BudgetExceeded, BudgetPolicy, Budgets, window_text
 from node.config import NodeConfig, load_config, render_config
 from node.store import Store
@@ -191,13 +192,23 @@ def test_a_second_round_within_the_window_is_refused_naming_the_budget(
             # what the first round charged, and nothing more: the refusal cost nothing
             assert use == {(partner, "round"): SIZE}
             assert audit.outcome in ("refused", "aborted")
-        refusing = []
+        refusing, refusers = [], []
         for name in names:
             with fed.store(name) as s:
-                refusing += [r for r in s.rounds() if r.round_id == second.id]
-        refusing = [r for r in refusing if r.outcome == "refused"]
+                mine = [r for r in s.rounds() if r.round_id == second.id and r.outcome == "refused"]
+            refusing += mine
+            refusers += [name] if mine else []
         assert refusing and all("budgets.round_elements" in (r.reason or "") for r in refusing)
         assert all(not fed.nodes[n].rounds.active() for n in names)
+        # Asked about the refused round afterwards, a node answers with its refusal, not with
+        # "aborted" or "no round": the operator learns the cause whichever call came last.
+        for name in refusers:
+            with fed.as_coordinator(name) as channel:
+                stub = node_pb2_grpc.NodeServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    list(stub.OwnSet(node_pb2.RoundRef(round_id=second.id), timeout=30))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "budgets.round_elements" in (refused.value.details() or "")
 
         clock.now += 1800  # the first round's charge has left the window
         third = fed.run_round(names)
