@@ -5,6 +5,7 @@ The roles are driven in memory, as tests/test_committee.py does: no signatures, 
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -12,7 +13,7 @@ import pytest
 
 from blindmatch.core import oprf, owner, proofs
 from blindmatch.core.checker import SMALL, Check, SealedAlert, open_alerts
-from blindmatch.core.errors import BadMessage, CapExceeded, WrongPhase
+from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, WrongPhase
 from blindmatch.core.evaluation import (
     Equivocation,
     EvaluationAnswer,
@@ -34,7 +35,14 @@ from blindmatch.core.secp256k1 import (
     points_to_bytes,
     random_scalar,
 )
-from blindmatch.core.watch_sealed import SEALED_BYTES, EpochFilter, SealedMessageRejected
+from blindmatch.core.signing import Signer, Trust
+from blindmatch.core.watch_sealed import (
+    SEALED_BYTES,
+    EpochFilter,
+    SealedMessageRejected,
+    SignedFilter,
+    filter_statement,
+)
 from blindmatch.runtime.pki import CaMaterial, CertMaterial, issue, new_ca
 from tests.values import Reply, another_share, hashes
 
@@ -43,7 +51,14 @@ SPEC = b"\x05" * 32
 COMMITTEE = ("alpha", "bravo", "charlie")
 CA: CaMaterial = new_ca("checker test CA")
 CERTS: dict[str, CertMaterial] = {
-    name: issue(CA, name, "node") for name in ("alpha", "bravo", "charlie")
+    name: issue(CA, name, "node") for name in ("alpha", "bravo", "charlie", "delta")
+}
+SIGNERS = {name: Signer(c.cert_pem, c.key_pem) for name, c in CERTS.items()}
+PARTIES = {
+    name: Trust(CA.cert_pem).party(
+        c.cert_pem, now=datetime.datetime.now(datetime.UTC), role="node", names=[name]
+    )
+    for name, c in CERTS.items()
 }
 SETS = {
     "alpha": [f"alpha-{i}.example" for i in range(30)] + ["ab.example"],
@@ -126,8 +141,13 @@ def run_check(
     return check
 
 
-def others(ep: Epoch, checker: str) -> dict[str, EpochFilter]:
-    return {h: f for h, f in ep.filters.items() if h != checker}
+def signed(bloom: EpochFilter, by: str | None = None) -> SignedFilter:
+    """``bloom`` as its holder (or ``by``) signs it."""
+    return SignedFilter(bloom, SIGNERS[by or bloom.holder].sign(filter_statement(bloom)))
+
+
+def others(ep: Epoch, checker: str) -> dict[str, SignedFilter]:
+    return {h: signed(f) for h, f in ep.filters.items() if h != checker}
 
 
 @pytest.fixture
@@ -142,9 +162,7 @@ def opened(ep: Epoch, holder: str, messages: Sequence[SealedAlert]) -> list[int]
     return sorted(a.position for a in alerts)
 
 
-HOLDER_CERTS = {name: c.cert_pem for name, c in CERTS.items()} | {
-    "delta": issue(CA, "delta", "node").cert_pem
-}
+HOLDER_CERTS = {name: c.cert_pem for name, c in CERTS.items()}
 
 
 # --- hits and alerts ------------------------------------------------------------------------------
@@ -159,7 +177,7 @@ def test_a_checked_value_raises_exactly_its_holders_alert(
     check = run_check(ep, checker, values, small=small, seq=10)
     assert check.proved is (small == SMALL)
     tested = others(ep, checker)
-    hits = check.hits(tested)
+    hits = check.hits(tested, PARTIES)
     assert {h: p for h, p in hits.items() if p} == {"bravo": [0], "charlie": [2]}
     messages = check.sealed_messages(HOLDER_CERTS)
     assert {m.holder for m in messages} == set(tested)
@@ -180,7 +198,7 @@ def test_a_checked_value_raises_exactly_its_holders_alert(
 
 def test_a_value_two_holders_hold_alerts_both_and_the_checker_learns_both(ep: Epoch) -> None:
     check = run_check(ep, "delta", ["ab.example"])
-    assert check.hits(others(ep, "delta")) == {"alpha": [0], "bravo": [0], "charlie": []}
+    assert check.hits(others(ep, "delta"), PARTIES) == {"alpha": [0], "bravo": [0], "charlie": []}
     messages = check.sealed_messages(HOLDER_CERTS)
     assert opened(ep, "alpha", messages) == [SETS["alpha"].index("ab.example")]
     assert opened(ep, "bravo", messages) == [SETS["bravo"].index("ab.example")]
@@ -191,7 +209,7 @@ def test_the_sealed_messages_are_as_many_and_as_long_whether_a_value_hits_or_not
     counts = []
     for seq, value in enumerate(("b-only.example", "nobody.example")):
         check = run_check(ep, "delta", [value, "also-nobody.example"], seq=seq)
-        check.hits(others(ep, "delta"))
+        check.hits(others(ep, "delta"), PARTIES)
         messages = check.sealed_messages(HOLDER_CERTS)
         assert {len(m.sealed) for m in messages} == {SEALED_BYTES}
         counts.append({h: sum(m.holder == h for m in messages) for h in others(ep, "delta")})
@@ -202,9 +220,9 @@ def test_sealed_messages_are_made_once_and_only_after_the_filters_are_tested(ep:
     check = run_check(ep, "delta", ["b-only.example"])
     with pytest.raises(WrongPhase, match="tested no filter"):
         check.sealed_messages(HOLDER_CERTS)
-    check.hits(others(ep, "delta"))
+    check.hits(others(ep, "delta"), PARTIES)
     with pytest.raises(WrongPhase, match="has tested its filters"):
-        check.hits(others(ep, "delta"))
+        check.hits(others(ep, "delta"), PARTIES)
     with pytest.raises(BadMessage, match="no certificate for tested holder"):
         check.sealed_messages({"alpha": HOLDER_CERTS["alpha"]})
     assert check.sealed_messages(HOLDER_CERTS) == check.sealed_messages(HOLDER_CERTS)
@@ -235,7 +253,7 @@ def test_a_member_answering_a_small_check_with_another_share_fails_and_no_tag_is
     with pytest.raises(VerificationFailed) as failed:
         check.answer(*ep.members["alpha"].answer(request, packed))
     assert failed.value.members == ("bravo",)
-    for step in (check.tags, lambda: check.hits(others(ep, "delta"))):
+    for step in (check.tags, lambda: check.hits(others(ep, "delta"), PARTIES)):
         with pytest.raises(VerificationFailed):
             step()
     with pytest.raises(WrongPhase):  # nothing tested, so nothing to seal: no alert, no dummy
@@ -262,7 +280,7 @@ def test_a_large_check_with_one_wrong_answer_fails_and_names_the_member(ep: Epoc
     check = run_check(ep, "delta", values, seq=3, replies={"charlie": wrong_at(123)}, given=given)
     assert not check.proved
     with pytest.raises(VerificationFailed):
-        check.hits(others(ep, "delta"))
+        check.hits(others(ep, "delta"), PARTIES)
     with pytest.raises(VerificationFailed):
         check.tags()
     with pytest.raises(WrongPhase):
@@ -274,7 +292,7 @@ def test_a_large_check_answered_honestly_passes_at_any_seq(ep: Epoch) -> None:
     values = [f"sighted-{i}.example" for i in range(199)] + ["b-only.example"]
     check = run_check(ep, "delta", values, seq=20)
     assert check.next_seq == 22
-    assert check.hits(others(ep, "delta"))["bravo"] == [199]
+    assert check.hits(others(ep, "delta"), PARTIES)["bravo"] == [199]
 
 
 def test_a_checkers_checks_take_seqs_of_their_own() -> None:
@@ -354,7 +372,7 @@ def test_the_epoch_allowance_needs_no_cap_from_the_checker_itself_and_rounds_are
 
 def test_alerts_sealed_for_one_check_do_not_open_under_another_check_or_epoch(ep: Epoch) -> None:
     check = run_check(ep, "delta", ["b-only.example"], check_id="check-9")
-    check.hits(others(ep, "delta"))
+    check.hits(others(ep, "delta"), PARTIES)
     (alert,) = [m for m in check.sealed_messages(HOLDER_CERTS) if m.holder == "bravo"]
     assert opened(ep, "bravo", [alert]) == [SETS["bravo"].index("b-only.example")]
     key, tags = CERTS["bravo"].key_pem, ep.tag_maps["bravo"]
@@ -381,7 +399,7 @@ def test_an_alert_of_a_tag_the_holder_does_not_hold_is_ignored(ep: Epoch) -> Non
         EPOCH, "bravo", held[1:] + epoch_tags(ep.members, ["nobody.example"]), 1e-6
     )
     check = run_check(ep, "delta", ["nobody.example"])
-    assert check.hits({"bravo": unlucky}) == {"bravo": [0]}
+    assert check.hits({"bravo": signed(unlucky)}, PARTIES) == {"bravo": [0]}
     messages = check.sealed_messages(HOLDER_CERTS)
     assert open_alerts("bravo", CERTS["bravo"].key_pem, EPOCH, ep.tag_maps["bravo"], messages) == []
 
@@ -389,10 +407,30 @@ def test_an_alert_of_a_tag_the_holder_does_not_hold_is_ignored(ep: Epoch) -> Non
 def test_filters_are_tested_only_as_announced(ep: Epoch) -> None:
     check = run_check(ep, "delta", ["b-only.example"])
     with pytest.raises(BadMessage, match="filed under alpha is bravo's"):
-        check.hits({"alpha": ep.filters["bravo"]})
+        check.hits({"alpha": signed(ep.filters["bravo"])}, PARTIES)
     stuffed = EpochFilter.build(EPOCH, "charlie", [bytes(16)] * 11, 1e-6)
     with pytest.raises(BadMessage, match="holds 11 tags; the transcript announced 10"):
-        check.hits({"charlie": stuffed})
+        check.hits({"charlie": signed(stuffed)}, PARTIES)
+
+
+def test_a_filter_its_holder_did_not_sign_is_refused(ep: Epoch) -> None:
+    """The coordinator serves the filters: an empty one in bravo's name would suppress every
+    alert to bravo, unseen."""
+    check = run_check(ep, "delta", ["b-only.example"])
+    empty = EpochFilter.build(EPOCH, "bravo", [], 1e-6)
+    with pytest.raises(ForgedMessage, match="not signed by node/bravo"):
+        check.hits({"bravo": signed(empty, by="charlie")}, PARTIES)
+    with pytest.raises(ForgedMessage, match="not signed by node/bravo"):
+        check.hits({"bravo": SignedFilter(empty, signed(ep.filters["bravo"]).signature)}, PARTIES)
+    assert check.hits({"bravo": signed(ep.filters["bravo"])}, PARTIES) == {"bravo": [0]}
+
+
+def test_a_filter_looser_than_the_protocols_error_rate_is_refused(ep: Epoch) -> None:
+    """Each false positive hands its holder the tag of a value it does not hold."""
+    check = run_check(ep, "delta", ["b-only.example"])
+    loose = EpochFilter.build(EPOCH, "bravo", list(ep.tag_maps["bravo"]), 1e-3)
+    with pytest.raises(BadMessage, match="false-positive rate"):
+        check.hits({"bravo": signed(loose)}, PARTIES)
 
 
 # --- cost -------------------------------------------------------------------------------------------
@@ -464,7 +502,7 @@ def test_a_sealed_message_sent_twice_counts_once(ep: Epoch) -> None:
     """The coordinator cannot tell alerts from dummies, but it could repeat every message to
     double whatever alerts there are."""
     check = run_check(ep, "delta", ["b-only.example"], seq=20)
-    check.hits(others(ep, "delta"))
+    check.hits(others(ep, "delta"), PARTIES)
     mine = [m for m in check.sealed_messages(HOLDER_CERTS) if m.holder == "bravo"]
     twice = open_alerts("bravo", CERTS["bravo"].key_pem, EPOCH, ep.tag_maps["bravo"], mine * 2)
     assert len(twice) == 1

@@ -355,3 +355,15 @@ def test_the_checker_signs_the_sealed_message_and_its_binding() -> None:
             party.verify(other, signature, "a sealed alert")
     with pytest.raises(MalformedWatchData):
         sealed_statement(EPOCH, CHECK, REQUEST, "alpha", sealed[:-1], checker="bravo")
+
+
+@pytest.mark.parametrize("count", [5, 42, 1000])
+def test_small_filters_keep_their_false_positive_rate(count: int) -> None:
+    """Double hashing (h1 + i·h2) collapsed on filters of a few hundred bits: a 42-tag filter
+    built for 1e-6 answered yes to 2e-4 of absent tags, and a 5-tag one to 5e-3. Expected here:
+    one or two in a million."""
+    tags = [secrets.token_bytes(16) for _ in range(count)]
+    bloom = EpochFilter.build("epoch-1", "bravo", tags, 1e-6)
+    assert all(bloom.contains(t) for t in tags)
+    absent = bloom.contains_many(secrets.token_bytes(16 * 1_000_000))
+    assert int(absent.sum()) <= 20

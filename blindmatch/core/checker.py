@@ -48,6 +48,7 @@ Nothing here reads files, the clock or the network; randomness comes from the OS
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,10 +70,13 @@ from blindmatch.core.oprf import TAG_BYTES, blind, tag, unblind
 from blindmatch.core.owner import Owner, VerificationFailed, answered_points
 from blindmatch.core.proofs import BadProof, Proof, verify_equal
 from blindmatch.core.secp256k1 import Point, points_to_bytes
+from blindmatch.core.signing import Party
 from blindmatch.core.watch_sealed import (
     ALERT_BYTES,
-    EpochFilter,
+    FILTER_ERROR_RATE,
     SealedMessageRejected,
+    SignedFilter,
+    filter_statement,
     open_sealed,
     seal,
     sealed_statement,
@@ -274,18 +278,34 @@ class Check:
             return list(self._failure.members) if self._failure else []
         return self._owner.blame(answers)
 
-    def hits(self, filters: Mapping[str, EpochFilter]) -> dict[str, list[int]]:
+    def hits(
+        self, filters: Mapping[str, SignedFilter], parties: Mapping[str, Party]
+    ) -> dict[str, list[int]]:
         """For every holder whose filter the checker may read (the caller's choice), the
-        positions of the checked values it holds. Once per check: the sealed messages go to
-        exactly the holders tested here."""
+        positions of the checked values it holds. Each filter must be signed by its holder
+        (``parties``: vouched certificates), at the protocol's error rate. Once per check: the
+        sealed messages go to exactly the holders tested here."""
         if self._tested is not None:
             raise WrongPhase(f"check {self.check_id} has tested its filters")
         tags = b"".join(self.tags())
         found: dict[str, list[int]] = {}
-        for holder, bloom in sorted(filters.items()):
+        for holder, signed in sorted(filters.items()):
+            bloom = signed.filter
             if bloom.epoch_id != self.epoch_id or bloom.holder != holder:
                 raise BadMessage(
                     f"the filter filed under {holder} is {bloom.holder}'s of epoch {bloom.epoch_id}"
+                )
+            party = parties.get(holder)
+            if party is None or party.identity.name != holder:
+                raise ForgedMessage(f"no certificate of {holder} to check its filter against")
+            party.verify(filter_statement(bloom), signed.signature, f"{holder}'s filter")
+            # The rate its size and hash count give for the tags it says it holds (how full it
+            # is, a noisy estimate for small filters, is bounded by watch_sealed when parsed).
+            designed = (1 - math.exp(-bloom.hashes * bloom.count / bloom.size_bits)) ** bloom.hashes
+            if designed > 2 * FILTER_ERROR_RATE:
+                raise BadMessage(
+                    f"{holder}'s filter has a false-positive rate of {designed:.1e}; "
+                    f"the protocol's is {FILTER_ERROR_RATE:.0e}"
                 )
             announced = self.transcript.holder_sizes.get(holder)
             if announced is None or bloom.count > announced:
