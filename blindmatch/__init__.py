@@ -6,6 +6,8 @@ or ``coordinator`` (``tests/test_layers.py`` keeps these rules):
 ``core/``     the protocol, pure: no grpc, no files, no clock (all passed in)
               canon, group, match, spec, signing, identity, orders, errors, states, ring,
               round_node, round_coordinator, watch_rules, watch_node, watch_coordinator
+              protocol v2, built and tested but not yet served (issue 17): secp256k1, proofs,
+              oprf, evaluation, member, owner, merkle, delivery, watch_sealed, checker, committee
 ``runtime/``  what both servers share at run time: pki, net (mTLS, roles), serde (protobuf <->
               core), status (errors -> gRPC statuses), hardening, memory, metrics_endpoint
 ``cli/``      the ``blindmatch`` command: main (argparse, dispatching lazily to node and
