@@ -44,7 +44,7 @@ from blindmatch.core.watch_sealed import (
     filter_statement,
 )
 from blindmatch.runtime.pki import CaMaterial, CertMaterial, issue, new_ca
-from tests.values import Reply, another_share, hashes
+from tests.values import Reply, another_share, committee, hashes
 
 EPOCH = "epoch-7"
 SPEC = b"\x05" * 32
@@ -85,20 +85,10 @@ def epoch_tags(members: Mapping[str, Member], values: Sequence[str]) -> list[byt
 
 
 def epoch(caps: Mapping[tuple[str, str], int] | None = None) -> Epoch:
-    members = {m: Member("epoch", EPOCH, m) for m in COMMITTEE}
     if caps is None:
         caps = {(h, c): 1000 for h in SETS for c in SETS if h != c}
-    transcript = Transcript(
-        "epoch",
-        EPOCH,
-        SPEC,
-        tuple(members[m].commitment for m in COMMITTEE),
-        {h: len(v) for h, v in SETS.items()},
-        {h: len(v) for h, v in SETS.items()},
-        dict(caps),
-    )
-    for member in members.values():
-        member.accept(transcript)
+    sizes = {h: len(v) for h, v in SETS.items()}
+    members, transcript = committee("epoch", EPOCH, SPEC, COMMITTEE, sizes, sizes, caps)
     tag_maps, filters = {}, {}
     for holder, values in SETS.items():
         tags = epoch_tags(members, values)

@@ -32,6 +32,7 @@ from blindmatch.core.secp256k1 import (
     points_to_bytes,
 )
 from tests.values import Reply, another_share, hashes
+from tests.values import committee as committee_of
 
 ROUND = "r1"
 SPEC = b"\x07" * 32
@@ -48,17 +49,9 @@ class Federation:
 def federation(
     sets: Mapping[str, Sequence[str]], committee: Sequence[str] | None = None
 ) -> Federation:
-    committee = sorted(committee or sets)
-    members = {m: Member("round", ROUND, m) for m in committee}
-    transcript = Transcript(
-        "round",
-        ROUND,
-        SPEC,
-        tuple(members[m].commitment for m in committee),
-        {name: len(values) for name, values in sets.items()},
+    members, transcript = committee_of(
+        "round", ROUND, SPEC, committee or list(sets), {n: len(v) for n, v in sets.items()}
     )
-    for member in members.values():
-        member.accept(transcript)
     keys = transcript.verified_keys()
     owners = {
         name: Owner(name, transcript, keys, len(values), members.get(name))

@@ -3,10 +3,16 @@ the tests that drive owners, members and checkers in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from blindmatch.core.evaluation import EvaluationAnswer, EvaluationRequest, elements_digest
+from blindmatch.core.evaluation import (
+    EvaluationAnswer,
+    EvaluationRequest,
+    Transcript,
+    elements_digest,
+)
+from blindmatch.core.member import Member
 from blindmatch.core.secp256k1 import (
     Point,
     hash_to_curve,
@@ -39,3 +45,28 @@ def another_share() -> Reply:
         return replace(answer, answers=elements_digest(out)), out
 
     return reply
+
+
+def committee(
+    purpose: str,
+    ident: str,
+    spec: bytes,
+    names: Sequence[str],
+    sizes: Mapping[str, int],
+    holder_sizes: Mapping[str, int] | None = None,
+    caps: Mapping[tuple[str, str], int] | None = None,
+) -> tuple[dict[str, Member], Transcript]:
+    """Members with fresh shares, and the transcript of their commitments, accepted by each."""
+    members = {m: Member(purpose, ident, m) for m in sorted(names)}
+    transcript = Transcript(
+        purpose,
+        ident,
+        spec,
+        tuple(member.commitment for member in members.values()),
+        dict(sizes),
+        dict(holder_sizes or {}),
+        dict(caps or {}),
+    )
+    for member in members.values():
+        member.accept(transcript)
+    return members, transcript

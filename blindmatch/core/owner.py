@@ -81,6 +81,7 @@ class _Pending:
     count: int
     request: EvaluationRequest
     hashes: list[Point] | None  # kept only when the owner adds its own share at unblinding
+    unblinders: list[int]  # the chunk's r⁻¹, kept while it waits (``blame`` derives them again)
     answers: dict[str, list[Point]]
 
 
@@ -119,6 +120,7 @@ class Owner:
         self._pending: dict[int, _Pending] = {}
         self._answer_digests: dict[tuple[str, int], bytes] = {}
         self._request_digests: dict[int, bytes] = {}
+        self._seq_by_digest: dict[bytes, int] = {}
         self._tags = bytearray(size * TAG_BYTES)
         self._tagged = 0
         self._challenge: tuple[EvaluationRequest, list[Point]] | None = None
@@ -143,13 +145,21 @@ class Owner:
         if not hashes or self._requested + len(hashes) > self.size:
             raise ValueError(f"a chunk of 1 to {self.size - self._requested} hashes")
         seq = self._seq
-        blinded = [mul(h, r) for h, r in zip(hashes, self._blinders(seq, len(hashes)), strict=True)]
+        blinders = self._blinders(seq, len(hashes))
+        blinded = [mul(h, r) for h, r in zip(hashes, blinders, strict=True)]
         packed = points_to_bytes(blinded)
         request = self._request(seq, len(hashes), packed, proved=False)
         self.check.add_hashes(hashes)
-        self._request_digests[seq] = request.digest()
+        digest = request.digest()
+        self._request_digests[seq] = digest
+        self._seq_by_digest[digest] = seq
         self._pending[seq] = _Pending(
-            self._requested, len(hashes), request, list(hashes) if self.own else None, {}
+            self._requested,
+            len(hashes),
+            request,
+            list(hashes) if self.own else None,
+            batch_inverse(blinders),
+            {},
         )
         self._counts.append(len(hashes))
         self._seq += 1
@@ -192,10 +202,10 @@ class Owner:
 
     def seq_of(self, request_digest: bytes) -> int:
         """The chunk a request digest names, among those still waiting for answers."""
-        for seq, pending in self._pending.items():
-            if pending.request.digest() == request_digest:
-                return seq
-        raise ForgedMessage("an answer that names no request waiting for answers")
+        seq = self._seq_by_digest.get(request_digest)
+        if seq is None or seq not in self._pending:
+            raise ForgedMessage("an answer that names no request waiting for answers")
+        return seq
 
     def answer(self, seq: int, answer: EvaluationAnswer, points: bytes) -> bool:
         """A member's signed answer to chunk ``seq`` (signature verified by the caller); True
@@ -218,8 +228,7 @@ class Owner:
         if self.own is not None:
             assert pending.hashes is not None
             own = (self.own, pending.hashes)
-        unblinders = batch_inverse(self._blinders(seq, pending.count))
-        tags = unblind([pending.answers[m] for m in self.remote], unblinders, own)
+        tags = unblind([pending.answers[m] for m in self.remote], pending.unblinders, own)
         self.check.add_tags(tags, pending.start)
         context = self.transcript.ident.encode()
         for j, t in enumerate(tags, pending.start):
