@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PROTOS := $(wildcard proto/blindmatch/v1/*.proto)
+PROTOS := $(wildcard proto/blindmatch/v1/*.proto proto/blindmatch/v2/*.proto)
 
 .PHONY: install demo test test-fast wheel-check bench bench-full bench-ab lint format proto proto-check clean
 
@@ -70,9 +70,10 @@ proto: install
 proto-check: install
 	@rm -rf build/proto-check && mkdir -p build/proto-check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/proto-check --grpc_python_out=build/proto-check --mypy_out=build/proto-check --mypy_grpc_out=build/proto-check $(PROTOS)
-	@diff -r -x __init__.py -x __pycache__ build/proto-check/blindmatch/v1 blindmatch/v1 \
-		&& echo "proto-check: generated code matches proto/" \
-		|| (echo "proto-check: blindmatch/v1 is out of date; run 'make proto' and commit" >&2; exit 1)
+	@for v in v1 v2; do \
+		diff -r -x __init__.py -x __pycache__ build/proto-check/blindmatch/$$v blindmatch/$$v \
+		|| { echo "proto-check: blindmatch/$$v is out of date; run 'make proto' and commit" >&2; exit 1; }; \
+	done; echo "proto-check: generated code matches proto/"
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -90,13 +90,22 @@ class RoundRun:
 class BenchFederation:
     """A federation under ``root`` (``blindmatch.demo.harness``) with the benchmark's settings."""
 
-    def __init__(self, root: Path, nations: Sequence[str], chunk_size: int | None) -> None:
+    def __init__(
+        self, root: Path, nations: Sequence[str], chunk_size: int | None, committee: int = 0
+    ) -> None:
         self.fed = harness.Federation(root, nations, operator="bench")
         self.fed.init()
         self.round_timeout = round_timeout(len(nations), 0)
         self.start_timeout = harness.HEALTH_TIMEOUT
         # the operator signs the chunk size into the round; the coordinator allows at most its own
-        self.chunk_args = () if chunk_size is None else ("--chunk-size", str(chunk_size))
+        self.chunk_args: tuple[str, ...] = (
+            () if chunk_size is None else ("--chunk-size", str(chunk_size))
+        )
+        if committee:
+            members = list(nations[:committee])
+            self.chunk_args += ("--committee", ",".join(members))
+            for name in nations[committee:]:  # the others join: they trust this committee
+                harness.set_setting(self.fed.node_toml(name), "trusted_committee", members)
         if chunk_size is not None:
             harness.set_setting(self.fed.coordinator_toml, "chunk_size", chunk_size)
 
@@ -216,8 +225,14 @@ def run_federation(
 ) -> list[RoundRun]:
     """One federation with ``size`` indicators per nation, one round per ``workers`` setting."""
     root = Path(tempfile.mkdtemp(prefix=f"fed-{len(nations)}x{size}-", dir=args.out))
-    print(f"{len(nations)} nations x {size:,}: federation in {root}", flush=True)
-    fed = BenchFederation(root, nations, args.chunk)
+    committee = getattr(args, "committee", 0)
+    print(
+        f"{len(nations)} nations x {size:,}"
+        + (f", committee of {committee}" if committee else "")
+        + f": federation in {root}",
+        flush=True,
+    )
+    fed = BenchFederation(root, nations, args.chunk, getattr(args, "committee", 0))
     runs = []
     try:
         t0 = time.monotonic()

@@ -85,6 +85,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--psi-max", type=int, default=200_000, help="largest size openmined-psi runs")
     p.add_argument(
+        "--committee",
+        type=int,
+        default=0,
+        help="protocol v2: the first N nations make the committee (default 0: every nation)",
+    )
+    p.add_argument(
         "--chunk", type=int, default=None, help="coordinator chunk_size (default: its own)"
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="results and logs")

@@ -8,7 +8,18 @@ from collections.abc import Iterator
 from blindmatch.core.canon import canonicalize
 
 SHARED = 0.10  # share of every set held by all nations
-NATION_NAMES = ("aurelia", "borealis", "cascadia", "dalmatia", "estonia", "fennia")
+NATION_NAMES = (
+    "aurelia",
+    "borealis",
+    "cascadia",
+    "dalmatia",
+    "estonia",
+    "fennia",
+    "galicia",
+    "helvetia",
+    "illyria",
+    "jutland",
+)
 
 
 def indicator(ident: int) -> tuple[str, str]:

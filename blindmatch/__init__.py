@@ -4,16 +4,18 @@ The package is built in floors; a floor imports only the floors below it, and no
 or ``coordinator`` (``tests/test_layers.py`` keeps these rules):
 
 ``core/``     the protocol, pure: no grpc, no files, no clock (all passed in)
-              canon, group, match, spec, signing, identity, orders, errors, states, ring,
-              round_node, round_coordinator, watch_rules, watch_node, watch_coordinator
-              protocol v2, built and tested but not yet served (issue 17): secp256k1, proofs,
-              oprf, evaluation, member, owner, merkle, delivery, watch_sealed, checker, committee
-``runtime/``  what both servers share at run time: pki, net (mTLS, roles), serde (protobuf <->
-              core), status (errors -> gRPC statuses), hardening, memory, metrics_endpoint
+              canon, spec, signing, identity, orders, errors, states, match
+              protocol v2, which runs every round but watch rounds: secp256k1, proofs, oprf,
+              evaluation, member, owner, merkle, delivery, committee; for watch epochs on v2,
+              built but not yet served: watch_sealed, checker
+              protocol v1's ring, which watch rounds still run: group, ring, round_node,
+              round_coordinator, watch_rules, watch_node, watch_coordinator
+``runtime/``  what both servers share at run time: pki, net (mTLS, roles), serde and serde_v2
+              (protobuf <-> core, v1 and v2), status (errors -> gRPC statuses), hardening, memory, metrics_endpoint
 ``cli/``      the ``blindmatch`` command: main (argparse, dispatching lazily to node and
               coordinator), errors (exit codes), tomlconfig, initdir
 ``demo/``     the demo, driven through the CLI: demo, harness, samples, sample_files
-``v1/``       generated protobuf and gRPC code, never edited
+``v1/``, ``v2/``  generated protobuf and gRPC code, never edited
 """
 
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ round's sets (``Caps.max_total``), which the coordinator holds anyway as final t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -32,14 +33,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
+from blindmatch.core.committee import CommitteeCoordinator, Prepared, RoundTerms
+from blindmatch.core.delivery import NodeDelivery, SignedRoot
 from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, UnknownRound
 from blindmatch.core.identity import Identity
 from blindmatch.core.match import CountResult, Delivery
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.round_coordinator import Caps, CoordinatorRound
 from blindmatch.core.spec import DEFAULT_CHUNK, RoundSpec, Stream
-from blindmatch.runtime import serde
+from blindmatch.core.states import CoordinatorPhase
+from blindmatch.runtime import serde, serde_v2
 from blindmatch.runtime.net import TlsConfig, open_channel
 from blindmatch.v1 import node_pb2, node_pb2_grpc
+from blindmatch.v2 import node_pb2 as node_v2
+from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
 from coordinator.records import RoundBoard, RoundRecord
 
@@ -72,9 +79,16 @@ class NodeLinks:
         self._stubs = {
             name: node_pb2_grpc.NodeServiceStub(channel) for name, channel in self._channels.items()
         }
+        self._stubs_v2 = {
+            name: node_v2_grpc.NodeServiceStub(channel) for name, channel in self._channels.items()
+        }
 
     def stub(self, node: str) -> node_pb2_grpc.NodeServiceStub:
+        """Protocol v1's service (watch rounds' ring, and Abort for every round)."""
         return self._stubs[node]
+
+    def v2(self, node: str) -> node_v2_grpc.NodeServiceStub:
+        return self._stubs_v2[node]
 
     def channels(self) -> dict[str, grpc.Channel]:
         """The channels themselves, for other services on the nodes (early warning)."""
@@ -111,7 +125,7 @@ class Coordinator:
         self.watch = watch  # early warning (coordinator/watch.py); None: watch rounds refused
         self.metrics = metrics  # coordinator/metrics.py when [metrics] is on
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[RoundDriver, threading.Thread]] = {}
+        self._running: dict[str, tuple[Driver, threading.Thread]] = {}
         self._stopping = False
 
     def start_round(
@@ -144,9 +158,15 @@ class Coordinator:
             if spec.watching:
                 assert self.watch is not None
                 opener = self.watch.epoch_opener(spec)
-            driver = RoundDriver(
-                signed, spec, record, self.links, self.board, self.settings, opener
-            )
+            driver: Driver
+            if spec.watching:  # watch rounds still run v1's ring (docs/WATCH.md)
+                driver = RingDriver(
+                    signed, spec, record, self.links, self.board, self.settings, opener
+                )
+            else:
+                driver = CommitteeDriver(
+                    signed, spec, record, self.links, self.board, self.settings
+                )
             thread = threading.Thread(
                 target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
             )
@@ -184,7 +204,7 @@ class Coordinator:
             return False
         return True
 
-    def _run(self, driver: RoundDriver) -> None:
+    def _run(self, driver: Driver) -> None:
         try:
             driver.run()
         finally:
@@ -204,7 +224,10 @@ class Coordinator:
             thread.join(max(0.0, end - time.monotonic()))
 
 
-class RoundDriver:
+class Driver:
+    """What drives a round of either protocol: parallel calls, followed streams, the first
+    failure, the deadline and the published record. Subclasses give the steps (``_steps``)."""
+
     def __init__(
         self,
         signed: serde.Authorization,
@@ -213,13 +236,9 @@ class RoundDriver:
         links: NodeLinks,
         board: RoundBoard,
         settings: RoundSettings,
-        opener: EpochOpener | None = None,
     ) -> None:
         self.signed = signed
         self.spec = spec
-        self.opener = opener  # a watch round's: its epoch opens around the deliveries
-        self.round = CoordinatorRound(spec, settings.caps)
-        self._certificates: dict[str, bytes] = {}  # from PrepareReplies, for RoutingStart
         self.record = record
         self.links = links
         self.board = board
@@ -228,22 +247,33 @@ class RoundDriver:
         # One lock for the round: the state machine, the queues, the record and the failure.
         self._cond = threading.Condition()
         self._failure: str | None = None
-        self._queues: dict[str, queue.SimpleQueue[node_pb2.ReblindRequest | None]] = {}
+        self._queues: dict[str, queue.SimpleQueue[Any]] = {}  # request streams, by node
         self._queues_closed = False
         self._calls: list[Any] = []  # streaming calls, cancelled on failure
         self._open_streams = 0
         self._last_publish = 0.0
 
-    # --- the round, step by step -------------------------------------------------------------
+    @property
+    def phase(self) -> CoordinatorPhase:
+        raise NotImplementedError
+
+    def progress(self) -> tuple[int, int]:
+        """Work done and to do, for a timeout's message."""
+        raise NotImplementedError
+
+    def _steps(self) -> None:
+        raise NotImplementedError
+
+    def _failed(self, reason: str) -> None:
+        """The round's own state follows a failure."""
+        raise NotImplementedError
 
     def run(self) -> None:
         log.info(
             "round %s: starting with %s", self.spec.round_id, ", ".join(self.spec.participants)
         )
         try:
-            self._prepare()
-            self._route()
-            self._deliver()
+            self._steps()
             log.info("round %s: done, matches %s", self.spec.round_id, self.record.match_counts)
         except RoundFailure as exc:
             self._finish_failed(str(exc))
@@ -256,76 +286,11 @@ class RoundDriver:
         """Fail the round from outside (the coordinator is stopping)."""
         self._fail(reason)
 
-    def _prepare(self) -> None:
-        # a node drops the round (and its key) if the coordinator goes silent this long
-        request = serde.prepare_to_proto(self.signed, self.settings.round_timeout)
-        replies = self._unary_all("Prepare", lambda stub: stub.Prepare, lambda _: request)
-        with self._cond:
-            try:
-                for node in self.spec.participants:
-                    self.round.on_prepared(node, replies[node].size)
-                    self._certificates[node] = replies[node].certificate
-            except ProtocolError as exc:
-                raise RoundFailure(str(exc)) from None
-            self._publish(
-                sizes=dict(self.round.sizes),
-                hops_total=self.round.progress()[1],
-                force=True,
-            )
-
-    def _route(self) -> None:
-        sizes = dict(self.round.sizes)
-        for node in self.spec.participants:
-            q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
-            q.put(serde.routing_start_to_proto(self.spec.round_id, sizes, self._certificates))
-            self._queues[node] = q
-        # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
-        for node in self.spec.participants:
-            call = self.links.stub(node).Reblind(_drain(self._queues[node]), timeout=self._left())
-            self._follow(node, call, Stream.REBLIND)
-        for node in self.spec.participants:
-            ref = node_pb2.RoundRef(round_id=self.spec.round_id)
-            self._follow(
-                node, self.links.stub(node).OwnSet(ref, timeout=self._left()), Stream.OWN_SET
-            )
-        with self._cond:
-            if self.round.routed():  # every set empty: nothing will ever arrive
-                self._close_queues()
-        self._wait_for(lambda: self._open_streams == 0, "routing to finish")
-        if not self.round.routed():
-            raise RoundFailure("every stream ended before every set was fully blinded")
-
-    def _deliver(self) -> None:
-        with self._cond:
-            watch_tags = self.round.final_tags() if self.opener is not None else None
-            results = self.round.deliveries()
-            self._publish(hops_done=self.record.hops_total, force=True)
-        if self.opener is not None and watch_tags is not None:
-            try:
-                self.opener.before_deliver(watch_tags)
-            except Exception as exc:
-                raise RoundFailure(f"could not open the watch epoch: {exc}") from None
-            del watch_tags
-        names = self.spec.participants
-        requests = {
-            node: serde.delivery_to_proto(self.spec.round_id, delivery, names)
-            for node, delivery in results.items()
-        }
-        counts = {node: match_count(delivery) for node, delivery in results.items()}
-        del results
-        self._unary_all("Deliver", lambda stub: stub.Deliver, requests.__getitem__)
-        if self.opener is not None:
-            self.opener.after_deliver()
-        with self._cond:
-            for node in names:
-                self.round.on_delivered(node)
-            self._publish(match_counts=counts, finished=time.time(), force=True)
-
     def _finish_failed(self, reason: str) -> None:
         self._fail(reason)
         with self._cond:
             reason = self._failure or reason
-            self.round.fail(reason)
+            self._failed(reason)
         request = node_pb2.AbortRequest(round_id=self.spec.round_id, reason=reason)
         pending = [
             self.links.stub(node).Abort.future(request, timeout=ABORT_TIMEOUT)
@@ -343,14 +308,14 @@ class RoundDriver:
     def _unary_all(
         self,
         what: str,
-        method: Callable[[node_pb2_grpc.NodeServiceStub], Any],
+        method: Callable[[str], Any],
         request_for: Callable[[str], Any],
     ) -> dict[str, Any]:
-        """Call ``what`` on every participant in parallel; every reply, or a RoundFailure that
-        names every node that failed."""
+        """Call ``method(node)`` on every participant in parallel; every reply, or a
+        RoundFailure that names every node that failed."""
         timeout = min(self.settings.call_timeout, self._left())
         futures = {
-            node: method(self.links.stub(node)).future(request_for(node), timeout=timeout)
+            node: method(node).future(request_for(node), timeout=timeout)
             for node in self.spec.participants
         }
         for future in futures.values():
@@ -372,7 +337,16 @@ class RoundDriver:
             raise RoundFailure("; ".join(problems))
         return replies
 
-    def _follow(self, node: str, call: Any, stream: Stream) -> None:
+    def _follow(
+        self,
+        node: str,
+        call: Any,
+        what: str,
+        on_message: Callable[[str, Any], None],
+        on_end: Callable[[str], None],
+    ) -> None:
+        """Read ``call`` in a thread of its own: each message to ``on_message`` and the end to
+        ``on_end``, both under the round's lock; an error fails the round."""
         with self._cond:
             self._calls.append(call)
             self._open_streams += 1
@@ -380,18 +354,35 @@ class RoundDriver:
                 call.cancel()
         threading.Thread(
             target=self._read,
-            args=(node, call, stream),
-            name=f"{stream.value}-{node}-{self.spec.round_id[:8]}",
+            args=(node, call, what, on_message, on_end),
+            name=f"{what}-{node}-{self.spec.round_id[:8]}",
             daemon=True,
         ).start()
 
-    def _read(self, node: str, call: Any, stream: Stream) -> None:
-        what = stream.value
+    def _read(
+        self,
+        node: str,
+        call: Any,
+        what: str,
+        on_message: Callable[[str, Any], None],
+        on_end: Callable[[str], None],
+    ) -> None:
         problem: str | None = None
         try:
-            for chunk in call:
-                self._on_chunk(node, chunk, stream)
-            self._stream_ended(node, stream)
+            for message in call:
+                with self._cond:
+                    if self._failure is not None:
+                        continue
+                    try:
+                        on_message(node, message)
+                    except ProtocolError as exc:
+                        raise RoundFailure(str(exc)) from None
+            with self._cond:
+                if self._failure is None:
+                    try:
+                        on_end(node)
+                    except ProtocolError as exc:
+                        raise RoundFailure(str(exc)) from None
         except grpc.RpcError as err:
             problem = self._rpc_problem(node, what, err, self.settings.round_timeout)
             if err.code() == grpc.StatusCode.NOT_FOUND:
@@ -418,37 +409,6 @@ class RoundDriver:
             self._open_streams -= 1
             self._cond.notify_all()
 
-    def _on_chunk(self, sender: str, chunk: node_pb2.Chunk, stream: Stream) -> None:
-        with self._cond:
-            if self._failure is not None:
-                return
-            try:
-                forward = self.round.on_chunk(
-                    sender,
-                    chunk.owner,
-                    chunk.seq,
-                    chunk.elements,
-                    stream,
-                    hop=chunk.hop,
-                    signature=chunk.signature,
-                )
-            except ProtocolError as exc:
-                raise RoundFailure(str(exc)) from None
-            if forward is not None:
-                self._queues[forward.to].put(serde.forward_to_proto(forward))
-            elif self.round.routed():
-                self._close_queues()
-            self._publish(hops_done=self.round.progress()[0])
-
-    def _stream_ended(self, node: str, stream: Stream) -> None:
-        with self._cond:
-            if self._failure is not None:
-                return
-            try:
-                self.round.on_stream_end(node, stream)
-            except ProtocolError as exc:
-                raise RoundFailure(str(exc)) from None
-
     def _rpc_problem(self, node: str, what: str, err: grpc.RpcError, timeout: float) -> str:
         code = err.code()
         details = err.details() or "(no details)"
@@ -458,7 +418,14 @@ class RoundDriver:
             return f"timeout after {timeout:g} s waiting for {what} of node {node}"
         if code == grpc.StatusCode.CANCELLED:
             return f"{what} of node {node} was cancelled: {details}"
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return (
+                f"node {node} does not serve {what} of this round's protocol ({details}); "
+                "is it older than the coordinator?"
+            )
         verb = "refused" if what == "Prepare" else f"refused {what}"
+        if code == grpc.StatusCode.PERMISSION_DENIED and "blindmatch.v2." in details:
+            details += " (a node older than protocol v2 serves none of its calls: upgrade it)"
         return f"{node} {verb}: {code.name}: {details}"
 
     # --- shared state ------------------------------------------------------------------------
@@ -493,11 +460,13 @@ class RoundDriver:
             if self._failure is not None:
                 raise RoundFailure(self._failure)
             if not finished:
-                hops, total = self.round.progress()
+                done_, total = self.progress()
                 raise RoundFailure(
                     f"timeout after {self.settings.round_timeout:g} s waiting for {what} "
-                    f"({hops} of {total} element-hops done; round_timeout)"
+                    f"({done_} of {total} {self.unit} done; round_timeout)"
                 )
+
+    unit = "elements"
 
     def _left(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -505,13 +474,329 @@ class RoundDriver:
     def _publish(self, *, force: bool = False, **changes: Any) -> None:
         """Update the record; publish it now if ``force``, else at most every PUBLISH_INTERVAL.
 
-        The record's phase is always the round's: ``CoordinatorRound`` is the one place it moves.
-        """
-        self.record = replace(self.record, state=self.round.phase, **changes)
+        The record's phase is always the round's own state's (``phase``)."""
+        self.record = replace(self.record, state=self.phase, **changes)
         now = time.monotonic()
         if force or now - self._last_publish >= PUBLISH_INTERVAL:
             self._last_publish = now
             self.board.publish(self.record)
+
+
+class RingDriver(Driver):
+    """Protocol v1's ring, which watch rounds still run (docs/WATCH.md)."""
+
+    unit = "element-hops"
+
+    def __init__(
+        self,
+        signed: serde.Authorization,
+        spec: RoundSpec,
+        record: RoundRecord,
+        links: NodeLinks,
+        board: RoundBoard,
+        settings: RoundSettings,
+        opener: EpochOpener | None = None,
+    ) -> None:
+        super().__init__(signed, spec, record, links, board, settings)
+        self.opener = opener  # a watch round's: its epoch opens around the deliveries
+        self.round = CoordinatorRound(spec, settings.caps)
+        self._certificates: dict[str, bytes] = {}  # from PrepareReplies, for RoutingStart
+
+    @property
+    def phase(self) -> CoordinatorPhase:
+        return self.round.phase
+
+    def progress(self) -> tuple[int, int]:
+        return self.round.progress()
+
+    def _failed(self, reason: str) -> None:
+        self.round.fail(reason)
+
+    def _steps(self) -> None:
+        self._prepare()
+        self._route()
+        self._deliver()
+
+    def _prepare(self) -> None:
+        # a node drops the round (and its key) if the coordinator goes silent this long
+        request = serde.prepare_to_proto(self.signed, self.settings.round_timeout)
+        replies = self._unary_all(
+            "Prepare", lambda node: self.links.stub(node).Prepare, lambda _: request
+        )
+        with self._cond:
+            try:
+                for node in self.spec.participants:
+                    self.round.on_prepared(node, replies[node].size)
+                    self._certificates[node] = replies[node].certificate
+            except ProtocolError as exc:
+                raise RoundFailure(str(exc)) from None
+            self._publish(
+                sizes=dict(self.round.sizes),
+                hops_total=self.round.progress()[1],
+                force=True,
+            )
+
+    def _route(self) -> None:
+        sizes = dict(self.round.sizes)
+        for node in self.spec.participants:
+            q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
+            q.put(serde.routing_start_to_proto(self.spec.round_id, sizes, self._certificates))
+            self._queues[node] = q
+        # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
+        for node in self.spec.participants:
+            call = self.links.stub(node).Reblind(_drain(self._queues[node]), timeout=self._left())
+            self._follow_ring(node, call, Stream.REBLIND)
+        for node in self.spec.participants:
+            ref = node_pb2.RoundRef(round_id=self.spec.round_id)
+            call = self.links.stub(node).OwnSet(ref, timeout=self._left())
+            self._follow_ring(node, call, Stream.OWN_SET)
+        with self._cond:
+            if self.round.routed():  # every set empty: nothing will ever arrive
+                self._close_queues()
+        self._wait_for(lambda: self._open_streams == 0, "routing to finish")
+        if not self.round.routed():
+            raise RoundFailure("every stream ended before every set was fully blinded")
+
+    def _deliver(self) -> None:
+        with self._cond:
+            watch_tags = self.round.final_tags() if self.opener is not None else None
+            results = self.round.deliveries()
+            self._publish(hops_done=self.record.hops_total, force=True)
+        if self.opener is not None and watch_tags is not None:
+            try:
+                self.opener.before_deliver(watch_tags)
+            except Exception as exc:
+                raise RoundFailure(f"could not open the watch epoch: {exc}") from None
+            del watch_tags
+        names = self.spec.participants
+        requests = {
+            node: serde.delivery_to_proto(self.spec.round_id, delivery, names)
+            for node, delivery in results.items()
+        }
+        counts = {node: match_count(delivery) for node, delivery in results.items()}
+        del results
+        self._unary_all("Deliver", lambda node: self.links.stub(node).Deliver, requests.__getitem__)
+        if self.opener is not None:
+            self.opener.after_deliver()
+        with self._cond:
+            for node in names:
+                self.round.on_delivered(node)
+            self._publish(match_counts=counts, finished=time.time(), force=True)
+
+    def _follow_ring(self, node: str, call: Any, stream: Stream) -> None:
+        def on_chunk(sender: str, chunk: node_pb2.Chunk) -> None:
+            forward = self.round.on_chunk(
+                sender,
+                chunk.owner,
+                chunk.seq,
+                chunk.elements,
+                stream,
+                hop=chunk.hop,
+                signature=chunk.signature,
+            )
+            if forward is not None:
+                self._queues[forward.to].put(serde.forward_to_proto(forward))
+            elif self.round.routed():
+                self._close_queues()
+            self._publish(hops_done=self.round.progress()[0])
+
+        self._follow(
+            node, call, stream.value, on_chunk, lambda n: self.round.on_stream_end(n, stream)
+        )
+
+
+class CommitteeDriver(Driver):
+    """Protocol v2 (DESIGN.md 2): the coordinator assembles the transcript, relays requests and
+    answers, and matches tags; every node verifies what it is shown (``core.committee``)."""
+
+    unit = "evaluations"
+
+    def __init__(
+        self,
+        signed: serde.Authorization,
+        spec: RoundSpec,
+        record: RoundRecord,
+        links: NodeLinks,
+        board: RoundBoard,
+        settings: RoundSettings,
+    ) -> None:
+        super().__init__(signed, spec, record, links, board, settings)
+        self.machine = CommitteeCoordinator(RoundTerms.of(spec, signed.digest), settings.caps)
+        self._phase = CoordinatorPhase.PREPARING
+        self._awaiting: dict[str, collections.deque[tuple[str, int]]] = {}  # member -> owners
+        self._roots: dict[str, SignedRoot] | None = None
+        self._answered = 0
+        self._total = 0
+
+    @property
+    def phase(self) -> CoordinatorPhase:
+        return self._phase
+
+    def progress(self) -> tuple[int, int]:
+        return self._answered, self._total
+
+    def _failed(self, reason: str) -> None:
+        self._phase = CoordinatorPhase.FAILED
+
+    def _steps(self) -> None:
+        certificates = self._prepare()
+        self._sign(certificates)
+        self._evaluate()
+        deliveries = self._reveal()
+        self._deliver(deliveries)
+
+    def _all(self, what: str, request_for: Callable[[str], Any]) -> dict[str, Any]:
+        return self._unary_all(what, lambda node: getattr(self.links.v2(node), what), request_for)
+
+    def _prepare(self) -> dict[str, bytes]:
+        # a node drops the round (and its share) if the coordinator goes silent this long
+        request = serde.prepare_to_proto(self.signed, self.settings.round_timeout)
+        replies = self._all("Prepare", lambda _: request)
+        certificates = {}
+        with self._cond:
+            try:
+                for node in self.spec.participants:
+                    reply = replies[node]
+                    if reply.protocol != serde_v2.PROTOCOL:
+                        raise RoundFailure(
+                            f"{node} answered Prepare for protocol v{reply.protocol or 1}, "
+                            f"not v{serde_v2.PROTOCOL}"
+                        )
+                    commitment = (
+                        serde_v2.commitment_from_proto(reply.commitment)
+                        if reply.HasField("commitment")
+                        else None
+                    )
+                    transcript = self.machine.on_prepared(Prepared(node, reply.size, commitment))
+                    certificates[node] = reply.certificate
+            except ProtocolError as exc:
+                raise RoundFailure(str(exc)) from None
+            assert transcript is not None
+            self.transcript = transcript
+            sizes = dict(transcript.sizes)
+            members = len(self.machine.terms.committee)
+            self._total = sum(
+                (n + LAMBDA) * (members - (name in self.machine.terms.committee))
+                for name, n in sizes.items()
+            )
+            self._publish(sizes=sizes, hops_total=self._total, force=True)
+        return certificates
+
+    def _sign(self, certificates: dict[str, bytes]) -> None:
+        request = node_v2.TranscriptRequest(
+            round_id=self.spec.round_id,
+            transcript=serde_v2.transcript_to_proto(self.transcript),
+            certificates=certificates,
+        )
+        replies = self._all("SignTranscript", lambda _: request)
+        with self._cond:
+            signatures = None
+            for node in self.spec.participants:
+                signatures = self.machine.on_signature(node, replies[node].signature)
+            assert signatures is not None
+        begin = node_v2.BeginRequest(round_id=self.spec.round_id, signatures=signatures)
+        self._all("Begin", lambda _: begin)
+
+    def _evaluate(self) -> None:
+        with self._cond:
+            self._phase = CoordinatorPhase.ROUTING
+            self._publish(force=True)
+            for member in self.machine.terms.committee:
+                self._queues[f"evaluate:{member}"] = queue.SimpleQueue()
+                self._awaiting[member] = collections.deque()
+            for owner in self.spec.participants:
+                q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+                q.put(node_v2.OwnIn(start=node_v2.OwnStart(round_id=self.spec.round_id)))
+                self._queues[f"own:{owner}"] = q
+        for member in self.machine.terms.committee:
+            call = self.links.v2(member).Evaluate(
+                _drain(self._queues[f"evaluate:{member}"]), timeout=self._left()
+            )
+            self._follow(member, call, "Evaluate", self._on_answer, self._evaluate_ended)
+        for owner in self.spec.participants:
+            call = self.links.v2(owner).Own(
+                _drain(self._queues[f"own:{owner}"]), timeout=self._left()
+            )
+            self._follow(owner, call, "Own", self._on_own, self._own_ended)
+        self._wait_for(lambda: self._open_streams == 0, "every set's evaluations")
+        if self._roots is None:
+            raise RoundFailure("every stream ended before every participant's tag root was in")
+
+    def _on_own(self, owner: str, message: node_v2.OwnOut) -> None:
+        if message.HasField("request"):
+            signed = serde_v2.request_from_proto(message.request)
+            if signed.request.requester != owner:
+                raise RoundFailure(
+                    f"{owner} sent a request in the name of {signed.request.requester}"
+                )
+            for member in self.machine.members_for(signed):
+                self._queues[f"evaluate:{member}"].put(message.request)
+                self._awaiting[member].append((owner, signed.request.count))
+            return
+        root = serde_v2.root_from_proto(message.root)
+        if root.owner != owner:
+            raise RoundFailure(f"{owner} sent a tag root in the name of {root.owner}")
+        self._roots = self.machine.on_root(root)
+        if self._roots is not None:  # no request will come: the streams may end
+            self._close_queues()
+
+    def _on_answer(self, member: str, message: node_v2.SignedAnswer) -> None:
+        waiting = self._awaiting[member]
+        if not waiting:
+            raise RoundFailure(f"{member} answered a request it was never sent")
+        owner, count = waiting.popleft()
+        self._queues[f"own:{owner}"].put(node_v2.OwnIn(answer=message))
+        self._answered += count
+        self._publish(hops_done=self._answered)
+
+    def _evaluate_ended(self, member: str) -> None:
+        if self._awaiting[member]:
+            raise RoundFailure(f"{member}'s Evaluate stream ended with requests unanswered")
+
+    def _own_ended(self, owner: str) -> None:
+        if owner not in self.machine.roots:
+            raise RoundFailure(f"{owner}'s Own stream ended before its tag root")
+
+    def _reveal(self) -> dict[str, tuple[NodeDelivery, dict[str, SignedRoot]]]:
+        assert self._roots is not None
+        request = node_v2.RevealRequest(
+            round_id=self.spec.round_id, roots=serde_v2.roots_to_proto(self._roots)
+        )
+        replies = self._all("Reveal", lambda _: request)
+        deliveries = None
+        with self._cond:
+            try:
+                for node in self.spec.participants:
+                    tags = serde_v2.tags_from_proto(replies[node])
+                    if tags.owner != node:
+                        raise RoundFailure(f"{node} revealed tags in the name of {tags.owner}")
+                    deliveries = self.machine.on_tags(tags)
+            except ProtocolError as exc:
+                raise RoundFailure(str(exc)) from None
+            assert deliveries is not None
+            self._phase = CoordinatorPhase.DELIVERING
+            self._publish(hops_done=self._total, force=True)
+        return deliveries
+
+    def _deliver(self, deliveries: dict[str, tuple[NodeDelivery, dict[str, SignedRoot]]]) -> None:
+        requests = {
+            node: serde_v2.delivery_to_proto(d, roots) for node, (d, roots) in deliveries.items()
+        }
+        counts = {node: delivered(d) for node, (d, _) in deliveries.items()}
+        del deliveries
+        self._all("Deliver", requests.__getitem__)
+        with self._cond:
+            self._phase = CoordinatorPhase.DONE
+            self._publish(match_counts=counts, finished=time.time(), force=True)
+
+
+def delivered(delivery: NodeDelivery) -> int:
+    """Matches delivered to one node; in count mode, the total over its partners."""
+    if delivery.mode == "count":
+        return sum(delivery.shared.values())
+    if delivery.hits is not None:
+        return len(delivery.hits)
+    return len({int(p) for proof in delivery.proofs for p in proof.positions})
 
 
 def _drain(

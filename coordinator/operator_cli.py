@@ -97,6 +97,7 @@ def cmd_round_start(args: argparse.Namespace) -> int:
             epoch=epoch,
             counts=counts,
             chunk_size=getattr(args, "chunk_size", None),
+            committee=getattr(args, "committee", None) or (),
         )
     except BadMessage as exc:
         hint = ""
@@ -169,6 +170,7 @@ def new_round(
     chunk_size: int | None = None,
     round_id: str | None = None,
     issued: float | None = None,
+    committee: Sequence[str] = (),
 ) -> RoundSpec:
     """The spec of a round as the operator asks for it: a fresh round id, issued now, unless
     given. ``mode`` "watch" is a pairwise round that then opens an epoch (docs/WATCH.md)."""
@@ -183,6 +185,7 @@ def new_round(
         epoch_seconds=(epoch or DEFAULT_EPOCH_SECONDS) if watching else 0.0,
         counts=counts,
         issued=time.time() if issued is None else issued,
+        committee=tuple(committee),
     )
 
 
@@ -330,7 +333,8 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
     if info.finished:
         head += f" after {info.finished - info.created:.1f} s"
     elif info.state == CoordinatorPhase.ROUTING:
-        head += f" ({_percent(info)}% of the element-hops done)"
+        unit = "element-hops" if info.mode == "watch" else "evaluations"
+        head += f" ({_percent(info)}% of the {unit} done)"
     lines = [
         head,
         f"  mode {mode}, {kinds}; started {local_time(info.created)} by {info.operator or '-'}",

@@ -89,6 +89,7 @@ def _order(args: argparse.Namespace) -> StandingOrder:
             counts=args.counts,
             chunk_size=args.chunk_size,
             issued=now,
+            committee=getattr(args, "committee", None) or (),
         )
     except BadMessage as exc:
         raise BadInput(str(exc)) from None
@@ -108,6 +109,7 @@ def new_order(
     counts: bool = False,
     chunk_size: int | None = None,
     issued: float,
+    committee: Sequence[str] = (),
 ) -> StandingOrder:
     """The standing order an operator asks for: a fresh schedule id, runs as ``round start``
     would build them ("watch" mode: pairwise rounds that open an epoch)."""
@@ -121,6 +123,7 @@ def new_order(
         chunk_size=chunk_size,
         round_id="run",  # each run's id is the schedule's and the run number
         issued=first,
+        committee=committee,
     )
     return StandingOrder(uuid.uuid4().hex, name, template, every, first, until, issued)
 

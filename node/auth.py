@@ -16,15 +16,18 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from blindmatch.core.errors import ForgedMessage
+from blindmatch.core.identity import Identity
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.signing import (
     ChunkClaim,
-    Party,
     SignedSpec,
     Signer,
+    Signs,
     Trust,
+    Verifies,
     verify_order,
     verify_spec,
 )
@@ -54,6 +57,10 @@ class RoundAuthority:
         """What partners verify this node's chunks with (sent in PrepareReply)."""
         return self._signer.cert_pem
 
+    @property
+    def signer(self) -> Signs:
+        return self._signer
+
     def operator(self, signed: SignedSpec | ScheduledRun, spec: RoundSpec) -> str:
         """The name of the operator who signed ``spec`` if this node accepts it from them. A run
         of a standing order is accepted as a spec is: the operator's signature over the order,
@@ -72,14 +79,14 @@ class RoundAuthority:
             )
         return name
 
-    def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Party]:
+    def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Verifies]:
         """Every participant's certificate, verified: issued by the federation CA to that very
         node name, valid now. A missing, extra, foreign or invented one refuses the round."""
         extra = sorted(set(certificates) - set(spec.participants))
         if extra:
             raise ForgedMessage(f"certificates of non-participants sent: {', '.join(extra)}")
         now = self._now()
-        parties = {}
+        parties: dict[str, Verifies] = {}
         for name in spec.participants:
             cert = certificates.get(name)
             if not cert:
@@ -91,7 +98,7 @@ class RoundAuthority:
         return self._signer.sign(claim.message())
 
     @staticmethod
-    def verify_chunk(producer: Party | None, claim: ChunkClaim, signature: bytes) -> None:
+    def verify_chunk(producer: Verifies | None, claim: ChunkClaim, signature: bytes) -> None:
         if producer is None:
             raise ForgedMessage(f"no verified certificate for the producer of {_what(claim)}")
         producer.verify(claim.message(), signature, _what(claim))
@@ -100,22 +107,36 @@ class RoundAuthority:
         return datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class Unverified:
+    """A partner of a plaintext node: named, never verified (loopback, ``--insecure`` only)."""
+
+    identity: Identity
+
+    def sign(self, message: bytes) -> bytes:
+        return b""
+
+    def verify(self, message: bytes, signature: bytes, what: str) -> None:
+        return None
+
+
 class Unauthenticated:
     """A plaintext node's stand-in: no identity, nothing signed, nothing verified."""
 
     certificate = b""
+    signer: Signs = Unverified(Identity("node", "(insecure)"))
 
     def operator(self, signed: SignedSpec | ScheduledRun, spec: RoundSpec) -> str:
         return INSECURE_OPERATOR
 
-    def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Party]:
-        return {}
+    def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Verifies]:
+        return {name: Unverified(Identity("node", name)) for name in spec.participants}
 
     def sign_chunk(self, claim: ChunkClaim) -> bytes:
         return b""
 
     @staticmethod
-    def verify_chunk(producer: Party | None, claim: ChunkClaim, signature: bytes) -> None:
+    def verify_chunk(producer: Verifies | None, claim: ChunkClaim, signature: bytes) -> None:
         return None
 
 

@@ -97,12 +97,21 @@ def load_config(path: str | Path) -> NodeConfig:
         key: r.integer(f"policy.{key}", pol, getattr(defaults, key), low=0)
         for key in ("max_partner_set", "max_own_set", "max_round_elements")
     }
-    r.no_unknown(pol, "policy", {"partners", "operators", "tlp", "kinds", *caps})
+    r.no_unknown(
+        pol, "policy", {"partners", "operators", "tlp", "kinds", "trusted_committee", *caps}
+    )
     r.no_unknown(imp, "import", {"default_tlp"})
     watch = _watch_settings(r)
     budgets = _budgets(r)
     partners = _anyone_or(r, pol, "partners", "node")
     operators = _anyone_or(r, pol, "operators", "operator")
+    trusted = r.value("policy.trusted_committee", pol, [], list)
+    for name in trusted:
+        r.check(
+            isinstance(name, str) and is_valid_name(name),
+            "policy.trusted_committee",
+            f"names {name!r}, not a node name",
+        )
     kinds = r.value("policy.kinds", pol, list(KINDS), list)
     bad = [k for k in kinds if k not in KINDS]
     r.check(not bad, "policy.kinds", f"names unknown kind(s) {bad}; known: {', '.join(KINDS)}")
@@ -151,6 +160,7 @@ def load_config(path: str | Path) -> NodeConfig:
             max_partner_set=caps["max_partner_set"],
             max_own_set=caps["max_own_set"],
             max_round_elements=caps["max_round_elements"],
+            trusted_committee=frozenset(trusted),
         ),
         tlps=tlps,
         default_tlp=default_tlp,
@@ -360,6 +370,10 @@ kinds = [{kinds}]
 max_partner_set = {p.max_partner_set}       # largest partner set it re-blinds in one round
 max_own_set = {p.max_own_set}           # largest own set it contributes to one round
 max_round_elements = {p.max_round_elements}   # everything it blinds in one round, all partners together
+# A round whose committee (the nodes whose key shares, together, could test guesses against this
+# node's values) does not include this node is joined only if it holds every node named here.
+# [] = this node must be in the committee itself (docs/OPERATIONS.md, "The committee").
+trusted_committee = []
 
 [budgets]                       # per partner, per rolling window: so many small rounds cannot add up to a dictionary
 window = "{window_text(b.window)}"                  # the rolling window (s, m, h or d)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from blindmatch.core.canon import InvalidIndicator, canonicalize
-from blindmatch.core.group import hash_indicators
+from blindmatch.core.oprf import hash_indicators
 from node.importers import Event, ImportFileError, Invalid, Skipped, read_path
 from node.store import Sighting, Store, normalize_tlp
 from node.store.sightings import Hasher

@@ -2,6 +2,10 @@
 
 So gRPC handler threads, health checks and other rounds stay responsive while a round is
 blinding, and a round uses every core.
+
+Two hashes run here: ``blind`` and ``hash_and_blind`` are protocol v1's (X25519,
+blindmatch.core.group), for v1 rounds and checks; ``hash`` and ``hash_all`` are the H(v) the store
+keeps, protocol v2's (secp256k1, blindmatch.core.oprf), for imports and filling stale hashes.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
+from typing import TypeVar
 
-from blindmatch.core import group
+from blindmatch.core import group, oprf
 from blindmatch.runtime.hardening import no_core_dumps
 
 WARM_UP_KEY = bytes(range(32))
 # Fewer items than this are hashed in the caller's process unless the workers are already up:
 # spawning them (about a second) costs more than hashing a small import.
 SPAWN_WORTH = 5_000
+
+_T = TypeVar("_T")
 
 
 class Blinder:
@@ -38,7 +45,7 @@ class Blinder:
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
 
-    def _submit(self, fn: Callable[..., bytes], *args: object) -> Future[bytes]:
+    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
         # Under the lock: ``retire`` must not shut down the pool between lookup and submit.
         with self._lock:
             if self._closed:
@@ -63,22 +70,25 @@ class Blinder:
     def hash_and_blind(self, key: bytes, items: list[tuple[str, str]]) -> Future[bytes]:
         return self._submit(group.hash_and_blind_packed, key, items)
 
-    def hash(self, items: list[tuple[str, str]]) -> Future[bytes]:
-        """H(v) of each item, packed: no key is involved, so these tasks hold nothing secret."""
-        return self._submit(group.hash_packed, items)
+    def hash(self, items: list[tuple[str, str]]) -> Future[list[bytes]]:
+        """H(v) of each item as the store keeps it (oprf.hash_indicators, protocol v2): no key is
+        involved, so these tasks hold nothing secret."""
+        return self._submit(oprf.hash_indicators, items)
 
     def hash_all(self, items: Sequence[tuple[str, str]]) -> list[bytes]:
-        """H(v) of each item, in order, one task per worker so that a batch uses every core.
+        """H(v) of each item (oprf.hash_indicators), in order, one task per worker so that a
+        batch uses every core.
 
-        The store's ``Hasher`` for imports and for filling a store's missing hashes.
+        The store's ``Hasher`` for imports and for filling a store's missing or stale hashes;
+        never an input of v1's blinding (that hashes with ``hash_and_blind``).
         """
         with self._lock:
             cold = self._pool is None
         if cold and len(items) < SPAWN_WORTH:
-            return group.hash_indicators(items)
+            return oprf.hash_indicators(items)
         per = -(-len(items) // self.workers) or 1
         futures = [self.hash(list(items[i : i + per])) for i in range(0, len(items), per)]
-        return [e for f in futures for e in group.split_elements(f.result())]
+        return [e for f in futures for e in f.result()]
 
     def worker_pids(self) -> set[int]:
         """The running workers' process ids (none before the first task or after ``retire``)."""

@@ -18,21 +18,34 @@ Budgets across rounds (``node.budgets``) are charged at routing start, after eve
 from __future__ import annotations
 
 import collections
+import contextlib
+import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, UnknownRound, WrongPhase
+from blindmatch.core.committee import CommitteeNode, RoundTerms
+from blindmatch.core.errors import (
+    BadMessage,
+    PolicyRefusal,
+    ProtocolError,
+    RoundIdUsed,
+    UnknownRound,
+    WrongPhase,
+)
+from blindmatch.core.evaluation import Transcript
 from blindmatch.core.group import RoundKey
 from blindmatch.core.match import Delivery
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.round_node import Candidate, Ids, NodeRound
-from blindmatch.core.signing import ChunkClaim, Party, SignedSpec
+from blindmatch.core.signing import ChunkClaim, SignedSpec, Verifies
 from blindmatch.core.spec import Policy, RoundSpec
-from blindmatch.core.states import Outcome
+from blindmatch.core.states import NODE, Outcome
+from node.answerlog import SpilledAnswers
 from node.auth import Authority
 from node.budgets import Budgets
 from node.metrics import NO_METRICS, NodeHooks
@@ -73,7 +86,9 @@ class LiveRound:
     deadline: float
     operator: str  # who signed the spec (verified)
     spec_digest: bytes  # binds every chunk of the round to the spec this node accepted
-    parties: dict[str, Party] = field(default_factory=dict)  # verified at RoutingStart
+    parties: dict[str, Verifies] = field(default_factory=dict)  # verified at RoutingStart
+    # protocol v2 (every round but watch rounds): the node's share, requests and tags
+    committee: CommitteeNode | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     began: float = field(default_factory=time.monotonic)  # for the round's duration (metrics)
     # why this node refused the round at RoutingStart: every later call for the round (its
@@ -82,9 +97,23 @@ class LiveRound:
 
     def live_key(self) -> RoundKey:
         """The round's key; once the round is refused, the refusal itself, as first reported."""
+        self.check_live()
+        return self.round.live_key()
+
+    def check_live(self) -> None:
+        """Raise the round's refusal, or WrongPhase once it has ended."""
         if self.refusal is not None:
             raise self.refusal
-        return self.round.live_key()
+        if NODE.final(self.round.phase):
+            raise WrongPhase(f"round {self.round.spec.round_id} is {self.round.phase.value}")
+
+    def v2(self) -> CommitteeNode:
+        """The round's protocol v2 machine; BadMessage for a round of v1's ring."""
+        if self.committee is None:
+            raise BadMessage(
+                f"round {self.round.spec.round_id} is a watch round, run on protocol v1's ring"
+            )
+        return self.committee
 
     def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
         """What the producer of this chunk of the round vouches for."""
@@ -131,7 +160,7 @@ class LiveRounds:
             with self._lock:
                 refusal = self._refused.get(round_id)
             if refusal is not None:
-                raise refusal
+                raise refusal.with_traceback(None)  # each raise would extend the kept one
             raise UnknownRound(
                 f"no round {round_id!r} on this node (finished, aborted or never prepared)"
             )
@@ -157,7 +186,10 @@ class LiveRounds:
                 return False
             del self._rounds[live.round.spec.round_id]
             if live.refusal is not None:
-                self._refused[live.round.spec.round_id] = live.refusal
+                # a copy: the refusal itself goes on with a traceback whose frames hold the
+                # round (and its secrets) alive
+                kept = copy.copy(live.refusal).with_traceback(None)
+                self._refused[live.round.spec.round_id] = kept
                 while len(self._refused) > _REFUSALS_KEPT:
                     self._refused.popitem(last=False)
             return True
@@ -224,6 +256,7 @@ class RoundRegistry:
         spec: RoundSpec,
         coordinator: str,
         timeout_seconds: float,
+        protocol: int = 1,
     ) -> LiveRound:
         """Verify who signed ``spec`` (the bytes of ``signed``, or the run of the standing order
         it derives from), then draw the round's key and
@@ -244,8 +277,32 @@ class RoundRegistry:
             operator = self.authority.operator(signed, spec)
             if self.watch is not None:  # a watch round is announced here: the node may refuse
                 self.watch.admit(spec)
+            check_protocol(spec, protocol)
             # read only for a spec an allowed operator signed
-            machine = NodeRound(spec, self.name, self.policy, StoredSet(self.store, self.tlps))
+            machine = NodeRound(
+                spec,
+                self.name,
+                self.policy,
+                StoredSet(self.store, self.tlps),
+                keyed=spec.watching,
+            )
+            committee = None
+            if not spec.watching:
+                if not machine.size:
+                    # A v2 owner commits to its tags, and there is no commitment to nothing.
+                    kinds = ", ".join(k for k in spec.kinds if k in self.policy.kinds)
+                    raise PolicyRefusal(
+                        f"{self.name} has no indicator of the round's kinds to take part with "
+                        f"({kinds or 'none its policy allows'}); start the round without it"
+                    )
+                committee = CommitteeNode(
+                    RoundTerms.of(spec, signed.digest),
+                    self.name,
+                    self.authority.signer,
+                    machine.size,
+                    self.policy,
+                    SpilledAnswers(),
+                )
         except ProtocolError as exc:
             self._record(
                 spec,
@@ -265,6 +322,7 @@ class RoundRegistry:
             deadline=time.monotonic() + timeout,
             operator=operator,
             spec_digest=signed.digest,
+            committee=committee,
         )
         if not self.live.add(live):
             machine.abort("duplicate prepare")
@@ -297,15 +355,55 @@ class RoundRegistry:
                 self.end(live, Outcome.REFUSED, str(exc))
             raise
 
-    def deliver(self, round_id: str, decode: Callable[[RoundSpec], Delivery]) -> int:
-        """Resolve the delivery ``decode`` reads for the round, store the results and end the
-        round; the number of results stored. A broken delivery ends the round: nothing is kept."""
+    def sign_transcript(
+        self, live: LiveRound, transcript: Transcript, certificates: dict[str, bytes]
+    ) -> bytes:
+        """Protocol v2: every participant's certificate verified, then the transcript; this
+        node's signature over it. A refusal ends the round."""
+        with self._refusing(live):
+            committee = live.v2()
+            live.parties = self.authority.partners(live.round.spec, certificates)
+            return committee.sign_transcript(transcript, live.parties)
+
+    def begin(self, live: LiveRound, signatures: dict[str, bytes]) -> None:
+        """Protocol v2: every participant's signature over the transcript verified, then the
+        sizes checked against this node's caps, then what each partner may ask of it charged
+        to its budget (its announced size and λ checks) — all before anything is evaluated."""
+        with self._refusing(live):
+            committee = live.v2()
+            committee.begin(signatures)
+            assert committee.transcript is not None
+            sizes = dict(committee.transcript.sizes)
+            live.round.begin_routing(sizes)
+            if self.budgets is not None:
+                self.budgets.charge_round(
+                    live.round.spec.round_id, {p: n + LAMBDA for p, n in sizes.items()}
+                )
+
+    @contextlib.contextmanager
+    def _refusing(self, live: LiveRound) -> Iterator[None]:
+        """A protocol error inside ends the round as refused (kept as its refusal) and goes on."""
+        try:
+            with live.lock:
+                yield
+        except ProtocolError as exc:
+            if not isinstance(exc, UnknownRound | WrongPhase):
+                live.refusal = exc
+                self.end(live, Outcome.REFUSED, str(exc))
+            raise
+
+    def deliver(self, round_id: str, decode: Callable[[LiveRound], Delivery]) -> int:
+        """Resolve the delivery ``decode`` reads (and verifies) for the round, store the results
+        and end the round; the number of results stored. A broken or forged delivery ends the
+        round: nothing is kept."""
         live = self.get(round_id)
         try:
-            delivery = decode(live.round.spec)
             with live.lock:
-                outcome = live.round.resolve(delivery)
-        except BadMessage as exc:
+                live.check_live()
+                outcome = live.round.resolve(decode(live))
+        except (UnknownRound, WrongPhase):
+            raise
+        except ProtocolError as exc:
             self.end(live, Outcome.FAILED, f"refused the delivery: {exc}")
             raise
         spec = live.round.spec
@@ -344,6 +442,9 @@ class RoundRegistry:
             return
         if outcome != Outcome.DONE:
             live.round.abort(reason or outcome)
+        if live.committee is not None:  # its share and seed go with the round, whatever the
+            with live.lock:  # outcome (a delivered round's are gone already); never mid-answer
+                live.committee.abort()
         self._audit(live, outcome, reason)
         self.metrics.round_ended(outcome, time.monotonic() - live.began, live.round.blinded_for)
         self._watch_ended(round_id, outcome, reason)
@@ -411,18 +512,34 @@ class RoundRegistry:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             expired = [live for live in self.live.all() if live.deadline < now]
-            for live in expired:
-                log.warning("round %s: coordinator silent; dropping it", live.round.spec.round_id)
-                self.end(
-                    live,
-                    Outcome.FAILED,
-                    f"timed out: no word from the coordinator for {live.timeout:.0f} s",
-                )
+            while expired:  # popped, so that no name here keeps a dropped round alive
+                self._expire(expired.pop())
+
+    def _expire(self, live: LiveRound) -> None:
+        log.warning("round %s: coordinator silent; dropping it", live.round.spec.round_id)
+        self.end(
+            live,
+            Outcome.FAILED,
+            f"timed out: no word from the coordinator for {live.timeout:.0f} s",
+        )
 
     def shutdown(self) -> None:
         self._stop.set()
         for live in self.live.all():
             self.end(live, Outcome.ABORTED, "node shut down")
+
+
+def check_protocol(spec: RoundSpec, protocol: int) -> None:
+    """Every round runs protocol v2 but watch rounds, which still run v1's ring; a round asked
+    for over the other version is refused with both versions named."""
+    wanted = 1 if spec.watching else 2
+    if protocol != wanted:
+        what = "a watch round" if spec.watching else "a round"
+        raise PolicyRefusal(
+            f"round {spec.round_id} is {what} of protocol v{wanted}; the coordinator asked over "
+            f"v{protocol}, which this node refuses for it (blindmatch.v{wanted}.NodeService; "
+            "is the coordinator older than this node?)"
+        )
 
 
 def fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:

@@ -18,8 +18,10 @@ from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
 from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
+from node.committee import CommitteeServicer
 from node.config import NodeConfig
 from node.connectors.scheduler import ConnectorThread
 from node.metrics import NO_METRICS, NodeHooks, NodeMetrics
@@ -35,6 +37,7 @@ def access_policy(config: NodeConfig) -> net.AccessPolicy:
     return net.AccessPolicy(
         {
             "/blindmatch.v1.NodeService/": [("coordinator", config.coordinator)],
+            "/blindmatch.v2.NodeService/": [("coordinator", config.coordinator)],
             **watch_access_rules(config.name, config.coordinator, config.watch.check_clients),
         }
     )
@@ -119,10 +122,12 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             on_done=None if connectors is None else connectors.push_now,
         )
         servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
+        committee = CommitteeServicer(name=config.name, rounds=rounds)
         handle = net.start_server(
             listen or config.listen,
             [
                 lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
+                lambda s: node_v2_grpc.add_NodeServiceServicer_to_server(committee, s),
                 lambda s: watch_pb2_grpc.add_NodeWatchServiceServicer_to_server(watch, s),
             ],
             tls,

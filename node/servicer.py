@@ -49,17 +49,15 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         with status.refusing(context, ProtocolError):
             live = self.rounds.get(request.round_id)
             live.live_key()
-            batches = live.round.own_hashed()
+            batches = live.round.own_batches()
         window: collections.deque[Future[bytes]] = collections.deque()
         seq = 0
         try:
-            for batch in batches:
+            for items in batches:
                 # Exported per batch: a stalled stream must not keep the key alive in this frame.
                 key = live.live_key().export()
-                if batch.hashes is not None:  # hashed once, at import: only blind
-                    window.append(self.blinder.blind(key, batch.hashes))
-                else:  # a hash still missing or stale (the store is being filled): same bytes
-                    window.append(self.blinder.hash_and_blind(key, batch.items))
+                # the store keeps v2's H(x): a v1 (watch) round hashes its own on the fly
+                window.append(self.blinder.hash_and_blind(key, items))
                 del key
                 while len(window) > self.blinder.workers * 2:
                     yield self._own_chunk(live, seq, window.popleft())
@@ -180,7 +178,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.DeliverReply:
         with status.refusing(context, ProtocolError, StoreFailed):
             recorded = self.rounds.deliver(
-                request.round_id, lambda spec: serde.delivery_from_proto(request, spec)
+                request.round_id, lambda live: serde.delivery_from_proto(request, live.round.spec)
             )
         return node_pb2.DeliverReply(recorded=recorded)
 

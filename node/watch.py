@@ -215,17 +215,14 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         return b"".join(f.result() for f in futures)
 
     def _hash_and_blind(self, key: bytes, items: Sequence[tuple[str, str]]) -> bytes:
-        """H(v) of each item blinded under ``key``, one blinding each: a value the store holds
-        was hashed once, at import; only the others are hashed here (the same bytes as
-        hash_and_blind)."""
-        hashes = self.store.stored_hashes(items)
-        missing = [i for i, h in enumerate(hashes) if h is None]
-        if missing:
-            for i, h in zip(
-                missing, self.blinder.hash_all([items[i] for i in missing]), strict=True
-            ):
-                hashes[i] = h
-        return self._blind(key, b"".join(h for h in hashes if h is not None))
+        """v1's H(v) of each item blinded under ``key`` (group.hash_and_blind_packed), hashed on
+        the fly: the store keeps protocol v2's hashes (secp256k1 points), never v1 elements."""
+        per = -(-len(items) // self.blinder.workers) or 1
+        futures = [
+            self.blinder.hash_and_blind(key, list(items[i : i + per]))
+            for i in range(0, len(items), per)
+        ]
+        return b"".join(f.result() for f in futures)
 
     # --- RPCs from the coordinator ----------------------------------------------------------
 

@@ -97,6 +97,7 @@ def round_spec(
     chunk_size: int = TEST_CHUNK,
     round_id: str | None = None,
     issued: float | None = None,
+    committee: Sequence[str] = (),
 ) -> node_pb2.RoundSpec:
     """The spec an operator's ``round start`` builds; ``mode`` may be "watch" as on its CLI."""
     watching = mode == "watch"
@@ -110,6 +111,7 @@ def round_spec(
         epoch_seconds=(epoch_seconds or DEFAULT_EPOCH_SECONDS) if watching else epoch_seconds,
         counts=counts,
         issued=time.time() if issued is None else issued,
+        committee=list(committee),
     )
 
 

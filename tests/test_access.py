@@ -25,6 +25,8 @@ from blindmatch.runtime import net
 from blindmatch.runtime.net import TlsConfig
 from blindmatch.runtime.pki import CertMaterial, issue, new_ca
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from blindmatch.v2 import node_pb2 as node_v2
+from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
 from coordinator.config import CoordinatorConfig
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
@@ -89,12 +91,10 @@ ROUND = "access-check"
 SPEC = node_pb2.RoundSpec(
     round_id=ROUND, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
 )
+# unsigned: the access policy refuses the caller before anything reads the spec
+PREPARE = node_pb2.PrepareRequest(signed_spec=node_pb2.SignedSpec(spec=SPEC.SerializeToString()))
 NODE_CALLS: dict[str, Callable[[node_pb2_grpc.NodeServiceStub], object]] = {
-    # unsigned: the access policy refuses the caller before anything reads the spec
-    "Prepare": lambda s: s.Prepare(
-        node_pb2.PrepareRequest(signed_spec=node_pb2.SignedSpec(spec=SPEC.SerializeToString())),
-        timeout=T,
-    ),
+    "Prepare": lambda s: s.Prepare(PREPARE, timeout=T),
     "OwnSet": lambda s: list(s.OwnSet(node_pb2.RoundRef(round_id=ROUND), timeout=T)),
     "Reblind": lambda s: list(
         s.Reblind(
@@ -107,6 +107,36 @@ NODE_CALLS: dict[str, Callable[[node_pb2_grpc.NodeServiceStub], object]] = {
     ),
     "Abort": lambda s: s.Abort(node_pb2.AbortRequest(round_id=ROUND), timeout=T),
 }
+# protocol v2's service (every round but watch rounds), under the same access policy
+NODE_V2_CALLS: dict[str, Callable[[node_v2_grpc.NodeServiceStub], object]] = {
+    "Prepare": lambda s: s.Prepare(PREPARE, timeout=T),
+    "SignTranscript": lambda s: s.SignTranscript(
+        node_v2.TranscriptRequest(round_id=ROUND), timeout=T
+    ),
+    "Begin": lambda s: s.Begin(node_v2.BeginRequest(round_id=ROUND), timeout=T),
+    "Evaluate": lambda s: list(s.Evaluate(iter([node_v2.SignedRequest()]), timeout=T)),
+    "Own": lambda s: list(
+        s.Own(iter([node_v2.OwnIn(start=node_v2.OwnStart(round_id=ROUND))]), timeout=T)
+    ),
+    "Reveal": lambda s: s.Reveal(node_v2.RevealRequest(round_id=ROUND), timeout=T),
+    "Deliver": lambda s: s.Deliver(node_v2.DeliverRequest(round_id=ROUND, mode="count"), timeout=T),
+    "Abort": lambda s: s.Abort(node_pb2.AbortRequest(round_id=ROUND), timeout=T),
+}
+
+
+def _on_v1(call: Callable[[node_pb2_grpc.NodeServiceStub], object]) -> Callable[[Any], object]:
+    return lambda channel: call(node_pb2_grpc.NodeServiceStub(channel))
+
+
+def _on_v2(call: Callable[[node_v2_grpc.NodeServiceStub], object]) -> Callable[[Any], object]:
+    return lambda channel: call(node_v2_grpc.NodeServiceStub(channel))
+
+
+# every round RPC of both services, as a call on a channel
+CALLS: dict[str, Callable[[grpc.Channel], object]] = {
+    **{f"v1.{name}": _on_v1(call) for name, call in NODE_CALLS.items()},
+    **{f"v2.{name}": _on_v2(call) for name, call in NODE_V2_CALLS.items()},
+}
 
 
 def rounds_on(fed: Federation, name: str) -> list[str]:
@@ -117,22 +147,27 @@ def rounds_on(fed: Federation, name: str) -> list[str]:
 def test_the_node_serves_the_coordinator_its_config_names(
     fed: Federation, pki: FederationPki
 ) -> None:
+    """A round of protocol v2 (not a watch round): Prepare on blindmatch.v2.NodeService."""
     assert fed.configs["alpha"].coordinator == "coordinator"
     with channel_to(
         fed.nodes["alpha"].port, pki.tls("coordinator", "coordinator"), ALPHA
     ) as channel:
-        stub = node_pb2_grpc.NodeServiceStub(channel)
+        stub = node_v2_grpc.NodeServiceStub(channel)
         round_id = "access-positive"
         spec = node_pb2.RoundSpec(
             round_id=round_id, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
         )
         request = node_pb2.PrepareRequest(signed_spec=signed_spec(spec, pki=pki))
-        assert stub.Prepare(request, timeout=T).size == 10
+        reply = stub.Prepare(request, timeout=T)
+        assert (reply.size, reply.protocol) == (10, 2)
+        assert reply.HasField("commitment")  # alpha is in the committee: every participant
+        assert round_id in fed.nodes["alpha"].rounds.active()
         assert stub.Abort(node_pb2.AbortRequest(round_id=round_id), timeout=T).known
     assert round_id in rounds_on(fed, "alpha")
+    assert fed.nodes["alpha"].rounds.active() == []
 
 
-@pytest.mark.parametrize("method", list(NODE_CALLS))
+@pytest.mark.parametrize("method", list(CALLS))
 @pytest.mark.parametrize(
     ("name", "role"),
     [("hub", "coordinator"), ("ops", "operator"), ("bravo", "node")],
@@ -143,7 +178,7 @@ def test_the_node_refuses_every_other_identity(
 ) -> None:
     before = rounds_on(fed, "alpha")
     with channel_to(fed.nodes["alpha"].port, pki.tls(name, role), ALPHA) as channel:
-        err = rpc_error(lambda: NODE_CALLS[method](node_pb2_grpc.NodeServiceStub(channel)))
+        err = rpc_error(lambda: CALLS[method](channel))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "requires coordinator/coordinator" in err.details()
     assert f"the caller presented {role}/{name}" in err.details()

@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from blindmatch.cli.tomlconfig import ConfigError
-from blindmatch.v1 import node_pb2, node_pb2_grpc
+from blindmatch.core.oprf import LAMBDA
+from blindmatch.v2 import node_pb2, node_pb2_grpc
 from node.budgets import BudgetExceeded, BudgetPolicy, Budgets, window_text
 from node.config import NodeConfig, load_config, render_config
 from node.store import Store
@@ -157,11 +158,15 @@ def test_bad_budgets_are_refused_naming_the_key(tmp_path: Path, table: str, erro
 # --- a real node ------------------------------------------------------------------------------
 
 SIZE = 60
+# What a round charges each partner at Begin: the evaluations it may ask of the node's share,
+# its set and the LAMBDA subset checks.
+CHARGE = SIZE + LAMBDA
+LIMIT = CHARGE * 3 // 2
 
 
 def one_round_per_window(config: NodeConfig) -> NodeConfig:
     """A node whose round budget fits one round of this test's sets per window, not two."""
-    return replace(config, budgets=BudgetPolicy(window=3600.0, round_elements=SIZE * 3 // 2))
+    return replace(config, budgets=BudgetPolicy(window=3600.0, round_elements=LIMIT))
 
 
 def test_a_second_round_within_the_window_is_refused_naming_the_budget(
@@ -182,33 +187,39 @@ def test_a_second_round_within_the_window_is_refused_naming_the_budget(
         clock.now += 1800
         second = fed.run_round(names)
         assert second.state == "failed"
-        assert "RESOURCE_EXHAUSTED" in second.error
-        assert "budgets.round_elements" in second.error
+
+        def refusal(name: str) -> str:
+            partner = "bravo" if name == "alpha" else "alpha"
+            return (
+                f"budget budgets.round_elements of {name} exhausted for partner {partner}: used "
+                f"{CHARGE} of {LIMIT} elements in the last 1h (window), this round {second.id} "
+                f"asks {CHARGE}; nothing was charged (raise [budgets] in {name}'s node.toml, or "
+                "wait)"
+            )
+
+        # both nodes hold the same budgets: each refuses Begin, before anything is evaluated
+        assert second.error == "; ".join(
+            f"{name} refused Begin: RESOURCE_EXHAUSTED: {refusal(name)}" for name in names
+        )
         for name in names:
             with fed.store(name) as s:
                 audit = next(r for r in s.rounds() if r.round_id == second.id)
                 use = {(u.partner, u.what): u.elements for u in s.budget_use(0.0)}
             partner = "bravo" if name == "alpha" else "alpha"
             # what the first round charged, and nothing more: the refusal cost nothing
-            assert use == {(partner, "round"): SIZE}
-            assert audit.outcome in ("refused", "aborted")
-        refusing, refusers = [], []
-        for name in names:
-            with fed.store(name) as s:
-                mine = [r for r in s.rounds() if r.round_id == second.id and r.outcome == "refused"]
-            refusing += mine
-            refusers += [name] if mine else []
-        assert refusing and all("budgets.round_elements" in (r.reason or "") for r in refusing)
+            assert use == {(partner, "round"): CHARGE}
+            assert (audit.outcome, audit.reason) == ("refused", refusal(name))
         assert all(not fed.nodes[n].rounds.active() for n in names)
         # Asked about the refused round afterwards, a node answers with its refusal, not with
         # "aborted" or "no round": the operator learns the cause whichever call came last.
-        for name in refusers:
+        start = node_pb2.OwnIn(start=node_pb2.OwnStart(round_id=second.id))
+        for name in names:
             with fed.as_coordinator(name) as channel:
                 stub = node_pb2_grpc.NodeServiceStub(channel)
                 with pytest.raises(grpc.RpcError) as refused:
-                    list(stub.OwnSet(node_pb2.RoundRef(round_id=second.id), timeout=30))
+                    list(stub.Own(iter([start]), timeout=30))
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "budgets.round_elements" in (refused.value.details() or "")
+            assert refused.value.details() == refusal(name)
 
         clock.now += 1800  # the first round's charge has left the window
         third = fed.run_round(names)

@@ -24,7 +24,7 @@ import requests
 from taxii2client.v21 import Collection
 
 from blindmatch.cli.tomlconfig import ConfigError
-from blindmatch.core.group import hash_indicators
+from blindmatch.core.oprf import hash_indicators
 from node.config import load_config
 from node.connectors.scheduler import Job, Scheduler, retry_delay
 from node.store import Store

@@ -25,6 +25,7 @@ import pytest
 from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
 from blindmatch.core.errors import UnknownRound
 from blindmatch.core.identity import Identity, identity_of
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.round_coordinator import Caps
 from blindmatch.core.spec import Policy
 from blindmatch.core.states import SchedulePhase
@@ -335,7 +336,7 @@ DOMAINS = {
     "alpha": COMMON + AB + [f"a{i}.example" for i in range(20)],
     "beta": COMMON + AB + BG + [f"b{i}.example" for i in range(17)],
     "gamma": COMMON + BG + [f"g{i}.example" for i in range(22)],
-    # delta only matches with alpha, and re-blinds at most 10 elements of any partner
+    # delta only matches with alpha, and takes at most 10 elements of any partner's set
     "delta": COMMON[:3] + [f"d{i}.example" for i in range(5)],
 }
 POLICIES = {"delta": Policy(partners=frozenset({"alpha"}), max_partner_set=10)}
@@ -461,7 +462,9 @@ def test_a_pairwise_round_runs_end_to_end(
     assert states == sorted(states, key=PHASES.index)  # phases only move forward
     assert dict(final.sizes) == {"alpha": SET_SIZE, "beta": SET_SIZE, "gamma": SET_SIZE}
     assert dict(final.match_counts) == {"alpha": 15, "beta": 18, "gamma": 13}
-    assert final.hops_total == 3 * SET_SIZE * 2 and final.hops_done == final.hops_total
+    # evaluations: each owner's set and its LAMBDA checks, answered by the 2 other members
+    assert final.hops_total == 3 * (SET_SIZE + LAMBDA) * 2
+    assert final.hops_done == final.hops_total
     assert final.operator == "ops" and final.mode == "pairwise" and not final.error
     assert final.created <= final.finished <= time.time()
     assert list(final.participants) == ["alpha", "beta", "gamma"]
@@ -502,12 +505,22 @@ def test_threshold_and_count_rounds(
         assert len(got) == counts["beta"]
 
 
-def test_a_round_of_empty_sets_completes(ops: coordinator_pb2_grpc.CoordinatorServiceStub) -> None:
+def test_a_round_of_empty_sets_is_refused_by_every_node(
+    ops: coordinator_pb2_grpc.CoordinatorServiceStub, nodes: dict[str, RunningNode]
+) -> None:
+    """Protocol v2 takes part with a set or not at all: a node with nothing of the round's kinds
+    refuses it at Prepare, and the round fails naming every such node."""
     final = run_round(ops, ["alpha", "beta"], kinds=["ipv4"])[-1]  # the nodes hold only domains
-    assert final.state == "done", final.error
-    assert dict(final.sizes) == {"alpha": 0, "beta": 0}
-    assert dict(final.match_counts) == {"alpha": 0, "beta": 0}
+    assert final.state == "failed"
+    assert final.error == "; ".join(
+        f"{name} refused: PERMISSION_DENIED: {name} has no indicator of the round's kinds to "
+        "take part with (ipv4); start the round without it"
+        for name in ("alpha", "beta")
+    )
+    assert not final.match_counts
     assert list(final.kinds) == ["ipv4"]
+    assert nodes["alpha"].rounds.active() == []
+    assert nodes["beta"].rounds.active() == []
 
 
 def test_a_node_refusing_to_prepare_fails_the_round_and_aborts_the_others(
@@ -520,7 +533,7 @@ def test_a_node_refusing_to_prepare_fails_the_round_and_aborts_the_others(
         in final.error
     )
     assert final.finished >= final.created
-    # alpha and beta had prepared (drawn a key); Abort reached them before the round was failed
+    # alpha and beta had prepared (drawn their shares); Abort reached them before the round was failed
     assert nodes["alpha"].rounds.active() == []
     assert nodes["beta"].rounds.active() == []
 
@@ -528,14 +541,15 @@ def test_a_node_refusing_to_prepare_fails_the_round_and_aborts_the_others(
 def test_a_node_refusing_mid_round_fails_it_and_aborts_the_others(
     ops: coordinator_pb2_grpc.CoordinatorServiceStub, nodes: dict[str, RunningNode]
 ) -> None:
-    # delta accepts alpha as a partner but not a partner set of 35 elements
+    # delta accepts alpha as a partner but not a partner set of 35 elements: it prepares, signs
+    # the transcript, and refuses at Begin, where sizes meet its caps
     final = run_round(ops, ["alpha", "delta"])[-1]
     assert final.state == "failed"
-    # delta's refusal at RoutingStart comes back on whichever of its two streams is heard first
-    assert re.match(
-        r"delta refused (Reblind|OwnSet): RESOURCE_EXHAUSTED: alpha's set of 35", final.error
+    cap = POLICIES["delta"].max_partner_set
+    assert final.error == (
+        f"delta refused Begin: RESOURCE_EXHAUSTED: alpha's set of {SET_SIZE} elements exceeds "
+        f"this node's cap of {cap} per partner (policy max_partner_set)"
     )
-    assert "max_partner_set" in final.error
     assert dict(final.sizes) == {"alpha": SET_SIZE, "delta": 8}
     assert not final.match_counts
     assert nodes["alpha"].rounds.active() == []
@@ -653,7 +667,7 @@ def test_stopping_the_coordinator_fails_and_aborts_rounds_in_flight(
         try:
             with operator(pki, running.port) as stub:
                 info = stub.StartRound(start_request(pki, ["alpha", "hole"]), timeout=TIMEOUT)
-                # alpha has prepared (holds a key); the hole never answers
+                # alpha has prepared (drawn its share); the hole never answers
                 until("alpha prepares", lambda: info.id in nodes["alpha"].rounds.active(), TIMEOUT)
         finally:
             began = time.monotonic()

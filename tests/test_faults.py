@@ -5,11 +5,11 @@ SIGSTOP), restarted.
 Every node process sits behind a recording relay (tests/relay.py), so a test can also cut a
 connection mid-stream. A test strikes mid-round without racing the round: charlie's relay holds
 its traffic once the round is streaming (so the round cannot finish), and the test strikes once
-the round's progress (WatchRound) says an element-hop has happened. It waits for events, never
+the round's progress (WatchRound) says an evaluation has been answered. It waits for events, never
 for a time.
 
 After every fault: the round fails with a reason that names what went wrong, every surviving node
-drops the round and its key (its audit says how it ended), nothing is delivered anywhere, every
+drops the round and its secrets (its audit says how it ended), nothing is delivered anywhere, every
 store is intact, and the next round succeeds.
 """
 
@@ -45,7 +45,8 @@ ROUND_TIMEOUT = 60  # seconds the coordinator gives a whole round
 START_TIMEOUT = 60.0  # seconds a server may take to come up
 T = 10  # seconds: the coordinator's call timeout, and the tests' deadline for one step
 # Bytes through charlie's relay before it holds: past the handshake and Prepare (a few KiB), into
-# the round's streams (charlie's own set alone is 640 KB), so the round is routing when it holds.
+# the round's streams (charlie's own blinded set alone is 1.3 MB: 20,000 points of 65 bytes), so
+# the round is evaluating when it holds.
 HOLD_AFTER = 256 * 1024
 STRUCK = "charlie"  # the node whose relay holds the round for the strike
 
@@ -104,13 +105,14 @@ class Cluster:
         yield from self.stub.WatchRound(request, timeout=ROUND_TIMEOUT)
 
     def until_routing(self, round_id: str) -> coordinator_pb2.RoundInfo:
-        """Follow a held round until an element-hop is known to be done; it is then mid-round."""
+        """Follow a held round until an evaluation is known to be answered (hops_done counts
+        evaluations in protocol v2); it is then mid-round."""
         for info in self.watch(round_id):
             assert info.state in ("preparing", "routing"), (info.state, info.error)
             if info.hops_done > 0:
                 break
         else:
-            raise AssertionError("the round ended before a hop was done")
+            raise AssertionError("the round ended before an evaluation was answered")
         # The round cannot finish past the hold: once it holds, the round is struck mid-way.
         until("charlie's relay holds the round", lambda: self.relays[STRUCK].holding, T)
         assert info.hops_done < info.hops_total

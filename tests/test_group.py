@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindmatch.core.canon import CANON_VERSION
+from blindmatch.core.canon import CANON_VERSION, indicator_message
 from blindmatch.core.group import (
     DST,
     ELEMENT_BYTES,
@@ -25,7 +25,6 @@ from blindmatch.core.group import (
     hash_to_curve_u,
     hash_to_field,
     hash_to_group,
-    indicator_message,
     map_to_curve_elligator2,
     split_elements,
     validate_element,

@@ -1,5 +1,7 @@
-"""Hash once (issue 12): H(v) is computed when an indicator is stored, and rounds and checks blind
-the stored hash; tags are the bytes hashing on the fly gives."""
+"""Hash once (issue 12): H(v) is computed when an indicator is stored. What the store keeps is
+protocol v2's hash (blindmatch.core.oprf: 65-byte secp256k1 points, oprf.HASH_VERSION); protocol
+v1's rounds and checks (X25519, blindmatch.core.group) never blind a stored hash: they hash on the
+fly, and give the bytes they always gave."""
 
 from __future__ import annotations
 
@@ -12,14 +14,11 @@ from typing import cast
 
 import pytest
 
-from blindmatch.core.group import (
-    HASH_VERSION,
-    RoundKey,
-    blind_packed,
-    hash_and_blind_packed,
-    hash_indicators,
-)
+from blindmatch.core import group, oprf, round_node
+from blindmatch.core.group import RoundKey, blind_packed, hash_and_blind_packed
+from blindmatch.core.oprf import HASH_VERSION, hash_indicators
 from blindmatch.core.round_node import NodeRound
+from blindmatch.core.secp256k1 import Point, point_to_bytes
 from blindmatch.core.spec import Policy, RoundSpec
 from node.cli import fill_hashes
 from node.pool import Blinder
@@ -28,6 +27,8 @@ from node.store import MIGRATIONS, Sighting, Store
 from node.watch import NodeWatch
 
 HASH_SCHEMA = 7  # the migration that added sightings.hash and sightings.hash_version
+V2_HASH_SCHEMA = 8  # the migration after which the store keeps v2's 65-byte hashes
+POINT_BYTES = 65  # an uncompressed secp256k1 point
 
 
 def _spec(chunk_size: int = 4) -> RoundSpec:
@@ -99,7 +100,7 @@ def test_a_hash_version_change_recomputes_the_hashes(tmp_path: Path) -> None:
         right = _stored(store)
     conn = sqlite3.connect(tmp_path / "node.db", isolation_level=None)
     conn.execute(
-        "UPDATE sightings SET hash = zeroblob(32), hash_version = 'older' WHERE value LIKE 'd1%'"
+        "UPDATE sightings SET hash = zeroblob(65), hash_version = 'older' WHERE value LIKE 'd1%'"
         " OR value LIKE 'd2%'"
     )
     conn.close()
@@ -146,10 +147,59 @@ def test_an_import_hashes_new_rows_only_and_known_rows_keep_theirs(tmp_path: Pat
         assert store.lookup("domain", "gone.example") is None
 
 
-def test_the_pool_hashes_as_group_does() -> None:
+def test_what_is_stored_is_the_v2_hash(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "node.db") as store:
+        store.add_sightings(_domains(5), source="feed", default_tlp="green")
+        stored = _stored(store)
+        assert stored == dict(
+            zip(
+                [f"d{i}.example" for i in range(5)],
+                hash_indicators(("domain", f"d{i}.example") for i in range(5)),
+                strict=True,
+            )
+        )
+        assert {len(h) for h in stored.values() if h is not None} == {POINT_BYTES}
+        assert HASH_VERSION != group.HASH_VERSION
+        assert {v for (v,) in store._conn.execute("SELECT hash_version FROM sightings")} == {
+            HASH_VERSION
+        }
+        # v1's 32-byte elements no longer fit the column
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            store._conn.execute("UPDATE sightings SET hash = zeroblob(32)")
+
+
+def test_a_store_of_v1_hashes_migrates_to_v2(tmp_path: Path) -> None:
+    """A store written when hash once kept v1's hashes (schema 7): they are stale, then refilled."""
+    path = tmp_path / "node.db"
+    values = [f"v1-{i}.example" for i in range(12)]
+    _old_store(path, values)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[HASH_SCHEMA - 1]:
+        conn.execute(statement)
+    v1 = group.hash_indicators(("domain", v) for v in values)
+    conn.executemany(
+        "UPDATE sightings SET hash = ?, hash_version = ? WHERE value = ?",
+        [(h, group.HASH_VERSION, v) for h, v in zip(v1, values, strict=True)],
+    )
+    conn.execute(f"PRAGMA user_version = {V2_HASH_SCHEMA - 1}")
+    conn.close()
+    with Store.open(path) as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] >= V2_HASH_SCHEMA
+        assert set(_stored(store).values()) == {None}  # a v1 element is never handed out
+        assert store.stored_hashes([("domain", values[0])]) == [None]
+        assert store.stale_hashes() == len(values)
+        assert store.fill_hashes(chunk=5) == len(values)
+        assert store.stale_hashes() == 0
+        assert _stored(store) == dict(
+            zip(values, hash_indicators(("domain", v) for v in values), strict=True)
+        )
+
+
+def test_the_pool_hashes_as_oprf_does() -> None:
     items = [("domain", f"p{i}.example") for i in range(9)]
     blinder = Blinder(2)
     try:
+        assert blinder.hash_all(items[:3]) == hash_indicators(items[:3])  # cold: in process
         blinder.warm_up()  # warm workers: even a small batch goes through them
         assert blinder.hash_all(items) == hash_indicators(items)
         assert blinder.hash_all([]) == []
@@ -157,23 +207,25 @@ def test_the_pool_hashes_as_group_does() -> None:
         blinder.close()
 
 
-def test_round_tags_from_stored_hashes_equal_hashing_on_the_fly(tmp_path: Path) -> None:
+def test_a_v2_round_evaluates_the_stored_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with Store.open(tmp_path / "node.db") as store:
         store.add_sightings(_domains(30), source="feed", default_tlp="green")
-        store.add_sightings(
-            [Sighting("ipv4", f"192.0.2.{i}", "x") for i in range(7)],
-            source="feed",
-            default_tlp="green",
-        )
-        for _ in range(3):  # several keys: each may or may not take the cofactor shortcut
-            node = NodeRound(_spec(), "at", Policy(), StoredSet(store, ("green",)))
-            key = node.live_key().export()
-            hashed = list(node.own_hashed())
-            assert [b.items for b in hashed] == list(node.own_batches())
-            for batch in hashed:
-                assert batch.hashes is not None
-                assert blind_packed(key, batch.hashes) == hash_and_blind_packed(key, batch.items)
-            node.abort("test over")
+        node = NodeRound(_spec(), "at", Policy(), StoredSet(store, ("green",)), keyed=False)
+        hashed: list[tuple[str, str]] = []
+        real = oprf.hash_indicator
+
+        def counting(kind: str, value: str) -> Point:
+            hashed.append((kind, value))
+            return real(kind, value)
+
+        monkeypatch.setattr(round_node, "hash_indicator", counting)
+        chunks = list(node.own_points())
+        rows = [c for batch in node.own_batches() for c in batch]
+        assert [point_to_bytes(p) for chunk in chunks for p in chunk] == oprf.hash_indicators(rows)
+        assert hashed == []  # every point came from the store, none was hashed again
+        node.abort("test over")
 
 
 def test_a_chunk_with_a_missing_hash_is_hashed_on_the_fly(tmp_path: Path) -> None:
@@ -182,8 +234,11 @@ def test_a_chunk_with_a_missing_hash_is_hashed_on_the_fly(tmp_path: Path) -> Non
         store.add_sightings(_domains(3), source="feed", default_tlp="green")
         candidates = store.eligible(["domain"], ["green"])
         node = NodeRound(_spec(chunk_size=100), "at", Policy(), StoredSet(store, ("green",)))
-        (batch,) = node.own_hashed()
-        assert batch.hashes is None and len(batch.items) == 8
+        (items,) = node.own_batches()
+        (points,) = node.own_points()
+        # the old rows' hashes are stale: the chunk is hashed here, to the same points
+        assert [point_to_bytes(p) for p in points] == oprf.hash_indicators(items)
+        assert len(items) == 8
         # the position map keeps its (sighting id, kind, value) form
         node.begin_routing({"at": 8, "be": 1})
         assert sorted(node.position_map()) == sorted(c[:3] for c in candidates)
@@ -194,11 +249,11 @@ class _InlineBlinder:
     workers = 2
 
     def __init__(self) -> None:
-        self.hashed: list[tuple[str, str]] = []
+        self.hashed: list[tuple[str, str]] = []  # asked of hash_all: the store's (v2) hash
 
-    def blind(self, key: bytes, packed: bytes) -> Future[bytes]:
+    def hash_and_blind(self, key: bytes, items: list[tuple[str, str]]) -> Future[bytes]:
         done: Future[bytes] = Future()
-        done.set_result(blind_packed(key, packed))
+        done.set_result(hash_and_blind_packed(key, items))
         return done
 
     def hash_all(self, items: Sequence[tuple[str, str]]) -> list[bytes]:
@@ -206,14 +261,17 @@ class _InlineBlinder:
         return hash_indicators(items)
 
 
-def test_a_check_blinds_stored_hashes_and_hashes_only_unknown_values(tmp_path: Path) -> None:
+def test_a_check_hashes_every_value_with_v1_and_never_reads_stored_hashes(
+    tmp_path: Path,
+) -> None:
     with Store.open(tmp_path / "node.db") as store:
         store.add_sightings(_domains(4), source="feed", default_tlp="green")
         blinder = _InlineBlinder()
         watch = SimpleNamespace(store=store, blinder=blinder)
-        watch._blind = lambda key, packed: NodeWatch._blind(cast(NodeWatch, watch), key, packed)
         items = [("domain", "d2.example"), ("domain", "unknown.example"), ("domain", "d0.example")]
         key = RoundKey.generate().export()
         got = NodeWatch._hash_and_blind(cast(NodeWatch, watch), key, items)
         assert got == hash_and_blind_packed(key, items)
-        assert blinder.hashed == [("domain", "unknown.example")]
+        assert got == blind_packed(key, b"".join(group.hash_indicators(items)))
+        assert blinder.hashed == []  # the v2 hasher is never asked
+        assert NodeWatch._hash_and_blind(cast(NodeWatch, watch), key, []) == b""

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("blindmatch", "node", "coordinator", "tests", "bench")
-GENERATED = "blindmatch.v1"
+GENERATED = ("blindmatch.v1", "blindmatch.v2")
 # The floors of blindmatch/, lowest first: a floor imports only the floors below it.
 FLOORS = ("blindmatch.core", "blindmatch.runtime", "blindmatch.cli", "blindmatch.demo")
 # What the protocol core may not touch: transport, generated code, and every other layer.
@@ -34,8 +34,9 @@ class Import:
         return f"{self.module}:{self.line} imports {self.target}{names}"
 
 
-def within(name: str, package: str) -> bool:
-    return name == package or name.startswith(package + ".")
+def within(name: str, package: str | tuple[str, ...]) -> bool:
+    packages = (package,) if isinstance(package, str) else package
+    return any(name == p or name.startswith(p + ".") for p in packages)
 
 
 def module_name(path: Path) -> str:

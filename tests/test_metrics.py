@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.spec import Policy
 from blindmatch.runtime import net
 from blindmatch.runtime.metrics_endpoint import DEFAULT_LISTEN, serve_metrics
@@ -97,13 +98,14 @@ def test_a_round_moves_the_counters(fed: Federation) -> None:
     assert info.state == "done", info.error
     alpha = scrape(node_address(federation, "alpha"))
     assert value(alpha, "blindmatch_node_rounds_total", outcome="done") == 1
-    bravo_set = len(data["bravo"].eligible())
-    assert value(alpha, "blindmatch_node_elements_blinded_total", partner="bravo") == bravo_set
+    # alpha, a member of the committee, answered bravo's set and its LAMBDA subset checks
+    evaluations = len(data["bravo"].eligible()) + LAMBDA
+    assert value(alpha, "blindmatch_node_elements_blinded_total", partner="bravo") == evaluations
     assert value(alpha, "blindmatch_node_round_duration_seconds_count") == 1
-    # the ledger's figure, read at the scrape
+    # the ledger's figure, read at the scrape: what Begin charged bravo (its size and the checks)
     assert (
         value(alpha, "blindmatch_node_budget_used_elements", partner="bravo", kind="round")
-        == bravo_set
+        == evaluations
     )
     assert value(alpha, "blindmatch_node_budget_limit_elements", kind="round") > 0
     coordinator = coordinator_after(federation, "done", "pairwise")

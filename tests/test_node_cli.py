@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from blindmatch.core.identity import Identity, identity_of
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.runtime import net
 from blindmatch.v1 import coordinator_pb2
 from node.config import load_config
@@ -231,10 +232,12 @@ def test_node_audit_json_lists_every_round_joined(env: Env) -> None:
     r = env.rounds
     assert set(rounds) == {r.pairwise.id, r.refused.id, r.threshold.id, r.count.id}
     sizes = {name: len(values) for name, values in FEEDS.items()}
+    # alpha, in every round's committee, answered each partner's set and its LAMBDA checks
+    evaluated = {name: size + LAMBDA for name, size in sizes.items()}
     expected = {
-        r.pairwise.id: ("pairwise", [ALPHA, BRAVO], "done", {BRAVO: sizes[BRAVO]}),
-        r.threshold.id: ("threshold", [ALPHA, CHARLIE], "done", {CHARLIE: sizes[CHARLIE]}),
-        r.count.id: ("count", [ALPHA, BRAVO], "done", {BRAVO: sizes[BRAVO]}),
+        r.pairwise.id: ("pairwise", [ALPHA, BRAVO], "done", {BRAVO: evaluated[BRAVO]}),
+        r.threshold.id: ("threshold", [ALPHA, CHARLIE], "done", {CHARLIE: evaluated[CHARLIE]}),
+        r.count.id: ("count", [ALPHA, BRAVO], "done", {BRAVO: evaluated[BRAVO]}),
         r.refused.id: ("threshold", [ALPHA, BRAVO, CHARLIE], "aborted", {}),
     }
     for round_id, (mode, participants, outcome, blinded) in expected.items():
@@ -244,7 +247,7 @@ def test_node_audit_json_lists_every_round_joined(env: Env) -> None:
             participants,
             outcome,
         )
-        assert entry["blinded_for"] == blinded  # elements blinded for each partner
+        assert entry["blinded_for"] == blinded  # evaluations answered for each partner
         assert entry["own_size"] == sizes[ALPHA]
         assert entry["coordinator"] == "coordinator"
         assert entry["started"] <= entry["finished"]
@@ -272,7 +275,10 @@ def test_node_audit_table(env: Env) -> None:
         (found,) = [x for x in lines if f"round {round_id[:12]} " in x]
         return found
 
-    assert f"pairwise with {BRAVO}: done; own set 8; blinded for {BRAVO} 9" in line(r.pairwise.id)
+    own, evaluated = len(FEEDS[ALPHA]), len(FEEDS[BRAVO]) + LAMBDA
+    assert f"pairwise with {BRAVO}: done; own set {own}; blinded for {BRAVO} {evaluated}" in line(
+        r.pairwise.id
+    )
     assert line(r.pairwise.id).endswith("; asked by operator ops")  # who signed the spec
     assert f"threshold 2 with {CHARLIE}: done" in line(r.threshold.id)
     assert f"count with {BRAVO}: done" in line(r.count.id)
@@ -358,13 +364,14 @@ def test_node_matches_of_an_unknown_round(env: Env) -> None:
 
 
 def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
-    # alpha re-blinded bravo's set in the pairwise and count rounds, charlie's in the threshold
-    # round; the refused round was refused before routing, so it charged nothing
-    sizes = {name: len(values) for name, values in FEEDS.items()}
+    # Begin charged alpha's budgets with what each partner may ask of its share: bravo's set and
+    # LAMBDA checks in the pairwise and count rounds, charlie's in the threshold round; the
+    # refused round was refused at Prepare, before Begin, so it charged nothing
+    charged = {name: len(values) + LAMBDA for name, values in FEEDS.items()}
     lines = [e for e in audit_json(env, ALPHA) if e["type"] == "BudgetLine"]
     assert [(b["partner"], b["round_used"], b["check_used"]) for b in lines] == [
-        (BRAVO, 2 * sizes[BRAVO], 0),
-        (CHARLIE, sizes[CHARLIE], 0),
+        (BRAVO, 2 * charged[BRAVO], 0),
+        (CHARLIE, charged[CHARLIE], 0),
     ]
     assert {(b["round_limit"], b["check_limit"], b["window"]) for b in lines} == {
         (4_000_000, 100_000, "24h")
@@ -372,6 +379,6 @@ def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
     status, out, _ = run("node", "audit", "--config", str(env.configs[ALPHA]))
     assert status == 0
     assert (
-        f"budget {BRAVO} (last 24h): rounds {2 * sizes[BRAVO]} of 4,000,000 elements, "
+        f"budget {BRAVO} (last 24h): rounds {2 * charged[BRAVO]} of 4,000,000 elements, "
         "checks 0 of 100,000"
     ) in out.splitlines()

@@ -13,11 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from blindmatch.core.delivery import NodeDelivery, SignedRoot
 from blindmatch.core.group import hash_to_group
-from blindmatch.core.match import Delivery
-from blindmatch.core.spec import Policy, RoundSpec
-from blindmatch.runtime import serde
-from blindmatch.v1 import coordinator_pb2, node_pb2
+from blindmatch.core.oprf import LAMBDA, hash_indicators
+from blindmatch.core.spec import Policy
+from blindmatch.runtime import serde_v2
+from blindmatch.v1 import coordinator_pb2
+from blindmatch.v2 import node_pb2
 from tests.federation import (
     Federation,
     NodeData,
@@ -89,14 +91,16 @@ def test_threshold_round_gives_counts_without_names(
 ) -> None:
     federation, data = fed, DATA
     participants = NAMES[:4]
-    received: list[node_pb2.DeliverRequest] = []
-    decode = serde.delivery_from_proto
+    received: dict[str, node_pb2.DeliverRequest] = {}
+    decode = serde_v2.delivery_from_proto
 
-    def recording(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delivery:
-        received.append(msg)  # what reached a node, as it parsed it off the wire
-        return decode(msg, spec)
+    def recording(
+        msg: node_pb2.DeliverRequest, owner: str
+    ) -> tuple[NodeDelivery, dict[str, SignedRoot]]:
+        received[owner] = msg  # what reached a node, as it parsed it off the wire
+        return decode(msg, owner)
 
-    monkeypatch.setattr(serde, "delivery_from_proto", recording)
+    monkeypatch.setattr(serde_v2, "delivery_from_proto", recording)
     info = threshold_round(federation, participants, threshold, counts)
     assert info.state == "done", info.error
     sets = {n: data[n].eligible() for n in participants}
@@ -108,10 +112,21 @@ def test_threshold_round_gives_counts_without_names(
         assert {(r.kind, r.value): r.count for r in rows} == expected
         assert all(r.partners == [] and r.threshold == threshold for r in rows)
     # without counts no count crossed the wire: a count of N would name every holder
-    assert len(received) == len(participants)
-    assert any(msg.threshold.positions for msg in received)
-    for msg in received:
-        assert len(msg.threshold.counts) == (len(msg.threshold.positions) if counts else 0)
+    assert set(received) == set(participants)
+    assert any(msg.hits for msg in received.values())
+    for name, msg in received.items():
+        assert (msg.mode, msg.has_hits, msg.has_counts) == ("threshold", True, counts)
+        assert len(msg.counts) == (len(msg.hits) if counts else 0)
+        assert not msg.shared
+        # What v2 does reveal (core/delivery.py): each hit is proved against the signed roots
+        # of some of its holders, named. Without counts, exactly threshold - 1 of them; with
+        # counts, every other holder. The node records none of these names (above).
+        proved: Counter[int] = Counter()
+        for proof in msg.proofs:
+            assert proof.partner in participants and proof.partner != name
+            proved.update(proof.positions)
+        needed = [c - 1 for c in msg.counts] if counts else [threshold - 1] * len(msg.hits)
+        assert dict(proved) == {h: n for h, n in zip(msg.hits, needed, strict=True)}
 
 
 def test_count_round_gives_only_per_partner_counts(
@@ -169,10 +184,10 @@ def test_every_round_is_in_each_nodes_audit(fed: Federation) -> None:
     assert entry.outcome == "done"
     assert entry.participants == list(NAMES[:3])
     assert entry.own_size == len(data["bravo"].eligible())
-    # bravo re-blinded every partner's whole set
+    # bravo, a member of the committee, answered every partner's whole set and its subset checks
     assert entry.blinded_for == {
-        "alpha": len(data["alpha"].eligible()),
-        "charlie": len(data["charlie"].eligible()),
+        "alpha": len(data["alpha"].eligible()) + LAMBDA,
+        "charlie": len(data["charlie"].eligible()) + LAMBDA,
     }
 
 
@@ -185,7 +200,8 @@ def test_unknown_node_is_invalid_argument(fed: Federation) -> None:
 
 
 def _forbidden_strings(data: dict[str, NodeData]) -> list[bytes]:
-    """Every raw value, canonical value, their md5/sha1/sha256 and unkeyed group element."""
+    """Every raw value, canonical value, their md5/sha1/sha256 and unkeyed group element: v1's,
+    and v2's H(x) (the 65-byte point a node stores, sent only blinded as r·H(x))."""
     needles: list[bytes] = []
     for d in data.values():
         for (kind, value), raw in d.raw.items():
@@ -196,6 +212,7 @@ def _forbidden_strings(data: dict[str, NodeData]) -> list[bytes]:
                     digest = h(b).digest()
                     needles += [digest, digest.hex().encode(), digest.hex().upper().encode()]
             needles.append(hash_to_group(kind, value))
+            needles += hash_indicators([(kind, value)])
     return needles
 
 

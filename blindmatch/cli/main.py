@@ -243,6 +243,13 @@ def _round_flags(s: argparse.ArgumentParser, *, nodes_required: bool) -> None:
         help="elements per chunk (default 4096; at most the coordinator's chunk_size)",
     )
     s.add_argument("--kinds", type=_kinds, metavar="K,...")
+    s.add_argument(
+        "--committee",
+        type=_names,
+        metavar="A,B[,C...]",
+        help="the nodes whose shares make the round key (default: every node of --nodes); a "
+        "node outside it joins only if its [policy] trusted_committee is inside it",
+    )
 
 
 @command()

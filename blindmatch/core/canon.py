@@ -680,3 +680,9 @@ _RULES: dict[str, Callable[[str], Indicator]] = {
     **{kind: partial(_file_hash, kind) for kind in _HASH_DIGITS},
     "auto": _auto,
 }
+
+
+def indicator_message(kind: str, value: str) -> bytes:
+    """The bytes an indicator is hashed from, in either protocol version."""
+    # Kind names never contain NUL, so the split point is unambiguous.
+    return kind.encode() + b"\x00" + value.encode()

@@ -1,7 +1,7 @@
 """A round of protocol v2, both sides, without I/O: what a node and the coordinator accept and send.
 
-Not served yet: the servers still run v1's ring. The servers will translate messages to and from
-these types and call these machines, as they do for v1 (``round_node``, ``round_coordinator``).
+Served by node/committee.py and coordinator/driver.py (``CommitteeDriver``), which translate
+messages to and from these types (``runtime.serde_v2``) and call these machines.
 
 Rules, in the order a round meets them (DESIGN.md 2):
 1. **Prepare.** Each participant fixes its set and announces its size; a committee member draws
@@ -31,7 +31,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -51,12 +51,15 @@ from blindmatch.core.evaluation import (
     EvaluationRequest,
     Transcript,
 )
+from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.member import Member
 from blindmatch.core.merkle import root as merkle_root
-from blindmatch.core.owner import Owner
+from blindmatch.core.owner import Owner, VerificationFailed
+from blindmatch.core.proofs import BadProof
+from blindmatch.core.round_coordinator import Caps
 from blindmatch.core.secp256k1 import Point
-from blindmatch.core.signing import Party, Signer, statement
-from blindmatch.core.spec import Policy
+from blindmatch.core.signing import Signs, Verifies, statement
+from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import COMMITTEE_NODE, CommitteeEvent, CommitteePhase
 
 PURPOSE: Final = "round"
@@ -90,6 +93,19 @@ class RoundTerms:
         if not set(self.committee) <= set(self.participants) or not self.committee:
             raise BadMessage("the committee is one or more of the round's participants")
 
+    @classmethod
+    def of(cls, spec: RoundSpec, spec_digest: bytes) -> RoundTerms:
+        """What a v2 round's machines take from the signed spec whose digest is given."""
+        return cls(
+            spec.round_id,
+            spec_digest,
+            spec.participants,
+            spec.members,
+            spec.mode,
+            spec.threshold,
+            spec.counts,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -119,11 +135,42 @@ class Tags:
     root: SignedRoot
 
 
+class AnswerLog(Protocol):
+    """Where an owner keeps every member's signed answers until its tags are verified: to name a
+    cheat if a check fails. 65 bytes per element and member, so a node may keep them on disk."""
+
+    def put(self, member: str, seq: int, answer: EvaluationAnswer, points: bytes) -> None: ...
+
+    def all(self) -> dict[str, dict[int, tuple[EvaluationAnswer, bytes]]]: ...
+
+    def clear(self) -> None: ...
+
+
+class InMemory:
+    def __init__(self) -> None:
+        self._answers: dict[str, dict[int, tuple[EvaluationAnswer, bytes]]] = {}
+
+    def put(self, member: str, seq: int, answer: EvaluationAnswer, points: bytes) -> None:
+        self._answers.setdefault(member, {})[seq] = (answer, points)
+
+    def all(self) -> dict[str, dict[int, tuple[EvaluationAnswer, bytes]]]:
+        return self._answers
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+
 class CommitteeNode:
     """One node's v2 round: owner of its set, and member of the committee when named."""
 
     def __init__(
-        self, terms: RoundTerms, me: str, signer: Signer, size: int, policy: Policy | None = None
+        self,
+        terms: RoundTerms,
+        me: str,
+        signer: Signs,
+        size: int,
+        policy: Policy | None = None,
+        answers: AnswerLog | None = None,
     ) -> None:
         if me not in terms.participants:
             raise BadMessage(f"{me} is not a participant of round {terms.round_id}")
@@ -135,12 +182,14 @@ class CommitteeNode:
         self.phase = CommitteePhase.PREPARED
         self.member = Member(PURPOSE, terms.round_id, me) if me in terms.committee else None
         self.transcript: Transcript | None = None
-        self.parties: dict[str, Party] = {}
+        self.parties: dict[str, Verifies] = {}
         self.owner: Owner | None = None
         self.own_tags: bytes = b""
         self.positions: npt.NDArray[np.intp] | None = None  # sorted tag i -> element position
         self.own_root: SignedRoot | None = None
         self.roots: dict[str, SignedRoot] = {}
+        # every member's signed answer to each chunk, kept to name a cheat if a check fails
+        self._answers: AnswerLog = answers if answers is not None else InMemory()
 
     @property
     def subject(self) -> str:
@@ -155,7 +204,7 @@ class CommitteeNode:
     def prepared(self) -> Prepared:
         return Prepared(self.me, self.size, self.member.commitment if self.member else None)
 
-    def sign_transcript(self, transcript: Transcript, parties: Mapping[str, Party]) -> bytes:
+    def sign_transcript(self, transcript: Transcript, parties: Mapping[str, Verifies]) -> bytes:
         """This node's signature over ``transcript``, once it holds what this node sent and
         what the signed spec fixes. ``parties``: every participant's vouched certificate."""
         self._accept(CommitteeEvent.TRANSCRIPT)
@@ -228,9 +277,27 @@ class CommitteeNode:
             raise ForgedMessage(f"{answer.member} is no member of this round's committee")
         party.verify(answer_statement(answer), signed.signature, f"{answer.member}'s answer")
         if answer.proof:
-            self.owner.challenge_answer(answer, signed.points)
+            try:
+                self.owner.challenge_answer(answer, signed.points)
+            except BadProof:
+                raise ForgedMessage(
+                    f"{answer.member} signed a proof of its subset checks that does not hold "
+                    "against its commitment: its answers are not its committed share's"
+                ) from None
             return
-        self.owner.answer(self.owner.seq_of(answer.request), answer, signed.points)
+        seq = self.owner.seq_of(answer.request)
+        self.owner.answer(seq, answer, signed.points)
+        self._answers.put(answer.member, seq, answer, signed.points)
+
+    @property
+    def waiting(self) -> int:
+        """This owner's chunks still waiting for answers (``Owner.waiting``)."""
+        return 0 if self.owner is None else self.owner.waiting
+
+    @property
+    def answered(self) -> bool:
+        """Every answer and every proved check is in: ``root`` can decide."""
+        return self.owner is not None and self.owner.answered
 
     def root(self) -> SignedRoot:
         """The signed Merkle root of the verified tags; raises (and aborts) if verification
@@ -239,9 +306,15 @@ class CommitteeNode:
         assert self.owner is not None
         try:
             tags, positions = self.owner.tags()
+        except VerificationFailed as exc:
+            culprits = self.owner.blame(self._answers.all())
+            self.abort()
+            named = ", ".join(culprits) or "no member provably (an answer may have been altered)"
+            raise VerificationFailed(f"{exc}; wrong answers signed by: {named}", culprits) from None
         except Exception:
             self.abort()
             raise
+        self._answers.clear()
         unsigned = SignedRoot(self.me, self.size, merkle_root(tags), b"")
         signature = self.signer.sign(unsigned.statement(self.terms.round_id))
         self.own_tags, self.positions = tags, positions
@@ -287,6 +360,12 @@ class CommitteeNode:
         answer, points = self.member.answer(signed.request, signed.points)
         return SignedAnswer(answer, points, self.signer.sign(answer_statement(answer)))
 
+    def charged(self, requester: str) -> int:
+        """The evaluations this member has charged ``requester`` for its set (repeats free)."""
+        if self.member is None or self.member.ledger is None:
+            return 0
+        return self.member.ledger.charged.get((requester, "set"), 0)
+
     # --- delivery ------------------------------------------------------------------------------
 
     def deliver(
@@ -311,13 +390,34 @@ class CommitteeNode:
         self._move(CommitteePhase.DONE)
         if self.member is not None:
             self.member.destroy()
+        if self.owner is not None:
+            self.owner.destroy()
         return matches
+
+    def by_position(self, matches: Sequence[VerifiedMatch] | Sequence[SharedCount]) -> Delivery:
+        """Verified matches as v1's delivery by element position (``NodeRound.resolve`` maps
+        those to the node's sightings): a match names a place in the sorted tags."""
+        assert self.positions is not None
+        index = {name: i for i, name in enumerate(self.terms.participants)}
+        if self.terms.mode == "count":
+            return CountResult(
+                {index[c.partner]: c.count for c in matches if isinstance(c, SharedCount)}
+            )
+        found = [m for m in matches if isinstance(m, VerifiedMatch)]
+        positions = tuple(int(self.positions[m.position]) for m in found)
+        if self.terms.mode == "threshold":
+            counted = tuple(m.count for m in found if m.count is not None)
+            return ThresholdResult(positions, counted)
+        return PairwiseResult(positions, tuple(tuple(index[p] for p in m.partners) for m in found))
 
     def abort(self) -> None:
         if not COMMITTEE_NODE.final(self.phase):
             self._move(CommitteePhase.ABORTED)
         if self.member is not None:
             self.member.destroy()
+        if self.owner is not None:
+            self.owner.destroy()
+        self._answers.clear()
 
 
 class CommitteeCoordinator:
@@ -325,8 +425,9 @@ class CommitteeCoordinator:
 
     It holds no share and sees only blinded points, answers and tags."""
 
-    def __init__(self, terms: RoundTerms) -> None:
+    def __init__(self, terms: RoundTerms, caps: Caps | None = None) -> None:
         self.terms = terms
+        self.caps = caps or Caps()
         self.prepared: dict[str, Prepared] = {}
         self.signatures: dict[str, bytes] = {}
         self.roots: dict[str, SignedRoot] = {}
@@ -339,6 +440,7 @@ class CommitteeCoordinator:
             prepared.commitment is not None and prepared.commitment.member != prepared.node
         ):
             raise BadMessage(f"{prepared.node}'s commitment does not fit the committee")
+        self.caps.check(prepared.node, prepared.size, sum(p.size for p in self.prepared.values()))
         self.prepared[prepared.node] = prepared
         if len(self.prepared) < len(self.terms.participants):
             return None

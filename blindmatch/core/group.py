@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 import gmpy2
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from blindmatch.core.canon import CANON_VERSION
+from blindmatch.core.canon import CANON_VERSION, indicator_message
 
 PROTOCOL_VERSION = "blindmatch-v1"
 SUITE = "curve25519_XMD:SHA-512_ELL2_RO_"
@@ -217,11 +217,6 @@ def _curve_us(msgs: Iterable[bytes], dst: bytes, *, clear_cofactor: bool = True)
 def hash_to_curve_u(msg: bytes, dst: bytes = DST) -> int:
     """u-coordinate of RFC 9380 ``hash_to_curve(msg)`` for curve25519_XMD:SHA-512_ELL2_RO_."""
     return int(_curve_us([msg], dst)[0])
-
-
-def indicator_message(kind: str, value: str) -> bytes:
-    # Kind names never contain NUL, so the split point is unambiguous.
-    return kind.encode() + b"\x00" + value.encode()
 
 
 def hash_to_group(kind: str, value: str) -> bytes:

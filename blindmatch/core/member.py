@@ -66,7 +66,8 @@ class Member:
     def answer(self, request: EvaluationRequest, blinded: bytes) -> tuple[EvaluationAnswer, bytes]:
         """The signed-to-be answer to a request whose signature the caller verified, and the
         answered points. Raises, and charges nothing, for anything that must be refused."""
-        if self._share is None:
+        share = self._share  # once: ``destroy`` may run meanwhile (the round ended elsewhere)
+        if share is None:
             raise WrongPhase(f"{self.name}'s share for {self.purpose} {self.ident} is destroyed")
         if self.ledger is None:
             raise WrongPhase("no transcript is accepted yet")
@@ -76,21 +77,21 @@ class Member:
         if len(points) != request.count:
             raise BadMessage(f"the request counts {request.count} points but carries {len(points)}")
         self.ledger.admit(request)  # a repeat is answered again at no charge: same points
-        answers = evaluate(self._share, points)
+        answers = evaluate(share, points)
         out = points_to_bytes(answers)
         proof = b""
         if request.proved:
-            proof = prove_equal(
-                self._share, self.public, points, answers, request.digest()
-            ).to_bytes()
+            proof = prove_equal(share, self.public, points, answers, request.digest()).to_bytes()
+        del share
         return EvaluationAnswer(request.digest(), self.name, elements_digest(out), proof), out
 
     def own_part(self, points: Sequence[Point]) -> list[Point]:
         """k_i·P for points of this member's own making (its own set, its own subset sums): no
         request, no charge, since nothing leaves."""
-        if self._share is None:
+        share = self._share
+        if share is None:
             raise WrongPhase(f"{self.name}'s share for {self.purpose} {self.ident} is destroyed")
-        return evaluate(self._share, points)
+        return evaluate(share, points)
 
     def destroy(self) -> None:
         self._share = None

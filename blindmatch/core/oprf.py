@@ -31,16 +31,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from blindmatch.core.canon import CANON_VERSION, indicator_message
 from blindmatch.core.secp256k1 import (
     Point,
     add,
     batch_inverse,
+    hash_to_curve,
     inverse,
     mul,
     point_to_bytes,
@@ -50,6 +52,23 @@ from blindmatch.core.secp256k1 import (
 LAMBDA: Final = 40  # subset checks per set: a wrong tag goes unnoticed with probability <= 2^-40
 TAG_BYTES: Final = 16
 _TAG_DST: Final = b"blindmatch-v2-tag"
+# H(x): RFC 9380 secp256k1_XMD:SHA-256_SSWU_RO_ under a DST of its own.
+# The canonical forms' version is in it: a change of canonicalisation makes new hashes that
+# match no old one, visibly, and every stored hash stale.
+INDICATOR_DST: Final = (
+    f"blindmatch-v2-indicator-{CANON_VERSION}-secp256k1_XMD:SHA-256_SSWU_RO_".encode()
+)
+# What a node stores with each H(x): a change of DST or suite makes every stored hash stale.
+HASH_VERSION: Final = hashlib.sha256(INDICATOR_DST).hexdigest()[:16]
+
+
+def hash_indicator(kind: str, value: str) -> Point:
+    return hash_to_curve(indicator_message(kind, value), INDICATOR_DST)
+
+
+def hash_indicators(items: Iterable[tuple[str, str]]) -> list[bytes]:
+    """H(x) of each (kind, canonical value), as the 65-byte points a node stores."""
+    return [point_to_bytes(hash_indicator(kind, value)) for kind, value in items]
 
 
 def blind(hashes: Sequence[Point]) -> tuple[list[Point], list[int]]:

@@ -140,6 +140,7 @@ class Owner:
 
     def request(self, hashes: Sequence[Point]) -> tuple[EvaluationRequest, bytes]:
         """The next chunk of the set, blinded, and the request to sign for it."""
+        self._require_live()
         if self._challenge is not None:
             raise WrongPhase("the set is closed: its subset checks are out")
         if not hashes or self._requested + len(hashes) > self.size:
@@ -183,6 +184,7 @@ class Owner:
 
     def challenge(self) -> tuple[EvaluationRequest, bytes]:
         """The λ subset checks, once the whole set is requested: one proved request."""
+        self._require_live()
         if self._requested != self.size:
             raise WrongPhase(f"{self._requested} of {self.size} elements are requested")
         if self._challenge is not None:
@@ -210,6 +212,7 @@ class Owner:
     def answer(self, seq: int, answer: EvaluationAnswer, points: bytes) -> bool:
         """A member's signed answer to chunk ``seq`` (signature verified by the caller); True
         when that chunk is complete and its tags are made."""
+        self._require_live()
         pending = self._pending.get(seq)
         if pending is None:
             raise WrongPhase(f"no chunk {seq} is waiting for answers")
@@ -237,6 +240,7 @@ class Owner:
 
     def challenge_answer(self, answer: EvaluationAnswer, points: bytes) -> None:
         """A member's proved answer to the subset checks: its proof must hold against P_i."""
+        self._require_live()
         if self._challenge is None:
             raise WrongPhase("no subset checks are out")
         request, challenge = self._challenge
@@ -247,6 +251,33 @@ class Owner:
             self.keys[answer.member], challenge, got, Proof.from_bytes(answer.proof), answer.request
         )
         self._proved[answer.member] = got
+
+    def _require_live(self) -> None:
+        if not self._seed:
+            raise WrongPhase(f"{self.me}'s evaluation of {self.transcript.ident} is over")
+
+    def destroy(self) -> None:
+        """Forget the seed of every r and everything derived from it: the round is over."""
+        self._seed = b""
+        self._pending.clear()
+        self._challenge = None
+        self._proved.clear()
+
+    @property
+    def waiting(self) -> int:
+        """Chunks requested and not yet answered by every member: each holds its r⁻¹ (and its
+        hashes, for a member's own part) until then, so a caller bounds them."""
+        return len(self._pending)
+
+    @property
+    def answered(self) -> bool:
+        """Every chunk and every member's subset checks are in: ``tags`` can decide."""
+        return (
+            self._tagged == self.size
+            and not self._pending
+            and self._challenge is not None
+            and set(self._proved) == set(self.remote)
+        )
 
     # --- verification ---------------------------------------------------------------------------
 

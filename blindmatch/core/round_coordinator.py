@@ -47,6 +47,19 @@ class Caps:
     max_set: int = 5_000_000  # largest set the coordinator accepts from one node
     max_total: int = 20_000_000  # all sets of one round together
 
+    def check(self, node: str, size: int, others: int) -> None:
+        """Refuse ``node``'s announced ``size`` over the caps, ``others`` the sets before it."""
+        if not 0 <= size <= self.max_set:
+            raise CapExceeded(
+                f"{node} announced a set of {size} elements; the coordinator's cap is "
+                f"{self.max_set} per node (max_set)"
+            )
+        if others + size > self.max_total:
+            raise CapExceeded(
+                f"the round's sets total {others + size} elements; the coordinator's "
+                f"cap is {self.max_total} (max_total)"
+            )
+
 
 class CoordinatorRound:
     def __init__(self, spec: RoundSpec, caps: Caps | None = None) -> None:
@@ -71,17 +84,8 @@ class CoordinatorRound:
         self.spec.index(node)
         if node in self.sizes:
             raise BadMessage(f"{node} prepared twice")
-        if not 0 <= size <= self.caps.max_set:
-            raise CapExceeded(
-                f"{node} announced a set of {size} elements; the coordinator's cap is "
-                f"{self.caps.max_set} per node (max_set)"
-            )
+        self.caps.check(node, size, sum(self.sizes.values()))
         self.sizes[node] = size
-        if sum(self.sizes.values()) > self.caps.max_total:
-            raise CapExceeded(
-                f"the round's sets total {sum(self.sizes.values())} elements; the coordinator's "
-                f"cap is {self.caps.max_total} (max_total)"
-            )
         if len(self.sizes) == len(self.spec.participants):
             self._final = [
                 bytearray(self.sizes[name] * ELEMENT_BYTES) for name in self.spec.participants

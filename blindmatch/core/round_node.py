@@ -6,8 +6,8 @@ Node rules (``NodeRound``)
      *are* the position map) and draws a fresh key. Phase PREPARED. It answers with its set size.
   2. ``own_batches``: the shuffled indicators in chunks, read from the node's ``SetSource`` a
      chunk at a time, to be hashed and blinded with the key (by the caller, possibly in worker
-     processes) and streamed out in that order; ``own_hashed`` gives the same chunks with their
-     stored hashes, when every one has it, to blind only.
+     processes) and streamed out in that order (the store keeps protocol v2's H(x), so v1 hashes
+     on the fly); ``own_points`` gives v2 its stored H(x) in the same order.
   3. ``begin_routing(sizes)``: the coordinator announces every set's size; the node refuses (before
      blinding anything) a partner set larger than its cap or a total beyond its round cap.
      Phase ROUTING.
@@ -39,10 +39,13 @@ from blindmatch.core import ring
 from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, PolicyRefusal, WrongPhase
 from blindmatch.core.group import RoundKey
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
+from blindmatch.core.oprf import hash_indicator
+from blindmatch.core.secp256k1 import Point, points_from_bytes
 from blindmatch.core.spec import Match, NodeOutcome, Policy, RoundSpec, threshold_counts
 from blindmatch.core.states import NODE, NodeEvent, NodePhase
 
-# (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale)
+# (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale);
+# that hash is protocol v2's (blindmatch.core.oprf), which a v1 round never blinds
 Candidate = tuple[int, str, str] | tuple[int, str, str, bytes | None]
 Ids = npt.NDArray[np.int64]
 
@@ -71,19 +74,6 @@ class ListedSet:
         return [by_id[int(i)] for i in ids]
 
 
-@dataclass(frozen=True, slots=True)
-class OwnBatch:
-    """A chunk of a node's own set in position order, and its H(v)s packed when all are stored."""
-
-    rows: Sequence[Candidate]
-    hashes: bytes | None
-
-    @property
-    def items(self) -> list[tuple[str, str]]:
-        """(kind, value) of each row: what is hashed when a hash is missing."""
-        return [(c[1], c[2]) for c in self.rows]
-
-
 class NodeRound:
     """One node's side of one round. Holds the key and the position map until resolve/abort.
 
@@ -98,7 +88,11 @@ class NodeRound:
         me: str,
         policy: Policy,
         source: SetSource,
+        *,
+        keyed: bool = True,
     ) -> None:
+        """``keyed`` False: protocol v2, where the node's share is its committee machine's and
+        this one keeps only the set, the caps and the position map."""
         policy.check(spec, me)
         self._kinds = frozenset(spec.kinds) & policy.kinds
         ids = source.ids(self._kinds)
@@ -114,7 +108,7 @@ class NodeRound:
         self._source = source
         self._ids = _shuffled(ids)  # position -> sighting id
         self.size = len(ids)  # kept after the position map is dropped, for the audit log
-        self.key: RoundKey | None = RoundKey.generate()
+        self.key: RoundKey | None = RoundKey.generate() if keyed else None
         self.sizes: dict[str, int] = {}
         self.blinded_for: dict[str, int] = {}
         self._next_seq: dict[str, int] = {}
@@ -141,16 +135,15 @@ class NodeRound:
         for chunk in self._chunks():
             yield [(c[1], c[2]) for c in chunk]
 
-    def own_hashed(self) -> Iterator[OwnBatch]:
-        """The chunks of ``own_batches`` with their stored hashes: blinding those gives the bytes
-        hashing and blinding the items gives (group.hash_packed), at a fraction of the cost."""
+    def own_points(self) -> Iterator[list[Point]]:
+        """Protocol v2: each chunk's H(x) in position order, from the store when it has them."""
         self._require(NodeEvent.OWN_SET)
         for chunk in self._chunks():
-            try:
-                packed: bytes | None = b"".join([c[3] for c in chunk])  # type: ignore[misc]
-            except (TypeError, IndexError):  # a hash missing (None) or never read (no 4th field)
-                packed = None
-            yield OwnBatch(chunk, packed)
+            stored = [c[3] if len(c) > 3 else None for c in chunk]
+            if all(stored):
+                yield points_from_bytes(b"".join(stored))  # type: ignore[arg-type]
+            else:  # a hash missing or stale (the store is being filled): the same points
+                yield [hash_indicator(c[1], c[2]) for c in chunk]
 
     def _chunks(self) -> Iterator[Sequence[Candidate]]:
         """The set's rows in position order, a chunk at a time, read from the source."""

@@ -22,6 +22,8 @@ from typing import Final
 import gmpy2
 from coincurve import PublicKey
 
+from blindmatch.core.errors import BadMessage
+
 ORDER: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 POINT_BYTES: Final = 65
 SCALAR_BYTES: Final = 32
@@ -30,16 +32,13 @@ _UNCOMPRESSED: Final = 0x04
 Point = PublicKey
 
 
-class InvalidPoint(ValueError):
-    """Bytes that are not the canonical encoding of a group element, or a sum that cancels out."""
+class InvalidPoint(BadMessage, ValueError):
+    """Bytes that are not the canonical encoding of a group element, or a sum that cancels out.
+    A protocol error wherever it comes from the wire: the call is refused, the round ends."""
 
-    code = "INVALID_ARGUMENT"
 
-
-class InvalidScalar(ValueError):
+class InvalidScalar(BadMessage, ValueError):
     """Bytes that are not a scalar in [1, ORDER - 1]."""
-
-    code = "INVALID_ARGUMENT"
 
 
 def point_from_bytes(data: bytes) -> Point:

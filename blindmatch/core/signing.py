@@ -24,7 +24,7 @@ import datetime
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -195,6 +195,21 @@ def verify_spec(
             "of clock skew is accepted"
         )
     return operator
+
+
+class Signs(Protocol):
+    """Whatever signs statements as a party: a ``Signer``, or a plaintext node's stand-in."""
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class Verifies(Protocol):
+    """Whatever verifies a party's statements: a ``Party``, or a plaintext node's stand-in."""
+
+    @property
+    def identity(self) -> Identity: ...
+
+    def verify(self, message: bytes, signature: bytes, what: str) -> None: ...
 
 
 class Signer:

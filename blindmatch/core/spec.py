@@ -34,6 +34,8 @@ class RoundSpec:
     epoch_seconds: float = 0.0
     counts: bool = False  # threshold mode: exact counts delivered, not only "held by >= t"
     issued: float = 0.0  # unix seconds when the operator signed it; nodes refuse stale specs
+    # protocol v2: the members whose shares make the round key; empty means every participant
+    committee: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.participants)
@@ -61,6 +63,18 @@ class RoundSpec:
             raise BadMessage(f"a watch epoch only applies to a pairwise round, not {self.mode}")
         if not 0 <= self.issued < math.inf:
             raise BadMessage(f"issued time {self.issued} is not a time")
+        if len(set(self.committee)) != len(self.committee):
+            raise BadMessage("a committee member is named twice")
+        if not set(self.committee) <= set(self.participants):
+            outside = ", ".join(sorted(set(self.committee) - set(self.participants)))
+            raise BadMessage(f"the committee names {outside}, not a participant")
+        if self.committee and self.watching:
+            raise BadMessage("watch rounds still run protocol v1's ring and take no committee")
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Protocol v2's committee, in the spec's order: the named members, or everyone."""
+        return self.committee or self.participants
 
     @property
     def watching(self) -> bool:

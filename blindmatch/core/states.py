@@ -53,8 +53,8 @@ watch_coordinator.CheckFlow)
   DONE        the checker has its answer; its tags joined its filter.
   ROUTING -> UNMASKING -> TESTING -> CONFIRMING -> DONE.
 
-A node's round of protocol v2 (``CommitteePhase``, ``COMMITTEE_NODE``; committee.CommitteeNode;
-not served yet: v1's ring still runs the rounds)
+A node's round of protocol v2 (``CommitteePhase``, ``COMMITTEE_NODE``; committee.CommitteeNode,
+served by node/committee.py)
   PREPARED    Prepare accepted: the set fixed, a share drawn and committed when a member.
   SIGNED      the transcript verified and signed; waiting for everyone's signature.
   EVALUATING  every participant signed the same transcript: the node asks for its set's

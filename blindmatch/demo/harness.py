@@ -86,11 +86,12 @@ def log_tail(log: Path, lines: int = 3) -> str:
     return " | ".join(said[-lines:]) if said else "(nothing)"
 
 
-def set_setting(path: Path, key: str, value: int | float | str) -> None:
-    """Give a top-level setting of a config file ``blindmatch ... init`` wrote a new value.
+def set_setting(path: Path, key: str, value: int | float | str | list[str]) -> None:
+    """Give a setting of a config file ``blindmatch ... init`` wrote (its first line ``key =``,
+    in any table) a new value.
 
     Edits the line in place, so the file keeps the comments an operator reads."""
-    rendered = json.dumps(value) if isinstance(value, str) else str(value)
+    rendered = json.dumps(value) if isinstance(value, str | list) else str(value)
     pattern = rf"^({re.escape(key)}\s*=\s*)\S+"
     text, n = re.subn(
         pattern, lambda m: m.group(1) + rendered, path.read_text(), count=1, flags=re.M

@@ -43,7 +43,12 @@ LOOPBACK_HINT: Final = (
 )
 
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest message either side takes. Protocol v2 sends a set's tags in one Reveal reply
+# (16 bytes a tag: 80 MB at the coordinator's default max_set of 5M) and a delivery's proofs in
+# one Deliver; both are bounded by the sets' caps. gRPC's default of 4 MB would stop a round of
+# 1M at Reveal. (Streaming both is the better shape; DESIGN.md 2 notes it.)
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+_CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
 class NetError(Exception):
@@ -296,7 +301,6 @@ def start_server(
         # gRPC sets SO_REUSEPORT by default, which lets a second server silently share the port.
         options=[
             ("grpc.so_reuseport", 0),
-            # A pairwise delivery costs ~9 bytes per match: 4 MB would cap a round near 450k.
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ],
     )
@@ -340,13 +344,16 @@ def open_channel(
             host = ""
         if not is_loopback(host):
             raise InsecureBindRefused(f"cannot connect to {target} without TLS: {LOOPBACK_HINT}")
-        return grpc.insecure_channel(target)
+        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
     if tls is None:
         raise ValueError("a channel needs tls (mTLS material) unless insecure=True is given")
     validate_role(expect.role)
     if expect.name is not None:
         validate_name(expect.name)
-    options = [("grpc.ssl_target_name_override", identity_host(expect.role, expect.name))]
+    options = [
+        ("grpc.ssl_target_name_override", identity_host(expect.role, expect.name)),
+        *_CHANNEL_OPTIONS,
+    ]
     return grpc.secure_channel(target, channel_credentials(tls), options=options)
 
 

@@ -41,6 +41,7 @@ def spec_to_proto(spec: RoundSpec) -> node_pb2.RoundSpec:
         epoch_seconds=spec.epoch_seconds,
         counts=spec.counts,
         issued=spec.issued,
+        committee=spec.committee,
     )
 
 
@@ -59,6 +60,7 @@ def spec_from_proto(msg: node_pb2.RoundSpec) -> RoundSpec:
         epoch_seconds=msg.epoch_seconds,
         counts=msg.counts,
         issued=msg.issued,
+        committee=tuple(msg.committee),
     )
 
 
@@ -108,6 +110,7 @@ def order_to_proto(order: StandingOrder) -> node_pb2.StandingOrder:
         chunk_size=t.chunk_size,
         epoch_seconds=t.epoch_seconds,
         counts=t.counts,
+        committee=t.committee,
         every_seconds=order.every,
         first=order.first,
         until=order.until,
@@ -134,6 +137,7 @@ def order_from_bytes(data: bytes) -> StandingOrder:
             epoch_seconds=msg.epoch_seconds,
             counts=msg.counts,
             issued=msg.first,
+            committee=msg.committee,
         )
     )
     return StandingOrder(

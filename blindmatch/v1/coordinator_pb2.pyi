@@ -154,9 +154,10 @@ class RoundInfo(_message.Message):
     finished: _builtins.float
     """0 while running"""
     hops_done: _builtins.int
-    """elements re-blinded so far"""
+    """Progress: v1 (watch rounds) elements re-blinded; v2 evaluations answered (each owner's
+    set and its 40 subset checks, once per other committee member)
+    """
     hops_total: _builtins.int
-    """elements to re-blind in the whole round"""
     operator: _builtins.str
     """who started it"""
     @_builtins.property

@@ -31,6 +31,7 @@ class RoundSpec(_message.Message):
     EPOCH_SECONDS_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     ISSUED_FIELD_NUMBER: _builtins.int
+    COMMITTEE_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     mode: _builtins.str
     """pairwise | threshold | count"""
@@ -50,6 +51,12 @@ class RoundSpec(_message.Message):
 
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def committee(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Protocol v2's committee: the members whose shares make the round key (empty: every
+        participant). Watch rounds still run v1's ring and take no committee.
+        """
+
     def __init__(
         self,
         *,
@@ -62,10 +69,11 @@ class RoundSpec(_message.Message):
         epoch_seconds: _builtins.float = ...,
         counts: _builtins.bool = ...,
         issued: _builtins.float = ...,
+        committee: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "counts", b"counts", "epoch_seconds", b"epoch_seconds", "issued", b"issued", "kinds", b"kinds", "mode", b"mode", "participants", b"participants", "round_id", b"round_id", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "committee", b"committee", "counts", b"counts", "epoch_seconds", b"epoch_seconds", "issued", b"issued", "kinds", b"kinds", "mode", b"mode", "participants", b"participants", "round_id", b"round_id", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,6 +131,7 @@ class StandingOrder(_message.Message):
     FIRST_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     ISSUED_FIELD_NUMBER: _builtins.int
+    COMMITTEE_FIELD_NUMBER: _builtins.int
     schedule_id: _builtins.str
     """drawn by the operator; the runs' round ids derive from it"""
     name: _builtins.str
@@ -146,6 +155,10 @@ class StandingOrder(_message.Message):
 
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def committee(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """as RoundSpec.committee"""
+
     def __init__(
         self,
         *,
@@ -162,10 +175,11 @@ class StandingOrder(_message.Message):
         first: _builtins.float = ...,
         until: _builtins.float = ...,
         issued: _builtins.float = ...,
+        committee: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "counts", b"counts", "epoch_seconds", b"epoch_seconds", "every_seconds", b"every_seconds", "first", b"first", "issued", b"issued", "kinds", b"kinds", "mode", b"mode", "name", b"name", "participants", b"participants", "schedule_id", b"schedule_id", "threshold", b"threshold", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "committee", b"committee", "counts", b"counts", "epoch_seconds", b"epoch_seconds", "every_seconds", b"every_seconds", "first", b"first", "issued", b"issued", "kinds", b"kinds", "mode", b"mode", "name", b"name", "participants", b"participants", "schedule_id", b"schedule_id", "threshold", b"threshold", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

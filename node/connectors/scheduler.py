@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from blindmatch.core.group import hash_indicators
+from blindmatch.core.oprf import hash_indicators
 from node.config import NodeConfig
 from node.connectors.push import push_sink
 from node.connectors.sync import sync_source

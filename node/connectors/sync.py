@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from blindmatch.core.group import hash_indicators
+from blindmatch.core.oprf import hash_indicators
 from node.config import ConnectorConfig
 from node.connectors.base import Source, open_source
 from node.importing import ImportReport, import_events

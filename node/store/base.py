@@ -15,7 +15,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.core.group import hash_indicators
+from blindmatch.core.oprf import hash_indicators
 from node.store.audit import AuditEntry, RoundAudit
 from node.store.budgets import BudgetUse, Overdraft
 from node.store.connectors import OutgoingMatch

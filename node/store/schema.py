@@ -194,11 +194,20 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "DROP TABLE stix_refs",
     ),
     # 6 -> 7: hash once (issue 12): H(v) of each indicator and the hash version it was computed
-    # under (blindmatch.core.group.HASH_VERSION). SQL cannot hash to the curve, so existing rows keep
-    # NULL here and the node fills them (SightingsTable.fill_hashes) when it serves or imports.
+    # under (then protocol v1's, blindmatch.core.group: 32-byte X25519 u-coordinates). SQL cannot
+    # hash to the curve, so existing rows keep NULL here and the node fills them
+    # (SightingsTable.fill_hashes) when it serves or imports.
     (
         "ALTER TABLE sightings ADD COLUMN hash BLOB CHECK (hash IS NULL OR length(hash) = 32)",
         "ALTER TABLE sightings ADD COLUMN hash_version TEXT",
+    ),
+    # 7 -> 8: the store keeps protocol v2's H(v) (blindmatch.core.oprf.hash_indicators, 65-byte
+    # uncompressed secp256k1 points, version blindmatch.core.oprf.HASH_VERSION). v1's hashes are
+    # stale under that version anyway, so the column is dropped and added again with the new size
+    # (SQLite cannot alter a CHECK): every row is NULL, hence stale, and the node fills it as above.
+    (
+        "ALTER TABLE sightings DROP COLUMN hash",
+        "ALTER TABLE sightings ADD COLUMN hash BLOB CHECK (hash IS NULL OR length(hash) = 65)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

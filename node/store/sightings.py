@@ -6,11 +6,13 @@ Rules:
   becomes the more restrictive of the two (clear < green < amber < amber+strict < red).
 - A batch of sightings is stored in one transaction: all of it or none of it, also when the
   process is killed midway (SQLite's journal guarantees that, the tests check it).
-- Hash once: each indicator's H(v) (blindmatch.core.group.hash_indicators) is computed when it is
-  first stored, in the same transaction, and kept with the hash version it was computed under
-  (blindmatch.core.group.HASH_VERSION). Rounds and checks read it and only blind. A row whose hash is
-  missing (a store from before schema 7) or of another version is stale: ``fill_hashes``
-  recomputes those, and readers treat a stale hash as absent (None).
+- Hash once: each indicator's H(v), protocol v2's (blindmatch.core.oprf.hash_indicators, a
+  65-byte secp256k1 point), is computed when it is first stored, in the same transaction, and kept
+  with the hash version it was computed under (blindmatch.core.oprf.HASH_VERSION). v2 rounds and
+  checks read it and only blind; protocol v1 (X25519, blindmatch.core.group) never uses it and
+  hashes on the fly. A row whose hash is missing (a store from before schema 7, or schema 8 dropped
+  v1's hashes) or of another version is stale: ``fill_hashes`` recomputes those, and readers treat
+  a stale hash as absent (None).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.core.group import HASH_VERSION, hash_indicators
+from blindmatch.core.oprf import HASH_VERSION, hash_indicators
 from blindmatch.core.states import Outcome
 from node.store.connectors import save_cursor, save_source_refs
 from node.store.db import Database
@@ -37,7 +39,7 @@ from node.store.tlp import TLP_LEVELS, tlp_rank
 HASH_CHUNK: Final = 20_000  # rows hashed per step, at import and when filling stale hashes
 _HASHING_AHEAD: Final = 2  # chunks an import may upsert ahead of their hashing
 
-# H(v) of each (kind, canonical value), in order: group.hash_indicators in this process, or the
+# H(v) of each (kind, canonical value), in order: oprf.hash_indicators in this process, or the
 # node's blinding pool (node.pool.Blinder.hash_all) to use every core.
 Hasher = Callable[[Sequence[tuple[str, str]]], list[bytes]]
 # (sighting id, kind, value, H(v) or None when the stored hash is missing or stale)

@@ -1,0 +1,222 @@
+"""Where protocol v2's messages (proto/blindmatch/v2) meet the core's types (``core.committee``).
+
+Same rules as ``serde`` for v1: the core never sees a message; converters from the wire check
+what the core's types cannot (whole points, lengths that must agree, integers in range) and raise
+``BadMessage``. Signatures and proofs are verified by the core, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import numpy as np
+
+from blindmatch.core.committee import SignedAnswer, SignedRequest, Tags
+from blindmatch.core.delivery import Inclusion, NodeDelivery, SignedRoot
+from blindmatch.core.errors import BadMessage
+from blindmatch.core.evaluation import (
+    Commitment,
+    EvaluationAnswer,
+    EvaluationRequest,
+    Transcript,
+)
+from blindmatch.core.oprf import TAG_BYTES
+from blindmatch.core.secp256k1 import POINT_BYTES
+from blindmatch.v2 import node_pb2
+
+PROTOCOL: Final = 2
+_MAX_INDEX: Final = 2**40  # far above any set a node takes; keeps numpy's int64 exact
+
+
+def commitment_to_proto(c: Commitment) -> node_pb2.Commitment:
+    return node_pb2.Commitment(member=c.member, point=c.point, proof=c.proof)
+
+
+def commitment_from_proto(msg: node_pb2.Commitment) -> Commitment:
+    return Commitment(msg.member, msg.point, msg.proof)
+
+
+def transcript_to_proto(t: Transcript) -> node_pb2.Transcript:
+    return node_pb2.Transcript(
+        purpose=t.purpose,
+        ident=t.ident,
+        spec_digest=t.spec_digest,
+        commitments=[commitment_to_proto(c) for c in t.commitments],
+        sizes=dict(t.sizes),
+        holder_sizes=dict(t.holder_sizes),
+        caps=[node_pb2.Cap(holder=h, checker=c, cap=n) for (h, c), n in sorted(t.caps.items())],
+    )
+
+
+def transcript_from_proto(msg: node_pb2.Transcript) -> Transcript:
+    caps: dict[tuple[str, str], int] = {}
+    for cap in msg.caps:
+        if (cap.holder, cap.checker) in caps:
+            raise BadMessage(f"two caps of {cap.holder} for {cap.checker}")
+        caps[cap.holder, cap.checker] = cap.cap
+    return Transcript(
+        msg.purpose,
+        msg.ident,
+        msg.spec_digest,
+        tuple(commitment_from_proto(c) for c in msg.commitments),
+        dict(msg.sizes),
+        dict(msg.holder_sizes),
+        caps,
+    )
+
+
+def _points(data: bytes, count: int, what: str) -> bytes:
+    if len(data) != count * POINT_BYTES:
+        raise BadMessage(f"{what}: {count} points are {count * POINT_BYTES} bytes, not {len(data)}")
+    return data
+
+
+def request_to_proto(signed: SignedRequest) -> node_pb2.SignedRequest:
+    r = signed.request
+    return node_pb2.SignedRequest(
+        request=node_pb2.EvaluationRequest(
+            purpose=r.purpose,
+            ident=r.ident,
+            transcript=r.transcript,
+            requester=r.requester,
+            seq=r.seq,
+            count=r.count,
+            elements=r.elements,
+            proved=r.proved,
+            kind=r.kind,
+        ),
+        points=signed.points,
+        signature=signed.signature,
+    )
+
+
+def request_from_proto(msg: node_pb2.SignedRequest) -> SignedRequest:
+    r = msg.request
+    request = EvaluationRequest(
+        r.purpose,
+        r.ident,
+        r.transcript,
+        r.requester,
+        r.seq,
+        r.count,
+        r.elements,
+        r.proved,
+        r.kind or "set",
+    )
+    return SignedRequest(
+        request, _points(msg.points, r.count, f"{r.requester}'s request {r.seq}"), msg.signature
+    )
+
+
+def answer_to_proto(signed: SignedAnswer) -> node_pb2.SignedAnswer:
+    a = signed.answer
+    return node_pb2.SignedAnswer(
+        answer=node_pb2.EvaluationAnswer(
+            request=a.request, member=a.member, answers=a.answers, proof=a.proof
+        ),
+        points=signed.points,
+        signature=signed.signature,
+    )
+
+
+def answer_from_proto(msg: node_pb2.SignedAnswer) -> SignedAnswer:
+    a = msg.answer
+    if len(msg.points) % POINT_BYTES:
+        raise BadMessage(f"{a.member}'s answer is not whole {POINT_BYTES}-byte points")
+    return SignedAnswer(
+        EvaluationAnswer(a.request, a.member, a.answers, a.proof), msg.points, msg.signature
+    )
+
+
+def root_to_proto(root: SignedRoot) -> node_pb2.SignedRoot:
+    return node_pb2.SignedRoot(
+        owner=root.owner, size=root.size, root=root.root, signature=root.signature
+    )
+
+
+def root_from_proto(msg: node_pb2.SignedRoot) -> SignedRoot:
+    return SignedRoot(msg.owner, msg.size, msg.root, msg.signature)
+
+
+def roots_to_proto(roots: Mapping[str, SignedRoot]) -> list[node_pb2.SignedRoot]:
+    return [root_to_proto(roots[name]) for name in sorted(roots)]
+
+
+def roots_from_proto(msgs: Sequence[node_pb2.SignedRoot]) -> dict[str, SignedRoot]:
+    roots: dict[str, SignedRoot] = {}
+    for msg in msgs:
+        if msg.owner in roots:
+            raise BadMessage(f"two tag roots of {msg.owner}")
+        roots[msg.owner] = root_from_proto(msg)
+    return roots
+
+
+def tags_to_proto(tags: Tags) -> node_pb2.Tags:
+    return node_pb2.Tags(owner=tags.owner, tags=tags.tags, root=root_to_proto(tags.root))
+
+
+def tags_from_proto(msg: node_pb2.Tags) -> Tags:
+    if len(msg.tags) % TAG_BYTES:
+        raise BadMessage(f"{msg.owner}'s tags are not whole {TAG_BYTES}-byte tags")
+    return Tags(msg.owner, msg.tags, root_from_proto(msg.root))
+
+
+def _indexes(values: Sequence[int], what: str) -> np.ndarray:
+    if any(v >= _MAX_INDEX for v in values):
+        raise BadMessage(f"{what}: an index out of range")
+    return np.asarray(values, dtype=np.int64)
+
+
+def delivery_to_proto(
+    delivery: NodeDelivery, roots: Mapping[str, SignedRoot]
+) -> node_pb2.DeliverRequest:
+    return node_pb2.DeliverRequest(
+        round_id=delivery.round_id,
+        mode=delivery.mode,
+        proofs=[
+            node_pb2.Inclusion(
+                partner=p.partner,
+                positions=p.positions.tolist(),
+                indexes=p.indexes.tolist(),
+                hashes=p.hashes,
+            )
+            for p in delivery.proofs
+        ],
+        hits=[] if delivery.hits is None else delivery.hits.tolist(),
+        counts=[] if delivery.counts is None else delivery.counts.tolist(),
+        has_hits=delivery.hits is not None,
+        has_counts=delivery.counts is not None,
+        shared=dict(delivery.shared),
+        roots=roots_to_proto(roots),
+    )
+
+
+def delivery_from_proto(
+    msg: node_pb2.DeliverRequest, owner: str
+) -> tuple[NodeDelivery, dict[str, SignedRoot]]:
+    """The delivery to ``owner`` (this node) and the roots it is proved against."""
+    proofs = []
+    for p in msg.proofs:
+        if len(p.positions) != len(p.indexes):
+            raise BadMessage(f"an inclusion proof for {p.partner}: positions and leaves differ")
+        proofs.append(
+            Inclusion(
+                p.partner,
+                _indexes(p.positions, "an inclusion proof"),
+                _indexes(p.indexes, "an inclusion proof"),
+                p.hashes,
+            )
+        )
+    if msg.has_counts and not msg.has_hits:
+        raise BadMessage("counts come only with threshold hits")
+    delivery = NodeDelivery(
+        msg.round_id,
+        owner,
+        msg.mode,
+        tuple(proofs),
+        _indexes(msg.hits, "threshold hits") if msg.has_hits else None,
+        _indexes(msg.counts, "threshold counts") if msg.has_counts else None,
+        dict(msg.shared),
+    )
+    return delivery, roots_from_proto(msg.roots)
