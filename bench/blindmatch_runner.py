@@ -67,6 +67,8 @@ class RoundRun:
     timeline: list[dict[str, float]]  # cores busy per role, every TIMELINE_STEP seconds
     build: str = ""  # "" (the only build of the run), "after" (this tree) or "before" (--before)
     hash_once: bool = True  # the build's rounds read stored H(v) and only blind (issue 12)
+    protocol: int = 1  # a build from before protocol v2 (issue 17) does not report it
+    committee: int = 0  # v2's committee size; 0: every nation
 
     @property
     def peak_rss(self) -> int:
@@ -101,6 +103,7 @@ class BenchFederation:
         self.chunk_args: tuple[str, ...] = (
             () if chunk_size is None else ("--chunk-size", str(chunk_size))
         )
+        self.committee = committee
         if committee:
             members = list(nations[:committee])
             self.chunk_args += ("--committee", ",".join(members))
@@ -217,6 +220,8 @@ class BenchFederation:
             # the operator command (a Python start-up and a wait) is not part of the protocol
             other_cores=max(0.0, busy - cpu - operator) / max(observed, 1e-9),
             timeline=timeline.rows,
+            protocol=2,
+            committee=self.committee,
         )
 
 

@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     core = measure_core(cpus)
     print(
         f"  hash {core.hash_us:.1f} us, blind {core.blind_us:.1f} us, hash+blind "
-        f"{core.hash_and_blind_us:.1f} us per item; openssl {core.openssl_ops or 0:,.0f} ops/s; "
+        f"{core.hash_and_blind_us:.1f} us per item; secp256k1 multiply {core.mul_us:.1f} us; openssl {core.openssl_ops or 0:,.0f} ops/s; "
         f"pool {', '.join(f'{w}: {r:,.0f}/s' for w, r in core.pool_rates.items())}",
         flush=True,
     )

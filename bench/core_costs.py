@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.datasets import nation_items
-from blindmatch.core import group
+from blindmatch.core import group, secp256k1
 from blindmatch.core.match import presence
 
 MICRO_ITEMS = 2000
@@ -81,6 +81,7 @@ class Core:
     hash_us: float
     blind_us: float
     hash_and_blind_us: float
+    mul_us: float = 0.0  # one secp256k1 multiplication: protocol v2's unit of work
     pool_rates: dict[int, float] = field(default_factory=dict)
     match_tags_per_s: float = 0.0
     match_tags: int = 0
@@ -94,7 +95,9 @@ def measure_core(cores: int) -> Core:
     # openssl speed takes turns with the Python measurements: this machine's speed drifts by
     # several percent over minutes, and the ratios must compare the same moments.
     openssl: list[float] = []
-    passes: dict[str, list[float]] = {"hash": [], "blind": [], "hash_and_blind": []}
+    passes: dict[str, list[float]] = {"hash": [], "blind": [], "hash_and_blind": [], "mul": []}
+    points = [secp256k1.base_mul(secp256k1.random_scalar()) for _ in items]
+    scalar = secp256k1.random_scalar()
     for _ in range(OPENSSL_TURNS):
         rate = openssl_x25519()
         if rate is not None:
@@ -104,6 +107,7 @@ def measure_core(cores: int) -> Core:
                 "hash": lambda: group.hash_indicators(items),
                 "blind": lambda: key.blind(elements),
                 "hash_and_blind": lambda: group.hash_and_blind_packed(raw, items),
+                "mul": lambda: [secp256k1.mul(p, scalar) for p in points],
             },
             MICRO_REPEAT // OPENSSL_TURNS,
         )
@@ -115,6 +119,7 @@ def measure_core(cores: int) -> Core:
         us["hash"],
         us["blind"],
         us["hash_and_blind"],
+        us["mul"],
     )
     packed = b"".join(group.hash_indicators(nation_items(1, 4096)))
     chunks = [packed] * POOL_CHUNKS

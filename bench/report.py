@@ -112,7 +112,7 @@ def report(
         "",
         f"Core costs (CPU time, medians, same run): hash to group {core.hash_us:.1f} us, blinding "
         f"{core.blind_us:.1f} us, hash and blind {core.hash_and_blind_us:.1f} us per item; "
-        f"`openssl speed ecdhx25519` {core.openssl_ops or 0:,.0f} ops/s; blinding pool "
+        f"secp256k1 multiplication (v2) {core.mul_us:.1f} us; `openssl speed ecdhx25519` {core.openssl_ops or 0:,.0f} ops/s; blinding pool "
         + ", ".join(f"{w} process(es) {r:,.0f} ops/s" for w, r in core.pool_rates.items())
         + f"; matching {core.match_tags_per_s / 1e6:.1f}M tags/s.",
         "",
@@ -152,17 +152,24 @@ def report(
 
 
 def floor_seconds(run: RoundRun, core: Core, cores: int) -> float:
-    """(hashes x hash cost + blindings x blinding cost) / cores.
+    """The multiplications a round cannot do without, at their measured cost, over the cores.
 
-    Every set is blinded by every node: N x N x n blindings for N nations of n. A build with
-    hash once (issue 12) reads H(v) from the store; one without hashes every set in the round.
+    Protocol v2: each of the N sets of n costs c + 2 secp256k1 multiplications per element for
+    a committee of c (blind, c - 1 or c remote evaluations, unblind, and the owner's own share
+    when it is a member). Protocol v1's ring: every set is blinded by every node, N x N x n
+    X25519 blindings; a build without hash once (issue 12) also hashes every set.
     """
+    if run.protocol >= 2:
+        members = run.committee or run.nations
+        return run.nations * run.items * (members + 2) * core.mul_us / 1e6 / cores
     hashes = 0 if run.hash_once else run.nations * run.items
     blindings = run.nations * run.nations * run.items
     return (hashes * core.hash_us + blindings * core.blind_us) / 1e6 / cores
 
 
 def floor_formula(run: RoundRun) -> str:
+    if run.protocol >= 2:
+        return "N*n*(c+2) secp256k1 multiplications"
     return "N*N*n blindings" if run.hash_once else "N*n hashes + N*N*n blindings"
 
 

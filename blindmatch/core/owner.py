@@ -123,6 +123,7 @@ class Owner:
         self._seq_by_digest: dict[bytes, int] = {}
         self._tags = bytearray(size * TAG_BYTES)
         self._tagged = 0
+        self._released = False
         self._challenge: tuple[EvaluationRequest, list[Point]] | None = None
         self._proved: dict[str, list[Point]] = {}
         self._failed: list[int] = []
@@ -284,6 +285,8 @@ class Owner:
     def tags(self) -> tuple[bytes, np.ndarray]:
         """The sorted tags, and for each the position of its element in the set; raises
         ``VerificationFailed`` unless every subset check holds."""
+        if self._released:
+            raise WrongPhase("the tags of this set are out already")
         if self._tagged != self.size or self._pending:
             raise WrongPhase(f"{self._tagged} of {self.size} elements are answered")
         if set(self._proved) != set(self.remote):
@@ -298,9 +301,14 @@ class Owner:
                 f"{len(failed)} of {self.check.lam} subset checks failed: some member's answers "
                 "are wrong, and no tag of this set leaves"
             )
-        records = np.frombuffer(bytes(self._tags), dtype=f"S{TAG_BYTES}")
+        records = np.frombuffer(self._tags, dtype=f"S{TAG_BYTES}")
         order = np.argsort(records, kind="stable")
-        return records[order].tobytes(), order
+        ordered = records[order].tobytes()
+        del records
+        # One copy of the tags from here on, the caller's: 16 MB for a set of 1M.
+        self._tags = bytearray()
+        self._released = True
+        return ordered, order
 
     def blame(
         self, answers: Mapping[str, Mapping[int, tuple[EvaluationAnswer, bytes]]]
