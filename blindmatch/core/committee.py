@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import numpy as np
@@ -44,7 +44,7 @@ from blindmatch.core.delivery import (
     match,
     verify_delivery,
 )
-from blindmatch.core.errors import BadMessage, ForgedMessage
+from blindmatch.core.errors import BadMessage, ForgedMessage, WrongPhase
 from blindmatch.core.evaluation import (
     Commitment,
     EvaluationAnswer,
@@ -61,8 +61,14 @@ from blindmatch.core.secp256k1 import Point
 from blindmatch.core.signing import Signs, Verifies, statement
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import COMMITTEE_NODE, CommitteeEvent, CommitteePhase
+from blindmatch.core.watch_sealed import (
+    FILTER_ERROR_RATE,
+    EpochFilter,
+    SignedFilter,
+    filter_statement,
+)
 
-PURPOSE: Final = "round"
+PURPOSE: Final = "round"  # a round's share serves its sets only; a watch round's, its epoch
 
 
 def transcript_statement(digest: bytes) -> bytes:
@@ -88,10 +94,18 @@ class RoundTerms:
     mode: str = "pairwise"
     threshold: int | None = None
     counts: bool = False
+    epoch_seconds: float = 0.0  # a watch round: its share and tags serve an epoch this long
 
     def __post_init__(self) -> None:
         if not set(self.committee) <= set(self.participants) or not self.committee:
             raise BadMessage("the committee is one or more of the round's participants")
+        if self.epoch_seconds and self.mode != "pairwise":
+            raise BadMessage("a watch round is pairwise")
+
+    @property
+    def purpose(self) -> str:
+        """What the shares serve: "epoch" for a watch round (its set, then the epoch's checks)."""
+        return "epoch" if self.epoch_seconds else PURPOSE
 
     @classmethod
     def of(cls, spec: RoundSpec, spec_digest: bytes) -> RoundTerms:
@@ -104,6 +118,7 @@ class RoundTerms:
             spec.mode,
             spec.threshold,
             spec.counts,
+            spec.epoch_seconds,
         )
 
 
@@ -112,6 +127,8 @@ class Prepared:
     node: str
     size: int
     commitment: Commitment | None
+    # watch rounds: the evaluations this node lets each partner ask for its checks in the epoch
+    check_caps: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +150,19 @@ class Tags:
     owner: str
     tags: bytes  # sorted, distinct, 16 bytes each
     root: SignedRoot
+    filter: SignedFilter | None = None  # a watch round's: the epoch filter of these tags
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What a delivered watch round leaves its epoch (``CommitteeNode.handover``)."""
+
+    transcript: Transcript
+    parties: Mapping[str, Verifies]
+    member: Member | None
+    tags: bytes  # sorted
+    positions: npt.NDArray[np.intp]  # sorted tag i -> element position
+    next_seq: int  # the first seq the node's requests left free on the members' ledgers
 
 
 class AnswerLog(Protocol):
@@ -171,16 +201,25 @@ class CommitteeNode:
         size: int,
         policy: Policy | None = None,
         answers: AnswerLog | None = None,
+        check_caps: Mapping[str, int] | None = None,
     ) -> None:
+        """``check_caps``, for a watch round only: the evaluations each partner may ask for its
+        checks in the epoch (a partner left out may not check while this node holds a set)."""
         if me not in terms.participants:
             raise BadMessage(f"{me} is not a participant of round {terms.round_id}")
         (policy or Policy()).check_committee(terms.committee, me)
+        caps = dict(check_caps or {})
+        if caps and terms.purpose != "epoch":
+            raise BadMessage("check caps are for watch rounds")
+        if not set(caps) <= set(terms.participants) - {me} or any(c < 0 for c in caps.values()):
+            raise BadMessage("check caps are for partners, and not negative")
         self.terms = terms
         self.me = me
         self.signer = signer
         self.size = size
+        self.check_caps = caps
         self.phase = CommitteePhase.PREPARED
-        self.member = Member(PURPOSE, terms.round_id, me) if me in terms.committee else None
+        self.member = Member(terms.purpose, terms.round_id, me) if me in terms.committee else None
         self.transcript: Transcript | None = None
         self.parties: dict[str, Verifies] = {}
         self.owner: Owner | None = None
@@ -188,6 +227,7 @@ class CommitteeNode:
         self.positions: npt.NDArray[np.intp] | None = None  # sorted tag i -> element position
         self.own_root: SignedRoot | None = None
         self.roots: dict[str, SignedRoot] = {}
+        self.filter: SignedFilter | None = None
         # every member's signed answer to each chunk, kept to name a cheat if a check fails
         self._answers: AnswerLog = answers if answers is not None else InMemory()
 
@@ -202,14 +242,16 @@ class CommitteeNode:
         self.phase = COMMITTEE_NODE.move(self.subject, self.phase, to)
 
     def prepared(self) -> Prepared:
-        return Prepared(self.me, self.size, self.member.commitment if self.member else None)
+        return Prepared(
+            self.me, self.size, self.member.commitment if self.member else None, self.check_caps
+        )
 
     def sign_transcript(self, transcript: Transcript, parties: Mapping[str, Verifies]) -> bytes:
         """This node's signature over ``transcript``, once it holds what this node sent and
         what the signed spec fixes. ``parties``: every participant's vouched certificate."""
         self._accept(CommitteeEvent.TRANSCRIPT)
         t = self.terms
-        if (transcript.purpose, transcript.ident) != (PURPOSE, t.round_id):
+        if (transcript.purpose, transcript.ident) != (t.purpose, t.round_id):
             raise BadMessage(f"a transcript for {transcript.purpose} {transcript.ident}")
         if transcript.spec_digest != t.spec_digest:
             raise ForgedMessage("the transcript names another spec than the one this node signed")
@@ -219,6 +261,18 @@ class CommitteeNode:
             raise ForgedMessage("the transcript's participants are not the signed spec's")
         if transcript.sizes[self.me] != self.size:
             raise ForgedMessage(f"the transcript gives {self.me} a set it did not announce")
+        if t.purpose == "epoch":
+            # A holder's epoch set is its round set; its caps are what it announced, no more
+            # and no fewer: shown other caps, a member would charge its partners otherwise.
+            if dict(transcript.holder_sizes) != dict(transcript.sizes):
+                raise ForgedMessage("the transcript's holder sets are not the announced sets")
+            mine = {c: n for (h, c), n in transcript.caps.items() if h == self.me}
+            if mine != self.check_caps:
+                raise ForgedMessage(
+                    f"the transcript gives {self.me} check caps it did not announce"
+                )
+        elif transcript.holder_sizes or transcript.caps:
+            raise ForgedMessage("a transcript of a round that is no watch round carries caps")
         if set(parties) != set(t.participants) or any(
             p.identity.name != name for name, p in parties.items()
         ):
@@ -337,7 +391,13 @@ class CommitteeNode:
                     f"{self.transcript.sizes[name]}"
                 )
         self.roots = dict(roots)
-        return Tags(self.me, self.own_tags, self.own_root)
+        if self.terms.purpose == "epoch" and self.filter is None:
+            # The epoch's checkers test their tags against this, through the coordinator.
+            bloom = EpochFilter.build(
+                self.terms.round_id, self.me, self.own_tags, FILTER_ERROR_RATE
+            )
+            self.filter = SignedFilter(bloom, self.signer.sign(filter_statement(bloom)))
+        return Tags(self.me, self.own_tags, self.own_root, self.filter)
 
     def _verify_root(self, name: str, signed: SignedRoot) -> None:
         party = self.parties.get(name)
@@ -388,11 +448,30 @@ class CommitteeNode:
             counts=t.counts,
         )
         self._move(CommitteePhase.DONE)
-        if self.member is not None:
-            self.member.destroy()
+        if self.member is not None and self.terms.purpose != "epoch":
+            self.member.destroy()  # a watch round's share serves its epoch (``handover``)
         if self.owner is not None:
             self.owner.destroy()
         return matches
+
+    def handover(self) -> Handover:
+        """A delivered watch round's share, sorted tags and their positions, for its epoch
+        (``core.epoch.WatchEpoch``): from here on only the epoch holds them, and ``abort`` no
+        longer reaches them. Once."""
+        if self.terms.purpose != "epoch" or self.phase != CommitteePhase.DONE:
+            raise WrongPhase(f"{self.subject} hands over no epoch")
+        if self.positions is None or self.owner is None or self.transcript is None:
+            raise WrongPhase(f"{self.subject} has handed its epoch over already")
+        out = Handover(
+            self.transcript,
+            dict(self.parties),
+            self.member,
+            self.own_tags,
+            self.positions,
+            self.owner.next_seq,
+        )
+        self.member, self.own_tags, self.positions = None, b"", None
+        return out
 
     def by_position(self, matches: Sequence[VerifiedMatch] | Sequence[SharedCount]) -> Delivery:
         """Verified matches as v1's delivery by element position (``NodeRound.resolve`` maps
@@ -440,12 +519,19 @@ class CommitteeCoordinator:
             prepared.commitment is not None and prepared.commitment.member != prepared.node
         ):
             raise BadMessage(f"{prepared.node}'s commitment does not fit the committee")
+        if prepared.check_caps and (
+            self.terms.purpose != "epoch"
+            or not set(prepared.check_caps) <= set(self.terms.participants) - {prepared.node}
+        ):
+            raise BadMessage(f"{prepared.node}'s check caps do not fit the round")
         self.caps.check(prepared.node, prepared.size, sum(p.size for p in self.prepared.values()))
         self.prepared[prepared.node] = prepared
         if len(self.prepared) < len(self.terms.participants):
             return None
+        sizes = {name: p.size for name, p in self.prepared.items()}
+        epoch = self.terms.purpose == "epoch"
         return Transcript(
-            PURPOSE,
+            self.terms.purpose,
             self.terms.round_id,
             self.terms.spec_digest,
             tuple(
@@ -453,8 +539,14 @@ class CommitteeCoordinator:
                 for name in sorted(self.terms.committee)
                 if (c := self.prepared[name].commitment) is not None
             ),
-            {name: p.size for name, p in self.prepared.items()},
+            sizes,
+            sizes if epoch else {},
+            {(h, c): n for h, p in self.prepared.items() for c, n in p.check_caps.items()},
         )
+
+    def filters(self) -> dict[str, SignedFilter]:
+        """A watch round's epoch filters, each as its holder signed it, once every set is in."""
+        return {n: t.filter for n, t in self.tag_sets.items() if t.filter is not None}
 
     def on_signature(self, node: str, signature: bytes) -> dict[str, bytes] | None:
         if node not in self.terms.participants:
@@ -478,6 +570,12 @@ class CommitteeCoordinator:
     def on_tags(self, tags: Tags) -> dict[str, tuple[NodeDelivery, dict[str, SignedRoot]]] | None:
         if tags.owner not in self.roots or tags.owner in self.tag_sets:
             raise BadMessage(f"unexpected tags from {tags.owner}")
+        if (tags.filter is not None) != (self.terms.purpose == "epoch") or (
+            tags.filter is not None
+            and (tags.filter.filter.epoch_id, tags.filter.filter.holder)
+            != (self.terms.round_id, tags.owner)
+        ):
+            raise BadMessage(f"{tags.owner}'s epoch filter does not fit the round")
         self.tag_sets[tags.owner] = tags
         if len(self.tag_sets) < len(self.terms.participants):
             return None

@@ -125,6 +125,7 @@ class Owner:
         self._tagged = 0
         self._released = False
         self._challenge: tuple[EvaluationRequest, list[Point]] | None = None
+        self._challenged = False  # its seq taken, even once ``destroy`` drops the challenge
         self._proved: dict[str, list[Point]] = {}
         self._failed: list[int] = []
 
@@ -183,6 +184,12 @@ class Owner:
             self.kind,
         )
 
+    @property
+    def next_seq(self) -> int:
+        """The first seq this owner leaves free (its chunks' and its subset checks' taken): a
+        watch round's checker starts its checks there, on the same ledgers."""
+        return self._seq + self._challenged
+
     def challenge(self) -> tuple[EvaluationRequest, bytes]:
         """The λ subset checks, once the whole set is requested: one proved request."""
         self._require_live()
@@ -194,6 +201,7 @@ class Owner:
         packed = points_to_bytes(points)
         request = self._request(self._seq, len(points), packed, proved=True)
         self._challenge = (request, points)
+        self._challenged = True
         return request, packed
 
     # --- answers in ---------------------------------------------------------------------------
