@@ -1,16 +1,16 @@
-"""Early-warning benchmark: check latency and throughput, Bloom filter bytes per tag.
+"""Early-warning benchmark (protocol v2): check latency and throughput, filter bytes per tag.
 
 Runs a real federation (``blindmatch.demo.harness``: four nodes and a coordinator, each its own
-process, mTLS on 127.0.0.1, each node with one blinding worker per core), opens a watch epoch,
-then measures:
+process, mTLS on 127.0.0.1), opens a watch epoch whose committee is every node, then measures:
 
-- a check of one value across three partners (median and worst of --repeat checks);
-- a check of --batch values, beside the blindings it needs, run one party after the other on a
-  worker pool like a node's: the checker's hash-and-blind (mask and epoch key as one key) and its
-  unmask, each partner's blinding, and the coordinator's k_c (in one process, as the coordinator
-  applies it). The target: the check within 1.2 x their sum. The old reference, 3 x --batch
-  partner blindings, is printed too;
-- the coordinator's filter bytes per tag at FILTER_ERROR_RATE, beside an exact set of tags.
+- a check of one value by alpha (median and worst of --repeat checks): one proved request to the
+  three other members, their DLEQ proofs verified, three filters tested, three sealed messages.
+  Target (issue 17): median at most 25 ms;
+- a check of --batch values, beside the evaluations it needs, made here in one process, one
+  party after the other, on the same core objects (``core.checker.Check``, ``core.member``): the
+  checker's blinding, each member's evaluation, the subset checks and the unblinding. Target: at
+  most 1.3 x their sum;
+- the epoch filters' bytes per tag at the protocol's false-positive rate, and their build rate.
 
 Usage: .venv/bin/python bench/watch_bench.py [--batch 10000] [--repeat 20] [--json]
 """
@@ -18,34 +18,34 @@ Usage: .venv/bin/python bench/watch_bench.py [--batch 10000] [--repeat 20] [--js
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import multiprocessing
 import os
 import secrets
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blindmatch.core.group import RoundKey, blind_packed, hash_and_blind_packed
-from blindmatch.core.watch_coordinator import seal
-from blindmatch.core.watch_rules import FILTER_ERROR_RATE, bloom_bits_per_element
+from blindmatch.core.checker import Check
+from blindmatch.core.evaluation import Transcript
+from blindmatch.core.member import Member
+from blindmatch.core.oprf import hash_indicators
+from blindmatch.core.secp256k1 import points_from_bytes
+from blindmatch.core.watch_sealed import FILTER_ERROR_RATE, EpochFilter
 from blindmatch.demo import harness
 from blindmatch.runtime import net
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2, watch_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from coordinator.config import load_operator_config
 from coordinator.operator_cli import new_round, start_request
-from coordinator.watch import new_filter
 from node.store import Sighting, Store
 
 NAMES = ("alpha", "bravo", "charlie", "delta")
-CHECK_BUDGET = 10_000_000  # elements a node blinds for checks per epoch: no limit for the bench
+CHECK_BUDGET = 10_000_000  # evaluations per partner's checks per epoch: no limit for the bench
 
 
 def start_federation(root: Path, set_size: int) -> harness.Federation:
@@ -53,8 +53,8 @@ def start_federation(root: Path, set_size: int) -> harness.Federation:
     fed = harness.Federation(root, NAMES, operator="bench")
     fed.init(watch=True)
     for i, name in enumerate(NAMES):
-        harness.set_setting(fed.node_toml(name), "workers", os.cpu_count() or 1)
         harness.set_setting(fed.node_toml(name), "check_budget", CHECK_BUDGET)
+        harness.set_setting(fed.node_toml(name), "check_elements", 4 * CHECK_BUDGET)
         with Store.open(fed.store(name)) as store:
             store.add_sightings(
                 (
@@ -81,60 +81,64 @@ def watch_round(fed: harness.Federation) -> float:
         return time.perf_counter() - start
 
 
-def needed_blindings(workers: int, items: list[tuple[str, str]], partners: int) -> dict[str, float]:
-    """Seconds of every blinding a check of ``items`` needs, one party after the other, each
-    split in one task per worker of a spawn pool like a node's (the coordinator's k_c in this
-    process, as the coordinator applies it)."""
-    key = RoundKey.generate().export()
-    per = -(-len(items) // workers)
-    ctx = multiprocessing.get_context("spawn")
+def needed_evaluations(values: list[str]) -> dict[str, float]:
+    """Seconds of the group work a check of ``values`` needs, one party after the other, in this
+    process: alpha blinds and asks, each other member answers, alpha verifies and unblinds."""
+    members = {m: Member("epoch", "bench", m) for m in NAMES}
+    sizes = dict.fromkeys(NAMES, 1)
+    caps = {(h, c): CHECK_BUDGET for h in NAMES for c in NAMES if h != c}
+    transcript = Transcript(
+        "epoch",
+        "bench",
+        b"\x00" * 32,
+        tuple(m.commitment for m in members.values()),
+        sizes,
+        sizes,
+        caps,
+    )
+    for m in members.values():
+        m.accept(transcript)
+    hashes = points_from_bytes(b"".join(hash_indicators([("domain", v) for v in values])))
     out: dict[str, float] = {}
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-
-        def timed(what: str, fn: Any, work: Any, step: int) -> bytes:
-            t0 = time.perf_counter()
-            parts = [pool.submit(fn, key, work[i : i + step]) for i in range(0, len(work), step)]
-            done = b"".join(f.result() for f in parts)
-            out[what] = out.get(what, 0.0) + time.perf_counter() - t0
-            return done
-
-        list(pool.map(hash_and_blind_packed, [key] * workers, [items[:1]] * workers))  # warm up
-        elements = timed("checker_in_s", hash_and_blind_packed, items, per)
-        for _ in range(partners):
-            elements = timed("partners_s", blind_packed, elements, per * 32)
-        t0 = time.perf_counter()
-        sealed = seal(RoundKey.generate(), elements)
-        out["coordinator_kc_s"] = time.perf_counter() - t0
-        timed("checker_unmask_s", blind_packed, sealed, per * 32)
-    out["total_s"] = sum(out.values())
+    t0 = time.process_time()
+    check = Check(
+        "alpha", transcript, transcript.verified_keys(), hashes, members["alpha"], "c1", seq=10
+    )
+    out["checker_s"] = time.process_time() - t0
+    out["members_s"] = 0.0
+    for request, points in check.requests():
+        for name in NAMES[1:]:
+            t0 = time.process_time()
+            answer, answered = members[name].answer(request, points)
+            out["members_s"] += time.process_time() - t0
+            t0 = time.process_time()
+            check.answer(answer, answered)
+            out["checker_s"] += time.process_time() - t0
+    t0 = time.process_time()
+    check.tags()
+    out["checker_s"] += time.process_time() - t0
+    out["total_s"] = out["checker_s"] + out["members_s"]
     return out
 
 
-def bloom_sizes(counts: list[int]) -> list[dict[str, float]]:
+def filter_sizes(counts: list[int]) -> list[dict[str, float]]:
     out = []
     for n in counts:
-        bloom = new_filter(n)
-        tags = [secrets.token_bytes(32) for _ in range(n)]
+        tags = secrets.token_bytes(16 * n)
         start = time.perf_counter()
-        for t in tags:
-            bloom.add(t.hex())
-        add_rate = n / (time.perf_counter() - start)
-        probes = [secrets.token_bytes(32).hex() for _ in range(min(n, 100_000))]
+        bloom = EpochFilter.build("bench", "alpha", tags, FILTER_ERROR_RATE)
+        built = time.perf_counter() - start
+        probes = secrets.token_bytes(16 * min(n, 100_000))
         start = time.perf_counter()
-        false_hits = sum(p in bloom for p in probes)
-        query_rate = len(probes) / (time.perf_counter() - start)
-        buf = io.BytesIO()
-        bloom.tofile(buf)
-        exact_python = sys.getsizeof(set(tags)) + sum(sys.getsizeof(t) for t in tags)
+        false_hits = int(bloom.contains_many(probes).sum())
+        queried = time.perf_counter() - start
         out.append(
             {
                 "tags": n,
-                "bloom_bytes_per_tag": len(buf.getvalue()) / n,
-                "optimal_bytes_per_tag": bloom_bits_per_element(FILTER_ERROR_RATE) / 8,
-                "exact_packed_bytes_per_tag": 32.0,
-                "exact_python_set_bytes_per_tag": exact_python / n,
-                "adds_per_s": add_rate,
-                "queries_per_s": query_rate,
+                "filter_bytes_per_tag": len(bloom.to_bytes()) / n,
+                "exact_packed_bytes_per_tag": 16.0,
+                "builds_per_s": n / built,
+                "queries_per_s": len(probes) // 16 / queried,
                 "false_hits_in_probes": false_hits,
             }
         )
@@ -146,7 +150,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--set-size", type=int, default=5_000, help="indicators per node")
-    p.add_argument("--bloom", default="10000,100000,1000000", help="filter sizes to measure")
+    p.add_argument("--filters", default="10000,100000,1000000", help="filter sizes to measure")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results: dict[str, Any] = {"cores": os.cpu_count()}
@@ -174,45 +178,40 @@ def main() -> int:
                 batch = [f"batch{i}.example" for i in range(args.batch)]
                 results["batch"] = args.batch
                 results["batch_check_s"] = check(batch)
-            # the reference: the blindings the check needs, one party after the other
-            items = [("domain", v) for v in batch]
-            needed = needed_blindings(os.cpu_count() or 1, items, len(NAMES) - 1)
-            results["needed_blindings"] = needed
-            results["three_batch_blindings_s"] = needed["partners_s"]
-            results["ratio_to_needed"] = results["batch_check_s"] / needed["total_s"]
-            results["ratio_to_three_batch"] = results["batch_check_s"] / needed["partners_s"]
             results["load_average"] = os.getloadavg()
         finally:
             fed.stop()
-    results["bloom"] = bloom_sizes([int(n) for n in args.bloom.split(",") if n])
+    needed = needed_evaluations(batch)
+    results["needed"] = needed
+    results["ratio_to_needed"] = results["batch_check_s"] / needed["total_s"]
+    results["filters"] = filter_sizes([int(n) for n in args.filters.split(",") if n])
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(
-        f"cores: {results['cores']}; watch round of 4 x {args.set_size}: "
+        f"cores: {results['cores']}; watch round of 4 x {args.set_size} (committee of 4): "
         f"{results['watch_round_s']:.2f} s"
     )
+    median = results["one_value_median_ms"]
     print(
-        f"check of 1 value across 3 partners: median {results['one_value_median_ms']:.1f} ms, "
-        f"max {results['one_value_max_ms']:.1f} ms ({args.repeat} checks)"
+        f"check of 1 value, 3 other members, 3 filters: median {median:.1f} ms, max "
+        f"{results['one_value_max_ms']:.1f} ms ({args.repeat} checks): "
+        f"{'MET' if median <= 25 else 'MISS'} (target median <= 25 ms)"
     )
-    needed = results["needed_blindings"]
+    ratio = results["ratio_to_needed"]
     print(
-        f"check of {args.batch} values across 3 partners: {results['batch_check_s']:.2f} s; "
-        f"the blindings it needs: {needed['total_s']:.2f} s (checker in "
-        f"{needed['checker_in_s']:.2f}, partners {needed['partners_s']:.2f}, coordinator k_c "
-        f"{needed['coordinator_kc_s']:.2f}, unmask {needed['checker_unmask_s']:.2f}): "
-        f"{results['ratio_to_needed']:.2f} x (target <= 1.2); old reference 3 x {args.batch} "
-        f"blindings {results['three_batch_blindings_s']:.2f} s: "
-        f"{results['ratio_to_three_batch']:.2f} x"
+        f"check of {args.batch} values: {results['batch_check_s']:.2f} s; the evaluations it "
+        f"needs, one party after the other: {needed['total_s']:.2f} s CPU (checker "
+        f"{needed['checker_s']:.2f}, 3 members {needed['members_s']:.2f}): {ratio:.2f} x: "
+        f"{'MET' if ratio <= 1.3 else 'MISS'} (target <= 1.3)"
     )
     print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in results["load_average"]))
-    for b in results["bloom"]:
+    for f in results["filters"]:
         print(
-            f"filter of {b['tags']:,} tags at {FILTER_ERROR_RATE:g}: "
-            f"{b['bloom_bytes_per_tag']:.2f} B/tag (optimal {b['optimal_bytes_per_tag']:.2f}); "
-            f"exact set 32 B/tag packed, {b['exact_python_set_bytes_per_tag']:.0f} B/tag as a "
-            f"Python set; add {b['adds_per_s']:,.0f}/s, query {b['queries_per_s']:,.0f}/s"
+            f"filter of {f['tags']:,} tags at {FILTER_ERROR_RATE:g}: "
+            f"{f['filter_bytes_per_tag']:.2f} B/tag (the tags themselves 16 B); build "
+            f"{f['builds_per_s']:,.0f} tags/s, test {f['queries_per_s']:,.0f} tags/s, "
+            f"{f['false_hits_in_probes']} false hits"
         )
     return 0
 

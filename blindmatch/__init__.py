@@ -5,11 +5,11 @@ or ``coordinator`` (``tests/test_layers.py`` keeps these rules):
 
 ``core/``     the protocol, pure: no grpc, no files, no clock (all passed in)
               canon, spec, signing, identity, orders, errors, states, match
-              protocol v2, which runs every round but watch rounds: secp256k1, proofs, oprf,
-              evaluation, member, owner, merkle, delivery, committee; for watch epochs on v2,
-              built but not yet served: watch_sealed, checker
-              protocol v1's ring, which watch rounds still run: group, ring, round_node,
-              round_coordinator, watch_rules, watch_node, watch_coordinator
+              protocol v2, which every round runs: secp256k1, proofs, oprf, evaluation,
+              member, owner, merkle, delivery, committee; watch epochs: epoch, checker,
+              watch_sealed, watch_rules
+              protocol v1's ring, which no server runs: group, ring, round_node,
+              round_coordinator
 ``runtime/``  what both servers share at run time: pki, net (mTLS, roles), serde and serde_v2
               (protobuf <-> core, v1 and v2), status (errors -> gRPC statuses), hardening, memory, metrics_endpoint
 ``cli/``      the ``blindmatch`` command: main (argparse, dispatching lazily to node and

@@ -39,12 +39,12 @@ from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, Unkno
 from blindmatch.core.identity import Identity
 from blindmatch.core.match import CountResult, Delivery
 from blindmatch.core.oprf import LAMBDA
-from blindmatch.core.round_coordinator import Caps, CoordinatorRound
-from blindmatch.core.spec import DEFAULT_CHUNK, RoundSpec, Stream
+from blindmatch.core.round_coordinator import Caps
+from blindmatch.core.spec import DEFAULT_CHUNK, RoundSpec
 from blindmatch.core.states import CoordinatorPhase
 from blindmatch.runtime import serde, serde_v2
 from blindmatch.runtime.net import TlsConfig, open_channel
-from blindmatch.v1 import node_pb2, node_pb2_grpc
+from blindmatch.v1 import node_pb2
 from blindmatch.v2 import node_pb2 as node_v2
 from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
@@ -76,16 +76,9 @@ class NodeLinks:
             name: open_channel(address, tls, insecure=insecure, expect=Identity("node", name))
             for name, address in self.addresses.items()
         }
-        self._stubs = {
-            name: node_pb2_grpc.NodeServiceStub(channel) for name, channel in self._channels.items()
-        }
         self._stubs_v2 = {
             name: node_v2_grpc.NodeServiceStub(channel) for name, channel in self._channels.items()
         }
-
-    def stub(self, node: str) -> node_pb2_grpc.NodeServiceStub:
-        """Protocol v1's service (watch rounds' ring, and Abort for every round)."""
-        return self._stubs[node]
 
     def v2(self, node: str) -> node_v2_grpc.NodeServiceStub:
         return self._stubs_v2[node]
@@ -158,15 +151,9 @@ class Coordinator:
             if spec.watching:
                 assert self.watch is not None
                 opener = self.watch.epoch_opener(spec)
-            driver: Driver
-            if spec.watching:  # watch rounds still run v1's ring (docs/WATCH.md)
-                driver = RingDriver(
-                    signed, spec, record, self.links, self.board, self.settings, opener
-                )
-            else:
-                driver = CommitteeDriver(
-                    signed, spec, record, self.links, self.board, self.settings
-                )
+            driver = CommitteeDriver(
+                signed, spec, record, self.links, self.board, self.settings, opener
+            )
             thread = threading.Thread(
                 target=self._run, args=(driver,), name=f"round-{spec.round_id[:8]}", daemon=True
             )
@@ -293,7 +280,7 @@ class Driver:
             self._failed(reason)
         request = node_pb2.AbortRequest(round_id=self.spec.round_id, reason=reason)
         pending = [
-            self.links.stub(node).Abort.future(request, timeout=ABORT_TIMEOUT)
+            self.links.v2(node).Abort.future(request, timeout=ABORT_TIMEOUT)
             for node in self.spec.participants
         ]
         for future in pending:
@@ -482,129 +469,6 @@ class Driver:
             self.board.publish(self.record)
 
 
-class RingDriver(Driver):
-    """Protocol v1's ring, which watch rounds still run (docs/WATCH.md)."""
-
-    unit = "element-hops"
-
-    def __init__(
-        self,
-        signed: serde.Authorization,
-        spec: RoundSpec,
-        record: RoundRecord,
-        links: NodeLinks,
-        board: RoundBoard,
-        settings: RoundSettings,
-        opener: EpochOpener | None = None,
-    ) -> None:
-        super().__init__(signed, spec, record, links, board, settings)
-        self.opener = opener  # a watch round's: its epoch opens around the deliveries
-        self.round = CoordinatorRound(spec, settings.caps)
-        self._certificates: dict[str, bytes] = {}  # from PrepareReplies, for RoutingStart
-
-    @property
-    def phase(self) -> CoordinatorPhase:
-        return self.round.phase
-
-    def progress(self) -> tuple[int, int]:
-        return self.round.progress()
-
-    def _failed(self, reason: str) -> None:
-        self.round.fail(reason)
-
-    def _steps(self) -> None:
-        self._prepare()
-        self._route()
-        self._deliver()
-
-    def _prepare(self) -> None:
-        # a node drops the round (and its key) if the coordinator goes silent this long
-        request = serde.prepare_to_proto(self.signed, self.settings.round_timeout)
-        replies = self._unary_all(
-            "Prepare", lambda node: self.links.stub(node).Prepare, lambda _: request
-        )
-        with self._cond:
-            try:
-                for node in self.spec.participants:
-                    self.round.on_prepared(node, replies[node].size)
-                    self._certificates[node] = replies[node].certificate
-            except ProtocolError as exc:
-                raise RoundFailure(str(exc)) from None
-            self._publish(
-                sizes=dict(self.round.sizes),
-                hops_total=self.round.progress()[1],
-                force=True,
-            )
-
-    def _route(self) -> None:
-        sizes = dict(self.round.sizes)
-        for node in self.spec.participants:
-            q: queue.SimpleQueue[node_pb2.ReblindRequest | None] = queue.SimpleQueue()
-            q.put(serde.routing_start_to_proto(self.spec.round_id, sizes, self._certificates))
-            self._queues[node] = q
-        # Reblind first, so a node has its RoutingStart before it sees any partner's chunk.
-        for node in self.spec.participants:
-            call = self.links.stub(node).Reblind(_drain(self._queues[node]), timeout=self._left())
-            self._follow_ring(node, call, Stream.REBLIND)
-        for node in self.spec.participants:
-            ref = node_pb2.RoundRef(round_id=self.spec.round_id)
-            call = self.links.stub(node).OwnSet(ref, timeout=self._left())
-            self._follow_ring(node, call, Stream.OWN_SET)
-        with self._cond:
-            if self.round.routed():  # every set empty: nothing will ever arrive
-                self._close_queues()
-        self._wait_for(lambda: self._open_streams == 0, "routing to finish")
-        if not self.round.routed():
-            raise RoundFailure("every stream ended before every set was fully blinded")
-
-    def _deliver(self) -> None:
-        with self._cond:
-            watch_tags = self.round.final_tags() if self.opener is not None else None
-            results = self.round.deliveries()
-            self._publish(hops_done=self.record.hops_total, force=True)
-        if self.opener is not None and watch_tags is not None:
-            try:
-                self.opener.before_deliver(watch_tags)
-            except Exception as exc:
-                raise RoundFailure(f"could not open the watch epoch: {exc}") from None
-            del watch_tags
-        names = self.spec.participants
-        requests = {
-            node: serde.delivery_to_proto(self.spec.round_id, delivery, names)
-            for node, delivery in results.items()
-        }
-        counts = {node: match_count(delivery) for node, delivery in results.items()}
-        del results
-        self._unary_all("Deliver", lambda node: self.links.stub(node).Deliver, requests.__getitem__)
-        if self.opener is not None:
-            self.opener.after_deliver()
-        with self._cond:
-            for node in names:
-                self.round.on_delivered(node)
-            self._publish(match_counts=counts, finished=time.time(), force=True)
-
-    def _follow_ring(self, node: str, call: Any, stream: Stream) -> None:
-        def on_chunk(sender: str, chunk: node_pb2.Chunk) -> None:
-            forward = self.round.on_chunk(
-                sender,
-                chunk.owner,
-                chunk.seq,
-                chunk.elements,
-                stream,
-                hop=chunk.hop,
-                signature=chunk.signature,
-            )
-            if forward is not None:
-                self._queues[forward.to].put(serde.forward_to_proto(forward))
-            elif self.round.routed():
-                self._close_queues()
-            self._publish(hops_done=self.round.progress()[0])
-
-        self._follow(
-            node, call, stream.value, on_chunk, lambda n: self.round.on_stream_end(n, stream)
-        )
-
-
 class CommitteeDriver(Driver):
     """Protocol v2 (DESIGN.md 2): the coordinator assembles the transcript, relays requests and
     answers, and matches tags; every node verifies what it is shown (``core.committee``)."""
@@ -619,8 +483,10 @@ class CommitteeDriver(Driver):
         links: NodeLinks,
         board: RoundBoard,
         settings: RoundSettings,
+        opener: EpochOpener | None = None,
     ) -> None:
         super().__init__(signed, spec, record, links, board, settings)
+        self.opener = opener  # a watch round's: its epoch opens once every node has delivered
         self.machine = CommitteeCoordinator(RoundTerms.of(spec, signed.digest), settings.caps)
         self._phase = CoordinatorPhase.PREPARING
         self._awaiting: dict[str, collections.deque[tuple[str, int]]] = {}  # member -> owners
@@ -667,7 +533,10 @@ class CommitteeDriver(Driver):
                         if reply.HasField("commitment")
                         else None
                     )
-                    transcript = self.machine.on_prepared(Prepared(node, reply.size, commitment))
+                    caps = serde_v2.check_caps_from_proto(reply.check_caps)
+                    transcript = self.machine.on_prepared(
+                        Prepared(node, reply.size, commitment, caps)
+                    )
                     certificates[node] = reply.certificate
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
@@ -785,6 +654,8 @@ class CommitteeDriver(Driver):
         counts = {node: delivered(d) for node, (d, _) in deliveries.items()}
         del deliveries
         self._all("Deliver", requests.__getitem__)
+        if self.opener is not None:
+            self.opener.after_deliver(self.machine.terms.committee, self.machine.filters())
         with self._cond:
             self._phase = CoordinatorPhase.DONE
             self._publish(match_counts=counts, finished=time.time(), force=True)

@@ -37,7 +37,8 @@ from blindmatch.runtime.net import (
     split_host_port,
     start_server,
 )
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, watch_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
+from blindmatch.v2 import watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, CoordinatorConfig
 from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettings
 from coordinator.metrics import NO_METRICS, CoordinatorHooks, CoordinatorMetrics

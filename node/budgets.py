@@ -62,11 +62,11 @@ class BudgetPolicy:
         return now - self.window
 
     def refusal(self, me: str, what: str, ref: str, over: Overdraft) -> BudgetExceeded:
-        unit = "round" if what == "round" else "check"
+        asks = f"this round {ref} asks" if what == "round" else f"watch round {ref}'s checks ask"
         return BudgetExceeded(
             f"budget {KEYS[what]} of {me} exhausted for partner {over.partner}: used "
             f"{over.used:,} of {self.limit(what):,} elements in the last "
-            f"{window_text(self.window)} (window), this {unit} {ref} asks {over.asked:,}; "
+            f"{window_text(self.window)} (window), {asks} {over.asked:,}; "
             f"nothing was charged (raise [budgets] in {me}'s node.toml, or wait)"
         )
 
@@ -98,28 +98,28 @@ class Budgets:
         self.me = me
         self.clock = clock
 
-    def _charge(self, what: str, ref: str, amounts: Mapping[str, int]) -> None:
+    def _charge(self, ref: str, charges: Mapping[str, Mapping[str, int]]) -> None:
         now = self.clock()
         over = self.store.charge_budget(
-            what,
             ref,
-            amounts,
+            charges,
             at=now,
             since=self.policy.since(now),
-            limit=self.policy.limit(what),
+            limits={what: self.policy.limit(what) for what in charges},
         )
         if over is not None:
-            raise self.policy.refusal(self.me, what, ref, over)
+            raise self.policy.refusal(self.me, over.what, ref, over)
 
-    def charge_round(self, round_id: str, sizes: Mapping[str, int]) -> None:
-        """Charge every partner's announced set size (validated) to its round budget, or
-        refuse the round (BudgetExceeded, RESOURCE_EXHAUSTED) charging nothing."""
-        self._charge("round", round_id, {p: n for p, n in sizes.items() if p != self.me})
-
-    def charge_check(self, partner: str, n: int, ref: str) -> None:
-        """Charge ``n`` elements of ``partner``'s validated check in epoch ``ref``, or refuse
-        it (BudgetExceeded) charging nothing."""
-        self._charge("check", ref, {partner: n})
+    def charge_round(
+        self, round_id: str, sizes: Mapping[str, int], checks: Mapping[str, int] | None = None
+    ) -> None:
+        """Charge every partner's announced set size (validated) to its round budget, and for a
+        watch round the checks it may ask for in the epoch to its check budget, or refuse the
+        round (BudgetExceeded, RESOURCE_EXHAUSTED) charging nothing."""
+        charges = {"round": {p: n for p, n in sizes.items() if p != self.me}}
+        if checks:
+            charges["check"] = {p: n for p, n in checks.items() if p != self.me}
+        self._charge(round_id, charges)
 
     def use(self) -> list[BudgetLine]:
         used: dict[str, dict[str, int]] = {}

@@ -54,7 +54,10 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
             )
             prepared = live.v2().prepared()
         reply = node_pb2.PrepareReply(
-            size=prepared.size, certificate=self.authority.certificate, protocol=serde_v2.PROTOCOL
+            size=prepared.size,
+            certificate=self.authority.certificate,
+            protocol=serde_v2.PROTOCOL,
+            check_caps=prepared.check_caps,
         )
         if prepared.commitment is not None:
             reply.commitment.CopyFrom(serde_v2.commitment_to_proto(prepared.commitment))

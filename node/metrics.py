@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+_U = TypeVar("_U")
 
 # Rounds last seconds to an hour (round_timeout); checks, milliseconds to a coordinator timeout.
 ROUND_BUCKETS: Final = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -44,9 +45,9 @@ class NodeHooks:
         """A round ended with ``outcome`` after ``seconds`` (None: refused before it began),
         having blinded ``blinded[partner]`` elements of each partner's set."""
 
-    def timed_check(self, check: Callable[[_T], None], flow: _T) -> None:
+    def timed_check(self, check: Callable[[_T], _U], flow: _T) -> _U:
         """Run one of the node's own checks."""
-        check(flow)
+        return check(flow)
 
     def check_ended(self, checker: str, outcome: str) -> None:
         """A check was audited: ``checker`` is this node (its own) or a partner (re-blinded)."""
@@ -132,9 +133,9 @@ class NodeMetrics(NodeHooks):
         for partner, n in blinded.items():
             self.blinded.labels(partner).inc(n)
 
-    def timed_check(self, check: Callable[[_T], None], flow: _T) -> None:
+    def timed_check(self, check: Callable[[_T], _U], flow: _T) -> _U:
         with self.check_seconds.time():
-            check(flow)
+            return check(flow)
 
     def check_ended(self, checker: str, outcome: str) -> None:
         if checker == self.name:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from blindmatch.core.committee import CommitteeNode, RoundTerms
+from blindmatch.core.committee import CommitteeNode, Handover, RoundTerms
 from blindmatch.core.errors import (
     BadMessage,
     PolicyRefusal,
@@ -42,7 +42,7 @@ from blindmatch.core.match import Delivery
 from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.round_node import Candidate, Ids, NodeRound
-from blindmatch.core.signing import ChunkClaim, SignedSpec, Verifies
+from blindmatch.core.signing import ChunkClaim, SignedSpec, Signs, Verifies
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import NODE, Outcome
 from node.answerlog import SpilledAnswers
@@ -69,8 +69,16 @@ class WatchHooks(Protocol):
     def admit(self, spec: RoundSpec) -> None:
         """Refuse (raise a ProtocolError) a watch round this node does not allow."""
 
+    def check_caps(self, spec: RoundSpec) -> dict[str, int]:
+        """What each partner may ask for its checks in the watch round's epoch."""
+
+    def opened(
+        self, spec: RoundSpec, handed: Handover, ids: Ids, coordinator: str, signer: Signs
+    ) -> None:
+        """The watch round's delivery is stored: open its epoch with what it hands over."""
+
     def round_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
-        """The round ended with ``outcome``: open or close the epoch it staged."""
+        """The round ended with ``outcome``: any end but DONE closes the epoch it opened."""
 
 
 class StoreFailed(Exception):
@@ -275,34 +283,33 @@ class RoundRegistry:
         operator = None
         try:
             operator = self.authority.operator(signed, spec)
-            if self.watch is not None:  # a watch round is announced here: the node may refuse
+            check_caps: dict[str, int] = {}
+            if spec.watching:  # a watch round is announced here: the node may refuse it
+                if self.watch is None:
+                    raise PolicyRefusal(f"node {self.name} takes no part in watch rounds")
                 self.watch.admit(spec)
+                check_caps = self.watch.check_caps(spec)
             check_protocol(spec, protocol)
             # read only for a spec an allowed operator signed
             machine = NodeRound(
-                spec,
-                self.name,
-                self.policy,
-                StoredSet(self.store, self.tlps),
-                keyed=spec.watching,
+                spec, self.name, self.policy, StoredSet(self.store, self.tlps), keyed=False
             )
-            committee = None
-            if not spec.watching:
-                if not machine.size:
-                    # A v2 owner commits to its tags, and there is no commitment to nothing.
-                    kinds = ", ".join(k for k in spec.kinds if k in self.policy.kinds)
-                    raise PolicyRefusal(
-                        f"{self.name} has no indicator of the round's kinds to take part with "
-                        f"({kinds or 'none its policy allows'}); start the round without it"
-                    )
-                committee = CommitteeNode(
-                    RoundTerms.of(spec, signed.digest),
-                    self.name,
-                    self.authority.signer,
-                    machine.size,
-                    self.policy,
-                    SpilledAnswers(),
+            if not machine.size:
+                # A v2 owner commits to its tags, and there is no commitment to nothing.
+                kinds = ", ".join(k for k in spec.kinds if k in self.policy.kinds)
+                raise PolicyRefusal(
+                    f"{self.name} has no indicator of the round's kinds to take part with "
+                    f"({kinds or 'none its policy allows'}); start the round without it"
                 )
+            committee = CommitteeNode(
+                RoundTerms.of(spec, signed.digest),
+                self.name,
+                self.authority.signer,
+                machine.size,
+                self.policy,
+                SpilledAnswers(),
+                check_caps,
+            )
         except ProtocolError as exc:
             self._record(
                 spec,
@@ -377,7 +384,9 @@ class RoundRegistry:
             live.round.begin_routing(sizes)
             if self.budgets is not None:
                 self.budgets.charge_round(
-                    live.round.spec.round_id, {p: n + LAMBDA for p, n in sizes.items()}
+                    live.round.spec.round_id,
+                    {p: n + LAMBDA for p, n in sizes.items()},
+                    committee.check_caps,
                 )
 
     @contextlib.contextmanager
@@ -397,10 +406,14 @@ class RoundRegistry:
         and end the round; the number of results stored. A broken or forged delivery ends the
         round: nothing is kept."""
         live = self.get(round_id)
+        handed: tuple[Handover, Ids] | None = None
         try:
             with live.lock:
                 live.check_live()
+                ids = live.round.sighting_ids()  # before resolve: a watch epoch maps alerts by it
                 outcome = live.round.resolve(decode(live))
+                if live.round.spec.watching:
+                    handed = (live.v2().handover(), ids)
         except (UnknownRound, WrongPhase):
             raise
         except ProtocolError as exc:
@@ -420,6 +433,8 @@ class RoundRegistry:
         except Exception as exc:
             self.end(live, Outcome.FAILED, f"could not store matches: {exc}")
             raise StoreFailed(f"node {self.name} could not store matches: {exc}") from exc
+        if handed is not None and self.watch is not None:
+            self.watch.opened(spec, *handed, live.coordinator, self.authority.signer)
         self.end(live, Outcome.DONE, None)
         log.info("round %s done: %d results recorded", spec.round_id, recorded)
         return recorded
@@ -530,15 +545,12 @@ class RoundRegistry:
 
 
 def check_protocol(spec: RoundSpec, protocol: int) -> None:
-    """Every round runs protocol v2 but watch rounds, which still run v1's ring; a round asked
-    for over the other version is refused with both versions named."""
-    wanted = 1 if spec.watching else 2
-    if protocol != wanted:
-        what = "a watch round" if spec.watching else "a round"
+    """Every round runs protocol v2; one asked for over v1 is refused with both versions named."""
+    if protocol != 2:
         raise PolicyRefusal(
-            f"round {spec.round_id} is {what} of protocol v{wanted}; the coordinator asked over "
-            f"v{protocol}, which this node refuses for it (blindmatch.v{wanted}.NodeService; "
-            "is the coordinator older than this node?)"
+            f"round {spec.round_id} is a round of protocol v2; the coordinator asked over "
+            f"v{protocol}, which this node refuses (blindmatch.v2.NodeService; is the "
+            "coordinator older than this node?)"
         )
 
 

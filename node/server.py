@@ -17,8 +17,9 @@ from blindmatch.runtime import net
 from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
-from blindmatch.v1 import node_pb2_grpc, watch_pb2_grpc
+from blindmatch.v1 import node_pb2_grpc
 from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
+from blindmatch.v2 import watch_pb2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
 from node.committee import CommitteeServicer
@@ -96,13 +97,10 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             name=config.name,
             store=store,
             policy=config.policy,
-            blinder=blinder,
             budget=config.check_budget,
-            round_of=live.get,
             coordinator_address=config.coordinator_address,
             tls=tls,
             settings=config.watch,
-            budgets=budgets,
             metrics=metrics,
         )
         rounds = RoundRegistry(

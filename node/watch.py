@@ -1,61 +1,56 @@
-"""The node's side of early warning (docs/WATCH.md): its epoch, checks, budgets and alerts.
+"""The node's side of early warning on protocol v2 (docs/WATCH.md): its epoch, checks and alerts.
 
-The epoch (``blindmatch.core.watch_node.NodeEpoch``: the kept key and the tag map) lives in this process's
-memory only. It ends at its end time, when the coordinator closes it, when a new watch round
-replaces it, or when the node stops: a node restart ends its epoch, and checks through it are
-refused until the next watch round.
+The epoch (``blindmatch.core.epoch.WatchEpoch``: the node's share when it is a committee member,
+its own epoch tags and the transcript) lives in this process's memory only. It opens when the
+node stores the delivery of a watch round (``opened``, called by the round registry with what
+the round hands over) and ends at its end time, when the coordinator closes it, when a new watch
+round replaces it, when the round is aborted after its delivery, or when the node stops: a node
+restart ends its epoch, and checks through it are refused until the next watch round.
 
-How a watch round becomes an epoch: the round was announced as one at Prepare, where the round
-registry asked ``admit`` (node.toml ``[watch]``). The coordinator calls ``BeginEpoch`` with the
-node's own k_c-tags before it calls ``Deliver``: the epoch is staged with a copy of the round's
-key. The registry reports how every round ends (``round_ended``): a stored delivery opens the
-staged epoch, any other end (failure, refused delivery, Abort, even after the delivery) closes
-it and destroys the key.
+What this node lets each partner ask for its checks in an epoch is announced at Prepare
+(``check_caps``: node.toml ``check_budget`` for every partner its policy shares with, none for
+the others) and charged to that partner's rolling budget at Begin, with its set: a refused
+round costs nothing, and no check needs a budget charge of its own.
 
-Every decision (epoch expiry, validation, signatures, budgets, which values to check, what the
-coordinator's answer means) is the core's (``blindmatch.core.watch_node.NodeWatchCore`` and ``NodeCheck``,
-with the clock given here); this module keeps the lock, the store, the blinding workers, the
-node's federation key (it signs what it blinds) and the calls.
+Every decision (who may ask what, the caps, the verification of answers and filters, what a
+sealed message says) is the core's (``core.epoch``, ``core.checker``); this module keeps the lock,
+the store, the node's federation key and the calls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
-from blindmatch.core.errors import ProtocolError, UnknownRound, WrongPhase
-from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.core.signing import Signer, Trust
+from blindmatch.core.canon import InvalidIndicator, canonicalize
+from blindmatch.core.committee import Handover
+from blindmatch.core.epoch import WatchEpoch
+from blindmatch.core.errors import BadMessage, ForgedMessage, ProtocolError, WrongPhase
+from blindmatch.core.oprf import hash_indicator
+from blindmatch.core.round_node import Ids
+from blindmatch.core.secp256k1 import Point, point_from_bytes
+from blindmatch.core.signing import Signer, Signs
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import Outcome
-from blindmatch.core.watch_node import NodeCheck, NodeEpoch, NodeWatchCore, end_reason
-from blindmatch.core.watch_rules import (
-    BadReply,
-    CheckHop,
-    Clock,
-    WatchSettings,
-    shares_with,
-    utc_text,
-)
-from blindmatch.runtime import net, serde, status
-from blindmatch.v1 import watch_pb2, watch_pb2_grpc
-from node.budgets import Budgets
+from blindmatch.core.watch_rules import Clock, WatchSettings, shares_with, utc_text
+from blindmatch.runtime import net, serde_v2, status
+from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from node.metrics import NO_METRICS, NodeHooks
-from node.pool import Blinder
-from node.rounds import LiveRound
 from node.store import Store
 
 log = logging.getLogger("blindmatch.node.watch")
 
-SERVICE_PREFIX = "/blindmatch.v1.NodeWatchService/"
+SERVICE_PREFIX = "/blindmatch.v2.NodeWatchService/"
 CHECK_METHOD = SERVICE_PREFIX + "Check"
-COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one check at the coordinator, all hops included
+COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one call of a check at the coordinator
+MAX_CHECK_VALUES = 100_000  # values in one Check call; more is a client's mistake
 
 _R = TypeVar("_R")
 
@@ -77,6 +72,43 @@ def access_rules(
     }
 
 
+@dataclass
+class CheckedValue:
+    value: str  # as given
+    kind: str = ""
+    canonical: str = ""
+    partners: list[str] = field(default_factory=list)
+    error: str = ""  # why it was not checked, if it was not
+
+
+def plan_check(
+    values: Sequence[str], kind: str, kinds: frozenset[str]
+) -> tuple[list[CheckedValue], list[int]]:
+    """Each value canonicalised (or refused, with why), and the indexes of those to check: the
+    valid ones of a kind this node's policy allows."""
+    if not values:
+        raise BadMessage("no values to check")
+    if len(values) > MAX_CHECK_VALUES:
+        raise BadMessage(f"{len(values)} values in one check; at most {MAX_CHECK_VALUES}")
+    kind = kind or "auto"
+    results: list[CheckedValue] = []
+    checked: list[int] = []
+    for value in values:
+        result = CheckedValue(value)
+        try:
+            ind = canonicalize(kind, value)
+        except InvalidIndicator as exc:
+            result.error = str(exc)
+        else:
+            result.kind, result.canonical = ind.kind, ind.value
+            if ind.kind in kinds:
+                checked.append(len(results))
+            else:
+                result.error = f"kind {ind.kind} is outside this node's policy (policy.kinds)"
+        results.append(result)
+    return results, checked
+
+
 class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def __init__(
         self,
@@ -84,39 +116,34 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         name: str,
         store: Store,
         policy: Policy,
-        blinder: Blinder,
         budget: int,
-        round_of: Callable[[str], LiveRound],
         coordinator_address: str,
         tls: net.TlsConfig | None,
         settings: WatchSettings | None = None,
         clock: Clock = time.time,
-        budgets: Budgets | None = None,
         metrics: NodeHooks = NO_METRICS,
     ) -> None:
         self.name = name
         self.store = store
         self.policy = policy
-        self.blinder = blinder
-        self.budget = budget
-        self.budgets = budgets  # the rolling per-partner budgets, checks' share (node.budgets)
+        self.budget = budget  # evaluations each partner may ask for its checks, per epoch
+        self.settings = settings or WatchSettings()
+        self.clock = clock  # tests drive time instead of sleeping
         self.metrics = metrics  # node/metrics.py when [metrics] is on
-        self._round_of = round_of
         self._tls = tls
-        # The node's federation identity: it signs what it blinds for a check, and verifies
-        # who produced what it is asked to blind. Without mTLS there is none: no checks.
+        # Checks are signed, and sealed messages opened, with the node's federation key:
+        # without mTLS there is none, and no checks.
         self._signer = None if tls is None else Signer(tls.cert, tls.key)
-        self._trust = None if tls is None else Trust(tls.ca)
         self._channel: grpc.Channel | None = None
         self._coordinator_address = ""
         self._lock = threading.Lock()
-        self.core = NodeWatchCore(name, budget, clock, settings)
+        self.epoch: WatchEpoch | None = None
+        self._ids: Ids | None = None  # the epoch's set: position -> sighting id
+        self._coordinator = ""  # who ran the epoch's watch round
         self._stop = threading.Event()
         self.connect_coordinator(coordinator_address)
         self._reaper = threading.Thread(target=self._reap, name="epoch-reaper", daemon=True)
         self._reaper.start()
-
-    # --- the epoch --------------------------------------------------------------------------
 
     def connect_coordinator(self, address: str) -> None:
         """Where checks go (node.toml ``coordinator_address``)."""
@@ -130,57 +157,60 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         if old is not None:
             old.close()
 
-    @property
-    def epoch(self) -> NodeEpoch | None:
-        return self.core.epoch
-
-    @property
-    def clock(self) -> Clock:
-        return self.core.clock
-
-    @clock.setter
-    def clock(self, clock: Clock) -> None:  # tests drive time instead of sleeping
-        self.core.clock = clock
+    # --- the epoch, as the round registry opens and ends it ------------------------------------
 
     def admit(self, spec: RoundSpec) -> None:
         """At Prepare: refuse a watch round node.toml's ``[watch]`` does not allow."""
-        self.core.settings.admit(spec, self.name)
+        self.settings.admit(spec, self.name)
 
-    def round_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
-        """Every end of a round (the registry's hook): its delivery stored opens the epoch the
-        round staged; any other end closes the epoch it staged or opened."""
-        opened = None
+    def check_caps(self, spec: RoundSpec) -> dict[str, int]:
+        """What this node announces at Prepare: every partner its policy shares with may ask
+        for ``check_budget`` evaluations in the epoch; the others none, so they cannot check."""
+        return {
+            p: self.budget
+            for p in spec.participants
+            if p != self.name and shares_with(self.policy, p)
+        }
+
+    def opened(
+        self, spec: RoundSpec, handed: Handover, ids: Ids, coordinator: str, signer: Signs
+    ) -> None:
+        """The watch round's delivery is stored: its epoch opens, replacing any other."""
+        epoch = WatchEpoch(self.name, handed, signer, self.clock() + spec.epoch_seconds)
         with self._lock:
-            if outcome == Outcome.DONE:
-                opened = self.core.delivered(round_id)
-                ending = None
-            else:
-                ending = self.core.abandoned(round_id)
-        if ending is not None:
-            self._close(ending, f"watch round {round_id} {outcome}: {reason or outcome}")
-        if opened is None:
-            return
-        epoch, old = opened
+            old, self.epoch = self.epoch, epoch
+            self._ids, self._coordinator = ids, coordinator
         if old is not None:
             self._close(old, f"replaced by epoch {epoch.epoch_id}")
         self.store.record_epoch(
             epoch.epoch_id,
             ends=utc_text(epoch.ends),
-            coordinator=epoch.coordinator,
+            coordinator=coordinator,
             participants=epoch.participants,
-            tags=len(epoch.tags),
+            tags=epoch.tag_count,
         )
-        log.info("epoch %s: key kept until %s", epoch.epoch_id, utc_text(epoch.ends))
+        log.info("epoch %s: share and tags kept until %s", epoch.epoch_id, utc_text(epoch.ends))
 
-    def _close(self, epoch: NodeEpoch, reason: str) -> None:
+    def round_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
+        """Every end of a round (the registry's hook): any end but a stored delivery closes
+        the epoch of that round, if it opened (an Abort after this node's delivery)."""
+        if outcome == Outcome.DONE:
+            return
         with self._lock:
-            was_open = self.core.close(epoch, reason)
-        if was_open:
+            epoch = self.epoch if self.epoch and self.epoch.epoch_id == round_id else None
+        if epoch is not None:
+            self._close(epoch, f"watch round {round_id} {outcome}: {reason or outcome}")
+
+    def _close(self, epoch: WatchEpoch, reason: str) -> None:
+        with self._lock:
+            closed = epoch.close(reason)
+            if self.epoch is epoch:
+                self.epoch, self._ids = None, None
+        if closed:
             log.info("epoch %s closed: %s", epoch.epoch_id, reason)
-            self.blinder.retire()  # workers that blinded checks held the epoch key
             try:
                 self.store.close_epoch(epoch.epoch_id, reason)
-            except Exception:  # the key is gone either way; only the audit line is missing
+            except Exception:  # the share is gone either way; only the audit line is missing
                 log.exception("could not record the end of epoch %s", epoch.epoch_id)
 
     def _reap(self) -> None:
@@ -190,164 +220,133 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def expire(self) -> None:
         """One pass of the reaper: end the epoch at its end time."""
         with self._lock:
-            ended = self.core.expired()
-        if ended is not None:
-            self._close(ended, end_reason(ended))
+            epoch = self.epoch
+        if epoch is not None and epoch.expired(self.clock()):
+            self._close(epoch, f"ended at {utc_text(epoch.ends)}")
 
     def close(self) -> None:
         self._stop.set()
         with self._lock:
-            epochs = [*self.core.pending.values(), *filter(None, [self.core.epoch])]
-        for epoch in epochs:
-            self._close(epoch, "node stopped")
-        with self._lock:
+            epoch = self.epoch
             channel, self._channel = self._channel, None
+        if epoch is not None:
+            self._close(epoch, "node stopped")
         if channel is not None:
             channel.close()
 
-    # --- blinding ---------------------------------------------------------------------------
+    def _current(self, epoch_id: str) -> WatchEpoch:
+        epoch = self.epoch
+        if epoch is None or epoch.epoch_id != epoch_id:
+            have = f"its epoch is {epoch.epoch_id}" if epoch else "it has no open epoch"
+            raise WrongPhase(f"node {self.name} has no epoch {epoch_id!r} ({have})")
+        return epoch
 
-    # A check (or a chunk of one) is split in one task per worker so that it uses every core.
+    # --- RPCs from the coordinator ---------------------------------------------------------------
 
-    def _blind(self, key: bytes, packed: bytes) -> bytes:
-        per = (-(-len(packed) // ELEMENT_BYTES // self.blinder.workers) or 1) * ELEMENT_BYTES
-        futures = [self.blinder.blind(key, packed[i : i + per]) for i in range(0, len(packed), per)]
-        return b"".join(f.result() for f in futures)
-
-    def _hash_and_blind(self, key: bytes, items: Sequence[tuple[str, str]]) -> bytes:
-        """v1's H(v) of each item blinded under ``key`` (group.hash_and_blind_packed), hashed on
-        the fly: the store keeps protocol v2's hashes (secp256k1 points), never v1 elements."""
-        per = -(-len(items) // self.blinder.workers) or 1
-        futures = [
-            self.blinder.hash_and_blind(key, list(items[i : i + per]))
-            for i in range(0, len(items), per)
-        ]
-        return b"".join(f.result() for f in futures)
-
-    # --- RPCs from the coordinator ----------------------------------------------------------
-
-    def BeginEpoch(
-        self, request: watch_pb2.BeginEpochRequest, context: grpc.ServicerContext
-    ) -> watch_pb2.BeginEpochReply:
-        caller = net.peer_identity(context)
-        coordinator = caller.name if caller else "(insecure)"
+    def EvaluateCheck(
+        self, request: watch_pb2.CheckRequests, context: grpc.ServicerContext
+    ) -> watch_pb2.CheckAnswers:
+        checker, count = "", 0
         try:
-            try:
-                live: LiveRound | None = self._round_of(request.round_id)
-            except UnknownRound:
-                live = None
-            with live.lock if live else contextlib.nullcontext(), self._lock:
-                epoch = self.core.begin(
-                    request.round_id,
-                    live.round if live else None,
-                    request.ends,
-                    request.tags,
-                    coordinator,
-                    live.spec_digest if live else b"",
-                )
+            signed = [serde_v2.request_from_proto(r) for r in request.requests]
+            if not signed:
+                raise BadMessage("a check carries at least one request")
+            checker = signed[0].request.requester
+            count = sum(s.request.count for s in signed)
+            with self._lock:  # one answer at a time: the ledger's caps hold across calls
+                epoch = self._current(request.epoch_id)
+                before = epoch.charged(checker)
+                answers = [epoch.answer(s, self.clock()) for s in signed]
+                charged = epoch.charged(checker) - before
         except ProtocolError as exc:
+            self._audit(request.epoch_id, checker or "?", count, Outcome.REFUSED, str(exc))
             status.abort(context, exc)
-        return watch_pb2.BeginEpochReply(tags=len(epoch.tags))
-
-    def ReblindCheck(
-        self, request: watch_pb2.ReblindCheckRequest, context: grpc.ServicerContext
-    ) -> watch_pb2.ReblindCheckReply:
-        count = len(request.elements) // ELEMENT_BYTES
-        try:
-            with self._lock:  # exported under the lock: the reaper may destroy the key
-                book = None if self.budgets is None else self.budgets.charge_check
-                hop = serde.check_hop_from_proto(request)
-                key, output_claim = self.core.reblind(hop, self._trust, book)
-                key_bytes = key.export()
-                epoch = self.core.current(hop.epoch_id)
-            elements = self._blind(key_bytes, request.elements)
-        except (ProtocolError, InvalidElement) as exc:
-            self._audit(request.epoch_id, request.checker, count, Outcome.REFUSED, str(exc))
-            status.abort(context, exc)
-        assert self._signer is not None  # the core refuses without a federation identity
-        signature = self._signer.sign(output_claim(elements).message())
-        with self._lock:
-            total = epoch.blinded(hop.checker, hop.check_id, count)
-        if total is not None:  # one audit record per check, once its last chunk is blinded
-            self._audit(request.epoch_id, request.checker, total, Outcome.DONE, None)
-        return watch_pb2.ReblindCheckReply(
-            elements=elements,
-            share=shares_with(self.policy, request.checker),
-            signature=signature,
-            certificate=self._signer.cert_pem,
-        )
+        if charged:  # a repeat is answered again for free, and not audited twice
+            self._audit(request.epoch_id, checker, charged, Outcome.DONE, None)
+        return watch_pb2.CheckAnswers(answers=[serde_v2.answer_to_proto(a) for a in answers])
 
     def Alert(
-        self, request: watch_pb2.AlertRequest, context: grpc.ServicerContext
+        self, request: watch_pb2.SealedMessages, context: grpc.ServicerContext
     ) -> watch_pb2.AlertReply:
-        try:
+        with status.refusing(context, ProtocolError):
+            messages = serde_v2.sealed_from_proto(request)
+            if self._tls is None:
+                raise WrongPhase(f"node {self.name} runs without mTLS: it opens no alert")
             with self._lock:
-                found = self.core.alert(request.epoch_id, request.tags)
-        except ProtocolError as exc:
-            status.abort(context, exc)
-        rows = [(k, v, request.checker, "sighted") for k, v in (f for f in found if f)]
-        if rows:
-            self.store.record_alerts(request.epoch_id, rows)
-            for kind, value, _, _ in rows:
-                log.warning("alert: %s has now sighted your %s %s", request.checker, kind, value)
-        return watch_pb2.AlertReply(known=[f is not None for f in found])
+                epoch = self._current(request.epoch_id)
+                found = epoch.alerts(messages, self._tls.key, self.clock())
+                ids = self._ids
+            assert ids is not None
+        if found:
+            rows = self.store.rows_by_id(ids[np.array([a.position for a in found])])
+            alerts = [
+                (row[1], row[2], a.checker, "sighted") for row, a in zip(rows, found, strict=True)
+            ]
+            self.store.record_alerts(request.epoch_id, alerts)
+            for kind, value, checker, _ in alerts:
+                log.warning("alert: %s has now sighted your %s %s", checker, kind, value)
+        # Whatever was found, the same empty reply: the coordinator learns no hit.
+        return watch_pb2.AlertReply()
 
     def CloseEpoch(
         self, request: watch_pb2.CloseEpochRequest, context: grpc.ServicerContext
     ) -> watch_pb2.CloseEpochReply:
         with self._lock:
-            epoch = self.core.to_close(request.epoch_id)
+            epoch = self.epoch if self.epoch and self.epoch.epoch_id == request.epoch_id else None
         if epoch is None:
             return watch_pb2.CloseEpochReply(known=False)
         self._close(epoch, request.reason or "closed by the coordinator")
         return watch_pb2.CloseEpochReply(known=True)
 
-    # --- a check of this node's own sightings -------------------------------------------------
+    # --- a check of this node's own sightings ----------------------------------------------------
 
     def Check(
         self, request: watch_pb2.NodeCheckRequest, context: grpc.ServicerContext
     ) -> watch_pb2.NodeCheckReply:
-        try:
-            flow = self.core.start_check(request.values, request.kind, self.policy)
-        except ProtocolError as exc:
-            status.abort(context, exc)
-        results = [
-            watch_pb2.ValueResult(value=r.value, kind=r.kind, canonical=r.canonical, error=r.error)
-            for r in flow.results
-        ]
-        if not flow.items:
-            return watch_pb2.NodeCheckReply(results=results)
-        try:
-            self.metrics.timed_check(self._check, flow)
-        except (ProtocolError, CheckFailed, InvalidElement) as exc:
-            eid = flow.epoch.epoch_id if flow.epoch else self.epoch.epoch_id if self.epoch else ""
-            self._audit(eid, self.name, len(flow.items), Outcome.FAILED, str(exc))
-            status.abort(context, exc)
-        finally:
-            flow.discard_mask()
-        epoch = flow.epoch
-        assert epoch is not None
-        for result, checked in zip(results, flow.results, strict=True):
-            result.partners.extend(checked.partners)
-        if flow.alerts:
-            self.store.record_alerts(epoch.epoch_id, flow.alerts)
-        self._audit(
-            epoch.epoch_id, self.name, len(flow.items), Outcome.DONE, None, hits=flow.hit_values
+        with status.refusing(context, ProtocolError):
+            results, checked = plan_check(list(request.values), request.kind, self.policy.kinds)
+        reply = watch_pb2.NodeCheckReply()
+        epoch = self.epoch
+        if checked:
+            items = [(results[i].kind, results[i].canonical) for i in checked]
+            try:
+                epoch, hits = self.metrics.timed_check(self._check, items)
+            except (ProtocolError, CheckFailed) as exc:
+                eid = epoch.epoch_id if epoch else ""
+                self._audit(eid, self.name, len(items), Outcome.FAILED, str(exc))
+                status.abort(context, exc)
+            alerts = []
+            for holder, positions in sorted(hits.items()):
+                for j in positions:
+                    result = results[checked[j]]
+                    result.partners.append(holder)
+                    alerts.append((result.kind, result.canonical, holder, "check"))
+            if alerts:
+                self.store.record_alerts(epoch.epoch_id, alerts)
+            found = sum(1 for i in checked if results[i].partners)
+            self._audit(epoch.epoch_id, self.name, len(items), Outcome.DONE, None, hits=found)
+            reply.epoch_id, reply.epoch_ends = epoch.epoch_id, epoch.ends
+        reply.results.extend(
+            watch_pb2.ValueResult(
+                value=r.value,
+                kind=r.kind,
+                canonical=r.canonical,
+                partners=r.partners,
+                error=r.error,
+            )
+            for r in results
         )
-        return watch_pb2.NodeCheckReply(
-            epoch_id=epoch.epoch_id, epoch_ends=epoch.ends, results=results
-        )
+        return reply
 
-    def _check(self, flow: NodeCheck) -> None:
-        """Rules 1, 3 and 4: mask, blind and sign; unmask what the coordinator returns; learn
-        the hits."""
+    def _check(self, items: Sequence[tuple[str, str]]) -> tuple[WatchEpoch, dict[str, list[int]]]:
+        """Evaluate, verify, test the filters and seal: the epoch and each holder's hits."""
         with self._lock:
-            channel = self._channel
-            address = self._coordinator_address
-            masked_key, unmask = flow.open(self.core.epoch, self.core.clock())
-            key_bytes, remove = masked_key.export(), unmask.export()
-        epoch = flow.epoch
-        assert epoch is not None
+            channel, address, epoch = self._channel, self._coordinator_address, self.epoch
+        if epoch is None:
+            raise WrongPhase(
+                f"node {self.name} has no watch epoch (none started, or it ended or the node "
+                "restarted); an operator starts one with `blindmatch round start --mode watch`"
+            )
         if channel is None:
             raise WrongPhase(
                 f"node {self.name} has no coordinator_address in its node.toml; add "
@@ -355,43 +354,36 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             )
         if self._signer is None:
             raise WrongPhase(f"node {self.name} runs without mTLS: it has no key to sign checks")
-        # masked and blinded in one pass (the mask and the epoch key as one key)
-        elements = self._hash_and_blind(key_bytes, flow.items)
-        signer = self._signer
-        first = [
-            CheckHop(
-                c.epoch_id,
-                c.checker,
-                c.check_id,
-                0,
-                c.elements,
-                signer.sign(c.message()),
-                signer.cert_pem,
-                c.seq,
-                c.chunks,
-            )
-            for c in flow.claims(elements)
-        ]
+        hashes = self._hashes(items)
+        with self._lock:  # its seqs are the epoch's, one check at a time
+            check, requests = epoch.check(hashes, [k for k, _ in items], self.clock())
         stub = watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
-        sealed: watch_pb2.CheckReply = self._ask(
-            address,
-            lambda: stub.Check(
-                serde.check_to_proto(first, self.policy.partners), timeout=COORDINATOR_CALL_TIMEOUT
-            ),
+        asked = watch_pb2.CheckRequests(
+            epoch_id=epoch.epoch_id, requests=[serde_v2.request_to_proto(r) for r in requests]
         )
-        if len(sealed.masked) != len(elements):
-            raise BadReply(
-                f"the coordinator answered {len(sealed.masked)} bytes for {len(elements)}"
-            )
-        flow.unmasked(self._blind(remove, sealed.masked))
-        finish = watch_pb2.FinishCheckRequest(
-            epoch_id=epoch.epoch_id, check_id=flow.check_id, tags=flow.tags
+        reply: watch_pb2.CheckReply = self._ask(
+            address, lambda: stub.Check(asked, timeout=COORDINATOR_CALL_TIMEOUT)
         )
-        reply: watch_pb2.FinishCheckReply = self._ask(
-            address, lambda: stub.FinishCheck(finish, timeout=COORDINATOR_CALL_TIMEOUT)
-        )
-        with self._lock:  # the answer joins the tag map, which the reaper may destroy
-            flow.on_hits(serde.check_hits_from_proto(reply))
+        answers = [serde_v2.answer_from_proto(a) for a in reply.answers]
+        filters = {}
+        for msg in reply.filters:
+            signed = serde_v2.filter_from_proto(msg)
+            if signed.filter.holder in filters:
+                raise ForgedMessage(f"two filters of {signed.filter.holder} came with a check")
+            filters[signed.filter.holder] = signed
+        epoch.verified_tags(check, answers)
+        hits = epoch.hits(check, filters, lambda holder: shares_with(self.policy, holder))
+        sealed = serde_v2.sealed_to_proto(epoch.epoch_id, epoch.sealed(check))
+        self._ask(address, lambda: stub.Seal(sealed, timeout=COORDINATOR_CALL_TIMEOUT))
+        return epoch, hits
+
+    def _hashes(self, items: Sequence[tuple[str, str]]) -> list[Point]:
+        """H(v) of each item: the store's where it has the value hashed, computed otherwise."""
+        stored = self.store.stored_hashes(items)
+        return [
+            point_from_bytes(h) if h is not None else hash_indicator(kind, value)
+            for (kind, value), h in zip(items, stored, strict=True)
+        ]
 
     @staticmethod
     def _ask(address: str, call: Callable[[], _R]) -> _R:

@@ -13,7 +13,7 @@ from blindmatch.cli.errors import BAD_INPUT, OK, rpc_failure
 from blindmatch.core.canon import wire_value
 from blindmatch.core.watch_rules import utc_text
 from blindmatch.runtime import net
-from blindmatch.v1 import watch_pb2, watch_pb2_grpc
+from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from node.cli import node_command, open_store
 from node.config import load_config
 from node.store import AlertRow

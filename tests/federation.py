@@ -33,7 +33,8 @@ from blindmatch.core.signing import ChunkClaim, SignedSpec, Signer, spec_digest
 from blindmatch.core.spec import Policy
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS, WatchSettings
 from blindmatch.runtime import net, serde
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, watch_pb2, watch_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from coordinator.config import CoordinatorConfig
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator

@@ -14,8 +14,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from pybloom_live import ScalableBloomFilter
 
+from blindmatch.core.epoch import EpochRelay
+from blindmatch.core.watch_sealed import EpochFilter, SignedFilter
 from blindmatch.runtime.hardening import dumpable, make_private, open_private, private_dir
 from coordinator.records import SqliteRoundStore
 from coordinator.watch import WatchHub
@@ -57,14 +58,11 @@ def test_the_coordinator_state_file_is_private(tmp_path: Path, umask_022: None) 
 
 def test_watch_filters_are_private(tmp_path: Path, umask_022: None) -> None:
     hub = WatchHub(tmp_path / "watch", {}, {}, call_timeout=1.0)
-    bloom = ScalableBloomFilter()
-    bloom.add(b"tag")
-    private_dir(hub.directory)
-    hub._save_filter("alpha", bloom)
-    hub._atomic(hub.directory / "epoch.json", b"{}")
+    signed = SignedFilter(EpochFilter.build("e1", "alpha", b"t" * 16), b"signature")
+    hub._save(EpochRelay("e1", ("alpha",), ("alpha",), {"alpha": signed}, ends=1e12))
     assert mode(hub.directory) == 0o700
     assert {p.name: mode(p) for p in hub.directory.iterdir()} == {
-        "alpha.bloom": 0o600,
+        "alpha.filter": 0o600,
         "epoch.json": 0o600,
     }
 

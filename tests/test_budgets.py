@@ -83,17 +83,16 @@ def test_the_window_rolls(store: Store) -> None:
     assert [(u.partner, u.round_used) for u in b.use()] == [("de", 100)]
 
 
-def test_checks_have_their_own_budget(store: Store) -> None:
+def test_checks_have_their_own_budget_charged_with_the_watch_round(store: Store) -> None:
     b = budgets(store, Clock(), round_elements=10, check_elements=5)
     b.charge_round("r1", {"de": 10})
-    b.charge_check("de", 5, "epoch-1")
+    b.charge_round("w1", {"it": 3}, checks={"de": 5, "it": 5})
     with pytest.raises(BudgetExceeded) as err:
-        b.charge_check("de", 1, "epoch-1")
+        b.charge_round("w2", {"it": 1}, checks={"de": 1})
     message = str(err.value)
-    assert "budgets.check_elements" in message and "check epoch-1 asks 1" in message
-    b.charge_check("it", 5, "epoch-1")  # per partner
+    assert "budgets.check_elements" in message and "watch round w2's checks ask 1" in message
     got = [(u.partner, u.round_used, u.check_used, u.check_limit) for u in b.use()]
-    assert got == [("de", 10, 5, 5), ("it", 0, 5, 5)]
+    assert got == [("de", 10, 5, 5), ("it", 3, 5, 5)]  # the refused round charged nothing
 
 
 def test_budgets_are_kept_in_the_store_across_restarts(tmp_path: Path) -> None:

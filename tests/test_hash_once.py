@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -15,7 +14,6 @@ from typing import cast
 import pytest
 
 from blindmatch.core import group, oprf, round_node
-from blindmatch.core.group import RoundKey, blind_packed, hash_and_blind_packed
 from blindmatch.core.oprf import HASH_VERSION, hash_indicators
 from blindmatch.core.round_node import NodeRound
 from blindmatch.core.secp256k1 import Point, point_to_bytes
@@ -245,33 +243,19 @@ def test_a_chunk_with_a_missing_hash_is_hashed_on_the_fly(tmp_path: Path) -> Non
         node.abort("test over")
 
 
-class _InlineBlinder:
-    workers = 2
-
-    def __init__(self) -> None:
-        self.hashed: list[tuple[str, str]] = []  # asked of hash_all: the store's (v2) hash
-
-    def hash_and_blind(self, key: bytes, items: list[tuple[str, str]]) -> Future[bytes]:
-        done: Future[bytes] = Future()
-        done.set_result(hash_and_blind_packed(key, items))
-        return done
-
-    def hash_all(self, items: Sequence[tuple[str, str]]) -> list[bytes]:
-        self.hashed.extend(items)
-        return hash_indicators(items)
-
-
-def test_a_check_hashes_every_value_with_v1_and_never_reads_stored_hashes(
+def test_a_check_reads_the_stored_hashes_and_hashes_only_the_values_the_store_lacks(
     tmp_path: Path,
 ) -> None:
     with Store.open(tmp_path / "node.db") as store:
         store.add_sightings(_domains(4), source="feed", default_tlp="green")
-        blinder = _InlineBlinder()
-        watch = SimpleNamespace(store=store, blinder=blinder)
         items = [("domain", "d2.example"), ("domain", "unknown.example"), ("domain", "d0.example")]
-        key = RoundKey.generate().export()
-        got = NodeWatch._hash_and_blind(cast(NodeWatch, watch), key, items)
-        assert got == hash_and_blind_packed(key, items)
-        assert got == blind_packed(key, b"".join(group.hash_indicators(items)))
-        assert blinder.hashed == []  # the v2 hasher is never asked
-        assert NodeWatch._hash_and_blind(cast(NodeWatch, watch), key, []) == b""
+        watch = cast(NodeWatch, SimpleNamespace(store=store))
+        got = [point_to_bytes(p) for p in NodeWatch._hashes(watch, items)]
+        assert got == oprf.hash_indicators(items)
+    # proof that the stored hash is the one read: one made wrong on disk comes back as stored
+    other = oprf.hash_indicators([("domain", "elsewhere.example")])[0]
+    with sqlite3.connect(tmp_path / "node.db") as conn:
+        conn.execute("UPDATE sightings SET hash = ? WHERE value = 'd2.example'", (other,))
+    with Store.open(tmp_path / "node.db") as store:
+        watch = cast(NodeWatch, SimpleNamespace(store=store))
+        assert point_to_bytes(NodeWatch._hashes(watch, items)[0]) == other

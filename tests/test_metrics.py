@@ -22,7 +22,7 @@ from blindmatch.core.spec import Policy
 from blindmatch.runtime import net
 from blindmatch.runtime.metrics_endpoint import DEFAULT_LISTEN, serve_metrics
 from blindmatch.runtime.net import BindError
-from blindmatch.v1 import watch_pb2, watch_pb2_grpc
+from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from coordinator.config import CoordinatorConfig, write_config
 from coordinator.config import load_config as load_coordinator_config
 from node.config import load_config as load_node_config
@@ -164,7 +164,11 @@ def test_a_check_moves_the_check_metrics(fed: Federation) -> None:
     assert (
         value(bravo, "blindmatch_node_checks_reblinded_total", partner="alpha", outcome="done") == 1
     )
-    assert value(bravo, "blindmatch_node_budget_used_elements", partner="alpha", kind="check") == 1
+    # the check budget is charged with the cap bravo announced for alpha, at the watch round
+    cap = federation.configs["bravo"].check_budget
+    assert (
+        value(bravo, "blindmatch_node_budget_used_elements", partner="alpha", kind="check") == cap
+    )
     routed = coordinator_after(federation, "done", "watch")
     assert value(routed, "blindmatch_coordinator_checks_routed_total", checker="alpha") == 1
     assert value(routed, "blindmatch_coordinator_epoch_open") == 1

@@ -34,25 +34,16 @@ from blindmatch.core.states import (
     CHECK_OUTCOMES,
     COMMITTEE_NODE,
     COORDINATOR,
-    COORDINATOR_CHECK,
     COORDINATOR_FINAL,
     COORDINATOR_RUNNING,
-    EPOCH,
     NODE,
-    NODE_CHECK,
     ROUND_ENDS,
     ROUND_OUTCOMES,
     SCHEDULE,
     CommitteeEvent,
     CommitteePhase,
-    CoordinatorCheckEvent,
-    CoordinatorCheckPhase,
     CoordinatorEvent,
     CoordinatorPhase,
-    EpochEvent,
-    EpochPhase,
-    NodeCheckEvent,
-    NodeCheckPhase,
     NodeEvent,
     NodePhase,
     Outcome,
@@ -743,11 +734,6 @@ COORDINATOR_MOVES = {
     (CoordinatorPhase.ROUTING, CoordinatorPhase.FAILED),
     (CoordinatorPhase.DELIVERING, CoordinatorPhase.FAILED),
 }
-EPOCH_MOVES = {
-    (EpochPhase.PENDING, EpochPhase.OPEN),
-    (EpochPhase.PENDING, EpochPhase.CLOSED),
-    (EpochPhase.OPEN, EpochPhase.CLOSED),
-}
 NODE_ACCEPTS = {
     (NodeEvent.OWN_SET, NodePhase.PREPARED),
     (NodeEvent.OWN_SET, NodePhase.ROUTING),
@@ -763,34 +749,6 @@ COORDINATOR_ACCEPTS = {
     (CoordinatorEvent.FINAL_TAGS, CoordinatorPhase.ROUTING),
     (CoordinatorEvent.DELIVERIES, CoordinatorPhase.ROUTING),
     (CoordinatorEvent.DELIVERED, CoordinatorPhase.DELIVERING),
-}
-EPOCH_ACCEPTS = {
-    (EpochEvent.DELIVERY, EpochPhase.PENDING),
-    (EpochEvent.CHECK, EpochPhase.OPEN),
-}
-NODE_CHECK_MOVES = {
-    (NodeCheckPhase.PLANNED, NodeCheckPhase.ASKING),
-    (NodeCheckPhase.ASKING, NodeCheckPhase.UNMASKED),
-    (NodeCheckPhase.UNMASKED, NodeCheckPhase.DONE),
-}
-NODE_CHECK_ACCEPTS = {
-    (NodeCheckEvent.ASK, NodeCheckPhase.PLANNED),
-    (NodeCheckEvent.TAGS, NodeCheckPhase.ASKING),
-    (NodeCheckEvent.HITS, NodeCheckPhase.UNMASKED),
-}
-COORDINATOR_CHECK_MOVES = {
-    (CoordinatorCheckPhase.ROUTING, CoordinatorCheckPhase.UNMASKING),
-    (CoordinatorCheckPhase.UNMASKING, CoordinatorCheckPhase.TESTING),
-    (CoordinatorCheckPhase.TESTING, CoordinatorCheckPhase.CONFIRMING),
-    (CoordinatorCheckPhase.CONFIRMING, CoordinatorCheckPhase.DONE),
-}
-COORDINATOR_CHECK_ACCEPTS = {
-    (CoordinatorCheckEvent.CHUNK, CoordinatorCheckPhase.ROUTING),
-    (CoordinatorCheckEvent.ANSWER, CoordinatorCheckPhase.UNMASKING),
-    (CoordinatorCheckEvent.TAGS, CoordinatorCheckPhase.UNMASKING),
-    (CoordinatorCheckEvent.TEST, CoordinatorCheckPhase.TESTING),
-    (CoordinatorCheckEvent.ALERT_REPLY, CoordinatorCheckPhase.CONFIRMING),
-    (CoordinatorCheckEvent.FINISH, CoordinatorCheckPhase.CONFIRMING),
 }
 SCHEDULE_MOVES = {
     (SchedulePhase.ACTIVE, SchedulePhase.CANCELLED),
@@ -824,15 +782,6 @@ COMMITTEE_ACCEPTS = {
 TABLES: list[tuple[Table[Any, Any], type[enum.StrEnum], type[enum.StrEnum], set[Any], set[Any]]] = [
     (NODE, NodePhase, NodeEvent, NODE_MOVES, NODE_ACCEPTS),
     (COORDINATOR, CoordinatorPhase, CoordinatorEvent, COORDINATOR_MOVES, COORDINATOR_ACCEPTS),
-    (EPOCH, EpochPhase, EpochEvent, EPOCH_MOVES, EPOCH_ACCEPTS),
-    (NODE_CHECK, NodeCheckPhase, NodeCheckEvent, NODE_CHECK_MOVES, NODE_CHECK_ACCEPTS),
-    (
-        COORDINATOR_CHECK,
-        CoordinatorCheckPhase,
-        CoordinatorCheckEvent,
-        COORDINATOR_CHECK_MOVES,
-        COORDINATOR_CHECK_ACCEPTS,
-    ),
     (SCHEDULE, SchedulePhase, ScheduleEvent, SCHEDULE_MOVES, SCHEDULE_ACCEPTS),
     (COMMITTEE_NODE, CommitteePhase, CommitteeEvent, COMMITTEE_MOVES, COMMITTEE_ACCEPTS),
 ]
@@ -886,11 +835,6 @@ def test_final_phases_are_the_ones_without_a_way_out() -> None:
         CoordinatorPhase.ROUTING,
         CoordinatorPhase.DELIVERING,
     )
-    assert [p for p in EpochPhase if EPOCH.final(p)] == [EpochPhase.CLOSED]
-    assert [p for p in NodeCheckPhase if NODE_CHECK.final(p)] == [NodeCheckPhase.DONE]
-    assert [p for p in CoordinatorCheckPhase if COORDINATOR_CHECK.final(p)] == [
-        CoordinatorCheckPhase.DONE
-    ]
     assert [p for p in SchedulePhase if SCHEDULE.final(p)] == [
         SchedulePhase.CANCELLED,
         SchedulePhase.ENDED,
@@ -907,7 +851,6 @@ def test_the_vocabulary_is_the_one_on_disk_and_on_the_wire() -> None:
         "failed",
     ]
     assert [str(p) for p in NodePhase] == ["prepared", "routing", "done", "aborted"]
-    assert [str(p) for p in EpochPhase] == ["pending", "open", "closed"]
     assert [str(p) for p in SchedulePhase] == ["active", "cancelled", "ended"]  # ScheduleInfo
     # The node store's CHECK constraints, verbatim.
     assert sql_in("outcome", ROUND_OUTCOMES) == (

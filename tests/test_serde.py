@@ -36,10 +36,10 @@ from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.secp256k1 import InvalidPoint, InvalidScalar
 from blindmatch.core.signing import SignedSpec, StaleSpec
 from blindmatch.core.spec import RoundSpec
-from blindmatch.core.watch_rules import CHECK_CHUNK, BadReply, CheckHop, CheckReplayed, EpochEnded
+from blindmatch.core.watch_rules import EpochEnded
 from blindmatch.core.watch_sealed import MalformedWatchData, SealedMessageRejected
 from blindmatch.runtime import serde, status
-from blindmatch.v1 import node_pb2, watch_pb2
+from blindmatch.v1 import node_pb2
 from coordinator.driver import RoundFailure
 from coordinator.records import RoundRecord
 from coordinator.watch import WatchFailure
@@ -227,43 +227,6 @@ def test_a_round_record_round_trips(record: RoundRecord) -> None:
     )
 
 
-# --- early warning ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("partners", [None, frozenset(), frozenset({"bravo", "alpha"})])
-def test_a_check_request_round_trips(partners: frozenset[str] | None) -> None:
-    # a check of two chunks, each with its own signature
-    chunks = [b"\x07" * ELEMENT_BYTES * CHECK_CHUNK, b"\x08" * ELEMENT_BYTES * 2]
-    first = [
-        CheckHop("e1", "alpha", "ab" * 8, 0, c, b"sig%d" % seq, b"cert", seq, 2)
-        for seq, c in enumerate(chunks)
-    ]
-    msg = over_the_wire(serde.check_to_proto(first, partners))
-    assert (msg.epoch_id, msg.elements) == ("e1", b"".join(chunks))
-    assert serde.check_partners_from_proto(msg) == partners
-    assert serde.check_hops_from_proto(msg, "alpha") == first
-
-
-def test_a_check_request_needs_one_signature_per_chunk() -> None:
-    first = CheckHop("e1", "alpha", "ab" * 8, 0, b"\x07" * ELEMENT_BYTES, b"sig", b"cert")
-    msg = over_the_wire(serde.check_to_proto([first], None))
-    msg.signatures.append(b"more")
-    with pytest.raises(BadMessage, match="one per chunk"):
-        serde.check_hops_from_proto(msg, "alpha")
-
-
-def test_a_signed_hop_round_trips() -> None:
-    hop = CheckHop("e1", "alpha", "ab" * 8, 2, b"\x07" * ELEMENT_BYTES, b"sig", b"cert", 3, 5)
-    assert serde.check_hop_from_proto(over_the_wire(serde.check_hop_to_proto(hop))) == hop
-
-
-def test_check_hits_round_trip_and_name_only_partners_with_hits() -> None:
-    msg = over_the_wire(serde.check_hits_to_proto({"alpha": [0, 2], "bravo": [], "x": [1]}, 99.5))
-    assert msg.epoch_ends == 99.5
-    assert serde.check_hits_from_proto(msg) == {"alpha": (0, 2), "x": (1,)}
-    assert isinstance(msg, watch_pb2.FinishCheckReply)
-
-
 # --- statuses -----------------------------------------------------------------------------------
 
 S = grpc.StatusCode
@@ -272,7 +235,6 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     BadMessage: S.INVALID_ARGUMENT,
     WrongPhase: S.FAILED_PRECONDITION,
     EpochEnded: S.FAILED_PRECONDITION,
-    BadReply: S.INTERNAL,
     ForgedMessage: S.PERMISSION_DENIED,
     StaleSpec: S.PERMISSION_DENIED,
     PolicyRefusal: S.PERMISSION_DENIED,
@@ -280,7 +242,6 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     BudgetExceeded: S.RESOURCE_EXHAUSTED,
     UnknownRound: S.NOT_FOUND,
     RoundIdUsed: S.ALREADY_EXISTS,
-    CheckReplayed: S.ALREADY_EXISTS,
     InvalidElement: S.INVALID_ARGUMENT,
     InvalidIndicator: S.INVALID_ARGUMENT,
     InvalidPoint: S.INVALID_ARGUMENT,

@@ -679,33 +679,48 @@ def test_checks_and_alerts_read_back_newest_first(store: NodeStore) -> None:
 # --- every store: budgets across rounds ------------------------------------------------------------
 
 
+LIMITS = {"round": 10, "check": 10}
+
+
 def test_budget_charges_are_all_or_nothing_within_the_window(store: NodeStore) -> None:
     assert (
-        store.charge_budget("round", "r1", {"de": 6, "it": 3}, at=100.0, since=0.0, limit=10)
+        store.charge_budget("r1", {"round": {"de": 6, "it": 3}}, at=100.0, since=0.0, limits=LIMITS)
         is None
     )
     # it fits, de does not: nothing is charged, and de (used 6, asked 5) is named
-    over = store.charge_budget("round", "r2", {"it": 1, "de": 5}, at=110.0, since=10.0, limit=10)
-    assert over == Overdraft("de", 6, 5)
+    over = store.charge_budget(
+        "r2", {"round": {"it": 1, "de": 5}}, at=110.0, since=10.0, limits=LIMITS
+    )
+    assert over == Overdraft("de", 6, 5, "round")
     assert [(u.partner, u.what, u.elements) for u in store.budget_use(0.0)] == [
         ("de", "round", 6),
         ("it", "round", 3),
     ]
     # checks are a budget of their own; a zero amount charges nothing
     assert (
-        store.charge_budget("check", "e1", {"de": 10, "fr": 0}, at=120.0, since=20.0, limit=10)
+        store.charge_budget(
+            "e1", {"check": {"de": 10, "fr": 0}}, at=120.0, since=20.0, limits=LIMITS
+        )
         is None
     )
+    # a watch round charges both at once, all or nothing: here the check budget is full
+    over = store.charge_budget(
+        "w1", {"round": {"de": 1}, "check": {"de": 1}}, at=121.0, since=20.0, limits=LIMITS
+    )
+    assert over == Overdraft("de", 10, 1, "check")
     # the window rolls: charges at or before ``since`` no longer count
-    assert store.charge_budget("round", "r3", {"de": 10}, at=200.0, since=100.0, limit=10) is None
+    assert (
+        store.charge_budget("r3", {"round": {"de": 10}}, at=200.0, since=100.0, limits=LIMITS)
+        is None
+    )
     assert [(u.partner, u.what, u.elements) for u in store.budget_use(100.0)] == [
         ("de", "check", 10),
         ("de", "round", 10),
     ]
     with pytest.raises(ValueError, match="expected one of round, check"):
-        store.charge_budget("epoch", "x", {"de": 1}, at=1.0, since=0.0, limit=10)
+        store.charge_budget("x", {"epoch": {"de": 1}}, at=1.0, since=0.0, limits=LIMITS)
     with pytest.raises(ValueError, match="negative"):
-        store.charge_budget("round", "x", {"de": -1}, at=1.0, since=0.0, limit=10)
+        store.charge_budget("x", {"round": {"de": -1}}, at=1.0, since=0.0, limits=LIMITS)
 
 
 # --- the SQLite file store: schema, migrations, files, processes ----------------------------------

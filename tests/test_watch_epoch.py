@@ -324,7 +324,14 @@ def test_a_filter_passed_off_as_another_holders_is_refused() -> None:
     ep.verified_tags(chk, answers)
     filters = w.relay.filters_for("charlie")
     with pytest.raises(BadMessage, match="filter filed under alpha is bravo's"):
-        ep.hits(chk, {"alpha": filters["bravo"]}, lambda holder: True)
+        ep.hits(chk, {**filters, "alpha": filters["bravo"]}, lambda holder: True)
+    # left out, alpha's holdings would be hidden: the check stops instead
+    with pytest.raises(ForgedMessage, match="no filter of alpha"):
+        ep.hits(chk, {"bravo": filters["bravo"]}, lambda holder: True)
+    # unless the checker's own policy leaves alpha out
+    assert ep.hits(chk, {"bravo": filters["bravo"]}, lambda holder: holder == "bravo") == {
+        "bravo": [0]
+    }
 
 
 def test_the_epoch_ends_at_its_time_or_when_closed_and_takes_the_share_with_it() -> None:

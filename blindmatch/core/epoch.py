@@ -54,10 +54,10 @@ from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.proofs import BadProof
 from blindmatch.core.secp256k1 import Point
 from blindmatch.core.signing import Party, Signs
-from blindmatch.core.watch_rules import EpochEnded
+from blindmatch.core.watch_rules import EpochEnded, utc_text
 from blindmatch.core.watch_sealed import SignedFilter
 
-__all__ = ["EpochRelay", "SignedSealed", "SortedTags", "WatchEpoch"]
+__all__ = ["Closing", "EpochRelay", "RelayEpochs", "SignedSealed", "SortedTags", "WatchEpoch"]
 
 
 class SortedTags(Mapping[bytes, int]):
@@ -222,11 +222,20 @@ class WatchEpoch:
         self, check: Check, filters: Mapping[str, SignedFilter], may_learn: Callable[[str], bool]
     ) -> dict[str, list[int]]:
         """The positions each holder holds, for the holders ``may_learn`` of this node's
-        sightings (its policy), each filter verified against its holder's signature."""
+        sightings (its policy), each filter verified against its holder's signature; every one
+        of those holders' filters must be there."""
         chosen = {h: f for h, f in filters.items() if h != self.me and may_learn(h)}
         unknown = sorted(set(chosen) - set(self.transcript.holder_sizes))
         if unknown:
             raise ForgedMessage(f"filters of {', '.join(unknown)}, no holder of this epoch")
+        # Every holder this node may tell, or the coordinator could hide one by leaving it out.
+        wanted = {h for h in self.transcript.holder_sizes if h != self.me and may_learn(h)}
+        missing = sorted(wanted - set(chosen))
+        if missing:
+            raise ForgedMessage(
+                f"no filter of {', '.join(missing)} came with check {check.check_id}: a holder's "
+                "filter left out would hide its holdings"
+            )
         parties = {h: p for h, p in self.parties.items() if isinstance(p, Party)}
         return check.hits(chosen, parties)
 
@@ -275,6 +284,16 @@ class EpochRelay:
         self.committee = tuple(committee)
         self.filters = dict(filters)
         self.ends = ends
+        self.closed: str | None = None  # why, once closed
+
+    def ended(self, now: float) -> bool:
+        return now >= self.ends
+
+    def close(self, reason: str) -> None:
+        """Drop the filters; idempotent, so the first reason is the one kept."""
+        if self.closed is None:
+            self.closed = reason
+        self.filters = {}
 
     def members_for(self, checker: str, requests: Sequence[SignedRequest]) -> list[str]:
         """Every member but the checker, once the requests are the checker's, for this epoch."""
@@ -309,3 +328,52 @@ class EpochRelay:
                 raise BadMessage(f"a sealed message for {a.holder}, no partner")
             out.setdefault(a.holder, []).append(m)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """CloseEpoch calls owed to the nodes of a replaced epoch that the new one leaves out."""
+
+    epoch_id: str
+    nodes: tuple[str, ...]
+    reason: str
+
+
+class RelayEpochs:
+    """The coordinator's epochs: at most one open, replaced by the next, ended by the clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.epoch: EpochRelay | None = None
+        self._ended: EpochRelay | None = None  # the last one the clock ended, to name it
+
+    def open(self, epoch: EpochRelay) -> Closing | None:
+        """``epoch`` opens and replaces the open one, if any: the CloseEpoch calls that owes."""
+        previous, self.epoch = self.epoch, epoch
+        if previous is None:
+            return None
+        reason = f"replaced by epoch {epoch.epoch_id}"
+        previous.close(reason)
+        others = tuple(n for n in previous.participants if n not in epoch.participants)
+        return Closing(previous.epoch_id, others, reason)
+
+    def expire(self) -> EpochRelay | None:
+        """The open epoch, if its end has passed: closed, its filters dropped."""
+        epoch = self.epoch
+        if epoch is None or not epoch.ended(self.clock()):
+            return None
+        epoch.close(f"ended at {utc_text(epoch.ends)}")
+        self.epoch, self._ended = None, epoch
+        return epoch
+
+    def epoch_of(self, epoch_id: str) -> EpochRelay:
+        epoch = self.epoch
+        ended = self._ended if epoch is None else epoch if epoch.ended(self.clock()) else None
+        if ended is not None and ended.epoch_id == epoch_id:
+            raise EpochEnded(f"epoch {epoch_id} ended at {utc_text(ended.ends)}")
+        if epoch is None or epoch.epoch_id != epoch_id:
+            have = f"the current epoch is {epoch.epoch_id}" if epoch else "no epoch is open"
+            raise EpochEnded(
+                f"the coordinator has no epoch {epoch_id!r} ({have}); start a watch round"
+            )
+        return epoch

@@ -119,6 +119,10 @@ class NodeRound:
         """Entries of the position map still held (0 once the round is over)."""
         return len(self._ids)
 
+    def sighting_ids(self) -> Ids:
+        """Position -> sighting id, as fixed at Prepare (a watch epoch maps its alerts by it)."""
+        return self._ids
+
     def position_map(self) -> Sequence[tuple[int, str, str]]:
         """Position -> (sighting id, kind, value); a watch epoch keeps it as its tag map."""
         self._require(NodeEvent.POSITION_MAP)

@@ -104,38 +104,6 @@ class ChunkClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckClaim:
-    """What a check's producer vouches for: the epoch, who checks, a fresh check id (so a check
-    cannot be replayed into another one), which hop produced the elements, and the elements.
-
-    A check moves through the hops in chunks (docs/WATCH.md, section 3): ``seq`` is the chunk's
-    place in the check and ``chunks`` how many it has, so a hop refuses a chunk moved to another
-    place, replayed, or beyond the check's end."""
-
-    epoch_id: str
-    spec_digest: bytes
-    checker: str
-    check_id: str
-    hop: int
-    elements: bytes
-    seq: int = 0
-    chunks: int = 1
-
-    def message(self) -> bytes:
-        return statement(
-            "check",
-            self.epoch_id,
-            self.spec_digest,
-            self.checker,
-            self.check_id,
-            self.hop,
-            self.seq,
-            self.chunks,
-            digest(self.elements),
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class SignedSpec:
     """A round spec as its operator signed it: the serialized spec, the signature over
     ``spec_statement(spec)`` and the operator's certificate."""

@@ -68,8 +68,6 @@ class RoundSpec:
         if not set(self.committee) <= set(self.participants):
             outside = ", ".join(sorted(set(self.committee) - set(self.participants)))
             raise BadMessage(f"the committee names {outside}, not a participant")
-        if self.committee and self.watching:
-            raise BadMessage("watch rounds still run protocol v1's ring and take no committee")
 
     @property
     def members(self) -> tuple[str, ...]:

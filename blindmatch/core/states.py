@@ -1,13 +1,13 @@
-"""Every phase a round, an epoch, a check or a schedule can be in, and every move between them.
+"""Every phase a round or a schedule can be in, and every move between them.
 
 Everything that changes a phase is checked here (in the manner of h11's ``_state.py``): the rules
 are written below, the tables under them are the same rules as data, and the machines (``NodeRound``
-in round_node.py, ``CoordinatorRound`` in round_coordinator.py, the epochs and checks of
-watch_node.py and watch_coordinator.py, the coordinator's scheduler) accept a message and change
+in round_node.py, ``CoordinatorRound`` in round_coordinator.py, ``CommitteeNode`` in committee.py,
+the coordinator's scheduler) accept a message and change
 phase only through their ``Table``; a message or a move the table does not list raises
 ``WrongPhase``.
 
-The strings of rounds, epochs and schedules are on disk (the node's audit log, the coordinator's
+The strings of rounds and schedules are on disk (the node's audit log, the coordinator's
 state file) and on the wire (``RoundInfo.state`` and ``ScheduleInfo.state`` in
 proto/blindmatch/v1/coordinator.proto): never rename one.
 
@@ -25,33 +25,6 @@ The coordinator's round (``CoordinatorPhase``, ``COORDINATOR``; ``RoundInfo.stat
   DONE        every participant has its delivery.
   FAILED      anything else; every participant is told to abort.
   PREPARING -> ROUTING -> DELIVERING -> DONE, and any of the first three -> FAILED.
-
-An epoch (``EpochPhase``, ``EPOCH``): a watch round's key kept beyond the round (docs/WATCH.md)
-  PENDING     the watch round is fully blinded: each node has staged the epoch (BeginEpoch: a
-              copy of the round's key, its k_c-tags as its tag map); the round has not delivered.
-  OPEN        the round delivered: each node keeps the key and its tag map, the coordinator its
-              epoch key and one Bloom filter per node; checks, re-blinding and alerts are accepted.
-  CLOSED      its end time passed, the coordinator closed it, a newer epoch replaced it, its round
-              failed or was aborted (even after this node's delivery), or the node stopped (a
-              node's epoch lives in memory only); keys and tag maps destroyed, filters erased.
-              Why is a reason recorded beside the phase ("replaced by epoch ...", "ended at ...").
-  PENDING -> OPEN -> CLOSED, and PENDING -> CLOSED when the round ends without its delivery.
-
-A node's check of its own values (``NodeCheckPhase``, ``NODE_CHECK``; watch_node.NodeCheck)
-  PLANNED     the values canonicalised; nothing sent yet.
-  ASKING      masked and blinded under the epoch key, sent to the coordinator.
-  UNMASKED    the coordinator's answer with the mask removed: the k_c-tags, sent back.
-  DONE        the hits are in: the partners of each value, its tags in the epoch's tag map.
-  PLANNED -> ASKING -> UNMASKED -> DONE.
-
-The coordinator's check (``CoordinatorCheckPhase``, ``COORDINATOR_CHECK``;
-watch_coordinator.CheckFlow)
-  ROUTING     the chunks travel the checker's partners, then go under k_c.
-  UNMASKING   every chunk under every key and k_c, back to the checker to remove its mask.
-  TESTING     the checker's k_c-tags are in; the filters are not tested yet.
-  CONFIRMING  Alerts are out to the partners with a hit.
-  DONE        the checker has its answer; its tags joined its filter.
-  ROUTING -> UNMASKING -> TESTING -> CONFIRMING -> DONE.
 
 A node's round of protocol v2 (``CommitteePhase``, ``COMMITTEE_NODE``; committee.CommitteeNode,
 served by node/committee.py)
@@ -134,47 +107,6 @@ class CoordinatorEvent(enum.StrEnum):
     FINAL_TAGS = "final tags"  # a watch round keeps them as filters
     DELIVERIES = "deliveries"  # match the final tags
     DELIVERED = "delivered"  # a Deliver reply
-
-
-class EpochPhase(enum.StrEnum):
-    PENDING = "pending"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class EpochEvent(enum.StrEnum):
-    DELIVERY = "delivery"  # the watch round's Deliver: the key is kept
-    CHECK = "check"  # a check, its re-blinding by a partner, or an alert
-
-
-class NodeCheckPhase(enum.StrEnum):
-    PLANNED = "planned"
-    ASKING = "asking"
-    UNMASKED = "unmasked"
-    DONE = "done"
-
-
-class NodeCheckEvent(enum.StrEnum):
-    ASK = "ask"  # mask and blind the values, for the coordinator
-    TAGS = "tags"  # the coordinator's answer, its mask removed
-    HITS = "hits"  # the partners that confirmed each value
-
-
-class CoordinatorCheckPhase(enum.StrEnum):
-    ROUTING = "routing"
-    UNMASKING = "unmasking"
-    TESTING = "testing"
-    CONFIRMING = "confirming"
-    DONE = "done"
-
-
-class CoordinatorCheckEvent(enum.StrEnum):
-    CHUNK = "chunk"  # a chunk to send to its next hop or to seal, re-blinded or sealed
-    ANSWER = "answer"  # the sealed, still masked answer for the checker
-    TAGS = "tags"  # the checker's unmasked k_c-tags
-    TEST = "test"  # test the filters: the Alerts to send
-    ALERT_REPLY = "alert reply"  # a partner's answer to its Alert, or the Alert's failure
-    FINISH = "finish"  # the checker's answer
 
 
 class CommitteePhase(enum.StrEnum):
@@ -272,53 +204,6 @@ COORDINATOR: Final[Table[CoordinatorPhase, CoordinatorEvent]] = Table(
         CoordinatorPhase.DELIVERING: (CoordinatorPhase.DONE, CoordinatorPhase.FAILED),
         CoordinatorPhase.DONE: (),
         CoordinatorPhase.FAILED: (),
-    },
-    expects="expected",
-)
-
-EPOCH: Final[Table[EpochPhase, EpochEvent]] = Table(
-    accepts={
-        EpochEvent.DELIVERY: (EpochPhase.PENDING,),
-        EpochEvent.CHECK: (EpochPhase.OPEN,),
-    },
-    moves={
-        EpochPhase.PENDING: (EpochPhase.OPEN, EpochPhase.CLOSED),
-        EpochPhase.OPEN: (EpochPhase.CLOSED,),
-        EpochPhase.CLOSED: (),
-    },
-    expects="this message needs",
-)
-
-NODE_CHECK: Final[Table[NodeCheckPhase, NodeCheckEvent]] = Table(
-    accepts={
-        NodeCheckEvent.ASK: (NodeCheckPhase.PLANNED,),
-        NodeCheckEvent.TAGS: (NodeCheckPhase.ASKING,),
-        NodeCheckEvent.HITS: (NodeCheckPhase.UNMASKED,),
-    },
-    moves={
-        NodeCheckPhase.PLANNED: (NodeCheckPhase.ASKING,),
-        NodeCheckPhase.ASKING: (NodeCheckPhase.UNMASKED,),
-        NodeCheckPhase.UNMASKED: (NodeCheckPhase.DONE,),
-        NodeCheckPhase.DONE: (),
-    },
-    expects="expected",
-)
-
-COORDINATOR_CHECK: Final[Table[CoordinatorCheckPhase, CoordinatorCheckEvent]] = Table(
-    accepts={
-        CoordinatorCheckEvent.CHUNK: (CoordinatorCheckPhase.ROUTING,),
-        CoordinatorCheckEvent.ANSWER: (CoordinatorCheckPhase.UNMASKING,),
-        CoordinatorCheckEvent.TAGS: (CoordinatorCheckPhase.UNMASKING,),
-        CoordinatorCheckEvent.TEST: (CoordinatorCheckPhase.TESTING,),
-        CoordinatorCheckEvent.ALERT_REPLY: (CoordinatorCheckPhase.CONFIRMING,),
-        CoordinatorCheckEvent.FINISH: (CoordinatorCheckPhase.CONFIRMING,),
-    },
-    moves={
-        CoordinatorCheckPhase.ROUTING: (CoordinatorCheckPhase.UNMASKING,),
-        CoordinatorCheckPhase.UNMASKING: (CoordinatorCheckPhase.TESTING,),
-        CoordinatorCheckPhase.TESTING: (CoordinatorCheckPhase.CONFIRMING,),
-        CoordinatorCheckPhase.CONFIRMING: (CoordinatorCheckPhase.DONE,),
-        CoordinatorCheckPhase.DONE: (),
     },
     expects="expected",
 )

@@ -22,8 +22,7 @@ from blindmatch.core.orders import ScheduledRun, StandingOrder
 from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.signing import SignedOrder, SignedSpec
 from blindmatch.core.spec import RoundSpec, threshold_counts
-from blindmatch.core.watch_rules import CHECK_CHUNK, CheckHop, check_chunks
-from blindmatch.v1 import coordinator_pb2, node_pb2, watch_pb2
+from blindmatch.v1 import coordinator_pb2, node_pb2
 
 ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -402,84 +401,3 @@ def round_from_proto(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
         "hops_done": info.hops_done,
         "hops_total": info.hops_total,
     }
-
-
-# --- early warning (watch.proto) ----------------------------------------------------------------
-
-
-def check_to_proto(
-    first: Sequence[CheckHop], partners: frozenset[str] | None
-) -> watch_pb2.CheckRequest:
-    """A check's signed chunks (hop 0, in order), with the partners the checker's policy lets
-    learn of it (None: every one)."""
-    return watch_pb2.CheckRequest(
-        epoch_id=first[0].epoch_id,
-        elements=b"".join(h.elements for h in first),
-        allowed=sorted(partners or ()),
-        any_partner=partners is None,
-        check_id=first[0].check_id,
-        signatures=[h.signature for h in first],
-        certificate=first[0].certificate,
-    )
-
-
-def check_partners_from_proto(msg: watch_pb2.CheckRequest) -> frozenset[str] | None:
-    return None if msg.any_partner else frozenset(msg.allowed)
-
-
-def check_hops_from_proto(msg: watch_pb2.CheckRequest, checker: str) -> list[CheckHop]:
-    """The checker's own signed chunks (hop 0); ``checker`` is the caller's certificate name."""
-    chunks = check_chunks(msg.elements)
-    if len(chunks) != len(msg.signatures):
-        raise BadMessage(
-            f"a check of {len(chunks)} chunks of {CHECK_CHUNK} elements carries "
-            f"{len(msg.signatures)} signatures; it needs one per chunk"
-        )
-    return [
-        CheckHop(msg.epoch_id, checker, msg.check_id, 0, c, sig, msg.certificate, seq, len(chunks))
-        for seq, (c, sig) in enumerate(zip(chunks, msg.signatures, strict=True))
-    ]
-
-
-def check_hop_to_proto(hop: CheckHop) -> watch_pb2.ReblindCheckRequest:
-    return watch_pb2.ReblindCheckRequest(
-        epoch_id=hop.epoch_id,
-        checker=hop.checker,
-        elements=hop.elements,
-        check_id=hop.check_id,
-        hop=hop.hop,
-        signature=hop.signature,
-        certificate=hop.certificate,
-        seq=hop.seq,
-        chunks=hop.chunks,
-    )
-
-
-def check_hop_from_proto(msg: watch_pb2.ReblindCheckRequest) -> CheckHop:
-    return CheckHop(
-        msg.epoch_id,
-        msg.checker,
-        msg.check_id,
-        msg.hop,
-        msg.elements,
-        msg.signature,
-        msg.certificate,
-        msg.seq,
-        msg.chunks,
-    )
-
-
-def check_hits_to_proto(
-    hits: Mapping[str, Sequence[int]], epoch_ends: float
-) -> watch_pb2.FinishCheckReply:
-    """Per partner, the indices it confirmed it holds; a partner that confirmed none is not
-    named."""
-    reply = watch_pb2.FinishCheckReply(epoch_ends=epoch_ends)
-    for partner, indices in hits.items():
-        if indices:
-            reply.hits[partner].indices.extend(indices)
-    return reply
-
-
-def check_hits_from_proto(msg: watch_pb2.FinishCheckReply) -> dict[str, tuple[int, ...]]:
-    return {partner: tuple(h.indices) for partner, h in msg.hits.items()}

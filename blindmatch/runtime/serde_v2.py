@@ -12,10 +12,13 @@ from typing import Final
 
 import numpy as np
 
+from blindmatch.core.checker import SealedAlert
 from blindmatch.core.committee import SignedAnswer, SignedRequest, Tags
 from blindmatch.core.delivery import Inclusion, NodeDelivery, SignedRoot
+from blindmatch.core.epoch import SignedSealed
 from blindmatch.core.errors import BadMessage
 from blindmatch.core.evaluation import (
+    MAX_SET,
     Commitment,
     EvaluationAnswer,
     EvaluationRequest,
@@ -23,7 +26,8 @@ from blindmatch.core.evaluation import (
 )
 from blindmatch.core.oprf import TAG_BYTES
 from blindmatch.core.secp256k1 import POINT_BYTES
-from blindmatch.v2 import node_pb2
+from blindmatch.core.watch_sealed import SEALED_BYTES, EpochFilter, SignedFilter
+from blindmatch.v2 import node_pb2, watch_pb2
 
 PROTOCOL: Final = 2
 _MAX_INDEX: Final = 2**40  # far above any set a node takes; keeps numpy's int64 exact
@@ -153,13 +157,60 @@ def roots_from_proto(msgs: Sequence[node_pb2.SignedRoot]) -> dict[str, SignedRoo
 
 
 def tags_to_proto(tags: Tags) -> node_pb2.Tags:
-    return node_pb2.Tags(owner=tags.owner, tags=tags.tags, root=root_to_proto(tags.root))
+    msg = node_pb2.Tags(owner=tags.owner, tags=tags.tags, root=root_to_proto(tags.root))
+    if tags.filter is not None:
+        msg.filter.CopyFrom(filter_to_proto(tags.filter))
+    return msg
 
 
 def tags_from_proto(msg: node_pb2.Tags) -> Tags:
     if len(msg.tags) % TAG_BYTES:
         raise BadMessage(f"{msg.owner}'s tags are not whole {TAG_BYTES}-byte tags")
-    return Tags(msg.owner, msg.tags, root_from_proto(msg.root))
+    signed = filter_from_proto(msg.filter) if msg.HasField("filter") else None
+    return Tags(msg.owner, msg.tags, root_from_proto(msg.root), signed)
+
+
+def filter_to_proto(signed: SignedFilter) -> node_pb2.SignedFilter:
+    return node_pb2.SignedFilter(filter=signed.filter.to_bytes(), signature=signed.signature)
+
+
+def filter_from_proto(msg: node_pb2.SignedFilter) -> SignedFilter:
+    """A holder's filter as parsed from untrusted bytes (``EpochFilter.from_bytes``: shape,
+    size and density); its signature is the reader's to verify."""
+    return SignedFilter(EpochFilter.from_bytes(msg.filter), msg.signature)
+
+
+def check_caps_from_proto(caps: Mapping[str, int]) -> dict[str, int]:
+    if any(not name or n > MAX_SET for name, n in caps.items()):
+        raise BadMessage(f"a check cap is for a named partner, at most {MAX_SET}")
+    return dict(caps)
+
+
+def sealed_to_proto(epoch_id: str, messages: Sequence[SignedSealed]) -> watch_pb2.SealedMessages:
+    return watch_pb2.SealedMessages(
+        epoch_id=epoch_id,
+        messages=[
+            watch_pb2.Sealed(
+                check_id=m.alert.check_id,
+                request=m.alert.request,
+                checker=m.alert.checker,
+                holder=m.alert.holder,
+                sealed=m.alert.sealed,
+                signature=m.signature,
+            )
+            for m in messages
+        ],
+    )
+
+
+def sealed_from_proto(msg: watch_pb2.SealedMessages) -> list[SignedSealed]:
+    out = []
+    for m in msg.messages:
+        if len(m.sealed) != SEALED_BYTES:
+            raise BadMessage(f"a sealed message is {SEALED_BYTES} bytes, not {len(m.sealed)}")
+        alert = SealedAlert(msg.epoch_id, m.check_id, m.request, m.checker, m.holder, m.sealed)
+        out.append(SignedSealed(alert, m.signature))
+    return out
 
 
 def _indexes(values: Sequence[int], what: str) -> np.ndarray:

@@ -52,10 +52,31 @@ Global___Commitment: _TypeAlias = Commitment  # noqa: Y015
 class PrepareReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CheckCapsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SIZE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     COMMITMENT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    CHECK_CAPS_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     certificate: _builtins.bytes
     """the node's own certificate, PEM"""
@@ -65,6 +86,12 @@ class PrepareReply(_message.Message):
     def commitment(self) -> Global___Commitment:
         """unset unless the node is a committee member"""
 
+    @_builtins.property
+    def check_caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """A watch round's: the evaluations this node lets each partner ask for its checks during the
+        epoch (a partner left out may not check at all while this node holds a set).
+        """
+
     def __init__(
         self,
         *,
@@ -72,10 +99,11 @@ class PrepareReply(_message.Message):
         certificate: _builtins.bytes = ...,
         commitment: Global___Commitment | None = ...,
         protocol: _builtins.int = ...,
+        check_caps: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "commitment", b"commitment", "protocol", b"protocol", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "check_caps", b"check_caps", "commitment", b"commitment", "protocol", b"protocol", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -580,25 +608,57 @@ class Tags(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     ROOT_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     tags: _builtins.bytes
     """sorted, distinct, 16 bytes each"""
     @_builtins.property
     def root(self) -> Global___SignedRoot: ...
+    @_builtins.property
+    def filter(self) -> Global___SignedFilter:
+        """a watch round's: the salted filter of these tags, for its epoch"""
+
     def __init__(
         self,
         *,
         owner: _builtins.str = ...,
         tags: _builtins.bytes = ...,
         root: Global___SignedRoot | None = ...,
+        filter: Global___SignedFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "root", b"root"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "root", b"root", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "owner", b"owner", "root", b"root", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tags: _TypeAlias = Tags  # noqa: Y015
+
+@_typing.final
+class SignedFilter(_message.Message):
+    """A holder's epoch filter (core.watch_sealed.EpochFilter bytes, which name the epoch and the
+    holder) and the holder's signature over it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    filter: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        filter: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedFilter: _TypeAlias = SignedFilter  # noqa: Y015
 
 @_typing.final
 class Inclusion(_message.Message):

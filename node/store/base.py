@@ -251,20 +251,19 @@ class NodeStore(ABC):
     @abstractmethod
     def charge_budget(
         self,
-        what: str,
         ref: str,
-        amounts: Mapping[str, int],
+        charges: Mapping[str, Mapping[str, int]],
         *,
         at: float,
         since: float,
-        limit: int,
+        limits: Mapping[str, int],
     ) -> Overdraft | None:
-        """Charge ``amounts`` (partner -> elements) of kind ``what`` ('round' or 'check') for
-        ``ref`` at unix time ``at``, all or nothing, in one transaction.
+        """Charge ``charges`` (kind 'round' or 'check' -> partner -> elements) for ``ref`` at
+        unix time ``at``, all or nothing, in one transaction.
 
-        If some partner's charges of that kind after ``since`` plus its amount would exceed
-        ``limit``, nothing is charged and the first such partner (by name) comes back with what
-        it had used and asked; else everything is charged and None comes back.
+        If some partner's charges of a kind after ``since`` plus its amount would exceed that
+        kind's limit, nothing is charged and the first such (kind, then partner, by name) comes
+        back with what it had used and asked; else everything is charged and None comes back.
         """
 
     @abstractmethod

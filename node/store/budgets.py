@@ -25,6 +25,7 @@ class Overdraft:
     partner: str
     used: int
     asked: int
+    what: str = "round"  # the budget it would overdraw: 'round' or 'check'
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +45,33 @@ class BudgetLedger(Database):
 
     def charge_budget(
         self,
-        what: str,
         ref: str,
-        amounts: Mapping[str, int],
+        charges: Mapping[str, Mapping[str, int]],
         *,
         at: float,
         since: float,
-        limit: int,
+        limits: Mapping[str, int],
     ) -> Overdraft | None:
-        _require_kind(what)
-        if any(n < 0 for n in amounts.values()):
-            raise ValueError(f"negative budget charge for {ref}: {dict(amounts)}")
+        for what, amounts in charges.items():
+            _require_kind(what)
+            if any(n < 0 for n in amounts.values()):
+                raise ValueError(f"negative budget charge for {ref}: {dict(amounts)}")
         with self._transaction() as conn:
-            for partner in sorted(amounts):
-                used = _used(conn, what, partner, since)
-                if used + amounts[partner] > limit:
-                    return Overdraft(partner, used, amounts[partner])
+            for what in sorted(charges):
+                amounts = charges[what]
+                for partner in sorted(amounts):
+                    used = _used(conn, what, partner, since)
+                    if used + amounts[partner] > limits[what]:
+                        return Overdraft(partner, used, amounts[partner], what)
             conn.executemany(
                 "INSERT INTO budget_charges (partner, at, elements, what, ref)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [(p, at, n, what, ref) for p, n in sorted(amounts.items()) if n > 0],
+                [
+                    (p, at, n, what, ref)
+                    for what in sorted(charges)
+                    for p, n in sorted(charges[what].items())
+                    if n > 0
+                ],
             )
         return None
 
