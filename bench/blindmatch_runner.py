@@ -26,9 +26,8 @@ from typing import Any
 
 from bench.datasets import SHARED, nation_batches
 from bench.processes import Timeline, busy_cpu_seconds, children_cpu, mb, sample
-from blindmatch.core.group import hash_indicators
-from blindmatch.core.round_coordinator import Caps
-from blindmatch.core.spec import Policy
+from blindmatch.core.oprf import hash_indicators
+from blindmatch.core.spec import Caps, Policy
 from blindmatch.demo import harness
 from node.budgets import BudgetPolicy
 from node.pool import Blinder
@@ -39,7 +38,9 @@ STOP_TIMEOUT = 20.0  # seconds a server gets to stop before SIGKILL (large store
 LOAD_BATCH = 500_000  # indicators stored per transaction when filling a store
 # Generous per-element allowances, so that a 3 x 10M round (~25 min here) is never cut short
 # while a lost server still fails a small run quickly.
-BLIND_ALLOWANCE = 100e-6  # seconds per blinding of the round on one core (measured: ~27 us)
+# seconds per element and nation of the round (N x N x n) on one core, far above what an
+# element costs: c + 2 secp256k1 multiplications (~30 us each) for a committee of c <= N
+BLIND_ALLOWANCE = 100e-6
 HASH_ALLOWANCE = 100e-6  # seconds per stored indicator a starting node may hash (missing H(v))
 CALL_ALLOWANCE = 20e-6  # seconds per indicator added to a unary call's deadline (set counts)
 BUDGET_ROUNDS = 8  # rounds one federation of the benchmark may run at full size
@@ -66,7 +67,6 @@ class RoundRun:
     other_cores: float  # CPU used by everything else on the machine during the round, in cores
     timeline: list[dict[str, float]]  # cores busy per role, every TIMELINE_STEP seconds
     build: str = ""  # "" (the only build of the run), "after" (this tree) or "before" (--before)
-    hash_once: bool = True  # the build's rounds read stored H(v) and only blind (issue 12)
     protocol: int = 1  # a build from before protocol v2 (issue 17) does not report it
     committee: int = 0  # v2's committee size; 0: every nation
 

@@ -9,7 +9,7 @@ its result as JSON. This module imports only the standard library at its top for
 Jobs (``python bench/builds.py JOB JSON-ARGS``):
 
 - ``rounds``: ``bench.blindmatch_runner.run_federation`` (one federation, a round per
-  ``workers`` setting); the RoundRun fields of each round, ``hash_once`` added.
+  ``workers`` setting); the RoundRun fields of each round.
 - ``walls``: one federation, ``rounds`` rounds at one ``workers`` setting; their wall seconds
   (``bench/ab_rounds.py``).
 """
@@ -17,7 +17,6 @@ Jobs (``python bench/builds.py JOB JSON-ARGS``):
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -54,18 +53,13 @@ def call(tree: Path, job: str, **kwargs: Any) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def hash_once() -> bool:
-    """Whether the build that runs this stores H(v) at import and its rounds only blind."""
-    return hasattr(importlib.import_module("blindmatch.core.group"), "HASH_VERSION")
-
-
 def rounds(nations: int, size: int, cores: list[int], out: str, chunk: int | None) -> Any:
     from bench.blindmatch_runner import run_federation
     from bench.datasets import NATION_NAMES
 
     args = argparse.Namespace(out=Path(out), chunk=chunk, keep=False)
     runs = run_federation(list(NATION_NAMES[:nations]), size, cores, args)
-    return [{**asdict(r), "hash_once": hash_once()} for r in runs]
+    return [asdict(r) for r in runs]
 
 
 def walls(size: int, nations: int, workers: int, rounds: int) -> list[float]:

@@ -10,14 +10,14 @@ blindmatch runs as a real federation: a federation CA, every node and the coordi
 process on loopback, gRPC with mTLS, set up and driven with the ``blindmatch`` commands an operator
 types (stores are filled directly through ``node.store``, as an import would). A round is timed by
 the coordinator's own created/finished timestamps and as observed by the operator command; CPU
-seconds are summed over every server process and its children (the nodes' blinding workers), and
+seconds are summed over every server process and its children (the nodes' hashing workers), and
 peak RSS is each process's VmHWM. openmined-psi runs its complete two-party protocol (server setup,
 client request, server response, client intersection, every message serialised and parsed as a
 network would) in one fresh process on the same two sets.
 
-The core costs the targets are computed from (hash to group, blinding, matching, ``openssl speed``,
-a pool of 1 and of N blinding processes) are measured in the same run, so ratios compare like with
-like. The machine may be shared: every row says how many cores other work used meanwhile. Results
+The core costs the targets are computed from (hash to curve, a secp256k1 multiplication through
+blindmatch and through libsecp256k1 directly, matching, a pool of 1 and of N hashing processes) are
+measured in the same run, so ratios compare like with like. The machine may be shared: every row says how many cores other work used meanwhile. Results
 go to ``--out`` (report.md, results.json; with ``--keep`` the federations and their server logs)
 and the plot to ``--plot``.
 
@@ -53,7 +53,7 @@ from bench.import_rate import ImportRun, measure_imports
 from bench.plot import plot
 from bench.processes import mb
 from bench.psi_runner import PsiRun, run_psi
-from bench.report import floor_seconds, machine, render, report, table, verdicts
+from bench.report import floor_text, machine, render, report, table, verdicts
 from blindmatch.demo.harness import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,9 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("core costs (same run) ...", flush=True)
     core = measure_core(cpus)
     print(
-        f"  hash {core.hash_us:.1f} us, blind {core.blind_us:.1f} us, hash+blind "
-        f"{core.hash_and_blind_us:.1f} us per item; secp256k1 multiply {core.mul_us:.1f} us; openssl {core.openssl_ops or 0:,.0f} ops/s; "
-        f"pool {', '.join(f'{w}: {r:,.0f}/s' for w, r in core.pool_rates.items())}",
+        f"  hash to curve {core.hash_us:.1f} us per item; secp256k1 multiply {core.mul_us:.1f} us "
+        f"(libsecp256k1 directly {core.lib_mul_us:.1f} us); hashing pool "
+        f"{', '.join(f'{w}: {r:,.0f}/s' for w, r in core.pool_rates.items())}",
         flush=True,
     )
     # (nations, indicators per nation) -> node `workers` settings to run
@@ -207,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     for r in runs:
         print(
-            f"\n{r.system}, {r.nations} x {r.items:,}, {r.workers} worker(s)/node: floor "
-            f"{floor_seconds(r, core, cpus):.2f} s, wall/floor {r.wall / floor_seconds(r, core, cpus):.2f}"
+            f"\n{r.system}, {r.nations} x {r.items:,}, {r.workers} worker(s)/node: "
+            + floor_text(r, core, cpus)
         )
         for p in r.processes:
             print(f"  {p['label']:<28} peak RSS {mb(p['peak_rss']):>9}  CPU {p['cpu']:7.2f} s")

@@ -1,8 +1,9 @@
-"""Per-item costs of the matching core: hash to group, blinding, tag matching.
+"""Per-item costs of the round's core: hash to curve, blinding, evaluation, tag matching.
 
 Run with ``.venv/bin/python -m pytest bench --benchmark-only``. Each benchmark stores its per-item
 figures in ``extra_info`` (microseconds per item and items per second, from the median round), so
-``--benchmark-json`` output carries them. Compare blinding with ``openssl speed ecdhx25519``.
+``--benchmark-json`` output carries them. Blinding and evaluation are one secp256k1
+multiplication per element each.
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from blindmatch.core.group import (
-    RoundKey,
-    blind_packed,
-    hash_and_blind_packed,
-    hash_indicators,
-    hash_packed,
-)
-from blindmatch.core.match import presence
+from blindmatch.core.delivery import match
+from blindmatch.core.oprf import TAG_BYTES, blind, evaluate, hash_indicators
+from blindmatch.core.secp256k1 import Point, points_from_bytes, random_scalar
 
 BATCH = 1000
 SET_SIZE = 100_000
@@ -46,49 +43,47 @@ def indicators(n: int) -> list[tuple[str, str]]:
     return [kinds[i % 4](i) for i in range(n)]
 
 
-def test_hash_to_group(benchmark: BenchmarkFixture) -> None:
+@pytest.fixture(scope="module")
+def hashes() -> list[Point]:
+    return points_from_bytes(b"".join(hash_indicators(indicators(BATCH))))
+
+
+def test_hash_to_curve(benchmark: BenchmarkFixture) -> None:
+    # H(x), as a node stores it at import (hash once): no round hashes again.
     items = indicators(BATCH)
     out = benchmark(hash_indicators, items)
     assert len(out) == BATCH
     record(benchmark, BATCH, "items")
 
 
-def test_blind(benchmark: BenchmarkFixture) -> None:
-    key = RoundKey.generate()
-    elements = hash_indicators(indicators(BATCH))
-    out = benchmark(key.blind, elements)
+def test_blind(benchmark: BenchmarkFixture, hashes: list[Point]) -> None:
+    # An owner's side: r·H(x) with a fresh r each, and the r⁻¹ of the chunk in one inversion.
+    blinded, unblinders = benchmark(blind, hashes)
+    assert len(blinded) == len(unblinders) == BATCH
+    record(benchmark, BATCH, "items")
+
+
+def test_evaluate(benchmark: BenchmarkFixture, hashes: list[Point]) -> None:
+    # A member's side: its share times every element of a request.
+    out = benchmark(evaluate, random_scalar(), hashes)
     assert len(out) == BATCH
     record(benchmark, BATCH, "ops")
 
 
 @pytest.fixture(scope="module")
-def tag_sets() -> list[bytes]:
-    # A shared core of 10% in every set, the rest unique, so the sort sees realistic overlaps.
-    shared = os.urandom(32 * SET_SIZE // 10)
-    return [shared + os.urandom(32 * (SET_SIZE - SET_SIZE // 10)) for _ in range(PARTIES)]
+def tag_sets() -> dict[str, bytes]:
+    # A shared core of 10% in every set, the rest unique, each sorted as its owner sends it.
+    shared = os.urandom(TAG_BYTES * SET_SIZE // 10)
+    return {
+        f"p{i}": np.sort(
+            np.frombuffer(shared + os.urandom(TAG_BYTES * SET_SIZE - len(shared)), f"S{TAG_BYTES}")
+        ).tobytes()
+        for i in range(PARTIES)
+    }
 
 
-def test_presence(benchmark: BenchmarkFixture, tag_sets: list[bytes]) -> None:
-    masks = benchmark(presence, tag_sets)
-    full = (1 << PARTIES) - 1
-    assert [int((m == full).sum()) for m in masks] == [SET_SIZE // 10] * PARTIES
+def test_match(benchmark: BenchmarkFixture, tag_sets: dict[str, bytes]) -> None:
+    # The coordinator's matching: every pair's common tags (count mode, so no inclusion proofs).
+    out = benchmark(match, "bench", "count", None, False, tag_sets)
+    assert [sum(d.shared.values()) for d in out.values()] == [2 * SET_SIZE // 10] * PARTIES
     record(benchmark, PARTIES * SET_SIZE, "tags")
-
-
-def test_hash_and_blind(benchmark: BenchmarkFixture) -> None:
-    # The own-set stage of a node: the blinding clears the cofactor, so hashing skips it.
-    key = RoundKey.generate().export()
-    items = indicators(BATCH)
-    out = benchmark(hash_and_blind_packed, key, items)
-    assert len(out) == BATCH * 32
-    record(benchmark, BATCH, "items")
-
-
-def test_blind_stored_hashes(benchmark: BenchmarkFixture) -> None:
-    # The own-set stage since hash once (issue 12): H(v) was stored at import, a round only
-    # blinds; compare its us_per_item with test_hash_and_blind's.
-    key = RoundKey.generate().export()
-    stored = hash_packed(indicators(BATCH))
-    out = benchmark(blind_packed, key, stored)
-    assert len(out) == BATCH * 32
-    record(benchmark, BATCH, "items")

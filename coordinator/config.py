@@ -23,7 +23,7 @@ from blindmatch.cli.tomlconfig import (
     tls_lines,
 )
 from blindmatch.cli.tomlconfig import toml_string as _s
-from blindmatch.core.round_coordinator import Caps
+from blindmatch.core.spec import Caps
 
 COORDINATOR_FILE: Final = "coordinator.toml"
 OPERATOR_FILE: Final = "operator.toml"

@@ -1,22 +1,22 @@
 """Drives rounds over gRPC: one thread per round, one reader thread per node stream.
 
-A round, as the coordinator runs it (the rules themselves are ``CoordinatorRound``'s):
-  1. Prepare every participant in parallel, each call with ``call_timeout``. Any error from any
+A round, as the coordinator runs it (what each message may say is ``CommitteeCoordinator``'s):
+  1. Prepare every participant in parallel, each call with ``call_timeout``; then SignTranscript
+     with the transcript their replies make, then Begin with every signature. Any error from any
      node fails the round, naming the node and its status.
-  2. Open one ``Reblind`` stream per node (first message ``RoutingStart``, then chunks fed from
-     that node's queue) and one ``OwnSet`` stream per node. Every chunk that comes back, from
-     either stream, goes through ``CoordinatorRound.on_chunk`` under the round's lock, and the
-     ``Forward`` it returns is queued for the next hop at once: a chunk moves on as soon as it
-     is ready, so every node works at the same time and no phase waits for a whole set.
-  3. Once every set is fully blinded, the Reblind queues close, the streams end, and every node
-     gets its ``Deliver`` in parallel. Done.
+  2. Open one ``Evaluate`` stream per committee member and one ``Own`` stream per participant.
+     Every request an owner signs is queued at once for each member that must answer it, and
+     every answer for its owner: a chunk moves on as soon as it is ready, so every node works at
+     the same time and no step waits for a whole set.
+  3. Once every participant's signed tag root is in, the queues close and the streams end; every
+     node gets Reveal, then its ``Deliver``, in parallel. Done.
   Anything else (an error, a stream ending early, the round deadline ``round_timeout``, the
   coordinator stopping) fails the round: every stream is cancelled, every node gets ``Abort``
   (best effort, in parallel, short deadline), and the record says why.
 
 The queues are unbounded on purpose: bounding them would let the reader of node A block on
-node B's full queue while B waits on A, a cycle around the ring. Their total is bounded by the
-round's sets (``Caps.max_total``), which the coordinator holds anyway as final tags.
+node B's full queue while B waits on A. An honest owner bounds their total: it has only a few
+chunks out without every answer at a time (node/committee.py).
 """
 
 from __future__ import annotations
@@ -37,11 +37,9 @@ from blindmatch.core.committee import CommitteeCoordinator, Prepared, RoundTerms
 from blindmatch.core.delivery import NodeDelivery, SignedRoot
 from blindmatch.core.errors import BadMessage, ProtocolError, RoundIdUsed, UnknownRound
 from blindmatch.core.identity import Identity
-from blindmatch.core.match import CountResult, Delivery
 from blindmatch.core.oprf import LAMBDA
-from blindmatch.core.round_coordinator import Caps
-from blindmatch.core.spec import DEFAULT_CHUNK, RoundSpec
-from blindmatch.core.states import CoordinatorPhase
+from blindmatch.core.spec import DEFAULT_CHUNK, Caps, RoundSpec
+from blindmatch.core.states import COORDINATOR, CoordinatorPhase
 from blindmatch.runtime import serde, serde_v2
 from blindmatch.runtime.net import TlsConfig, open_channel
 from blindmatch.v1 import node_pb2
@@ -118,7 +116,7 @@ class Coordinator:
         self.watch = watch  # early warning (coordinator/watch.py); None: watch rounds refused
         self.metrics = metrics  # coordinator/metrics.py when [metrics] is on
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[Driver, threading.Thread]] = {}
+        self._running: dict[str, tuple[CommitteeDriver, threading.Thread]] = {}
         self._stopping = False
 
     def start_round(
@@ -191,7 +189,7 @@ class Coordinator:
             return False
         return True
 
-    def _run(self, driver: Driver) -> None:
+    def _run(self, driver: CommitteeDriver) -> None:
         try:
             driver.run()
         finally:
@@ -211,9 +209,10 @@ class Coordinator:
             thread.join(max(0.0, end - time.monotonic()))
 
 
-class Driver:
-    """What drives a round of either protocol: parallel calls, followed streams, the first
-    failure, the deadline and the published record. Subclasses give the steps (``_steps``)."""
+class CommitteeDriver:
+    """One round (DESIGN.md 2): the coordinator assembles the transcript, relays requests and
+    answers, and matches tags; every node verifies what it is shown (``core.committee``). Here:
+    parallel calls, followed streams, the first failure, the deadline and the published record."""
 
     def __init__(
         self,
@@ -223,6 +222,7 @@ class Driver:
         links: NodeLinks,
         board: RoundBoard,
         settings: RoundSettings,
+        opener: EpochOpener | None = None,
     ) -> None:
         self.signed = signed
         self.spec = spec
@@ -239,21 +239,24 @@ class Driver:
         self._calls: list[Any] = []  # streaming calls, cancelled on failure
         self._open_streams = 0
         self._last_publish = 0.0
+        self.opener = opener  # a watch round's: its epoch opens once every node has delivered
+        self.machine = CommitteeCoordinator(RoundTerms.of(spec, signed.digest), settings.caps)
+        self._phase = CoordinatorPhase.PREPARING
+        self._awaiting: dict[str, collections.deque[tuple[str, int]]] = {}  # member -> owners
+        self._roots: dict[str, SignedRoot] | None = None
+        self._answered = 0
+        self._total = 0
 
     @property
     def phase(self) -> CoordinatorPhase:
-        raise NotImplementedError
+        return self._phase
 
     def progress(self) -> tuple[int, int]:
-        """Work done and to do, for a timeout's message."""
-        raise NotImplementedError
+        """Evaluations answered and to answer, for a timeout's message."""
+        return self._answered, self._total
 
-    def _steps(self) -> None:
-        raise NotImplementedError
-
-    def _failed(self, reason: str) -> None:
-        """The round's own state follows a failure."""
-        raise NotImplementedError
+    def _move(self, to: CoordinatorPhase) -> None:
+        self._phase = COORDINATOR.move(f"round {self.spec.round_id}", self._phase, to)
 
     def run(self) -> None:
         log.info(
@@ -277,7 +280,7 @@ class Driver:
         self._fail(reason)
         with self._cond:
             reason = self._failure or reason
-            self._failed(reason)
+            self._move(CoordinatorPhase.FAILED)
         request = node_pb2.AbortRequest(round_id=self.spec.round_id, reason=reason)
         pending = [
             self.links.v2(node).Abort.future(request, timeout=ABORT_TIMEOUT)
@@ -374,7 +377,7 @@ class Driver:
             problem = self._rpc_problem(node, what, err, self.settings.round_timeout)
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 # The node has already dropped the round, most likely for a reason its other
-                # stream is about to report (a cap refused at RoutingStart ends its OwnSet too);
+                # stream is about to report (a request it refused on Evaluate ends its Own too);
                 # give that reason a moment to arrive first, since it is the one worth showing.
                 # The stream counts as open until then, so the round cannot end meanwhile.
                 later = threading.Timer(SECONDARY_GRACE, self._stream_closed, args=(problem,))
@@ -450,10 +453,8 @@ class Driver:
                 done_, total = self.progress()
                 raise RoundFailure(
                     f"timeout after {self.settings.round_timeout:g} s waiting for {what} "
-                    f"({done_} of {total} {self.unit} done; round_timeout)"
+                    f"({done_} of {total} evaluations done; round_timeout)"
                 )
-
-    unit = "elements"
 
     def _left(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -468,41 +469,7 @@ class Driver:
             self._last_publish = now
             self.board.publish(self.record)
 
-
-class CommitteeDriver(Driver):
-    """Protocol v2 (DESIGN.md 2): the coordinator assembles the transcript, relays requests and
-    answers, and matches tags; every node verifies what it is shown (``core.committee``)."""
-
-    unit = "evaluations"
-
-    def __init__(
-        self,
-        signed: serde.Authorization,
-        spec: RoundSpec,
-        record: RoundRecord,
-        links: NodeLinks,
-        board: RoundBoard,
-        settings: RoundSettings,
-        opener: EpochOpener | None = None,
-    ) -> None:
-        super().__init__(signed, spec, record, links, board, settings)
-        self.opener = opener  # a watch round's: its epoch opens once every node has delivered
-        self.machine = CommitteeCoordinator(RoundTerms.of(spec, signed.digest), settings.caps)
-        self._phase = CoordinatorPhase.PREPARING
-        self._awaiting: dict[str, collections.deque[tuple[str, int]]] = {}  # member -> owners
-        self._roots: dict[str, SignedRoot] | None = None
-        self._answered = 0
-        self._total = 0
-
-    @property
-    def phase(self) -> CoordinatorPhase:
-        return self._phase
-
-    def progress(self) -> tuple[int, int]:
-        return self._answered, self._total
-
-    def _failed(self, reason: str) -> None:
-        self._phase = CoordinatorPhase.FAILED
+    # --- the round's steps -------------------------------------------------------------------
 
     def _steps(self) -> None:
         certificates = self._prepare()
@@ -568,7 +535,7 @@ class CommitteeDriver(Driver):
 
     def _evaluate(self) -> None:
         with self._cond:
-            self._phase = CoordinatorPhase.ROUTING
+            self._move(CoordinatorPhase.ROUTING)
             self._publish(force=True)
             for member in self.machine.terms.committee:
                 self._queues[f"evaluate:{member}"] = queue.SimpleQueue()
@@ -643,7 +610,7 @@ class CommitteeDriver(Driver):
             except ProtocolError as exc:
                 raise RoundFailure(str(exc)) from None
             assert deliveries is not None
-            self._phase = CoordinatorPhase.DELIVERING
+            self._move(CoordinatorPhase.DELIVERING)
             self._publish(hops_done=self._total, force=True)
         return deliveries
 
@@ -657,7 +624,7 @@ class CommitteeDriver(Driver):
         if self.opener is not None:
             self.opener.after_deliver(self.machine.terms.committee, self.machine.filters())
         with self._cond:
-            self._phase = CoordinatorPhase.DONE
+            self._move(CoordinatorPhase.DONE)
             self._publish(match_counts=counts, finished=time.time(), force=True)
 
 
@@ -670,15 +637,6 @@ def delivered(delivery: NodeDelivery) -> int:
     return len({int(p) for proof in delivery.proofs for p in proof.positions})
 
 
-def _drain(
-    q: queue.SimpleQueue[node_pb2.ReblindRequest | None],
-) -> Iterator[node_pb2.ReblindRequest]:
+def _drain(q: queue.SimpleQueue[Any]) -> Iterator[Any]:
     while (item := q.get()) is not None:
         yield item
-
-
-def match_count(delivery: Delivery) -> int:
-    """Matches delivered to one node; in count mode, the total over its partners."""
-    if isinstance(delivery, CountResult):
-        return sum(delivery.shared.values())
-    return len(delivery.positions)

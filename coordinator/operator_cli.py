@@ -333,8 +333,7 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
     if info.finished:
         head += f" after {info.finished - info.created:.1f} s"
     elif info.state == CoordinatorPhase.ROUTING:
-        unit = "element-hops" if info.mode == "watch" else "evaluations"
-        head += f" ({_percent(info)}% of the {unit} done)"
+        head += f" ({_percent(info)}% of the evaluations done)"
     lines = [
         head,
         f"  mode {mode}, {kinds}; started {local_time(info.created)} by {info.operator or '-'}",

@@ -56,8 +56,8 @@ class RoundRecord:
     sizes: Mapping[str, int] = field(default_factory=dict)
     match_counts: Mapping[str, int] = field(default_factory=dict)
     error: str | None = None
-    hops_done: int = 0  # elements re-blinded so far
-    hops_total: int = 0  # elements to re-blind in the whole round
+    hops_done: int = 0  # evaluations answered so far (the name is v1's: its ring counted hops)
+    hops_total: int = 0  # evaluations to answer in the whole round
 
     @property
     def final(self) -> bool:

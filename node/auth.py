@@ -1,11 +1,11 @@
-"""Who the node believes during a round: the operator behind a spec, the partners behind chunks.
+"""Who the node believes during a round: the operator behind a spec, the partners behind names.
 
 The coordinator carries every message of a round and is not trusted (docs/PROTOCOL.md, "Signed
-specs and signed chunks"). A node acts on a spec (or a run of a standing order) only once the
-operator's signature over it is verified, on a partner name only with that partner's certificate
-in hand, and blinds a chunk only once its producer's signature is verified; it signs every chunk it emits. The rules of who
-must have produced a chunk are the core's (``NodeRound.accept_chunk``); this module holds the
-node's federation key and CA and applies ``blindmatch.core.signing`` with the node's own clock.
+specs"). A node acts on a spec (or a run of a standing order) only once the operator's signature
+over it is verified, and on a partner name only with that partner's certificate in hand; what
+partners sign during the round is verified by the core against those certificates
+(``committee``). This module holds the node's federation key and CA and applies
+``blindmatch.core.signing`` with the node's own clock.
 
 A node serving plaintext (``--insecure``, loopback only) has no federation identity:
 ``Unauthenticated`` then signs nothing and verifies nothing, as its transport does.
@@ -22,7 +22,6 @@ from blindmatch.core.errors import ForgedMessage
 from blindmatch.core.identity import Identity
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.signing import (
-    ChunkClaim,
     SignedSpec,
     Signer,
     Signs,
@@ -54,7 +53,7 @@ class RoundAuthority:
 
     @property
     def certificate(self) -> bytes:
-        """What partners verify this node's chunks with (sent in PrepareReply)."""
+        """What partners verify this node's signatures with (sent in PrepareReply)."""
         return self._signer.cert_pem
 
     @property
@@ -94,15 +93,6 @@ class RoundAuthority:
             parties[name] = self._trust.party(cert, now=now, role="node", names=(name,))
         return parties
 
-    def sign_chunk(self, claim: ChunkClaim) -> bytes:
-        return self._signer.sign(claim.message())
-
-    @staticmethod
-    def verify_chunk(producer: Verifies | None, claim: ChunkClaim, signature: bytes) -> None:
-        if producer is None:
-            raise ForgedMessage(f"no verified certificate for the producer of {_what(claim)}")
-        producer.verify(claim.message(), signature, _what(claim))
-
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
 
@@ -132,16 +122,5 @@ class Unauthenticated:
     def partners(self, spec: RoundSpec, certificates: Mapping[str, bytes]) -> dict[str, Verifies]:
         return {name: Unverified(Identity("node", name)) for name in spec.participants}
 
-    def sign_chunk(self, claim: ChunkClaim) -> bytes:
-        return b""
-
-    @staticmethod
-    def verify_chunk(producer: Verifies | None, claim: ChunkClaim, signature: bytes) -> None:
-        return None
-
 
 Authority = RoundAuthority | Unauthenticated
-
-
-def _what(claim: ChunkClaim) -> str:
-    return f"chunk {claim.seq} of {claim.owner}'s set (hop {claim.hop})"

@@ -7,7 +7,7 @@ signed requests and takes the members' answers, ``Evaluate`` answers partners' r
 member. ``Own`` ends with the signed root of its verified tags, or with the failure that keeps
 them in (DATA_LOSS, naming the member whose signed answers were wrong). Reveal, then Deliver.
 
-Which rounds exist and how they end is the registry's (``node.rounds``), as for v1.
+Which rounds exist and how they end is the registry's (``node.rounds``).
 """
 
 from __future__ import annotations
@@ -49,10 +49,8 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
         with status.refusing(context, ProtocolError):
             signed, spec = serde.prepare_from_proto(request)
             coordinator = caller.name if caller else "(insecure)"
-            live = self.rounds.prepare(
-                signed, spec, coordinator, request.timeout_seconds, protocol=serde_v2.PROTOCOL
-            )
-            prepared = live.v2().prepared()
+            live = self.rounds.prepare(signed, spec, coordinator, request.timeout_seconds)
+            prepared = live.committee.prepared()
         reply = node_pb2.PrepareReply(
             size=prepared.size,
             certificate=self.authority.certificate,
@@ -87,8 +85,8 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
         round (an equivocation, a request over its budget or a malformed one is never answered).
         The stream ends too when its round ends otherwise (Abort, timeout): nothing here holds
         the round while the coordinator keeps the stream open and silent."""
-        # The first request is read here, as Reblind reads RoutingStart: it names the round, and
-        # a stream refused at once has no reader thread left behind on the call.
+        # The first request is read here: it names the round, and a stream refused at once has
+        # no reader thread left behind on the call.
         first = next(request_iterator, None)
         if first is None:
             return
@@ -149,7 +147,7 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
         try:
             live.check_live()
             signed = serde_v2.request_from_proto(message)
-            committee = live.v2()
+            committee = live.committee
             answer = committee.on_request(signed)
         except ProtocolError as exc:
             if not isinstance(exc, UnknownRound | WrongPhase) and exc is not live.refusal:
@@ -171,7 +169,7 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
         with status.refusing(context, ProtocolError):
             live = self.rounds.get(first.start.round_id)
             live.check_live()
-            committee = live.v2()
+            committee = live.committee
         heard = threading.Condition()  # the reader has fed an answer, failed or finished
         outcome: list[Exception | None] = []  # the reader's end: None once every answer is in
         done = threading.Event()
@@ -256,7 +254,7 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
             try:
                 with live.lock:
                     live.check_live()
-                    tags = live.v2().reveal(roots)
+                    tags = live.committee.reveal(roots)
             except ProtocolError as exc:
                 if not isinstance(exc, UnknownRound | WrongPhase):
                     self.rounds.end(live, Outcome.FAILED, f"refused the tag roots: {exc}")
@@ -268,7 +266,7 @@ class CommitteeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> v1.DeliverReply:
         def decode(live: LiveRound) -> Delivery:
             delivery, roots = serde_v2.delivery_from_proto(request, self.name)
-            committee = live.v2()
+            committee = live.committee
             return committee.by_position(committee.deliver(delivery, roots))
 
         with status.refusing(context, ProtocolError, StoreFailed):

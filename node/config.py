@@ -64,7 +64,7 @@ class NodeConfig:
     listen: str
     store: Path
     coordinator: str  # the coordinator certificate name allowed to call round RPCs
-    workers: int  # blinding processes; 0 = one per core
+    workers: int  # hashing processes; 0 = one per core
     round_timeout: float  # seconds a round may stay silent before the node drops it
     tls: TlsPaths
     policy: Policy
@@ -355,7 +355,7 @@ name = "{name}"                 # must match the name in this node's certificate
 listen = "{listen}"        # where `blindmatch node serve` listens (host:port)
 store = "store.sqlite"          # the private SQLite store of sightings, matches and audit log
 coordinator = "{coordinator}"     # the only coordinator (certificate name) allowed to run rounds here
-workers = 0                     # blinding processes; 0 = one per CPU core
+workers = 0                     # hashing processes; 0 = one per CPU core
 round_timeout = 600             # seconds a round may stay silent before this node drops it and its key
 coordinator_address = "{coordinator_address}"       # host:port of the coordinator, for `blindmatch node check` ("" = no checks)
 check_budget = {DEFAULT_CHECK_BUDGET}             # elements this node blinds for each partner's checks per watch epoch
@@ -367,7 +367,7 @@ partners = ["*"]                # partner node names it matches with; "*" = ever
 operators = ["*"]               # operators whose signed round specs it accepts; "*" = every operator of the federation
 tlp = [{tlps}]   # TLP levels that may enter a round (RED never, by default)
 kinds = [{kinds}]
-max_partner_set = {p.max_partner_set}       # largest partner set it re-blinds in one round
+max_partner_set = {p.max_partner_set}       # largest partner set it evaluates in one round
 max_own_set = {p.max_own_set}           # largest own set it contributes to one round
 max_round_elements = {p.max_round_elements}   # everything it blinds in one round, all partners together
 # A round whose committee (the nodes whose key shares, together, could test guesses against this

@@ -50,7 +50,7 @@ class NodeHooks:
         return check(flow)
 
     def check_ended(self, checker: str, outcome: str) -> None:
-        """A check was audited: ``checker`` is this node (its own) or a partner (re-blinded)."""
+        """A check was audited: ``checker`` is this node (its own) or a partner (evaluated)."""
 
     def pulling(self, source: str, pull: Callable[[], SyncResult]) -> Callable[[], SyncResult]:
         """``pull``, counted."""
@@ -98,7 +98,7 @@ class NodeMetrics(NodeHooks):
         )
         self.reblinded = Counter(
             "blindmatch_node_checks_reblinded",
-            "Partners' checks this node re-blinded (or refused), by partner and outcome",
+            "Partners' checks this node evaluated (or refused), by partner and outcome",
             ["partner", "outcome"],
             registry=r,
         )

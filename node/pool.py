@@ -1,11 +1,8 @@
-"""The node's blinding pool: hashing and blinding run in worker processes.
+"""The node's hashing pool: H(v) of its indicators, computed in worker processes.
 
-So gRPC handler threads, health checks and other rounds stay responsive while a round is
-blinding, and a round uses every core.
-
-Two hashes run here: ``blind`` and ``hash_and_blind`` are protocol v1's (X25519,
-blindmatch.core.group), for v1 rounds and checks; ``hash`` and ``hash_all`` are the H(v) the store
-keeps, protocol v2's (secp256k1, blindmatch.core.oprf), for imports and filling stale hashes.
+So gRPC handler threads, health checks and rounds stay responsive while an import or a store's
+stale hashes are hashed, and hashing uses every core. ``hash`` and ``hash_all`` give the H(v) the
+store keeps (blindmatch.core.oprf.hash_indicators); a round reads those and never sends work here.
 """
 
 from __future__ import annotations
@@ -17,10 +14,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TypeVar
 
-from blindmatch.core import group, oprf
+from blindmatch.core import oprf
 from blindmatch.runtime.hardening import no_core_dumps
 
-WARM_UP_KEY = bytes(range(32))
 # Fewer items than this are hashed in the caller's process unless the workers are already up:
 # spawning them (about a second) costs more than hashing a small import.
 SPAWN_WORTH = 5_000
@@ -29,14 +25,13 @@ _T = TypeVar("_T")
 
 
 class Blinder:
-    """A pool of worker processes that hash and blind chunks.
+    """A pool of worker processes that hash indicators.
 
     Workers are spawned (not forked: forking a process that runs gRPC threads is unsafe) and get
-    the round key with each task through a pipe; it never touches the disk, and a worker may not
-    dump core. A worker's memory may still hold the keys of the tasks it ran, so the workers do
-    not outlive them: ``retire`` (called when the last live key is destroyed) ends them and
-    warms fresh ones, holding no key, in the background, so the next round does not wait for
-    processes to spawn.
+    the values with each task through a pipe; a worker may not dump core. ``retire`` (called when
+    the last live round has ended) ends the workers and warms fresh ones in the background, so
+    the next task does not wait for processes to spawn. It dates from v1, whose workers held
+    round keys; no round sends work here now.
     """
 
     def __init__(self, workers: int) -> None:
@@ -57,30 +52,20 @@ class Blinder:
             return self._pool.submit(fn, *args)
 
     def warm_up(self) -> None:
-        # A public constant, not a round key: warming up holds nothing secret.
-        futures = [
-            self.hash_and_blind(WARM_UP_KEY, [("domain", "a.example")]) for _ in range(self.workers)
-        ]
+        # A public value: warming up holds nothing of the node's.
+        futures = [self.hash([("domain", "a.example")]) for _ in range(self.workers)]
         for f in futures:
             f.result()
 
-    def blind(self, key: bytes, packed: bytes) -> Future[bytes]:
-        return self._submit(group.blind_packed, key, packed)
-
-    def hash_and_blind(self, key: bytes, items: list[tuple[str, str]]) -> Future[bytes]:
-        return self._submit(group.hash_and_blind_packed, key, items)
-
     def hash(self, items: list[tuple[str, str]]) -> Future[list[bytes]]:
-        """H(v) of each item as the store keeps it (oprf.hash_indicators, protocol v2): no key is
-        involved, so these tasks hold nothing secret."""
+        """H(v) of each item as the store keeps it (oprf.hash_indicators)."""
         return self._submit(oprf.hash_indicators, items)
 
     def hash_all(self, items: Sequence[tuple[str, str]]) -> list[bytes]:
         """H(v) of each item (oprf.hash_indicators), in order, one task per worker so that a
         batch uses every core.
 
-        The store's ``Hasher`` for imports and for filling a store's missing or stale hashes;
-        never an input of v1's blinding (that hashes with ``hash_and_blind``).
+        The store's ``Hasher`` for imports and for filling a store's missing or stale hashes.
         """
         with self._lock:
             cold = self._pool is None
@@ -94,8 +79,7 @@ class Blinder:
         """The running workers' process ids (none before the first task or after ``retire``)."""
         with self._lock:
             pool = self._pool
-        # ProcessPoolExecutor keeps its processes in a private dict; read-only here, for tests
-        # and the audit of what holds key material.
+        # ProcessPoolExecutor keeps its processes in a private dict; read-only here, for tests.
         procs = getattr(pool, "_processes", None) or {}
         return set(procs)
 

@@ -1,6 +1,6 @@
 """The node's round registry: the rounds it is in, when they time out, and how each one ends.
 
-A round enters with ``prepare`` and leaves through ``end``, once: its key destroyed and its audit
+A round enters with ``prepare`` and leaves through ``end``, once: its share destroyed and its audit
 record written with the outcome (done, failed, aborted or refused). The reaper ends a round the
 coordinator has been silent on for the round's timeout; ``shutdown`` ends them all.
 
@@ -11,8 +11,8 @@ It looks rounds up (BeginEpoch) in ``LiveRounds``, the table of live rounds the 
 built first and handed to both, so neither is wired to the other after it is built.
 
 ``prepare`` acts on a spec only once its operator's signature is verified (``node.auth``), and
-``start_routing`` only once every participant's certificate is; the operator is in the audit.
-Budgets across rounds (``node.budgets``) are charged at routing start, after every check passed.
+``sign_transcript`` only once every participant's certificate is; the operator is in the audit.
+Budgets across rounds (``node.budgets``) are charged at ``begin``, after every check passed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Final, Protocol
 
 from blindmatch.core.committee import CommitteeNode, Handover, RoundTerms
 from blindmatch.core.errors import (
-    BadMessage,
     PolicyRefusal,
     ProtocolError,
     RoundIdUsed,
@@ -37,12 +36,11 @@ from blindmatch.core.errors import (
     WrongPhase,
 )
 from blindmatch.core.evaluation import Transcript
-from blindmatch.core.group import RoundKey
 from blindmatch.core.match import Delivery
 from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.orders import ScheduledRun
 from blindmatch.core.round_node import Candidate, Ids, NodeRound
-from blindmatch.core.signing import ChunkClaim, SignedSpec, Signs, Verifies
+from blindmatch.core.signing import SignedSpec, Signs, Verifies
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import NODE, Outcome
 from node.answerlog import SpilledAnswers
@@ -93,20 +91,13 @@ class LiveRound:
     timeout: float
     deadline: float
     operator: str  # who signed the spec (verified)
-    spec_digest: bytes  # binds every chunk of the round to the spec this node accepted
-    parties: dict[str, Verifies] = field(default_factory=dict)  # verified at RoutingStart
-    # protocol v2 (every round but watch rounds): the node's share, requests and tags
-    committee: CommitteeNode | None = None
+    committee: CommitteeNode  # the node's share, requests and tags
+    parties: dict[str, Verifies] = field(default_factory=dict)  # verified at SignTranscript
     lock: threading.Lock = field(default_factory=threading.Lock)
     began: float = field(default_factory=time.monotonic)  # for the round's duration (metrics)
-    # why this node refused the round at RoutingStart: every later call for the round (its
-    # OwnSet stream runs meanwhile) reports this refusal, not the "aborted" it led to
+    # why this node refused or failed the round: every later call for the round (its other
+    # streams run meanwhile) reports this refusal, not the "aborted" it led to
     refusal: ProtocolError | None = None
-
-    def live_key(self) -> RoundKey:
-        """The round's key; once the round is refused, the refusal itself, as first reported."""
-        self.check_live()
-        return self.round.live_key()
 
     def check_live(self) -> None:
         """Raise the round's refusal, or WrongPhase once it has ended."""
@@ -114,18 +105,6 @@ class LiveRound:
             raise self.refusal
         if NODE.final(self.round.phase):
             raise WrongPhase(f"round {self.round.spec.round_id} is {self.round.phase.value}")
-
-    def v2(self) -> CommitteeNode:
-        """The round's protocol v2 machine; BadMessage for a round of v1's ring."""
-        if self.committee is None:
-            raise BadMessage(
-                f"round {self.round.spec.round_id} is a watch round, run on protocol v1's ring"
-            )
-        return self.committee
-
-    def claim(self, owner: str, hop: int, seq: int, elements: bytes) -> ChunkClaim:
-        """What the producer of this chunk of the round vouches for."""
-        return ChunkClaim(self.round.spec.round_id, self.spec_digest, owner, hop, seq, elements)
 
     def touch(self) -> None:
         """The coordinator has been heard from: the round lives another ``timeout``."""
@@ -231,8 +210,8 @@ class RoundRegistry:
         """``budgets`` None: no budgets across rounds (tests of other things). ``watch``: early
         warning (node/watch.py). ``metrics``: node/metrics.py when [metrics] is on.
 
-        ``on_idle`` (at rest, issue 10) is called when the last live round has ended and its key
-        is gone, so the blinding workers that held keys do not outlive them (Blinder.retire).
+        ``on_idle`` (at rest, issue 10) is called when the last live round has ended, so the
+        pool's workers are replaced by fresh ones that hold nothing from before (Blinder.retire).
         ``on_done`` (connectors, node serve) is called when a round ended well: it has matches
         for the sinks."""
         self.name = name
@@ -264,12 +243,10 @@ class RoundRegistry:
         spec: RoundSpec,
         coordinator: str,
         timeout_seconds: float,
-        protocol: int = 1,
     ) -> LiveRound:
         """Verify who signed ``spec`` (the bytes of ``signed``, or the run of the standing order
-        it derives from), then draw the round's key and
-        set (or refuse it, audited); ``timeout_seconds`` > 0 asks for a shorter timeout than
-        this node's."""
+        it derives from), then fix the round's set and draw its share (or refuse it, audited);
+        ``timeout_seconds`` > 0 asks for a shorter timeout than this node's."""
         if self.live.find(spec.round_id) is not None:
             raise RoundIdUsed(f"round {spec.round_id} is already prepared")
         if self.store.has_round(spec.round_id):
@@ -289,13 +266,10 @@ class RoundRegistry:
                     raise PolicyRefusal(f"node {self.name} takes no part in watch rounds")
                 self.watch.admit(spec)
                 check_caps = self.watch.check_caps(spec)
-            check_protocol(spec, protocol)
             # read only for a spec an allowed operator signed
-            machine = NodeRound(
-                spec, self.name, self.policy, StoredSet(self.store, self.tlps), keyed=False
-            )
+            machine = NodeRound(spec, self.name, self.policy, StoredSet(self.store, self.tlps))
             if not machine.size:
-                # A v2 owner commits to its tags, and there is no commitment to nothing.
+                # An owner commits to its tags, and there is no commitment to nothing.
                 kinds = ", ".join(k for k in spec.kinds if k in self.policy.kinds)
                 raise PolicyRefusal(
                     f"{self.name} has no indicator of the round's kinds to take part with "
@@ -328,7 +302,6 @@ class RoundRegistry:
             timeout=timeout,
             deadline=time.monotonic() + timeout,
             operator=operator,
-            spec_digest=signed.digest,
             committee=committee,
         )
         if not self.live.add(live):
@@ -343,45 +316,25 @@ class RoundRegistry:
         )
         return live
 
-    def start_routing(
-        self, live: LiveRound, sizes: dict[str, int], certificates: dict[str, bytes]
-    ) -> None:
-        """RoutingStart: every participant's certificate verified, then the sizes checked, then
-        every partner's set charged to its budget across rounds (node.budgets) — all before
-        anything is blinded for a partner. A refusal ends the round, audited, and charges nothing.
-        """
-        try:
-            with live.lock:
-                live.parties = self.authority.partners(live.round.spec, certificates)
-                live.round.begin_routing(sizes)
-                if self.budgets is not None:
-                    self.budgets.charge_round(live.round.spec.round_id, sizes)
-        except ProtocolError as exc:
-            if not isinstance(exc, UnknownRound | WrongPhase):
-                live.refusal = exc
-                self.end(live, Outcome.REFUSED, str(exc))
-            raise
-
     def sign_transcript(
         self, live: LiveRound, transcript: Transcript, certificates: dict[str, bytes]
     ) -> bytes:
-        """Protocol v2: every participant's certificate verified, then the transcript; this
-        node's signature over it. A refusal ends the round."""
+        """Every participant's certificate verified, then the transcript; this node's signature
+        over it. A refusal ends the round."""
         with self._refusing(live):
-            committee = live.v2()
             live.parties = self.authority.partners(live.round.spec, certificates)
-            return committee.sign_transcript(transcript, live.parties)
+            return live.committee.sign_transcript(transcript, live.parties)
 
     def begin(self, live: LiveRound, signatures: dict[str, bytes]) -> None:
-        """Protocol v2: every participant's signature over the transcript verified, then the
-        sizes checked against this node's caps, then what each partner may ask of it charged
-        to its budget (its announced size and λ checks) — all before anything is evaluated."""
+        """Every participant's signature over the transcript verified, then the sizes checked
+        against this node's caps, then what each partner may ask of it charged to its budget
+        (its announced size and λ checks) — all before anything is evaluated."""
         with self._refusing(live):
-            committee = live.v2()
+            committee = live.committee
             committee.begin(signatures)
             assert committee.transcript is not None
             sizes = dict(committee.transcript.sizes)
-            live.round.begin_routing(sizes)
+            live.round.begin(sizes)
             if self.budgets is not None:
                 self.budgets.charge_round(
                     live.round.spec.round_id,
@@ -413,7 +366,7 @@ class RoundRegistry:
                 ids = live.round.sighting_ids()  # before resolve: a watch epoch maps alerts by it
                 outcome = live.round.resolve(decode(live))
                 if live.round.spec.watching:
-                    handed = (live.v2().handover(), ids)
+                    handed = (live.committee.handover(), ids)
         except (UnknownRound, WrongPhase):
             raise
         except ProtocolError as exc:
@@ -451,15 +404,16 @@ class RoundRegistry:
         return True
 
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
-        """Drop a round: key destroyed, audit written. Safe to call twice."""
+        """Drop a round: share destroyed, audit written. Safe to call twice."""
         round_id = live.round.spec.round_id
         if not self.live.drop(live):
             return
         if outcome != Outcome.DONE:
             live.round.abort(reason or outcome)
-        if live.committee is not None:  # its share and seed go with the round, whatever the
-            with live.lock:  # outcome (a delivered round's are gone already); never mid-answer
-                live.committee.abort()
+        # its share and seed go with the round, whatever the outcome (a delivered round's are
+        # gone already); never mid-answer
+        with live.lock:
+            live.committee.abort()
         self._audit(live, outcome, reason)
         self.metrics.round_ended(outcome, time.monotonic() - live.began, live.round.blinded_for)
         self._watch_ended(round_id, outcome, reason)
@@ -469,7 +423,7 @@ class RoundRegistry:
             try:
                 self.on_idle()
             except Exception:  # the round has ended cleanly; a failed retire must not undo that
-                log.exception("could not retire the blinding workers after round %s", round_id)
+                log.exception("could not retire the hashing workers after round %s", round_id)
 
     def _watch_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
         if self.watch is None:
@@ -544,18 +498,8 @@ class RoundRegistry:
             self.end(live, Outcome.ABORTED, "node shut down")
 
 
-def check_protocol(spec: RoundSpec, protocol: int) -> None:
-    """Every round runs protocol v2; one asked for over v1 is refused with both versions named."""
-    if protocol != 2:
-        raise PolicyRefusal(
-            f"round {spec.round_id} is a round of protocol v2; the coordinator asked over "
-            f"v{protocol}, which this node refuses (blindmatch.v2.NodeService; is the "
-            "coordinator older than this node?)"
-        )
-
-
 def fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:
     """Audit as failed the rounds a previous run of this node was in when it ended (killed,
-    crashed): their keys died with that process, and no delivery can reach this one."""
+    crashed): their shares died with that process, and no delivery can reach this one."""
     for r in rounds:
         store.end_round(r.round_id, outcome=Outcome.FAILED, reason=RESTART_REASON)

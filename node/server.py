@@ -1,6 +1,6 @@
 """The node's server: what it runs, who may call it, and how it starts and stops.
 
-``start`` opens the store, warms the blinding pool, builds each part before the parts that use
+``start`` opens the store, warms the hashing pool, builds each part before the parts that use
 it (metrics, connectors, the live-round table, early warning, the round registry, the round
 service), each given its collaborators in its constructor, and serves them; ``serve`` runs that
 until a signal.
@@ -17,9 +17,7 @@ from blindmatch.runtime import net
 from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
-from blindmatch.v1 import node_pb2_grpc
-from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
-from blindmatch.v2 import watch_pb2_grpc
+from blindmatch.v2 import node_pb2_grpc, watch_pb2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
 from node.committee import CommitteeServicer
@@ -28,7 +26,6 @@ from node.connectors.scheduler import ConnectorThread
 from node.metrics import NO_METRICS, NodeHooks, NodeMetrics
 from node.pool import Blinder
 from node.rounds import LiveRounds, RoundRegistry, fail_unfinished
-from node.servicer import NodeServicer
 from node.store import Store
 from node.watch import NodeWatch
 from node.watch import access_rules as watch_access_rules
@@ -37,7 +34,6 @@ from node.watch import access_rules as watch_access_rules
 def access_policy(config: NodeConfig) -> net.AccessPolicy:
     return net.AccessPolicy(
         {
-            "/blindmatch.v1.NodeService/": [("coordinator", config.coordinator)],
             "/blindmatch.v2.NodeService/": [("coordinator", config.coordinator)],
             **watch_access_rules(config.name, config.coordinator, config.watch.check_clients),
         }
@@ -109,7 +105,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             tlps=config.tlps,
             round_timeout=config.round_timeout,
-            # the node's TLS identity is its federation identity: it signs chunks with it
+            # the node's TLS identity is its federation identity: it signs with it
             authority=Unauthenticated() if tls is None else RoundAuthority(tls, config.operators),
             live=live,
             budgets=budgets,
@@ -119,13 +115,11 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             # matches reach the sinks right after a round
             on_done=None if connectors is None else connectors.push_now,
         )
-        servicer = NodeServicer(name=config.name, rounds=rounds, blinder=blinder)
         committee = CommitteeServicer(name=config.name, rounds=rounds)
         handle = net.start_server(
             listen or config.listen,
             [
-                lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
-                lambda s: node_v2_grpc.add_NodeServiceServicer_to_server(committee, s),
+                lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(committee, s),
                 lambda s: watch_pb2_grpc.add_NodeWatchServiceServicer_to_server(watch, s),
             ],
             tls,
@@ -160,7 +154,7 @@ def serve(config: NodeConfig, *, insecure: bool) -> None:
     address = f"{config.listen.rpartition(':')[0]}:{node.port}"
     print(
         f"node {config.name} listening on {address} ({mode}), "
-        f"{node.blinder.workers} blinding worker(s), store {config.store}",
+        f"{node.blinder.workers} hashing worker(s), store {config.store}",
         flush=True,
     )
     if node.metrics is not None:

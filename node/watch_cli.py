@@ -18,7 +18,7 @@ from node.cli import node_command, open_store
 from node.config import load_config
 from node.store import AlertRow
 
-CHECK_TIMEOUT = 150.0  # seconds; the node gives the coordinator 120 s for all its hops
+CHECK_TIMEOUT = 150.0  # seconds; the node gives the coordinator 120 s for each call of a check
 FOLLOW_POLL = 1.0  # seconds between looks at the store for new alerts
 
 

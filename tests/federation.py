@@ -2,7 +2,7 @@
 
 Every part is the production code started in-process: gRPC servers with mTLS certificates from
 the session's test CA (or plaintext on loopback when a test asks for ``insecure``), SQLite stores
-under tmp_path, the nodes' blinding worker processes. Tests talk to the coordinator the way an
+under tmp_path, the nodes' hashing worker processes. Tests talk to the coordinator the way an
 operator does: over gRPC with an operator certificate.
 
 The one home of the end-to-end scaffolding: ``Federation`` is the factory, built from a ``Setup``
@@ -29,7 +29,7 @@ import grpc
 
 from blindmatch.cli.tomlconfig import TlsPaths
 from blindmatch.core.canon import KINDS, canonicalize
-from blindmatch.core.signing import ChunkClaim, SignedSpec, Signer, spec_digest
+from blindmatch.core.signing import SignedSpec, Signer
 from blindmatch.core.spec import Policy
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS, WatchSettings
 from blindmatch.runtime import net, serde
@@ -73,17 +73,8 @@ def signed_spec(
     return serde.signed_spec_to_proto(SignedSpec.sign(by, msg.SerializeToString()))
 
 
-def signed_chunk(
-    by: Signer, signed: node_pb2.SignedSpec, owner: str, hop: int, seq: int, elements: bytes
-) -> node_pb2.Chunk:
-    """A chunk of the round ``signed`` asks for, signed by ``by`` as the output of ``hop``."""
-    round_id = node_pb2.RoundSpec.FromString(signed.spec).round_id
-    claim = ChunkClaim(round_id, spec_digest(signed.spec), owner, hop, seq, elements)
-    return serde.chunk_to_proto(owner, seq, elements, hop, by.sign(claim.message()))
-
-
 def node_certificates(pki: FederationPki, names: Iterable[str]) -> dict[str, bytes]:
-    """What an honest coordinator sends in RoutingStart: every participant's certificate."""
+    """What an honest coordinator sends with the transcript: every participant's certificate."""
     return {name: pki.tls(name, "node").cert for name in names}
 
 

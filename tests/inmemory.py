@@ -1,5 +1,6 @@
 """Rounds of protocol v2 driven in memory between real signing parties (core.committee): the
-parties, and the steps tests/test_committee_round.py and tests/test_watch_epoch.py share."""
+parties, and the steps tests/test_committee_round.py, tests/test_watch_epoch.py and
+tests/test_protocol.py share."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from blindmatch.core.committee import (
     SignedAnswer,
     SignedRequest,
 )
+from blindmatch.core.delivery import NodeDelivery, SignedRoot
 from blindmatch.core.evaluation import Transcript
 from blindmatch.core.signing import Signer, Trust
 from blindmatch.runtime.pki import issue, new_ca
@@ -68,3 +70,17 @@ def evaluate(r: Round, sets: Mapping[str, Sequence[str]], cheat: Cheat | None = 
             for member in r.coordinator.members_for(signed):
                 answer = r.nodes[member].on_request(signed)
                 node.on_answer(cheat(member, signed, answer) if cheat else answer)
+
+
+def reveal_all(r: Round) -> dict[str, tuple[NodeDelivery, dict[str, SignedRoot]]]:
+    """Every node's signed root, then its tags once every root is in: what the coordinator
+    delivers to each node, with the roots its proofs are made against."""
+    roots = None
+    for node in r.nodes.values():
+        roots = r.coordinator.on_root(node.root()) or roots
+    assert roots is not None
+    delivered = None
+    for node in r.nodes.values():
+        delivered = r.coordinator.on_tags(node.reveal(roots)) or delivered
+    assert delivered is not None
+    return delivered

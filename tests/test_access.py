@@ -24,9 +24,9 @@ from blindmatch.cli.tomlconfig import TlsPaths
 from blindmatch.runtime import net
 from blindmatch.runtime.net import TlsConfig
 from blindmatch.runtime.pki import CertMaterial, issue, new_ca
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
 from blindmatch.v2 import node_pb2 as node_v2
-from blindmatch.v2 import node_pb2_grpc as node_v2_grpc
+from blindmatch.v2 import node_pb2_grpc
 from coordinator.config import CoordinatorConfig
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
@@ -95,21 +95,6 @@ SPEC = node_pb2.RoundSpec(
 PREPARE = node_pb2.PrepareRequest(signed_spec=node_pb2.SignedSpec(spec=SPEC.SerializeToString()))
 NODE_CALLS: dict[str, Callable[[node_pb2_grpc.NodeServiceStub], object]] = {
     "Prepare": lambda s: s.Prepare(PREPARE, timeout=T),
-    "OwnSet": lambda s: list(s.OwnSet(node_pb2.RoundRef(round_id=ROUND), timeout=T)),
-    "Reblind": lambda s: list(
-        s.Reblind(
-            iter([node_pb2.ReblindRequest(start=node_pb2.RoutingStart(round_id=ROUND))]),
-            timeout=T,
-        )
-    ),
-    "Deliver": lambda s: s.Deliver(
-        node_pb2.DeliverRequest(round_id=ROUND, count=node_pb2.CountDelivery()), timeout=T
-    ),
-    "Abort": lambda s: s.Abort(node_pb2.AbortRequest(round_id=ROUND), timeout=T),
-}
-# protocol v2's service (every round but watch rounds), under the same access policy
-NODE_V2_CALLS: dict[str, Callable[[node_v2_grpc.NodeServiceStub], object]] = {
-    "Prepare": lambda s: s.Prepare(PREPARE, timeout=T),
     "SignTranscript": lambda s: s.SignTranscript(
         node_v2.TranscriptRequest(round_id=ROUND), timeout=T
     ),
@@ -124,18 +109,13 @@ NODE_V2_CALLS: dict[str, Callable[[node_v2_grpc.NodeServiceStub], object]] = {
 }
 
 
-def _on_v1(call: Callable[[node_pb2_grpc.NodeServiceStub], object]) -> Callable[[Any], object]:
+def _on(call: Callable[[node_pb2_grpc.NodeServiceStub], object]) -> Callable[[Any], object]:
     return lambda channel: call(node_pb2_grpc.NodeServiceStub(channel))
 
 
-def _on_v2(call: Callable[[node_v2_grpc.NodeServiceStub], object]) -> Callable[[Any], object]:
-    return lambda channel: call(node_v2_grpc.NodeServiceStub(channel))
-
-
-# every round RPC of both services, as a call on a channel
+# every round RPC, as a call on a channel
 CALLS: dict[str, Callable[[grpc.Channel], object]] = {
-    **{f"v1.{name}": _on_v1(call) for name, call in NODE_CALLS.items()},
-    **{f"v2.{name}": _on_v2(call) for name, call in NODE_V2_CALLS.items()},
+    name: _on(call) for name, call in NODE_CALLS.items()
 }
 
 
@@ -147,12 +127,12 @@ def rounds_on(fed: Federation, name: str) -> list[str]:
 def test_the_node_serves_the_coordinator_its_config_names(
     fed: Federation, pki: FederationPki
 ) -> None:
-    """A round of protocol v2 (not a watch round): Prepare on blindmatch.v2.NodeService."""
+    """Prepare on blindmatch.v2.NodeService, then Abort."""
     assert fed.configs["alpha"].coordinator == "coordinator"
     with channel_to(
         fed.nodes["alpha"].port, pki.tls("coordinator", "coordinator"), ALPHA
     ) as channel:
-        stub = node_v2_grpc.NodeServiceStub(channel)
+        stub = node_pb2_grpc.NodeServiceStub(channel)
         round_id = "access-positive"
         spec = node_pb2.RoundSpec(
             round_id=round_id, participants=["alpha", "bravo"], kinds=["domain"], chunk_size=16
@@ -192,7 +172,7 @@ def test_the_node_refuses_a_federation_certificate_without_an_identity(
 ) -> None:
     odd = leaf_with_uris(pki.ca, [])
     with channel_to(fed.nodes["alpha"].port, tls_of(pki, odd), ALPHA) as channel:
-        err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
+        err = rpc_error(lambda: CALLS["Prepare"](channel))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "URI SAN" in err.details()
     assert fed.nodes["alpha"].rounds.active() == []
@@ -277,7 +257,7 @@ def test_the_node_refuses_the_handshake_of_a_bad_coordinator_certificate(
     before = rounds_on(fed, "alpha")
     tls = tls_of(pki, refused_client(pki, how, "coordinator", "coordinator"))
     with channel_to(fed.nodes["alpha"].port, tls, ALPHA) as channel:
-        err = rpc_error(lambda: NODE_CALLS["Prepare"](node_pb2_grpc.NodeServiceStub(channel)))
+        err = rpc_error(lambda: CALLS["Prepare"](channel))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert fed.nodes["alpha"].rounds.active() == []
     assert rounds_on(fed, "alpha") == before
@@ -332,7 +312,7 @@ def test_a_config_naming_another_coordinator_locks_the_usual_one_out(
     node = start_node(config, insecure=False)
     try:
         with channel_to(node.port, pki.tls("coordinator", "coordinator"), BRAVO) as channel:
-            err = rpc_error(lambda: NODE_CALLS["Abort"](node_pb2_grpc.NodeServiceStub(channel)))
+            err = rpc_error(lambda: CALLS["Abort"](channel))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "requires coordinator/hub" in err.details()
         with channel_to(node.port, pki.tls("hub", "coordinator"), BRAVO) as channel:

@@ -1,9 +1,9 @@
 """A malicious coordinator against real nodes (issue 10, requirements 1 and 2), on protocol v2.
 
 The attacker holds the coordinator's real certificate, so the nodes serve it, and talks to real
-node servers (127.0.0.1, mTLS, the session's test CA) with plain NodeService stubs: v2's for the
-rounds (tests/byhand.py ``HandRound`` runs the honest steps between its attacks), v1's Prepare
-where only the signed spec is at stake. It knows every certificate of the federation (they are
+node servers (127.0.0.1, mTLS, the session's test CA) with plain NodeService stubs
+(tests/byhand.py ``HandRound`` runs the honest steps between its attacks; a bare Prepare where
+only the signed spec is at stake). It knows every certificate of the federation (they are
 public) and may replay any message it has carried, but holds no node's or operator's key (where a
 test says so, a colluding node lends it its own). Every attack must be refused with the right
 status, leave a line naming the problem in the victim's audit, and leave the victim holding no
@@ -34,7 +34,7 @@ from blindmatch.core.signing import MAX_SPEC_AGE, Signer
 from blindmatch.runtime import serde_v2
 from blindmatch.runtime.net import TlsConfig
 from blindmatch.runtime.pki import issue, new_ca
-from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, node_pb2
 from blindmatch.v2 import node_pb2 as v2
 from blindmatch.v2 import node_pb2_grpc as v2_grpc
 from node.store import RoundAudit
@@ -66,7 +66,6 @@ class Attacker:
 
     fed: Federation
     pki: FederationPki
-    stubs: dict[str, node_pb2_grpc.NodeServiceStub]  # v1: Prepare of a spec, refused before v2
     v2: dict[str, v2_grpc.NodeServiceStub]
     key: Signer  # the coordinator's own federation key
 
@@ -80,9 +79,8 @@ def federation_setup() -> Setup:
 def attacker(fed: Federation, pki: FederationPki) -> Iterator[Attacker]:
     channels = {name: fed.as_coordinator(name) for name in NAMES}
     try:
-        stubs = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
         key = signer(pki, "coordinator", "coordinator")
-        yield Attacker(fed, pki, stubs, v2_stubs(channels), key)
+        yield Attacker(fed, pki, v2_stubs(channels), key)
     finally:
         for channel in channels.values():
             channel.close()
@@ -97,8 +95,7 @@ def spec_for(participants: Sequence[str], **kw: Any) -> node_pb2.RoundSpec:
 
 
 def prepare(a: Attacker, node: str, signed: node_pb2.SignedSpec) -> int:
-    """Prepare over v1: refused for its spec before the protocol is looked at."""
-    reply = a.stubs[node].Prepare(node_pb2.PrepareRequest(signed_spec=signed), timeout=T)
+    reply = a.v2[node].Prepare(node_pb2.PrepareRequest(signed_spec=signed), timeout=T)
     size: int = reply.size
     return size
 

@@ -1,8 +1,8 @@
 """At rest (issue 10, req 7): private files whatever the umask, no core dumps, no stale workers.
 
 The coordinator's state and watch filters are 0600 in 0700 directories under a umask of 0o022;
-servers and blinding workers may not dump core; the blinding workers that held a round's key
-have exited once the round is over.
+servers and their hashing workers may not dump core; the workers a node ran during a round have
+exited once the round is over.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _worker_state() -> bytes:
     return bytes([soft == 0, hard == 0, not dumpable()])
 
 
-def test_blinding_workers_cannot_dump_core() -> None:
+def test_hashing_workers_cannot_dump_core() -> None:
     blinder = Blinder(1)
     try:
         assert blinder._submit(_worker_state).result() == b"\x01\x01\x01"
@@ -86,7 +86,7 @@ def test_retired_workers_exit_and_new_ones_start() -> None:
         blinder.warm_up()
         first = blinder.worker_pids()
         assert len(first) == 2
-        blinder.retire()  # ends these workers, and starts fresh ones (holding no key) at once
+        blinder.retire()  # ends these workers, and starts fresh ones at once
         assert all(not _alive(pid) for pid in first)
         assert blinder.worker_pids().isdisjoint(first)
         blinder.warm_up()
@@ -103,7 +103,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_after_a_round_the_workers_that_blinded_it_have_exited(
+def test_after_a_round_the_workers_of_its_node_have_exited(
     tmp_path: Path, pki: FederationPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = ("alpha", "bravo")
@@ -112,8 +112,8 @@ def test_after_a_round_the_workers_that_blinded_it_have_exited(
 
     def recording(self: Blinder, fn: object, *args: object) -> object:
         future = submit(self, fn, *args)  # type: ignore[arg-type]
-        if threading.current_thread().name != "blinder-warm-up":  # warm-up keys are throwaway
-            used.update(self.worker_pids())  # the workers that may run this task, with its key
+        if threading.current_thread().name != "blinder-warm-up":  # fresh workers, after the round
+            used.update(self.worker_pids())  # the workers that may run this task
         return future
 
     monkeypatch.setattr(Blinder, "_submit", recording)

@@ -24,7 +24,7 @@ from blindmatch.core.evaluation import Transcript, elements_digest
 from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.secp256k1 import mul, points_from_bytes, points_to_bytes
 from blindmatch.core.spec import Policy
-from tests.inmemory import SIGNERS, SPEC, Round, evaluate, sign_all
+from tests.inmemory import SIGNERS, SPEC, Round, evaluate, reveal_all, sign_all
 from tests.values import hashes
 
 SETS = {
@@ -55,15 +55,8 @@ def run(
     for node in r.nodes.values():
         node.begin(signatures)
     evaluate(r, sets)
-    roots = None
-    for node in r.nodes.values():
-        roots = r.coordinator.on_root(node.root()) or roots
-    assert roots is not None
-    deliveries = None
-    for node in r.nodes.values():
-        deliveries = r.coordinator.on_tags(node.reveal(roots)) or deliveries
-    assert deliveries is not None
-    return r, {name: r.nodes[name].deliver(*deliveries[name]) for name in r.nodes}
+    delivered = reveal_all(r)
+    return r, {name: r.nodes[name].deliver(*delivered[name]) for name in r.nodes}
 
 
 def values_of(

@@ -161,19 +161,20 @@ def test_the_cancellation_attack_lets_no_tag_out_and_names_the_culprit(env: Env)
     assert "wrong answers signed by: bravo" in err.details()
 
 
-def test_a_v1_prepare_of_a_v2_round_is_refused_naming_both_versions(env: Env) -> None:
-    from blindmatch.v1 import node_pb2_grpc
-
+def test_a_prepare_from_a_coordinator_of_protocol_v1_is_unimplemented(env: Env) -> None:
+    """v1's node service is gone: a coordinator that still asks for its ring prepares nothing."""
+    message = round_spec(NAMES, round_id=uuid.uuid4().hex)
+    request = v1.PrepareRequest(signed_spec=signed_spec(message, pki=env.pki))
     channel = env.fed.as_coordinator("alpha")
     try:
-        stub = node_pb2_grpc.NodeServiceStub(channel)
-        message = round_spec(NAMES, round_id=uuid.uuid4().hex)
-        request = v1.PrepareRequest(signed_spec=signed_spec(message, pki=env.pki))
-        err = rpc_error(lambda: stub.Prepare(request, timeout=10))
+        prepare = channel.unary_unary("/blindmatch.v1.NodeService/Prepare")
+        err = rpc_error(lambda: prepare(request.SerializeToString(), timeout=10))
     finally:
         channel.close()
-    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "protocol v2" in err.details() and "v1" in err.details()
+    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert env.fed.nodes["alpha"].rounds.active() == []
+    with env.fed.store("alpha") as store:
+        assert message.round_id not in {a.round_id for a in store.rounds()}
 
 
 def test_a_committee_of_some_runs_through_the_coordinator(env: Env) -> None:

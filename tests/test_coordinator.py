@@ -26,8 +26,7 @@ from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
 from blindmatch.core.errors import UnknownRound
 from blindmatch.core.identity import Identity, identity_of
 from blindmatch.core.oprf import LAMBDA
-from blindmatch.core.round_coordinator import Caps
-from blindmatch.core.spec import Policy
+from blindmatch.core.spec import Caps, Policy
 from blindmatch.core.states import SchedulePhase
 from blindmatch.runtime.net import Allow, load_tls, open_channel
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -368,7 +367,7 @@ def coordinator_config(
         tls=TlsPaths(ca=files.ca, cert=files.cert, key=files.key),
         nodes=dict(registry),
         state=home / "coordinator.sqlite",
-        chunk_size=4,  # many chunks per set, so they pipeline through the ring
+        chunk_size=4,  # many requests per set, so they pipeline through the committee
     )
     return replace(config, **changes)
 

@@ -1,10 +1,11 @@
 """Hash once (issue 12): H(v) is computed when an indicator is stored. What the store keeps is
-protocol v2's hash (blindmatch.core.oprf: 65-byte secp256k1 points, oprf.HASH_VERSION); protocol
-v1's rounds and checks (X25519, blindmatch.core.group) never blind a stored hash: they hash on the
-fly, and give the bytes they always gave."""
+protocol v2's hash (blindmatch.core.oprf: 65-byte secp256k1 points, oprf.HASH_VERSION); rounds
+and checks read it, and hash only what the store lacks. A store of protocol v1's hashes (32-byte
+X25519 elements) migrates: they are stale, never handed out."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import cast
 
 import pytest
 
-from blindmatch.core import group, oprf, round_node
+from blindmatch.core import oprf, round_node
 from blindmatch.core.oprf import HASH_VERSION, hash_indicators
 from blindmatch.core.round_node import NodeRound
 from blindmatch.core.secp256k1 import Point, point_to_bytes
@@ -27,6 +28,10 @@ from node.watch import NodeWatch
 HASH_SCHEMA = 7  # the migration that added sightings.hash and sightings.hash_version
 V2_HASH_SCHEMA = 8  # the migration after which the store keeps v2's 65-byte hashes
 POINT_BYTES = 65  # an uncompressed secp256k1 point
+# What a store of hash once under protocol v1 marked its 32-byte hashes with.
+V1_HASH_VERSION = hashlib.sha256(
+    b"blindmatch-v1-canon-v1-with-curve25519_XMD:SHA-512_ELL2_RO_"
+).hexdigest()[:16]
 
 
 def _spec(chunk_size: int = 4) -> RoundSpec:
@@ -157,7 +162,7 @@ def test_what_is_stored_is_the_v2_hash(tmp_path: Path) -> None:
             )
         )
         assert {len(h) for h in stored.values() if h is not None} == {POINT_BYTES}
-        assert HASH_VERSION != group.HASH_VERSION
+        assert HASH_VERSION != V1_HASH_VERSION
         assert {v for (v,) in store._conn.execute("SELECT hash_version FROM sightings")} == {
             HASH_VERSION
         }
@@ -174,10 +179,9 @@ def test_a_store_of_v1_hashes_migrates_to_v2(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in MIGRATIONS[HASH_SCHEMA - 1]:
         conn.execute(statement)
-    v1 = group.hash_indicators(("domain", v) for v in values)
     conn.executemany(
         "UPDATE sightings SET hash = ?, hash_version = ? WHERE value = ?",
-        [(h, group.HASH_VERSION, v) for h, v in zip(v1, values, strict=True)],
+        [(hashlib.sha256(v.encode()).digest(), V1_HASH_VERSION, v) for v in values],
     )
     conn.execute(f"PRAGMA user_version = {V2_HASH_SCHEMA - 1}")
     conn.close()
@@ -210,7 +214,7 @@ def test_a_v2_round_evaluates_the_stored_hashes(
 ) -> None:
     with Store.open(tmp_path / "node.db") as store:
         store.add_sightings(_domains(30), source="feed", default_tlp="green")
-        node = NodeRound(_spec(), "at", Policy(), StoredSet(store, ("green",)), keyed=False)
+        node = NodeRound(_spec(), "at", Policy(), StoredSet(store, ("green",)))
         hashed: list[tuple[str, str]] = []
         real = oprf.hash_indicator
 
@@ -220,7 +224,7 @@ def test_a_v2_round_evaluates_the_stored_hashes(
 
         monkeypatch.setattr(round_node, "hash_indicator", counting)
         chunks = list(node.own_points())
-        rows = [c for batch in node.own_batches() for c in batch]
+        rows = [(c[1], c[2]) for c in store.rows_by_id(node.sighting_ids())]
         assert [point_to_bytes(p) for chunk in chunks for p in chunk] == oprf.hash_indicators(rows)
         assert hashed == []  # every point came from the store, none was hashed again
         node.abort("test over")
@@ -232,14 +236,14 @@ def test_a_chunk_with_a_missing_hash_is_hashed_on_the_fly(tmp_path: Path) -> Non
         store.add_sightings(_domains(3), source="feed", default_tlp="green")
         candidates = store.eligible(["domain"], ["green"])
         node = NodeRound(_spec(chunk_size=100), "at", Policy(), StoredSet(store, ("green",)))
-        (items,) = node.own_batches()
+        rows = store.rows_by_id(node.sighting_ids())
         (points,) = node.own_points()
         # the old rows' hashes are stale: the chunk is hashed here, to the same points
-        assert [point_to_bytes(p) for p in points] == oprf.hash_indicators(items)
-        assert len(items) == 8
-        # the position map keeps its (sighting id, kind, value) form
-        node.begin_routing({"at": 8, "be": 1})
-        assert sorted(node.position_map()) == sorted(c[:3] for c in candidates)
+        assert [point_to_bytes(p) for p in points] == oprf.hash_indicators(
+            (c[1], c[2]) for c in rows
+        )
+        assert sorted(c[:3] for c in rows) == sorted(c[:3] for c in candidates)
+        assert len(rows) == 8
         node.abort("test over")
 
 

@@ -5,8 +5,7 @@ refusal here comes from the servicer and the core's validation, not from the acc
 each refusal the node must be as it was: its store unchanged except the audit log, no round left
 behind, the refused round's share destroyed, and a normal round through the coordinator succeeding.
 
-Every round but a watch round runs protocol v2 (``blindmatch.v2.NodeService``): the tests drive it
-by hand (tests/byhand.py ``HandRound``), with an invented partner, zulu, played by the test itself
+Rounds run on ``blindmatch.v2.NodeService``: the tests drive them by hand (tests/byhand.py ``HandRound``), with an invented partner, zulu, played by the test itself
 with a certificate the federation CA issued to zulu (``OwningPuppet``): what zulu signs is hostile
 input the node must refuse on its merits, since its signature holds.
 """
@@ -35,12 +34,11 @@ from blindmatch.core.evaluation import Commitment, EvaluationAnswer, elements_di
 from blindmatch.core.member import Member
 from blindmatch.core.oprf import LAMBDA, hash_indicator
 from blindmatch.core.proofs import PROOF_BYTES
-from blindmatch.core.round_coordinator import Caps
 from blindmatch.core.secp256k1 import ORDER, POINT_BYTES, point_to_bytes, points_from_bytes
 from blindmatch.core.signing import Signer
-from blindmatch.core.spec import Policy
+from blindmatch.core.spec import Caps, Policy
 from blindmatch.runtime import net, serde, serde_v2
-from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
 from blindmatch.v2 import node_pb2 as v2
 from blindmatch.v2 import node_pb2_grpc as v2_grpc
 from coordinator.config import CoordinatorConfig
@@ -90,7 +88,6 @@ ZULU = (SHARED[0], SHARED[1], "z0.example")  # the invented partner's set: 2 of 
 class Env:
     fed: Federation
     stubs: dict[str, v2_grpc.NodeServiceStub]  # straight to each node, as the coordinator
-    v1: dict[str, node_pb2_grpc.NodeServiceStub]  # the same over v1 (watch rounds)
     channels: dict[str, grpc.Channel]
     pki: FederationPki
 
@@ -108,9 +105,8 @@ def federation_setup() -> Setup:
 def env(fed: Federation, pki: FederationPki) -> Iterator[Env]:
     channels = {name: fed.as_coordinator(name) for name in DOMAINS}
     try:
-        v1 = {name: node_pb2_grpc.NodeServiceStub(ch) for name, ch in channels.items()}
         PKI[:] = [pki]
-        yield Env(fed, v2_stubs(channels), v1, channels, pki)
+        yield Env(fed, v2_stubs(channels), channels, pki)
     finally:
         for channel in channels.values():
             channel.close()
@@ -186,7 +182,6 @@ def spec(
 
 # The hostile input here is everything but the operator's signature over the spec: the test
 # operator signs every spec (tests/test_adversary.py forges them).
-SIGNED: dict[str, node_pb2.SignedSpec] = {}  # round id -> its spec as the operator signed it
 PKI: list[FederationPki] = []
 
 
@@ -194,7 +189,6 @@ def prepare_request(
     round_spec: node_pb2.RoundSpec, timeout: float = 0.0
 ) -> node_pb2.PrepareRequest:
     signed = signed_spec(round_spec, pki=PKI[0])
-    SIGNED[round_spec.round_id] = signed
     return node_pb2.PrepareRequest(signed_spec=signed, timeout_seconds=timeout)
 
 
@@ -202,11 +196,6 @@ def prepare(stub: v2_grpc.NodeServiceStub, round_id: str, **kw: Any) -> int:
     reply = stub.Prepare(prepare_request(spec(round_id, **kw)), timeout=T)
     size: int = reply.size
     return size
-
-
-def participants(round_id: str) -> list[str]:
-    signed = SIGNED.get(round_id)
-    return [] if signed is None else list(node_pb2.RoundSpec.FromString(signed.spec).participants)
 
 
 def puppet(env: Env, name: str = "zulu", values: Sequence[str] = ZULU) -> OwningPuppet:
@@ -229,17 +218,6 @@ def begun(env: Env, zulu: OwningPuppet, **kw: Any) -> HandRound:
     r.sign()
     r.begin()
     return r
-
-
-def start(round_id: str, sizes: dict[str, int]) -> node_pb2.ReblindRequest:
-    """v1's RoutingStart with every participant's real certificate."""
-    names = [n for n in participants(round_id) if is_valid_name(n)]
-    return serde.routing_start_to_proto(round_id, sizes, node_certificates(PKI[0], names))
-
-
-def reblind(stub: node_pb2_grpc.NodeServiceStub, *messages: node_pb2.ReblindRequest) -> list[bytes]:
-    """v1's Reblind stream (watch rounds only): ``messages`` in, the chunks out."""
-    return [c.elements for c in stub.Reblind(iter(messages), timeout=T)]
 
 
 def refused(code: grpc.StatusCode, call: Callable[[], object]) -> str:
@@ -351,28 +329,10 @@ def test_a_round_driven_by_hand_completes(env: Env, members: list[Member]) -> No
 # --- unknown rounds ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["OwnSet", "Reblind", "Deliver"])
-def test_an_unknown_round_is_not_found(env: Env, method: str) -> None:
-    before = snapshot(env)
-    round_id = new_id()
-    alpha = env.v1["alpha"]
-    calls: dict[str, Callable[[], object]] = {
-        "OwnSet": lambda: list(alpha.OwnSet(node_pb2.RoundRef(round_id=round_id), timeout=T)),
-        "Reblind": lambda: reblind(alpha, start(round_id, {"alpha": 60, "zulu": 1})),
-        "Deliver": lambda: alpha.Deliver(
-            node_pb2.DeliverRequest(round_id=round_id, count=node_pb2.CountDelivery()), timeout=T
-        ),
-    }
-    details = refused(Code.NOT_FOUND, calls[method])
-    assert f"no round {round_id!r} on this node" in details
-    assert audit(env, "alpha", round_id) is None
-    assert_consistent(env, before)
-
-
 @pytest.mark.parametrize(
     "method", ["SignTranscript", "Begin", "Own", "Evaluate", "Reveal", "Deliver"]
 )
-def test_an_unknown_round_is_not_found_over_v2(env: Env, method: str) -> None:
+def test_an_unknown_round_is_not_found(env: Env, method: str) -> None:
     before = snapshot(env)
     round_id = new_id()
     alpha = env.alpha
@@ -606,8 +566,8 @@ def test_own_start_twice_in_one_stream_drops_the_round(env: Env, members: list[M
 def test_a_transcript_with_other_sizes_is_refused_and_drops_the_round(
     env: Env, members: list[Member], sizes: dict[str, int], message: str
 ) -> None:
-    """v1's announced sizes (RoutingStart) are v2's transcript: alpha signs none that does not
-    give every participant, and only them, a size, and itself the size it announced."""
+    """Every set's size is in the transcript: alpha signs none that does not give every
+    participant, and only them, a size, and itself the size it announced."""
     before = snapshot(env)
     zulu = puppet(env)
     r = hand(env, zulu)
@@ -1423,15 +1383,7 @@ def test_an_unknown_round_id_is_not_found_at_the_coordinator(env: Env, method: s
 
 # --- property tests: random bytes and random messages to every RPC ------------------------------
 
-NODE_SERVICE = "/blindmatch.v1.NodeService/"
 COORDINATOR_SERVICE = "/blindmatch.v1.CoordinatorService/"
-NODE_METHODS = {
-    "Prepare": "unary",
-    "OwnSet": "server-stream",
-    "Reblind": "bidi",
-    "Deliver": "unary",
-    "Abort": "unary",
-}
 COORDINATOR_METHODS = {
     "StartRound": "unary",
     "GetRound": "unary",
@@ -1489,10 +1441,9 @@ def wait_until_rounds_end(env: Env, timeout: float = 60.0) -> None:
     until("rounds started by the fuzzer end", ended, timeout)
 
 
-def test_random_bytes_to_every_rpc_get_a_proper_status(env: Env) -> None:
+def test_random_bytes_to_every_coordinator_rpc_get_a_proper_status(env: Env) -> None:
     before = snapshot(env)
-    methods = [(NODE_SERVICE + m, k, "node") for m, k in NODE_METHODS.items()]
-    methods += [(COORDINATOR_SERVICE + m, k, "coordinator") for m, k in COORDINATOR_METHODS.items()]
+    methods = [(COORDINATOR_SERVICE + m, k) for m, k in COORDINATOR_METHODS.items()]
     coordinator = env.fed.channel
     seen: set[Any] = set()
 
@@ -1501,22 +1452,20 @@ def test_random_bytes_to_every_rpc_get_a_proper_status(env: Env) -> None:
         method=st.sampled_from(methods),
         payloads=st.lists(st.binary(max_size=120), min_size=1, max_size=3),
     )
-    def fuzz(method: tuple[str, str, str], payloads: list[bytes]) -> None:
-        path, kind, service = method
-        channel = env.channels["alpha"] if service == "node" else coordinator
-        assert_proper(raw_call(channel, path, kind, payloads), path, seen)
+    def fuzz(method: tuple[str, str], payloads: list[bytes]) -> None:
+        path, kind = method
+        assert_proper(raw_call(coordinator, path, kind, payloads), path, seen)
 
     fuzz()
     # bytes that parse reach the handlers: empty messages are refused by the services themselves
     assert {Code.INTERNAL, Code.INVALID_ARGUMENT, Code.NOT_FOUND} <= seen
-    assert_serving(env.channels["alpha"])
     assert_serving(coordinator)
     wait_until_rounds_end(env)
     assert_consistent(env, before)
 
 
-NODE_V2_SERVICE = "/blindmatch.v2.NodeService/"
-NODE_V2_METHODS = {
+NODE_SERVICE = "/blindmatch.v2.NodeService/"
+NODE_METHODS = {
     "Prepare": "unary",
     "SignTranscript": "unary",
     "Begin": "unary",
@@ -1530,9 +1479,9 @@ NODE_V2_METHODS = {
 }
 
 
-def test_random_bytes_to_every_v2_rpc_get_a_proper_status(env: Env) -> None:
+def test_random_bytes_to_every_node_rpc_get_a_proper_status(env: Env) -> None:
     before = snapshot(env)
-    methods = [(NODE_V2_SERVICE + m, k) for m, k in NODE_V2_METHODS.items()]
+    methods = [(NODE_SERVICE + m, k) for m, k in NODE_METHODS.items()]
     seen: set[Any] = set()
 
     @settings(max_examples=80, deadline=None, derandomize=True)

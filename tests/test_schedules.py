@@ -27,7 +27,8 @@ from blindmatch.core.errors import BadMessage
 from blindmatch.core.orders import MIN_EVERY, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, Signer, StaleSpec
 from blindmatch.runtime import serde
-from blindmatch.v1 import coordinator_pb2, node_pb2, node_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, node_pb2
+from blindmatch.v2 import node_pb2_grpc
 from coordinator import operator_cli, schedule_cli
 from coordinator.records import (
     MIGRATIONS,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import replace
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -27,12 +26,9 @@ from blindmatch.core.errors import (
     WrongPhase,
 )
 from blindmatch.core.evaluation import Equivocation
-from blindmatch.core.group import ELEMENT_BYTES, InvalidElement
-from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.merkle import InvalidLeaves
 from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.proofs import BadProof
-from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.secp256k1 import InvalidPoint, InvalidScalar
 from blindmatch.core.signing import SignedSpec, StaleSpec
 from blindmatch.core.spec import RoundSpec
@@ -112,90 +108,6 @@ def test_a_threshold_outside_threshold_mode_is_refused_not_dropped() -> None:
         serde.spec_from_proto(msg)
 
 
-def test_routing_start_round_trips() -> None:
-    sizes = {"alpha": 3, "bravo": 0, "charlie": 70_000}
-    certificates = {"alpha": b"A", "bravo": b"B", "charlie": b"C"}
-    msg = over_the_wire(serde.routing_start_to_proto("r", sizes, certificates))
-    assert msg.WhichOneof("body") == "start" and msg.start.round_id == "r"
-    assert serde.sizes_from_proto(msg.start) == sizes
-    assert serde.certificates_from_proto(msg.start) == certificates
-
-
-@pytest.mark.parametrize("count", [0, 1, 5])
-def test_a_forwarded_chunk_round_trips(count: int) -> None:
-    forward = Forward("bravo", "alpha", 4, bytes(range(ELEMENT_BYTES)) * count, 2, b"sig")
-    assert (
-        serde.forward_from_proto("bravo", over_the_wire(serde.forward_to_proto(forward))) == forward
-    )
-
-
-def test_a_chunk_of_partial_elements_is_refused() -> None:
-    msg = serde.forward_to_proto(Forward("bravo", "alpha", 2, b"\x01" * (ELEMENT_BYTES + 1)))
-    with pytest.raises(BadMessage, match="chunk 2 of alpha's set is not whole 32-byte elements"):
-        serde.forward_from_proto("bravo", msg)
-
-
-def test_a_second_routing_start_is_not_a_chunk() -> None:
-    with pytest.raises(BadMessage, match="RoutingStart sent twice"):
-        serde.forward_from_proto("bravo", serde.routing_start_to_proto("r", {"alpha": 1}, {}))
-
-
-SPEC = RoundSpec("r", NAMES)
-COUNTED = RoundSpec("r", NAMES, mode="threshold", threshold=2, counts=True)
-
-
-@pytest.mark.parametrize(
-    "delivery",
-    [
-        PairwiseResult((), ()),
-        PairwiseResult((0, 5, 9), ((1,), (1, 2), (2,))),
-        ThresholdResult((), ()),
-        ThresholdResult((3, 4), (2, 3)),
-        CountResult({}),
-        CountResult({1: 4, 2: 0}),
-    ],
-)
-def test_every_delivery_round_trips(delivery: Delivery) -> None:
-    msg = over_the_wire(serde.delivery_to_proto("r", delivery, SPEC.participants))
-    assert msg.round_id == "r"
-    counted = isinstance(delivery, ThresholdResult) and bool(delivery.counts)
-    assert serde.delivery_from_proto(msg, COUNTED if counted else SPEC) == delivery
-
-
-def test_counts_the_spec_did_not_ask_for_are_refused() -> None:
-    msg = serde.delivery_to_proto("r", ThresholdResult((3,), (2,)), NAMES)
-    with pytest.raises(BadMessage, match="counts the round did not ask for"):
-        serde.delivery_from_proto(msg, replace(COUNTED, counts=False))
-
-
-def test_a_count_delivery_names_partners_not_indices() -> None:
-    msg = serde.delivery_to_proto("r", CountResult({2: 7}), SPEC.participants)
-    assert dict(msg.count.shared) == {"charlie": 7}
-
-
-@pytest.mark.parametrize(
-    ("msg", "problem"),
-    [
-        (
-            node_pb2.DeliverRequest(pairwise=node_pb2.PairwiseDelivery(positions=[1, 2])),
-            "one partner list per position",
-        ),
-        (
-            node_pb2.DeliverRequest(threshold=node_pb2.ThresholdDelivery(positions=[1])),
-            "one count per position",
-        ),
-        (
-            node_pb2.DeliverRequest(count=node_pb2.CountDelivery(shared={"mallory": 1})),
-            "'mallory' is not a participant",
-        ),
-        (node_pb2.DeliverRequest(round_id="r"), "delivery carries no result"),
-    ],
-)
-def test_a_malformed_delivery_is_refused(msg: node_pb2.DeliverRequest, problem: str) -> None:
-    with pytest.raises(BadMessage, match=problem):
-        serde.delivery_from_proto(msg, COUNTED if msg.HasField("threshold") else SPEC)
-
-
 # --- round records ----------------------------------------------------------------------------
 
 
@@ -242,7 +154,6 @@ STATUSES: dict[type[Exception], grpc.StatusCode] = {
     BudgetExceeded: S.RESOURCE_EXHAUSTED,
     UnknownRound: S.NOT_FOUND,
     RoundIdUsed: S.ALREADY_EXISTS,
-    InvalidElement: S.INVALID_ARGUMENT,
     InvalidIndicator: S.INVALID_ARGUMENT,
     InvalidPoint: S.INVALID_ARGUMENT,
     InvalidScalar: S.INVALID_ARGUMENT,

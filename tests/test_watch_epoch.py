@@ -29,7 +29,7 @@ from blindmatch.core.secp256k1 import mul, points_from_bytes, points_to_bytes
 from blindmatch.core.spec import Policy
 from blindmatch.core.watch_rules import EpochEnded
 from blindmatch.core.watch_sealed import SEALED_BYTES, SealedMessageRejected
-from tests.inmemory import CERTS, SIGNERS, SPEC, Cheat, Round, evaluate, sign_all
+from tests.inmemory import CERTS, SIGNERS, SPEC, Cheat, Round, evaluate, reveal_all, sign_all
 from tests.values import hashes
 
 SETS = {
@@ -73,18 +73,11 @@ def watch(committee: Sequence[str] | None = None, caps: Caps | None = None) -> W
     for node in r.nodes.values():
         node.begin(signatures)
     evaluate(r, SETS)
-    roots = None
-    for node in r.nodes.values():
-        roots = r.coordinator.on_root(node.root()) or roots
-    assert roots is not None
-    deliveries = None
-    for node in r.nodes.values():
-        deliveries = r.coordinator.on_tags(node.reveal(roots)) or deliveries
-    assert deliveries is not None
+    delivered = reveal_all(r)
     matches = {}
     epochs = {}
     for name, node in r.nodes.items():
-        found = node.deliver(*deliveries[name])
+        found = node.deliver(*delivered[name])
         matches[name] = [m for m in found if isinstance(m, VerifiedMatch)]
         epochs[name] = WatchEpoch(name, node.handover(), SIGNERS[name], ENDS)
     relay = EpochRelay(

@@ -683,6 +683,6 @@ _RULES: dict[str, Callable[[str], Indicator]] = {
 
 
 def indicator_message(kind: str, value: str) -> bytes:
-    """The bytes an indicator is hashed from, in either protocol version."""
+    """The bytes an indicator is hashed from (``oprf.hash_indicator``)."""
     # Kind names never contain NUL, so the split point is unambiguous.
     return kind.encode() + b"\x00" + value.encode()

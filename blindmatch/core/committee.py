@@ -56,10 +56,9 @@ from blindmatch.core.member import Member
 from blindmatch.core.merkle import root as merkle_root
 from blindmatch.core.owner import Owner, VerificationFailed
 from blindmatch.core.proofs import BadProof
-from blindmatch.core.round_coordinator import Caps
 from blindmatch.core.secp256k1 import Point
 from blindmatch.core.signing import Signs, Verifies, statement
-from blindmatch.core.spec import Policy, RoundSpec
+from blindmatch.core.spec import Caps, Policy, RoundSpec
 from blindmatch.core.states import COMMITTEE_NODE, CommitteeEvent, CommitteePhase
 from blindmatch.core.watch_sealed import (
     FILTER_ERROR_RATE,
@@ -474,8 +473,8 @@ class CommitteeNode:
         return out
 
     def by_position(self, matches: Sequence[VerifiedMatch] | Sequence[SharedCount]) -> Delivery:
-        """Verified matches as v1's delivery by element position (``NodeRound.resolve`` maps
-        those to the node's sightings): a match names a place in the sorted tags."""
+        """Verified matches as a delivery by element position (``NodeRound.resolve`` maps those
+        to the node's sightings): a match names a place in the sorted tags."""
         assert self.positions is not None
         index = {name: i for i, name in enumerate(self.terms.participants)}
         if self.terms.mode == "count":

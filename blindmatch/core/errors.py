@@ -1,8 +1,8 @@
 """What the protocol refuses: one exception per gRPC status, mapped in one place per service.
 
 Its own module so that the state tables (``states``) and the machines (``round_node``,
-``round_coordinator``, the ``watch_*`` modules) raise the same errors without importing each other
-in a cycle; ``spec`` still re-exports them for the servers.
+``committee``, the ``watch_*`` modules) raise the same errors without importing each other in a
+cycle.
 """
 
 from __future__ import annotations

@@ -1,26 +1,22 @@
-"""One node's side of a round, without I/O: feed a message, get what to send next.
+"""One node's own set in a round, without I/O: which indicators it puts in, in which order, and
+what a delivery by position means for its sightings.
+
+The round's cryptography is the committee machine's (``committee.CommitteeNode``); this one holds
+what the node contributes and the caps that bound what it does for partners.
 
 Node rules (``NodeRound``)
-  1. ``prepare``: the node checks the participant list, mode and kinds against its policy and its
-     own-set cap, shuffles the ids of its eligible indicators with a CSPRNG (the shuffled ids
-     *are* the position map) and draws a fresh key. Phase PREPARED. It answers with its set size.
-  2. ``own_batches``: the shuffled indicators in chunks, read from the node's ``SetSource`` a
-     chunk at a time, to be hashed and blinded with the key (by the caller, possibly in worker
-     processes) and streamed out in that order (the store keeps protocol v2's H(x), so v1 hashes
-     on the fly); ``own_points`` gives v2 its stored H(x) in the same order.
-  3. ``begin_routing(sizes)``: the coordinator announces every set's size; the node refuses (before
-     blinding anything) a partner set larger than its cap or a total beyond its round cap.
-     Phase ROUTING.
-  4. ``accept_chunk(owner, seq, count, hop)``: a chunk of a partner's set to re-blind. This node
-     is hop h of owner o's set (``hop_of``: participant (o + h) mod N, the arithmetic of ``ring``),
-     so the chunk must be the output of hop h - 1, produced by participant (o + h - 1) mod N (the
-     owner itself at h = 1):
-     ``accept_chunk`` names that producer, and the caller verifies the chunk's signature as that
-     party's BEFORE blinding it. Chunks of one set arrive with seq 0, 1, 2, ...; a duplicate, a
-     gap, another hop, more elements than announced, or a chunk of its own set is refused. The
-     caller blinds the accepted chunk, signs it as hop h and sends it back in order.
-  5. ``resolve(delivery)``: positions -> its own sighting ids; the key is destroyed. Phase DONE.
-  ``abort`` at any point destroys the key. Phase ABORTED. Nothing is accepted after DONE/ABORTED.
+  1. At Prepare: the node checks the participant list against its policy, selects its eligible
+     indicators of the round's kinds (its own-set cap) and shuffles their sighting ids with a
+     CSPRNG: the shuffled ids *are* the position map. Phase PREPARED.
+  2. ``own_points``: the set's H(x) in position order, a chunk at a time, read from the node's
+     ``SetSource`` (the store keeps them; a missing or stale one is hashed here).
+  3. ``begin(sizes)``: every set's size, as the signed transcript announces it; the node refuses
+     (before evaluating anything) a partner set larger than its cap or a total beyond its round
+     cap. Phase ROUTING.
+  4. ``resolve(delivery)``: positions -> its own sighting ids; the position map is dropped. Phase
+     DONE. A delivery that does not fit ends the round all the same (ABORTED).
+  ``abort`` at any point drops the position map. Phase ABORTED. Nothing is accepted after
+  DONE/ABORTED.
 
 The phases, the messages each one accepts and the moves between them are tables in ``states``.
 """
@@ -35,17 +31,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.core import ring
-from blindmatch.core.errors import BadMessage, CapExceeded, ForgedMessage, PolicyRefusal, WrongPhase
-from blindmatch.core.group import RoundKey
+from blindmatch.core.errors import BadMessage, CapExceeded, PolicyRefusal
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.oprf import hash_indicator
 from blindmatch.core.secp256k1 import Point, points_from_bytes
 from blindmatch.core.spec import Match, NodeOutcome, Policy, RoundSpec, threshold_counts
 from blindmatch.core.states import NODE, NodeEvent, NodePhase
 
-# (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale);
-# that hash is protocol v2's (blindmatch.core.oprf), which a v1 round never blinds
+# (sighting id, kind, value), optionally with the value's stored H(v) (None: missing or stale)
 Candidate = tuple[int, str, str] | tuple[int, str, str, bytes | None]
 Ids = npt.NDArray[np.int64]
 
@@ -62,7 +55,7 @@ class SetSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ListedSet:
-    """A set given as a list of candidates (the fake link, tests, small tools)."""
+    """A set given as a list of candidates (tests, small tools)."""
 
     candidates: Sequence[Candidate]
 
@@ -75,24 +68,14 @@ class ListedSet:
 
 
 class NodeRound:
-    """One node's side of one round. Holds the key and the position map until resolve/abort.
+    """One node's own set in one round. Holds the position map until resolve/abort.
 
     The position map is the shuffled sighting ids, 8 bytes per indicator: the indicators
-    themselves are read from the ``SetSource`` one chunk at a time as the set streams out, so a
+    themselves are read from the ``SetSource`` one chunk at a time as the set is evaluated, so a
     round's memory does not grow with the values (issue 12: a national store of 10M).
     """
 
-    def __init__(
-        self,
-        spec: RoundSpec,
-        me: str,
-        policy: Policy,
-        source: SetSource,
-        *,
-        keyed: bool = True,
-    ) -> None:
-        """``keyed`` False: protocol v2, where the node's share is its committee machine's and
-        this one keeps only the set, the caps and the position map."""
+    def __init__(self, spec: RoundSpec, me: str, policy: Policy, source: SetSource) -> None:
         policy.check(spec, me)
         self._kinds = frozenset(spec.kinds) & policy.kinds
         ids = source.ids(self._kinds)
@@ -108,10 +91,8 @@ class NodeRound:
         self._source = source
         self._ids = _shuffled(ids)  # position -> sighting id
         self.size = len(ids)  # kept after the position map is dropped, for the audit log
-        self.key: RoundKey | None = RoundKey.generate() if keyed else None
-        self.sizes: dict[str, int] = {}
+        # per partner: what this node has evaluated for it (the audit log, metrics)
         self.blinded_for: dict[str, int] = {}
-        self._next_seq: dict[str, int] = {}
         self.reason: str | None = None
 
     @property
@@ -123,24 +104,8 @@ class NodeRound:
         """Position -> sighting id, as fixed at Prepare (a watch epoch maps its alerts by it)."""
         return self._ids
 
-    def position_map(self) -> Sequence[tuple[int, str, str]]:
-        """Position -> (sighting id, kind, value); a watch epoch keeps it as its tag map."""
-        self._require(NodeEvent.POSITION_MAP)
-        return tuple((c[0], c[1], c[2]) for chunk in self._chunks() for c in chunk)
-
-    def live_key(self) -> RoundKey:
-        if self.key is None or NODE.final(self.phase):
-            raise WrongPhase(f"round {self.spec.round_id} is {self.phase.value}")
-        return self.key
-
-    def own_batches(self) -> Iterator[list[tuple[str, str]]]:
-        """(kind, value) in position order, one chunk at a time, for hashing and blinding."""
-        self._require(NodeEvent.OWN_SET)
-        for chunk in self._chunks():
-            yield [(c[1], c[2]) for c in chunk]
-
     def own_points(self) -> Iterator[list[Point]]:
-        """Protocol v2: each chunk's H(x) in position order, from the store when it has them."""
+        """Each chunk's H(x) in position order, from the store when it has them."""
         self._require(NodeEvent.OWN_SET)
         for chunk in self._chunks():
             stored = [c[3] if len(c) > 3 else None for c in chunk]
@@ -163,8 +128,9 @@ class NodeRound:
                 )
             yield rows
 
-    def begin_routing(self, sizes: Mapping[str, int]) -> None:
-        self._require(NodeEvent.ROUTING_START)
+    def begin(self, sizes: Mapping[str, int]) -> None:
+        """Every set's size, checked against this node's caps before it evaluates anything."""
+        self._require(NodeEvent.BEGIN)
         if set(sizes) != set(self.spec.participants):
             raise BadMessage("announced sizes must name every participant exactly once")
         if sizes[self.me] != self.size:
@@ -188,55 +154,11 @@ class NodeRound:
                 f"round would blind {total + self.size} elements; this node's cap is "
                 f"{self.policy.max_round_elements} (policy max_round_elements)"
             )
-        self.sizes = dict(sizes)
-        self._next_seq = {p: 0 for p in sizes if p != self.me}
         self.blinded_for = {p: 0 for p in sizes if p != self.me}
         self.phase = NODE.move(self._subject, self.phase, NodePhase.ROUTING)
 
-    def hop_of(self, owner: str) -> int:
-        """Which hop of ``owner``'s set this node is: 0 for its own, h for the h-th partner after
-        the owner in the ring; its output of that set is signed as this hop."""
-        n = len(self.spec.participants)
-        return ring.hop_of(n, self.spec.index(owner), self.spec.index(self.me))
-
-    def producer(self, owner: str) -> str:
-        """Who must have produced the chunks of ``owner``'s set this node receives: the previous
-        node of the ring, which is the owner itself when this node is the first hop."""
-        o = self.spec.index(owner)
-        return ring.holder(self.spec.participants, o, self.hop_of(owner) - 1)
-
-    def accept_chunk(self, owner: str, seq: int, count: int, hop: int) -> str:
-        """Validate a chunk of ``owner``'s set that says it is the output of ``hop``, before it is
-        blinded; the participant whose signature it must carry."""
-        self._require(NodeEvent.CHUNK)
-        if owner == self.me:
-            raise BadMessage("a node never re-blinds its own set")
-        expected = self._next_seq.get(owner)
-        if expected is None:
-            raise BadMessage(f"{owner!r} is not a participant of round {self.spec.round_id}")
-        mine = self.hop_of(owner)
-        if hop != mine - 1:
-            raise ForgedMessage(
-                f"chunk {seq} of {owner}'s set is the output of hop {hop}; this node is hop "
-                f"{mine} and takes only the output of hop {mine - 1} "
-                f"(from {self.producer(owner)})"
-            )
-        if seq != expected:
-            what = "duplicate" if seq < expected else "out-of-order"
-            raise BadMessage(f"{what} chunk {seq} of {owner}'s set; expected chunk {expected}")
-        if count == 0:
-            raise BadMessage(f"empty chunk {seq} of {owner}'s set")
-        if self.blinded_for[owner] + count > self.sizes[owner]:
-            raise BadMessage(
-                f"{owner}'s set was announced with {self.sizes[owner]} elements; chunk {seq} "
-                f"brings it to {self.blinded_for[owner] + count}"
-            )
-        self._next_seq[owner] = seq + 1
-        self.blinded_for[owner] += count
-        return self.producer(owner)
-
     def resolve(self, delivery: Delivery) -> NodeOutcome:
-        """Map a delivery by position to this node's sightings; destroys the key."""
+        """Map a delivery by position to this node's sightings; drops the position map."""
         self._require(NodeEvent.DELIVERY)
         try:
             return self._resolve(delivery)
@@ -280,14 +202,11 @@ class NodeRound:
         return NodeOutcome(tuple(matches), counts)
 
     def abort(self, reason: str) -> None:
-        if not NODE.final(self.phase):  # harmless after the end: the key is already gone
+        if not NODE.final(self.phase):  # harmless after the end: the position map is gone
             self._finish(NodePhase.ABORTED, reason)
 
     def _finish(self, phase: NodePhase, reason: str | None) -> None:
         phase = NODE.move(self._subject, self.phase, phase)
-        if self.key is not None:
-            self.key.destroy()
-        self.key = None
         self._ids = self._ids[:0]
         self.phase = phase
         self.reason = reason

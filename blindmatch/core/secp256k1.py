@@ -132,11 +132,11 @@ def batch_inverse(scalars: Sequence[int]) -> list[int]:
 
 # --- RFC 9380: hashing to the group, suite secp256k1_XMD:SHA-256_SSWU_RO_ ----------------------
 #
-# Field arithmetic runs on GMP through gmpy2 (as blindmatch/core/group.py does for v1), with
-# branches where the RFC's straight-line code has CMOV: every input is a value its owner hashes on
-# its own machine, so timing is not observable by a partner. The two exponentiations (one
-# sqrt_ratio per map) are most of the cost; the divisions of both maps, both isogenies and their
-# sum share one inversion, because everything stays projective until the end.
+# Field arithmetic runs on GMP through gmpy2, with branches where the RFC's straight-line code has
+# CMOV: every input is a value its owner hashes on its own machine, so timing is not observable by
+# a partner. The two exponentiations (one sqrt_ratio per map) are most of the cost; the divisions
+# of both maps, both isogenies and their sum share one inversion, because everything stays
+# projective until the end.
 
 SUITE: Final = "secp256k1_XMD:SHA-256_SSWU_RO_"
 _H2C_L: Final = 48  # ceil((ceil(log2 p) + k) / 8) with k = 128, RFC 9380 section 8.7

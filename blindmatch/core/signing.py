@@ -1,13 +1,13 @@
-"""Signed statements: who asked for a round, who produced a chunk, who asked for a check.
+"""Signed statements: who asked for a round, and who said what in it.
 
 The coordinator is not trusted (DESIGN.md 3). It carries every message of a round, so a message
 whose meaning matters to a node is signed by the party that made it, with the federation key of
 that party's certificate, and verified by the node before it acts on it:
 
 - a round spec (or a standing order) by the operator who asked for it;
-- every chunk a node emits, by that node, over the round, the spec's digest, the owner of the set,
-  the hop, the sequence number and a digest of the elements;
-- a check request by the checking node, and each re-blinded check by the node that blinded it.
+- a round's transcript by every participant, each request by its requester, each answer by its
+  member, each tag root by its owner (``committee``, ``delivery``), and a watch epoch's filters
+  and sealed alerts by the nodes that made them (``watch_sealed``).
 
 A statement is a domain tag naming its kind, then its fields, each length-prefixed, so no two
 statements of different kinds or field splits share bytes. Signatures are ECDSA P-256 with
@@ -75,32 +75,8 @@ def order_statement(order_bytes: bytes) -> bytes:
 
 
 def spec_digest(spec_bytes: bytes) -> bytes:
-    """Binds every chunk of a round to the spec its producer accepted, so all saw the same one."""
+    """Binds a round's transcript to the spec each participant accepted, so all saw the same one."""
     return digest(spec_statement(spec_bytes))
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkClaim:
-    """What a chunk's producer vouches for. ``hop`` 0 is the owner's own set, hop h the set after
-    the h-th partner of the ring applied its key."""
-
-    round_id: str
-    spec_digest: bytes
-    owner: str
-    hop: int
-    seq: int
-    elements: bytes
-
-    def message(self) -> bytes:
-        return statement(
-            "chunk",
-            self.round_id,
-            self.spec_digest,
-            self.owner,
-            self.hop,
-            self.seq,
-            digest(self.elements),
-        )
 
 
 @dataclass(frozen=True, slots=True)

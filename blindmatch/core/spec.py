@@ -1,25 +1,23 @@
-"""What both sides of a round share, without I/O: the spec, a node's policy, what a node learns,
-and the two streams a node sends on.
+"""What both sides of a round share, without I/O: the spec, a node's policy, the coordinator's
+caps, and what a node learns.
 
-A round among participants P0..P(N-1) (the coordinator's order), semi-honest, coordinator-matched.
-The rules of each side are a state machine of its own: feed a message, get what to send next.
-``blindmatch.core.round_node.NodeRound`` is one node's side, ``blindmatch.core.round_coordinator.
-CoordinatorRound`` the coordinator's. The phases, the messages each one accepts and the moves
-between them are tables in ``states``; the errors are in ``errors``.
+A round among participants P0..P(N-1) (the coordinator's order). The rules of each side are state
+machines of their own (``committee``, with ``round_node.NodeRound`` for a node's own set): feed a
+message, get what to send next. The phases, the messages each one accepts and the moves between
+them are tables in ``states``; the errors are in ``errors``.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from blindmatch.core.canon import KINDS
-from blindmatch.core.errors import BadMessage, PolicyRefusal
+from blindmatch.core.errors import BadMessage, CapExceeded, PolicyRefusal
 from blindmatch.core.match import MAX_PARTICIPANTS, MODES, ThresholdResult
 
-DEFAULT_CHUNK = 4096  # elements per chunk: 128 KiB of payload, far below gRPC's 4 MB limit
+DEFAULT_CHUNK = 4096  # elements per request: 260 KiB of points, far below gRPC's 4 MB limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +105,9 @@ class Policy:
 
     partners: frozenset[str] | None = None  # None: any partner ("*")
     kinds: frozenset[str] = frozenset(KINDS)
-    max_partner_set: int = 2_000_000  # largest partner set it re-blinds in one round
+    max_partner_set: int = 2_000_000  # largest partner set it evaluates in one round
     max_own_set: int = 5_000_000  # largest own set it contributes
-    max_round_elements: int = 20_000_000  # everything it blinds in one round
+    max_round_elements: int = 20_000_000  # everything it evaluates in one round, its own set too
     # v2: a round whose committee this node is not in must hold every one of these (empty: the
     # node itself), since the committee is who could guess its values offline together.
     trusted_committee: frozenset[str] = frozenset()
@@ -146,8 +144,22 @@ class NodeOutcome:
     partner_counts: Mapping[str, int] = field(default_factory=dict)  # count mode only
 
 
-class Stream(enum.Enum):
-    """The two streams a node sends chunks on during routing."""
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The coordinator's caps on the sets it takes into a round (coordinator.toml)."""
 
-    OWN_SET = "OwnSet"  # its own set, blinded with its key (hop 0)
-    REBLIND = "Reblind"  # partners' sets, each chunk re-blinded with its key
+    max_set: int = 5_000_000  # largest set the coordinator accepts from one node
+    max_total: int = 20_000_000  # all sets of one round together
+
+    def check(self, node: str, size: int, others: int) -> None:
+        """Refuse ``node``'s announced ``size`` over the caps, ``others`` the sets before it."""
+        if not 0 <= size <= self.max_set:
+            raise CapExceeded(
+                f"{node} announced a set of {size} elements; the coordinator's cap is "
+                f"{self.max_set} per node (max_set)"
+            )
+        if others + size > self.max_total:
+            raise CapExceeded(
+                f"the round's sets total {others + size} elements; the coordinator's "
+                f"cap is {self.max_total} (max_total)"
+            )

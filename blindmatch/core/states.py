@@ -2,32 +2,33 @@
 
 Everything that changes a phase is checked here (in the manner of h11's ``_state.py``): the rules
 are written below, the tables under them are the same rules as data, and the machines (``NodeRound``
-in round_node.py, ``CoordinatorRound`` in round_coordinator.py, ``CommitteeNode`` in committee.py,
-the coordinator's scheduler) accept a message and change
-phase only through their ``Table``; a message or a move the table does not list raises
-``WrongPhase``.
+in round_node.py, ``CommitteeNode`` in committee.py, the coordinator's round driver and its
+scheduler) accept a message and change phase only through their ``Table``; a message or a move the
+table does not list raises ``WrongPhase``.
 
 The strings of rounds and schedules are on disk (the node's audit log, the coordinator's
 state file) and on the wire (``RoundInfo.state`` and ``ScheduleInfo.state`` in
 proto/blindmatch/v1/coordinator.proto): never rename one.
 
-A node's round (``NodePhase``, ``NODE``)
-  PREPARED    Prepare accepted: a fresh key, the own set shuffled; the node streams it (OwnSet).
-  ROUTING     RoutingStart accepted: the node re-blinds partners' chunks (Reblind).
-  DONE        the delivery resolved to its sightings; the key and the position map are gone.
-  ABORTED     Abort, a refused message, the coordinator's silence or a shutdown; the key is gone.
+A node's own set in a round (``NodePhase``, ``NODE``; round_node.NodeRound)
+  PREPARED    Prepare accepted: the own set selected and shuffled (the position map).
+  ROUTING     Begin accepted: every set's size is within the node's caps; the set is evaluated.
+              Named after the coordinator's phase of the same step.
+  DONE        the delivery resolved to its sightings; the position map is gone.
+  ABORTED     Abort, a refused message, the coordinator's silence or a shutdown; the map is gone.
   PREPARED -> ROUTING -> DONE, and PREPARED or ROUTING -> ABORTED. DONE and ABORTED are final.
 
-The coordinator's round (``CoordinatorPhase``, ``COORDINATOR``; ``RoundInfo.state``)
-  PREPARING   waiting for every participant's set size.
-  ROUTING     the sets travel the ring, chunk by chunk.
-  DELIVERING  every set is final: the tags are matched and dropped, the deliveries sent.
+The coordinator's round (``CoordinatorPhase``, ``COORDINATOR``; ``RoundInfo.state``, published by
+coordinator/driver.py; what the round's messages may say is committee.CommitteeCoordinator's)
+  PREPARING   Prepare, SignTranscript and Begin: every participant's size, commitment, signature.
+  ROUTING     the sets are evaluated: requests and answers relayed (the name dates from v1).
+  DELIVERING  every tag root is in: the tags are revealed, matched and the deliveries sent.
   DONE        every participant has its delivery.
   FAILED      anything else; every participant is told to abort.
   PREPARING -> ROUTING -> DELIVERING -> DONE, and any of the first three -> FAILED.
 
-A node's round of protocol v2 (``CommitteePhase``, ``COMMITTEE_NODE``; committee.CommitteeNode,
-served by node/committee.py)
+A node's round (``CommitteePhase``, ``COMMITTEE_NODE``; committee.CommitteeNode, served by
+node/committee.py)
   PREPARED    Prepare accepted: the set fixed, a share drawn and committed when a member.
   SIGNED      the transcript verified and signed; waiting for everyone's signature.
   EVALUATING  every participant signed the same transcript: the node asks for its set's
@@ -55,7 +56,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, Never, TypeVar
 
 from blindmatch.core.errors import WrongPhase
 
@@ -81,12 +82,10 @@ class NodePhase(enum.StrEnum):
 
 
 class NodeEvent(enum.StrEnum):
-    """What a node's round is asked to do (the messages of node.proto, as the core sees them)."""
+    """What a node's own set is asked for (the messages of node.proto, as the core sees them)."""
 
-    OWN_SET = "own set"  # OwnSet: hash and blind the own set
-    ROUTING_START = "routing start"  # RoutingStart: every set's size
-    CHUNK = "chunk"  # a chunk of a partner's set to re-blind
-    POSITION_MAP = "position map"  # a watch round keeps it as its tag map
+    OWN_SET = "own set"  # Own: the set's points, for the node's requests
+    BEGIN = "begin"  # Begin: every set's size, from the signed transcript
     DELIVERY = "delivery"  # Deliver
 
 
@@ -96,17 +95,6 @@ class CoordinatorPhase(enum.StrEnum):
     DELIVERING = "delivering"
     DONE = Outcome.DONE.value
     FAILED = Outcome.FAILED.value
-
-
-class CoordinatorEvent(enum.StrEnum):
-    """What the coordinator's round is told (replies and stream messages from the nodes)."""
-
-    PREPARED = "prepared"  # a Prepare reply with a set size
-    CHUNK = "chunk"  # a chunk out of an OwnSet or a Reblind stream
-    STREAM_END = "stream end"  # an OwnSet or a Reblind stream ended well
-    FINAL_TAGS = "final tags"  # a watch round keeps them as filters
-    DELIVERIES = "deliveries"  # match the final tags
-    DELIVERED = "delivered"  # a Deliver reply
 
 
 class CommitteePhase(enum.StrEnum):
@@ -175,9 +163,7 @@ class Table(Generic[P, E]):
 NODE: Final[Table[NodePhase, NodeEvent]] = Table(
     accepts={
         NodeEvent.OWN_SET: (NodePhase.PREPARED, NodePhase.ROUTING),
-        NodeEvent.ROUTING_START: (NodePhase.PREPARED,),
-        NodeEvent.CHUNK: (NodePhase.ROUTING,),
-        NodeEvent.POSITION_MAP: (NodePhase.ROUTING,),
+        NodeEvent.BEGIN: (NodePhase.PREPARED,),
         NodeEvent.DELIVERY: (NodePhase.ROUTING,),
     },
     moves={
@@ -189,15 +175,9 @@ NODE: Final[Table[NodePhase, NodeEvent]] = Table(
     expects="this message needs",
 )
 
-COORDINATOR: Final[Table[CoordinatorPhase, CoordinatorEvent]] = Table(
-    accepts={
-        CoordinatorEvent.PREPARED: (CoordinatorPhase.PREPARING,),
-        CoordinatorEvent.CHUNK: (CoordinatorPhase.ROUTING,),
-        CoordinatorEvent.STREAM_END: (CoordinatorPhase.ROUTING,),
-        CoordinatorEvent.FINAL_TAGS: (CoordinatorPhase.ROUTING,),
-        CoordinatorEvent.DELIVERIES: (CoordinatorPhase.ROUTING,),
-        CoordinatorEvent.DELIVERED: (CoordinatorPhase.DELIVERING,),
-    },
+# Moves only: the messages of a round are checked by committee.CommitteeCoordinator's own rules.
+COORDINATOR: Final[Table[CoordinatorPhase, Never]] = Table(
+    accepts={},
     moves={
         CoordinatorPhase.PREPARING: (CoordinatorPhase.ROUTING, CoordinatorPhase.FAILED),
         CoordinatorPhase.ROUTING: (CoordinatorPhase.DELIVERING, CoordinatorPhase.FAILED),
@@ -244,7 +224,7 @@ SCHEDULE: Final[Table[SchedulePhase, ScheduleEvent]] = Table(
 )
 
 # The coordinator's record of a round is running until it reaches a final phase; a restart
-# fails the running ones (their keys died with the nodes' rounds).
+# fails the running ones (their shares died with the nodes' rounds).
 COORDINATOR_RUNNING: Final = tuple(p for p in CoordinatorPhase if not COORDINATOR.final(p))
 COORDINATOR_FINAL: Final = tuple(p for p in CoordinatorPhase if COORDINATOR.final(p))
 

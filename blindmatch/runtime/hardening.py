@@ -1,7 +1,7 @@
 """Keeping secrets at rest private: no core dumps, owner-only files and directories.
 
-A round key lives only in memory; a core dump (a crash, or ``gcore`` by another process of the
-same user) would write it to disk. Servers call ``no_core_dumps`` at start, and the blinding
+A round's share lives only in memory; a core dump (a crash, or ``gcore`` by another process of
+the same user) would write it to disk. Servers call ``no_core_dumps`` at start, and the hashing
 pool runs it in every worker it spawns. What does go to disk (the coordinator's state and watch
 filters) is readable by its owner only, whatever the umask.
 """

@@ -1,27 +1,27 @@
-"""Where protobuf meets the core: every message <-> core conversion, named ``x_to_proto`` and
-``x_from_proto`` (``x_to_bytes``/``x_from_bytes`` for signed byte strings).
+"""Where protobuf meets the core for proto/blindmatch/v1: specs, standing orders, Prepare and the
+operator's round and schedule records, named ``x_to_proto`` and ``x_from_proto``
+(``x_to_bytes``/``x_from_bytes`` for signed byte strings); protocol v2's messages are
+``serde_v2``'s.
 
 The core never sees a message, and the servicers never build one field by field: they call the
-converters here, call the core or their registry, and refuse through ``runtime.status``. Converters from the wire validate what the core's types
-cannot (a round id's spelling, list lengths that must agree, whole 32-byte elements) and raise
-``BadMessage``, so a malformed message is refused like any other protocol error.
+converters here, call the core or their registry, and refuse through ``runtime.status``.
+Converters from the wire validate what the core's types cannot (a round id's spelling, exactly
+one of a spec and an order) and raise ``BadMessage``, so a malformed message is refused like any
+other protocol error.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
 from blindmatch.core.errors import BadMessage
-from blindmatch.core.group import ELEMENT_BYTES
-from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.orders import ScheduledRun, StandingOrder
-from blindmatch.core.round_coordinator import Forward
 from blindmatch.core.signing import SignedOrder, SignedSpec
-from blindmatch.core.spec import RoundSpec, threshold_counts
+from blindmatch.core.spec import RoundSpec
 from blindmatch.v1 import coordinator_pb2, node_pb2
 
 ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -188,100 +188,6 @@ def prepare_from_proto(msg: node_pb2.PrepareRequest) -> tuple[Authorization, Rou
     signed, order = signed_order_from_proto(msg.order)
     run = scheduled_run(signed, order, msg.run)
     return run, order.run_spec(msg.run)
-
-
-def routing_start_to_proto(
-    round_id: str, sizes: Mapping[str, int], certificates: Mapping[str, bytes]
-) -> node_pb2.ReblindRequest:
-    return node_pb2.ReblindRequest(
-        start=node_pb2.RoutingStart(round_id=round_id, sizes=sizes, certificates=certificates)
-    )
-
-
-def sizes_from_proto(msg: node_pb2.RoutingStart) -> dict[str, int]:
-    return dict(msg.sizes)
-
-
-def certificates_from_proto(msg: node_pb2.RoutingStart) -> dict[str, bytes]:
-    return dict(msg.certificates)
-
-
-def chunk_to_proto(
-    owner: str, seq: int, elements: bytes, hop: int, signature: bytes
-) -> node_pb2.Chunk:
-    return node_pb2.Chunk(owner=owner, seq=seq, elements=elements, hop=hop, signature=signature)
-
-
-def forward_to_proto(forward: Forward) -> node_pb2.ReblindRequest:
-    """A chunk on its way to ``forward.to``, which re-blinds it (the recipient is the stream);
-    its hop and signature are the producer's, untouched."""
-    return node_pb2.ReblindRequest(
-        chunk=chunk_to_proto(
-            forward.owner, forward.seq, forward.elements, forward.hop, forward.signature
-        )
-    )
-
-
-def forward_from_proto(to: str, msg: node_pb2.ReblindRequest) -> Forward:
-    """A chunk of a partner's set that ``to`` is asked to re-blind."""
-    if msg.WhichOneof("body") != "chunk":
-        raise BadMessage("RoutingStart sent twice")
-    chunk = msg.chunk
-    if len(chunk.elements) % ELEMENT_BYTES:
-        raise BadMessage(f"chunk {chunk.seq} of {chunk.owner}'s set is not whole 32-byte elements")
-    return Forward(
-        to=to,
-        owner=chunk.owner,
-        seq=chunk.seq,
-        elements=chunk.elements,
-        hop=chunk.hop,
-        signature=chunk.signature,
-    )
-
-
-def delivery_to_proto(
-    round_id: str, delivery: Delivery, participants: Sequence[str]
-) -> node_pb2.DeliverRequest:
-    """What one node learns; count mode names partners, the others index ``participants``."""
-    if isinstance(delivery, PairwiseResult):
-        return node_pb2.DeliverRequest(
-            round_id=round_id,
-            pairwise=node_pb2.PairwiseDelivery(
-                positions=delivery.positions,
-                partners=[node_pb2.PartnerList(partners=p) for p in delivery.partners],
-            ),
-        )
-    if isinstance(delivery, ThresholdResult):
-        return node_pb2.DeliverRequest(
-            round_id=round_id,
-            threshold=node_pb2.ThresholdDelivery(
-                positions=delivery.positions, counts=delivery.counts
-            ),
-        )
-    return node_pb2.DeliverRequest(
-        round_id=round_id,
-        count=node_pb2.CountDelivery(
-            shared={participants[j]: c for j, c in delivery.shared.items()}
-        ),
-    )
-
-
-def delivery_from_proto(msg: node_pb2.DeliverRequest, spec: RoundSpec) -> Delivery:
-    which = msg.WhichOneof("result")
-    if which == "pairwise":
-        if len(msg.pairwise.positions) != len(msg.pairwise.partners):
-            raise BadMessage("pairwise delivery: one partner list per position is required")
-        return PairwiseResult(
-            tuple(msg.pairwise.positions),
-            tuple(tuple(p.partners) for p in msg.pairwise.partners),
-        )
-    if which == "threshold":
-        result = ThresholdResult(tuple(msg.threshold.positions), tuple(msg.threshold.counts))
-        threshold_counts(spec, result)
-        return result
-    if which == "count":
-        return CountResult({spec.index(name): n for name, n in msg.count.shared.items()})
-    raise BadMessage("delivery carries no result")
 
 
 # --- round records (coordinator.proto) ----------------------------------------------------------

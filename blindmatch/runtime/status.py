@@ -25,7 +25,7 @@ class StatusError(Exception):
 # Errors without a ``code``, by class, first match wins. The core's errors name their status in
 # ``code`` (the core does not import grpc), so they need no row here.
 _BY_CLASS: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
-    # InvalidElement, InvalidIndicator: bytes or values from the caller that do not decode
+    # InvalidIndicator, and any other value from the caller that does not decode
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 

@@ -144,7 +144,7 @@ class RoundInfo(_message.Message):
     id: _builtins.str
     state: _builtins.str
     """The round's phase: preparing | routing | delivering, then done or failed (final). The
-    vocabulary and its moves are blindmatch/states.py (CoordinatorPhase); never rename one.
+    vocabulary and its moves are blindmatch/core/states.py (CoordinatorPhase); never rename one.
     """
     mode: _builtins.str
     threshold: _builtins.int
@@ -154,8 +154,8 @@ class RoundInfo(_message.Message):
     finished: _builtins.float
     """0 while running"""
     hops_done: _builtins.int
-    """Progress: v1 (watch rounds) elements re-blinded; v2 evaluations answered (each owner's
-    set and its 40 subset checks, once per other committee member)
+    """Progress: evaluations answered (each owner's set and its 40 subset checks, once per
+    committee member other than the owner). The names are v1's, whose ring counted hops.
     """
     hops_total: _builtins.int
     operator: _builtins.str

@@ -24,19 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62lindmatch/v1/node.proto\x12\rblindmatch.v1\"\xc1\x01\n\tRoundSpec\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\r\n\x05kinds\x18\x05 \x03(\t\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x15\n\repoch_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06\x63ounts\x18\x08 \x01(\x08\x12\x0e\n\x06issued\x18\t \x01(\x01\x12\x11\n\tcommittee\x18\n \x03(\t\"D\n\nSignedSpec\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x15\n\roperator_cert\x18\x03 \x01(\x0c\"\x8b\x02\n\rStandingOrder\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x12\n\nchunk_size\x18\x07 \x01(\r\x12\x15\n\repoch_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x63ounts\x18\t \x01(\x08\x12\x15\n\revery_seconds\x18\n \x01(\x01\x12\r\n\x05\x66irst\x18\x0b \x01(\x01\x12\r\n\x05until\x18\x0c \x01(\x01\x12\x0e\n\x06issued\x18\r \x01(\x01\x12\x11\n\tcommittee\x18\x0e \x03(\t\"F\n\x0bSignedOrder\x12\r\n\x05order\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x15\n\roperator_cert\x18\x03 \x01(\x0c\"\x97\x01\n\x0ePrepareRequest\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12.\n\x0bsigned_spec\x18\x03 \x01(\x0b\x32\x19.blindmatch.v1.SignedSpec\x12)\n\x05order\x18\x04 \x01(\x0b\x32\x1a.blindmatch.v1.SignedOrder\x12\x0b\n\x03run\x18\x05 \x01(\rJ\x04\x08\x01\x10\x02\"1\n\x0cPrepareReply\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\"\x1c\n\x08RoundRef\x12\x10\n\x08round_id\x18\x01 \x01(\t\"U\n\x05\x43hunk\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x10\n\x08\x65lements\x18\x03 \x01(\x0c\x12\x0b\n\x03hop\x18\x04 \x01(\r\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xff\x01\n\x0cRoutingStart\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x35\n\x05sizes\x18\x02 \x03(\x0b\x32&.blindmatch.v1.RoutingStart.SizesEntry\x12\x43\n\x0c\x63\x65rtificates\x18\x03 \x03(\x0b\x32-.blindmatch.v1.RoutingStart.CertificatesEntry\x1a,\n\nSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x33\n\x11\x43\x65rtificatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"m\n\x0eReblindRequest\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.blindmatch.v1.RoutingStartH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.blindmatch.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\x1f\n\x0bPartnerList\x12\x10\n\x08partners\x18\x01 \x03(\r\"S\n\x10PairwiseDelivery\x12\x11\n\tpositions\x18\x01 \x03(\r\x12,\n\x08partners\x18\x02 \x03(\x0b\x32\x1a.blindmatch.v1.PartnerList\"6\n\x11ThresholdDelivery\x12\x11\n\tpositions\x18\x01 \x03(\r\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\r\"x\n\rCountDelivery\x12\x38\n\x06shared\x18\x01 \x03(\x0b\x32(.blindmatch.v1.CountDelivery.SharedEntry\x1a-\n\x0bSharedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc7\x01\n\x0e\x44\x65liverRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x33\n\x08pairwise\x18\x02 \x01(\x0b\x32\x1f.blindmatch.v1.PairwiseDeliveryH\x00\x12\x35\n\tthreshold\x18\x03 \x01(\x0b\x32 .blindmatch.v1.ThresholdDeliveryH\x00\x12-\n\x05\x63ount\x18\x04 \x01(\x0b\x32\x1c.blindmatch.v1.CountDeliveryH\x00\x42\x08\n\x06result\" \n\x0c\x44\x65liverReply\x12\x10\n\x08recorded\x18\x01 \x01(\x04\"0\n\x0c\x41\x62ortRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05known\x18\x01 \x01(\x08\x32\xdb\x02\n\x0bNodeService\x12\x45\n\x07Prepare\x12\x1d.blindmatch.v1.PrepareRequest\x1a\x1b.blindmatch.v1.PrepareReply\x12\x39\n\x06OwnSet\x12\x17.blindmatch.v1.RoundRef\x1a\x14.blindmatch.v1.Chunk0\x01\x12\x42\n\x07Reblind\x12\x1d.blindmatch.v1.ReblindRequest\x1a\x14.blindmatch.v1.Chunk(\x01\x30\x01\x12\x45\n\x07\x44\x65liver\x12\x1d.blindmatch.v1.DeliverRequest\x1a\x1b.blindmatch.v1.DeliverReply\x12?\n\x05\x41\x62ort\x12\x1b.blindmatch.v1.AbortRequest\x1a\x19.blindmatch.v1.AbortReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62lindmatch/v1/node.proto\x12\rblindmatch.v1\"\xc1\x01\n\tRoundSpec\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\r\n\x05kinds\x18\x05 \x03(\t\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x15\n\repoch_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06\x63ounts\x18\x08 \x01(\x08\x12\x0e\n\x06issued\x18\t \x01(\x01\x12\x11\n\tcommittee\x18\n \x03(\t\"D\n\nSignedSpec\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x15\n\roperator_cert\x18\x03 \x01(\x0c\"\x8b\x02\n\rStandingOrder\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x12\n\nchunk_size\x18\x07 \x01(\r\x12\x15\n\repoch_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x63ounts\x18\t \x01(\x08\x12\x15\n\revery_seconds\x18\n \x01(\x01\x12\r\n\x05\x66irst\x18\x0b \x01(\x01\x12\r\n\x05until\x18\x0c \x01(\x01\x12\x0e\n\x06issued\x18\r \x01(\x01\x12\x11\n\tcommittee\x18\x0e \x03(\t\"F\n\x0bSignedOrder\x12\r\n\x05order\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x15\n\roperator_cert\x18\x03 \x01(\x0c\"\x97\x01\n\x0ePrepareRequest\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12.\n\x0bsigned_spec\x18\x03 \x01(\x0b\x32\x19.blindmatch.v1.SignedSpec\x12)\n\x05order\x18\x04 \x01(\x0b\x32\x1a.blindmatch.v1.SignedOrder\x12\x0b\n\x03run\x18\x05 \x01(\rJ\x04\x08\x01\x10\x02\" \n\x0c\x44\x65liverReply\x12\x10\n\x08recorded\x18\x01 \x01(\x04\"0\n\x0c\x41\x62ortRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05known\x18\x01 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'blindmatch.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTINGSTART_SIZESENTRY']._loaded_options = None
-  _globals['_ROUTINGSTART_SIZESENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTINGSTART_CERTIFICATESENTRY']._loaded_options = None
-  _globals['_ROUTINGSTART_CERTIFICATESENTRY']._serialized_options = b'8\001'
-  _globals['_COUNTDELIVERY_SHAREDENTRY']._loaded_options = None
-  _globals['_COUNTDELIVERY_SHAREDENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDSPEC']._serialized_start=44
   _globals['_ROUNDSPEC']._serialized_end=237
   _globals['_SIGNEDSPEC']._serialized_start=239
@@ -47,38 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDORDER']._serialized_end=649
   _globals['_PREPAREREQUEST']._serialized_start=652
   _globals['_PREPAREREQUEST']._serialized_end=803
-  _globals['_PREPAREREPLY']._serialized_start=805
-  _globals['_PREPAREREPLY']._serialized_end=854
-  _globals['_ROUNDREF']._serialized_start=856
-  _globals['_ROUNDREF']._serialized_end=884
-  _globals['_CHUNK']._serialized_start=886
-  _globals['_CHUNK']._serialized_end=971
-  _globals['_ROUTINGSTART']._serialized_start=974
-  _globals['_ROUTINGSTART']._serialized_end=1229
-  _globals['_ROUTINGSTART_SIZESENTRY']._serialized_start=1132
-  _globals['_ROUTINGSTART_SIZESENTRY']._serialized_end=1176
-  _globals['_ROUTINGSTART_CERTIFICATESENTRY']._serialized_start=1178
-  _globals['_ROUTINGSTART_CERTIFICATESENTRY']._serialized_end=1229
-  _globals['_REBLINDREQUEST']._serialized_start=1231
-  _globals['_REBLINDREQUEST']._serialized_end=1340
-  _globals['_PARTNERLIST']._serialized_start=1342
-  _globals['_PARTNERLIST']._serialized_end=1373
-  _globals['_PAIRWISEDELIVERY']._serialized_start=1375
-  _globals['_PAIRWISEDELIVERY']._serialized_end=1458
-  _globals['_THRESHOLDDELIVERY']._serialized_start=1460
-  _globals['_THRESHOLDDELIVERY']._serialized_end=1514
-  _globals['_COUNTDELIVERY']._serialized_start=1516
-  _globals['_COUNTDELIVERY']._serialized_end=1636
-  _globals['_COUNTDELIVERY_SHAREDENTRY']._serialized_start=1591
-  _globals['_COUNTDELIVERY_SHAREDENTRY']._serialized_end=1636
-  _globals['_DELIVERREQUEST']._serialized_start=1639
-  _globals['_DELIVERREQUEST']._serialized_end=1838
-  _globals['_DELIVERREPLY']._serialized_start=1840
-  _globals['_DELIVERREPLY']._serialized_end=1872
-  _globals['_ABORTREQUEST']._serialized_start=1874
-  _globals['_ABORTREQUEST']._serialized_end=1922
-  _globals['_ABORTREPLY']._serialized_start=1924
-  _globals['_ABORTREPLY']._serialized_end=1951
-  _globals['_NODESERVICE']._serialized_start=1954
-  _globals['_NODESERVICE']._serialized_end=2301
+  _globals['_DELIVERREPLY']._serialized_start=805
+  _globals['_DELIVERREPLY']._serialized_end=837
+  _globals['_ABORTREQUEST']._serialized_start=839
+  _globals['_ABORTREQUEST']._serialized_end=887
+  _globals['_ABORTREPLY']._serialized_start=889
+  _globals['_ABORTREPLY']._serialized_end=916
 # @@protoc_insertion_point(module_scope)

@@ -194,9 +194,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "DROP TABLE stix_refs",
     ),
     # 6 -> 7: hash once (issue 12): H(v) of each indicator and the hash version it was computed
-    # under (then protocol v1's, blindmatch.core.group: 32-byte X25519 u-coordinates). SQL cannot
-    # hash to the curve, so existing rows keep NULL here and the node fills them
-    # (SightingsTable.fill_hashes) when it serves or imports.
+    # under (then protocol v1's: 32-byte X25519 u-coordinates). SQL cannot hash to the curve, so
+    # existing rows keep NULL here and the node fills them (SightingsTable.fill_hashes) when it
+    # serves or imports.
     (
         "ALTER TABLE sightings ADD COLUMN hash BLOB CHECK (hash IS NULL OR length(hash) = 32)",
         "ALTER TABLE sightings ADD COLUMN hash_version TEXT",

@@ -8,11 +8,10 @@ Rules:
   process is killed midway (SQLite's journal guarantees that, the tests check it).
 - Hash once: each indicator's H(v), protocol v2's (blindmatch.core.oprf.hash_indicators, a
   65-byte secp256k1 point), is computed when it is first stored, in the same transaction, and kept
-  with the hash version it was computed under (blindmatch.core.oprf.HASH_VERSION). v2 rounds and
-  checks read it and only blind; protocol v1 (X25519, blindmatch.core.group) never uses it and
-  hashes on the fly. A row whose hash is missing (a store from before schema 7, or schema 8 dropped
-  v1's hashes) or of another version is stale: ``fill_hashes`` recomputes those, and readers treat
-  a stale hash as absent (None).
+  with the hash version it was computed under (blindmatch.core.oprf.HASH_VERSION). Rounds and
+  checks read it and only blind. A row whose hash is missing (a store from before schema 7, or
+  schema 8 dropped v1's hashes) or of another version is stale: ``fill_hashes`` recomputes those,
+  and readers treat a stale hash as absent (None).
 """
 
 from __future__ import annotations
