@@ -358,7 +358,7 @@ coordinator = "{coordinator}"     # the only coordinator (certificate name) allo
 workers = 0                     # hashing processes; 0 = one per CPU core
 round_timeout = 600             # seconds a round may stay silent before this node drops it and its key
 coordinator_address = "{coordinator_address}"       # host:port of the coordinator, for `blindmatch node check` ("" = no checks)
-check_budget = {DEFAULT_CHECK_BUDGET}             # elements this node blinds for each partner's checks per watch epoch
+check_budget = {DEFAULT_CHECK_BUDGET}             # the check cap this node signs for each partner per watch epoch (a check of n values costs n, n + 40 above 64)
 
 {tls}
 
@@ -378,7 +378,7 @@ trusted_committee = []
 [budgets]                       # per partner, per rolling window: so many small rounds cannot add up to a dictionary
 window = "{window_text(b.window)}"                  # the rolling window (s, m, h or d)
 round_elements = {b.round_elements}        # elements of one partner's sets this node blinds per window (two rounds at max_partner_set)
-check_elements = {b.check_elements}         # elements of one partner's checks this node blinds per window
+check_elements = {b.check_elements}         # what one partner's check caps may add up to per window (charged at each watch round's Begin)
 
 [import]
 default_tlp = "{DEFAULT_TLP}"           # TLP given to imported records that carry no marking (override: --tlp)

@@ -131,7 +131,8 @@ class HandRound:
                 if reply.HasField("commitment")
                 else None
             )
-            transcript = self.coordinator.on_prepared(Prepared(name, reply.size, commitment))
+            caps = serde_v2.check_caps_from_proto(reply.check_caps)
+            transcript = self.coordinator.on_prepared(Prepared(name, reply.size, commitment, caps))
             if transcript is not None:
                 self.transcript = transcript
         return replies

@@ -26,7 +26,7 @@ import pytest
 
 from blindmatch.core.committee import PURPOSE, Prepared, SignedRequest, request_statement
 from blindmatch.core.delivery import SignedRoot, match
-from blindmatch.core.evaluation import EvaluationRequest, commit, elements_digest
+from blindmatch.core.evaluation import EvaluationRequest, Transcript, commit, elements_digest
 from blindmatch.core.merkle import root as merkle_root
 from blindmatch.core.oprf import TAG_BYTES, blind, hash_indicator
 from blindmatch.core.secp256k1 import POINT_BYTES, points_to_bytes, random_scalar
@@ -526,6 +526,20 @@ def test_a_tag_root_of_another_round_or_owner_is_refused_at_reveal(
 # --- (d) a transcript, or a spec, shown differently to different nodes --------------------------
 
 
+def nobody_begins_when_bravo_is_shown(a: Attacker, r: HandRound, other: Transcript) -> None:
+    """Every node signs; bravo signs ``other``. Each node checks every signature against the
+    digest it signed itself, so none begins, none evaluates and no partner is charged."""
+    budgets = {node: round_budgets(a, node) for node in NAMES}
+    request = v2.BeginRequest(round_id=r.round_id, signatures=r.sign(shown={"bravo": other}))
+    for node, culprit in (("alpha", "bravo"), ("bravo", "alpha"), ("charlie", "bravo")):
+        err = call_error(functools.partial(a.v2[node].Begin, request, timeout=T))
+        problem = f"{culprit}'s signature of the transcript is not signed by node/{culprit}"
+        assert_refused(a, err, Code.PERMISSION_DENIED, problem, node, r.round_id)
+    for node in NAMES:
+        assert blinded_for(a, node, r.round_id) == {}
+        assert round_budgets(a, node) == budgets[node]
+
+
 @pytest.mark.parametrize("shown", ["sizes", "commitments"])
 def test_a_transcript_shown_differently_to_different_parties_fails_at_begin(
     attacker: Attacker, shown: str
@@ -545,16 +559,36 @@ def test_a_transcript_shown_differently_to_different_parties_fails_at_begin(
             forged = commit(random_scalar(), PURPOSE, r.round_id, "charlie")
             commitments = tuple(forged if c.member == "charlie" else c for c in t.commitments)
             other = dataclasses.replace(t, commitments=commitments)
-        budgets = {node: round_budgets(a, node) for node in NAMES}
-        request = v2.BeginRequest(round_id=r.round_id, signatures=r.sign(shown={"bravo": other}))
-        # each node checks every signature against the digest it signed itself
-        for node, culprit in (("alpha", "bravo"), ("bravo", "alpha"), ("charlie", "bravo")):
-            err = call_error(functools.partial(a.v2[node].Begin, request, timeout=T))
-            problem = f"{culprit}'s signature of the transcript is not signed by node/{culprit}"
-            assert_refused(a, err, Code.PERMISSION_DENIED, problem, node, r.round_id)
-        for node in NAMES:
-            assert blinded_for(a, node, r.round_id) == {}
-            assert round_budgets(a, node) == budgets[node]  # no partner charged
+        nobody_begins_when_bravo_is_shown(a, r, other)
+
+
+def test_check_caps_shown_differently_stop_a_watch_round_before_any_evaluation(
+    attacker: Attacker,
+) -> None:
+    """A watch round: bravo is shown alpha letting charlie check a hundred times more (charlie
+    could then ask bravo for that many evaluations); alpha, shown its own caps changed, refuses
+    to sign. No node begins, none evaluates, no budget is charged."""
+    a = attacker
+    r = new_round(a, NAMES, epoch_seconds=3600)
+    with ending(a, r):
+        r.prepare()
+        t = r.transcript
+        assert t is not None and t.purpose == "epoch" and ("alpha", "charlie") in t.caps
+        other = dataclasses.replace(
+            t, caps={**t.caps, ("alpha", "charlie"): 100 * t.caps["alpha", "charlie"]}
+        )
+        nobody_begins_when_bravo_is_shown(a, r, other)
+    r = new_round(a, NAMES, epoch_seconds=3600)
+    with ending(a, r):
+        r.prepare()
+        assert r.transcript is not None
+        t = r.transcript
+        other = dataclasses.replace(t, caps={**t.caps, ("alpha", "charlie"): 0})
+        err = call_error(
+            functools.partial(a.v2["alpha"].SignTranscript, r.transcript_request(other), timeout=T)
+        )
+        problem = "the transcript gives alpha check caps it did not announce"
+        assert_refused(a, err, Code.PERMISSION_DENIED, problem, "alpha", r.round_id)
 
 
 @pytest.mark.parametrize(

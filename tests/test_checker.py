@@ -37,11 +37,12 @@ from blindmatch.core.secp256k1 import (
 )
 from blindmatch.core.signing import Signer, Trust
 from blindmatch.core.watch_sealed import (
-    SEALED_BYTES,
     EpochFilter,
     SealedMessageRejected,
     SignedFilter,
     filter_statement,
+    message_count,
+    sealed_bytes,
 )
 from blindmatch.runtime.pki import CaMaterial, CertMaterial, issue, new_ca
 from tests.values import Reply, another_share, committee, hashes
@@ -201,9 +202,15 @@ def test_the_sealed_messages_are_as_many_and_as_long_whether_a_value_hits_or_not
         check = run_check(ep, "delta", [value, "also-nobody.example"], seq=seq)
         check.hits(others(ep, "delta"), PARTIES)
         messages = check.sealed_messages(HOLDER_CERTS)
-        assert {len(m.sealed) for m in messages} == {SEALED_BYTES}
-        counts.append({h: sum(m.holder == h for m in messages) for h in others(ep, "delta")})
-    assert counts[0] == counts[1] == {"alpha": 2, "bravo": 2, "charlie": 2}
+        # one batch per holder, of one message per value, alert or dummy
+        assert {len(m.sealed) for m in messages} == {sealed_bytes(2)}
+        counts.append(
+            {
+                h: [message_count(m.sealed) for m in messages if m.holder == h]
+                for h in others(ep, "delta")
+            }
+        )
+    assert counts[0] == counts[1] == {"alpha": [2], "bravo": [2], "charlie": [2]}
 
 
 def test_sealed_messages_are_made_once_and_only_after_the_filters_are_tested(ep: Epoch) -> None:

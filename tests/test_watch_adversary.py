@@ -32,7 +32,7 @@ from blindmatch.core.evaluation import EvaluationRequest, elements_digest
 from blindmatch.core.oprf import blind, hash_indicator
 from blindmatch.core.secp256k1 import point_to_bytes, points_from_bytes, points_to_bytes
 from blindmatch.core.signing import Signer
-from blindmatch.core.watch_sealed import SEALED_BYTES, EpochFilter, SignedFilter
+from blindmatch.core.watch_sealed import EpochFilter, SignedFilter, sealed_bytes
 from blindmatch.runtime import serde_v2
 from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from coordinator.watch import WatchHub
@@ -353,7 +353,7 @@ def test_a_member_sees_fresh_blinded_points_and_the_coordinator_no_hit(
     messages = serde_v2.sealed_from_proto(sealed[-1][1])
     per_holder = {h: [m for m in messages if m.alert.holder == h] for h in ("alpha", "bravo")}
     assert {h: len(m) for h, m in per_holder.items()} == {"alpha": 1, "bravo": 1}
-    assert {len(m.alert.sealed) for m in messages} == {SEALED_BYTES}
+    assert {len(m.alert.sealed) for m in messages} == {sealed_bytes(1)}
     with fed.store("bravo") as store:
         got = {(a.kind, a.value, a.partner, a.direction) for a in store.alerts()}
     assert ("ipv4", "10.1.2.3", "charlie", "sighted") in got

@@ -28,7 +28,7 @@ from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.secp256k1 import mul, points_from_bytes, points_to_bytes
 from blindmatch.core.spec import Policy
 from blindmatch.core.watch_rules import EpochEnded
-from blindmatch.core.watch_sealed import SEALED_BYTES, SealedMessageRejected
+from blindmatch.core.watch_sealed import SealedMessageRejected, message_count, sealed_bytes
 from tests.inmemory import CERTS, SIGNERS, SPEC, Cheat, Round, evaluate, reveal_all, sign_all
 from tests.values import hashes
 
@@ -149,8 +149,11 @@ def test_a_check_finds_exactly_the_holders_and_alerts_each_with_its_own_indicato
     assert sorted(got.alerts["bravo"]) == [("ab.example", "charlie"), ("all.example", "charlie")]
     # every tested holder gets one message per value, alert or dummy, all of one size
     per_holder = w.relay.by_holder("charlie", got.sealed)
-    assert {h: len(m) for h, m in per_holder.items()} == {"alpha": 4, "bravo": 4}
-    assert {len(m.alert.sealed) for m in got.sealed} == {SEALED_BYTES}
+    assert {h: [message_count(m.alert.sealed) for m in ms] for h, ms in per_holder.items()} == {
+        "alpha": [4],
+        "bravo": [4],
+    }
+    assert {len(m.alert.sealed) for m in got.sealed} == {sealed_bytes(4)}
 
 
 def test_a_large_check_is_verified_by_subset_checks_and_finds_the_same() -> None:

@@ -16,13 +16,14 @@ from blindmatch.core.errors import ForgedMessage
 from blindmatch.core.signing import Signer, Trust
 from blindmatch.core.watch_sealed import (
     ALERT_BYTES,
-    SEALED_BYTES,
+    MESSAGE_BYTES,
     EpochFilter,
     MalformedWatchData,
     SealedMessageRejected,
     bloom_parameters,
     open_sealed,
     seal,
+    sealed_bytes,
     sealed_statement,
 )
 from blindmatch.runtime.pki import issue, new_ca
@@ -217,31 +218,29 @@ EPOCH, CHECK, REQUEST = "epoch-1", "check-7", secrets.token_bytes(32)
 ALERT = bytes([3]) + secrets.token_bytes(16)
 
 
-def seal_to_alpha(payload: bytes | None) -> bytes:
-    return seal(ALPHA.cert_pem, EPOCH, CHECK, REQUEST, "alpha", payload, checker="bravo")
+def seal_to_alpha(*payloads: bytes | None) -> bytes:
+    return seal(ALPHA.cert_pem, EPOCH, CHECK, REQUEST, "alpha", list(payloads), checker="bravo")
 
 
 def test_alert_and_dummy_have_the_same_fixed_length() -> None:
     assert len(ALERT) == ALERT_BYTES
     lengths = {len(seal_to_alpha(p)) for p in (ALERT, b"\x01", b"", None)}
-    assert lengths == {SEALED_BYTES}
+    assert lengths == {sealed_bytes(1)}
+    assert len(seal_to_alpha(ALERT, None, None)) == sealed_bytes(3) == 33 + 3 * MESSAGE_BYTES
 
 
 def test_the_holder_opens_an_alert_and_a_dummy() -> None:
     key = private_key(ALPHA.key_pem)
-    assert (
-        open_sealed(key, EPOCH, CHECK, REQUEST, "alpha", seal_to_alpha(ALERT), checker="bravo")
-        == ALERT
-    )
-    assert (
-        open_sealed(key, EPOCH, CHECK, REQUEST, "alpha", seal_to_alpha(None), checker="bravo")
-        is None
-    )
+    assert open_sealed(
+        key, EPOCH, CHECK, REQUEST, "alpha", seal_to_alpha(ALERT), checker="bravo"
+    ) == [ALERT]
+    assert open_sealed(
+        key, EPOCH, CHECK, REQUEST, "alpha", seal_to_alpha(None), checker="bravo"
+    ) == [None]
     short = seal_to_alpha(b"\x09")
-    assert (
-        open_sealed(ALPHA.key_pem, EPOCH, CHECK, REQUEST, "alpha", short, checker="bravo")
-        == b"\x09"
-    )
+    assert open_sealed(ALPHA.key_pem, EPOCH, CHECK, REQUEST, "alpha", short, checker="bravo") == [
+        b"\x09"
+    ]
 
 
 def test_seal_takes_a_public_key_as_well_as_a_certificate() -> None:
@@ -251,9 +250,9 @@ def test_seal_takes_a_public_key_as_well_as_a_certificate() -> None:
     )
     assert isinstance(public, ec.EllipticCurvePublicKey)
     for key in (public, pem):
-        sealed = seal(key, EPOCH, CHECK, REQUEST, "alpha", ALERT, checker="bravo")
+        sealed = seal(key, EPOCH, CHECK, REQUEST, "alpha", [ALERT], checker="bravo")
         opened = open_sealed(ALPHA.key_pem, EPOCH, CHECK, REQUEST, "alpha", sealed, checker="bravo")
-        assert opened == ALERT
+        assert opened == [ALERT]
 
 
 WRONG: dict[str, dict[str, object]] = {
@@ -279,7 +278,7 @@ def test_opening_with_another_binding_or_key_fails(name: str, payload: bytes | N
         sealed=sealed,
         checker="bravo",
     )
-    assert open_sealed(**args) == payload  # type: ignore[arg-type]
+    assert open_sealed(**args) == [payload]  # type: ignore[arg-type]
     args.update(WRONG[name])
     with pytest.raises(SealedMessageRejected) as refused:
         open_sealed(**args)  # type: ignore[arg-type]
@@ -306,7 +305,7 @@ def test_the_negated_ephemeral_key_is_refused() -> None:
         open_sealed(ALPHA.key_pem, EPOCH, CHECK, REQUEST, "alpha", bytes(sealed), checker="bravo")
 
 
-@pytest.mark.parametrize("cut", [0, 1, SEALED_BYTES - 1])
+@pytest.mark.parametrize("cut", [0, 1, 33, sealed_bytes(1) - 1])
 def test_a_sealed_message_of_another_length_is_refused(cut: int) -> None:
     sealed = seal_to_alpha(ALERT)
     for wrong in (sealed[:cut], sealed + b"\0"):
@@ -325,14 +324,38 @@ def test_seal_refuses_what_it_cannot_send() -> None:
     with pytest.raises(MalformedWatchData):
         seal_to_alpha(b"\0" * (ALERT_BYTES + 1))
     with pytest.raises(MalformedWatchData):
-        seal(ALPHA.cert_pem, EPOCH, CHECK, b"\0" * 31, "alpha", None, checker="bravo")
+        seal(ALPHA.cert_pem, EPOCH, CHECK, b"\0" * 31, "alpha", [None], checker="bravo")
     with pytest.raises(MalformedWatchData):
-        seal(ALPHA.cert_pem, "", CHECK, REQUEST, "alpha", None, checker="bravo")
+        seal(ALPHA.cert_pem, "", CHECK, REQUEST, "alpha", [None], checker="bravo")
+    with pytest.raises(MalformedWatchData):
+        seal(ALPHA.cert_pem, EPOCH, CHECK, REQUEST, "alpha", [], checker="bravo")
     other_curve = ec.generate_private_key(ec.SECP384R1()).public_key()
     with pytest.raises(MalformedWatchData):
-        seal(other_curve, EPOCH, CHECK, REQUEST, "alpha", None, checker="bravo")
+        seal(other_curve, EPOCH, CHECK, REQUEST, "alpha", [None], checker="bravo")
     with pytest.raises(MalformedWatchData):
-        seal(b"not a key", EPOCH, CHECK, REQUEST, "alpha", None, checker="bravo")
+        seal(b"not a key", EPOCH, CHECK, REQUEST, "alpha", [None], checker="bravo")
+
+
+def test_a_batch_opens_in_order_and_a_message_moved_in_it_does_not_open() -> None:
+    payloads = [None, ALERT, None, b"\x05", None]
+    sealed = seal_to_alpha(*payloads)
+    key = private_key(ALPHA.key_pem)
+    assert open_sealed(key, EPOCH, CHECK, REQUEST, "alpha", sealed, checker="bravo") == payloads
+    # swap messages 1 and 2: each is bound to its place by its nonce
+    first, second = 33 + MESSAGE_BYTES, 33 + 2 * MESSAGE_BYTES
+    swapped = (
+        sealed[:first]
+        + sealed[second : second + MESSAGE_BYTES]
+        + sealed[first:second]
+        + sealed[second + MESSAGE_BYTES :]
+    )
+    with pytest.raises(SealedMessageRejected):
+        open_sealed(key, EPOCH, CHECK, REQUEST, "alpha", swapped, checker="bravo")
+    # a batch cut short still opens what is left; the checker's signature over the whole batch
+    # (sealed_statement) is what tells the holder, below
+    assert sealed_statement(
+        EPOCH, CHECK, REQUEST, "alpha", sealed[:-MESSAGE_BYTES], checker="bravo"
+    ) != sealed_statement(EPOCH, CHECK, REQUEST, "alpha", sealed, checker="bravo")
 
 
 def test_the_checker_signs_the_sealed_message_and_its_binding() -> None:

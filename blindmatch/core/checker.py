@@ -27,7 +27,8 @@ Rules:
   than announced (``watch_sealed``: a holder cannot fill its filter with guesses).
 
 What the messages reveal (``sealed_messages``): one message per (value, tested holder), each
-SEALED_BYTES, each bound to (epoch, check id, request digest, checker, holder), so
+MESSAGE_BYTES, in one batch per holder bound to (epoch, check id, request digest, checker,
+holder), so
 
 - the coordinator sees n·h equal-sized messages for a check of n values against h holders: the
   check's size, which the request's count already told it, and which holders were tested, which
@@ -318,9 +319,10 @@ class Check:
         return {holder: list(positions) for holder, positions in found.items()}
 
     def sealed_messages(self, holder_certs: Mapping[str, bytes]) -> list[SealedAlert]:
-        """One sealed message per (value, tested holder): the alert (kind byte and tag) on a
-        hit, a dummy on a miss; each holder's in an order of their own. Made once: a resend is
-        the same bytes, so a holder never opens one alert twice under different bytes."""
+        """One sealed batch per tested holder, of one message per value: the alert (kind byte
+        and tag) on a hit, a dummy on a miss, in an order of the holder's own. Made once: a
+        resend is the same bytes, so a holder never opens one alert twice under different
+        bytes."""
         if self._tested is None:
             raise WrongPhase(f"check {self.check_id} has tested no filter yet")
         if self._sealed is not None:
@@ -335,27 +337,21 @@ class Check:
             order = list(range(self.size))
             # A fresh order per holder: its alerts tell it nothing of where its values stood.
             secrets.SystemRandom().shuffle(order)
-            for j in order:
-                payload = bytes([self._codes[j]]) + tags[j] if j in hit else None
-                sealed = seal(
-                    holder_certs[holder],
-                    self.epoch_id,
-                    self.check_id,
-                    self.request_digest,
-                    holder,
-                    payload,
-                    checker=self.checker,
+            payloads = [bytes([self._codes[j]]) + tags[j] if j in hit else None for j in order]
+            sealed = seal(
+                holder_certs[holder],
+                self.epoch_id,
+                self.check_id,
+                self.request_digest,
+                holder,
+                payloads,
+                checker=self.checker,
+            )
+            out.append(
+                SealedAlert(
+                    self.epoch_id, self.check_id, self.request_digest, self.checker, holder, sealed
                 )
-                out.append(
-                    SealedAlert(
-                        self.epoch_id,
-                        self.check_id,
-                        self.request_digest,
-                        self.checker,
-                        holder,
-                        sealed,
-                    )
-                )
+            )
         self._sealed = out
         return list(out)
 
@@ -367,10 +363,11 @@ def open_alerts(
     tags: Mapping[bytes, int],
     messages: Iterable[SealedAlert],
 ) -> list[Alert]:
-    """The holder's own indicators that ``messages`` (each signature already verified against
-    its checker's certificate) report sighted, by ``tags``: its epoch tag -> position. Dummies
-    and alerts of tags it does not hold (a filter's false positive) are skipped; a message for
-    another holder or epoch, or one that does not open, raises ``SealedMessageRejected``."""
+    """The holder's own indicators that ``messages`` (sealed batches, each signature already
+    verified against its checker's certificate) report sighted, by ``tags``: its epoch tag ->
+    position. Dummies and alerts of tags it does not hold (a filter's false positive) are
+    skipped; a batch for another holder or epoch, or one that does not open, raises
+    ``SealedMessageRejected``."""
     found = []
     seen: set[bytes] = set()
     for message in messages:
@@ -385,7 +382,7 @@ def open_alerts(
                 f"delivered to {holder} in epoch {epoch_id}"
             )
         # Opened under the holder's own name and epoch: relabelling either breaks the AEAD.
-        payload = open_sealed(
+        payloads = open_sealed(
             private_key,
             epoch_id,
             message.check_id,
@@ -394,16 +391,17 @@ def open_alerts(
             message.sealed,
             checker=message.checker,
         )
-        if payload is None:
-            continue
-        if len(payload) != ALERT_BYTES:
-            raise SealedMessageRejected(
-                f"{message.checker}'s alert in check {message.check_id} is {len(payload)} bytes"
-            )
-        position = tags.get(payload[1:])
-        if position is None:
-            continue
-        code = payload[0]
-        kind = KINDS[code] if code < len(KINDS) else None
-        found.append(Alert(position, kind, message.checker, message.check_id))
+        for payload in payloads:
+            if payload is None:
+                continue
+            if len(payload) != ALERT_BYTES:
+                raise SealedMessageRejected(
+                    f"{message.checker}'s alert in check {message.check_id} is {len(payload)} bytes"
+                )
+            position = tags.get(payload[1:])
+            if position is None:
+                continue
+            code = payload[0]
+            kind = KINDS[code] if code < len(KINDS) else None
+            found.append(Alert(position, kind, message.checker, message.check_id))
     return found

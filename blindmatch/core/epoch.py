@@ -240,7 +240,8 @@ class WatchEpoch:
         return check.hits(chosen, parties)
 
     def sealed(self, check: Check) -> list[SignedSealed]:
-        """One signed, sealed message per value and tested holder (``Check.sealed_messages``)."""
+        """One signed, sealed batch per tested holder, a message per value
+        (``Check.sealed_messages``)."""
         certs = {h: p.cert_pem for h, p in self.parties.items() if isinstance(p, Party)}
         return [
             SignedSealed(m, self.signer.sign(m.statement())) for m in check.sealed_messages(certs)

@@ -26,7 +26,7 @@ from blindmatch.core.evaluation import (
 )
 from blindmatch.core.oprf import TAG_BYTES
 from blindmatch.core.secp256k1 import POINT_BYTES
-from blindmatch.core.watch_sealed import SEALED_BYTES, EpochFilter, SignedFilter
+from blindmatch.core.watch_sealed import EpochFilter, SignedFilter, message_count
 from blindmatch.v2 import node_pb2, watch_pb2
 
 PROTOCOL: Final = 2
@@ -206,8 +206,7 @@ def sealed_to_proto(epoch_id: str, messages: Sequence[SignedSealed]) -> watch_pb
 def sealed_from_proto(msg: watch_pb2.SealedMessages) -> list[SignedSealed]:
     out = []
     for m in msg.messages:
-        if len(m.sealed) != SEALED_BYTES:
-            raise BadMessage(f"a sealed message is {SEALED_BYTES} bytes, not {len(m.sealed)}")
+        message_count(m.sealed)
         alert = SealedAlert(msg.epoch_id, m.check_id, m.request, m.checker, m.holder, m.sealed)
         out.append(SignedSealed(alert, m.signature))
     return out
