@@ -209,7 +209,7 @@ class WatchHub:
 
     def check(self, checker: str, request: watch_pb2.CheckRequests) -> watch_pb2.CheckReply:
         """The first call of a check: its requests to every other member at once; their
-        signed answers and every other holder's filter back."""
+        signed answers back, and every other holder's filter when the checker asks for them."""
         signed = [serde_v2.request_from_proto(r) for r in request.requests]
         epoch = self._current(request.epoch_id)
         members = epoch.members_for(checker, signed)
@@ -241,7 +241,9 @@ class WatchHub:
             raise WatchFailure(problems[0].code, "; ".join(str(p) for p in problems))
         return watch_pb2.CheckReply(
             answers=answers,
-            filters=[serde_v2.filter_to_proto(f) for f in epoch.filters_for(checker).values()],
+            filters=[serde_v2.filter_to_proto(f) for f in epoch.filters_for(checker).values()]
+            if request.want_filters
+            else [],
             epoch_ends=epoch.ends,
         )
 

@@ -8,8 +8,8 @@ round replaces it, when the round is aborted after its delivery, or when the nod
 restart ends its epoch, and checks through it are refused until the next watch round.
 
 What this node lets each partner ask for its checks in an epoch is announced at Prepare
-(``check_caps``: node.toml ``check_budget`` for every partner its policy shares with, none for
-the others) and charged to that partner's rolling budget at Begin, with its set: a refused
+(``check_caps``: node.toml ``check_budget`` for every partner; a node joins only rounds whose
+partners its policy allows) and charged to that partner's rolling budget at Begin, with its set: a refused
 round costs nothing, and no check needs a budget charge of its own.
 
 Every decision (who may ask what, the caps, the verification of answers and filters, what a
@@ -136,10 +136,11 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self._signer = None if tls is None else Signer(tls.cert, tls.key)
         self._channel: grpc.Channel | None = None
         self._coordinator_address = ""
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the epoch in place, its ids, the channel
+        self._answering = threading.Lock()  # a member's ledger, partners' checks
+        self._checking = threading.Lock()  # this node's own checks: seqs and kept filters
         self.epoch: WatchEpoch | None = None
         self._ids: Ids | None = None  # the epoch's set: position -> sighting id
-        self._coordinator = ""  # who ran the epoch's watch round
         self._stop = threading.Event()
         self.connect_coordinator(coordinator_address)
         self._reaper = threading.Thread(target=self._reap, name="epoch-reaper", daemon=True)
@@ -164,13 +165,10 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self.settings.admit(spec, self.name)
 
     def check_caps(self, spec: RoundSpec) -> dict[str, int]:
-        """What this node announces at Prepare: every partner its policy shares with may ask
-        for ``check_budget`` evaluations in the epoch; the others none, so they cannot check."""
-        return {
-            p: self.budget
-            for p in spec.participants
-            if p != self.name and shares_with(self.policy, p)
-        }
+        """What this node announces at Prepare: each partner may ask for ``check_budget``
+        evaluations in the epoch. (A partner the policy does not share with is no partner: the
+        round was refused before this.)"""
+        return {p: self.budget for p in spec.participants if p != self.name}
 
     def opened(
         self, spec: RoundSpec, handed: Handover, ids: Ids, coordinator: str, signer: Signs
@@ -179,7 +177,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         epoch = WatchEpoch(self.name, handed, signer, self.clock() + spec.epoch_seconds)
         with self._lock:
             old, self.epoch = self.epoch, epoch
-            self._ids, self._coordinator = ids, coordinator
+            self._ids = ids
         if old is not None:
             self._close(old, f"replaced by epoch {epoch.epoch_id}")
         self.store.record_epoch(
@@ -253,8 +251,11 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 raise BadMessage("a check carries at least one request")
             checker = signed[0].request.requester
             count = sum(s.request.count for s in signed)
-            with self._lock:  # one answer at a time: the ledger's caps hold across calls
+            with self._lock:
                 epoch = self._current(request.epoch_id)
+            # One answer at a time, so the ledger's caps hold across calls; not under the
+            # node's lock, which the reaper, alerts and the node's own checks also take.
+            with self._answering:
                 before = epoch.charged(checker)
                 answers = [epoch.answer(s, self.clock()) for s in signed]
                 charged = epoch.charged(checker) - before
@@ -355,11 +356,13 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         if self._signer is None:
             raise WrongPhase(f"node {self.name} runs without mTLS: it has no key to sign checks")
         hashes = self._hashes(items)
-        with self._lock:  # its seqs are the epoch's, one check at a time
+        with self._checking:  # its seqs are the epoch's, one check at a time
             check, requests = epoch.check(hashes, [k for k, _ in items], self.clock())
         stub = watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
         asked = watch_pb2.CheckRequests(
-            epoch_id=epoch.epoch_id, requests=[serde_v2.request_to_proto(r) for r in requests]
+            epoch_id=epoch.epoch_id,
+            requests=[serde_v2.request_to_proto(r) for r in requests],
+            want_filters=epoch.needs_filters,
         )
         reply: watch_pb2.CheckReply = self._ask(
             address, lambda: stub.Check(asked, timeout=COORDINATOR_CALL_TIMEOUT)
@@ -372,7 +375,8 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
                 raise ForgedMessage(f"two filters of {signed.filter.holder} came with a check")
             filters[signed.filter.holder] = signed
         epoch.verified_tags(check, answers)
-        hits = epoch.hits(check, filters, lambda holder: shares_with(self.policy, holder))
+        with self._checking:  # the filters it keeps for the epoch
+            hits = epoch.hits(check, filters, lambda holder: shares_with(self.policy, holder))
         sealed = serde_v2.sealed_to_proto(epoch.epoch_id, epoch.sealed(check))
         self._ask(address, lambda: stub.Seal(sealed, timeout=COORDINATOR_CALL_TIMEOUT))
         return epoch, hits

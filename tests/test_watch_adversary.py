@@ -359,6 +359,27 @@ def test_a_member_sees_fresh_blinded_points_and_the_coordinator_no_hit(
     assert ("ipv4", "10.1.2.3", "charlie", "sighted") in got
 
 
+def test_a_checker_fetches_and_verifies_its_partners_filters_once_an_epoch(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter is fixed for the epoch: the first check asks for every partner's, the next ones
+    ask for none, and find the same holders through the filters kept."""
+    open_epoch(fed)
+    replies = spy(monkeypatch, hub_of(fed), "check")
+    for _ in range(2):
+        assert partners_of(check(fed, "bravo", ["shared.example"]))["shared.example"] == {
+            "alpha",
+            "charlie",
+        }
+    asked = [call[1].want_filters for call in replies]
+    sent = [
+        sorted(serde_v2.filter_from_proto(f).filter.holder for f in call[-1].filters)
+        for call in replies
+    ]
+    assert asked == [True, False]
+    assert sent == [["alpha", "charlie"], []]
+
+
 def test_the_coordinators_watch_files_are_owner_only(fed: Federation) -> None:
     open_epoch(fed)
     directory = hub_of(fed).directory

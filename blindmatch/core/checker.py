@@ -75,6 +75,7 @@ from blindmatch.core.signing import Party
 from blindmatch.core.watch_sealed import (
     ALERT_BYTES,
     FILTER_ERROR_RATE,
+    EpochFilter,
     SealedMessageRejected,
     SignedFilter,
     filter_statement,
@@ -283,38 +284,20 @@ class Check:
         self, filters: Mapping[str, SignedFilter], parties: Mapping[str, Party]
     ) -> dict[str, list[int]]:
         """For every holder whose filter the checker may read (the caller's choice), the
-        positions of the checked values it holds. Each filter must be signed by its holder
-        (``parties``: vouched certificates), at the protocol's error rate. Once per check: the
-        sealed messages go to exactly the holders tested here."""
+        positions of the checked values it holds. Each filter must pass ``verified_filters``.
+        Once per check: the sealed messages go to exactly the holders tested here."""
+        return self.test(verified_filters(self.transcript, filters, parties))
+
+    def test(self, filters: Mapping[str, EpochFilter]) -> dict[str, list[int]]:
+        """``hits`` for filters ``verified_filters`` has passed already (an epoch's checker
+        verifies its partners' filters once, not at every check)."""
         if self._tested is not None:
             raise WrongPhase(f"check {self.check_id} has tested its filters")
         tags = b"".join(self.tags())
-        found: dict[str, list[int]] = {}
-        for holder, signed in sorted(filters.items()):
-            bloom = signed.filter
-            if bloom.epoch_id != self.epoch_id or bloom.holder != holder:
-                raise BadMessage(
-                    f"the filter filed under {holder} is {bloom.holder}'s of epoch {bloom.epoch_id}"
-                )
-            party = parties.get(holder)
-            if party is None or party.identity.name != holder:
-                raise ForgedMessage(f"no certificate of {holder} to check its filter against")
-            party.verify(filter_statement(bloom), signed.signature, f"{holder}'s filter")
-            # The rate its size and hash count give for the tags it says it holds (how full it
-            # is, a noisy estimate for small filters, is bounded by watch_sealed when parsed).
-            designed = (1 - math.exp(-bloom.hashes * bloom.count / bloom.size_bits)) ** bloom.hashes
-            if designed > 2 * FILTER_ERROR_RATE:
-                raise BadMessage(
-                    f"{holder}'s filter has a false-positive rate of {designed:.1e}; "
-                    f"the protocol's is {FILTER_ERROR_RATE:.0e}"
-                )
-            announced = self.transcript.holder_sizes.get(holder)
-            if announced is None or bloom.count > announced:
-                raise BadMessage(
-                    f"{holder}'s filter holds {bloom.count} tags; the transcript announced "
-                    f"{announced}"
-                )
-            found[holder] = np.flatnonzero(bloom.contains_many(tags)).tolist()
+        found = {
+            holder: np.flatnonzero(bloom.contains_many(tags)).tolist()
+            for holder, bloom in sorted(filters.items())
+        }
         self._tested = found
         return {holder: list(positions) for holder, positions in found.items()}
 
@@ -354,6 +337,40 @@ class Check:
             )
         self._sealed = out
         return list(out)
+
+
+def verified_filters(
+    transcript: Transcript, filters: Mapping[str, SignedFilter], parties: Mapping[str, Party]
+) -> dict[str, EpochFilter]:
+    """Each filter, once it is for the transcript's epoch and the holder it is filed under,
+    signed by that holder (``parties``: vouched certificates), at the protocol's error rate, and
+    no fuller than the holder set it announced; all of them, or an exception."""
+    out = {}
+    for holder, signed in sorted(filters.items()):
+        bloom = signed.filter
+        if bloom.epoch_id != transcript.ident or bloom.holder != holder:
+            raise BadMessage(
+                f"the filter filed under {holder} is {bloom.holder}'s of epoch {bloom.epoch_id}"
+            )
+        party = parties.get(holder)
+        if party is None or party.identity.name != holder:
+            raise ForgedMessage(f"no certificate of {holder} to check its filter against")
+        party.verify(filter_statement(bloom), signed.signature, f"{holder}'s filter")
+        # The rate its size and hash count give for the tags it says it holds (how full it is,
+        # a noisy estimate for small filters, is bounded by watch_sealed when parsed).
+        designed = (1 - math.exp(-bloom.hashes * bloom.count / bloom.size_bits)) ** bloom.hashes
+        if designed > 2 * FILTER_ERROR_RATE:
+            raise BadMessage(
+                f"{holder}'s filter has a false-positive rate of {designed:.1e}; "
+                f"the protocol's is {FILTER_ERROR_RATE:.0e}"
+            )
+        announced = transcript.holder_sizes.get(holder)
+        if announced is None or bloom.count > announced:
+            raise BadMessage(
+                f"{holder}'s filter holds {bloom.count} tags; the transcript announced {announced}"
+            )
+        out[holder] = bloom
+    return out
 
 
 def open_alerts(

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from blindmatch.core.checker import Alert, Check, SealedAlert, open_alerts
+from blindmatch.core.checker import Alert, Check, SealedAlert, open_alerts, verified_filters
 from blindmatch.core.committee import (
     Handover,
     SignedAnswer,
@@ -55,7 +55,7 @@ from blindmatch.core.proofs import BadProof
 from blindmatch.core.secp256k1 import Point
 from blindmatch.core.signing import Party, Signs
 from blindmatch.core.watch_rules import EpochEnded, utc_text
-from blindmatch.core.watch_sealed import SignedFilter
+from blindmatch.core.watch_sealed import EpochFilter, SignedFilter
 
 __all__ = ["Closing", "EpochRelay", "RelayEpochs", "SignedSealed", "SortedTags", "WatchEpoch"]
 
@@ -113,6 +113,7 @@ class WatchEpoch:
         self._member = member
         self._tags: SortedTags | None = SortedTags(handed.tags, handed.positions)
         self._next_seq = handed.next_seq
+        self._filters: dict[str, EpochFilter] = {}  # partners' filters, each verified once
         self.closed: str | None = None  # why, once closed
 
     @property
@@ -141,6 +142,7 @@ class WatchEpoch:
             self._member.destroy()
         self._member = None
         self._tags = None
+        self._filters = {}
         return True
 
     # --- as a member ---------------------------------------------------------------------------
@@ -218,26 +220,37 @@ class WatchEpoch:
             named = ", ".join(culprits) or "no member provably (an answer may have been altered)"
             raise VerificationFailed(f"{exc}; wrong answers signed by: {named}", culprits) from None
 
+    @property
+    def needs_filters(self) -> bool:
+        """Whether a partner's filter is still to come: they are fixed for the epoch, so each is
+        fetched and verified once, not with every check (a million tags is 3.6 MB)."""
+        return bool(set(self.transcript.holder_sizes) - {self.me} - set(self._filters))
+
     def hits(
-        self, check: Check, filters: Mapping[str, SignedFilter], may_learn: Callable[[str], bool]
+        self,
+        check: Check,
+        filters: Mapping[str, SignedFilter],
+        may_learn: Callable[[str], bool],
     ) -> dict[str, list[int]]:
         """The positions each holder holds, for the holders ``may_learn`` of this node's
-        sightings (its policy), each filter verified against its holder's signature; every one
-        of those holders' filters must be there."""
+        sightings (its policy). ``filters`` are new ones (none once every filter is kept): each
+        is verified against its holder's signature, and kept only if all of them pass. Every
+        filter of those holders must be there, or the coordinator could hide one by leaving it
+        out."""
         chosen = {h: f for h, f in filters.items() if h != self.me and may_learn(h)}
         unknown = sorted(set(chosen) - set(self.transcript.holder_sizes))
         if unknown:
             raise ForgedMessage(f"filters of {', '.join(unknown)}, no holder of this epoch")
-        # Every holder this node may tell, or the coordinator could hide one by leaving it out.
+        parties = {h: p for h, p in self.parties.items() if isinstance(p, Party)}
+        self._filters.update(verified_filters(self.transcript, chosen, parties))
         wanted = {h for h in self.transcript.holder_sizes if h != self.me and may_learn(h)}
-        missing = sorted(wanted - set(chosen))
+        missing = sorted(wanted - set(self._filters))
         if missing:
             raise ForgedMessage(
                 f"no filter of {', '.join(missing)} came with check {check.check_id}: a holder's "
                 "filter left out would hide its holdings"
             )
-        parties = {h: p for h, p in self.parties.items() if isinstance(p, Party)}
-        return check.hits(chosen, parties)
+        return check.test({h: self._filters[h] for h in sorted(wanted)})
 
     def sealed(self, check: Check) -> list[SignedSealed]:
         """One signed, sealed batch per tested holder, a message per value

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from blindmatch.v2 import node_pb2 as blindmatch_dot_v2_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62lindmatch/v2/watch.proto\x12\rblindmatch.v2\x1a\x18\x62lindmatch/v2/node.proto\"0\n\x10NodeCheckRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"^\n\x0bValueResult\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tcanonical\x18\x03 \x01(\t\x12\x10\n\x08partners\x18\x04 \x03(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"c\n\x0eNodeCheckReply\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.blindmatch.v2.ValueResult\"Q\n\rCheckRequests\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12.\n\x08requests\x18\x02 \x03(\x0b\x32\x1c.blindmatch.v2.SignedRequest\"<\n\x0c\x43heckAnswers\x12,\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1b.blindmatch.v2.SignedAnswer\"|\n\nCheckReply\x12,\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1b.blindmatch.v2.SignedAnswer\x12,\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1b.blindmatch.v2.SignedFilter\x12\x12\n\nepoch_ends\x18\x03 \x01(\x01\"o\n\x06Sealed\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63hecker\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\x0e\n\x06sealed\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"K\n\x0eSealedMessages\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.blindmatch.v2.Sealed\"\x0c\n\nAlertReply\"\x0b\n\tSealReply\"5\n\x11\x43loseEpochRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x0f\x43loseEpochReply\x12\r\n\x05known\x18\x01 \x01(\x08\x32\xba\x02\n\x10NodeWatchService\x12G\n\x05\x43heck\x12\x1f.blindmatch.v2.NodeCheckRequest\x1a\x1d.blindmatch.v2.NodeCheckReply\x12J\n\rEvaluateCheck\x12\x1c.blindmatch.v2.CheckRequests\x1a\x1b.blindmatch.v2.CheckAnswers\x12\x41\n\x05\x41lert\x12\x1d.blindmatch.v2.SealedMessages\x1a\x19.blindmatch.v2.AlertReply\x12N\n\nCloseEpoch\x12 .blindmatch.v2.CloseEpochRequest\x1a\x1e.blindmatch.v2.CloseEpochReply2\x9c\x01\n\x17\x43oordinatorWatchService\x12@\n\x05\x43heck\x12\x1c.blindmatch.v2.CheckRequests\x1a\x19.blindmatch.v2.CheckReply\x12?\n\x04Seal\x12\x1d.blindmatch.v2.SealedMessages\x1a\x18.blindmatch.v2.SealReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62lindmatch/v2/watch.proto\x12\rblindmatch.v2\x1a\x18\x62lindmatch/v2/node.proto\"0\n\x10NodeCheckRequest\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"^\n\x0bValueResult\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tcanonical\x18\x03 \x01(\t\x12\x10\n\x08partners\x18\x04 \x03(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"c\n\x0eNodeCheckReply\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x12\n\nepoch_ends\x18\x02 \x01(\x01\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.blindmatch.v2.ValueResult\"g\n\rCheckRequests\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12.\n\x08requests\x18\x02 \x03(\x0b\x32\x1c.blindmatch.v2.SignedRequest\x12\x14\n\x0cwant_filters\x18\x03 \x01(\x08\"<\n\x0c\x43heckAnswers\x12,\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1b.blindmatch.v2.SignedAnswer\"|\n\nCheckReply\x12,\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1b.blindmatch.v2.SignedAnswer\x12,\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1b.blindmatch.v2.SignedFilter\x12\x12\n\nepoch_ends\x18\x03 \x01(\x01\"o\n\x06Sealed\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63hecker\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\x0e\n\x06sealed\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"K\n\x0eSealedMessages\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.blindmatch.v2.Sealed\"\x0c\n\nAlertReply\"\x0b\n\tSealReply\"5\n\x11\x43loseEpochRequest\x12\x10\n\x08\x65poch_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x0f\x43loseEpochReply\x12\r\n\x05known\x18\x01 \x01(\x08\x32\xba\x02\n\x10NodeWatchService\x12G\n\x05\x43heck\x12\x1f.blindmatch.v2.NodeCheckRequest\x1a\x1d.blindmatch.v2.NodeCheckReply\x12J\n\rEvaluateCheck\x12\x1c.blindmatch.v2.CheckRequests\x1a\x1b.blindmatch.v2.CheckAnswers\x12\x41\n\x05\x41lert\x12\x1d.blindmatch.v2.SealedMessages\x1a\x19.blindmatch.v2.AlertReply\x12N\n\nCloseEpoch\x12 .blindmatch.v2.CloseEpochRequest\x1a\x1e.blindmatch.v2.CloseEpochReply2\x9c\x01\n\x17\x43oordinatorWatchService\x12@\n\x05\x43heck\x12\x1c.blindmatch.v2.CheckRequests\x1a\x19.blindmatch.v2.CheckReply\x12?\n\x04Seal\x12\x1d.blindmatch.v2.SealedMessages\x1a\x18.blindmatch.v2.SealReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODECHECKREPLY']._serialized_start=216
   _globals['_NODECHECKREPLY']._serialized_end=315
   _globals['_CHECKREQUESTS']._serialized_start=317
-  _globals['_CHECKREQUESTS']._serialized_end=398
-  _globals['_CHECKANSWERS']._serialized_start=400
-  _globals['_CHECKANSWERS']._serialized_end=460
-  _globals['_CHECKREPLY']._serialized_start=462
-  _globals['_CHECKREPLY']._serialized_end=586
-  _globals['_SEALED']._serialized_start=588
-  _globals['_SEALED']._serialized_end=699
-  _globals['_SEALEDMESSAGES']._serialized_start=701
-  _globals['_SEALEDMESSAGES']._serialized_end=776
-  _globals['_ALERTREPLY']._serialized_start=778
-  _globals['_ALERTREPLY']._serialized_end=790
-  _globals['_SEALREPLY']._serialized_start=792
-  _globals['_SEALREPLY']._serialized_end=803
-  _globals['_CLOSEEPOCHREQUEST']._serialized_start=805
-  _globals['_CLOSEEPOCHREQUEST']._serialized_end=858
-  _globals['_CLOSEEPOCHREPLY']._serialized_start=860
-  _globals['_CLOSEEPOCHREPLY']._serialized_end=892
-  _globals['_NODEWATCHSERVICE']._serialized_start=895
-  _globals['_NODEWATCHSERVICE']._serialized_end=1209
-  _globals['_COORDINATORWATCHSERVICE']._serialized_start=1212
-  _globals['_COORDINATORWATCHSERVICE']._serialized_end=1368
+  _globals['_CHECKREQUESTS']._serialized_end=420
+  _globals['_CHECKANSWERS']._serialized_start=422
+  _globals['_CHECKANSWERS']._serialized_end=482
+  _globals['_CHECKREPLY']._serialized_start=484
+  _globals['_CHECKREPLY']._serialized_end=608
+  _globals['_SEALED']._serialized_start=610
+  _globals['_SEALED']._serialized_end=721
+  _globals['_SEALEDMESSAGES']._serialized_start=723
+  _globals['_SEALEDMESSAGES']._serialized_end=798
+  _globals['_ALERTREPLY']._serialized_start=800
+  _globals['_ALERTREPLY']._serialized_end=812
+  _globals['_SEALREPLY']._serialized_start=814
+  _globals['_SEALREPLY']._serialized_end=825
+  _globals['_CLOSEEPOCHREQUEST']._serialized_start=827
+  _globals['_CLOSEEPOCHREQUEST']._serialized_end=880
+  _globals['_CLOSEEPOCHREPLY']._serialized_start=882
+  _globals['_CLOSEEPOCHREPLY']._serialized_end=914
+  _globals['_NODEWATCHSERVICE']._serialized_start=917
+  _globals['_NODEWATCHSERVICE']._serialized_end=1231
+  _globals['_COORDINATORWATCHSERVICE']._serialized_start=1234
+  _globals['_COORDINATORWATCHSERVICE']._serialized_end=1390
 # @@protoc_insertion_point(module_scope)

@@ -116,7 +116,12 @@ class CheckRequests(_message.Message):
 
     EPOCH_ID_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
+    WANT_FILTERS_FIELD_NUMBER: _builtins.int
     epoch_id: _builtins.str
+    want_filters: _builtins.bool
+    """The checker lacks a partner's filter: send them all. A filter is fixed for the epoch, so a
+    checker asks once, not with every check.
+    """
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.SignedRequest]:
         """the check's: one, or a chunk and its subset checks"""
@@ -126,10 +131,11 @@ class CheckRequests(_message.Message):
         *,
         epoch_id: _builtins.str = ...,
         requests: _abc.Iterable[_node_pb2.SignedRequest] | None = ...,
+        want_filters: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_id", b"epoch_id", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_id", b"epoch_id", "requests", b"requests", "want_filters", b"want_filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -172,7 +178,7 @@ class CheckReply(_message.Message):
 
     @_builtins.property
     def filters(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.SignedFilter]:
-        """every other holder's, as signed"""
+        """every other holder's, as signed, when asked for"""
 
     def __init__(
         self,
