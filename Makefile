@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/blindmatch/v1/*.proto proto/blindmatch/v2/*.proto)
 
-.PHONY: install demo test test-fast wheel-check bench bench-full bench-ab lint format proto proto-check clean
+.PHONY: install demo test test-fast stress-refusal wheel-check bench bench-full bench-ab lint format proto proto-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "blindmatch needs Python >= 3.11 (set PYTHON=...)")'
@@ -25,6 +25,19 @@ test: install
 # The inner loop: everything but the tests marked slow (real processes, waits for node timeouts).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Not in CI: the refusal test that once failed one run in twelve, run STRESS_RUNS times in a row,
+# each in a fresh pytest, with two CPU burners loading the machine. Any failure stops it.
+STRESS_RUNS ?= 50
+STRESS_TEST ?= tests/test_privacy.py::test_no_key_material_after_a_round_a_node_refused
+stress-refusal: install
+	@mkdir -p build; burn() { while :; do :; done; }; burn & b1=$$!; burn & b2=$$!; \
+	trap 'kill $$b1 $$b2 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq $(STRESS_RUNS)); do \
+		$(BIN)/python -m pytest -q -p no:cacheprovider "$(STRESS_TEST)" > build/stress-refusal.log 2>&1 \
+		|| { cat build/stress-refusal.log; echo "stress-refusal: run $$i of $(STRESS_RUNS) failed"; exit 1; }; \
+		echo "run $$i of $(STRESS_RUNS): passed"; \
+	done; echo "stress-refusal: $(STRESS_RUNS) runs in a row passed with two CPU burners"
 
 # The wheel as a user gets it: built from the tree, installed (not editable) in a fresh venv, and
 # its demo run from an empty directory outside the repo, so nothing can come from the source tree.

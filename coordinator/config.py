@@ -32,6 +32,15 @@ _DEFAULT_CAPS: Final = Caps()
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What the coordinator takes on at once, before it knows a caller is honest."""
+
+    concurrent_calls: int = 128  # gRPC calls served or queued; more are refused
+    checks_in_flight: int = 16  # checks (Check and Seal calls) relayed at once, all nodes
+    checks_per_checker: int = 2  # of those, from one node
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str
     tls: TlsPaths
@@ -44,6 +53,7 @@ class CoordinatorConfig:
     operators: tuple[str, ...] = (ANY_OPERATOR,)
     caps: Caps = field(default_factory=Caps)
     metrics: str | None = None  # [metrics] listen: the Prometheus endpoint; None = no endpoint
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class OperatorConfig:
     name: str
     coordinator: str  # "host:port"
     tls: TlsPaths
+    # the name in the coordinator's certificate; None (a file older than the key): any coordinator
+    coordinator_name: str | None = None
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -73,6 +85,12 @@ def load_config(path: Path | str) -> CoordinatorConfig:
         )
     caps_table = r.table("caps", required=False)
     r.no_unknown(caps_table, "caps", {f.name for f in fields(Caps)})
+    limits_table = r.table("limits", required=False)
+    r.no_unknown(limits_table, "limits", {f.name for f in fields(Limits)})
+    limits = {
+        f.name: r.integer(f"limits.{f.name}", limits_table, f.default, low=1)  # type: ignore[arg-type]
+        for f in fields(Limits)
+    }
     nodes: dict[str, str] = {}
     for node, address in r.table("nodes", required=True).items():
         r.check(
@@ -94,6 +112,7 @@ def load_config(path: Path | str) -> CoordinatorConfig:
         ),
         nodes=nodes,
         metrics=read_listen(r),
+        limits=Limits(**limits),
     )
 
 
@@ -105,6 +124,9 @@ def load_operator_config(path: Path | str) -> OperatorConfig:
         name=r.name("name", r.data, None),
         coordinator=r.address("coordinator", r.value("coordinator", r.data, None, str)),
         tls=r.tls(),
+        coordinator_name=(
+            r.name("coordinator_name", r.data, None) if "coordinator_name" in r.data else None
+        ),
     )
 
 
@@ -151,6 +173,19 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
         _line("max_set", str(config.caps.max_set), "largest set accepted from one node"),
         _line("max_total", str(config.caps.max_total), "all sets of one round together"),
         "",
+        _line("[limits]", None, "what it takes on at once (docs/OPERATIONS.md, Resource limits)"),
+        _line(
+            "concurrent_calls",
+            str(config.limits.concurrent_calls),
+            "gRPC calls served or queued; more are refused",
+        ),
+        _line(
+            "checks_in_flight",
+            str(config.limits.checks_in_flight),
+            "early-warning checks relayed at once; more are refused",
+        ),
+        _line("checks_per_checker", str(config.limits.checks_per_checker), "of those, per node"),
+        "",
         _line("[nodes]", None, 'the registry: node name = "host:port"'),
         *(f"{n} = {_s(a)}" for n, a in config.nodes.items()),
         *_metrics_lines(config.metrics),
@@ -169,6 +204,17 @@ def write_operator_config(path: Path | str, config: OperatorConfig) -> None:
             "coordinator",
             _s(config.coordinator),
             "host:port where `blindmatch coordinator serve` listens",
+        ),
+        *(
+            []
+            if config.coordinator_name is None
+            else [
+                _line(
+                    "coordinator_name",
+                    _s(config.coordinator_name),
+                    "the name in its certificate: no other coordinator certificate is accepted",
+                )
+            ]
         ),
         "",
         *tls_lines(config.tls, base),

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 STOP_REASON: Final = "coordinator stopped during the round"
 PUBLISH_INTERVAL: Final = 0.25  # seconds between progress updates of one round
 ABORT_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort Abort
-SECONDARY_GRACE: Final = 1.0  # seconds a "round not found" waits for the reason behind it
 
 
 class RoundFailure(Exception):
@@ -374,16 +373,9 @@ class CommitteeDriver:
                     except ProtocolError as exc:
                         raise RoundFailure(str(exc)) from None
         except grpc.RpcError as err:
+            # A node answers every call for a round it refused or ended with that first cause
+            # (node/rounds.py), so whichever of its calls fails first reports the root cause.
             problem = self._rpc_problem(node, what, err, self.settings.round_timeout)
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                # The node has already dropped the round, most likely for a reason its other
-                # stream is about to report (a request it refused on Evaluate ends its Own too);
-                # give that reason a moment to arrive first, since it is the one worth showing.
-                # The stream counts as open until then, so the round cannot end meanwhile.
-                later = threading.Timer(SECONDARY_GRACE, self._stream_closed, args=(problem,))
-                later.daemon = True
-                later.start()
-                return
         except RoundFailure as exc:
             problem = str(exc)
         except Exception as exc:

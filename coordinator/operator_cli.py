@@ -40,7 +40,7 @@ from coordinator.config import (
     load_operator_config,
     write_operator_config,
 )
-from coordinator.operator_client import CALL_TIMEOUT, call, connect, rpc_message, signer
+from coordinator.operator_client import CALL_TIMEOUT, call, connect, rpc_message, shown, signer
 
 
 @coordinator_command
@@ -52,13 +52,20 @@ def cmd_operator_init(args: argparse.Namespace) -> int:
     """
     name = flag_value(validate_name, args.name, "--name")
     coordinator = flag_address(args.coordinator, "--coordinator")
+    coordinator_name = flag_value(validate_name, args.coordinator_name, "--coordinator-name")
     op_dir = Path(args.op_dir)
     config_path = op_dir / OPERATOR_FILE
     refuse_existing(config_path)
     with init_dir(op_dir):
         issued = issue_to_dir(args.pki, name, "operator", out_dir=op_dir)
     write_operator_config(
-        config_path, OperatorConfig(name=name, coordinator=coordinator, tls=absolute(issued))
+        config_path,
+        OperatorConfig(
+            name=name,
+            coordinator=coordinator,
+            tls=absolute(issued),
+            coordinator_name=coordinator_name,
+        ),
     )
     print(f"wrote {config_path}")
     print(f"issued operator/{name}: {issued.cert}, {issued.key}")
@@ -241,6 +248,7 @@ def _follow(
     last = info
     try:
         for last in stub.WatchRound(coordinator_pb2.GetRoundRequest(id=info.id)):
+            shown(config, last)
             progress.show(last)
     except grpc.RpcError as err:
         progress.end()

@@ -14,11 +14,13 @@ from typing import Final, TypeVar
 
 import grpc
 
-from blindmatch.cli.errors import BadInput, rpc_failure
+from blindmatch.cli.errors import BadInput, Failed, rpc_failure
+from blindmatch.core.errors import BadMessage
 from blindmatch.core.identity import PkiError
 from blindmatch.core.signing import Signer
+from blindmatch.runtime import serde
 from blindmatch.runtime.net import Allow, load_tls, open_channel
-from blindmatch.v1 import coordinator_pb2_grpc
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.config import OperatorConfig
 
 CALL_TIMEOUT: Final = 30.0  # seconds for each unary call to the coordinator
@@ -42,7 +44,8 @@ def connect(
 ) -> Iterator[coordinator_pb2_grpc.CoordinatorServiceStub]:
     """A stub on the coordinator operator.toml names, pinned to a coordinator certificate."""
     tls = None if insecure else load_tls(config.tls.ca, config.tls.cert, config.tls.key)
-    channel = open_channel(config.coordinator, tls, insecure=insecure, expect=Allow("coordinator"))
+    expect = Allow("coordinator", config.coordinator_name)
+    channel = open_channel(config.coordinator, tls, insecure=insecure, expect=expect)
     try:
         yield coordinator_pb2_grpc.CoordinatorServiceStub(channel)
     finally:
@@ -50,11 +53,38 @@ def connect(
 
 
 def call(config: OperatorConfig, rpc: Callable[[], T]) -> T:
-    """What ``rpc`` returns; a failure becomes the operator's error (``rpc_message``)."""
+    """What ``rpc`` returns, its numbers checked (``shown``); a failure becomes the operator's
+    error (``rpc_message``)."""
     try:
-        return rpc()
+        reply = rpc()
     except grpc.RpcError as err:
         raise rpc_failure(err, rpc_message(config, err)) from None
+    shown(config, reply)
+    return reply
+
+
+def shown(config: OperatorConfig, reply: object) -> None:
+    """Refuse a reply whose rounds or schedules carry numbers that are no time or count (a NaN
+    would crash the display, or show nonsense as fact)."""
+    rounds: list[coordinator_pb2.RoundInfo] = []
+    schedules: list[coordinator_pb2.ScheduleInfo] = []
+    if isinstance(reply, coordinator_pb2.RoundInfo):
+        rounds.append(reply)
+    elif isinstance(reply, coordinator_pb2.ListRoundsReply):
+        rounds.extend(reply.rounds)
+    elif isinstance(reply, coordinator_pb2.ScheduleInfo):
+        schedules.append(reply)
+    elif isinstance(reply, coordinator_pb2.ListSchedulesReply):
+        schedules.extend(reply.schedules)
+    try:
+        for info in rounds:
+            serde.round_from_proto(info)
+        for schedule in schedules:
+            serde.schedule_from_proto(schedule)
+    except BadMessage as exc:
+        raise Failed(
+            f"coordinator at {config.coordinator} sent a reply that cannot be shown: {exc}"
+        ) from None
 
 
 def rpc_message(config: OperatorConfig, err: grpc.RpcError) -> str:

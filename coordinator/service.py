@@ -22,8 +22,11 @@ import grpc
 from blindmatch.cli.tomlconfig import ConfigError
 from blindmatch.core.errors import ForgedMessage, ProtocolError
 from blindmatch.core.identity import Identity, PkiError, identity_of
+from blindmatch.core.match import MAX_PARTICIPANTS
 from blindmatch.core.orders import StandingOrder
 from blindmatch.core.signing import Trust, verify_order, verify_spec
+from blindmatch.core.watch_rules import MAX_CHECK_VALUES
+from blindmatch.core.watch_sealed import sealed_bytes
 from blindmatch.runtime import serde, status
 from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
@@ -31,6 +34,7 @@ from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
 from blindmatch.runtime.net import (
     AccessPolicy,
     ServerHandle,
+    Slots,
     TlsConfig,
     load_tls,
     peer_identity,
@@ -44,10 +48,21 @@ from coordinator.driver import Coordinator, NodeLinks, RoundFailure, RoundSettin
 from coordinator.metrics import NO_METRICS, CoordinatorHooks, CoordinatorMetrics
 from coordinator.records import RoundBoard, SqliteRoundStore
 from coordinator.schedules import Scheduler, ScheduleView
+from coordinator.watch import SERVICE_PREFIX as WATCH_PREFIX
 from coordinator.watch import CheckServicer, WatchHub
 from coordinator.watch import access_rules as watch_access_rules
 
 SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorService/"
+# The largest message each method legitimately carries (net.Gate); anything else takes 64 KiB.
+RECEIVE_LIMITS: Final = {
+    SERVICE_PREFIX + "StartRound": 1 << 20,  # a signed spec and the operator's certificate
+    SERVICE_PREFIX + "Schedule": 1 << 20,
+    # a check: one chunk of MAX_CHECK_VALUES points and its subset checks
+    WATCH_PREFIX + "Check": 65 * MAX_CHECK_VALUES + (1 << 20),
+    # one sealed batch of MAX_CHECK_VALUES messages for every other participant
+    WATCH_PREFIX + "Seal": (MAX_PARTICIPANTS - 1) * (sealed_bytes(MAX_CHECK_VALUES) + 1024)
+    + (1 << 20),
+}
 DEFAULT_LIST_LIMIT: Final = 50
 MAX_LIST_LIMIT: Final = 1000
 INSECURE_OPERATOR: Final = "(insecure)"  # plaintext callers have no certificate, hence no name
@@ -130,6 +145,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ListRounds(
         self, request: coordinator_pb2.ListRoundsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListRoundsReply:
+        # A larger limit is capped, not refused: it asks for "as many as there are", and gets
+        # the most one reply carries (uint32 on the wire, so never negative).
         limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
         return coordinator_pb2.ListRoundsReply(
             rounds=[serde.round_to_proto(r) for r in self.board.recent(limit)]
@@ -178,6 +195,7 @@ class RunningCoordinator:
     scheduler: Scheduler
     watch: WatchHub | None = None
     metrics: MetricsEndpoint | None = None  # the [metrics] endpoint, when configured
+    checks: Slots | None = None  # early-warning checks in flight (limits)
 
     @property
     def port(self) -> int:
@@ -238,8 +256,15 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             ),
             coordinator.running,
         )
-        servicer = CoordinatorServicer(
-            coordinator, None if tls is None else Trust(tls.ca), scheduler
+        trust = None if tls is None else Trust(tls.ca)
+        servicer = CoordinatorServicer(coordinator, trust, scheduler)
+        # checks in flight: a node flooding the coordinator is refused before any is parsed
+        checks = Slots(
+            "checks",
+            config.limits.checks_in_flight,
+            config.limits.checks_per_checker,
+            "limits.checks_in_flight",
+            "limits.checks_per_checker",
         )
         handle = start_server(
             config.listen,
@@ -248,14 +273,17 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
                     servicer, s
                 ),
                 lambda s: watch_pb2_grpc.add_CoordinatorWatchServiceServicer_to_server(
-                    CheckServicer(watch, hooks), s
+                    CheckServicer(watch, trust, hooks), s
                 ),
             ],
             tls,
             insecure=insecure,
             access=access_policy(config.operators),
+            limits=RECEIVE_LIMITS,
+            slots={WATCH_PREFIX: checks},
             # every WatchRound holds a worker thread while it follows its round
             max_workers=32,
+            max_concurrent_rpcs=config.limits.concurrent_calls,
         )
     except BaseException:
         if endpoint is not None:
@@ -266,7 +294,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
         raise
     scheduler.start()
     return RunningCoordinator(
-        handle, coordinator, store, store.failed_on_open, scheduler, watch, endpoint
+        handle, coordinator, store, store.failed_on_open, scheduler, watch, endpoint, checks
     )
 
 

@@ -24,6 +24,7 @@ calls to open its epoch through the hub, and ``CheckServicer`` serves checks and
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -38,13 +39,13 @@ import grpc
 
 from blindmatch.core.epoch import EpochRelay, RelayEpochs
 from blindmatch.core.errors import ProtocolError
-from blindmatch.core.identity import Identity, PkiError
+from blindmatch.core.signing import Party, Trust
 from blindmatch.core.spec import RoundSpec
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS, Clock, utc_text
 from blindmatch.core.watch_sealed import SignedFilter
 from blindmatch.runtime import serde_v2, status
 from blindmatch.runtime.hardening import open_private, private_dir
-from blindmatch.runtime.net import peer_identity
+from blindmatch.runtime.net import peer_certificate
 from blindmatch.v2 import node_pb2, watch_pb2, watch_pb2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
 
@@ -207,12 +208,13 @@ class WatchHub:
 
     # --- checks -----------------------------------------------------------------------------
 
-    def check(self, checker: str, request: watch_pb2.CheckRequests) -> watch_pb2.CheckReply:
-        """The first call of a check: its requests to every other member at once; their
-        signed answers back, and every other holder's filter when the checker asks for them."""
+    def check(self, checker: Party, request: watch_pb2.CheckRequests) -> watch_pb2.CheckReply:
+        """The first call of a check: its requests, once verified as the caller's own, to every
+        other member at once; their signed answers back, and every other holder's filter when
+        the checker asks for them."""
         signed = [serde_v2.request_from_proto(r) for r in request.requests]
         epoch = self._current(request.epoch_id)
-        members = epoch.members_for(checker, signed)
+        members = epoch.members_for(checker.identity.name, signed, checker)
         futures: dict[str, Future[watch_pb2.CheckAnswers]] = {
             member: self._pool.submit(
                 self._call,
@@ -241,18 +243,22 @@ class WatchHub:
             raise WatchFailure(problems[0].code, "; ".join(str(p) for p in problems))
         return watch_pb2.CheckReply(
             answers=answers,
-            filters=[serde_v2.filter_to_proto(f) for f in epoch.filters_for(checker).values()]
+            filters=[
+                serde_v2.filter_to_proto(f)
+                for f in epoch.filters_for(checker.identity.name).values()
+            ]
             if request.want_filters
             else [],
             epoch_ends=epoch.ends,
         )
 
-    def seal(self, checker: str, request: watch_pb2.SealedMessages) -> watch_pb2.SealReply:
-        """The second call: each holder its own sealed messages, in parallel. A holder that
-        cannot be reached is logged and skipped: the checker already holds its result."""
+    def seal(self, checker: Party, request: watch_pb2.SealedMessages) -> watch_pb2.SealReply:
+        """The second call: each holder its own sealed messages (verified as the caller's), in
+        parallel. A holder that cannot be reached is logged and skipped: the checker already
+        holds its result."""
         messages = serde_v2.sealed_from_proto(request)
         epoch = self._current(request.epoch_id)
-        by_holder = epoch.by_holder(checker, messages)
+        by_holder = epoch.by_holder(checker.identity.name, messages, checker)
         futures = {
             holder: self._pool.submit(
                 self._call,
@@ -298,16 +304,19 @@ class EpochOpener:
 
 
 class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
-    def __init__(self, hub: WatchHub, metrics: CoordinatorHooks = NO_METRICS) -> None:
+    def __init__(
+        self, hub: WatchHub, trust: Trust | None, metrics: CoordinatorHooks = NO_METRICS
+    ) -> None:
         self.hub = hub
+        self.trust = trust  # the federation CA; None when serving plaintext (no checks then)
         self.metrics = metrics
 
     def Check(
         self, request: watch_pb2.CheckRequests, context: grpc.ServicerContext
     ) -> watch_pb2.CheckReply:
-        def route(checker: str) -> watch_pb2.CheckReply:
+        def route(checker: Party) -> watch_pb2.CheckReply:
             reply = self.hub.check(checker, request)
-            self.metrics.check_routed(checker)
+            self.metrics.check_routed(checker.identity.name)
             return reply
 
         return self._as_checker(context, route)
@@ -317,28 +326,23 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
     ) -> watch_pb2.SealReply:
         return self._as_checker(context, lambda checker: self.hub.seal(checker, request))
 
-    def _as_checker(self, context: grpc.ServicerContext, handle: Callable[[str], T]) -> T:
-        """``handle`` for the node named in the caller's certificate; its errors as statuses."""
-        checker = _checker(context)
+    def _as_checker(self, context: grpc.ServicerContext, handle: Callable[[Party], T]) -> T:
+        """``handle`` for the node whose certificate the caller presented; its errors as
+        statuses. (How many checks are in flight is capped before this, by the server's gate.)"""
         with status.refusing(context, ProtocolError, WatchFailure):
-            return handle(checker.name)
+            return handle(self._checker(context))
         raise AssertionError("unreachable")  # refusing() aborts
 
-
-def _checker(context: grpc.ServicerContext) -> Identity:
-    try:
-        identity = peer_identity(context)
-    except PkiError:
-        identity = None
-    if identity is None:
-        status.abort(
-            context,
-            status.StatusError(
+    def _checker(self, context: grpc.ServicerContext) -> Party:
+        """The caller, as the party whose signature its check must carry."""
+        pem = peer_certificate(context)
+        if self.trust is None or pem is None:
+            raise WatchFailure(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "checks need mTLS: the checker is the node named in its certificate",
-            ),
-        )
-    return identity
+            )
+        now = datetime.datetime.fromtimestamp(self.hub.clock(), datetime.UTC)
+        return self.trust.party(pem, now=now, role="node", names=None)
 
 
 def access_rules() -> dict[str, list[tuple[str, str | None]]]:

@@ -18,7 +18,7 @@ from blindmatch.cli.errors import BadInput, command
 from blindmatch.cli.initdir import init_dir, refuse_existing, server_hosts
 from blindmatch.core.identity import validate_name
 from blindmatch.runtime import pki
-from blindmatch.runtime.net import split_host_port
+from blindmatch.runtime.net import load_tls, split_host_port
 from node.budgets import Budgets
 from node.config import ConnectorConfig, NodeConfig, load_config, render_config
 from node.connectors.stix_out import stix_bundle
@@ -160,6 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     existing_store(config)
+    if not args.insecure:  # a bad certificate or key is named now, not after a long hash fill
+        load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     # Before serving, so that every round from the start only blinds.
     with Store.open(config.store) as store:
         blinder = Blinder(config.worker_count)

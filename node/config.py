@@ -57,6 +57,11 @@ class ConnectorConfig:
     warninglists: bool = False  # drop values on MISP's warning lists (pymispwarninglists)
 
 
+DEFAULT_ROUND_LIFETIME: Final = 6 * 3600.0
+# A round holds two streams per participant; checks and imports take a few more.
+DEFAULT_CONCURRENT_CALLS: Final = 64
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     path: Path
@@ -81,6 +86,9 @@ class NodeConfig:
     sources: tuple[ConnectorConfig, ...] = ()  # where `node sync` pulls indicators from
     sinks: tuple[ConnectorConfig, ...] = ()  # where `node push` sends sightings of matches
     metrics: str | None = None  # [metrics] listen: the Prometheus endpoint; None = no endpoint
+    # the longest a round's key lives after Prepare, whatever the coordinator does (seconds)
+    round_lifetime: float = DEFAULT_ROUND_LIFETIME
+    concurrent_calls: int = DEFAULT_CONCURRENT_CALLS  # calls served or queued; more: refused
 
     @property
     def worker_count(self) -> int:
@@ -133,6 +141,8 @@ def load_config(path: str | Path) -> NodeConfig:
             "coordinator",
             "workers",
             "round_timeout",
+            "round_lifetime",
+            "concurrent_calls",
             "coordinator_address",
             "check_budget",
             "tls",
@@ -153,6 +163,8 @@ def load_config(path: str | Path) -> NodeConfig:
         coordinator=r.name("coordinator", data, "coordinator"),
         workers=r.integer("workers", data, 0, low=0),
         round_timeout=r.seconds("round_timeout", 600.0),
+        round_lifetime=r.seconds("round_lifetime", DEFAULT_ROUND_LIFETIME),
+        concurrent_calls=r.integer("concurrent_calls", data, DEFAULT_CONCURRENT_CALLS, low=1),
         tls=r.tls(),
         policy=Policy(
             partners=partners,
@@ -190,22 +202,15 @@ def _anyone_or(
 
 
 def _watch_settings(r: TomlReader) -> WatchSettings:
-    """``[watch]``: ``enabled``, ``max_epoch`` (a duration) and ``check_clients`` ("role/name")."""
+    """``[watch]``: ``enabled``, ``max_epoch`` (a duration) and ``check_clients`` (checkers)."""
     table = r.table("watch", required=False)
     r.no_unknown(table, "watch", {"enabled", "max_epoch", "check_clients"})
     try:
         max_epoch = parse_duration(r.value("watch.max_epoch", table, DEFAULT_MAX_EPOCH, str))
     except ValueError as exc:
         raise r.fail("watch.max_epoch", f"is wrong: {exc}") from None
-    clients = []
-    for entry in r.value("watch.check_clients", table, [], list):
-        role, _, name = str(entry).partition("/")
-        try:
-            clients.append((validate_role(role), validate_name(name)))
-        except ValueError as exc:
-            raise r.fail(
-                "watch.check_clients", f'entry {entry!r} is not "role/name": {exc}'
-            ) from None
+    entries = r.value("watch.check_clients", table, [], list)
+    clients = [_check_client(r, entry) for entry in entries]
     enabled = table.get("enabled", True)
     r.check(isinstance(enabled, bool), "watch.enabled", f"must be true or false, not {enabled!r}")
     return WatchSettings(
@@ -213,6 +218,40 @@ def _watch_settings(r: TomlReader) -> WatchSettings:
         max_epoch=max_epoch,
         check_clients=tuple(clients),
     )
+
+
+# Why a check client must be a checker: the other roles can do more than a SIEM should.
+_NOT_A_CHECKER: Final = {
+    "operator": "is an operator certificate, which can start rounds on every node; "
+    "a SIEM needs only Check",
+    "coordinator": "is a coordinator certificate, which runs rounds and must never see the "
+    "values a node checks; a SIEM needs only Check",
+    "node": "is a node certificate: this node's own certificate may always call Check, and "
+    "another node checks through its own node (a check here is made and charged in this "
+    "node's name)",
+}
+
+
+def _check_client(r: TomlReader, entry: object) -> tuple[str, str]:
+    """One ``[watch] check_clients`` entry, "checker/NAME" or a bare "NAME": ("checker", NAME)."""
+    key = "watch.check_clients"
+    r.check(isinstance(entry, str), key, f'entry {entry!r} must be a string, "checker/NAME"')
+    role, sep, name = str(entry).partition("/")
+    if not sep:
+        role, name = "checker", role
+    try:
+        validate_role(role)
+        validate_name(name)
+    except ValueError as exc:
+        raise r.fail(key, f'entry {entry!r} is not "checker/NAME" or "NAME": {exc}') from None
+    if role != "checker":
+        raise r.fail(
+            key,
+            f"entry {entry!r} {_NOT_A_CHECKER.get(role, 'is not a checker')}; issue a checker "
+            "certificate with "
+            f'`blindmatch pki issue PKI_DIR {name} --role checker` and list it as "checker/{name}"',
+        )
+    return role, name
 
 
 def _budgets(r: TomlReader) -> BudgetPolicy:
@@ -357,6 +396,8 @@ store = "store.sqlite"          # the private SQLite store of sightings, matches
 coordinator = "{coordinator}"     # the only coordinator (certificate name) allowed to run rounds here
 workers = 0                     # hashing processes; 0 = one per CPU core
 round_timeout = 600             # seconds a round may stay silent before this node drops it and its key
+round_lifetime = {DEFAULT_ROUND_LIFETIME:.0f}          # seconds a round's key lives at most after Prepare, whatever the coordinator does (less for small rounds)
+concurrent_calls = {DEFAULT_CONCURRENT_CALLS}           # gRPC calls served or queued at once; more are refused (RESOURCE_EXHAUSTED)
 coordinator_address = "{coordinator_address}"       # host:port of the coordinator, for `blindmatch node check` ("" = no checks)
 check_budget = {DEFAULT_CHECK_BUDGET}             # the check cap this node signs for each partner per watch epoch (a check of n values costs n, n + 40 above 64)
 
@@ -386,5 +427,8 @@ default_tlp = "{DEFAULT_TLP}"           # TLP given to imported records that car
 [watch]                         # early warning (docs/WATCH.md)
 enabled = true                  # take part in watch rounds (keep a round's key for an epoch)
 max_epoch = "{DEFAULT_MAX_EPOCH}"              # the longest epoch this node keeps a key for; longer watch rounds are refused
-check_clients = []              # besides this node's own certificate, who may call its Check, e.g. ["operator/siem-1"]
+# Besides this node's own certificate, who may call its Check: checker certificates, as
+# "checker/NAME" or "NAME", e.g. ["siem-1"] for one issued by `blindmatch pki issue PKI_DIR siem-1
+# --role checker`. Operator certificates are refused here: they can start rounds on every node.
+check_clients = []
 """

@@ -8,6 +8,7 @@ store keeps (blindmatch.core.oprf.hash_indicators); a round reads those and neve
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -15,7 +16,7 @@ from multiprocessing import get_context
 from typing import TypeVar
 
 from blindmatch.core import oprf
-from blindmatch.runtime.hardening import no_core_dumps
+from blindmatch.runtime.hardening import exit_with_parent, no_core_dumps
 
 # Fewer items than this are hashed in the caller's process unless the workers are already up:
 # spawning them (about a second) costs more than hashing a small import.
@@ -24,13 +25,21 @@ SPAWN_WORTH = 5_000
 _T = TypeVar("_T")
 
 
+def _start_worker(parent: int) -> None:
+    """Each worker's initializer: no core dumps, and no life after its node (even a kill -9)."""
+    no_core_dumps()
+    exit_with_parent(parent)
+
+
 class Blinder:
     """A pool of worker processes that hash indicators.
 
     Workers are spawned (not forked: forking a process that runs gRPC threads is unsafe) and get
-    the values with each task through a pipe; a worker may not dump core. ``retire`` (called when
-    the last live round has ended) ends the workers and warms fresh ones in the background, so
-    the next task does not wait for processes to spawn. It dates from v1, whose workers held
+    the values with each task through a pipe; a worker may not dump core, and exits when its
+    parent does, even by ``kill -9`` (it holds its task pipe's write end too, so it would never
+    read end-of-file and would wait forever). ``retire`` (called when the last live round has
+    ended) ends the workers and warms fresh ones in the background, so the next task does not
+    wait for processes to spawn. It dates from v1, whose workers held
     round keys; no round sends work here now.
     """
 
@@ -47,7 +56,10 @@ class Blinder:
                 raise RuntimeError("the blinding pool is closed")
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=get_context("spawn"), initializer=no_core_dumps
+                    self.workers,
+                    mp_context=get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(os.getpid(),),
                 )
             return self._pool.submit(fn, *args)
 

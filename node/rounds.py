@@ -61,6 +61,20 @@ __all__ = [
 log = logging.getLogger("blindmatch.node")
 
 RESTART_REASON = "node restarted during the round"
+# A round's key lives at most this long after Prepare once the signed sizes are known: a base for
+# the calls, and a generous allowance per element (v2 evaluates about 25,000 elements a second
+# per core, 40 us each; 1 ms leaves a factor of 25 for a loaded machine and a large committee).
+LIFETIME_BASE: Final = 600.0
+LIFETIME_PER_ELEMENT: Final = 0.001
+
+
+def lifetime_for(sizes: Mapping[str, int], cap: float) -> float:
+    """Seconds a round of these signed set sizes may live after Prepare, at most ``cap``."""
+    return min(cap, LIFETIME_BASE + LIFETIME_PER_ELEMENT * sum(sizes.values()))
+
+
+class RoundEnded(WrongPhase):
+    """A call for a round this node has ended: says how it ended, and why."""
 
 
 class WatchHooks(Protocol):
@@ -89,14 +103,15 @@ class LiveRound:
     coordinator: str
     started: str
     timeout: float
-    deadline: float
+    deadline: float  # the coordinator's silence ends the round here; each call pushes it back
+    expires: float  # the round's key dies here whatever the coordinator does (monotonic)
     operator: str  # who signed the spec (verified)
     committee: CommitteeNode  # the node's share, requests and tags
     parties: dict[str, Verifies] = field(default_factory=dict)  # verified at SignTranscript
     lock: threading.Lock = field(default_factory=threading.Lock)
     began: float = field(default_factory=time.monotonic)  # for the round's duration (metrics)
-    # why this node refused or failed the round: every later call for the round (its other
-    # streams run meanwhile) reports this refusal, not the "aborted" it led to
+    # why this node refused or ended the round: every later call for the round (its other
+    # streams run meanwhile, the coordinator's Abort) reports this cause, not what it led to
     refusal: ProtocolError | None = None
 
     def check_live(self) -> None:
@@ -168,18 +183,27 @@ class LiveRounds:
 
     def drop(self, live: LiveRound) -> bool:
         """Let ``live`` go; False if it had gone already."""
+        # a copy: the refusal itself goes on with a traceback whose frames hold the round (and
+        # its secrets) alive
+        kept = None if live.refusal is None else copy.copy(live.refusal).with_traceback(None)
         with self._lock:
             if self._rounds.get(live.round.spec.round_id) is not live:
                 return False
             del self._rounds[live.round.spec.round_id]
-            if live.refusal is not None:
-                # a copy: the refusal itself goes on with a traceback whose frames hold the
-                # round (and its secrets) alive
-                kept = copy.copy(live.refusal).with_traceback(None)
-                self._refused[live.round.spec.round_id] = kept
-                while len(self._refused) > _REFUSALS_KEPT:
-                    self._refused.popitem(last=False)
-            return True
+            if kept is not None:  # in the same step: no call in between hears "no round"
+                self._keep(live.round.spec.round_id, kept)
+        return True
+
+    def keep(self, round_id: str, refusal: ProtocolError) -> None:
+        """What every later call for ``round_id`` hears: why this node refused or ended it."""
+        kept = copy.copy(refusal).with_traceback(None)
+        with self._lock:
+            self._keep(round_id, kept)
+
+    def _keep(self, round_id: str, kept: ProtocolError) -> None:
+        self._refused[round_id] = kept
+        while len(self._refused) > _REFUSALS_KEPT:
+            self._refused.popitem(last=False)
 
     def ids(self) -> list[str]:
         with self._lock:
@@ -200,6 +224,7 @@ class RoundRegistry:
         tlps: tuple[str, ...],
         round_timeout: float,
         authority: Authority,
+        round_lifetime: float = 6 * 3600.0,
         live: LiveRounds,
         budgets: Budgets | None = None,
         watch: WatchHooks | None = None,
@@ -221,6 +246,7 @@ class RoundRegistry:
         self.policy = policy
         self.tlps = tlps
         self.round_timeout = round_timeout
+        self.round_lifetime = round_lifetime
         self.live = live
         self.watch = watch
         self.metrics = metrics
@@ -285,6 +311,7 @@ class RoundRegistry:
                 check_caps,
             )
         except ProtocolError as exc:
+            self.live.keep(spec.round_id, exc)
             self._record(
                 spec,
                 Outcome.REFUSED,
@@ -295,12 +322,14 @@ class RoundRegistry:
             )
             self.metrics.round_ended(Outcome.REFUSED, None, {})
             raise
+        now = time.monotonic()
         live = LiveRound(
             round=machine,
             coordinator=coordinator,
             started=utc_now(),
             timeout=timeout,
-            deadline=time.monotonic() + timeout,
+            deadline=now + timeout,
+            expires=now + self.round_lifetime,
             operator=operator,
             committee=committee,
         )
@@ -335,6 +364,7 @@ class RoundRegistry:
             assert committee.transcript is not None
             sizes = dict(committee.transcript.sizes)
             live.round.begin(sizes)
+            live.expires = min(live.expires, live.began + lifetime_for(sizes, self.round_lifetime))
             if self.budgets is not None:
                 self.budgets.charge_round(
                     live.round.spec.round_id,
@@ -387,7 +417,14 @@ class RoundRegistry:
             self.end(live, Outcome.FAILED, f"could not store matches: {exc}")
             raise StoreFailed(f"node {self.name} could not store matches: {exc}") from exc
         if handed is not None and self.watch is not None:
-            self.watch.opened(spec, *handed, live.coordinator, self.authority.signer)
+            try:
+                self.watch.opened(spec, *handed, live.coordinator, self.authority.signer)
+            except Exception as exc:
+                self.end(live, Outcome.FAILED, f"could not record its watch epoch: {exc}")
+                raise StoreFailed(
+                    f"node {self.name} could not record its watch epoch (its share is destroyed): "
+                    f"{exc}"
+                ) from exc
         self.end(live, Outcome.DONE, None)
         log.info("round %s done: %d results recorded", spec.round_id, recorded)
         return recorded
@@ -406,6 +443,9 @@ class RoundRegistry:
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
         """Drop a round: share destroyed, audit written. Safe to call twice."""
         round_id = live.round.spec.round_id
+        if outcome != Outcome.DONE and live.refusal is None:
+            # before the phase moves: a call in flight meanwhile hears this, not "is aborted"
+            live.refusal = RoundEnded(f"round {round_id} {outcome}: {reason or outcome}")
         if not self.live.drop(live):
             return
         if outcome != Outcome.DONE:
@@ -480,17 +520,20 @@ class RoundRegistry:
     def _reap(self) -> None:
         while not self._stop.wait(0.5):
             now = time.monotonic()
-            expired = [live for live in self.live.all() if live.deadline < now]
+            expired = [live for live in self.live.all() if min(live.deadline, live.expires) < now]
             while expired:  # popped, so that no name here keeps a dropped round alive
-                self._expire(expired.pop())
+                self._expire(expired.pop(), now)
 
-    def _expire(self, live: LiveRound) -> None:
-        log.warning("round %s: coordinator silent; dropping it", live.round.spec.round_id)
-        self.end(
-            live,
-            Outcome.FAILED,
-            f"timed out: no word from the coordinator for {live.timeout:.0f} s",
-        )
+    def _expire(self, live: LiveRound, now: float) -> None:
+        if live.expires < now:
+            reason = (
+                f"its key's lifetime of {live.expires - live.began:.0f} s after Prepare is over "
+                "(round_lifetime, sized from the signed set sizes)"
+            )
+        else:
+            reason = f"timed out: no word from the coordinator for {live.timeout:.0f} s"
+        log.warning("round %s: %s; dropping it", live.round.spec.round_id, reason)
+        self.end(live, Outcome.FAILED, reason)
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -11,8 +11,12 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass
+from typing import Final
 
+from blindmatch.core.spec import MAX_CHUNK
 from blindmatch.core.states import Outcome
+from blindmatch.core.watch_rules import MAX_CHECK_VALUES
+from blindmatch.core.watch_sealed import sealed_bytes
 from blindmatch.runtime import net
 from blindmatch.runtime.hardening import no_core_dumps
 from blindmatch.runtime.memory import return_large_buffers
@@ -27,8 +31,27 @@ from node.metrics import NO_METRICS, NodeHooks, NodeMetrics
 from node.pool import Blinder
 from node.rounds import LiveRounds, RoundRegistry, fail_unfinished
 from node.store import Store
-from node.watch import NodeWatch
+from node.watch import CHECK_METHOD, NodeWatch
 from node.watch import access_rules as watch_access_rules
+
+# The largest message each method legitimately carries (net.Gate); anything else takes 64 KiB.
+_POINTS = 65 * MAX_CHUNK  # a request or an answer: at most one chunk of 65-byte points
+_CHECK_POINTS = 65 * MAX_CHECK_VALUES
+RECEIVE_LIMITS: Final = {
+    "/blindmatch.v2.NodeService/Prepare": 1 << 20,  # a spec and the operator's certificate
+    # every participant's certificate (MAX_PARTICIPANTS of them) and commitment
+    "/blindmatch.v2.NodeService/SignTranscript": 4 << 20,
+    "/blindmatch.v2.NodeService/Begin": 1 << 20,
+    "/blindmatch.v2.NodeService/Evaluate": _POINTS + (1 << 16),  # per message of the stream
+    "/blindmatch.v2.NodeService/Own": _POINTS + (1 << 16),
+    "/blindmatch.v2.NodeService/Reveal": 1 << 20,
+    # matches with their inclusion proofs, bounded by the sets' caps: the largest message there is
+    "/blindmatch.v2.NodeService/Deliver": net.MAX_MESSAGE_BYTES,
+    "/blindmatch.v2.NodeWatchService/EvaluateCheck": _CHECK_POINTS + (1 << 20),
+    "/blindmatch.v2.NodeWatchService/Alert": sealed_bytes(MAX_CHECK_VALUES) + (1 << 16),
+    # MAX_CHECK_VALUES values of 600 bytes on average (URLs run long)
+    CHECK_METHOD: 64 << 20,
+}
 
 
 def access_policy(config: NodeConfig) -> net.AccessPolicy:
@@ -94,6 +117,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             store=store,
             policy=config.policy,
             budget=config.check_budget,
+            coordinator=config.coordinator,
             coordinator_address=config.coordinator_address,
             tls=tls,
             settings=config.watch,
@@ -105,6 +129,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             policy=config.policy,
             tlps=config.tlps,
             round_timeout=config.round_timeout,
+            round_lifetime=config.round_lifetime,
             # the node's TLS identity is its federation identity: it signs with it
             authority=Unauthenticated() if tls is None else RoundAuthority(tls, config.operators),
             live=live,
@@ -125,6 +150,8 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
             tls,
             insecure=insecure,
             access=None if insecure else access_policy(config),
+            limits=RECEIVE_LIMITS,
+            max_concurrent_rpcs=config.concurrent_calls,
         )
         # After the bind: a second node refused the port must not touch the first one's rounds.
         fail_unfinished(store, unfinished)

@@ -33,13 +33,20 @@ from blindmatch.core.canon import InvalidIndicator, canonicalize
 from blindmatch.core.committee import Handover
 from blindmatch.core.epoch import WatchEpoch
 from blindmatch.core.errors import BadMessage, ForgedMessage, ProtocolError, WrongPhase
+from blindmatch.core.identity import Identity
 from blindmatch.core.oprf import hash_indicator
 from blindmatch.core.round_node import Ids
 from blindmatch.core.secp256k1 import Point, point_from_bytes
 from blindmatch.core.signing import Signer, Signs
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import Outcome
-from blindmatch.core.watch_rules import Clock, WatchSettings, shares_with, utc_text
+from blindmatch.core.watch_rules import (
+    MAX_CHECK_VALUES,
+    Clock,
+    WatchSettings,
+    shares_with,
+    utc_text,
+)
 from blindmatch.runtime import net, serde_v2, status
 from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from node.metrics import NO_METRICS, NodeHooks
@@ -50,7 +57,6 @@ log = logging.getLogger("blindmatch.node.watch")
 SERVICE_PREFIX = "/blindmatch.v2.NodeWatchService/"
 CHECK_METHOD = SERVICE_PREFIX + "Check"
 COORDINATOR_CALL_TIMEOUT = 120.0  # seconds for one call of a check at the coordinator
-MAX_CHECK_VALUES = 100_000  # values in one Check call; more is a client's mistake
 
 _R = TypeVar("_R")
 
@@ -62,9 +68,19 @@ class CheckFailed(status.StatusError):
 def access_rules(
     node_name: str, coordinator: str, check_clients: Sequence[tuple[str, str]] = ()
 ) -> dict[str, list[tuple[str, str | None]]]:
-    """Check for this node's own certificate and the identities node.toml names (never every
-    operator: an operator starts rounds, it does not learn who holds what); the rest for its
-    coordinator."""
+    """Check for this node's own certificate and the checker certificates node.toml names
+    (``[watch] check_clients``); the rest for its coordinator.
+
+    Only checkers: an operator starts rounds and must not also learn who holds what, and a
+    checker certificate can do nothing but Check. node.config refuses other roles with advice;
+    this holds for settings built any other way too.
+    """
+    others = sorted({f"{role}/{name}" for role, name in check_clients if role != "checker"})
+    if others:
+        raise ValueError(
+            f"check clients must be checker certificates, not {', '.join(others)} "
+            "(node.toml [watch] check_clients)"
+        )
     clients: list[tuple[str, str | None]] = [(role, name) for role, name in check_clients]
     return {
         SERVICE_PREFIX: [("coordinator", coordinator)],
@@ -117,6 +133,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         store: Store,
         policy: Policy,
         budget: int,
+        coordinator: str,
         coordinator_address: str,
         tls: net.TlsConfig | None,
         settings: WatchSettings | None = None,
@@ -124,6 +141,7 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         metrics: NodeHooks = NO_METRICS,
     ) -> None:
         self.name = name
+        self.coordinator = coordinator  # its certificate name (node.toml ``coordinator``)
         self.store = store
         self.policy = policy
         self.budget = budget  # evaluations each partner may ask for its checks, per epoch
@@ -153,7 +171,12 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             self._coordinator_address = address
             if address:
                 self._channel = net.open_channel(
-                    address, self._tls, insecure=self._tls is None, expect=net.Allow("coordinator")
+                    address,
+                    self._tls,
+                    insecure=self._tls is None,
+                    # the coordinator node.toml names, not any holder of the role: another
+                    # coordinator certificate would see this node's checks
+                    expect=Identity("coordinator", self.coordinator),
                 )
         if old is not None:
             old.close()
@@ -173,20 +196,29 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
     def opened(
         self, spec: RoundSpec, handed: Handover, ids: Ids, coordinator: str, signer: Signs
     ) -> None:
-        """The watch round's delivery is stored: its epoch opens, replacing any other."""
+        """The watch round's delivery is stored: its epoch opens, replacing any other, once its
+        audit record is written. It ends ``epoch_seconds`` (signed, and within ``max_epoch``) after
+        now by this node's clock, or earlier: nothing the coordinator sends makes it later.
+
+        Raises (the share destroyed) when the audit record cannot be written: a key the audit
+        does not show must not exist."""
         epoch = WatchEpoch(self.name, handed, signer, self.clock() + spec.epoch_seconds)
+        try:
+            self.store.record_epoch(
+                epoch.epoch_id,
+                ends=utc_text(epoch.ends),
+                coordinator=coordinator,
+                participants=epoch.participants,
+                tags=epoch.tag_count,
+            )
+        except Exception:
+            epoch.close("its audit record could not be written")
+            raise
         with self._lock:
             old, self.epoch = self.epoch, epoch
             self._ids = ids
         if old is not None:
             self._close(old, f"replaced by epoch {epoch.epoch_id}")
-        self.store.record_epoch(
-            epoch.epoch_id,
-            ends=utc_text(epoch.ends),
-            coordinator=coordinator,
-            participants=epoch.participants,
-            tags=epoch.tag_count,
-        )
         log.info("epoch %s: share and tags kept until %s", epoch.epoch_id, utc_text(epoch.ends))
 
     def round_ended(self, round_id: str, outcome: str, reason: str | None) -> None:
@@ -389,15 +421,20 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
             for (kind, value), h in zip(items, stored, strict=True)
         ]
 
-    @staticmethod
-    def _ask(address: str, call: Callable[[], _R]) -> _R:
+    def _ask(self, address: str, call: Callable[[], _R]) -> _R:
         try:
             return call()
         except grpc.RpcError as err:
+            hint = ""
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                hint = (
+                    f" (is it running, and does its certificate name it {self.coordinator!r}, "
+                    "the coordinator node.toml names? no other is accepted)"
+                )
             raise CheckFailed(
                 err.code(),
                 f"the coordinator at {address} could not complete the check: "
-                f"{err.code().name}: {err.details() or '(no details)'}",
+                f"{err.code().name}: {err.details() or '(no details)'}{hint}",
             ) from None
 
     def _audit(

@@ -9,8 +9,10 @@ from typing import Any
 
 import grpc
 
-from blindmatch.cli.errors import BAD_INPUT, OK, rpc_failure
+from blindmatch.cli.errors import BAD_INPUT, OK, Failed, rpc_failure
 from blindmatch.core.canon import wire_value
+from blindmatch.core.errors import BadMessage
+from blindmatch.core.spec import check_time
 from blindmatch.core.watch_rules import utc_text
 from blindmatch.runtime import net
 from blindmatch.v2 import watch_pb2, watch_pb2_grpc
@@ -57,7 +59,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         if reply.epoch_id:
-            print(f"epoch {reply.epoch_id[:12]}, ends {utc_text(reply.epoch_ends)}")
+            try:  # the node's own number, but a number from the wire all the same
+                ends = utc_text(check_time(reply.epoch_ends, "epoch_ends"))
+            except BadMessage as exc:
+                raise Failed(
+                    f"node {config.name} sent a reply that cannot be shown: {exc}"
+                ) from None
+            print(f"epoch {reply.epoch_id[:12]}, ends {ends}")
         for r in rows:
             if r["error"]:
                 print(f"refused  {r['input']}: {r['error']}")

@@ -7,6 +7,7 @@ from tests.federation import Federation, Setup, refusing_address
 from tests.fsfixtures import *  # noqa: F403
 from tests.pkifixtures import *  # noqa: F403
 from tests.pkifixtures import FederationPki
+from tests.sharefixtures import *  # noqa: F403
 
 
 @pytest.fixture(scope="module")

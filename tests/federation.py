@@ -203,6 +203,16 @@ HOLDINGS: Holdings = {
 }
 
 
+# For early-warning tests: a value alpha and charlie hold (a check finds it at the other), one only
+# alpha holds, and bravo holding nothing of theirs.
+WATCH_SHARED = ("domain", "shared.example")
+WATCH_HOLDINGS: Holdings = {
+    "alpha": [WATCH_SHARED, ("domain", "alpha-only.example")],
+    "bravo": [("ipv4", "10.1.2.3")],
+    "charlie": [WATCH_SHARED],
+}
+
+
 def domains(table: Mapping[str, Sequence[str]]) -> Holdings:
     """Holdings of domain names only: ``{node: [name, ...]}``."""
     return {node: [("domain", value) for value in values] for node, values in table.items()}
@@ -222,9 +232,9 @@ CHECK_BUDGET = 40  # elements a node blinds for each partner's checks per epoch,
 
 
 def watching(config: NodeConfig) -> NodeConfig:
-    """A node for the watch tests: a small check budget; charlie's SIEM (operator/siem) may call
-    its Check, no other operator may (node.toml [watch] check_clients)."""
-    clients = (("operator", "siem"),) if config.name == "charlie" else ()
+    """A node for the watch tests: a small check budget; charlie's SIEM (checker/siem) may call
+    its Check, no operator may (node.toml [watch] check_clients)."""
+    clients = (("checker", "siem"),) if config.name == "charlie" else ()
     return replace(config, check_budget=CHECK_BUDGET, watch=WatchSettings(check_clients=clients))
 
 

@@ -20,17 +20,21 @@ import grpc
 import pytest
 
 from blindmatch.cli.main import main
-from blindmatch.cli.tomlconfig import TlsPaths
+from blindmatch.cli.tomlconfig import ConfigError, TlsPaths
 from blindmatch.runtime import net
 from blindmatch.runtime.net import TlsConfig
 from blindmatch.runtime.pki import CertMaterial, issue, new_ca
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2
 from blindmatch.v2 import node_pb2 as node_v2
-from blindmatch.v2 import node_pb2_grpc
+from blindmatch.v2 import node_pb2_grpc, watch_pb2, watch_pb2_grpc
 from coordinator.config import CoordinatorConfig
 from coordinator.service import RunningCoordinator
 from coordinator.service import start as start_coordinator
+from node.config import load_config, render_config
+from node.server import RunningNode
 from node.server import start as start_node
+from node.watch import access_rules as node_watch_rules
+from tests.clirun import run
 from tests.federation import Federation, Setup, domains, held, signed_spec, start_request
 from tests.pkifixtures import FederationPki, leaf_with_uris
 
@@ -322,3 +326,215 @@ def test_a_config_naming_another_coordinator_locks_the_usual_one_out(
         assert reply.known is False
     finally:
         node.stop(grace=0.5)
+
+
+# --- a checker certificate: Check on the nodes that list it, and nothing else -----------------
+
+SIEM = "siem-1"
+NOT_A_VALUE = "not a value!!"  # answered with its error, no epoch needed: the handler ran
+ON = "127.0.0.1:0"
+
+
+def node_toml(home: Path, pki: FederationPki, check_clients: str) -> Path:
+    """bravo's node.toml as `node init` writes it, with ``check_clients = <check_clients>``."""
+    files = pki.files("bravo", "node")
+    text = render_config(
+        name="bravo", listen=ON, ca=str(files.ca), cert=str(files.cert), key=str(files.key)
+    )
+    assert "check_clients = []" in text
+    text = text.replace("check_clients = []", f"check_clients = {check_clients}")
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "node.toml"
+    path.write_text(text.replace("workers = 0", "workers = 1"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def siem_node(
+    pki: FederationPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningNode]:
+    """bravo, whose node.toml lets its SIEM check: ``check_clients = ["siem-1"]``."""
+    config = load_config(node_toml(tmp_path_factory.mktemp("siem-node"), pki, f'["{SIEM}"]'))
+    assert config.watch.check_clients == (("checker", SIEM),)
+    node = start_node(config, insecure=False)
+    yield node
+    node.stop(grace=0.5)
+
+
+def node_check(channel: grpc.Channel, values: list[str]) -> watch_pb2.NodeCheckReply:
+    stub = watch_pb2_grpc.NodeWatchServiceStub(channel)
+    reply: watch_pb2.NodeCheckReply = stub.Check(
+        watch_pb2.NodeCheckRequest(values=values), timeout=T
+    )
+    return reply
+
+
+def test_a_listed_checker_calls_check(siem_node: RunningNode, pki: FederationPki) -> None:
+    """test_watch.py checks through a real epoch as a checker; without one, the call still
+    reaches the handler."""
+    with channel_to(siem_node.port, pki.tls(SIEM, "checker"), BRAVO) as channel:
+        reply = node_check(channel, [NOT_A_VALUE])
+        assert [r.value for r in reply.results] == [NOT_A_VALUE]
+        assert reply.results[0].error
+        err = rpc_error(lambda: node_check(channel, ["checked.example"]))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "node bravo has no watch epoch" in err.details()
+
+
+def _watch(channel: grpc.Channel) -> watch_pb2_grpc.NodeWatchServiceStub:
+    return watch_pb2_grpc.NodeWatchServiceStub(channel)
+
+
+# every method of a node but Check, as a call on a channel
+NOT_CHECK: dict[str, Callable[[grpc.Channel], object]] = {
+    **CALLS,
+    "EvaluateCheck": lambda ch: _watch(ch).EvaluateCheck(
+        watch_pb2.CheckRequests(epoch_id="x"), timeout=T
+    ),
+    "Alert": lambda ch: _watch(ch).Alert(watch_pb2.SealedMessages(epoch_id="x"), timeout=T),
+    "CloseEpoch": lambda ch: _watch(ch).CloseEpoch(
+        watch_pb2.CloseEpochRequest(epoch_id="x"), timeout=T
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(NOT_CHECK))
+def test_a_checker_may_call_no_other_node_method(
+    siem_node: RunningNode, pki: FederationPki, method: str
+) -> None:
+    with channel_to(siem_node.port, pki.tls(SIEM, "checker"), BRAVO) as channel:
+        err = rpc_error(lambda: NOT_CHECK[method](channel))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"the caller presented checker/{SIEM}" in err.details()
+    assert siem_node.rounds.active() == []
+
+
+def test_a_checker_may_not_check_at_a_node_that_does_not_list_it(
+    fed: Federation, pki: FederationPki
+) -> None:
+    with channel_to(fed.nodes["alpha"].port, pki.tls(SIEM, "checker"), ALPHA) as channel:
+        err = rpc_error(lambda: node_check(channel, [NOT_A_VALUE]))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"requires node/alpha; the caller presented checker/{SIEM}" in err.details()
+
+
+def _coordinator(channel: grpc.Channel) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+
+def _coordinator_watch(channel: grpc.Channel) -> watch_pb2_grpc.CoordinatorWatchServiceStub:
+    return watch_pb2_grpc.CoordinatorWatchServiceStub(channel)
+
+
+GET = coordinator_pb2.GetRoundRequest(id="x")
+# every method of the coordinator, as a call on a channel with the federation's pki at hand
+COORDINATOR_CALLS: dict[str, Callable[[grpc.Channel, FederationPki], object]] = {
+    "StartRound": lambda ch, pki: _coordinator(ch).StartRound(start(pki), timeout=T),
+    "GetRound": lambda ch, _: _coordinator(ch).GetRound(GET, timeout=T),
+    "ListRounds": lambda ch, _: _coordinator(ch).ListRounds(
+        coordinator_pb2.ListRoundsRequest(), timeout=T
+    ),
+    "WatchRound": lambda ch, _: list(_coordinator(ch).WatchRound(GET, timeout=T)),
+    "Schedule": lambda ch, _: _coordinator(ch).Schedule(
+        coordinator_pb2.ScheduleRequest(), timeout=T
+    ),
+    "ListSchedules": lambda ch, _: _coordinator(ch).ListSchedules(
+        coordinator_pb2.ListSchedulesRequest(), timeout=T
+    ),
+    "CancelSchedule": lambda ch, _: _coordinator(ch).CancelSchedule(
+        coordinator_pb2.CancelScheduleRequest(id="x"), timeout=T
+    ),
+    "watch Check": lambda ch, _: _coordinator_watch(ch).Check(
+        watch_pb2.CheckRequests(epoch_id="x"), timeout=T
+    ),
+    "watch Seal": lambda ch, _: _coordinator_watch(ch).Seal(
+        watch_pb2.SealedMessages(epoch_id="x"), timeout=T
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(COORDINATOR_CALLS))
+def test_a_checker_may_call_nothing_at_the_coordinator(
+    fed: Federation, pki: FederationPki, method: str
+) -> None:
+    assert fed.coordinator is not None
+    before = listed(fed)
+    with channel_to(fed.coordinator.port, pki.tls(SIEM, "checker"), COORDINATOR) as channel:
+        err = rpc_error(lambda: COORDINATOR_CALLS[method](channel, pki))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"the caller presented checker/{SIEM}" in err.details()
+    assert listed(fed) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [("ops", "operator"), ("siem-2", "checker"), ("alpha", "node"), ("coordinator", "coordinator")],
+    ids=["operator", "unlisted-checker", "another-node", "coordinator"],
+)
+def test_only_the_node_and_its_listed_checkers_may_check(
+    siem_node: RunningNode, pki: FederationPki, name: str, role: str
+) -> None:
+    """ops is the operator every test round is started by: round power gives no Check."""
+    with channel_to(siem_node.port, pki.tls(name, role), BRAVO) as channel:
+        err = rpc_error(lambda: node_check(channel, [NOT_A_VALUE]))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        f"requires checker/{SIEM} or node/bravo; the caller presented {role}/{name}"
+        in err.details()
+    )
+
+
+def test_the_node_itself_may_check(siem_node: RunningNode, pki: FederationPki) -> None:
+    with channel_to(siem_node.port, pki.tls("bravo", "node"), BRAVO) as channel:
+        assert node_check(channel, [NOT_A_VALUE]).results[0].error
+
+
+def test_check_clients_are_checkers_named_either_way(tmp_path: Path, pki: FederationPki) -> None:
+    config = load_config(node_toml(tmp_path, pki, '["checker/siem-1", "siem-2"]'))
+    assert config.watch.check_clients == (("checker", "siem-1"), ("checker", "siem-2"))
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (
+            "operator/siem-1",
+            "is an operator certificate, which can start rounds on every node; "
+            "a SIEM needs only Check",
+        ),
+        ("coordinator/siem-1", "is a coordinator certificate, which runs rounds"),
+        ("node/siem-1", "is a node certificate: this node's own certificate may always call Check"),
+    ],
+    ids=["operator", "coordinator", "node"],
+)
+def test_check_clients_refuse_every_role_but_checker(
+    tmp_path: Path, pki: FederationPki, entry: str, why: str
+) -> None:
+    path = node_toml(tmp_path, pki, f'["{entry}"]')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: watch.check_clients entry '{entry}' {why}")
+    assert message.endswith(
+        "; issue a checker certificate with `blindmatch pki issue PKI_DIR siem-1 --role checker`"
+        ' and list it as "checker/siem-1"'
+    )
+    # every command that reads node.toml says so, as bad input
+    status, _, stderr = run("node", "stats", "--config", str(path))
+    assert status == 2 and why in stderr and "--role checker" in stderr
+
+
+@pytest.mark.parametrize("entries", ['["root/x"]', '["Siem"]', '["checker/"]', "[5]"])
+def test_check_clients_refuse_what_names_no_checker(
+    tmp_path: Path, pki: FederationPki, entries: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"watch\.check_clients entry .*"):
+        load_config(node_toml(tmp_path, pki, entries))
+
+
+def test_node_access_rules_admit_checkers_only() -> None:
+    """Settings built in code, not read from node.toml, cannot open Check to an operator."""
+    rules = node_watch_rules("bravo", "coordinator", [("checker", SIEM)])
+    assert rules["/blindmatch.v2.NodeWatchService/Check"] == [("node", "bravo"), ("checker", SIEM)]
+    with pytest.raises(ValueError, match="must be checker certificates, not operator/siem"):
+        node_watch_rules("bravo", "coordinator", [("operator", "siem")])

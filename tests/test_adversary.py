@@ -352,8 +352,9 @@ def test_a_request_replayed_from_another_round_is_refused(attacker: Attacker, ho
         begun(new)
         if how == "as-captured":
             got, err = evaluate(a, "alpha", [stolen])
-            assert got == [] and err is not None and err.code() == Code.NOT_FOUND, err
-            assert f"no round {old.round_id!r}" in (err.details() or "")
+            # the old round is over: alpha says how it ended, and answers nothing
+            assert got == [] and err is not None and err.code() == Code.FAILED_PRECONDITION, err
+            assert f"round {old.round_id} aborted" in (err.details() or "")
             entry = audit(a, "alpha", old.round_id)
             assert entry is not None
             assert entry.outcome == "aborted"

@@ -19,8 +19,9 @@ from blindmatch.core.committee import (
     request_statement,
 )
 from blindmatch.core.delivery import SharedCount, SignedRoot, VerifiedMatch
-from blindmatch.core.errors import ForgedMessage, PolicyRefusal
+from blindmatch.core.errors import BadMessage, ForgedMessage, PolicyRefusal
 from blindmatch.core.evaluation import Transcript, elements_digest
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.secp256k1 import mul, points_from_bytes, points_to_bytes
 from blindmatch.core.spec import Policy
@@ -221,3 +222,36 @@ def test_a_delivery_proved_against_other_roots_than_those_revealed_to_is_refused
     other = replace(other, signature=SIGNERS["bravo"].sign(other.statement("r1")))
     with pytest.raises(ForgedMessage, match="other roots than those revealed to"):
         r.nodes["alpha"].deliver(delivery, {**roots, "bravo": other})
+
+
+def test_a_request_beyond_what_an_honest_owner_asks_is_refused_and_charges_nothing() -> None:
+    """Chunks of the spec's size, then λ proved subset checks: a member answers nothing else,
+    even signed and within the requester's budget."""
+    r = begun_with(chunk_size=8)
+    bravo = r.nodes["bravo"]
+    big = r.nodes["alpha"].request(hashes([f"g{i}.example" for i in range(9)]))
+    with pytest.raises(BadMessage, match="9 evaluations exceeds the spec's chunk size of 8"):
+        bravo.on_request(big)
+    few = replace(big.request, count=2, proved=True, elements=elements_digest(big.points[:130]))
+    proved = SignedRequest(few, big.points[:130], SIGNERS["alpha"].sign(request_statement(few)))
+    with pytest.raises(BadMessage, match=f"2 points, not its {LAMBDA} subset checks"):
+        bravo.on_request(proved)
+    assert bravo.member is not None and bravo.member.ledger is not None
+    assert bravo.member.ledger.charged == {}
+
+
+def begun_with(**mode: object) -> Round:
+    r = prepare(SETS, **mode)
+    signatures = sign_all(r)
+    for node in r.nodes.values():
+        node.begin(signatures)
+    return r
+
+
+def test_the_coordinator_refuses_a_root_over_another_size_than_announced() -> None:
+    r = begun()
+    roots = tagged(r)
+    stuffed_root = SignedRoot("bravo", 70, roots["bravo"].root, b"")
+    stuffed = replace(stuffed_root, signature=SIGNERS["bravo"].sign(stuffed_root.statement("r1")))
+    with pytest.raises(BadMessage, match="counts 70 tags; it announced 42"):
+        r.coordinator.on_root(stuffed)

@@ -736,7 +736,11 @@ def test_cli_init_writes_a_config_and_a_certificate(
 
 def operator_toml(pki: FederationPki, home: Path, name: str, coordinator: str) -> str:
     args = argparse.Namespace(
-        op_dir=str(home), name=name, coordinator=coordinator, pki=str(pki.dir)
+        op_dir=str(home),
+        name=name,
+        coordinator=coordinator,
+        coordinator_name="coordinator",
+        pki=str(pki.dir),
     )
     assert operator_cli.cmd_operator_init(args) == 0
     return str(home / "operator.toml")

@@ -125,21 +125,6 @@ def no_round_outlives_its_test(env: Env) -> Iterator[None]:
             )
 
 
-@pytest.fixture
-def members(monkeypatch: pytest.MonkeyPatch) -> list[Member]:
-    """Every v2 share drawn while the test runs (``Member``: a node's share of one round, drawn
-    in ``Member.__init__``), puppets' included: the real members, recorded as they are made."""
-    drawn: list[Member] = []
-    init = Member.__init__
-
-    def recording(self: Member, purpose: str, ident: str, name: str) -> None:
-        init(self, purpose, ident, name)
-        drawn.append(self)
-
-    monkeypatch.setattr(Member, "__init__", recording)
-    return drawn
-
-
 def destroyed(member: Member) -> bool:
     # Member has no public accessor for it: ``destroy`` sets ``_share`` to None.
     return member._share is None
@@ -793,6 +778,8 @@ def test_an_answer_proof_with_a_scalar_out_of_range_is_refused(
 # --- requests: equivocation, budgets, strangers -------------------------------------------------
 
 ALLOWED = len(ZULU) + LAMBDA  # what zulu may ask of alpha's share: its set and its checks
+# a chunk size that lets one request carry more than zulu may ask for: the budget is what refuses
+WHOLE = 2 * ALLOWED
 
 
 def _points(n: int) -> bytes:
@@ -845,6 +832,10 @@ def _empty(r: HandRound, zulu: OwningPuppet) -> list[v2.SignedRequest]:
     return [zulu.request(0, b"")]
 
 
+def _count_past_any_request(r: HandRound, zulu: OwningPuppet) -> list[v2.SignedRequest]:
+    return [zulu.request(0, GOOD, count=2**32 - 1)]
+
+
 @pytest.mark.parametrize(
     ("requests", "code", "message", "blinded"),
     [
@@ -877,7 +868,13 @@ def _empty(r: HandRound, zulu: OwningPuppet) -> list[v2.SignedRequest]:
             "zulu's request carries another transcript than the one this member signed",
             0,
         ),
-        (_empty, Code.INVALID_ARGUMENT, "a request asks for at least one evaluation", 0),
+        (_empty, Code.INVALID_ARGUMENT, "zulu's request 0: count 0 is out of range", 0),
+        (
+            _count_past_any_request,
+            Code.INVALID_ARGUMENT,
+            f"zulu's request 0: count {2**32 - 1} is out of range",
+            0,
+        ),
     ],
     ids=[
         "equivocation",
@@ -888,6 +885,7 @@ def _empty(r: HandRound, zulu: OwningPuppet) -> list[v2.SignedRequest]:
         "signed-by-another",
         "another-transcript",
         "empty",
+        "count-past-any-request",
     ],
 )
 def test_a_refused_request_ends_the_round(
@@ -900,7 +898,7 @@ def test_a_refused_request_ends_the_round(
 ) -> None:
     before = snapshot(env)
     zulu = puppet(env)
-    r = begun(env, zulu)
+    r = begun(env, zulu, chunk_size=WHOLE)
     sent = requests(r, zulu)
     details = refused(code, lambda: r.evaluate("alpha", sent))
     assert message in details
@@ -921,7 +919,7 @@ def test_a_repeated_request_gets_the_same_answer_and_costs_nothing(
     everything it announced; one evaluation more is refused."""
     before = snapshot(env)
     zulu = puppet(env)
-    r = begun(env, zulu)
+    r = begun(env, zulu, chunk_size=WHOLE)
     first = zulu.request(0, _points(len(ZULU)))
     (answer,) = r.evaluate("alpha", [first])
     again = r.evaluate("alpha", [first, first, zulu.request(1, _points(LAMBDA))])
@@ -1025,6 +1023,17 @@ def _count_over_size(msg: v2.DeliverRequest) -> None:
     msg.shared["zulu"] = len(ZULU) + 1
 
 
+U64 = 2**64 - 1  # the largest uint64: no set has a position, leaf or count anywhere near it
+
+
+def _position_past_any_set(msg: v2.DeliverRequest) -> None:
+    _proof(msg).positions[-1] = U64
+
+
+def _count_past_any_set(msg: v2.DeliverRequest) -> None:
+    msg.shared["zulu"] = U64
+
+
 FORGED = Code.PERMISSION_DENIED  # core.delivery.ForgedDelivery is a ForgedMessage
 
 
@@ -1088,6 +1097,18 @@ FORGED = Code.PERMISSION_DENIED  # core.delivery.ForgedDelivery is a ForgedMessa
             FORGED,
             f"a count of {len(ZULU) + 1} shared with zulu, whose set has {len(ZULU)} tags",
         ),
+        (
+            "pairwise",
+            _position_past_any_set,
+            Code.INVALID_ARGUMENT,
+            f"a position proved by zulu {U64} is out of range",
+        ),
+        (
+            "count",
+            _count_past_any_set,
+            Code.INVALID_ARGUMENT,
+            f"the count shared with zulu {U64} is out of range",
+        ),
     ],
     ids=[
         "position-out-of-range",
@@ -1107,6 +1128,8 @@ FORGED = Code.PERMISSION_DENIED  # core.delivery.ForgedDelivery is a ForgedMessa
         "threshold-hit-without-proof",
         "count-names-a-stranger",
         "count-over-a-set",
+        "position-past-any-set",
+        "count-past-any-set",
     ],
 )
 def test_a_malformed_delivery_is_refused_and_nothing_is_recorded(
@@ -1400,7 +1423,8 @@ PROPER = {
     Code.PERMISSION_DENIED,
 }
 # What grpc itself answers when a request does not parse as its message type.
-UNPARSABLE = (Code.INTERNAL, "Exception deserializing request!")
+# bytes that are no message of the method: refused by the server's gate before any handler
+UNPARSABLE = "the message does not parse"
 FUZZ_DEADLINE = 5.0
 
 
@@ -1421,9 +1445,9 @@ def raw_call(channel: grpc.Channel, path: str, kind: str, payloads: list[bytes])
 
 def assert_proper(status: tuple[Any, str], what: str, seen: set[Any] | None = None) -> None:
     code, details = status
-    assert code in PROPER or status == UNPARSABLE, f"{what}: {code} {details}"
+    assert code in PROPER, f"{what}: {code} {details}"
     if seen is not None:
-        seen.add(code)
+        seen.add(UNPARSABLE if details.endswith(UNPARSABLE) else code)
 
 
 def assert_serving(channel: grpc.Channel) -> None:
@@ -1458,7 +1482,7 @@ def test_random_bytes_to_every_coordinator_rpc_get_a_proper_status(env: Env) -> 
 
     fuzz()
     # bytes that parse reach the handlers: empty messages are refused by the services themselves
-    assert {Code.INTERNAL, Code.INVALID_ARGUMENT, Code.NOT_FOUND} <= seen
+    assert {UNPARSABLE, Code.INVALID_ARGUMENT, Code.NOT_FOUND} <= seen
     assert_serving(coordinator)
     wait_until_rounds_end(env)
     assert_consistent(env, before)
@@ -1495,7 +1519,7 @@ def test_random_bytes_to_every_node_rpc_get_a_proper_status(env: Env) -> None:
 
     fuzz()
     # bytes that parse reach the handlers: empty messages are refused by the services themselves
-    assert {Code.INTERNAL, Code.INVALID_ARGUMENT, Code.NOT_FOUND} <= seen
+    assert {UNPARSABLE, Code.INVALID_ARGUMENT, Code.NOT_FOUND} <= seen
     assert_serving(env.channels["alpha"])
     assert_consistent(env, before)
 

@@ -533,6 +533,7 @@ def write_tls(directory: Path, ca: bytes, cert: bytes, key: bytes) -> tuple[Path
     paths = (directory / "ca.pem", directory / "me.pem", directory / "me.key")
     for path, content in zip(paths, (ca, cert, key), strict=True):
         path.write_bytes(content)
+    paths[2].chmod(0o600)  # load_tls refuses a key others may read
     return paths
 
 
@@ -552,6 +553,39 @@ def test_load_tls_names_a_missing_or_unusable_file(pki: FederationPki, tmp_path:
     (tmp_path / "junk.pem").write_bytes(b"junk")
     with pytest.raises(TlsConfigError, match=r"certificate .*junk.pem is not a PEM certificate"):
         load_tls(paths.ca, tmp_path / "junk.pem", paths.key)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700, 0o610])
+def test_load_tls_refuses_a_key_others_may_read(
+    pki: FederationPki, tmp_path: Path, mode: int
+) -> None:
+    fr = pki.files("fr")
+    ca, cert, key = write_tls(
+        tmp_path, fr.ca.read_bytes(), fr.cert.read_bytes(), fr.key.read_bytes()
+    )
+    key.chmod(mode)
+    if mode & 0o077:
+        with pytest.raises(TlsConfigError) as err:
+            load_tls(ca, cert, key)
+        assert str(err.value) == (
+            f"private key {key} is open to its group or others (mode {mode:04o}); whoever can "
+            f"read it can act as this certificate: run `chmod 600 {key}`"
+        )
+    else:
+        load_tls(ca, cert, key)
+    key.chmod(0o600)  # what the message says to run
+    load_tls(ca, cert, key)
+
+
+def test_load_tls_quotes_the_chmod_of_an_odd_path(pki: FederationPki, tmp_path: Path) -> None:
+    fr = pki.files("fr")
+    ca, cert, key = write_tls(
+        tmp_path / "my keys", fr.ca.read_bytes(), fr.cert.read_bytes(), fr.key.read_bytes()
+    )
+    key.chmod(0o644)
+    with pytest.raises(TlsConfigError) as err:
+        load_tls(ca, cert, key)
+    assert str(err.value).endswith(f"run `chmod 600 '{tmp_path}/my keys/me.key'`")
 
 
 def test_load_tls_cross_checks_the_files(pki: FederationPki, tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +148,25 @@ def test_node_init_refuses_to_overwrite_and_reports_bad_input(
     )  # fmt: skip
     assert status == 2 and "run `blindmatch pki init" in err
     assert "Traceback" not in err
+
+
+def test_node_serve_refuses_a_private_key_others_may_read(
+    tmp_path: Path, pki: FederationPki
+) -> None:
+    home = tmp_path / "lax"
+    args = ["node", "init", str(home), "--name", "cli-lax", "--listen", "127.0.0.1:0"]
+    assert run(*args, "--pki", str(pki.dir))[0] == 0
+    path = home / "node.toml"
+    path.write_text(path.read_text().replace("workers = 0", "workers = 1"))
+    key = load_config(path).tls.key
+    key.chmod(0o644)  # as a careless copy leaves it
+    # a process of its own: serve takes over SIGINT and SIGTERM, which pytest needs
+    argv = [sys.executable, "-m", "blindmatch.cli.main", "node", "serve", "--config", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"private key {key} is open to its group or others (mode 0644)" in done.stderr
+    assert done.stderr.rstrip().endswith(f"run `chmod 600 {key}`")
+    assert "listening" not in done.stdout and "Traceback" not in done.stderr
 
 
 # --- node import ------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from blindmatch.cli.main import cmd_pki_init, cmd_pki_issue
-from blindmatch.core.identity import Identity, PkiError, identity_of
+from blindmatch.core.identity import ROLES, Identity, PkiError, identity_of
+from blindmatch.runtime.net import load_tls
 from blindmatch.runtime.pki import (
     CaMaterial,
     PkiFileExists,
@@ -25,6 +26,7 @@ from blindmatch.runtime.pki import (
     new_ca,
     served_identity,
 )
+from tests.clirun import run
 from tests.pkifixtures import FederationPki, leaf_with_uris
 
 UTC = datetime.UTC
@@ -79,7 +81,7 @@ def test_ca_may_sign_leaves_only(ca: CaMaterial) -> None:
     cert.verify_directly_issued_by(cert)
 
 
-@pytest.mark.parametrize("role", ["node", "coordinator", "operator"])
+@pytest.mark.parametrize("role", ROLES)
 def test_identity_round_trips_for_every_role(ca: CaMaterial, role: str) -> None:
     leaf = issue(ca, "fr_cert-1", role)
     assert identity_of(leaf.cert_pem) == Identity(role, "fr_cert-1")
@@ -200,7 +202,7 @@ def test_identity_hosts_name_a_holder_or_a_whole_role() -> None:
     assert identity_host("node", "a_b-") == "a_b-.node.blindmatch.invalid"
 
 
-@pytest.mark.parametrize("role", ["node", "coordinator", "operator"])
+@pytest.mark.parametrize("role", ROLES)
 def test_issued_certificates_serve_their_identity(ca: CaMaterial, role: str) -> None:
     assert served_identity(issue(ca, "x_1", role).cert_pem) == Identity(role, "x_1")
 
@@ -369,6 +371,34 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "node.blindmatch.invalid",
         "de.example",
     ]
+
+
+def test_cli_issues_a_checker_certificate(tmp_path: Path, open_umask: None) -> None:
+    """A SIEM's certificate: the checker role, no host names (it never serves), a 0600 key."""
+    pki_dir = tmp_path / "pki"
+    assert run("pki", "init", str(pki_dir))[0] == 0
+    status, out, err = run("pki", "issue", str(pki_dir), "siem-1", "--role", "checker")
+    assert status == 0, err
+    assert "issued checker/siem-1" in out
+    cert, key = pki_dir / "issued/siem-1.pem", pki_dir / "issued/siem-1.key"
+    assert identity_of(cert.read_bytes()) == Identity("checker", "siem-1")
+    names = sans(load(cert.read_bytes()))
+    assert names.get_values_for_type(x509.DNSName) == [
+        "siem-1.checker.blindmatch.invalid",
+        "checker.blindmatch.invalid",
+    ]
+    assert names.get_values_for_type(x509.IPAddress) == []
+    assert mode(key) == 0o600
+    load_tls(pki_dir / "ca.pem", cert, key)  # usable as it is: its key is not refused
+
+
+def test_cli_offers_every_role(tmp_path: Path) -> None:
+    # main.py spells the roles out (it does not import identity): they must not drift apart
+    status, out, _ = run("pki", "issue", "--help")
+    assert status == 0
+    assert "{" + ",".join(ROLES) + "}" in out
+    status, _, err = run("pki", "issue", str(tmp_path), "x", "--role", "siem")
+    assert status == 2 and "invalid choice: 'siem'" in err
 
 
 def test_cli_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

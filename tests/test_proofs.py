@@ -17,7 +17,7 @@ import pytest
 
 import blindmatch.core
 from blindmatch.core import proofs
-from blindmatch.core.errors import ForgedMessage
+from blindmatch.core.errors import ForgedMessage, WrongPhase
 from blindmatch.core.proofs import (
     DSTS,
     PROOF_BYTES,
@@ -34,6 +34,7 @@ from blindmatch.core.proofs import (
 from blindmatch.core.secp256k1 import (
     ORDER,
     Point,
+    SecretScalar,
     add,
     base_mul,
     mul,
@@ -279,6 +280,59 @@ def test_composite_coefficients_depend_on_context_commitment_and_order(share: Sh
     assert composites(Share().P, inputs, outputs, CONTEXT)[0] != m
     reordered = composites(share.P, inputs[::-1], outputs[::-1], CONTEXT)[0]
     assert reordered != m
+
+
+# --- The secrets ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nonces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, SecretScalar]]:
+    """Every nonce the provers draw, and its value: known here, so that a test can redo the
+    prover's arithmetic with integers."""
+    drawn = []
+
+    def draw() -> SecretScalar:
+        r = random_scalar()
+        drawn.append((r, SecretScalar.from_int(r)))
+        return drawn[-1][1]
+
+    monkeypatch.setattr(proofs, "SecretScalar", draw)
+    return drawn
+
+
+def test_proofs_are_what_integer_arithmetic_gives_and_their_nonces_are_destroyed(
+    share: Share, nonces: list[tuple[int, SecretScalar]]
+) -> None:
+    """The transcripts and s = r − c·k mod n, which libsecp256k1 computes on the secrets' buffers,
+    are those of the integer formulas, bit for bit."""
+    k, P = SecretScalar.from_int(share.k), share.P
+    proof = prove_knowledge(k, P, CONTEXT)
+    r, nonce = nonces[-1]
+    c = proofs._knowledge_challenge(point_to_bytes(P), base_mul(r), CONTEXT)
+    assert proof == Proof(c, (r - c * share.k) % ORDER)
+    assert nonce.destroyed
+
+    inputs, outputs = batch(share, 5)
+    proof = prove_equal(k, P, inputs, outputs, CONTEXT)
+    r, nonce = nonces[-1]
+    m, z = composites(P, inputs, outputs, CONTEXT)
+    c = proofs._equal_challenge(point_to_bytes(P), m, z, base_mul(r), mul(m, r), CONTEXT)
+    assert proof == Proof(c, (r - c * share.k) % ORDER)
+    assert nonce.destroyed
+    assert len(nonces) == 2 and not k.destroyed
+
+
+def test_a_destroyed_share_proves_nothing() -> None:
+    k = SecretScalar()
+    P = base_mul(k)
+    inputs = [base_mul(random_scalar())]
+    outputs = [mul(inputs[0], k)]
+    verify_equal(P, inputs, outputs, prove_equal(k, P, inputs, outputs, CONTEXT), CONTEXT)
+    k.destroy()
+    with pytest.raises(WrongPhase):
+        prove_knowledge(k, P, CONTEXT)
+    with pytest.raises(WrongPhase):
+        prove_equal(k, P, inputs, outputs, CONTEXT)
 
 
 # --- Encoding -------------------------------------------------------------------------------------

@@ -398,6 +398,7 @@ def test_cli_schedules_lists_and_cancels(
         op_dir=str(home),
         name="cli-sched",
         coordinator=f"127.0.0.1:{f.fed.coordinator.port}",
+        coordinator_name="coordinator",
         pki=str(f.pki.dir),
     )
     assert operator_cli.cmd_operator_init(init) == 0

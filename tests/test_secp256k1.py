@@ -8,16 +8,22 @@ under test.
 
 from __future__ import annotations
 
+import copy
+import gc
+import pickle
+
 import pytest
 from coincurve import PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blindmatch.core.errors import WrongPhase
 from blindmatch.core.secp256k1 import (
     ORDER,
     POINT_BYTES,
     InvalidPoint,
     InvalidScalar,
+    SecretScalar,
     add,
     base_mul,
     batch_inverse,
@@ -33,6 +39,7 @@ from blindmatch.core.secp256k1 import (
     point_to_bytes,
     points_from_bytes,
     random_scalar,
+    response,
     scalar_from_bytes,
     scalar_to_bytes,
 )
@@ -460,3 +467,84 @@ def test_add_and_mul_agree() -> None:
     assert point_to_bytes(add([g, base_mul(2), base_mul(4)])) == point_to_bytes(mul(g, 7))
     k = random_scalar()
     assert point_to_bytes(mul(mul(g, k), inverse(k))) == point_to_bytes(g)
+
+
+# --- secret scalars -----------------------------------------------------------------------------
+
+
+def test_a_secret_scalar_computes_what_its_integer_does() -> None:
+    point = hash_to_curve(b"x", b"blindmatch-v2-test")
+    for k in (1, 2, ORDER - 1, random_scalar()):
+        secret = SecretScalar.from_int(k)
+        assert point_to_bytes(mul(point, secret)) == point_to_bytes(mul(point, k))
+        assert point_to_bytes(base_mul(secret)) == point_to_bytes(base_mul(k))
+
+
+@pytest.mark.parametrize(
+    ("r", "c", "k"),
+    [
+        (5, 2, 3),
+        (1, 1, 2),
+        (ORDER - 1, ORDER - 1, 1),
+        (random_scalar(), random_scalar(), random_scalar()),
+    ],
+)
+def test_a_response_is_r_minus_c_k_mod_n(r: int, c: int, k: int) -> None:
+    assert response(SecretScalar.from_int(r), c, SecretScalar.from_int(k)) == (r - c * k) % ORDER
+
+
+def test_a_response_of_zero_is_reported_as_zero() -> None:
+    # r = c·k: libsecp256k1 refuses a zero result, which the prover turns into a new nonce
+    c, k = 7, random_scalar()
+    assert response(SecretScalar.from_int(c * k % ORDER), c, SecretScalar.from_int(k)) == 0
+
+
+def test_random_secret_scalars_are_distinct_and_in_range() -> None:
+    secrets = [SecretScalar() for _ in range(64)]
+    values = {int.from_bytes(s._buf, "big") for s in secrets}  # a test may look; nothing else does
+    assert len(values) == 64
+    assert all(0 < v < ORDER for v in values)
+
+
+def test_a_destroyed_secret_is_zero_and_refuses_every_use() -> None:
+    secret = SecretScalar()
+    secret.destroy()
+    assert secret.destroyed and secret._buf == bytes(32)
+    with pytest.raises(WrongPhase, match="destroyed"):
+        mul(base_mul(1), secret)
+    with pytest.raises(WrongPhase, match="destroyed"):
+        base_mul(secret)
+    with pytest.raises(WrongPhase, match="destroyed"):
+        response(SecretScalar(), 3, secret)
+    with pytest.raises(WrongPhase, match="destroyed"):
+        response(secret, 3, SecretScalar())
+
+
+def test_a_secret_zeroed_during_a_multiplication_gives_no_result() -> None:
+    # What a multiplication sees when ``destroy`` runs in another thread between the check
+    # and libsecp256k1's read of the key.
+    secret = SecretScalar()
+    secret._buf[:] = bytes(32)
+    with pytest.raises(WrongPhase, match="while in use"):
+        mul(base_mul(1), secret)
+    with pytest.raises(WrongPhase, match="while in use"):
+        base_mul(secret)
+
+
+def test_a_secret_dropped_without_destroy_is_overwritten() -> None:
+    secret = SecretScalar()
+    view = memoryview(secret._buf)  # outlives the secret, to look at its buffer afterwards
+    assert any(view)
+    del secret
+    gc.collect()
+    assert not any(view)
+
+
+def test_a_secret_is_neither_shown_nor_converted_nor_copied() -> None:
+    secret = SecretScalar()
+    assert repr(secret) == str(secret) == "SecretScalar(live)"
+    for convert in (int, bytes, bytearray, memoryview, pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError):
+            convert(secret)
+    secret.destroy()
+    assert repr(secret) == "SecretScalar(destroyed)"

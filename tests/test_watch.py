@@ -142,9 +142,9 @@ def test_a_checked_value_does_not_join_the_checkers_filter(fed: Federation) -> N
 
 
 def test_check_access(fed: Federation) -> None:
-    # the identities node.toml names (a SIEM integration) may check for a node; another node,
-    # or any other operator, may not
-    reply = check(fed, "charlie", ["charlie-new.example"], as_name="siem", role="operator")
+    # the checkers node.toml names (a SIEM integration) may check for a node; another node,
+    # or any operator, may not
+    reply = check(fed, "charlie", ["charlie-new.example"], as_name="siem", role="checker")
     assert partners_of(reply)["charlie-new.example"] == set()
     for name, role in (("bravo", "node"), ("ops", "operator")):
         with pytest.raises(grpc.RpcError) as err:

@@ -38,21 +38,24 @@ from blindmatch.v2 import watch_pb2, watch_pb2_grpc
 from coordinator.watch import WatchHub
 from node.rounds import StoreFailed
 from node.watch import NodeWatch
-from tests.federation import Federation, Setup, check, held, partners_of, watching
+from tests.federation import (
+    NAMES,
+    WATCH_HOLDINGS,
+    WATCH_SHARED,
+    Federation,
+    Setup,
+    check,
+    held,
+    partners_of,
+    watching,
+)
 
-NAMES = ("alpha", "bravo", "charlie")
-SHARED = ("domain", "shared.example")
-HELD = {
-    "alpha": [SHARED, ("domain", "alpha-only.example")],
-    "bravo": [("ipv4", "10.1.2.3")],
-    "charlie": [SHARED],
-}
 TEN_YEARS = 10 * 365 * 86400.0
 
 
 @pytest.fixture(scope="module")
 def federation_setup() -> Setup:
-    return Setup(NAMES, held(HELD), configure=watching)
+    return Setup(NAMES, held(WATCH_HOLDINGS), configure=watching)
 
 
 def watch_of(fed: Federation, name: str) -> NodeWatch:
@@ -154,7 +157,7 @@ def test_the_ghost_check_is_refused_and_charges_nobody(fed: Federation) -> None:
     old_transcript = epoch_of(fed, "bravo").transcript.digest()
     epoch_id = open_epoch(fed)
     bravo = epoch_of(fed, "bravo")
-    request, points = check_request(bravo, "alpha", 10_000, [SHARED])
+    request, points = check_request(bravo, "alpha", 10_000, [WATCH_SHARED])
     stale = replace(request, ident=old, transcript=old_transcript)
     forged = {
         "unsigned": SignedRequest(request, points, b""),
@@ -346,7 +349,7 @@ def test_a_member_sees_fresh_blinded_points_and_the_coordinator_no_hit(
     assert [partners_of(r)["shared.example"] for r in replies] == [{"alpha", "charlie"}] * 2
     received = [points_from_bytes(call[0].points) for call in seen]
     assert len(received) == 2 and received[0] != received[1]  # two checks cannot be linked
-    plain = hash_indicator(*SHARED)
+    plain = hash_indicator(*WATCH_SHARED)
     assert all(point_to_bytes(p) != point_to_bytes(plain) for ps in received for p in ps)
     # a check of a value only bravo holds: alpha (miss) and bravo (hit) get the same messages
     check(fed, "charlie", ["10.1.2.3"])

@@ -29,7 +29,17 @@ from blindmatch.core.secp256k1 import mul, points_from_bytes, points_to_bytes
 from blindmatch.core.spec import Policy
 from blindmatch.core.watch_rules import EpochEnded
 from blindmatch.core.watch_sealed import SealedMessageRejected, message_count, sealed_bytes
-from tests.inmemory import CERTS, SIGNERS, SPEC, Cheat, Round, evaluate, reveal_all, sign_all
+from tests.inmemory import (
+    CERTS,
+    PARTIES,
+    SIGNERS,
+    SPEC,
+    Cheat,
+    Round,
+    evaluate,
+    reveal_all,
+    sign_all,
+)
 from tests.values import hashes
 
 SETS = {
@@ -105,7 +115,7 @@ def check(
     chk, requests = ep.check(hashes(values), None, NOW)
     answers = []
     for signed in requests:
-        for member in w.relay.members_for(checker, [signed]):
+        for member in w.relay.members_for(checker, [signed], PARTIES[checker]):
             answer = w.epochs[member].answer(signed, NOW)
             answers.append(cheat(member, signed, answer) if cheat else answer)
     ep.verified_tags(chk, answers)
@@ -116,7 +126,7 @@ def check(
             (SETS[holder][a.position], a.checker)
             for a in w.epochs[holder].alerts(messages, KEYS[holder], NOW)
         ]
-        for holder, messages in w.relay.by_holder(checker, sealed).items()
+        for holder, messages in w.relay.by_holder(checker, sealed, PARTIES[checker]).items()
     }
     return Checked(hits, sealed, alerts)
 
@@ -148,7 +158,7 @@ def test_a_check_finds_exactly_the_holders_and_alerts_each_with_its_own_indicato
     ]
     assert sorted(got.alerts["bravo"]) == [("ab.example", "charlie"), ("all.example", "charlie")]
     # every tested holder gets one message per value, alert or dummy, all of one size
-    per_holder = w.relay.by_holder("charlie", got.sealed)
+    per_holder = w.relay.by_holder("charlie", got.sealed, PARTIES["charlie"])
     assert {h: [message_count(m.alert.sealed) for m in ms] for h, ms in per_holder.items()} == {
         "alpha": [4],
         "bravo": [4],
@@ -213,7 +223,10 @@ def test_the_ghost_check_is_refused_and_charges_nobody() -> None:
     assert w.epochs["bravo"].charged("charlie") == w.epochs["bravo"].charged("alpha") == 0
     # an honest coordinator refuses it from alpha's connection too; bravo relies on no relay
     with pytest.raises(ForgedMessage, match="no check of alpha"):
-        w.relay.members_for("alpha", [forged])
+        w.relay.members_for("alpha", [forged], PARTIES["alpha"])
+    # and refuses charlie's own request under a signature that is not charlie's
+    with pytest.raises(ForgedMessage, match="charlie's check is not signed by"):
+        w.relay.members_for("charlie", [forged], PARTIES["charlie"])
 
 
 def test_a_replayed_seq_with_other_points_is_equivocation_and_a_repeat_is_free() -> None:
@@ -291,7 +304,7 @@ def test_a_members_wrong_answer_stops_the_check_and_names_it() -> None:
 def test_sealed_messages_moved_relabelled_or_altered_are_rejected() -> None:
     w = watch()
     got = check(w, "charlie", ["ab.example", "all.example"])
-    to_alpha = w.relay.by_holder("charlie", got.sealed)["alpha"]
+    to_alpha = w.relay.by_holder("charlie", got.sealed, PARTIES["charlie"])["alpha"]
     alpha, bravo = w.epochs["alpha"], w.epochs["bravo"]
     with pytest.raises(SealedMessageRejected):  # alpha's messages handed to bravo
         bravo.alerts(to_alpha, KEYS["bravo"], NOW)

@@ -72,7 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = pki.add_parser("issue", help="issue a certificate binding a role and a name")
     s.add_argument("pki_dir", metavar="PKI_DIR")
     s.add_argument("name", metavar="NAME")
-    s.add_argument("--role", required=True, choices=["node", "coordinator", "operator"])
+    s.add_argument(
+        "--role",
+        required=True,
+        # identity.ROLES, spelled out: importing it pulls in cryptography on every CLI start
+        choices=["node", "coordinator", "operator", "checker"],
+        help="checker: may only call the Check of nodes whose [watch] check_clients list it "
+        "(a SIEM)",
+    )
     s.add_argument(
         "--host", action="append", metavar="H", help="DNS name or IP the holder serves on"
     )
@@ -170,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("op_dir", metavar="OP_DIR")
     s.add_argument("--name", required=True)
     s.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    s.add_argument(
+        "--coordinator-name", default="coordinator", help="name in the coordinator's certificate"
+    )
     s.add_argument("--pki", required=True, metavar="PKI_DIR")
     s.set_defaults(handler=_lazy("coordinator.operator_cli", "cmd_operator_init"))
 

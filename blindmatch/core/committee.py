@@ -54,11 +54,12 @@ from blindmatch.core.evaluation import (
 from blindmatch.core.match import CountResult, Delivery, PairwiseResult, ThresholdResult
 from blindmatch.core.member import Member
 from blindmatch.core.merkle import root as merkle_root
+from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.owner import Owner, VerificationFailed
 from blindmatch.core.proofs import BadProof
 from blindmatch.core.secp256k1 import Point
 from blindmatch.core.signing import Signs, Verifies, statement
-from blindmatch.core.spec import Caps, Policy, RoundSpec
+from blindmatch.core.spec import DEFAULT_CHUNK, Caps, Policy, RoundSpec
 from blindmatch.core.states import COMMITTEE_NODE, CommitteeEvent, CommitteePhase
 from blindmatch.core.watch_sealed import (
     FILTER_ERROR_RATE,
@@ -94,6 +95,7 @@ class RoundTerms:
     threshold: int | None = None
     counts: bool = False
     epoch_seconds: float = 0.0  # a watch round: its share and tags serve an epoch this long
+    chunk_size: int = DEFAULT_CHUNK  # the most elements one (unproved) set request carries
 
     def __post_init__(self) -> None:
         if not set(self.committee) <= set(self.participants) or not self.committee:
@@ -118,6 +120,7 @@ class RoundTerms:
             spec.threshold,
             spec.counts,
             spec.epoch_seconds,
+            spec.chunk_size,
         )
 
 
@@ -416,7 +419,19 @@ class CommitteeNode:
         if party is None or requester == self.me:
             raise ForgedMessage(f"a request in the name of {requester}, not a partner")
         party.verify(request_statement(signed.request), signed.signature, f"{requester}'s request")
-        answer, points = self.member.answer(signed.request, signed.points)
+        request = signed.request
+        # what an honest owner asks: chunks of the spec's size, then its λ subset checks
+        if request.kind == "set" and request.proved and request.count != LAMBDA:
+            raise BadMessage(
+                f"{requester}'s proved request carries {request.count} points, not its "
+                f"{LAMBDA} subset checks"
+            )
+        if request.kind == "set" and not request.proved and request.count > self.terms.chunk_size:
+            raise BadMessage(
+                f"{requester}'s request of {request.count} evaluations exceeds the spec's chunk "
+                f"size of {self.terms.chunk_size}"
+            )
+        answer, points = self.member.answer(request, signed.points)
         return SignedAnswer(answer, points, self.signer.sign(answer_statement(answer)))
 
     def charged(self, requester: str) -> int:
@@ -563,6 +578,11 @@ class CommitteeCoordinator:
         """Every participant's signed root, to send to every node, once all are in."""
         if root.owner not in self.terms.participants or root.owner in self.roots:
             raise BadMessage(f"an unexpected tag root from {root.owner}")
+        announced = self.prepared[root.owner].size
+        if root.size != announced:
+            raise BadMessage(
+                f"{root.owner}'s tag root counts {root.size} tags; it announced {announced}"
+            )
         self.roots[root.owner] = root
         return dict(self.roots) if len(self.roots) == len(self.terms.participants) else None
 

@@ -48,12 +48,12 @@ from blindmatch.core.committee import (
     request_statement,
 )
 from blindmatch.core.errors import BadMessage, ForgedMessage
-from blindmatch.core.evaluation import EvaluationAnswer
+from blindmatch.core.evaluation import EvaluationAnswer, elements_digest
 from blindmatch.core.oprf import TAG_BYTES
 from blindmatch.core.owner import VerificationFailed
 from blindmatch.core.proofs import BadProof
 from blindmatch.core.secp256k1 import Point
-from blindmatch.core.signing import Party, Signs
+from blindmatch.core.signing import Party, Signs, Verifies
 from blindmatch.core.watch_rules import EpochEnded, utc_text
 from blindmatch.core.watch_sealed import EpochFilter, SignedFilter
 
@@ -309,8 +309,12 @@ class EpochRelay:
             self.closed = reason
         self.filters = {}
 
-    def members_for(self, checker: str, requests: Sequence[SignedRequest]) -> list[str]:
-        """Every member but the checker, once the requests are the checker's, for this epoch."""
+    def members_for(
+        self, checker: str, requests: Sequence[SignedRequest], party: Verifies
+    ) -> list[str]:
+        """Every member but the checker, once the requests are the checker's, for this epoch,
+        each signed by ``party`` (the caller's own certificate) over the points it carries: the
+        members would refuse anything else, so nothing else is worth relaying to them."""
         if checker not in self.participants:
             raise ForgedMessage(f"{checker} is no participant of epoch {self.epoch_id}")
         if not requests:
@@ -324,15 +328,18 @@ class EpochRelay:
                 "check",
             ):
                 raise ForgedMessage(f"a request that is no check of {checker} in {self.epoch_id}")
+            if elements_digest(s.points) != r.elements:
+                raise BadMessage("a check's points do not match the digest its checker signed")
+            party.verify(request_statement(r), s.signature, f"{checker}'s check")
         return [m for m in self.committee if m != checker]
 
     def filters_for(self, checker: str) -> dict[str, SignedFilter]:
         return {h: f for h, f in self.filters.items() if h != checker}
 
     def by_holder(
-        self, checker: str, messages: Sequence[SignedSealed]
+        self, checker: str, messages: Sequence[SignedSealed], party: Verifies
     ) -> dict[str, list[SignedSealed]]:
-        """The sealed messages of ``checker``'s check, per holder."""
+        """The sealed messages of ``checker``'s check, per holder, each signed by ``party``."""
         out: dict[str, list[SignedSealed]] = {}
         for m in messages:
             a = m.alert
@@ -340,6 +347,7 @@ class EpochRelay:
                 raise ForgedMessage(f"a sealed message of {a.checker} in {a.epoch_id}")
             if a.holder not in self.participants or a.holder == checker:
                 raise BadMessage(f"a sealed message for {a.holder}, no partner")
+            party.verify(a.statement(), m.signature, f"{checker}'s sealed message")
             out.setdefault(a.holder, []).append(m)
         return out
 

@@ -39,6 +39,7 @@ from blindmatch.core.proofs import Proof, prove_knowledge, verify_knowledge
 from blindmatch.core.secp256k1 import (
     POINT_BYTES,
     Point,
+    SecretScalar,
     base_mul,
     point_from_bytes,
     point_to_bytes,
@@ -85,7 +86,8 @@ class Commitment:
         return point
 
 
-def commit(share: int, purpose: str, ident: str, member: str) -> Commitment:
+def commit(share: SecretScalar | int, purpose: str, ident: str, member: str) -> Commitment:
+    """P_i and its proof of knowledge; an int share only in tests (``SecretScalar``)."""
     point = base_mul(share)
     proof = prove_knowledge(share, point, commitment_context(purpose, ident, member))
     return Commitment(member, point_to_bytes(point), proof.to_bytes())
@@ -119,10 +121,12 @@ class Transcript:
         for what, table in (("set size", self.sizes), ("holder-set size", self.holder_sizes)):
             for name, size in table.items():
                 if not 0 <= size <= MAX_SET:
-                    raise BadMessage(f"{name}'s {what} {size} is out of range")
+                    raise BadMessage(f"{name}'s {what} {size} is out of range 0..{MAX_SET}")
         for (holder, checker), cap in self.caps.items():
             if not 0 <= cap <= MAX_SET:
-                raise BadMessage(f"{holder}'s check cap for {checker} ({cap}) is out of range")
+                raise BadMessage(
+                    f"{holder}'s check cap for {checker} ({cap}) is out of range 0..{MAX_SET}"
+                )
         if not self.sizes:
             raise BadMessage("a transcript names at least one participant")
 

@@ -12,7 +12,8 @@ from typing import Final
 
 from cryptography import x509
 
-ROLES: Final = ("node", "coordinator", "operator")
+# A checker holds no round power: it may call a node's Check when node.toml lists it (a SIEM).
+ROLES: Final = ("node", "coordinator", "operator", "checker")
 URI_SCHEME: Final = "blindmatch://"
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 

@@ -9,7 +9,9 @@ Rules:
   caller before ``answer``: the member charges whoever signed.
 - A request marked ``proved`` is answered with a batched DLEQ proof against P_i, bound to the
   request's digest, so the requester can tell a wrong answer from a right one.
-- ``destroy`` drops the share; nothing is answered afterwards.
+- The share is a ``SecretScalar``: its bytes live in one buffer, which every multiplication and
+  proof reads in place, and which ``destroy`` overwrites; nothing is answered afterwards, and an
+  answer that ``destroy`` overtakes (the round ended meanwhile) is refused, not sent.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from blindmatch.core.oprf import evaluate
 from blindmatch.core.proofs import prove_equal
 from blindmatch.core.secp256k1 import (
     Point,
+    SecretScalar,
     base_mul,
     points_from_bytes,
     points_to_bytes,
-    random_scalar,
 )
 
 
@@ -44,7 +46,7 @@ class Member:
         self.purpose = purpose
         self.ident = ident
         self.name = name
-        self._share: int | None = random_scalar()
+        self._share: SecretScalar | None = SecretScalar()
         self.commitment: Commitment = commit(self._share, purpose, ident, name)
         self.public = base_mul(self._share)
         self.ledger: EvaluationLedger | None = None
@@ -82,7 +84,6 @@ class Member:
         proof = b""
         if request.proved:
             proof = prove_equal(share, self.public, points, answers, request.digest()).to_bytes()
-        del share
         return EvaluationAnswer(request.digest(), self.name, elements_digest(out), proof), out
 
     def own_part(self, points: Sequence[Point]) -> list[Point]:
@@ -94,4 +95,7 @@ class Member:
         return evaluate(share, points)
 
     def destroy(self) -> None:
-        self._share = None
+        """Overwrite the share; an answer under way with it raises instead of leaving."""
+        share, self._share = self._share, None
+        if share is not None:
+            share.destroy()

@@ -40,6 +40,7 @@ import numpy.typing as npt
 from blindmatch.core.canon import CANON_VERSION, indicator_message
 from blindmatch.core.secp256k1 import (
     Point,
+    SecretScalar,
     add,
     batch_inverse,
     hash_to_curve,
@@ -77,8 +78,8 @@ def blind(hashes: Sequence[Point]) -> tuple[list[Point], list[int]]:
     return [mul(h, r) for h, r in zip(hashes, rs, strict=True)], batch_inverse(rs)
 
 
-def evaluate(share: int, blinded: Sequence[Point]) -> list[Point]:
-    """A member's answer: k_i·X_j for every element of a request."""
+def evaluate(share: SecretScalar | int, blinded: Sequence[Point]) -> list[Point]:
+    """A member's answer: k_i·X_j for every element of a request (an int share only in tests)."""
     return [mul(x, share) for x in blinded]
 
 

@@ -19,7 +19,7 @@ from typing import Final
 
 from blindmatch.core.errors import BadMessage
 from blindmatch.core.signing import MAX_SPEC_AGE, MAX_SPEC_SKEW, SignedOrder, StaleSpec, spec_digest
-from blindmatch.core.spec import RoundSpec
+from blindmatch.core.spec import MAX_TIME, RoundSpec, check_time
 
 SCHEDULE_ID: Final = re.compile(r"[A-Za-z0-9_]{1,48}")  # leaves room for "-<k>" in a round id
 MIN_EVERY: Final = 60.0  # seconds: a shorter period is a typo, not a federation's schedule
@@ -41,10 +41,18 @@ class StandingOrder:
             raise BadMessage("a schedule id is 1-48 letters, digits or '_'")
         if len(self.name) > MAX_NAME:
             raise BadMessage(f"a schedule name is at most {MAX_NAME} characters")
-        if not MIN_EVERY <= self.every < math.inf:
-            raise BadMessage(f"runs every {self.every} s: at least {MIN_EVERY:.0f} s apart")
-        if not 0 < self.first < math.inf or not 0 <= self.until < math.inf:
-            raise BadMessage("the first run and the end of a schedule must be times")
+        # every range is written ``not a <= x <= b``, which refuses NaN too
+        if not MIN_EVERY <= self.every <= MAX_TIME:
+            raise BadMessage(
+                f"every_seconds {self.every}: runs are at least {MIN_EVERY:.0f} s apart, and "
+                f"at most {MAX_TIME:.0f}"
+            )
+        if not 0 < self.first <= MAX_TIME:
+            raise BadMessage(
+                f"first {self.first} is not a time: unix seconds in (0, {MAX_TIME:.0f}]"
+            )
+        check_time(self.until, "until")
+        check_time(self.issued, "issued")
         if self.until and self.until <= self.first:
             raise BadMessage("the schedule ends before its first run")
 
@@ -55,6 +63,11 @@ class StandingOrder:
         """Run k's round, exactly as every node derives it."""
         if k < 0:
             raise BadMessage(f"run {k} of a schedule: runs are numbered from 0")
+        if not self.run_time(k) <= MAX_TIME:
+            raise BadMessage(
+                f"run {k} of schedule {self.schedule_id} would be due after {MAX_TIME:.0f}: "
+                "no such run"
+            )
         return replace(self.template, round_id=f"{self.schedule_id}-{k}", issued=self.run_time(k))
 
     def allows(self, k: int) -> bool:

@@ -49,8 +49,10 @@ verify_equal     2n + 3      1         4     (M, Z: 2n; c·P, s·M, c·Z; s·G)
 Each ``add`` of the composites sums n points in one library call (n − 1 additions). Hashing costs
 one ``hash_to_scalar`` per element plus two per proof.
 
-Timing: r and k only meet the curve in libsecp256k1's constant-time multiplications, but the
-Python integer arithmetic of s = r − c·k mod n is not constant time.
+Secrets: the share k and the nonce r are ``SecretScalar``s (an int k is accepted for tests and
+benchmarks, made one here). r is drawn for one proof and destroyed when it is made; s = r − c·k
+mod n is computed by libsecp256k1 in a buffer it wipes (``response``), so neither secret becomes a
+Python int, and everything they touch runs in libsecp256k1's constant-time code.
 """
 
 from __future__ import annotations
@@ -67,12 +69,14 @@ from blindmatch.core.secp256k1 import (
     InvalidPoint,
     InvalidScalar,
     Point,
+    SecretScalar,
     add,
+    as_secret,
     base_mul,
     hash_to_scalar,
     mul,
     point_to_bytes,
-    random_scalar,
+    response,
 )
 
 _DST_PREFIX: Final = b"blindmatch-v2-proofs-"
@@ -122,10 +126,6 @@ def _frame(*parts: bytes) -> bytes:
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
 
 
-def _response(r: int, c: int, k: int) -> int:
-    return (r - c * k) % ORDER
-
-
 # --- Schnorr proof of knowledge -------------------------------------------------------------------
 
 
@@ -133,13 +133,17 @@ def _knowledge_challenge(p: bytes, r: Point, context: bytes) -> int:
     return hash_to_scalar(_frame(p, point_to_bytes(r), context), KNOWLEDGE_CHALLENGE_DST)
 
 
-def prove_knowledge(k: int, P: Point, context: bytes) -> Proof:
+def prove_knowledge(k: SecretScalar | int, P: Point, context: bytes) -> Proof:
     """A proof that the caller knows k with P = k·G, bound to ``context``."""
+    k = as_secret(k)
     p = point_to_bytes(P)
     while True:
-        r = random_scalar()
-        c = _knowledge_challenge(p, base_mul(r), context)
-        s = _response(r, c, k)
+        r = SecretScalar()
+        try:
+            c = _knowledge_challenge(p, base_mul(r), context)
+            s = response(r, c, k)
+        finally:
+            r.destroy()
         if s:
             return Proof(c, s)
 
@@ -205,7 +209,11 @@ def composites(
 
 
 def composites_fast(
-    k: int, P: Point, inputs: Sequence[Point], outputs: Sequence[Point], context: bytes
+    k: SecretScalar | int,
+    P: Point,
+    inputs: Sequence[Point],
+    outputs: Sequence[Point],
+    context: bytes,
 ) -> tuple[Point, Point]:
     """(M, k·M): the same composites for a prover that knows k and honest outputs, for n + 1
     multiplications instead of 2n (RFC 9497 ComputeCompositesFast).
@@ -224,17 +232,25 @@ def _equal_challenge(p: bytes, m: Point, z: Point, t2: Point, t3: Point, context
 
 
 def prove_equal(
-    k: int, P: Point, inputs: Sequence[Point], outputs: Sequence[Point], context: bytes
+    k: SecretScalar | int,
+    P: Point,
+    inputs: Sequence[Point],
+    outputs: Sequence[Point],
+    context: bytes,
 ) -> Proof:
     """A proof that outputs[i] = k·inputs[i] for every i, with P = k·G, bound to ``context``.
 
     Raises ``ValueError`` for mismatched or empty lists (nothing to prove)."""
+    k = as_secret(k)
     p = point_to_bytes(P)
     m, z = composites_fast(k, P, inputs, outputs, context)
     while True:
-        r = random_scalar()
-        c = _equal_challenge(p, m, z, base_mul(r), mul(m, r), context)
-        s = _response(r, c, k)
+        r = SecretScalar()
+        try:
+            c = _equal_challenge(p, m, z, base_mul(r), mul(m, r), context)
+            s = response(r, c, k)
+        finally:
+            r.destroy()
         if s:
             return Proof(c, s)
 

@@ -8,6 +8,10 @@ Rules:
   both are refused here, before the library sees them. The identity has no encoding and is
   never produced: a sum that cancels out raises ``InvalidPoint``.
 - A scalar is an int in [1, ORDER - 1]; zero is refused wherever a scalar is made or read.
+- A secret scalar (a member's share, a proof's nonce) is a ``SecretScalar``: never an int or a
+  bytes object, one buffer that libsecp256k1 reads through a pointer and ``destroy`` overwrites.
+  ``mul`` and ``base_mul`` take either kind; ``response`` is the one piece of arithmetic the
+  proofs do with a secret.
 - The cofactor is 1, so every point that parses is in the group.
 """
 
@@ -15,14 +19,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import secrets
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final, NoReturn
 
 import gmpy2
 from coincurve import PublicKey
+from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-not-found]  # cffi, no stubs
+from coincurve.context import GLOBAL_CONTEXT
 
-from blindmatch.core.errors import BadMessage
+from blindmatch.core.errors import BadMessage, WrongPhase
 
 ORDER: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 POINT_BYTES: Final = 65
@@ -30,6 +37,7 @@ SCALAR_BYTES: Final = 32
 _UNCOMPRESSED: Final = 0x04
 
 Point = PublicKey
+_CTX: Final = GLOBAL_CONTEXT.ctx  # libsecp256k1 reads it, never writes it, in every call made here
 
 
 class InvalidPoint(BadMessage, ValueError):
@@ -89,13 +97,142 @@ def check_scalar(k: int) -> int:
     return k
 
 
-def mul(point: Point, k: int) -> Point:
-    return point.multiply(scalar_to_bytes(k))
+class SecretScalar:
+    """A secret scalar in [1, ORDER - 1] that exists once: in a buffer ``destroy`` overwrites.
+
+    It is drawn from the operating system straight into that buffer (/dev/urandom read with
+    ``readv``, no bytes object in between), and every use hands libsecp256k1 the same pointer to
+    it (``ffi.from_buffer``: the buffer's own memory, made once). Nothing here converts it to an
+    int or bytes, slices or prints it; it refuses to be copied or pickled, since a copy would be a
+    buffer no ``destroy`` reaches. A secret dropped without ``destroy`` is overwritten when it is
+    collected.
+
+    Using it after ``destroy`` raises ``WrongPhase``; so does an operation that ``destroy``
+    (another thread: a round ended) overtook, whose result is thrown away, since it may have read
+    a half-erased key.
+    """
+
+    __slots__ = ("_buf", "_key", "_live")
+
+    def __init__(self) -> None:
+        self._hold(bytearray(SCALAR_BYTES))
+        fd = os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # Uniform in [1, n - 1] by rejection: a draw is refused with probability about 2^-128.
+            while True:
+                if os.readv(fd, [self._buf]) != SCALAR_BYTES:
+                    raise OSError("a short read from /dev/urandom")
+                if lib.secp256k1_ec_seckey_verify(_CTX, self._key):
+                    return
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def from_int(cls, k: int) -> SecretScalar:
+        """For tests and benchmarks only: a secret made from an int had copies from the start."""
+        secret = cls.__new__(cls)
+        secret._hold(bytearray(scalar_to_bytes(k)))
+        return secret
+
+    def _hold(self, buffer: bytearray) -> None:
+        self._buf = buffer
+        self._key = ffi.from_buffer(buffer)  # the buffer's memory; it is never resized
+        self._live = True
+
+    @property
+    def destroyed(self) -> bool:
+        return not self._live
+
+    def destroy(self) -> None:
+        self._live = False  # first: an operation reading the key meanwhile checks afterwards
+        self._buf[:] = bytes(SCALAR_BYTES)
+
+    def __del__(self) -> None:
+        if hasattr(self, "_buf"):
+            self.destroy()
+
+    def _pointer(self) -> Any:
+        """The buffer as libsecp256k1 takes a scalar."""
+        self._check()
+        return self._key
+
+    def _check(self) -> None:
+        if not self._live:
+            raise WrongPhase("the secret scalar is destroyed")
+
+    def __repr__(self) -> str:
+        return f"SecretScalar({'destroyed' if self.destroyed else 'live'})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a secret scalar is not copied or pickled: a copy would outlive destroy")
+
+    def __copy__(self) -> NoReturn:
+        self.__reduce__()
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        self.__reduce__()
 
 
-def base_mul(k: int) -> Point:
+def as_secret(k: int | SecretScalar) -> SecretScalar:
+    """``k`` as a SecretScalar; an int only comes from tests and benchmarks (``from_int``)."""
+    return k if isinstance(k, SecretScalar) else SecretScalar.from_int(k)
+
+
+def _tweak_mul(point: Point, k: Any) -> Point:
+    product = ffi.new("secp256k1_pubkey *", point.public_key[0])
+    if not lib.secp256k1_ec_pubkey_tweak_mul(_CTX, product, k):
+        # k was checked or verified in [1, n - 1]: only a secret zeroed meanwhile gets here
+        raise WrongPhase("the secret scalar was destroyed while in use")
+    return PublicKey(product)
+
+
+def mul(point: Point, k: int | SecretScalar) -> Point:
+    if isinstance(k, SecretScalar):
+        # The hot path of an evaluation: SecretScalar._check inlined, before and after.
+        if not k._live:
+            raise WrongPhase("the secret scalar is destroyed")
+        product = _tweak_mul(point, k._key)
+        if not k._live:
+            raise WrongPhase("the secret scalar is destroyed")
+        return product
+    return _tweak_mul(point, scalar_to_bytes(k))
+
+
+def base_mul(k: int | SecretScalar) -> Point:
     """k·G."""
-    return PublicKey.from_secret(scalar_to_bytes(k))
+    point = ffi.new("secp256k1_pubkey *")
+    if isinstance(k, SecretScalar):
+        created = lib.secp256k1_ec_pubkey_create(_CTX, point, k._pointer())
+        k._check()
+    else:
+        created = lib.secp256k1_ec_pubkey_create(_CTX, point, scalar_to_bytes(k))
+    if not created:
+        raise WrongPhase("the secret scalar was destroyed while in use")
+    return PublicKey(point)
+
+
+def response(r: SecretScalar, c: int, k: SecretScalar) -> int:
+    """r − c·k mod n, 0 included: the response of a proof, for a nonce r, a public challenge c and
+    a secret k.
+
+    Computed in libsecp256k1 on a scratch buffer that holds c·k, then −c·k, then the response,
+    wiped whatever happens: neither secret nor c·k is ever a Python int. (libsecp256k1's own
+    scalar arithmetic is constant time, which Python's is not.)"""
+    scratch = bytearray(scalar_to_bytes(c))
+    out = ffi.from_buffer(scratch)
+    try:
+        if not (
+            lib.secp256k1_ec_seckey_tweak_mul(_CTX, out, k._pointer())
+            and lib.secp256k1_ec_seckey_negate(_CTX, out)
+        ):
+            raise WrongPhase("the secret scalar was destroyed while in use")
+        if not lib.secp256k1_ec_seckey_tweak_add(_CTX, out, r._pointer()):
+            return 0  # r = c·k: the library refuses a zero key
+        k._check()
+        r._check()
+        return int.from_bytes(scratch, "big")
+    finally:
+        scratch[:] = bytes(SCALAR_BYTES)
 
 
 def add(points: Sequence[Point]) -> Point:

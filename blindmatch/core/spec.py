@@ -9,7 +9,6 @@ them are tables in ``states``; the errors are in ``errors``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +17,18 @@ from blindmatch.core.errors import BadMessage, CapExceeded, PolicyRefusal
 from blindmatch.core.match import MAX_PARTICIPANTS, MODES, ThresholdResult
 
 DEFAULT_CHUNK = 4096  # elements per request: 260 KiB of points, far below gRPC's 4 MB limit
+MAX_CHUNK = 65536  # the largest chunk a spec may ask for: 4.2 MB of points a request
+# The last second of year 9999: a later "time" is no time anybody signs, and neither the audit
+# nor the CLIs (``datetime``, ``time.localtime``) could show it.
+MAX_TIME = 253402300799.0
+
+
+def check_time(unix: float, what: str) -> float:
+    """``unix`` if it is a unix time in [0, MAX_TIME]; BadMessage naming ``what`` otherwise."""
+    # written so that NaN, which every comparison calls false, is refused too
+    if not 0 <= unix <= MAX_TIME:
+        raise BadMessage(f"{what} {unix} is not a time: unix seconds in [0, {MAX_TIME:.0f}]")
+    return unix
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +64,18 @@ class RoundSpec:
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown or not self.kinds:
             raise BadMessage(f"unknown or no kinds: {', '.join(unknown) or '(none)'}")
-        if not 1 <= self.chunk_size <= 65536:
-            raise BadMessage(f"chunk size {self.chunk_size} out of range 1..65536")
-        if not 0 <= self.epoch_seconds < math.inf:
-            raise BadMessage(f"epoch of {self.epoch_seconds} s: must be 0 or a positive duration")
+        if not 1 <= self.chunk_size <= MAX_CHUNK:
+            raise BadMessage(f"chunk size {self.chunk_size} out of range 1..{MAX_CHUNK}")
+        # Only what is no duration at all is refused here: how long an epoch a node keeps its
+        # share for is each node's policy (``WatchSettings.admit``), refused and audited there.
+        if not 0 <= self.epoch_seconds <= MAX_TIME:
+            raise BadMessage(
+                f"epoch_seconds {self.epoch_seconds} must be 0 or a positive duration of at "
+                f"most {MAX_TIME:.0f} s"
+            )
         if self.epoch_seconds and self.mode != "pairwise":
             raise BadMessage(f"a watch epoch only applies to a pairwise round, not {self.mode}")
-        if not 0 <= self.issued < math.inf:
-            raise BadMessage(f"issued time {self.issued} is not a time")
+        check_time(self.issued, "issued")
         if len(set(self.committee)) != len(self.committee):
             raise BadMessage("a committee member is named twice")
         if not set(self.committee) <= set(self.participants):

@@ -23,6 +23,7 @@ DEFAULT_EPOCH_SECONDS = 24 * 3600.0
 MAX_EPOCH_SECONDS = 90 * 24 * 3600.0
 DEFAULT_MAX_EPOCH = "7d"  # node.toml [watch] max_epoch: the longest epoch a node keeps a share for
 DEFAULT_CHECK_BUDGET = 10_000  # evaluations a node lets each partner's checks ask per epoch
+MAX_CHECK_VALUES = 100_000  # values in one check; more is a client's mistake
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

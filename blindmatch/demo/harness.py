@@ -321,6 +321,7 @@ class Federation:
         run(
             *("operator", "init", str(self.operator_toml.parent), "--name", self.operator_name),
             *("--coordinator", self.coordinator_address, "--pki", str(self.pki_dir)),
+            *("--coordinator-name", self.coordinator_name),
         )
 
     def start(
@@ -365,5 +366,5 @@ class Federation:
             self.coordinator_address,
             load_tls(self.operator_toml),
             insecure=False,
-            expect=net.Allow("coordinator"),
+            expect=net.Allow("coordinator", self.coordinator_name),
         )

@@ -15,6 +15,8 @@ import os
 import resource
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -31,6 +33,25 @@ def no_core_dumps() -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
             libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this process (``os._exit``) as soon as ``parent`` is no longer its parent.
+
+    For worker processes, which must not outlive the server that spawned them, also after a
+    ``kill -9`` that gives it no chance to stop them. A daemon thread polls ``os.getppid()``: an
+    orphan is re-parented to init or a subreaper, so its parent id changes. Not Linux's
+    PR_SET_PDEATHSIG: that fires when the *thread* that spawned the worker ends, and the hashing
+    pool spawns from short-lived threads too, so it would kill healthy workers.
+    """
+
+    def watch() -> None:
+        # The first check is immediate: the parent may have died before this process got here.
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def dumpable() -> bool:
@@ -65,6 +86,16 @@ def open_private(path: Path) -> BinaryIO:
         os.close(fd)
         raise
     return os.fdopen(fd, "wb")
+
+
+def exposed_mode(path: Path) -> int | None:
+    """``path``'s permission bits if its group or others have any access to it, else None.
+
+    For secrets a user put in place (TLS keys, connector passwords): they are refused, as ssh
+    refuses such a key, rather than fixed behind the user's back. Raises what ``stat`` raises.
+    """
+    mode = stat.S_IMODE(path.stat().st_mode)
+    return mode if mode & 0o077 else None
 
 
 def make_private(*paths: Path) -> None:

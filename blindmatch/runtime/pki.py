@@ -43,6 +43,7 @@ from blindmatch.core.identity import (
 )
 
 # Roles that accept connections; their certificates need DNS/IP SANs for hostname checks.
+# operator and checker only dial out, so their certificates get no host names by default.
 SERVER_ROLES: Final = frozenset({"node", "coordinator"})
 DEFAULT_SERVER_HOSTS: Final = ("localhost", "127.0.0.1")
 # RFC 6761 reserves .invalid: no resolver answers for it, so these names never reach a real host.

@@ -7,7 +7,9 @@ The core never sees a message, and the servicers never build one field by field:
 converters here, call the core or their registry, and refuse through ``runtime.status``.
 Converters from the wire validate what the core's types cannot (a round id's spelling, exactly
 one of a spec and an order) and raise ``BadMessage``, so a malformed message is refused like any
-other protocol error.
+other protocol error. Every number is checked where it arrives (issue 18): finite, in its range,
+and consistent with the signed spec where that is known here. A double that is NaN fails every
+comparison, so the ranges here are written ``not lo <= x <= hi``, which refuses it too.
 """
 
 from __future__ import annotations
@@ -19,12 +21,42 @@ from typing import Any, Final, Protocol, TypeVar
 from google.protobuf.message import DecodeError
 
 from blindmatch.core.errors import BadMessage
-from blindmatch.core.orders import ScheduledRun, StandingOrder
+from blindmatch.core.evaluation import MAX_SET
+from blindmatch.core.match import MAX_PARTICIPANTS
+from blindmatch.core.oprf import LAMBDA
+from blindmatch.core.orders import MIN_EVERY, ScheduledRun, StandingOrder
 from blindmatch.core.signing import SignedOrder, SignedSpec
-from blindmatch.core.spec import RoundSpec
+from blindmatch.core.spec import MAX_TIME, RoundSpec, check_time
 from blindmatch.v1 import coordinator_pb2, node_pb2
 
 ROUND_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The longest a coordinator may ask a node to keep a silent round (Prepare's timeout_seconds):
+# a node keeps it for the shorter of this and its own round_timeout.
+MAX_PREPARE_TIMEOUT: Final = 86400.0
+# Evaluations one round can count (RoundInfo hops): every set at its largest, and its subset
+# checks, answered by every other member of the largest committee.
+MAX_HOPS: Final = MAX_PARTICIPANTS * (MAX_PARTICIPANTS - 1) * (MAX_SET + LAMBDA)
+
+
+def in_range(value: int, low: int, high: int, what: str) -> int:
+    """``value`` if ``low <= value <= high``; BadMessage naming ``what`` and the value otherwise.
+    For integers: a count, a size, a position."""
+    if not low <= value <= high:
+        raise BadMessage(f"{what} {value} is out of range {low}..{high}")
+    return value
+
+
+def seconds(value: float, what: str, most: float) -> float:
+    """``value`` if it is a duration in (0, ``most``] seconds; BadMessage otherwise."""
+    if not 0 < value <= most:
+        raise BadMessage(f"{what} {value} is not a number of seconds in (0, {most:.0f}]")
+    return value
+
+
+def time_or_none(value: float, what: str) -> float | None:
+    """A unix time where 0 on the wire means none (a round still running, no end, no next run)."""
+    return check_time(value, what) or None
+
 
 # --- rounds (node.proto) ----------------------------------------------------------------------
 
@@ -124,6 +156,8 @@ def order_to_bytes(order: StandingOrder) -> bytes:
 
 def order_from_bytes(data: bytes) -> StandingOrder:
     msg = _parse(node_pb2.StandingOrder(), data, "order")
+    # first, as what it is: the template below takes it as its issued time
+    check_time(msg.first, "first")
     # the template is checked as a round spec is, under a placeholder id and time
     template = spec_from_proto(
         node_pb2.RoundSpec(
@@ -169,6 +203,9 @@ Authorization = SignedSpec | ScheduledRun  # what a node acts on: one round, or 
 
 
 def prepare_to_proto(auth: Authorization, timeout_seconds: float) -> node_pb2.PrepareRequest:
+    # A coordinator's round deadline may be longer than a node takes; asking for no more than a
+    # node keeps anyway changes nothing, and nodes refuse the longer ask.
+    timeout_seconds = min(timeout_seconds, MAX_PREPARE_TIMEOUT)
     if isinstance(auth, SignedSpec):
         return node_pb2.PrepareRequest(
             signed_spec=signed_spec_to_proto(auth), timeout_seconds=timeout_seconds
@@ -180,10 +217,15 @@ def prepare_to_proto(auth: Authorization, timeout_seconds: float) -> node_pb2.Pr
 
 def prepare_from_proto(msg: node_pb2.PrepareRequest) -> tuple[Authorization, RoundSpec]:
     """What a Prepare asks for: a signed spec, or a run of a standing order (whose spec the
-    node derives itself), and the round's spec; neither is verified yet."""
+    node derives itself), and the round's spec; neither is verified yet. ``timeout_seconds`` is
+    checked here too: 0 (the node's own timeout) or a duration up to MAX_PREPARE_TIMEOUT."""
     if msg.HasField("order") == msg.HasField("signed_spec"):
         raise BadMessage("a Prepare carries exactly one of a signed spec and a standing order")
+    if msg.timeout_seconds != 0:
+        seconds(msg.timeout_seconds, "timeout_seconds", MAX_PREPARE_TIMEOUT)
     if msg.HasField("signed_spec"):
+        if msg.run:
+            raise BadMessage(f"run {msg.run} comes only with a standing order, not a signed spec")
         return signed_spec_from_proto(msg.signed_spec)
     signed, order = signed_order_from_proto(msg.order)
     run = scheduled_run(signed, order, msg.run)
@@ -290,20 +332,52 @@ def schedule_to_proto(
 
 
 def round_from_proto(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
-    """The fields of a ``RoundView`` that ``info`` shows (zero values read as unset)."""
+    """The fields of a ``RoundView`` that ``info`` shows (zero values read as unset), each
+    number checked: a client shows these, and a time that is no time cannot be shown."""
+    # a count-mode node's matches are the total over its partners
+    most_matches = (MAX_PARTICIPANTS - 1) * MAX_SET
     return {
         "id": info.id,
         "participants": tuple(info.participants),
         "mode": info.mode,
-        "threshold": info.threshold or None,
+        "threshold": in_range(info.threshold, 0, MAX_PARTICIPANTS, "threshold") or None,
         "kinds": tuple(info.kinds),
         "operator": info.operator,
-        "created": info.created,
+        "created": check_time(info.created, "created"),
         "state": info.state,
-        "finished": info.finished or None,
-        "sizes": dict(info.sizes),
-        "match_counts": dict(info.match_counts),
+        "finished": time_or_none(info.finished, "finished"),
+        "sizes": {n: in_range(v, 0, MAX_SET, f"{n}'s size") for n, v in info.sizes.items()},
+        "match_counts": {
+            n: in_range(v, 0, most_matches, f"{n}'s match count")
+            for n, v in info.match_counts.items()
+        },
         "error": info.error or None,
-        "hops_done": info.hops_done,
-        "hops_total": info.hops_total,
+        "hops_done": in_range(info.hops_done, 0, MAX_HOPS, "hops_done"),
+        "hops_total": in_range(info.hops_total, 0, MAX_HOPS, "hops_total"),
+    }
+
+
+def schedule_from_proto(info: coordinator_pb2.ScheduleInfo) -> dict[str, Any]:
+    """What ``info`` shows of a standing order (zero values read as unset), each number checked
+    as ``round_from_proto`` does."""
+    if not MIN_EVERY <= info.every_seconds <= MAX_TIME:
+        raise BadMessage(
+            f"every_seconds {info.every_seconds} is not a period in [{MIN_EVERY:.0f}, "
+            f"{MAX_TIME:.0f}] seconds"
+        )
+    return {
+        "id": info.id,
+        "name": info.name,
+        "participants": tuple(info.participants),
+        "mode": info.mode,
+        "threshold": in_range(info.threshold, 0, MAX_PARTICIPANTS, "threshold") or None,
+        "every": info.every_seconds,
+        "until": time_or_none(info.until, "until"),
+        "operator": info.operator,
+        "state": info.state,
+        "next_run": time_or_none(info.next_run, "next_run"),
+        "runs": info.runs,
+        "skipped": info.skipped,
+        "last_round": info.last_round or None,
+        "cancelled_by": info.cancelled_by or None,
     }

@@ -2,7 +2,9 @@
 
 Same rules as ``serde`` for v1: the core never sees a message; converters from the wire check
 what the core's types cannot (whole points, lengths that must agree, integers in range) and raise
-``BadMessage``. Signatures and proofs are verified by the core, not here.
+``BadMessage``. Signatures and proofs are verified by the core, not here. The bounds here are what
+no round can exceed (a set of MAX_SET, 64 participants, the largest request); what only the
+round's own state knows (its sizes, its roots) the core checks (``delivery``, ``evaluation``).
 """
 
 from __future__ import annotations
@@ -24,13 +26,20 @@ from blindmatch.core.evaluation import (
     EvaluationRequest,
     Transcript,
 )
-from blindmatch.core.oprf import TAG_BYTES
+from blindmatch.core.match import MAX_PARTICIPANTS
+from blindmatch.core.oprf import LAMBDA, TAG_BYTES
 from blindmatch.core.secp256k1 import POINT_BYTES
+from blindmatch.core.spec import MAX_CHUNK
+from blindmatch.core.watch_rules import MAX_CHECK_VALUES
 from blindmatch.core.watch_sealed import EpochFilter, SignedFilter, message_count
+from blindmatch.runtime.serde import in_range
 from blindmatch.v2 import node_pb2, watch_pb2
 
 PROTOCOL: Final = 2
-_MAX_INDEX: Final = 2**40  # far above any set a node takes; keeps numpy's int64 exact
+# The most points one request carries: a chunk of a set, the λ subset checks, or a whole watch
+# check (one chunk of its values). The ledgers charge what a request asks for, but a count past
+# every request that can exist is refused before anything is read into it.
+MAX_REQUEST_POINTS: Final = max(MAX_CHUNK, LAMBDA, MAX_CHECK_VALUES)
 
 
 def commitment_to_proto(c: Commitment) -> node_pb2.Commitment:
@@ -97,6 +106,7 @@ def request_to_proto(signed: SignedRequest) -> node_pb2.SignedRequest:
 
 def request_from_proto(msg: node_pb2.SignedRequest) -> SignedRequest:
     r = msg.request
+    in_range(r.count, 1, MAX_REQUEST_POINTS, f"{r.requester}'s request {r.seq}: count")
     request = EvaluationRequest(
         r.purpose,
         r.ident,
@@ -140,6 +150,8 @@ def root_to_proto(root: SignedRoot) -> node_pb2.SignedRoot:
 
 
 def root_from_proto(msg: node_pb2.SignedRoot) -> SignedRoot:
+    # a root commits to a set of at least one tag, no larger than any announced set
+    in_range(msg.size, 1, MAX_SET, f"{msg.owner}'s tag root: size")
     return SignedRoot(msg.owner, msg.size, msg.root, msg.signature)
 
 
@@ -181,8 +193,10 @@ def filter_from_proto(msg: node_pb2.SignedFilter) -> SignedFilter:
 
 
 def check_caps_from_proto(caps: Mapping[str, int]) -> dict[str, int]:
-    if any(not name or n > MAX_SET for name, n in caps.items()):
-        raise BadMessage(f"a check cap is for a named partner, at most {MAX_SET}")
+    for name, n in caps.items():
+        if not name:
+            raise BadMessage("a check cap is for a named partner")
+        in_range(n, 0, MAX_SET, f"the check cap for {name}")
     return dict(caps)
 
 
@@ -212,10 +226,13 @@ def sealed_from_proto(msg: watch_pb2.SealedMessages) -> list[SignedSealed]:
     return out
 
 
-def _indexes(values: Sequence[int], what: str) -> np.ndarray:
-    if any(v >= _MAX_INDEX for v in values):
-        raise BadMessage(f"{what}: an index out of range")
-    return np.asarray(values, dtype=np.int64)
+def _indexes(values: Sequence[int], what: str, most: int) -> np.ndarray:
+    """``values`` (uint64 on the wire) as int64, each at most ``most``: positions below the
+    largest set, counts up to the participants. The core checks them against the round's own
+    sizes (``delivery.verify_delivery``)."""
+    array = np.asarray(values, dtype=np.uint64)
+    in_range(int(array.max()) if array.size else 0, 0, most, what)
+    return array.astype(np.int64)
 
 
 def delivery_to_proto(
@@ -253,20 +270,24 @@ def delivery_from_proto(
         proofs.append(
             Inclusion(
                 p.partner,
-                _indexes(p.positions, "an inclusion proof"),
-                _indexes(p.indexes, "an inclusion proof"),
+                _indexes(p.positions, f"a position proved by {p.partner}", MAX_SET - 1),
+                _indexes(p.indexes, f"a leaf index of {p.partner}", MAX_SET - 1),
                 p.hashes,
             )
         )
     if msg.has_counts and not msg.has_hits:
         raise BadMessage("counts come only with threshold hits")
+    shared = {
+        name: in_range(n, 0, MAX_SET, f"the count shared with {name}")
+        for name, n in msg.shared.items()
+    }
     delivery = NodeDelivery(
         msg.round_id,
         owner,
         msg.mode,
         tuple(proofs),
-        _indexes(msg.hits, "threshold hits") if msg.has_hits else None,
-        _indexes(msg.counts, "threshold counts") if msg.has_counts else None,
-        dict(msg.shared),
+        _indexes(msg.hits, "a threshold hit", MAX_SET - 1) if msg.has_hits else None,
+        _indexes(msg.counts, "a threshold count", MAX_PARTICIPANTS) if msg.has_counts else None,
+        shared,
     )
     return delivery, roots_from_proto(msg.roots)

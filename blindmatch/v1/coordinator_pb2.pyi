@@ -69,7 +69,7 @@ class ListRoundsRequest(_message.Message):
 
     LIMIT_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
-    """0: the default (50)"""
+    """0: the default (50); more than 1000 is capped at 1000"""
     def __init__(
         self,
         *,

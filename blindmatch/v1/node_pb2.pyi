@@ -225,7 +225,9 @@ class PrepareRequest(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     timeout_seconds: _builtins.float
-    """Seconds the node keeps the round's state without hearing from the coordinator."""
+    """Seconds the node keeps the round's state without hearing from the coordinator.
+    0: the node's own round_timeout; else at most 86400, and the shorter wins
+    """
     run: _builtins.int
     """with order: which run of the schedule (0, 1, ...)"""
     @_builtins.property

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from blindmatch.cli.tomlconfig import ConfigError
+from blindmatch.runtime.hardening import exposed_mode
 from node.config import ConnectorConfig
 from node.connectors import SINK_TYPES, SOURCE_TYPES
 from node.importers import Event
@@ -103,8 +103,8 @@ def read_secret(config: ConnectorConfig) -> str | None:
 
 def _secret_file(name: str, key: str, path: Path) -> str:
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
+        mode = exposed_mode(path)
+        if mode is not None:
             raise ConfigError(
                 f"connector {name}: {key} {path} is readable by others"
                 f" (mode {mode:04o}); make it 0600"
