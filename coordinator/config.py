@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
+from blindmatch.cli.logconfig import log_lines, read_log
 from blindmatch.cli.tomlconfig import (
     ConfigError,
     TlsPaths,
@@ -24,6 +25,7 @@ from blindmatch.cli.tomlconfig import (
 )
 from blindmatch.cli.tomlconfig import toml_string as _s
 from blindmatch.core.spec import Caps
+from blindmatch.runtime.logs import LogSettings
 
 COORDINATOR_FILE: Final = "coordinator.toml"
 OPERATOR_FILE: Final = "operator.toml"
@@ -54,6 +56,7 @@ class CoordinatorConfig:
     caps: Caps = field(default_factory=Caps)
     metrics: str | None = None  # [metrics] listen: the Prometheus endpoint; None = no endpoint
     limits: Limits = field(default_factory=Limits)
+    log: LogSettings = field(default_factory=LogSettings)  # [log]: where `coordinator serve` logs
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def load_config(path: Path | str) -> CoordinatorConfig:
         nodes=nodes,
         metrics=read_listen(r),
         limits=Limits(**limits),
+        log=read_log(r),
     )
 
 
@@ -189,6 +193,8 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
         _line("[nodes]", None, 'the registry: node name = "host:port"'),
         *(f"{n} = {_s(a)}" for n, a in config.nodes.items()),
         *_metrics_lines(config.metrics),
+        "",
+        *log_lines(config.log, base),
     ]
     _write_new(target, "\n".join(lines) + "\n")
 

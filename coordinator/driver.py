@@ -41,6 +41,7 @@ from blindmatch.core.oprf import LAMBDA
 from blindmatch.core.spec import DEFAULT_CHUNK, Caps, RoundSpec
 from blindmatch.core.states import COORDINATOR, CoordinatorPhase
 from blindmatch.runtime import serde, serde_v2
+from blindmatch.runtime.logs import about_round
 from blindmatch.runtime.net import TlsConfig, open_channel
 from blindmatch.v1 import node_pb2
 from blindmatch.v2 import node_pb2 as node_v2
@@ -128,7 +129,11 @@ class Coordinator:
         A watch round (``spec.epoch_seconds`` > 0) runs as a pairwise round and then opens an
         epoch (coordinator/watch.py).
         """
-        self.check_spec(spec)
+        try:
+            self.check_spec(spec)
+        except BadMessage as exc:
+            log.info("round %s refused: %s", spec.round_id, exc, extra=about_round(spec.round_id))
+            raise
         record = RoundRecord(
             id=spec.round_id,
             participants=spec.participants,
@@ -258,18 +263,31 @@ class CommitteeDriver:
         self._phase = COORDINATOR.move(f"round {self.spec.round_id}", self._phase, to)
 
     def run(self) -> None:
+        about = about_round(self.spec.round_id)
         log.info(
-            "round %s: starting with %s", self.spec.round_id, ", ".join(self.spec.participants)
+            "round %s started: %s round of %s for %s",
+            self.spec.round_id,
+            self.record.mode,
+            ", ".join(self.spec.participants),
+            self.record.operator,
+            extra=about,
         )
         try:
             self._steps()
-            log.info("round %s: done, matches %s", self.spec.round_id, self.record.match_counts)
+            log.info(
+                "round %s done: matches %s",
+                self.spec.round_id,
+                self.record.match_counts,
+                extra=about,
+            )
         except RoundFailure as exc:
             self._finish_failed(str(exc))
-            log.warning("round %s: failed: %s", self.spec.round_id, self.record.error)
+            # the cause: the first failure, which names each node that refused and why
+            log.warning("round %s failed: %s", self.spec.round_id, self.record.error, extra=about)
         except Exception as exc:
-            log.exception("round %s: unexpected error", self.spec.round_id)
+            log.exception("round %s: unexpected error", self.spec.round_id, extra=about)
             self._finish_failed(f"internal error in the coordinator: {exc!r}")
+            log.warning("round %s failed: %s", self.spec.round_id, self.record.error, extra=about)
 
     def cancel(self, reason: str) -> None:
         """Fail the round from outside (the coordinator is stopping)."""

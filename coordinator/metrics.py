@@ -6,8 +6,9 @@ Rules:
   ``[metrics]`` table), ``CoordinatorMetrics`` counts. Call sites hold one line each.
 - One CollectorRegistry per coordinator, never the global one (several in one process in tests).
 - Labels are bounded: outcome, mode, node names. Never a round id or an element.
-- Whether a watch epoch is open is asked at every scrape (of ``WatchHub.epoch_open``, given to
-  the constructor), so it cannot drift; this module knows nothing of the hub.
+- Whether a watch epoch is open, and how many of its nodes cannot serve it, are asked at every
+  scrape (of ``WatchHub.epoch_open`` and ``WatchHub.degraded_count``, given to the constructor),
+  so they cannot drift; this module knows nothing of the hub.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ NO_METRICS: Final = CoordinatorHooks()
 
 
 class CoordinatorMetrics(CoordinatorHooks):
-    def __init__(self, name: str, epoch_open: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        epoch_open: Callable[[], bool],
+        epoch_degraded: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.name = name
         self.registry = CollectorRegistry()
         r = self.registry
@@ -71,6 +77,12 @@ class CoordinatorMetrics(CoordinatorHooks):
             "blindmatch_coordinator_epoch_open", "1 while a watch epoch is open", registry=r
         )
         self.epoch_open.set_function(lambda: float(epoch_open()))
+        self.epoch_degraded = Gauge(
+            "blindmatch_coordinator_epoch_degraded_nodes",
+            "Nodes of the open watch epoch that lost their key or cannot be reached (0: healthy)",
+            registry=r,
+        )
+        self.epoch_degraded.set_function(lambda: float(epoch_degraded()))
 
     def round_started(self) -> None:
         self.in_flight.inc()

@@ -17,11 +17,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import grpc
 
 from blindmatch.cli.errors import BadInput, Failed, Interrupted, flag_address, flag_value
+from blindmatch.cli.ids import by_prefix
 from blindmatch.cli.initdir import absolute, init_dir, refuse_existing
 from blindmatch.core.canon import KINDS
 from blindmatch.core.errors import BadMessage
@@ -228,11 +229,9 @@ def _find(
             coordinator_pb2.ListRoundsRequest(limit=1000), timeout=CALL_TIMEOUT
         ),
     ).rounds
-    matching = [r for r in rounds if r.id.startswith(round_id)]
-    if len(matching) == 1:
-        return matching[0]
-    if matching:
-        raise BadInput(f"{round_id!r} is the start of {len(matching)} round ids; give more of it")
+    found = by_prefix(round_id, (r.id for r in rounds))
+    if found is not None:
+        return next(r for r in rounds if r.id == found)
     raise Failed(
         f"no round {round_id!r} on the coordinator at {config.coordinator}; "
         "`blindmatch round status` lists the recent ones",
@@ -331,7 +330,33 @@ def info_dict(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
         "hops_done": info.hops_done,
         "hops_total": info.hops_total,
         "operator": info.operator,
+        **_epoch(info),
     }
+
+
+def _epoch(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
+    """The open epoch of a watch round as the coordinator sees it (``epoch_state`` None: not the
+    open epoch); a time that is no time is shown as none rather than crash the display."""
+    try:
+        return serde.epoch_from_proto(info)
+    except BadMessage:
+        return {
+            "epoch_state": info.epoch_state or None,
+            "degraded": {d.node: {"since": None, "reason": d.reason} for d in info.degraded},
+        }
+
+
+def _epoch_lines(info: coordinator_pb2.RoundInfo) -> list[str]:
+    epoch = _epoch(info)
+    if epoch["epoch_state"] != "degraded":
+        state = epoch["epoch_state"]
+        return [f"  epoch {state}: every node holds its key"] if state else []
+    # partners' checks through these nodes fail until a new epoch opens (OPERATIONS.md)
+    lines = [f"  epoch degraded: {len(epoch['degraded'])} node(s) cannot serve checks"]
+    for node, loss in epoch["degraded"].items():
+        since = f" since {local_time(loss['since'])}" if loss["since"] else ""
+        lines.append(f"    {node}{since}: {loss['reason']}")
+    return lines
 
 
 def summary(info: coordinator_pb2.RoundInfo) -> str:
@@ -348,7 +373,13 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
     ]
     if info.error:
         lines.append(f"  error: {info.error}")
-    label = "shared with partners" if info.mode == "count" else "matches"
+        hint = tls_hint(info.error)
+        if hint:
+            lines.append(f"  likely cause: {hint}")
+    # a count round delivers each node a count per partner; the coordinator hears their sum,
+    # which may exceed the node's set size (a value two partners hold counts twice)
+    label = "in common, summed over its partners" if info.mode == "count" else "matches"
+    lines.extend(_epoch_lines(info))
     width = max(len(n) for n in [*info.participants, "node"])
     lines.append(f"  {'node':<{width}}  {'set size':>10}  {label}")
     for n in info.participants:
@@ -358,14 +389,43 @@ def summary(info: coordinator_pb2.RoundInfo) -> str:
     return "\n".join(lines)
 
 
+# What the TLS library says when one side's certificate is not from the CA the other trusts.
+# A node cannot say it itself: grpc python never shows a server the handshakes it refused, so
+# the coordinator's side of the failure is all there is to read.
+_FOREIGN_CA_SIGNS: Final = {
+    "CERTIFICATE_VERIFY_FAILED": (
+        "the node's certificate is not from the CA this coordinator trusts (its certificate was "
+        "issued by another federation's CA, or the coordinator's ca.pem is another CA); check "
+        "with `openssl verify -CAfile CA.pem NODE.pem` on the node's files"
+    ),
+    "ALERT_UNKNOWN_CA": (
+        "the node does not trust the coordinator's certificate: the ca.pem in its node.toml is "
+        "not the CA that issued the coordinator's certificate"
+    ),
+    "ALERT_BAD_CERTIFICATE": (
+        "the node refused the coordinator's certificate: check that the node's node.toml [tls] "
+        "ca is this federation's CA certificate"
+    ),
+}
+
+
+def tls_hint(error: str) -> str | None:
+    """The likely cause of a round that failed in a TLS handshake with a node, or None."""
+    return next((hint for sign, hint in _FOREIGN_CA_SIGNS.items() if sign in error), None)
+
+
 def table(rounds: Sequence[coordinator_pb2.RoundInfo]) -> str:
     rows = [("ID", "STATE", "MODE", "NODES", "STARTED", "NOTE")]
     for r in rounds:
         if r.state == CoordinatorPhase.FAILED:
             note = _clip(r.error, 60)
         elif r.state == CoordinatorPhase.DONE:
-            what = "shared" if r.mode == "count" else "matches"
+            what = "in common (each node's partners, summed)" if r.mode == "count" else "matches"
             note = f"{sum(r.match_counts.values())} {what} in {r.finished - r.created:.1f} s"
+            if r.epoch_state == "degraded":
+                note += f"; epoch degraded ({','.join(d.node for d in r.degraded)})"
+            elif r.epoch_state:
+                note += f"; epoch {r.epoch_state}"
         else:
             note = f"{_percent(r)}%"
         rows.append((r.id, r.state, r.mode, ",".join(r.participants), local_time(r.created), note))

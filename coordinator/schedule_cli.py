@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from blindmatch.cli.errors import BadInput
+from blindmatch.cli.ids import by_prefix
 from blindmatch.core.errors import BadMessage
 from blindmatch.core.orders import StandingOrder
 from blindmatch.core.signing import SignedOrder
 from blindmatch.runtime import serde
-from blindmatch.v1 import coordinator_pb2
+from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.cli import coordinator_command
-from coordinator.config import load_operator_config
+from coordinator.config import OperatorConfig, load_operator_config
 from coordinator.operator_cli import new_round, refuse_stray_flags, schedule_line
 from coordinator.operator_client import CALL_TIMEOUT, call, connect, signer
 
@@ -44,7 +45,9 @@ def cmd_round_schedule(args: argparse.Namespace) -> int:
     if args.list or args.cancel:
         with connect(config, args.insecure) as stub:
             if args.cancel:
-                cancel = coordinator_pb2.CancelScheduleRequest(id=args.cancel)
+                cancel = coordinator_pb2.CancelScheduleRequest(
+                    id=_schedule_id(config, stub, args.cancel)
+                )
                 info = call(config, lambda: stub.CancelSchedule(cancel, timeout=CALL_TIMEOUT))
                 print(json.dumps(schedule_dict(info)) if args.json else schedule_line(info))
                 return 0
@@ -66,6 +69,18 @@ def cmd_round_schedule(args: argparse.Namespace) -> int:
         info = call(config, lambda: stub.Schedule(request, timeout=CALL_TIMEOUT))
     print(json.dumps(schedule_dict(info)) if args.json else info.id)
     return 0
+
+
+def _schedule_id(
+    config: OperatorConfig, stub: coordinator_pb2_grpc.CoordinatorServiceStub, given: str
+) -> str:
+    """The schedule ``given`` names, whole or a unique prefix, as round ids are read; an id
+    no schedule has goes to the coordinator as it is, whose refusal names it."""
+    listed = call(
+        config,
+        lambda: stub.ListSchedules(coordinator_pb2.ListSchedulesRequest(), timeout=CALL_TIMEOUT),
+    ).schedules
+    return by_prefix(given, (s.id for s in listed), "schedule") or given
 
 
 def _order(args: argparse.Namespace) -> StandingOrder:

@@ -6,7 +6,11 @@ work and is what tests call, with their own clock, instead of waiting. Per sched
   passed over while the coordinator was down or busy count as skipped;
 - skips run k, recorded, when the schedule's previous run is still going (never two at once),
   or when it is so late that nodes would refuse it (the last run before ``until``, long after);
-- ends the schedule once no run is left before its ``until``.
+- ends the schedule once no run is left before its ``until``;
+- under a watch order, repairs the epoch of run k (round ``<id>-<k>r<j>``, core/orders.py) when
+  the watch hub says a node lost its key and every node answers again: at most MAX_REPAIRS per
+  period, REPAIR_PAUSE apart, never while the schedule's last round is going, and only while no
+  later run is due (run k+1 opens the next epoch anyway).
 A cancelled schedule starts nothing more; its run in flight goes on. A schedule's phases and
 their moves are the table ``blindmatch.core.states.SCHEDULE``.
 
@@ -17,14 +21,15 @@ ask, and every node checks for itself that the run it is asked for is one the or
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Protocol
 
 from blindmatch.core.errors import RoundIdUsed, UnknownRound
-from blindmatch.core.orders import ScheduledRun, StandingOrder
+from blindmatch.core.orders import MAX_REPAIRS, ScheduledRun, StandingOrder
 from blindmatch.core.signing import MAX_SPEC_AGE, SignedOrder
 from blindmatch.core.states import SCHEDULE, ScheduleEvent, SchedulePhase
 from blindmatch.runtime import serde
@@ -33,11 +38,23 @@ from coordinator.records import RoundStore, ScheduleRecord
 log = logging.getLogger(__name__)
 
 TICK: Final = 1.0  # seconds between looks at the schedules
+# seconds between two repairs of one schedule: a repair that failed is not retried at once, so
+# a node refusing it does not use up the period's repairs within a few ticks
+REPAIR_PAUSE: Final = 30.0
 
 # Starts a run as the operator of the order; raises if the coordinator refuses it.
 StartRun = Callable[[ScheduledRun, str], object]
 # Whether the round with this id is still going.
 Running = Callable[[str], bool]
+
+
+class Epochs(Protocol):
+    """What the scheduler asks the watch hub (coordinator/watch.py ``WatchHub``)."""
+
+    @property
+    def open_epoch_id(self) -> str | None: ...
+
+    def repairable(self, epoch_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +71,15 @@ class Scheduler:
         start_run: StartRun,
         running: Running,
         clock: Callable[[], float] = time.time,
+        epochs: Epochs | None = None,
     ) -> None:
         self.store = store
         self.start_run = start_run
         self.running = running
         self.clock = clock
+        self.epochs = epochs  # None: no watch hub, no repairs
+        self._repaired: dict[str, float] = {}  # schedule id -> when its last repair started
+        self._exhausted: set[tuple[str, int]] = set()  # periods whose repairs are used up
         self._lock = threading.Lock()  # one tick, add or cancel at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -106,6 +127,8 @@ class Scheduler:
                 if not SCHEDULE.allows(record.state, ScheduleEvent.RUN):
                     continue
                 round_id = self._step(record, now)
+                if round_id is None and self.epochs is not None:
+                    round_id = self._repair(self._get(record.id), now, self.epochs)
                 if round_id is not None:
                     started.append(round_id)
         return started
@@ -146,6 +169,54 @@ class Scheduler:
         self.store.save_schedule(replace(record, runs=record.runs + 1, last_round=round_id))
         return round_id
 
+    def _repair(self, record: ScheduleRecord, now: float, epochs: Epochs) -> str | None:
+        """Start the next repair of the epoch of the schedule's latest run, if it needs one."""
+        k, last = record.last_run, record.last_round
+        if k is None or last is None or not SCHEDULE.allows(record.state, ScheduleEvent.RUN):
+            return None
+        order = serde.order_from_bytes(record.order)
+        if not order.template.watching or order.due_run(now) != k:
+            return None
+        end = order.run_time(k + 1) if not order.until else min(order.run_time(k + 1), order.until)
+        if now >= end or now < self._repaired.get(record.id, -REPAIR_PAUSE) + REPAIR_PAUSE:
+            return None
+        epoch_id = epochs.open_epoch_id
+        this_period = re.compile(rf"{re.escape(record.id)}-{k}(r[0-9]+)?")
+        if epoch_id is None or not this_period.fullmatch(epoch_id) or self.running(last):
+            return None
+        if not epochs.repairable(epoch_id):
+            return None
+        done = re.fullmatch(rf"{re.escape(record.id)}-{k}r([0-9]+)", last)
+        repair = 1 + (int(done.group(1)) if done else 0)
+        if repair > MAX_REPAIRS:
+            if (record.id, k) not in self._exhausted:
+                self._exhausted.add((record.id, k))
+                log.warning(
+                    "schedule %s: epoch %s lost a key, but run %d's %d repairs are used; "
+                    "run %d opens the next epoch",
+                    record.id,
+                    epoch_id,
+                    k,
+                    MAX_REPAIRS,
+                    k + 1,
+                )
+            return None
+        signed = SignedOrder(record.order, record.signature, record.operator_cert)
+        run = serde.scheduled_run(signed, order, k, repair)
+        round_id = run.spec.round_id
+        # kept before the start: the nodes may have recorded the id even if the start fails
+        self.store.save_schedule(replace(record, last_round=round_id))
+        self._repaired[record.id] = now
+        log.info(
+            "schedule %s: epoch %s lost a key; repair %s starts", record.id, epoch_id, round_id
+        )
+        try:
+            self.start_run(run, record.operator)
+        except Exception as exc:  # this repair's loss; the next may follow after the pause
+            log.warning("schedule %s: repair %s not started: %s", record.id, round_id, exc)
+            return None
+        return round_id
+
     def _get(self, schedule_id: str) -> ScheduleRecord:
         for record in self.store.schedules():
             if record.id == schedule_id:
@@ -158,7 +229,10 @@ class Scheduler:
         if SCHEDULE.allows(record.state, ScheduleEvent.RUN):
             next_run = order.next_time(record.last_run)
             due = order.due_run(self.clock())
-            if next_run is not None and due is not None and due > (record.last_run or -1):
+            # run 0 is a run: `last_run or -1` read "run 0 started" as "none yet" and showed the
+            # run that had just started as the next one
+            last = -1 if record.last_run is None else record.last_run
+            if next_run is not None and due is not None and due > last:
                 next_run = order.run_time(due)  # overdue: it starts at the next tick
         return ScheduleView(record, order, next_run)
 

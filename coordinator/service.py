@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any, Final
 
 import grpc
+from cryptography import x509
 
 from blindmatch.cli.tomlconfig import ConfigError
 from blindmatch.core.errors import ForgedMessage, ProtocolError
@@ -29,10 +30,12 @@ from blindmatch.core.watch_rules import MAX_CHECK_VALUES
 from blindmatch.core.watch_sealed import sealed_bytes
 from blindmatch.runtime import serde, status
 from blindmatch.runtime.hardening import no_core_dumps
+from blindmatch.runtime.logs import setup_logging
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
 from blindmatch.runtime.net import (
     AccessPolicy,
+    NetError,
     ServerHandle,
     Slots,
     TlsConfig,
@@ -41,6 +44,7 @@ from blindmatch.runtime.net import (
     split_host_port,
     start_server,
 )
+from blindmatch.runtime.pki import check_renewal
 from blindmatch.v1 import coordinator_pb2, coordinator_pb2_grpc
 from blindmatch.v2 import watch_pb2_grpc
 from coordinator.config import ANY_OPERATOR, CoordinatorConfig
@@ -49,7 +53,7 @@ from coordinator.metrics import NO_METRICS, CoordinatorHooks, CoordinatorMetrics
 from coordinator.records import RoundBoard, SqliteRoundStore
 from coordinator.schedules import Scheduler, ScheduleView
 from coordinator.watch import SERVICE_PREFIX as WATCH_PREFIX
-from coordinator.watch import CheckServicer, WatchHub
+from coordinator.watch import CheckServicer, WatchHub, round_info
 from coordinator.watch import access_rules as watch_access_rules
 
 SERVICE_PREFIX: Final = "/blindmatch.v1.CoordinatorService/"
@@ -89,7 +93,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 lambda trust, now: verify_spec(trust, signed, issued=spec.issued, now=now).identity,
             )
             record = self.coordinator.start_round(signed, spec, operator=operator)
-        return serde.round_to_proto(record)
+        return round_info(self.coordinator.watch, record)
 
     def _operator(self, context: grpc.ServicerContext, what: str, signer_of: SignerOf) -> str:
         """Who signed ``what``, which must be who calls: an operator starts only its own rounds
@@ -140,7 +144,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.GetRoundRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RoundInfo:
         with status.refusing(context, ProtocolError, RoundFailure):
-            return serde.round_to_proto(self.board.get(request.id))
+            return round_info(self.coordinator.watch, self.board.get(request.id))
 
     def ListRounds(
         self, request: coordinator_pb2.ListRoundsRequest, context: grpc.ServicerContext
@@ -149,7 +153,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         # the most one reply carries (uint32 on the wire, so never negative).
         limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
         return coordinator_pb2.ListRoundsReply(
-            rounds=[serde.round_to_proto(r) for r in self.board.recent(limit)]
+            rounds=[round_info(self.coordinator.watch, r) for r in self.board.recent(limit)]
         )
 
     def WatchRound(
@@ -159,7 +163,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         context.add_callback(self.board.wake)
         with status.refusing(context, ProtocolError, RoundFailure):
             for record in self.board.watch(request.id, context.is_active):
-                yield serde.round_to_proto(record)
+                yield round_info(self.coordinator.watch, record)
 
 
 def _schedule_info(view: ScheduleView) -> coordinator_pb2.ScheduleInfo:
@@ -196,10 +200,27 @@ class RunningCoordinator:
     watch: WatchHub | None = None
     metrics: MetricsEndpoint | None = None  # the [metrics] endpoint, when configured
     checks: Slots | None = None  # early-warning checks in flight (limits)
+    config: CoordinatorConfig | None = None  # where reload_certificate reads the certificate
 
     @property
     def port(self) -> int:
         return self.handle.port
+
+    def reload_certificate(self) -> str:
+        """Take a certificate renewed for the same key (``blindmatch pki renew``; SIGHUP): new
+        handshakes present it; connections made, and rounds on them, run on. The channels to the
+        nodes keep presenting the old one until a restart. A new key or CA needs a restart, as
+        nodes do (one rule for both). Raises NetError, PkiError or ConfigError, keeping the
+        certificate in use."""
+        certificates = self.handle.certificates
+        if certificates is None or self.config is None:
+            raise PkiError("this coordinator serves without mTLS: it has no certificate to reload")
+        new = _coordinator_tls(self.config)
+        old = certificates.current
+        check_renewal((old.ca, old.cert), (new.ca, new.cert), same_key=True)
+        certificates.swap(new)
+        cert = x509.load_pem_x509_certificate(new.cert)
+        return f"serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}"
 
     def stop(self, grace: float = 2.0) -> None:
         """Refuse new calls, fail and abort rounds in flight, end watches, close the state."""
@@ -245,16 +266,15 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
         )
         hooks: CoordinatorHooks = NO_METRICS
         if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
-            metrics = CoordinatorMetrics(config.name, watch.epoch_open)
+            metrics = CoordinatorMetrics(config.name, watch.epoch_open, watch.degraded_count)
             endpoint = metrics.serve(config.metrics)
             hooks = metrics
         coordinator = Coordinator(RoundBoard(store), links, settings, watch=watch, metrics=hooks)
         scheduler = Scheduler(
             store,
-            lambda run, operator: coordinator.start_round(
-                run, run.order.run_spec(run.run), operator=operator
-            ),
+            lambda run, operator: coordinator.start_round(run, run.spec, operator=operator),
             coordinator.running,
+            epochs=watch,  # a standing watch order's lost epoch is repaired (schedules.py)
         )
         trust = None if tls is None else Trust(tls.ca)
         servicer = CoordinatorServicer(coordinator, trust, scheduler)
@@ -294,7 +314,15 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
         raise
     scheduler.start()
     return RunningCoordinator(
-        handle, coordinator, store, store.failed_on_open, scheduler, watch, endpoint, checks
+        handle,
+        coordinator,
+        store,
+        store.failed_on_open,
+        scheduler,
+        watch,
+        endpoint,
+        checks,
+        config,
     )
 
 
@@ -312,7 +340,9 @@ def _coordinator_tls(config: CoordinatorConfig) -> TlsConfig:
 
 
 def serve(config: CoordinatorConfig, *, insecure: bool) -> None:
-    """Run the coordinator until SIGINT or SIGTERM, then stop cleanly."""
+    """Run the coordinator until SIGINT or SIGTERM, then stop cleanly; SIGHUP reloads its
+    certificate (``RunningCoordinator.reload_certificate``)."""
+    setup_logging(config.log)  # before anything that logs; a bad log file stops nothing live
     running = start(config, insecure=insecure)
     if running.failed_on_start:
         print(
@@ -326,17 +356,28 @@ def serve(config: CoordinatorConfig, *, insecure: bool) -> None:
     if running.metrics is not None:
         print(f"coordinator metrics on {running.metrics.address}", flush=True)
     stop = threading.Event()
+    wake = threading.Event()  # a signal arrived: the main loop acts on it at once
+    hup = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
 
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.is_set():
+            wake.wait(0.5)
+            wake.clear()
+            if hup.is_set() and not stop.is_set():
+                hup.clear()
+                try:
+                    done = running.reload_certificate()
+                    print(f"coordinator reloaded its certificate: {done}", flush=True)
+                except (NetError, PkiError, ConfigError) as exc:  # it serves on with the old one
+                    print(f"coordinator kept its certificate: {exc}", file=sys.stderr, flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -14,6 +14,13 @@ Rules:
   and their signed answers come back with every other holder's filter. ``Seal``: the checker's
   signed, sealed messages go to each holder they are for (``Alert``). What comes back from a
   holder is empty whatever it found, so the coordinator learns no hit.
+- A node keeps its share in memory only: a restart ends it, and partners' checks through that
+  node fail. So the hub asks every participant of the open epoch whether it still holds it
+  (``EpochState``, every ``poll_seconds``, and at once when a forwarded check fails) and keeps
+  what it found (``health``): the epoch is degraded from the moment one node answers that it holds
+  no key, or cannot be reached. A node that lost its key never regains it for that epoch; only a
+  new epoch heals it, which the scheduler starts under a standing watch order once every node
+  answers again (``repairable``; coordinator/schedules.py).
 
 Every decision (which epoch, expiry, whom a check goes to, where a sealed message goes) is the
 core's (``blindmatch.core.epoch.RelayEpochs`` and ``EpochRelay``); this module keeps the files
@@ -32,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -43,9 +51,10 @@ from blindmatch.core.signing import Party, Trust
 from blindmatch.core.spec import RoundSpec
 from blindmatch.core.watch_rules import DEFAULT_EPOCH_SECONDS, Clock, utc_text
 from blindmatch.core.watch_sealed import SignedFilter
-from blindmatch.runtime import serde_v2, status
+from blindmatch.runtime import serde, serde_v2, status
 from blindmatch.runtime.hardening import open_private, private_dir
 from blindmatch.runtime.net import peer_certificate
+from blindmatch.v1 import coordinator_pb2
 from blindmatch.v2 import node_pb2, watch_pb2, watch_pb2_grpc
 from coordinator.metrics import NO_METRICS, CoordinatorHooks
 
@@ -53,11 +62,38 @@ log = logging.getLogger(__name__)
 
 SERVICE_PREFIX: Final = "/blindmatch.v2.CoordinatorWatchService/"
 CLOSE_TIMEOUT: Final = 5.0  # seconds: deadline of each best-effort CloseEpoch
+POLL_SECONDS: Final = 5.0  # seconds between asking the open epoch's nodes whether they hold it
+STATE_TIMEOUT: Final = 5.0  # seconds: deadline of each EpochState
 T = TypeVar("T")
 
 
 class WatchFailure(status.StatusError):
     """A node refused or failed a watch call; ``code`` is the status to pass on."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochLoss:
+    """A participant of the open epoch that cannot serve it: it said it holds no key (``lost``;
+    for good: keys live in memory only), or it did not answer the last poll (``reachable``
+    False)."""
+
+    node: str
+    since: float  # unix seconds (hub clock) the hub first saw it
+    reason: str
+    lost: bool
+    reachable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EpochHealth:
+    """What the hub knows of its open epoch's participants (``round status``, metrics)."""
+
+    epoch_id: str
+    losses: tuple[EpochLoss, ...]  # by node name; empty: every node holds its key
+
+    @property
+    def state(self) -> str:
+        return "degraded" if self.losses else "open"
 
 
 class WatchHub:
@@ -81,6 +117,13 @@ class WatchHub:
         loaded = self._load()
         if loaded is not None:
             self.core.open(loaded)
+        self.poll_seconds = POLL_SECONDS  # tests set it short
+        self._losses: dict[str, EpochLoss] = {}  # of the open epoch, under _lock
+        self._polled = ""  # the epoch the last complete poll was of
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="epoch-poll", daemon=True)
+        self._poller.start()
 
     @property
     def epoch(self) -> EpochRelay | None:
@@ -93,6 +136,12 @@ class WatchHub:
     @clock.setter
     def clock(self, clock: Clock) -> None:  # tests drive time instead of sleeping
         self.core.clock = clock
+
+    @property
+    def open_epoch_id(self) -> str | None:
+        """The open epoch's id (None: none open)."""
+        epoch = self.epoch
+        return epoch.epoch_id if epoch is not None and self.epoch_open() else None
 
     def epoch_open(self) -> bool:
         """Whether an epoch is open now (the metrics ask at every scrape)."""
@@ -185,6 +234,7 @@ class WatchHub:
             self._erase()
             self._save(epoch)
             closing = self.core.open(epoch)
+            self._losses, self._polled = {}, ""  # a new epoch: every node holds its new key
         log.info("epoch %s open until %s", epoch.epoch_id, utc_text(epoch.ends))
         if closing is not None:
             self._close_on(closing.epoch_id, closing.nodes, closing.reason)
@@ -198,7 +248,121 @@ class WatchHub:
                 log.warning("CloseEpoch on %s: %s", node, err.details())
 
     def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the epoch's health: who still holds its key ------------------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.poll()
+            except Exception:  # one bad poll must not end the watching of every later epoch
+                if not self._stop.is_set():  # (at close, the pool refuses calls: no news)
+                    log.exception("epoch poll failed")
+
+    def poll_now(self) -> None:
+        """Ask the nodes at once rather than at the next period (a forwarded check failed)."""
+        self._wake.set()
+
+    def poll(self) -> EpochHealth | None:
+        """Ask every participant of the open epoch whether it holds it; the epoch's health."""
+        epoch = self.epoch
+        if epoch is None or not self.epoch_open():
+            with self._lock:
+                self._losses, self._polled = {}, ""
+            return None
+        request = watch_pb2.EpochStateRequest(epoch_id=epoch.epoch_id)
+        futures = {
+            node: self._pool.submit(
+                self._call,
+                node,
+                "say whether it holds the epoch",
+                lambda s: s.EpochState(request, timeout=min(STATE_TIMEOUT, self.call_timeout)),
+            )
+            for node in epoch.participants
+        }
+        found: dict[str, watch_pb2.EpochStateReply | WatchFailure] = {}
+        for node, future in futures.items():
+            try:
+                found[node] = future.result()
+            except WatchFailure as exc:
+                found[node] = exc
+        now = self.clock()
+        with self._lock:
+            if self.epoch is not epoch:  # replaced meanwhile: these answers are of the old one
+                return self._health()
+            for node, got in found.items():
+                self._note(epoch.epoch_id, node, got, now)
+            self._polled = epoch.epoch_id
+            return self._health()
+
+    def _note(
+        self,
+        epoch_id: str,
+        node: str,
+        got: watch_pb2.EpochStateReply | WatchFailure,
+        now: float,
+    ) -> None:
+        """Keep what ``node`` answered (under _lock)."""
+        old = self._losses.get(node)
+        if isinstance(got, watch_pb2.EpochStateReply) and got.held:
+            if old is not None and not old.lost:
+                del self._losses[node]
+                log.info("epoch %s: %s is back and holds its key", epoch_id, node)
+            return
+        since = old.since if old is not None else now
+        if isinstance(got, WatchFailure):
+            if old is not None and old.lost:  # its key is gone either way
+                self._losses[node] = EpochLoss(node, since, old.reason, True, False)
+                return
+            loss = EpochLoss(node, since, f"unreachable: {got}", False, False)
+        else:
+            other = f" (it holds epoch {got.current})" if got.current else ""
+            loss = EpochLoss(
+                node,
+                since,
+                f"holds no key for epoch {epoch_id}{other}: a node restart ends its share",
+                True,
+                True,
+            )
+        if old is None or old.lost != loss.lost:
+            log.warning("epoch %s degraded: %s %s", epoch_id, node, loss.reason)
+        self._losses[node] = loss
+
+    def _health(self) -> EpochHealth | None:
+        epoch = self.epoch
+        if epoch is None or not self.epoch_open():
+            return None
+        return EpochHealth(epoch.epoch_id, tuple(self._losses[n] for n in sorted(self._losses)))
+
+    def health(self) -> EpochHealth | None:
+        """The open epoch's health as last polled (None: no epoch open)."""
+        with self._lock:
+            return self._health()
+
+    def degraded_count(self) -> int:
+        """Participants of the open epoch that cannot serve it (the metrics ask at every
+        scrape)."""
+        health = self.health()
+        return 0 if health is None else len(health.losses)
+
+    def repairable(self, epoch_id: str) -> bool:
+        """Whether a new epoch would heal ``epoch_id``: it is the open one, a node lost its key,
+        and every participant answered the last poll (reachable and serving)."""
+        with self._lock:
+            health = self._health()
+            return (
+                health is not None
+                and health.epoch_id == epoch_id == self._polled
+                and any(loss.lost for loss in health.losses)
+                and all(loss.reachable for loss in health.losses)
+            )
 
     def _current(self, epoch_id: str) -> EpochRelay:
         with self._lock:
@@ -239,6 +403,8 @@ class WatchHub:
                 )
             answers.extend(got.answers)
         if problems:
+            # a member that holds no key (it restarted) or is gone degrades the epoch: see now
+            self.poll_now()
             # the first refusal names its code; every one is in the message
             raise WatchFailure(problems[0].code, "; ".join(str(p) for p in problems))
         return watch_pb2.CheckReply(
@@ -347,3 +513,12 @@ class CheckServicer(watch_pb2_grpc.CoordinatorWatchServiceServicer):
 
 def access_rules() -> dict[str, list[tuple[str, str | None]]]:
     return {SERVICE_PREFIX: [("node", None)]}
+
+
+def round_info(hub: WatchHub | None, record: serde.RoundView) -> coordinator_pb2.RoundInfo:
+    """What RoundInfo shows of ``record``, and of its epoch when it is the open one: every
+    round's status tells an operator whether early warning works (a node restart degrades it)."""
+    health = None if hub is None else hub.health()
+    if health is None or health.epoch_id != record.id:
+        return serde.round_to_proto(record)
+    return serde.round_to_proto(record, health.state, health.losses)

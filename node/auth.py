@@ -63,11 +63,16 @@ class RoundAuthority:
     def operator(self, signed: SignedSpec | ScheduledRun, spec: RoundSpec) -> str:
         """The name of the operator who signed ``spec`` if this node accepts it from them. A run
         of a standing order is accepted as a spec is: the operator's signature over the order,
-        and the run due now by this node's clock (``spec`` is the run's, derived here)."""
+        and the run due now by this node's clock (``spec`` is the run's, derived here). A repair
+        of a watch order's run is accepted within that run's period, up to MAX_REPAIRS of them
+        (core/orders.py): the order signed it, and its id is used once like any other."""
         now = self._now()
         if isinstance(signed, ScheduledRun):
             party = verify_order(self._trust, signed.signed, now=now)
-            signed.order.check_due(signed.run, now.timestamp())
+            if signed.repair:
+                signed.order.check_repair(signed.run, signed.repair, now.timestamp())
+            else:
+                signed.order.check_due(signed.run, now.timestamp())
         else:
             party = verify_spec(self._trust, signed, issued=spec.issued, now=now)
         name = party.identity.name

@@ -10,11 +10,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from blindmatch.cli.errors import BadInput, command
+from blindmatch.cli.ids import by_prefix
 from blindmatch.cli.initdir import init_dir, refuse_existing, server_hosts
 from blindmatch.core.identity import validate_name
 from blindmatch.runtime import pki
@@ -24,7 +25,7 @@ from node.config import ConnectorConfig, NodeConfig, load_config, render_config
 from node.connectors.stix_out import stix_bundle
 from node.importing import SHOWN_INVALID
 from node.pool import Blinder
-from node.store import MatchRow, PartnerCount, Store, StoreError
+from node.store import MatchRow, PartnerCount, RoundAudit, Store, StoreError
 
 # A store that is missing or not a store is an input error like a bad config.
 node_command = command(StoreError)
@@ -40,6 +41,7 @@ def open_store(args: argparse.Namespace) -> Iterator[tuple[NodeConfig, Store]]:
     config = load_config(args.config)
     existing_store(config)
     with Store.open(config.store) as store:
+        store.set_max_age(config.max_age)  # so stats, audit and checks see what has expired
         yield config, store
 
 
@@ -82,9 +84,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     if missing:
         raise BadInput(f"no such file or directory: {', '.join(missing)}")
     with open_store(args) as (config, store):
-        blinder = Blinder(os.cpu_count() or 1)
+        # A dry run only reads the files: no hashing pool, and the store is never written.
+        blinder = None if args.dry_run else Blinder(os.cpu_count() or 1)
         try:
-            fill_hashes(store, blinder)
+            if blinder is not None:
+                fill_hashes(store, blinder)
             show = _progress_printer()
             report = import_paths(
                 store,
@@ -93,13 +97,97 @@ def cmd_import(args: argparse.Namespace) -> int:
                 tlp=args.tlp or config.default_tlp,
                 source=args.source,
                 progress=show,
-                hasher=blinder.hash_all,
+                allow_private_suffix=args.allow_private_suffix,
+                dry_run=args.dry_run,
+                **({} if blinder is None else {"hasher": blinder.hash_all}),
             )
             show(None)
         finally:
-            blinder.close()
+            if blinder is not None:
+                blinder.close()
     print(report.format())
-    return 0 if not report.failed else 1
+    # Mostly refused: the valid part is stored, but the file was likely no list of indicators.
+    mostly_refused = report.invalid_count > sum(report.valid.values())
+    return 1 if report.failed or mostly_refused else 0
+
+
+@node_command
+def cmd_forget(args: argparse.Namespace) -> int:
+    import getpass
+
+    from blindmatch.core.canon import InvalidIndicator, canonicalize
+    from node.importers import ImportFileError, Invalid, Record, read_path
+    from node.store.schema import normalize_time
+    from node.store.sightings import Forget
+
+    asked = [bool(args.values), args.source, args.file, args.before]
+    if sum(1 for a in asked if a) != 1:
+        raise BadInput(
+            "say what to forget: VALUE..., --source NAME, --file FILE or --before DATE (one)"
+        )
+    raws: list[tuple[str, str, str]] = [("auto", v, f"argument {v!r}") for v in args.values]
+    refused: list[str] = []
+    if args.file:
+        try:
+            _, events = read_path(Path(args.file))
+            for event in events:
+                if isinstance(event, Record):
+                    raws.append((event.kind_hint, event.raw, f"{args.file} {event.where}"))
+                elif isinstance(event, Invalid):
+                    refused.append(f"{args.file} {event.where}: {event.message}")
+        except ImportFileError as exc:
+            raise BadInput(str(exc)) from None
+    values: list[tuple[str, str]] = []
+    for kind, raw, where in raws:
+        try:
+            # Any name: what is taken out may have come in under older rules or the flag.
+            indicator = canonicalize(kind, raw, allow_private_suffix=True)
+        except InvalidIndicator as exc:
+            refused.append(f"{where}: {exc}")
+            continue
+        values.append((indicator.kind, indicator.value))
+    before = None
+    if args.before:
+        try:
+            before = normalize_time(args.before, "--before")
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+    if args.values:
+        how = f"{len(values)} values: " + ", ".join(v for _, v in values[:5])
+        how += " ..." if len(values) > 5 else ""
+    elif args.file:
+        how = f"the {len(values)} values in {args.file}"
+    elif args.source:
+        how = f"source {args.source}"
+    else:
+        how = f"not seen since {before}"
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        who = f"uid {os.getuid()}"
+    what = Forget(values=tuple(values), source=args.source, before=before)
+    with open_store(args) as (_, store):
+        result = store.forget(what, who=who, how=how, dry_run=args.dry_run)
+    per_kind = ", ".join(f"{k} {n:,}" for k, n in sorted(result.deleted.items()))
+    print(
+        ("Dry run: would forget " if args.dry_run else "Forgot ")
+        + f"{result.indicators:,} indicators"
+        + (f" ({per_kind})" if per_kind else "")
+        + f" ({how}), with {result.matches:,} matches, {result.pushed:,} pushes,"
+        f" {result.source_refs:,} source ids and {result.alerts:,} alerts"
+    )
+    if result.kept_without_source:
+        print(
+            f"Kept {result.kept_without_source:,} indicators other sources also reported,"
+            f" without source {args.source}"
+        )
+    if result.not_found:
+        print(f"Not stored: {result.not_found:,} of the values given")
+    for line in refused[:SHOWN_INVALID]:
+        print(f"  not a value: {line}", file=sys.stderr)
+    if len(refused) > SHOWN_INVALID:
+        print(f"  ... and {len(refused) - SHOWN_INVALID:,} more", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def fill_hashes(store: Store, blinder: Blinder) -> None:
@@ -151,6 +239,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
             print(f"  by {title}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(table.items())))
     print(f"  imports: {stats.imports}, last {stats.last_import or 'never'}")
     print(f"  rounds: {stats.rounds_joined} completed of {stats.rounds_recorded} recorded")
+    if stats.max_age is not None:
+        print(
+            f"  expired ([policy] max_age {stats.max_age / 86400:g} days): {stats.expired:,}"
+            " not imported or pulled since, in no round"
+        )
     return 0
 
 
@@ -206,8 +299,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     )
                     error = None
                 except ConnectorError as exc:
-                    # Pages stored before the failure stay, and the cursor after them.
-                    result = SyncResult(source.name, cursor=store.cursor(source.name))
+                    # Pages stored before the failure stay, and the cursor after them: report them.
+                    result = (
+                        exc.done
+                        if isinstance(exc.done, SyncResult)
+                        else SyncResult(source.name, cursor=store.cursor(source.name))
+                    )
                     error = str(exc)
                 show(None)
                 results.append({**result.as_json(), **({"error": error} if error else {})})
@@ -223,9 +320,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _print_sync(result: Any, error: str | None) -> None:
     if error:
         print(f"error: {error}", file=sys.stderr)
+    # A pull that failed midway still stored the pages before the failure: say it stopped there.
+    stopped = " before it stopped" if error else ""
     print(
-        f"{result.source}: fetched {result.fetched:,} objects, {result.added:,} new indicators,"
-        f" {result.known:,} known, {result.invalid:,} invalid; cursor {result.cursor or 'none'}"
+        f"{result.source}: fetched {result.fetched:,} objects{stopped}, {result.added:,} new"
+        f" indicators, {result.known:,} known, {result.invalid:,} invalid;"
+        f" cursor {result.cursor or 'none'}"
     )
     for entry in result.report.invalid[:SHOWN_INVALID]:
         print(f"  invalid {entry.path} {entry.where}: {entry.message}")
@@ -245,14 +345,21 @@ def cmd_push(args: argparse.Namespace) -> int:
                 result = push_sink(store, sink, node=config.name, round_id=args.round)
                 error = None
             except ConnectorError as exc:
-                result, error = PushResult(sink.name), str(exc)
+                # What the sink confirmed before the failure is marked pushed: report it.
+                done = exc.done if isinstance(exc.done, PushResult) else None
+                result, error = done or PushResult(sink.name), str(exc)
             results.append({**result.as_json(), **({"error": error} if error else {})})
             if not args.json:
                 if error:
                     print(f"error: {error}", file=sys.stderr)
+                unconfirmed = (
+                    f", {result.unconfirmed:,} not confirmed (sent again next push)"
+                    if result.unconfirmed
+                    else ""
+                )
                 print(
-                    f"{sink.name}: pushed {result.matches:,} matches"
-                    f" ({result.objects:,} STIX objects)"
+                    f"{sink.name}: pushed {result.matches:,} matches confirmed by the sink"
+                    f" ({result.objects:,} objects){unconfirmed}"
                 )
     if args.json:
         print(json.dumps(results, indent=2))
@@ -262,12 +369,13 @@ def cmd_push(args: argparse.Namespace) -> int:
 @node_command
 def cmd_matches(args: argparse.Namespace) -> int:
     with open_store(args) as (config, store):
-        rows = store.matches(args.round)
-        counts = store.partner_counts(args.round)
+        round_id = recorded_round(store, args.round) if args.round else None
+        rows = store.matches(round_id)
+        counts = store.partner_counts(round_id)
         # the sightings a push sends, in the bundle: the same ids for the same matches
-        outgoing = store.outgoing(args.round) if args.format == "stix" else []
-    if args.round and not rows and not counts:
-        print(f"no results for round {args.round}", file=sys.stderr)
+        outgoing = store.outgoing(round_id) if args.format == "stix" else []
+    if round_id and not rows and not counts:
+        print(f"no results for round {round_id}: it found nothing here", file=sys.stderr)
     if args.format == "json":
         print(json.dumps([*map(_match_json, rows), *map(_count_json, counts)], indent=2))
     elif args.format == "csv":
@@ -282,6 +390,19 @@ def cmd_matches(args: argparse.Namespace) -> int:
     else:
         _match_table(rows, counts)
     return 0
+
+
+def recorded_round(store: Store, given: str) -> str:
+    """The round this node recorded that ``given`` names (whole, or a unique prefix as the
+    tables print it); BadInput when it names none, rather than an empty answer that reads as
+    "no matches"."""
+    found = by_prefix(given, store.round_ids())
+    if found is None:
+        raise BadInput(
+            f"no round {given!r} in this node's audit; `blindmatch node audit` lists the rounds "
+            "it joined"
+        )
+    return found
 
 
 def _match_json(r: MatchRow) -> dict[str, Any]:
@@ -319,6 +440,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         entries = store.audit()
         epochs, checks = store.epochs(), store.checks()
         budgets = Budgets(store, config.budgets, config.name).use()
+        watched = store.watch_round_ids()
+        store_expired = store.stats().expired
+    # the store keeps a watch round's mode as the pairwise round it runs as; the epoch it
+    # opened says it was a watch round (one that failed before opening it stays "pairwise")
+    entries = [
+        replace(e, mode="watch") if isinstance(e, RoundAudit) and e.round_id in watched else e
+        for e in entries
+    ]
     if args.json:
         every: list[Any] = [*entries, *epochs, *checks, *budgets]
         print(json.dumps([{"type": type(e).__name__, **asdict(e)} for e in every], indent=2))
@@ -337,6 +466,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 + f"; own set {d['own_size']:,}; blinded for {blinded}"
                 + (f"; asked by operator {d['operator']}" if d["operator"] else "")
             )
+        elif "who" in d:  # node forget
+            n = sum(d["summary"]["deleted"].values())
+            print(f"{d['time']} forget by {d['who']} ({d['how']}): {n:,} indicators deleted")
         else:
             summary = d["summary"]
             # a failed import stored nothing: say so, rather than list it like the others
@@ -346,6 +478,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 else f"{summary.get('new', 0):,} new"
             )
             print(f"{d['time']} import {d['path']} ({d['fmt']}, source {d['source']}): {done}")
+    if config.max_age is not None:  # expiry is a state, not an event: counted now
+        print(
+            f"expired ([policy] max_age {config.max_age / 86400:g} days): {store_expired:,} indicators"
+            " not imported or pulled since, in no round"
+        )
     # early warning (docs/WATCH.md): epochs held and checks made or blinded for
     for ep in epochs:
         end = f"key destroyed {ep.closed} ({ep.reason})" if ep.closed else "key held"
@@ -367,3 +504,129 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"{b.round_limit:,} elements, checks {b.check_used:,} of {b.check_limit:,}"
         )
     return 0
+
+
+@node_command
+def cmd_backup(args: argparse.Namespace) -> int:
+    """``blindmatch node backup --config C --to FILE``: SQLite's online backup (node/backup.py)."""
+    from node.backup import backup_store
+
+    config = load_config(args.config)
+    try:
+        done = backup_store(config.store, Path(args.to))
+    except FileExistsError:
+        raise BadInput(
+            f"{args.to} exists; a backup never overwrites a file (choose a new name)"
+        ) from None
+    print(
+        f"wrote backup {done.path} ({done.size:,} bytes, mode 0600, integrity ok): "
+        f"{done.indicators:,} indicators, {done.imports:,} imports, {done.rounds:,} rounds "
+        f"(schema {done.schema})"
+    )
+    print("restore it with the node stopped: docs/OPERATIONS.md, Backup and restore")
+    return 0
+
+
+EXPLAINED_ROUNDS = 5  # rounds that found a value, newest first, in `node explain`
+
+
+@node_command
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``node explain``: for each value, its canonical form, whether the store holds it, what
+    keeps it out of rounds, and what the last rounds found. A value that does not canonicalise
+    is explained too (why), and makes the exit status 2, as ``canonicalize`` does."""
+    from blindmatch.core.canon import InvalidIndicator, canonicalize
+
+    answers: list[dict[str, Any]] = []
+    with open_store(args) as (config, store):
+        for given in args.values:
+            try:
+                indicator = canonicalize(args.kind, given)
+            except InvalidIndicator as exc:
+                answers.append({"input": given, "error": str(exc)})
+                continue
+            answers.append(_explain(config, store, given, indicator.kind, indicator.value))
+    if args.json:
+        print(json.dumps(answers, indent=2))
+    else:
+        print("\n\n".join(_explanation_text(a) for a in answers))
+    return 2 if any("error" in a for a in answers) else 0
+
+
+def _explain(config: NodeConfig, store: Store, given: str, kind: str, value: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {"input": given, "kind": kind, "value": value, "stored": None}
+    stored = store.lookup(kind, value)
+    if stored is None:
+        return answer
+    answer["stored"] = {
+        "tlp": stored.tlp,
+        "first_seen": stored.first_seen,
+        "last_seen": stored.last_seen,  # the latest import or pull that carried it
+        "sightings": stored.count,
+        "sources": stored.sources,
+    }
+    # what keeps it out of rounds: node.toml [policy], as node.rounds selects a round's set
+    excluded = []
+    if kind not in config.policy.kinds:
+        excluded.append(f"[policy] kinds does not list {kind}")
+    if stored.tlp not in config.tlps:
+        excluded.append(f"[policy] tlp does not list {stored.tlp}")
+    if config.max_age is not None:  # expiry: not seen again (import or pull) within max_age
+        from datetime import UTC, datetime
+
+        seen = datetime.fromisoformat(stored.last_seen.replace("Z", "+00:00"))
+        if (datetime.now(UTC) - seen).total_seconds() > config.max_age:
+            excluded.append(f"[policy] max_age: not seen since {stored.last_seen}")
+    answer["excluded_by"] = excluded
+    watched = store.watch_round_ids()
+    found = store.matches_of(stored.sighting_id, EXPLAINED_ROUNDS)
+    answer["found_in"] = [
+        {
+            "round": m.round_id,
+            "mode": _match_mode(m, watched),
+            "partners": m.partners,  # pairwise and watch: who also holds it
+            "nations": m.nations if m.threshold else None,  # threshold: how many hold it
+            "finished": m.finished,
+        }
+        for m in found
+    ]
+    asked = store.rounds_for_kind(kind, stored.first_seen)
+    answer["rounds_for_kind_since_first_seen"] = len(asked)
+    answer["last_round_for_kind"] = asked[0].round_id if asked else None
+    return answer
+
+
+def _match_mode(m: MatchRow, watched: set[str]) -> str:
+    if m.round_id in watched:
+        return "watch"
+    return "threshold" if m.threshold else "pairwise"
+
+
+def _explanation_text(a: dict[str, Any]) -> str:
+    if "error" in a:
+        return f"{a['input']}: not an indicator: {a['error']}"
+    lines = [f"{a['input']}: {a['kind']} {a['value']}"]
+    stored = a["stored"]
+    if stored is None:
+        lines.append("  not stored: import it (`blindmatch node import`), or check its spelling")
+        return "\n".join(lines)
+    lines.append(
+        f"  stored: TLP {stored['tlp']}, first seen {stored['first_seen']}, last seen "
+        f"{stored['last_seen']}, {stored['sightings']:,} sighting(s) from "
+        + ", ".join(stored["sources"])
+    )
+    if a["excluded_by"]:
+        lines.append("  kept out of rounds by " + "; ".join(a["excluded_by"]))
+    else:
+        lines.append("  enters every round that asks for its kind")
+    asked, last = a["rounds_for_kind_since_first_seen"], a["last_round_for_kind"]
+    lines.append(
+        f"  rounds done here since first seen that asked for {a['kind']}: {asked:,}"
+        + (f", the last {last[:12]}" if last else "")
+    )
+    if not a["found_in"]:
+        lines.append("  found by no round")
+    for m in a["found_in"]:
+        who = m["nations"] or "also held by " + ", ".join(m["partners"])
+        lines.append(f"  found in round {m['round'][:12]} ({m['mode']}, {m['finished']}): {who}")
+    return "\n".join(lines)

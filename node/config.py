@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from blindmatch.cli.logconfig import log_lines, read_log
 from blindmatch.cli.tomlconfig import TlsPaths, TomlReader, is_valid_name, read_listen, tls_lines
 from blindmatch.core.canon import KINDS
 from blindmatch.core.identity import validate_name, validate_role
@@ -19,6 +20,7 @@ from blindmatch.core.watch_rules import (
     WatchSettings,
     parse_duration,
 )
+from blindmatch.runtime.logs import LogSettings
 from node.budgets import BudgetPolicy, window_text
 from node.connectors import SINK_TYPES, SOURCE_TYPES
 from node.importing import DEFAULT_TLP
@@ -44,6 +46,9 @@ class ConnectorConfig:
     username: str = ""
     password_env: str = ""
     password_file: Path | None = None
+    # TAXII: a bearer token (OpenCTI's TAXII feeds take one) from this environment variable
+    token_env: str = ""
+    timeout: float = 60.0  # seconds any one HTTP call may take before it fails
     every: float | None = None  # seconds between pulls under `node serve`; None = `node sync` only
     tlp: str | None = None  # for objects without a marking; None = import.default_tlp
     verify: bool = True  # check the server's TLS certificate
@@ -89,6 +94,10 @@ class NodeConfig:
     # the longest a round's key lives after Prepare, whatever the coordinator does (seconds)
     round_lifetime: float = DEFAULT_ROUND_LIFETIME
     concurrent_calls: int = DEFAULT_CONCURRENT_CALLS  # calls served or queued; more: refused
+    # [policy] max_age: seconds an indicator stays in rounds after it was last imported or
+    # pulled (node.store: set_max_age); None = for ever
+    max_age: float | None = None
+    log: LogSettings = field(default_factory=LogSettings)  # [log]: where `node serve` logs
 
     @property
     def worker_count(self) -> int:
@@ -106,7 +115,9 @@ def load_config(path: str | Path) -> NodeConfig:
         for key in ("max_partner_set", "max_own_set", "max_round_elements")
     }
     r.no_unknown(
-        pol, "policy", {"partners", "operators", "tlp", "kinds", "trusted_committee", *caps}
+        pol,
+        "policy",
+        {"partners", "operators", "tlp", "kinds", "trusted_committee", "max_age", *caps},
     )
     r.no_unknown(imp, "import", {"default_tlp"})
     watch = _watch_settings(r)
@@ -153,6 +164,7 @@ def load_config(path: str | Path) -> NodeConfig:
             "sources",
             "sinks",
             "metrics",
+            "log",
         },
     )
     return NodeConfig(
@@ -184,7 +196,29 @@ def load_config(path: str | Path) -> NodeConfig:
         sources=_connectors(r, "sources", SOURCE_TYPES),
         sinks=_connectors(r, "sinks", SINK_TYPES),
         metrics=read_listen(r),
+        log=read_log(r),
+        max_age=_max_age(r, pol),
     )
+
+
+_MAX_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _max_age(r: TomlReader, policy: Mapping[str, Any]) -> float | None:
+    """``[policy] max_age`` ("180d"; "" or absent: never expire). Its own parser: the watch
+    duration rules cap a length at an epoch's, far shorter than a retention period."""
+    text = r.value("policy.max_age", policy, "", str)
+    if not text.strip():
+        return None
+    found = _MAX_AGE.fullmatch(text)
+    r.check(
+        found is not None and float(found[1]) > 0,
+        "policy.max_age",
+        f'is {text!r}; expected a length with s, m, h or d, such as "180d", or "" for never',
+    )
+    assert found is not None
+    return float(found[1]) * _AGE_UNITS[found[2]]
 
 
 def _anyone_or(
@@ -270,11 +304,11 @@ def _budgets(r: TomlReader) -> BudgetPolicy:
     )
 
 
-_COMMON_KEYS: Final = {"name", "type", "url", "every", "tlp", "verify", "ca_file"}
+_COMMON_KEYS: Final = {"name", "type", "url", "every", "tlp", "verify", "ca_file", "timeout"}
 _BASIC_AUTH_KEYS: Final = {"username", "password_env", "password_file"}
 # The keys each type accepts: a key of another type is a mistake worth naming.
 _CONNECTOR_KEYS: Final = {
-    "taxii": _COMMON_KEYS | _BASIC_AUTH_KEYS | {"collection"},
+    "taxii": _COMMON_KEYS | _BASIC_AUTH_KEYS | {"collection", "token_env"},
     "misp": _COMMON_KEYS | {"key_env", "key_file", "to_ids", "published", "tags", "warninglists"},
     "misp-feed": _COMMON_KEYS | _BASIC_AUTH_KEYS,
 }
@@ -312,6 +346,12 @@ def _connector(
         where,
         "sets both password_env and password_file; choose one",
     )
+    token_env = r.value(f"{where}.token_env", table, "", str)
+    r.check(
+        not (token_env and (password_env or password_file)),
+        where,
+        "sets both token_env (a bearer token) and a password; a server takes one or the other",
+    )
     key_env = r.value(f"{where}.key_env", table, "", str)
     r.check(
         not (key_env and "key_file" in table), where, "sets both key_env and key_file; choose one"
@@ -341,6 +381,8 @@ def _connector(
         password_file=(
             None if password_file is None else r.file_path(f"{where}.password_file", table, None)
         ),
+        token_env=token_env,
+        timeout=_duration(r, f"{where}.timeout", table.get("timeout", 60)) or 60.0,
         every=_duration(r, f"{where}.every", table.get("every")),
         tlp=tlp,
         verify=_flag(r, f"{where}.verify", table.get("verify", True)),
@@ -387,6 +429,7 @@ def render_config(
     tlps = ", ".join(f'"{t}"' for t in DEFAULT_TLPS)
     p = Policy()
     b = BudgetPolicy()
+    log = "\n".join(log_lines(LogSettings(), None))
     return f"""\
 # blindmatch node configuration. Paths are relative to this file's directory.
 
@@ -415,6 +458,7 @@ max_round_elements = {p.max_round_elements}   # everything it blinds in one roun
 # node's values) does not include this node is joined only if it holds every node named here.
 # [] = this node must be in the committee itself (docs/OPERATIONS.md, "The committee").
 trusted_committee = []
+max_age = ""                    # e.g. "180d": an indicator not imported or pulled again within it leaves rounds ("" = never)
 
 [budgets]                       # per partner, per rolling window: so many small rounds cannot add up to a dictionary
 window = "{window_text(b.window)}"                  # the rolling window (s, m, h or d)
@@ -423,6 +467,8 @@ check_elements = {b.check_elements}         # what one partner's check caps may 
 
 [import]
 default_tlp = "{DEFAULT_TLP}"           # TLP given to imported records that carry no marking (override: --tlp)
+
+{log}
 
 [watch]                         # early warning (docs/WATCH.md)
 enabled = true                  # take part in watch rounds (keep a round's key for an epoch)

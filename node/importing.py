@@ -13,10 +13,15 @@ Rules:
   one audit entry per file, including files that could not be read.
 - Hash once: the indicators a file adds get their H(v) from `hasher` (the CLI passes its
   blinding pool's, so hashing uses every core) in the file's transaction (node.store).
+- Names must end in a public suffix (blindmatch.core.canon, the suffix rule);
+  `allow_private_suffix` lets internal names in.
+- Dry run: everything is read, canonicalised and counted (per kind and TLP), and nothing reaches
+  the store, not even the audit.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +31,7 @@ from typing import NamedTuple
 from blindmatch.core.canon import InvalidIndicator, canonicalize
 from blindmatch.core.oprf import hash_indicators
 from node.importers import Event, ImportFileError, Invalid, Skipped, read_path
-from node.store import Sighting, Store, normalize_tlp
+from node.store import AddResult, Sighting, Store, normalize_tlp
 from node.store.sightings import Hasher
 
 DEFAULT_TLP = "amber"
@@ -53,7 +58,7 @@ class FileImport:
     source: str
     new: int
     known: int
-    import_id: int
+    import_id: int  # its audit entry; 0 in a dry run, which records nothing
 
 
 @dataclass
@@ -66,6 +71,9 @@ class ImportReport:
     failed: list[FailedFile] = field(default_factory=list)  # nothing was imported from these
     files: list[FileImport] = field(default_factory=list)
     total: int = 0  # records, skipped and invalid entries read
+    valid: Counter[str] = field(default_factory=Counter)  # usable sightings per kind
+    per_tlp: Counter[str] = field(default_factory=Counter)  # usable sightings per TLP
+    dry_run: bool = False  # nothing was stored: `valid` and `per_tlp` say what would have been
 
     @property
     def new(self) -> int:
@@ -81,12 +89,24 @@ class ImportReport:
         lines = [
             f"Read {_plural(self.total, 'entry', 'entries')} from {_plural(len(self.files), 'file')}."
         ]
-        per_kind = ", ".join(f"{kind} {n:,}" for kind, n in sorted(self.imported.items()))
-        lines.append(
-            f"Imported {_plural(self.new, 'new indicator')}" + (f": {per_kind}" if per_kind else "")
-        )
-        # The store counts a value repeated within the import as known from its second time.
-        lines.append(f"Already known or repeated: {self.known:,}")
+        if self.dry_run:
+            lines[0] = "Dry run: nothing was stored. " + lines[0]
+            per_kind = ", ".join(f"{kind} {n:,}" for kind, n in sorted(self.valid.items()))
+            per_tlp = ", ".join(f"{tlp} {n:,}" for tlp, n in sorted(self.per_tlp.items()))
+            lines.append(
+                f"Would store {_plural(sum(self.valid.values()), 'sighting')}"
+                + (f": {per_kind}" if per_kind else "")
+            )
+            if per_tlp:
+                lines.append(f"  by TLP: {per_tlp}")
+        else:
+            per_kind = ", ".join(f"{kind} {n:,}" for kind, n in sorted(self.imported.items()))
+            lines.append(
+                f"Imported {_plural(self.new, 'new indicator')}"
+                + (f": {per_kind}" if per_kind else "")
+            )
+            # The store counts a value repeated within the import as known from its second time.
+            lines.append(f"Already known or repeated: {self.known:,}")
         if self.skipped:
             lines.append(f"Skipped {sum(self.skipped.values()):,}:")
             for reason, n in sorted(self.skipped.items(), key=lambda item: (-item[1], item[0])):
@@ -118,6 +138,8 @@ def import_paths(
     source: str | None = None,
     progress: Callable[[int], None] | None = None,
     hasher: Hasher = hash_indicators,
+    allow_private_suffix: bool = False,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Import every path (file or MISP feed directory), each in its own transaction.
 
@@ -125,37 +147,25 @@ def import_paths(
     and once at the end. Raises ValueError for an unknown `fmt` or `tlp` before reading anything.
     """
     default_tlp = normalize_tlp(tlp) if tlp is not None else DEFAULT_TLP
-    report = ImportReport()
+    report = ImportReport(dry_run=dry_run)
     for item in paths:
         path = Path(item)
         name = source or _text(path.resolve().name) or _text(str(path))
-        _import_one(store, path, fmt, default_tlp, name, report, progress, hasher)
+        import_events(
+            store,
+            _text(str(path)),
+            functools.partial(read_path, path, fmt),
+            fmt=fmt,
+            default_tlp=default_tlp,
+            source=name,
+            report=report,
+            progress=progress,
+            hasher=hasher,
+            allow_private_suffix=allow_private_suffix,
+        )
     if progress is not None:
         progress(report.total)
     return report
-
-
-def _import_one(
-    store: Store,
-    path: Path,
-    fmt: str,
-    default_tlp: str,
-    source: str,
-    report: ImportReport,
-    progress: Callable[[int], None] | None,
-    hasher: Hasher,
-) -> None:
-    import_events(
-        store,
-        _text(str(path)),
-        lambda: read_path(path, fmt),
-        fmt=fmt,
-        default_tlp=default_tlp,
-        source=source,
-        report=report,
-        progress=progress,
-        hasher=hasher,
-    )
 
 
 def import_events(
@@ -170,22 +180,31 @@ def import_events(
     progress: Callable[[int], None] | None = None,
     cursor: tuple[str, str] | None = None,
     hasher: Hasher = hash_indicators,
+    allow_private_suffix: bool = False,
 ) -> FileImport | None:
     """Import what ``read()`` yields, named ``shown``, as one transaction and one audit entry.
 
     A file, a feed directory or one page a connector fetched: ``read`` returns the detected format
     and the events. ``cursor`` (source, position) is saved with the sightings (node.store). Returns
-    None, with the failure in ``report``, when ``read`` raised ImportFileError.
+    None, with the failure in ``report``, when ``read`` raised ImportFileError. With
+    ``report.dry_run`` the store is not touched: the result counts what would be stored.
     """
     skipped: Counter[str] = Counter()
+    valid: Counter[str] = Counter()
+    per_tlp: Counter[str] = Counter()
     entries_before, invalid_before = report.total, report.invalid_count
     detected = fmt
     try:
         detected, events = read()
-        sightings = _sightings(shown, events, report, skipped, progress)
-        result = store.add_sightings(
-            sightings, source=source, default_tlp=default_tlp, cursor=cursor, hasher=hasher
-        )
+        sightings = _sightings(shown, events, report, skipped, progress, allow_private_suffix)
+        counted = _counted(sightings, valid, per_tlp, default_tlp)
+        if report.dry_run:
+            seen = sum(1 for _ in counted)
+            result = AddResult(new=0, known=seen)
+        else:
+            result = store.add_sightings(
+                counted, source=source, default_tlp=default_tlp, cursor=cursor, hasher=hasher
+            )
     except ImportFileError as exc:
         # The transaction rolled back: the file's entries count as not read.
         report.total = entries_before
@@ -193,7 +212,14 @@ def import_events(
         report.invalid_count = invalid_before
         problem = _text(str(exc))
         report.failed.append(FailedFile(shown, problem))
-        store.record_import(source, shown, detected, {"error": problem})
+        if not report.dry_run:
+            store.record_import(source, shown, detected, {"error": problem})
+        return None
+    report.valid.update(valid)
+    report.per_tlp.update(per_tlp)
+    if report.dry_run:
+        report.skipped.update(skipped)
+        report.files.append(FileImport(shown, detected, source, 0, result.known, import_id=0))
         return None
     imported = Counter(result.new_per_kind)
     report.imported.update(imported)
@@ -220,6 +246,7 @@ def _sightings(
     report: ImportReport,
     skipped: Counter[str],
     progress: Callable[[int], None] | None,
+    allow_private_suffix: bool,
 ) -> Iterator[Sighting]:
     """The canonical sightings among `events`; skipped and invalid entries go to the report."""
     for event in events:
@@ -232,7 +259,9 @@ def _sightings(
             report.note_invalid(path, event.where, event.message)
         else:
             try:
-                indicator = canonicalize(event.kind_hint, event.raw)
+                indicator = canonicalize(
+                    event.kind_hint, event.raw, allow_private_suffix=allow_private_suffix
+                )
             except InvalidIndicator as exc:
                 report.note_invalid(path, event.where, str(exc))
                 continue
@@ -248,6 +277,17 @@ def _sightings(
                 stix_id=event.stix_id,
                 misp_uuid=event.misp_uuid,
             )
+
+
+def _counted(
+    sightings: Iterator[Sighting], valid: Counter[str], per_tlp: Counter[str], default_tlp: str
+) -> Iterator[Sighting]:
+    """``sightings``, counted per kind and TLP on the way through."""
+    for sighting in sightings:
+        valid[sighting.kind] += 1
+        # Parsers hand over canonical TLP names (common.tlp_from_name).
+        per_tlp[sighting.tlp or default_tlp] += 1
+        yield sighting
 
 
 def _text(name: str) -> str:

@@ -43,6 +43,7 @@ from blindmatch.core.round_node import Candidate, Ids, NodeRound
 from blindmatch.core.signing import SignedSpec, Signs, Verifies
 from blindmatch.core.spec import Policy, RoundSpec
 from blindmatch.core.states import NODE, Outcome
+from blindmatch.runtime.logs import about_round
 from node.answerlog import SpilledAnswers
 from node.auth import Authority
 from node.budgets import Budgets
@@ -311,6 +312,12 @@ class RoundRegistry:
                 check_caps,
             )
         except ProtocolError as exc:
+            log.info(
+                "round %s refused at Prepare: %s",
+                spec.round_id,
+                exc,
+                extra=about_round(spec.round_id),
+            )
             self.live.keep(spec.round_id, exc)
             self._record(
                 spec,
@@ -338,10 +345,13 @@ class RoundRegistry:
             raise RoundIdUsed(f"round {spec.round_id} is already prepared")
         self._audit(live, Outcome.STARTED, None)
         log.info(
-            "round %s prepared: %d indicators, partners %s",
+            "round %s prepared: %s round of %s signed by %s, %d own indicators",
             spec.round_id,
+            "watch" if spec.watching else spec.mode,
+            ", ".join(spec.participants),
+            operator,
             machine.size,
-            spec.participants,
+            extra=about_round(spec.round_id),
         )
         return live
 
@@ -426,7 +436,12 @@ class RoundRegistry:
                     f"{exc}"
                 ) from exc
         self.end(live, Outcome.DONE, None)
-        log.info("round %s done: %d results recorded", spec.round_id, recorded)
+        log.info(
+            "round %s done: %d results recorded",
+            spec.round_id,
+            recorded,
+            extra=about_round(spec.round_id),
+        )
         return recorded
 
     def abort(self, round_id: str, reason: str) -> bool:
@@ -437,7 +452,6 @@ class RoundRegistry:
             self._watch_ended(round_id, Outcome.ABORTED, reason)
             return False
         self.end(live, Outcome.ABORTED, reason)
-        log.info("round %s aborted: %s", round_id, reason)
         return True
 
     def end(self, live: LiveRound, outcome: str, reason: str | None) -> None:
@@ -450,6 +464,15 @@ class RoundRegistry:
             return
         if outcome != Outcome.DONE:
             live.round.abort(reason or outcome)
+            # the one line for every end but done (deliver says how many results it stored)
+            log.log(
+                logging.WARNING if outcome == Outcome.FAILED else logging.INFO,
+                "round %s %s: %s",
+                round_id,
+                outcome,
+                reason or outcome,
+                extra=about_round(round_id),
+            )
         # its share and seed go with the round, whatever the outcome (a delivered round's are
         # gone already); never mid-answer
         with live.lock:
@@ -532,8 +555,7 @@ class RoundRegistry:
             )
         else:
             reason = f"timed out: no word from the coordinator for {live.timeout:.0f} s"
-        log.warning("round %s: %s; dropping it", live.round.spec.round_id, reason)
-        self.end(live, Outcome.FAILED, reason)
+        self.end(live, Outcome.FAILED, reason)  # which logs it
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -546,3 +568,6 @@ def fail_unfinished(store: Store, rounds: list[RoundAudit]) -> None:
     crashed): their shares died with that process, and no delivery can reach this one."""
     for r in rounds:
         store.end_round(r.round_id, outcome=Outcome.FAILED, reason=RESTART_REASON)
+        log.warning(
+            "round %s failed: %s", r.round_id, RESTART_REASON, extra=about_round(r.round_id)
+        )

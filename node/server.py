@@ -9,18 +9,24 @@ until a signal.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Final
 
+from cryptography import x509
+
+from blindmatch.core.identity import PkiError
 from blindmatch.core.spec import MAX_CHUNK
 from blindmatch.core.states import Outcome
 from blindmatch.core.watch_rules import MAX_CHECK_VALUES
 from blindmatch.core.watch_sealed import sealed_bytes
 from blindmatch.runtime import net
 from blindmatch.runtime.hardening import no_core_dumps
+from blindmatch.runtime.logs import setup_logging
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
+from blindmatch.runtime.pki import check_renewal
 from blindmatch.v2 import node_pb2_grpc, watch_pb2_grpc
 from node.auth import RoundAuthority, Unauthenticated
 from node.budgets import Budgets
@@ -72,10 +78,35 @@ class RunningNode:
     watch: NodeWatch | None = None
     connectors: ConnectorThread | None = None  # pulls and pushes in the background
     metrics: MetricsEndpoint | None = None  # the [metrics] endpoint, when configured
+    config: NodeConfig | None = None  # where reload_certificate reads the certificate again
+    committee: CommitteeServicer | None = None
 
     @property
     def port(self) -> int:
         return self.handle.port
+
+    def reload_certificate(self) -> str:
+        """Take a certificate renewed for the same key (``blindmatch pki renew``; SIGHUP).
+
+        New handshakes present it, and new rounds send it to partners; rounds in flight keep the
+        certificate they announced, and sign with the key they began with, which is the same.
+        A new key is refused (PkiError): the open watch epoch's alerts are sealed to the old one.
+        Channels this node opened (its checks to the coordinator) keep the old certificate until
+        a restart. Raises net.NetError or PkiError, keeping the certificate in use."""
+        certificates = self.handle.certificates
+        if certificates is None or self.config is None:
+            raise PkiError("this node serves without mTLS: it has no certificate to reload")
+        tls = self.config.tls
+        new = net.load_tls(tls.ca, tls.cert, tls.key)
+        old = certificates.current
+        check_renewal((old.ca, old.cert), (new.ca, new.cert), same_key=True)
+        authority = RoundAuthority(new, self.config.operators)
+        self.rounds.authority = authority
+        if self.committee is not None:
+            self.committee.authority = authority
+        certificates.swap(new)
+        cert = x509.load_pem_x509_certificate(new.cert)
+        return f"serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}"
 
     def stop(self, grace: float = 2.0) -> None:
         if self.metrics is not None:
@@ -97,6 +128,7 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
     return_large_buffers()  # chunk buffers must not pile up in malloc arenas
     tls = None if insecure else net.load_tls(config.tls.ca, config.tls.cert, config.tls.key)
     store = Store.open(config.store)
+    store.set_max_age(config.max_age)  # [policy] max_age: expired indicators enter no round
     blinder = Blinder(config.worker_count)
     endpoint: MetricsEndpoint | None = None
     connectors: ConnectorThread | None = None
@@ -166,15 +198,25 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
         blinder.close()
         store.close()
         raise
-    return RunningNode(handle, rounds, store, blinder, watch, connectors, endpoint)
+    return RunningNode(
+        handle, rounds, store, blinder, watch, connectors, endpoint, config, committee
+    )
 
 
 def serve(config: NodeConfig, *, insecure: bool) -> None:
-    """Run until SIGINT/SIGTERM."""
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the certificate (``reload_certificate``)."""
+    setup_logging(config.log)  # before anything that logs; a bad log file stops nothing live
     # Handlers first: a SIGTERM during the worker warm-up must still stop the pool cleanly.
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    wake = threading.Event()  # a signal arrived: the main loop acts on it at once
+    hup = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     node = start(config, insecure=insecure)
     mode = "PLAINTEXT (--insecure)" if insecure else "mTLS"
     # The bound port, not the configured one: with port 0 the kernel picks it.
@@ -186,7 +228,16 @@ def serve(config: NodeConfig, *, insecure: bool) -> None:
     )
     if node.metrics is not None:
         print(f"node {config.name} metrics on {node.metrics.address}", flush=True)
-    while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
-        pass
+    while not stop.is_set():
+        wake.wait(1.0)  # a timed wait keeps the main thread responsive to signals
+        wake.clear()
+        if hup.is_set() and not stop.is_set():
+            hup.clear()
+            try:
+                print(f"node {config.name} reloaded its certificate: {node.reload_certificate()}")
+            except (net.NetError, PkiError) as exc:  # the node serves on with the old one
+                print(f"node {config.name} kept its certificate: {exc}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
     print(f"node {config.name} stopping", flush=True)
     node.stop()

@@ -331,6 +331,21 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self._close(epoch, request.reason or "closed by the coordinator")
         return watch_pb2.CloseEpochReply(known=True)
 
+    def EpochState(
+        self, request: watch_pb2.EpochStateRequest, context: grpc.ServicerContext
+    ) -> watch_pb2.EpochStateReply:
+        """Whether this node holds the epoch's share and tags: the coordinator polls it, since a
+        restart ends them without a word to anyone (it tells nothing a Check would not)."""
+        with self._lock:
+            epoch = self.epoch
+        if epoch is not None and epoch.expired(self.clock()):
+            epoch = None  # past its end: the reaper is about to close it
+        if epoch is None:
+            return watch_pb2.EpochStateReply()
+        if epoch.epoch_id != request.epoch_id:
+            return watch_pb2.EpochStateReply(current=epoch.epoch_id)
+        return watch_pb2.EpochStateReply(held=True, ends=epoch.ends, current=epoch.epoch_id)
+
     # --- a check of this node's own sightings ----------------------------------------------------
 
     def Check(
@@ -446,6 +461,15 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         reason: str | None,
         hits: int | None = None,
     ) -> None:
+        # every check answered or made here, as the audit has it: counts only, never a value
+        log.info(
+            "epoch %s: check by %s of %d elements %s%s",
+            epoch_id or "(none)",
+            checker,
+            elements,
+            outcome,
+            f": {reason}" if reason else ("" if hits is None else f", {hits} hit(s)"),
+        )
         self.metrics.check_ended(checker, outcome)
         try:
             self.store.record_check(

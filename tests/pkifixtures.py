@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from blindmatch.runtime.net import TlsConfig, load_tls
 from blindmatch.runtime.pki import CaMaterial, CertMaterial, IssuedPaths, init_pki_dir, issue_to_dir
 
-__all__ = ["FederationPki", "leaf_with_uris", "pki"]
+__all__ = ["FederationPki", "leaf_with_uris", "own_pki", "pki"]
 
 
 class FederationPki:
@@ -47,6 +47,13 @@ class FederationPki:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> FederationPki:
     return FederationPki(tmp_path_factory.mktemp("pki") / "federation")
+
+
+@pytest.fixture
+def own_pki(tmp_path: Path) -> FederationPki:
+    """A CA of the test's own, for tests that run ``init`` commands: the CA's registry refuses a
+    second live certificate for a name, and the session's CA is shared by every test."""
+    return FederationPki(tmp_path / "own-pki")
 
 
 def leaf_with_uris(

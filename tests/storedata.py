@@ -6,6 +6,16 @@ from collections.abc import Sequence
 
 from node.store import NodeStore
 
+# The top of a connectors test's node.toml: node alpha, its TLS files (never read by those tests).
+NODE_TOML_HEAD = """
+name = "alpha"
+listen = "127.0.0.1:0"
+[tls]
+ca = "ca.pem"
+cert = "alpha.pem"
+key = "alpha.key"
+"""
+
 
 def record_pairwise_round(store: NodeStore, sighting_ids: Sequence[int]) -> None:
     """A done pairwise round, round-1 between alpha and bravo, in which bravo holds every one of

@@ -27,6 +27,11 @@ def ok(kind: str, value: str) -> Indicator:
     return Indicator(kind, value)
 
 
+def form(kind: str, value: str) -> Indicator:
+    """The canon-v1 form alone: the suffix rule only refuses, so form tests use any host name."""
+    return canonicalize(kind, value, allow_private_suffix=True)
+
+
 def rejection(kind: str, value: str) -> InvalidIndicator:
     with pytest.raises(InvalidIndicator) as caught:
         canonicalize(kind, value)
@@ -36,9 +41,9 @@ def rejection(kind: str, value: str) -> InvalidIndicator:
 def assert_canonical_fixpoint(requested: str, out: Indicator) -> None:
     """A canonical value canonicalises to itself, read as its own kind, the requested one or auto."""
     assert out.kind in KINDS
-    assert canonicalize(out.kind, out.value) == out
-    assert canonicalize(requested, out.value) == out
-    assert canonicalize("auto", out.value) == out
+    assert form(out.kind, out.value) == out
+    assert form(requested, out.value) == out
+    assert form("auto", out.value) == out
 
 
 # --- API --------------------------------------------------------------------------------------
@@ -344,7 +349,7 @@ def test_cidr_rejections(value: str, reason: str) -> None:
     ],
 )
 def test_domain_forms(value: str, expected: str) -> None:
-    assert canonicalize("domain", value) == ok("domain", expected)
+    assert form("domain", value) == ok("domain", expected)
 
 
 @pytest.mark.parametrize(
@@ -366,7 +371,7 @@ def test_domain_forms(value: str, expected: str) -> None:
         ("exa mple.com", "character ' ' not allowed in a domain name"),
         ("example.com/path", "character '/' not allowed in a domain name"),
         ("user@example.com", "character '@' not allowed in a domain name"),
-        ("example.com:8080", "character ':' not allowed in a domain name"),
+        ("example.com:http", "character ':' not allowed in a domain name"),
         ("*.example.com", "character '*' not allowed in a domain name"),
         ("exa%41mple.com", "character '%' not allowed in a domain name"),
         ("example.com\x00", "character '\\x00' not allowed in a domain name"),
@@ -485,7 +490,7 @@ OUR_URLS = [
 
 @pytest.mark.parametrize(("value", "expected"), GSB_URLS + OUR_URLS)
 def test_url_canonicalisation(value: str, expected: str) -> None:
-    assert canonicalize("url", value) == ok("url", expected)
+    assert form("url", value) == ok("url", expected)
 
 
 @pytest.mark.parametrize(
@@ -525,7 +530,7 @@ def test_url_rejections(value: str, reason: str) -> None:
 
 def test_url_unescaping_to_a_fixpoint_is_fast_on_deep_nesting() -> None:
     # Each pass peels one level; 4000 levels must still be quick and give a single %.
-    assert canonicalize("url", "http://h/%25" + "25" * 4000) == ok("url", "http://h/%25")
+    assert form("url", "http://h/%25" + "25" * 4000) == ok("url", "http://h/%25")
 
 
 # --- email ------------------------------------------------------------------------------------
@@ -546,7 +551,7 @@ def test_url_unescaping_to_a_fixpoint_is_fast_on_deep_nesting() -> None:
     ],
 )
 def test_email_forms(value: str, expected: str) -> None:
-    assert canonicalize("email", value) == ok("email", expected)
+    assert form("email", value) == ok("email", expected)
 
 
 @pytest.mark.parametrize(
@@ -601,7 +606,7 @@ def test_hashes_of_the_wrong_length(kind: str, digits: int) -> None:
         ("d41d8cd98f00b204e9800998ecf8427g", "character 'g' is not a hex digit"),
         ("0xd41d8cd98f00b204e9800998ecf842", "character 'x' is not a hex digit"),
         ("d41d8cd98f00b204 e9800998ecf8427e", "character ' ' is not a hex digit"),
-        ("md5:d41d8cd98f00b204e9800998ecf8427e", "character 'm' is not a hex digit"),
+        ("sha1:d41d8cd98f00b204e9800998ecf8427e", "prefix 'sha1' does not name md5"),
         ("d41d8cd98f00b204e9800998ecf8427\uff45", "character 'ｅ' is not a hex digit"),
     ],
 )
@@ -655,7 +660,6 @@ SHA512 = (
         ("_dmarc.example.com", ok("domain", "_dmarc.example.com")),
         ("deadbeef.com", ok("domain", "deadbeef.com")),
         ("1.2.3.com", ok("domain", "1.2.3.com")),
-        ("invoice.pdf", ok("domain", "invoice.pdf")),  # no TLD list: pass the kind if known
     ],
 )
 def test_auto_detection(value: str, expected: Indicator) -> None:
@@ -676,7 +680,8 @@ def test_auto_detection(value: str, expected: Indicator) -> None:
         ("localhost", "no dot, '@', ':' or '/'; cannot tell the kind"),
         ("evil.com/malware.exe", "has '/' but is not address/prefix, nor a URL with a scheme"),
         ("10.0.0.0/x", "has '/' but is not address/prefix"),
-        ("example.com:8080", "looks like an IPv6 address, but "),
+        ("example.com:99999", "one ':' but not host:port (the port must be a number up to 65535)"),
+        ("invoice.pdf", "the name 'invoice.pdf' does not end in a public suffix (.pdf is on no"),
         ("1.2.3.256", "looks like an IPv4 address, but part 256 out of range (max 255)"),
         ("a.b.c.1", "looks like an IPv4 address, but part 'a' is not a number"),
         ("10.0.0.0/33", "looks like a CIDR block, but prefix /33 out of range (max 32)"),
@@ -771,7 +776,7 @@ def test_cidr_clears_host_bits_like_ipaddress(
 @given(DOMAINS, SPACE, SPACE)
 def test_domains_are_idempotent(name: str, before: str, after: str) -> None:
     try:
-        out = canonicalize("domain", before + name + after)
+        out = form("domain", before + name + after)
     except InvalidIndicator as exc:
         # The generator avoids every rule but the length limits (and a mixed-script TLD that
         # happens to be numeric in another script is impossible with this alphabet).
@@ -792,7 +797,7 @@ LOCAL_PART = st.from_regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,20}", fullmatch=T
 @given(LOCAL_PART, DOMAINS, SPACE)
 def test_emails_are_idempotent(local: str, domain: str, space: str) -> None:
     try:
-        out = canonicalize("email", f"{space}{local}@{domain}{space}")
+        out = form("email", f"{space}{local}@{domain}{space}")
     except InvalidIndicator as exc:
         assert "longer than" in exc.reason, exc
         return
@@ -827,7 +832,7 @@ def test_urls_are_idempotent(
         # by a path that starts with // as the scheme "host".
         userinfo = userinfo.partition(":")[0] + "@" if userinfo else ""
         port = "" if port == ":" else port
-    out = canonicalize("url", f"{space}{scheme}{userinfo}{host}{port}{path}{space}")
+    out = form("url", f"{space}{scheme}{userinfo}{host}{port}{path}{space}")
     assert out.value.isascii()
     assert not any(char <= " " or char in "#\x7f" for char in out.value)
     assert out.value.startswith(scheme.lower() or "http://")
@@ -850,7 +855,7 @@ def test_urls_are_idempotent(
     ],
 )
 def test_urls_with_raw_bytes_are_percent_escaped(kind: str, value: str, expected: str) -> None:
-    assert canonicalize(kind, value) == ok("url", expected)
+    assert form(kind, value) == ok("url", expected)
 
 
 @pytest.mark.parametrize(
@@ -893,12 +898,12 @@ def test_urls_with_raw_bytes_are_idempotent(pieces: list[str | int], space: str)
 
 def test_the_cli_canonicalises_a_url_given_as_bytes_that_are_not_utf8() -> None:
     argv: list[str | bytes] = [sys.executable, "-m", "blindmatch.cli.main", "canonicalize", "url"]
-    argv += [b"http://Example.com/caf\xe9/\xff?q=\xc3\xa9", b"http://h/%E9"]
+    argv += [b"http://Example.com/caf\xe9/\xff?q=\xc3\xa9", b"http://h.example/%E9"]
     result = subprocess.run(argv, capture_output=True, check=False)
     assert (result.returncode, result.stderr) == (0, b"")
     assert result.stdout.decode().splitlines() == [
         "http://example.com/caf%E9/%FF?q=%C3%A9",
-        "http://h/%E9",
+        "http://h.example/%E9",
     ]
 
 
@@ -990,3 +995,106 @@ def test_fuzz_with_plain_random_text(kind: str, value: str) -> None:
     except InvalidIndicator:
         return
     assert_canonical_fixpoint(kind, out)
+
+
+# --- the suffix rule and prefixes (issue 19) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "expected"),
+    [
+        ("auto", "evil.co.uk", ok("domain", "evil.co.uk")),
+        ("auto", "a.github.io", ok("domain", "a.github.io")),
+        ("auto", "github.io", ok("domain", "github.io")),  # a private-section entry is a name
+        ("auto", "xn--e1afmkfd.xn--p1ai", ok("domain", "xn--e1afmkfd.xn--p1ai")),
+        ("auto", "duskgytldkxiuqc6.onion", ok("domain", "duskgytldkxiuqc6.onion")),
+        ("auto", "c2.alpha.example", ok("domain", "c2.alpha.example")),
+        ("auto", "mail.test", ok("domain", "mail.test")),
+        ("auto", "cdn-invoice9164.invalid", ok("domain", "cdn-invoice9164.invalid")),
+        ("auto", "a@b.example", ok("email", "a@b.example")),
+        ("url", "http://stra\u00dfe.de/", ok("url", "http://stra%C3%9Fe.de/")),
+        ("url", "http://10.0.0.1/x", ok("url", "http://10.0.0.1/x")),
+        ("url", "http://[2001:db8::1]/", ok("url", "http://[2001:db8::1]/")),
+    ],
+)
+def test_names_under_a_public_or_special_use_suffix_are_accepted(
+    kind: str, value: str, expected: Indicator
+) -> None:
+    assert canonicalize(kind, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "reason"),
+    [
+        ("auto", "9lb1dnwrh.ab6nu5e5", "the name '9lb1dnwrh.ab6nu5e5' does not end in a public"),
+        ("domain", "co.uk", "the name 'co.uk' is a public suffix itself"),
+        ("auto", "printer.local", "the name 'printer.local' is .local, link-local multicast DNS"),
+        ("auto", "dc1.corp.internal", "is .internal, reserved for private networks"),
+        ("auto", "router.home.arpa", "is home.arpa, for home networks"),
+        ("auto", "app.localhost", "is .localhost, which always means this host"),
+        ("auto", "7.2.0.192.in-addr.arpa", "is under .arpa, DNS infrastructure"),
+        ("auto", "http://intranet/login", "the host 'intranet' does not end in a public suffix"),
+        ("auto", "http://wiki/", "the host 'wiki' is a public suffix itself"),
+        ("email", "ceo@acme.corp", "the domain part 'acme.corp' does not end in a public suffix"),
+    ],
+)
+def test_names_without_a_public_suffix_are_refused_naming_why(
+    kind: str, value: str, reason: str
+) -> None:
+    assert reason in rejection(kind, value).reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "printer.local",
+        "dc1.corp.internal",
+        "ceo@acme.corp",
+        "http://intranet/login",
+        "http://wiki/",
+    ],
+)
+def test_private_suffixes_are_accepted_when_allowed(value: str) -> None:
+    assert "--allow-private-suffix" in rejection("auto", value).reason
+    assert canonicalize("auto", value, allow_private_suffix=True).value == form("auto", value).value
+
+
+@pytest.mark.parametrize("value", ["app.localhost", "7.2.0.192.in-addr.arpa"])
+def test_never_indicators_stay_refused_when_private_suffixes_are_allowed(value: str) -> None:
+    with pytest.raises(InvalidIndicator):
+        canonicalize("auto", value, allow_private_suffix=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "expected"),
+    [
+        ("auto", "203.0.113.7:8080", ok("ipv4", "203.0.113.7")),
+        ("auto", "evil.example:443", ok("domain", "evil.example")),
+        ("auto", "[2001:db8::1]:443", ok("ipv6", "2001:db8::1")),
+        ("domain", "Evil.Example:443", ok("domain", "evil.example")),
+        ("ipv4", "203.0.113.7:8080", ok("ipv4", "203.0.113.7")),
+        ("auto", f"sha256:{SHA256.upper()}", ok("sha256", SHA256)),
+        ("auto", f"SHA-256:{SHA256}", ok("sha256", SHA256)),
+        ("auto", f"md5:{MD5}", ok("md5", MD5)),
+        ("sha256", f"sha256:{SHA256}", ok("sha256", SHA256)),
+    ],
+)
+def test_host_port_is_read_as_the_host_and_hash_prefixes_name_the_kind(
+    kind: str, value: str, expected: Indicator
+) -> None:
+    assert canonicalize(kind, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (f"sha256:{MD5}", "looks like a sha256 hash, but expected 64 hex digits, got 32"),
+        (f"sha384:{SHA256}", "prefix 'sha384' names no hash kind this accepts"),
+        ("203.0.113.7:99999", "one ':' but not host:port"),
+        ("9lb1dnwrh.ab6nu5e5:80", "the name '9lb1dnwrh.ab6nu5e5' does not end in a public"),
+    ],
+)
+def test_prefixes_and_ports_are_never_called_ipv6(value: str, reason: str) -> None:
+    exc = rejection("auto", value)
+    assert exc.reason.startswith(reason)
+    assert "IPv6" not in exc.reason

@@ -54,7 +54,7 @@ def operator_init(
 
 
 def test_an_existing_config_is_bad_input_everywhere(tmp_path: Path, pki: FederationPki) -> None:
-    ca = str(pki.dir)
+    ca = str(FederationPki(tmp_path / "pki").dir)  # its own CA: it issues names others do
     for command in (
         node_init(tmp_path / "n", ca),
         coordinator_init(tmp_path / "c", ca),
@@ -68,7 +68,7 @@ def test_an_existing_config_is_bad_input_everywhere(tmp_path: Path, pki: Federat
 
 
 def test_invalid_values_are_bad_input_everywhere(tmp_path: Path, pki: FederationPki) -> None:
-    ca = str(pki.dir)
+    ca = str(FederationPki(tmp_path / "pki").dir)  # its own CA: it issues names others do
     bad_name = [
         node_init(tmp_path / "n1", ca, name="Bad"),
         coordinator_init(tmp_path / "c1", ca, name="Bad"),
@@ -113,7 +113,7 @@ def test_a_missing_config_is_bad_input_everywhere(tmp_path: Path) -> None:
 def test_an_unreachable_server_fails_the_operation_everywhere(
     tmp_path: Path, pki: FederationPki, nowhere: str
 ) -> None:
-    ca = str(pki.dir)
+    ca = str(FederationPki(tmp_path / "pki").dir)  # its own CA: it issues names others do
     # neither the node nor the coordinator listens where the configs say
     assert run(*node_init(tmp_path / "n", ca, listen=nowhere))[0] == 0
     assert run(*operator_init(tmp_path / "o", ca, coordinator=nowhere))[0] == 0
@@ -151,7 +151,7 @@ def test_the_status_of_each_known_error() -> None:
 def test_init_commands_make_private_directories_and_keys(
     tmp_path: Path, pki: FederationPki, umask_022: None
 ) -> None:
-    ca = str(pki.dir)
+    ca = str(FederationPki(tmp_path / "pki").dir)  # its own CA: it issues names others do
     homes = {
         "style-n": (tmp_path / "n", node_init(tmp_path / "n", ca)),
         "style-c": (tmp_path / "c", coordinator_init(tmp_path / "c", ca)),
@@ -170,7 +170,7 @@ def test_init_commands_make_private_directories_and_keys(
 
 
 def test_the_three_configs_share_one_tls_shape(tmp_path: Path, pki: FederationPki) -> None:
-    ca = str(pki.dir)
+    ca = str(FederationPki(tmp_path / "pki").dir)  # its own CA: it issues names others do
     assert run(*node_init(tmp_path / "n", ca))[0] == 0
     assert run(*coordinator_init(tmp_path / "c", ca))[0] == 0
     assert run(*operator_init(tmp_path / "o", ca))[0] == 0

@@ -1,8 +1,8 @@
 """Connectors against a real TAXII 2.1 server: medallion, the OASIS reference implementation.
 
-Each test starts medallion on 127.0.0.1 (on a socket bound to port 0 that the test hands it,
-its memory backend, a page size of 2 so pulls take several pages) from a data file the test writes, waits until it answers, and writes
-its objects through TAXII itself. The node side runs as an operator runs it: `blindmatch node
+Each test starts medallion on 127.0.0.1 (tests/taxiiserver.py: a socket bound to port 0 that the
+test hands it, its memory backend, a page size of 2 so pulls take several pages) from a data file
+the test writes, waits until it answers, and writes its objects through TAXII itself. The node side runs as an operator runs it: `blindmatch node
 sync` / `node push` on a node.toml with [[sources]] and [[sinks]].
 """
 
@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from taxii2client.v21 import Collection
 
 from blindmatch.cli.tomlconfig import ConfigError
 from blindmatch.core.oprf import hash_indicators
@@ -29,105 +22,9 @@ from node.config import load_config
 from node.connectors.scheduler import Job, Scheduler, retry_delay
 from node.store import Store
 from tests.clirun import run
-from tests.storedata import record_pairwise_round
+from tests.storedata import NODE_TOML_HEAD, record_pairwise_round
+from tests.taxiiserver import PASSWORD, SINK_ID, USER, Taxii, add, indicator
 from tests.waiting import until
-
-USER, PASSWORD = "alpha", "correct horse"
-SOURCE_ID = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"
-SINK_ID = "52892447-4d7e-4f70-b94d-d7f22742ff63"
-MEDIALLION = Path(sys.executable).with_name("medallion")
-
-
-@dataclass
-class Taxii:
-    """medallion serving on a socket this test bound on 127.0.0.1 port 0 and hands it.
-
-    medallion takes a port number only, and its discovery document must name that port before it
-    starts; so the test binds port 0 itself, and werkzeug (which serves medallion) takes the
-    listening socket over as it does from its reloader: ``WERKZEUG_RUN_MAIN`` and
-    ``WERKZEUG_SERVER_FD``. The port is never released between binding it and serving on it."""
-
-    directory: Path
-    listener: socket.socket | None = None
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-
-    @property
-    def discovery(self) -> str:
-        return f"http://127.0.0.1:{self.port}/taxii2/"
-
-    def collection(self, cid: str) -> Collection:
-        url = f"http://127.0.0.1:{self.port}/api1/collections/{cid}/"
-        return Collection(url, user=USER, password=PASSWORD)
-
-    def start(self) -> None:
-        root = f"http://127.0.0.1:{self.port}/api1/"
-        collection = {
-            "description": "",
-            "can_read": True,
-            "can_write": True,
-            "media_types": ["application/stix+json;version=2.1"],
-            "objects": [],
-            "manifest": [],
-        }
-        data = {
-            "/discovery": {"title": "test", "default": root, "api_roots": [root]},
-            "api1": {
-                "information": {
-                    "title": "api1",
-                    "versions": ["application/taxii+json;version=2.1"],
-                    "max_content_length": 10_000_000,
-                },
-                "status": [],
-                "collections": [
-                    {**collection, "id": SOURCE_ID, "title": "indicators"},
-                    {**collection, "id": SINK_ID, "title": "sightings"},
-                ],
-            },
-        }
-        (self.directory / "data.json").write_text(json.dumps(data))
-        config = {
-            "backend": {
-                "module": "medallion.backends.memory_backend",
-                "module_class": "MemoryBackend",
-                "filename": str(self.directory / "data.json"),
-            },
-            "users": {USER: PASSWORD},
-            "taxii": {"max_page_size": 2},
-        }
-        (self.directory / "medallion.json").write_text(json.dumps(config))
-        if self.listener is None:  # started again after stop(): at the address it had
-            self.listener = socket.create_server(("127.0.0.1", self.port))
-        fd = self.listener.fileno()
-        self.process = subprocess.Popen(
-            [str(MEDIALLION), "--port", str(self.port), str(self.directory / "medallion.json")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(fd,),
-            env={**os.environ, "WERKZEUG_RUN_MAIN": "true", "WERKZEUG_SERVER_FD": str(fd)},
-        )
-        until("medallion answers", self._answers, 60)
-
-    def _answers(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "medallion exited"
-        try:
-            requests.get(self.discovery, timeout=5)
-        except requests.ConnectionError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(30)
-            self.process = None
-        if self.listener is not None:  # nothing holds the port now: connections are refused
-            self.listener.close()
-            self.listener = None
 
 
 @pytest.fixture
@@ -138,39 +35,14 @@ def taxii(tmp_path: Path) -> Iterator[Taxii]:
     server.stop()
 
 
-def indicator(pattern: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "indicator",
-        "spec_version": "2.1",
-        "id": f"indicator--{uuid.uuid4()}",
-        "created": "2026-01-05T10:00:00.000Z",
-        "modified": "2026-01-05T10:00:00.000Z",
-        "pattern": pattern,
-        "pattern_type": "stix",
-        "valid_from": "2026-01-05T10:00:00Z",
-        **extra,
-    }
-
-
-def add(server: Taxii, *objects: dict[str, Any]) -> None:
-    status = server.collection(SOURCE_ID).add_objects({"objects": list(objects)})
-    assert status.success_count == len(objects)
-
-
 @pytest.fixture
 def node_toml(tmp_path: Path, taxii: Taxii, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEST_TAXII_PASSWORD", PASSWORD)
     path = tmp_path / "node" / "node.toml"
     path.parent.mkdir()
     path.write_text(
-        f"""
-name = "alpha"
-listen = "127.0.0.1:0"
-[tls]
-ca = "ca.pem"
-cert = "alpha.pem"
-key = "alpha.key"
-
+        NODE_TOML_HEAD
+        + f"""
 [[sources]]
 name = "national-taxii"
 type = "taxii"
@@ -210,7 +82,7 @@ def test_pull_then_pull_again_fetches_only_what_was_added(taxii: Taxii, node_tom
     add(taxii, poison_ivy, red, indicator("[url:value = 'http://bad.example/x']"))
 
     status, results, _ = sync(node_toml)
-    assert status == 0
+    assert status == 0, results[0].get("error")
     first = results[0]
     # three objects over two pages of two; the typo'd domain is named, the IP beside it kept
     assert (first["source"], first["fetched"], first["added"], first["invalid"]) == (
@@ -234,7 +106,11 @@ def test_pull_then_pull_again_fetches_only_what_was_added(taxii: Taxii, node_tom
             [("ipv4", "60.10.1.115")]
         )
 
-    add(taxii, indicator("[ipv4-addr:value = '203.0.113.9']"), indicator("[url:value = 'x']"))
+    add(
+        taxii,
+        indicator("[ipv4-addr:value = '203.0.113.9']"),
+        indicator("[url:value = 'http://x.example/']"),
+    )
     status, results, _ = sync(node_toml)
     again = results[0]
     assert (again["fetched"], again["added"]) == (2, 2)
@@ -267,12 +143,7 @@ def _round_of_two_matches(taxii: Taxii, node_toml: Path) -> dict[str, Any]:
 
 
 def _sink_objects(taxii: Taxii) -> list[dict[str, Any]]:
-    pushed = taxii.collection(SINK_ID).get_objects(limit=2)
-    objects = list(pushed.get("objects", []))
-    while pushed.get("more"):  # medallion pages of two
-        pushed = taxii.collection(SINK_ID).get_objects(limit=2, next=pushed["next"])
-        objects += pushed["objects"]
-    return objects
+    return taxii.objects(SINK_ID)
 
 
 def test_push_sightings_land_on_the_original_indicators(taxii: Taxii, node_toml: Path) -> None:
@@ -308,6 +179,8 @@ def test_node_matches_stix_names_each_object_as_the_push_did(taxii: Taxii, node_
         "identity",  # alpha
         "identity",  # bravo
         "indicator",  # local.example: the one pulled from TAXII is the analyst's own
+        "marking-definition",  # TLP:GREEN, the source's tlp for the pulled indicator
+        "marking-definition",  # TLP:AMBER, the file's default_tlp
         "sighting",
         "sighting",
     ]

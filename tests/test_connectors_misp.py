@@ -39,7 +39,7 @@ from node.connectors.base import ConnectorError, open_source
 from node.connectors.sync import sync_source
 from node.store import Sighting, Store
 from tests.clirun import run
-from tests.storedata import record_pairwise_round
+from tests.storedata import NODE_TOML_HEAD, record_pairwise_round
 
 KEY = "k" * 40
 GREEN = {"name": "tlp:green"}
@@ -241,14 +241,8 @@ def write_toml(tmp_path: Path, misp_url: str, feed_url: str, extra: str = "") ->
     path = tmp_path / "node" / "node.toml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(
-        f"""
-name = "alpha"
-listen = "127.0.0.1:0"
-[tls]
-ca = "ca.pem"
-cert = "alpha.pem"
-key = "alpha.key"
-
+        NODE_TOML_HEAD
+        + f"""
 [[sources]]
 name = "national-misp"
 type = "misp"
@@ -643,6 +637,9 @@ def test_migration_keeps_the_stix_ids_of_a_store_from_before_source_refs(tmp_pat
         # ... and without what later migrations added (schema 7: the stored hashes)
         conn.execute("ALTER TABLE sightings DROP COLUMN hash")
         conn.execute("ALTER TABLE sightings DROP COLUMN hash_version")
+        # (schema 9: when each indicator was last seen, and the forget audit)
+        conn.execute("ALTER TABLE sightings DROP COLUMN seen_at")
+        conn.execute("DROP TABLE forgets")
         conn.execute(f"PRAGMA user_version = {SOURCE_REFS_SCHEMA - 1}")
     conn.close()
 

@@ -701,7 +701,7 @@ def test_insecure_mode_serves_plaintext_on_loopback(pki: FederationPki, tmp_path
 
 
 def test_cli_init_writes_a_config_and_a_certificate(
-    pki: FederationPki,
+    own_pki: FederationPki,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -711,7 +711,7 @@ def test_cli_init_writes_a_config_and_a_certificate(
     args = argparse.Namespace(
         coord_dir="coord",
         listen="10.1.2.3:7000",
-        pki=str(pki.dir),
+        pki=str(own_pki.dir),
         node=["alpha=10.1.2.4:7001", "beta=[::1]:7002"],
         name="hub",
     )
@@ -858,3 +858,26 @@ def test_cli_round_start_watch_mode_through_the_parser(
     assert "soon" in capsys.readouterr().err
     assert main([*argv, "--epoch", "1h"]) == 2  # an epoch without watch mode
     assert "--epoch only applies to --mode watch" in capsys.readouterr().err
+
+
+def test_a_round_failed_by_a_node_of_another_ca_names_the_likely_cause(
+    pki: FederationPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 19: a node whose certificate is from another CA failed rounds with only
+    # "unreachable ... CERTIFICATE_VERIFY_FAILED"; the node itself never hears of the refused
+    # handshake (grpc python shows a server none), so the operator's report names the cause
+    other = FederationPki(tmp_path / "other-federation")
+    configs = {
+        "ca-alpha": federation.node_config(tmp_path, pki, "ca-alpha"),
+        "ca-foreign": federation.node_config(tmp_path, other, "ca-foreign"),
+    }
+    setup = Setup(list(configs), held(domains({"ca-alpha": ["a.example"]})), configs=configs)
+    with Federation(tmp_path, pki, setup) as fed:
+        assert fed.coordinator is not None
+        config = operator_toml(pki, tmp_path / "op", "ca-ops", f"127.0.0.1:{fed.coordinator.port}")
+        capsys.readouterr()
+        args = round_args(config, list(configs), json=False)
+        assert operator_cli.cmd_round_start(args) == 1
+    out = capsys.readouterr().out
+    assert "CERTIFICATE_VERIFY_FAILED" in out
+    assert "likely cause: the node's certificate is not from the CA this coordinator trusts" in out

@@ -104,7 +104,7 @@ def test_detect_format_ignores_the_file_name(tmp_path: Path) -> None:
     assert detect_format(misnamed) == "stix"
     csv_without_kind = tmp_path / "values.csv"
     csv_without_kind.write_text("value\n192.0.2.1\n")
-    assert detect_format(csv_without_kind) == "text"  # detection needs kind and value
+    assert detect_format(csv_without_kind) == "csv"  # a header naming value is enough
 
 
 def test_json_of_unknown_shape_and_plain_directories_are_refused(tmp_path: Path) -> None:

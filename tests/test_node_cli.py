@@ -177,7 +177,8 @@ def fresh(tmp_path: Path, pki: FederationPki) -> Path:
     """A new node directory; its node.toml."""
     home = tmp_path / "node"
     args = ["node", "init", str(home), "--name", "cli-fresh", "--listen", "127.0.0.1:0"]
-    assert run(*args, "--pki", str(pki.dir))[0] == 0
+    # its own CA: the session's registry takes node/cli-fresh once (one live certificate a name)
+    assert run(*args, "--pki", str(FederationPki(tmp_path / "pki").dir))[0] == 0
     return home / "node.toml"
 
 
@@ -356,7 +357,9 @@ def test_node_matches_csv(env: Env) -> None:
 def test_node_matches_table(env: Env) -> None:
     out = matches(env, "table")
     assert any("198.51.100.7" in line and BRAVO in line for line in out.splitlines())
-    assert any("all0.example" in line and ">= 2 nations" in line for line in out.splitlines())
+    assert any(
+        "all0.example" in line and "held by at least 2 nations" in line for line in out.splitlines()
+    )
     assert f"indicators shared with {BRAVO}" in out
 
 
@@ -377,11 +380,25 @@ def test_node_matches_stix_is_a_bundle_of_sightings_with_partner_identities(env:
 
 
 def test_node_matches_of_an_unknown_round(env: Env) -> None:
+    # issue 19: an unknown id is an error, not "no matches yet" (it was exit 0 and [])
     status, out, err = run(
         "node", "matches", "--config", str(env.configs[ALPHA]), "--round", "f00", "--format", "json"
     )
-    assert (status, json.loads(out)) == (0, [])
-    assert "no results for round f00" in err
+    assert (status, out) == (2, "")
+    assert "no round 'f00' in this node's audit" in err
+
+
+def test_node_matches_takes_a_round_id_as_the_tables_print_it(env: Env) -> None:
+    # issue 19: `--round 722e15a76972` (the 12 characters a table shows) said "no matches yet"
+    r = env.rounds
+    whole = matches(env, "json", "--round", r.pairwise.id)
+    assert json.loads(whole) and matches(env, "json", "--round", r.pairwise.id[:12]) == whole
+    # charlie refused the round it was asked into: it is recorded, and found nothing here
+    status, out, err = run(
+        "node", "matches", "--config", str(env.configs[CHARLIE]), "--round", r.refused.id[:12]
+    )
+    assert (status, out) == (0, "no matches yet\n")
+    assert f"no results for round {r.refused.id}: it found nothing here" in err
 
 
 def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
@@ -403,3 +420,108 @@ def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
         f"budget {BRAVO} (last 24h): rounds {2 * charged[BRAVO]} of 4,000,000 elements, "
         "checks 0 of 100,000"
     ) in out.splitlines()
+
+
+# --- node explain (issue 19) ------------------------------------------------------------------
+
+
+def test_node_explain_says_what_is_stored_and_what_the_rounds_found(env: Env) -> None:
+    r = env.rounds
+    values = ["198.51.100.7", "ALL0.example.", "only-a.example", "nope.example", "not a value!!"]
+    status, out, _ = run("node", "explain", "--config", str(env.configs[ALPHA]), "--json", *values)
+    assert status == 2  # one value is no indicator, as `canonicalize` says
+    ab, shared, own, absent, bad = json.loads(out)
+    assert (ab["kind"], ab["value"], ab["stored"]["tlp"], ab["excluded_by"]) == (
+        "ipv4",
+        "198.51.100.7",
+        "amber",
+        [],
+    )
+    assert ab["stored"]["last_seen"] >= ab["stored"]["first_seen"]
+    assert [(m["round"], m["mode"], m["partners"]) for m in ab["found_in"]] == [
+        (r.pairwise.id, "pairwise", [BRAVO])
+    ]
+    # ipv4: the rounds asked for every kind; the count round finds no value, only a number
+    assert ab["rounds_for_kind_since_first_seen"] == 3
+    assert shared["value"] == "all0.example"  # its canonical form
+    found = {m["round"]: m for m in shared["found_in"]}
+    assert set(found) == {r.pairwise.id, r.threshold.id}
+    # threshold: no names, only "held by at least 2" as `node matches` words it
+    assert found[r.threshold.id]["mode"] == "threshold"
+    assert "2 nations" in found[r.threshold.id]["nations"]
+    assert own["stored"] is not None and own["found_in"] == []
+    assert absent == {
+        "input": "nope.example",
+        "kind": "domain",
+        "value": "nope.example",
+        "stored": None,
+    }
+    assert bad["input"] == "not a value!!" and "cannot tell the kind" in bad["error"]
+
+    status, out, _ = run("node", "explain", "--config", str(env.configs[ALPHA]), *values[:4])
+    assert status == 0
+    assert "ALL0.example.: domain all0.example" in out
+    assert f"found in round {r.threshold.id[:12]} (threshold, " in out and "2 nations" in out
+    assert f"also held by {BRAVO}" in out
+    assert "nope.example: domain nope.example\n  not stored" in out
+    assert "found by no round" in out
+
+
+def test_node_explain_names_the_policy_that_keeps_a_value_out(
+    tmp_path: Path, pki: FederationPki
+) -> None:
+    home = tmp_path / "explain"
+    args = ["node", "init", str(home), "--name", "cli-explain", "--listen", "127.0.0.1:0"]
+    assert run(*args, "--pki", str(pki.dir))[0] == 0
+    fresh = home / "node.toml"
+    feed = tmp_path / "red.txt"
+    feed.write_text("red.example\n")
+    assert run("node", "import", "--config", str(fresh), "--tlp", "red", str(feed))[0] == 0
+    feed.write_text("10.1.2.3\n")
+    assert run("node", "import", "--config", str(fresh), str(feed))[0] == 0
+    text = fresh.read_text()
+    kinds = next(line for line in text.splitlines() if line.startswith("kinds = "))
+    fresh.write_text(text.replace(kinds, 'kinds = ["domain"]'))
+    status, out, _ = run(
+        "node", "explain", "--config", str(fresh), "--json", "red.example", "10.1.2.3"
+    )
+    assert status == 0
+    red, ip = json.loads(out)
+    assert red["excluded_by"] == ["[policy] tlp does not list red"]
+    assert ip["excluded_by"] == ["[policy] kinds does not list ipv4"]
+    status, out, _ = run("node", "explain", "--config", str(fresh), "red.example")
+    assert "kept out of rounds by [policy] tlp does not list red" in out
+
+
+# --- the small lies of issue 19 ----------------------------------------------------------------
+
+
+def test_a_closed_pipe_ends_the_output_quietly(env: Env) -> None:
+    # `node audit | head`: the reader is gone before anything is written. 141 (128 + SIGPIPE)
+    # is what a shell reports for a C tool killed by it; no "error: [Errno 32]", no exit 2
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        audit = ["node", "audit", "--config", str(env.configs[ALPHA])]
+        done = subprocess.run(
+            [sys.executable, "-m", "blindmatch.cli.main", *audit],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
+def test_a_count_round_says_what_its_numbers_are(env: Env) -> None:
+    from coordinator import operator_cli
+
+    # each node's number is the sum over its partners of what it holds in common with each:
+    # it may exceed its set size, so the label must say it is a sum, not "shared with partners"
+    count = env.rounds.count
+    shown = operator_cli.summary(count)
+    assert "in common, summed over its partners" in shown
+    assert "shared with partners" not in shown
+    assert "in common (each node's partners, summed)" in operator_cli.table([count])

@@ -66,11 +66,11 @@ def _alive(process: Process) -> bool:
 
 
 @pytest.fixture
-def node_toml(tmp_path: Path, pki: FederationPki) -> Path:
+def node_toml(tmp_path: Path, own_pki: FederationPki) -> Path:
     home = tmp_path / "node"
     status, _, err = run(
         "node", "init", str(home), "--name", "orphans", "--listen", "127.0.0.1:0",
-        "--pki", str(pki.dir),
+        "--pki", str(own_pki.dir),
     )  # fmt: skip
     assert status == 0, err
     config = home / "node.toml"

@@ -361,7 +361,9 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     pki_dir = tmp_path / "pki"
     assert cmd_pki_init(argparse.Namespace(pki_dir=str(pki_dir))) == 0
     assert "ca.key" in capsys.readouterr().out
-    args = argparse.Namespace(pki_dir=str(pki_dir), name="de", role="node", host=["de.example"])
+    args = argparse.Namespace(
+        pki_dir=str(pki_dir), name="de", role="node", host=["de.example"], replace=False
+    )
     assert cmd_pki_issue(args) == 0
     out = capsys.readouterr().out
     assert str(pki_dir / "issued/de.pem") in out and str(pki_dir / "issued/de.key") in out
@@ -406,6 +408,8 @@ def test_cli_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixt
     # existing files and invalid names are bad input: exit 2, as in every other command
     assert cmd_pki_init(argparse.Namespace(pki_dir=str(tmp_path))) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
-    args = argparse.Namespace(pki_dir=str(tmp_path), name="Bad", role="node", host=None)
+    args = argparse.Namespace(
+        pki_dir=str(tmp_path), name="Bad", role="node", host=None, replace=False
+    )
     assert cmd_pki_issue(args) == 2
     assert "invalid name 'Bad'" in capsys.readouterr().err

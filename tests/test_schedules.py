@@ -158,6 +158,22 @@ def test_never_two_runs_of_a_schedule_at_once_and_missed_runs_are_counted(
     assert view.record.state == "ended" and view.next_run is None
 
 
+def test_the_run_that_just_started_is_not_shown_as_the_next(pki: FederationPki) -> None:
+    # issue 19: `round schedule --list` showed run 0, just started, as the next run
+    coordinator = FakeCoordinator([], set())
+    clock = Clock(1000.0)
+    scheduler = Scheduler(
+        MemoryRoundStore(), coordinator.start, coordinator.going.__contains__, clock
+    )
+    o = order(first=1000.0, until=1000.0 + 5 * EVERY)
+    scheduler.add(SignedOrder.sign(signer(pki), serde.order_to_bytes(o)), o, OPERATOR)
+    (view,) = scheduler.views()
+    assert view.next_run == 1000.0  # due now, not started yet
+    assert scheduler.tick() == [f"{o.schedule_id}-0"]
+    (view,) = scheduler.views()
+    assert (view.record.last_run, view.next_run) == (0, 1000.0 + EVERY)
+
+
 def test_a_run_nodes_would_refuse_as_stale_is_skipped_not_started(pki: FederationPki) -> None:
     coordinator = FakeCoordinator([], set())
     clock = Clock(1000.0 + 99 * EVERY)  # long after the last run before the end
@@ -388,28 +404,38 @@ def test_a_prepare_carries_a_spec_or_an_order_never_both(fed: Fed) -> None:
         assert "exactly one of" in (err.value.details() or "")
 
 
-def test_cli_schedules_lists_and_cancels(
-    fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    f = fed
+def operator_toml(f: Fed, tmp_path: Path, name: str) -> str:
+    """An operator directory made by `operator init` against the test coordinator."""
     assert f.fed.coordinator is not None
     home = tmp_path / "op"
     init = argparse.Namespace(
         op_dir=str(home),
-        name="cli-sched",
+        name=name,
         coordinator=f"127.0.0.1:{f.fed.coordinator.port}",
         coordinator_name="coordinator",
         pki=str(f.pki.dir),
     )
     assert operator_cli.cmd_operator_init(init) == 0
-    config = str(home / "operator.toml")
-    capsys.readouterr()
-    args: dict[str, Any] = {
-        "config": config, "name": "weekly", "nodes": list(NAMES), "mode": "pairwise",
+    return str(home / "operator.toml")
+
+
+def schedule_args(config: str, name: str) -> dict[str, Any]:
+    """What `round schedule` parses for a weekly pairwise order starting in 2099."""
+    return {
+        "config": config, "name": name, "nodes": list(NAMES), "mode": "pairwise",
         "threshold": None, "epoch": None, "counts": False, "chunk_size": TEST_CHUNK,
         "kinds": ["domain"], "every": 7 * 86400.0, "first": "2099-01-04T06:00+00:00",
         "until": None, "list": False, "cancel": None, "json": True, "insecure": False,
     }  # fmt: skip
+
+
+def test_cli_schedules_lists_and_cancels(
+    fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = fed
+    config = operator_toml(f, tmp_path, "cli-sched")
+    capsys.readouterr()
+    args = schedule_args(config, "weekly")
     assert schedule_cli.cmd_round_schedule(argparse.Namespace(**args)) == 0
     made = json.loads(capsys.readouterr().out)
     assert made["state"] == "active" and made["operator"] == "cli-sched"
@@ -435,3 +461,22 @@ def test_cli_schedules_lists_and_cancels(
     assert "needs --every" in capsys.readouterr().err
     assert schedule_cli.cmd_round_schedule(argparse.Namespace(**{**args, "every": 5.0})) == 2
     assert "at least 60 s apart" in capsys.readouterr().err
+
+
+def test_cli_cancels_a_schedule_by_a_unique_prefix_of_its_id(
+    fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 19: `--cancel` needed the whole id, though ids are read as a unique prefix elsewhere
+    config = operator_toml(fed, tmp_path, "cli-prefix")
+    args = schedule_args(config, "by-prefix")
+    capsys.readouterr()
+    assert schedule_cli.cmd_round_schedule(argparse.Namespace(**args)) == 0
+    made = json.loads(capsys.readouterr().out)
+    # ids of every schedule this coordinator holds: the shortest prefix naming only this one
+    assert schedule_cli.cmd_round_schedule(argparse.Namespace(**{**args, "list": True})) == 0
+    others = [s["id"] for s in json.loads(capsys.readouterr().out) if s["id"] != made["id"]]
+    n = next(n for n in range(1, 64) if not any(o.startswith(made["id"][:n]) for o in others))
+    cancel = {**args, "cancel": made["id"][:n]}
+    assert schedule_cli.cmd_round_schedule(argparse.Namespace(**cancel)) == 0
+    cancelled = json.loads(capsys.readouterr().out)
+    assert (cancelled["id"], cancelled["state"]) == (made["id"], "cancelled")

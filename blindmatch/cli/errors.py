@@ -2,7 +2,8 @@
 
 0 the command did what was asked; 1 the operation failed (a round failed, a server unreachable,
 an RPC refused, a port in use); 2 usage or bad input (bad flags, a bad or existing config, a file
-that cannot be read or written, invalid values); 130 interrupted. docs/OPERATIONS.md states the
+that cannot be read or written, invalid values); 130 interrupted; 141 (no message) stdout's
+reader went away. docs/OPERATIONS.md states the
 same for operators. Every handler is wrapped by :func:`command`, so that the same mistake exits
 with the same status in node, coordinator, operator and pki commands, as one line on stderr and
 never a traceback.
@@ -23,6 +24,10 @@ OK: Final = 0
 FAILED: Final = 1
 BAD_INPUT: Final = 2
 INTERRUPTED: Final = 130
+# The reader of stdout went away (`blindmatch node audit | head`): 128 + SIGPIPE, what a shell
+# reports for a C tool killed by the signal, so that a script can tell cut-off output from a
+# complete run (0 would hide, say, an import's failure whose report was never read).
+BROKEN_PIPE: Final = 141
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -87,6 +92,8 @@ def command(*bad_input: type[Exception]) -> Callable[[Handler], Handler]:
         def guarded(args: argparse.Namespace) -> int:
             try:
                 return run(args)
+            except BrokenPipeError:  # not bad input: the CLI entry ends the output quietly
+                raise
             except Exception as exc:
                 status = status_of(exc, bad_input)
                 if status is None:
@@ -107,6 +114,22 @@ def _message(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc)
+
+
+def quiet_broken_pipe() -> int:
+    """End the command after its reader closed stdout: no message, and nothing more written.
+
+    Python would otherwise try to flush what is left in stdout's buffer at exit and print
+    "Exception ignored ... BrokenPipeError"; pointing stdout at /dev/null makes that flush a no-op.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (a test's StringIO): nothing to flush
+        pass
+    return BROKEN_PIPE
 
 
 def flag_value(check: Callable[[str], str], value: str, flag: str) -> str:

@@ -2,7 +2,7 @@
 
 Operators script these names; keep them. Exit statuses are those of ``blindmatch.cli.errors``:
 0 success, 1 the operation failed (a round failed, a server unreachable), 2 usage or bad input,
-130 interrupted. No traceback reaches an operator: every handler goes through
+130 interrupted, 141 stdout's reader went away (``| head``), silently. No traceback reaches an operator: every handler goes through
 ``clierrors.command``, which prints ``error: what was wrong; what to do``.
 """
 
@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from blindmatch.cli.errors import BAD_INPUT, INTERRUPTED, OK, command
+from blindmatch.cli.errors import BAD_INPUT, INTERRUPTED, OK, command, quiet_broken_pipe
 from blindmatch.core.canon import KINDS
 
 Handler = Callable[[argparse.Namespace], int]
@@ -83,7 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--host", action="append", metavar="H", help="DNS name or IP the holder serves on"
     )
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="a new key pair in place of the live certificate of this role and name",
+    )
     s.set_defaults(handler=cmd_pki_issue)
+    s = pki.add_parser("renew", help="a fresh certificate for a name, in place of its current one")
+    s.add_argument("pki_dir", metavar="PKI_DIR")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--role", required=True, choices=["node", "coordinator", "operator", "checker"])
+    s.add_argument(
+        "--cert",
+        metavar="PATH",
+        help="the current certificate, where the renewed one goes (default: where it was issued)",
+    )
+    s.add_argument("--host", action="append", metavar="H", help="(default: the current hosts)")
+    s.add_argument(
+        "--new-key",
+        action="store_true",
+        help="a new key too (one that may have leaked); the holder must restart, SIGHUP is not enough",
+    )
+    s.set_defaults(handler=cmd_pki_renew)
+    s = pki.add_parser("list", help="the certificates the CA issued (its registry)")
+    s.add_argument("pki_dir", metavar="PKI_DIR")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_pki_list)
 
     # node
     node = top.add_parser("node", help="a national node: store, imports, server, matches")
@@ -111,12 +136,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--source", help="source name recorded with each sighting (default: the file name)"
     )
+    s.add_argument(
+        "--allow-private-suffix",
+        action="store_true",
+        help="accept internal names (.local, .internal, suffixes on no public list)",
+    )
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would be stored and what is refused; store nothing",
+    )
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.set_defaults(handler=_lazy("node.cli", "cmd_import"))
+    s = ns.add_parser("forget", help="delete indicators and everything derived from them (audited)")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("values", nargs="*", default=[], metavar="VALUE")
+    what.add_argument("--source", metavar="NAME", help="what this source brought")
+    what.add_argument("--file", metavar="FILE", help="the values in this file (any import format)")
+    what.add_argument(
+        "--before", metavar="DATE", help="indicators not imported or pulled since (ISO 8601)"
+    )
+    s.add_argument("--dry-run", action="store_true", help="show what would go; delete nothing")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_forget"))
     s = ns.add_parser("stats", help="what the store holds")
     s.add_argument("--config", required=True, metavar="NODE_TOML")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=_lazy("node.cli", "cmd_stats"))
+    s = ns.add_parser(
+        "backup", help="a consistent copy of the store, safe while the node serves and imports"
+    )
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--to", required=True, metavar="FILE", help="a new file (never overwritten)")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_backup"))
     s = ns.add_parser("serve", help="serve round RPCs to the coordinator")
     s.add_argument("--config", required=True, metavar="NODE_TOML")
     s.add_argument("--insecure", action="store_true", help="plaintext, loopback only (experiments)")
@@ -142,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, metavar="NODE_TOML")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=_lazy("node.cli", "cmd_audit"))
+    s = ns.add_parser("explain", help="why a value did or did not match: stored? in rounds? found?")
+    s.add_argument("--config", required=True, metavar="NODE_TOML")
+    s.add_argument("--kind", choices=[*KINDS, "auto"], default="auto")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("values", nargs="+", metavar="VALUE")
+    s.set_defaults(handler=_lazy("node.cli", "cmd_explain"))
     # early warning (docs/WATCH.md)
     s = ns.add_parser("check", help="check new sightings against partners' watchlists, now")
     s.add_argument("--config", required=True, metavar="NODE_TOML")
@@ -282,11 +340,62 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
     """``blindmatch pki issue PKI_DIR NAME --role R [--host H ...]``."""
     from blindmatch.runtime.pki import issue_to_dir
 
-    paths = issue_to_dir(args.pki_dir, args.name, args.role, args.host or ())
+    paths = issue_to_dir(args.pki_dir, args.name, args.role, args.host or (), replace=args.replace)
     print(f"issued {args.role}/{args.name}")
     print(f"wrote certificate {paths.cert}")
     print(f"wrote key {paths.key} (mode 0600)")
     print(f"CA certificate: {paths.ca}")
+    return OK
+
+
+@command()
+def cmd_pki_renew(args: argparse.Namespace) -> int:
+    """``blindmatch pki renew PKI_DIR NAME --role R [--cert PATH] [--host H ...] [--new-key]``."""
+    from blindmatch.runtime.pki import renew_in_dir
+
+    done = renew_in_dir(
+        args.pki_dir,
+        args.name,
+        args.role,
+        cert_path=args.cert,
+        hosts=args.host or (),
+        new_key=args.new_key,
+    )
+    print(f"renewed {args.role}/{args.name}: serial {done.new.serial} replaces {done.old.serial}")
+    print(f"wrote certificate {done.paths.cert} (valid until {done.new.not_after[:10]})")
+    print(f"kept the previous one as {done.paths.cert}.old")
+    if done.new_key:
+        print(f"wrote a new key {done.paths.key} (mode 0600), the previous one kept as .old")
+        print("next: restart the holder (a new key is not taken on SIGHUP)")
+    else:
+        print("the key is unchanged; next: `kill -HUP` the node or coordinator that uses it")
+    return OK
+
+
+@command()
+def cmd_pki_list(args: argparse.Namespace) -> int:
+    """``blindmatch pki list PKI_DIR [--json]``."""
+    import dataclasses
+    import datetime
+    import json
+
+    from blindmatch.runtime.pki import Registry
+
+    registry = Registry.read(args.pki_dir)
+    now = datetime.datetime.now(datetime.UTC)
+    if args.json:
+        rows = [{**dataclasses.asdict(e), "state": e.state(now)} for e in registry.entries]
+        print(json.dumps(rows, indent=2))
+        return OK
+    if registry.rebuilt:
+        print(
+            f"(no registry in {args.pki_dir}: built it from {args.pki_dir}/issued; certificates "
+            "issued into other directories join it when renewed with --cert)",
+            file=sys.stderr,
+        )
+    print(f"{'SERIAL':<40} {'ROLE':<11} {'NAME':<20} {'NOT AFTER':<10}  STATE")
+    for e in registry.entries:
+        print(f"{e.serial:<40} {e.role:<11} {e.name:<20} {e.not_after[:10]}  {e.state(now)}")
     return OK
 
 
@@ -311,11 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
+        # Short output is still in the buffer: a reader that is gone must be found here, not
+        # at interpreter exit, where Python prints "Exception ignored" and exits 120.
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError:  # `blindmatch node audit | head`: every command, handled once here
+        return quiet_broken_pipe()
     return code
 
 

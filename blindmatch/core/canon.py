@@ -17,6 +17,34 @@ General
 - The result's kind can differ from the requested one: an IPv4-mapped IPv6 address is an ipv4, a
   /32 or /128 cidr is a plain address.
 
+Names must exist (issue 19): the suffix rule
+- A domain, an e-mail's domain part and a URL's host (unless it is an IP address) must end in a
+  suffix of the Public Suffix List's ICANN section (the ``publicsuffixlist`` package, which bundles
+  the list and is released monthly), and must not be such a suffix itself (``co.uk``). Random
+  junk (``9lb1dnwrh.ab6nu5e5``) and file names (``invoice.pdf``) are refused here.
+- Only the ICANN section counts. Every entry of the private section (``github.io``,
+  ``blogspot.com``) sits under an ICANN suffix, so it would let no further name in; and it would
+  make ``github.io`` itself a bare suffix, when it is a registered name a CERT may well list.
+- Special-use names (RFC 6761, 6762, 7686, 8375, 9476):
+  ``.onion`` is accepted: Tor services are real indicators.
+  ``.example``, ``.test`` and ``.invalid`` are accepted: documentation, exercises and this
+  project's own demo and tests use them (RFC 2606), and they never collide with a real name, so
+  accepting them can never make a real indicator match wrongly.
+  ``.localhost`` (always this host) and ``.arpa`` (reverse-lookup infrastructure: the address is
+  the indicator) are refused always.
+  ``.local`` (mDNS), ``.internal``, ``.alt``, ``home.arpa``, every name whose suffix is on no
+  list, and a bare suffix (an internal ``http://wiki/`` names the gTLD .wiki) are internal names:
+  refused unless the caller allows private suffixes (``node import --allow-private-suffix``).
+- The rule only refuses: every value it accepts has the same canonical form as before, so it
+  needs no new CANON_VERSION (nodes with and without it still agree on every value both accept).
+
+Prefixes (issue 19)
+- ``host:port`` (``203.0.113.7:8080``, ``evil.example:443``, ``[2001:db8::1]:443``) is read as the
+  host, for kind auto, domain and ipv4: the port is not part of the indicator.
+- ``md5:``, ``sha1:``, ``sha256:``, ``sha512:`` (any case, ``sha-256:`` too) before hex digits name
+  the hash kind, for kind auto and for the hash kind they name; another prefix before hex digits
+  is refused, naming it.
+
 ipv4
 - The forms inet_aton and browsers accept: 1 to 4 dot-separated parts, each decimal, octal (a
   leading 0: ``012``) or hex (``0x7f``; a bare ``0x`` is 0). With fewer than four parts the last one
@@ -104,7 +132,9 @@ auto (detection for a bare value of unknown kind; the first matching rule decide
 2. contains ``@``                                         -> email
 3. contains ``/``: ``<address>/<digits>``, where the address has a ``:`` or three dots -> cidr;
    anything else is rejected (a URL needs its scheme to be detected).
-4. contains ``:``                                         -> ipv6 (brackets allowed)
+4. ``<hash name>:<hex>``                                  -> that hash kind (see Prefixes)
+   exactly one ``:`` after a host, or ``[ipv6]:<port>``    -> the host, read by these rules
+   contains ``:``                                         -> ipv6 (brackets allowed)
 5. only hex digits: 32, 40, 64 or 128 of them             -> md5, sha1, sha256, sha512 (also when
    they are all decimal); other lengths are rejected.
 6. a number without dots (``12345``, ``0x7f000001``)      -> rejected as ambiguous: pass kind ipv4
@@ -113,12 +143,14 @@ auto (detection for a bare value of unknown kind; the first matching rule decide
    any other count (``1.2.3``, version-like) is rejected as ambiguous.
 9. otherwise                                              -> domain
 Once a rule picks a kind, that kind's rules apply, and a failure is reported as kind auto with
-"looks like <kind>, but <reason>". No TLD list is consulted, so a file name such as
-``invoice.pdf`` is detected as a domain: importers that know a field's kind should pass it.
+"looks like <kind>, but <reason>". The suffix rule then refuses a file name such as
+``invoice.pdf`` (no such public suffix); importers that know a field's kind should still pass it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -128,6 +160,7 @@ from functools import partial
 from urllib.parse import unquote_to_bytes
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 CANON_VERSION: str = "canon-v1"
 KINDS: tuple[str, ...] = (
@@ -200,10 +233,11 @@ class _Rejected(Exception):
         self.reason = reason
 
 
-def canonicalize(kind: str, value: str) -> Indicator:
+def canonicalize(kind: str, value: str, *, allow_private_suffix: bool = False) -> Indicator:
     """The canon-v1 form of `value` read as `kind` (one of KINDS, or "auto" to detect it).
 
     Raises InvalidIndicator, and nothing else, for any str that is not a valid indicator.
+    ``allow_private_suffix`` lets internal names in (the suffix rule, module docstring).
     """
     if not isinstance(value, str):
         raise TypeError(f"value must be str, not {type(value).__name__}")
@@ -221,7 +255,9 @@ def canonicalize(kind: str, value: str) -> Indicator:
             raise _Rejected(f"longer than {limit} characters")
         if not text.isascii() and kind not in ("url", "auto"):
             _refuse_surrogates(text)
-        return rule(text)
+        indicator = rule(text)
+        _check_suffix(indicator, allow_private_suffix)
+        return indicator
     except _Rejected as exc:
         raise InvalidIndicator(kind, value, exc.reason) from None
 
@@ -235,7 +271,8 @@ def wire_value(kind: str, value: str) -> str:
     """
     if value.isascii() or not _SURROGATE_RE.search(value):
         return value
-    return canonicalize(kind, value).value
+    # Only the encoding is at stake here: whether the name may be used was decided before.
+    return canonicalize(kind, value, allow_private_suffix=True).value
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -302,7 +339,7 @@ def _ipv4_number(part: str) -> int:
 
 
 def _ipv4(text: str) -> Indicator:
-    return Indicator("ipv4", _ipv4_legacy(text))
+    return Indicator("ipv4", _ipv4_legacy(_without_port(text)))
 
 
 def _ipaddress_reason(exc: ValueError, text: str) -> str:
@@ -390,7 +427,7 @@ _BAD_LABEL_CHAR_RE = re.compile(r"[^a-z0-9_-]")
 
 
 def _domain(text: str) -> Indicator:
-    return Indicator("domain", _domain_name(text))
+    return Indicator("domain", _domain_name(_without_port(text)))
 
 
 def _domain_name(text: str) -> str:
@@ -602,7 +639,20 @@ def _url_path(path: bytes) -> bytes:
 _NON_HEX_RE = re.compile(r"[^0-9a-fA-F]")
 
 
+_HASH_PREFIX_RE = re.compile(r"([A-Za-z][A-Za-z0-9-]*):([0-9A-Fa-f]+)")
+
+
+def _hash_name(prefix: str) -> str:
+    """``SHA-256`` -> ``sha256``: the kind a hash prefix names, if it names one."""
+    return prefix.lower().replace("-", "")
+
+
 def _file_hash(kind: str, text: str) -> Indicator:
+    prefixed = _HASH_PREFIX_RE.fullmatch(text)
+    if prefixed:
+        if _hash_name(prefixed[1]) != kind:
+            raise _Rejected(f"prefix {_shorten(prefixed[1], 20)!r} does not name {kind}")
+        text = prefixed[2]
     bad = _NON_HEX_RE.search(text)
     if bad:
         raise _Rejected(f"character {bad.group()!r} is not a hex digit")
@@ -638,7 +688,7 @@ def _auto(text: str) -> Indicator:
             return _as("cidr", text)
         raise _Rejected("has '/' but is not address/prefix, nor a URL with a scheme")
     if ":" in text:
-        return _as("ipv6", text)
+        return _auto_with_colon(text)
     if _HEX_RE.fullmatch(text):
         kind = _HASH_KIND_BY_DIGITS.get(len(text))
         if kind is not None:
@@ -661,6 +711,137 @@ def _auto(text: str) -> Indicator:
             )
         return _as("ipv4", text)
     return _as("domain", text)
+
+
+def _auto_with_colon(text: str) -> Indicator:
+    """A hash with its name before it, ``host:port``, or an IPv6 address."""
+    prefixed = _HASH_PREFIX_RE.fullmatch(text)
+    if prefixed and _hash_name(prefixed[1]) in _HASH_DIGITS:
+        kind = _hash_name(prefixed[1])
+        try:
+            return _file_hash(kind, text)
+        except _Rejected as exc:
+            raise _Rejected(f"looks like a {kind} hash, but {exc.reason}") from None
+    host = _host_of(text)
+    if host is not None:
+        if host.startswith("["):
+            return _as("ipv6", host)
+        try:
+            return _auto(host)
+        except _Rejected as exc:
+            raise _Rejected(f"looks like host:port, but its host: {exc.reason}") from None
+    if prefixed and not prefixed[2].isdigit():
+        raise _Rejected(
+            f"prefix {_shorten(prefixed[1], 20)!r} names no hash kind this accepts "
+            "(md5, sha1, sha256, sha512)"
+        )
+    if text.count(":") == 1 and not text.startswith("["):
+        # An IPv6 address has at least two colons; saying "IPv6" here would mislead.
+        raise _Rejected("one ':' but not host:port (the port must be a number up to 65535)")
+    return _as("ipv6", text)
+
+
+_HOST_PORT_RE = re.compile(r"(\[[^\[\]]*\]|[^:\[\]]+):([0-9]{1,5})")
+
+
+def _host_of(text: str) -> str | None:
+    """The host of ``host:port`` or ``[ipv6]:port``, or None if ``text`` is not that."""
+    found = _HOST_PORT_RE.fullmatch(text)
+    if found is None or int(found[2]) > 65535:
+        return None
+    return found[1]
+
+
+def _without_port(text: str) -> str:
+    """``text`` without a ``:port`` after a host name or IPv4 address (the port is no part of
+    the indicator); anything else unchanged, for the kind's own rules to judge."""
+    host = _host_of(text)
+    return text if host is None or host.startswith("[") else host
+
+
+# --- the suffix rule (module docstring) -------------------------------------------------------
+
+# Accepted whatever the list says: Tor services (RFC 7686) are real indicators; .example,
+# .test and .invalid are documentation names (RFC 2606) used by exercises, this project's demo
+# and its tests; no real name is under them, so they can never match one wrongly.
+_ACCEPTED_TLDS = frozenset({"onion", "example", "test", "invalid"})
+# Never an indicator, internal or not.
+_REFUSED_TLDS = {
+    "localhost": "is .localhost, which always means this host (RFC 6761)",
+    "arpa": "is under .arpa, DNS infrastructure (RFC 3172); the address itself is the indicator",
+}
+# Internal by definition: accepted only when private suffixes are allowed.
+_PRIVATE_USE = {
+    "local": "is .local, link-local multicast DNS (RFC 6762)",
+    "internal": "is .internal, reserved for private networks",
+    "alt": "is .alt, outside the DNS (RFC 9476)",
+    "home.arpa": "is home.arpa, for home networks (RFC 8375)",
+}
+_PRIVATE_HINT = "; for internal names pass --allow-private-suffix"
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # Loaded once, when a name is first checked: parsing the list takes a noticeable moment.
+    return PublicSuffixList(only_icann=True)
+
+
+def suffix_problem(name: str, *, allow_private_suffix: bool = False) -> str | None:
+    """Why the host name ``name`` (A-labels, lowercase) is refused by the suffix rule, or None."""
+    labels = name.split(".")
+    tld = labels[-1]
+    if tld in _ACCEPTED_TLDS:
+        return None
+    private_use = _PRIVATE_USE.get(".".join(labels[-2:])) or _PRIVATE_USE.get(tld)
+    if private_use is not None:
+        return None if allow_private_suffix else private_use + _PRIVATE_HINT
+    if tld in _REFUSED_TLDS:
+        return _REFUSED_TLDS[tld]
+    suffix = _public_suffixes().publicsuffix(name, accept_unknown=False)
+    if allow_private_suffix:
+        # Also a bare suffix: internal single-label hosts (http://wiki/) collide with new gTLDs.
+        return None
+    if suffix is None:
+        return (
+            f"does not end in a public suffix (.{_shorten(tld, 20)} is on no list){_PRIVATE_HINT}"
+        )
+    if suffix == name:
+        return "is a public suffix itself, not a name under one" + _PRIVATE_HINT
+    return None
+
+
+def _check_suffix(indicator: Indicator, allow_private_suffix: bool) -> None:
+    if indicator.kind == "domain":
+        what, name = "the name", indicator.value
+    elif indicator.kind == "email":
+        what, name = "the domain part", indicator.value.rpartition("@")[2]
+    elif indicator.kind == "url":
+        host = _url_host_name(indicator.value)
+        if host is None:
+            return
+        what, name = "the host", host
+    else:
+        return
+    problem = suffix_problem(name, allow_private_suffix=allow_private_suffix)
+    if problem is not None:
+        raise _Rejected(f"{what} {_shorten(name, 60)!r} {problem}")
+
+
+def _url_host_name(url: str) -> str | None:
+    """The host of a canonical URL as A-labels, for the suffix rule; None for an IP address."""
+    host = url.partition("://")[2].partition("/")[0]
+    if host.startswith("[") or _DOTTED_DECIMAL_RE.fullmatch(host):
+        return None
+    # The URL keeps its host as GSB does (not IDNA-encoded); the list is looked up in A-labels.
+    text = unquote_to_bytes(host).decode("utf-8", "replace")
+    labels = []
+    for label in text.split("."):
+        if not label.isascii():
+            # One IDNA refuses is left as it is: no suffix on the list has such a label.
+            with contextlib.suppress(ValueError):
+                label = idna.alabel(idna.uts46_remap(label, std3_rules=False)).decode("ascii")
+        labels.append(label)
+    return ".".join(labels)
 
 
 def _as(kind: str, text: str) -> Indicator:

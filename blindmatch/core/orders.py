@@ -7,6 +7,16 @@ accepts it only when that run is due by the node's own clock (the same window as
 spec) and before the order's end. So a coordinator can start no round the operator did not sign:
 not an extra run (an id is used once), not other participants or another mode, not at another time.
 
+Repairs (watch orders only, docs/WATCH.md "Repairs"): a node's epoch share lives in its memory, so
+a node restart ends it and partners' checks fail until the next epoch. Repair j of period k
+(``1 <= j <= MAX_REPAIRS``) is run k again under the id ``<schedule id>-<k>r<j>``: the same spec
+but for that id, derived by every node from the order as a run is. A node accepts it any time
+within period k by its own clock: from run k's time (less MAX_SPEC_SKEW) until run k+1's time, and
+before the order's end. The coordinator starts one once every node is back after one lost its key.
+What a coalition holding the coordinator gains by repairs is no more than the order signed: the
+same participants, mode and kinds, each node's checks still within its budget, and at most
+MAX_REPAIRS more epochs per period (each id is used once, and each costs the nodes' budgets).
+
 Nothing here reads the clock or the network: the caller passes ``now``.
 """
 
@@ -24,6 +34,7 @@ from blindmatch.core.spec import MAX_TIME, RoundSpec, check_time
 SCHEDULE_ID: Final = re.compile(r"[A-Za-z0-9_]{1,48}")  # leaves room for "-<k>" in a round id
 MIN_EVERY: Final = 60.0  # seconds: a shorter period is a typo, not a federation's schedule
 MAX_NAME: Final = 200
+MAX_REPAIRS: Final = 3  # repairs of one period a node accepts: each costs every node's budgets
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +70,8 @@ class StandingOrder:
     def run_time(self, k: int) -> float:
         return self.first + k * self.every
 
-    def run_spec(self, k: int) -> RoundSpec:
-        """Run k's round, exactly as every node derives it."""
+    def run_spec(self, k: int, repair: int = 0) -> RoundSpec:
+        """Run k's round (or its repair ``repair``), exactly as every node derives it."""
         if k < 0:
             raise BadMessage(f"run {k} of a schedule: runs are numbered from 0")
         if not self.run_time(k) <= MAX_TIME:
@@ -68,7 +79,24 @@ class StandingOrder:
                 f"run {k} of schedule {self.schedule_id} would be due after {MAX_TIME:.0f}: "
                 "no such run"
             )
-        return replace(self.template, round_id=f"{self.schedule_id}-{k}", issued=self.run_time(k))
+        round_id = f"{self.schedule_id}-{k}"
+        if repair:
+            self._check_repair(k, repair)
+            round_id += f"r{repair}"
+        return replace(self.template, round_id=round_id, issued=self.run_time(k))
+
+    def _check_repair(self, k: int, repair: int) -> None:
+        """BadMessage unless repair ``repair`` of period k can exist at all."""
+        if not self.template.watching:
+            raise BadMessage(
+                f"schedule {self.schedule_id} is not a watch order: its runs open no epoch, "
+                "and there is nothing to repair"
+            )
+        if not 1 <= repair <= MAX_REPAIRS:
+            raise BadMessage(
+                f"repair {repair} of run {k} of schedule {self.schedule_id}: a period has "
+                f"repairs 1 to {MAX_REPAIRS} only"
+            )
 
     def allows(self, k: int) -> bool:
         """Whether run k exists at all: before the order's end."""
@@ -91,6 +119,33 @@ class StandingOrder:
             raise StaleSpec(
                 f"run {k} of schedule {self.schedule_id} is not due for {-age:.0f} s; at most "
                 f"{MAX_SPEC_SKEW:.0f} s of clock skew is accepted"
+            )
+
+    def check_repair(self, k: int, repair: int, now: float) -> None:
+        """StaleSpec (or BadMessage) unless repair ``repair`` of period k is one the order allows
+        at ``now``: a watch order, ``1 <= repair <= MAX_REPAIRS``, run k allowed, and ``now``
+        within period k (from run k's time, less MAX_SPEC_SKEW, until run k+1's and the order's
+        end). An epoch lost in period k is repaired in period k; after it, run k+1 is due."""
+        self._check_repair(k, repair)
+        if not self.allows(k):
+            raise StaleSpec(
+                f"schedule {self.schedule_id} has no run {k}: it ends before that run is due"
+            )
+        what = f"repair {repair} of run {k} of schedule {self.schedule_id}"
+        early = self.run_time(k) - MAX_SPEC_SKEW - now
+        if early > 0:
+            raise StaleSpec(
+                f"{what} is not due for {early:.0f} s: a repair is accepted only within its "
+                "run's period"
+            )
+        end = self.run_time(k + 1)
+        if self.until:
+            end = min(end, self.until)
+        if now >= end:
+            raise StaleSpec(
+                f"{what} is {now - end:.0f} s past its period, which ended at "
+                f"{end:.0f} (the next run or the order's end); a repair is accepted only "
+                "within its run's period"
             )
 
     def last_run(self) -> int | None:
@@ -123,6 +178,12 @@ class ScheduledRun:
     order: StandingOrder
     run: int
     spec_bytes: bytes
+    repair: int = 0  # 0: run ``run`` itself; j > 0: repair j of its period (watch orders)
+
+    @property
+    def spec(self) -> RoundSpec:
+        """The run's round, as every node derives it."""
+        return self.order.run_spec(self.run, self.repair)
 
     @property
     def digest(self) -> bytes:

@@ -405,10 +405,44 @@ def _gated(
     return make(gated, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
+class ServerCertificates:
+    """The certificate an mTLS server presents, replaceable while it serves (SIGHUP, after
+    ``blindmatch pki renew``): grpc asks ``_fetch`` before each new handshake, and a swapped
+    configuration is handed over once. Connections already made keep theirs, so a round's
+    streams run on."""
+
+    def __init__(self, tls: TlsConfig) -> None:
+        self._lock = threading.Lock()
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.current = tls
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            _certificate_configuration(self.current),
+            self._fetch,
+            require_client_authentication=True,
+        )
+
+    def swap(self, tls: TlsConfig) -> None:
+        with self._lock:
+            self._pending = _certificate_configuration(tls)
+            self.current = tls
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending  # None: keep the configuration in use
+
+
+def _certificate_configuration(tls: TlsConfig) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(tls.key, tls.cert)], tls.ca)
+
+
 class ServerHandle(NamedTuple):
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    certificates: ServerCertificates | None = None  # None in insecure mode
 
 
 def start_server(
@@ -459,11 +493,12 @@ def start_server(
         register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    certificates = None if tls is None else ServerCertificates(tls)
     try:
-        if tls is None:
+        if certificates is None:
             port = server.add_insecure_port(bind)
         else:
-            port = server.add_secure_port(bind, server_credentials(tls))
+            port = server.add_secure_port(bind, certificates.credentials())
     except RuntimeError as exc:
         raise BindError(
             f"cannot listen on {bind}: {exc} (port in use, or no such address?)"
@@ -472,7 +507,7 @@ def start_server(
         raise BindError(f"cannot listen on {bind} (port in use, or no such address?)")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return ServerHandle(server=server, port=port, health=health_servicer)
+    return ServerHandle(server=server, port=port, health=health_servicer, certificates=certificates)
 
 
 def open_channel(

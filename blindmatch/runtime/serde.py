@@ -15,7 +15,7 @@ comparison, so the ranges here are written ``not lo <= x <= hi``, which refuses 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -195,8 +195,11 @@ def signed_order_from_proto(msg: node_pb2.SignedOrder) -> tuple[SignedOrder, Sta
     return SignedOrder(msg.order, msg.signature, msg.operator_cert), order_from_bytes(msg.order)
 
 
-def scheduled_run(signed: SignedOrder, order: StandingOrder, run: int) -> ScheduledRun:
-    return ScheduledRun(signed, order, run, spec_to_bytes(order.run_spec(run)))
+def scheduled_run(
+    signed: SignedOrder, order: StandingOrder, run: int, repair: int = 0
+) -> ScheduledRun:
+    """Run ``run`` of the order, or its repair ``repair`` (> 0; watch orders only)."""
+    return ScheduledRun(signed, order, run, spec_to_bytes(order.run_spec(run, repair)), repair)
 
 
 Authorization = SignedSpec | ScheduledRun  # what a node acts on: one round, or a run of an order
@@ -211,7 +214,10 @@ def prepare_to_proto(auth: Authorization, timeout_seconds: float) -> node_pb2.Pr
             signed_spec=signed_spec_to_proto(auth), timeout_seconds=timeout_seconds
         )
     return node_pb2.PrepareRequest(
-        order=signed_order_to_proto(auth.signed), run=auth.run, timeout_seconds=timeout_seconds
+        order=signed_order_to_proto(auth.signed),
+        run=auth.run,
+        repair=auth.repair,
+        timeout_seconds=timeout_seconds,
     )
 
 
@@ -226,10 +232,14 @@ def prepare_from_proto(msg: node_pb2.PrepareRequest) -> tuple[Authorization, Rou
     if msg.HasField("signed_spec"):
         if msg.run:
             raise BadMessage(f"run {msg.run} comes only with a standing order, not a signed spec")
+        if msg.repair:
+            raise BadMessage(
+                f"repair {msg.repair} comes only with a standing order, not a signed spec"
+            )
         return signed_spec_from_proto(msg.signed_spec)
     signed, order = signed_order_from_proto(msg.order)
-    run = scheduled_run(signed, order, msg.run)
-    return run, order.run_spec(msg.run)
+    run = scheduled_run(signed, order, msg.run, msg.repair)
+    return run, run.spec
 
 
 # --- round records (coordinator.proto) ----------------------------------------------------------
@@ -268,8 +278,27 @@ class RoundView(Protocol):
     def hops_total(self) -> int: ...
 
 
-def round_to_proto(record: RoundView) -> coordinator_pb2.RoundInfo:
+class EpochLossView(Protocol):
+    """A node of the open epoch that cannot serve it (the coordinator's ``EpochLoss``)."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def since(self) -> float: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def round_to_proto(
+    record: RoundView, epoch_state: str = "", degraded: Sequence[EpochLossView] = ()
+) -> coordinator_pb2.RoundInfo:
+    """``epoch_state`` and ``degraded``: for the watch round whose epoch is open, what the
+    coordinator knows of it ("open" or "degraded", and who cannot serve it)."""
     return coordinator_pb2.RoundInfo(
+        epoch_state=epoch_state,
+        degraded=[
+            coordinator_pb2.EpochLoss(node=d.node, since=d.since, reason=d.reason) for d in degraded
+        ],
         id=record.id,
         state=record.state,
         mode=record.mode,
@@ -354,6 +383,18 @@ def round_from_proto(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
         "error": info.error or None,
         "hops_done": in_range(info.hops_done, 0, MAX_HOPS, "hops_done"),
         "hops_total": in_range(info.hops_total, 0, MAX_HOPS, "hops_total"),
+    }
+
+
+def epoch_from_proto(info: coordinator_pb2.RoundInfo) -> dict[str, Any]:
+    """What ``info`` shows of its watch round's open epoch (none: state None), each time checked
+    as ``round_from_proto`` does."""
+    return {
+        "epoch_state": info.epoch_state or None,
+        "degraded": {
+            d.node: {"since": check_time(d.since, f"{d.node}'s since"), "reason": d.reason}
+            for d in info.degraded
+        },
     }
 
 

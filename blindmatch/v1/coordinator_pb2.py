@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from blindmatch.v1 import node_pb2 as blindmatch_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62lindmatch/v1/coordinator.proto\x12\rblindmatch.v1\x1a\x18\x62lindmatch/v1/node.proto\"I\n\x11StartRoundRequest\x12.\n\x0bsigned_spec\x18\x06 \x01(\x0b\x32\x19.blindmatch.v1.SignedSpecJ\x04\x08\x01\x10\x06\"\x1d\n\x0fGetRoundRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x11ListRoundsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xae\x03\n\tRoundInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x32\n\x05sizes\x18\x07 \x03(\x0b\x32#.blindmatch.v1.RoundInfo.SizesEntry\x12?\n\x0cmatch_counts\x18\x08 \x03(\x0b\x32).blindmatch.v1.RoundInfo.MatchCountsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07\x63reated\x18\n \x01(\x01\x12\x10\n\x08\x66inished\x18\x0b \x01(\x01\x12\x11\n\thops_done\x18\x0c \x01(\x04\x12\x12\n\nhops_total\x18\r \x01(\x04\x12\x10\n\x08operator\x18\x0e \x01(\t\x1a,\n\nSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10MatchCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\";\n\x0fListRoundsReply\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.blindmatch.v1.RoundInfo\"<\n\x0fScheduleRequest\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.blindmatch.v1.SignedOrder\"\x16\n\x14ListSchedulesRequest\"#\n\x15\x43\x61ncelScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x81\x02\n\x0cScheduleInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x15\n\revery_seconds\x18\x06 \x01(\x01\x12\r\n\x05until\x18\x07 \x01(\x01\x12\x10\n\x08operator\x18\x08 \x01(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x10\n\x08next_run\x18\n \x01(\x01\x12\x0c\n\x04runs\x18\x0b \x01(\r\x12\x0f\n\x07skipped\x18\x0c \x01(\r\x12\x12\n\nlast_round\x18\r \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\x0e \x01(\t\"D\n\x12ListSchedulesReply\x12.\n\tschedules\x18\x01 \x03(\x0b\x32\x1b.blindmatch.v1.ScheduleInfo2\xb5\x04\n\x12\x43oordinatorService\x12H\n\nStartRound\x12 .blindmatch.v1.StartRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12\x44\n\x08GetRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12N\n\nListRounds\x12 .blindmatch.v1.ListRoundsRequest\x1a\x1e.blindmatch.v1.ListRoundsReply\x12H\n\nWatchRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo0\x01\x12G\n\x08Schedule\x12\x1e.blindmatch.v1.ScheduleRequest\x1a\x1b.blindmatch.v1.ScheduleInfo\x12W\n\rListSchedules\x12#.blindmatch.v1.ListSchedulesRequest\x1a!.blindmatch.v1.ListSchedulesReply\x12S\n\x0e\x43\x61ncelSchedule\x12$.blindmatch.v1.CancelScheduleRequest\x1a\x1b.blindmatch.v1.ScheduleInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62lindmatch/v1/coordinator.proto\x12\rblindmatch.v1\x1a\x18\x62lindmatch/v1/node.proto\"I\n\x11StartRoundRequest\x12.\n\x0bsigned_spec\x18\x06 \x01(\x0b\x32\x19.blindmatch.v1.SignedSpecJ\x04\x08\x01\x10\x06\"\x1d\n\x0fGetRoundRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x11ListRoundsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xef\x03\n\tRoundInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x32\n\x05sizes\x18\x07 \x03(\x0b\x32#.blindmatch.v1.RoundInfo.SizesEntry\x12?\n\x0cmatch_counts\x18\x08 \x03(\x0b\x32).blindmatch.v1.RoundInfo.MatchCountsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07\x63reated\x18\n \x01(\x01\x12\x10\n\x08\x66inished\x18\x0b \x01(\x01\x12\x11\n\thops_done\x18\x0c \x01(\x04\x12\x12\n\nhops_total\x18\r \x01(\x04\x12\x10\n\x08operator\x18\x0e \x01(\t\x12\x13\n\x0b\x65poch_state\x18\x0f \x01(\t\x12*\n\x08\x64\x65graded\x18\x10 \x03(\x0b\x32\x18.blindmatch.v1.EpochLoss\x1a,\n\nSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10MatchCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"8\n\tEpochLoss\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\";\n\x0fListRoundsReply\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.blindmatch.v1.RoundInfo\"<\n\x0fScheduleRequest\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.blindmatch.v1.SignedOrder\"\x16\n\x14ListSchedulesRequest\"#\n\x15\x43\x61ncelScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x81\x02\n\x0cScheduleInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x15\n\revery_seconds\x18\x06 \x01(\x01\x12\r\n\x05until\x18\x07 \x01(\x01\x12\x10\n\x08operator\x18\x08 \x01(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x10\n\x08next_run\x18\n \x01(\x01\x12\x0c\n\x04runs\x18\x0b \x01(\r\x12\x0f\n\x07skipped\x18\x0c \x01(\r\x12\x12\n\nlast_round\x18\r \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\x0e \x01(\t\"D\n\x12ListSchedulesReply\x12.\n\tschedules\x18\x01 \x03(\x0b\x32\x1b.blindmatch.v1.ScheduleInfo2\xb5\x04\n\x12\x43oordinatorService\x12H\n\nStartRound\x12 .blindmatch.v1.StartRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12\x44\n\x08GetRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo\x12N\n\nListRounds\x12 .blindmatch.v1.ListRoundsRequest\x1a\x1e.blindmatch.v1.ListRoundsReply\x12H\n\nWatchRound\x12\x1e.blindmatch.v1.GetRoundRequest\x1a\x18.blindmatch.v1.RoundInfo0\x01\x12G\n\x08Schedule\x12\x1e.blindmatch.v1.ScheduleRequest\x1a\x1b.blindmatch.v1.ScheduleInfo\x12W\n\rListSchedules\x12#.blindmatch.v1.ListSchedulesRequest\x1a!.blindmatch.v1.ListSchedulesReply\x12S\n\x0e\x43\x61ncelSchedule\x12$.blindmatch.v1.CancelScheduleRequest\x1a\x1b.blindmatch.v1.ScheduleInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTROUNDSREQUEST']._serialized_start=182
   _globals['_LISTROUNDSREQUEST']._serialized_end=216
   _globals['_ROUNDINFO']._serialized_start=219
-  _globals['_ROUNDINFO']._serialized_end=649
-  _globals['_ROUNDINFO_SIZESENTRY']._serialized_start=553
-  _globals['_ROUNDINFO_SIZESENTRY']._serialized_end=597
-  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_start=599
-  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_end=649
-  _globals['_LISTROUNDSREPLY']._serialized_start=651
-  _globals['_LISTROUNDSREPLY']._serialized_end=710
-  _globals['_SCHEDULEREQUEST']._serialized_start=712
-  _globals['_SCHEDULEREQUEST']._serialized_end=772
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=774
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=796
-  _globals['_CANCELSCHEDULEREQUEST']._serialized_start=798
-  _globals['_CANCELSCHEDULEREQUEST']._serialized_end=833
-  _globals['_SCHEDULEINFO']._serialized_start=836
-  _globals['_SCHEDULEINFO']._serialized_end=1093
-  _globals['_LISTSCHEDULESREPLY']._serialized_start=1095
-  _globals['_LISTSCHEDULESREPLY']._serialized_end=1163
-  _globals['_COORDINATORSERVICE']._serialized_start=1166
-  _globals['_COORDINATORSERVICE']._serialized_end=1731
+  _globals['_ROUNDINFO']._serialized_end=714
+  _globals['_ROUNDINFO_SIZESENTRY']._serialized_start=618
+  _globals['_ROUNDINFO_SIZESENTRY']._serialized_end=662
+  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_start=664
+  _globals['_ROUNDINFO_MATCHCOUNTSENTRY']._serialized_end=714
+  _globals['_EPOCHLOSS']._serialized_start=716
+  _globals['_EPOCHLOSS']._serialized_end=772
+  _globals['_LISTROUNDSREPLY']._serialized_start=774
+  _globals['_LISTROUNDSREPLY']._serialized_end=833
+  _globals['_SCHEDULEREQUEST']._serialized_start=835
+  _globals['_SCHEDULEREQUEST']._serialized_end=895
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=897
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=919
+  _globals['_CANCELSCHEDULEREQUEST']._serialized_start=921
+  _globals['_CANCELSCHEDULEREQUEST']._serialized_end=956
+  _globals['_SCHEDULEINFO']._serialized_start=959
+  _globals['_SCHEDULEINFO']._serialized_end=1216
+  _globals['_LISTSCHEDULESREPLY']._serialized_start=1218
+  _globals['_LISTSCHEDULESREPLY']._serialized_end=1286
+  _globals['_COORDINATORSERVICE']._serialized_start=1289
+  _globals['_COORDINATORSERVICE']._serialized_end=1854
 # @@protoc_insertion_point(module_scope)

@@ -141,6 +141,8 @@ class RoundInfo(_message.Message):
     HOPS_DONE_FIELD_NUMBER: _builtins.int
     HOPS_TOTAL_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
+    EPOCH_STATE_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: _builtins.str
     """The round's phase: preparing | routing | delivering, then done or failed (final). The
@@ -160,6 +162,11 @@ class RoundInfo(_message.Message):
     hops_total: _builtins.int
     operator: _builtins.str
     """who started it"""
+    epoch_state: _builtins.str
+    """A watch round whose epoch is the coordinator's open one: "open", or "degraded" once a
+    participant has lost its key (a node restart ends its share; partners' checks fail).
+    Empty for any other round.
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -171,6 +178,10 @@ class RoundInfo(_message.Message):
     @_builtins.property
     def match_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """per node: matches delivered (count mode: partners' total)"""
+
+    @_builtins.property
+    def degraded(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochLoss]:
+        """with "degraded": each node that lost it, or is unreachable"""
 
     def __init__(
         self,
@@ -189,14 +200,43 @@ class RoundInfo(_message.Message):
         hops_done: _builtins.int = ...,
         hops_total: _builtins.int = ...,
         operator: _builtins.str = ...,
+        epoch_state: _builtins.str = ...,
+        degraded: _abc.Iterable[Global___EpochLoss] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "error", b"error", "finished", b"finished", "hops_done", b"hops_done", "hops_total", b"hops_total", "id", b"id", "kinds", b"kinds", "match_counts", b"match_counts", "mode", b"mode", "operator", b"operator", "participants", b"participants", "sizes", b"sizes", "state", b"state", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "degraded", b"degraded", "epoch_state", b"epoch_state", "error", b"error", "finished", b"finished", "hops_done", b"hops_done", "hops_total", b"hops_total", "id", b"id", "kinds", b"kinds", "match_counts", b"match_counts", "mode", b"mode", "operator", b"operator", "participants", b"participants", "sizes", b"sizes", "state", b"state", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundInfo: _TypeAlias = RoundInfo  # noqa: Y015
+
+@_typing.final
+class EpochLoss(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    since: _builtins.float
+    """unix seconds the coordinator first saw it"""
+    reason: _builtins.str
+    """e.g. "holds no key for the epoch (restarted?)", "unreachable: ..." """
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        since: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "reason", b"reason", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EpochLoss: _TypeAlias = EpochLoss  # noqa: Y015
 
 @_typing.final
 class ListRoundsReply(_message.Message):

@@ -224,12 +224,18 @@ class PrepareRequest(_message.Message):
     SIGNED_SPEC_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
+    REPAIR_FIELD_NUMBER: _builtins.int
     timeout_seconds: _builtins.float
     """Seconds the node keeps the round's state without hearing from the coordinator.
     0: the node's own round_timeout; else at most 86400, and the shorter wins
     """
     run: _builtins.int
     """with order: which run of the schedule (0, 1, ...)"""
+    repair: _builtins.int
+    """With a watch order: 0 for run `run` itself; j > 0 for repair j of its period, round id
+    "<schedule>-<run>r<j>", accepted within that period only and j <= MAX_REPAIRS
+    (blindmatch/core/orders.py, docs/WATCH.md "Repairs").
+    """
     @_builtins.property
     def signed_spec(self) -> Global___SignedSpec:
         """Exactly one of: a single round's signed spec, or a standing order and the run asked for."""
@@ -243,10 +249,11 @@ class PrepareRequest(_message.Message):
         signed_spec: Global___SignedSpec | None = ...,
         order: Global___SignedOrder | None = ...,
         run: _builtins.int = ...,
+        repair: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "signed_spec", b"signed_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "run", b"run", "signed_spec", b"signed_spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "repair", b"repair", "run", b"run", "signed_spec", b"signed_spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

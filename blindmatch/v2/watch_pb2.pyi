@@ -327,3 +327,50 @@ class CloseEpochReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloseEpochReply: _TypeAlias = CloseEpochReply  # noqa: Y015
+
+@_typing.final
+class EpochStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_ID_FIELD_NUMBER: _builtins.int
+    epoch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        epoch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch_id", b"epoch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EpochStateRequest: _TypeAlias = EpochStateRequest  # noqa: Y015
+
+@_typing.final
+class EpochStateReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_FIELD_NUMBER: _builtins.int
+    ENDS_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    held: _builtins.bool
+    """this node holds epoch_id's share and tags now"""
+    ends: _builtins.float
+    """when it ends them, unix seconds by the node's clock (0: not held)"""
+    current: _builtins.str
+    """the epoch it holds, if another one (empty: none)"""
+    def __init__(
+        self,
+        *,
+        held: _builtins.bool = ...,
+        ends: _builtins.float = ...,
+        current: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "ends", b"ends", "held", b"held"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EpochStateReply: _TypeAlias = EpochStateReply  # noqa: Y015

@@ -54,6 +54,11 @@ class NodeWatchServiceStub:
                 request_serializer=blindmatch_dot_v2_dot_watch__pb2.CloseEpochRequest.SerializeToString,
                 response_deserializer=blindmatch_dot_v2_dot_watch__pb2.CloseEpochReply.FromString,
                 _registered_method=True)
+        self.EpochState = channel.unary_unary(
+                '/blindmatch.v2.NodeWatchService/EpochState',
+                request_serializer=blindmatch_dot_v2_dot_watch__pb2.EpochStateRequest.SerializeToString,
+                response_deserializer=blindmatch_dot_v2_dot_watch__pb2.EpochStateReply.FromString,
+                _registered_method=True)
 
 
 class NodeWatchServiceServicer:
@@ -87,6 +92,14 @@ class NodeWatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EpochState(self, request, context):
+        """From the coordinator: whether this node holds its share and tags of an epoch (a node
+        restart ends them), so the coordinator shows a degraded epoch and can repair it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeWatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_NodeWatchServiceServicer_to_server(servicer, server):
                     servicer.CloseEpoch,
                     request_deserializer=blindmatch_dot_v2_dot_watch__pb2.CloseEpochRequest.FromString,
                     response_serializer=blindmatch_dot_v2_dot_watch__pb2.CloseEpochReply.SerializeToString,
+            ),
+            'EpochState': grpc.unary_unary_rpc_method_handler(
+                    servicer.EpochState,
+                    request_deserializer=blindmatch_dot_v2_dot_watch__pb2.EpochStateRequest.FromString,
+                    response_serializer=blindmatch_dot_v2_dot_watch__pb2.EpochStateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class NodeWatchService:
             '/blindmatch.v2.NodeWatchService/CloseEpoch',
             blindmatch_dot_v2_dot_watch__pb2.CloseEpochRequest.SerializeToString,
             blindmatch_dot_v2_dot_watch__pb2.CloseEpochReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EpochState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindmatch.v2.NodeWatchService/EpochState',
+            blindmatch_dot_v2_dot_watch__pb2.EpochStateRequest.SerializeToString,
+            blindmatch_dot_v2_dot_watch__pb2.EpochStateReply.FromString,
             options,
             channel_credentials,
             insecure,

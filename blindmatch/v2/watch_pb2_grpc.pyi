@@ -43,6 +43,10 @@ class NodeWatchServiceStub:
     Alert: _grpc.UnaryUnaryMultiCallable[_watch_pb2.SealedMessages, _watch_pb2.AlertReply]
     """From the coordinator: a partner's sealed messages for this node, alerts or dummies."""
     CloseEpoch: _grpc.UnaryUnaryMultiCallable[_watch_pb2.CloseEpochRequest, _watch_pb2.CloseEpochReply]
+    EpochState: _grpc.UnaryUnaryMultiCallable[_watch_pb2.EpochStateRequest, _watch_pb2.EpochStateReply]
+    """From the coordinator: whether this node holds its share and tags of an epoch (a node
+    restart ends them), so the coordinator shows a degraded epoch and can repair it.
+    """
 
 @_typing.type_check_only
 class NodeWatchServiceAsyncStub(NodeWatchServiceStub):
@@ -56,6 +60,10 @@ class NodeWatchServiceAsyncStub(NodeWatchServiceStub):
     Alert: _aio.UnaryUnaryMultiCallable[_watch_pb2.SealedMessages, _watch_pb2.AlertReply]  # type: ignore[assignment]
     """From the coordinator: a partner's sealed messages for this node, alerts or dummies."""
     CloseEpoch: _aio.UnaryUnaryMultiCallable[_watch_pb2.CloseEpochRequest, _watch_pb2.CloseEpochReply]  # type: ignore[assignment]
+    EpochState: _aio.UnaryUnaryMultiCallable[_watch_pb2.EpochStateRequest, _watch_pb2.EpochStateReply]  # type: ignore[assignment]
+    """From the coordinator: whether this node holds its share and tags of an epoch (a node
+    restart ends them), so the coordinator shows a degraded epoch and can repair it.
+    """
 
 class NodeWatchServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,6 +98,16 @@ class NodeWatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _watch_pb2.CloseEpochRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_watch_pb2.CloseEpochReply, _abc.Awaitable[_watch_pb2.CloseEpochReply]]: ...
+
+    @_abc_1.abstractmethod
+    def EpochState(
+        self,
+        request: _watch_pb2.EpochStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_watch_pb2.EpochStateReply, _abc.Awaitable[_watch_pb2.EpochStateReply]]:
+        """From the coordinator: whether this node holds its share and tags of an epoch (a node
+        restart ends them), so the coordinator shows a degraded epoch and can repair it.
+        """
 
 def add_NodeWatchServiceServicer_to_server(servicer: NodeWatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

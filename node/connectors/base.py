@@ -5,10 +5,13 @@ Rules:
   parser made of it (node.importers: Record / Skipped / Invalid) and the cursor to resume from
   once that page is stored; node.connectors.sync stores a page and its cursor together.
 - A sink never touches the store either: ``push(node, matches)`` sends what it is given and
-  returns only when the remote side accepted it; node.connectors.push marks them pushed after.
-- Secrets never sit in node.toml: ``password_env`` (``key_env``) names an environment variable,
-  or ``password_file`` (``key_file``) a file no one but its owner may read (a wider file is
-  refused, as ssh does).
+  returns a ``Delivery`` naming the matches the remote side confirmed, object by object;
+  node.connectors.push marks those pushed, and only those.
+- Secrets never sit in node.toml: ``password_env`` (``key_env``, ``token_env``) names an
+  environment variable, or ``password_file`` (``key_file``) a file no one but its owner may read
+  (a wider file is refused, as ssh does).
+- Every HTTP call a connector makes has a timeout (``timeout``, default 60 s): a server that
+  stops answering fails the call instead of holding ``node serve``'s connector thread for ever.
 - ``ConnectorError`` means the operation failed (server unreachable, wrong password, refused):
   the CLI exits 1. A wrong setting is a ``ConfigError`` (exit 2).
 """
@@ -31,7 +34,23 @@ from node.store import OutgoingMatch
 
 
 class ConnectorError(Exception):
-    """A source or sink could not do what was asked; the message names it and says why."""
+    """A source or sink could not do what was asked; the message names it and says why.
+
+    ``done`` is what the operation completed before it failed (a SyncResult, a PushResult), so
+    the operator hears what was stored or pushed, not a zero."""
+
+    def __init__(self, message: str, done: object = None) -> None:
+        super().__init__(message)
+        self.done = done
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a sink confirmed of one ``push``: only these matches may be marked pushed."""
+
+    confirmed: list[OutgoingMatch]  # every object a sighting of each needs was confirmed
+    objects: int  # objects the sink confirmed
+    problems: list[str]  # why the others were not (one line per refused or pending object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +75,11 @@ class Source(Protocol):
 class Sink(Protocol):
     config: ConnectorConfig
 
-    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> int:
-        """Send sightings of ``matches`` from ``node``; how many objects the remote side took.
+    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> Delivery:
+        """Send sightings of ``matches`` from ``node``; which of them the remote side confirmed.
 
         Partners are named only where the match names them (the round's mode delivered names).
+        Raises ConnectorError only when nothing can be known (unreachable, refused credentials).
         """
         ...
 
@@ -99,6 +119,19 @@ def read_secret(config: ConnectorConfig) -> str | None:
         if path is not None:
             return _secret_file(config.name, file_key, path)
     return None
+
+
+def read_token(config: ConnectorConfig) -> str | None:
+    """The bearer token ``token_env`` names, or None when it names none."""
+    if not config.token_env:
+        return None
+    token = os.environ.get(config.token_env)
+    if not token:
+        raise ConfigError(
+            f"connector {config.name}: environment variable {config.token_env} (token_env)"
+            " is not set"
+        )
+    return token
 
 
 def _secret_file(name: str, key: str, path: Path) -> str:

@@ -15,6 +15,8 @@ Rules (MISP automation API: /attributes/restSearch, /sightings/add):
   configuration error, not a silent no-op.
 - A push adds one sighting (type 0, source "blindmatch", at the round's end) on every MISP
   attribute a match was imported from; a match from nowhere in MISP is skipped (``can_sight``).
+  A match is confirmed once MISP answered each of its sightings without an error; the first
+  error answer ends the batch, and that match and those after it stay unmarked.
   Each sighting carries a uuid derived from (node, round, attribute), so a MISP that already holds
   it (a push interrupted before it was recorded) keeps one. An attribute deleted since (404)
   takes no sighting and does not stop the others.
@@ -37,7 +39,7 @@ from pymisp import PyMISP, PyMISPError
 
 from blindmatch.cli.tomlconfig import ConfigError
 from node.config import ConnectorConfig
-from node.connectors.base import ConnectorError, Page, read_secret
+from node.connectors.base import ConnectorError, Delivery, Page, read_secret
 from node.importers import Event, Record, Skipped
 from node.importers.common import clip
 from node.importers.misp import parse_misp_attributes
@@ -70,7 +72,7 @@ class _Misp:
             c = self.config
             ssl: bool | str = str(c.ca_file) if c.ca_file else c.verify
             try:
-                self._client = PyMISP(c.url, self.key, ssl=ssl, timeout=60)
+                self._client = PyMISP(c.url, self.key, ssl=ssl, timeout=c.timeout)
             except PyMISPError as exc:
                 raise self._error("connecting to", exc) from None
         return self._client
@@ -157,24 +159,37 @@ class MispSink:
     def can_sight(self, match: OutgoingMatch) -> bool:
         return bool(match.misp_uuids)
 
-    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> int:
+    def push(self, node: str, matches: Sequence[OutgoingMatch]) -> Delivery:
         client = self._remote.client()
         added = 0
+        confirmed: list[OutgoingMatch] = []
         for m in matches:
-            for attribute in m.misp_uuids:
-                sighting: dict[str, Any] = {
-                    "uuid": str(uuid.uuid5(_SIGHTING_NS, f"{node}|{m.round_id}|{attribute}")),
-                    "type": "0",
-                    "source": SIGHTING_SOURCE,
-                }
-                if m.finished:
-                    when = time.strptime(m.finished, "%Y-%m-%dT%H:%M:%SZ")
-                    sighting["timestamp"] = str(calendar.timegm(when))
-                got = self._remote.answer(
-                    f"adding a sighting on attribute {attribute} at",
-                    lambda s=sighting, a=attribute: _allow_gone(client.add_sighting(s, a)),  # type: ignore[misc]
-                )
-                added += got is not None
+            try:
+                added += self._sight(client, node, m)
+            except ConnectorError as exc:
+                # MISP answered with an error (or stopped answering): this match and the ones
+                # after it stay unmarked; those it confirmed before are delivered.
+                return Delivery(confirmed, added, [str(exc)])
+            confirmed.append(m)
+        return Delivery(confirmed, added, [])
+
+    def _sight(self, client: PyMISP, node: str, m: OutgoingMatch) -> int:
+        """Add a sighting on each of ``m``'s attributes; how many MISP confirmed it took."""
+        added = 0
+        for attribute in m.misp_uuids:
+            sighting: dict[str, Any] = {
+                "uuid": str(uuid.uuid5(_SIGHTING_NS, f"{node}|{m.round_id}|{attribute}")),
+                "type": "0",
+                "source": SIGHTING_SOURCE,
+            }
+            if m.finished:
+                when = time.strptime(m.finished, "%Y-%m-%dT%H:%M:%SZ")
+                sighting["timestamp"] = str(calendar.timegm(when))
+            got = self._remote.answer(
+                f"adding a sighting on attribute {attribute} at",
+                lambda s=sighting, a=attribute: _allow_gone(client.add_sighting(s, a)),  # type: ignore[misc]
+            )
+            added += got is not None
         return added
 
 

@@ -32,7 +32,6 @@ from node.importers.misp import parse_misp
 
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 _CURSOR: Final = re.compile(rf"(\d+):({_UUID.pattern})", re.I)
-TIMEOUT: Final = 60.0
 
 
 class MispFeedSource:
@@ -80,7 +79,7 @@ class MispFeedSource:
         """The file's bytes, or None when the server says it has none (404)."""
         c, url = self.config, self.base + name
         try:
-            response = self.session.get(url, timeout=TIMEOUT)
+            response = self.session.get(url, timeout=c.timeout)
         except requests.ConnectionError as exc:
             text = str(exc)
             why = "connection refused" if "refused" in text.lower() else shorten(text, 200)

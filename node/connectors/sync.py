@@ -6,7 +6,8 @@ Rules:
   the node's ``import.default_tlp``), invalid objects named by id, nothing lost on a bad object.
 - One page is one store transaction and one import audit entry, and the source's cursor is saved
   in that transaction: a pull that fails midway keeps the pages it stored, and the next pull
-  resumes after the last of them.
+  resumes after the last of them. Its ConnectorError carries (``done``) the SyncResult of
+  those pages, so a pull the server cut off reports what it stored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from blindmatch.core.oprf import hash_indicators
 from node.config import ConnectorConfig
-from node.connectors.base import Source, open_source
+from node.connectors.base import ConnectorError, Source, open_source
 from node.importing import ImportReport, import_events
 from node.store import Store
 from node.store.sightings import Hasher
@@ -60,21 +61,27 @@ def sync_source(
     result = SyncResult(config.name, cursor=store.cursor(config.name))
     remote = source or open_source(config)
     report = result.report
-    for page in remote.pull(result.cursor):
-        result.fetched += page.fetched
-        import_events(
-            store,
-            page.name,
-            lambda page=page: (page.fmt, page.events),  # type: ignore[misc]
-            fmt=page.fmt,
-            default_tlp=config.tlp or default_tlp,
-            source=config.name,
-            report=report,
-            progress=progress,
-            cursor=None if page.cursor is None else (config.name, page.cursor),
-            hasher=hasher,
-        )
-        if page.cursor is not None:
-            result.cursor = page.cursor
-        result.added, result.known, result.invalid = report.new, report.known, report.invalid_count
+    try:
+        for page in remote.pull(result.cursor):
+            import_events(
+                store,
+                page.name,
+                lambda page=page: (page.fmt, page.events),  # type: ignore[misc]
+                fmt=page.fmt,
+                default_tlp=config.tlp or default_tlp,
+                source=config.name,
+                report=report,
+                progress=progress,
+                cursor=None if page.cursor is None else (config.name, page.cursor),
+                hasher=hasher,
+            )
+            # Counted once stored: a page whose transfer or transaction failed is not.
+            result.fetched += page.fetched
+            if page.cursor is not None:
+                result.cursor = page.cursor
+            result.added, result.known = report.new, report.known
+            result.invalid = report.invalid_count
+    except ConnectorError as exc:
+        # What the pages before the failure stored stays stored: say so, not "fetched 0".
+        raise ConnectorError(str(exc), done=result) from None
     return result

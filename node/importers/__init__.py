@@ -7,7 +7,9 @@ node.importing does both.
 Detection: a directory with manifest.json is a MISP feed. A file whose first non-blank character
 is `{` or `[` is JSON, and its shape decides between STIX (a bundle, or objects with STIX ids) and
 MISP (Event, response, Attribute or Object keys). Any other file is CSV if its first line that is
-not blank or a `#` comment is a header naming `kind` and `value`, and a plain list otherwise.
+not blank or a `#` comment is a header naming `value`, refused if that line is a row of column
+names without `value` (a CSV file with no usable column), and a plain list otherwise. A file
+that is not text (node.importers.text.check_text_head) is refused, whatever the format.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from node.importers.common import (
 )
 from node.importers.misp import is_misp_document, parse_misp, parse_misp_feed
 from node.importers.stix import parse_stix
-from node.importers.text import looks_like_csv, parse_csv, parse_text
+from node.importers.text import check_text_head, looks_like_csv, parse_csv, parse_text
 
 __all__ = [
     "FORMATS",
@@ -99,6 +101,7 @@ def _detect(path: Path) -> tuple[str, object]:
             head = handle.read(_SNIFF_BYTES)
     except OSError as exc:
         raise ImportFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    check_text_head(path, head)
     if head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"["):
         document = load_json(path)
         if is_misp_document(document):

@@ -6,10 +6,15 @@ A URL is the exception (issue 10, req 9): raw bytes in a URL are what the Safe B
 percent-escape, so such a row imports as its canonical, percent-escaped form, valid UTF-8 the
 store can hold, exactly as `blindmatch canonicalize url` treats the same bytes from argv.
 A leading byte-order mark and CRLF line ends are accepted.
+
+A file that is not text at all is refused whole, naming the file (issue 19): a NUL byte in its
+first block (binary data, or UTF-16), or so many bytes that are not UTF-8 or are control
+characters that it cannot be a list someone wrote. One stray byte still spoils only its line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 from collections.abc import Iterator
@@ -35,13 +40,43 @@ _TAG_SEPARATORS = re.compile(r"[;|]")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
+HEAD_BYTES = 4096
+# More than this share of the first block undecodable or control bytes: not a text file. Random
+# bytes are far above it (about 40%, and a NUL is all but certain in 4 KiB); a short list whose
+# URLs carry raw Latin-1 bytes (tests/test_hostile_text.py: 3 of 31 bytes) is below it.
+_MAX_BINARY_SHARE = 0.25
+_CONTROL_BYTES = frozenset(range(0x20)) - frozenset(b"\t\n\r\f\v")
+
+
 @contextmanager
 def _open_text(path: Path) -> Iterator[TextIO]:
     try:
+        with path.open("rb") as raw:
+            check_text_head(path, raw.read(HEAD_BYTES))
         with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             yield handle
     except OSError as exc:
         raise ImportFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
+
+
+def check_text_head(path: Path, head: bytes) -> None:
+    """Raise ImportFileError "not a text file" if ``head``, a file's first block, is not text."""
+    if b"\x00" in head:
+        offset = head.index(b"\x00")
+        raise ImportFileError(
+            path,
+            f"not a text file (a NUL byte at offset {offset}: binary data, or UTF-16; "
+            "a list or CSV file must be UTF-8)",
+        )
+    # Incremental, so a character cut at the end of the block is not counted as bad.
+    decoded = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode(head, final=False)
+    bad = len(_UNDECODABLE.findall(decoded)) + sum(1 for b in head if b in _CONTROL_BYTES)
+    if head and bad > _MAX_BINARY_SHARE * len(head):
+        raise ImportFileError(
+            path,
+            f"not a text file ({bad} of its first {len(head)} bytes are not UTF-8 text); "
+            "a list or CSV file must be UTF-8",
+        )
 
 
 def _undecodable(text: str) -> str | None:
@@ -74,8 +109,15 @@ def _header_key(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
+_COLUMN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_ -]*")
+
+
 def looks_like_csv(path: Path) -> bool:
-    """Whether the first line that is not blank or a comment is a header naming kind and value."""
+    """Whether the first line that is not blank or a comment is a CSV header naming ``value``.
+
+    A header without one (``indicator,type``, or ``kind;value`` with another separator) raises
+    ImportFileError: read as a list, each of its rows would be refused or, worse, misread.
+    """
     with _open_text(path) as handle:
         for line in handle:
             if _is_comment_or_blank(line):
@@ -85,8 +127,29 @@ def looks_like_csv(path: Path) -> bool:
             except csv.Error:
                 return False
             keys = {_header_key(name) for name in header}
-            return {"kind", "value"} <= keys
+            if "value" in keys:
+                return True
+            _refuse_unusable_header(path, line)
+            return False
     return False
+
+
+def _refuse_unusable_header(path: Path, line: str) -> None:
+    """Raise if ``line`` is a row of two or more column names: a CSV header this cannot use."""
+    for separator in (",", ";", "\t", "|"):
+        names = [name.strip() for name in line.strip().split(separator)]
+        if len(names) < 2 or not all(_COLUMN_NAME_RE.fullmatch(name) for name in names):
+            continue
+        found = ", ".join(shorten(name, 30) for name in names[:10])
+        if separator != "," and "value" in {_header_key(name) for name in names}:
+            problem = f"separates its columns with {separator!r}; blindmatch reads CSV with ','"
+        else:
+            problem = f"has no 'value' column (found {found})"
+        raise ImportFileError(
+            path,
+            f"looks like CSV, but its header {problem}; name the columns "
+            f"{', '.join(CSV_COLUMNS)} (value at least), or pass --format text for a list",
+        )
 
 
 def parse_text(path: Path) -> Iterator[Event]:

@@ -1,4 +1,5 @@
-"""The audit log: every import, and every round this node took part in and how it ended.
+"""The audit log: every import, every ``node forget``, and every round this node took part in
+and how it ended.
 
 Rules:
 - A round's record says who asked, with whom, what was blinded for whom and how it ended. It
@@ -53,7 +54,18 @@ class RoundAudit:
         return self.started
 
 
-AuditEntry: TypeAlias = ImportAudit | RoundAudit
+@dataclass(frozen=True, slots=True)
+class ForgetAudit:
+    """One ``node forget`` (node.store.sightings.SightingsTable.forget): who, what, how many."""
+
+    forget_id: int
+    time: str
+    who: str
+    how: str  # what was asked, as the command line said it
+    summary: dict[str, Any]  # node.store.sightings.ForgetResult as JSON
+
+
+AuditEntry: TypeAlias = ImportAudit | RoundAudit | ForgetAudit
 
 
 class AuditLog(Database):
@@ -174,6 +186,31 @@ class AuditLog(Database):
             row = conn.execute("SELECT 1 FROM rounds WHERE round_id = ?", (round_id,)).fetchone()
         return row is not None
 
+    def round_ids(self) -> list[str]:
+        """Every round recorded: what a round id an operator typed (or a prefix) may name."""
+        with self._reading() as conn:
+            return [rid for (rid,) in conn.execute("SELECT round_id FROM rounds")]
+
+    def watch_round_ids(self) -> set[str]:
+        """The rounds that opened a watch epoch here (an epoch's id is its round's): the node
+        records a watch round's mode as the pairwise round it runs as."""
+        with self._reading() as conn:
+            return {
+                rid
+                for (rid,) in conn.execute(
+                    "SELECT round_id FROM rounds JOIN epochs ON epochs.epoch_id = rounds.round_id"
+                )
+            }
+
+    def rounds_for_kind(self, kind: str, since: str) -> list[RoundAudit]:
+        """The rounds done here since ``since`` (a stored time) that asked for ``kind``: those a
+        value of that kind stored then could have entered, newest first (``node explain``)."""
+        return [
+            r
+            for r in self.rounds()
+            if r.outcome == "done" and r.started >= since and kind in r.kinds
+        ]
+
     def rounds(self) -> list[RoundAudit]:
         with self._reading() as conn:
             return _rounds(conn, limit=None)
@@ -186,11 +223,20 @@ class AuditLog(Database):
                 " ORDER BY imported_at DESC, id DESC LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
+            forgotten = conn.execute(
+                "SELECT id, time, who, how, summary FROM forgets ORDER BY time DESC, id DESC"
+                " LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
         imports = [
             ImportAudit(import_id=i, time=t, source=src, path=p, fmt=f, summary=json.loads(summary))
             for i, t, src, p, f, summary in rows
         ]
-        entries: list[AuditEntry] = [*rounds, *imports]
+        forgets = [
+            ForgetAudit(forget_id=i, time=t, who=who, how=how, summary=json.loads(summary))
+            for i, t, who, how, summary in forgotten
+        ]
+        entries: list[AuditEntry] = [*rounds, *imports, *forgets]
         # Stable sort: within each list the order is already newest first.
         entries.sort(key=lambda entry: entry.time, reverse=True)
         return entries if limit is None else entries[:limit]

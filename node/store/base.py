@@ -24,6 +24,8 @@ from node.store.sightings import (
     HASH_CHUNK,
     AddResult,
     EligibleRow,
+    Forget,
+    ForgetResult,
     Hasher,
     Sighting,
     Stats,
@@ -100,9 +102,23 @@ class NodeStore(ABC):
         store's lock; ``progress`` gets the running count. Returns how many were computed."""
 
     @abstractmethod
+    def set_max_age(self, seconds: float | None) -> None:
+        """Expire indicators not imported or pulled within ``seconds`` (None: never): they stay
+        stored, but ``eligible`` and ``eligible_ids`` leave them out and ``stats`` counts them.
+        node.toml's ``[policy] max_age``; an import or pull of a stored value renews it."""
+
+    @abstractmethod
+    def forget(self, what: Forget, *, who: str, how: str, dry_run: bool = False) -> ForgetResult:
+        """Delete the indicators ``what`` selects and everything derived from them (matches,
+        pushes, source ids, alerts, the stored hash), in one transaction, and audit it (``who``
+        ran it, ``how``: what was asked). A source's indicators that another source also
+        reported stay, without that source. ``dry_run``: count the same, delete nothing."""
+
+    @abstractmethod
     def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[EligibleRow]:
         """(sighting_id, kind, value, hash) of every indicator of one of ``kinds`` at one of
-        ``tlps``; hash is the stored H(v), or None when it is missing or stale.
+        ``tlps`` and not expired (``set_max_age``); hash is the stored H(v), or None when it is
+        missing or stale.
 
         One consistent snapshot, ordered by sighting_id.
         """
@@ -115,8 +131,8 @@ class NodeStore(ABC):
     @abstractmethod
     def rows_by_id(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> list[EligibleRow]:
         """The ``eligible`` row of each id, in the order given, whatever its TLP now (a round's
-        set is fixed when it is prepared). A missing id is a StoreError: sightings are never
-        deleted."""
+        set is fixed when it is prepared). A missing id is a StoreError: only ``forget``
+        deletes sightings, so a value forgotten during a round ends that round."""
 
     @abstractmethod
     def stats(self) -> Stats:
@@ -172,7 +188,7 @@ class NodeStore(ABC):
 
     @abstractmethod
     def audit(self, limit: int | None = None) -> list[AuditEntry]:
-        """Imports and rounds, newest first (rounds by their start time)."""
+        """Imports, forgets and rounds, newest first (rounds by their start time)."""
 
     # --- round results (node/store/matches.py)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from node.store.db import Database, write_many
 from node.store.matches import MatchRow
 from node.store.schema import utc_now
+from node.store.tlp import TLP_LEVELS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +32,7 @@ class OutgoingMatch(MatchRow):
     sighting_id: int
     stix_ids: list[str]  # the source indicators it was imported from, sorted
     misp_uuids: list[str] = field(default_factory=list)  # the MISP attributes, sorted
+    tlp: str = "amber"  # the value's TLP 2.0 level, which its sightings are marked with
 
 
 def save_cursor(conn: sqlite3.Connection, source: str, cursor: str) -> None:
@@ -94,7 +96,7 @@ class ConnectorTable(Database):
             rows = conn.execute(
                 f"""
                 SELECT m.round_id, s.id, s.kind, s.value, m.partners, m.count, r.finished,
-                       r.threshold, {_refs_of("stix")}, {_refs_of("misp")}
+                       r.threshold, {_refs_of("stix")}, {_refs_of("misp")}, s.tlp
                 FROM matches m
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
@@ -118,8 +120,9 @@ class ConnectorTable(Database):
                 sighting_id=sid,
                 stix_ids=json.loads(stix),
                 misp_uuids=json.loads(misp),
+                tlp=TLP_LEVELS[tlp],
             )
-            for r, sid, k, v, p, c, f, t, stix, misp in rows
+            for r, sid, k, v, p, c, f, t, stix, misp, tlp in rows
         ]
 
     def mark_pushed(self, sink: str, matches: Iterable[tuple[str, int]]) -> int:

@@ -27,8 +27,13 @@ class MatchRow:
 
     @property
     def nations(self) -> str:
-        """How many hold a threshold match: the count if the round asked for it, else ">= t"."""
-        return f"{self.count} nations" if self.count is not None else f">= {self.threshold} nations"
+        """How many hold a threshold match, as much as the round told: the exact count when it
+        asked for counts, else at least its threshold."""
+        if self.count is not None:
+            return f"held by {self.count} nations"
+        # Every threshold round has t >= 2 (RoundSpec refuses less), so 2 is a true lower bound
+        # for a row whose threshold was never recorded.
+        return f"held by at least {self.threshold or 2} nations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +101,29 @@ class MatchTable(Database):
             )
 
     def matches(self, round_id: str | None = None) -> list[MatchRow]:
+        return self._matches("?1 IS NULL OR m.round_id = ?1", (round_id,), "s.kind, s.value")
+
+    def matches_of(self, sighting_id: int, limit: int) -> list[MatchRow]:
+        """The last ``limit`` rounds that found this sighting, newest first (``node explain``)."""
+        return self._matches("m.sighting_id = ?1", (sighting_id,), "m.rowid", limit)
+
+    def _matches(
+        self, where: str, params: tuple[object, ...], then: str, limit: int = -1
+    ) -> list[MatchRow]:
+        """Match rows, each with its value and its round's end and threshold, newest round first
+        (``where``, ``then`` are fixed SQL from the two callers above, never user input)."""
         with self._reading() as conn:
             rows = conn.execute(
-                """
+                f"""
                 SELECT m.round_id, s.kind, s.value, m.partners, m.count, r.finished, r.threshold
                 FROM matches m
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
-                WHERE ?1 IS NULL OR m.round_id = ?1
-                ORDER BY r.started DESC, r.rowid DESC, s.kind, s.value
+                WHERE {where}
+                ORDER BY r.started DESC, r.rowid DESC, {then}
+                LIMIT {int(limit)}
                 """,
-                (round_id,),
+                params,
             ).fetchall()
         return [
             MatchRow(

@@ -209,6 +209,29 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE sightings DROP COLUMN hash",
         "ALTER TABLE sightings ADD COLUMN hash BLOB CHECK (hash IS NULL OR length(hash) = 65)",
     ),
+    # 8 -> 9: junk can be taken out (issue 19). ``seen_at``: when this node last imported or
+    # pulled the indicator (``last_seen`` is what the feed claims), for ``[policy] max_age``.
+    # An existing row gets the last import of any of its sources: it cannot have been seen after
+    # that, and no earlier time is known, so nothing expires sooner than it should on upgrade.
+    # ``forgets``: the audit of ``node forget``.
+    (
+        "ALTER TABLE sightings ADD COLUMN seen_at TEXT NOT NULL DEFAULT ''",
+        """
+        UPDATE sightings SET seen_at = coalesce(
+            (SELECT max(i.imported_at) FROM imports i
+             WHERE i.source IN (SELECT value FROM json_each(sightings.sources))),
+            last_seen)
+        """,
+        """
+        CREATE TABLE forgets (
+            id        INTEGER PRIMARY KEY,
+            time      TEXT NOT NULL,
+            who       TEXT NOT NULL,  -- the user who ran it
+            how       TEXT NOT NULL,  -- what was asked: values, a source, a file or a date
+            summary   TEXT NOT NULL   -- JSON object: counts of what was deleted
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -279,6 +302,11 @@ _CANONICAL_TIME: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_text(unix: float) -> str:
+    """Unix seconds as the store's time text."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def normalize_time(value: str | datetime, what: str) -> str:

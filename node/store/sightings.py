@@ -12,6 +12,12 @@ Rules:
   checks read it and only blind. A row whose hash is missing (a store from before schema 7, or
   schema 8 dropped v1's hashes) or of another version is stale: ``fill_hashes`` recomputes those,
   and readers treat a stale hash as absent (None).
+- Seen again (issue 19): every import or pull of an indicator sets its ``seen_at`` to now. With a
+  ``max_age`` (node.toml ``[policy] max_age``, given to the store by ``set_max_age``), an
+  indicator not seen within it has expired: it stays stored, but ``eligible``/``eligible_ids``
+  (every round's and so every watch epoch's set) leave it out, and ``stats`` counts it.
+- Taken out: ``forget`` deletes indicators with everything derived from them (their matches,
+  pushes, source ids and alerts, and the stored hash with the row), and audits it.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import collections
 import itertools
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Final
 
 import numpy as np
@@ -32,7 +39,7 @@ from blindmatch.core.oprf import HASH_VERSION, hash_indicators
 from blindmatch.core.states import Outcome
 from node.store.connectors import save_cursor, save_source_refs
 from node.store.db import Database
-from node.store.schema import StoreError, normalize_time, utc_now
+from node.store.schema import StoreError, normalize_time, utc_now, utc_text
 from node.store.tlp import TLP_LEVELS, tlp_rank
 
 HASH_CHUNK: Final = 20_000  # rows hashed per step, at import and when filling stale hashes
@@ -86,6 +93,36 @@ class StoredSighting:
     tlp: str
     sources: list[str]
     tags: list[str]
+    seen_at: str = ""  # when this node last imported or pulled it ([policy] max_age)
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """What ``node forget`` takes out: indicators by value, by source, not seen since a time.
+
+    A source's indicators that another source also reported stay, without that source.
+    """
+
+    values: tuple[tuple[str, str], ...] = ()  # (kind, canonical value)
+    source: str | None = None
+    before: str | None = None  # ISO 8601 UTC: indicators not imported or pulled since
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What ``forget`` deleted (or, dry, would delete)."""
+
+    deleted: dict[str, int]  # kind -> indicators deleted
+    kept_without_source: int  # the source's indicators another source also reported
+    not_found: int  # values asked for that the store does not hold
+    matches: int
+    pushed: int
+    source_refs: int
+    alerts: int
+
+    @property
+    def indicators(self) -> int:
+        return sum(self.deleted.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +135,8 @@ class Stats:
     rounds_recorded: int
     rounds_joined: int  # rounds that ended 'done'
     last_import: str | None
+    expired: int = 0  # stored, but not seen within max_age: in no round
+    max_age: float | None = None  # seconds ([policy] max_age); None = nothing expires
 
 
 # --- the sightings table --------------------------------------------------------------------------
@@ -115,9 +154,11 @@ def _json_union(old: str, new: str) -> str:
 
 _UPSERT_SIGHTING: Final = f"""
     INSERT INTO sightings
-        (kind, value, raw_first, raw_last, first_seen, last_seen, count, tlp, sources, tags)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        (kind, value, raw_first, raw_last, first_seen, last_seen, count, tlp, sources, tags,
+         seen_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (kind, value) DO UPDATE SET
+        seen_at = excluded.seen_at,
         raw_last = excluded.raw_last,
         first_seen = min(sightings.first_seen, excluded.first_seen),
         last_seen = max(sightings.last_seen, excluded.last_seen),
@@ -130,6 +171,19 @@ _UPSERT_SIGHTING: Final = f"""
 
 class SightingsTable(Database):
     """Storing, finding and selecting sightings; the store's summary counts."""
+
+    max_age: float | None = None  # seconds; set_max_age
+
+    def set_max_age(self, seconds: float | None) -> None:
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"max_age must be more than 0 seconds, got {seconds}")
+        self.max_age = seconds
+
+    def _seen_since(self) -> str | None:
+        """The oldest seen_at still in rounds, or None when nothing expires."""
+        if self.max_age is None:
+            return None
+        return utc_text(time.time() - self.max_age)
 
     def add_sightings(
         self,
@@ -148,7 +202,7 @@ class SightingsTable(Database):
         seen = 0
         refs: list[tuple[str, str, str, str]] = []  # (scheme, ref, kind, value), after the upsert
 
-        def rows() -> Iterator[tuple[str, str, str, str, str, str, int, int, str, str]]:
+        def rows() -> Iterator[tuple[str, str, str, str, str, str, int, int, str, str, str]]:
             nonlocal seen
             rank_of: dict[str, int] = {}  # the same few TLP spellings recur; normalise each once
             for index, s in enumerate(sightings):
@@ -191,6 +245,7 @@ class SightingsTable(Database):
                     rank,
                     sources_json,
                     tags,
+                    now,
                 )
 
         with self._transaction() as conn:
@@ -210,14 +265,24 @@ class SightingsTable(Database):
         with self._reading() as conn:
             row = conn.execute(
                 "SELECT id, kind, value, raw_first, raw_last, first_seen, last_seen, count, tlp,"
-                " sources, tags FROM sightings WHERE kind = ? AND value = ?",
+                " sources, tags, seen_at FROM sightings WHERE kind = ? AND value = ?",
                 (kind, value),
             ).fetchone()
         if row is None:
             return None
-        sid, kind, value, raw_first, raw_last, first_seen, last_seen, count, tlp, sources, tags = (
-            row
-        )
+        (
+            sid,
+            kind,
+            value,
+            raw_first,
+            raw_last,
+            first_seen,
+            last_seen,
+            count,
+            tlp,
+            sources,
+            tags,
+        ) = row[:11]
         return StoredSighting(
             sighting_id=sid,
             kind=kind,
@@ -230,6 +295,7 @@ class SightingsTable(Database):
             tlp=TLP_LEVELS[tlp],
             sources=json.loads(sources),
             tags=json.loads(tags),
+            seen_at=row[11],
         )
 
     def stored_hashes(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
@@ -280,14 +346,14 @@ class SightingsTable(Database):
                 progress(done)
 
     def eligible(self, kinds: Collection[str], tlps: Collection[str]) -> list[EligibleRow]:
-        query = _EligibleQuery.build(kinds, tlps)
+        query = _EligibleQuery.build(kinds, tlps, self._seen_since())
         if query is None:
             return []
         with self._reading() as conn:
             return query.rows(conn)
 
     def eligible_ids(self, kinds: Collection[str], tlps: Collection[str]) -> npt.NDArray[np.int64]:
-        query = _EligibleQuery.build(kinds, tlps)
+        query = _EligibleQuery.build(kinds, tlps, self._seen_since())
         if query is None:
             return np.empty(0, dtype=np.int64)
         with self._reading() as conn:
@@ -304,11 +370,12 @@ class SightingsTable(Database):
                 (HASH_VERSION, wanted),
             ).fetchall()
         if len(rows) != len(ids):
-            # Sightings are never deleted, so this is a damaged store, not a race.
+            # Only `node forget` deletes sightings; a round's set was fixed before it ran.
             found = {r[0] for r in rows}
             missing = [int(sid) for sid in ids if int(sid) not in found]
             raise StoreError(
-                f"store {self.path}: sighting ids {missing[:5]} are gone ({len(missing)} in all)"
+                f"store {self.path}: sighting ids {missing[:5]} are gone ({len(missing)} in all);"
+                " were they forgotten (node forget) while the round ran?"
             )
         return rows
 
@@ -336,6 +403,12 @@ class SightingsTable(Database):
             recorded, joined = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE outcome = ?) FROM rounds", (Outcome.DONE,)
             ).fetchone()
+            since = self._seen_since()
+            expired = 0
+            if since is not None:
+                expired = conn.execute(
+                    "SELECT count(*) FROM sightings WHERE seen_at < ?", (since,)
+                ).fetchone()[0]
         return Stats(
             sightings=total,
             per_kind=per_kind,
@@ -345,7 +418,86 @@ class SightingsTable(Database):
             rounds_recorded=recorded,
             rounds_joined=joined,
             last_import=last_import,
+            expired=expired,
+            max_age=self.max_age,
         )
+
+    def forget(self, what: Forget, *, who: str, how: str, dry_run: bool = False) -> ForgetResult:
+        try:
+            with self._transaction() as conn:
+                result = _forget(conn, what)
+                if dry_run:
+                    raise _DryRun(result)
+                conn.execute(
+                    "INSERT INTO forgets (time, who, how, summary) VALUES (?, ?, ?, ?)",
+                    (utc_now(), who, how, json.dumps(asdict(result), sort_keys=True)),
+                )
+        except _DryRun as dry:  # rolled back: nothing was deleted
+            return dry.result
+        return result
+
+
+class _DryRun(Exception):
+    def __init__(self, result: ForgetResult) -> None:
+        super().__init__("dry run")
+        self.result = result
+
+
+def _forget(conn: sqlite3.Connection, what: Forget) -> ForgetResult:
+    """Delete what ``what`` selects, in the caller's transaction, and count it."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS forget_ids (id INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM forget_ids")
+    found = 0
+    for kind, value in what.values:
+        found += conn.execute(
+            "INSERT OR IGNORE INTO forget_ids SELECT id FROM sightings WHERE kind = ? AND value = ?",
+            (kind, value),
+        ).rowcount
+    kept = 0
+    if what.source is not None:
+        # Only the source's own indicators go; one another source also reported is still a
+        # sighting, and only loses the source's name.
+        conn.execute(
+            "INSERT OR IGNORE INTO forget_ids SELECT id FROM sightings"
+            " WHERE json_array_length(sources) = 1 AND json_extract(sources, '$[0]') = ?",
+            (what.source,),
+        )
+        kept = conn.execute(
+            "UPDATE sightings SET sources = (SELECT json_group_array(value) FROM"
+            " (SELECT value FROM json_each(sightings.sources) WHERE value != ?1 ORDER BY value))"
+            " WHERE id NOT IN (SELECT id FROM forget_ids)"
+            " AND EXISTS (SELECT 1 FROM json_each(sightings.sources) WHERE value = ?1)",
+            (what.source,),
+        ).rowcount
+    if what.before is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO forget_ids SELECT id FROM sightings WHERE seen_at < ?",
+            (normalize_time(what.before, "before"),),
+        )
+    chosen = "(SELECT id FROM forget_ids)"
+    deleted = dict(
+        conn.execute(
+            f"SELECT kind, count(*) FROM sightings WHERE id IN {chosen} GROUP BY kind ORDER BY kind"
+        ).fetchall()
+    )
+    alerts = conn.execute(
+        "DELETE FROM alerts WHERE (kind, value) IN"
+        f" (SELECT kind, value FROM sightings WHERE id IN {chosen})"
+    ).rowcount
+    counts = {
+        table: conn.execute(f"DELETE FROM {table} WHERE sighting_id IN {chosen}").rowcount
+        for table in ("pushed", "matches", "source_refs")
+    }
+    conn.execute(f"DELETE FROM sightings WHERE id IN {chosen}")
+    return ForgetResult(
+        deleted=deleted,
+        kept_without_source=kept,
+        not_found=len(what.values) - found,
+        matches=counts["matches"],
+        pushed=counts["pushed"],
+        source_refs=counts["source_refs"],
+        alerts=alerts,
+    )
 
 
 def _count_per_kind(conn: sqlite3.Connection) -> dict[str, int]:
@@ -408,8 +560,11 @@ class _EligibleQuery:
     kinds: tuple[str, ...]
 
     @classmethod
-    def build(cls, kinds: Collection[str], tlps: Collection[str]) -> _EligibleQuery | None:
-        """The selection for these kinds and TLP levels, or None if nothing can match."""
+    def build(
+        cls, kinds: Collection[str], tlps: Collection[str], seen_since: str | None = None
+    ) -> _EligibleQuery | None:
+        """The selection for these kinds and TLP levels, seen at or after ``seen_since`` if
+        given, or None if nothing can match."""
         ranks = sorted({tlp_rank(t) for t in tlps})
         kind_list = tuple(sorted(set(kinds)))
         if not ranks or not kind_list:
@@ -419,9 +574,11 @@ class _EligibleQuery:
             " FROM sightings NOT INDEXED"
             f" WHERE kind IN ({', '.join('?' * len(kind_list))})"
             f" AND tlp IN ({', '.join('?' * len(ranks))})"
-            " ORDER BY id"
+            + ("" if seen_since is None else " AND seen_at >= ?")
+            + " ORDER BY id"
         )
-        return cls(where, (*kind_list, *ranks), kind_list)
+        since = () if seen_since is None else (seen_since,)
+        return cls(where, (*kind_list, *ranks, *since), kind_list)
 
     def ids(self, conn: sqlite3.Connection) -> npt.NDArray[np.int64]:
         # 8 bytes per row, not a Python int: a national store has millions of them
