@@ -51,6 +51,7 @@ class CoordinatorConfig:
     state: Path = Path("coordinator.sqlite")
     call_timeout: float = 60.0  # seconds: deadline of each unary call to a node
     round_timeout: float = 3600.0  # seconds: a round not finished by then fails
+    epoch_poll: float = 5.0  # seconds between asking the nodes whether they still hold the epoch
     chunk_size: int = 4096  # elements per chunk
     operators: tuple[str, ...] = (ANY_OPERATOR,)
     caps: Caps = field(default_factory=Caps)
@@ -106,6 +107,7 @@ def load_config(path: Path | str) -> CoordinatorConfig:
         state=r.file_path("state", r.data, "coordinator.sqlite"),
         call_timeout=r.seconds("call_timeout", CoordinatorConfig.call_timeout),
         round_timeout=r.seconds("round_timeout", CoordinatorConfig.round_timeout),
+        epoch_poll=r.seconds("epoch_poll", CoordinatorConfig.epoch_poll),
         chunk_size=r.integer("chunk_size", r.data, CoordinatorConfig.chunk_size, low=1, high=65536),
         operators=tuple(operators),
         tls=r.tls(),
@@ -163,6 +165,11 @@ def write_config(path: Path | str, config: CoordinatorConfig) -> None:
             "round_timeout",
             _num(config.round_timeout),
             "seconds: a round that has not finished by then fails",
+        ),
+        _line(
+            "epoch_poll",
+            _num(config.epoch_poll),
+            "seconds between asking the nodes whether they still hold the open epoch",
         ),
         _line("chunk_size", str(config.chunk_size), "elements per chunk"),
         _line(

@@ -264,6 +264,7 @@ def start(config: CoordinatorConfig, *, insecure: bool) -> RunningCoordinator:
             links.addresses,
             config.call_timeout,
         )
+        watch.poll_seconds = config.epoch_poll
         hooks: CoordinatorHooks = NO_METRICS
         if config.metrics is not None:  # before the gRPC bind: a port in use stops nothing live
             metrics = CoordinatorMetrics(config.name, watch.epoch_open, watch.degraded_count)

@@ -339,10 +339,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     from node.connectors.push import PushResult, push_sink
 
     with open_store(args) as (config, store):
+        round_id = recorded_round(store, args.round) if args.round else None
         results: list[dict[str, Any]] = []
         for sink in _connectors("sinks", config.sinks, args.sink):
             try:
-                result = push_sink(store, sink, node=config.name, round_id=args.round)
+                result = push_sink(store, sink, node=config.name, round_id=round_id)
                 error = None
             except ConnectorError as exc:
                 # What the sink confirmed before the failure is marked pushed: report it.
@@ -571,12 +572,8 @@ def _explain(config: NodeConfig, store: Store, given: str, kind: str, value: str
         excluded.append(f"[policy] kinds does not list {kind}")
     if stored.tlp not in config.tlps:
         excluded.append(f"[policy] tlp does not list {stored.tlp}")
-    if config.max_age is not None:  # expiry: not seen again (import or pull) within max_age
-        from datetime import UTC, datetime
-
-        seen = datetime.fromisoformat(stored.last_seen.replace("Z", "+00:00"))
-        if (datetime.now(UTC) - seen).total_seconds() > config.max_age:
-            excluded.append(f"[policy] max_age: not seen since {stored.last_seen}")
+    if store.is_expired(stored.seen_at):  # not seen again (import or pull) within max_age
+        excluded.append(f"[policy] max_age: not seen since {stored.seen_at}")
     answer["excluded_by"] = excluded
     watched = store.watch_round_ids()
     found = store.matches_of(stored.sighting_id, EXPLAINED_ROUNDS)

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -399,6 +400,9 @@ def test_node_matches_takes_a_round_id_as_the_tables_print_it(env: Env) -> None:
     )
     assert (status, out) == (0, "no matches yet\n")
     assert f"no results for round {r.refused.id}: it found nothing here" in err
+    # push reads --round the same way, and names a round this node never joined
+    status, _, err = run("node", "push", "--config", str(env.configs[ALPHA]), "--round", "nosuch")
+    assert status == 2 and "no round 'nosuch' in this node's audit" in err
 
 
 def test_node_audit_shows_budget_use_per_partner(env: Env) -> None:
@@ -491,6 +495,16 @@ def test_node_explain_names_the_policy_that_keeps_a_value_out(
     assert ip["excluded_by"] == ["[policy] kinds does not list ipv4"]
     status, out, _ = run("node", "explain", "--config", str(fresh), "red.example")
     assert "kept out of rounds by [policy] tlp does not list red" in out
+    # expiry, by the rule the rounds apply: 10.1.2.3 was last seen long ago
+    fresh.write_text(fresh.read_text().replace('max_age = ""', 'max_age = "180d"'))
+    with sqlite3.connect(home / "store.sqlite") as db:
+        db.execute("UPDATE sightings SET seen_at = '2019-01-01T00:00:00Z'")
+    status, out, _ = run("node", "explain", "--config", str(fresh), "--json", "10.1.2.3")
+    assert status == 0
+    assert json.loads(out)[0]["excluded_by"] == [
+        "[policy] kinds does not list ipv4",
+        "[policy] max_age: not seen since 2019-01-01T00:00:00Z",
+    ]
 
 
 # --- the small lies of issue 19 ----------------------------------------------------------------

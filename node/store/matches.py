@@ -101,17 +101,15 @@ class MatchTable(Database):
             )
 
     def matches(self, round_id: str | None = None) -> list[MatchRow]:
-        return self._matches("?1 IS NULL OR m.round_id = ?1", (round_id,), "s.kind, s.value")
+        return self._matches("?1 IS NULL OR m.round_id = ?1", (round_id,))
 
     def matches_of(self, sighting_id: int, limit: int) -> list[MatchRow]:
         """The last ``limit`` rounds that found this sighting, newest first (``node explain``)."""
-        return self._matches("m.sighting_id = ?1", (sighting_id,), "m.rowid", limit)
+        return self._matches("m.sighting_id = ?1", (sighting_id,), limit)
 
-    def _matches(
-        self, where: str, params: tuple[object, ...], then: str, limit: int = -1
-    ) -> list[MatchRow]:
+    def _matches(self, where: str, params: tuple[object, ...], limit: int = -1) -> list[MatchRow]:
         """Match rows, each with its value and its round's end and threshold, newest round first
-        (``where``, ``then`` are fixed SQL from the two callers above, never user input)."""
+        (``where`` is fixed SQL from the two callers above, never user input)."""
         with self._reading() as conn:
             rows = conn.execute(
                 f"""
@@ -120,7 +118,7 @@ class MatchTable(Database):
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
                 WHERE {where}
-                ORDER BY r.started DESC, r.rowid DESC, {then}
+                ORDER BY r.started DESC, r.rowid DESC, s.kind, s.value
                 LIMIT {int(limit)}
                 """,
                 params,

@@ -179,6 +179,12 @@ class SightingsTable(Database):
             raise ValueError(f"max_age must be more than 0 seconds, got {seconds}")
         self.max_age = seconds
 
+    def is_expired(self, seen_at: str) -> bool:
+        """Whether an indicator last seen at ``seen_at`` is out of rounds ([policy] max_age): the
+        rule the round queries apply, for ``node explain``."""
+        since = self._seen_since()
+        return since is not None and seen_at < since
+
     def _seen_since(self) -> str | None:
         """The oldest seen_at still in rounds, or None when nothing expires."""
         if self.max_age is None:
