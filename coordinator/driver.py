@@ -66,17 +66,31 @@ class RoundFailure(Exception):
 
 
 class NodeLinks:
-    """One channel per registered node, opened once and reused by every round."""
+    """One channel per registered node, opened once and reused by every round, until ``renew``
+    (a renewed certificate) opens new ones for every later call."""
 
     def __init__(self, nodes: Mapping[str, str], tls: TlsConfig | None, *, insecure: bool) -> None:
         self.addresses = dict(nodes)
-        self._channels = {
-            name: open_channel(address, tls, insecure=insecure, expect=Identity("node", name))
+        self._insecure = insecure
+        self._retired: list[grpc.Channel] = []
+        self._open(tls)
+
+    def _open(self, tls: TlsConfig | None) -> None:
+        channels = {
+            name: open_channel(address, tls, insecure=self._insecure, expect=Identity("node", name))
             for name, address in self.addresses.items()
         }
         self._stubs_v2 = {
-            name: node_v2_grpc.NodeServiceStub(channel) for name, channel in self._channels.items()
+            name: node_v2_grpc.NodeServiceStub(channel) for name, channel in channels.items()
         }
+        self._channels = channels
+
+    def renew(self, tls: TlsConfig) -> None:
+        """Present ``tls`` (a renewed certificate) from now on: later calls, rounds in flight
+        included, go over new channels; streams already open run on over the old ones, which
+        close with the coordinator."""
+        self._retired.extend(self._channels.values())
+        self._open(tls)
 
     def v2(self, node: str) -> node_v2_grpc.NodeServiceStub:
         return self._stubs_v2[node]
@@ -86,7 +100,7 @@ class NodeLinks:
         return dict(self._channels)
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._retired]:
             channel.close()
 
 

@@ -208,8 +208,8 @@ class RunningCoordinator:
 
     def reload_certificate(self) -> str:
         """Take a certificate renewed for the same key (``blindmatch pki renew``; SIGHUP): new
-        handshakes present it; connections made, and rounds on them, run on. The channels to the
-        nodes keep presenting the old one until a restart. A new key or CA needs a restart, as
+        handshakes present it; connections made, and rounds on them, run on. Later calls to the
+        nodes go over channels opened again with it. A new key or CA needs a restart, as
         nodes do (one rule for both). Raises NetError, PkiError or ConfigError, keeping the
         certificate in use."""
         certificates = self.handle.certificates
@@ -219,6 +219,10 @@ class RunningCoordinator:
         old = certificates.current
         check_renewal((old.ca, old.cert), (new.ca, new.cert), same_key=True)
         certificates.swap(new)
+        # the channels it opens to the nodes present the renewed certificate too
+        self.coordinator.links.renew(new)
+        if self.watch is not None:
+            self.watch.use_channels(self.coordinator.links.channels())
         cert = x509.load_pem_x509_certificate(new.cert)
         return f"serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}"
 

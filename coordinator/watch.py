@@ -110,7 +110,7 @@ class WatchHub:
         self.directory = directory
         self.addresses = dict(addresses)
         self.call_timeout = call_timeout
-        self._stubs = {n: watch_pb2_grpc.NodeWatchServiceStub(c) for n, c in channels.items()}
+        self.use_channels(channels)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="watch")
         self.core = RelayEpochs(clock)
@@ -124,6 +124,10 @@ class WatchHub:
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="epoch-poll", daemon=True)
         self._poller.start()
+
+    def use_channels(self, channels: Mapping[str, grpc.Channel]) -> None:
+        """The channels to the nodes (NodeLinks'), again after a renewed certificate."""
+        self._stubs = {n: watch_pb2_grpc.NodeWatchServiceStub(c) for n, c in channels.items()}
 
     @property
     def epoch(self) -> EpochRelay | None:

@@ -443,10 +443,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         budgets = Budgets(store, config.budgets, config.name).use()
         watched = store.watch_round_ids()
         store_expired = store.stats().expired
-    # the store keeps a watch round's mode as the pairwise round it runs as; the epoch it
-    # opened says it was a watch round (one that failed before opening it stays "pairwise")
+    # a watch round runs as pairwise: its record says so since store schema 10, and the epoch
+    # it opened says so for a round recorded before
     entries = [
-        replace(e, mode="watch") if isinstance(e, RoundAudit) and e.round_id in watched else e
+        replace(e, mode="watch")
+        if isinstance(e, RoundAudit) and (e.shown_mode == "watch" or e.round_id in watched)
+        else e
         for e in entries
     ]
     if args.json:

@@ -536,6 +536,7 @@ class RoundRegistry:
                 reason=reason,
                 finished=None if outcome == Outcome.STARTED else utc_now(),
                 operator=operator,
+                epoch_seconds=spec.epoch_seconds,
             )
         except Exception:  # the audit must not turn a clean refusal into a crash
             log.exception("could not write the audit record of round %s", spec.round_id)

@@ -91,8 +91,8 @@ class RunningNode:
         New handshakes present it, and new rounds send it to partners; rounds in flight keep the
         certificate they announced, and sign with the key they began with, which is the same.
         A new key is refused (PkiError): the open watch epoch's alerts are sealed to the old one.
-        Channels this node opened (its checks to the coordinator) keep the old certificate until
-        a restart. Raises net.NetError or PkiError, keeping the certificate in use."""
+        Its channel to the coordinator (checks) is opened again with the new certificate.
+        Raises net.NetError or PkiError, keeping the certificate in use."""
         certificates = self.handle.certificates
         if certificates is None or self.config is None:
             raise PkiError("this node serves without mTLS: it has no certificate to reload")
@@ -105,6 +105,8 @@ class RunningNode:
         if self.committee is not None:
             self.committee.authority = authority
         certificates.swap(new)
+        if self.watch is not None:  # its checks to the coordinator present the renewed one too
+            self.watch.renew(new)
         cert = x509.load_pem_x509_certificate(new.cert)
         return f"serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}"
 

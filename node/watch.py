@@ -164,6 +164,15 @@ class NodeWatch(watch_pb2_grpc.NodeWatchServiceServicer):
         self._reaper = threading.Thread(target=self._reap, name="epoch-reaper", daemon=True)
         self._reaper.start()
 
+    def renew(self, tls: net.TlsConfig) -> None:
+        """A renewed certificate for the same key (``RunningNode.reload_certificate``): checks
+        sign with it, and the channel to the coordinator is opened again presenting it."""
+        with self._lock:
+            self._tls = tls
+            self._signer = Signer(tls.cert, tls.key)
+            address = self._coordinator_address
+        self.connect_coordinator(address)
+
     def connect_coordinator(self, address: str) -> None:
         """Where checks go (node.toml ``coordinator_address``)."""
         with self._lock:

@@ -48,3 +48,9 @@ def test_a_watch_round_is_shown_as_watch(tmp_path: Path, pki: FederationPki) -> 
         status, out, _ = run("node", "explain", "--config", str(configs[NAMES[0]]), SHARED)
         assert f"found in round {info.id[:12]} (watch, " in out
         assert f"also held by {NAMES[1]}" in out
+        # one that never opened an epoch (refused at Prepare: longer than max_epoch) too
+        refused = fed.start_watch(list(NAMES), epoch=30 * 86400)
+        assert refused.state == "failed"
+        status, out, _ = run("node", "audit", "--config", str(configs[NAMES[0]]), "--json")
+        (entry,) = [e for e in json.loads(out) if e.get("round_id") == refused.id]
+        assert (entry["mode"], entry["outcome"]) == ("watch", "refused")

@@ -640,6 +640,8 @@ def test_migration_keeps_the_stix_ids_of_a_store_from_before_source_refs(tmp_pat
         # (schema 9: when each indicator was last seen, and the forget audit)
         conn.execute("ALTER TABLE sightings DROP COLUMN seen_at")
         conn.execute("DROP TABLE forgets")
+        # (schema 10: a watch round's epoch length in its record)
+        conn.execute("ALTER TABLE rounds DROP COLUMN epoch_seconds")
         conn.execute(f"PRAGMA user_version = {SOURCE_REFS_SCHEMA - 1}")
     conn.close()
 

@@ -276,9 +276,13 @@ def test_a_round_in_flight_completes_across_renewals_of_a_node_and_the_coordinat
         until("the round waits on bravo", lambda: relay.holding, T)
         for name, role in (("alpha", "node"), ("coordinator", "coordinator")):
             assert run("pki", "renew", str(pki.dir), name, "--role", role)[0] == 0
+        links = fed.coordinator.coordinator.links
+        before = links.channels()
         alpha = fed.nodes["alpha"].reload_certificate()
         coordinator = fed.coordinator.reload_certificate()
         assert alpha.startswith("serial ") and coordinator.startswith("serial ")
+        # the coordinator's later calls go over channels presenting its renewed certificate
+        assert all(links.channels()[n] is not before[n] for n in NAMES)
         relay.release()
         assert fed.wait(started.id).state == "done"
         again = fed.run_round(NAMES)

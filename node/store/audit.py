@@ -48,10 +48,16 @@ class RoundAudit:
     reason: str | None
     finished: str | None
     operator: str | None = None  # who signed the spec; None before it was verified
+    epoch_seconds: float = 0.0  # > 0: a watch round (it runs as pairwise), its epoch's length
 
     @property
     def time(self) -> str:
         return self.started
+
+    @property
+    def shown_mode(self) -> str:
+        """The mode as the operator asked for it: "watch" for a watch round."""
+        return "watch" if self.epoch_seconds > 0 else self.mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,7 @@ class AuditLog(Database):
         reason: str | None = None,
         finished: str | datetime | None = None,
         operator: str | None = None,
+        epoch_seconds: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown round mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -124,8 +131,9 @@ class AuditLog(Database):
             conn.execute(
                 """
                 INSERT INTO rounds (round_id, started, coordinator, participants, mode, threshold,
-                                    kinds, own_size, outcome, reason, finished, operator)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                    kinds, own_size, outcome, reason, finished, operator,
+                                    epoch_seconds)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (round_id) DO UPDATE SET
                     coordinator = excluded.coordinator,
                     participants = excluded.participants,
@@ -136,7 +144,8 @@ class AuditLog(Database):
                     outcome = excluded.outcome,
                     reason = excluded.reason,
                     finished = excluded.finished,
-                    operator = excluded.operator
+                    operator = excluded.operator,
+                    epoch_seconds = excluded.epoch_seconds
                 """,
                 (
                     round_id,
@@ -151,6 +160,7 @@ class AuditLog(Database):
                     reason,
                     finished_at,
                     operator,
+                    epoch_seconds,
                 ),
             )
             for partner, elements in (blinded_for or {}).items():
@@ -262,7 +272,7 @@ def _rounds(conn: sqlite3.Connection, limit: int | None) -> list[RoundAudit]:
     rows = conn.execute(
         """
         SELECT round_id, started, coordinator, participants, mode, threshold, kinds, own_size,
-               outcome, reason, finished, operator
+               outcome, reason, finished, operator, epoch_seconds
         FROM rounds ORDER BY started DESC, rowid DESC LIMIT ?
         """,
         (-1 if limit is None else limit,),
@@ -287,6 +297,7 @@ def _rounds(conn: sqlite3.Connection, limit: int | None) -> list[RoundAudit]:
             reason=reason,
             finished=finished,
             operator=operator,
+            epoch_seconds=epoch_seconds,
         )
-        for rid, started, coordinator, participants, mode, threshold, kinds, own_size, outcome, reason, finished, operator in rows
+        for rid, started, coordinator, participants, mode, threshold, kinds, own_size, outcome, reason, finished, operator, epoch_seconds in rows
     ]

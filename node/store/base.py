@@ -161,8 +161,9 @@ class NodeStore(ABC):
         reason: str | None = None,
         finished: str | datetime | None = None,
         operator: str | None = None,
+        epoch_seconds: float = 0.0,
     ) -> None:
-        """Create or update the audit record of a round.
+        """Create or update the audit record of a round (``epoch_seconds`` > 0: a watch round).
 
         Write it with outcome 'started' when the round begins, then again with its outcome. An
         update keeps the first ``started`` time. ``blinded_for`` sets the counts of the partners

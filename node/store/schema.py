@@ -232,6 +232,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 9 -> 10: a watch round is recorded as one (issue 19): it runs as a pairwise round, and its
+    # ``epoch_seconds`` (> 0) is what says it was a watch round, opened epoch or not.
+    ("ALTER TABLE rounds ADD COLUMN epoch_seconds REAL NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
