@@ -30,7 +30,7 @@ from blindmatch.core.watch_rules import MAX_CHECK_VALUES
 from blindmatch.core.watch_sealed import sealed_bytes
 from blindmatch.runtime import serde, status
 from blindmatch.runtime.hardening import no_core_dumps
-from blindmatch.runtime.logs import setup_logging
+from blindmatch.runtime.logs import log_native_stderr, setup_logging
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
 from blindmatch.runtime.net import (
@@ -348,6 +348,8 @@ def serve(config: CoordinatorConfig, *, insecure: bool) -> None:
     """Run the coordinator until SIGINT or SIGTERM, then stop cleanly; SIGHUP reloads its
     certificate (``RunningCoordinator.reload_certificate``)."""
     setup_logging(config.log)  # before anything that logs; a bad log file stops nothing live
+    if config.log.file is not None:  # gRPC's own lines (refused handshakes) into that file too
+        log_native_stderr()
     running = start(config, insecure=insecure)
     if running.failed_on_start:
         print(

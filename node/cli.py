@@ -579,20 +579,38 @@ def _explain(config: NodeConfig, store: Store, given: str, kind: str, value: str
     answer["excluded_by"] = excluded
     watched = store.watch_round_ids()
     found = store.matches_of(stored.sighting_id, EXPLAINED_ROUNDS)
-    answer["found_in"] = [
-        {
-            "round": m.round_id,
-            "mode": _match_mode(m, watched),
-            "partners": m.partners,  # pairwise and watch: who also holds it
-            "nations": m.nations if m.threshold else None,  # threshold: how many hold it
-            "finished": m.finished,
-        }
-        for m in found
-    ]
+    answer["found_in"] = [_found(m, watched) for m in found]
     asked = store.rounds_for_kind(kind, stored.first_seen)
     answer["rounds_for_kind_since_first_seen"] = len(asked)
     answer["last_round_for_kind"] = asked[0].round_id if asked else None
+    # The store keeps no round's set, so the rounds it entered are those done since it was
+    # stored that asked for its kind, while today's policy lets it in; each with what it found
+    # (found_in above holds the rounds that found it, however long ago).
+    found_by = {m.round_id: m for m in store.matches_of(stored.sighting_id, len(asked) or 1)}
+    answer["entered"] = (
+        []
+        if excluded
+        else [
+            {
+                "round": r.round_id,
+                "mode": "watch" if r.round_id in watched else r.shown_mode,
+                "finished": r.finished,
+                "found": _found(found_by[r.round_id], watched) if r.round_id in found_by else None,
+            }
+            for r in asked[:EXPLAINED_ROUNDS]
+        ]
+    )
     return answer
+
+
+def _found(m: MatchRow, watched: set[str]) -> dict[str, Any]:
+    return {
+        "round": m.round_id,
+        "mode": _match_mode(m, watched),
+        "partners": m.partners,  # pairwise and watch: who also holds it
+        "nations": m.nations if m.threshold else None,  # threshold: how many hold it
+        "finished": m.finished,
+    }
 
 
 def _match_mode(m: MatchRow, watched: set[str]) -> str:
@@ -623,9 +641,18 @@ def _explanation_text(a: dict[str, Any]) -> str:
         f"  rounds done here since first seen that asked for {a['kind']}: {asked:,}"
         + (f", the last {last[:12]}" if last else "")
     )
+    for r in a["entered"]:
+        got = r["found"]
+        what = "found nothing" if got is None else "found: " + _who(got)
+        lines.append(f"  entered round {r['round'][:12]} ({r['mode']}, {r['finished']}): {what}")
     if not a["found_in"]:
         lines.append("  found by no round")
     for m in a["found_in"]:
-        who = m["nations"] or "also held by " + ", ".join(m["partners"])
-        lines.append(f"  found in round {m['round'][:12]} ({m['mode']}, {m['finished']}): {who}")
+        lines.append(
+            f"  found in round {m['round'][:12]} ({m['mode']}, {m['finished']}): {_who(m)}"
+        )
     return "\n".join(lines)
+
+
+def _who(m: dict[str, Any]) -> str:
+    return str(m["nations"] or "also held by " + ", ".join(m["partners"]))

@@ -23,7 +23,7 @@ from blindmatch.core.watch_rules import MAX_CHECK_VALUES
 from blindmatch.core.watch_sealed import sealed_bytes
 from blindmatch.runtime import net
 from blindmatch.runtime.hardening import no_core_dumps
-from blindmatch.runtime.logs import setup_logging
+from blindmatch.runtime.logs import log_native_stderr, setup_logging
 from blindmatch.runtime.memory import return_large_buffers
 from blindmatch.runtime.metrics_endpoint import MetricsEndpoint
 from blindmatch.runtime.pki import check_renewal
@@ -208,6 +208,8 @@ def start(config: NodeConfig, *, insecure: bool, listen: str | None = None) -> R
 def serve(config: NodeConfig, *, insecure: bool) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP reloads the certificate (``reload_certificate``)."""
     setup_logging(config.log)  # before anything that logs; a bad log file stops nothing live
+    if config.log.file is not None:  # gRPC's own lines (refused handshakes) into that file too
+        log_native_stderr()
     # Handlers first: a SIGTERM during the worker warm-up must still stop the pool cleanly.
     stop = threading.Event()
     wake = threading.Event()  # a signal arrived: the main loop acts on it at once

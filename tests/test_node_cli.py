@@ -447,6 +447,11 @@ def test_node_explain_says_what_is_stored_and_what_the_rounds_found(env: Env) ->
     ]
     # ipv4: the rounds asked for every kind; the count round finds no value, only a number
     assert ab["rounds_for_kind_since_first_seen"] == 3
+    # the rounds it entered, each with what it found: only the pairwise round named a partner
+    entered = {e["round"]: e["found"] for e in ab["entered"]}
+    assert entered.keys() == {r.pairwise.id, r.threshold.id, r.count.id}
+    assert entered[r.pairwise.id]["partners"] == [BRAVO]
+    assert entered[r.threshold.id] is None and entered[r.count.id] is None
     assert shared["value"] == "all0.example"  # its canonical form
     found = {m["round"]: m for m in shared["found_in"]}
     assert set(found) == {r.pairwise.id, r.threshold.id}
@@ -469,6 +474,7 @@ def test_node_explain_says_what_is_stored_and_what_the_rounds_found(env: Env) ->
     assert f"also held by {BRAVO}" in out
     assert "nope.example: domain nope.example\n  not stored" in out
     assert "found by no round" in out
+    assert f"entered round {r.count.id[:12]} (count, " in out and "found nothing" in out
 
 
 def test_node_explain_names_the_policy_that_keeps_a_value_out(

@@ -17,9 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blindmatch.demo import harness
+from blindmatch.runtime import net
+from blindmatch.runtime.pki import init_pki_dir, issue_to_dir
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # three server processes
@@ -154,3 +158,37 @@ def test_a_log_file_moved_away_by_logrotate_is_created_again(fed: harness.Federa
     ]
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert rotated.read_text() == before  # nothing more went to the old file
+
+
+def test_a_handshake_refused_to_another_cas_certificate_is_in_the_log(
+    fed: harness.Federation, tmp_path: Path
+) -> None:
+    """A client holding a certificate of another CA dials alpha: gRPC refuses the handshake before
+    blindmatch sees a call, and its own line about it reaches alpha's log file, as a warning."""
+    init_pki_dir(tmp_path / "other")
+    stranger = issue_to_dir(tmp_path / "other", "coordinator", "coordinator")
+    # it trusts the federation's CA, so it is alpha that refuses, not the client
+    tls = net.TlsConfig(
+        ca=(fed.pki_dir / "ca.pem").read_bytes(),
+        cert=stranger.cert.read_bytes(),
+        key=stranger.key.read_bytes(),
+    )
+    channel = net.open_channel(
+        fed.addresses["alpha"], tls, insecure=False, expect=net.Allow("node", "alpha")
+    )
+    try:
+        with pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    finally:
+        channel.close()
+
+    def refused() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in records(alpha_log(fed))
+            if "TLS handshake refused" in r["message"]
+            and "CERTIFICATE_VERIFY_FAILED" in r["message"]
+        ]
+
+    (line, *_) = until("alpha logs the refused handshake", refused, WAIT)
+    assert line["level"] == "WARNING" and line["logger"] == "blindmatch.stderr"

@@ -26,6 +26,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,37 @@ def handler_for(settings: LogSettings) -> logging.Handler:
         handler = PrivateWatchedFileHandler(settings.file)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     return handler
+
+
+def log_native_stderr() -> None:
+    """Route what is written to this process's stderr (file descriptor 2) into the log: a server
+    logging to a file must not lose the lines gRPC's C core writes there, above all "Handshake
+    failed ... CERTIFICATE_VERIFY_FAILED" when a peer's certificate is not from the federation's
+    CA. gRPC refuses such a handshake before any Python code runs and gives a server no hook for
+    it, so its own line is the only record of why.
+
+    The pipe's write end is non-blocking: were the reader ever behind, gRPC's threads lose a line
+    rather than wait on the log."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    log = logging.getLogger("blindmatch.stderr")
+
+    def pump() -> None:
+        with open(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if HANDSHAKE in line:
+                    log.warning("TLS handshake refused (a peer of another CA, or none): %s", line)
+                elif line:
+                    log.warning("%s", line)
+
+    threading.Thread(target=pump, name="stderr-to-log", daemon=True).start()
+
+
+HANDSHAKE: Final = "Handshake failed"
 
 
 def setup_logging(settings: LogSettings) -> logging.Handler:
