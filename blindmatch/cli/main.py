@@ -20,6 +20,11 @@ from blindmatch.core.canon import KINDS
 Handler = Callable[[argparse.Namespace], int]
 
 
+# identity.ROLES, spelled out: importing it pulls in cryptography on every CLI start (a test keeps
+# the two equal)
+ROLES = ("node", "coordinator", "operator", "checker")
+
+
 def _lazy(module: str, func: str) -> Handler:
     def run(args: argparse.Namespace) -> int:
         handler: Handler = getattr(importlib.import_module(module), func)
@@ -75,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--role",
         required=True,
-        # identity.ROLES, spelled out: importing it pulls in cryptography on every CLI start
-        choices=["node", "coordinator", "operator", "checker"],
+        choices=ROLES,
         help="checker: may only call the Check of nodes whose [watch] check_clients list it "
         "(a SIEM)",
     )
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = pki.add_parser("renew", help="a fresh certificate for a name, in place of its current one")
     s.add_argument("pki_dir", metavar="PKI_DIR")
     s.add_argument("name", metavar="NAME")
-    s.add_argument("--role", required=True, choices=["node", "coordinator", "operator", "checker"])
+    s.add_argument("--role", required=True, choices=ROLES)
     s.add_argument(
         "--cert",
         metavar="PATH",

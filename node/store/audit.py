@@ -49,6 +49,7 @@ class RoundAudit:
     finished: str | None
     operator: str | None = None  # who signed the spec; None before it was verified
     epoch_seconds: float = 0.0  # > 0: a watch round (it runs as pairwise), its epoch's length
+    watch: bool = False  # a watch round: by its epoch_seconds, or the epoch it opened (older rows)
 
     @property
     def time(self) -> str:
@@ -57,7 +58,16 @@ class RoundAudit:
     @property
     def shown_mode(self) -> str:
         """The mode as the operator asked for it: "watch" for a watch round."""
-        return "watch" if self.epoch_seconds > 0 else self.mode
+        return "watch" if self.watch else self.mode
+
+
+def watched(alias: str) -> str:
+    """SQL: whether the round row ``alias`` was a watch round. It runs as pairwise; its record
+    says so by ``epoch_seconds`` since store schema 10, the epoch it opened for older rows."""
+    return (
+        f"({alias}.epoch_seconds > 0 OR EXISTS "
+        f"(SELECT 1 FROM epochs WHERE epochs.epoch_id = {alias}.round_id))"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,17 +211,6 @@ class AuditLog(Database):
         with self._reading() as conn:
             return [rid for (rid,) in conn.execute("SELECT round_id FROM rounds")]
 
-    def watch_round_ids(self) -> set[str]:
-        """The rounds that opened a watch epoch here (an epoch's id is its round's): the node
-        records a watch round's mode as the pairwise round it runs as."""
-        with self._reading() as conn:
-            return {
-                rid
-                for (rid,) in conn.execute(
-                    "SELECT round_id FROM rounds JOIN epochs ON epochs.epoch_id = rounds.round_id"
-                )
-            }
-
     def rounds_for_kind(self, kind: str, since: str) -> list[RoundAudit]:
         """The rounds done here since ``since`` (a stored time) that asked for ``kind``: those a
         value of that kind stored then could have entered, newest first (``node explain``)."""
@@ -270,9 +269,9 @@ def _check_elements(round_id: str, partner: str, n: int) -> None:
 
 def _rounds(conn: sqlite3.Connection, limit: int | None) -> list[RoundAudit]:
     rows = conn.execute(
-        """
+        f"""
         SELECT round_id, started, coordinator, participants, mode, threshold, kinds, own_size,
-               outcome, reason, finished, operator, epoch_seconds
+               outcome, reason, finished, operator, epoch_seconds, {watched("rounds")}
         FROM rounds ORDER BY started DESC, rowid DESC LIMIT ?
         """,
         (-1 if limit is None else limit,),
@@ -298,6 +297,7 @@ def _rounds(conn: sqlite3.Connection, limit: int | None) -> list[RoundAudit]:
             finished=finished,
             operator=operator,
             epoch_seconds=epoch_seconds,
+            watch=bool(watch),
         )
-        for rid, started, coordinator, participants, mode, threshold, kinds, own_size, outcome, reason, finished, operator, epoch_seconds in rows
+        for rid, started, coordinator, participants, mode, threshold, kinds, own_size, outcome, reason, finished, operator, epoch_seconds, watch in rows
     ]

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from node.store.audit import require_round
+from node.store.audit import require_round, watched
 from node.store.db import Database, write_many
 
 
@@ -24,6 +24,13 @@ class MatchRow:
     count: int | None  # nations holding it, in a threshold round that asked for counts
     finished: str | None
     threshold: int | None = None  # threshold mode: held by at least this many (count or not)
+    watch: bool = False  # found by a watch round (it runs as pairwise)
+
+    @property
+    def mode(self) -> str:
+        if self.watch:
+            return "watch"
+        return "threshold" if self.threshold else "pairwise"
 
     @property
     def nations(self) -> str:
@@ -113,7 +120,8 @@ class MatchTable(Database):
         with self._reading() as conn:
             rows = conn.execute(
                 f"""
-                SELECT m.round_id, s.kind, s.value, m.partners, m.count, r.finished, r.threshold
+                SELECT m.round_id, s.kind, s.value, m.partners, m.count, r.finished, r.threshold,
+                       {watched("r")}
                 FROM matches m
                 JOIN rounds r ON r.round_id = m.round_id
                 JOIN sightings s ON s.id = m.sighting_id
@@ -132,8 +140,9 @@ class MatchTable(Database):
                 count=c,
                 finished=f,
                 threshold=t,
+                watch=bool(w),
             )
-            for r, k, v, p, c, f, t in rows
+            for r, k, v, p, c, f, t, w in rows
         ]
 
     def partner_counts(self, round_id: str | None = None) -> list[PartnerCount]:
